@@ -1,0 +1,131 @@
+//! The built-in block catalog, in four collections.
+//!
+//! | collection | block types |
+//! |---|---|
+//! | `core` | `secret`, `webhook`, `local-file-system` (protected), `json`, `string`, `date-time` |
+//! | `sqlalchemy` | `sqlalchemy-connector`, `async-sqlalchemy-connector` |
+//! | `gcp` | `gcp-credentials`, `gcs-bucket` |
+//! | `docker` | `docker-container` (nesting `docker-registry`), `docker-registry`, `docker-registry-credentials`, `docker-host` |
+//!
+//! Field names, types, defaults and secret fields match Prefect's, so a document moves
+//! freely between Python and Rust; the schemas carry our own descriptions, so their
+//! checksums are ours.
+
+mod core;
+mod docker;
+mod gcp;
+mod schema;
+mod sqlalchemy;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use self::core::{
+    DateTime, Json, LocalFileSystem, Secret, StringBlock, Webhook, WebhookMethod,
+};
+pub use self::docker::{
+    DEFAULT_IMAGE, DockerContainer, DockerHost, DockerRegistry, DockerRegistryCredentials,
+    ImagePullPolicy, MemoryLimit, SwapLimit,
+};
+pub use self::gcp::{GcpCredentials, GcsBucket};
+pub use self::sqlalchemy::{
+    ASYNC_DRIVERS, AsyncSqlAlchemyConnector, ConnectionComponents, ConnectionInfo, SYNC_DRIVERS,
+    SqlAlchemyConnector,
+};
+
+use crate::block::{Block, BlockSpec};
+
+/// The version string of every built-in schema.
+pub const SCHEMA_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A group of built-in block types registered together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Collection {
+    /// Secret, webhook, local file system, JSON, string, date-time.
+    Core,
+    /// SQLAlchemy connectors.
+    Sqlalchemy,
+    /// GCP credentials and GCS bucket.
+    Gcp,
+    /// Docker container, registry, registry credentials and host.
+    Docker,
+}
+
+impl Collection {
+    /// Every collection.
+    pub const ALL: [Collection; 4] = [Self::Core, Self::Sqlalchemy, Self::Gcp, Self::Docker];
+
+    /// The collection's name (`core`, `sqlalchemy`, `gcp`, `docker`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Core => "core",
+            Self::Sqlalchemy => "sqlalchemy",
+            Self::Gcp => "gcp",
+            Self::Docker => "docker",
+        }
+    }
+
+    /// The collection's block types and schemas, each nested type before its parent.
+    pub fn specs(self) -> Vec<BlockSpec> {
+        match self {
+            Self::Core => vec![
+                Secret::spec(),
+                Webhook::spec(),
+                LocalFileSystem::spec(),
+                Json::spec(),
+                StringBlock::spec(),
+                DateTime::spec(),
+            ],
+            Self::Sqlalchemy => vec![
+                SqlAlchemyConnector::spec(),
+                AsyncSqlAlchemyConnector::spec(),
+            ],
+            Self::Gcp => vec![GcpCredentials::spec(), GcsBucket::spec()],
+            Self::Docker => vec![
+                DockerRegistry::spec(),
+                DockerContainer::spec(),
+                DockerRegistryCredentials::spec(),
+                DockerHost::spec(),
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Collection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown collection name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown collection '{0}': expected one of core, sqlalchemy, gcp, docker")]
+pub struct UnknownCollection(pub String);
+
+impl FromStr for Collection {
+    type Err = UnknownCollection;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| UnknownCollection(s.to_owned()))
+    }
+}
+
+/// Every built-in block type, collection by collection.
+pub fn all_specs() -> Vec<BlockSpec> {
+    Collection::ALL
+        .into_iter()
+        .flat_map(Collection::specs)
+        .collect()
+}
+
+/// The built-in spec with this slug.
+pub fn spec_for_slug(slug: &str) -> Option<BlockSpec> {
+    all_specs().into_iter().find(|s| s.block_type.slug == slug)
+}
+
+#[cfg(test)]
+mod tests;

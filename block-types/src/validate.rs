@@ -1,0 +1,369 @@
+//! Checks on names, slugs, URLs and block data.
+//!
+//! Block data is validated against its schema's `fields` with the `jsonschema` crate
+//! (draft 7, as Prefect's schemas use `definitions`). Error messages name the field path
+//! and the problem, and never quote the offending value: it may be a secret.
+
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::{Draft, Validator};
+use serde_json::{Map, Value};
+
+use crate::error::FieldError;
+
+/// Characters Prefect bans from names.
+pub const BANNED_CHARACTERS: [char; 5] = ['/', '%', '&', '>', '<'];
+
+fn lowercase_dashes(field: &str, what: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::new(field, format!("{what} must not be empty.")));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(FieldError::new(
+            field,
+            format!("{what} must only contain lowercase letters, numbers, and dashes."),
+        ));
+    }
+    Ok(())
+}
+
+/// A block document name: non-empty, lowercase letters, digits and dashes (`zoom-gcs`).
+pub fn block_document_name(name: &str) -> Result<(), FieldError> {
+    lowercase_dashes("name", "Block document name", name)
+}
+
+/// A block type slug: non-empty, lowercase letters, digits and dashes (`gcs-bucket`).
+pub fn block_type_slug(slug: &str) -> Result<(), FieldError> {
+    lowercase_dashes("slug", "Block type slug", slug)
+}
+
+/// A block type name: not blank, none of `/ % & > <`, and not starting with "prefect"
+/// (reserved, as in Prefect).
+pub fn block_type_name(name: &str) -> Result<(), FieldError> {
+    if name.trim().is_empty() {
+        return Err(FieldError::new(
+            "name",
+            "Block type name must not be empty.",
+        ));
+    }
+    if name.contains(BANNED_CHARACTERS) {
+        return Err(FieldError::new(
+            "name",
+            "Block type name must not contain any of: '/', '%', '&', '>', '<'.",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a block type name is reserved (it starts with "prefect", in any case).
+pub fn is_reserved_block_type_name(name: &str) -> bool {
+    name.to_lowercase().starts_with("prefect")
+}
+
+/// An optional URL field (`logo_url`, `documentation_url`): absent, or an absolute
+/// `http`/`https` URL with a host (Prefect's client parses these as `HttpUrl`).
+pub fn http_url(field: &str, value: Option<&str>) -> Result<(), FieldError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let url = url::Url::parse(value)
+        .map_err(|e| FieldError::new(field, format!("must be an absolute http(s) URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(FieldError::new(field, "must be an absolute http(s) URL"));
+    }
+    Ok(())
+}
+
+/// A block schema compiled for validating document data. Compile once, validate often.
+#[derive(Debug)]
+pub struct DataValidator {
+    validator: Validator,
+}
+
+impl DataValidator {
+    /// Compiles a block schema's `fields`. Fails when the schema itself is not a valid
+    /// JSON Schema.
+    pub fn new(fields: &Value) -> Result<Self, FieldError> {
+        let validator = jsonschema::options()
+            .with_draft(Draft::Draft7)
+            .should_validate_formats(true)
+            .build(fields)
+            .map_err(|e| {
+                FieldError::new(
+                    "fields",
+                    format!(
+                        "is not a valid JSON Schema at {}: {}",
+                        pointer_to_path(e.schema_path().as_str()),
+                        describe(e.kind())
+                    ),
+                )
+            })?;
+        Ok(Self { validator })
+    }
+
+    /// Validates document data. `reference_fields` are top-level fields that hold
+    /// references to other documents: they are validated by their own schemas, so here
+    /// they are neither checked nor required. Returns every problem found.
+    pub fn validate(
+        &self,
+        data: &Map<String, Value>,
+        reference_fields: &[&str],
+    ) -> Result<(), Vec<FieldError>> {
+        let instance = if reference_fields.is_empty() {
+            Value::Object(data.clone())
+        } else {
+            Value::Object(
+                data.iter()
+                    .filter(|(k, _)| !reference_fields.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        };
+        let errors: Vec<FieldError> = self
+            .validator
+            .iter_errors(&instance)
+            .filter(|e| {
+                let is_root = e.instance_path().as_str().is_empty();
+                !matches!(e.kind(), ValidationErrorKind::Required { property }
+                    if is_root && property.as_str().is_some_and(|p| reference_fields.contains(&p)))
+            })
+            .map(|e| {
+                FieldError::new(
+                    pointer_to_path(e.instance_path().as_str()),
+                    describe(e.kind()),
+                )
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// `/a/b~1c` → `a.b/c`.
+fn pointer_to_path(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A description of a validation failure that never quotes the instance value.
+fn describe(kind: &ValidationErrorKind) -> String {
+    use ValidationErrorKind as K;
+    match kind {
+        K::Required { property } => match property.as_str() {
+            Some(p) => format!("missing required field '{p}'"),
+            None => "a required field is missing".to_owned(),
+        },
+        K::Type { kind } => {
+            let expected: Vec<String> = match kind {
+                jsonschema::error::TypeKind::Single(t) => vec![t.to_string()],
+                jsonschema::error::TypeKind::Multiple(set) => {
+                    set.iter().map(|t| t.to_string()).collect()
+                }
+            };
+            format!("must be of type {}", expected.join(" or "))
+        }
+        K::Enum { options } => format!("must be one of {options}"),
+        K::Constant { expected_value } => format!("must be {expected_value}"),
+        K::AnyOf { .. } => "does not match any of the allowed shapes (anyOf)".to_owned(),
+        K::OneOfNotValid { .. } => "does not match any of the allowed shapes (oneOf)".to_owned(),
+        K::OneOfMultipleValid { .. } => "matches more than one of the shapes of oneOf".to_owned(),
+        K::Format { format } => format!("is not a valid {format}"),
+        K::AdditionalProperties { unexpected } => {
+            format!("has unexpected properties: {}", unexpected.join(", "))
+        }
+        K::Minimum { limit } => format!("must be at least {limit}"),
+        K::Maximum { limit } => format!("must be at most {limit}"),
+        K::ExclusiveMinimum { limit } => format!("must be greater than {limit}"),
+        K::ExclusiveMaximum { limit } => format!("must be less than {limit}"),
+        K::MinLength { limit } => format!("must be at least {limit} characters long"),
+        K::MaxLength { limit } => format!("must be at most {limit} characters long"),
+        K::MinItems { limit } => format!("must have at least {limit} items"),
+        K::MaxItems { limit } => format!("must have at most {limit} items"),
+        K::MinProperties { limit } => format!("must have at least {limit} properties"),
+        K::MaxProperties { limit } => format!("must have at most {limit} properties"),
+        K::Pattern { pattern } => format!("must match the pattern {pattern}"),
+        K::UniqueItems => "must not contain duplicate items".to_owned(),
+        K::FalseSchema => "is not allowed here".to_owned(),
+        K::Custom { message, .. } => message.clone(),
+        K::Referencing(e) => format!("the schema has an unresolvable reference: {e}"),
+        _ => "does not match its schema".to_owned(),
+    }
+}
+
+/// Fills absent top-level fields that have a `default` in the schema's `properties`.
+pub fn apply_defaults(fields: &Value, data: &mut Map<String, Value>) {
+    let Some(properties) = fields.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, property) in properties {
+        if let Some(default) = property.get("default") {
+            data.entry(name.clone()).or_insert_with(|| default.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn names_and_slugs() {
+        assert!(block_document_name("zoom-gcs-2").is_ok());
+        for bad in ["Zoom", "zoom_gcs", "zoom gcs", "zoom/gcs", "", "zöom"] {
+            let err = block_document_name(bad).unwrap_err();
+            assert_eq!(err.field, "name", "{bad}");
+        }
+        assert!(block_type_slug("gcs-bucket").is_ok());
+        assert!(block_type_slug("GCS").is_err());
+        assert!(block_type_name("GCS Bucket").is_ok());
+        for bad in ["a/b", "50%", "a & b", "<x>", "  "] {
+            assert!(block_type_name(bad).is_err(), "{bad}");
+        }
+        assert!(is_reserved_block_type_name("PrefectThing"));
+        assert!(!is_reserved_block_type_name("Perfect"));
+    }
+
+    #[test]
+    fn urls() {
+        assert!(http_url("logo_url", None).is_ok());
+        assert!(http_url("logo_url", Some("https://example.com/logo.png")).is_ok());
+        for bad in [
+            "not a url",
+            "ftp://x.io/a",
+            "https://",
+            "file:///etc/passwd",
+            "/relative",
+        ] {
+            assert_eq!(
+                http_url("logo_url", Some(bad)).unwrap_err().field,
+                "logo_url",
+                "{bad}"
+            );
+        }
+    }
+
+    fn connector_schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "connection_info": {"anyOf": [{"$ref": "#/definitions/ConnectionComponents"}, {"type": "string"}]},
+                "fetch_size": {"type": "integer", "default": 1},
+                "child": {"$ref": "#/definitions/Child"}
+            },
+            "required": ["connection_info", "child"],
+            "definitions": {
+                "ConnectionComponents": {
+                    "type": "object",
+                    "properties": {
+                        "driver": {"type": "string"},
+                        "port": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": null},
+                        "password": {"anyOf": [{"type": "string", "format": "password", "writeOnly": true}, {"type": "null"}]}
+                    },
+                    "required": ["driver"]
+                },
+                "Child": {"block_type_slug": "child", "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
+            }
+        })
+    }
+
+    #[test]
+    fn data_validation_names_paths_and_follows_definitions() {
+        let v = DataValidator::new(&connector_schema()).unwrap();
+        let ok = obj(
+            json!({"connection_info": {"driver": "postgresql+psycopg2", "port": 5432}, "child": {"x": "y"}}),
+        );
+        assert!(v.validate(&ok, &[]).is_ok());
+        let url_form = obj(json!({"connection_info": "postgresql://u@h/db", "child": {"x": "y"}}));
+        assert!(v.validate(&url_form, &[]).is_ok());
+
+        let errors = v
+            .validate(&obj(json!({"connection_info": {"port": 5432}, "fetch_size": "x", "child": {"x": "y"}})), &[])
+            .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"connection_info"), "{errors:?}");
+        assert!(fields.contains(&"fetch_size"), "{errors:?}");
+        let fetch = errors.iter().find(|e| e.field == "fetch_size").unwrap();
+        assert_eq!(fetch.message, "must be of type integer");
+
+        let missing = v
+            .validate(&obj(json!({"child": {"x": "y"}})), &[])
+            .unwrap_err();
+        assert_eq!(missing[0].field, "");
+        assert_eq!(
+            missing[0].message,
+            "missing required field 'connection_info'"
+        );
+    }
+
+    #[test]
+    fn reference_fields_are_neither_checked_nor_required() {
+        let v = DataValidator::new(&connector_schema()).unwrap();
+        let data = obj(json!({"connection_info": "x://"}));
+        assert!(v.validate(&data, &[]).is_err());
+        assert!(v.validate(&data, &["child"]).is_ok());
+        let with_ref = obj(
+            json!({"connection_info": "x://", "child": {"$ref": {"block_document_id": "00000000-0000-0000-0000-000000000000"}}}),
+        );
+        assert!(v.validate(&with_ref, &["child"]).is_ok());
+    }
+
+    #[test]
+    fn errors_never_quote_values() {
+        let canary = "canary-secret-81d2";
+        let v = DataValidator::new(&json!({
+            "type": "object",
+            "properties": {"password": {"type": "integer"}, "mode": {"enum": ["a", "b"]}, "when": {"type": "string", "format": "date-time"}}
+        }))
+        .unwrap();
+        let errors = v
+            .validate(
+                &obj(json!({"password": canary, "mode": canary, "when": canary})),
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for e in errors {
+            assert!(!e.to_string().contains(canary), "{e}");
+        }
+    }
+
+    #[test]
+    fn invalid_schemas_are_reported() {
+        let err = DataValidator::new(&json!({"type": "nonsense"})).unwrap_err();
+        assert_eq!(err.field, "fields");
+    }
+
+    #[test]
+    fn defaults_fill_absent_fields_only() {
+        let schema = connector_schema();
+        let mut data = obj(json!({"connection_info": "x"}));
+        apply_defaults(&schema, &mut data);
+        assert_eq!(data["fetch_size"], json!(1));
+        let mut data = obj(json!({"fetch_size": 7}));
+        apply_defaults(&schema, &mut data);
+        assert_eq!(data["fetch_size"], json!(7));
+    }
+
+    #[test]
+    fn pointer_paths() {
+        assert_eq!(pointer_to_path(""), "");
+        assert_eq!(pointer_to_path("/a/b~1c/0"), "a.b/c.0");
+    }
+}
