@@ -95,7 +95,9 @@ impl Zeroize for ZeroizingJson {
     }
 }
 
-fn zeroize_json(value: &mut Value) {
+/// Zeroes the strings of a JSON value (keys included) and leaves `null` behind. Use it on
+/// plaintext secret values before they are dropped.
+pub fn zeroize_json(value: &mut Value) {
     match std::mem::take(value) {
         Value::String(mut s) => s.zeroize(),
         Value::Array(mut items) => items.iter_mut().for_each(zeroize_json),

@@ -1,9 +1,13 @@
 //! The blocks registry server.
 //!
-//! It will hold the encrypted block store (SQLite and PostgreSQL through sqlx), the
-//! Prefect-compatible JSON API (axum) and the `blocks` command line. Today it only
-//! re-exports the block model it is built on.
+//! - [`crypto`]: envelope encryption of secret field values (master key, data keys,
+//!   AES-256-GCM bound to document, path and key).
+//!
+//! Still to come here: the encrypted block store (SQLite and PostgreSQL through sqlx), the
+//! Prefect-compatible JSON API (axum) and the `blocks` command line.
 
 #![deny(missing_docs)]
+
+pub mod crypto;
 
 pub use block_types;
