@@ -161,6 +161,19 @@ impl KdfParams {
 /// The master key (key-encryption key). Its `Debug` never shows the key.
 pub struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
 
+#[cfg(test)]
+impl MasterKey {
+    /// The raw key, for tests that prove it never reaches storage.
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+
+    /// A copy (keys are deliberately not `Clone`).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MasterKey(********)")
@@ -296,6 +309,12 @@ impl DataKey {
     /// The key's id.
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// The raw key, for tests that prove it never reaches storage.
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.key.as_ref()
     }
 
     /// Encrypts one secret value (its JSON text) at `path` of document `document_id`.

@@ -9,5 +9,6 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+pub mod store;
 
 pub use block_types;

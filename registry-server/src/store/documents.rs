@@ -1,0 +1,1037 @@
+//! Block documents: create, update (merge, secret echoes, schema moves, optimistic
+//! concurrency), delete, resolved reads, filters, history and rollback.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use block_types::model::{
+    BlockDocument, BlockDocumentCountBody, BlockDocumentCreate, BlockDocumentFilter,
+    BlockDocumentFilterBody, BlockDocumentReference, BlockDocumentSort, BlockDocumentUpdate,
+    BlockSchema, BlockSchemaFilter, BlockType, BlockTypeFilter, EqBool, Page,
+    ReferencedBlockDocument,
+};
+use block_types::secret_fields::{obfuscate, restore, secret_fields_of, secret_roots};
+use block_types::{FieldError, references};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::schemas::{SCHEMA_COLUMNS, push_combined, push_schema_filter, schema_from_row};
+use super::sql::{Condition, Sql};
+use super::types::{TYPE_COLUMNS, push_type_filter};
+use super::{
+    Backend, Result, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
+    uuid_col,
+};
+use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
+
+/// How deep a reference tree is followed on read (as Prefect).
+const MAX_DEPTH: i64 = 50;
+
+/// One stored version of a document.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionInfo {
+    /// Version number, from 1.
+    pub version: i64,
+    /// When it was written.
+    pub created: DateTime<Utc>,
+    /// The schema its data follows.
+    pub block_schema_id: Uuid,
+    /// The data key its secrets are sealed under (none when it has no secret value).
+    pub key_id: Option<Uuid>,
+    /// Its references: field → document id.
+    pub references: BTreeMap<String, Uuid>,
+}
+
+/// What a write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The document.
+    pub id: Uuid,
+    /// Its version after the write.
+    pub version: i64,
+    /// Whether anything was written (a merge update without data writes nothing).
+    pub changed: bool,
+}
+
+/// A document row of a resolved tree.
+struct TreeDoc {
+    id: Uuid,
+    created: i64,
+    updated: i64,
+    name: String,
+    is_anonymous: bool,
+    block_type_name: Option<String>,
+    data: Map<String, Value>,
+    secrets: Vec<SealedField>,
+    schema: BlockSchema,
+}
+
+/// The documents and reference edges of one or more trees, from one query.
+struct Tree {
+    docs: HashMap<Uuid, TreeDoc>,
+    /// parent → [(field, child)], in field order.
+    edges: HashMap<Uuid, Vec<(String, Uuid)>>,
+}
+
+/// What a version write needs: the plain data (secrets in clear, no references), the
+/// references, and the schema.
+struct NewVersion<'a> {
+    data: Map<String, Value>,
+    refs: Vec<(String, Uuid)>,
+    schema_id: Uuid,
+    schema_fields: &'a Value,
+}
+
+/// A conflict when the caller expected another version.
+fn check_expected(expected: Option<i64>, actual: i64) -> Result<()> {
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(StoreError::VersionConflict { expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn not_found() -> StoreError {
+    StoreError::NotFound("Block document not found".to_owned())
+}
+
+impl Store {
+    fn collate(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " collate \"C\"",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// Creates a document. The data is validated against its schema, `$ref`s must point to
+    /// existing documents, secrets are sealed. Returns the document with secrets masked.
+    pub async fn create_block_document(&self, body: BlockDocumentCreate) -> Result<BlockDocument> {
+        body.validate().map_err(|e| StoreError::Invalid(vec![e]))?;
+        let id = Uuid::new_v4();
+        let name = match &body.name {
+            Some(name) => name.clone(),
+            None => format!("anonymous-{}", Uuid::new_v4()),
+        };
+        let (data, refs) = references::split_references(body.data).map_err(|e| {
+            let field = e.field().to_owned();
+            StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))
+        })?;
+        let schema = self
+            .read_block_schema(body.block_schema_id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => {
+                    StoreError::invalid("block_schema_id", "no block schema has this id")
+                }
+                other => other,
+            })?;
+        if schema.block_type_id != body.block_type_id {
+            return Err(StoreError::invalid(
+                "block_schema_id",
+                "the block schema belongs to another block type than block_type_id",
+            ));
+        }
+        let block_type = schema
+            .block_type
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        self.validate_data(&schema, &data, &refs)?;
+
+        let mut tx = self.write.begin().await?;
+        let now = now_micros();
+        self.count_query();
+        let inserted = sqlx::query(
+            "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
+             values ($1, $2, $2, $3, $4, $5, $6, $7, 1)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(&name)
+        .bind(i64::from(body.is_anonymous))
+        .bind(body.block_type_id.to_string())
+        .bind(&block_type.name)
+        .bind(schema.id.to_string())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if StoreError::is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists("Block already exists".to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.check_failpoint("create_after_document")?;
+        let version = NewVersion {
+            data,
+            refs,
+            schema_id: schema.id,
+            schema_fields: &schema.fields,
+        };
+        let worn = self.write_version(&mut tx, id, 1, version).await?;
+        self.check_failpoint("create_before_commit")?;
+        tx.commit().await?;
+        if let Some((key, used)) = worn {
+            self.rotate_if_worn(key, used).await?;
+        }
+        self.read_block_document(id, false).await
+    }
+
+    fn validate_data(
+        &self,
+        schema: &BlockSchema,
+        data: &Map<String, Value>,
+        refs: &[(String, Uuid)],
+    ) -> Result<()> {
+        let validator = self.validator(schema.id, &schema.fields)?;
+        let ref_fields: Vec<&str> = refs.iter().map(|(f, _)| f.as_str()).collect();
+        validator.validate(data, &ref_fields).map_err(|errors| {
+            StoreError::Invalid(errors.into_iter().map(|e| e.prefixed("data")).collect())
+        })
+    }
+
+    /// Inside a write: checks the references, seals the secrets and appends version
+    /// `number`, then replaces the document's reference rows and prunes old versions.
+    /// Returns the data key used and its encryption count, for the rotation check.
+    async fn write_version(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        number: i64,
+        version: NewVersion<'_>,
+    ) -> Result<Option<(Uuid, i64)>> {
+        let NewVersion {
+            mut data,
+            refs,
+            schema_id,
+            schema_fields,
+        } = version;
+        self.check_references(tx, id, &refs).await?;
+        let roots = secret_roots(&secret_fields_of(schema_fields));
+        let count = roots
+            .iter()
+            .filter(|r| {
+                block_types::secret_fields::get_path(&data, r).is_some_and(|v| !v.is_null())
+            })
+            .count();
+        let (sealed, key) = if count > 0 {
+            let (key, used) = self.reserve_active_key(tx, count).await?;
+            (
+                seal_secrets(&mut data, &roots, id, &key)?,
+                Some((key.id(), used)),
+            )
+        } else {
+            (Vec::new(), None)
+        };
+        let ref_map: BTreeMap<&str, String> = refs
+            .iter()
+            .map(|(f, id)| (f.as_str(), id.to_string()))
+            .collect();
+        self.count_query();
+        sqlx::query(
+            "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id.to_string())
+        .bind(number)
+        .bind(now_micros())
+        .bind(schema_id.to_string())
+        .bind(to_json(&data))
+        .bind(to_json(&sealed))
+        .bind(key.map(|(k, _)| k.to_string()))
+        .bind(to_json(&ref_map))
+        .execute(&mut **tx)
+        .await?;
+        self.check_failpoint("after_version")?;
+        self.count_query();
+        sqlx::query("delete from block_document_reference where parent_block_document_id = $1")
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        for (field, child) in &refs {
+            self.count_query();
+            sqlx::query(
+                "insert into block_document_reference (parent_block_document_id, name, reference_block_document_id) values ($1, $2, $3)",
+            )
+            .bind(id.to_string())
+            .bind(field)
+            .bind(child.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        self.check_failpoint("after_references")?;
+        if let Some(keep) = self.config.retention {
+            self.count_query();
+            sqlx::query(
+                "delete from block_document_version where block_document_id = $1 and version <= $2",
+            )
+            .bind(id.to_string())
+            .bind(number - i64::from(keep.max(1)))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(key)
+    }
+
+    /// References must point to existing documents and must not make `id` reachable from
+    /// itself.
+    async fn check_references(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        refs: &[(String, Uuid)],
+    ) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        self.lock_reference_graph(tx).await?;
+        let mut sql = Sql::new("select id from block_document where id in ");
+        sql.bind_list(refs.iter().map(|(_, c)| c.to_string()));
+        self.count_query();
+        let found: HashSet<String> = sql
+            .query()
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get("id").ok())
+            .collect();
+        for (field, child) in refs {
+            if *child == id {
+                return Err(StoreError::Cycle(format!(
+                    "Cannot create block document reference: it would introduce a cycle (field '{field}' references the document itself)"
+                )));
+            }
+            if !found.contains(&child.to_string()) {
+                return Err(StoreError::BadReference(FieldError::new(
+                    format!("data.{field}"),
+                    format!("references block document {child}, which does not exist"),
+                )));
+            }
+        }
+        let mut sql =
+            Sql::new("with recursive reach(id) as (select id from block_document where id in ");
+        sql.bind_list(refs.iter().map(|(_, c)| c.to_string()));
+        sql.push(
+            " union select r.reference_block_document_id from block_document_reference r \
+             join reach on r.parent_block_document_id = reach.id) select 1 from reach where id = ",
+        );
+        sql.bind_text(id.to_string());
+        self.count_query();
+        if sql.query().fetch_optional(&mut **tx).await?.is_some() {
+            return Err(StoreError::Cycle(
+                "Cannot create block document reference: it would introduce a cycle".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Locks the document row (PostgreSQL) and returns its current version and schema.
+    async fn lock_document(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<(i64, Uuid)> {
+        self.count_query();
+        let row = sqlx::query(&format!(
+            "select version, block_schema_id from block_document where id = $1{}",
+            self.for_update()
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(not_found)?;
+        Ok((row.try_get("version")?, uuid_col(&row, "block_schema_id")?))
+    }
+
+    /// The plain data (secrets opened) and references of a stored version.
+    async fn open_version(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        version: i64,
+    ) -> Result<(Map<String, Value>, Vec<(String, Uuid)>, Uuid)> {
+        self.count_query();
+        let row = sqlx::query(
+            "select data, secrets, refs, block_schema_id from block_document_version where block_document_id = $1 and version = $2",
+        )
+        .bind(id.to_string())
+        .bind(version)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("Block document version {version} not found")))?;
+        let mut data: Map<String, Value> = json_col(&row, "data")?;
+        let sealed: Vec<SealedField> = json_col(&row, "secrets")?;
+        let refs: BTreeMap<String, String> = json_col(&row, "refs")?;
+        let mut keys: HashMap<Uuid, Arc<DataKey>> = HashMap::new();
+        for field in &sealed {
+            let key_id = crate::crypto::sealed_key_id(&field.ciphertext)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key_id) {
+                slot.insert(self.key(tx, key_id).await?);
+            }
+        }
+        open_secrets(&mut data, &sealed, id, |k| keys.get(&k).map(|a| &**a))?;
+        let refs = refs
+            .into_iter()
+            .map(|(f, c)| Ok((f, parse_uuid(&c)?)))
+            .collect::<Result<_>>()?;
+        Ok((data, refs, uuid_col(&row, "block_schema_id")?))
+    }
+
+    /// Updates a document as Prefect's PATCH does, with our fixes:
+    ///
+    /// - `merge_existing_data` (the default) merges the new data over the current data
+    ///   (top-level keys); `false` replaces it. A merge without `data` changes nothing.
+    /// - `"********"` sent back at a secret location keeps the stored secret.
+    /// - A merge keeps the references it does not mention; a replace keeps only the
+    ///   references it sends.
+    /// - Moving to another schema (same type only) drops fields the new schema does not
+    ///   define.
+    /// - With `expected_version`, a document at another version is a
+    ///   [`StoreError::VersionConflict`] and nothing changes.
+    pub async fn update_block_document(
+        &self,
+        id: Uuid,
+        body: BlockDocumentUpdate,
+        expected_version: Option<i64>,
+    ) -> Result<WriteOutcome> {
+        let mut tx = self.write.begin().await?;
+        let (current_version, current_schema_id) = self.lock_document(&mut tx, id).await?;
+        check_expected(expected_version, current_version)?;
+        let new_data = match (body.data, body.merge_existing_data) {
+            (Some(data), _) => data,
+            (None, true) => {
+                return Ok(WriteOutcome {
+                    id,
+                    version: current_version,
+                    changed: false,
+                });
+            }
+            (None, false) => Map::new(),
+        };
+        let (current_data, current_refs, _) =
+            self.open_version(&mut tx, id, current_version).await?;
+        let current_schema = self.read_block_schema(current_schema_id).await?;
+        let target_schema = match body.block_schema_id {
+            Some(schema_id) if schema_id != current_schema_id => {
+                let target = self
+                    .read_block_schema(schema_id)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound(_) => {
+                            StoreError::invalid("block_schema_id", "no block schema has this id")
+                        }
+                        other => other,
+                    })?;
+                if target.block_type_id != current_schema.block_type_id {
+                    return Err(StoreError::invalid(
+                        "block_schema_id",
+                        "Must migrate block document to a block schema of the same block type.",
+                    ));
+                }
+                target
+            }
+            _ => current_schema.clone(),
+        };
+
+        let mut new_data = new_data;
+        restore(
+            &mut new_data,
+            &current_data,
+            &secret_fields_of(&current_schema.fields),
+        );
+        let (new_plain, new_refs) = references::split_references(new_data).map_err(|e| {
+            let field = e.field().to_owned();
+            StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))
+        })?;
+        let (mut data, mut refs) = if body.merge_existing_data {
+            let mut merged = current_data;
+            let mut refs: Vec<(String, Uuid)> = current_refs
+                .into_iter()
+                .filter(|(field, _)| {
+                    !new_plain.contains_key(field) && !new_refs.iter().any(|(f, _)| f == field)
+                })
+                .collect();
+            for (k, v) in new_plain {
+                merged.insert(k, v);
+            }
+            refs.extend(new_refs);
+            for (field, _) in &refs {
+                merged.shift_remove(field);
+            }
+            (merged, refs)
+        } else {
+            (new_plain, new_refs)
+        };
+        if target_schema.id != current_schema_id
+            && let Some(props) = target_schema
+                .fields
+                .get("properties")
+                .and_then(Value::as_object)
+        {
+            data.retain(|k, _| props.contains_key(k));
+            refs.retain(|(k, _)| props.contains_key(k));
+        }
+        self.validate_data(&target_schema, &data, &refs)?;
+
+        let next = current_version + 1;
+        self.count_query();
+        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
+            .bind(next)
+            .bind(now_micros())
+            .bind(target_schema.id.to_string())
+            .bind(id.to_string())
+            .bind(current_version)
+            .execute(&mut *tx)
+            .await?;
+        let version = NewVersion {
+            data,
+            refs,
+            schema_id: target_schema.id,
+            schema_fields: &target_schema.fields,
+        };
+        let worn = self.write_version(&mut tx, id, next, version).await?;
+        self.check_failpoint("update_before_commit")?;
+        tx.commit().await?;
+        if let Some((key, used)) = worn {
+            self.rotate_if_worn(key, used).await?;
+        }
+        Ok(WriteOutcome {
+            id,
+            version: next,
+            changed: true,
+        })
+    }
+
+    /// Deletes a document and its history. Refused while other documents reference it
+    /// (the error names them), or when `expected_version` does not match.
+    pub async fn delete_block_document(
+        &self,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        self.lock_reference_graph(&mut tx).await?;
+        let (current_version, _) = self.lock_document(&mut tx, id).await?;
+        check_expected(expected_version, current_version)?;
+        self.count_query();
+        let referrers: Vec<String> = sqlx::query_scalar(
+            "select t.slug || '/' || d.name from block_document_reference r \
+             join block_document d on d.id = r.parent_block_document_id join block_type t on t.id = d.block_type_id \
+             where r.reference_block_document_id = $1 order by 1",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !referrers.is_empty() {
+            return Err(StoreError::InUse {
+                message: "the block document is referenced by other block documents".to_owned(),
+                referrers,
+            });
+        }
+        self.count_query();
+        sqlx::query("delete from block_document where id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A document by id with its references resolved, in one query.
+    pub async fn read_block_document(
+        &self,
+        id: Uuid,
+        include_secrets: bool,
+    ) -> Result<BlockDocument> {
+        let tree = self
+            .load_tree(|sql| {
+                sql.push("d.id = ").bind_text(id.to_string());
+            })
+            .await?;
+        self.resolve_root(&tree, id, include_secrets)
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    /// A document by type slug and name with its references resolved, in one query.
+    pub async fn read_block_document_by_name(
+        &self,
+        slug: &str,
+        name: &str,
+        include_secrets: bool,
+    ) -> Result<BlockDocument> {
+        let tree = self
+            .load_tree(|sql| {
+                sql.push("d.block_type_id = (select id from block_type where slug = ")
+                    .bind_text(slug)
+                    .push(") and d.name = ")
+                    .bind_text(name);
+            })
+            .await?;
+        let id = tree
+            .docs
+            .values()
+            .find(|d| {
+                d.name == name && d.schema.block_type.as_ref().is_some_and(|t| t.slug == slug)
+            })
+            .map(|d| d.id)
+            .ok_or_else(not_found)?;
+        self.resolve_root(&tree, id, include_secrets)
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    /// The current version of a document.
+    pub async fn document_version(&self, id: Uuid) -> Result<i64> {
+        self.count_query();
+        sqlx::query_scalar("select version from block_document where id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    /// Loads every document reachable from the roots selected by `root` (a condition on
+    /// `block_document d` with `$N` placeholders), with data, schema and type, in one query.
+    async fn load_tree(&self, root: impl FnOnce(&mut Sql)) -> Result<Tree> {
+        let mut sql = Sql::new(
+            "with recursive tree(id, parent_id, ref_name, depth) as (\
+             select d.id, cast(null as text), cast(null as text), 0 from block_document d where ",
+        );
+        root(&mut sql);
+        sql.push(
+            " union all select r.reference_block_document_id, r.parent_block_document_id, r.name, tree.depth + 1 \
+             from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
+        );
+        sql.bind_int(MAX_DEPTH);
+        sql.push(&format!(
+            ") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
+             d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
+             v.data as v_data, v.secrets as v_secrets, {SCHEMA_COLUMNS}, {TYPE_COLUMNS} \
+             from tree join block_document d on d.id = tree.id \
+             join block_document_version v on v.block_document_id = d.id and v.version = d.version \
+             join block_schema s on s.id = d.block_schema_id join block_type t on t.id = s.block_type_id"
+        ));
+        self.count_query();
+        let rows = sql.query().fetch_all(&self.read).await?;
+        self.tree_from_rows(&rows)
+    }
+
+    fn tree_from_rows(&self, rows: &[AnyRow]) -> Result<Tree> {
+        let mut docs = HashMap::new();
+        let mut edges: HashMap<Uuid, Vec<(String, Uuid)>> = HashMap::new();
+        for row in rows {
+            let id = uuid_col(row, "d_id")?;
+            if let (Some(parent), Some(field)) = (
+                row.try_get::<Option<String>, _>("parent_id")?,
+                row.try_get::<Option<String>, _>("ref_name")?,
+            ) {
+                let list = edges.entry(parse_uuid(&parent)?).or_default();
+                if !list.iter().any(|(f, _)| *f == field) {
+                    list.push((field, id));
+                }
+            }
+            if docs.contains_key(&id) {
+                continue;
+            }
+            docs.insert(
+                id,
+                TreeDoc {
+                    id,
+                    created: row.try_get("d_created")?,
+                    updated: row.try_get("d_updated")?,
+                    name: row.try_get("d_name")?,
+                    is_anonymous: row.try_get::<i64, _>("d_is_anonymous")? != 0,
+                    block_type_name: row.try_get("d_block_type_name")?,
+                    data: json_col(row, "v_data")?,
+                    secrets: json_col(row, "v_secrets")?,
+                    schema: schema_from_row(row)?,
+                },
+            );
+        }
+        for list in edges.values_mut() {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(Tree { docs, edges })
+    }
+
+    /// The data keys that open the secrets of every document of `tree`.
+    async fn keys_for(&self, tree: &Tree) -> Result<HashMap<Uuid, Arc<DataKey>>> {
+        let mut keys = HashMap::new();
+        for doc in tree.docs.values() {
+            for field in &doc.secrets {
+                let id = crate::crypto::sealed_key_id(&field.ciphertext)?;
+                if keys.contains_key(&id) {
+                    continue;
+                }
+                let key = match self.cached_key(id) {
+                    Some(key) => key,
+                    // A key another replica created since this one loaded its keys.
+                    None => {
+                        let mut tx = self.read.begin().await?;
+                        self.key(&mut tx, id).await?
+                    }
+                };
+                keys.insert(id, key);
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn resolve_root(
+        &self,
+        tree: &Tree,
+        id: Uuid,
+        include_secrets: bool,
+    ) -> Result<Option<BlockDocument>> {
+        let keys = self.keys_for(tree).await?;
+        self.resolve_root_with(tree, &keys, id, include_secrets)
+    }
+
+    fn resolve_root_with(
+        &self,
+        tree: &Tree,
+        keys: &HashMap<Uuid, Arc<DataKey>>,
+        id: Uuid,
+        include_secrets: bool,
+    ) -> Result<Option<BlockDocument>> {
+        let Some(doc) = tree.docs.get(&id) else {
+            return Ok(None);
+        };
+        let (data, refs) = resolve(tree, keys, id, include_secrets, 0)?;
+        let block_type = doc.schema.block_type.clone();
+        Ok(Some(BlockDocument {
+            id,
+            created: to_time(doc.created),
+            updated: to_time(doc.updated),
+            name: Some(doc.name.clone()),
+            data,
+            block_schema_id: doc.schema.id,
+            block_schema: Some(doc.schema.clone()),
+            block_type_id: doc.schema.block_type_id,
+            block_type_name: doc.block_type_name.clone(),
+            block_type,
+            block_document_references: refs,
+            is_anonymous: doc.is_anonymous,
+        }))
+    }
+}
+
+/// A document's data with its secrets opened (or masked) and its references replaced by
+/// the referenced documents' resolved data.
+fn resolve(
+    tree: &Tree,
+    keys: &HashMap<Uuid, Arc<DataKey>>,
+    id: Uuid,
+    include_secrets: bool,
+    depth: i64,
+) -> Result<(Map<String, Value>, BTreeMap<String, BlockDocumentReference>)> {
+    let doc = tree.docs.get(&id).ok_or_else(not_found)?;
+    let mut data = doc.data.clone();
+    if !doc.secrets.is_empty() {
+        open_secrets(&mut data, &doc.secrets, id, |key_id| {
+            keys.get(&key_id).map(|k| &**k)
+        })?;
+    }
+    let mut refs = BTreeMap::new();
+    if depth < MAX_DEPTH {
+        for (field, child_id) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
+            let Some(child) = tree.docs.get(child_id) else {
+                continue;
+            };
+            let (child_data, child_refs) =
+                resolve(tree, keys, *child_id, include_secrets, depth + 1)?;
+            data.insert(field.clone(), Value::Object(child_data));
+            let block_type: BlockType = child
+                .schema
+                .block_type
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+            refs.insert(
+                field.clone(),
+                BlockDocumentReference {
+                    block_document: ReferencedBlockDocument {
+                        id: *child_id,
+                        name: Some(child.name.clone()),
+                        block_type,
+                        is_anonymous: child.is_anonymous,
+                        block_document_references: child_refs,
+                    },
+                },
+            );
+        }
+    }
+    if !include_secrets {
+        obfuscate(&mut data, &secret_fields_of(&doc.schema.fields));
+    }
+    Ok((data, refs))
+}
+
+/// Appends the conditions of a document filter on `block_document d` (with its type
+/// `block_type t`), the type filter and the schema filter.
+fn push_document_filters(
+    sql: &mut Sql,
+    documents: &BlockDocumentFilter,
+    types: Option<&BlockTypeFilter>,
+    schemas: Option<&BlockSchemaFilter>,
+) {
+    let mut groups: Vec<Condition> = Vec::new();
+    if let Some(ids) = documents.id.as_ref().and_then(|f| f.any_.clone()) {
+        groups.push(Box::new(move |sql| {
+            sql.push("d.id in ")
+                .bind_list(ids.iter().map(ToString::to_string));
+        }));
+    }
+    if let Some(EqBool {
+        eq_: Some(anonymous),
+    }) = documents.is_anonymous
+    {
+        groups.push(Box::new(move |sql| {
+            sql.push("d.is_anonymous = ").bind_int(i64::from(anonymous));
+        }));
+    }
+    if let Some(ids) = documents
+        .block_type_id
+        .as_ref()
+        .and_then(|f| f.any_.clone())
+    {
+        groups.push(Box::new(move |sql| {
+            sql.push("d.block_type_id in ")
+                .bind_list(ids.iter().map(ToString::to_string));
+        }));
+    }
+    if let Some(name) = documents.name.clone()
+        && (name.any_.is_some() || name.like_.is_some())
+    {
+        groups.push(Box::new(move |sql| {
+            sql.push("(1 = 1");
+            if let Some(names) = &name.any_ {
+                sql.push(" and d.name in ").bind_list(names.iter().cloned());
+            }
+            if let Some(like) = &name.like_ {
+                sql.push(" and lower(d.name) like '%' || lower(")
+                    .bind_text(like.clone())
+                    .push(") || '%'");
+            }
+            sql.push(")");
+        }));
+    }
+    push_combined(sql, &groups, documents.operator);
+    if let Some(types) = types {
+        push_type_filter(sql, types, "t");
+    }
+    if let Some(schemas) = schemas {
+        sql.push(" and exists (select 1 from block_schema s where s.id = d.block_schema_id");
+        push_schema_filter(sql, schemas, "s");
+        sql.push(")");
+    }
+}
+
+impl Store {
+    /// Documents matching the filter (anonymous ones hidden unless asked), sorted and
+    /// paged, each with its references resolved.
+    pub async fn filter_block_documents(
+        &self,
+        body: &BlockDocumentFilterBody,
+    ) -> Result<Vec<BlockDocument>> {
+        let page =
+            Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
+        let documents = body.block_documents.clone().unwrap_or_default();
+        let mut sql = Sql::new(
+            "select d.id from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
+        );
+        push_document_filters(
+            &mut sql,
+            &documents,
+            body.block_types.as_ref(),
+            body.block_schemas.as_ref(),
+        );
+        let c = self.collate();
+        let order = match body.sort.unwrap_or_default() {
+            BlockDocumentSort::NameAsc => format!(" order by d.name{c} asc, d.id"),
+            BlockDocumentSort::NameDesc => format!(" order by d.name{c} desc, d.id"),
+            BlockDocumentSort::BlockTypeAndNameAsc => {
+                format!(" order by d.block_type_name{c} asc, d.name{c} asc, d.id")
+            }
+        };
+        sql.push(&order).push(" limit ").bind_int(page.limit.into());
+        sql.push(" offset ").bind_int(page.offset.into());
+        self.count_query();
+        let ids: Vec<Uuid> = sql
+            .query()
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| uuid_col(r, "id"))
+            .collect::<Result<_>>()?;
+        self.read_many(&ids, body.include_secrets.unwrap_or(false))
+            .await
+    }
+
+    /// Resolved documents for `ids`, in that order, with one tree query for all of them.
+    async fn read_many(&self, ids: &[Uuid], include_secrets: bool) -> Result<Vec<BlockDocument>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tree = self
+            .load_tree(|sql| {
+                sql.push("d.id in ")
+                    .bind_list(ids.iter().map(ToString::to_string));
+            })
+            .await?;
+        let keys = self.keys_for(&tree).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(doc) = self.resolve_root_with(&tree, &keys, *id, include_secrets)? {
+                out.push(doc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many documents match the filter.
+    pub async fn count_block_documents(&self, body: &BlockDocumentCountBody) -> Result<i64> {
+        let documents = body.block_documents.clone().unwrap_or_default();
+        let mut sql = Sql::new(
+            "select count(*) as n from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
+        );
+        push_document_filters(
+            &mut sql,
+            &documents,
+            body.block_types.as_ref(),
+            body.block_schemas.as_ref(),
+        );
+        self.count_query();
+        Ok(sql.query().fetch_one(&self.read).await?.try_get("n")?)
+    }
+
+    /// The named (non-anonymous) documents of a type, by name.
+    pub async fn list_block_documents_of_type(
+        &self,
+        slug: &str,
+        include_secrets: bool,
+    ) -> Result<Vec<BlockDocument>> {
+        let ty = self.read_block_type_by_slug(slug).await?;
+        let body = BlockDocumentFilterBody {
+            block_documents: Some(BlockDocumentFilter {
+                block_type_id: Some(block_types::model::AnyOf {
+                    any_: Some(vec![ty.id]),
+                }),
+                ..BlockDocumentFilter::default()
+            }),
+            include_secrets: Some(include_secrets),
+            ..BlockDocumentFilterBody::default()
+        };
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self
+                .filter_block_documents(&BlockDocumentFilterBody {
+                    offset: Some(offset),
+                    ..body.clone()
+                })
+                .await?;
+            let n = page.len() as i64;
+            all.extend(page);
+            if n < block_types::model::MAX_LIMIT {
+                break;
+            }
+            offset += n;
+        }
+        Ok(all)
+    }
+
+    /// The stored versions of a document, newest first.
+    pub async fn list_versions(&self, id: Uuid) -> Result<Vec<VersionInfo>> {
+        self.document_version(id).await?;
+        self.count_query();
+        let rows = sqlx::query(
+            "select version, created, block_schema_id, key_id, refs from block_document_version \
+             where block_document_id = $1 order by version desc",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let refs: BTreeMap<String, String> = json_col(row, "refs")?;
+                Ok(VersionInfo {
+                    version: row.try_get("version")?,
+                    created: to_time(row.try_get("created")?),
+                    block_schema_id: uuid_col(row, "block_schema_id")?,
+                    key_id: row
+                        .try_get::<Option<String>, _>("key_id")?
+                        .map(|k| parse_uuid(&k))
+                        .transpose()?,
+                    references: refs
+                        .into_iter()
+                        .map(|(f, c)| Ok((f, parse_uuid(&c)?)))
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect()
+    }
+
+    /// One version's own data, with its references as `$ref`s and secrets masked unless
+    /// asked for.
+    pub async fn read_version(
+        &self,
+        id: Uuid,
+        version: i64,
+        include_secrets: bool,
+    ) -> Result<Map<String, Value>> {
+        let mut tx = self.read.begin().await?;
+        let (mut data, refs, schema_id) = self.open_version(&mut tx, id, version).await?;
+        drop(tx);
+        if !include_secrets {
+            let schema = self.read_block_schema(schema_id).await?;
+            obfuscate(&mut data, &secret_fields_of(&schema.fields));
+        }
+        for (field, child) in refs {
+            data.insert(field, references::reference_value(child));
+        }
+        Ok(data)
+    }
+
+    /// Makes a new version equal to an older one (data, secrets, references and schema).
+    pub async fn rollback_block_document(
+        &self,
+        id: Uuid,
+        version: i64,
+        expected_version: Option<i64>,
+    ) -> Result<WriteOutcome> {
+        let mut tx = self.write.begin().await?;
+        let (current_version, _) = self.lock_document(&mut tx, id).await?;
+        check_expected(expected_version, current_version)?;
+        let (data, refs, schema_id) = self.open_version(&mut tx, id, version).await?;
+        let schema = self.read_block_schema(schema_id).await?;
+        let next = current_version + 1;
+        self.count_query();
+        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4")
+            .bind(next)
+            .bind(now_micros())
+            .bind(schema_id.to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let new = NewVersion {
+            data,
+            refs,
+            schema_id,
+            schema_fields: &schema.fields,
+        };
+        let worn = self.write_version(&mut tx, id, next, new).await?;
+        tx.commit().await?;
+        if let Some((key, used)) = worn {
+            self.rotate_if_worn(key, used).await?;
+        }
+        Ok(WriteOutcome {
+            id,
+            version: next,
+            changed: true,
+        })
+    }
+}

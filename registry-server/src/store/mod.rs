@@ -1,0 +1,411 @@
+//! The encrypted block store: block types, schemas and documents on SQLite or PostgreSQL.
+//!
+//! One implementation serves both databases through sqlx's `Any` driver: the two schemas in
+//! `migrations/` use the same column shapes (uuid text, microsecond integers, JSON text), so
+//! every query is written once, with `$N` placeholders that both drivers accept. The few
+//! places where the dialects differ (row locks, advisory locks) branch on [`Backend`].
+//!
+//! Writes are transactions. Each write of a document appends an immutable version holding
+//! the plain data, the sealed secrets (see [`crate::crypto`]), the references and the schema.
+//! A read resolves the document's whole reference tree in one recursive query.
+
+mod documents;
+mod keys;
+mod schemas;
+mod sql;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use block_types::{DataValidator, FieldError};
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use uuid::Uuid;
+
+use crate::crypto::{CryptoError, DataKey, MasterKey};
+
+pub use documents::{VersionInfo, WriteOutcome};
+pub use keys::{KeyInfo, KeyStatus};
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, the embedded default.
+    Sqlite,
+    /// PostgreSQL, for several replicas on one database.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Config(
+                "the database URL must start with sqlite: or postgres://".to_owned(),
+            ))
+        }
+    }
+}
+
+/// Where the master key comes from.
+#[derive(Debug)]
+pub enum MasterKeySource {
+    /// A key read from a key file or the environment.
+    Key(MasterKey),
+    /// A passphrase, stretched with argon2id using the salt and parameters stored in the
+    /// database (created on first use).
+    Passphrase(SecretString),
+}
+
+/// Settings of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Keep at most this many versions of each document (the current one always stays).
+    /// `None` keeps every version.
+    pub retention: Option<u32>,
+    /// A data key is retired after this many encryptions, far below AES-GCM's 2^32 limit
+    /// for random nonces.
+    pub key_rotation_threshold: i64,
+    /// Connections in the pool (readers, for SQLite).
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention: None,
+            key_rotation_threshold: 1 << 30,
+            max_connections: 16,
+        }
+    }
+}
+
+/// Why a store operation failed. Messages name the object and the problem and never carry
+/// a secret value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The object does not exist (`"Block document not found"`).
+    #[error("{0}")]
+    NotFound(String),
+    /// An object with the same unique key exists (`"Block already exists"`).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The write expected another version of the document.
+    #[error("the document is at version {actual}, not the expected version {expected}")]
+    VersionConflict {
+        /// The version the caller expected.
+        expected: i64,
+        /// The current version.
+        actual: i64,
+    },
+    /// The object is still used or referenced; nothing was deleted.
+    #[error("{message}: {}", referrers.join(", "))]
+    InUse {
+        /// What cannot be done.
+        message: String,
+        /// Who still uses it (`gcs-bucket/zoom-gcs`, `schema sha256:…`).
+        referrers: Vec<String>,
+    },
+    /// The references would form a cycle.
+    #[error("{0}")]
+    Cycle(String),
+    /// A reference in the data is malformed or points nowhere.
+    #[error("{}", .0)]
+    BadReference(FieldError),
+    /// The input is invalid; each error names a field.
+    #[error("invalid input: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// The object is protected.
+    #[error("{0}")]
+    Protected(String),
+    /// A nested block's type is not registered.
+    #[error("{0}")]
+    MissingBlockType(String),
+    /// Encryption failed, or a key is wrong or missing.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The store's configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// Stored data is not what this version of the store wrote.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldError::new(field, message)])
+    }
+
+    /// Whether the database reported a unique-constraint violation.
+    pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+        match err {
+            sqlx::Error::Database(db) => {
+                db.is_unique_violation()
+                    || db
+                        .code()
+                        .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// In-memory data keys, unwrapped at open and when a new one is seen.
+#[derive(Debug, Default)]
+pub(crate) struct Keyring {
+    keys: HashMap<Uuid, Arc<DataKey>>,
+}
+
+/// The block store.
+#[derive(Debug)]
+pub struct Store {
+    backend: Backend,
+    /// Readers (and, on PostgreSQL, writers).
+    read: AnyPool,
+    /// Writers: one connection on SQLite, so writes queue in-process instead of failing
+    /// with a busy database; the same pool as `read` on PostgreSQL.
+    write: AnyPool,
+    master: RwLock<Arc<MasterKey>>,
+    keyring: RwLock<Keyring>,
+    config: StoreConfig,
+    validators: RwLock<HashMap<Uuid, Arc<DataValidator>>>,
+    queries: AtomicU64,
+    #[cfg(test)]
+    failpoint: std::sync::Mutex<Option<&'static str>>,
+}
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+impl Store {
+    /// Opens (creating if needed) the store at `database_url`, applies migrations and
+    /// checks the master key against the stored key-check value. A new store records the
+    /// key's check value and creates its first data key; an existing one refuses a key that
+    /// does not match.
+    pub async fn open(
+        database_url: &str,
+        master: MasterKeySource,
+        config: StoreConfig,
+    ) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(database_url)?;
+        let (read, write) = match backend {
+            Backend::Sqlite => {
+                let url = if database_url.contains('?') {
+                    database_url.to_owned()
+                } else {
+                    format!("{database_url}?mode=rwc")
+                };
+                let options = || {
+                    AnyPoolOptions::new()
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                conn.execute(SQLITE_PRAGMAS).await?;
+                                Ok(())
+                            })
+                        })
+                };
+                let write = options().max_connections(1).connect(&url).await?;
+                let read = options()
+                    .max_connections(config.max_connections.max(1))
+                    .connect(&url)
+                    .await?;
+                (read, write)
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(config.max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(database_url)
+                    .await?;
+                (pool.clone(), pool)
+            }
+        };
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&write).await?,
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&write).await?,
+        }
+        let master = keys::resolve_master_key(&write, master).await?;
+        let store = Self {
+            backend,
+            read,
+            write,
+            master: RwLock::new(Arc::new(master)),
+            keyring: RwLock::new(Keyring::default()),
+            config,
+            validators: RwLock::new(HashMap::new()),
+            queries: AtomicU64::new(0),
+            #[cfg(test)]
+            failpoint: std::sync::Mutex::new(None),
+        };
+        store.init_keys().await?;
+        Ok(store)
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Statements this store has sent to the database so far (for measurements).
+    pub fn query_count(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.count_query();
+        sqlx::query("select 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Closes the pools.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    pub(crate) fn count_query(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// ` for update` on PostgreSQL (row lock inside a transaction); nothing on SQLite,
+    /// where the single writer connection already serializes writes.
+    pub(crate) fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " for update",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// Serializes changes to the document reference graph across PostgreSQL sessions, so
+    /// two concurrent writes cannot each pass the cycle check and form a cycle together.
+    pub(crate) async fn lock_reference_graph(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            self.count_query();
+            sqlx::query("select pg_advisory_xact_lock(7317243)")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The compiled validator of a schema (schemas never change, so it is cached).
+    pub(crate) fn validator(
+        &self,
+        schema_id: Uuid,
+        fields: &serde_json::Value,
+    ) -> Result<Arc<DataValidator>> {
+        if let Some(v) = self.read_lock(&self.validators).get(&schema_id) {
+            return Ok(v.clone());
+        }
+        let compiled =
+            Arc::new(DataValidator::new(fields).map_err(|e| StoreError::Invalid(vec![e]))?);
+        self.write_lock(&self.validators)
+            .insert(schema_id, compiled.clone());
+        Ok(compiled)
+    }
+
+    pub(crate) fn read_lock<'a, T>(
+        &self,
+        lock: &'a RwLock<T>,
+    ) -> std::sync::RwLockReadGuard<'a, T> {
+        lock.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_lock<'a, T>(
+        &self,
+        lock: &'a RwLock<T>,
+    ) -> std::sync::RwLockWriteGuard<'a, T> {
+        lock.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Fails the current write at a named point, for tests that prove rollback.
+    #[cfg(test)]
+    pub(crate) fn fail_at(&self, point: Option<&'static str>) {
+        *self
+            .failpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = point;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn check_failpoint(&self, point: &'static str) -> Result<()> {
+        let armed = *self
+            .failpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if armed == Some(point) {
+            return Err(StoreError::Corrupt(format!("injected failure at {point}")));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline]
+    pub(crate) fn check_failpoint(&self, _point: &'static str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+pub(crate) fn to_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+pub(crate) fn parse_uuid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|_| StoreError::Corrupt(format!("bad uuid {text:?}")))
+}
+
+/// Reads a uuid column.
+pub(crate) fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid> {
+    parse_uuid(&row.try_get::<String, _>(col)?)
+}
+
+/// Reads a JSON text column.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}

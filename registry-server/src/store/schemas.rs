@@ -1,0 +1,476 @@
+//! Block schemas: create (with nested child schemas), read, filter, delete.
+
+use block_types::model::{
+    BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, Operator, Page,
+};
+use block_types::{DataValidator, schema_checksum};
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::sql::{Condition, Sql};
+use super::types::{TYPE_COLUMNS, type_from_row};
+use super::{Result, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
+
+/// Columns of `block_schema s` joined with its `block_type t`.
+pub(crate) const SCHEMA_COLUMNS: &str = "s.id as s_id, s.created as s_created, s.updated as s_updated, \
+     s.checksum as s_checksum, s.fields as s_fields, s.capabilities as s_capabilities, \
+     s.version as s_version, s.block_type_id as s_block_type_id";
+
+pub(crate) fn schema_from_row(row: &AnyRow) -> Result<BlockSchema> {
+    let mut fields: Value = json_col(row, "s_fields")?;
+    if let Value::Object(map) = &mut fields {
+        map.entry("block_schema_references")
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok(BlockSchema {
+        id: uuid_col(row, "s_id")?,
+        created: to_time(row.try_get("s_created")?),
+        updated: to_time(row.try_get("s_updated")?),
+        checksum: row.try_get("s_checksum")?,
+        fields,
+        block_type_id: uuid_col(row, "s_block_type_id")?,
+        block_type: Some(type_from_row(row)?),
+        capabilities: json_col(row, "s_capabilities")?,
+        version: row.try_get("s_version")?,
+    })
+}
+
+/// One `{block_type_slug, block_schema_checksum}` entry of `block_schema_references`.
+struct ChildReference {
+    field: String,
+    slug: String,
+    checksum: String,
+}
+
+fn child_references(fields: &Map<String, Value>) -> Result<Vec<ChildReference>> {
+    let mut out = Vec::new();
+    let Some(refs) = fields.get("block_schema_references") else {
+        return Ok(out);
+    };
+    let Value::Object(refs) = refs else {
+        return Err(StoreError::invalid(
+            "fields.block_schema_references",
+            "must be an object",
+        ));
+    };
+    for (field, entry) in refs {
+        let entries: Vec<&Value> = match entry {
+            Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        for e in entries {
+            let text = |key: &str| e.get(key).and_then(Value::as_str).map(str::to_owned);
+            match (text("block_type_slug"), text("block_schema_checksum")) {
+                (Some(slug), Some(checksum)) => out.push(ChildReference {
+                    field: field.clone(),
+                    slug,
+                    checksum,
+                }),
+                _ => {
+                    return Err(StoreError::invalid(
+                        format!("fields.block_schema_references.{field}"),
+                        "must have block_type_slug and block_schema_checksum strings",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The definition that describes the child block of `field` (Prefect's
+/// `_get_fields_for_child_schema`): the only `$ref` of the property, or the one whose
+/// definition has the child's slug.
+fn child_definition(
+    fields: &Map<String, Value>,
+    field: &str,
+    slug: &str,
+) -> Option<Map<String, Value>> {
+    let definitions = fields.get("definitions")?.as_object()?;
+    let property = fields.get("properties")?.get(field)?;
+    let mut refs = Vec::new();
+    collect_refs(property, &mut refs);
+    let pick = |r: &str| {
+        definitions
+            .get(r.trim_start_matches("#/definitions/"))
+            .and_then(Value::as_object)
+    };
+    if refs.len() == 1 {
+        return pick(&refs[0]).cloned();
+    }
+    refs.iter()
+        .filter_map(|r| pick(r))
+        .find(|d| d.get("block_type_slug").and_then(Value::as_str) == Some(slug))
+        .cloned()
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                out.push(r.clone());
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+impl Store {
+    /// Creates a schema, or returns the existing one with the same checksum and version
+    /// (`false` = it existed). Nested block schemas named in `block_schema_references` are
+    /// created from `definitions` when missing; their block types must exist.
+    pub async fn create_block_schema(
+        &self,
+        body: BlockSchemaCreate,
+    ) -> Result<(BlockSchema, bool)> {
+        let fields = Value::Object(body.fields.clone());
+        DataValidator::new(&fields).map_err(|e| StoreError::Invalid(vec![e]))?;
+        let mut tx = self.write.begin().await?;
+        let (id, created) = Box::pin(self.insert_schema(&mut tx, &body, None)).await?;
+        tx.commit().await?;
+        Ok((self.read_block_schema(id).await?, created))
+    }
+
+    /// Inserts a schema inside `tx`, recursing into nested block schemas. `definitions` are
+    /// the root schema's, used when a child schema is built from them.
+    async fn insert_schema(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        body: &BlockSchemaCreate,
+        definitions: Option<&Value>,
+    ) -> Result<(Uuid, bool)> {
+        let mut for_checksum = body.fields.clone();
+        if let Some(defs) = definitions {
+            for_checksum.insert("definitions".into(), defs.clone());
+        }
+        let checksum = schema_checksum(&Value::Object(for_checksum.clone()));
+        self.count_query();
+        let ty: Option<String> = sqlx::query_scalar("select slug from block_type where id = $1")
+            .bind(body.block_type_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if ty.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "Block type {} not found.",
+                body.block_type_id
+            )));
+        }
+        self.count_query();
+        let existing: Option<String> =
+            sqlx::query_scalar("select id from block_schema where checksum = $1 and version = $2")
+                .bind(&checksum)
+                .bind(&body.version)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some(existing) = existing {
+            return Ok((super::parse_uuid(&existing)?, false));
+        }
+        let root_definitions = definitions
+            .cloned()
+            .or_else(|| body.fields.get("definitions").cloned());
+        let children = child_references(&body.fields)?;
+        let mut child_ids = Vec::new();
+        for child in &children {
+            self.count_query();
+            let child_type: Option<String> =
+                sqlx::query_scalar("select id from block_type where slug = $1")
+                    .bind(&child.slug)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let Some(child_type) = child_type else {
+                return Err(StoreError::MissingBlockType(format!(
+                    "Cannot create block schema because block type '{}' was not found.Did you forget to register the block type?",
+                    child.slug
+                )));
+            };
+            self.count_query();
+            let existing: Option<String> = sqlx::query_scalar(
+                "select id from block_schema where checksum = $1 order by created desc limit 1",
+            )
+            .bind(&child.checksum)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let child_id = match existing {
+                Some(id) => super::parse_uuid(&id)?,
+                None => {
+                    let mut child_fields = child_definition(&for_checksum, &child.field, &child.slug)
+                        .ok_or_else(|| {
+                            StoreError::invalid(
+                                format!("fields.block_schema_references.{}", child.field),
+                                "names a nested block schema that is neither registered nor defined in definitions",
+                            )
+                        })?;
+                    child_fields.remove("definitions");
+                    let child_body = BlockSchemaCreate {
+                        fields: child_fields,
+                        block_type_id: super::parse_uuid(&child_type)?,
+                        capabilities: Vec::new(),
+                        version: block_types::model::NON_VERSIONED.to_owned(),
+                    };
+                    Box::pin(self.insert_schema(tx, &child_body, root_definitions.as_ref()))
+                        .await?
+                        .0
+                }
+            };
+            child_ids.push((child.field.clone(), child_id));
+        }
+        // Keep the fields as submitted, plus the non-block definitions a child needs.
+        let mut stored = body.fields.clone();
+        if definitions.is_some()
+            && let Some(Value::Object(kept)) = non_block_definitions(&for_checksum)
+        {
+            stored.insert("definitions".into(), Value::Object(kept));
+        }
+        let id = Uuid::new_v4();
+        let now = now_micros();
+        self.count_query();
+        sqlx::query(
+            "insert into block_schema (id, created, updated, checksum, fields, capabilities, version, block_type_id) \
+             values ($1, $2, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(&checksum)
+        .bind(to_json(&stored))
+        .bind(to_json(&body.capabilities))
+        .bind(&body.version)
+        .bind(body.block_type_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        let mut capabilities = body.capabilities.clone();
+        capabilities.sort();
+        capabilities.dedup();
+        for capability in capabilities {
+            self.count_query();
+            sqlx::query(
+                "insert into block_schema_capability (block_schema_id, capability) values ($1, $2)",
+            )
+            .bind(id.to_string())
+            .bind(capability)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (field, child_id) in child_ids {
+            self.count_query();
+            sqlx::query(
+                "insert into block_schema_reference (parent_block_schema_id, name, reference_block_schema_id) \
+                 values ($1, $2, $3) on conflict do nothing",
+            )
+            .bind(id.to_string())
+            .bind(field)
+            .bind(child_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok((id, true))
+    }
+
+    /// The schema with this id.
+    pub async fn read_block_schema(&self, id: Uuid) -> Result<BlockSchema> {
+        self.count_query();
+        let row = sqlx::query(&format!(
+            "select {SCHEMA_COLUMNS}, {TYPE_COLUMNS} from block_schema s join block_type t on t.id = s.block_type_id where s.id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound("Block schema not found".to_owned()))?;
+        schema_from_row(&row)
+    }
+
+    /// The schema with this checksum and version; without a version, the newest one.
+    pub async fn read_block_schema_by_checksum(
+        &self,
+        checksum: &str,
+        version: Option<&str>,
+    ) -> Result<BlockSchema> {
+        let mut sql = Sql::new(&format!(
+            "select {SCHEMA_COLUMNS}, {TYPE_COLUMNS} from block_schema s join block_type t on t.id = s.block_type_id where s.checksum = "
+        ));
+        sql.bind_text(checksum);
+        if let Some(version) = version {
+            sql.push(" and s.version = ").bind_text(version);
+        }
+        sql.push(" order by s.created desc limit 1");
+        self.count_query();
+        let row = sql
+            .query()
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound("Block schema not found".to_owned()))?;
+        schema_from_row(&row)
+    }
+
+    /// Schemas matching the filter, newest first.
+    pub async fn filter_block_schemas(
+        &self,
+        body: &BlockSchemaFilterBody,
+    ) -> Result<Vec<BlockSchema>> {
+        let page =
+            Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
+        let mut sql = Sql::new(&format!(
+            "select {SCHEMA_COLUMNS}, {TYPE_COLUMNS} from block_schema s join block_type t on t.id = s.block_type_id where 1 = 1"
+        ));
+        if let Some(filter) = &body.block_schemas {
+            push_schema_filter(&mut sql, filter, "s");
+        }
+        sql.push(" order by s.created desc, s.id limit ")
+            .bind_int(page.limit.into());
+        sql.push(" offset ").bind_int(page.offset.into());
+        self.count_query();
+        let rows = sql.query().fetch_all(&self.read).await?;
+        rows.iter().map(schema_from_row).collect()
+    }
+
+    /// Every capability of every schema, each once.
+    pub async fn block_capabilities(&self) -> Result<Vec<String>> {
+        self.count_query();
+        Ok(sqlx::query_scalar(
+            "select distinct capability from block_schema_capability order by capability",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Deletes a schema. Refused for protected types' schemas, while documents or their
+    /// versions use it, and while another schema nests it.
+    pub async fn delete_block_schema(&self, id: Uuid) -> Result<()> {
+        let schema = self.read_block_schema(id).await?;
+        if schema.block_type.as_ref().is_some_and(|t| t.is_protected) {
+            return Err(StoreError::Protected(
+                "Block schemas for protected block types cannot be deleted.".to_owned(),
+            ));
+        }
+        let mut tx = self.write.begin().await?;
+        self.count_query();
+        let users: Vec<String> = sqlx::query_scalar(
+            "select distinct t.slug || '/' || d.name from block_document d join block_type t on t.id = d.block_type_id \
+             where d.block_schema_id = $1 or d.id in (select block_document_id from block_document_version where block_schema_id = $1) \
+             order by 1 limit 20",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                message: "the block schema is used by block documents".to_owned(),
+                referrers: users,
+            });
+        }
+        self.count_query();
+        let parents: Vec<String> = sqlx::query_scalar(
+            "select distinct t.slug || ' ' || p.checksum from block_schema_reference r join block_schema p on p.id = r.parent_block_schema_id \
+             join block_type t on t.id = p.block_type_id where r.reference_block_schema_id = $1 order by 1",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !parents.is_empty() {
+            return Err(StoreError::InUse {
+                message: "the block schema is nested in other block schemas".to_owned(),
+                referrers: parents,
+            });
+        }
+        self.count_query();
+        sqlx::query("delete from block_schema where id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.write_lock(&self.validators).remove(&id);
+        Ok(())
+    }
+}
+
+/// The non-block definitions that `fields` reaches (as the checksum keeps them).
+fn non_block_definitions(fields: &Map<String, Value>) -> Option<Value> {
+    let canonical_defs = fields.get("definitions")?.as_object()?;
+    let mut refs = Vec::new();
+    collect_refs(&Value::Object(fields.clone()), &mut refs);
+    let mut kept = Map::new();
+    let mut queue = refs;
+    while let Some(r) = queue.pop() {
+        let key = r.trim_start_matches("#/definitions/").to_owned();
+        if kept.contains_key(&key) {
+            continue;
+        }
+        if let Some(def) = canonical_defs.get(&key) {
+            let is_block = def.get("block_type_slug").is_some_and(|s| !s.is_null());
+            if !is_block && def.as_object().is_some_and(|d| !d.is_empty()) {
+                collect_refs(def, &mut queue);
+                kept.insert(key, def.clone());
+            }
+        }
+    }
+    (!kept.is_empty()).then_some(Value::Object(kept))
+}
+
+/// Appends ` and …` conditions of a schema filter on the schema table aliased `alias`.
+pub(crate) fn push_schema_filter(sql: &mut Sql, filter: &BlockSchemaFilter, alias: &str) {
+    let mut conditions: Vec<Condition> = Vec::new();
+    let alias = alias.to_owned();
+    if let Some(ids) = filter.block_type_id.as_ref().and_then(|f| f.any_.clone()) {
+        let a = alias.clone();
+        conditions.push(Box::new(move |sql| {
+            sql.push(&format!("{a}.block_type_id in "))
+                .bind_list(ids.iter().map(ToString::to_string));
+        }));
+    }
+    if let Some(caps) = filter
+        .block_capabilities
+        .as_ref()
+        .and_then(|f| f.all_.clone())
+    {
+        let a = alias.clone();
+        conditions.push(Box::new(move |sql| {
+            let mut caps = caps.clone();
+            caps.sort();
+            caps.dedup();
+            let n = caps.len() as i64;
+            sql.push(&format!(
+                "(select count(*) from block_schema_capability c where c.block_schema_id = {a}.id and c.capability in "
+            ))
+            .bind_list(caps)
+            .push(") = ")
+            .bind_int(n);
+        }));
+    }
+    if let Some(ids) = filter.id.as_ref().and_then(|f| f.any_.clone()) {
+        let a = alias.clone();
+        conditions.push(Box::new(move |sql| {
+            sql.push(&format!("{a}.id in "))
+                .bind_list(ids.iter().map(ToString::to_string));
+        }));
+    }
+    if let Some(versions) = filter.version.as_ref().and_then(|f| f.any_.clone()) {
+        let a = alias.clone();
+        conditions.push(Box::new(move |sql| {
+            sql.push(&format!("{a}.version in "))
+                .bind_list(versions.clone());
+        }));
+    }
+    push_combined(sql, &conditions, filter.operator);
+}
+
+/// Appends ` and (c1 and/or c2 …)`; nothing when there are no conditions.
+pub(crate) fn push_combined(sql: &mut Sql, conditions: &[Condition], operator: Operator) {
+    if conditions.is_empty() {
+        return;
+    }
+    let joiner = match operator {
+        Operator::And => " and ",
+        Operator::Or => " or ",
+    };
+    sql.push(" and (");
+    for (i, condition) in conditions.iter().enumerate() {
+        if i > 0 {
+            sql.push(joiner);
+        }
+        condition(sql);
+    }
+    sql.push(")");
+}

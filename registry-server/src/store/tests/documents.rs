@@ -1,0 +1,520 @@
+//! Documents: writes, reads, references, concurrency, rollback of failed writes, history.
+
+use std::sync::Arc;
+
+use block_types::catalog::{GcpCredentials, GcsBucket, Secret, SqlAlchemyConnector};
+use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate, BlockSchemaCreate};
+use block_types::references::reference_value;
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+use super::harness::{create, obj, on_both, register};
+use crate::store::{StoreConfig, StoreError};
+
+const CANARY: &str = "canary-3c9e51d7";
+
+fn update(data: Value) -> BlockDocumentUpdate {
+    BlockDocumentUpdate {
+        data: Some(obj(data)),
+        ..BlockDocumentUpdate::default()
+    }
+}
+
+#[tokio::test]
+async fn create_read_update_delete_round_trip_with_secrets_masked_or_shown() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = register::<SqlAlchemyConnector>(&store).await;
+        let data = json!({"connection_info": {"driver": "postgresql+psycopg2", "database": "ny_taxi", "username": "root",
+            "password": CANARY, "host": "localhost", "port": 5432, "query": null}, "connect_args": null, "fetch_size": 1});
+        let created = create(&store, &schema, "postgres-connector", data.clone()).await;
+        assert_eq!(created.data["connection_info"]["password"], json!("********"), "create answers masked");
+        assert_eq!(created.block_schema.as_ref().unwrap().id, schema.id);
+        assert_eq!(created.block_type.as_ref().unwrap().slug, "sqlalchemy-connector");
+
+        let shown = store.read_block_document(created.id, true).await.unwrap();
+        assert_eq!(Value::Object(shown.data.clone()), data);
+        let by_name = store.read_block_document_by_name("sqlalchemy-connector", "postgres-connector", true).await.unwrap();
+        assert_eq!(by_name.id, created.id);
+        assert!(matches!(
+            store.read_block_document_by_name("secret", "postgres-connector", true).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // An echoed mask keeps the password; a merge keeps unmentioned fields.
+        let mut echoed = store.read_block_document(created.id, false).await.unwrap().data;
+        echoed.insert("fetch_size".into(), json!(50));
+        let outcome = store.update_block_document(created.id, BlockDocumentUpdate { data: Some(echoed), ..Default::default() }, None).await.unwrap();
+        assert_eq!(outcome.version, 2);
+        let after = store.read_block_document(created.id, true).await.unwrap();
+        assert_eq!(after.data["connection_info"]["password"], json!(CANARY));
+        assert_eq!(after.data["fetch_size"], json!(50));
+        assert!(after.updated >= created.updated);
+
+        // Same name and type: refused.
+        let dup = store
+            .create_block_document(BlockDocumentCreate {
+                name: Some("postgres-connector".into()),
+                data: obj(data.clone()),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: false,
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::AlreadyExists(m)) if m == "Block already exists"));
+
+        store.delete_block_document(created.id, None).await.unwrap();
+        assert!(matches!(store.read_block_document(created.id, false).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.delete_block_document(created.id, None).await, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_data_and_references_are_refused_and_nothing_is_stored() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = register::<SqlAlchemyConnector>(&store).await;
+        let bad = store
+            .create_block_document(BlockDocumentCreate {
+                name: Some("bad".into()),
+                data: obj(json!({"connection_info": {"driver": "x", "port": "high"}, "fetch_size": "many"})),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: false,
+            })
+            .await;
+        let Err(StoreError::Invalid(errors)) = bad else { panic!("{bad:?}") };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"data.fetch_size"), "{errors:?}");
+
+        let missing = uuid::Uuid::new_v4();
+        let dangling = store
+            .create_block_document(BlockDocumentCreate {
+                name: Some("dangling".into()),
+                data: obj(json!({"connection_info": "sqlite:///x.db", "extra": reference_value(missing)})),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: false,
+            })
+            .await;
+        assert!(matches!(&dangling, Err(StoreError::BadReference(e)) if e.field == "data.extra"), "{dangling:?}");
+        let malformed = store
+            .create_block_document(BlockDocumentCreate {
+                name: Some("malformed".into()),
+                data: obj(json!({"connection_info": "sqlite:///x.db", "extra": {"$ref": {}}})),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: false,
+            })
+            .await;
+        assert!(matches!(malformed, Err(StoreError::BadReference(_))));
+        let bad_name = store
+            .create_block_document(BlockDocumentCreate {
+                name: Some("Bad Name".into()),
+                data: obj(json!({"connection_info": "sqlite:///x.db"})),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: false,
+            })
+            .await;
+        assert!(matches!(bad_name, Err(StoreError::Invalid(e)) if e[0].field == "name"));
+        assert_eq!(store.count_block_documents(&Default::default()).await.unwrap(), 0);
+    })
+    .await;
+}
+
+/// Builds secret ← gcp-credentials ← gcs-bucket, plus a bucket-of-bucket third level via a
+/// custom schema, and returns (top, middle, leaf) ids.
+#[tokio::test]
+async fn three_levels_resolve_in_one_query_and_cycles_and_dangling_deletes_are_refused() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds_schema) = register::<GcpCredentials>(&store).await;
+        let (_, bucket_schema) = register::<GcsBucket>(&store).await;
+        // A third level: a "pipeline" type whose `bucket` field references a gcs-bucket.
+        let pipeline_type = store
+            .create_block_type(block_types::model::BlockTypeCreate {
+                name: "Pipeline".into(),
+                slug: "pipeline".into(),
+                logo_url: None,
+                documentation_url: None,
+                description: None,
+                code_example: None,
+            })
+            .await
+            .unwrap();
+        let (pipeline_schema, created) = store
+            .create_block_schema(BlockSchemaCreate {
+                fields: obj(json!({"title": "Pipeline", "type": "object", "properties": {"bucket": {"type": "object"}, "note": {"type": "string"}}, "secret_fields": ["note"]})),
+                block_type_id: pipeline_type.id,
+                capabilities: vec![],
+                version: "1".into(),
+            })
+            .await
+            .unwrap();
+        assert!(created);
+
+        let leaf = create(&store, &creds_schema, "zoom-gcp-creds", json!({"service_account_info": {"private_key": CANARY, "type": "service_account"}, "project": "dtc"})).await;
+        let middle = create(&store, &bucket_schema, "zoom-gcs", json!({"bucket": "dtc-lake", "bucket_folder": "", "gcp_credentials": reference_value(leaf.id)})).await;
+        let top = create(&store, &pipeline_schema, "etl", json!({"note": CANARY, "bucket": reference_value(middle.id)})).await;
+
+        let before = store.query_count();
+        let read = store.read_block_document(top.id, true).await.unwrap();
+        assert_eq!(store.query_count() - before, 1, "a nested read is one query");
+        assert_eq!(read.data["bucket"]["gcp_credentials"]["service_account_info"]["private_key"], json!(CANARY));
+        assert_eq!(read.data["bucket"]["bucket"], json!("dtc-lake"));
+        let refs = &read.block_document_references["bucket"].block_document;
+        assert_eq!(refs.id, middle.id);
+        assert_eq!(refs.block_type.slug, "gcs-bucket");
+        assert_eq!(refs.block_document_references["gcp_credentials"].block_document.id, leaf.id);
+
+        // Masked: every level's secrets, including the parent's paths into the child.
+        let masked = store.read_block_document(top.id, false).await.unwrap();
+        assert!(!Value::Object(masked.data.clone()).to_string().contains(CANARY));
+        assert_eq!(masked.data["bucket"]["gcp_credentials"]["service_account_info"]["private_key"], json!("********"));
+        assert_eq!(masked.data["note"], json!("********"));
+        // The resolved keys come after the parent's own keys, as in Prefect.
+        let middle_data = store.read_block_document(middle.id, false).await.unwrap().data;
+        assert_eq!(middle_data.keys().next_back().map(String::as_str), Some("gcp_credentials"));
+
+        // A cycle: the leaf's type has no reference field, so point the middle at the top.
+        let cycle = store.update_block_document(middle.id, update(json!({"gcp_credentials": reference_value(top.id)})), None).await;
+        assert!(matches!(cycle, Err(StoreError::Cycle(_))), "{cycle:?}");
+        let own = store.update_block_document(middle.id, update(json!({"gcp_credentials": reference_value(middle.id)})), None).await;
+        assert!(matches!(own, Err(StoreError::Cycle(_))), "{own:?}");
+        assert_eq!(store.document_version(middle.id).await.unwrap(), 1, "a refused write changes nothing");
+
+        // Deleting a referenced child is refused and names the parent.
+        let refused = store.delete_block_document(leaf.id, None).await;
+        let Err(StoreError::InUse { referrers, .. }) = refused else { panic!("{refused:?}") };
+        assert_eq!(referrers, ["gcs-bucket/zoom-gcs"]);
+        // A merge that does not mention the reference keeps it.
+        store.update_block_document(middle.id, update(json!({"bucket": "renamed"})), None).await.unwrap();
+        let kept = store.read_block_document(middle.id, true).await.unwrap();
+        assert_eq!(kept.data["bucket"], json!("renamed"));
+        assert_eq!(kept.data["gcp_credentials"]["project"], json!("dtc"));
+        // Deleting from the top down works.
+        store.delete_block_document(top.id, None).await.unwrap();
+        store.delete_block_document(middle.id, None).await.unwrap();
+        store.delete_block_document(leaf.id, None).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_write_leaves_no_trace() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let (_, bucket) = register::<GcsBucket>(&store).await;
+        let child = create(
+            &store,
+            &creds,
+            "c",
+            json!({"service_account_info": {"k": CANARY}}),
+        )
+        .await;
+        let counts = async || {
+            let mut out = Vec::new();
+            for table in [
+                "block_document",
+                "block_document_version",
+                "block_document_reference",
+            ] {
+                let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+                    .fetch_one(&store.read)
+                    .await
+                    .unwrap();
+                out.push(n);
+            }
+            let enc: i64 =
+                sqlx::query_scalar("select cast(sum(encryptions) as bigint) from data_key")
+                    .fetch_one(&store.read)
+                    .await
+                    .unwrap();
+            out.push(enc);
+            out
+        };
+        let before = counts().await;
+        for point in [
+            "create_after_document",
+            "after_version",
+            "after_references",
+            "create_before_commit",
+        ] {
+            store.fail_at(Some(point));
+            let body = BlockDocumentCreate {
+                name: Some("b".into()),
+                data: obj(json!({"bucket": "x", "gcp_credentials": reference_value(child.id)})),
+                block_schema_id: bucket.id,
+                block_type_id: bucket.block_type_id,
+                is_anonymous: false,
+            };
+            assert!(store.create_block_document(body).await.is_err(), "{point}");
+            assert_eq!(counts().await, before, "after a failure at {point}");
+        }
+        store.fail_at(None);
+        let doc = create(
+            &store,
+            &bucket,
+            "b",
+            json!({"bucket": "x", "gcp_credentials": reference_value(child.id)}),
+        )
+        .await;
+        let before = counts().await;
+        for point in ["after_version", "after_references", "update_before_commit"] {
+            store.fail_at(Some(point));
+            assert!(
+                store
+                    .update_block_document(doc.id, update(json!({"bucket": "y"})), None)
+                    .await
+                    .is_err(),
+                "{point}"
+            );
+            assert_eq!(counts().await, before, "after a failed update at {point}");
+        }
+        store.fail_at(None);
+        let read = store.read_block_document(doc.id, true).await.unwrap();
+        assert_eq!(read.data["bucket"], json!("x"));
+        assert_eq!(store.document_version(doc.id).await.unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_writers_lose_no_update() {
+    on_both(async |db| {
+        let store = Arc::new(db.open().await);
+        let (_, schema) = register::<Secret>(&store).await;
+        let doc = create(
+            &store,
+            &schema,
+            "counter",
+            json!({"value": {"start": true}}),
+        )
+        .await;
+        let barrier = Arc::new(Barrier::new(16));
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                // Round one: everyone read version 1 before anyone writes.
+                let seen = store.document_version(doc.id).await.unwrap();
+                barrier.wait().await;
+                let mut first = true;
+                let mut version = seen;
+                let mut conflicts = 0;
+                loop {
+                    // Version first, then data: if a write lands in between, the data is
+                    // newer than the version and the write below conflicts (never loses).
+                    if !first {
+                        version = store.document_version(doc.id).await.unwrap();
+                    }
+                    let current = store.read_block_document(doc.id, true).await.unwrap();
+                    let mut value = current.data["value"].clone();
+                    value[format!("w{i}")] = json!(i);
+                    let body = BlockDocumentUpdate {
+                        data: Some(obj(json!({"value": value}))),
+                        ..Default::default()
+                    };
+                    match store
+                        .update_block_document(doc.id, body, Some(version))
+                        .await
+                    {
+                        Ok(_) => return (first, conflicts),
+                        Err(StoreError::VersionConflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("writer {i}: {e}"),
+                    }
+                    first = false;
+                }
+            }));
+        }
+        let mut first_round_wins = 0;
+        let mut conflicts = 0;
+        for task in tasks {
+            let (won_first, c) = task.await.unwrap();
+            first_round_wins += usize::from(won_first && c == 0);
+            conflicts += c;
+        }
+        assert!(
+            first_round_wins <= 1,
+            "at most one writer can win with version 1"
+        );
+        assert!(
+            conflicts >= 15,
+            "the losers of round one got conflicts ({conflicts})"
+        );
+        let doc = store.read_block_document(doc.id, true).await.unwrap();
+        for i in 0..16 {
+            assert_eq!(
+                doc.data["value"][format!("w{i}")],
+                json!(i),
+                "writer {i}'s update was lost"
+            );
+        }
+        assert_eq!(store.document_version(doc.id).await.unwrap(), 17);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let ty = store
+            .create_block_type(block_types::model::BlockTypeCreate {
+                name: "Thing".into(),
+                slug: "thing".into(),
+                logo_url: None,
+                documentation_url: None,
+                description: None,
+                code_example: None,
+            })
+            .await
+            .unwrap();
+        let schema_for = async |props: Value| {
+            store
+                .create_block_schema(BlockSchemaCreate {
+                    fields: obj(json!({"type": "object", "properties": props})),
+                    block_type_id: ty.id,
+                    capabilities: vec![],
+                    version: "1".into(),
+                })
+                .await
+                .unwrap()
+                .0
+        };
+        let v1 = schema_for(json!({"a": {"type": "string"}, "old": {"type": "string"}})).await;
+        let v2 = schema_for(json!({"a": {"type": "string"}, "new": {"type": "string"}})).await;
+        let doc = create(&store, &v1, "t", json!({"a": "1", "old": "stale"})).await;
+        let body = BlockDocumentUpdate {
+            block_schema_id: Some(v2.id),
+            data: Some(obj(json!({"a": "2", "new": "n"}))),
+            merge_existing_data: true,
+        };
+        store
+            .update_block_document(doc.id, body, None)
+            .await
+            .unwrap();
+        let moved = store.read_block_document(doc.id, false).await.unwrap();
+        assert_eq!(moved.block_schema_id, v2.id);
+        assert_eq!(Value::Object(moved.data), json!({"a": "2", "new": "n"}));
+
+        let other = store
+            .create_block_type(block_types::model::BlockTypeCreate {
+                name: "Other".into(),
+                slug: "other".into(),
+                logo_url: None,
+                documentation_url: None,
+                description: None,
+                code_example: None,
+            })
+            .await
+            .unwrap();
+        let (foreign, _) = store
+            .create_block_schema(BlockSchemaCreate {
+                fields: obj(json!({"type": "object"})),
+                block_type_id: other.id,
+                capabilities: vec![],
+                version: "1".into(),
+            })
+            .await
+            .unwrap();
+        let wrong = store
+            .update_block_document(
+                doc.id,
+                BlockDocumentUpdate {
+                    block_schema_id: Some(foreign.id),
+                    data: Some(obj(json!({}))),
+                    merge_existing_data: true,
+                },
+                None,
+            )
+            .await;
+        assert!(
+            matches!(wrong, Err(StoreError::Invalid(e)) if e[0].message.contains("same block type"))
+        );
+
+        // Replace (merge_existing_data = false) keeps only what it sends.
+        let body = BlockDocumentUpdate {
+            block_schema_id: None,
+            data: Some(obj(json!({"a": "only"}))),
+            merge_existing_data: false,
+        };
+        store
+            .update_block_document(doc.id, body, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            Value::Object(store.read_block_document(doc.id, false).await.unwrap().data),
+            json!({"a": "only"})
+        );
+        // A merge without data changes nothing.
+        let none = store
+            .update_block_document(doc.id, BlockDocumentUpdate::default(), None)
+            .await
+            .unwrap();
+        assert!(!none.changed);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_rollback_and_retention() {
+    on_both(async |db| {
+        let store = db
+            .open_with(StoreConfig {
+                retention: Some(3),
+                ..StoreConfig::default()
+            })
+            .await;
+        let (_, schema) = register::<Secret>(&store).await;
+        let doc = create(&store, &schema, "token", json!({"value": "v1"})).await;
+        for n in 2..=5 {
+            store
+                .update_block_document(doc.id, update(json!({"value": format!("v{n}")})), None)
+                .await
+                .unwrap();
+        }
+        let versions = store.list_versions(doc.id).await.unwrap();
+        let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+        assert_eq!(numbers, [5, 4, 3], "retention keeps the three newest");
+        assert_eq!(
+            store.read_version(doc.id, 3, true).await.unwrap()["value"],
+            json!("v3")
+        );
+        assert_eq!(
+            store.read_version(doc.id, 3, false).await.unwrap()["value"],
+            json!("********")
+        );
+        assert!(matches!(
+            store.read_version(doc.id, 1, true).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let rolled = store
+            .rollback_block_document(doc.id, 3, Some(5))
+            .await
+            .unwrap();
+        assert_eq!(rolled.version, 6);
+        assert_eq!(
+            store.read_block_document(doc.id, true).await.unwrap().data["value"],
+            json!("v3")
+        );
+        let stale = store.rollback_block_document(doc.id, 4, Some(5)).await;
+        assert!(matches!(
+            stale,
+            Err(StoreError::VersionConflict {
+                expected: 5,
+                actual: 6
+            })
+        ));
+        let stale_delete = store.delete_block_document(doc.id, Some(1)).await;
+        assert!(matches!(
+            stale_delete,
+            Err(StoreError::VersionConflict { .. })
+        ));
+    })
+    .await;
+}

@@ -1,0 +1,8 @@
+//! The store's test suite. Every test runs on SQLite and on PostgreSQL.
+
+mod harness;
+
+mod documents;
+mod keys;
+mod listing;
+mod schemas;

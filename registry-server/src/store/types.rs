@@ -1,0 +1,299 @@
+//! Block types: create, register, read, update, delete, filter.
+
+use block_types::model::{
+    BlockType, BlockTypeCreate, BlockTypeFilter, BlockTypeFilterBody, BlockTypeUpdate, Page,
+};
+use block_types::{BlockTypeInfo, validate};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::schemas::push_schema_filter;
+use super::sql::Sql;
+use super::{Result, Store, StoreError, now_micros, to_time, uuid_col};
+
+/// Columns of `block_type t`, aliased `t_*`.
+pub(crate) const TYPE_COLUMNS: &str = "t.id as t_id, t.created as t_created, t.updated as t_updated, \
+     t.name as t_name, t.slug as t_slug, t.logo_url as t_logo_url, \
+     t.documentation_url as t_documentation_url, t.description as t_description, \
+     t.code_example as t_code_example, t.is_protected as t_is_protected";
+
+pub(crate) fn type_from_row(row: &AnyRow) -> Result<BlockType> {
+    Ok(BlockType {
+        id: uuid_col(row, "t_id")?,
+        created: to_time(row.try_get("t_created")?),
+        updated: to_time(row.try_get("t_updated")?),
+        name: row.try_get("t_name")?,
+        slug: row.try_get("t_slug")?,
+        logo_url: row.try_get("t_logo_url")?,
+        documentation_url: row.try_get("t_documentation_url")?,
+        description: row.try_get("t_description")?,
+        code_example: row.try_get("t_code_example")?,
+        is_protected: row.try_get::<i64, _>("t_is_protected")? != 0,
+    })
+}
+
+fn validate_create(body: &BlockTypeCreate) -> Result<()> {
+    let mut errors = Vec::new();
+    errors.extend(validate::block_type_name(&body.name).err());
+    errors.extend(validate::block_type_slug(&body.slug).err());
+    errors.extend(validate::http_url("logo_url", body.logo_url.as_deref()).err());
+    errors.extend(validate::http_url("documentation_url", body.documentation_url.as_deref()).err());
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(errors))
+    }
+}
+
+fn validate_update(body: &BlockTypeUpdate) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Some(url) = &body.logo_url {
+        errors.extend(validate::http_url("logo_url", url.as_deref()).err());
+    }
+    if let Some(url) = &body.documentation_url {
+        errors.extend(validate::http_url("documentation_url", url.as_deref()).err());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(errors))
+    }
+}
+
+impl Store {
+    /// Creates a block type. Names, slugs and URLs are validated; a taken slug is
+    /// [`StoreError::AlreadyExists`].
+    pub async fn create_block_type(&self, body: BlockTypeCreate) -> Result<BlockType> {
+        self.insert_block_type(&body, false).await
+    }
+
+    async fn insert_block_type(
+        &self,
+        body: &BlockTypeCreate,
+        protected: bool,
+    ) -> Result<BlockType> {
+        validate_create(body)?;
+        let id = Uuid::new_v4();
+        let now = now_micros();
+        self.count_query();
+        let inserted = sqlx::query(
+            "insert into block_type (id, created, updated, name, slug, logo_url, documentation_url, \
+             description, code_example, is_protected) values ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(&body.name)
+        .bind(&body.slug)
+        .bind(body.logo_url.as_deref())
+        .bind(body.documentation_url.as_deref())
+        .bind(body.description.as_deref())
+        .bind(body.code_example.as_deref())
+        .bind(i64::from(protected))
+        .execute(&self.write)
+        .await;
+        match inserted {
+            Ok(_) => self.read_block_type(id).await,
+            Err(e) if StoreError::is_unique_violation(&e) => Err(StoreError::AlreadyExists(
+                format!("Block type with name \"{}\" already exists", body.name),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Registers a built-in type: creates it when missing (protected if the info says so),
+    /// otherwise leaves it alone, or updates its metadata when `update_metadata` is set.
+    /// Safe to call from several replicas at once.
+    pub async fn ensure_block_type(
+        &self,
+        info: &BlockTypeInfo,
+        update_metadata: bool,
+    ) -> Result<BlockType> {
+        match self.read_block_type_by_slug(&info.slug).await {
+            Ok(existing) => {
+                if info.protected && !existing.is_protected {
+                    self.count_query();
+                    sqlx::query("update block_type set is_protected = 1 where id = $1")
+                        .bind(existing.id.to_string())
+                        .execute(&self.write)
+                        .await?;
+                }
+                if update_metadata {
+                    let update = BlockTypeUpdate {
+                        logo_url: Some(info.logo_url.clone()),
+                        documentation_url: Some(info.documentation_url.clone()),
+                        description: Some(info.description.clone()),
+                        code_example: Some(info.code_example.clone()),
+                    };
+                    self.update_block_type(existing.id, update).await?;
+                }
+                self.read_block_type(existing.id).await
+            }
+            Err(StoreError::NotFound(_)) => match self
+                .insert_block_type(&info.to_create(), info.protected)
+                .await
+            {
+                Err(StoreError::AlreadyExists(_)) => self.read_block_type_by_slug(&info.slug).await,
+                other => other,
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The block type with this id.
+    pub async fn read_block_type(&self, id: Uuid) -> Result<BlockType> {
+        self.read_block_type_where("t.id = $1", &id.to_string())
+            .await
+    }
+
+    /// The block type with this slug.
+    pub async fn read_block_type_by_slug(&self, slug: &str) -> Result<BlockType> {
+        self.read_block_type_where("t.slug = $1", slug).await
+    }
+
+    async fn read_block_type_where(&self, condition: &str, arg: &str) -> Result<BlockType> {
+        self.count_query();
+        let row = sqlx::query(&format!(
+            "select {TYPE_COLUMNS} from block_type t where {condition}"
+        ))
+        .bind(arg)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound("Block type not found".to_owned()))?;
+        type_from_row(&row)
+    }
+
+    /// Updates a type's metadata; absent fields stay, `null` clears.
+    pub async fn update_block_type(&self, id: Uuid, body: BlockTypeUpdate) -> Result<()> {
+        validate_update(&body)?;
+        let current = self.read_block_type(id).await?;
+        let pick = |new: &Option<Option<String>>, old: &Option<String>| {
+            new.clone().unwrap_or_else(|| old.clone())
+        };
+        let logo_url = pick(&body.logo_url, &current.logo_url);
+        let documentation_url = pick(&body.documentation_url, &current.documentation_url);
+        let description = pick(&body.description, &current.description);
+        let code_example = pick(&body.code_example, &current.code_example);
+        if (&logo_url, &documentation_url, &description, &code_example)
+            == (
+                &current.logo_url,
+                &current.documentation_url,
+                &current.description,
+                &current.code_example,
+            )
+        {
+            return Ok(());
+        }
+        self.count_query();
+        sqlx::query(
+            "update block_type set logo_url = $2, documentation_url = $3, description = $4, \
+             code_example = $5, updated = $6 where id = $1",
+        )
+        .bind(id.to_string())
+        .bind(logo_url)
+        .bind(documentation_url)
+        .bind(description)
+        .bind(code_example)
+        .bind(now_micros())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a type and its schemas. Refused for protected types, and while documents of
+    /// the type exist or other types' schemas nest its schemas (the error names them).
+    pub async fn delete_block_type(&self, id: Uuid) -> Result<()> {
+        let ty = self.read_block_type(id).await?;
+        if ty.is_protected {
+            return Err(StoreError::Protected(
+                "protected block types cannot be deleted.".to_owned(),
+            ));
+        }
+        let mut tx = self.write.begin().await?;
+        self.count_query();
+        let docs: Vec<String> = sqlx::query_scalar(
+            "select name from block_document where block_type_id = $1 order by name limit 20",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !docs.is_empty() {
+            return Err(StoreError::InUse {
+                message: format!("block type '{}' still has block documents", ty.slug),
+                referrers: docs
+                    .into_iter()
+                    .map(|n| format!("{}/{n}", ty.slug))
+                    .collect(),
+            });
+        }
+        self.count_query();
+        let nesting: Vec<String> = sqlx::query_scalar(
+            "select distinct pt.slug from block_schema_reference r \
+             join block_schema c on c.id = r.reference_block_schema_id \
+             join block_schema p on p.id = r.parent_block_schema_id \
+             join block_type pt on pt.id = p.block_type_id \
+             where c.block_type_id = $1 and p.block_type_id <> $1 order by pt.slug",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !nesting.is_empty() {
+            return Err(StoreError::InUse {
+                message: format!(
+                    "block type '{}' is nested in the schemas of other block types",
+                    ty.slug
+                ),
+                referrers: nesting,
+            });
+        }
+        for statement in [
+            "delete from block_schema_reference where parent_block_schema_id in (select id from block_schema where block_type_id = $1)",
+            "delete from block_schema where block_type_id = $1",
+            "delete from block_type where id = $1",
+        ] {
+            self.count_query();
+            sqlx::query(statement)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Types matching the filter, ordered by name.
+    pub async fn filter_block_types(&self, body: &BlockTypeFilterBody) -> Result<Vec<BlockType>> {
+        let page =
+            Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
+        let mut sql = Sql::new(&format!(
+            "select {TYPE_COLUMNS} from block_type t where 1 = 1"
+        ));
+        if let Some(filter) = &body.block_types {
+            push_type_filter(&mut sql, filter, "t");
+        }
+        if let Some(filter) = &body.block_schemas {
+            sql.push(" and exists (select 1 from block_schema s where s.block_type_id = t.id");
+            push_schema_filter(&mut sql, filter, "s");
+            sql.push(")");
+        }
+        sql.push(" order by t.name, t.slug limit ")
+            .bind_int(page.limit.into());
+        sql.push(" offset ").bind_int(page.offset.into());
+        self.count_query();
+        let rows = sql.query().fetch_all(&self.read).await?;
+        rows.iter().map(type_from_row).collect()
+    }
+}
+
+/// Appends ` and …` conditions of a type filter on the type table aliased `alias`.
+pub(crate) fn push_type_filter(sql: &mut Sql, filter: &BlockTypeFilter, alias: &str) {
+    if let Some(like) = filter.name.as_ref().and_then(|n| n.like_.as_ref()) {
+        sql.push(&format!(" and lower({alias}.name) like '%' || lower("))
+            .bind_text(like.clone())
+            .push(") || '%'");
+    }
+    if let Some(slugs) = filter.slug.as_ref().and_then(|s| s.any_.as_ref()) {
+        sql.push(&format!(" and {alias}.slug in "))
+            .bind_list(slugs.iter().cloned());
+    }
+}
