@@ -413,11 +413,11 @@ impl Store {
         };
         let (current_data, current_refs, _) =
             self.open_version(&mut tx, id, current_version).await?;
-        let current_schema = self.read_block_schema(current_schema_id).await?;
+        let current_schema = self.schema_by_id(&mut *tx, current_schema_id).await?;
         let target_schema = match body.block_schema_id {
             Some(schema_id) if schema_id != current_schema_id => {
                 let target = self
-                    .read_block_schema(schema_id)
+                    .schema_by_id(&mut *tx, schema_id)
                     .await
                     .map_err(|e| match e {
                         StoreError::NotFound(_) => {
@@ -1007,7 +1007,7 @@ impl Store {
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
         check_expected(expected_version, current_version)?;
         let (data, refs, schema_id) = self.open_version(&mut tx, id, version).await?;
-        let schema = self.read_block_schema(schema_id).await?;
+        let schema = self.schema_by_id(&mut *tx, schema_id).await?;
         let next = current_version + 1;
         self.count_query();
         sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4")

@@ -190,11 +190,21 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         count: usize,
     ) -> Result<(Arc<DataKey>, i64)> {
-        self.count_query();
-        let row = sqlx::query("update data_key set encryptions = encryptions + $1 where state = 'active' returning id, encryptions")
-            .bind(count as i64)
-            .fetch_one(&mut **tx)
-            .await?;
+        // On PostgreSQL a rotation committing while this statement waits on the old key's row
+        // leaves it matching nothing; the new active key is visible to the next statement.
+        let mut attempts = 0;
+        let row = loop {
+            self.count_query();
+            let row = sqlx::query("update data_key set encryptions = encryptions + $1 where state = 'active' returning id, encryptions")
+                .bind(count as i64)
+                .fetch_optional(&mut **tx)
+                .await?;
+            match row {
+                Some(row) => break row,
+                None if attempts < 5 => attempts += 1,
+                None => return Err(StoreError::Corrupt("no active data key".to_owned())),
+            }
+        };
         let id = parse_uuid(&row.try_get::<String, _>("id")?)?;
         let used: i64 = row.try_get("encryptions")?;
         Ok((self.key(tx, id).await?, used))

@@ -271,12 +271,21 @@ impl Store {
 
     /// The schema with this id.
     pub async fn read_block_schema(&self, id: Uuid) -> Result<BlockSchema> {
+        self.schema_by_id(&self.read, id).await
+    }
+
+    /// The schema with this id, read through `executor` (a pool, or a transaction that
+    /// must not wait for a second connection).
+    pub(crate) async fn schema_by_id<'e, E>(&self, executor: E, id: Uuid) -> Result<BlockSchema>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
         self.count_query();
         let row = sqlx::query(&format!(
             "select {SCHEMA_COLUMNS}, {TYPE_COLUMNS} from block_schema s join block_type t on t.id = s.block_type_id where s.id = $1"
         ))
         .bind(id.to_string())
-        .fetch_optional(&self.read)
+        .fetch_optional(executor)
         .await?
         .ok_or_else(|| StoreError::NotFound("Block schema not found".to_owned()))?;
         schema_from_row(&row)
