@@ -178,8 +178,15 @@ pub trait Block: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 
         Vec::new()
     }
 
+    /// Rules the schema cannot express (e.g. "only one of these two fields"); checked
+    /// before a block is turned into data.
+    fn check(&self) -> Result<(), FieldError> {
+        Ok(())
+    }
+
     /// The block's document data (nested blocks inline, secrets in clear).
     fn to_data(&self) -> Result<Map<String, Value>, FieldError> {
+        self.check()?;
         match serde_json::to_value(self) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err(FieldError::new(

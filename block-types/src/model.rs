@@ -276,6 +276,15 @@ impl BlockDocumentCreate {
     }
 }
 
+/// A present field must not be `null` (an absent one stays `None` through `default`).
+fn non_null<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 fn default_true() -> bool {
     true
 }
@@ -288,7 +297,12 @@ pub struct BlockDocumentUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_schema_id: Option<Uuid>,
     /// New data; with `merge_existing_data` a shallow merge over the current data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent means "no new data"; an explicit `null` is refused, as Prefect does.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub data: Option<Map<String, Value>>,
     /// Merge (the default) or replace.
     #[serde(default = "default_true")]
@@ -637,6 +651,13 @@ mod tests {
     fn document_update_defaults_to_merge() {
         let u: BlockDocumentUpdate = serde_json::from_value(json!({})).unwrap();
         assert!(u.merge_existing_data && u.data.is_none() && u.block_schema_id.is_none());
+        // `"data": null` would wipe a document under merge_existing_data = false.
+        assert!(
+            serde_json::from_value::<BlockDocumentUpdate>(
+                json!({"data": null, "merge_existing_data": false})
+            )
+            .is_err()
+        );
     }
 
     #[test]

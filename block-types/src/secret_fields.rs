@@ -41,11 +41,6 @@ impl SecretPath {
     pub fn parse_all<S: AsRef<str>>(paths: &[S]) -> Vec<Self> {
         paths.iter().map(|p| Self::parse(p.as_ref())).collect()
     }
-
-    /// Whether this path is `other` or lies below it.
-    fn is_within(&self, other: &SecretPath) -> bool {
-        self.segments.starts_with(&other.segments)
-    }
 }
 
 impl std::fmt::Display for SecretPath {
@@ -73,19 +68,51 @@ pub fn secret_fields_of(fields: &Value) -> Vec<SecretPath> {
         .unwrap_or_default()
 }
 
-/// The minimal set of locations whose whole values are secret: a plain path is its own
-/// root, `a.*` has root `a`. Duplicates and locations below another root are dropped.
-/// Storage encrypts each root's value as one unit.
-pub fn secret_roots(paths: &[SecretPath]) -> Vec<Vec<String>> {
-    let mut roots: Vec<SecretPath> = Vec::new();
+/// Where each secret path lands in `data`, as the minimal set of locations whose whole
+/// values are secret (storage seals each as one unit):
+///
+/// - a path whose every step is an object lands on its full path (`a.*` on `a`);
+/// - a path that meets a non-object value on the way (a URL string where an object with a
+///   `password` was expected, a list of objects) lands on that value, which is then secret
+///   as a whole: nothing below a secret path is ever left in clear;
+/// - the root wildcard `*` lands on every top-level field;
+/// - null and absent values hold no secret and have no location.
+pub fn secret_locations(data: &Map<String, Value>, paths: &[SecretPath]) -> Vec<Vec<String>> {
+    let mut found: Vec<Vec<String>> = Vec::new();
     for path in paths {
-        if roots.iter().any(|root| path.is_within(root)) {
-            continue;
+        let candidates: Vec<Vec<String>> = if path.segments.is_empty() {
+            if !path.wildcard {
+                continue;
+            }
+            data.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| vec![k.clone()])
+                .collect()
+        } else {
+            locate(data, &path.segments).into_iter().collect()
+        };
+        for location in candidates {
+            if found.iter().any(|f| location.starts_with(f)) {
+                continue;
+            }
+            found.retain(|f| !f.starts_with(&location));
+            found.push(location);
         }
-        roots.retain(|root| !root.is_within(path));
-        roots.push(path.clone());
     }
-    roots.into_iter().map(|root| root.segments).collect()
+    found
+}
+
+/// The location a non-empty path lands on (see [`secret_locations`]).
+fn locate(data: &Map<String, Value>, segments: &[String]) -> Option<Vec<String>> {
+    let mut current = data;
+    for (i, segment) in segments.iter().enumerate() {
+        match current.get(segment)? {
+            Value::Null => return None,
+            Value::Object(next) if i + 1 < segments.len() => current = next,
+            _ => return Some(segments[..=i].to_vec()),
+        }
+    }
+    None
 }
 
 /// The value at `segments` in `data`, following object keys only.
@@ -125,61 +152,111 @@ fn mask_leaves(value: &mut Value) {
     }
 }
 
-/// Masks the secrets of `data` in place: each plain path with a non-null value becomes
-/// `"********"` (whatever its type), and each non-null leaf below a wildcard prefix does.
-/// Null values stay null: they hold no secret.
+/// Masks the secrets of `data` in place. Each location of [`secret_locations`] becomes
+/// `"********"` as a whole, except that below a wildcard prefix reached through objects each
+/// non-null leaf is masked on its own (Prefect's shape, which clients rely on). Null values
+/// stay null: they hold no secret.
 pub fn obfuscate(data: &mut Map<String, Value>, paths: &[SecretPath]) {
     for path in paths {
-        let Some(value) = get_path_mut(data, &path.segments) else {
+        if path.segments.is_empty() {
+            if path.wildcard {
+                data.values_mut().for_each(mask_leaves);
+            }
+            continue;
+        }
+        let Some(location) = locate(data, &path.segments) else {
             continue;
         };
-        if path.wildcard {
-            mask_leaves(value);
-        } else if !value.is_null() {
+        let whole = location.len() < path.segments.len() || !path.wildcard;
+        let Some(value) = get_path_mut(data, &location) else {
+            continue;
+        };
+        if whole {
             *value = obfuscated();
+        } else {
+            mask_leaves(value);
         }
     }
 }
 
 /// Before an update is applied: every `"********"` the client echoed back at a secret
 /// location is replaced by the value stored there, so a client that read obfuscated data
-/// and sends it back does not overwrite its secrets with asterisks. An echo at a location
-/// that holds nothing stays as it was sent.
+/// and sends it back does not overwrite its secrets with asterisks.
+///
+/// Returns the paths of echoes that have no stored value to restore (the client sent a
+/// mask where nothing is stored): storing the asterisks would silently lose a secret, so
+/// callers should refuse the update and ask for the real value.
 pub fn restore(
     update: &mut Map<String, Value>,
     current: &Map<String, Value>,
     paths: &[SecretPath],
-) {
+) -> Vec<String> {
+    let mut unrestored = Vec::new();
     for path in paths {
-        let Some(new_value) = get_path_mut(update, &path.segments) else {
-            continue;
+        let prefixes: Vec<Vec<String>> = if path.segments.is_empty() {
+            if !path.wildcard {
+                continue;
+            }
+            update.keys().map(|k| vec![k.clone()]).collect()
+        } else {
+            vec![path.segments.clone()]
         };
-        let Some(current_value) = get_path(current, &path.segments) else {
-            continue;
-        };
-        if path.wildcard {
-            restore_leaves(new_value, current_value);
-        } else if is_obfuscated(new_value) && !current_value.is_null() {
-            *new_value = current_value.clone();
+        for prefix in prefixes {
+            // Walk the update along the path; an echo may sit at any step (a masked whole
+            // value) or, below a wildcard prefix, at any leaf.
+            for depth in 1..=prefix.len() {
+                let at = &prefix[..depth];
+                let Some(new_value) = get_path_mut(update, at) else {
+                    break;
+                };
+                if is_obfuscated(new_value) {
+                    match get_path(current, at).filter(|v| !v.is_null()) {
+                        Some(stored) => *new_value = stored.clone(),
+                        None => unrestored.push(at.join(".")),
+                    }
+                    break;
+                }
+                if depth == prefix.len() && path.wildcard {
+                    let stored = get_path(current, at);
+                    restore_leaves(new_value, stored, &mut at.join("."), &mut unrestored);
+                }
+                if !new_value.is_object() {
+                    break;
+                }
+            }
         }
     }
+    unrestored.sort();
+    unrestored.dedup();
+    unrestored
 }
 
 fn is_obfuscated(value: &Value) -> bool {
     value.as_str() == Some(OBFUSCATED)
 }
 
-/// Below a wildcard prefix: each echoed leaf takes the current value at the same place.
-fn restore_leaves(new_value: &mut Value, current: &Value) {
+/// Below a wildcard prefix: each echoed leaf takes the stored value at the same place.
+fn restore_leaves(
+    new_value: &mut Value,
+    stored: Option<&Value>,
+    path: &mut String,
+    unrestored: &mut Vec<String>,
+) {
     if is_obfuscated(new_value) {
-        *new_value = current.clone();
+        match stored.filter(|v| !v.is_null()) {
+            Some(stored) => *new_value = stored.clone(),
+            None => unrestored.push(path.clone()),
+        }
         return;
     }
-    if let (Value::Object(new_map), Value::Object(current_map)) = (new_value, current) {
+    if let Value::Object(new_map) = new_value {
         for (key, value) in new_map.iter_mut() {
-            if let Some(current_child) = current_map.get(key) {
-                restore_leaves(value, current_child);
-            }
+            let child = stored.and_then(|s| s.get(key));
+            let len = path.len();
+            path.push('.');
+            path.push_str(key);
+            restore_leaves(value, child, path, unrestored);
+            path.truncate(len);
         }
     }
 }
@@ -285,24 +362,80 @@ mod tests {
     }
 
     #[test]
-    fn restore_leaves_an_echo_over_nothing_alone() {
-        let current = obj(json!({"password": null}));
-        let mut update = obj(json!({"password": "********"}));
-        restore(&mut update, &current, &paths(&["password"]));
-        assert_eq!(update["password"], json!("********"));
+    fn locations_are_minimal_and_follow_the_data() {
+        let data = obj(json!({
+            "value": "v", "a": {"b": 1, "c": 2}, "c": {"d": {"e": "x"}},
+            "url_form": "postgresql://u:pw@h/db", "list": [{"password": "p"}], "nothing": null
+        }));
+        let found = secret_locations(
+            &data,
+            &paths(&[
+                "value",
+                "value",
+                "a.b",
+                "a.*",
+                "c.d.*",
+                "c.d.e",
+                "url_form.password",
+                "list.password",
+                "nothing.x",
+                "missing",
+            ]),
+        );
+        let strings: Vec<String> = found.iter().map(|l| l.join(".")).collect();
+        assert_eq!(strings, ["value", "a", "c.d", "url_form", "list"]);
+        let everything = secret_locations(&data, &paths(&["*"]));
+        assert_eq!(
+            everything.len(),
+            5,
+            "the root wildcard covers every non-null field"
+        );
     }
 
     #[test]
-    fn roots_are_minimal() {
-        let roots = secret_roots(&paths(&["value", "value", "a.b", "a.*", "c.d.*", "c.d.e"]));
-        assert_eq!(
-            roots,
-            vec![
-                vec!["value".to_owned()],
-                vec!["a".to_owned()],
-                vec!["c".to_owned(), "d".to_owned()]
-            ]
+    fn a_secret_path_through_a_non_object_masks_that_value_whole() {
+        // A SQLAlchemy connector in URL form: the password is inside the string.
+        let mut data = obj(
+            json!({"connection_info": "postgresql://u:pw@h/db", "list": [{"password": "p"}], "n": 1}),
         );
+        obfuscate(
+            &mut data,
+            &paths(&["connection_info.password", "list.password"]),
+        );
+        assert_eq!(
+            Value::Object(data.clone()),
+            json!({"connection_info": "********", "list": "********", "n": 1})
+        );
+        let current = obj(
+            json!({"connection_info": "postgresql://u:pw@h/db", "list": [{"password": "p"}], "n": 1}),
+        );
+        let unrestored = restore(
+            &mut data,
+            &current,
+            &paths(&["connection_info.password", "list.password"]),
+        );
+        assert!(unrestored.is_empty());
+        assert_eq!(data, current);
+    }
+
+    #[test]
+    fn the_root_wildcard_masks_everything() {
+        let mut data = obj(json!({"a": "x", "b": {"c": 1}, "n": null}));
+        obfuscate(&mut data, &paths(&["*"]));
+        assert_eq!(
+            Value::Object(data),
+            json!({"a": "********", "b": {"c": "********"}, "n": null})
+        );
+    }
+
+    #[test]
+    fn echoes_with_nothing_stored_are_reported() {
+        let current = obj(json!({"password": null, "headers": {"a": "1"}}));
+        let mut update =
+            obj(json!({"password": "********", "headers": {"a": "********", "b": "********"}}));
+        let unrestored = restore(&mut update, &current, &paths(&["password", "headers.*"]));
+        assert_eq!(unrestored, ["headers.b", "password"]);
+        assert_eq!(update["headers"]["a"], json!("1"));
     }
 
     /// Arbitrary JSON objects a few levels deep with small key alphabets, so that secret
@@ -330,7 +463,7 @@ mod tests {
 
     fn arb_paths() -> impl Strategy<Value = Vec<SecretPath>> {
         prop::collection::vec(
-            (prop::collection::vec("[abc]", 1..4), any::<bool>())
+            (prop::collection::vec("[abc]", 0..4), any::<bool>())
                 .prop_map(|(segments, wildcard)| SecretPath { segments, wildcard }),
             0..4,
         )
@@ -349,16 +482,15 @@ mod tests {
         fn no_secret_leaf_survives_obfuscation(data in arb_object(), secret in arb_paths()) {
             let mut masked = data.clone();
             obfuscate(&mut masked, &secret);
-            for path in &secret {
-                if let Some(value) = get_path(&masked, &path.segments) {
-                    let mut found = Vec::new();
-                    leaves(value, &mut found);
-                    for leaf in found {
-                        prop_assert!(
-                            leaf.is_null() || leaf == json!(OBFUSCATED),
-                            "{path} still holds {leaf}"
-                        );
-                    }
+            for location in secret_locations(&data, &secret) {
+                let value = get_path(&masked, &location).expect("obfuscation keeps every key");
+                let mut found = Vec::new();
+                leaves(value, &mut found);
+                for leaf in found {
+                    prop_assert!(
+                        leaf.is_null() || leaf == json!(OBFUSCATED),
+                        "{} still holds {leaf}", location.join(".")
+                    );
                 }
             }
         }
@@ -367,7 +499,8 @@ mod tests {
         fn obfuscate_then_restore_gives_back_the_stored_value(data in arb_object(), secret in arb_paths()) {
             let mut echoed = data.clone();
             obfuscate(&mut echoed, &secret);
-            restore(&mut echoed, &data, &secret);
+            let unrestored = restore(&mut echoed, &data, &secret);
+            prop_assert!(unrestored.is_empty(), "{unrestored:?}");
             prop_assert_eq!(echoed, data);
         }
 
@@ -375,12 +508,11 @@ mod tests {
         fn obfuscation_only_touches_secret_locations(data in arb_object(), secret in arb_paths()) {
             let mut masked = data.clone();
             obfuscate(&mut masked, &secret);
-            // Blank out the secret roots in both; what is left must be identical.
-            let roots = secret_roots(&secret);
+            // Blank out the secret locations in both; what is left must be identical.
             let (mut a, mut b) = (data.clone(), masked);
-            for root in &roots {
-                if let Some(v) = get_path_mut(&mut a, root) { *v = Value::Null; }
-                if let Some(v) = get_path_mut(&mut b, root) { *v = Value::Null; }
+            for location in secret_locations(&data, &secret) {
+                if let Some(v) = get_path_mut(&mut a, &location) { *v = Value::Null; }
+                if let Some(v) = get_path_mut(&mut b, &location) { *v = Value::Null; }
             }
             prop_assert_eq!(a, b);
         }

@@ -85,11 +85,20 @@ pub struct DataValidator {
 impl DataValidator {
     /// Compiles a block schema's `fields`. Fails when the schema itself is not a valid
     /// JSON Schema.
+    ///
+    /// Two leniencies keep every Prefect client's data valid, as Prefect's own server (which
+    /// does not validate data at all) would take it:
+    /// - a property that is not `required` also accepts `null`: Prefect 2 clients describe
+    ///   `Optional[X] = None` as plain `X` but send explicit nulls;
+    /// - `format` is an annotation, not an assertion (as draft 7 allows): Python writes
+    ///   naive date-times and its own regex syntax, which strict checks would refuse.
     pub fn new(fields: &Value) -> Result<Self, FieldError> {
+        let mut lenient = fields.clone();
+        allow_null_when_optional(&mut lenient);
         let validator = jsonschema::options()
             .with_draft(Draft::Draft7)
-            .should_validate_formats(true)
-            .build(fields)
+            .should_validate_formats(false)
+            .build(&lenient)
             .map_err(|e| {
                 FieldError::new(
                     "fields",
@@ -144,6 +153,38 @@ impl DataValidator {
     }
 }
 
+/// Wraps every property that its object schema does not require as
+/// `{"anyOf": [property, {"type": "null"}]}`, at every depth (definitions included).
+fn allow_null_when_optional(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for value in map.values_mut() {
+                allow_null_when_optional(value);
+            }
+            let required: Vec<String> = map
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(Value::Object(properties)) = map.get_mut("properties") {
+                for (name, property) in properties.iter_mut() {
+                    if !required.contains(name) && property.is_object() {
+                        let original = std::mem::take(property);
+                        *property = serde_json::json!({"anyOf": [original, {"type": "null"}]});
+                    }
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(allow_null_when_optional),
+        _ => {}
+    }
+}
+
 /// `/a/b~1c` → `a.b/c`.
 fn pointer_to_path(pointer: &str) -> String {
     pointer
@@ -173,7 +214,21 @@ fn describe(kind: &ValidationErrorKind) -> String {
         }
         K::Enum { options } => format!("must be one of {options}"),
         K::Constant { expected_value } => format!("must be {expected_value}"),
-        K::AnyOf { .. } => "does not match any of the allowed shapes (anyOf)".to_owned(),
+        K::AnyOf { context } => {
+            // `X or null` (optional properties): describe the X branch's own problem.
+            let is_null_branch = |errors: &Vec<jsonschema::ValidationError<'static>>| {
+                errors.len() == 1
+                    && matches!(errors[0].kind(), K::Type { kind: jsonschema::error::TypeKind::Single(t) } if t.to_string() == "null")
+            };
+            let real: Vec<_> = context
+                .iter()
+                .filter(|errors| !is_null_branch(errors))
+                .collect();
+            match real.as_slice() {
+                [errors] if !errors.is_empty() => describe(errors[0].kind()),
+                _ => "does not match any of the allowed shapes (anyOf)".to_owned(),
+            }
+        }
         K::OneOfNotValid { .. } => "does not match any of the allowed shapes (oneOf)".to_owned(),
         K::OneOfMultipleValid { .. } => "matches more than one of the shapes of oneOf".to_owned(),
         K::Format { format } => format!("is not a valid {format}"),
@@ -329,7 +384,7 @@ mod tests {
         let canary = "canary-secret-81d2";
         let v = DataValidator::new(&json!({
             "type": "object",
-            "properties": {"password": {"type": "integer"}, "mode": {"enum": ["a", "b"]}, "when": {"type": "string", "format": "date-time"}}
+            "properties": {"password": {"type": "integer"}, "mode": {"enum": ["a", "b"]}, "when": {"type": "string", "pattern": "^[0-9]+$"}}
         }))
         .unwrap();
         let errors = v
@@ -342,6 +397,28 @@ mod tests {
         for e in errors {
             assert!(!e.to_string().contains(canary), "{e}");
         }
+    }
+
+    #[test]
+    fn optional_properties_accept_null_and_formats_are_annotations() {
+        // A Prefect 2 (pydantic v1) schema: Optional[str] = None is written as a plain string.
+        let v = DataValidator::new(&json!({
+            "type": "object",
+            "properties": {
+                "basepath": {"type": "string"},
+                "when": {"type": "string", "format": "date-time"},
+                "nested": {"$ref": "#/definitions/N"}
+            },
+            "required": ["when"],
+            "definitions": {"N": {"type": "object", "properties": {"port": {"type": "integer"}}}}
+        }))
+        .unwrap();
+        assert!(v.validate(&obj(json!({"basepath": null, "when": "2024-01-01T00:00:00", "nested": {"port": null}})), &[]).is_ok());
+        let errors = v.validate(&obj(json!({"when": null})), &[]).unwrap_err();
+        assert_eq!(
+            errors[0].field, "when",
+            "a required property still refuses null"
+        );
     }
 
     #[test]

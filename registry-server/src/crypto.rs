@@ -399,7 +399,7 @@ mod base64_bytes {
 }
 
 /// Moves the secret values of `data` out into sealed fields: for each root (see
-/// [`block_types::secret_fields::secret_roots`]) holding a non-null value, the value is
+/// [`block_types::secret_fields::secret_locations`]) holding a non-null value, the value is
 /// removed from `data` and encrypted under `key`, bound to `document_id` and its path.
 /// What is left in `data` holds no secret and can be stored and filtered as plain JSON.
 pub fn seal_secrets(

@@ -319,8 +319,24 @@ impl Block for StringBlock {
 /// A point in time with its UTC offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DateTime {
-    /// The value, as RFC 3339 on the wire.
+    /// The value, as RFC 3339 on the wire. A value without an offset (as Python writes
+    /// naive date-times) is read as UTC.
+    #[serde(deserialize_with = "lenient_datetime")]
     pub value: chrono::DateTime<chrono::FixedOffset>,
+}
+
+fn lenient_datetime<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<chrono::DateTime<chrono::FixedOffset>, D::Error> {
+    let text = String::deserialize(d)?;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&text) {
+        return Ok(t);
+    }
+    chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
+        .map(|naive| naive.and_utc().fixed_offset())
+        .map_err(|_| {
+            serde::de::Error::custom("expected an RFC 3339 date-time such as 2024-01-01T00:00:00Z")
+        })
 }
 
 impl Block for DateTime {

@@ -8,11 +8,14 @@ use serde_json::json;
 use super::SCHEMA_VERSION;
 use super::schema::{block_schema, optional, prop, type_info};
 use crate::block::{Block, BlockSpec};
+use crate::error::FieldError;
 use crate::secret::SecretMap;
 
-/// Google Cloud credentials: a service-account key given inline or as a file path, and a
-/// default project. With neither key, Application Default Credentials apply.
+/// Google Cloud credentials: a service-account key given inline or as a file path (not
+/// both, as Prefect requires), and a default project. With neither key, Application
+/// Default Credentials apply.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawGcpCredentials")]
 pub struct GcpCredentials {
     /// Path to a service-account JSON key file.
     #[serde(default)]
@@ -25,8 +28,43 @@ pub struct GcpCredentials {
     pub project: Option<String>,
 }
 
+/// The wire form, checked before it becomes a [`GcpCredentials`].
+#[derive(Deserialize)]
+struct RawGcpCredentials {
+    #[serde(default)]
+    service_account_file: Option<PathBuf>,
+    #[serde(default)]
+    service_account_info: Option<SecretMap>,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+impl TryFrom<RawGcpCredentials> for GcpCredentials {
+    type Error = String;
+
+    fn try_from(raw: RawGcpCredentials) -> Result<Self, Self::Error> {
+        let credentials = Self {
+            service_account_file: raw.service_account_file,
+            service_account_info: raw.service_account_info,
+            project: raw.project,
+        };
+        credentials.check().map_err(|e| e.message)?;
+        Ok(credentials)
+    }
+}
+
 impl Block for GcpCredentials {
     const SLUG: &'static str = "gcp-credentials";
+
+    fn check(&self) -> Result<(), FieldError> {
+        if self.service_account_file.is_some() && self.service_account_info.is_some() {
+            return Err(FieldError::new(
+                "",
+                "Only one of service_account_info or service_account_file can be specified at once",
+            ));
+        }
+        Ok(())
+    }
 
     fn spec() -> BlockSpec {
         let fields = block_schema(
@@ -98,6 +136,12 @@ pub struct GcsBucket {
 
 impl Block for GcsBucket {
     const SLUG: &'static str = "gcs-bucket";
+
+    fn check(&self) -> Result<(), FieldError> {
+        self.gcp_credentials
+            .check()
+            .map_err(|e| e.prefixed("gcp_credentials"))
+    }
 
     fn spec() -> BlockSpec {
         let fields = block_schema(

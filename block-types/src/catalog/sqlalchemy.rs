@@ -58,16 +58,30 @@ pub struct ConnectionComponents {
     /// Host.
     #[serde(default)]
     pub host: Option<String>,
-    /// Port.
-    #[serde(default)]
+    /// Port (an integer, or a numeric string as older schemas stored it).
+    #[serde(default, deserialize_with = "lenient_port")]
     pub port: Option<u16>,
     /// Query parameters appended to the URL.
     #[serde(default)]
     pub query: Option<BTreeMap<String, String>>,
 }
 
+fn lenient_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let invalid = || serde::de::Error::custom("port must be an integer from 0 to 65535");
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .map(Some)
+            .ok_or_else(invalid),
+        Some(Value::String(s)) => s.trim().parse::<u16>().map(Some).map_err(|_| invalid()),
+        Some(_) => Err(invalid()),
+    }
+}
+
 /// How a connector describes its database: URL parts, or a whole URL.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ConnectionInfo {
     /// URL parts; the password is secret.
@@ -75,6 +89,20 @@ pub enum ConnectionInfo {
     /// A whole URL, e.g. `postgresql+psycopg2://user:pass@host/db`. Held as a secret in
     /// Rust because it may embed a password.
     Url(SecretString),
+}
+
+impl<'de> Deserialize<'de> for ConnectionInfo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(url) => Ok(Self::Url(SecretString::from(url))),
+            Value::Object(parts) => serde_json::from_value(Value::Object(parts))
+                .map(Self::Components)
+                .map_err(|e| serde::de::Error::custom(format!("connection parts: {e}"))),
+            _ => Err(serde::de::Error::custom(
+                "expected a URL string or an object of URL parts (driver, host, port, …)",
+            )),
+        }
+    }
 }
 
 macro_rules! connector {

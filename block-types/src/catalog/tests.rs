@@ -353,11 +353,6 @@ fn obfuscation_with_builtin_schemas_hides_the_canary() {
         let mut masked = obj(data);
         obfuscate(&mut masked, &spec.secret_fields());
         let text = Value::Object(masked.clone()).to_string();
-        // A URL-form connection string is not a secret field in Prefect's schema either; its
-        // password is masked only when given as a component.
-        if slug == "sqlalchemy-connector" && masked["connection_info"].is_string() {
-            continue;
-        }
         assert!(!text.contains(CANARY), "{slug}: {text}");
         assert!(
             text.contains(OBFUSCATED)
@@ -405,6 +400,58 @@ fn defaults_match_prefect() {
         SqlAlchemyConnector::from_data(obj(json!({"connection_info": "sqlite:///x.db"}))).unwrap();
     assert_eq!(conn.fetch_size, 1);
     assert!(matches!(conn.connection_info, ConnectionInfo::Url(_)));
+}
+
+#[test]
+fn lenient_inputs_prefect_accepts_are_accepted() {
+    // Prefect 3.0–3.4 on recent Pythons writes naive date-times; they are read as UTC.
+    let naive = DateTime::from_data(obj(json!({"value": "2024-01-01T00:00:00"}))).unwrap();
+    assert_eq!(naive.value.to_rfc3339(), "2024-01-01T00:00:00+00:00");
+    // Documents written under the 0.4.0 connector schema hold the port as a string.
+    let conn = SqlAlchemyConnector::from_data(obj(
+        json!({"connection_info": {"driver": "postgresql+psycopg2", "port": "5432"}}),
+    ))
+    .unwrap();
+    let ConnectionInfo::Components(parts) = conn.connection_info else {
+        panic!("components")
+    };
+    assert_eq!(parts.port, Some(5432));
+    let err = SqlAlchemyConnector::from_data(obj(
+        json!({"connection_info": {"driver": "x", "port": 70000}}),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("port"), "{err}");
+    let err = SqlAlchemyConnector::from_data(obj(json!({"connection_info": 5}))).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a URL string or an object of URL parts"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gcp_credentials_take_one_key_source() {
+    let both =
+        json!({"service_account_file": "/k.json", "service_account_info": {"private_key": CANARY}});
+    let err = GcpCredentials::from_data(obj(both.clone())).unwrap_err();
+    assert!(
+        err.message
+            .contains("Only one of service_account_info or service_account_file"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(CANARY));
+    let err =
+        GcsBucket::from_data(obj(json!({"bucket": "b", "gcp_credentials": both}))).unwrap_err();
+    assert_eq!(err.field, "gcp_credentials");
+    let built = GcpCredentials {
+        service_account_file: Some("/k.json".into()),
+        service_account_info: Some(crate::SecretMap::default()),
+        project: None,
+    };
+    assert!(
+        built.to_data().is_err(),
+        "a block Prefect cannot load is not saved"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Tests of envelope encryption: formats, binding, tampering, wrong keys, redaction.
 
-use block_types::secret_fields::{SecretPath, secret_roots};
+use block_types::secret_fields::{SecretPath, secret_locations};
 use serde_json::json;
 
 use super::*;
@@ -200,11 +200,10 @@ fn sealing_document_data_leaves_no_plaintext_and_opens_back() {
     let Value::Object(original) = original else {
         unreachable!()
     };
-    let roots = secret_roots(&SecretPath::parse_all(&[
-        "connection_info.password",
-        "url",
-        "headers.*",
-    ]));
+    let roots = secret_locations(
+        &original,
+        &SecretPath::parse_all(&["connection_info.password", "url", "headers.*"]),
+    );
     let mut data = original.clone();
     let sealed = seal_secrets(&mut data, &roots, doc, &key).unwrap();
     assert_eq!(sealed.len(), 2, "null values are not sealed");

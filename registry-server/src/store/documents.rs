@@ -10,7 +10,7 @@ use block_types::model::{
     BlockSchema, BlockSchemaFilter, BlockType, BlockTypeFilter, EqBool, Page,
     ReferencedBlockDocument,
 };
-use block_types::secret_fields::{obfuscate, restore, secret_fields_of, secret_roots};
+use block_types::secret_fields::{obfuscate, restore, secret_fields_of, secret_locations};
 use block_types::{FieldError, references};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -210,17 +210,11 @@ impl Store {
             schema_fields,
         } = version;
         self.check_references(tx, id, &refs).await?;
-        let roots = secret_roots(&secret_fields_of(schema_fields));
-        let count = roots
-            .iter()
-            .filter(|r| {
-                block_types::secret_fields::get_path(&data, r).is_some_and(|v| !v.is_null())
-            })
-            .count();
-        let (sealed, key) = if count > 0 {
-            let (key, used) = self.reserve_active_key(tx, count).await?;
+        let locations = secret_locations(&data, &secret_fields_of(schema_fields));
+        let (sealed, key) = if !locations.is_empty() {
+            let (key, used) = self.reserve_active_key(tx, locations.len()).await?;
             (
-                seal_secrets(&mut data, &roots, id, &key)?,
+                seal_secrets(&mut data, &locations, id, &key)?,
                 Some((key.id(), used)),
             )
         } else {
@@ -437,11 +431,24 @@ impl Store {
         };
 
         let mut new_data = new_data;
-        restore(
+        let unrestored = restore(
             &mut new_data,
             &current_data,
             &secret_fields_of(&current_schema.fields),
         );
+        if !unrestored.is_empty() {
+            return Err(StoreError::Invalid(
+                unrestored
+                    .into_iter()
+                    .map(|path| {
+                        FieldError::new(
+                            format!("data.{path}"),
+                            "\"********\" was sent for a secret that has no stored value here; send the real value",
+                        )
+                    })
+                    .collect(),
+            ));
+        }
         let (new_plain, new_refs) = references::split_references(new_data).map_err(|e| {
             let field = e.field().to_owned();
             StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))

@@ -51,6 +51,18 @@ async fn create_read_update_delete_round_trip_with_secrets_masked_or_shown() {
         assert_eq!(after.data["fetch_size"], json!(50));
         assert!(after.updated >= created.updated);
 
+        // A mask sent where nothing is stored is refused, not stored as asterisks.
+        let nothing = store
+            .update_block_document(created.id, update(json!({"connection_info": {"driver": "postgresql+psycopg2", "password": null}})), None)
+            .await
+            .unwrap();
+        let refused = store
+            .update_block_document(created.id, update(json!({"connection_info": {"driver": "postgresql+psycopg2", "password": "********"}})), None)
+            .await;
+        let Err(StoreError::Invalid(errors)) = refused else { panic!("{refused:?}") };
+        assert_eq!(errors[0].field, "data.connection_info.password");
+        assert_eq!(store.document_version(created.id).await.unwrap(), nothing.version);
+
         // Same name and type: refused.
         let dup = store
             .create_block_document(BlockDocumentCreate {

@@ -77,6 +77,9 @@ async fn a_raw_dump_holds_no_plaintext_secret_and_no_key() {
         let (_, secret_schema) = register::<Secret>(&store).await;
         create(&store, &sql_schema, "pg", json!({"connection_info": {"driver": "postgresql+psycopg2", "password": CANARY, "host": "h"}})).await;
         create(&store, &gcp_schema, "gcp", json!({"service_account_info": {"private_key": CANARY}, "project": "p"})).await;
+        // The URL form embeds the password: the whole URL is secret.
+        let url = create(&store, &sql_schema, "pg-url", json!({"connection_info": format!("postgresql://u:{CANARY}@h/db")})).await;
+        assert_eq!(url.data["connection_info"], json!("********"));
         let doc = create(&store, &secret_schema, "json-secret", json!({"value": {"username": "u", "password": CANARY}})).await;
         // Several versions, so history is checked too.
         store
