@@ -345,6 +345,16 @@ impl Store {
         Ok(total)
     }
 
+    /// Runs [`Self::reencrypt_all`] as a background task; reads and writes go on meanwhile.
+    /// If the process stops, calling it again resumes where it stopped.
+    pub fn spawn_reencryption(
+        self: &Arc<Self>,
+        batch: u32,
+    ) -> tokio::task::JoinHandle<Result<u64>> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move { store.reencrypt_all(batch).await })
+    }
+
     /// Destroys (forgets the wrapped bytes of) retired keys that seal no version.
     pub async fn destroy_retired_keys(&self) -> Result<Vec<Uuid>> {
         self.count_query();

@@ -258,7 +258,11 @@ async fn rotation_under_concurrent_readers_and_writers_leaves_nothing_under_the_
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let new_key = store.rotate_data_key().await.unwrap();
         assert_ne!(new_key, retired);
-        store.reencrypt_all(7).await.unwrap();
+        let moved = store.spawn_reencryption(7).await.unwrap().unwrap();
+        assert!(
+            moved >= 40,
+            "every document had a version under the old key ({moved})"
+        );
         stop.store(true, Ordering::Relaxed);
         let mut total = 0;
         for worker in workers {
