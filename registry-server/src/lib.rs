@@ -9,6 +9,8 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+pub mod http;
+pub mod serve;
 pub mod store;
 
 pub use block_types;

@@ -1,0 +1,143 @@
+//! The API's error type: each variant maps to a status and a JSON body in Prefect's shapes.
+//! 5xx bodies carry no detail (it is logged instead); no body ever carries a secret value.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use block_types::FieldError;
+use serde_json::{Value, json};
+
+use crate::store::StoreError;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404 `{"detail": …}`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409 `{"detail": …}`.
+    #[error("{0}")]
+    Conflict(String),
+    /// 400 `{"detail": …}`.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403 `{"detail": …}`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 413 `{"detail": …}`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 422 in Prefect's validation shape, one entry per field.
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    /// 422 `{"detail": …}` (Prefect's plain form, e.g. for limits).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: the database is unavailable or busy.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// 500: logged with detail, answered without.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A 422 about one body field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+}
+
+/// `a.b.0` → `["body", "a", "b", 0]`.
+fn location(field: &str) -> Value {
+    let mut loc = vec![json!("body")];
+    for part in field.split('.').filter(|p| !p.is_empty()) {
+        loc.push(
+            part.parse::<u64>()
+                .map_or_else(|_| json!(part), |n| json!(n)),
+        );
+    }
+    Value::Array(loc)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::Validation(errors) => json!({
+                "exception_message": "Invalid request received.",
+                "exception_detail": errors.iter().map(|e| json!({
+                    "type": "value_error",
+                    "loc": location(&e.field),
+                    "msg": e.message,
+                })).collect::<Vec<_>>(),
+                "detail": errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                // Prefect echoes the request body here; it may hold secrets, so we do not.
+                "request_body": null,
+            }),
+            Self::Unavailable(detail) => {
+                tracing::warn!(%detail, "request failed: service unavailable");
+                json!({"exception_message": "Service Unavailable"})
+            }
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "request failed: internal error");
+                json!({"exception_message": "Internal Server Error"})
+            }
+            other => json!({"detail": other.to_string()}),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(m) => Self::NotFound(m),
+            StoreError::AlreadyExists(m) | StoreError::MissingBlockType(m) => Self::Conflict(m),
+            e @ (StoreError::VersionConflict { .. } | StoreError::InUse { .. }) => {
+                Self::Conflict(e.to_string())
+            }
+            StoreError::Cycle(m) => Self::BadRequest(m),
+            StoreError::BadReference(e) => Self::BadRequest(e.to_string()),
+            StoreError::Invalid(errors) => {
+                // Prefect answers a bad limit with a plain 422 detail.
+                if let [e] = errors.as_slice()
+                    && (e.field == "limit" || e.field == "offset")
+                {
+                    return Self::Unprocessable(e.message.clone());
+                }
+                Self::Validation(errors)
+            }
+            StoreError::Protected(m) => Self::Forbidden(m),
+            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+                Self::Unavailable("database pool timed out".into())
+            }
+            StoreError::Database(e) if is_busy(&e) => Self::Unavailable(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+fn is_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let message = db.message();
+            message.contains("database is locked") || message.contains("busy")
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,110 @@
+//! Extractors that turn bad input into our 4xx bodies instead of axum's plain text.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::error::ApiError;
+
+/// A JSON body. Malformed JSON, wrong types and unknown fields are a 422 naming the field;
+/// an empty body reads as `{}` (Prefect's CLI posts filters without one).
+#[derive(Debug)]
+pub(super) struct Body<T>(pub(super) T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge("the request body is too large".into())
+                } else {
+                    ApiError::BadRequest(format!("could not read the request body: {e}"))
+                }
+            })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path == "?" {
+                String::new()
+            } else {
+                path
+            };
+            ApiError::field(field, describe(e.inner()))
+        })?;
+        de.end().map_err(|e| ApiError::field("", describe(&e)))?;
+        Ok(Body(value))
+    }
+}
+
+/// A serde error in words. serde quotes the value only for wrong-type scalars; request
+/// bodies' secret fields are strings or objects, whose errors never quote them.
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("the body is not valid JSON ({e})"),
+        Category::Data | Category::Io => {
+            let text = e.to_string();
+            // Drop serde's " at line 1 column 42" suffix.
+            text.split(" at line ").next().unwrap_or(&text).to_owned()
+        }
+    }
+}
+
+/// A UUID path segment. Anything else is a 404 (as in Prefect 3) saying it is not a UUID.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Id(pub(super) Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound("Not Found".into()))?;
+        Uuid::parse_str(&raw)
+            .map(Id)
+            .map_err(|_| ApiError::NotFound(format!("Not Found: '{raw}' is not a valid UUID")))
+    }
+}
+
+/// `?include_secrets=…` (default false), read leniently like FastAPI's booleans.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct IncludeSecrets(pub(super) bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for IncludeSecrets {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == "include_secrets" {
+                return match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" | "t" | "y" => Ok(Self(true)),
+                    "false" | "0" | "no" | "off" | "f" | "n" => Ok(Self(false)),
+                    _ => Err(ApiError::Validation(vec![block_types::FieldError::new(
+                        "include_secrets",
+                        "Input should be a valid boolean",
+                    )])),
+                };
+            }
+        }
+        Ok(Self(false))
+    }
+}

@@ -1,0 +1,152 @@
+//! The HTTP API: Prefect's block endpoints under `/api`, with Prefect's paths, status codes
+//! and JSON shapes, so the stock Prefect client and CLI work against it.
+//!
+//! [`app`] builds the router from a state, so tests drive it in-process or on a real
+//! listener; `serve` in the binary adds the listener and graceful shutdown.
+
+mod block_documents;
+mod block_schemas;
+pub mod block_types;
+pub mod error;
+mod events;
+mod extract;
+mod root;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use self::block_types::register_collection;
+pub use error::ApiError;
+pub use events::BlockLoadEvent;
+
+use crate::store::Store;
+
+/// The Prefect API version this server speaks (`X-PREFECT-API-VERSION`).
+pub const API_VERSION: &str = "0.8.4";
+/// The Prefect server version reported to clients: a 3.x at least as new as the clients
+/// we support, so 3.x clients accept us.
+pub const PREFECT_VERSION: &str = "3.9.1";
+/// The oldest API version a client may send.
+const MINIMUM_API_VERSION: (u64, u64, u64) = (0, 8, 0);
+/// Bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Block-load events kept in memory.
+const MAX_EVENTS: usize = 10_000;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The block store.
+    pub store: Arc<Store>,
+    /// Recent block-load events from the events socket, newest last.
+    pub events: Arc<Mutex<VecDeque<BlockLoadEvent>>>,
+}
+
+impl AppState {
+    /// State over an open store.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            events: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    /// A copy of the recorded block-load events.
+    pub fn block_load_events(&self) -> Vec<BlockLoadEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record_event(&self, event: BlockLoadEvent) {
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if events.len() >= MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+}
+
+/// The whole router.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(block_types::router())
+        .merge(block_schemas::router())
+        .merge(block_documents::router())
+        .merge(root::versioned_router())
+        .layer(middleware::from_fn(check_api_version))
+        .merge(root::router())
+        .merge(events::router());
+    Router::new()
+        .nest("/api", api)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+            tracing::info_span!("request", method = %req.method(), route)
+        }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("Not Found".into())
+}
+
+/// Prefect's `EnforceMinimumAPIVersion`: an absent header passes; a malformed or too old
+/// one is a 400 with Prefect's wording.
+async fn check_api_version(req: Request, next: Next) -> Response {
+    if let Some(value) = req.headers().get("x-prefect-api-version") {
+        let text = value.to_str().unwrap_or("");
+        let parts: Vec<Option<u64>> = text.split('.').map(|p| p.parse().ok()).collect();
+        let version = match parts.as_slice() {
+            [Some(a), Some(b), Some(c)] => (*a, *b, *c),
+            _ => {
+                return ApiError::BadRequest(format!(
+                    "Invalid X-PREFECT-API-VERSION header format.Expected header in format 'x.y.z' but received {text}"
+                ))
+                .into_response();
+            }
+        };
+        if version < MINIMUM_API_VERSION {
+            return ApiError::BadRequest(format!(
+                "The request specified API version {text} but this server requires version 0.8.0 or higher."
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A 201 with a JSON body.
+fn created<T: serde::Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, axum::Json(value)).into_response()
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Shorthand for the state extractor.
+type St = State<AppState>;
