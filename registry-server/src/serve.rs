@@ -272,3 +272,158 @@ async fn terminate_signal() {
         () = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    use super::*;
+
+    fn args(home: &Path) -> ServeArgs {
+        ServeArgs {
+            host: "127.0.0.1".into(),
+            port: 0,
+            database_url: None,
+            home: Some(home.to_owned()),
+            master_key_file: None,
+            retention: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_embedded_store_gets_a_private_key_file_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("blocks-home");
+        let started = std::time::Instant::now();
+        let server = start(&args(&home)).await.unwrap();
+        let ready = reqwest::get(format!("{}/ready", server.api_url()))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+        // A generous bound for a debug build on a busy machine; the benchmark measures it.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_ne!(server.addr.port(), 0, "port 0 picks a free port");
+        let key_file = home.join("master.key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        let key = std::fs::read_to_string(&key_file).unwrap();
+        server.stop().await.unwrap();
+
+        // A restart reuses the key.
+        let again = start(&args(&home)).await.unwrap();
+        again.stop().await.unwrap();
+        assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+
+        // The key file gone: refused, never a new key for an existing store.
+        std::fs::rename(&key_file, home.join("saved.key")).unwrap();
+        let err = start(&args(&home)).await.unwrap_err();
+        assert!(format!("{err:#}").contains("master key"), "{err:#}");
+        assert!(!key_file.exists());
+
+        // Another key: refused at open.
+        let other = home.join("other.key");
+        create_key_file(&other, &MasterKey::generate().unwrap()).unwrap();
+        let err = start(&ServeArgs {
+            master_key_file: Some(other),
+            ..args(&home)
+        })
+        .await
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("does not match"), "{err:#}");
+
+        // The saved key given explicitly: accepted.
+        let ok = start(&ServeArgs {
+            master_key_file: Some(home.join("saved.key")),
+            ..args(&home)
+        })
+        .await
+        .unwrap();
+        ok.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_url_needs_an_explicit_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("x.db").display());
+        let err = start(&ServeArgs {
+            database_url: Some(url),
+            ..args(dir.path())
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("needs an explicit master key"),
+            "{err:#}"
+        );
+        assert_eq!(
+            redact_url("postgres://u:hunter2@db/blocks"),
+            "postgres://u:********@db/blocks"
+        );
+        let debug = format!(
+            "{:?}",
+            ServeArgs {
+                database_url: Some("postgres://u:hunter2@db/x".into()),
+                ..args(dir.path())
+            }
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn the_events_socket_accepts_auth_and_keeps_block_load_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(&args(dir.path())).await.unwrap();
+        let mut request = format!("ws://{}/api/events/in", server.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "prefect".parse().unwrap());
+        let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(
+            response.headers().get("sec-websocket-protocol").unwrap(),
+            "prefect"
+        );
+        socket
+            .send(Message::text(r#"{"type": "auth", "token": null}"#))
+            .await
+            .unwrap();
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(reply.to_text().unwrap()).unwrap(),
+            serde_json::json!({"type": "auth_success"})
+        );
+        let id = uuid::Uuid::new_v4();
+        let event = serde_json::json!({"event": "prefect.block.gcs-bucket.loaded", "resource": {"prefect.resource.id": format!("prefect.block-document.{id}")}, "payload": {}, "id": uuid::Uuid::new_v4()});
+        socket.send(Message::text(event.to_string())).await.unwrap();
+        socket
+            .send(Message::text(r#"{"event": "prefect.flow-run.Running"}"#))
+            .await
+            .unwrap();
+        // The server handles frames in order: once a second handshake is answered, the
+        // events before it have been handled.
+        socket
+            .send(Message::text(r#"{"type": "auth", "token": null}"#))
+            .await
+            .unwrap();
+        socket.next().await.unwrap().unwrap();
+        socket.close(None).await.unwrap();
+        let events = server.state.block_load_events();
+        assert_eq!(events.len(), 1, "only block-load events are kept");
+        assert_eq!(events[0].event, "prefect.block.gcs-bucket.loaded");
+        assert_eq!(events[0].resource, format!("prefect.block-document.{id}"));
+        server.stop().await.unwrap();
+    }
+}

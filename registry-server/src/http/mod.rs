@@ -150,3 +150,6 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Shorthand for the state extractor.
 type St = State<AppState>;
+
+#[cfg(test)]
+mod tests;

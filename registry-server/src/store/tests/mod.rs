@@ -1,6 +1,6 @@
 //! The store's test suite. Every test runs on SQLite and on PostgreSQL.
 
-mod harness;
+pub(crate) mod harness;
 
 mod documents;
 mod keys;
