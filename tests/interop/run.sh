@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Interop suite: the stock Prefect Python client and CLI against `blocks serve`, once on
+# SQLite and once on PostgreSQL. Creates (and reuses) a virtual environment with the pinned
+# packages of requirements.txt, starts the server on a free port with a temporary
+# $BLOCKS_HOME, and runs the course's scenarios with pytest.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+
+venv="${BLOCKS_INTEROP_VENV:-$HOME/.cache/blocks-interop-venv}"
+stamp="$venv/.requirements"
+if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
+    echo "== creating the interop virtual environment in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+    cp "$here/requirements.txt" "$stamp"
+fi
+
+cargo build --quiet -p registry-server --bin blocks
+blocks="$CARGO_TARGET_DIR/debug/blocks"
+
+pg_admin="${BLOCKS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+backends="${BLOCKS_INTEROP_BACKENDS:-sqlite postgres}"
+status=0
+for backend in $backends; do
+    work="$(mktemp -d)"
+    server_pid=""
+    db_name=""
+    cleanup() {
+        [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+        [ -n "$db_name" ] && psql "$pg_admin" -qc "drop database if exists $db_name with (force)" >/dev/null 2>&1 || true
+        rm -rf "$work"
+    }
+    trap cleanup EXIT
+    args=(serve --port 0)
+    if [ "$backend" = postgres ]; then
+        db_name="blocks_interop_$$_$RANDOM"
+        psql "$pg_admin" -qc "create database $db_name" >/dev/null
+        db_url="$(python3 -c "import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p._replace(path='/' + sys.argv[2]).geturl())" "$pg_admin" "$db_name")"
+        head -c 32 /dev/urandom | base64 > "$work/master.key"
+        chmod 600 "$work/master.key"
+        args+=(--database-url "$db_url" --master-key-file "$work/master.key")
+    fi
+    BLOCKS_HOME="$work/home" BLOCKS_LOG=info "$blocks" "${args[@]}" > "$work/server.log" 2>&1 &
+    server_pid=$!
+    addr=""
+    for _ in $(seq 1 100); do
+        addr="$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$work/server.log" | head -n 1)"
+        [ -n "$addr" ] && break
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        echo "the server did not start on $backend:"; cat "$work/server.log"; exit 1
+    fi
+    echo "== interop on $backend: blocks serve at http://$addr/api"
+    if ! PREFECT_API_URL="http://$addr/api" PREFECT_HOME="$work/prefect" BLOCKS_INTEROP_BACKEND="$backend" \
+        BLOCKS_SERVER_LOG="$work/server.log" \
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_prefect_client.py"; then
+        status=1
+        echo "== server log ($backend)"; tail -n 50 "$work/server.log"
+    fi
+    cleanup
+    trap - EXIT
+done
+exit $status

@@ -1,0 +1,167 @@
+"""The course's scenarios, run with the stock Prefect client and CLI against `blocks serve`.
+
+PREFECT_API_URL points at the server (set by run.sh). Tests run in file order: later ones
+use blocks saved by earlier ones.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+CANARY = "canary-interop-5f1d"
+
+
+def prefect(*args):
+    """Runs the prefect CLI; returns (exit code, stdout + stderr)."""
+    done = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "prefect"), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def service_account_info():
+    # A throwaway RSA key: prefect-gcp parses it when the block is loaded.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": "dtc-de",
+        "private_key_id": CANARY,
+        "private_key": pem,
+        "client_email": "svc@dtc-de.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+
+
+def test_register_collections():
+    for module in ("prefect_gcp", "prefect_sqlalchemy"):
+        code, out = prefect("block", "register", "-m", module)
+        assert code == 0, out
+        assert "Successfully registered" in out, out
+
+
+def test_gcp_credentials_save_and_load(service_account_info):
+    from prefect_gcp import GcpCredentials
+
+    GcpCredentials(service_account_info=service_account_info, project="dtc-de").save("zoom-gcp-creds")
+    loaded = GcpCredentials.load("zoom-gcp-creds")
+    assert loaded.project == "dtc-de"
+    assert loaded.service_account_info.get_secret_value() == service_account_info
+
+
+def test_gcs_bucket_with_nested_credentials(service_account_info):
+    from prefect_gcp import GcpCredentials
+    from prefect_gcp.cloud_storage import GcsBucket
+
+    credentials = GcpCredentials.load("zoom-gcp-creds")
+    GcsBucket(bucket="dtc-data-lake", gcp_credentials=credentials).save("zoom-gcs")
+    bucket = GcsBucket.load("zoom-gcs")
+    assert bucket.bucket == "dtc-data-lake"
+    assert bucket.gcp_credentials.project == "dtc-de"
+    assert bucket.gcp_credentials.service_account_info.get_secret_value() == service_account_info
+    # The nested block is a reference to the saved credentials, not a copy.
+    assert bucket.gcp_credentials._block_document_name == "zoom-gcp-creds"
+
+
+def test_sqlalchemy_connector_save_and_load():
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
+
+    SqlAlchemyConnector(
+        connection_info=ConnectionComponents(
+            driver=SyncDriver.POSTGRESQL_PSYCOPG2,
+            username="root",
+            password=CANARY,
+            host="localhost",
+            port=5432,
+            database="ny_taxi",
+        )
+    ).save("postgres-connector")
+    loaded = SqlAlchemyConnector.load("postgres-connector")
+    assert loaded.connection_info.host == "localhost"
+    assert loaded.connection_info.port == 5432
+    assert loaded.connection_info.password.get_secret_value() == CANARY
+
+
+def test_secret_string_and_json():
+    from prefect.blocks.system import Secret
+
+    Secret(value=CANARY).save("api-token")
+    assert Secret.load("api-token").get() == CANARY
+    Secret(value={"username": "johndoe", "password": CANARY}).save("db-login")
+    assert Secret.load("db-login").get() == {"username": "johndoe", "password": CANARY}
+
+
+def test_name_conflict_raises_the_clients_error():
+    from prefect.blocks.system import Secret
+
+    with pytest.raises(ValueError, match="already in use"):
+        Secret(value="other").save("api-token")
+
+
+def test_save_with_overwrite():
+    from prefect.blocks.system import Secret
+
+    Secret(value="rotated").save("api-token", overwrite=True)
+    assert Secret.load("api-token").get() == "rotated"
+
+
+def test_cli_ls_inspect_type_ls_and_delete():
+    code, out = prefect("block", "ls")
+    assert code == 0, out
+    for name in ("zoom-gcs", "zoom-gcp-creds", "postgres-connector", "api-token"):
+        assert name in out, out
+
+    code, out = prefect("block", "inspect", "gcs-bucket/zoom-gcs")
+    assert code == 0, out
+    assert "dtc-data-lake" in out
+    assert "BEGIN PRIVATE KEY" not in out and CANARY not in out, "inspect shows secrets"
+
+    code, out = prefect("block", "inspect", "secret/db-login")
+    assert code == 0, out
+    assert CANARY not in out, "a JSON-valued secret leaks in inspect"
+
+    code, out = prefect("block", "type", "ls")
+    assert code == 0, out
+    assert "gcs-bucket" in out and "sqlalchemy-connector" in out and "secret" in out, out
+
+    code, out = prefect("block", "delete", "secret/db-login")
+    assert code == 0, out
+    code, out = prefect("block", "inspect", "secret/db-login")
+    assert code != 0
+
+
+def test_a_load_opens_the_events_socket_without_warnings():
+    script = (
+        "from prefect.blocks.system import Secret\n"
+        "import time\n"
+        "Secret.load('api-token')\n"
+        "time.sleep(1.5)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Unable to connect" not in done.stderr, done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    with open(os.environ["BLOCKS_SERVER_LOG"]) as log:
+        assert "prefect.block.secret.loaded" in log.read(), "the server did not record the load event"
+
+
+def test_no_secret_in_the_server_log():
+    with open(os.environ["BLOCKS_SERVER_LOG"]) as log:
+        text = log.read()
+    assert CANARY not in text
+    assert "BEGIN PRIVATE KEY" not in text
