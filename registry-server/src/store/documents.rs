@@ -18,9 +18,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::schemas::{SCHEMA_COLUMNS, push_combined, push_schema_filter, schema_from_row};
+use super::schemas::{push_combined, push_schema_filter};
 use super::sql::{Condition, Sql};
-use super::types::{TYPE_COLUMNS, push_type_filter};
+use super::types::push_type_filter;
 use super::{
     Backend, Result, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
     uuid_col,
@@ -66,7 +66,7 @@ struct TreeDoc {
     block_type_name: Option<String>,
     data: Map<String, Value>,
     secrets: Vec<SealedField>,
-    schema: BlockSchema,
+    schema: Arc<BlockSchema>,
 }
 
 /// The documents and reference edges of one or more trees, from one query.
@@ -617,17 +617,32 @@ impl Store {
         sql.push(&format!(
             ") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
              d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
-             v.data as v_data, v.secrets as v_secrets, {SCHEMA_COLUMNS}, {TYPE_COLUMNS} \
+             v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
+             t.updated as t_updated \
              from tree join block_document d on d.id = tree.id \
              join block_document_version v on v.block_document_id = d.id and v.version = d.version \
-             join block_schema s on s.id = d.block_schema_id join block_type t on t.id = s.block_type_id"
+             join block_type t on t.id = d.block_type_id"
         ));
         self.count_query();
         let rows = sql.query().fetch_all(&self.read).await?;
-        self.tree_from_rows(&rows)
+        self.tree_from_rows(&rows).await
     }
 
-    fn tree_from_rows(&self, rows: &[AnyRow]) -> Result<Tree> {
+    /// A schema from the in-memory cache. Schemas never change; the embedded type can (its
+    /// metadata), so an entry is used only while the type's `updated` matches the one the
+    /// tree query saw, and is fetched again otherwise.
+    async fn cached_schema(&self, id: Uuid, type_updated: i64) -> Result<Arc<BlockSchema>> {
+        if let Some(schema) = self.read_lock(&self.schemas).get(&id)
+            && schema.block_type.as_ref().is_some_and(|t| t.updated.timestamp_micros() == type_updated)
+        {
+            return Ok(schema.clone());
+        }
+        let schema = Arc::new(self.read_block_schema(id).await?);
+        self.write_lock(&self.schemas).insert(id, schema.clone());
+        Ok(schema)
+    }
+
+    async fn tree_from_rows(&self, rows: &[AnyRow]) -> Result<Tree> {
         let mut docs = HashMap::new();
         let mut edges: HashMap<Uuid, Vec<(String, Uuid)>> = HashMap::new();
         for row in rows {
@@ -655,7 +670,9 @@ impl Store {
                     block_type_name: row.try_get("d_block_type_name")?,
                     data: json_col(row, "v_data")?,
                     secrets: json_col(row, "v_secrets")?,
-                    schema: schema_from_row(row)?,
+                    schema: self
+                        .cached_schema(uuid_col(row, "d_block_schema_id")?, row.try_get("t_updated")?)
+                        .await?,
                 },
             );
         }
@@ -717,7 +734,7 @@ impl Store {
             name: Some(doc.name.clone()),
             data,
             block_schema_id: doc.schema.id,
-            block_schema: Some(doc.schema.clone()),
+            block_schema: Some((*doc.schema).clone()),
             block_type_id: doc.schema.block_type_id,
             block_type_name: doc.block_type_name.clone(),
             block_type,

@@ -192,6 +192,8 @@ pub struct Store {
     keyring: RwLock<Keyring>,
     config: StoreConfig,
     validators: RwLock<HashMap<Uuid, Arc<DataValidator>>>,
+    /// Schemas by id (with their type), for the read path.
+    schemas: RwLock<HashMap<Uuid, Arc<block_types::model::BlockSchema>>>,
     queries: AtomicU64,
     #[cfg(test)]
     failpoint: std::sync::Mutex<Option<&'static str>>,
@@ -258,6 +260,7 @@ impl Store {
             keyring: RwLock::new(Keyring::default()),
             config,
             validators: RwLock::new(HashMap::new()),
+            schemas: RwLock::new(HashMap::new()),
             queries: AtomicU64::new(0),
             #[cfg(test)]
             failpoint: std::sync::Mutex::new(None),

@@ -391,6 +391,7 @@ impl Store {
             .await?;
         tx.commit().await?;
         self.write_lock(&self.validators).remove(&id);
+        self.write_lock(&self.schemas).remove(&id);
         Ok(())
     }
 }
