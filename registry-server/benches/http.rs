@@ -24,7 +24,10 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -32,16 +35,27 @@ impl Drop for Server {
 fn start(database_url: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
-    cmd.args(["serve", "--port", "0"]).env("BLOCKS_HOME", dir.path().join("home")).env("BLOCKS_LOG", "warn,registry_server::serve=info");
+    cmd.args(["serve", "--port", "0"])
+        .env("BLOCKS_HOME", dir.path().join("home"))
+        .env("BLOCKS_LOG", "warn,registry_server::serve=info");
     if let Some(url) = database_url {
         let key = dir.path().join("master.key");
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).unwrap();
-        std::fs::write(&key, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)).unwrap();
-        cmd.args(["--database-url", url, "--master-key-file"]).arg(&key);
+        std::fs::write(
+            &key,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+        )
+        .unwrap();
+        cmd.args(["--database-url", url, "--master-key-file"])
+            .arg(&key);
     }
     let started = Instant::now();
-    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
@@ -53,14 +67,31 @@ fn start(database_url: Option<&str>) -> Server {
     std::thread::spawn(move || for _ in lines {});
     let api = format!("http://{addr}/api");
     let client = reqwest::blocking::Client::new();
-    while client.get(format!("{api}/ready")).send().map(|r| r.status().is_success()).ok() != Some(true) {}
-    println!("  start to ready: {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
-    Server { child, api, _dir: dir }
+    while client
+        .get(format!("{api}/ready"))
+        .send()
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {}
+    println!(
+        "  start to ready: {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Server {
+        child,
+        api,
+        _dir: dir,
+    }
 }
 
 fn post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> Value {
     let response = client.post(url).json(body).send().unwrap();
-    assert!(response.status().is_success(), "{url}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
     response.json().unwrap()
 }
 
@@ -68,23 +99,52 @@ fn seed(api: &str) {
     let client = reqwest::blocking::Client::new();
     let mut ids = std::collections::HashMap::new();
     for spec in [GcpCredentials::spec(), GcsBucket::spec()] {
-        let ty = post(&client, &format!("{api}/block_types/"), &serde_json::to_value(spec.block_type.to_create()).unwrap());
+        let ty = post(
+            &client,
+            &format!("{api}/block_types/"),
+            &serde_json::to_value(spec.block_type.to_create()).unwrap(),
+        );
         let ty_id: uuid::Uuid = ty["id"].as_str().unwrap().parse().unwrap();
-        let schema = post(&client, &format!("{api}/block_schemas/"), &serde_json::to_value(spec.to_schema_create(ty_id)).unwrap());
-        ids.insert(spec.block_type.slug.clone(), (ty_id, schema["id"].as_str().unwrap().to_owned()));
+        let schema = post(
+            &client,
+            &format!("{api}/block_schemas/"),
+            &serde_json::to_value(spec.to_schema_create(ty_id)).unwrap(),
+        );
+        ids.insert(
+            spec.block_type.slug.clone(),
+            (ty_id, schema["id"].as_str().unwrap().to_owned()),
+        );
     }
     let (creds_type, creds_schema) = &ids["gcp-credentials"];
     let key = json!({"type": "service_account", "project_id": "dtc-de", "private_key_id": "abc", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg...\n-----END PRIVATE KEY-----\n", "client_email": "svc@dtc-de.iam.gserviceaccount.com"});
-    let creds = post(&client, &format!("{api}/block_documents/"), &json!({"name": "zoom-gcp-creds", "block_type_id": creds_type, "block_schema_id": creds_schema, "data": {"service_account_info": key, "project": "dtc-de"}}));
+    let creds = post(
+        &client,
+        &format!("{api}/block_documents/"),
+        &json!({"name": "zoom-gcp-creds", "block_type_id": creds_type, "block_schema_id": creds_schema, "data": {"service_account_info": key, "project": "dtc-de"}}),
+    );
     let (bucket_type, bucket_schema) = &ids["gcs-bucket"];
-    post(&client, &format!("{api}/block_documents/"), &json!({"name": "zoom-gcs", "block_type_id": bucket_type, "block_schema_id": bucket_schema, "data": {"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"$ref": {"block_document_id": creds["id"]}}}}));
+    post(
+        &client,
+        &format!("{api}/block_documents/"),
+        &json!({"name": "zoom-gcs", "block_type_id": bucket_type, "block_schema_id": bucket_schema, "data": {"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"$ref": {"block_document_id": creds["id"]}}}}),
+    );
     // The create benchmark writes gcp-credentials documents with these ids.
-    std::fs::write(std::env::temp_dir().join("blocks-bench-ids.json"), json!({"type": creds_type, "schema": creds_schema}).to_string()).unwrap();
+    std::fs::write(
+        std::env::temp_dir().join("blocks-bench-ids.json"),
+        json!({"type": creds_type, "schema": creds_schema}).to_string(),
+    )
+    .unwrap();
 }
 
 fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 struct Load {
@@ -109,13 +169,27 @@ fn wrk(url: &str, script: Option<&std::path::Path>) -> Load {
     let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
     let connections = std::env::var("BENCH_CONNECTIONS").unwrap_or_else(|_| "16".into());
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t", "2", "-c", &connections, "-d", &format!("{seconds}s"), "--latency"]);
+    cmd.args([
+        "-t",
+        "2",
+        "-c",
+        &connections,
+        "-d",
+        &format!("{seconds}s"),
+        "--latency",
+    ]);
     if let Some(script) = script {
         cmd.arg("-s").arg(script);
     }
-    let out = cmd.arg(url).output().expect("wrk must be installed (apt-get install wrk)");
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("wrk must be installed (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+    };
     let errors = text
         .lines()
         .find(|l| l.contains("Non-2xx or 3xx responses"))
@@ -123,7 +197,9 @@ fn wrk(url: &str, script: Option<&std::path::Path>) -> Load {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     Load {
-        rps: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
         p50_ms: field("50%").map_or(f64::NAN, |v| parse_ms(&v)),
         p99_ms: field("99%").map_or(f64::NAN, |v| parse_ms(&v)),
         errors,
@@ -151,19 +227,45 @@ fn run(backend: &str, database_url: Option<&str>) {
     let server = start(database_url);
     seed(&server.api);
     let idle = rss_kib(&server);
-    let nested = wrk(&format!("{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true", server.api), None);
+    let nested = wrk(
+        &format!(
+            "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
+            server.api
+        ),
+        None,
+    );
     let loaded = rss_kib(&server);
     let health = wrk(&format!("{}/health", server.api), None);
     let script = tempfile::NamedTempFile::new().unwrap();
     script.as_file().write_all(CREATE_LUA.as_bytes()).unwrap();
     // wrk inherits BENCH_IDS (set by `main`) and reads the ids written by `seed`.
-    let create = wrk(&format!("{}/block_documents/", server.api), Some(script.path()));
+    let create = wrk(
+        &format!("{}/block_documents/", server.api),
+        Some(script.path()),
+    );
     let after = rss_kib(&server);
-    println!("| {backend:<8} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |", nested.rps, nested.p50_ms, nested.p99_ms, nested.errors);
-    println!("| {backend:<8} | GET /api/health                 | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |", health.rps, health.p50_ms, health.p99_ms, health.errors);
-    println!("| {backend:<8} | create (16 writers)             | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |", create.rps, create.p50_ms, create.p99_ms, create.errors);
-    println!("| {backend:<8} | nested / health                 | {:>8.0}% |         |         |        |", 100.0 * nested.rps / health.rps);
-    println!("| {backend:<8} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |", idle as f64 / 1024.0, loaded as f64 / 1024.0, after as f64 / 1024.0);
+    println!(
+        "| {backend:<8} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        nested.rps, nested.p50_ms, nested.p99_ms, nested.errors
+    );
+    println!(
+        "| {backend:<8} | GET /api/health                 | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        health.rps, health.p50_ms, health.p99_ms, health.errors
+    );
+    println!(
+        "| {backend:<8} | create (16 writers)             | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        create.rps, create.p50_ms, create.p99_ms, create.errors
+    );
+    println!(
+        "| {backend:<8} | nested / health                 | {:>8.0}% |         |         |        |",
+        100.0 * nested.rps / health.rps
+    );
+    println!(
+        "| {backend:<8} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
 }
 
 fn main() {
@@ -181,16 +283,29 @@ fn main() {
             .unwrap();
         std::process::exit(status.code().unwrap_or(1));
     }
-    println!("| backend  | measure                         |   req/s   | p50 ms  | p99 ms  | non-2xx |");
-    println!("|----------|---------------------------------|-----------|---------|---------|--------|");
+    println!(
+        "| backend  | measure                         |   req/s   | p50 ms  | p99 ms  | non-2xx |"
+    );
+    println!(
+        "|----------|---------------------------------|-----------|---------|---------|--------|"
+    );
     run("sqlite", None);
-    let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("blocks_bench_{}", std::process::id());
-    if Command::new("psql").arg(&admin).args(["-qc", &format!("create database {name}")]).status().is_ok_and(|s| s.success()) {
+    if Command::new("psql")
+        .arg(&admin)
+        .args(["-qc", &format!("create database {name}")])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         let mut url = url::Url::parse(&admin).unwrap();
         url.set_path(&name);
         run("postgres", Some(url.as_str()));
-        let _ = Command::new("psql").arg(&admin).args(["-qc", &format!("drop database {name} with (force)")]).status();
+        let _ = Command::new("psql")
+            .arg(&admin)
+            .args(["-qc", &format!("drop database {name} with (force)")])
+            .status();
     } else {
         println!("PostgreSQL skipped: cannot create a database at {admin}");
     }

@@ -211,14 +211,17 @@ impl Store {
         } = version;
         self.check_references(tx, id, &refs).await?;
         let locations = secret_locations(&data, &secret_fields_of(schema_fields));
-        let (sealed, key) = if !locations.is_empty() {
-            let (key, used) = self.reserve_active_key(tx, locations.len()).await?;
+        // The key the secrets are sealed under, and (when this write reserved a new block)
+        // the key's encryption total for the rotation check.
+        let (sealed, key_id, worn) = if locations.is_empty() {
+            (Vec::new(), None, None)
+        } else {
+            let (key, total) = self.reserve_active_key(tx, locations.len()).await?;
             (
                 seal_secrets(&mut data, &locations, id, &key)?,
-                Some((key.id(), used)),
+                Some(key.id()),
+                total.map(|t| (key.id(), t)),
             )
-        } else {
-            (Vec::new(), None)
         };
         let ref_map: BTreeMap<&str, String> = refs
             .iter()
@@ -235,7 +238,7 @@ impl Store {
         .bind(schema_id.to_string())
         .bind(to_json(&data))
         .bind(to_json(&sealed))
-        .bind(key.map(|(k, _)| k.to_string()))
+        .bind(key_id.map(|k| k.to_string()))
         .bind(to_json(&ref_map))
         .execute(&mut **tx)
         .await?;
@@ -267,7 +270,7 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
-        Ok(key)
+        Ok(worn)
     }
 
     /// References must point to existing documents and must not make `id` reachable from
@@ -553,14 +556,14 @@ impl Store {
         id: Uuid,
         include_secrets: bool,
     ) -> Result<BlockDocument> {
-        let tree = self
-            .load_tree(|sql| {
+        self.read_one(
+            |sql| {
                 sql.push("d.id = ").bind_text(id.to_string());
-            })
-            .await?;
-        self.resolve_root(&tree, id, include_secrets)
-            .await?
-            .ok_or_else(not_found)
+            },
+            |_| Some(id),
+            include_secrets,
+        )
+        .await
     }
 
     /// A document by type slug and name with its references resolved, in one query.
@@ -570,25 +573,45 @@ impl Store {
         name: &str,
         include_secrets: bool,
     ) -> Result<BlockDocument> {
-        let tree = self
-            .load_tree(|sql| {
+        self.read_one(
+            |sql| {
                 sql.push("d.block_type_id = (select id from block_type where slug = ")
                     .bind_text(slug)
                     .push(") and d.name = ")
                     .bind_text(name);
-            })
-            .await?;
-        let id = tree
-            .docs
-            .values()
-            .find(|d| {
-                d.name == name && d.schema.block_type.as_ref().is_some_and(|t| t.slug == slug)
-            })
-            .map(|d| d.id)
-            .ok_or_else(not_found)?;
-        self.resolve_root(&tree, id, include_secrets)
-            .await?
-            .ok_or_else(not_found)
+            },
+            |tree| {
+                tree.docs
+                    .values()
+                    .find(|d| {
+                        d.name == name
+                            && d.schema.block_type.as_ref().is_some_and(|t| t.slug == slug)
+                    })
+                    .map(|d| d.id)
+            },
+            include_secrets,
+        )
+        .await
+    }
+
+    /// Loads the tree selected by `root` and resolves the document `pick` finds in it. A
+    /// read that raced a re-encryption (its version moved to a new key and the old key was
+    /// destroyed between the query and the decryption) is read again once.
+    async fn read_one(
+        &self,
+        root: impl Fn(&mut Sql),
+        pick: impl Fn(&Tree) -> Option<Uuid>,
+        include_secrets: bool,
+    ) -> Result<BlockDocument> {
+        let mut retried = false;
+        loop {
+            let tree = self.load_tree(&root).await?;
+            let id = pick(&tree).ok_or_else(not_found)?;
+            match self.resolve_root(&tree, id, include_secrets).await {
+                Err(StoreError::Crypto(_)) if !retried => retried = true,
+                other => return other?.ok_or_else(not_found),
+            }
+        }
     }
 
     /// The current version of a document.
@@ -603,7 +626,7 @@ impl Store {
 
     /// Loads every document reachable from the roots selected by `root` (a condition on
     /// `block_document d` with `$N` placeholders), with data, schema and type, in one query.
-    async fn load_tree(&self, root: impl FnOnce(&mut Sql)) -> Result<Tree> {
+    async fn load_tree(&self, root: impl Fn(&mut Sql)) -> Result<Tree> {
         let mut sql = Sql::new(
             "with recursive tree(id, parent_id, ref_name, depth) as (\
              select d.id, cast(null as text), cast(null as text), 0 from block_document d where ",
@@ -614,15 +637,13 @@ impl Store {
              from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
         );
         sql.bind_int(MAX_DEPTH);
-        sql.push(&format!(
-            ") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
+        sql.push(&") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
              d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
              v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
              t.updated as t_updated \
              from tree join block_document d on d.id = tree.id \
              join block_document_version v on v.block_document_id = d.id and v.version = d.version \
-             join block_type t on t.id = d.block_type_id"
-        ));
+             join block_type t on t.id = d.block_type_id".to_string());
         self.count_query();
         let rows = sql.query().fetch_all(&self.read).await?;
         self.tree_from_rows(&rows).await
@@ -633,7 +654,10 @@ impl Store {
     /// tree query saw, and is fetched again otherwise.
     async fn cached_schema(&self, id: Uuid, type_updated: i64) -> Result<Arc<BlockSchema>> {
         if let Some(schema) = self.read_lock(&self.schemas).get(&id)
-            && schema.block_type.as_ref().is_some_and(|t| t.updated.timestamp_micros() == type_updated)
+            && schema
+                .block_type
+                .as_ref()
+                .is_some_and(|t| t.updated.timestamp_micros() == type_updated)
         {
             return Ok(schema.clone());
         }
@@ -671,7 +695,10 @@ impl Store {
                     data: json_col(row, "v_data")?,
                     secrets: json_col(row, "v_secrets")?,
                     schema: self
-                        .cached_schema(uuid_col(row, "d_block_schema_id")?, row.try_get("t_updated")?)
+                        .cached_schema(
+                            uuid_col(row, "d_block_schema_id")?,
+                            row.try_get("t_updated")?,
+                        )
                         .await?,
                 },
             );

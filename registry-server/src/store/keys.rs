@@ -183,31 +183,78 @@ impl Store {
         Ok(true)
     }
 
-    /// Inside a write: reserves `count` encryptions on the active data key and returns it.
-    /// The key is read from the database, so a rotation by another replica is seen at once.
+    /// Inside a write: the active data key, and `count` encryptions taken from it.
+    ///
+    /// Encryptions are counted in the database in blocks reserved ahead (so a key is
+    /// retired before it reaches the threshold, never after). A write that can take its
+    /// count from this process's block only reads the active key `for share` (PostgreSQL):
+    /// writers do not queue on a counter row, and a rotation waits until the writes that
+    /// use the old key have committed. A write that needs a new block takes it with one
+    /// `update … returning`; it returns the key's new total for the rotation check.
     pub(crate) async fn reserve_active_key(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         count: usize,
-    ) -> Result<(Arc<DataKey>, i64)> {
-        // On PostgreSQL a rotation committing while this statement waits on the old key's row
-        // leaves it matching nothing; the new active key is visible to the next statement.
+    ) -> Result<(Arc<DataKey>, Option<i64>)> {
+        let count = count as i64;
+        let block = (self.config.key_rotation_threshold / 64).clamp(1, 4096);
         let mut attempts = 0;
-        let row = loop {
-            self.count_query();
-            let row = sqlx::query("update data_key set encryptions = encryptions + $1 where state = 'active' returning id, encryptions")
-                .bind(count as i64)
+        loop {
+            // Take from this process's block first, then confirm (and share-lock) that its
+            // key is still the active one. A rotated key returns no row and locks nothing, so
+            // the refill below never upgrades a lock this transaction already holds.
+            if let Some(expected) = self.take_reserved(count) {
+                self.count_query();
+                let still_active: Option<String> = sqlx::query_scalar(&format!(
+                    "select id from data_key where id = $1 and state = 'active'{}",
+                    self.for_share()
+                ))
+                .bind(expected.to_string())
                 .fetch_optional(&mut **tx)
                 .await?;
-            match row {
-                Some(row) => break row,
-                None if attempts < 5 => attempts += 1,
-                None => return Err(StoreError::Corrupt("no active data key".to_owned())),
+                if still_active.is_some() {
+                    return Ok((self.key(tx, expected).await?, None));
+                }
             }
-        };
-        let id = parse_uuid(&row.try_get::<String, _>("id")?)?;
-        let used: i64 = row.try_get("encryptions")?;
-        Ok((self.key(tx, id).await?, used))
+            // A new block; on PostgreSQL a rotation committing while this waits leaves it
+            // matching nothing, and the next attempt sees the new active key.
+            self.count_query();
+            let row = sqlx::query(
+                "update data_key set encryptions = encryptions + $1 where state = 'active' returning id, encryptions",
+            )
+            .bind(block + count)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(row) = row else {
+                attempts += 1;
+                if attempts > 5 {
+                    return Err(StoreError::Corrupt("no active data key".to_owned()));
+                }
+                continue;
+            };
+            let id = parse_uuid(&row.try_get::<String, _>("id")?)?;
+            let total: i64 = row.try_get("encryptions")?;
+            *self
+                .reservation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = (id, block);
+            return Ok((self.key(tx, id).await?, Some(total)));
+        }
+    }
+
+    /// Takes `count` encryptions from this process's block, if it has enough; returns the
+    /// block's key.
+    fn take_reserved(&self, count: i64) -> Option<Uuid> {
+        let mut reservation = self
+            .reservation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reservation.1 >= count {
+            reservation.1 -= count;
+            Some(reservation.0)
+        } else {
+            None
+        }
     }
 
     /// The data key with this id, unwrapping it when this process has not seen it yet.
@@ -315,7 +362,7 @@ impl Store {
             (id == old_key).then_some(&*old)
         })?;
         let roots: Vec<Vec<String>> = sealed.iter().map(|s| s.path.clone()).collect();
-        let (new_key, used) = self.reserve_active_key(&mut tx, roots.len()).await?;
+        let (new_key, total) = self.reserve_active_key(&mut tx, roots.len()).await?;
         let resealed = crate::crypto::seal_secrets(&mut plain, &roots, doc, &new_key)?;
         self.count_query();
         sqlx::query("update block_document_version set secrets = $1, key_id = $2 where block_document_id = $3 and version = $4")
@@ -326,7 +373,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.rotate_if_worn(new_key.id(), used).await?;
+        if let Some(total) = total {
+            self.rotate_if_worn(new_key.id(), total).await?;
+        }
         Ok(true)
     }
 

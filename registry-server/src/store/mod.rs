@@ -195,6 +195,8 @@ pub struct Store {
     /// Schemas by id (with their type), for the read path.
     schemas: RwLock<HashMap<Uuid, Arc<block_types::model::BlockSchema>>>,
     queries: AtomicU64,
+    /// Encryptions this process reserved on a data key and has not used yet.
+    reservation: std::sync::Mutex<(Uuid, i64)>,
     #[cfg(test)]
     failpoint: std::sync::Mutex<Option<&'static str>>,
 }
@@ -262,6 +264,7 @@ impl Store {
             validators: RwLock::new(HashMap::new()),
             schemas: RwLock::new(HashMap::new()),
             queries: AtomicU64::new(0),
+            reservation: std::sync::Mutex::new((Uuid::nil(), 0)),
             #[cfg(test)]
             failpoint: std::sync::Mutex::new(None),
         };
@@ -306,6 +309,14 @@ impl Store {
     pub(crate) fn for_update(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " for update",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// ` for share` on PostgreSQL; nothing on SQLite.
+    pub(crate) fn for_share(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " for share",
             Backend::Sqlite => "",
         }
     }

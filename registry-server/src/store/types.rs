@@ -113,11 +113,13 @@ impl Store {
             Ok(existing) => {
                 if info.protected && !existing.is_protected {
                     self.count_query();
-                    sqlx::query("update block_type set is_protected = 1, updated = $2 where id = $1")
-                        .bind(existing.id.to_string())
-                        .bind(now_micros())
-                        .execute(&self.write)
-                        .await?;
+                    sqlx::query(
+                        "update block_type set is_protected = 1, updated = $2 where id = $1",
+                    )
+                    .bind(existing.id.to_string())
+                    .bind(now_micros())
+                    .execute(&self.write)
+                    .await?;
                 }
                 if update_metadata {
                     let update = BlockTypeUpdate {
