@@ -637,13 +637,13 @@ impl Store {
              from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
         );
         sql.bind_int(MAX_DEPTH);
-        sql.push(&") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
+        sql.push(") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
              d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
              v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
              t.updated as t_updated \
              from tree join block_document d on d.id = tree.id \
              join block_document_version v on v.block_document_id = d.id and v.version = d.version \
-             join block_type t on t.id = d.block_type_id".to_string());
+             join block_type t on t.id = d.block_type_id");
         self.count_query();
         let rows = sql.query().fetch_all(&self.read).await?;
         self.tree_from_rows(&rows).await
