@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Keep at most this many versions of each document (all when unset).
     #[arg(long, env = "BLOCKS_RETENTION")]
     pub retention: Option<u32>,
+    /// Database connections in the pool [default: 16 on SQLite, 8 on PostgreSQL]
+    #[arg(long, env = "BLOCKS_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("home", &self.home)
             .field("master_key_file", &self.master_key_file)
             .field("retention", &self.retention)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -203,6 +207,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let source = master_key_source(args, &home, embedded_db.as_deref())?;
     let config = StoreConfig {
         retention: args.retention,
+        max_connections: args.max_connections,
         ..StoreConfig::default()
     };
     let store = Store::open(&database_url, source, config)
@@ -289,6 +294,7 @@ mod tests {
             home: Some(home.to_owned()),
             master_key_file: None,
             retention: None,
+            max_connections: None,
         }
     }
 

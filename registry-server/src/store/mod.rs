@@ -78,8 +78,9 @@ pub struct StoreConfig {
     /// A data key is retired after this many encryptions, far below AES-GCM's 2^32 limit
     /// for random nonces.
     pub key_rotation_threshold: i64,
-    /// Connections in the pool (readers, for SQLite).
-    pub max_connections: u32,
+    /// Connections in the pool (readers, for SQLite). `None`: 16 on SQLite, 8 on
+    /// PostgreSQL, whose server processes share the machine's cores with this one.
+    pub max_connections: Option<u32>,
 }
 
 impl Default for StoreConfig {
@@ -87,7 +88,7 @@ impl Default for StoreConfig {
         Self {
             retention: None,
             key_rotation_threshold: 1 << 30,
-            max_connections: 16,
+            max_connections: None,
         }
     }
 }
@@ -235,14 +236,14 @@ impl Store {
                 };
                 let write = options().max_connections(1).connect(&url).await?;
                 let read = options()
-                    .max_connections(config.max_connections.max(1))
+                    .max_connections(config.max_connections.unwrap_or(16).max(1))
                     .connect(&url)
                     .await?;
                 (read, write)
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
-                    .max_connections(config.max_connections.max(1))
+                    .max_connections(config.max_connections.unwrap_or(8).max(1))
                     .acquire_timeout(Duration::from_secs(30))
                     .connect(database_url)
                     .await?;
