@@ -263,22 +263,10 @@ impl Block for Json {
     const SLUG: &'static str = "json";
 
     fn spec() -> BlockSpec {
-        let fields = block_schema(
-            "JSON",
-            Self::SLUG,
-            "Any JSON value, for settings that are not secret.",
-            vec![(
-                "value",
-                prop("Value", "A JSON-compatible value.", json!({})),
-            )],
-            &["value"],
-            &[],
-        );
         plain_spec(
-            fields,
-            "JSON",
-            Self::SLUG,
-            "Json",
+            ("JSON", "Json", Self::SLUG),
+            "Any JSON value, for settings that are not secret.",
+            prop("Value", "A JSON-compatible value.", json!({})),
             "Any JSON value, for plain settings.",
         )
     }
@@ -295,22 +283,10 @@ impl Block for StringBlock {
     const SLUG: &'static str = "string";
 
     fn spec() -> BlockSpec {
-        let fields = block_schema(
-            "String",
-            Self::SLUG,
-            "A string, for settings that are not secret.",
-            vec![(
-                "value",
-                prop("Value", "A string value.", json!({"type": "string"})),
-            )],
-            &["value"],
-            &[],
-        );
         plain_spec(
-            fields,
-            "String",
-            Self::SLUG,
-            "StringBlock",
+            ("String", "StringBlock", Self::SLUG),
+            "A string, for settings that are not secret.",
+            prop("Value", "A string value.", json!({"type": "string"})),
             "A string, for plain settings.",
         )
     }
@@ -343,38 +319,37 @@ impl Block for DateTime {
     const SLUG: &'static str = "date-time";
 
     fn spec() -> BlockSpec {
-        let fields = block_schema(
-            "DateTime",
-            Self::SLUG,
-            "A point in time with its UTC offset, such as a backfill start.",
-            vec![(
-                "value",
-                prop(
-                    "Value",
-                    "An RFC 3339 date and time.",
-                    json!({"type": "string", "format": "date-time"}),
-                ),
-            )],
-            &["value"],
-            &[],
-        );
         plain_spec(
-            fields,
-            "Date Time",
-            Self::SLUG,
-            "DateTime",
+            ("Date Time", "DateTime", Self::SLUG),
+            "A point in time with its UTC offset, such as a backfill start.",
+            prop(
+                "Value",
+                "An RFC 3339 date and time.",
+                json!({"type": "string", "format": "date-time"}),
+            ),
             "A point in time, for plain settings.",
         )
     }
 }
 
+/// A block with one required `value` field: `(display name, Rust name, slug)`, the schema
+/// description, the `value` property and the type's description. The schema title is the
+/// display name without spaces (`Date Time` → `DateTime`).
 fn plain_spec(
-    fields: Value,
-    name: &str,
-    slug: &str,
-    rust_name: &str,
+    names: (&str, &str, &str),
+    schema_description: &str,
+    value: Value,
     description: &str,
 ) -> BlockSpec {
+    let (name, rust_name, slug) = names;
+    let fields = block_schema(
+        &name.replace(' ', ""),
+        slug,
+        schema_description,
+        vec![("value", value)],
+        &["value"],
+        &[],
+    );
     let example = format!(
         "```rust\nuse block_types::catalog::{rust_name};\nuse registry_client::BlockExt;\n\nlet setting = {rust_name}::load(\"my-setting\").await?;\n```"
     );

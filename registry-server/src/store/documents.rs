@@ -85,6 +85,26 @@ struct NewVersion<'a> {
     schema_fields: &'a Value,
 }
 
+/// Splits `$ref`s out of request data; a malformed one is a bad reference naming its field.
+fn split_data_references(
+    data: Map<String, Value>,
+) -> Result<(Map<String, Value>, Vec<(String, Uuid)>)> {
+    references::split_references(data).map_err(|e| {
+        let field = e.field().to_owned();
+        StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))
+    })
+}
+
+/// A `block_schema_id` that names no schema is bad input, not a missing resource.
+fn unknown_schema_is_invalid(e: StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound(_) => {
+            StoreError::invalid("block_schema_id", "no block schema has this id")
+        }
+        other => other,
+    }
+}
+
 /// A conflict when the caller expected another version.
 fn check_expected(expected: Option<i64>, actual: i64) -> Result<()> {
     match expected {
@@ -116,19 +136,11 @@ impl Store {
             Some(name) => name.clone(),
             None => format!("anonymous-{}", Uuid::new_v4()),
         };
-        let (data, refs) = references::split_references(body.data).map_err(|e| {
-            let field = e.field().to_owned();
-            StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))
-        })?;
+        let (data, refs) = split_data_references(body.data)?;
         let schema = self
             .read_block_schema(body.block_schema_id)
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => {
-                    StoreError::invalid("block_schema_id", "no block schema has this id")
-                }
-                other => other,
-            })?;
+            .map_err(unknown_schema_is_invalid)?;
         if schema.block_type_id != body.block_type_id {
             return Err(StoreError::invalid(
                 "block_schema_id",
@@ -416,12 +428,7 @@ impl Store {
                 let target = self
                     .schema_by_id(&mut *tx, schema_id)
                     .await
-                    .map_err(|e| match e {
-                        StoreError::NotFound(_) => {
-                            StoreError::invalid("block_schema_id", "no block schema has this id")
-                        }
-                        other => other,
-                    })?;
+                    .map_err(unknown_schema_is_invalid)?;
                 if target.block_type_id != current_schema.block_type_id {
                     return Err(StoreError::invalid(
                         "block_schema_id",
@@ -452,10 +459,7 @@ impl Store {
                     .collect(),
             ));
         }
-        let (new_plain, new_refs) = references::split_references(new_data).map_err(|e| {
-            let field = e.field().to_owned();
-            StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))
-        })?;
+        let (new_plain, new_refs) = split_data_references(new_data)?;
         let (mut data, mut refs) = if body.merge_existing_data {
             let mut merged = current_data;
             let mut refs: Vec<(String, Uuid)> = current_refs
