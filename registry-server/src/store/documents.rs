@@ -88,7 +88,7 @@ struct NewVersion<'a> {
 /// Splits `$ref`s out of request data; a malformed one is a bad reference naming its field.
 fn split_data_references(
     data: Map<String, Value>,
-) -> Result<(Map<String, Value>, Vec<(String, Uuid)>)> {
+) -> Result<(Map<String, Value>, references::References)> {
     references::split_references(data).map_err(|e| {
         let field = e.field().to_owned();
         StoreError::BadReference(FieldError::new(format!("data.{field}"), e.to_string()))
