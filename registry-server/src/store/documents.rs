@@ -255,11 +255,14 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         self.check_failpoint("after_version")?;
-        self.count_query();
-        sqlx::query("delete from block_document_reference where parent_block_document_id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
+        if number > 1 {
+            // A new document has no reference rows yet.
+            self.count_query();
+            sqlx::query("delete from block_document_reference where parent_block_document_id = $1")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
         for (field, child) in &refs {
             self.count_query();
             sqlx::query(
