@@ -224,7 +224,10 @@ async fn rotation_under_concurrent_readers_and_writers_leaves_nothing_under_the_
                 .id,
             );
         }
-        let retired = store.key_status().await.unwrap().active;
+        let before = store.key_status().await.unwrap();
+        let retired = before.active;
+        assert_eq!(before.keys[0].versions, 40, "every version records the key it is sealed under");
+        assert_eq!(before.keys[0].documents, 40);
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for w in 0..4 {
