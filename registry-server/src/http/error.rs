@@ -126,16 +126,27 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable("database pool timed out".into())
             }
             StoreError::Database(e) if is_busy(&e) => Self::Unavailable(e.to_string()),
+            // A write that raced another on a unique key or a row being deleted: the request
+            // is sound but conflicts with the current state.
+            StoreError::Database(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("23505" | "23503" | "2067" | "787" | "1555")) =>
+            {
+                Self::Conflict("the request conflicts with a concurrent change; read the current state and retry".into())
+            }
             other => Self::Internal(other.to_string()),
         }
     }
 }
 
+/// A condition a retry can clear: SQLite busy, PostgreSQL deadlock or serialization
+/// failure, a lost connection. Prefect clients retry 503.
 fn is_busy(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
             let message = db.message();
-            message.contains("database is locked") || message.contains("busy")
+            matches!(db.code().as_deref(), Some("40P01" | "40001" | "55P03"))
+                || message.contains("database is locked")
+                || message.contains("busy")
         }
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
         _ => false,

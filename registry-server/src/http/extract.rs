@@ -36,6 +36,14 @@ where
         } else {
             &bytes
         };
+        // JSON carries NUL only as an escape; no field of ours may hold one (PostgreSQL text
+        // cannot store it).
+        if text.windows(6).any(|w| w.eq_ignore_ascii_case(br"\u0000")) {
+            return Err(ApiError::field(
+                "",
+                r"strings must not contain NUL characters (\u0000)",
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(text);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -51,16 +59,26 @@ where
     }
 }
 
-/// A serde error in words. serde quotes the value only for wrong-type scalars; request
-/// bodies' secret fields are strings or objects, whose errors never quote them.
+/// A serde error in words, never quoting the offending value (it may be a secret):
+/// `invalid type: string "…", expected a map` becomes `invalid type: expected a map`.
 fn describe(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof => format!("the body is not valid JSON ({e})"),
+        Category::Syntax | Category::Eof => {
+            format!("the body is not valid JSON (line {}, column {})", e.line(), e.column())
+        }
         Category::Data | Category::Io => {
             let text = e.to_string();
-            // Drop serde's " at line 1 column 42" suffix.
-            text.split(" at line ").next().unwrap_or(&text).to_owned()
+            let text = text.split(" at line ").next().unwrap_or(&text);
+            for kind in ["invalid type", "invalid value", "invalid length"] {
+                if text.starts_with(kind) {
+                    return match text.rsplit_once(", expected ") {
+                        Some((_, expected)) => format!("{kind}: expected {expected}"),
+                        None => kind.to_owned(),
+                    };
+                }
+            }
+            text.to_owned()
         }
     }
 }

@@ -187,7 +187,7 @@ impl Store {
         self.check_failpoint("create_before_commit")?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
-            self.rotate_if_worn(key, used).await?;
+            self.rotate_if_worn(key, used).await;
         }
         self.read_block_document(id, false).await
     }
@@ -341,7 +341,7 @@ impl Store {
     }
 
     /// Locks the document row (PostgreSQL) and returns its current version and schema.
-    async fn lock_document(
+    pub(crate) async fn lock_document(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         id: Uuid,
@@ -349,7 +349,7 @@ impl Store {
         self.count_query();
         let row = sqlx::query(&format!(
             "select version, block_schema_id from block_document where id = $1{}",
-            self.for_update()
+            self.for_no_key_update()
         ))
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -443,12 +443,21 @@ impl Store {
             _ => current_schema.clone(),
         };
 
+        // Echoed "********" keep the stored secret, but only where the target schema keeps it
+        // secret too: restoring a value that the new schema stores in clear would unseal it.
         let mut new_data = new_data;
-        let unrestored = restore(
-            &mut new_data,
-            &current_data,
-            &secret_fields_of(&current_schema.fields),
-        );
+        let current_paths = secret_fields_of(&current_schema.fields);
+        let target_paths = secret_fields_of(&target_schema.fields);
+        let (kept, dropped): (Vec<_>, Vec<_>) =
+            current_paths.into_iter().partition(|p| target_paths.contains(p));
+        let mut unrestored = restore(&mut new_data, &current_data, &kept);
+        if !dropped.is_empty() {
+            let mut probe = new_data.clone();
+            restore(&mut probe, &current_data, &dropped);
+            if probe != new_data {
+                unrestored.extend(dropped.iter().map(ToString::to_string));
+            }
+        }
         if !unrestored.is_empty() {
             return Err(StoreError::Invalid(
                 unrestored
@@ -456,7 +465,7 @@ impl Store {
                     .map(|path| {
                         FieldError::new(
                             format!("data.{path}"),
-                            "\"********\" was sent for a secret that has no stored value here; send the real value",
+                            "\"********\" was sent for a secret that has no stored value here (or is not secret in the target schema); send the real value",
                         )
                     })
                     .collect(),
@@ -513,7 +522,7 @@ impl Store {
         self.check_failpoint("update_before_commit")?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
-            self.rotate_if_worn(key, used).await?;
+            self.rotate_if_worn(key, used).await;
         }
         Ok(WriteOutcome {
             id,
@@ -530,8 +539,9 @@ impl Store {
         expected_version: Option<i64>,
     ) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        self.lock_reference_graph(&mut tx).await?;
+        // The same lock order as updates: the document row, then the reference graph.
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
+        self.lock_reference_graph(&mut tx).await?;
         check_expected(expected_version, current_version)?;
         self.count_query();
         let referrers: Vec<String> = sqlx::query_scalar(
@@ -1084,7 +1094,7 @@ impl Store {
         let worn = self.write_version(&mut tx, id, next, new).await?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
-            self.rotate_if_worn(key, used).await?;
+            self.rotate_if_worn(key, used).await;
         }
         Ok(WriteOutcome {
             id,

@@ -149,8 +149,16 @@ impl Store {
     /// `false` when another writer rotated first.
     async fn insert_active_key(&self, retire: Option<Uuid>) -> Result<bool> {
         let key = DataKey::generate()?;
-        let wrapped = self.master_key().wrap(&key)?;
         let mut tx = self.write.begin().await?;
+        // Wrap under the master key the store holds now: another process may have changed
+        // it since this one opened the store.
+        let master = self.master_key();
+        master.verify(&self.lock_key_check(&mut tx).await?).map_err(|_| {
+            StoreError::Config(
+                "the master key was changed by another process; restart with the new key".to_owned(),
+            )
+        })?;
+        let wrapped = master.wrap(&key)?;
         if let Some(old) = retire {
             self.count_query();
             let retired = sqlx::query(
@@ -181,6 +189,21 @@ impl Store {
             .keys
             .insert(key.id(), Arc::new(key));
         Ok(true)
+    }
+
+    /// Reads and locks (PostgreSQL) the key-check value inside a transaction.
+    async fn lock_key_check(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<Vec<u8>> {
+        self.count_query();
+        let check: String = sqlx::query_scalar(&format!(
+            "select value from server_metadata where key = $1{}",
+            self.for_update()
+        ))
+        .bind(KEY_CHECK)
+        .fetch_one(&mut **tx)
+        .await?;
+        STANDARD
+            .decode(check)
+            .map_err(|_| StoreError::Corrupt("the key-check value is not base64".to_owned()))
     }
 
     /// Inside a write: the active data key, and `count` encryptions taken from it.
@@ -286,12 +309,16 @@ impl Store {
     }
 
     /// Retires the key after a write pushed it past the rotation threshold.
-    pub(crate) async fn rotate_if_worn(&self, key_id: Uuid, used: i64) -> Result<()> {
+    ///
+    /// It runs after the write has committed, so a failure here is logged, not returned:
+    /// the write succeeded, and the next write that reserves a block tries again.
+    pub(crate) async fn rotate_if_worn(&self, key_id: Uuid, used: i64) {
         if used >= self.config.key_rotation_threshold {
             tracing::info!(%key_id, used, "data key reached its encryption limit; rotating");
-            self.insert_active_key(Some(key_id)).await?;
+            if let Err(e) = self.insert_active_key(Some(key_id)).await {
+                tracing::error!(%key_id, error = %e, "rotating a worn data key failed");
+            }
         }
-        Ok(())
     }
 
     /// Starts using a new data key for new writes and retires the current one. Old values
@@ -341,6 +368,12 @@ impl Store {
 
     async fn reencrypt_version(&self, doc: Uuid, version: i64, old_key: Uuid) -> Result<bool> {
         let mut tx = self.write.begin().await?;
+        // Writers lock the document, then the key, then version rows; so does this.
+        match self.lock_document(&mut tx, doc).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
         self.count_query();
         let secrets: Option<String> = sqlx::query_scalar(&format!(
             "select secrets from block_document_version where block_document_id = $1 and version = $2 and key_id = $3{}",
@@ -374,7 +407,7 @@ impl Store {
             .await?;
         tx.commit().await?;
         if let Some(total) = total {
-            self.rotate_if_worn(new_key.id(), total).await?;
+            self.rotate_if_worn(new_key.id(), total).await;
         }
         Ok(true)
     }
@@ -474,6 +507,8 @@ impl Store {
         };
         let old = self.master_key();
         let mut tx = self.write.begin().await?;
+        // Serializes with rotations (which wrap new data keys) and other master changes.
+        old.verify(&self.lock_key_check(&mut tx).await?)?;
         self.count_query();
         let rows = sqlx::query(&format!(
             "select id, wrapped from data_key where state <> 'destroyed'{}",

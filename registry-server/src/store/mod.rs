@@ -314,6 +314,16 @@ impl Store {
         }
     }
 
+    /// ` for no key update` on PostgreSQL: locks a document against other writers while
+    /// still letting another transaction reference it (a foreign key takes `key share`),
+    /// so a parent and its child can be updated at the same time without a deadlock.
+    pub(crate) fn for_no_key_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " for no key update",
+            Backend::Sqlite => "",
+        }
+    }
+
     /// ` for share` on PostgreSQL; nothing on SQLite.
     pub(crate) fn for_share(&self) -> &'static str {
         match self.backend {

@@ -37,6 +37,9 @@ pub(crate) fn schema_from_row(row: &AnyRow) -> Result<BlockSchema> {
     })
 }
 
+/// How deep nested block schemas may go.
+const MAX_NESTING: usize = 16;
+
 /// One `{block_type_slug, block_schema_checksum}` entry of `block_schema_references`.
 struct ChildReference {
     field: String,
@@ -130,7 +133,7 @@ impl Store {
         let fields = Value::Object(body.fields.clone());
         DataValidator::new(&fields).map_err(|e| StoreError::Invalid(vec![e]))?;
         let mut tx = self.write.begin().await?;
-        let (id, created) = Box::pin(self.insert_schema(&mut tx, &body, None)).await?;
+        let (id, created) = Box::pin(self.insert_schema(&mut tx, &body, None, 0)).await?;
         tx.commit().await?;
         Ok((self.read_block_schema(id).await?, created))
     }
@@ -142,7 +145,16 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         body: &BlockSchemaCreate,
         definitions: Option<&Value>,
+        depth: usize,
     ) -> Result<(Uuid, bool)> {
+        // Nested schemas are created from `definitions`; a definition that (directly or
+        // not) nests itself would recurse forever.
+        if depth > MAX_NESTING {
+            return Err(StoreError::invalid(
+                "fields.block_schema_references",
+                format!("nested block schemas go deeper than {MAX_NESTING} levels (a definition that nests itself?)"),
+            ));
+        }
         let mut for_checksum = body.fields.clone();
         if let Some(defs) = definitions {
             for_checksum.insert("definitions".into(), defs.clone());
@@ -211,7 +223,7 @@ impl Store {
                         capabilities: Vec::new(),
                         version: block_types::model::NON_VERSIONED.to_owned(),
                     };
-                    Box::pin(self.insert_schema(tx, &child_body, root_definitions.as_ref()))
+                    Box::pin(self.insert_schema(tx, &child_body, root_definitions.as_ref(), depth + 1))
                         .await?
                         .0
                 }
@@ -228,9 +240,11 @@ impl Store {
         let id = Uuid::new_v4();
         let now = now_micros();
         self.count_query();
-        sqlx::query(
+        // Replicas registering the same schema at once: the first insert wins, the others
+        // find its row.
+        let inserted = sqlx::query(
             "insert into block_schema (id, created, updated, checksum, fields, capabilities, version, block_type_id) \
-             values ($1, $2, $2, $3, $4, $5, $6, $7)",
+             values ($1, $2, $2, $3, $4, $5, $6, $7) on conflict (checksum, version) do nothing",
         )
         .bind(id.to_string())
         .bind(now)
@@ -241,6 +255,17 @@ impl Store {
         .bind(body.block_type_id.to_string())
         .execute(&mut **tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            self.count_query();
+            let existing: String = sqlx::query_scalar(
+                "select id from block_schema where checksum = $1 and version = $2",
+            )
+            .bind(&checksum)
+            .bind(&body.version)
+            .fetch_one(&mut **tx)
+            .await?;
+            return Ok((super::parse_uuid(&existing)?, false));
+        }
         let mut capabilities = body.capabilities.clone();
         capabilities.sort();
         capabilities.dedup();
