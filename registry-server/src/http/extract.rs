@@ -65,7 +65,11 @@ fn describe(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
         Category::Syntax | Category::Eof => {
-            format!("the body is not valid JSON (line {}, column {})", e.line(), e.column())
+            format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )
         }
         Category::Data | Category::Io => {
             let text = e.to_string();

@@ -275,6 +275,9 @@ impl Store {
             .await?;
         }
         self.check_failpoint("after_references")?;
+        if !refs.is_empty() {
+            self.check_tree_size(tx, id).await?;
+        }
         if let Some(keep) = self.config.retention {
             self.count_query();
             sqlx::query(
@@ -286,6 +289,55 @@ impl Store {
             .await?;
         }
         Ok(worn)
+    }
+
+    /// Refuses a write after which the document's resolved tree would expand beyond
+    /// [`MAX_TREE_DOCUMENTS`] (shared children count once per path, as a read expands them).
+    async fn check_tree_size(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<()> {
+        self.count_query();
+        let rows = sqlx::query(
+            "with recursive e(parent, name, child) as (\
+             select parent_block_document_id, name, reference_block_document_id from block_document_reference \
+             where parent_block_document_id = $1 \
+             union select r.parent_block_document_id, r.name, r.reference_block_document_id \
+             from block_document_reference r join e on r.parent_block_document_id = e.child) \
+             select parent, child from e",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut children: HashMap<String, Vec<String>> = HashMap::new();
+        for row in rows {
+            children
+                .entry(row.try_get("parent")?)
+                .or_default()
+                .push(row.try_get("child")?);
+        }
+        fn expanded(
+            id: &str,
+            children: &HashMap<String, Vec<String>>,
+            memo: &mut HashMap<String, usize>,
+        ) -> usize {
+            if let Some(n) = memo.get(id) {
+                return *n;
+            }
+            let mut n = 1usize;
+            for child in children.get(id).map(Vec::as_slice).unwrap_or_default() {
+                n = n
+                    .saturating_add(expanded(child, children, memo))
+                    .min(MAX_TREE_DOCUMENTS + 1);
+            }
+            memo.insert(id.to_owned(), n);
+            n
+        }
+        if expanded(&id.to_string(), &children, &mut HashMap::new()) > MAX_TREE_DOCUMENTS {
+            return Err(tree_too_large());
+        }
+        Ok(())
     }
 
     /// References must point to existing documents and must not make `id` reachable from
@@ -448,8 +500,9 @@ impl Store {
         let mut new_data = new_data;
         let current_paths = secret_fields_of(&current_schema.fields);
         let target_paths = secret_fields_of(&target_schema.fields);
-        let (kept, dropped): (Vec<_>, Vec<_>) =
-            current_paths.into_iter().partition(|p| target_paths.contains(p));
+        let (kept, dropped): (Vec<_>, Vec<_>) = current_paths
+            .into_iter()
+            .partition(|p| target_paths.contains(p));
         let mut unrestored = restore(&mut new_data, &current_data, &kept);
         if !dropped.is_empty() {
             let mut probe = new_data.clone();
@@ -645,15 +698,16 @@ impl Store {
     /// `block_document d` with `$N` placeholders), with data, schema and type, in one query.
     async fn load_tree(&self, root: impl Fn(&mut Sql)) -> Result<Tree> {
         let mut sql = Sql::new(
-            "with recursive tree(id, parent_id, ref_name, depth) as (\
-             select d.id, cast(null as text), cast(null as text), 0 from block_document d where ",
+            "with recursive tree(id, parent_id, ref_name) as (\
+             select d.id, cast(null as text), cast(null as text) from block_document d where ",
         );
         root(&mut sql);
+        // `union` (not `union all`): each reference edge once, so a document reachable along
+        // many paths is loaded once and the query stays linear in the graph's size.
         sql.push(
-            " union all select r.reference_block_document_id, r.parent_block_document_id, r.name, tree.depth + 1 \
-             from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
+            " union select r.reference_block_document_id, r.parent_block_document_id, r.name \
+             from block_document_reference r join tree on r.parent_block_document_id = tree.id",
         );
-        sql.bind_int(MAX_DEPTH);
         sql.push(") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
              d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
              v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
@@ -769,7 +823,7 @@ impl Store {
         let Some(doc) = tree.docs.get(&id) else {
             return Ok(None);
         };
-        let (data, refs) = resolve(tree, keys, id, include_secrets, 0)?;
+        let (data, refs, _) = resolve(tree, keys, id, include_secrets, 0, &mut HashMap::new())?;
         let block_type = doc.schema.block_type.clone();
         Ok(Some(BlockDocument {
             id,
@@ -788,15 +842,29 @@ impl Store {
     }
 }
 
+/// A resolved document: its data, its references, and how many documents its expanded
+/// tree holds.
+type Resolved = (
+    Map<String, Value>,
+    BTreeMap<String, BlockDocumentReference>,
+    usize,
+);
+
 /// A document's data with its secrets opened (or masked) and its references replaced by
-/// the referenced documents' resolved data.
+/// the referenced documents' resolved data. Each document is resolved once (`memo`), and a
+/// tree that would expand beyond [`MAX_TREE_DOCUMENTS`] documents is refused rather than
+/// built.
 fn resolve(
     tree: &Tree,
     keys: &HashMap<Uuid, Arc<DataKey>>,
     id: Uuid,
     include_secrets: bool,
     depth: i64,
-) -> Result<(Map<String, Value>, BTreeMap<String, BlockDocumentReference>)> {
+    memo: &mut HashMap<Uuid, Resolved>,
+) -> Result<Resolved> {
+    if let Some(done) = memo.get(&id) {
+        return Ok(done.clone());
+    }
     let doc = tree.docs.get(&id).ok_or_else(not_found)?;
     let mut data = doc.data.clone();
     if !doc.secrets.is_empty() {
@@ -805,13 +873,18 @@ fn resolve(
         })?;
     }
     let mut refs = BTreeMap::new();
+    let mut size = 1usize;
     if depth < MAX_DEPTH {
         for (field, child_id) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
             let Some(child) = tree.docs.get(child_id) else {
                 continue;
             };
-            let (child_data, child_refs) =
-                resolve(tree, keys, *child_id, include_secrets, depth + 1)?;
+            let (child_data, child_refs, child_size) =
+                resolve(tree, keys, *child_id, include_secrets, depth + 1, memo)?;
+            size += child_size;
+            if size > MAX_TREE_DOCUMENTS {
+                return Err(tree_too_large());
+            }
             data.insert(field.clone(), Value::Object(child_data));
             let block_type: BlockType = child
                 .schema
@@ -835,7 +908,19 @@ fn resolve(
     if !include_secrets {
         obfuscate(&mut data, &secret_fields_of(&doc.schema.fields));
     }
-    Ok((data, refs))
+    let resolved = (data, refs, size);
+    memo.insert(id, resolved.clone());
+    Ok(resolved)
+}
+
+/// The most documents one resolved tree may hold (a document counts once per path to it).
+const MAX_TREE_DOCUMENTS: usize = 1000;
+
+fn tree_too_large() -> StoreError {
+    StoreError::invalid(
+        "data",
+        format!("the resolved reference tree would hold more than {MAX_TREE_DOCUMENTS} documents"),
+    )
 }
 
 /// Appends the conditions of a document filter on `block_document d` (with its type

@@ -153,11 +153,14 @@ impl Store {
         // Wrap under the master key the store holds now: another process may have changed
         // it since this one opened the store.
         let master = self.master_key();
-        master.verify(&self.lock_key_check(&mut tx).await?).map_err(|_| {
-            StoreError::Config(
-                "the master key was changed by another process; restart with the new key".to_owned(),
-            )
-        })?;
+        master
+            .verify(&self.lock_key_check(&mut tx).await?)
+            .map_err(|_| {
+                StoreError::Config(
+                    "the master key was changed by another process; restart with the new key"
+                        .to_owned(),
+                )
+            })?;
         let wrapped = master.wrap(&key)?;
         if let Some(old) = retire {
             self.count_query();

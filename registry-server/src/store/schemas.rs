@@ -152,7 +152,9 @@ impl Store {
         if depth > MAX_NESTING {
             return Err(StoreError::invalid(
                 "fields.block_schema_references",
-                format!("nested block schemas go deeper than {MAX_NESTING} levels (a definition that nests itself?)"),
+                format!(
+                    "nested block schemas go deeper than {MAX_NESTING} levels (a definition that nests itself?)"
+                ),
             ));
         }
         let mut for_checksum = body.fields.clone();
@@ -223,9 +225,14 @@ impl Store {
                         capabilities: Vec::new(),
                         version: block_types::model::NON_VERSIONED.to_owned(),
                     };
-                    Box::pin(self.insert_schema(tx, &child_body, root_definitions.as_ref(), depth + 1))
-                        .await?
-                        .0
+                    Box::pin(self.insert_schema(
+                        tx,
+                        &child_body,
+                        root_definitions.as_ref(),
+                        depth + 1,
+                    ))
+                    .await?
+                    .0
                 }
             };
             child_ids.push((child.field.clone(), child_id));

@@ -533,3 +533,129 @@ async fn history_rollback_and_retention() {
     })
     .await;
 }
+
+/// A type `thing` whose schema has a secret `password` and two reference fields.
+async fn thing_schema(
+    store: &crate::store::Store,
+    secret: bool,
+) -> block_types::model::BlockSchema {
+    let ty = match store.read_block_type_by_slug("thing").await {
+        Ok(ty) => ty,
+        Err(_) => store
+            .create_block_type(block_types::model::BlockTypeCreate {
+                name: "Thing".into(),
+                slug: "thing".into(),
+                logo_url: None,
+                documentation_url: None,
+                description: None,
+                code_example: None,
+            })
+            .await
+            .unwrap(),
+    };
+    let secret_fields: Vec<&str> = if secret { vec!["password"] } else { vec![] };
+    let fields = obj(
+        json!({"type": "object", "properties": {"password": {"type": "string"}, "a": {"type": "object"}, "b": {"type": "object"}}, "secret_fields": secret_fields}),
+    );
+    store
+        .create_block_schema(BlockSchemaCreate {
+            fields,
+            block_type_id: ty.id,
+            capabilities: vec![],
+            version: format!("secret-{secret}"),
+        })
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn an_echo_is_not_restored_into_a_schema_that_stores_the_field_in_clear() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let sealed = thing_schema(&store, true).await;
+        let clear = thing_schema(&store, false).await;
+        let doc = create(&store, &sealed, "t", json!({"password": CANARY})).await;
+        let body = BlockDocumentUpdate {
+            block_schema_id: Some(clear.id),
+            data: Some(obj(json!({"password": "********"}))),
+            merge_existing_data: true,
+        };
+        let refused = store.update_block_document(doc.id, body, None).await;
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(ref e)) if e[0].field == "data.password"),
+            "{refused:?}"
+        );
+        let masked = store.read_block_document(doc.id, false).await.unwrap();
+        assert_eq!(masked.data["password"], json!("********"));
+        assert_eq!(masked.block_schema_id, sealed.id, "nothing changed");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shared_children_resolve_once_and_oversized_trees_are_refused() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let schema = thing_schema(&store, true).await;
+        // d0 ← d1 ← … each d(k) references d(k-1) twice: d(k) expands to 2^(k+1) - 1 documents.
+        let mut previous = create(&store, &schema, "d0", json!({"password": CANARY})).await.id;
+        for k in 1..=8 {
+            let data = json!({"a": reference_value(previous), "b": reference_value(previous)});
+            previous = create(&store, &schema, &format!("d{k}"), data).await.id;
+        }
+        let started = std::time::Instant::now();
+        let read = store.read_block_document(previous, true).await.unwrap();
+        let mut leaf = &read.data["a"];
+        for step in 1..8 {
+            leaf = &leaf[if step % 2 == 0 { "a" } else { "b" }];
+        }
+        assert_eq!(leaf["password"], json!(CANARY), "d8 → … → d0 along mixed fields");
+        // A generous bound: the point is linear, not exponential, work (2^9 paths).
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // d9 would expand to 1,023 documents: refused, and nothing is stored.
+        let body = BlockDocumentCreate {
+            name: Some("d9".into()),
+            data: obj(json!({"a": reference_value(previous), "b": reference_value(previous)})),
+            block_schema_id: schema.id,
+            block_type_id: schema.block_type_id,
+            is_anonymous: false,
+        };
+        let refused = store.create_block_document(body).await;
+        assert!(matches!(refused, Err(StoreError::Invalid(ref e)) if e[0].message.contains("more than 1000")), "{refused:?}");
+        assert!(store.read_block_document_by_name("thing", "d9", false).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_parent_and_child_writes_and_deletes_do_not_deadlock() {
+    on_both(async |db| {
+        let store = Arc::new(db.open().await);
+        let schema = thing_schema(&store, true).await;
+        let child = create(&store, &schema, "child", json!({"password": "p"})).await.id;
+        let parent = create(&store, &schema, "parent", json!({"a": reference_value(child)})).await.id;
+        let mut tasks = Vec::new();
+        for t in 0..6 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..15 {
+                    let result = match (t + i) % 3 {
+                        0 => store.update_block_document(parent, update(json!({"a": reference_value(child), "password": format!("{t}-{i}")})), None).await.map(|_| ()),
+                        1 => store.update_block_document(child, update(json!({"password": format!("{t}-{i}")})), None).await.map(|_| ()),
+                        _ => store.delete_block_document(child, None).await,
+                    };
+                    match result {
+                        Ok(()) | Err(StoreError::InUse { .. }) => {}
+                        Err(e) => panic!("task {t} step {i}: {e}"),
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(store.read_block_document(parent, true).await.unwrap().data["a"]["password"].as_str().map(|p| p.contains('-')), Some(true));
+    })
+    .await;
+}

@@ -226,7 +226,10 @@ async fn rotation_under_concurrent_readers_and_writers_leaves_nothing_under_the_
         }
         let before = store.key_status().await.unwrap();
         let retired = before.active;
-        assert_eq!(before.keys[0].versions, 40, "every version records the key it is sealed under");
+        assert_eq!(
+            before.keys[0].versions, 40,
+            "every version records the key it is sealed under"
+        );
         assert_eq!(before.keys[0].documents, 40);
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
@@ -455,6 +458,25 @@ async fn a_new_passphrase_store_records_salt_and_parameters_but_no_key() {
             .await
             .unwrap();
         assert_eq!(row.try_get::<i64, _>("n").unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rotation_after_another_process_changed_the_master_key_is_refused() {
+    on_both(async |db| {
+        let a = db.open().await;
+        let b = db.open().await;
+        let next = MasterKey::generate().unwrap();
+        a.change_master_key(MasterKeySource::Key(next.duplicate())).await.unwrap();
+        // B still holds the old master key: wrapping a new data key under it would make the
+        // store unreadable with the new one.
+        let refused = b.rotate_data_key().await;
+        assert!(matches!(refused, Err(StoreError::Config(ref m)) if m.contains("changed by another process")), "{refused:?}");
+        a.close().await;
+        b.close().await;
+        let reopened = Store::open(&db.url, MasterKeySource::Key(next), StoreConfig::default()).await.unwrap();
+        assert_eq!(reopened.key_status().await.unwrap().keys.len(), 1);
     })
     .await;
 }

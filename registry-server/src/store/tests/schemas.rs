@@ -128,3 +128,49 @@ async fn deletes_in_use_or_protected_are_refused_and_name_the_users() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn replicas_registering_the_same_schema_at_once_all_succeed() {
+    on_both(async |db| {
+        let store = std::sync::Arc::new(db.open().await);
+        let spec = GcsBucket::spec();
+        store
+            .ensure_block_type(&GcpCredentials::spec().block_type, false)
+            .await
+            .unwrap();
+        let ty = store
+            .ensure_block_type(&spec.block_type, false)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, body) = (store.clone(), spec.to_schema_create(ty.id));
+            tasks.push(tokio::spawn(async move {
+                store.create_block_schema(body).await.map(|(s, _)| s.id)
+            }));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for task in tasks {
+            ids.insert(task.await.unwrap().expect("every registration succeeds"));
+        }
+        assert_eq!(ids.len(), 1, "one schema row");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_self_nesting_definition_is_refused_not_recursed_forever() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let ty = store.create_block_type(BlockTypeCreate { name: "Loop".into(), slug: "loop".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await.unwrap();
+        let fields = obj(json!({
+            "properties": {"me": {"$ref": "#/definitions/Loop"}},
+            "block_schema_references": {"me": {"block_type_slug": "loop", "block_schema_checksum": "sha256:not-registered"}},
+            "definitions": {"Loop": {"block_type_slug": "loop", "properties": {"me": {"$ref": "#/definitions/Loop"}},
+                "block_schema_references": {"me": {"block_type_slug": "loop", "block_schema_checksum": "sha256:not-registered"}}}}
+        }));
+        let refused = store.create_block_schema(BlockSchemaCreate { fields, block_type_id: ty.id, capabilities: vec![], version: "1".into() }).await;
+        assert!(matches!(refused, Err(StoreError::Invalid(ref e)) if e[0].field == "fields.block_schema_references"), "{refused:?}");
+    })
+    .await;
+}
