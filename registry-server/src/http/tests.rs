@@ -272,6 +272,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             ("echo over nothing", "PATCH", format!("/api/block_documents/{no_pw_id}"), Some(json!({"data": {"connection_info": {"driver": "x", "password": "********"}}}).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "send the real value"),
             ("double-encoded data", "POST", "/api/block_documents/".into(), Some(with(json!({"name": "enc", "data": format!("{{\"password\": \"{CANARY}\"}}")})).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid type"),
             ("nul character", "POST", "/api/block_types/".into(), Some(r#"{"name": "A\u0000B", "slug": "nul"}"#.to_owned()), StatusCode::UNPROCESSABLE_ENTITY, "NUL"),
+            ("long filter list", "POST", "/api/block_documents/filter".into(), Some(json!({"block_documents": {"name": {"any_": (0..1001).map(|i| format!("n{i}")).collect::<Vec<_>>()}}}).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "at most 1000"),
             ("non-uuid id", "GET", "/api/block_documents/not-a-uuid".into(), None, StatusCode::NOT_FOUND, "not a valid UUID"),
             ("non-uuid delete", "DELETE", "/api/block_documents/123".into(), None, StatusCode::NOT_FOUND, "not a valid UUID"),
             ("unknown document", "GET", format!("/api/block_documents/{}", uuid::Uuid::new_v4()), None, StatusCode::NOT_FOUND, "Block document not found"),

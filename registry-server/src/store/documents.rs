@@ -19,7 +19,10 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::schemas::{push_combined, push_schema_filter};
-use super::sql::{Condition, Sql};
+use super::sql::{
+    Condition, Sql, check_filter_lists, document_filter_lists, schema_filter_lists,
+    type_filter_lists,
+};
 use super::types::push_type_filter;
 use super::{
     Backend, Result, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
@@ -187,7 +190,7 @@ impl Store {
         self.check_failpoint("create_before_commit")?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
-            self.rotate_if_worn(key, used).await;
+            self.after_refill(key, used).await;
         }
         self.read_block_document(id, false).await
     }
@@ -575,7 +578,7 @@ impl Store {
         self.check_failpoint("update_before_commit")?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
-            self.rotate_if_worn(key, used).await;
+            self.after_refill(key, used).await;
         }
         Ok(WriteOutcome {
             id,
@@ -923,6 +926,17 @@ fn tree_too_large() -> StoreError {
     )
 }
 
+fn check_document_body_lists(
+    documents: Option<&BlockDocumentFilter>,
+    types: Option<&BlockTypeFilter>,
+    schemas: Option<&BlockSchemaFilter>,
+) -> Result<()> {
+    let mut lists = document_filter_lists(documents);
+    lists.extend(type_filter_lists(types));
+    lists.extend(schema_filter_lists(schemas));
+    check_filter_lists(&lists)
+}
+
 /// Appends the conditions of a document filter on `block_document d` (with its type
 /// `block_type t`), the type filter and the schema filter.
 fn push_document_filters(
@@ -990,6 +1004,11 @@ impl Store {
         &self,
         body: &BlockDocumentFilterBody,
     ) -> Result<Vec<BlockDocument>> {
+        check_document_body_lists(
+            body.block_documents.as_ref(),
+            body.block_types.as_ref(),
+            body.block_schemas.as_ref(),
+        )?;
         let page =
             Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
         let documents = body.block_documents.clone().unwrap_or_default();
@@ -1047,6 +1066,11 @@ impl Store {
 
     /// How many documents match the filter.
     pub async fn count_block_documents(&self, body: &BlockDocumentCountBody) -> Result<i64> {
+        check_document_body_lists(
+            body.block_documents.as_ref(),
+            body.block_types.as_ref(),
+            body.block_schemas.as_ref(),
+        )?;
         let documents = body.block_documents.clone().unwrap_or_default();
         let mut sql = Sql::new(
             "select count(*) as n from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
@@ -1179,7 +1203,7 @@ impl Store {
         let worn = self.write_version(&mut tx, id, next, new).await?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
-            self.rotate_if_worn(key, used).await;
+            self.after_refill(key, used).await;
         }
         Ok(WriteOutcome {
             id,

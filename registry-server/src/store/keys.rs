@@ -223,7 +223,7 @@ impl Store {
         count: usize,
     ) -> Result<(Arc<DataKey>, Option<i64>)> {
         let count = count as i64;
-        let block = (self.config.key_rotation_threshold / 64).clamp(1, 4096);
+        let block = self.block_size();
         let mut attempts = 0;
         loop {
             // Take from this process's block first, then confirm (and share-lock) that its
@@ -260,12 +260,15 @@ impl Store {
             };
             let id = parse_uuid(&row.try_get::<String, _>("id")?)?;
             let total: i64 = row.try_get("encryptions")?;
-            *self
-                .reservation
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = (id, block);
+            // The block becomes usable by other writes only once this one commits (see
+            // `after_refill`): a rolled-back refill was never counted.
             return Ok((self.key(tx, id).await?, Some(total)));
         }
+    }
+
+    /// Encryptions reserved per refill: small against the rotation threshold.
+    fn block_size(&self) -> i64 {
+        (self.config.key_rotation_threshold / 64).clamp(1, 4096)
     }
 
     /// Takes `count` encryptions from this process's block, if it has enough; returns the
@@ -311,13 +314,18 @@ impl Store {
         self.read_lock(&self.keyring).keys.get(&id).cloned()
     }
 
-    /// Retires the key after a write pushed it past the rotation threshold.
-    ///
-    /// It runs after the write has committed, so a failure here is logged, not returned:
-    /// the write succeeded, and the next write that reserves a block tries again.
-    pub(crate) async fn rotate_if_worn(&self, key_id: Uuid, used: i64) {
-        if used >= self.config.key_rotation_threshold {
-            tracing::info!(%key_id, used, "data key reached its encryption limit; rotating");
+    /// After a write that reserved a new block has committed: makes the block available
+    /// to this process's next writes, and retires the key if the write pushed it past the
+    /// rotation threshold. Failures are logged, not returned: the write succeeded, and the
+    /// next refill tries the rotation again.
+    pub(crate) async fn after_refill(&self, key_id: Uuid, total: i64) {
+        let block = self.block_size();
+        *self
+            .reservation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (key_id, block);
+        if total >= self.config.key_rotation_threshold {
+            tracing::info!(%key_id, total, "data key reached its encryption limit; rotating");
             if let Err(e) = self.insert_active_key(Some(key_id)).await {
                 tracing::error!(%key_id, error = %e, "rotating a worn data key failed");
             }
@@ -410,7 +418,7 @@ impl Store {
             .await?;
         tx.commit().await?;
         if let Some(total) = total {
-            self.rotate_if_worn(new_key.id(), total).await;
+            self.after_refill(new_key.id(), total).await;
         }
         Ok(true)
     }

@@ -351,6 +351,9 @@ impl Store {
         &self,
         body: &BlockSchemaFilterBody,
     ) -> Result<Vec<BlockSchema>> {
+        super::sql::check_filter_lists(&super::sql::schema_filter_lists(
+            body.block_schemas.as_ref(),
+        ))?;
         let page =
             Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
         let mut sql = Sql::new(&format!(

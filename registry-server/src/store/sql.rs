@@ -84,3 +84,76 @@ impl Sql {
         q
     }
 }
+
+/// The most values one `any_`/`all_` filter list may hold (each is a bind parameter, and
+/// both databases cap those).
+pub(crate) const MAX_FILTER_LIST: usize = 1000;
+
+/// Refuses filter lists longer than [`MAX_FILTER_LIST`], naming the field.
+pub(crate) fn check_filter_lists(
+    lists: &[(&str, Option<usize>)],
+) -> Result<(), crate::store::StoreError> {
+    for (field, len) in lists {
+        if len.is_some_and(|n| n > MAX_FILTER_LIST) {
+            return Err(crate::store::StoreError::invalid(
+                *field,
+                format!("may list at most {MAX_FILTER_LIST} values"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+use block_types::model::{BlockDocumentFilter, BlockSchemaFilter, BlockTypeFilter};
+
+/// The list lengths of a type filter, by field.
+pub(crate) fn type_filter_lists(f: Option<&BlockTypeFilter>) -> Vec<(&'static str, Option<usize>)> {
+    vec![(
+        "block_types.slug.any_",
+        f.and_then(|f| f.slug.as_ref()?.any_.as_ref().map(Vec::len)),
+    )]
+}
+
+/// The list lengths of a schema filter, by field.
+pub(crate) fn schema_filter_lists(
+    f: Option<&BlockSchemaFilter>,
+) -> Vec<(&'static str, Option<usize>)> {
+    vec![
+        (
+            "block_schemas.block_type_id.any_",
+            f.and_then(|f| f.block_type_id.as_ref()?.any_.as_ref().map(Vec::len)),
+        ),
+        (
+            "block_schemas.block_capabilities.all_",
+            f.and_then(|f| f.block_capabilities.as_ref()?.all_.as_ref().map(Vec::len)),
+        ),
+        (
+            "block_schemas.id.any_",
+            f.and_then(|f| f.id.as_ref()?.any_.as_ref().map(Vec::len)),
+        ),
+        (
+            "block_schemas.version.any_",
+            f.and_then(|f| f.version.as_ref()?.any_.as_ref().map(Vec::len)),
+        ),
+    ]
+}
+
+/// The list lengths of a document filter, by field.
+pub(crate) fn document_filter_lists(
+    f: Option<&BlockDocumentFilter>,
+) -> Vec<(&'static str, Option<usize>)> {
+    vec![
+        (
+            "block_documents.id.any_",
+            f.and_then(|f| f.id.as_ref()?.any_.as_ref().map(Vec::len)),
+        ),
+        (
+            "block_documents.block_type_id.any_",
+            f.and_then(|f| f.block_type_id.as_ref()?.any_.as_ref().map(Vec::len)),
+        ),
+        (
+            "block_documents.name.any_",
+            f.and_then(|f| f.name.as_ref()?.any_.as_ref().map(Vec::len)),
+        ),
+    ]
+}

@@ -166,40 +166,31 @@ impl Store {
         type_from_row(&row)
     }
 
-    /// Updates a type's metadata; absent fields stay, `null` clears.
+    /// Updates a type's metadata; absent fields stay, `null` clears. One statement that
+    /// sets only the fields sent, so concurrent updates of different fields both land.
     pub async fn update_block_type(&self, id: Uuid, body: BlockTypeUpdate) -> Result<()> {
         validate_update(&body)?;
-        let current = self.read_block_type(id).await?;
-        let pick = |new: &Option<Option<String>>, old: &Option<String>| {
-            new.clone().unwrap_or_else(|| old.clone())
-        };
-        let logo_url = pick(&body.logo_url, &current.logo_url);
-        let documentation_url = pick(&body.documentation_url, &current.documentation_url);
-        let description = pick(&body.description, &current.description);
-        let code_example = pick(&body.code_example, &current.code_example);
-        if (&logo_url, &documentation_url, &description, &code_example)
-            == (
-                &current.logo_url,
-                &current.documentation_url,
-                &current.description,
-                &current.code_example,
-            )
-        {
-            return Ok(());
+        let mut sql = Sql::new("update block_type set updated = ");
+        sql.bind_int(now_micros());
+        for (column, value) in [
+            ("logo_url", &body.logo_url),
+            ("documentation_url", &body.documentation_url),
+            ("description", &body.description),
+            ("code_example", &body.code_example),
+        ] {
+            if let Some(value) = value {
+                sql.push(&format!(", {column} = "));
+                match value {
+                    Some(text) => sql.bind_text(text.clone()),
+                    None => sql.push("null"),
+                };
+            }
         }
+        sql.push(" where id = ").bind_text(id.to_string());
         self.count_query();
-        sqlx::query(
-            "update block_type set logo_url = $2, documentation_url = $3, description = $4, \
-             code_example = $5, updated = $6 where id = $1",
-        )
-        .bind(id.to_string())
-        .bind(logo_url)
-        .bind(documentation_url)
-        .bind(description)
-        .bind(code_example)
-        .bind(now_micros())
-        .execute(&self.write)
-        .await?;
+        if sql.query().execute(&self.write).await?.rows_affected() == 0 {
+            return Err(StoreError::NotFound("Block type not found".to_owned()));
+        }
         Ok(())
     }
 
@@ -266,6 +257,9 @@ impl Store {
 
     /// Types matching the filter, ordered by name.
     pub async fn filter_block_types(&self, body: &BlockTypeFilterBody) -> Result<Vec<BlockType>> {
+        let mut lists = super::sql::type_filter_lists(body.block_types.as_ref());
+        lists.extend(super::sql::schema_filter_lists(body.block_schemas.as_ref()));
+        super::sql::check_filter_lists(&lists)?;
         let page =
             Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
         let mut sql = Sql::new(&format!(
