@@ -181,8 +181,9 @@ pub struct BlockSchemaCreate {
     pub version: String,
 }
 
-/// A named, stored value of a block type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A named, stored value of a block type. Its `Debug` lists the data's field names only:
+/// the data may hold secrets in clear.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockDocument {
     /// Identifier.
     pub id: Uuid,
@@ -242,8 +243,8 @@ pub struct ReferencedBlockDocument {
     pub block_document_references: BTreeMap<String, BlockDocumentReference>,
 }
 
-/// Body of `POST /block_documents/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Body of `POST /block_documents/`. Its `Debug` lists the data's field names only.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockDocumentCreate {
     /// Name; required unless `is_anonymous`.
@@ -289,8 +290,8 @@ fn default_true() -> bool {
     true
 }
 
-/// Body of `PATCH /block_documents/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Body of `PATCH /block_documents/{id}`. Its `Debug` lists the data's field names only.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockDocumentUpdate {
     /// Move the document to this schema (of the same type).
@@ -316,6 +317,50 @@ impl Default for BlockDocumentUpdate {
             data: None,
             merge_existing_data: true,
         }
+    }
+}
+
+/// Shows a data object as its field names, never its values.
+struct FieldNames<'a>(&'a Map<String, Value>);
+
+impl std::fmt::Debug for FieldNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl std::fmt::Debug for BlockDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDocument")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("data", &FieldNames(&self.data))
+            .field("block_schema_id", &self.block_schema_id)
+            .field("block_type_id", &self.block_type_id)
+            .field("is_anonymous", &self.is_anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for BlockDocumentCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDocumentCreate")
+            .field("name", &self.name)
+            .field("data", &FieldNames(&self.data))
+            .field("block_schema_id", &self.block_schema_id)
+            .field("block_type_id", &self.block_type_id)
+            .field("is_anonymous", &self.is_anonymous)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BlockDocumentUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDocumentUpdate")
+            .field("block_schema_id", &self.block_schema_id)
+            .field("data", &self.data.as_ref().map(FieldNames))
+            .field("merge_existing_data", &self.merge_existing_data)
+            .finish()
     }
 }
 
@@ -645,6 +690,28 @@ mod tests {
             serde_json::to_value(&u).unwrap(),
             json!({"logo_url": "https://x.io/l.png", "description": null})
         );
+    }
+
+    #[test]
+    fn debug_of_documents_and_bodies_shows_field_names_only() {
+        let canary = "canary-model-5521";
+        let id = Uuid::new_v4();
+        let data: Map<String, Value> = serde_json::from_value(json!({"password": canary})).unwrap();
+        let create = BlockDocumentCreate {
+            name: Some("x".into()),
+            data: data.clone(),
+            block_schema_id: id,
+            block_type_id: id,
+            is_anonymous: false,
+        };
+        let update = BlockDocumentUpdate {
+            data: Some(data),
+            ..BlockDocumentUpdate::default()
+        };
+        for text in [format!("{create:?}"), format!("{update:#?}")] {
+            assert!(!text.contains(canary), "{text}");
+            assert!(text.contains("password"), "{text}");
+        }
     }
 
     #[test]

@@ -57,14 +57,21 @@ impl std::fmt::Debug for ServeArgs {
     }
 }
 
-/// A database URL with its password replaced by `********`.
+/// A database URL with its password replaced by `********`. A URL that does not parse
+/// loses everything between `://` and `@`, where a password would be.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("********"));
             parsed.to_string()
         }
-        _ => url.to_owned(),
+        Ok(_) => url.to_owned(),
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(start), Some(at)) if at > start => {
+                format!("{}://********{}", &url[..start], &url[at..])
+            }
+            _ => url.to_owned(),
+        },
     }
 }
 
@@ -110,6 +117,12 @@ fn create_key_file(path: &Path, key: &MasterKey) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the master key file {}", path.display()))?;
     writeln!(file, "{}", key.to_base64().expose_secret())?;
     file.sync_all()?;
+    // Make the new directory entry durable too: the store records the key's check value
+    // next, and a store whose key file vanished in a crash would lose every secret.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

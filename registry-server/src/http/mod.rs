@@ -97,6 +97,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api", api)
         .fallback(not_found)
         .with_state(state)
+        .layer(middleware::map_response(json_error_bodies))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -110,6 +111,22 @@ pub fn app(state: AppState) -> Router {
                 .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
             tracing::info_span!("request", method = %req.method(), route)
         }))
+}
+
+/// Errors produced outside our handlers (a body over the limit, a timeout, a path that is
+/// not UTF-8) come with plain-text or empty bodies; give them `{"detail": …}` too.
+async fn json_error_bodies(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let detail = status.canonical_reason().unwrap_or("Error");
+    (status, axum::Json(serde_json::json!({"detail": detail}))).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -300,6 +300,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         let huge = format!("{{\"name\": \"big\", \"data\": {{\"x\": \"{}\"}}}}", "a".repeat(super::MAX_BODY_BYTES + 10));
         let (status, body) = call(&app, "POST", "/api/block_documents/", Some(&huge)).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(body["detail"].is_string(), "a JSON body even from the limit layer: {body}");
         // Unknown top-level keys of filter bodies are ignored, as Prefect does.
         assert_eq!(json_call(&app, "POST", "/api/block_documents/filter", &json!({"foo": 1})).await.0, StatusCode::OK);
         assert_eq!(call(&app, "POST", "/api/block_types/filter", None).await.0, StatusCode::OK, "an empty body is {{}}");
