@@ -111,7 +111,7 @@ impl From<StoreError> for ApiError {
                 Self::Conflict(e.to_string())
             }
             StoreError::Cycle(m) => Self::BadRequest(m),
-            StoreError::BadReference(e) => Self::BadRequest(e.to_string()),
+            StoreError::BadReference(e) | StoreError::BadRequest(e) => Self::BadRequest(e.to_string()),
             StoreError::Invalid(errors) => {
                 // Prefect answers a bad limit with a plain 422 detail.
                 if let [e] = errors.as_slice()

@@ -23,7 +23,7 @@ use super::sql::{
     Condition, Sql, check_filter_lists, document_filter_lists, schema_filter_lists,
     type_filter_lists,
 };
-use super::types::push_type_filter;
+use super::types::{like_pattern, push_type_filter};
 use super::{
     Backend, Result, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
     uuid_col,
@@ -488,10 +488,10 @@ impl Store {
                     .await
                     .map_err(unknown_schema_is_invalid)?;
                 if target.block_type_id != current_schema.block_type_id {
-                    return Err(StoreError::invalid(
+                    return Err(StoreError::BadRequest(FieldError::new(
                         "block_schema_id",
                         "Must migrate block document to a block schema of the same block type.",
-                    ));
+                    )));
                 }
                 target
             }
@@ -940,6 +940,7 @@ fn check_document_body_lists(
 /// Appends the conditions of a document filter on `block_document d` (with its type
 /// `block_type t`), the type filter and the schema filter.
 fn push_document_filters(
+    backend: Backend,
     sql: &mut Sql,
     documents: &BlockDocumentFilter,
     types: Option<&BlockTypeFilter>,
@@ -980,7 +981,7 @@ fn push_document_filters(
             }
             if let Some(like) = &name.like_ {
                 sql.push(" and lower(d.name) like '%' || lower(")
-                    .bind_text(like.clone())
+                    .bind_text(like_pattern(like, backend))
                     .push(") || '%'");
             }
             sql.push(")");
@@ -988,7 +989,7 @@ fn push_document_filters(
     }
     push_combined(sql, &groups, documents.operator);
     if let Some(types) = types {
-        push_type_filter(sql, types, "t");
+        push_type_filter(sql, types, "t", backend);
     }
     if let Some(schemas) = schemas {
         sql.push(" and exists (select 1 from block_schema s where s.id = d.block_schema_id");
@@ -1016,6 +1017,7 @@ impl Store {
             "select d.id from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
         );
         push_document_filters(
+            self.backend,
             &mut sql,
             &documents,
             body.block_types.as_ref(),
@@ -1076,6 +1078,7 @@ impl Store {
             "select count(*) as n from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
         );
         push_document_filters(
+            self.backend,
             &mut sql,
             &documents,
             body.block_types.as_ref(),

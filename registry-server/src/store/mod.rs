@@ -123,6 +123,10 @@ pub enum StoreError {
     /// The references would form a cycle.
     #[error("{0}")]
     Cycle(String),
+    /// A request that is well-formed but cannot be applied (e.g. a move to another type's
+    /// schema).
+    #[error("{}", .0)]
+    BadRequest(FieldError),
     /// A reference in the data is malformed or points nowhere.
     #[error("{}", .0)]
     BadReference(FieldError),

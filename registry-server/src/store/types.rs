@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::schemas::push_schema_filter;
 use super::sql::Sql;
-use super::{Result, Store, StoreError, now_micros, to_time, uuid_col};
+use super::{Backend, Result, Store, StoreError, now_micros, to_time, uuid_col};
 
 /// Columns of `block_type t`, aliased `t_*`.
 pub(crate) const TYPE_COLUMNS: &str = "t.id as t_id, t.created as t_created, t.updated as t_updated, \
@@ -266,7 +266,7 @@ impl Store {
             "select {TYPE_COLUMNS} from block_type t where 1 = 1"
         ));
         if let Some(filter) = &body.block_types {
-            push_type_filter(&mut sql, filter, "t");
+            push_type_filter(&mut sql, filter, "t", self.backend);
         }
         if let Some(filter) = &body.block_schemas {
             sql.push(" and exists (select 1 from block_schema s where s.block_type_id = t.id");
@@ -283,14 +283,29 @@ impl Store {
 }
 
 /// Appends ` and …` conditions of a type filter on the type table aliased `alias`.
-pub(crate) fn push_type_filter(sql: &mut Sql, filter: &BlockTypeFilter, alias: &str) {
+pub(crate) fn push_type_filter(
+    sql: &mut Sql,
+    filter: &BlockTypeFilter,
+    alias: &str,
+    backend: Backend,
+) {
     if let Some(like) = filter.name.as_ref().and_then(|n| n.like_.as_ref()) {
         sql.push(&format!(" and lower({alias}.name) like '%' || lower("))
-            .bind_text(like.clone())
+            .bind_text(like_pattern(like, backend))
             .push(") || '%'");
     }
     if let Some(slugs) = filter.slug.as_ref().and_then(|s| s.any_.as_ref()) {
         sql.push(&format!(" and {alias}.slug in "))
             .bind_list(slugs.iter().cloned());
+    }
+}
+
+/// A `like_` value as a pattern that means the same on both backends: `%` and `_` are
+/// wildcards (as in Prefect), and a backslash is literal (PostgreSQL would read it as an
+/// escape, SQLite does not).
+pub(crate) fn like_pattern(value: &str, backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => value.replace('\\', "\\\\"),
+        Backend::Sqlite => value.to_owned(),
     }
 }

@@ -448,7 +448,7 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
             )
             .await;
         assert!(
-            matches!(wrong, Err(StoreError::Invalid(e)) if e[0].message.contains("same block type"))
+            matches!(wrong, Err(StoreError::BadRequest(e)) if e.message.contains("same block type"))
         );
 
         // Replace (merge_existing_data = false) keeps only what it sends.

@@ -93,6 +93,14 @@ async fn types_validate_input_and_update_metadata() {
         assert_eq!(after.description, None);
         assert_eq!(after.logo_url.as_deref(), Some("https://x.io/l.png"));
         assert!(matches!(store.update_block_type(ty.id, BlockTypeUpdate { documentation_url: Some(Some("ftp://x".into())), ..Default::default() }).await, Err(StoreError::Invalid(_))));
+        // A backslash in like_ is literal on both backends; % stays a wildcard.
+        store.create_block_type(BlockTypeCreate { name: r"Back\Slash".into(), slug: "back-slash".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await.unwrap();
+        let like = |pattern: &str| block_types::model::BlockTypeFilterBody {
+            block_types: Some(block_types::model::BlockTypeFilter { name: Some(block_types::model::Like { like_: Some(pattern.to_owned()) }), slug: None }),
+            ..Default::default()
+        };
+        assert_eq!(store.filter_block_types(&like(r"k\s")).await.unwrap().len(), 1);
+        assert_eq!(store.filter_block_types(&like("b%sl")).await.unwrap().len(), 1);
     })
     .await;
 }
