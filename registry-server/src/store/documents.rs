@@ -123,13 +123,6 @@ fn not_found() -> StoreError {
 }
 
 impl Store {
-    fn collate(&self) -> &'static str {
-        match self.backend {
-            Backend::Postgres => " collate \"C\"",
-            Backend::Sqlite => "",
-        }
-    }
-
     /// Creates a document. The data is validated against its schema, `$ref`s must point to
     /// existing documents, secrets are sealed. Returns the document with secrets masked.
     pub async fn create_block_document(&self, body: BlockDocumentCreate) -> Result<BlockDocument> {

@@ -328,6 +328,15 @@ impl Store {
         }
     }
 
+    /// ` collate "C"` on PostgreSQL, so text sorts by bytes as on SQLite, whatever the
+    /// database's locale.
+    pub(crate) fn collate(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " collate \"C\"",
+            Backend::Sqlite => "",
+        }
+    }
+
     /// ` for share` on PostgreSQL; nothing on SQLite.
     pub(crate) fn for_share(&self) -> &'static str {
         match self.backend {

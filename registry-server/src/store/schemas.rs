@@ -373,9 +373,10 @@ impl Store {
     /// Every capability of every schema, each once.
     pub async fn block_capabilities(&self) -> Result<Vec<String>> {
         self.count_query();
-        Ok(sqlx::query_scalar(
-            "select distinct capability from block_schema_capability order by capability",
-        )
+        Ok(sqlx::query_scalar(&format!(
+            "select capability from block_schema_capability group by capability order by capability{}",
+            self.collate()
+        ))
         .fetch_all(&self.read)
         .await?)
     }

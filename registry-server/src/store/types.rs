@@ -273,7 +273,8 @@ impl Store {
             push_schema_filter(&mut sql, filter, "s");
             sql.push(")");
         }
-        sql.push(" order by t.name, t.slug limit ")
+        let c = self.collate();
+        sql.push(&format!(" order by t.name{c}, t.slug{c} limit "))
             .bind_int(page.limit.into());
         sql.push(" offset ").bind_int(page.offset.into());
         self.count_query();
