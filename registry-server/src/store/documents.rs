@@ -694,16 +694,18 @@ impl Store {
     /// `block_document d` with `$N` placeholders), with data, schema and type, in one query.
     async fn load_tree(&self, root: impl Fn(&mut Sql)) -> Result<Tree> {
         let mut sql = Sql::new(
-            "with recursive tree(id, parent_id, ref_name) as (\
-             select d.id, cast(null as text), cast(null as text) from block_document d where ",
+            "with recursive tree(id, parent_id, ref_name, depth) as (\
+             select d.id, cast(null as text), cast(null as text), 0 from block_document d where ",
         );
         root(&mut sql);
-        // `union` (not `union all`): each reference edge once, so a document reachable along
-        // many paths is loaded once and the query stays linear in the graph's size.
+        // `union` (not `union all`) drops a row reached again at the same depth over the
+        // same edge, so shared children do not multiply along every path; the depth bound
+        // keeps the recursion (and the planner's estimate) small.
         sql.push(
-            " union select r.reference_block_document_id, r.parent_block_document_id, r.name \
-             from block_document_reference r join tree on r.parent_block_document_id = tree.id",
+            " union select r.reference_block_document_id, r.parent_block_document_id, r.name, tree.depth + 1 \
+             from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
         );
+        sql.bind_int(MAX_DEPTH);
         sql.push(") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
              d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
              v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
