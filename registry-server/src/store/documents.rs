@@ -1000,24 +1000,14 @@ impl Store {
         &self,
         body: &BlockDocumentFilterBody,
     ) -> Result<Vec<BlockDocument>> {
-        check_document_body_lists(
+        let page =
+            Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
+        let mut sql = self.document_query(
+            "select d.id",
             body.block_documents.as_ref(),
             body.block_types.as_ref(),
             body.block_schemas.as_ref(),
         )?;
-        let page =
-            Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
-        let documents = body.block_documents.clone().unwrap_or_default();
-        let mut sql = Sql::new(
-            "select d.id from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
-        );
-        push_document_filters(
-            self.backend,
-            &mut sql,
-            &documents,
-            body.block_types.as_ref(),
-            body.block_schemas.as_ref(),
-        );
         let c = self.collate();
         let order = match body.sort.unwrap_or_default() {
             BlockDocumentSort::NameAsc => format!(" order by d.name{c} asc, d.id"),
@@ -1038,6 +1028,23 @@ impl Store {
             .collect::<Result<_>>()?;
         self.read_many(&ids, body.include_secrets.unwrap_or(false))
             .await
+    }
+
+    /// `select …` over the documents matching the filters (anonymous ones hidden unless
+    /// asked), with the filter lists checked; sorting and paging are left to the caller.
+    fn document_query(
+        &self,
+        select: &str,
+        documents: Option<&BlockDocumentFilter>,
+        types: Option<&BlockTypeFilter>,
+        schemas: Option<&BlockSchemaFilter>,
+    ) -> Result<Sql> {
+        check_document_body_lists(documents, types, schemas)?;
+        let mut sql = Sql::new(select);
+        sql.push(" from block_document d join block_type t on t.id = d.block_type_id where 1 = 1");
+        let documents = documents.cloned().unwrap_or_default();
+        push_document_filters(self.backend, &mut sql, &documents, types, schemas);
+        Ok(sql)
     }
 
     /// Resolved documents for `ids`, in that order, with one tree query for all of them.
@@ -1063,22 +1070,12 @@ impl Store {
 
     /// How many documents match the filter.
     pub async fn count_block_documents(&self, body: &BlockDocumentCountBody) -> Result<i64> {
-        check_document_body_lists(
+        let sql = self.document_query(
+            "select count(*) as n",
             body.block_documents.as_ref(),
             body.block_types.as_ref(),
             body.block_schemas.as_ref(),
         )?;
-        let documents = body.block_documents.clone().unwrap_or_default();
-        let mut sql = Sql::new(
-            "select count(*) as n from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
-        );
-        push_document_filters(
-            self.backend,
-            &mut sql,
-            &documents,
-            body.block_types.as_ref(),
-            body.block_schemas.as_ref(),
-        );
         self.count_query();
         Ok(sql.query().fetch_one(&self.read).await?.try_get("n")?)
     }
