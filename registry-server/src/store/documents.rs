@@ -592,21 +592,15 @@ impl Store {
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
         self.lock_reference_graph(&mut tx).await?;
         check_expected(expected_version, current_version)?;
-        self.count_query();
-        let referrers: Vec<String> = sqlx::query_scalar(
+        self.refuse_if_used(
+            &mut tx,
             "select t.slug || '/' || d.name from block_document_reference r \
              join block_document d on d.id = r.parent_block_document_id join block_type t on t.id = d.block_type_id \
              where r.reference_block_document_id = $1 order by 1",
+            id,
+            "the block document is referenced by other block documents",
         )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
         .await?;
-        if !referrers.is_empty() {
-            return Err(StoreError::InUse {
-                message: "the block document is referenced by other block documents".to_owned(),
-                referrers,
-            });
-        }
         self.count_query();
         sqlx::query("delete from block_document where id = $1")
             .bind(id.to_string())

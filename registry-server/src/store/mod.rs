@@ -360,6 +360,30 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses to delete when `users_sql` (with `$1` = `id`) lists anyone who still uses the
+    /// object: the error carries `message` and their names.
+    pub(crate) async fn refuse_if_used(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        users_sql: &str,
+        id: Uuid,
+        message: impl Into<String>,
+    ) -> Result<()> {
+        self.count_query();
+        let referrers: Vec<String> = sqlx::query_scalar(users_sql)
+            .bind(id.to_string())
+            .fetch_all(&mut **tx)
+            .await?;
+        if referrers.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::InUse {
+                message: message.into(),
+                referrers,
+            })
+        }
+    }
+
     /// The compiled validator of a schema (schemas never change, so it is cached).
     pub(crate) fn validator(
         &self,

@@ -391,35 +391,23 @@ impl Store {
             ));
         }
         let mut tx = self.write.begin().await?;
-        self.count_query();
-        let users: Vec<String> = sqlx::query_scalar(
+        self.refuse_if_used(
+            &mut tx,
             "select distinct t.slug || '/' || d.name from block_document d join block_type t on t.id = d.block_type_id \
              where d.block_schema_id = $1 or d.id in (select block_document_id from block_document_version where block_schema_id = $1) \
              order by 1 limit 20",
+            id,
+            "the block schema is used by block documents",
         )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
         .await?;
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                message: "the block schema is used by block documents".to_owned(),
-                referrers: users,
-            });
-        }
-        self.count_query();
-        let parents: Vec<String> = sqlx::query_scalar(
+        self.refuse_if_used(
+            &mut tx,
             "select distinct t.slug || ' ' || p.checksum from block_schema_reference r join block_schema p on p.id = r.parent_block_schema_id \
              join block_type t on t.id = p.block_type_id where r.reference_block_schema_id = $1 order by 1",
+            id,
+            "the block schema is nested in other block schemas",
         )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
         .await?;
-        if !parents.is_empty() {
-            return Err(StoreError::InUse {
-                message: "the block schema is nested in other block schemas".to_owned(),
-                referrers: parents,
-            });
-        }
         self.count_query();
         sqlx::query("delete from block_schema where id = $1")
             .bind(id.to_string())

@@ -204,42 +204,28 @@ impl Store {
             ));
         }
         let mut tx = self.write.begin().await?;
-        self.count_query();
-        let docs: Vec<String> = sqlx::query_scalar(
-            "select name from block_document where block_type_id = $1 order by name limit 20",
+        self.refuse_if_used(
+            &mut tx,
+            "select t.slug || '/' || d.name from block_document d join block_type t on t.id = d.block_type_id \
+             where d.block_type_id = $1 order by d.name limit 20",
+            id,
+            format!("block type '{}' still has block documents", ty.slug),
         )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
         .await?;
-        if !docs.is_empty() {
-            return Err(StoreError::InUse {
-                message: format!("block type '{}' still has block documents", ty.slug),
-                referrers: docs
-                    .into_iter()
-                    .map(|n| format!("{}/{n}", ty.slug))
-                    .collect(),
-            });
-        }
-        self.count_query();
-        let nesting: Vec<String> = sqlx::query_scalar(
+        self.refuse_if_used(
+            &mut tx,
             "select distinct pt.slug from block_schema_reference r \
              join block_schema c on c.id = r.reference_block_schema_id \
              join block_schema p on p.id = r.parent_block_schema_id \
              join block_type pt on pt.id = p.block_type_id \
              where c.block_type_id = $1 and p.block_type_id <> $1 order by pt.slug",
+            id,
+            format!(
+                "block type '{}' is nested in the schemas of other block types",
+                ty.slug
+            ),
         )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
         .await?;
-        if !nesting.is_empty() {
-            return Err(StoreError::InUse {
-                message: format!(
-                    "block type '{}' is nested in the schemas of other block types",
-                    ty.slug
-                ),
-                referrers: nesting,
-            });
-        }
         for statement in [
             "delete from block_schema_reference where parent_block_schema_id in (select id from block_schema where block_type_id = $1)",
             "delete from block_schema where block_type_id = $1",
