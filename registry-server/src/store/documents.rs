@@ -1046,16 +1046,33 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let tree = self
-            .load_tree(|sql| {
-                sql.push("d.id in ")
-                    .bind_list(ids.iter().map(ToString::to_string));
-            })
-            .await?;
-        let keys = self.keys_for(&tree).await?;
+        let mut retried = false;
+        loop {
+            let tree = self
+                .load_tree(|sql| {
+                    sql.push("d.id in ")
+                        .bind_list(ids.iter().map(ToString::to_string));
+                })
+                .await?;
+            match self.resolve_all(&tree, ids, include_secrets).await {
+                // As in `read_one`: a version that re-encryption moved between the query and
+                // the decryption is read again once.
+                Err(StoreError::Crypto(_)) if !retried => retried = true,
+                other => return other,
+            }
+        }
+    }
+
+    async fn resolve_all(
+        &self,
+        tree: &Tree,
+        ids: &[Uuid],
+        include_secrets: bool,
+    ) -> Result<Vec<BlockDocument>> {
+        let keys = self.keys_for(tree).await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(doc) = self.resolve_root_with(&tree, &keys, *id, include_secrets)? {
+            if let Some(doc) = self.resolve_root_with(tree, &keys, *id, include_secrets)? {
                 out.push(doc);
             }
         }
