@@ -551,22 +551,35 @@ impl Store {
         }
         self.validate_data(&target_schema, &data, &refs)?;
 
-        let next = current_version + 1;
-        self.count_query();
-        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
-            .bind(next)
-            .bind(now_micros())
-            .bind(target_schema.id.to_string())
-            .bind(id.to_string())
-            .bind(current_version)
-            .execute(&mut *tx)
-            .await?;
         let version = NewVersion {
             data,
             refs,
             schema_id: target_schema.id,
             schema_fields: &target_schema.fields,
         };
+        self.commit_next_version(tx, id, current_version, version)
+            .await
+    }
+
+    /// Inside a write that locked document `id` at `current_version`: makes `version` the
+    /// next one, commits, and hands a newly reserved key block to this process.
+    async fn commit_next_version(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        current_version: i64,
+        version: NewVersion<'_>,
+    ) -> Result<WriteOutcome> {
+        let next = current_version + 1;
+        self.count_query();
+        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
+            .bind(next)
+            .bind(now_micros())
+            .bind(version.schema_id.to_string())
+            .bind(id.to_string())
+            .bind(current_version)
+            .execute(&mut *tx)
+            .await?;
         let worn = self.write_version(&mut tx, id, next, version).await?;
         self.check_failpoint("update_before_commit")?;
         tx.commit().await?;
@@ -1191,30 +1204,13 @@ impl Store {
         check_expected(expected_version, current_version)?;
         let (data, refs, schema_id) = self.open_version(&mut tx, id, version).await?;
         let schema = self.schema_by_id(&mut *tx, schema_id).await?;
-        let next = current_version + 1;
-        self.count_query();
-        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4")
-            .bind(next)
-            .bind(now_micros())
-            .bind(schema_id.to_string())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        let new = NewVersion {
+        let version = NewVersion {
             data,
             refs,
             schema_id,
             schema_fields: &schema.fields,
         };
-        let worn = self.write_version(&mut tx, id, next, new).await?;
-        tx.commit().await?;
-        if let Some((key, used)) = worn {
-            self.after_refill(key, used).await;
-        }
-        Ok(WriteOutcome {
-            id,
-            version: next,
-            changed: true,
-        })
+        self.commit_next_version(tx, id, current_version, version)
+            .await
     }
 }
