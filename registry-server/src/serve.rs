@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// Database connections in the pool [default: 16 on SQLite, 8 on PostgreSQL]
     #[arg(long, env = "BLOCKS_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "BLOCKS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "BLOCKS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -53,6 +59,8 @@ impl std::fmt::Debug for ServeArgs {
             .field("master_key_file", &self.master_key_file)
             .field("retention", &self.retention)
             .field("max_connections", &self.max_connections)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }
@@ -179,14 +187,18 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Its state (store, events).
     pub state: AppState,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
+    /// The first admin token, when this start created it (a new database).
+    pub first_token: Option<SecretString>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
-    /// The API base URL, `http://ADDR/api`.
+    /// The API base URL, `http(s)://ADDR/api`.
     pub fn api_url(&self) -> String {
-        format!("http://{}/api", self.addr)
+        api_url(self.addr, self.tls)
     }
 
     /// Stops accepting connections, lets in-flight requests finish, and waits.
@@ -230,30 +242,154 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     http::register_collection(&store, Collection::Core)
         .await
         .context("cannot register the core blocks")?;
+    if args.retention.is_some() {
+        store
+            .set_retention(args.retention)
+            .await
+            .context("cannot store the retention setting")?;
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key).await?),
+        _ => None,
+    };
     let state = AppState::new(store);
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, api = %format!("http://{addr}/api"), "blocks registry listening");
+    let url = api_url(addr, tls.is_some());
+    let first_token = first_token(&state, &home, &url).await?;
+    tracing::info!(%addr, api = %url, "blocks registry listening");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = http::app(state.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = stopped => {}
-                    () = terminate_signal() => tracing::info!("shutting down: finishing in-flight requests"),
-                }
+    let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let signalled = async move {
+        tokio::select! {
+            _ = stopped => {}
+            () = terminate_signal() => tracing::info!("shutting down: finishing in-flight requests"),
+        }
+    };
+    let task = match tls.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signalled)
+                .await
+        }),
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                signalled.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+            });
+            let listener = listener.into_std()?;
+            tokio::spawn(async move {
+                axum_server::from_tcp_rustls(listener, config)
+                    .handle(handle)
+                    .serve(app)
+                    .await
             })
-            .await
-    });
+        }
+    };
     Ok(Running {
         addr,
         state,
+        tls: tls.is_some(),
+        first_token,
         shutdown,
         task,
     })
+}
+
+/// `http(s)://ADDR/api`, with a wildcard listen address replaced by loopback.
+fn api_url(addr: SocketAddr, tls: bool) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}/api")
+}
+
+/// Loads the certificate chain and key for HTTPS.
+async fn tls_config(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    // sqlx brings rustls with ring; make it the process's provider (a second call fails
+    // harmlessly when one is installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot use the TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })
+}
+
+/// On a database that never had one, creates the first admin token, prints it once and
+/// writes `$BLOCKS_HOME/profile.toml` (mode 0600) with the API URL and the token.
+async fn first_token(
+    state: &AppState,
+    home: &Path,
+    url: &str,
+) -> anyhow::Result<Option<SecretString>> {
+    let Some(created) = state
+        .store
+        .bootstrap_admin_token()
+        .await
+        .context("cannot create the first admin token")?
+    else {
+        return Ok(None);
+    };
+    create_home(home)?;
+    let profile = home.join("profile.toml");
+    write_profile(&profile, url, &created.token)?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "Created the first admin token (shown only this once; also written to {}):\n\n    {}\n\nUse it as `Authorization: Bearer <token>`, or as PREFECT_API_KEY for Prefect clients.",
+            profile.display(),
+            created.token.expose_secret()
+        );
+    }
+    tracing::info!(token_id = %created.info.id, profile = %profile.display(), "created the first admin token");
+    Ok(Some(created.token))
+}
+
+/// The profile the CLI and client read: `api_url` and `api_key`.
+#[derive(serde::Serialize)]
+struct Profile<'a> {
+    api_url: &'a str,
+    api_key: &'a str,
+}
+
+/// Writes the profile readable by its owner only, replacing any earlier one atomically.
+fn write_profile(path: &Path, url: &str, token: &SecretString) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = toml::to_string(&Profile {
+        api_url: url,
+        api_key: token.expose_secret(),
+    })
+    .context("cannot encode the profile")?;
+    let tmp = path.with_extension("toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn create_home(home: &Path) -> anyhow::Result<()> {
@@ -308,6 +444,8 @@ mod tests {
             master_key_file: None,
             retention: None,
             max_connections: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -415,10 +553,10 @@ mod tests {
             response.headers().get("sec-websocket-protocol").unwrap(),
             "prefect"
         );
-        socket
-            .send(Message::text(r#"{"type": "auth", "token": null}"#))
-            .await
-            .unwrap();
+        let token = server.first_token.as_ref().unwrap().expose_secret().to_owned();
+        // Prefect sends PREFECT_API_AUTH_STRING (`<name>:<token>`) as the token.
+        let auth = serde_json::json!({"type": "auth", "token": format!("prefect:{token}")});
+        socket.send(Message::text(auth.to_string())).await.unwrap();
         let reply = socket.next().await.unwrap().unwrap();
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(reply.to_text().unwrap()).unwrap(),
@@ -433,16 +571,145 @@ mod tests {
             .unwrap();
         // The server handles frames in order: once a second handshake is answered, the
         // events before it have been handled.
-        socket
-            .send(Message::text(r#"{"type": "auth", "token": null}"#))
-            .await
-            .unwrap();
+        socket.send(Message::text(auth.to_string())).await.unwrap();
         socket.next().await.unwrap().unwrap();
         socket.close(None).await.unwrap();
         let events = server.state.block_load_events();
         assert_eq!(events.len(), 1, "only block-load events are kept");
         assert_eq!(events[0].event, "prefect.block.gcs-bucket.loaded");
         assert_eq!(events[0].resource, format!("prefect.block-document.{id}"));
+        // …and audited under the token that sent it.
+        let loads = server
+            .state
+            .store
+            .list_audit(&crate::store::AuditQuery {
+                action: Some("block.loaded".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(loads.len(), 1);
+        assert!(loads[0].target.ends_with(&id.to_string()));
+        assert!(loads[0].token_id.is_some());
+
+        // Without a token (or with a wrong one) the handshake fails and nothing is kept.
+        for token in [serde_json::Value::Null, serde_json::json!("prefect:blk_wrong")] {
+            let mut request = format!("ws://{}/api/events/in", server.addr)
+                .into_client_request()
+                .unwrap();
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "prefect".parse().unwrap());
+            let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+            let auth = serde_json::json!({"type": "auth", "token": token});
+            socket.send(Message::text(auth.to_string())).await.unwrap();
+            let reply = socket.next().await.unwrap().unwrap();
+            let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+            assert_eq!(reply["type"], "auth_failure", "{reply}");
+            socket.send(Message::text(event.to_string())).await.ok();
+        }
+        assert_eq!(server.state.block_load_events().len(), 1);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_start_creates_one_admin_token_and_a_private_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let server = start(&args(&home)).await.unwrap();
+        let token = server.first_token.as_ref().unwrap().expose_secret().to_owned();
+        assert!(token.starts_with("blk_") && token.len() >= 4 + 43, "256 bits, prefixed");
+        let profile = home.join("profile.toml");
+        let text = std::fs::read_to_string(&profile).unwrap();
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(parsed["api_url"].as_str().unwrap(), server.api_url());
+        assert_eq!(parsed["api_key"].as_str().unwrap(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let client = reqwest::Client::new();
+        let tokens = client
+            .get(format!("{}/tokens", server.api_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tokens.status(), 200);
+        let tokens: serde_json::Value = tokens.json().await.unwrap();
+        assert_eq!(tokens.as_array().unwrap().len(), 1);
+        assert_eq!(tokens[0]["scopes"], serde_json::json!(["admin"]));
+        assert!(!tokens.to_string().contains(&token), "a listing never shows the token");
+        server.stop().await.unwrap();
+
+        // A restart creates no second token and leaves the profile alone.
+        let again = start(&args(&home)).await.unwrap();
+        assert!(again.first_token.is_none());
+        assert_eq!(std::fs::read_to_string(&profile).unwrap(), text);
+        again.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replicas_starting_together_create_exactly_one_admin_token() {
+        crate::store::tests::harness::on_both(async |db| {
+            let mut stores = Vec::new();
+            for _ in 0..4 {
+                stores.push(Arc::new(db.open().await));
+            }
+            let created = futures::future::join_all(
+                stores.iter().map(|s| s.bootstrap_admin_token()),
+            )
+            .await;
+            let winners = created
+                .into_iter()
+                .map(|r| r.unwrap())
+                .filter(Option::is_some)
+                .count();
+            assert_eq!(winners, 1);
+            assert_eq!(stores[0].list_tokens().await.unwrap().len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn tls_serves_https_with_the_given_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let server = start(&ServeArgs {
+            tls_cert: Some(cert_path),
+            tls_key: Some(key_path),
+            ..args(&dir.path().join("home"))
+        })
+        .await
+        .unwrap();
+        assert!(server.api_url().starts_with("https://"));
+        let token = server.first_token.as_ref().unwrap().expose_secret().to_owned();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+            .resolve("localhost", server.addr)
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}/api", server.addr.port());
+        let ready = client.get(format!("{url}/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+        let hello = client
+            .get(format!("{url}/hello"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(hello.status(), 200);
+        // Plain HTTP to the TLS port does not get an answer from the API.
+        let plain = reqwest::get(format!("http://{}/api/ready", server.addr)).await;
+        assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
         server.stop().await.unwrap();
     }
 }

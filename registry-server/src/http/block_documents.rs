@@ -1,29 +1,75 @@
-//! `/block_documents`: create, filter, count, read, update, delete.
+//! `/block_documents`: create, filter, count, read, update, delete, and history: versions,
+//! one version, rollback, destroying one version.
+//!
+//! Reads carry an `ETag` over the resolved tree; `If-None-Match` answers 304, and
+//! `If-Match` on PATCH, DELETE and rollback makes the write conditional (412 on mismatch).
+//! Writes without `If-Match` (what Prefect clients send) stay unconditional.
 
 use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use block_types::model::{
     BlockDocument, BlockDocumentCountBody, BlockDocumentCreate, BlockDocumentFilterBody,
     BlockDocumentUpdate,
 };
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
 
-use super::extract::{Body, Id, IncludeSecrets};
-use super::{ApiResult, AppState, St, created};
+use super::extract::{Body, Caller, Id, IncludeSecrets};
+use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
+use super::{ApiError, ApiResult, St, created};
+use crate::store::{Tagged, VersionInfo};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/block_documents/", post(create))
-        .route("/block_documents", post(create))
-        .route("/block_documents/filter", post(filter))
-        .route("/block_documents/count", post(count))
-        .route(
-            "/block_documents/{id}",
-            get(read).patch(update).delete(delete),
+pub(super) fn routes() -> Vec<Route> {
+    let routes = vec![
+        post("/api/block_documents/", create)
+            .summary("Create a document")
+            .body("BlockDocumentCreate")
+            .returns(201, Some("BlockDocument")),
+        post("/api/block_documents", create)
+            .summary("Create a document (without the trailing slash)")
+            .body("BlockDocumentCreate")
+            .returns(201, Some("BlockDocument")),
+        post("/api/block_documents/filter", filter)
+            .reads()
+            .summary("List documents matching a filter (include_secrets needs read-secrets)")
+            .body("BlockDocumentFilter")
+            .returns(200, Some("BlockDocument[]")),
+        post("/api/block_documents/count", count)
+            .reads()
+            .summary("Count documents matching a filter")
+            .body("BlockDocumentCount")
+            .returns(200, Some("Integer")),
+        get("/api/block_documents/{id}", read)
+            .summary("Read a document, references resolved; ETag covers the whole tree")
+            .query(INCLUDE_SECRETS)
+            .returns(200, Some("BlockDocument")),
+        patch("/api/block_documents/{id}", update)
+            .summary("Update a document (If-Match makes it conditional)")
+            .body("BlockDocumentUpdate")
+            .returns(204, None),
+        delete("/api/block_documents/{id}", delete_document)
+            .summary("Delete a document no other document references (If-Match makes it conditional)")
+            .returns(204, None),
+        get("/api/block_documents/{id}/versions", versions)
+            .summary("List a document's stored versions, newest first")
+            .returns(200, Some("VersionInfo[]")),
+        get("/api/block_documents/{id}/versions/{version}", read_version)
+            .summary("Read one version's own data (references as $ref)")
+            .query(INCLUDE_SECRETS)
+            .returns(200, Some("VersionData")),
+        delete("/api/block_documents/{id}/versions/{version}", destroy_version)
+            .summary("Destroy an old version's data and secrets (not the current version)")
+            .returns(204, None),
+        post(
+            "/api/block_documents/{id}/versions/{version}/rollback",
+            rollback,
         )
+        .summary("Write a new version equal to an older one, secrets included")
+        .returns(200, Some("WriteOutcome")),
+    ];
+    routes.into_iter().map(|r| r.tag("block documents")).collect()
 }
 
 /// 201 with the new document, secrets masked.
@@ -33,8 +79,12 @@ async fn create(State(state): St, Body(body): Body<BlockDocumentCreate>) -> ApiR
 
 async fn filter(
     State(state): St,
+    caller: Caller,
     Body(body): Body<BlockDocumentFilterBody>,
 ) -> ApiResult<Json<Vec<BlockDocument>>> {
+    if body.include_secrets == Some(true) {
+        caller.allow_secrets()?;
+    }
     Ok(Json(state.store.filter_block_documents(&body).await?))
 }
 
@@ -46,22 +96,149 @@ async fn read(
     State(state): St,
     Id(id): Id,
     IncludeSecrets(include_secrets): IncludeSecrets,
-) -> ApiResult<Json<BlockDocument>> {
-    Ok(Json(
-        state.store.read_block_document(id, include_secrets).await?,
-    ))
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let tagged = state
+        .store
+        .read_block_document_tagged(id, include_secrets)
+        .await?;
+    Ok(tagged_response(&headers, tagged))
+}
+
+/// The document with its `ETag`, or 304 when `If-None-Match` names that tag.
+pub(super) fn tagged_response(headers: &HeaderMap, tagged: Tagged) -> Response {
+    let etag = HeaderValue::from_str(&tagged.etag).ok();
+    if matches_tag(headers, header::IF_NONE_MATCH, &tagged.etag) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Some(etag) = etag {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        return response;
+    }
+    let mut response = Json(tagged.document).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// Whether a conditional header lists `etag` (or `*`). Weak tags compare by their value.
+fn matches_tag(headers: &HeaderMap, name: header::HeaderName, etag: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag)
+}
+
+/// With `If-Match`: the document's version if the header matches its current tag, else a
+/// 412. Without: `None` (an unconditional write).
+async fn precondition(state: &super::AppState, id: Uuid, headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    if !headers.contains_key(header::IF_MATCH) {
+        return Ok(None);
+    }
+    let current = state.store.read_block_document_tagged(id, false).await?;
+    if matches_tag(headers, header::IF_MATCH, &current.etag) {
+        Ok(Some(current.version))
+    } else {
+        Err(ApiError::PreconditionFailed(format!(
+            "If-Match does not match the document's current ETag {}; read it again and retry",
+            current.etag
+        )))
+    }
+}
+
+/// A write that expected a version another writer replaced in the meantime.
+fn lost_race(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::VersionConflict { .. } => ApiError::PreconditionFailed(
+            "the document changed while the conditional write ran; read it again and retry"
+                .into(),
+        ),
+        other => other.into(),
+    }
 }
 
 async fn update(
     State(state): St,
     Id(id): Id,
+    headers: HeaderMap,
     Body(body): Body<BlockDocumentUpdate>,
 ) -> ApiResult<StatusCode> {
-    state.store.update_block_document(id, body, None).await?;
+    let expected = precondition(&state, id, &headers).await?;
+    state
+        .store
+        .update_block_document(id, body, expected)
+        .await
+        .map_err(lost_race)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
-    state.store.delete_block_document(id, None).await?;
+async fn delete_document(State(state): St, Id(id): Id, headers: HeaderMap) -> ApiResult<StatusCode> {
+    let expected = precondition(&state, id, &headers).await?;
+    state
+        .store
+        .delete_block_document(id, expected)
+        .await
+        .map_err(lost_race)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn versions(State(state): St, Id(id): Id) -> ApiResult<Json<Vec<VersionInfo>>> {
+    Ok(Json(state.store.list_versions(id).await?))
+}
+
+/// `{id}/versions/{version}`: the id must be a UUID (404 otherwise) and the version a
+/// positive integer (422 otherwise).
+fn version_path(id: &str, version: &str) -> ApiResult<(Uuid, i64)> {
+    let id = Uuid::parse_str(id)
+        .map_err(|_| ApiError::NotFound(format!("Not Found: '{id}' is not a valid UUID")))?;
+    let version = version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| ApiError::Validation(vec![block_types::FieldError::new(
+            "version",
+            "must be a positive integer",
+        )]))?;
+    Ok((id, version))
+}
+
+async fn read_version(
+    State(state): St,
+    Path((id, version)): Path<(String, String)>,
+    IncludeSecrets(include_secrets): IncludeSecrets,
+) -> ApiResult<Json<Value>> {
+    let (id, version) = version_path(&id, &version)?;
+    let data: Map<String, Value> = state
+        .store
+        .read_version(id, version, include_secrets)
+        .await?;
+    Ok(Json(json!({"block_document_id": id, "version": version, "data": data})))
+}
+
+async fn destroy_version(
+    State(state): St,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (id, version) = version_path(&id, &version)?;
+    state.store.destroy_version(id, version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rollback(
+    State(state): St,
+    Path((id, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (id, version) = version_path(&id, &version)?;
+    let expected = precondition(&state, id, &headers).await?;
+    let outcome = state
+        .store
+        .rollback_block_document(id, version, expected)
+        .await
+        .map_err(lost_race)?;
+    Ok(Json(json!({"id": outcome.id, "version": outcome.version})))
 }

@@ -1,24 +1,43 @@
 //! `/block_schemas`: create, read, read by checksum, filter, delete.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use block_types::model::{BlockSchema, BlockSchemaCreate, BlockSchemaFilterBody};
 use serde::Deserialize;
 
 use super::extract::{Body, Id};
-use super::{ApiResult, AppState, St, created};
+use super::routes::{Route, delete, get, post};
+use super::{ApiResult, St, created};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/block_schemas/", post(create))
-        .route("/block_schemas", post(create))
-        .route("/block_schemas/filter", post(filter))
-        .route("/block_schemas/checksum/{checksum}", get(read_by_checksum))
-        .route("/block_schemas/{id}", get(read).delete(delete))
+pub(super) fn routes() -> Vec<Route> {
+    let routes = vec![
+        post("/api/block_schemas/", create)
+            .summary("Create a block schema (200 with the existing one for a known checksum)")
+            .body("BlockSchemaCreate")
+            .returns(201, Some("BlockSchema")),
+        post("/api/block_schemas", create)
+            .summary("Create a block schema (without the trailing slash)")
+            .body("BlockSchemaCreate")
+            .returns(201, Some("BlockSchema")),
+        post("/api/block_schemas/filter", filter)
+            .reads()
+            .summary("List block schemas matching a filter")
+            .body("BlockSchemaFilter")
+            .returns(200, Some("BlockSchema[]")),
+        get("/api/block_schemas/checksum/{checksum}", read_by_checksum)
+            .summary("Read a block schema by checksum")
+            .query(&[("version", "string", "The schema version")])
+            .returns(200, Some("BlockSchema")),
+        get("/api/block_schemas/{id}", read)
+            .summary("Read a block schema")
+            .returns(200, Some("BlockSchema")),
+        delete("/api/block_schemas/{id}", delete_schema)
+            .summary("Delete a block schema no document uses")
+            .returns(204, None),
+    ];
+    routes.into_iter().map(|r| r.tag("block schemas")).collect()
 }
 
 /// 201 for a new schema, 200 with the existing one for a known (checksum, version).
@@ -60,7 +79,7 @@ async fn filter(
     Ok(Json(state.store.filter_block_schemas(&body).await?))
 }
 
-async fn delete(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
+async fn delete_schema(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
     state.store.delete_block_schema(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

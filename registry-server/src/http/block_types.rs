@@ -1,11 +1,9 @@
 //! `/block_types`: create, read, filter, update, delete, and documents by type.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
 use block_types::catalog::Collection;
 use block_types::model::{
     BlockDocument, BlockType, BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate,
@@ -14,30 +12,66 @@ use block_types::validate;
 use serde_json::Value;
 
 use super::extract::{Body, Id, IncludeSecrets};
-use super::{ApiError, ApiResult, AppState, St, created};
+use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
+use super::{ApiError, ApiResult, St, created};
 use crate::store::Store;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/block_types/", post(create))
-        .route("/block_types", post(create))
-        .route("/block_types/filter", post(filter))
-        .route(
-            "/block_types/install_system_block_types",
-            post(install_system_block_types),
+pub(super) fn routes() -> Vec<Route> {
+    let routes = vec![
+        post("/api/block_types/", create)
+            .summary("Create a block type")
+            .body("BlockTypeCreate")
+            .returns(201, Some("BlockType")),
+        post("/api/block_types", create)
+            .summary("Create a block type (without the trailing slash)")
+            .body("BlockTypeCreate")
+            .returns(201, Some("BlockType")),
+        post("/api/block_types/filter", filter)
+            .reads()
+            .summary("List block types matching a filter")
+            .body("BlockTypeFilter")
+            .returns(200, Some("BlockType[]")),
+        post(
+            "/api/block_types/install_system_block_types",
+            install_system_block_types,
         )
-        .route("/block_types/slug/{slug}", get(read_by_slug))
-        .route(
-            "/block_types/slug/{slug}/block_documents",
-            get(documents_of_type),
+        .summary("Register the core block types")
+        .returns(200, None),
+        get("/api/block_types/slug/{slug}", read_by_slug)
+            .summary("Read a block type by slug")
+            .returns(200, Some("BlockType")),
+        get(
+            "/api/block_types/slug/{slug}/block_documents",
+            documents_of_type,
         )
-        .route(
-            "/block_types/slug/{slug}/block_documents/name/{name}",
-            get(document_by_name),
+        .summary("List the documents of a block type")
+        .query(INCLUDE_SECRETS)
+        .returns(200, Some("BlockDocument[]")),
+        get(
+            "/api/block_types/slug/{slug}/block_documents/name/{name}",
+            document_by_name,
         )
-        .route("/block_types/{id}", get(read).patch(update).delete(delete))
-        .route("/block_capabilities/", get(capabilities))
-        .route("/block_capabilities", get(capabilities))
+        .summary("Read a document by type slug and name, references resolved")
+        .query(INCLUDE_SECRETS)
+        .returns(200, Some("BlockDocument")),
+        get("/api/block_types/{id}", read)
+            .summary("Read a block type")
+            .returns(200, Some("BlockType")),
+        patch("/api/block_types/{id}", update)
+            .summary("Update a block type's metadata")
+            .body("BlockTypeUpdate")
+            .returns(204, None),
+        delete("/api/block_types/{id}", delete_type)
+            .summary("Delete a block type no document uses")
+            .returns(204, None),
+        get("/api/block_capabilities/", capabilities)
+            .summary("List the capabilities of every schema")
+            .returns(200, Some("String[]")),
+        get("/api/block_capabilities", capabilities)
+            .summary("List the capabilities of every schema (without the trailing slash)")
+            .returns(200, Some("String[]")),
+    ];
+    routes.into_iter().map(|r| r.tag("block types")).collect()
 }
 
 async fn create(State(state): St, Body(body): Body<BlockTypeCreate>) -> ApiResult<Response> {
@@ -73,7 +107,7 @@ async fn update(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
+async fn delete_type(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
     state.store.delete_block_type(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -95,13 +129,13 @@ async fn document_by_name(
     State(state): St,
     Path((slug, name)): Path<(String, String)>,
     IncludeSecrets(include_secrets): IncludeSecrets,
-) -> ApiResult<Json<BlockDocument>> {
-    Ok(Json(
-        state
-            .store
-            .read_block_document_by_name(&slug, &name, include_secrets)
-            .await?,
-    ))
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let tagged = state
+        .store
+        .read_block_document_by_name_tagged(&slug, &name, include_secrets)
+        .await?;
+    Ok(super::block_documents::tagged_response(&headers, tagged))
 }
 
 async fn install_system_block_types(State(state): St) -> ApiResult<Json<Value>> {

@@ -20,9 +20,18 @@ pub enum ApiError {
     /// 400 `{"detail": …}`.
     #[error("{0}")]
     BadRequest(String),
+    /// 401 `{"detail": …}` with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 403 `{"detail": …}`.
     #[error("{0}")]
     Forbidden(String),
+    /// 412 `{"detail": …}`: an `If-Match` that does not match.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// 429 `{"detail": …}` with `Retry-After` (seconds).
+    #[error("too many failed authentication attempts; retry after {0} seconds")]
+    TooManyRequests(u64),
     /// 413 `{"detail": …}`.
     #[error("{0}")]
     TooLarge(String),
@@ -47,7 +56,10 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +110,21 @@ impl IntoResponse for ApiError {
             }
             other => json!({"detail": other.to_string()}),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            Self::TooManyRequests(seconds) => {
+                headers.insert(axum::http::header::RETRY_AFTER, (*seconds).into());
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -106,7 +132,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(m) => Self::NotFound(m),
-            StoreError::AlreadyExists(m) | StoreError::MissingBlockType(m) => Self::Conflict(m),
+            StoreError::AlreadyExists(m)
+            | StoreError::MissingBlockType(m)
+            | StoreError::Conflict(m) => Self::Conflict(m),
             e @ (StoreError::VersionConflict { .. } | StoreError::InUse { .. }) => {
                 Self::Conflict(e.to_string())
             }

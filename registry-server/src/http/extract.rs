@@ -1,5 +1,8 @@
 //! Extractors that turn bad input into our 4xx bodies instead of axum's plain text.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -8,6 +11,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use crate::store::{Scope, TokenInfo};
 
 /// A JSON body. Malformed JSON, wrong types and unknown fields are a 422 naming the field;
 /// an empty body reads as `{}` (Prefect's CLI posts filters without one).
@@ -105,20 +109,81 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
-/// `?include_secrets=…` (default false), read leniently like FastAPI's booleans.
+/// Who is calling: the token the access check accepted (none on public routes), and
+/// whether the request was let read secrets (so the audit log records it).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    pub(crate) token: Option<Arc<TokenInfo>>,
+    pub(crate) read_secrets: Arc<AtomicBool>,
+}
+
+impl Caller {
+    /// Lets the request return secret values, or refuses with a 403 when the token lacks
+    /// `read-secrets` (never a silent downgrade to masked values).
+    pub(crate) fn allow_secrets(&self) -> Result<(), ApiError> {
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.grants(Scope::ReadSecrets))
+        {
+            self.read_secrets.store(true, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "include_secrets=true needs a token with the read-secrets scope".into(),
+            ))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or_default())
+    }
+}
+
+/// Query parameters into `T`; an unknown or malformed one is a 422 naming it.
+#[derive(Debug)]
+pub(super) struct QueryParams<T>(pub(super) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| {
+                let text = e.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                ApiError::Validation(vec![block_types::FieldError::new("query", text)])
+            })
+    }
+}
+
+/// `?include_secrets=…` (default false), read leniently like FastAPI's booleans. `true`
+/// needs the caller's `read-secrets` scope (403 otherwise).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct IncludeSecrets(pub(super) bool);
 
 impl<S: Send + Sync> FromRequestParts<S> for IncludeSecrets {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if key == "include_secrets" {
                 return match value.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" | "t" | "y" => Ok(Self(true)),
+                    "true" | "1" | "yes" | "on" | "t" | "y" => {
+                        Caller::from_request_parts(parts, state)
+                            .await?
+                            .allow_secrets()?;
+                        Ok(Self(true))
+                    }
                     "false" | "0" | "no" | "off" | "f" | "n" => Ok(Self(false)),
                     _ => Err(ApiError::Validation(vec![block_types::FieldError::new(
                         "include_secrets",

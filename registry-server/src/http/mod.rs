@@ -4,13 +4,19 @@
 //! [`app`] builds the router from a state, so tests drive it in-process or on a real
 //! listener; `serve` in the binary adds the listener and graceful shutdown.
 
+mod admin;
+pub mod audit;
+pub mod auth;
 mod block_documents;
 mod block_schemas;
 pub mod block_types;
 pub mod error;
 mod events;
 mod extract;
+pub mod metrics;
+mod openapi;
 mod root;
+pub(crate) mod routes;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,6 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::routing::MethodRouter;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,8 +33,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use self::block_types::register_collection;
+pub use audit::AuditLog;
+pub use auth::AuthGuard;
 pub use error::ApiError;
 pub use events::BlockLoadEvent;
+pub use metrics::Metrics;
 
 use crate::store::Store;
 
@@ -50,14 +60,30 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Recent block-load events from the events socket, newest last.
     pub events: Arc<Mutex<VecDeque<BlockLoadEvent>>>,
+    /// The audit log writer.
+    pub audit: AuditLog,
+    /// Failed-authentication counting.
+    pub auth: Arc<AuthGuard>,
+    /// Request counters and latencies.
+    pub metrics: Arc<Metrics>,
+    routes: Arc<routes::RouteTable>,
 }
 
 impl AppState {
-    /// State over an open store.
+    /// State over an open store; starts the audit writer (call inside a Tokio runtime).
     pub fn new(store: Arc<Store>) -> Self {
+        Self::with_guard(store, AuthGuard::default())
+    }
+
+    /// State with a chosen failed-authentication limit.
+    pub fn with_guard(store: Arc<Store>, guard: AuthGuard) -> Self {
         Self {
+            audit: AuditLog::start(store.clone()),
             store,
             events: Arc::new(Mutex::new(VecDeque::new())),
+            auth: Arc::new(guard),
+            metrics: Arc::new(Metrics::default()),
+            routes: Arc::new(routes::table(&all_routes())),
         }
     }
 
@@ -83,19 +109,37 @@ impl AppState {
     }
 }
 
-/// The whole router.
+/// Every route we serve, in one table (see [`routes`]).
+pub(crate) fn all_routes() -> Vec<routes::Route> {
+    let mut all = Vec::new();
+    all.extend(root::routes());
+    all.extend(block_types::routes());
+    all.extend(block_schemas::routes());
+    all.extend(block_documents::routes());
+    all.extend(events::routes());
+    all.extend(admin::routes());
+    all.extend(metrics::routes());
+    all.extend(openapi::routes());
+    all
+}
+
+/// The whole router, built from [`all_routes`].
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(block_types::router())
-        .merge(block_schemas::router())
-        .merge(block_documents::router())
-        .merge(root::versioned_router())
-        .layer(middleware::from_fn(check_api_version))
-        .merge(root::router())
-        .merge(events::router());
-    Router::new()
-        .nest("/api", api)
+    let mut router = Router::new();
+    for route in all_routes() {
+        let handler: MethodRouter<AppState> = if route.versioned {
+            route
+                .handler
+                .layer(middleware::from_fn(check_api_version))
+        } else {
+            route.handler
+        };
+        router = router.route(route.path, handler);
+    }
+    router
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
         .layer(middleware::map_response(json_error_bodies))
         .layer(DefaultBodyLimit::disable())

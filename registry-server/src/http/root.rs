@@ -1,29 +1,43 @@
 //! Root endpoints: health, versions, readiness, CSRF.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::routes::{Route, get};
 use super::{API_VERSION, AppState, PREFECT_VERSION};
 
-/// Endpoints outside the API-version check (as in Prefect).
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(|| async { Json(true) }))
-        .route("/version", get(|| async { Json(API_VERSION) }))
-        .route("/ready", get(ready))
-}
-
-/// Endpoints under the API-version check.
-pub(super) fn versioned_router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/version", get(|| async { Json(PREFECT_VERSION) }))
-        .route("/hello", get(|| async { Json("👋") }))
-        .route("/csrf-token", get(csrf_token))
+pub(super) fn routes() -> Vec<Route> {
+    let routes = vec![
+        get("/api/health", || async { Json(true) })
+            .public()
+            .unversioned()
+            .summary("Liveness: always true")
+            .returns(200, Some("Boolean")),
+        get("/api/version", || async { Json(API_VERSION) })
+            .public()
+            .unversioned()
+            .summary("The Prefect API version this server speaks")
+            .returns(200, Some("String")),
+        get("/api/ready", ready)
+            .public()
+            .unversioned()
+            .summary("Readiness: 200 once the store answers, 503 otherwise")
+            .returns(200, Some("Message")),
+        get("/api/admin/version", || async { Json(PREFECT_VERSION) })
+            .summary("The Prefect server version reported to clients")
+            .returns(200, Some("String")),
+        get("/api/hello", || async { Json("👋") })
+            .summary("A greeting")
+            .returns(200, Some("String")),
+        get("/api/csrf-token", csrf_token)
+            .summary("CSRF protection is off: always 422")
+            .query(&[("client", "string", "The client's id")])
+            .returns(422, Some("Error")),
+    ];
+    routes.into_iter().map(|r| r.tag("server")).collect()
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -15,11 +15,45 @@ use crate::store::tests::harness::{TestDb, on_both};
 
 const CANARY: &str = "canary-api-71b3e0";
 
+/// The app as an admin token's holder sees it: every request carries that token unless it
+/// sets its own `Authorization`.
 async fn test_app(db: &TestDb) -> (Router, AppState) {
     let store = Arc::new(db.open().await);
     register_collection(&store, Collection::Core).await.unwrap();
+    let token = admin_token(&store).await;
     let state = AppState::new(store);
-    (app(state.clone()), state)
+    (with_token(app(state.clone()), token), state)
+}
+
+pub(super) async fn admin_token(store: &crate::store::Store) -> String {
+    use secrecy::ExposeSecret as _;
+    store
+        .create_token(crate::store::TokenCreate {
+            name: "tests".into(),
+            scopes: [crate::store::Scope::Admin].into(),
+            expires: None,
+        })
+        .await
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned()
+}
+
+/// Adds `Authorization: Bearer <token>` to requests that have none.
+pub(super) fn with_token(router: Router, token: String) -> Router {
+    router.layer(axum::middleware::map_request(move |mut req: axum::extract::Request| {
+        let token = token.clone();
+        async move {
+            if !req.headers().contains_key("authorization") {
+                req.headers_mut().insert(
+                    "authorization",
+                    format!("Bearer {token}").parse().unwrap(),
+                );
+            }
+            req
+        }
+    }))
 }
 
 /// Sends a request; returns the status and the JSON body (`null` when empty).

@@ -59,9 +59,48 @@ pub struct WriteOutcome {
     pub changed: bool,
 }
 
+/// A resolved document with its entity tag.
+#[derive(Debug, Clone)]
+pub struct Tagged {
+    /// The document, references resolved.
+    pub document: BlockDocument,
+    /// A strong entity tag (quoted) over the versions of every document in the tree and
+    /// their types: it changes when the document or anything it references changes.
+    pub etag: String,
+    /// The document's own current version.
+    pub version: i64,
+}
+
+/// The entity tag of the tree under `root`: a digest of (id, version, type change time) of
+/// every document reachable from it.
+fn tree_etag(tree: &Tree, root: Uuid) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        if seen.insert(id)
+            && let Some(children) = tree.edges.get(&id)
+        {
+            stack.extend(children.iter().map(|(_, child)| *child));
+        }
+    }
+    let mut hash = Sha256::new();
+    hash.update(root.as_bytes());
+    for id in seen {
+        if let Some(doc) = tree.docs.get(&id) {
+            hash.update(id.as_bytes());
+            hash.update(doc.version.to_le_bytes());
+            hash.update(doc.type_updated.to_le_bytes());
+        }
+    }
+    format!("\"{}\"", &hex::encode(hash.finalize())[..32])
+}
+
 /// A document row of a resolved tree.
 struct TreeDoc {
     id: Uuid,
+    version: i64,
+    type_updated: i64,
     created: i64,
     updated: i64,
     name: String,
@@ -274,7 +313,7 @@ impl Store {
         if !refs.is_empty() {
             self.check_tree_size(tx, id).await?;
         }
-        if let Some(keep) = self.config.retention {
+        if let Some(keep) = self.retention_in(tx).await? {
             self.count_query();
             sqlx::query(
                 "delete from block_document_version where block_document_id = $1 and version <= $2",
@@ -629,6 +668,15 @@ impl Store {
         id: Uuid,
         include_secrets: bool,
     ) -> Result<BlockDocument> {
+        Ok(self.read_block_document_tagged(id, include_secrets).await?.document)
+    }
+
+    /// [`Store::read_block_document`] with the tree's entity tag and the root's version.
+    pub async fn read_block_document_tagged(
+        &self,
+        id: Uuid,
+        include_secrets: bool,
+    ) -> Result<Tagged> {
         self.read_one(
             |sql| {
                 sql.push("d.id = ").bind_text(id.to_string());
@@ -646,6 +694,20 @@ impl Store {
         name: &str,
         include_secrets: bool,
     ) -> Result<BlockDocument> {
+        Ok(self
+            .read_block_document_by_name_tagged(slug, name, include_secrets)
+            .await?
+            .document)
+    }
+
+    /// [`Store::read_block_document_by_name`] with the tree's entity tag and the root's
+    /// version.
+    pub async fn read_block_document_by_name_tagged(
+        &self,
+        slug: &str,
+        name: &str,
+        include_secrets: bool,
+    ) -> Result<Tagged> {
         self.read_one(
             |sql| {
                 sql.push("d.block_type_id = (select id from block_type where slug = ")
@@ -675,14 +737,22 @@ impl Store {
         root: impl Fn(&mut Sql),
         pick: impl Fn(&Tree) -> Option<Uuid>,
         include_secrets: bool,
-    ) -> Result<BlockDocument> {
+    ) -> Result<Tagged> {
         let mut retried = false;
         loop {
             let tree = self.load_tree(&root).await?;
             let id = pick(&tree).ok_or_else(not_found)?;
             match self.resolve_root(&tree, id, include_secrets).await {
                 Err(StoreError::Crypto(_)) if !retried => retried = true,
-                other => return other?.ok_or_else(not_found),
+                other => {
+                    let document = other?.ok_or_else(not_found)?;
+                    let version = tree.docs.get(&id).map_or(0, |d| d.version);
+                    return Ok(Tagged {
+                        etag: tree_etag(&tree, id),
+                        version,
+                        document,
+                    });
+                }
             }
         }
     }
@@ -714,7 +784,7 @@ impl Store {
         );
         sql.bind_int(MAX_DEPTH);
         sql.push(") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
-             d.name as d_name, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
+             d.name as d_name, d.version as d_version, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
              v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
              t.updated as t_updated \
              from tree join block_document d on d.id = tree.id \
@@ -763,6 +833,8 @@ impl Store {
                 id,
                 TreeDoc {
                     id,
+                    version: row.try_get("d_version")?,
+                    type_updated: row.try_get("t_updated")?,
                     created: row.try_get("d_created")?,
                     updated: row.try_get("d_updated")?,
                     name: row.try_get("d_name")?,
@@ -1213,4 +1285,90 @@ impl Store {
         self.commit_next_version(tx, id, current_version, version)
             .await
     }
+
+    /// Destroys one old version: its data, sealed secrets and references are deleted. The
+    /// current version cannot be destroyed (409).
+    pub async fn destroy_version(&self, id: Uuid, version: i64) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let (current_version, _) = self.lock_document(&mut tx, id).await?;
+        if version == current_version {
+            return Err(StoreError::Conflict(format!(
+                "version {version} is the document's current version; write a new version before destroying it"
+            )));
+        }
+        self.count_query();
+        let deleted = sqlx::query(
+            "delete from block_document_version where block_document_id = $1 and version = $2",
+        )
+        .bind(id.to_string())
+        .bind(version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound("Block document version not found".to_owned()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many versions each document keeps (`None`: all): the stored setting, else the
+    /// store's configured default.
+    pub async fn retention(&self) -> Result<Option<u32>> {
+        let mut conn = self.read.acquire().await?;
+        self.retention_on(&mut conn).await
+    }
+
+    async fn retention_in(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<Option<u32>> {
+        self.retention_on(&mut **tx).await
+    }
+
+    async fn retention_on(&self, conn: &mut sqlx::AnyConnection) -> Result<Option<u32>> {
+        self.count_query();
+        let stored: Option<String> =
+            sqlx::query_scalar("select value from server_metadata where key = $1")
+                .bind(RETENTION)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match stored {
+            None => Ok(self.config.retention),
+            Some(text) => serde_json::from_str::<Option<u32>>(&text)
+                .map_err(|e| StoreError::Corrupt(format!("retention setting: {e}"))),
+        }
+    }
+
+    /// Stores the retention setting (for every replica) and prunes versions beyond it now.
+    pub async fn set_retention(&self, keep: Option<u32>) -> Result<()> {
+        if keep == Some(0) {
+            return Err(StoreError::invalid(
+                "retention",
+                "must be at least 1 (the current version), or null to keep every version",
+            ));
+        }
+        let mut tx = self.write.begin().await?;
+        self.count_query();
+        sqlx::query(
+            "insert into server_metadata (key, value) values ($1, $2) \
+             on conflict (key) do update set value = excluded.value",
+        )
+        .bind(RETENTION)
+        .bind(to_json(&keep))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(keep) = keep {
+            self.count_query();
+            sqlx::query(
+                "delete from block_document_version where version <= \
+                 (select d.version from block_document d where d.id = block_document_version.block_document_id) - $1",
+            )
+            .bind(i64::from(keep))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
+
+/// The `server_metadata` row holding the retention setting (JSON: a number or null).
+const RETENTION: &str = "retention";

@@ -9,10 +9,12 @@
 //! the plain data, the sealed secrets (see [`crate::crypto`]), the references and the schema.
 //! A read resolves the document's whole reference tree in one recursive query.
 
+mod audit;
 mod documents;
 mod keys;
 mod schemas;
 mod sql;
+mod tokens;
 mod types;
 
 #[cfg(test)]
@@ -32,8 +34,12 @@ use uuid::Uuid;
 
 use crate::crypto::{CryptoError, DataKey, MasterKey};
 
-pub use documents::{VersionInfo, WriteOutcome};
+pub use audit::{AuditQuery, AuditRecord, NewAuditRecord};
+pub use documents::{Tagged, VersionInfo, WriteOutcome};
 pub use keys::{KeyInfo, KeyStatus};
+pub use tokens::{
+    CreatedToken, Scope, TOKEN_PREFIX, TokenCreate, TokenInfo, TokenRejection, token_digest,
+};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +78,9 @@ pub enum MasterKeySource {
 /// Settings of a store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Keep at most this many versions of each document (the current one always stays).
-    /// `None` keeps every version.
+    /// Keep at most this many versions of each document (the current one always stays)
+    /// unless the database holds a retention setting ([`Store::set_retention`]). `None`
+    /// keeps every version.
     pub retention: Option<u32>,
     /// A data key is retired after this many encryptions, far below AES-GCM's 2^32 limit
     /// for random nonces.
@@ -120,6 +127,9 @@ pub enum StoreError {
         /// Who still uses it (`gcs-bucket/zoom-gcs`, `schema sha256:…`).
         referrers: Vec<String>,
     },
+    /// The request conflicts with the object's current state.
+    #[error("{0}")]
+    Conflict(String),
     /// The references would form a cycle.
     #[error("{0}")]
     Cycle(String),

@@ -1,0 +1,220 @@
+//! `/metrics` in the Prometheus text format: requests and latencies per route template
+//! (never a concrete path, so no block name appears), store and key figures, the audit
+//! writer's counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::routes::{Route, get};
+use super::{ApiResult, AppState, St};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// The server's metrics registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    queries: Counter<u64, AtomicU64>,
+    audit_records: Counter<u64, AtomicU64>,
+    audit_groups: Counter<u64, AtomicU64>,
+    audit_failures: Counter<u64, AtomicU64>,
+    keys: Family<StateLabels, Gauge<i64, AtomicI64>>,
+    active_key_encryptions: Gauge<i64, AtomicI64>,
+    documents_by_key_state: Family<StateLabels, Gauge<i64, AtomicI64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("blocks");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route template and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer, by method and route template",
+            latency.clone(),
+        );
+        let queries = Counter::default();
+        registry.register(
+            "store_queries",
+            "Statements this process sent to the database",
+            queries.clone(),
+        );
+        let audit_records = Counter::default();
+        registry.register(
+            "audit_records",
+            "Audit records stored",
+            audit_records.clone(),
+        );
+        let audit_groups = Counter::default();
+        registry.register(
+            "audit_group_commits",
+            "Audit transactions committed (records per commit = records / commits)",
+            audit_groups.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit groups that could not be stored (their requests answered 503)",
+            audit_failures.clone(),
+        );
+        let keys = Family::default();
+        registry.register("data_keys", "Data keys by state", keys.clone());
+        let active_key_encryptions = Gauge::default();
+        registry.register(
+            "active_key_encryptions",
+            "Encryptions made (or reserved) under the active data key",
+            active_key_encryptions.clone(),
+        );
+        let documents_by_key_state = Family::default();
+        registry.register(
+            "documents_sealed",
+            "Documents whose current version is sealed under an active or a retired key",
+            documents_by_key_state.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            queries,
+            audit_records,
+            audit_groups,
+            audit_failures,
+            keys,
+            active_key_encryptions,
+            documents_by_key_state,
+        }
+    }
+}
+
+/// Brings a counter up to a total kept elsewhere.
+fn catch_up(counter: &Counter<u64, AtomicU64>, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+impl Metrics {
+    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// The middleware that counts and times every request.
+pub(super) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    state.metrics.observe(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        get("/metrics", render)
+            .unversioned()
+            .tag("server")
+            .summary("Prometheus metrics (text format); needs the read scope")
+            .returns(200, Some("Text")),
+    ]
+}
+
+async fn render(State(state): St) -> ApiResult<Response> {
+    let m = &state.metrics;
+    catch_up(&m.queries, state.store.query_count());
+    let audit = state.audit.stats();
+    catch_up(&m.audit_records, audit.records.load(Ordering::Relaxed));
+    catch_up(&m.audit_groups, audit.groups.load(Ordering::Relaxed));
+    catch_up(&m.audit_failures, audit.failures.load(Ordering::Relaxed));
+    let keys = state.store.key_status().await?;
+    for key_state in ["active", "retired", "destroyed"] {
+        let labels = StateLabels {
+            state: key_state.to_owned(),
+        };
+        let of_state = keys.keys.iter().filter(|k| k.state == key_state);
+        m.keys
+            .get_or_create(&labels)
+            .set(of_state.clone().count() as i64);
+        m.documents_by_key_state
+            .get_or_create(&labels)
+            .set(of_state.map(|k| k.documents).sum());
+    }
+    if let Some(active) = keys.keys.iter().find(|k| k.id == keys.active) {
+        m.active_key_encryptions.set(active.encryptions);
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &m.registry)
+        .map_err(|e| super::ApiError::Internal(format!("encoding metrics: {e}")))?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// Shared metrics handle.
+pub type SharedMetrics = Arc<Metrics>;

@@ -1,0 +1,191 @@
+//! The audit log's storage: records are appended in groups (one transaction, one commit
+//! for many requests) and listed newest first with filters and a cursor.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Result, Store, StoreError, parse_uuid, to_time};
+
+/// One audit record. It names who (token id), what (action and target), the request id,
+/// how it ended and when; it never holds a value from a document.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Position in the log; later records have larger numbers.
+    pub seq: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The request's `x-request-id` (or the events connection's id).
+    pub request_id: String,
+    /// The token that made the request, when one was recognised.
+    pub token_id: Option<Uuid>,
+    /// What was done: `POST /api/block_documents/`, `block.loaded`, …
+    pub action: String,
+    /// What it was done to: the request path, or the loaded block's resource id.
+    pub target: String,
+    /// `ok`, `denied`, `failed` (the request was refused as bad input or a conflict) or
+    /// `error` (the server failed).
+    pub outcome: String,
+    /// The HTTP status answered (101 for events over the socket).
+    pub status: u16,
+}
+
+/// A record to append; `seq` is assigned by the database.
+#[derive(Debug, Clone)]
+pub struct NewAuditRecord {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// See [`AuditRecord::request_id`].
+    pub request_id: String,
+    /// See [`AuditRecord::token_id`].
+    pub token_id: Option<Uuid>,
+    /// See [`AuditRecord::action`].
+    pub action: String,
+    /// See [`AuditRecord::target`].
+    pub target: String,
+    /// See [`AuditRecord::outcome`].
+    pub outcome: &'static str,
+    /// See [`AuditRecord::status`].
+    pub status: u16,
+}
+
+/// Filters of `GET /api/audit`. Every field narrows the result.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this token's records.
+    pub token_id: Option<Uuid>,
+    /// Only actions starting with this text (`DELETE`, `block.loaded`).
+    pub action: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// Only targets containing this text (an id, a path).
+    pub target: Option<String>,
+    /// Only this request.
+    pub request_id: Option<String>,
+    /// Records at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Records before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Records older than this position (the previous page's last `seq`).
+    pub before: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+/// Records per page by default, and at most.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+/// Rows per insert statement (7 parameters each, well under both drivers' limits).
+const ROWS_PER_STATEMENT: usize = 100;
+
+impl Store {
+    /// Appends records in one transaction: they are durable when this returns.
+    pub async fn append_audit(&self, records: &[NewAuditRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "insert into audit_event (at, request_id, token_id, action, target, outcome, status) values ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 7;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(r.at.timestamp_micros())
+                    .bind(&r.request_id)
+                    .bind(r.token_id.map(|t| t.to_string()))
+                    .bind(&r.action)
+                    .bind(&r.target)
+                    .bind(r.outcome)
+                    .bind(i64::from(r.status));
+            }
+            self.count_query();
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records matching `query`, newest first.
+    pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(StoreError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let mut sql = super::sql::Sql::new(
+            "select seq, at, request_id, token_id, action, target, outcome, status from audit_event where 1 = 1",
+        );
+        if let Some(token) = query.token_id {
+            sql.push(" and token_id = ").bind_text(token.to_string());
+        }
+        if let Some(action) = &query.action {
+            sql.push(" and substr(action, 1, ")
+                .bind_int(action.chars().count() as i64)
+                .push(") = ")
+                .bind_text(action.clone());
+        }
+        if let Some(outcome) = &query.outcome {
+            sql.push(" and outcome = ").bind_text(outcome.clone());
+        }
+        if let Some(target) = &query.target {
+            let find = match self.backend {
+                super::Backend::Sqlite => " and instr(target, ",
+                super::Backend::Postgres => " and strpos(target, ",
+            };
+            sql.push(find).bind_text(target.clone()).push(") > 0");
+        }
+        if let Some(request_id) = &query.request_id {
+            sql.push(" and request_id = ").bind_text(request_id.clone());
+        }
+        if let Some(since) = query.since {
+            sql.push(" and at >= ").bind_int(since.timestamp_micros());
+        }
+        if let Some(until) = query.until {
+            sql.push(" and at < ").bind_int(until.timestamp_micros());
+        }
+        if let Some(before) = query.before {
+            sql.push(" and seq < ").bind_int(before);
+        }
+        sql.push(" order by seq desc limit ").bind_int(limit);
+        self.count_query();
+        let rows = sql.query().fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    seq: row.try_get("seq")?,
+                    at: to_time(row.try_get("at")?),
+                    request_id: row.try_get("request_id")?,
+                    token_id: row
+                        .try_get::<Option<String>, _>("token_id")?
+                        .map(|t| parse_uuid(&t))
+                        .transpose()?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    outcome: row.try_get("outcome")?,
+                    status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
