@@ -55,8 +55,23 @@ for backend in $backends; do
     if [ -z "$addr" ]; then
         echo "the server did not start on $backend:"; cat "$work/server.log"; exit 1
     fi
+    # The first start wrote the admin token to $BLOCKS_HOME/profile.toml; with it, make the
+    # scoped tokens the scenarios use.
+    admin_token="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["api_key"])' "$work/home/profile.toml")"
+    new_token() {
+        python3 - "http://$addr/api/tokens" "$admin_token" "$@" <<'PY'
+import json, sys, urllib.request
+url, admin, name, *scopes = sys.argv[1:]
+req = urllib.request.Request(url, data=json.dumps({"name": name, "scopes": scopes}).encode(),
+                             headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
+print(json.load(urllib.request.urlopen(req))["token"])
+PY
+    }
+    pipeline_token="$(new_token pipeline read-secrets write)"
+    readonly_token="$(new_token dashboard read)"
     echo "== interop on $backend: blocks serve at http://$addr/api"
-    if ! PREFECT_API_URL="http://$addr/api" PREFECT_HOME="$work/prefect" BLOCKS_INTEROP_BACKEND="$backend" \
+    if ! PREFECT_API_URL="http://$addr/api" PREFECT_API_KEY="$pipeline_token" PREFECT_HOME="$work/prefect" \
+        BLOCKS_INTEROP_BACKEND="$backend" BLOCKS_ADMIN_TOKEN="$admin_token" BLOCKS_READONLY_TOKEN="$readonly_token" \
         BLOCKS_SERVER_LOG="$work/server.log" \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_prefect_client.py"; then
         status=1

@@ -1,13 +1,15 @@
 """The course's scenarios, run with the stock Prefect client and CLI against `blocks serve`.
 
-PREFECT_API_URL points at the server (set by run.sh). Tests run in file order: later ones
-use blocks saved by earlier ones.
+PREFECT_API_URL points at the server and PREFECT_API_KEY holds a token with the write and
+read-secrets scopes (set by run.sh, which also passes an admin and a read-only token). Tests
+run in file order: later ones use blocks saved by earlier ones.
 """
 
 import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,16 +18,30 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 CANARY = "canary-interop-5f1d"
 
 
-def prefect(*args):
+def prefect(*args, env=None):
     """Runs the prefect CLI; returns (exit code, stdout + stderr)."""
     done = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "prefect"), *args],
         capture_output=True,
         text=True,
         timeout=180,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     return done.returncode, done.stdout + done.stderr
+
+
+def python(script, env):
+    """Runs a Python script with the given environment changes (None removes a variable)."""
+    full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=full)
+
+
+def admin_get(path):
+    request = urllib.request.Request(
+        os.environ["PREFECT_API_URL"] + path,
+        headers={"Authorization": "Bearer " + os.environ["BLOCKS_ADMIN_TOKEN"]},
+    )
+    return json.load(urllib.request.urlopen(request))
 
 
 @pytest.fixture(scope="module")
@@ -146,18 +162,60 @@ def test_cli_ls_inspect_type_ls_and_delete():
 
 
 def test_a_load_opens_the_events_socket_without_warnings():
+    # Prefect's events client authenticates its socket with PREFECT_API_AUTH_STRING; with
+    # `<name>:<token>` the HTTP calls use the token too (as the Basic password).
     script = (
         "from prefect.blocks.system import Secret\n"
         "import time\n"
         "Secret.load('api-token')\n"
         "time.sleep(1.5)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    auth = "prefect:" + os.environ["PREFECT_API_KEY"]
+    done = python(script, {"PREFECT_API_KEY": None, "PREFECT_API_AUTH_STRING": auth})
     assert done.returncode == 0, done.stderr
     assert "Unable to connect" not in done.stderr, done.stderr
+    assert "Unable to authenticate" not in done.stderr, done.stderr
     assert "WARNING" not in done.stderr, done.stderr
     with open(os.environ["BLOCKS_SERVER_LOG"]) as log:
         assert "prefect.block.secret.loaded" in log.read(), "the server did not record the load event"
+    loads = admin_get("/audit?action=block.loaded")["records"]
+    assert any("prefect.block.secret.loaded" in r["target"] for r in loads), loads
+
+
+def test_a_read_only_token_reads_types_but_cannot_save_or_read_secrets():
+    readonly = {"PREFECT_API_KEY": os.environ["BLOCKS_READONLY_TOKEN"]}
+    code, out = prefect("block", "type", "ls", env=readonly)
+    assert code == 0, out
+    assert "gcs-bucket" in out, out
+    # `prefect block ls` asks for secrets (include_secrets=true): a clean 403 naming the
+    # scope, as design §9 says, never a silently masked listing.
+    code, out = prefect("block", "ls", env=readonly)
+    assert code != 0
+    assert "403" in out and "read-secrets" in out, out
+
+    done = python("from prefect.blocks.system import Secret\nSecret(value='x').save('ro-attempt')\n", readonly)
+    assert done.returncode != 0
+    assert "403" in done.stderr and "write scope" in done.stderr, done.stderr
+    assert "PrefectHTTPStatusError" in done.stderr or "HTTPStatusError" in done.stderr, done.stderr
+
+    # Block.load asks for secrets: refused, never silently masked.
+    done = python("from prefect.blocks.system import Secret\nprint(Secret.load('api-token').get())\n", readonly)
+    assert done.returncode != 0
+    assert "403" in done.stderr and "read-secrets" in done.stderr, done.stderr
+
+    code, out = prefect("block", "ls", env={"PREFECT_API_KEY": "blk_not-a-token"})
+    assert code != 0
+    assert "401" in out, out
+
+
+def test_the_audit_log_records_writes_and_secret_reads_without_values():
+    records = admin_get("/audit?limit=1000")["records"]
+    actions = {r["action"] for r in records}
+    assert "POST /api/block_documents/" in actions, actions
+    assert any(r["target"].endswith("include_secrets=true") for r in records)
+    assert any(r["outcome"] == "denied" for r in records)
+    text = json.dumps(records)
+    assert CANARY not in text and "BEGIN PRIVATE KEY" not in text
 
 
 def test_no_secret_in_the_server_log():

@@ -140,9 +140,9 @@ impl Store {
             sql.push(" and token_id = ").bind_text(token.to_string());
         }
         if let Some(action) = &query.action {
-            sql.push(" and substr(action, 1, ")
+            sql.push(" and substr(action, 1, cast(")
                 .bind_int(action.chars().count() as i64)
-                .push(") = ")
+                .push(" as integer)) = ")
                 .bind_text(action.clone());
         }
         if let Some(outcome) = &query.outcome {
