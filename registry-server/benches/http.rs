@@ -2,8 +2,9 @@
 //!
 //! `cargo bench -p registry-server --bench http` — needs `wrk` on the PATH. Seeds the course's
 //! `zoom-gcs` → `zoom-gcp-creds` pair, then measures side by side at 16 connections the
-//! nested load with secrets and `/api/health`, creates per second with 16 writers, and the
-//! server's resident memory idle and under load. Settings: `BENCH_SECONDS` (default 10),
+//! nested load with secrets (each one audited, with a pipeline token holding `write` and
+//! `read-secrets`), the same load masked, and `/api/health`, creates per second with 16
+//! writers, and the server's resident memory idle and under load. Settings: `BENCH_SECONDS` (default 10),
 //! `BENCH_CONNECTIONS` (16), `BLOCKS_TEST_POSTGRES_URL`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -19,6 +20,8 @@ use serde_json::{Value, json};
 struct Server {
     child: Child,
     api: String,
+    /// A token with the write and read-secrets scopes, as a pipeline would hold.
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -78,15 +81,31 @@ fn start(database_url: Option<&str>) -> Server {
         "  start to ready: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    // The first start wrote the admin token to the profile; make a pipeline token with it.
+    let profile = std::fs::read_to_string(dir.path().join("home/profile.toml")).unwrap();
+    let admin: toml::Table = toml::from_str(&profile).unwrap();
+    let admin = admin["api_key"].as_str().unwrap().to_owned();
+    let created = post(
+        &client,
+        &admin,
+        &format!("{api}/tokens"),
+        &json!({"name": "bench pipeline", "scopes": ["read-secrets", "write"]}),
+    );
     Server {
         child,
         api,
+        token: created["token"].as_str().unwrap().to_owned(),
         _dir: dir,
     }
 }
 
-fn post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> Value {
-    let response = client.post(url).json(body).send().unwrap();
+fn post(client: &reqwest::blocking::Client, token: &str, url: &str, body: &Value) -> Value {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .unwrap();
     assert!(
         response.status().is_success(),
         "{url}: {}",
@@ -95,18 +114,20 @@ fn post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> Value {
     response.json().unwrap()
 }
 
-fn seed(api: &str) {
+fn seed(api: &str, token: &str) {
     let client = reqwest::blocking::Client::new();
     let mut ids = std::collections::HashMap::new();
     for spec in [GcpCredentials::spec(), GcsBucket::spec()] {
         let ty = post(
             &client,
+            token,
             &format!("{api}/block_types/"),
             &serde_json::to_value(spec.block_type.to_create()).unwrap(),
         );
         let ty_id: uuid::Uuid = ty["id"].as_str().unwrap().parse().unwrap();
         let schema = post(
             &client,
+            token,
             &format!("{api}/block_schemas/"),
             &serde_json::to_value(spec.to_schema_create(ty_id)).unwrap(),
         );
@@ -119,12 +140,14 @@ fn seed(api: &str) {
     let key = json!({"type": "service_account", "project_id": "dtc-de", "private_key_id": "abc", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg...\n-----END PRIVATE KEY-----\n", "client_email": "svc@dtc-de.iam.gserviceaccount.com"});
     let creds = post(
         &client,
+        token,
         &format!("{api}/block_documents/"),
         &json!({"name": "zoom-gcp-creds", "block_type_id": creds_type, "block_schema_id": creds_schema, "data": {"service_account_info": key, "project": "dtc-de"}}),
     );
     let (bucket_type, bucket_schema) = &ids["gcs-bucket"];
     post(
         &client,
+        token,
         &format!("{api}/block_documents/"),
         &json!({"name": "zoom-gcs", "block_type_id": bucket_type, "block_schema_id": bucket_schema, "data": {"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"$ref": {"block_document_id": creds["id"]}}}}),
     );
@@ -165,7 +188,7 @@ fn parse_ms(text: &str) -> f64 {
     }
 }
 
-fn wrk(url: &str, script: Option<&std::path::Path>) -> Load {
+fn wrk(url: &str, token: Option<&str>, script: Option<&std::path::Path>) -> Load {
     let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
     let connections = std::env::var("BENCH_CONNECTIONS").unwrap_or_else(|_| "16".into());
     let mut cmd = Command::new("wrk");
@@ -178,6 +201,11 @@ fn wrk(url: &str, script: Option<&std::path::Path>) -> Load {
         &format!("{seconds}s"),
         "--latency",
     ]);
+    if let Some(token) = token {
+        cmd.arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .env("BENCH_TOKEN", token);
+    }
     if let Some(script) = script {
         cmd.arg("-s").arg(script);
     }
@@ -218,35 +246,49 @@ end
 function request()
   counter = counter + 1
   local body = string.format('{"name":"c-%s-%d","block_type_id":"%s","block_schema_id":"%s","data":{"service_account_info":{"private_key":"k%d"},"project":"p"}}', tid, counter, ids[1], ids[2], counter)
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")}, body)
 end
 "#;
 
 fn run(backend: &str, database_url: Option<&str>) {
     println!("{backend}:");
     let server = start(database_url);
-    seed(&server.api);
+    seed(&server.api, &server.token);
     let idle = rss_kib(&server);
     let nested = wrk(
         &format!(
             "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
             server.api
         ),
+        Some(&server.token),
+        None,
+    );
+    let masked = wrk(
+        &format!(
+            "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs",
+            server.api
+        ),
+        Some(&server.token),
         None,
     );
     let loaded = rss_kib(&server);
-    let health = wrk(&format!("{}/health", server.api), None);
+    let health = wrk(&format!("{}/health", server.api), None, None);
     let script = tempfile::NamedTempFile::new().unwrap();
     script.as_file().write_all(CREATE_LUA.as_bytes()).unwrap();
     // wrk inherits BENCH_IDS (set by `main`) and reads the ids written by `seed`.
     let create = wrk(
         &format!("{}/block_documents/", server.api),
+        Some(&server.token),
         Some(script.path()),
     );
     let after = rss_kib(&server);
     println!(
         "| {backend:<8} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         nested.rps, nested.p50_ms, nested.p99_ms, nested.errors
+    );
+    println!(
+        "| {backend:<8} | nested load, secrets masked     | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        masked.rps, masked.p50_ms, masked.p99_ms, masked.errors
     );
     println!(
         "| {backend:<8} | GET /api/health                 | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",

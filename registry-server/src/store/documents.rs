@@ -668,7 +668,10 @@ impl Store {
         id: Uuid,
         include_secrets: bool,
     ) -> Result<BlockDocument> {
-        Ok(self.read_block_document_tagged(id, include_secrets).await?.document)
+        Ok(self
+            .read_block_document_tagged(id, include_secrets)
+            .await?
+            .document)
     }
 
     /// [`Store::read_block_document`] with the tree's entity tag and the root's version.
@@ -1306,7 +1309,9 @@ impl Store {
         .await?
         .rows_affected();
         if deleted == 0 {
-            return Err(StoreError::NotFound("Block document version not found".to_owned()));
+            return Err(StoreError::NotFound(
+                "Block document version not found".to_owned(),
+            ));
         }
         tx.commit().await?;
         Ok(())

@@ -212,8 +212,20 @@ pub struct Store {
     queries: AtomicU64,
     /// Encryptions this process reserved on a data key and has not used yet.
     reservation: std::sync::Mutex<(Uuid, i64)>,
+    /// Tokens recently authenticated, by digest (see [`tokens::TokenCache`]).
+    tokens: Arc<tokens::TokenCache>,
+    /// The PostgreSQL listener that drops revoked tokens from `tokens`.
+    token_listener: Option<tokio::task::AbortHandle>,
     #[cfg(test)]
     failpoint: std::sync::Mutex<Option<&'static str>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.token_listener {
+            listener.abort();
+        }
+    }
 }
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
@@ -269,6 +281,14 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&write).await?,
         }
         let master = keys::resolve_master_key(&write, master).await?;
+        let tokens = Arc::new(tokens::TokenCache::new(backend));
+        let token_listener = match backend {
+            Backend::Postgres => Some(tokens::listen_for_revocations(
+                database_url.to_owned(),
+                Arc::downgrade(&tokens),
+            )),
+            Backend::Sqlite => None,
+        };
         let store = Self {
             backend,
             read,
@@ -280,6 +300,8 @@ impl Store {
             schemas: RwLock::new(HashMap::new()),
             queries: AtomicU64::new(0),
             reservation: std::sync::Mutex::new((Uuid::nil(), 0)),
+            tokens,
+            token_listener,
             #[cfg(test)]
             failpoint: std::sync::Mutex::new(None),
         };
@@ -311,6 +333,9 @@ impl Store {
 
     /// Closes the pools.
     pub async fn close(&self) {
+        if let Some(listener) = &self.token_listener {
+            listener.abort();
+        }
         self.read.close().await;
         self.write.close().await;
     }

@@ -119,6 +119,149 @@ pub enum TokenRejection {
     Revoked(Uuid),
 }
 
+/// The PostgreSQL channel on which a revocation is announced (payload: the token id).
+const REVOKED_CHANNEL: &str = "blocks_token_revoked";
+
+/// Tokens this process authenticated recently, by digest, so a request costs no token
+/// query. Revocation must stop a token on the next request, so an entry is trusted only
+/// while this process hears of every revocation: on SQLite (one process owns the embedded
+/// store) revocations go through this store; on PostgreSQL a listener hears the other
+/// replicas' revocations (LISTEN/NOTIFY, sent in the revoking transaction) and, while it
+/// is disconnected, nothing is trusted from the cache.
+#[derive(Debug)]
+pub(crate) struct TokenCache {
+    entries: std::sync::RwLock<std::collections::HashMap<String, TokenInfo>>,
+    /// Whether revocations elsewhere are being heard.
+    live: std::sync::atomic::AtomicBool,
+    /// Bumped by every revocation heard: a lookup that began before one does not cache
+    /// what it read (it may predate the revocation).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// Tokens cached at most; the cache is emptied when full.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+impl TokenCache {
+    pub(crate) fn new(backend: super::Backend) -> Self {
+        Self {
+            entries: std::sync::RwLock::default(),
+            live: std::sync::atomic::AtomicBool::new(backend == super::Backend::Sqlite),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn get(&self, digest: &str) -> Option<TokenInfo> {
+        if !self.live.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    /// Caches what a lookup that began at `generation` read, unless a revocation was heard
+    /// since.
+    fn insert(&self, digest: String, info: TokenInfo, generation: u64) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.live.load(std::sync::atomic::Ordering::Acquire) || self.generation() != generation
+        {
+            return;
+        }
+        if entries.len() >= MAX_CACHED_TOKENS {
+            entries.clear();
+        }
+        entries.insert(digest, info);
+    }
+
+    fn forget(&self, id: Uuid) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.retain(|_, info| info.id != id);
+    }
+
+    fn set_live(&self, live: bool) {
+        if !live {
+            self.live.store(false, std::sync::atomic::Ordering::Release);
+        }
+        // Revocations may have been missed while not listening: start afresh.
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.clear();
+        drop(entries);
+        if live {
+            self.live.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// Listens for revocations by any replica and drops those tokens from `cache`; reconnects
+/// after a failure (the cache is unused meanwhile). Ends when the store is gone.
+pub(crate) fn listen_for_revocations(
+    url: String,
+    cache: std::sync::Weak<TokenCache>,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+                listener.listen(REVOKED_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            }
+            .await;
+            match listener {
+                Ok(mut listener) => {
+                    let Some(c) = cache.upgrade() else { return };
+                    c.set_live(true);
+                    drop(c);
+                    backoff = std::time::Duration::from_millis(100);
+                    loop {
+                        let notification = listener.try_recv().await;
+                        let Some(c) = cache.upgrade() else { return };
+                        match notification {
+                            Ok(Some(n)) => match Uuid::parse_str(n.payload()) {
+                                Ok(id) => c.forget(id),
+                                Err(_) => c.set_live(true),
+                            },
+                            // The connection dropped; notifications may be lost.
+                            Ok(None) | Err(_) => {
+                                c.set_live(false);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if cache.upgrade().is_none() {
+                        return;
+                    }
+                    tracing::warn!(error = %e, "cannot listen for token revocations; tokens are checked in the database meanwhile");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
+    })
+    .abort_handle()
+}
+
 /// The SHA-256 digest of a token, hex.
 pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -132,6 +275,16 @@ fn new_secret() -> Result<SecretString> {
         "{TOKEN_PREFIX}{}",
         URL_SAFE_NO_PAD.encode(bytes.as_ref())
     )))
+}
+
+fn check_validity(info: TokenInfo) -> std::result::Result<TokenInfo, TokenRejection> {
+    if info.revoked.is_some() {
+        return Err(TokenRejection::Revoked(info.id));
+    }
+    if info.expires.is_some_and(|e| e <= Utc::now()) {
+        return Err(TokenRejection::Expired(info.id));
+    }
+    Ok(info)
 }
 
 const COLUMNS: &str = "id, name, scopes, created, expires, last_used, revoked";
@@ -237,7 +390,12 @@ impl Store {
             return Ok(None);
         }
         let created = self
-            .insert_token(&mut tx, "first admin token", &BTreeSet::from([Scope::Admin]), None)
+            .insert_token(
+                &mut tx,
+                "first admin token",
+                &BTreeSet::from([Scope::Admin]),
+                None,
+            )
             .await?;
         self.count_query();
         sqlx::query("update server_metadata set value = $1 where key = $2")
@@ -275,7 +433,16 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
+        if self.backend == super::Backend::Postgres {
+            self.count_query();
+            sqlx::query("select pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
+        self.tokens.forget(id);
         token_from_row(&row)
     }
 
@@ -286,6 +453,10 @@ impl Store {
         token: &str,
     ) -> Result<std::result::Result<TokenInfo, TokenRejection>> {
         let digest = token_digest(token);
+        if let Some(info) = self.tokens.get(&digest) {
+            return Ok(check_validity(info));
+        }
+        let generation = self.tokens.generation();
         self.count_query();
         let row = sqlx::query(&format!(
             "select {COLUMNS}, token_hash from api_token where token_hash = $1"
@@ -301,13 +472,15 @@ impl Store {
             return Ok(Err(TokenRejection::Unknown));
         }
         let info = token_from_row(&row)?;
-        if info.revoked.is_some() {
-            return Ok(Err(TokenRejection::Revoked(info.id)));
+        if info.revoked.is_none() {
+            self.tokens.insert(digest, info.clone(), generation);
         }
-        if info.expires.is_some_and(|e| e <= Utc::now()) {
-            return Ok(Err(TokenRejection::Expired(info.id)));
-        }
-        Ok(Ok(info))
+        Ok(check_validity(info))
+    }
+
+    /// Whether token lookups may be served from memory (see [`TokenCache`]).
+    pub(crate) fn token_cache_live(&self) -> bool {
+        self.tokens.live.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records that a token was used now.

@@ -6,3 +6,4 @@ mod documents;
 mod keys;
 mod listing;
 mod schemas;
+mod tokens;

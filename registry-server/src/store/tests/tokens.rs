@@ -1,0 +1,320 @@
+//! Tokens and the audit log's storage, on both databases.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::ExposeSecret as _;
+
+use super::harness::on_both;
+use crate::store::{
+    AuditQuery, NewAuditRecord, Scope, Store, TOKEN_PREFIX, TokenCreate, TokenRejection,
+    token_digest,
+};
+
+fn body(scopes: &[Scope]) -> TokenCreate {
+    TokenCreate {
+        name: "ci".into(),
+        scopes: scopes.iter().copied().collect(),
+        expires: None,
+    }
+}
+
+#[test]
+fn scopes_nest_as_the_design_says() {
+    use Scope::*;
+    let grants = |held: Scope| -> BTreeSet<Scope> {
+        Scope::ALL.into_iter().filter(|s| held.grants(*s)).collect()
+    };
+    assert_eq!(grants(Admin), Scope::ALL.into_iter().collect());
+    assert_eq!(grants(Write), [Read, Write].into());
+    assert_eq!(grants(ReadSecrets), [Read, ReadSecrets].into());
+    assert_eq!(grants(Read), [Read].into());
+    let json = serde_json::to_string(&[Read, ReadSecrets, Write, Admin]).unwrap();
+    assert_eq!(json, r#"["read","read-secrets","write","admin"]"#);
+}
+
+#[tokio::test]
+async fn a_token_is_stored_as_a_digest_and_authenticates_until_revoked() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let created = store.create_token(body(&[Scope::Write])).await.unwrap();
+        let token = created.token.expose_secret().to_owned();
+        assert!(token.starts_with(TOKEN_PREFIX));
+        assert_eq!(
+            token.len(),
+            TOKEN_PREFIX.len() + 43,
+            "256 bits in base64url"
+        );
+        let stored: Vec<String> = sqlx::query_scalar("select token_hash from api_token")
+            .fetch_all(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored,
+            vec![token_digest(&token)],
+            "only the digest is stored"
+        );
+
+        let info = store.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(info.id, created.info.id);
+        assert!(info.grants(Scope::Read) && !info.grants(Scope::ReadSecrets));
+        assert_eq!(
+            store.authenticate("blk_nope").await.unwrap(),
+            Err(TokenRejection::Unknown)
+        );
+        // Cached now; a revocation still stops it on the next call.
+        store.authenticate(&token).await.unwrap().unwrap();
+        let revoked = store.revoke_token(info.id).await.unwrap();
+        assert!(revoked.revoked.is_some());
+        assert_eq!(
+            store.authenticate(&token).await.unwrap(),
+            Err(TokenRejection::Revoked(info.id))
+        );
+        assert!(matches!(
+            store.revoke_token(uuid::Uuid::new_v4()).await,
+            Err(crate::store::StoreError::NotFound(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_replica_stops_the_token_on_another() {
+    on_both(async |db| {
+        if db.backend == crate::store::Backend::Sqlite {
+            // The embedded store has one server process; nothing to show here.
+            return;
+        }
+        let a = db.open().await;
+        let b = db.open().await;
+        let created = a.create_token(body(&[Scope::Read])).await.unwrap();
+        let token = created.token.expose_secret().to_owned();
+        // Once B hears revocations, it answers from memory…
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !b.token_cache_live() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B never started listening"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        b.authenticate(&token).await.unwrap().unwrap();
+        let queries = b.query_count();
+        b.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(b.query_count(), queries, "a cached token costs no query");
+        // …and still refuses the token soon after A revokes it.
+        a.revoke_token(created.info.id).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match b.authenticate(&token).await.unwrap() {
+                Err(TokenRejection::Revoked(_)) => break,
+                Ok(_) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "replica B still accepts a token revoked on A"
+                ),
+                Err(other) => panic!("{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_and_bad_bodies_name_the_field() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let created = store
+            .create_token(TokenCreate {
+                expires: Some(Utc::now() + chrono::Duration::milliseconds(300)),
+                ..body(&[Scope::Read])
+            })
+            .await
+            .unwrap();
+        let token = created.token.expose_secret().to_owned();
+        store.authenticate(&token).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            store.authenticate(&token).await.unwrap(),
+            Err(TokenRejection::Expired(created.info.id))
+        );
+        for (bad, field) in [
+            (
+                TokenCreate {
+                    name: " ".into(),
+                    ..body(&[Scope::Read])
+                },
+                "name",
+            ),
+            (body(&[]), "scopes"),
+            (
+                TokenCreate {
+                    expires: Some(Utc::now() - chrono::Duration::seconds(1)),
+                    ..body(&[Scope::Read])
+                },
+                "expires",
+            ),
+        ] {
+            match store.create_token(bad).await {
+                Err(crate::store::StoreError::Invalid(errors)) => {
+                    assert_eq!(errors[0].field, field);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_first_admin_token_is_created_once() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let first = store.bootstrap_admin_token().await.unwrap().unwrap();
+        assert_eq!(first.info.scopes, [Scope::Admin].into());
+        assert!(store.bootstrap_admin_token().await.unwrap().is_none());
+        // Even after it is revoked: a restart never mints another.
+        store.revoke_token(first.info.id).await.unwrap();
+        drop(store);
+        let store = db.open().await;
+        assert!(store.bootstrap_admin_token().await.unwrap().is_none());
+    })
+    .await;
+}
+
+fn record(i: usize, token: Option<uuid::Uuid>, action: &str) -> NewAuditRecord {
+    NewAuditRecord {
+        at: Utc::now(),
+        request_id: format!("req-{i}"),
+        token_id: token,
+        action: action.to_owned(),
+        target: format!("/api/block_documents/{i}"),
+        outcome: if i % 3 == 0 { "denied" } else { "ok" },
+        status: if i % 3 == 0 { 403 } else { 200 },
+    }
+}
+
+async fn seqs(store: &Store, query: AuditQuery) -> Vec<i64> {
+    store
+        .list_audit(&query)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_records_are_appended_in_groups_and_listed_with_filters_and_pages() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let token = uuid::Uuid::new_v4();
+        // 250 records in one group: more than one insert statement.
+        let group: Vec<_> = (0..250)
+            .map(|i| {
+                record(
+                    i,
+                    (i % 2 == 0).then_some(token),
+                    if i % 5 == 0 {
+                        "block.loaded"
+                    } else {
+                        "PATCH /api/block_documents/{id}"
+                    },
+                )
+            })
+            .collect();
+        store.append_audit(&group).await.unwrap();
+        let all = store
+            .list_audit(&AuditQuery {
+                limit: Some(1000),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 250);
+        assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+        assert_eq!(all.last().unwrap().request_id, "req-0");
+
+        let mine = seqs(
+            &store,
+            AuditQuery {
+                token_id: Some(token),
+                limit: Some(1000),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(mine.len(), 125);
+        let loads = seqs(
+            &store,
+            AuditQuery {
+                action: Some("block.".into()),
+                limit: Some(1000),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(loads.len(), 50);
+        let denied = seqs(
+            &store,
+            AuditQuery {
+                outcome: Some("denied".into()),
+                limit: Some(1000),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(denied.len(), 84);
+        let target = seqs(
+            &store,
+            AuditQuery {
+                target: Some("/249".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(target.len(), 1);
+        let none = seqs(
+            &store,
+            AuditQuery {
+                until: Some(Utc::now() - chrono::Duration::hours(1)),
+                ..AuditQuery::default()
+            },
+        )
+        .await;
+        assert!(none.is_empty());
+
+        // Pages by cursor cover everything once.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = seqs(
+                &store,
+                AuditQuery {
+                    before,
+                    limit: Some(100),
+                    ..AuditQuery::default()
+                },
+            )
+            .await;
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().copied();
+            seen.extend(page);
+        }
+        assert_eq!(seen, all.iter().map(|r| r.seq).collect::<Vec<_>>());
+        assert!(matches!(
+            store
+                .list_audit(&AuditQuery {
+                    limit: Some(0),
+                    ..AuditQuery::default()
+                })
+                .await,
+            Err(crate::store::StoreError::Invalid(_))
+        ));
+    })
+    .await;
+}
