@@ -553,7 +553,12 @@ mod tests {
             response.headers().get("sec-websocket-protocol").unwrap(),
             "prefect"
         );
-        let token = server.first_token.as_ref().unwrap().expose_secret().to_owned();
+        let token = server
+            .first_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned();
         // Prefect sends PREFECT_API_AUTH_STRING (`<name>:<token>`) as the token.
         let auth = serde_json::json!({"type": "auth", "token": format!("prefect:{token}")});
         socket.send(Message::text(auth.to_string())).await.unwrap();
@@ -593,7 +598,10 @@ mod tests {
         assert!(loads[0].token_id.is_some());
 
         // Without a token (or with a wrong one) the handshake fails and nothing is kept.
-        for token in [serde_json::Value::Null, serde_json::json!("prefect:blk_wrong")] {
+        for token in [
+            serde_json::Value::Null,
+            serde_json::json!("prefect:blk_wrong"),
+        ] {
             let mut request = format!("ws://{}/api/events/in", server.addr)
                 .into_client_request()
                 .unwrap();
@@ -617,8 +625,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         let server = start(&args(&home)).await.unwrap();
-        let token = server.first_token.as_ref().unwrap().expose_secret().to_owned();
-        assert!(token.starts_with("blk_") && token.len() >= 4 + 43, "256 bits, prefixed");
+        let token = server
+            .first_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned();
+        assert!(
+            token.starts_with("blk_") && token.len() >= 4 + 43,
+            "256 bits, prefixed"
+        );
         let profile = home.join("profile.toml");
         let text = std::fs::read_to_string(&profile).unwrap();
         let parsed: toml::Table = toml::from_str(&text).unwrap();
@@ -643,7 +659,10 @@ mod tests {
         let tokens: serde_json::Value = tokens.json().await.unwrap();
         assert_eq!(tokens.as_array().unwrap().len(), 1);
         assert_eq!(tokens[0]["scopes"], serde_json::json!(["admin"]));
-        assert!(!tokens.to_string().contains(&token), "a listing never shows the token");
+        assert!(
+            !tokens.to_string().contains(&token),
+            "a listing never shows the token"
+        );
         server.stop().await.unwrap();
 
         // A restart creates no second token and leaves the profile alone.
@@ -660,10 +679,8 @@ mod tests {
             for _ in 0..4 {
                 stores.push(Arc::new(db.open().await));
             }
-            let created = futures::future::join_all(
-                stores.iter().map(|s| s.bootstrap_admin_token()),
-            )
-            .await;
+            let created =
+                futures::future::join_all(stores.iter().map(|s| s.bootstrap_admin_token())).await;
             let winners = created
                 .into_iter()
                 .map(|r| r.unwrap())
@@ -691,9 +708,16 @@ mod tests {
         .await
         .unwrap();
         assert!(server.api_url().starts_with("https://"));
-        let token = server.first_token.as_ref().unwrap().expose_secret().to_owned();
+        let token = server
+            .first_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned();
         let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap(),
+            )
             .resolve("localhost", server.addr)
             .build()
             .unwrap();

@@ -47,7 +47,11 @@ pub(super) fn routes() -> Vec<Route> {
                 ("since", "string", "At or after this time (RFC 3339)"),
                 ("until", "string", "Before this time (RFC 3339)"),
                 ("before", "integer", "Only records older than this seq"),
-                ("limit", "integer", "At most this many (default 100, at most 1000)"),
+                (
+                    "limit",
+                    "integer",
+                    "At most this many (default 100, at most 1000)",
+                ),
             ])
             .returns(200, Some("AuditPage")),
         get("/api/keys", keys)
@@ -94,7 +98,10 @@ async fn revoke_token(State(state): St, Id(id): Id) -> ApiResult<Json<TokenInfo>
     Ok(Json(state.store.revoke_token(id).await?))
 }
 
-async fn audit(State(state): St, QueryParams(query): QueryParams<AuditQuery>) -> ApiResult<Json<Value>> {
+async fn audit(
+    State(state): St,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> ApiResult<Json<Value>> {
     let records: Vec<AuditRecord> = state.store.list_audit(&query).await?;
     let limit = query.limit.unwrap_or(100);
     let next = (records.len() as i64 == limit)
@@ -115,7 +122,9 @@ async fn rotate(State(state): St) -> ApiResult<Response> {
     tokio::spawn(async move {
         match store.reencrypt_all(REENCRYPT_BATCH).await {
             Ok(n) => tracing::info!(versions = n, "re-encryption after key rotation finished"),
-            Err(e) => tracing::error!(error = %e, "re-encryption after key rotation failed; it resumes on the next rotation"),
+            Err(e) => {
+                tracing::error!(error = %e, "re-encryption after key rotation failed; it resumes on the next rotation")
+            }
         }
     });
     Ok((

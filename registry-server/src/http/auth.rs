@@ -219,8 +219,7 @@ fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 64
-                && v
-                    .bytes()
+                && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
         .map_or_else(|| Uuid::new_v4().to_string(), ToOwned::to_owned)
@@ -248,14 +247,9 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let meta = route
-        .as_deref()
-        .and_then(|r| state.routes.get(&(method.clone(), r)).copied());
-    let (access, kind) = match (&route, meta) {
-        (None, _) => (Access::Public, Kind::Read),
-        (Some(_), Some(meta)) => (meta.access, meta.kind),
-        // A known path with another method: authenticate, then the router answers 405.
-        (Some(_), None) => (Access::Token(Scope::Read), Kind::Read),
+    let (access, kind) = match route.as_deref() {
+        None => (Access::Public, Kind::Read),
+        Some(path) => super::routes::rule(&state.routes, &method, path),
     };
     let target = req.uri().path().to_owned();
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -281,7 +275,9 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
             }
         }
     };
-    let secrets = caller.read_secrets.load(std::sync::atomic::Ordering::Relaxed);
+    let secrets = caller
+        .read_secrets
+        .load(std::sync::atomic::Ordering::Relaxed);
     if audit || secrets {
         let status = response.status();
         let action = format!("{method} {}", route.as_deref().unwrap_or("unmatched"));

@@ -50,7 +50,9 @@ pub(super) fn routes() -> Vec<Route> {
             .body("BlockDocumentUpdate")
             .returns(204, None),
         delete("/api/block_documents/{id}", delete_document)
-            .summary("Delete a document no other document references (If-Match makes it conditional)")
+            .summary(
+                "Delete a document no other document references (If-Match makes it conditional)",
+            )
             .returns(204, None),
         get("/api/block_documents/{id}/versions", versions)
             .summary("List a document's stored versions, newest first")
@@ -59,9 +61,12 @@ pub(super) fn routes() -> Vec<Route> {
             .summary("Read one version's own data (references as $ref)")
             .query(INCLUDE_SECRETS)
             .returns(200, Some("VersionData")),
-        delete("/api/block_documents/{id}/versions/{version}", destroy_version)
-            .summary("Destroy an old version's data and secrets (not the current version)")
-            .returns(204, None),
+        delete(
+            "/api/block_documents/{id}/versions/{version}",
+            destroy_version,
+        )
+        .summary("Destroy an old version's data and secrets (not the current version)")
+        .returns(204, None),
         post(
             "/api/block_documents/{id}/versions/{version}/rollback",
             rollback,
@@ -69,7 +74,10 @@ pub(super) fn routes() -> Vec<Route> {
         .summary("Write a new version equal to an older one, secrets included")
         .returns(200, Some("WriteOutcome")),
     ];
-    routes.into_iter().map(|r| r.tag("block documents")).collect()
+    routes
+        .into_iter()
+        .map(|r| r.tag("block documents"))
+        .collect()
 }
 
 /// 201 with the new document, secrets masked.
@@ -108,7 +116,7 @@ async fn read(
 /// The document with its `ETag`, or 304 when `If-None-Match` names that tag.
 pub(super) fn tagged_response(headers: &HeaderMap, tagged: Tagged) -> Response {
     let etag = HeaderValue::from_str(&tagged.etag).ok();
-    if matches_tag(headers, header::IF_NONE_MATCH, &tagged.etag) {
+    if matches_tag(headers, &header::IF_NONE_MATCH, &tagged.etag) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         if let Some(etag) = etag {
             response.headers_mut().insert(header::ETAG, etag);
@@ -122,25 +130,32 @@ pub(super) fn tagged_response(headers: &HeaderMap, tagged: Tagged) -> Response {
     response
 }
 
-/// Whether a conditional header lists `etag` (or `*`). Weak tags compare by their value.
-fn matches_tag(headers: &HeaderMap, name: header::HeaderName, etag: &str) -> bool {
+/// Whether a conditional header lists `etag` (or `*`). `If-None-Match` compares weakly
+/// (a `W/` tag matches its strong twin); `If-Match` strongly, so a weak tag never matches
+/// (RFC 9110 §13.1).
+fn matches_tag(headers: &HeaderMap, name: &header::HeaderName, etag: &str) -> bool {
+    let weak = *name == header::IF_NONE_MATCH;
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t == "*" || t == etag)
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || (weak && t.strip_prefix("W/").is_some_and(|t| t == etag)))
 }
 
 /// With `If-Match`: the document's version if the header matches its current tag, else a
 /// 412. Without: `None` (an unconditional write).
-async fn precondition(state: &super::AppState, id: Uuid, headers: &HeaderMap) -> ApiResult<Option<i64>> {
+async fn precondition(
+    state: &super::AppState,
+    id: Uuid,
+    headers: &HeaderMap,
+) -> ApiResult<Option<i64>> {
     if !headers.contains_key(header::IF_MATCH) {
         return Ok(None);
     }
     let current = state.store.read_block_document_tagged(id, false).await?;
-    if matches_tag(headers, header::IF_MATCH, &current.etag) {
+    if matches_tag(headers, &header::IF_MATCH, &current.etag) {
         Ok(Some(current.version))
     } else {
         Err(ApiError::PreconditionFailed(format!(
@@ -154,8 +169,7 @@ async fn precondition(state: &super::AppState, id: Uuid, headers: &HeaderMap) ->
 fn lost_race(e: crate::store::StoreError) -> ApiError {
     match e {
         crate::store::StoreError::VersionConflict { .. } => ApiError::PreconditionFailed(
-            "the document changed while the conditional write ran; read it again and retry"
-                .into(),
+            "the document changed while the conditional write ran; read it again and retry".into(),
         ),
         other => other.into(),
     }
@@ -176,7 +190,11 @@ async fn update(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete_document(State(state): St, Id(id): Id, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_document(
+    State(state): St,
+    Id(id): Id,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     let expected = precondition(&state, id, &headers).await?;
     state
         .store
@@ -199,10 +217,12 @@ fn version_path(id: &str, version: &str) -> ApiResult<(Uuid, i64)> {
         .parse::<i64>()
         .ok()
         .filter(|v| *v >= 1)
-        .ok_or_else(|| ApiError::Validation(vec![block_types::FieldError::new(
-            "version",
-            "must be a positive integer",
-        )]))?;
+        .ok_or_else(|| {
+            ApiError::Validation(vec![block_types::FieldError::new(
+                "version",
+                "must be a positive integer",
+            )])
+        })?;
     Ok((id, version))
 }
 
@@ -216,7 +236,9 @@ async fn read_version(
         .store
         .read_version(id, version, include_secrets)
         .await?;
-    Ok(Json(json!({"block_document_id": id, "version": version, "data": data})))
+    Ok(Json(
+        json!({"block_document_id": id, "version": version, "data": data}),
+    ))
 }
 
 async fn destroy_version(

@@ -66,14 +66,23 @@ struct Connection {
     header_token: Option<String>,
 }
 
-async fn audit(state: &AppState, conn: &Connection, token_id: Option<uuid::Uuid>, action: &str, target: String, status: u16) {
+async fn audit(
+    state: &AppState,
+    conn: &Connection,
+    token_id: Option<uuid::Uuid>,
+    action: &str,
+    target: String,
+    status: u16,
+) {
     let record = NewAuditRecord {
         at: Utc::now(),
         request_id: conn.request_id.clone(),
         token_id,
         action: action.to_owned(),
         target,
-        outcome: super::auth::outcome(axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK)),
+        outcome: super::auth::outcome(
+            axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK),
+        ),
         status,
     };
     if let Err(e) = state.audit.record(record).await {
@@ -109,9 +118,18 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
                 }
                 Err((error, denied_id, record)) => {
                     if record {
-                        audit(&state, &conn, denied_id, "GET /api/events/in", "/api/events/in".to_owned(), error.status().as_u16()).await;
+                        audit(
+                            &state,
+                            &conn,
+                            denied_id,
+                            "GET /api/events/in",
+                            "/api/events/in".to_owned(),
+                            error.status().as_u16(),
+                        )
+                        .await;
                     }
-                    let reply = json!({"type": "auth_failure", "reason": error.to_string()}).to_string();
+                    let reply =
+                        json!({"type": "auth_failure", "reason": error.to_string()}).to_string();
                     socket.send(Message::Text(reply.into())).await.ok();
                     break;
                 }
@@ -134,7 +152,15 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
                 .unwrap_or_default()
                 .to_owned();
             tracing::info!(event, resource = %resource, "block loaded");
-            audit(&state, &conn, Some(token_id), "block.loaded", format!("{event} {resource}"), 101).await;
+            audit(
+                &state,
+                &conn,
+                Some(token_id),
+                "block.loaded",
+                format!("{event} {resource}"),
+                101,
+            )
+            .await;
             state.record_event(BlockLoadEvent {
                 event: event.to_owned(),
                 resource,

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::routing::MethodRouter;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -128,9 +128,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
     for route in all_routes() {
         let handler: MethodRouter<AppState> = if route.versioned {
-            route
-                .handler
-                .layer(middleware::from_fn(check_api_version))
+            route.handler.layer(middleware::from_fn(check_api_version))
         } else {
             route.handler
         };
@@ -139,7 +137,10 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
         .layer(middleware::map_response(json_error_bodies))
         .layer(DefaultBodyLimit::disable())
@@ -212,5 +213,7 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Shorthand for the state extractor.
 type St = State<AppState>;
 
+#[cfg(test)]
+mod auth_tests;
 #[cfg(test)]
 mod tests;

@@ -11,11 +11,13 @@ use super::routes::{Access, Route, get};
 
 pub(super) fn routes() -> Vec<Route> {
     vec![
-        get("/api/openapi.json", || async { Json(document(&super::all_routes())) })
-            .unversioned()
-            .tag("server")
-            .summary("This API's OpenAPI description")
-            .returns(200, Some("Object")),
+        get("/api/openapi.json", || async {
+            Json(document(&super::all_routes()))
+        })
+        .unversioned()
+        .tag("server")
+        .summary("This API's OpenAPI description")
+        .returns(200, Some("Object")),
     ]
 }
 
@@ -72,8 +74,12 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         }
         let mut responses = Map::new();
         let ok = match route.doc.response {
-            Some("Text") => json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}),
-            Some(name) => json!({"description": "OK", "content": {"application/json": {"schema": schema_ref(name)}}}),
+            Some("Text") => {
+                json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            Some(name) => {
+                json!({"description": "OK", "content": {"application/json": {"schema": schema_ref(name)}}})
+            }
             None => json!({"description": "OK"}),
         };
         responses.insert(route.doc.status.to_string(), ok);
@@ -82,26 +88,38 @@ pub(crate) fn document(routes: &[Route]) -> Value {
             Access::Token(scope) => {
                 op.insert("security".into(), json!([{"bearer": [scope.as_str()]}]));
                 op.insert("x-required-scope".into(), json!(scope.as_str()));
-                responses.insert("401".into(), error("No token, or an unknown, expired or revoked one"));
+                responses.insert(
+                    "401".into(),
+                    error("No token, or an unknown, expired or revoked one"),
+                );
                 responses.insert("403".into(), error("The token lacks the scope"));
-                responses.insert("429".into(), error("Too many failed authentications; see Retry-After"));
+                responses.insert(
+                    "429".into(),
+                    error("Too many failed authentications; see Retry-After"),
+                );
             }
             Access::Socket => {
-                op.insert("x-required-scope".into(), json!("read (in the socket's auth message)"));
+                op.insert(
+                    "x-required-scope".into(),
+                    json!("read (in the socket's auth message)"),
+                );
             }
             Access::Public => {
                 op.insert("security".into(), json!([]));
             }
         }
         if route.doc.request.is_some() {
-            responses.insert("422".into(), json!({"description": "Invalid body; each error names its field",
-                "content": {"application/json": {"schema": schema_ref("ValidationError")}}}));
+            responses.insert(
+                "422".into(),
+                json!({"description": "Invalid body; each error names its field",
+                "content": {"application/json": {"schema": schema_ref("ValidationError")}}}),
+            );
         }
         op.insert("responses".into(), Value::Object(responses));
-        paths
-            .entry(route.path.to_owned())
-            .or_default()
-            .insert(route.method.as_str().to_ascii_lowercase(), Value::Object(op));
+        paths.entry(route.path.to_owned()).or_default().insert(
+            route.method.as_str().to_ascii_lowercase(),
+            Value::Object(op),
+        );
     }
     json!({
         "openapi": "3.1.0",
@@ -125,7 +143,8 @@ fn components() -> Value {
     let text = json!({"type": "string"});
     let opt_text = json!({"type": ["string", "null"]});
     let data = json!({"type": "object", "description": "Field values; a reference is {\"$ref\": {\"block_document_id\": …}}; secrets read back as \"********\" unless include_secrets"});
-    let scopes = json!({"type": "array", "items": {"enum": ["read", "read-secrets", "write", "admin"]}});
+    let scopes =
+        json!({"type": "array", "items": {"enum": ["read", "read-secrets", "write", "admin"]}});
     let token = json!({"type": "object", "properties": {
         "id": uuid, "name": text, "scopes": scopes, "created": time,
         "expires": {"type": ["string", "null"], "format": "date-time"},

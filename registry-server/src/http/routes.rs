@@ -196,3 +196,35 @@ pub(crate) fn table(routes: &[Route]) -> RouteTable {
         .map(|r| ((r.method.clone(), r.path), r.meta))
         .collect()
 }
+
+/// The access rule and kind of `method` on the route template `path`. HEAD is served by
+/// the GET handler, so it takes GET's rule; any other method the path does not serve gets
+/// the strictest rule among the path's routes (then the router answers 405), so no method
+/// reaches a handler past a weaker check than its own.
+pub(crate) fn rule(table: &RouteTable, method: &Method, path: &str) -> (Access, Kind) {
+    let lookup = |m: &Method| table.get(&(m.clone(), path)).copied();
+    let meta = lookup(method).or_else(|| {
+        if method == Method::HEAD {
+            lookup(&Method::GET)
+        } else {
+            None
+        }
+    });
+    if let Some(meta) = meta {
+        return (meta.access, meta.kind);
+    }
+    let strictest = table
+        .iter()
+        .filter(|((_, p), _)| *p == path)
+        .filter_map(|(_, meta)| match meta.access {
+            Access::Token(scope) => Some(scope),
+            Access::Public | Access::Socket => None,
+        })
+        .max_by_key(|s| match s {
+            Scope::Read => 0,
+            Scope::ReadSecrets | Scope::Write => 1,
+            Scope::Admin => 2,
+        })
+        .unwrap_or(Scope::Read);
+    (Access::Token(strictest), Kind::Read)
+}

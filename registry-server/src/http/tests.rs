@@ -42,18 +42,18 @@ pub(super) async fn admin_token(store: &crate::store::Store) -> String {
 
 /// Adds `Authorization: Bearer <token>` to requests that have none.
 pub(super) fn with_token(router: Router, token: String) -> Router {
-    router.layer(axum::middleware::map_request(move |mut req: axum::extract::Request| {
-        let token = token.clone();
-        async move {
-            if !req.headers().contains_key("authorization") {
-                req.headers_mut().insert(
-                    "authorization",
-                    format!("Bearer {token}").parse().unwrap(),
-                );
+    router.layer(axum::middleware::map_request(
+        move |mut req: axum::extract::Request| {
+            let token = token.clone();
+            async move {
+                if !req.headers().contains_key("authorization") {
+                    req.headers_mut()
+                        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                }
+                req
             }
-            req
-        }
-    }))
+        },
+    ))
 }
 
 /// Sends a request; returns the status and the JSON body (`null` when empty).

@@ -1325,7 +1325,7 @@ impl Store {
     }
 
     async fn retention_in(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<Option<u32>> {
-        self.retention_on(&mut **tx).await
+        self.retention_on(tx).await
     }
 
     async fn retention_on(&self, conn: &mut sqlx::AnyConnection) -> Result<Option<u32>> {

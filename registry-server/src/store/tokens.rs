@@ -479,6 +479,7 @@ impl Store {
     }
 
     /// Whether token lookups may be served from memory (see [`TokenCache`]).
+    #[cfg(test)]
     pub(crate) fn token_cache_live(&self) -> bool {
         self.tokens.live.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -191,8 +191,8 @@ fn record(i: usize, token: Option<uuid::Uuid>, action: &str) -> NewAuditRecord {
         token_id: token,
         action: action.to_owned(),
         target: format!("/api/block_documents/{i}"),
-        outcome: if i % 3 == 0 { "denied" } else { "ok" },
-        status: if i % 3 == 0 { 403 } else { 200 },
+        outcome: if i.is_multiple_of(3) { "denied" } else { "ok" },
+        status: if i.is_multiple_of(3) { 403 } else { 200 },
     }
 }
 

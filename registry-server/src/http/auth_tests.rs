@@ -1,0 +1,1570 @@
+//! Access control and its surroundings over the HTTP API, on SQLite and PostgreSQL: the
+//! route × scope matrix, secret reads, the token lifecycle, rate limiting, secrets kept out
+//! of the audit log, metrics and logs, `/metrics`, OpenAPI, ETags, history and key rotation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use block_types::catalog::{Collection, GcpCredentials, GcsBucket, Secret};
+use block_types::references::reference_value;
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use uuid::Uuid;
+
+use super::routes::{Access, Kind};
+use super::{AppState, AuthGuard, all_routes, app, register_collection};
+use crate::store::tests::harness::{TestDb, create, on_both, register};
+use crate::store::{AuditQuery, AuditRecord, Scope, Store, TokenCreate};
+
+const CANARY: &str = "canary-auth-5f0c2a91";
+
+/// A response: status, headers, the body as JSON (a JSON string when it is not JSON,
+/// `null` when empty) and as text.
+#[derive(Debug)]
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Resp {
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn detail(&self) -> String {
+        self.body["detail"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Sends one request, with `Authorization: Bearer <token>` when a token is given.
+async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = match body {
+        Some(body) => builder
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => builder.body(Body::empty()).unwrap(),
+    };
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(text))
+    };
+    Resp {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+async fn get(app: &Router, uri: &str, token: &str) -> Resp {
+    send(app, "GET", uri, Some(token), None, &[]).await
+}
+
+/// A token holding exactly `scopes`: (the secret, its id).
+async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
+    let created = store
+        .create_token(TokenCreate {
+            name: format!("test {scopes:?}"),
+            scopes: scopes.iter().copied().collect(),
+            expires: None,
+        })
+        .await
+        .unwrap();
+    (created.token.expose_secret().to_owned(), created.info.id)
+}
+
+/// The app over a fresh store with the core types, and an admin token.
+struct Ctx {
+    app: Router,
+    state: AppState,
+    admin: String,
+}
+
+async fn setup(db: &TestDb, guard: AuthGuard) -> Ctx {
+    let store = Arc::new(db.open().await);
+    register_collection(&store, Collection::Core).await.unwrap();
+    let (admin, _) = token(&store, &[Scope::Admin]).await;
+    let state = AppState::with_guard(store, guard);
+    Ctx {
+        app: app(state.clone()),
+        state,
+        admin,
+    }
+}
+
+/// A guard that never refuses (the matrix makes many failed authentications on purpose).
+fn lenient() -> AuthGuard {
+    AuthGuard::new(u32::MAX, Duration::from_secs(60))
+}
+
+/// Every audit record, newest first.
+async fn all_audit(store: &Store) -> Vec<AuditRecord> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_audit(&AuditQuery {
+                before,
+                limit: Some(1000),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        all.extend(page);
+    }
+    all
+}
+
+/// A `secret` document holding `value`; returns its id.
+async fn secret_doc(store: &Store, name: &str, value: &str) -> Uuid {
+    let (_, schema) = register::<Secret>(store).await;
+    create(store, &schema, name, json!({"value": value}))
+        .await
+        .id
+}
+
+/// Whether a token holding `held` may call a route needing `needed` (admin implies all;
+/// write and read-secrets each imply read).
+fn expect_grant(held: Scope, needed: Scope) -> bool {
+    match held {
+        Scope::Admin => true,
+        Scope::Write => matches!(needed, Scope::Write | Scope::Read),
+        Scope::ReadSecrets => matches!(needed, Scope::ReadSecrets | Scope::Read),
+        Scope::Read => needed == Scope::Read,
+    }
+}
+
+/// An audit record as the matrix expects it: (token, action, target, outcome, status).
+type Expected = (Option<Uuid>, String, String, String, u16);
+
+fn assert_unauthorized(resp: &Resp, what: &str) {
+    assert_eq!(
+        resp.status,
+        StatusCode::UNAUTHORIZED,
+        "{what}: {}",
+        resp.text
+    );
+    assert_eq!(
+        resp.header(header::WWW_AUTHENTICATE),
+        Some("Bearer"),
+        "{what}: WWW-Authenticate"
+    );
+    assert!(
+        !resp.detail().is_empty(),
+        "{what}: a JSON detail: {}",
+        resp.text
+    );
+}
+
+#[tokio::test]
+async fn every_route_checks_its_scope_and_denials_and_writes_are_audited() {
+    on_both(async |db| {
+        let ctx = setup(db, lenient()).await;
+        let store = &ctx.state.store;
+        let doc = secret_doc(store, "matrix-doc", "matrix-value").await;
+        let mut holders = Vec::new();
+        for scope in Scope::ALL {
+            let (secret, id) = token(store, &[scope]).await;
+            holders.push((scope, secret, id));
+        }
+        let unknown = "blk_this-token-was-never-issued";
+
+        let mut expected: Vec<Expected> = Vec::new();
+        let mut read_actions = BTreeSet::new();
+        let mut socket_routes = 0;
+        let routes = all_routes();
+        assert!(routes.len() > 30, "the table lists every route");
+        for route in &routes {
+            let uri = route
+                .path
+                .replace(
+                    "{id}",
+                    &if route.path.starts_with("/api/block_documents/") {
+                        doc.to_string()
+                    } else {
+                        Uuid::new_v4().to_string()
+                    },
+                )
+                .replace("{slug}", "secret")
+                .replace("{name}", "matrix-doc")
+                .replace("{checksum}", "sha256:0123abcd")
+                .replace("{version}", "1");
+            assert!(!uri.contains('{'), "every parameter replaced in {uri}");
+            let method = route.method.as_str();
+            let action = format!("{method} {}", route.path);
+            let body =
+                (route.method != Method::GET && route.method != Method::DELETE).then(|| json!({}));
+            let what = |who: &str| format!("{action} ({uri}) with {who}");
+            match route.meta.access {
+                Access::Public => {
+                    let resp = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
+                    assert_ne!(
+                        resp.status,
+                        StatusCode::UNAUTHORIZED,
+                        "{}",
+                        what("no token")
+                    );
+                    assert!(
+                        resp.status.is_success(),
+                        "{}: {}",
+                        what("no token"),
+                        resp.text
+                    );
+                }
+                Access::Socket => {
+                    assert_eq!(route.path, "/api/events/in");
+                    assert_eq!(route.method, Method::GET);
+                    socket_routes += 1;
+                }
+                Access::Token(needed) => {
+                    if route.meta.kind == Kind::Read {
+                        read_actions.insert(action.clone());
+                    }
+                    let none = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
+                    assert_unauthorized(&none, &what("no token"));
+                    expected.push((None, action.clone(), uri.clone(), "denied".into(), 401));
+                    let bad = send(&ctx.app, method, &uri, Some(unknown), body.as_ref(), &[]).await;
+                    assert_unauthorized(&bad, &what("an unknown token"));
+                    assert!(bad.detail().contains("not known"), "{}", bad.text);
+                    expected.push((None, action.clone(), uri.clone(), "denied".into(), 401));
+                    for (held, secret, id) in &holders {
+                        let who = format!("a {} token", held.as_str());
+                        let resp =
+                            send(&ctx.app, method, &uri, Some(secret), body.as_ref(), &[]).await;
+                        if expect_grant(*held, needed) {
+                            assert!(
+                                resp.status != StatusCode::UNAUTHORIZED
+                                    && resp.status != StatusCode::FORBIDDEN
+                                    && resp.status != StatusCode::TOO_MANY_REQUESTS,
+                                "{}: {} {}",
+                                what(&who),
+                                resp.status,
+                                resp.text
+                            );
+                            assert!(
+                                !resp.status.is_server_error(),
+                                "{}: {} {}",
+                                what(&who),
+                                resp.status,
+                                resp.text
+                            );
+                            if route.meta.kind == Kind::Write {
+                                let outcome = super::auth::outcome(resp.status);
+                                expected.push((
+                                    Some(*id),
+                                    action.clone(),
+                                    uri.clone(),
+                                    outcome.into(),
+                                    resp.status.as_u16(),
+                                ));
+                            }
+                        } else {
+                            assert_eq!(
+                                resp.status,
+                                StatusCode::FORBIDDEN,
+                                "{}: {}",
+                                what(&who),
+                                resp.text
+                            );
+                            let detail = resp.detail();
+                            assert!(
+                                detail.contains(&format!("needs the {} scope", needed.as_str())),
+                                "{}: the detail names the scope: {detail}",
+                                what(&who)
+                            );
+                            expected.push((
+                                Some(*id),
+                                action.clone(),
+                                uri.clone(),
+                                "denied".into(),
+                                403,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(socket_routes, 1, "one events socket");
+
+        let records = all_audit(store).await;
+        let mut have: HashMap<Expected, usize> = HashMap::new();
+        for r in &records {
+            *have
+                .entry((
+                    r.token_id,
+                    r.action.clone(),
+                    r.target.clone(),
+                    r.outcome.clone(),
+                    r.status,
+                ))
+                .or_default() += 1;
+        }
+        let mut want: HashMap<Expected, usize> = HashMap::new();
+        for e in expected {
+            *want.entry(e).or_default() += 1;
+        }
+        let mut missing = Vec::new();
+        for (key, n) in &want {
+            let got = have.get(key).copied().unwrap_or(0);
+            if got < *n {
+                missing.push(format!("{key:?}: want {n}, have {got}"));
+            }
+        }
+        missing.sort();
+        assert!(
+            missing.is_empty(),
+            "missing audit records:\n{}",
+            missing.join("\n")
+        );
+        assert!(
+            want.keys().any(|k| k.3 == "denied") && want.keys().any(|k| k.3 != "denied"),
+            "the matrix expected both denials and allowed writes"
+        );
+        // Reads that return no secrets are not audited when allowed.
+        let audited_reads: Vec<&AuditRecord> = records
+            .iter()
+            .filter(|r| r.outcome != "denied" && read_actions.contains(&r.action))
+            .collect();
+        assert!(
+            audited_reads.is_empty(),
+            "allowed reads without secrets audited: {audited_reads:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn include_secrets_needs_read_secrets_and_is_audited() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let id = secret_doc(store, "s2-doc", CANARY).await;
+        let (read, read_id) = token(store, &[Scope::Read]).await;
+        let (write, write_id) = token(store, &[Scope::Write]).await;
+        let (secrets, secrets_id) = token(store, &[Scope::ReadSecrets]).await;
+
+        let by_id = format!("/api/block_documents/{id}");
+        let by_name = "/api/block_types/slug/secret/block_documents/name/s2-doc".to_owned();
+        let of_type = "/api/block_types/slug/secret/block_documents".to_owned();
+        let filter = "/api/block_documents/filter".to_owned();
+
+        // Masked reads work with read.
+        for path in [&by_id, &by_name] {
+            let resp = get(&ctx.app, path, &read).await;
+            assert_eq!(resp.status, StatusCode::OK, "{path}: {}", resp.text);
+            assert_eq!(resp.body["data"]["value"], json!("********"));
+            assert!(!resp.text.contains(CANARY));
+        }
+
+        // (method, path, body, action template).
+        let cases: Vec<(&str, String, Option<Value>, &str)> = vec![
+            (
+                "GET",
+                format!("{by_id}?include_secrets=true"),
+                None,
+                "GET /api/block_documents/{id}",
+            ),
+            (
+                "GET",
+                format!("{by_name}?include_secrets=true"),
+                None,
+                "GET /api/block_types/slug/{slug}/block_documents/name/{name}",
+            ),
+            (
+                "GET",
+                format!("{of_type}?include_secrets=true"),
+                None,
+                "GET /api/block_types/slug/{slug}/block_documents",
+            ),
+            (
+                "POST",
+                filter.clone(),
+                Some(json!({"include_secrets": true})),
+                "POST /api/block_documents/filter",
+            ),
+        ];
+        for (method, uri, body, action) in &cases {
+            for (who, t) in [("read", &read), ("write", &write)] {
+                let resp = send(&ctx.app, method, uri, Some(t), body.as_ref(), &[]).await;
+                assert_eq!(
+                    resp.status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {uri} with {who}: {}",
+                    resp.text
+                );
+                assert!(resp.detail().contains("read-secrets"), "{}", resp.text);
+                assert!(!resp.text.contains(CANARY), "a 403 carries no secret");
+            }
+            let resp = send(&ctx.app, method, uri, Some(&secrets), body.as_ref(), &[]).await;
+            assert_eq!(resp.status, StatusCode::OK, "{method} {uri}: {}", resp.text);
+            let docs = match &resp.body {
+                Value::Array(items) => items.clone(),
+                one => vec![one.clone()],
+            };
+            let ours = docs
+                .iter()
+                .find(|d| d["id"] == json!(id))
+                .unwrap_or_else(|| panic!("{method} {uri}: the document is listed: {}", resp.text));
+            assert_eq!(ours["data"]["value"], json!(CANARY), "{method} {uri}");
+
+            let path = uri.split('?').next().unwrap();
+            let target = format!("{path}?include_secrets=true");
+            let records = store
+                .list_audit(&AuditQuery {
+                    action: Some((*action).to_owned()),
+                    limit: Some(1000),
+                    ..AuditQuery::default()
+                })
+                .await
+                .unwrap();
+            let read_record = records
+                .iter()
+                .find(|r| r.token_id == Some(secrets_id) && r.target == target)
+                .unwrap_or_else(|| panic!("no secret-read record for {uri}: {records:?}"));
+            assert!(read_record.target.ends_with("include_secrets=true"));
+            assert_eq!(
+                (read_record.outcome.as_str(), read_record.status),
+                ("ok", 200)
+            );
+            for denied_id in [read_id, write_id] {
+                assert!(
+                    records.iter().any(|r| r.token_id == Some(denied_id)
+                        && r.outcome == "denied"
+                        && r.status == 403
+                        && r.action == *action),
+                    "the 403 of {uri} is audited: {records:?}"
+                );
+            }
+        }
+        // Without include_secrets, a read is not a secret read.
+        let plain = send(
+            &ctx.app,
+            "POST",
+            &filter,
+            Some(&secrets),
+            Some(&json!({})),
+            &[],
+        )
+        .await;
+        assert_eq!(plain.status, StatusCode::OK);
+        assert!(!plain.text.contains(CANARY));
+        let secret_reads = store
+            .list_audit(&AuditQuery {
+                token_id: Some(secrets_id),
+                limit: Some(1000),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            secret_reads.len(),
+            cases.len(),
+            "one record per secret read: {secret_reads:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_expire_and_revoke_over_the_api() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let body = json!({"name": "ci", "scopes": ["read", "write"]});
+        let created = send(
+            &ctx.app,
+            "POST",
+            "/api/tokens",
+            Some(&ctx.admin),
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        let secret = created.body["token"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("blk_") && secret.len() > 20, "{secret}");
+        let id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(created.body["scopes"], json!(["read", "write"]));
+        assert_eq!(
+            get(&ctx.app, "/api/hello", &secret).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&ctx.app, "/api/tokens", &secret).await.status,
+            StatusCode::FORBIDDEN
+        );
+        // Basic auth with the token as password (PREFECT_API_AUTH_STRING) works too.
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("ci:{secret}"));
+        let resp = send(
+            &ctx.app,
+            "GET",
+            "/api/hello",
+            None,
+            None,
+            &[("authorization", &format!("Basic {basic}"))],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        let wrong = base64::engine::general_purpose::STANDARD.encode("ci:blk_wrong");
+        let resp = send(
+            &ctx.app,
+            "GET",
+            "/api/hello",
+            None,
+            None,
+            &[("authorization", &format!("Basic {wrong}"))],
+        )
+        .await;
+        assert_unauthorized(&resp, "a wrong Basic password");
+
+        let listed = get(&ctx.app, "/api/tokens", &ctx.admin).await;
+        assert_eq!(listed.status, StatusCode::OK);
+        assert!(
+            !listed.text.contains(&secret),
+            "the list never holds a token"
+        );
+        assert!(
+            !listed.text.contains(&ctx.admin),
+            "the list never holds a token"
+        );
+        let items = listed.body.as_array().unwrap();
+        assert!(
+            items
+                .iter()
+                .any(|t| t["id"] == json!(id) && t["name"] == json!("ci"))
+        );
+        assert!(
+            items.iter().all(|t| t.get("token").is_none()),
+            "{}",
+            listed.text
+        );
+
+        // Expiry.
+        let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+        let expiring = store
+            .create_token(TokenCreate {
+                name: "short-lived".into(),
+                scopes: [Scope::Read].into(),
+                expires: Some(expires),
+            })
+            .await
+            .unwrap();
+        let expiring_secret = expiring.token.expose_secret().to_owned();
+        assert_eq!(
+            get(&ctx.app, "/api/hello", &expiring_secret).await.status,
+            StatusCode::OK
+        );
+        let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait + Duration::from_millis(100)).await;
+        let resp = get(&ctx.app, "/api/hello", &expiring_secret).await;
+        assert_unauthorized(&resp, "an expired token");
+        assert!(resp.detail().contains("expired"), "{}", resp.text);
+
+        // Revocation.
+        let revoked = send(
+            &ctx.app,
+            "DELETE",
+            &format!("/api/tokens/{id}"),
+            Some(&ctx.admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
+        assert!(revoked.body["revoked"].is_string(), "{}", revoked.text);
+        assert!(!revoked.text.contains(&secret));
+        let resp = get(&ctx.app, "/api/hello", &secret).await;
+        assert_unauthorized(&resp, "a revoked token");
+        assert!(resp.detail().contains("revoked"), "{}", resp.text);
+        let unknown = send(
+            &ctx.app,
+            "DELETE",
+            &format!("/api/tokens/{}", Uuid::new_v4()),
+            Some(&ctx.admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+        // Expired and revoked denials are audited under the token's id.
+        let records = all_audit(store).await;
+        for (token_id, what) in [(expiring.info.id, "expired"), (id, "revoked")] {
+            assert!(
+                records.iter().any(|r| r.token_id == Some(token_id)
+                    && r.outcome == "denied"
+                    && r.status == 401),
+                "the {what} token's refusal is audited: {records:?}"
+            );
+        }
+
+        // Bad bodies: 422 naming the field, nothing created.
+        let before = store.list_tokens().await.unwrap().len();
+        let cases = [
+            (json!({"name": "", "scopes": ["read"]}), "name"),
+            (json!({"name": "   ", "scopes": ["read"]}), "name"),
+            (json!({"name": "x", "scopes": []}), "scopes"),
+            (json!({"name": "x", "scopes": ["root"]}), "scopes"),
+            (
+                json!({"name": "x", "scopes": ["read"], "expires": "2020-01-01T00:00:00Z"}),
+                "expires",
+            ),
+            (
+                json!({"name": "x", "scopes": ["read"], "colour": "red"}),
+                "colour",
+            ),
+            (json!({"scopes": ["read"]}), "name"),
+        ];
+        for (body, field) in cases {
+            let resp = send(
+                &ctx.app,
+                "POST",
+                "/api/tokens",
+                Some(&ctx.admin),
+                Some(&body),
+                &[],
+            )
+            .await;
+            assert_eq!(
+                resp.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{body}: {}",
+                resp.text
+            );
+            assert!(
+                resp.text.contains(field),
+                "{body}: the answer names {field}: {}",
+                resp.text
+            );
+            assert!(resp.body.get("token").is_none());
+        }
+        assert_eq!(
+            store.list_tokens().await.unwrap().len(),
+            before,
+            "no token was created"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn repeated_failures_are_refused_with_retry_after_and_audited_once() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::new(3, Duration::from_secs(60))).await;
+        let store = &ctx.state.store;
+        let bad = "blk_wrong";
+        for _ in 0..3 {
+            let resp = get(&ctx.app, "/api/hello", bad).await;
+            assert_unauthorized(&resp, "a bad token");
+        }
+        let refused = get(&ctx.app, "/api/hello", bad).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            refused.text
+        );
+        let retry: u64 = refused
+            .header(header::RETRY_AFTER)
+            .expect("Retry-After")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!(retry > 0 && retry <= 60, "{retry}");
+        assert!(!refused.detail().is_empty());
+        // Even a valid token is refused while the window lasts; public routes still answer.
+        let valid = get(&ctx.app, "/api/hello", &ctx.admin).await;
+        assert_eq!(
+            valid.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            valid.text
+        );
+        assert!(valid.header(header::RETRY_AFTER).is_some());
+        for _ in 0..5 {
+            assert_eq!(
+                get(&ctx.app, "/api/hello", bad).await.status,
+                StatusCode::TOO_MANY_REQUESTS
+            );
+        }
+        let none = send(
+            &ctx.app,
+            "GET",
+            "/api/block_types/slug/secret",
+            None,
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(none.status, StatusCode::TOO_MANY_REQUESTS, "{}", none.text);
+        assert_eq!(
+            send(&ctx.app, "GET", "/api/health", None, None, &[])
+                .await
+                .status,
+            StatusCode::OK
+        );
+
+        let records = all_audit(store).await;
+        let refusals = records.iter().filter(|r| r.status == 429).count();
+        assert_eq!(refusals, 1, "one 429 record per window: {records:?}");
+        let failures = records
+            .iter()
+            .filter(|r| r.status == 401 && r.outcome == "denied")
+            .count();
+        assert_eq!(failures, 3, "{records:?}");
+    })
+    .await;
+}
+
+/// A writer into a shared buffer, for capturing logs.
+#[derive(Debug, Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_secret_never_reaches_the_audit_log_metrics_or_logs() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let (read, _) = token(store, &[Scope::Read]).await;
+        let (_, schema) = register::<Secret>(store).await;
+        let body = json!({"name": "canary", "block_type_id": schema.block_type_id,
+            "block_schema_id": schema.id, "data": {"value": CANARY}});
+        let created = send(&ctx.app, "POST", "/api/block_documents/", Some(&ctx.admin), Some(&body), &[]).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        assert!(!created.text.contains(CANARY));
+        let id = created.body["id"].as_str().unwrap().to_owned();
+        let doc = format!("/api/block_documents/{id}");
+
+        let shown = get(&ctx.app, &format!("{doc}?include_secrets=true"), &ctx.admin).await;
+        assert_eq!(shown.body["data"]["value"], json!(CANARY));
+        let masked = get(&ctx.app, &doc, &read).await;
+        assert_eq!(masked.status, StatusCode::OK);
+        assert!(!masked.text.contains(CANARY));
+        let by_name = get(&ctx.app, "/api/block_types/slug/secret/block_documents/name/canary?include_secrets=true", &ctx.admin).await;
+        assert_eq!(by_name.body["data"]["value"], json!(CANARY));
+        let listed = send(&ctx.app, "POST", "/api/block_documents/filter", Some(&ctx.admin),
+            Some(&json!({"include_secrets": true})), &[]).await;
+        assert!(listed.text.contains(CANARY));
+
+        let patched = send(&ctx.app, "PATCH", &doc, Some(&ctx.admin),
+            Some(&json!({"data": {"value": format!("{CANARY}-v2")}})), &[]).await;
+        assert_eq!(patched.status, StatusCode::NO_CONTENT, "{}", patched.text);
+        let version = get(&ctx.app, &format!("{doc}/versions/1?include_secrets=true"), &ctx.admin).await;
+        assert_eq!(version.body["data"]["value"], json!(CANARY));
+
+        // Denials and failures, several carrying the canary in their bodies.
+        let refusals = [
+            send(&ctx.app, "GET", &format!("{doc}?include_secrets=true"), Some(&read), None, &[]).await,
+            send(&ctx.app, "GET", &format!("{doc}?include_secrets=true"), None, None, &[]).await,
+            send(&ctx.app, "PATCH", &doc, Some(&read), Some(&json!({"data": {"value": CANARY}})), &[]).await,
+            send(&ctx.app, "PATCH", &doc, Some("blk_unknown"), Some(&json!({"data": {"value": CANARY}})), &[]).await,
+            send(&ctx.app, "POST", "/api/block_documents/filter", Some(&read), Some(&json!({"include_secrets": true})), &[]).await,
+        ];
+        for resp in &refusals {
+            assert!(resp.status == StatusCode::UNAUTHORIZED || resp.status == StatusCode::FORBIDDEN, "{resp:?}");
+            assert!(!resp.text.contains(CANARY));
+        }
+        let malformed = format!("{{\"data\": {{\"value\": \"{CANARY}\"");
+        let request = Request::builder()
+            .method("PATCH")
+            .uri(&doc)
+            .header("authorization", format!("Bearer {}", ctx.admin))
+            .header("content-type", "application/json")
+            .body(Body::from(malformed))
+            .unwrap();
+        let response = ctx.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(CANARY));
+        let failures = [
+            send(&ctx.app, "PATCH", &doc, Some(&ctx.admin), Some(&json!({"data": CANARY})), &[]).await,
+            send(&ctx.app, "PATCH", &doc, Some(&ctx.admin), Some(&json!({"data": {"value": CANARY}, "colour": CANARY})), &[]).await,
+            send(&ctx.app, "POST", "/api/block_documents/", Some(&ctx.admin), Some(&body), &[]).await,
+            send(&ctx.app, "POST", "/api/block_documents/", Some(&ctx.admin),
+                Some(&json!({"name": "other", "block_type_id": schema.block_type_id, "block_schema_id": Uuid::new_v4(), "data": {"value": CANARY}})), &[]).await,
+        ];
+        for resp in &failures {
+            assert!(resp.status.is_client_error(), "{resp:?}");
+            assert!(!resp.text.contains(CANARY), "{}", resp.text);
+        }
+        let after = get(&ctx.app, &format!("{doc}?include_secrets=true"), &ctx.admin).await;
+        assert_eq!(after.body["data"]["value"], json!(format!("{CANARY}-v2")), "failed writes changed nothing");
+
+        let records = all_audit(store).await;
+        assert!(records.len() >= 10, "the requests were audited: {records:?}");
+        let audit_text = serde_json::to_string(&records).unwrap();
+        assert!(!audit_text.contains(CANARY), "the audit log holds the secret: {audit_text}");
+        let metrics = get(&ctx.app, "/metrics", &read).await;
+        assert_eq!(metrics.status, StatusCode::OK);
+        assert!(!metrics.text.contains(CANARY), "the metrics hold the secret");
+    })
+    .await;
+    let logs = logs.contents();
+    assert!(!logs.is_empty(), "the app logged something");
+    assert!(
+        logs.contains(r#"route="/api/block_documents/{id}""#),
+        "the request span with its route template is logged: {logs}"
+    );
+    assert!(!logs.contains(CANARY), "the logs hold the secret: {logs}");
+}
+
+#[tokio::test]
+async fn metrics_need_a_token_and_label_by_route_template() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let (read, _) = token(store, &[Scope::Read]).await;
+        let id = secret_doc(store, "metrics-doc-name", "value").await;
+        assert_eq!(
+            get(&ctx.app, &format!("/api/block_documents/{id}"), &read)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(
+                &ctx.app,
+                "/api/block_types/slug/secret/block_documents/name/metrics-doc-name",
+                &read
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&ctx.app, "/api/nowhere-xyzzy", &read).await.status,
+            StatusCode::NOT_FOUND
+        );
+
+        let anonymous = send(&ctx.app, "GET", "/metrics", None, None, &[]).await;
+        assert_unauthorized(&anonymous, "/metrics without a token");
+        let resp = get(&ctx.app, "/metrics", &read).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        let text = &resp.text;
+        assert!(text.contains("blocks_http_requests_total"), "{text}");
+        assert!(
+            text.contains(r#"route="/api/block_documents/{id}""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"route="/api/block_types/slug/{slug}/block_documents/name/{name}""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"route="unmatched""#), "{text}");
+        assert!(
+            !text.contains(&id.to_string()),
+            "a concrete id in the metrics"
+        );
+        assert!(
+            !text.contains("metrics-doc-name"),
+            "a block name in the metrics"
+        );
+        assert!(
+            !text.contains("nowhere-xyzzy"),
+            "a concrete path in the metrics"
+        );
+        let audit_line = text
+            .lines()
+            .find(|l| l.starts_with("blocks_audit_records_total"))
+            .unwrap_or_else(|| panic!("blocks_audit_records_total: {text}"));
+        let audited: f64 = audit_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(audited >= 1.0, "the 401 above was audited: {audit_line}");
+    })
+    .await;
+}
+
+/// Every `"$ref"` string in `value`.
+fn refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == "$ref"
+                    && let Value::String(s) = v
+                {
+                    out.push(s.clone());
+                }
+                refs(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_lists_exactly_the_served_routes() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let (read, _) = token(&ctx.state.store, &[Scope::Read]).await;
+        assert_unauthorized(
+            &send(&ctx.app, "GET", "/api/openapi.json", None, None, &[]).await,
+            "openapi without a token",
+        );
+        let resp = get(&ctx.app, "/api/openapi.json", &read).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        let doc = &resp.body;
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented = BTreeSet::new();
+        for (path, ops) in paths {
+            for method in ops.as_object().expect("operations").keys() {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        let routes = all_routes();
+        let served: BTreeSet<(String, String)> = routes
+            .iter()
+            .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
+            .collect();
+        assert_eq!(documented, served);
+        assert_eq!(served.len(), routes.len(), "no route is listed twice");
+
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for route in &routes {
+            let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+            let what = format!("{} {}", route.method, route.path);
+            if let Access::Token(scope) = route.meta.access {
+                let security = op["security"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{what}: security"));
+                assert!(!security.is_empty(), "{what}: a security requirement");
+                assert_eq!(security[0]["bearer"], json!([scope.as_str()]), "{what}");
+            }
+            if route.doc.request.is_some() {
+                assert!(
+                    op["requestBody"]["content"]["application/json"]["schema"].is_object(),
+                    "{what}: requestBody"
+                );
+            } else {
+                assert!(op.get("requestBody").is_none(), "{what}: no requestBody");
+            }
+            for param in route
+                .path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            {
+                let listed = op["parameters"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p["name"] == json!(param) && p["in"] == json!("path"))
+                });
+                assert!(listed, "{what}: path parameter {param}");
+            }
+        }
+        let mut operation_ids = BTreeSet::new();
+        for ops in paths.values() {
+            for op in ops.as_object().unwrap().values() {
+                let id = op["operationId"]
+                    .as_str()
+                    .expect("an operationId")
+                    .to_owned();
+                assert!(
+                    operation_ids.insert(id.clone()),
+                    "operationId {id} is not unique"
+                );
+            }
+        }
+        let mut all_refs = Vec::new();
+        refs(doc, &mut all_refs);
+        assert!(!all_refs.is_empty());
+        for r in &all_refs {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{r}: a local schema reference"));
+            assert!(schemas.contains_key(name), "{r} does not resolve");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn etags_cover_the_tree_and_if_match_makes_writes_conditional() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let admin = ctx.admin.as_str();
+        let (_, creds_schema) = register::<GcpCredentials>(store).await;
+        let (_, bucket_schema) = register::<GcsBucket>(store).await;
+        let child = create(store, &creds_schema, "etag-creds",
+            json!({"service_account_info": {"private_key": CANARY}, "project": "p1"})).await;
+        let parent = create(store, &bucket_schema, "etag-bucket",
+            json!({"bucket": "lake", "bucket_folder": "", "gcp_credentials": reference_value(child.id)})).await;
+        let parent_uri = format!("/api/block_documents/{}", parent.id);
+        let child_uri = format!("/api/block_documents/{}", child.id);
+
+        let first = get(&ctx.app, &parent_uri, admin).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert!(!first.text.contains(CANARY), "a masked read masks the referenced document's secrets too");
+        assert_eq!(first.body["data"]["gcp_credentials"]["service_account_info"]["private_key"], json!("********"));
+        let etag1 = first.header(header::ETAG).expect("an ETag").to_owned();
+        assert!(etag1.starts_with('"') && etag1.ends_with('"'), "{etag1}");
+        let by_name = get(&ctx.app, "/api/block_types/slug/gcs-bucket/block_documents/name/etag-bucket", admin).await;
+        assert_eq!(by_name.header(header::ETAG), Some(etag1.as_str()), "the same tree, the same tag");
+        let not_modified = send(&ctx.app, "GET", &parent_uri, Some(admin), None, &[("if-none-match", &etag1)]).await;
+        assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(not_modified.header(header::ETAG), Some(etag1.as_str()));
+        assert!(not_modified.text.is_empty());
+        let other = send(&ctx.app, "GET", &parent_uri, Some(admin), None, &[("if-none-match", "\"other\"")]).await;
+        assert_eq!(other.status, StatusCode::OK);
+
+        // Changing the child changes the parent's tag.
+        let resp = send(&ctx.app, "PATCH", &child_uri, Some(admin), Some(&json!({"data": {"project": "p2"}})), &[]).await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        let etag2 = get(&ctx.app, &parent_uri, admin).await.header(header::ETAG).unwrap().to_owned();
+        assert_ne!(etag1, etag2, "a child's change changes the parent's ETag");
+        let stale = send(&ctx.app, "GET", &parent_uri, Some(admin), None, &[("if-none-match", &etag1)]).await;
+        assert_eq!(stale.status, StatusCode::OK);
+
+        // A stale If-Match: 412, nothing changed.
+        let version = store.document_version(parent.id).await.unwrap();
+        let resp = send(&ctx.app, "PATCH", &parent_uri, Some(admin),
+            Some(&json!({"data": {"bucket": "stale"}})), &[("if-match", &etag1)]).await;
+        assert_eq!(resp.status, StatusCode::PRECONDITION_FAILED, "{}", resp.text);
+        assert!(!resp.detail().is_empty());
+        assert_eq!(store.document_version(parent.id).await.unwrap(), version);
+        let now = get(&ctx.app, &parent_uri, admin).await;
+        assert_eq!(now.body["data"]["bucket"], json!("lake"));
+        assert_eq!(now.header(header::ETAG), Some(etag2.as_str()));
+
+        // The current tag as a weak one: If-Match compares strongly, so 412.
+        let weak = format!("W/{etag2}");
+        let resp = send(&ctx.app, "PATCH", &parent_uri, Some(admin),
+            Some(&json!({"data": {"bucket": "weak"}})), &[("if-match", &weak)]).await;
+        assert_eq!(resp.status, StatusCode::PRECONDITION_FAILED, "{}", resp.text);
+        // …while If-None-Match compares weakly.
+        let cached = send(&ctx.app, "GET", &parent_uri, Some(admin), None, &[("if-none-match", &weak)]).await;
+        assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+
+        // The current tag: 204.
+        let resp = send(&ctx.app, "PATCH", &parent_uri, Some(admin),
+            Some(&json!({"data": {"bucket": "lake-2"}})), &[("if-match", &etag2)]).await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        assert_eq!(store.document_version(parent.id).await.unwrap(), version + 1);
+        let current = get(&ctx.app, &parent_uri, admin).await;
+        assert_eq!(current.body["data"]["bucket"], json!("lake-2"));
+        assert_eq!(current.body["data"]["gcp_credentials"]["project"], json!("p2"), "the reference survives a merge");
+        let etag3 = current.header(header::ETAG).unwrap().to_owned();
+        assert_ne!(etag3, etag2);
+
+        // Without If-Match (Prefect clients): unconditional.
+        let resp = send(&ctx.app, "PATCH", &parent_uri, Some(admin), Some(&json!({"data": {"bucket": "lake-3"}})), &[]).await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        assert_eq!(store.document_version(parent.id).await.unwrap(), version + 2);
+
+        // Stale rollback and delete: 412, the document stays.
+        let resp = send(&ctx.app, "POST", &format!("{parent_uri}/versions/1/rollback"), Some(admin), None, &[("if-match", &etag3)]).await;
+        assert_eq!(resp.status, StatusCode::PRECONDITION_FAILED, "{}", resp.text);
+        let resp = send(&ctx.app, "DELETE", &parent_uri, Some(admin), None, &[("if-match", &etag3)]).await;
+        assert_eq!(resp.status, StatusCode::PRECONDITION_FAILED, "{}", resp.text);
+        let still = get(&ctx.app, &parent_uri, admin).await;
+        assert_eq!(still.status, StatusCode::OK);
+        assert_eq!(still.body["data"]["bucket"], json!("lake-3"));
+        let etag4 = still.header(header::ETAG).unwrap().to_owned();
+        let resp = send(&ctx.app, "DELETE", &parent_uri, Some(admin), None, &[("if-match", &etag4)]).await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        assert_eq!(get(&ctx.app, &parent_uri, admin).await.status, StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_rollback_destroy_and_retention_over_the_api() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let admin = ctx.admin.as_str();
+        let id = secret_doc(store, "history", "secret-v1").await;
+        let doc = format!("/api/block_documents/{id}");
+        for value in ["secret-v2", "secret-v3"] {
+            let resp = send(
+                &ctx.app,
+                "PATCH",
+                &doc,
+                Some(admin),
+                Some(&json!({"data": {"value": value}})),
+                &[],
+            )
+            .await;
+            assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        }
+        let versions = get(&ctx.app, &format!("{doc}/versions"), admin).await;
+        assert_eq!(versions.status, StatusCode::OK, "{}", versions.text);
+        let numbers: Vec<i64> = versions
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(numbers, [3, 2, 1], "newest first");
+        assert!(!versions.text.contains("secret-v"));
+
+        let v1 = get(
+            &ctx.app,
+            &format!("{doc}/versions/1?include_secrets=true"),
+            admin,
+        )
+        .await;
+        assert_eq!(v1.status, StatusCode::OK, "{}", v1.text);
+        assert_eq!(v1.body["version"], json!(1));
+        assert_eq!(v1.body["data"]["value"], json!("secret-v1"));
+        let v1_masked = get(&ctx.app, &format!("{doc}/versions/1"), admin).await;
+        assert_eq!(v1_masked.body["data"]["value"], json!("********"));
+        let (read, _) = token(store, &[Scope::Read]).await;
+        assert_eq!(
+            get(
+                &ctx.app,
+                &format!("{doc}/versions/1?include_secrets=true"),
+                &read
+            )
+            .await
+            .status,
+            StatusCode::FORBIDDEN
+        );
+
+        let rolled = send(
+            &ctx.app,
+            "POST",
+            &format!("{doc}/versions/1/rollback"),
+            Some(admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.text);
+        assert_eq!(rolled.body["version"], json!(4));
+        let current = get(&ctx.app, &format!("{doc}?include_secrets=true"), admin).await;
+        assert_eq!(
+            current.body["data"], v1.body["data"],
+            "version 4 equals version 1, secret included"
+        );
+        let v4 = get(
+            &ctx.app,
+            &format!("{doc}/versions/4?include_secrets=true"),
+            admin,
+        )
+        .await;
+        assert_eq!(v4.body["data"], v1.body["data"]);
+
+        let resp = send(
+            &ctx.app,
+            "DELETE",
+            &format!("{doc}/versions/2"),
+            Some(admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        assert_eq!(
+            get(&ctx.app, &format!("{doc}/versions/2"), admin)
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(
+                &ctx.app,
+                &format!("{doc}/versions/2?include_secrets=true"),
+                admin
+            )
+            .await
+            .status,
+            StatusCode::NOT_FOUND
+        );
+        let resp = send(
+            &ctx.app,
+            "DELETE",
+            &format!("{doc}/versions/4"),
+            Some(admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.text);
+        for bad in ["abc", "0", "-1", "1.5"] {
+            let resp = get(&ctx.app, &format!("{doc}/versions/{bad}"), admin).await;
+            assert_eq!(
+                resp.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{bad}: {}",
+                resp.text
+            );
+            assert!(resp.text.contains("version"), "{}", resp.text);
+            let resp = send(
+                &ctx.app,
+                "DELETE",
+                &format!("{doc}/versions/{bad}"),
+                Some(admin),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(
+                resp.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{bad}: {}",
+                resp.text
+            );
+        }
+        let numbers: Vec<i64> = get(&ctx.app, &format!("{doc}/versions"), admin)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(numbers, [4, 3, 1]);
+
+        // Retention.
+        let resp = send(
+            &ctx.app,
+            "PATCH",
+            "/api/settings",
+            Some(admin),
+            Some(&json!({"retention": 2})),
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        assert_eq!(resp.body, json!({"retention": 2}));
+        let kept = get(&ctx.app, &format!("{doc}/versions"), admin)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len();
+        assert!(kept <= 2, "{kept} versions kept under retention 2");
+        assert!(kept >= 1);
+        let resp = send(
+            &ctx.app,
+            "PATCH",
+            "/api/settings",
+            Some(admin),
+            Some(&json!({"retention": 0})),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            resp.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            resp.text
+        );
+        assert!(resp.text.contains("retention"), "{}", resp.text);
+        let resp = send(
+            &ctx.app,
+            "PATCH",
+            "/api/settings",
+            Some(admin),
+            Some(&json!({"keep": 3})),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            resp.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            resp.text
+        );
+        let settings = get(&ctx.app, "/api/settings", admin).await;
+        assert_eq!(settings.status, StatusCode::OK);
+        assert_eq!(settings.body, json!({"retention": 2}));
+        assert_eq!(
+            get(&ctx.app, "/api/settings", &read).await.status,
+            StatusCode::FORBIDDEN
+        );
+        // Further writes keep the limit.
+        let resp = send(
+            &ctx.app,
+            "PATCH",
+            &doc,
+            Some(admin),
+            Some(&json!({"data": {"value": "secret-v5"}})),
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT);
+        let numbers: Vec<i64> = get(&ctx.app, &format!("{doc}/versions"), admin)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(numbers, [5, 4]);
+    })
+    .await;
+}
+
+/// The key entry with `id` from a `GET /api/keys` body.
+fn key_entry(status: &Value, id: &Value) -> Value {
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| &k["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("key {id} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_reencrypts_while_reads_and_writes_go_on() {
+    const TASKS: usize = 8;
+    const REQUESTS: usize = 25;
+    const DOCS: usize = 60;
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let admin = ctx.admin.clone();
+        let mut docs = Vec::new();
+        for i in 0..DOCS {
+            let value = format!("original-{i}");
+            docs.push((secret_doc(store, &format!("doc-{i}"), &value).await, value));
+        }
+        // A second version of each, so there is more to re-encrypt.
+        for (i, (id, value)) in docs.iter_mut().enumerate() {
+            *value = format!("second-{i}");
+            let resp = send(
+                &ctx.app,
+                "PATCH",
+                &format!("/api/block_documents/{id}"),
+                Some(&admin),
+                Some(&json!({"data": {"value": value.clone()}})),
+                &[],
+            )
+            .await;
+            assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+        }
+
+        let keys = get(&ctx.app, "/api/keys", &admin).await;
+        assert_eq!(keys.status, StatusCode::OK, "{}", keys.text);
+        let old = keys.body["active"].clone();
+        let old_entry = key_entry(&keys.body, &old);
+        assert_eq!(old_entry["state"], json!("active"));
+        assert_eq!(old_entry["documents"], json!(DOCS));
+
+        let rotated = send(
+            &ctx.app,
+            "POST",
+            "/api/keys/rotate",
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(rotated.status, StatusCode::ACCEPTED, "{}", rotated.text);
+        let new = rotated.body["active"].clone();
+        assert!(new.is_string() && new != old, "{}", rotated.text);
+        let during = get(&ctx.app, "/api/keys", &admin).await;
+        assert!(
+            key_entry(&during.body, &old)["versions"].as_i64().unwrap() > 0,
+            "the burst should start while re-encryption runs: {}",
+            during.text
+        );
+
+        let docs = Arc::new(docs);
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let app = ctx.app.clone();
+            let admin = admin.clone();
+            let docs = docs.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let (own, _) = docs[t];
+                let mut own_value = docs[t].1.clone();
+                for i in 0..REQUESTS {
+                    match i % 3 {
+                        0 => {
+                            own_value = format!("task-{t}-write-{i}");
+                            let resp = send(
+                                &app,
+                                "PATCH",
+                                &format!("/api/block_documents/{own}"),
+                                Some(&admin),
+                                Some(&json!({"data": {"value": own_value.clone()}})),
+                                &[],
+                            )
+                            .await;
+                            if resp.status != StatusCode::NO_CONTENT {
+                                errors.push(format!("PATCH {own}: {} {}", resp.status, resp.text));
+                            }
+                        }
+                        1 => {
+                            let resp = get(
+                                &app,
+                                &format!("/api/block_documents/{own}?include_secrets=true"),
+                                &admin,
+                            )
+                            .await;
+                            if resp.status != StatusCode::OK
+                                || resp.body["data"]["value"] != json!(own_value)
+                            {
+                                errors.push(format!(
+                                    "read own {own}: {} {} (want {own_value})",
+                                    resp.status, resp.text
+                                ));
+                            }
+                        }
+                        _ => {
+                            let (other, value) =
+                                &docs[TASKS + (t * REQUESTS + i) % (docs.len() - TASKS)];
+                            let resp = get(
+                                &app,
+                                &format!("/api/block_documents/{other}?include_secrets=true"),
+                                &admin,
+                            )
+                            .await;
+                            if resp.status != StatusCode::OK
+                                || resp.body["data"]["value"] != json!(value)
+                            {
+                                errors.push(format!(
+                                    "read {other}: {} {} (want {value})",
+                                    resp.status, resp.text
+                                ));
+                            }
+                        }
+                    }
+                }
+                (own, own_value, errors)
+            }));
+        }
+        let mut finals = Vec::new();
+        let mut errors = Vec::new();
+        for task in tasks {
+            let (own, value, errs) = task.await.unwrap();
+            finals.push((own, value));
+            errors.extend(errs);
+        }
+        assert!(
+            errors.is_empty(),
+            "{} failed requests during re-encryption:\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let last = loop {
+            let status = get(&ctx.app, "/api/keys", &admin).await.body;
+            let entry = key_entry(&status, &old);
+            if entry["documents"] == json!(0) && entry["versions"] == json!(0) {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old key still seals data after 10 s: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(last["active"], new);
+        assert_eq!(key_entry(&last, &new)["documents"], json!(DOCS));
+        for (id, value) in finals.iter().chain(docs[TASKS..].iter()) {
+            let resp = get(
+                &ctx.app,
+                &format!("/api/block_documents/{id}?include_secrets=true"),
+                &admin,
+            )
+            .await;
+            assert_eq!(
+                resp.body["data"]["value"],
+                json!(value),
+                "{id} after re-encryption"
+            );
+        }
+    })
+    .await;
+}
+
+/// HEAD is answered by the GET handler (axum), so it must need the GET route's scope.
+#[tokio::test]
+async fn head_requests_need_the_scope_of_their_get_route() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let (read, _) = token(&ctx.state.store, &[Scope::Read]).await;
+        for route in all_routes() {
+            let Access::Token(needed) = route.meta.access else {
+                continue;
+            };
+            if route.method != Method::GET || needed == Scope::Read || route.path.contains('{') {
+                continue;
+            }
+            let resp = send(&ctx.app, "HEAD", route.path, Some(&read), None, &[]).await;
+            assert_eq!(
+                resp.status,
+                StatusCode::FORBIDDEN,
+                "HEAD {} with a read token",
+                route.path
+            );
+        }
+    })
+    .await;
+}
