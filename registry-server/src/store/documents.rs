@@ -560,6 +560,28 @@ impl Store {
             ));
         }
         let (new_plain, new_refs) = split_data_references(new_data)?;
+        // A merge must not carry a stored secret into a schema that keeps it in clear: that
+        // would let a `write` token make it readable by every `read` token. The caller sends
+        // the value explicitly (or null) to move it.
+        if body.merge_existing_data {
+            let carried: Vec<FieldError> = dropped
+                .iter()
+                .map(ToString::to_string)
+                .filter_map(|path| {
+                    let root = path.split('.').next().unwrap_or_default().to_owned();
+                    let stored = current_data.get(&root).is_some_and(|v| !v.is_null());
+                    (stored && !new_plain.contains_key(&root)).then(|| {
+                        FieldError::new(
+                            format!("data.{root}"),
+                            "this secret is not secret in the target schema; send its value (or null) explicitly to move the document",
+                        )
+                    })
+                })
+                .collect();
+            if !carried.is_empty() {
+                return Err(StoreError::Invalid(carried));
+            }
+        }
         let (mut data, mut refs) = if body.merge_existing_data {
             let mut merged = current_data;
             let mut refs: Vec<(String, Uuid)> = current_refs

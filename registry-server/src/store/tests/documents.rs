@@ -589,6 +589,33 @@ async fn an_echo_is_not_restored_into_a_schema_that_stores_the_field_in_clear() 
         let masked = store.read_block_document(doc.id, false).await.unwrap();
         assert_eq!(masked.data["password"], json!("********"));
         assert_eq!(masked.block_schema_id, sealed.id, "nothing changed");
+
+        // A merge that sends nothing would carry the secret over in clear: refused too.
+        for data in [None, Some(obj(json!({"a": {}})))] {
+            let body = BlockDocumentUpdate {
+                block_schema_id: Some(clear.id),
+                data,
+                merge_existing_data: true,
+            };
+            let refused = store.update_block_document(doc.id, body, None).await;
+            if let Err(StoreError::Invalid(ref e)) = refused {
+                assert_eq!(e[0].field, "data.password");
+            } else {
+                // Without data a merge writes nothing at all.
+                assert!(matches!(refused, Ok(ref o) if !o.changed), "{refused:?}");
+            }
+            let masked = store.read_block_document(doc.id, false).await.unwrap();
+            assert_eq!(masked.data["password"], json!("********"));
+        }
+        // Sending the value explicitly moves it, knowingly.
+        let body = BlockDocumentUpdate {
+            block_schema_id: Some(clear.id),
+            data: Some(obj(json!({"password": "now-public"}))),
+            merge_existing_data: true,
+        };
+        store.update_block_document(doc.id, body, None).await.unwrap();
+        let read = store.read_block_document(doc.id, false).await.unwrap();
+        assert_eq!(read.data["password"], json!("now-public"));
     })
     .await;
 }
