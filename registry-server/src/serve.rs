@@ -32,7 +32,8 @@ pub struct ServeArgs {
     /// File holding the master key (32 bytes, standard base64, one line).
     #[arg(long, env = "BLOCKS_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
-    /// Keep at most this many versions of each document (all when unset).
+    /// Keep at most this many versions of each document (all when unset), unless the
+    /// setting was changed over the API (`PATCH /api/settings`), which every replica shares.
     #[arg(long, env = "BLOCKS_RETENTION")]
     pub retention: Option<u32>,
     /// Database connections in the pool [default: 16 on SQLite, 8 on PostgreSQL]
@@ -242,12 +243,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     http::register_collection(&store, Collection::Core)
         .await
         .context("cannot register the core blocks")?;
-    if args.retention.is_some() {
-        store
-            .set_retention(args.retention)
-            .await
-            .context("cannot store the retention setting")?;
-    }
+
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key).await?),
         _ => None,
@@ -344,18 +340,32 @@ async fn first_token(
     else {
         return Ok(None);
     };
-    create_home(home)?;
+    // Shown first: whatever happens to the profile, the token is not lost.
     let profile = home.join("profile.toml");
-    write_profile(&profile, url, &created.token)?;
     #[allow(clippy::print_stdout)]
     {
         println!(
-            "Created the first admin token (shown only this once; also written to {}):\n\n    {}\n\nUse it as `Authorization: Bearer <token>`, or as PREFECT_API_KEY for Prefect clients.",
-            profile.display(),
+            "Created the first admin token (shown only this once):\n\n    {}\n\nUse it as `Authorization: Bearer <token>`, or as PREFECT_API_KEY for Prefect clients.",
             created.token.expose_secret()
         );
     }
-    tracing::info!(token_id = %created.info.id, profile = %profile.display(), "created the first admin token");
+    match create_home(home).and_then(|()| write_profile(&profile, url, &created.token)) {
+        Ok(()) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "It is also in {} (readable by you only).",
+                    profile.display()
+                );
+            }
+            tracing::info!(token_id = %created.info.id, profile = %profile.display(), "created the first admin token");
+        }
+        Err(e) => tracing::warn!(
+            token_id = %created.info.id,
+            error = %format!("{e:#}"),
+            "created the first admin token but could not write the profile; keep the token printed above"
+        ),
+    }
     Ok(Some(created.token))
 }
 
@@ -389,6 +399,10 @@ fn write_profile(path: &Path, url: &str, token: &SecretString) -> anyhow::Result
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

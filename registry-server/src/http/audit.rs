@@ -69,22 +69,46 @@ async fn writer(
     let mut group = Vec::with_capacity(64);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let (records, acks): (Vec<_>, Vec<_>) = group.drain(..).unzip();
-        let outcome = store.append_audit(&records).await;
-        match &outcome {
+        match store.append_audit(&records).await {
             Ok(()) => {
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats
                     .records
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
+                for ack in acks {
+                    ack.send(Ok(())).ok();
+                }
+            }
+            // One bad record must not fail the others: store them one by one.
+            Err(e) if records.len() > 1 => {
+                tracing::warn!(error = %e, records = records.len(), "an audit group failed; storing its records one by one");
+                for (record, ack) in records.into_iter().zip(acks) {
+                    let one = store.append_audit(std::slice::from_ref(&record)).await;
+                    count(&stats, &one);
+                    ack.send(one.map_err(|e| e.to_string())).ok();
+                }
             }
             Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, records = records.len(), "could not store audit records");
+                let failed = Err(e);
+                count(&stats, &failed);
+                for ack in acks {
+                    ack.send(failed.as_ref().map(|_| ()).map_err(ToString::to_string))
+                        .ok();
+                }
             }
         }
-        let result = outcome.map_err(|e| e.to_string());
-        for ack in acks {
-            ack.send(result.clone()).ok();
+    }
+}
+
+fn count(stats: &AuditStats, outcome: &Result<(), crate::store::StoreError>) {
+    match outcome {
+        Ok(()) => {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats.records.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "could not store an audit record");
         }
     }
 }

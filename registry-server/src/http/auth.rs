@@ -92,9 +92,15 @@ impl AuthGuard {
 
     fn failed(&self, ip: IpAddr) {
         let mut map = lock(&self.failures);
-        if map.len() >= MAX_TRACKED_CLIENTS {
+        if map.len() >= MAX_TRACKED_CLIENTS && !map.contains_key(&ip) {
             let window = self.window;
             map.retain(|_, w| w.start.elapsed() < window);
+            if map.len() >= MAX_TRACKED_CLIENTS {
+                // Every tracked client is within its window: the oldest window goes.
+                if let Some(oldest) = map.iter().min_by_key(|(_, w)| w.start).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
         }
         let w = map.entry(ip).or_insert_with(|| Window {
             start: Instant::now(),
@@ -162,7 +168,12 @@ pub(crate) async fn authenticate(
     scope: Scope,
 ) -> Result<Arc<TokenInfo>, (ApiError, Option<Uuid>, bool)> {
     if let Some((retry_after, first)) = state.auth.refused(ip) {
-        return Err((ApiError::TooManyRequests(retry_after), None, first));
+        // A refused client still gets through with a token this server already knows to be
+        // good (from memory: refusal costs the database nothing); anything else waits.
+        match token.and_then(|t| state.store.authenticate_cached(t)) {
+            Some(info) if info.grants(scope) => return Ok(Arc::new(info)),
+            _ => return Err((ApiError::TooManyRequests(retry_after), None, first)),
+        }
     }
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         state.auth.failed(ip);
@@ -251,56 +262,112 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
         None => (Access::Public, Kind::Read),
         Some(path) => super::routes::rule(&state.routes, &method, path),
     };
-    let target = req.uri().path().to_owned();
+    if req.uri().to_string().to_ascii_lowercase().contains("%00") {
+        // No name, slug or filter of ours holds NUL (PostgreSQL text cannot store it).
+        return ApiError::BadRequest("the URL must not contain NUL characters (%00)".into())
+            .into_response();
+    }
+    let record = Pending {
+        request_id: id.clone(),
+        action: format!("{method} {}", route.as_deref().unwrap_or("unmatched")),
+        target: req.uri().path().to_owned(),
+    };
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ClientIp(ip));
 
-    let caller = Caller::default();
-    let (mut response, token_id, audit) = match access {
-        Access::Public | Access::Socket => (next.run(req).await, None, false),
+    let mut response = match access {
+        Access::Public | Access::Socket => next.run(req).await,
         Access::Token(scope) => {
             let token = presented_token(req.headers());
             match authenticate(&state, ip, token.as_deref(), scope).await {
                 Ok(info) => {
                     let token_id = info.id;
-                    req.extensions_mut().insert(Caller {
+                    let caller = Caller {
                         token: Some(info),
-                        read_secrets: caller.read_secrets.clone(),
-                    });
-                    let response = next.run(req).await;
-                    let denied = matches!(response.status().as_u16(), 401 | 403 | 429);
-                    (response, Some(token_id), kind == Kind::Write || denied)
+                        read_secrets: Arc::default(),
+                    };
+                    req.extensions_mut().insert(caller.clone());
+                    let state = state.clone();
+                    let work = async move {
+                        let response = next.run(req).await;
+                        let secrets = caller
+                            .read_secrets
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        let denied = matches!(response.status().as_u16(), 401 | 403 | 429);
+                        if kind == Kind::Write || denied || secrets {
+                            record
+                                .store(&state, Some(token_id), secrets, response)
+                                .await
+                        } else {
+                            response
+                        }
+                    };
+                    if kind == Kind::Write {
+                        // A write and its audit record run to their end even if the client
+                        // goes away or the timeout fires mid-way: the two never part.
+                        match tokio::spawn(work).await {
+                            Ok(response) => response,
+                            Err(e) => ApiError::Internal(format!("the handler failed: {e}"))
+                                .into_response(),
+                        }
+                    } else {
+                        work.await
+                    }
                 }
-                Err((error, token_id, audit)) => (error.into_response(), token_id, audit),
+                Err((error, token_id, audit)) => {
+                    let response = error.into_response();
+                    if audit {
+                        record.store(&state, token_id, false, response).await
+                    } else {
+                        response
+                    }
+                }
             }
         }
     };
-    let secrets = caller
-        .read_secrets
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if audit || secrets {
-        let status = response.status();
-        let action = format!("{method} {}", route.as_deref().unwrap_or("unmatched"));
-        let record = NewAuditRecord {
-            at: Utc::now(),
-            request_id: id.clone(),
-            token_id,
-            action,
-            target: if secrets {
-                format!("{target}?include_secrets=true")
-            } else {
-                target
-            },
-            outcome: outcome(status),
-            status: status.as_u16(),
-        };
-        if let Err(e) = state.audit.record(record).await {
-            tracing::error!(error = %e, "answering 503: the audit record could not be stored");
-            response = ApiError::Unavailable("the audit log is unavailable".into()).into_response();
-        }
-    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// What an audit record of this request will say, once its outcome is known.
+struct Pending {
+    request_id: String,
+    action: String,
+    target: String,
+}
+
+impl Pending {
+    /// Stores the record for `response` and returns the response, or a 503 when the record
+    /// could not be stored (a secret read or refusal is never answered unrecorded).
+    async fn store(
+        self,
+        state: &AppState,
+        token_id: Option<Uuid>,
+        secrets: bool,
+        response: Response,
+    ) -> Response {
+        let status = response.status();
+        let record = NewAuditRecord {
+            at: Utc::now(),
+            request_id: self.request_id,
+            token_id,
+            action: self.action,
+            target: if secrets {
+                format!("{}?include_secrets=true", self.target)
+            } else {
+                self.target
+            },
+            outcome: outcome(status),
+            status: status.as_u16(),
+        };
+        match state.audit.record(record).await {
+            Ok(()) => response,
+            Err(e) => {
+                tracing::error!(error = %e, "answering 503: the audit record could not be stored");
+                ApiError::Unavailable("the audit log is unavailable".into()).into_response()
+            }
+        }
+    }
 }

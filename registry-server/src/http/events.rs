@@ -46,17 +46,43 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let header_token = presented_token(&headers);
-    ws.protocols(["prefect"]).on_upgrade(move |socket| {
-        serve(
-            state,
-            socket,
-            Connection {
-                request_id,
-                ip,
-                header_token,
-            },
-        )
-    })
+    ws.protocols(["prefect"])
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            serve(
+                state,
+                socket,
+                Connection {
+                    request_id,
+                    ip,
+                    header_token,
+                },
+            )
+        })
+}
+
+/// Events are small JSON documents; anything larger is refused by the socket.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// A connection that has not authenticated by then is closed.
+const AUTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The block-load event's slug and document id, when `value` is one
+/// (`prefect.block.<slug>.loaded` about `prefect.block-document.<uuid>`).
+fn block_load(value: &Value) -> Option<(&str, uuid::Uuid)> {
+    let event = value.get("event")?.as_str()?;
+    let slug = event
+        .strip_prefix("prefect.block.")?
+        .strip_suffix(".loaded")?;
+    block_types::validate::block_type_slug(slug).ok()?;
+    if slug.len() > 200 {
+        return None;
+    }
+    let resource = value
+        .get("resource")?
+        .get("prefect.resource.id")?
+        .as_str()?
+        .strip_prefix("prefect.block-document.")?;
+    Some((slug, uuid::Uuid::parse_str(resource).ok()?))
 }
 
 /// What the upgrade request told about the connection.
@@ -66,6 +92,7 @@ struct Connection {
     header_token: Option<String>,
 }
 
+/// Stores an audit record; false when it could not be stored.
 async fn audit(
     state: &AppState,
     conn: &Connection,
@@ -73,7 +100,7 @@ async fn audit(
     action: &str,
     target: String,
     status: u16,
-) {
+) -> bool {
     let record = NewAuditRecord {
         at: Utc::now(),
         request_id: conn.request_id.clone(),
@@ -85,14 +112,28 @@ async fn audit(
         ),
         status,
     };
-    if let Err(e) = state.audit.record(record).await {
-        tracing::error!(error = %e, "could not store an events-socket audit record");
+    match state.audit.record(record).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "could not store an events-socket audit record; closing the socket");
+            false
+        }
     }
 }
 
 async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
     let mut token_id = None;
-    while let Some(Ok(message)) = socket.recv().await {
+    let mut token: Option<String> = None;
+    loop {
+        let next = if token_id.is_none() {
+            match tokio::time::timeout(AUTH_DEADLINE, socket.recv()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        } else {
+            socket.recv().await
+        };
+        let Some(Ok(message)) = next else { break };
         let Message::Text(text) = message else {
             if matches!(message, Message::Close(_)) {
                 break;
@@ -103,14 +144,15 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
             continue;
         };
         if value.get("type").and_then(Value::as_str) == Some("auth") {
-            let token = value
+            let presented = value
                 .get("token")
                 .and_then(Value::as_str)
                 .map(|t| token_of_auth_string(t).to_owned())
                 .or_else(|| conn.header_token.clone());
-            match authenticate(&state, conn.ip, token.as_deref(), Scope::Read).await {
+            match authenticate(&state, conn.ip, presented.as_deref(), Scope::Read).await {
                 Ok(info) => {
                     token_id = Some(info.id);
+                    token = presented;
                     let reply = json!({"type": "auth_success"}).to_string();
                     if socket.send(Message::Text(reply.into())).await.is_err() {
                         break;
@@ -128,44 +170,54 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
                         )
                         .await;
                     }
-                    let reply =
-                        json!({"type": "auth_failure", "reason": error.to_string()}).to_string();
+                    let reason = if error.status().is_server_error() {
+                        "the server could not check the token; try again later".to_owned()
+                    } else {
+                        error.to_string()
+                    };
+                    let reply = json!({"type": "auth_failure", "reason": reason}).to_string();
                     socket.send(Message::Text(reply.into())).await.ok();
                     break;
                 }
             }
             continue;
         }
-        let Some(token_id) = token_id else {
+        let Some(id) = token_id else {
             // Events before a successful handshake are not accepted.
             break;
         };
-        let event = value
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if event.starts_with("prefect.block.") && event.ends_with(".loaded") {
-            let resource = value
-                .get("resource")
-                .and_then(|r| r.get("prefect.resource.id"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            tracing::info!(event, resource = %resource, "block loaded");
-            audit(
-                &state,
-                &conn,
-                Some(token_id),
-                "block.loaded",
-                format!("{event} {resource}"),
-                101,
-            )
-            .await;
-            state.record_event(BlockLoadEvent {
-                event: event.to_owned(),
-                resource,
-                received: Utc::now(),
-            });
+        let Some((slug, document)) = block_load(&value) else {
+            continue;
+        };
+        // A token revoked (or expired) while the socket is open stops it here.
+        if !matches!(
+            state
+                .store
+                .authenticate(token.as_deref().unwrap_or_default())
+                .await,
+            Ok(Ok(_))
+        ) {
+            break;
         }
+        let event = format!("prefect.block.{slug}.loaded");
+        let resource = format!("prefect.block-document.{document}");
+        tracing::info!(event, resource = %resource, "block loaded");
+        if !audit(
+            &state,
+            &conn,
+            Some(id),
+            "block.loaded",
+            format!("{event} {resource}"),
+            101,
+        )
+        .await
+        {
+            break;
+        }
+        state.record_event(BlockLoadEvent {
+            event,
+            resource,
+            received: Utc::now(),
+        });
     }
 }

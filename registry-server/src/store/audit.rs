@@ -73,6 +73,23 @@ pub struct AuditQuery {
     pub limit: Option<i64>,
 }
 
+/// The longest text field stored; longer ones are cut (at a character boundary).
+const MAX_FIELD: usize = 512;
+
+/// Audit text as stored: control characters (NUL included, which PostgreSQL text cannot
+/// hold) become `?`, and the text is cut to [`MAX_FIELD`] bytes, so no caller-chosen text
+/// can fail a group or bloat the log.
+fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_FIELD));
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > MAX_FIELD {
+            break;
+        }
+        out.push(if c.is_control() { '?' } else { c });
+    }
+    out
+}
+
 /// Records per page by default, and at most.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -110,10 +127,10 @@ impl Store {
             for r in chunk {
                 query = query
                     .bind(r.at.timestamp_micros())
-                    .bind(&r.request_id)
+                    .bind(clean(&r.request_id))
                     .bind(r.token_id.map(|t| t.to_string()))
-                    .bind(&r.action)
-                    .bind(&r.target)
+                    .bind(clean(&r.action))
+                    .bind(clean(&r.target))
                     .bind(r.outcome)
                     .bind(i64::from(r.status));
             }
@@ -127,6 +144,14 @@ impl Store {
     /// Records matching `query`, newest first.
     pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+        if let Some(outcome) = &query.outcome
+            && !["ok", "denied", "failed", "error"].contains(&outcome.as_str())
+        {
+            return Err(StoreError::invalid(
+                "outcome",
+                "must be one of ok, denied, failed, error",
+            ));
+        }
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(StoreError::invalid(
                 "limit",

@@ -130,7 +130,7 @@ const REVOKED_CHANNEL: &str = "blocks_token_revoked";
 /// is disconnected, nothing is trusted from the cache.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    entries: std::sync::RwLock<std::collections::HashMap<String, TokenInfo>>,
+    entries: std::sync::RwLock<std::collections::HashMap<String, (TokenInfo, std::time::Instant)>>,
     /// Whether revocations elsewhere are being heard.
     live: std::sync::atomic::AtomicBool,
     /// Bumped by every revocation heard: a lookup that began before one does not cache
@@ -140,6 +140,14 @@ pub(crate) struct TokenCache {
 
 /// Tokens cached at most; the cache is emptied when full.
 const MAX_CACHED_TOKENS: usize = 10_000;
+/// An entry is checked in the database again after this long, whatever was heard: a
+/// bound on how long any missed revocation can go unnoticed.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the revocation listener proves its connection alive, and how long it waits.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The payload of a heartbeat (token ids are UUIDs, so it cannot be mistaken for one).
+const HEARTBEAT: &str = "heartbeat";
 
 impl TokenCache {
     pub(crate) fn new(backend: super::Backend) -> Self {
@@ -162,7 +170,8 @@ impl TokenCache {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(digest)
-            .cloned()
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(info, _)| info.clone())
     }
 
     /// Caches what a lookup that began at `generation` read, unless a revocation was heard
@@ -179,7 +188,7 @@ impl TokenCache {
         if entries.len() >= MAX_CACHED_TOKENS {
             entries.clear();
         }
-        entries.insert(digest, info);
+        entries.insert(digest, (info, std::time::Instant::now()));
     }
 
     fn forget(&self, id: Uuid) {
@@ -189,7 +198,7 @@ impl TokenCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        entries.retain(|_, info| info.id != id);
+        entries.retain(|_, (info, _)| info.id != id);
     }
 
     fn set_live(&self, live: bool) {
@@ -232,20 +241,8 @@ pub(crate) fn listen_for_revocations(
                     c.set_live(true);
                     drop(c);
                     backoff = std::time::Duration::from_millis(100);
-                    loop {
-                        let notification = listener.try_recv().await;
-                        let Some(c) = cache.upgrade() else { return };
-                        match notification {
-                            Ok(Some(n)) => match Uuid::parse_str(n.payload()) {
-                                Ok(id) => c.forget(id),
-                                Err(_) => c.set_live(true),
-                            },
-                            // The connection dropped; notifications may be lost.
-                            Ok(None) | Err(_) => {
-                                c.set_live(false);
-                                break;
-                            }
-                        }
+                    if !listen(&mut listener, &cache).await {
+                        return;
                     }
                 }
                 Err(e) => {
@@ -260,6 +257,58 @@ pub(crate) fn listen_for_revocations(
         }
     })
     .abort_handle()
+}
+
+/// Serves one listener connection: forgets revoked tokens, and proves the connection
+/// alive with a heartbeat notification every few seconds. Returns when the connection is
+/// lost or silent (the cache is then not used), or false when the store is gone.
+async fn listen(
+    listener: &mut sqlx::postgres::PgListener,
+    cache: &std::sync::Weak<TokenCache>,
+) -> bool {
+    let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut awaiting: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            notification = listener.try_recv() => {
+                let Some(c) = cache.upgrade() else { return false };
+                match notification {
+                    Ok(Some(n)) if n.payload() == HEARTBEAT => awaiting = None,
+                    Ok(Some(n)) => {
+                        if let Ok(id) = Uuid::parse_str(n.payload()) {
+                            c.forget(id);
+                        }
+                    }
+                    // The connection dropped; notifications may be lost.
+                    Ok(None) | Err(_) => {
+                        c.set_live(false);
+                        return true;
+                    }
+                }
+            }
+            _ = beat.tick() => {
+                let Some(c) = cache.upgrade() else { return false };
+                if awaiting.is_some_and(|since| since.elapsed() > HEARTBEAT_TIMEOUT) {
+                    tracing::warn!("the token revocation listener went silent; reconnecting");
+                    c.set_live(false);
+                    return true;
+                }
+                let sent = tokio::time::timeout(
+                    HEARTBEAT_TIMEOUT,
+                    sqlx::query("select pg_notify($1, $2)")
+                        .bind(REVOKED_CHANNEL)
+                        .bind(HEARTBEAT)
+                        .execute(&mut *listener),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    c.set_live(false);
+                    return true;
+                }
+                awaiting.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+    }
 }
 
 /// The SHA-256 digest of a token, hex.
@@ -444,6 +493,13 @@ impl Store {
         tx.commit().await?;
         self.tokens.forget(id);
         token_from_row(&row)
+    }
+
+    /// The token, if it is valid and in the token cache; never asks the database.
+    pub fn authenticate_cached(&self, token: &str) -> Option<TokenInfo> {
+        self.tokens
+            .get(&token_digest(token))
+            .and_then(|info| check_validity(info).ok())
     }
 
     /// The token a caller presents, if it is known, unexpired and not revoked. The lookup

@@ -613,7 +613,10 @@ async fn an_echo_is_not_restored_into_a_schema_that_stores_the_field_in_clear() 
             data: Some(obj(json!({"password": "now-public"}))),
             merge_existing_data: true,
         };
-        store.update_block_document(doc.id, body, None).await.unwrap();
+        store
+            .update_block_document(doc.id, body, None)
+            .await
+            .unwrap();
         let read = store.read_block_document(doc.id, false).await.unwrap();
         assert_eq!(read.data["password"], json!("now-public"));
     })
