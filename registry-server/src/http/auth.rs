@@ -289,10 +289,17 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                     req.extensions_mut().insert(caller.clone());
                     let state = state.clone();
                     let work = async move {
-                        let response = next.run(req).await;
+                        let mut response = next.run(req).await;
                         let secrets = caller
                             .read_secrets
                             .load(std::sync::atomic::Ordering::Relaxed);
+                        if secrets {
+                            // No cache on the way may keep a copy of secret values.
+                            response.headers_mut().insert(
+                                header::CACHE_CONTROL,
+                                HeaderValue::from_static("no-store"),
+                            );
+                        }
                         let denied = matches!(response.status().as_u16(), 401 | 403 | 429);
                         if kind == Kind::Write || denied || secrets {
                             record

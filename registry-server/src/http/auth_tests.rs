@@ -1568,3 +1568,81 @@ async fn head_requests_need_the_scope_of_their_get_route() {
     })
     .await;
 }
+
+/// While a client is refused, a token this server already knows to be good still works
+/// (from memory); bad URLs and audit queries are 4xx naming the problem, never 500.
+#[tokio::test]
+async fn refusal_spares_known_tokens_and_bad_urls_and_queries_are_4xx() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::new(2, Duration::from_secs(60))).await;
+        let (known, _) = token(&ctx.state.store, &[Scope::Read]).await;
+        assert_eq!(
+            get(&ctx.app, "/api/hello", &known).await.status,
+            StatusCode::OK
+        );
+        for _ in 0..2 {
+            get(&ctx.app, "/api/hello", "blk_wrong").await;
+        }
+        assert_eq!(
+            get(&ctx.app, "/api/hello", "blk_wrong").await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            get(&ctx.app, "/api/hello", &known).await.status,
+            StatusCode::OK
+        );
+        let (fresh, _) = token(&ctx.state.store, &[Scope::Read]).await;
+        assert_eq!(
+            get(&ctx.app, "/api/hello", &fresh).await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "a token not yet known waits like any other attempt"
+        );
+
+        let ctx = Ctx {
+            state: AppState::with_guard(ctx.state.store.clone(), lenient()),
+            ..ctx
+        };
+        let ctx = Ctx {
+            app: app(ctx.state.clone()),
+            ..ctx
+        };
+        for uri in [
+            "/api/block_types/slug/a%00b",
+            "/api/audit?action=%00",
+            "/api/block_types/slug/secret/block_documents/name/x%00",
+        ] {
+            let resp = get(&ctx.app, uri, &ctx.admin).await;
+            assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{uri}: {}", resp.text);
+            assert!(resp.detail().contains("NUL"), "{}", resp.text);
+        }
+        for (uri, field) in [
+            ("/api/audit?before=x", "before"),
+            ("/api/audit?since=yesterday", "since"),
+            ("/api/audit?bogus=1", "bogus"),
+            ("/api/audit?limit=0", "limit"),
+            ("/api/audit?outcome=maybe", "outcome"),
+        ] {
+            let resp = get(&ctx.app, uri, &ctx.admin).await;
+            assert_eq!(
+                resp.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{uri}: {}",
+                resp.text
+            );
+            assert!(resp.text.contains(field), "{uri}: {}", resp.text);
+        }
+
+        // Secret answers must not be cached on the way.
+        let id = secret_doc(&ctx.state.store, "cache-me-not", "v").await;
+        let with = get(
+            &ctx.app,
+            &format!("/api/block_documents/{id}?include_secrets=true"),
+            &ctx.admin,
+        )
+        .await;
+        assert_eq!(with.header(header::CACHE_CONTROL), Some("no-store"));
+        let without = get(&ctx.app, &format!("/api/block_documents/{id}"), &ctx.admin).await;
+        assert_eq!(without.header(header::CACHE_CONTROL), None);
+    })
+    .await;
+}

@@ -156,14 +156,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| QueryParams(q.0))
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
             .map_err(|e| {
-                let text = e.body_text();
-                let text = text
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&text);
-                ApiError::Validation(vec![block_types::FieldError::new("query", text)])
+                let field = e.path().to_string();
+                let field = if field == "." || field == "?" {
+                    "query".to_owned()
+                } else {
+                    field
+                };
+                // serde_urlencoded's messages name the expected shape, never the value.
+                let message = e.inner().to_string();
+                ApiError::Validation(vec![block_types::FieldError::new(field, message)])
             })
     }
 }

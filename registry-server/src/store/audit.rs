@@ -155,7 +155,7 @@ impl Store {
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(StoreError::invalid(
                 "limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
+                format!("limit must be between 1 and {MAX_LIMIT}"),
             ));
         }
         let mut sql = super::sql::Sql::new(
