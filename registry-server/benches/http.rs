@@ -22,6 +22,8 @@ struct Server {
     api: String,
     /// A token with the write and read-secrets scopes, as a pipeline would hold.
     token: String,
+    /// The first admin token.
+    admin: String,
     _dir: tempfile::TempDir,
 }
 
@@ -95,6 +97,7 @@ fn start(database_url: Option<&str>) -> Server {
         child,
         api,
         token: created["token"].as_str().unwrap().to_owned(),
+        admin,
         _dir: dir,
     }
 }
@@ -157,6 +160,27 @@ fn seed(api: &str, token: &str) {
         json!({"type": creds_type, "schema": creds_schema}).to_string(),
     )
     .unwrap();
+}
+
+/// Audit records stored and group commits so far, from `/metrics`.
+fn audit_figures(server: &Server) -> (f64, f64) {
+    let text = reqwest::blocking::Client::new()
+        .get(server.api.replace("/api", "/metrics"))
+        .bearer_auth(&server.admin)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("blocks_audit_records_total "),
+        value("blocks_audit_group_commits_total "),
+    )
 }
 
 fn rss_kib(server: &Server) -> u64 {
@@ -272,6 +296,7 @@ fn run(backend: &str, database_url: Option<&str>) {
         None,
     );
     let loaded = rss_kib(&server);
+    let (records, commits) = audit_figures(&server);
     let health = wrk(&format!("{}/health", server.api), None, None);
     let script = tempfile::NamedTempFile::new().unwrap();
     script.as_file().write_all(CREATE_LUA.as_bytes()).unwrap();
@@ -301,6 +326,10 @@ fn run(backend: &str, database_url: Option<&str>) {
     println!(
         "| {backend:<8} | nested / health                 | {:>8.0}% |         |         |        |",
         100.0 * nested.rps / health.rps
+    );
+    println!(
+        "| {backend:<8} | audit records per commit        | {:>9.1} |         |         |        |",
+        records / commits.max(1.0)
     );
     println!(
         "| {backend:<8} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",

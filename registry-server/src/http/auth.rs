@@ -223,7 +223,12 @@ pub(crate) async fn authenticate(
     Err((ApiError::Unauthorized(message.into()), id, true))
 }
 
+/// The caller's `x-request-id` when it is a sane one, else a new id: a random prefix
+/// chosen once per process and a counter, unique across replicas without a random draw
+/// per request.
 fn request_id(headers: &HeaderMap) -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -233,7 +238,15 @@ fn request_id(headers: &HeaderMap) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
-        .map_or_else(|| Uuid::new_v4().to_string(), ToOwned::to_owned)
+        .map_or_else(
+            || {
+                let prefix = PREFIX
+                    .get_or_init(|| Uuid::new_v4().simple().to_string()[..16].to_owned());
+                let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{prefix}-{n:x}")
+            },
+            ToOwned::to_owned,
+        )
 }
 
 /// `ok`, `denied`, `failed` or `error`, from the answer's status.
@@ -262,14 +275,19 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
         None => (Access::Public, Kind::Read),
         Some(path) => super::routes::rule(&state.routes, &method, path),
     };
-    if req.uri().to_string().to_ascii_lowercase().contains("%00") {
+    let has_nul = req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().as_bytes().windows(3).any(|w| w == b"%00"));
+    if has_nul {
         // No name, slug or filter of ours holds NUL (PostgreSQL text cannot store it).
         return ApiError::BadRequest("the URL must not contain NUL characters (%00)".into())
             .into_response();
     }
     let record = Pending {
         request_id: id.clone(),
-        action: format!("{method} {}", route.as_deref().unwrap_or("unmatched")),
+        method,
+        route,
         target: req.uri().path().to_owned(),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -341,7 +359,8 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
 /// What an audit record of this request will say, once its outcome is known.
 struct Pending {
     request_id: String,
-    action: String,
+    method: axum::http::Method,
+    route: Option<String>,
     target: String,
 }
 
@@ -360,7 +379,11 @@ impl Pending {
             at: Utc::now(),
             request_id: self.request_id,
             token_id,
-            action: self.action,
+            action: format!(
+                "{} {}",
+                self.method,
+                self.route.as_deref().unwrap_or("unmatched")
+            ),
             target: if secrets {
                 format!("{}?include_secrets=true", self.target)
             } else {

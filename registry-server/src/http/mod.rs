@@ -53,20 +53,33 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Block-load events kept in memory.
 const MAX_EVENTS: usize = 10_000;
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so the per-request clones axum makes of the state
+/// (one per layer) cost one counter each.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     /// The block store.
     pub store: Arc<Store>,
     /// Recent block-load events from the events socket, newest last.
-    pub events: Arc<Mutex<VecDeque<BlockLoadEvent>>>,
+    pub events: Mutex<VecDeque<BlockLoadEvent>>,
     /// The audit log writer.
     pub audit: AuditLog,
     /// Failed-authentication counting.
-    pub auth: Arc<AuthGuard>,
+    pub auth: AuthGuard,
     /// Request counters and latencies.
-    pub metrics: Arc<Metrics>,
-    routes: Arc<routes::RouteTable>,
+    pub metrics: Metrics,
+    routes: routes::RouteTable,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -77,14 +90,14 @@ impl AppState {
 
     /// State with a chosen failed-authentication limit.
     pub fn with_guard(store: Arc<Store>, guard: AuthGuard) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             audit: AuditLog::start(store.clone()),
             store,
-            events: Arc::new(Mutex::new(VecDeque::new())),
-            auth: Arc::new(guard),
-            metrics: Arc::new(Metrics::default()),
-            routes: Arc::new(routes::table(&all_routes())),
-        }
+            events: Mutex::new(VecDeque::new()),
+            auth: guard,
+            metrics: Metrics::default(),
+            routes: routes::table(&all_routes()),
+        }))
     }
 
     /// A copy of the recorded block-load events.
