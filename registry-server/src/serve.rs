@@ -192,6 +192,8 @@ pub struct Running {
     pub tls: bool,
     /// The first admin token, when this start created it (a new database).
     pub first_token: Option<SecretString>,
+    /// Held while serving an SQLite store: one server process per embedded store.
+    _lock: Option<std::fs::File>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -230,6 +232,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             (format!("sqlite://{}", db.display()), Some(db))
         }
     };
+    let lock = lock_sqlite_store(&database_url)?;
     let source = master_key_source(args, &home, embedded_db.as_deref())?;
     let config = StoreConfig {
         retention: args.retention,
@@ -289,11 +292,42 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         state,
+        _lock: lock,
         tls: tls.is_some(),
         first_token,
         shutdown,
         task,
     })
+}
+
+/// An SQLite store is served by one process (its token cache and write queue are
+/// in-process): an exclusive lock on `<db>.lock`, held until the server stops, refuses a
+/// second `blocks serve` on the same file.
+fn lock_sqlite_store(database_url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = database_url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = PathBuf::from(format!("{path}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open the store lock {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another blocks server is using the store {path}; an SQLite store is served by one process (use PostgreSQL for several replicas)"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
 }
 
 /// `http(s)://ADDR/api`, with a wildcard listen address replaced by loopback.
@@ -522,6 +556,21 @@ mod tests {
         .await
         .unwrap();
         ok.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_server_on_the_same_sqlite_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let first = start(&args(&home)).await.unwrap();
+        let err = start(&args(&home)).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("another blocks server"),
+            "{err:#}"
+        );
+        first.stop().await.unwrap();
+        let again = start(&args(&home)).await.unwrap();
+        again.stop().await.unwrap();
     }
 
     #[tokio::test]

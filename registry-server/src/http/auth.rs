@@ -240,8 +240,8 @@ fn request_id(headers: &HeaderMap) -> String {
         })
         .map_or_else(
             || {
-                let prefix = PREFIX
-                    .get_or_init(|| Uuid::new_v4().simple().to_string()[..16].to_owned());
+                let prefix =
+                    PREFIX.get_or_init(|| Uuid::new_v4().simple().to_string()[..16].to_owned());
                 let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 format!("{prefix}-{n:x}")
             },

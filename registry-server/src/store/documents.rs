@@ -1276,9 +1276,16 @@ impl Store {
         version: i64,
         include_secrets: bool,
     ) -> Result<Map<String, Value>> {
-        let mut tx = self.read.begin().await?;
-        let (mut data, refs, schema_id) = self.open_version(&mut tx, id, version).await?;
-        drop(tx);
+        // A read that raced a re-encryption (the version moved to a new key and the old key
+        // was destroyed in between) is read again once, as current reads are.
+        let mut retried = false;
+        let (mut data, refs, schema_id) = loop {
+            let mut tx = self.read.begin().await?;
+            match self.open_version(&mut tx, id, version).await {
+                Err(StoreError::Crypto(_)) if !retried => retried = true,
+                other => break other?,
+            }
+        };
         if !include_secrets {
             let schema = self.read_block_schema(schema_id).await?;
             obfuscate(&mut data, &secret_fields_of(&schema.fields));
