@@ -2,6 +2,7 @@
 //! the first admin token of a new database.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -130,13 +131,16 @@ const REVOKED_CHANNEL: &str = "blocks_token_revoked";
 /// is disconnected, nothing is trusted from the cache.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    entries: std::sync::RwLock<std::collections::HashMap<String, (TokenInfo, std::time::Instant)>>,
+    entries: std::sync::RwLock<CacheEntries>,
     /// Whether revocations elsewhere are being heard.
     live: std::sync::atomic::AtomicBool,
     /// Bumped by every revocation heard: a lookup that began before one does not cache
     /// what it read (it may predate the revocation).
     generation: std::sync::atomic::AtomicU64,
 }
+
+/// Cached tokens by digest, with when each was read from the database.
+type CacheEntries = std::collections::HashMap<String, (TokenInfo, std::time::Instant)>;
 
 /// Tokens cached at most; the cache is emptied when full.
 const MAX_CACHED_TOKENS: usize = 10_000;
@@ -159,11 +163,11 @@ impl TokenCache {
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
     }
 
     fn get(&self, digest: &str) -> Option<TokenInfo> {
-        if !self.live.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.live.load(Ordering::Acquire) {
             return None;
         }
         self.entries
@@ -181,8 +185,7 @@ impl TokenCache {
             .entries
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !self.live.load(std::sync::atomic::Ordering::Acquire) || self.generation() != generation
-        {
+        if !self.live.load(Ordering::Acquire) || self.generation() != generation {
             return;
         }
         if entries.len() >= MAX_CACHED_TOKENS {
@@ -191,31 +194,29 @@ impl TokenCache {
         entries.insert(digest, (info, std::time::Instant::now()));
     }
 
-    fn forget(&self, id: Uuid) {
-        let mut entries = self
+    /// The entries, locked for a change that lookups already under way must not undo:
+    /// bumps the generation.
+    fn change(&self) -> std::sync::RwLockWriteGuard<'_, CacheEntries> {
+        let entries = self
             .entries
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        entries.retain(|_, (info, _)| info.id != id);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries
+    }
+
+    fn forget(&self, id: Uuid) {
+        self.change().retain(|_, (info, _)| info.id != id);
     }
 
     fn set_live(&self, live: bool) {
         if !live {
-            self.live.store(false, std::sync::atomic::Ordering::Release);
+            self.live.store(false, Ordering::Release);
         }
         // Revocations may have been missed while not listening: start afresh.
-        let mut entries = self
-            .entries
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        entries.clear();
-        drop(entries);
+        self.change().clear();
         if live {
-            self.live.store(true, std::sync::atomic::Ordering::Release);
+            self.live.store(true, Ordering::Release);
         }
     }
 }
@@ -537,7 +538,7 @@ impl Store {
     /// Whether token lookups may be served from memory (see [`TokenCache`]).
     #[cfg(test)]
     pub(crate) fn token_cache_live(&self) -> bool {
-        self.tokens.live.load(std::sync::atomic::Ordering::Acquire)
+        self.tokens.live.load(Ordering::Acquire)
     }
 
     /// Records that a token was used now.
