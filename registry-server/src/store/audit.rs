@@ -90,6 +90,50 @@ fn clean(text: &str) -> String {
     out
 }
 
+/// `insert … values (…), (…)` for `rows` records.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "insert into audit_event (at, request_id, token_id, action, target, outcome, status) values ",
+    );
+    for i in 0..rows {
+        let b = i * 7;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for k in 1..=7 {
+            if k > 1 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(b + k).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Binds `records` to an insert from [`insert_sql`]. The statement is not kept prepared:
+/// each group size is its own text, and a hundred of them would crowd the document
+/// queries out of the connection's statement cache.
+fn bind_records<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    records: &[NewAuditRecord],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = query.persistent(false);
+    for r in records {
+        query = query
+            .bind(r.at.timestamp_micros())
+            .bind(clean(&r.request_id))
+            .bind(r.token_id.map(|t| t.to_string()))
+            .bind(clean(&r.action))
+            .bind(clean(&r.target))
+            .bind(r.outcome)
+            .bind(i64::from(r.status));
+    }
+    query
+}
+
 /// Records per page by default, and at most.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -99,46 +143,30 @@ const ROWS_PER_STATEMENT: usize = 100;
 impl Store {
     /// Appends records in one transaction: they are durable when this returns.
     pub async fn append_audit(&self, records: &[NewAuditRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write.begin().await?;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "insert into audit_event (at, request_id, token_id, action, target, outcome, status) values ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 7;
-                if i > 0 {
-                    sql.push_str(", ");
+        match records.len() {
+            0 => Ok(()),
+            // One statement is atomic on its own: one round trip, one commit.
+            n if n <= ROWS_PER_STATEMENT => {
+                self.count_query();
+                let sql = insert_sql(n);
+                bind_records(sqlx::query(&sql), records)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+            _ => {
+                let mut tx = self.write.begin().await?;
+                for chunk in records.chunks(ROWS_PER_STATEMENT) {
+                    self.count_query();
+                    let sql = insert_sql(chunk.len());
+                    bind_records(sqlx::query(&sql), chunk)
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
+                tx.commit().await?;
+                Ok(())
             }
-            let mut query = sqlx::query(&sql);
-            for r in chunk {
-                query = query
-                    .bind(r.at.timestamp_micros())
-                    .bind(clean(&r.request_id))
-                    .bind(r.token_id.map(|t| t.to_string()))
-                    .bind(clean(&r.action))
-                    .bind(clean(&r.target))
-                    .bind(r.outcome)
-                    .bind(i64::from(r.status));
-            }
-            self.count_query();
-            query.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Records matching `query`, newest first.
