@@ -318,3 +318,23 @@ async fn audit_records_are_appended_in_groups_and_listed_with_filters_and_pages(
     })
     .await;
 }
+
+#[tokio::test]
+async fn audit_text_is_cleaned_and_capped_so_no_caller_text_can_fail_a_group() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let mut poisoned = record(1, None, "GET /x\u{0}y");
+        poisoned.target = format!("/a\u{0}b{}", "é".repeat(5000));
+        store
+            .append_audit(&[record(0, None, "ok"), poisoned, record(2, None, "ok")])
+            .await
+            .unwrap();
+        let all = store.list_audit(&AuditQuery::default()).await.unwrap();
+        assert_eq!(all.len(), 3);
+        let stored = all.iter().find(|r| r.request_id == "req-1").unwrap();
+        assert_eq!(stored.action, "GET /x?y");
+        assert!(stored.target.starts_with("/a?b"));
+        assert!(stored.target.len() <= 512, "{}", stored.target.len());
+    })
+    .await;
+}
