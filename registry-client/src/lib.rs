@@ -1,8 +1,75 @@
-//! The client pipelines use to load and save typed blocks from a blocks registry.
+//! Load typed blocks from a blocks registry in Rust pipelines.
 //!
-//! It will add `load` and `save` to every [`block_types::Block`] through an extension
-//! trait. Today it only re-exports the block model it is built on.
+//! ```no_run
+//! use block_types::catalog::GcsBucket;
+//! use registry_client::BlockExt as _;
+//!
+//! # async fn run() -> Result<(), registry_client::Error> {
+//! // The server and token come from BLOCKS_API_URL/BLOCKS_API_KEY, PREFECT_API_URL/
+//! // PREFECT_API_KEY, or the profile `blocks serve` writes ($BLOCKS_HOME/profile.toml).
+//! let bucket = GcsBucket::load("zoom-gcs").await?;
+//! println!("{}", bucket.bucket);
+//! // The nested credentials were resolved from their reference in the same request;
+//! // their key prints as "********".
+//! println!("{:?}", bucket.gcp_credentials);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With an explicit [`Client`] (another server, a cache):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use block_types::catalog::GcpCredentials;
+//! use registry_client::{Client, Config};
+//!
+//! # async fn run() -> Result<(), registry_client::Error> {
+//! let client = Client::new(Config::new("http://127.0.0.1:4200/api", Some("blk_…"))?)?
+//!     .with_cache(Duration::from_secs(30));
+//! let credentials: GcpCredentials = client.load("zoom-gcp-creds").await?;
+//! let any = client.load_json("gcs-bucket/zoom-gcs").await?; // no Rust type needed
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Saving blocks from Rust is not here yet; save them with the Prefect client or the API.
 
 #![deny(missing_docs)]
 
+mod client;
+mod config;
+mod error;
+
+use std::sync::OnceLock;
+
 pub use block_types;
+pub use client::{CacheStats, Client, JsonBlock};
+pub use config::{Config, ConfigSource};
+pub use error::Error;
+
+use block_types::Block;
+
+/// The client [`BlockExt`] uses, configured from the environment on first use.
+pub fn default_client() -> Result<&'static Client, Error> {
+    static DEFAULT: OnceLock<Client> = OnceLock::new();
+    if let Some(client) = DEFAULT.get() {
+        return Ok(client);
+    }
+    let client = Client::from_env()?;
+    Ok(DEFAULT.get_or_init(|| client))
+}
+
+/// `load` on every block type, through [`default_client`].
+pub trait BlockExt: Block + Sized {
+    /// Loads the block `name` of this type, nested blocks resolved.
+    fn load(name: &str) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        async move { default_client()?.load::<Self>(name).await }
+    }
+
+    /// Loads a block of this type by its document id.
+    fn load_by_id(id: uuid::Uuid) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        async move { default_client()?.load_by_id::<Self>(id).await }
+    }
+}
+
+impl<T: Block> BlockExt for T {}

@@ -2,9 +2,10 @@
 //!
 //! - [`crypto`]: envelope encryption of secret field values (master key, data keys,
 //!   AES-256-GCM bound to document, path and key).
-//!
-//! Still to come here: the encrypted block store (SQLite and PostgreSQL through sqlx), the
-//! Prefect-compatible JSON API (axum) and the `blocks` command line.
+//! - [`store`]: the encrypted block store on SQLite or PostgreSQL (sqlx), with versions,
+//!   keys, tokens and the audit log.
+//! - [`http`]: the Prefect-compatible JSON API (axum) with tokens and scopes.
+//! - [`serve`]: `blocks serve`.
 
 #![deny(missing_docs)]
 

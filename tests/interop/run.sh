@@ -18,8 +18,9 @@ if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
     cp "$here/requirements.txt" "$stamp"
 fi
 
-cargo build --quiet -p registry-server --bin blocks
+cargo build --quiet -p registry-server --bin blocks -p registry-client --example zoom_gcs
 blocks="$CARGO_TARGET_DIR/debug/blocks"
+rust_example="$CARGO_TARGET_DIR/debug/examples/zoom_gcs"
 
 pg_admin="${BLOCKS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 backends="${BLOCKS_INTEROP_BACKENDS:-sqlite postgres}"
@@ -76,6 +77,15 @@ PY
         "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_prefect_client.py"; then
         status=1
         echo "== server log ($backend)"; tail -n 50 "$work/server.log"
+    fi
+    # The blocks the Prefect client saved, loaded in Rust by the client's example.
+    echo "== the Rust example loads what Prefect saved ($backend)"
+    if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
+        BLOCKS_API_KEY="$pipeline_token" "$rust_example" 2>&1)" \
+        || ! grep -q "bucket:  dtc-data-lake" <<<"$out" || ! grep -q "project: dtc-de" <<<"$out" \
+        || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
+        status=1
+        echo "the Rust example failed on $backend:"; echo "$out"
     fi
     cleanup
     trap - EXIT

@@ -1,0 +1,164 @@
+//! Where the client finds its server and token.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::Error;
+
+/// Where a setting came from, so an error can say what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `BLOCKS_API_URL` / `BLOCKS_API_KEY`.
+    BlocksEnv,
+    /// `PREFECT_API_URL` / `PREFECT_API_KEY`.
+    PrefectEnv,
+    /// A profile file written by `blocks serve`.
+    Profile(PathBuf),
+    /// Given in code.
+    Explicit,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BlocksEnv => f.write_str("BLOCKS_API_URL"),
+            Self::PrefectEnv => f.write_str("PREFECT_API_URL"),
+            Self::Profile(path) => write!(f, "the profile {}", path.display()),
+            Self::Explicit => f.write_str("the client's configuration"),
+        }
+    }
+}
+
+/// The server's API URL, the token, and an optional extra CA certificate.
+#[derive(Clone)]
+pub struct Config {
+    /// The API base URL, e.g. `http://127.0.0.1:4200/api`.
+    pub api_url: Url,
+    /// The bearer token.
+    pub api_key: Option<SecretString>,
+    /// A PEM file with a CA certificate to trust besides the system's (a server with a
+    /// private certificate): `BLOCKS_CA_CERT`.
+    pub ca_cert: Option<PathBuf>,
+    /// Where `api_url` came from.
+    pub source: ConfigSource,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("api_url", &self.api_url.as_str())
+            .field("api_key", &self.api_key.as_ref().map(|_| "********"))
+            .field("ca_cert", &self.ca_cert)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Profile {
+    api_url: String,
+    api_key: Option<String>,
+}
+
+impl Config {
+    /// A configuration given in code.
+    pub fn new(api_url: &str, api_key: Option<&str>) -> Result<Self, Error> {
+        Ok(Self {
+            api_url: parse_url(api_url, &ConfigSource::Explicit)?,
+            api_key: api_key.map(|k| SecretString::from(k.to_owned())),
+            ca_cert: None,
+            source: ConfigSource::Explicit,
+        })
+    }
+
+    /// From the environment: `BLOCKS_API_URL`/`BLOCKS_API_KEY`, else
+    /// `PREFECT_API_URL`/`PREFECT_API_KEY`, else `$BLOCKS_HOME/profile.toml` (default
+    /// `~/.blocks/profile.toml`), the file `blocks serve` writes on its first start.
+    /// `BLOCKS_CA_CERT` names an extra CA certificate.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_env`] over any variable lookup (for tests and embedding).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let ca_cert = var("BLOCKS_CA_CERT").map(PathBuf::from);
+        for (url_var, key_var, source) in [
+            ("BLOCKS_API_URL", "BLOCKS_API_KEY", ConfigSource::BlocksEnv),
+            (
+                "PREFECT_API_URL",
+                "PREFECT_API_KEY",
+                ConfigSource::PrefectEnv,
+            ),
+        ] {
+            if let Some(url) = var(url_var).filter(|u| !u.trim().is_empty()) {
+                return Ok(Self {
+                    api_url: parse_url(&url, &source)?,
+                    api_key: var(key_var)
+                        .filter(|k| !k.is_empty())
+                        .map(SecretString::from),
+                    ca_cert,
+                    source,
+                });
+            }
+        }
+        let home = var("BLOCKS_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|h| Path::new(&h).join(".blocks")));
+        let Some(profile) = home.map(|h| h.join("profile.toml")) else {
+            return Err(Error::Config(no_config_message(None)));
+        };
+        let text = match std::fs::read_to_string(&profile) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Config(no_config_message(Some(&profile))));
+            }
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot read {}: {e}",
+                    profile.display()
+                )));
+            }
+        };
+        let parsed: Profile = toml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "{} is not a blocks profile ({}); it needs api_url and api_key",
+                profile.display(),
+                e.message()
+            ))
+        })?;
+        let source = ConfigSource::Profile(profile);
+        Ok(Self {
+            api_url: parse_url(&parsed.api_url, &source)?,
+            api_key: parsed.api_key.map(SecretString::from),
+            ca_cert,
+            source,
+        })
+    }
+}
+
+fn no_config_message(profile: Option<&Path>) -> String {
+    let tried = profile.map_or_else(String::new, |p| {
+        format!(", and {} does not exist", p.display())
+    });
+    format!(
+        "no blocks server configured: set BLOCKS_API_URL and BLOCKS_API_KEY (or PREFECT_API_URL and PREFECT_API_KEY){tried}; `blocks serve` writes that profile on its first start"
+    )
+}
+
+fn parse_url(text: &str, source: &ConfigSource) -> Result<Url, Error> {
+    let mut url = Url::parse(text.trim())
+        .map_err(|e| Error::Config(format!("{source} is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::Config(format!(
+            "{source} must be an http:// or https:// URL"
+        )));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}

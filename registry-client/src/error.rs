@@ -1,0 +1,80 @@
+//! What can go wrong, each in words that say what to do.
+
+use crate::config::ConfigSource;
+
+/// A client error. Messages never carry a secret value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No usable configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The server could not be reached.
+    #[error("cannot reach the blocks server at {url} (from {source_of_url}): {reason}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Where that URL came from.
+        source_of_url: ConfigSource,
+        /// What failed.
+        reason: String,
+    },
+    /// No such block.
+    #[error("no block {slug}/{name} on the server")]
+    NotFound {
+        /// The block type's slug.
+        slug: String,
+        /// The document's name (or id).
+        name: String,
+    },
+    /// The document is of another type than asked for.
+    #[error("the block {name} is a {found}, not a {expected}")]
+    WrongType {
+        /// The slug asked for.
+        expected: String,
+        /// The document's slug.
+        found: String,
+        /// The document's name (or id).
+        name: String,
+    },
+    /// The stored data does not fit the Rust type.
+    #[error("the block {slug}/{name} does not fit the Rust type: {field}: {message}")]
+    Data {
+        /// The block type's slug.
+        slug: String,
+        /// The document's name.
+        name: String,
+        /// The field that does not fit (`gcp_credentials.project`).
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// The token is missing, unknown, expired or revoked.
+    #[error("the server refused the token (from {source_of_url}): {detail}")]
+    Unauthorized {
+        /// The server's words.
+        detail: String,
+        /// Where the configuration came from.
+        source_of_url: ConfigSource,
+    },
+    /// The token lacks a scope.
+    #[error("the token lacks a scope for this: {detail}")]
+    Forbidden {
+        /// The server's words (they name the scope).
+        detail: String,
+    },
+    /// Too many failed attempts; the server asks to wait.
+    #[error("the server refuses for now (too many failed attempts); retry after {retry_after_s} s")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after_s: u64,
+    },
+    /// Any other answer.
+    #[error("the server answered {status}: {detail}")]
+    Http {
+        /// The status code.
+        status: u16,
+        /// The server's words.
+        detail: String,
+    },
+}

@@ -1,0 +1,437 @@
+//! `registry-client` against a real `blocks serve` on a free port with a temporary
+//! `$BLOCKS_HOME`: typed and dynamic loads, nested resolution, the cache, configuration
+//! fallbacks, and every error a user can meet.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use block_types::Block;
+use block_types::catalog::{GcpCredentials, GcsBucket, Secret};
+use registry_client::{Client, Config, ConfigSource, Error};
+use registry_server::serve::{Running, ServeArgs, start};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+
+const CANARY: &str = "canary-client-9c2e";
+
+struct Server {
+    running: Running,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn api(&self) -> String {
+        self.running.api_url()
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self._dir.path().join("home")
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}/{path}", self.api()))
+            .bearer_auth(&self.admin);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+
+    /// Registers a built-in block type and schema over the API, as a client would.
+    async fn register<B: Block>(&self) -> (String, String) {
+        for nested in B::nested_specs() {
+            self.register_spec(&nested).await;
+        }
+        self.register_spec(&B::spec()).await
+    }
+
+    async fn register_spec(&self, spec: &block_types::BlockSpec) -> (String, String) {
+        let ty = reqwest::Client::new()
+            .get(format!(
+                "{}/block_types/slug/{}",
+                self.api(),
+                spec.block_type.slug
+            ))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        let ty: Value = if ty.status() == 404 {
+            self.call(
+                reqwest::Method::POST,
+                "block_types/",
+                Some(serde_json::to_value(spec.block_type.to_create()).unwrap()),
+            )
+            .await
+        } else {
+            ty.json().await.unwrap()
+        };
+        let type_id = ty["id"].as_str().unwrap().to_owned();
+        let schema = self
+            .call(
+                reqwest::Method::POST,
+                "block_schemas/",
+                Some(
+                    serde_json::to_value(spec.to_schema_create(type_id.parse().unwrap())).unwrap(),
+                ),
+            )
+            .await;
+        (type_id, schema["id"].as_str().unwrap().to_owned())
+    }
+
+    async fn create(
+        &self,
+        (type_id, schema_id): &(String, String),
+        name: &str,
+        data: Value,
+    ) -> String {
+        let doc = self
+            .call(
+                reqwest::Method::POST,
+                "block_documents/",
+                Some(json!({"name": name, "block_type_id": type_id, "block_schema_id": schema_id, "data": data})),
+            )
+            .await;
+        doc["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn token(&self, scopes: &[&str]) -> String {
+        let created = self
+            .call(
+                reqwest::Method::POST,
+                "tokens",
+                Some(json!({"name": "client test", "scopes": scopes})),
+            )
+            .await;
+        created["token"].as_str().unwrap().to_owned()
+    }
+
+    fn client(&self, token: &str) -> Client {
+        Client::new(Config::new(&self.api(), Some(token)).unwrap()).unwrap()
+    }
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&ServeArgs {
+        host: "127.0.0.1".into(),
+        port: 0,
+        database_url: None,
+        home: Some(dir.path().join("home")),
+        master_key_file: None,
+        retention: None,
+        max_connections: None,
+        tls_cert: None,
+        tls_key: None,
+    })
+    .await
+    .unwrap();
+    let admin = running
+        .first_token
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    Server {
+        running,
+        admin,
+        _dir: dir,
+    }
+}
+
+/// The course's pair: `zoom-gcs` referencing `zoom-gcp-creds`.
+async fn seed(server: &Server) -> (String, String) {
+    let creds = server.register::<GcpCredentials>().await;
+    let bucket = server.register::<GcsBucket>().await;
+    let creds_id = server
+        .create(
+            &creds,
+            "zoom-gcp-creds",
+            json!({"service_account_info": {"type": "service_account", "private_key": CANARY}, "project": "dtc-de"}),
+        )
+        .await;
+    let bucket_id = server
+        .create(
+            &bucket,
+            "zoom-gcs",
+            json!({"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"$ref": {"block_document_id": creds_id}}}),
+        )
+        .await;
+    (creds_id, bucket_id)
+}
+
+#[tokio::test]
+async fn a_nested_block_loads_typed_in_one_request() {
+    let server = server().await;
+    let (creds_id, bucket_id) = seed(&server).await;
+    let client = server.client(&server.token(&["read-secrets"]).await);
+
+    let bucket: GcsBucket = client.load("zoom-gcs").await.unwrap();
+    assert_eq!(bucket.bucket, "dtc-data-lake");
+    assert_eq!(bucket.gcp_credentials.project.as_deref(), Some("dtc-de"));
+    let info = bucket
+        .gcp_credentials
+        .service_account_info
+        .as_ref()
+        .unwrap();
+    assert_eq!(info.expose_secret()["private_key"], json!(CANARY));
+    assert!(
+        !format!("{bucket:?}").contains(CANARY),
+        "Debug redacts secrets"
+    );
+
+    let by_id: GcsBucket = client.load_by_id(bucket_id.parse().unwrap()).await.unwrap();
+    assert_eq!(by_id.bucket, "dtc-data-lake");
+    let json = client.load_json("gcs-bucket/zoom-gcs").await.unwrap();
+    assert_eq!(json.id.to_string(), bucket_id);
+    assert_eq!(
+        json.data.expose_secret()["gcp_credentials"]["project"],
+        json!("dtc-de")
+    );
+    assert!(!format!("{json:?}").contains(CANARY));
+
+    // A document of another type asked for by id.
+    match client
+        .load_by_id::<GcsBucket>(creds_id.parse().unwrap())
+        .await
+    {
+        Err(Error::WrongType {
+            expected, found, ..
+        }) => {
+            assert_eq!(
+                (expected.as_str(), found.as_str()),
+                ("gcs-bucket", "gcp-credentials")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_say_what_to_do() {
+    let server = server().await;
+    seed(&server).await;
+    let reader = server.client(&server.token(&["read-secrets"]).await);
+
+    match reader.load::<GcsBucket>("nope").await {
+        Err(e @ Error::NotFound { .. }) => {
+            assert_eq!(e.to_string(), "no block gcs-bucket/nope on the server");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Data that does not fit the Rust type names the field, never the value.
+    let secret = server.register::<Secret>().await;
+    server
+        .create(&secret, "api-token", json!({"value": CANARY}))
+        .await;
+    let schema = server.register::<GcsBucket>().await;
+    server
+        .create(
+            &schema,
+            "odd",
+            json!({"bucket": "b", "gcp_credentials": {"project": "p"}}),
+        )
+        .await;
+    let read_only = server.client(&server.token(&["read"]).await);
+    match read_only.load::<Secret>("api-token").await {
+        Err(e @ Error::Forbidden { .. }) => assert!(e.to_string().contains("read-secrets"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    match server
+        .client("blk_not-a-token")
+        .load::<Secret>("api-token")
+        .await
+    {
+        Err(e @ Error::Unauthorized { .. }) => {
+            assert!(e.to_string().contains("not known"), "{e}");
+            assert!(e.to_string().contains("client's configuration"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The server gone: the URL and where it came from.
+    let api = server.api();
+    server.running.stop().await.unwrap();
+    match reader.load::<Secret>("api-token").await {
+        Err(e @ Error::Unreachable { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&api), "{text}");
+            assert!(!text.contains("include_secrets"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn data_that_does_not_fit_names_the_field() {
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Strict {
+        value: u16,
+    }
+    impl Block for Strict {
+        const SLUG: &'static str = "secret";
+        fn spec() -> block_types::BlockSpec {
+            Secret::spec()
+        }
+    }
+    let server = server().await;
+    let secret = server.register::<Secret>().await;
+    server
+        .create(&secret, "not-a-number", json!({"value": CANARY}))
+        .await;
+    let client = server.client(&server.admin);
+    match client.load::<Strict>("not-a-number").await {
+        Err(e @ Error::Data { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("value"), "{text}");
+            assert!(!text.contains(CANARY), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_cache_serves_fresh_hits_revalidates_and_sees_a_changed_child() {
+    let server = server().await;
+    let (creds_id, _) = seed(&server).await;
+    let client = server
+        .client(&server.token(&["read-secrets"]).await)
+        .with_cache(Duration::from_millis(300));
+    let first: GcsBucket = client.load("zoom-gcs").await.unwrap();
+    let again: GcsBucket = client.load("zoom-gcs").await.unwrap();
+    assert_eq!(first.bucket, again.bucket);
+    assert_eq!(client.cache_stats().misses, 1);
+    assert_eq!(client.cache_stats().fresh_hits, 1);
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let _: GcsBucket = client.load("zoom-gcs").await.unwrap();
+    assert_eq!(client.cache_stats().revalidated, 1, "unchanged: a 304");
+
+    // A change of the referenced credentials changes the bucket's ETag.
+    server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("block_documents/{creds_id}"),
+            Some(json!({"data": {"project": "dtc-de-2"}})),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let changed: GcsBucket = client.load("zoom-gcs").await.unwrap();
+    assert_eq!(changed.gcp_credentials.project.as_deref(), Some("dtc-de-2"));
+    assert_eq!(client.cache_stats().misses, 2);
+    server.running.stop().await.unwrap();
+}
+
+fn lookup<'a>(vars: &'a [(&'a str, String)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[tokio::test]
+async fn configuration_falls_back_from_blocks_to_prefect_to_the_profile() {
+    let server = server().await;
+    seed(&server).await;
+    let home = server.home();
+    let api = server.api();
+
+    // Only the profile `blocks serve` wrote.
+    let vars = [("BLOCKS_HOME", home.display().to_string())];
+    let config = Config::from_lookup(lookup(&vars)).unwrap();
+    assert_eq!(
+        config.source,
+        ConfigSource::Profile(home.join("profile.toml"))
+    );
+    let bucket: GcsBucket = Client::new(config).unwrap().load("zoom-gcs").await.unwrap();
+    assert_eq!(bucket.bucket, "dtc-data-lake");
+
+    // PREFECT_* over the profile, BLOCKS_* over both.
+    let vars = [
+        ("BLOCKS_HOME", home.display().to_string()),
+        ("PREFECT_API_URL", "http://127.0.0.1:9/api".to_owned()),
+        ("PREFECT_API_KEY", "blk_prefect".to_owned()),
+    ];
+    let config = Config::from_lookup(lookup(&vars)).unwrap();
+    assert_eq!(config.source, ConfigSource::PrefectEnv);
+    assert_eq!(config.api_url.as_str(), "http://127.0.0.1:9/api/");
+    let vars = [
+        ("PREFECT_API_URL", "http://127.0.0.1:9/api".to_owned()),
+        ("BLOCKS_API_URL", api.clone()),
+        ("BLOCKS_API_KEY", server.admin.clone()),
+    ];
+    let config = Config::from_lookup(lookup(&vars)).unwrap();
+    assert_eq!(config.source, ConfigSource::BlocksEnv);
+    assert!(
+        !format!("{config:?}").contains(&server.admin),
+        "Debug hides the key"
+    );
+
+    // An unreachable PREFECT_API_URL is named with where it came from.
+    let vars = [("PREFECT_API_URL", "http://127.0.0.1:9/api".to_owned())];
+    let client = Client::new(Config::from_lookup(lookup(&vars)).unwrap()).unwrap();
+    match client.load::<GcsBucket>("zoom-gcs").await {
+        Err(e @ Error::Unreachable { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("127.0.0.1:9") && text.contains("PREFECT_API_URL"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Nothing at all: says what to set.
+    let empty = tempfile::tempdir().unwrap();
+    let vars = [("BLOCKS_HOME", empty.path().display().to_string())];
+    match Config::from_lookup(lookup(&vars)) {
+        Err(e @ Error::Config(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("BLOCKS_API_URL") && text.contains("profile.toml"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = [("BLOCKS_API_URL", "ftp://x".to_owned())];
+    assert!(matches!(
+        Config::from_lookup(lookup(&bad)),
+        Err(Error::Config(_))
+    ));
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_an_error_naming_the_wait() {
+    let server = server().await;
+    seed(&server).await;
+    let good = server.token(&["read-secrets"]).await;
+    // Fail authentication until the guard refuses this client (20 a minute by default).
+    let bad = server.client("blk_wrong");
+    let mut refused = false;
+    for _ in 0..25 {
+        if let Err(Error::RateLimited { retry_after_s }) = bad.load::<GcsBucket>("zoom-gcs").await {
+            assert!(retry_after_s > 0);
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the server never refused the failing client");
+    let client = server.client(&good);
+    let err = client.load::<GcsBucket>("zoom-gcs").await;
+    assert!(
+        matches!(err, Err(Error::RateLimited { .. })),
+        "an unseen token waits like any other attempt: {err:?}"
+    );
+    server.running.stop().await.unwrap();
+}
