@@ -8,7 +8,7 @@ use block_types::model::BlockDocument;
 use block_types::{Block, SecretMap};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret as _;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -69,6 +69,7 @@ pub struct Client {
     config: Arc<Config>,
     cache: Option<Arc<Cache>>,
     stats: Arc<Mutex<CacheStats>>,
+    provenance: Arc<crate::save::Provenance>,
 }
 
 impl Client {
@@ -106,6 +107,7 @@ impl Client {
             config: Arc::new(config),
             cache: None,
             stats: Arc::default(),
+            provenance: Arc::default(),
         })
     }
 
@@ -130,10 +132,25 @@ impl Client {
         &self.config
     }
 
+    pub(crate) fn provenance(&self) -> &crate::save::Provenance {
+        &self.provenance
+    }
+
     /// Loads the block `name` of type `T`, nested blocks resolved, in one request.
     pub async fn load<T: Block>(&self, name: &str) -> Result<T, Error> {
         let document = self.document(T::SLUG, name).await?;
-        typed(document, T::SLUG, name)
+        self.typed(&document, T::SLUG, name)
+    }
+
+    fn typed<T: Block>(
+        &self,
+        document: &BlockDocument,
+        slug: &str,
+        name: &str,
+    ) -> Result<T, Error> {
+        let value: T = typed(document, slug, name)?;
+        self.provenance.remember_loaded(&value, document);
+        Ok(value)
     }
 
     /// Loads a block by its document id; the document must be of type `T`.
@@ -157,7 +174,7 @@ impl Client {
                 name: id.to_string(),
             });
         }
-        typed(document, T::SLUG, &id.to_string())
+        self.typed(&document, T::SLUG, &id.to_string())
     }
 
     /// Loads `slug/name` (e.g. `gcs-bucket/zoom-gcs`) for types with no Rust struct.
@@ -311,12 +328,17 @@ impl Client {
         }
         let retry = retry_after(&response);
         let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(self.error(status, &body, retry))
+    }
+
+    /// The [`Error`] for an error answer with JSON `body`.
+    pub(crate) fn error(&self, status: StatusCode, body: &Value, retry: Option<Duration>) -> Error {
         let detail = body
             .get("detail")
             .and_then(Value::as_str)
             .map(ToOwned::to_owned)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-        Err(match status {
+        match status {
             StatusCode::UNAUTHORIZED => Error::Unauthorized {
                 detail,
                 source_of_url: self.config.source.clone(),
@@ -329,13 +351,67 @@ impl Client {
                 status: other.as_u16(),
                 detail,
             },
-        })
+        }
+    }
+
+    /// Sends one request of the save path and returns the status, the JSON body and the
+    /// `ETag`. Only a connection that never got through is retried: a write that may have
+    /// landed is not sent twice.
+    pub(crate) async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<(StatusCode, Value, Option<String>), Error> {
+        let url = self.url(path)?;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        let response = loop {
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(key) = &self.config.api_key {
+                request = request.bearer_auth(key.expose_secret());
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(etag) = if_match {
+                request = request.header(reqwest::header::IF_MATCH, etag);
+            }
+            match request.send().await {
+                Err(e) if e.is_connect() && attempt < ATTEMPTS => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(Error::Unreachable {
+                        url: without_query(&url),
+                        source_of_url: self.config.source.clone(),
+                        reason: e.without_url().to_string(),
+                    });
+                }
+                Ok(response) => break response,
+            }
+        };
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(ToOwned::to_owned);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry = retry_after(&response);
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(self.error(status, &value, retry));
+        }
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, value, etag))
     }
 }
 
-fn typed<T: Block>(document: BlockDocument, slug: &str, name: &str) -> Result<T, Error> {
-    let mut data: Map<String, Value> = document.data;
-    T::from_data(std::mem::take(&mut data)).map_err(|e| Error::Data {
+fn typed<T: Block>(document: &BlockDocument, slug: &str, name: &str) -> Result<T, Error> {
+    T::from_data(document.data.clone()).map_err(|e| Error::Data {
         slug: slug.to_owned(),
         name: name.to_owned(),
         field: e.field.clone(),
@@ -376,12 +452,12 @@ fn without_query(url: &url::Url) -> String {
 }
 
 /// A path segment, percent-encoded.
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

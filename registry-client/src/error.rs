@@ -49,6 +49,24 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A block with this name exists; save with overwrite to replace it.
+    #[error("a block {slug}/{name} already exists; use save_overwrite to replace it")]
+    NameConflict {
+        /// The block type's slug.
+        slug: String,
+        /// The name.
+        name: String,
+    },
+    /// Someone else changed the block between our read and our write; nothing was written.
+    #[error(
+        "the block {slug}/{name} was changed by someone else while it was being saved; load it again and retry"
+    )]
+    ConcurrentEdit {
+        /// The block type's slug.
+        slug: String,
+        /// The name.
+        name: String,
+    },
     /// The token is missing, unknown, expired or revoked.
     #[error("the server refused the token (from {source_of_url}): {detail}")]
     Unauthorized {

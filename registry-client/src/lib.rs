@@ -32,13 +32,30 @@
 //! # }
 //! ```
 //!
-//! Saving blocks from Rust is not here yet; save them with the Prefect client or the API.
+//! Saving registers the block type and schema when the server lacks them; nested blocks
+//! that were loaded (or saved) through the same client are saved as references to their
+//! documents, others are saved first as anonymous documents:
+//!
+//! ```no_run
+//! use block_types::catalog::{GcpCredentials, GcsBucket};
+//! use registry_client::{BlockExt as _, Client};
+//!
+//! # async fn run() -> Result<(), registry_client::Error> {
+//! let client = Client::from_env()?;
+//! let credentials: GcpCredentials = client.load("zoom-gcp-creds").await?;
+//! let bucket = GcsBucket { bucket: "dtc-data-lake".into(), bucket_folder: String::new(), gcp_credentials: credentials };
+//! client.save(&bucket, "zoom-gcs").await?;           // gcp_credentials → $ref zoom-gcp-creds
+//! client.save_overwrite(&bucket, "zoom-gcs").await?; // conditional replace (If-Match)
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(missing_docs)]
 
 mod client;
 mod config;
 mod error;
+mod save;
 
 use std::sync::OnceLock;
 
@@ -64,6 +81,22 @@ pub trait BlockExt: Block + Sized {
     /// Loads the block `name` of this type, nested blocks resolved.
     fn load(name: &str) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         async move { default_client()?.load::<Self>(name).await }
+    }
+
+    /// Saves the block as `name` ([`Error::NameConflict`] if it exists).
+    fn save(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<uuid::Uuid, Error>> + Send {
+        async move { default_client()?.save(self, name).await }
+    }
+
+    /// Saves the block as `name`, replacing an existing one unless it changed meanwhile.
+    fn save_overwrite(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<uuid::Uuid, Error>> + Send {
+        async move { default_client()?.save_overwrite(self, name).await }
     }
 
     /// Loads a block of this type by its document id.

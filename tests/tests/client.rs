@@ -435,3 +435,145 @@ async fn a_refused_client_gets_an_error_naming_the_wait() {
     );
     server.running.stop().await.unwrap();
 }
+
+fn creds(project: &str) -> GcpCredentials {
+    GcpCredentials {
+        service_account_file: None,
+        service_account_info: Some(block_types::SecretMap::new(
+            json!({"type": "service_account", "private_key": CANARY})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )),
+        project: Some(project.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn saves_register_types_and_round_trip() {
+    let server = server().await;
+    let client = server.client(&server.token(&["write", "read-secrets"]).await);
+    // Nothing registered yet but the core types: saving registers gcp-credentials.
+    let saved = creds("dtc-de");
+    client.save(&saved, "zoom-gcp-creds").await.unwrap();
+    let loaded: GcpCredentials = client.load("zoom-gcp-creds").await.unwrap();
+    assert_eq!(loaded.to_data().unwrap(), saved.to_data().unwrap());
+
+    client
+        .save(&Secret::new(CANARY), "api-token")
+        .await
+        .unwrap();
+    let secret: Secret = client.load("api-token").await.unwrap();
+    assert_eq!(secret.value.expose_str(), Some(CANARY));
+
+    // Saving twice without overwrite: a distinct error; with it, replaced.
+    match client.save(&Secret::new("other"), "api-token").await {
+        Err(e @ Error::NameConflict { .. }) => {
+            assert!(e.to_string().contains("secret/api-token"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    client
+        .save_overwrite(&Secret::new("rotated"), "api-token")
+        .await
+        .unwrap();
+    let secret: Secret = client.load("api-token").await.unwrap();
+    assert_eq!(secret.value.expose_str(), Some("rotated"));
+
+    // A read-only token cannot save: the scope is named.
+    let reader = server.client(&server.token(&["read-secrets"]).await);
+    match reader.save(&Secret::new("x"), "nope").await {
+        Err(e @ Error::Forbidden { .. }) => assert!(e.to_string().contains("write"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nested_blocks_are_saved_as_references() {
+    let server = server().await;
+    let client = server.client(&server.token(&["write", "read-secrets"]).await);
+    let creds_id = client
+        .save(&creds("dtc-de"), "zoom-gcp-creds")
+        .await
+        .unwrap();
+
+    // Credentials loaded (or saved) through this client: the bucket references them.
+    let loaded: GcpCredentials = client.load("zoom-gcp-creds").await.unwrap();
+    let bucket = GcsBucket {
+        bucket: "dtc-data-lake".into(),
+        gcp_credentials: loaded,
+        bucket_folder: String::new(),
+    };
+    let bucket_id = client.save(&bucket, "zoom-gcs").await.unwrap();
+    let doc = server
+        .call(
+            reqwest::Method::GET,
+            &format!("block_documents/{bucket_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        doc["block_document_references"]["gcp_credentials"]["block_document"]["id"],
+        json!(creds_id.to_string())
+    );
+
+    // Credentials never saved: saved first as an anonymous document, then referenced.
+    let fresh = GcsBucket {
+        bucket: "other".into(),
+        gcp_credentials: creds("elsewhere"),
+        bucket_folder: String::new(),
+    };
+    let fresh_id = client.save(&fresh, "other-gcs").await.unwrap();
+    let doc = server
+        .call(
+            reqwest::Method::GET,
+            &format!("block_documents/{fresh_id}"),
+            None,
+        )
+        .await;
+    let reference = &doc["block_document_references"]["gcp_credentials"]["block_document"];
+    assert_eq!(reference["is_anonymous"], json!(true));
+    assert_ne!(reference["id"], json!(creds_id.to_string()));
+    let back: GcsBucket = client.load("other-gcs").await.unwrap();
+    assert_eq!(back.gcp_credentials.project.as_deref(), Some("elsewhere"));
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_overwrites_never_lose_an_update_silently() {
+    let server = server().await;
+    let client = server.client(&server.token(&["write", "read-secrets"]).await);
+    client.save(&Secret::new("v0"), "contended").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 1..=8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = format!("v{i}");
+            (
+                value.clone(),
+                client
+                    .save_overwrite(&Secret::new(value), "contended")
+                    .await,
+            )
+        }));
+    }
+    let mut saved = Vec::new();
+    for task in tasks {
+        let (value, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(_) => saved.push(value),
+            Err(Error::ConcurrentEdit { .. }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(!saved.is_empty());
+    let now: Secret = client.load("contended").await.unwrap();
+    assert!(
+        saved
+            .iter()
+            .any(|v| Some(v.as_str()) == now.value.expose_str()),
+        "the stored value is one a writer was told was saved"
+    );
+    server.running.stop().await.unwrap();
+}
