@@ -18,9 +18,10 @@ if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
     cp "$here/requirements.txt" "$stamp"
 fi
 
-cargo build --quiet -p registry-server --bin blocks -p registry-client --example zoom_gcs
+cargo build --quiet -p registry-server --bin blocks -p registry-client --example zoom_gcs --example save_blocks
 blocks="$CARGO_TARGET_DIR/debug/blocks"
 rust_example="$CARGO_TARGET_DIR/debug/examples/zoom_gcs"
+rust_save="$CARGO_TARGET_DIR/debug/examples/save_blocks"
 
 pg_admin="${BLOCKS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 backends="${BLOCKS_INTEROP_BACKENDS:-sqlite postgres}"
@@ -86,6 +87,27 @@ PY
         || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
         status=1
         echo "the Rust example failed on $backend:"; echo "$out"
+    fi
+    # …and what Rust saved, loaded by Prefect.
+    echo "== Prefect loads what Rust saved ($backend)"
+    export BLOCKS_EXAMPLE_SECRET="rust-canary-$RANDOM"
+    export BLOCKS_EXAMPLE_KEY_FILE="$work/service-account.json"
+    "$venv/bin/python" - "$BLOCKS_EXAMPLE_KEY_FILE" <<'PY'
+import json, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+json.dump({"type": "service_account", "project_id": "dtc-de", "private_key_id": "rust", "private_key": pem,
+           "client_email": "svc@dtc-de.iam.gserviceaccount.com", "client_id": "1",
+           "token_uri": "https://oauth2.googleapis.com/token"}, open(sys.argv[1], "w"))
+PY
+    if ! env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
+        BLOCKS_API_KEY="$pipeline_token" "$rust_save" \
+        || ! PREFECT_API_URL="http://$addr/api" PREFECT_API_KEY="$pipeline_token" PREFECT_HOME="$work/prefect" \
+            "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_rust_saved.py"; then
+        status=1
+        echo "Rust-saved blocks did not load in Prefect on $backend"
     fi
     cleanup
     trap - EXIT

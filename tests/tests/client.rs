@@ -577,3 +577,89 @@ async fn concurrent_overwrites_never_lose_an_update_silently() {
     );
     server.running.stop().await.unwrap();
 }
+
+/// A canned reply: status, headers, JSON body.
+type Reply = (u16, Vec<(&'static str, String)>, Value);
+
+/// A stand-in server that answers each request with the next canned reply, and counts.
+async fn scripted(replies: Vec<Reply>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let replies = Arc::new(replies);
+    let counter = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let replies = replies.clone();
+        async move {
+            let (status, headers, body) = replies[n.min(replies.len() - 1)].clone();
+            let mut response = axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                axum::Json(body),
+            ));
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+            response
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/api"), calls)
+}
+
+#[tokio::test]
+async fn reads_retry_503_and_429_but_writes_that_may_have_landed_are_not_resent() {
+    use std::sync::atomic::Ordering;
+    // A real document to replay.
+    let server = server().await;
+    let secret = server.register::<Secret>().await;
+    let id = server
+        .create(&secret, "api-token", json!({"value": "v"}))
+        .await;
+    let document = server
+        .call(
+            reqwest::Method::GET,
+            &format!("block_documents/{id}?include_secrets=true"),
+            None,
+        )
+        .await;
+    server.running.stop().await.unwrap();
+
+    let busy = json!({"exception_message": "Service Unavailable"});
+    let (api, calls) = scripted(vec![
+        (503, vec![], busy.clone()),
+        (
+            429,
+            vec![("retry-after", "1".to_owned())],
+            json!({"detail": "slow down"}),
+        ),
+        (200, vec![], document.clone()),
+    ])
+    .await;
+    let client = Client::new(Config::new(&api, Some("blk_x")).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let secret: Secret = client.load("api-token").await.unwrap();
+    assert_eq!(secret.value.expose_str(), Some("v"));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "503 and 429 were retried");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+
+    // A create answered 503 may have landed: it is reported, not sent again.
+    let (api, calls) = scripted(vec![
+        (200, vec![], json!({"id": uuid::Uuid::new_v4(), "name": "Secret", "slug": "secret", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z", "logo_url": null, "documentation_url": null, "description": null, "code_example": null, "is_protected": true})),
+        (201, vec![], json!({"id": uuid::Uuid::new_v4(), "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z", "checksum": "sha256:x", "fields": {}, "block_type_id": uuid::Uuid::new_v4(), "block_type": null, "capabilities": [], "version": "1"})),
+        (503, vec![], busy),
+        (201, vec![], document),
+    ])
+    .await;
+    let client = Client::new(Config::new(&api, Some("blk_x")).unwrap()).unwrap();
+    match client.save(&Secret::new("x"), "maybe").await {
+        Err(Error::Http { status: 503, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "type, schema, one create");
+}

@@ -149,6 +149,24 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
                 .and_then(Value::as_str)
                 .map(|t| token_of_auth_string(t).to_owned())
                 .or_else(|| conn.header_token.clone());
+            if presented.is_none() {
+                // Prefect's events client sends PREFECT_API_AUTH_STRING here, never
+                // PREFECT_API_KEY: no credential at all is not a guess, so it does not count
+                // towards the client's failed attempts.
+                audit(
+                    &state,
+                    &conn,
+                    None,
+                    "GET /api/events/in",
+                    "/api/events/in".to_owned(),
+                    401,
+                )
+                .await;
+                let reason = "the events socket needs a token in its auth message: set PREFECT_API_AUTH_STRING=<any name>:<token> (Prefect sends PREFECT_API_KEY only over HTTP)";
+                let reply = json!({"type": "auth_failure", "reason": reason}).to_string();
+                socket.send(Message::Text(reply.into())).await.ok();
+                break;
+            }
             match authenticate(&state, conn.ip, presented.as_deref(), Scope::Read).await {
                 Ok(info) => {
                     token_id = Some(info.id);
