@@ -308,9 +308,11 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                     let state = state.clone();
                     let work = async move {
                         let mut response = next.run(req).await;
+                        // A 304 confirms the caller's copy and sends no secret: not a read.
                         let secrets = caller
                             .read_secrets
-                            .load(std::sync::atomic::Ordering::Relaxed);
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            && response.status() != StatusCode::NOT_MODIFIED;
                         if secrets {
                             // No cache on the way may keep a copy of secret values.
                             response.headers_mut().insert(
