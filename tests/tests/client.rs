@@ -663,3 +663,115 @@ async fn reads_retry_503_and_429_but_writes_that_may_have_landed_are_not_resent(
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "type, schema, one create");
 }
+
+/// Saves `data` as a `B` named `name`, loads it back, and returns both data forms.
+async fn save_and_load<B: Block>(client: &Client, name: &str, data: Value) -> (Value, Value) {
+    let Value::Object(map) = data else {
+        panic!("not an object")
+    };
+    let block = B::from_data(map).unwrap_or_else(|e| panic!("{}: {e}", B::SLUG));
+    client
+        .save(&block, name)
+        .await
+        .unwrap_or_else(|e| panic!("save {}: {e}", B::SLUG));
+    let loaded: B = client
+        .load(name)
+        .await
+        .unwrap_or_else(|e| panic!("load {}: {e}", B::SLUG));
+    assert!(!format!("{loaded:?}").contains(CANARY), "{} Debug", B::SLUG);
+    (
+        Value::Object(block.to_data().unwrap()),
+        Value::Object(loaded.to_data().unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn every_built_in_round_trips_through_save_and_load() {
+    use block_types::catalog::*;
+    let server = server().await;
+    let client = server.client(&server.token(&["write", "read-secrets"]).await);
+    let cases = vec![
+        ("secret", json!({"value": CANARY})),
+        (
+            "secret",
+            json!({"value": {"username": "johndoe", "password": CANARY}}),
+        ),
+        (
+            "webhook",
+            json!({"method": "POST", "url": "https://hooks.example.com/x", "headers": {"Authorization": CANARY}, "allow_private_urls": true, "verify": true}),
+        ),
+        ("local-file-system", json!({"basepath": "/data"})),
+        ("json", json!({"value": {"a": [1, 2]}})),
+        ("string", json!({"value": "s"})),
+        ("date-time", json!({"value": "2026-11-24T17:20:25.120785Z"})),
+        (
+            "sqlalchemy-connector",
+            json!({"connection_info": {"driver": "postgresql+psycopg2", "database": "ny_taxi", "username": "root", "password": CANARY, "host": "localhost", "port": 5432, "query": {"sslmode": "disable"}}, "connect_args": null, "fetch_size": 1}),
+        ),
+        (
+            "async-sqlalchemy-connector",
+            json!({"connection_info": {"driver": "postgresql+asyncpg", "database": "db", "username": "u", "password": CANARY, "host": "h", "port": 5433, "query": null}, "connect_args": {"timeout": 5}, "fetch_size": 10}),
+        ),
+        (
+            "gcp-credentials",
+            json!({"service_account_file": null, "service_account_info": {"type": "service_account", "private_key": CANARY}, "project": "dtc-de"}),
+        ),
+        (
+            "gcs-bucket",
+            json!({"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"service_account_file": null, "service_account_info": {"type": "service_account", "private_key": CANARY}, "project": "p2"}}),
+        ),
+        (
+            "docker-registry",
+            json!({"username": "u", "password": CANARY, "registry_url": "index.docker.io", "reauth": true}),
+        ),
+        (
+            "docker-container",
+            json!({"type": "docker-container", "env": {"EXTRA_PIP_PACKAGES": "s3fs"}, "labels": {}, "name": null, "command": null, "image": "discdiver/prefect:zoom", "image_pull_policy": "ALWAYS", "image_registry": {"username": "u", "password": CANARY, "registry_url": "index.docker.io", "reauth": true}, "networks": [], "network_mode": null, "auto_remove": true, "volumes": ["/data:/data:ro"], "stream_output": true, "memswap_limit": "1g", "mem_limit": 536870912.0, "privileged": false}),
+        ),
+        (
+            "docker-registry-credentials",
+            json!({"username": "u", "password": CANARY, "registry_url": "index.docker.io", "reauth": true}),
+        ),
+        (
+            "docker-host",
+            json!({"base_url": "unix:///var/run/docker.sock", "version": "auto", "timeout": 60, "max_pool_size": null, "client_kwargs": {}}),
+        ),
+    ];
+    let mut slugs = std::collections::BTreeSet::new();
+    for (i, (slug, data)) in cases.into_iter().enumerate() {
+        let name = format!("{slug}-{i}");
+        let (saved, loaded) = match slug {
+            "secret" => save_and_load::<Secret>(&client, &name, data).await,
+            "webhook" => save_and_load::<Webhook>(&client, &name, data).await,
+            "local-file-system" => save_and_load::<LocalFileSystem>(&client, &name, data).await,
+            "json" => save_and_load::<Json>(&client, &name, data).await,
+            "string" => save_and_load::<StringBlock>(&client, &name, data).await,
+            "date-time" => save_and_load::<DateTime>(&client, &name, data).await,
+            "sqlalchemy-connector" => {
+                save_and_load::<SqlAlchemyConnector>(&client, &name, data).await
+            }
+            "async-sqlalchemy-connector" => {
+                save_and_load::<AsyncSqlAlchemyConnector>(&client, &name, data).await
+            }
+            "gcp-credentials" => save_and_load::<GcpCredentials>(&client, &name, data).await,
+            "gcs-bucket" => save_and_load::<GcsBucket>(&client, &name, data).await,
+            "docker-registry" => save_and_load::<DockerRegistry>(&client, &name, data).await,
+            "docker-container" => save_and_load::<DockerContainer>(&client, &name, data).await,
+            "docker-registry-credentials" => {
+                save_and_load::<DockerRegistryCredentials>(&client, &name, data).await
+            }
+            "docker-host" => save_and_load::<DockerHost>(&client, &name, data).await,
+            other => panic!("no Rust type for {other}"),
+        };
+        assert_eq!(saved, loaded, "{slug}");
+        slugs.insert(slug);
+    }
+    let every: std::collections::BTreeSet<String> = block_types::catalog::all_specs()
+        .into_iter()
+        .map(|s| s.block_type.slug)
+        .collect();
+    for slug in &every {
+        assert!(slugs.contains(slug.as_str()), "{slug} not covered");
+    }
+    server.running.stop().await.unwrap();
+}
