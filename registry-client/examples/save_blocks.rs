@@ -1,5 +1,6 @@
-//! Saving from Rust: a `Secret` and a GCS bucket whose credentials are saved first and
-//! referenced, as the Prefect client saves them. Both load in Python unchanged.
+//! Saving from Rust: a `Secret`, and the course's `zoom-gcs` bucket whose credentials
+//! (`zoom-gcp-creds`) are saved first and referenced, as the Prefect client saves them.
+//! Existing blocks of those names are replaced. All load in Python unchanged.
 //!
 //! ```sh
 //! BLOCKS_EXAMPLE_KEY_FILE=service-account.json cargo run -p registry-client --example save_blocks
@@ -32,15 +33,15 @@ async fn run() -> Result<(), Error> {
         service_account_info: info,
         project: Some("dtc-de".into()),
     };
-    credentials.save_overwrite("rust-gcp-creds").await?;
+    credentials.save_overwrite("zoom-gcp-creds").await?;
     let bucket = GcsBucket {
-        bucket: "rust-data-lake".into(),
+        bucket: "dtc-data-lake".into(),
         gcp_credentials: credentials,
-        bucket_folder: "raw".into(),
+        bucket_folder: "from-rust".into(),
     };
-    let id = bucket.save_overwrite("rust-gcs").await?;
+    let id = bucket.save_overwrite("zoom-gcs").await?;
     println!(
-        "saved secret/rust-secret, gcp-credentials/rust-gcp-creds and gcs-bucket/rust-gcs ({id})"
+        "saved secret/rust-secret, gcp-credentials/zoom-gcp-creds and gcs-bucket/zoom-gcs ({id})"
     );
     Ok(())
 }

@@ -104,7 +104,7 @@ json.dump({"type": "service_account", "project_id": "dtc-de", "private_key_id": 
 PY
     if ! env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
         BLOCKS_API_KEY="$pipeline_token" "$rust_save" \
-        || ! PREFECT_API_URL="http://$addr/api" PREFECT_API_KEY="$pipeline_token" PREFECT_HOME="$work/prefect" \
+        || ! PREFECT_API_URL="http://$addr/api" PREFECT_API_AUTH_STRING="prefect:$pipeline_token" PREFECT_HOME="$work/prefect" \
             "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_rust_saved.py"; then
         status=1
         echo "Rust-saved blocks did not load in Prefect on $backend"

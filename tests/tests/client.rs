@@ -775,3 +775,51 @@ async fn every_built_in_round_trips_through_save_and_load() {
     }
     server.running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn https_with_a_private_ca_works_through_blocks_ca_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let running = start(&ServeArgs {
+        host: "127.0.0.1".into(),
+        port: 0,
+        database_url: None,
+        home: Some(dir.path().join("home")),
+        master_key_file: None,
+        retention: None,
+        max_connections: None,
+        tls_cert: Some(cert_path.clone()),
+        tls_key: Some(key_path),
+    })
+    .await
+    .unwrap();
+    let token = running
+        .first_token
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    let url = format!("https://localhost:{}/api", running.addr.port());
+    let with_ca = [
+        ("BLOCKS_API_URL", url.clone()),
+        ("BLOCKS_API_KEY", token.clone()),
+        ("BLOCKS_CA_CERT", cert_path.display().to_string()),
+    ];
+    let client = Client::new(Config::from_lookup(lookup(&with_ca)).unwrap()).unwrap();
+    client.save(&Secret::new(CANARY), "over-tls").await.unwrap();
+    let secret: Secret = client.load("over-tls").await.unwrap();
+    assert_eq!(secret.value.expose_str(), Some(CANARY));
+
+    // Without the CA the certificate is refused: unreachable, naming the URL.
+    let without = [("BLOCKS_API_URL", url.clone()), ("BLOCKS_API_KEY", token)];
+    let client = Client::new(Config::from_lookup(lookup(&without)).unwrap()).unwrap();
+    match client.load::<Secret>("over-tls").await {
+        Err(e @ Error::Unreachable { .. }) => assert!(e.to_string().contains("localhost"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    running.stop().await.unwrap();
+}
