@@ -62,14 +62,30 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// Entity tags remembered per document, at most.
+const MAX_ETAGS: usize = 10_000;
+
 /// A client of one blocks server. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     config: Arc<Config>,
     cache: Option<Arc<Cache>>,
     stats: Arc<Mutex<CacheStats>>,
     provenance: Arc<crate::save::Provenance>,
+    /// The `ETag` each document had when this client last read it: `save_overwrite` makes
+    /// its write conditional on it.
+    etags: Arc<Mutex<HashMap<Uuid, String>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .field("cache_ttl", &self.cache.as_ref().map(|c| c.ttl))
+            .field("stats", &self.cache_stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -79,7 +95,12 @@ impl Client {
     }
 
     /// A client for `config`.
-    pub fn new(config: Config) -> Result<Self, Error> {
+    pub fn new(mut config: Config) -> Result<Self, Error> {
+        // Relative paths join under the API URL only when it ends in a slash.
+        if !config.api_url.path().ends_with('/') {
+            let path = format!("{}/", config.api_url.path());
+            config.api_url.set_path(&path);
+        }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -94,20 +115,32 @@ impl Client {
                     path.display()
                 ))
             })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::Config(format!("{} is not a PEM certificate: {e}", path.display()))
             })?;
-            builder = builder.add_root_certificate(cert);
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let http = builder.build().map_err(|e| {
+            let file = config.ca_cert.as_ref().map_or_else(String::new, |p| {
+                format!(" (with the CA certificate {})", p.display())
+            });
+            Error::Config(format!("cannot build the HTTP client{file}: {}", chain(&e)))
+        })?;
         Ok(Self {
             http,
             config: Arc::new(config),
             cache: None,
             stats: Arc::default(),
             provenance: Arc::default(),
+            etags: Arc::default(),
         })
     }
 
@@ -136,9 +169,36 @@ impl Client {
         &self.provenance
     }
 
-    /// Loads the block `name` of type `T`, nested blocks resolved, in one request.
+    /// The `ETag` document `id` had when this client last read it.
+    pub(crate) fn known_etag(&self, id: Uuid) -> Option<String> {
+        lock(&self.etags).get(&id).cloned()
+    }
+
+    /// Forgets what this client read of `id` (after its own write changed it).
+    pub(crate) fn forget_etag(&self, id: Uuid) {
+        lock(&self.etags).remove(&id);
+    }
+
+    fn remember_etag(&self, id: Uuid, etag: &str) {
+        let mut etags = lock(&self.etags);
+        if etags.len() >= MAX_ETAGS {
+            etags.clear();
+        }
+        etags.insert(id, etag.to_owned());
+    }
+
+    /// After a write, nothing cached may be served: a parent's entry covers its children.
+    pub(crate) fn after_write(&self) {
+        if let Some(cache) = &self.cache {
+            lock(&cache.entries).clear();
+        }
+    }
+
+    /// Loads the block `name` of type `T`, nested blocks resolved, in one request. Secret
+    /// values are asked for only when `T` has secret fields (they need a token with the
+    /// `read-secrets` scope).
     pub async fn load<T: Block>(&self, name: &str) -> Result<T, Error> {
-        let document = self.document(T::SLUG, name).await?;
+        let document = self.document(T::SLUG, name, has_secrets::<T>()).await?;
         self.typed(&document, T::SLUG, name)
     }
 
@@ -155,7 +215,10 @@ impl Client {
 
     /// Loads a block by its document id; the document must be of type `T`.
     pub async fn load_by_id<T: Block>(&self, id: Uuid) -> Result<T, Error> {
-        let path = format!("block_documents/{id}?include_secrets=true");
+        let path = format!(
+            "block_documents/{id}?include_secrets={}",
+            has_secrets::<T>()
+        );
         let document = self
             .get_document(&path, || Error::NotFound {
                 slug: T::SLUG.to_owned(),
@@ -184,7 +247,7 @@ impl Client {
                 "{slug_and_name:?} is not <block type slug>/<block name>, e.g. gcs-bucket/zoom-gcs"
             ))
         })?;
-        let document = self.document(slug, name).await?;
+        let document = self.document(slug, name, true).await?;
         Ok(JsonBlock {
             id: document.id,
             slug: slug.to_owned(),
@@ -193,9 +256,14 @@ impl Client {
         })
     }
 
-    async fn document(&self, slug: &str, name: &str) -> Result<BlockDocument, Error> {
+    async fn document(
+        &self,
+        slug: &str,
+        name: &str,
+        secrets: bool,
+    ) -> Result<BlockDocument, Error> {
         let path = format!(
-            "block_types/slug/{}/block_documents/name/{}?include_secrets=true",
+            "block_types/slug/{}/block_documents/name/{}?include_secrets={secrets}",
             encode(slug),
             encode(name)
         );
@@ -233,6 +301,7 @@ impl Client {
             && let (Some(cache), Some((etag, _, document))) = (&self.cache, cached)
         {
             lock(&self.stats).revalidated += 1;
+            self.remember_etag(document.id, &etag);
             lock(&cache.entries).insert(
                 url.to_string(),
                 CacheEntry {
@@ -244,7 +313,23 @@ impl Client {
             return Ok(document);
         }
         if response.status() == StatusCode::NOT_FOUND {
-            return Err(not_found());
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let detail = body
+                .get("detail")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            // The server says "Block document not found" for a missing block; anything
+            // else (a bare "Not Found") means the URL is not the blocks API.
+            if detail.starts_with("Block document not found") {
+                return Err(not_found());
+            }
+            return Err(Error::Http {
+                status: 404,
+                detail: format!(
+                    "{} does not serve the blocks API; check the API URL (from {}), which usually ends in /api",
+                    self.config.api_url, self.config.source
+                ),
+            });
         }
         let response = self.check(response).await?;
         let etag = response
@@ -257,6 +342,9 @@ impl Client {
             detail: format!("the answer is not a block document: {e}"),
         })?;
         lock(&self.stats).misses += 1;
+        if let Some(etag) = &etag {
+            self.remember_etag(document.id, etag);
+        }
         if let (Some(cache), Some(etag)) = (&self.cache, etag) {
             lock(&cache.entries).insert(
                 url.to_string(),
@@ -313,7 +401,7 @@ impl Client {
                     return outcome.map_err(|e| Error::Unreachable {
                         url: without_query(url),
                         source_of_url: self.config.source.clone(),
-                        reason: e.without_url().to_string(),
+                        reason: reason(e),
                     });
                 }
             }
@@ -341,7 +429,7 @@ impl Client {
         match status {
             StatusCode::UNAUTHORIZED => Error::Unauthorized {
                 detail,
-                source_of_url: self.config.source.clone(),
+                key_from: self.config.source.key_variable(),
             },
             StatusCode::FORBIDDEN => Error::Forbidden { detail },
             StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
@@ -388,7 +476,7 @@ impl Client {
                     return Err(Error::Unreachable {
                         url: without_query(&url),
                         source_of_url: self.config.source.clone(),
-                        reason: e.without_url().to_string(),
+                        reason: reason(e),
                     });
                 }
                 Ok(response) => break response,
@@ -419,18 +507,55 @@ fn typed<T: Block>(document: &BlockDocument, slug: &str, name: &str) -> Result<T
     })
 }
 
-/// A serde message without the offending value (it may be a secret):
-/// `invalid type: string "…", expected u16` → `invalid type: expected u16`.
-fn without_values(message: &str) -> String {
-    for kind in ["invalid type", "invalid value", "invalid length"] {
-        if message.starts_with(kind) {
-            return match message.rsplit_once(", expected ") {
-                Some((_, expected)) => format!("{kind}: expected {expected}"),
-                None => kind.to_owned(),
-            };
+/// A message with every quoted span (`"…"` or `` `…` ``, where serde puts the offending
+/// value, which may be a secret) replaced by `…`.
+pub(crate) fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                open = Some(c);
+                out.push('…');
+            }
+            None => out.push(c),
         }
     }
-    message.to_owned()
+    out
+}
+
+/// Whether a load of `T` must ask for secret values.
+fn has_secrets<T: Block>() -> bool {
+    !T::spec().secret_fields().is_empty()
+}
+
+/// An error with its causes (reqwest's own message names only the kind of failure).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Why a request did not get through, with a hint where one helps.
+fn reason(e: reqwest::Error) -> String {
+    let text = chain(&e.without_url());
+    if text.contains("certificate") || text.contains("UnknownIssuer") {
+        format!(
+            "{text} (for a server with a private certificate, set BLOCKS_CA_CERT to its CA's PEM file)"
+        )
+    } else {
+        text
+    }
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
@@ -448,6 +573,7 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 fn without_query(url: &url::Url) -> String {
     let mut url = url.clone();
     url.set_query(None);
+    let _ = url.set_password(None);
     url.to_string()
 }
 

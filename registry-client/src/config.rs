@@ -21,6 +21,18 @@ pub enum ConfigSource {
     Explicit,
 }
 
+impl ConfigSource {
+    /// Where the token of this source is set.
+    pub fn key_variable(&self) -> String {
+        match self {
+            Self::BlocksEnv => "BLOCKS_API_KEY".to_owned(),
+            Self::PrefectEnv => "PREFECT_API_KEY".to_owned(),
+            Self::Profile(path) => format!("api_key in {}", path.display()),
+            Self::Explicit => "the client's configuration".to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -39,8 +51,8 @@ pub struct Config {
     pub api_url: Url,
     /// The bearer token.
     pub api_key: Option<SecretString>,
-    /// A PEM file with a CA certificate to trust besides the system's (a server with a
-    /// private certificate): `BLOCKS_CA_CERT`.
+    /// A PEM file with CA certificates to trust besides the built-in web PKI roots (a
+    /// server with a private certificate): `BLOCKS_CA_CERT`.
     pub ca_cert: Option<PathBuf>,
     /// Where `api_url` came from.
     pub source: ConfigSource,
@@ -49,7 +61,11 @@ pub struct Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("api_url", &self.api_url.as_str())
+            .field("api_url", &{
+                let mut url = self.api_url.clone();
+                let _ = url.set_password(None);
+                url.to_string()
+            })
             .field("api_key", &self.api_key.as_ref().map(|_| "********"))
             .field("ca_cert", &self.ca_cert)
             .field("source", &self.source)
@@ -68,7 +84,7 @@ impl Config {
     pub fn new(api_url: &str, api_key: Option<&str>) -> Result<Self, Error> {
         Ok(Self {
             api_url: parse_url(api_url, &ConfigSource::Explicit)?,
-            api_key: api_key.map(|k| SecretString::from(k.to_owned())),
+            api_key: api_key.map(|k| SecretString::from(k.trim().to_owned())),
             ca_cert: None,
             source: ConfigSource::Explicit,
         })
@@ -97,6 +113,7 @@ impl Config {
                 return Ok(Self {
                     api_url: parse_url(&url, &source)?,
                     api_key: var(key_var)
+                        .map(|k| k.trim().to_owned())
                         .filter(|k| !k.is_empty())
                         .map(SecretString::from),
                     ca_cert,
@@ -132,7 +149,11 @@ impl Config {
         let source = ConfigSource::Profile(profile);
         Ok(Self {
             api_url: parse_url(&parsed.api_url, &source)?,
-            api_key: parsed.api_key.map(SecretString::from),
+            api_key: parsed
+                .api_key
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .map(SecretString::from),
             ca_cert,
             source,
         })

@@ -68,15 +68,16 @@ pub enum Error {
         name: String,
     },
     /// The token is missing, unknown, expired or revoked.
-    #[error("the server refused the token (from {source_of_url}): {detail}")]
+    #[error("the server refused the token (from {key_from}): {detail}")]
     Unauthorized {
         /// The server's words.
         detail: String,
-        /// Where the configuration came from.
-        source_of_url: ConfigSource,
+        /// Where the token came from (`BLOCKS_API_KEY`, …).
+        key_from: String,
     },
-    /// The token lacks a scope.
-    #[error("the token lacks a scope for this: {detail}")]
+    /// The token may not do this (a missing scope, named by the server) or the server
+    /// forbids it.
+    #[error("the server refused this request: {detail}")]
     Forbidden {
         /// The server's words (they name the scope).
         detail: String,

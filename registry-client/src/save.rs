@@ -2,59 +2,115 @@
 //! nested blocks as `$ref`s (to the documents they were loaded from, or saved first as
 //! anonymous documents), and conditional overwrites.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use block_types::model::{BlockDocument, BlockSchema, BlockType};
+use block_types::model::{BlockSchema, BlockType};
 use block_types::{Block, BlockSpec};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use crate::client::{Client, lock};
+use crate::client::{Client, encode, lock, without_values};
 use crate::error::Error;
 
 /// How many loaded documents a client remembers (to save nested blocks as references).
 const MAX_PROVENANCE: usize = 10_000;
+/// What the server says when a name is taken.
+const NAME_TAKEN: &str = "Block already exists";
 
-/// Where loaded block values came from: (slug, digest of their data) → document id. A
-/// nested block equal to a loaded one is saved as a reference to that document.
-#[derive(Debug, Default)]
-pub(crate) struct Provenance(Mutex<HashMap<(String, [u8; 32]), Uuid>>);
+#[derive(Default)]
+struct ProvenanceMaps {
+    /// Digest of (slug, data) → the named document holding it; `None` when two documents
+    /// hold the same data (a nested value equal to both cannot tell which one it is).
+    by_digest: HashMap<[u8; 32], Option<Uuid>>,
+    /// Each document's digest, to forget it when the document is saved with other data.
+    by_id: HashMap<Uuid, [u8; 32]>,
+}
 
-/// The digest of a block's data (secrets included; only the digest is kept).
-fn digest(data: &Value) -> [u8; 32] {
-    Sha256::digest(serde_json::to_vec(data).unwrap_or_default()).into()
+/// Where block values came from: a nested block equal to a named document this client
+/// loaded (or saved) is saved as a reference to that document. Only keyed digests are
+/// kept, never data; the key is random per client, so a digest says nothing outside it.
+pub(crate) struct Provenance {
+    key: [u8; 16],
+    maps: Mutex<ProvenanceMaps>,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Self {
+            key: *Uuid::new_v4().as_bytes(),
+            maps: Mutex::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Provenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provenance")
+            .field("documents", &lock(&self.maps).by_id.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Provenance {
+    fn digest(&self, slug: &str, data: &Value) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(self.key);
+        hash.update(slug.as_bytes());
+        hash.update([0]);
+        hash.update(serde_json::to_vec(data).unwrap_or_default());
+        hash.finalize().into()
+    }
+
     pub(crate) fn remember(&self, slug: &str, data: &Value, id: Uuid) {
-        let mut map = lock(&self.0);
-        if map.len() >= MAX_PROVENANCE {
-            map.clear();
+        let digest = self.digest(slug, data);
+        let mut maps = lock(&self.maps);
+        if maps.by_id.len() >= MAX_PROVENANCE {
+            *maps = ProvenanceMaps::default();
         }
-        map.insert((slug.to_owned(), digest(data)), id);
+        if let Some(old) = maps.by_id.insert(id, digest)
+            && old != digest
+            && maps.by_digest.get(&old) == Some(&Some(id))
+        {
+            maps.by_digest.remove(&old);
+        }
+        let entry = maps.by_digest.entry(digest).or_insert(Some(id));
+        if *entry != Some(id) {
+            *entry = None;
+        }
     }
 
     fn find(&self, slug: &str, data: &Value) -> Option<Uuid> {
-        lock(&self.0).get(&(slug.to_owned(), digest(data))).copied()
+        let digest = self.digest(slug, data);
+        lock(&self.maps).by_digest.get(&digest).copied().flatten()
     }
 
-    /// Remembers a loaded document and the documents its nested blocks came from.
-    pub(crate) fn remember_loaded<T: Block>(&self, value: &T, document: &BlockDocument) {
+    /// Remembers a loaded document and the named documents its nested blocks came from.
+    pub(crate) fn remember_loaded<T: Block>(
+        &self,
+        value: &T,
+        document: &block_types::model::BlockDocument,
+    ) {
         let Ok(data) = value.to_data() else { return };
-        self.remember(T::SLUG, &Value::Object(data.clone()), document.id);
+        if !document.is_anonymous {
+            self.remember(T::SLUG, &Value::Object(data.clone()), document.id);
+        }
         for (field, slug) in T::spec().block_fields() {
             if let (Some(nested), Some(reference)) = (
                 data.get(&field),
                 document.block_document_references.get(&field),
-            ) {
+            ) && !reference.block_document.is_anonymous
+            {
                 self.remember(&slug, nested, reference.block_document.id);
             }
         }
     }
 }
+
+/// What a save created before it failed: removed again, best effort.
+struct Created(Vec<Uuid>);
 
 impl Client {
     /// Saves `block` as `name`. A block with that name already existing is
@@ -63,9 +119,12 @@ impl Client {
         self.save_as(block, name, false).await
     }
 
-    /// Saves `block` as `name`, replacing an existing one. The replacement is conditional
-    /// on the version read just before (`If-Match`): if someone else changed the block in
-    /// between, the answer is [`Error::ConcurrentEdit`], never a lost update.
+    /// Saves `block` as `name`, replacing an existing one, on the condition that it is
+    /// unchanged since this client last read it (`If-Match` with the `ETag` of that read;
+    /// if this client never read it, of a read just before the write). A change by someone
+    /// else in between, to the block or to a block it references, is
+    /// [`Error::ConcurrentEdit`] and nothing is written. (A server that sends no `ETag`,
+    /// such as Prefect's own, gets an unconditional write.)
     pub async fn save_overwrite<T: Block>(&self, block: &T, name: &str) -> Result<Uuid, Error> {
         self.save_as(block, name, true).await
     }
@@ -80,15 +139,84 @@ impl Client {
             slug: T::SLUG.to_owned(),
             name: name.to_owned(),
             field: e.field.clone(),
-            message: e.message,
+            message: without_values(&e.message),
         })?;
+        // Is the name taken? Known before anything is written.
+        let path = format!(
+            "block_types/slug/{}/block_documents/name/{}",
+            encode(T::SLUG),
+            encode(name)
+        );
+        let (status, current, read_etag) = self.write(Method::GET, &path, None, None).await?;
+        let existing = match status {
+            s if s.is_success() => {
+                if !overwrite {
+                    return Err(Error::NameConflict {
+                        slug: T::SLUG.to_owned(),
+                        name: name.to_owned(),
+                    });
+                }
+                current["id"].as_str().and_then(|i| i.parse::<Uuid>().ok())
+            }
+            StatusCode::NOT_FOUND => None,
+            other => return Err(self.error(other, &current, None)),
+        };
         let mut schemas = HashMap::new();
         for spec in T::nested_specs().iter().chain(std::iter::once(&T::spec())) {
             let (ty, schema) = self.register(spec).await?;
             schemas.insert(spec.block_type.slug.clone(), (ty.id, schema.id));
         }
-        let data = self.nested_as_references::<T>(data, &schemas).await?;
-        let (type_id, schema_id) = schemas[T::SLUG];
+        let (type_id, schema_id) = *schemas.get(T::SLUG).ok_or_else(|| {
+            Error::Config(format!(
+                "the Rust type's SLUG {} differs from its spec's slug",
+                T::SLUG
+            ))
+        })?;
+        let mut created = Created(Vec::new());
+        let outcome = async {
+            let data = self
+                .nested_as_references::<T>(data, &schemas, &mut created)
+                .await?;
+            match existing {
+                None => self.create(T::SLUG, name, type_id, schema_id, &data).await,
+                Some(id) => {
+                    let etag = self.known_etag(id).or(read_etag);
+                    self.replace(T::SLUG, name, id, schema_id, &data, etag.as_deref())
+                        .await
+                }
+            }
+        }
+        .await;
+        self.after_write();
+        match outcome {
+            Ok(id) => {
+                // Our own write changed it: a later overwrite reads it afresh.
+                self.forget_etag(id);
+                if let Ok(data) = block.to_data() {
+                    self.provenance()
+                        .remember(T::SLUG, &Value::Object(data), id);
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                for id in created.0 {
+                    let _ = self
+                        .write(Method::DELETE, &format!("block_documents/{id}"), None, None)
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn create(
+        &self,
+        slug: &str,
+        name: &str,
+        type_id: Uuid,
+        schema_id: Uuid,
+        data: &Map<String, Value>,
+    ) -> Result<Uuid, Error> {
         let body = json!({
             "name": name,
             "block_type_id": type_id,
@@ -100,34 +228,27 @@ impl Client {
             .write(Method::POST, "block_documents/", Some(&body), None)
             .await?;
         if status.is_success() {
-            return self.saved::<T>(block, &value);
+            return document_id(&value, status);
         }
-        if status != StatusCode::CONFLICT {
-            return Err(self.error(status, &value, None));
-        }
-        if !overwrite {
+        if status == StatusCode::CONFLICT && value["detail"].as_str() == Some(NAME_TAKEN) {
+            // Taken since we looked.
             return Err(Error::NameConflict {
-                slug: T::SLUG.to_owned(),
+                slug: slug.to_owned(),
                 name: name.to_owned(),
             });
         }
-        // Replace, on the condition that the document is still what we read.
-        let path = format!(
-            "block_types/slug/{}/block_documents/name/{}",
-            crate::client::encode(T::SLUG),
-            crate::client::encode(name)
-        );
-        let (status, current, etag) = self.write(Method::GET, &path, None, None).await?;
-        if !status.is_success() {
-            return Err(self.error(status, &current, None));
-        }
-        let id = current["id"]
-            .as_str()
-            .and_then(|i| i.parse::<Uuid>().ok())
-            .ok_or_else(|| Error::Http {
-                status: 200,
-                detail: "the answer holds no document id".into(),
-            })?;
+        Err(self.error(status, &value, None))
+    }
+
+    async fn replace(
+        &self,
+        slug: &str,
+        name: &str,
+        id: Uuid,
+        schema_id: Uuid,
+        data: &Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<Uuid, Error> {
         let update =
             json!({"block_schema_id": schema_id, "data": data, "merge_existing_data": false});
         let (status, value, _) = self
@@ -135,48 +256,34 @@ impl Client {
                 Method::PATCH,
                 &format!("block_documents/{id}"),
                 Some(&update),
-                etag.as_deref(),
+                etag,
             )
             .await?;
         match status {
-            s if s.is_success() => {
-                if let Ok(data) = block.to_data() {
-                    self.provenance()
-                        .remember(T::SLUG, &Value::Object(data), id);
-                }
-                Ok(id)
-            }
-            StatusCode::PRECONDITION_FAILED => Err(Error::ConcurrentEdit {
-                slug: T::SLUG.to_owned(),
+            s if s.is_success() => Ok(id),
+            StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND => Err(Error::ConcurrentEdit {
+                slug: slug.to_owned(),
                 name: name.to_owned(),
             }),
             other => Err(self.error(other, &value, None)),
         }
     }
 
-    fn saved<T: Block>(&self, block: &T, value: &Value) -> Result<Uuid, Error> {
-        let id = value["id"]
-            .as_str()
-            .and_then(|i| i.parse::<Uuid>().ok())
-            .ok_or_else(|| Error::Http {
-                status: 201,
-                detail: "the answer holds no document id".into(),
-            })?;
-        if let Ok(data) = block.to_data() {
-            self.provenance()
-                .remember(T::SLUG, &Value::Object(data), id);
-        }
-        Ok(id)
-    }
-
-    /// Replaces each nested block by a `$ref`: to the document it was loaded from (or
-    /// saved as) when this client knows it, else to a new anonymous document saved first.
+    /// Replaces each nested block by a `$ref`: to the named document it was loaded from
+    /// (or saved as) when this client knows exactly one, else to a new anonymous document
+    /// saved first (recorded in `created`).
     async fn nested_as_references<T: Block>(
         &self,
         mut data: Map<String, Value>,
         schemas: &HashMap<String, (Uuid, Uuid)>,
+        created: &mut Created,
     ) -> Result<Map<String, Value>, Error> {
+        let mut done = HashSet::new();
         for (field, slug) in T::spec().block_fields() {
+            // A field that may hold one of several types is listed once per type.
+            if !done.insert(field.clone()) {
+                continue;
+            }
             let Some(nested) = data.get(&field).filter(|v| v.is_object()).cloned() else {
                 continue;
             };
@@ -198,14 +305,8 @@ impl Client {
                     if !status.is_success() {
                         return Err(self.error(status, &value, None));
                     }
-                    let id = value["id"]
-                        .as_str()
-                        .and_then(|i| i.parse().ok())
-                        .ok_or_else(|| Error::Http {
-                            status: 201,
-                            detail: "the answer holds no document id".into(),
-                        })?;
-                    self.provenance().remember(&slug, &nested, id);
+                    let id = document_id(&value, status)?;
+                    created.0.push(id);
                     id
                 }
             };
@@ -218,10 +319,7 @@ impl Client {
     /// when missing (an existing type's metadata is left alone), the schema is created or
     /// found by checksum.
     async fn register(&self, spec: &BlockSpec) -> Result<(BlockType, BlockSchema), Error> {
-        let path = format!(
-            "block_types/slug/{}",
-            crate::client::encode(&spec.block_type.slug)
-        );
+        let path = format!("block_types/slug/{}", encode(&spec.block_type.slug));
         let (status, value, _) = self.write(Method::GET, &path, None, None).await?;
         let value = match status {
             s if s.is_success() => value,
@@ -262,4 +360,14 @@ impl Client {
         })?;
         Ok((ty, schema))
     }
+}
+
+fn document_id(value: &Value, status: StatusCode) -> Result<Uuid, Error> {
+    value["id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| Error::Http {
+            status: status.as_u16(),
+            detail: "the answer holds no document id".into(),
+        })
 }
