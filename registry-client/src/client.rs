@@ -145,7 +145,18 @@ impl Client {
     }
 
     /// Keeps loaded documents for `ttl`; after that a load asks the server whether the
-    /// document (or anything it references) changed, and reads it again only if so.
+    /// document (or anything it references) changed, and reads it again only if so. Any
+    /// write through this client empties the cache.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use registry_client::{CacheStats, Client, Config};
+    ///
+    /// let client = Client::new(Config::new("http://127.0.0.1:4200/api", Some("blk_x"))?)?
+    ///     .with_cache(Duration::from_secs(30));
+    /// assert_eq!(client.cache_stats(), CacheStats::default());
+    /// # Ok::<(), registry_client::Error>(())
+    /// ```
     #[must_use]
     pub fn with_cache(mut self, ttl: Duration) -> Self {
         self.cache = Some(Arc::new(Cache {

@@ -80,7 +80,16 @@ struct Profile {
 }
 
 impl Config {
-    /// A configuration given in code.
+    /// A configuration given in code. The URL gets a trailing slash, so request paths
+    /// join under it.
+    ///
+    /// ```
+    /// let config = registry_client::Config::new("http://127.0.0.1:4200/api", Some("blk_x"))?;
+    /// assert_eq!(config.api_url.as_str(), "http://127.0.0.1:4200/api/");
+    /// assert!(!format!("{config:?}").contains("blk_x"), "Debug hides the token");
+    /// assert!(registry_client::Config::new("ftp://host", None).is_err());
+    /// # Ok::<(), registry_client::Error>(())
+    /// ```
     pub fn new(api_url: &str, api_key: Option<&str>) -> Result<Self, Error> {
         Ok(Self {
             api_url: parse_url(api_url, &ConfigSource::Explicit)?,
@@ -99,6 +108,26 @@ impl Config {
     }
 
     /// [`Config::from_env`] over any variable lookup (for tests and embedding).
+    ///
+    /// ```
+    /// use registry_client::{Config, ConfigSource};
+    ///
+    /// let vars = |name: &str| match name {
+    ///     "BLOCKS_API_URL" => Some("https://blocks.internal/api".to_owned()),
+    ///     "BLOCKS_API_KEY" => Some("blk_x\n".to_owned()), // trimmed
+    ///     "PREFECT_API_URL" => Some("http://ignored/api".to_owned()),
+    ///     _ => None,
+    /// };
+    /// let config = Config::from_lookup(vars)?;
+    /// assert_eq!(config.source, ConfigSource::BlocksEnv);
+    /// assert_eq!(config.source.key_variable(), "BLOCKS_API_KEY");
+    ///
+    /// // Nothing set and no profile: the error says what to set.
+    /// let err = Config::from_lookup(|name| (name == "BLOCKS_HOME").then(|| "/nonexistent".to_owned()))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("BLOCKS_API_URL"));
+    /// # Ok::<(), registry_client::Error>(())
+    /// ```
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let ca_cert = var("BLOCKS_CA_CERT").map(PathBuf::from);
         for (url_var, key_var, source) in [
