@@ -453,6 +453,29 @@ impl Client {
         }
     }
 
+    /// A GET of the save path (retried like loads): the status, the JSON body and the
+    /// `ETag`.
+    pub(crate) async fn read_json(
+        &self,
+        path: &str,
+    ) -> Result<(StatusCode, Value, Option<String>), Error> {
+        let url = self.url(path)?;
+        let response = self.send_idempotent(&url, None).await?;
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(ToOwned::to_owned);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry = retry_after(&response);
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(self.error(status, &value, retry));
+        }
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, value, etag))
+    }
+
     /// Sends one request of the save path and returns the status, the JSON body and the
     /// `ETag`. Only a connection that never got through is retried: a write that may have
     /// landed is not sent twice.

@@ -147,7 +147,7 @@ impl Client {
             encode(T::SLUG),
             encode(name)
         );
-        let (status, current, read_etag) = self.write(Method::GET, &path, None, None).await?;
+        let (status, current, read_etag) = self.read_json(&path).await?;
         let existing = match status {
             s if s.is_success() => {
                 if !overwrite {
@@ -320,7 +320,7 @@ impl Client {
     /// found by checksum.
     async fn register(&self, spec: &BlockSpec) -> Result<(BlockType, BlockSchema), Error> {
         let path = format!("block_types/slug/{}", encode(&spec.block_type.slug));
-        let (status, value, _) = self.write(Method::GET, &path, None, None).await?;
+        let (status, value, _) = self.read_json(&path).await?;
         let value = match status {
             s if s.is_success() => value,
             StatusCode::NOT_FOUND => {
@@ -330,7 +330,7 @@ impl Client {
                     .await?;
                 if status == StatusCode::CONFLICT {
                     // Another client registered it meanwhile.
-                    let (status, value, _) = self.write(Method::GET, &path, None, None).await?;
+                    let (status, value, _) = self.read_json(&path).await?;
                     if !status.is_success() {
                         return Err(self.error(status, &value, None));
                     }
