@@ -453,6 +453,35 @@ impl Client {
         }
     }
 
+    /// GET an API path (relative to the API URL, e.g. `tokens`) as JSON, retried like
+    /// loads; an error answer becomes an [`Error`] (a 404 is [`Error::Http`] with the
+    /// server's words).
+    pub async fn get_json(&self, path: &str) -> Result<Value, Error> {
+        let (status, value, _) = self.read_json(path).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(self.error(status, &value, None))
+        }
+    }
+
+    /// Sends `method` to an API path with an optional JSON body and returns the JSON
+    /// answer (`null` when empty). Not retried once the request may have landed.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
+        let (status, value, _) = self.write(method, path, body, None).await?;
+        self.after_write();
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(self.error(status, &value, None))
+        }
+    }
+
     /// A GET of the save path (retried like loads): the status, the JSON body and the
     /// `ETag`.
     pub(crate) async fn read_json(

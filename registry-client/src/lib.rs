@@ -63,6 +63,7 @@ pub use block_types;
 pub use client::{CacheStats, Client, JsonBlock};
 pub use config::{Config, ConfigSource};
 pub use error::Error;
+pub use reqwest::Method;
 
 use block_types::Block;
 

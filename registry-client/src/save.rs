@@ -318,7 +318,7 @@ impl Client {
     /// Makes sure the server has the block type and this schema of it: the type is created
     /// when missing (an existing type's metadata is left alone), the schema is created or
     /// found by checksum.
-    async fn register(&self, spec: &BlockSpec) -> Result<(BlockType, BlockSchema), Error> {
+    pub async fn register(&self, spec: &BlockSpec) -> Result<(BlockType, BlockSchema), Error> {
         let path = format!("block_types/slug/{}", encode(&spec.block_type.slug));
         let (status, value, _) = self.read_json(&path).await?;
         let value = match status {

@@ -5,10 +5,11 @@
 //! - [`store`]: the encrypted block store on SQLite or PostgreSQL (sqlx), with versions,
 //!   keys, tokens and the audit log.
 //! - [`http`]: the Prefect-compatible JSON API (axum) with tokens and scopes.
-//! - [`serve`]: `blocks serve`.
+//! - [`serve`]: `blocks serve`; [`cli`]: the other `blocks` commands.
 
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod crypto;
 pub mod http;
 pub mod serve;

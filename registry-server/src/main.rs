@@ -1,8 +1,10 @@
-//! The `blocks` command: start the registry server.
+//! The `blocks` command: start the registry server, and manage blocks, tokens and keys
+//! on a running one.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use registry_server::cli::{self, Format, KeyCommand, RegisterArgs, TokenCommand, TypeCommand};
 use registry_server::serve::{ServeArgs, start};
 use tracing_subscriber::EnvFilter;
 
@@ -10,6 +12,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "blocks", version, about)]
 struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,6 +23,58 @@ struct Cli {
 enum Command {
     /// Start the registry server (SQLite under $BLOCKS_HOME unless --database-url).
     Serve(ServeArgs),
+    /// Register built-in block collections (existing type metadata is left alone).
+    Register(RegisterArgs),
+    /// Block types.
+    #[command(subcommand)]
+    Type(TypeCommand),
+    /// List blocks (secrets masked).
+    Ls {
+        /// Only blocks of this type.
+        #[arg(long = "type")]
+        block_type: Option<String>,
+    },
+    /// Show a block, references resolved.
+    Inspect {
+        /// SLUG/NAME, e.g. gcs-bucket/zoom-gcs.
+        address: String,
+        /// Show secret values (needs the read-secrets scope).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Create a block; the data is checked against its schema before it is sent.
+    Create {
+        /// SLUG/NAME.
+        address: String,
+        /// The data: `--data @file.json`, `--data -` (stdin), or key=value pairs.
+        #[arg(long = "data", num_args = 1.., required = true)]
+        data: Vec<String>,
+    },
+    /// Delete a block no other block references.
+    Delete {
+        /// SLUG/NAME.
+        address: String,
+    },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Data keys and master keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// The audit log, newest first.
+    Audit {
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only actions starting with this text.
+        #[arg(long)]
+        action: Option<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -31,16 +88,49 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => match start(&args).await {
+    let format = if cli.json {
+        Format::Json
+    } else {
+        Format::Table
+    };
+    let result = match &cli.command {
+        Command::Serve(args) => match start(args).await {
             Ok(running) => running.wait().await,
             Err(e) => Err(e),
         },
+        Command::Register(args) => cli::register(args, format).await,
+        Command::Type(command) => cli::types(command, format).await,
+        Command::Ls { block_type } => cli::ls(block_type.as_deref(), format).await,
+        Command::Inspect {
+            address,
+            show_secrets,
+        } => cli::inspect(address, *show_secrets, format).await,
+        Command::Create { address, data } => cli::create(address, data, format).await,
+        Command::Delete { address } => cli::delete(address, format).await,
+        Command::Token(command) => cli::token(command, format).await,
+        Command::Key(command) => cli::key(command, format).await,
+        Command::Audit { limit, action } => cli::audit(*limit, action.as_deref(), format).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "blocks",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            if matches!(cli.command, Command::Serve(_)) {
+                tracing::error!("{e:#}");
+            } else {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("error: {e:#}");
+                }
+            }
             ExitCode::FAILURE
         }
     }

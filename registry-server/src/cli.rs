@@ -1,0 +1,586 @@
+//! The `blocks` commands other than `serve`: they talk to a running server through
+//! `registry-client` (server and token from `BLOCKS_API_URL`/`BLOCKS_API_KEY`,
+//! `PREFECT_API_*` or `$BLOCKS_HOME/profile.toml`).
+//!
+//! Output is a human table by default and JSON with `--json`. Exit codes: 0 done, 1 the
+//! command failed, 2 the command line was wrong.
+
+use std::io::Read as _;
+
+use anyhow::{Context, anyhow, bail};
+use block_types::DataValidator;
+use block_types::catalog::Collection;
+use registry_client::{Client, Method};
+use serde_json::{Map, Value, json};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// `blocks register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// Collections to register: core, sqlalchemy, gcp, docker.
+    #[arg(value_parser = ["core", "sqlalchemy", "gcp", "docker"], required_unless_present = "all")]
+    pub collections: Vec<String>,
+    /// Every built-in collection.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `blocks type …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TypeCommand {
+    /// List block types.
+    Ls,
+    /// Show a block type and its schemas.
+    Inspect {
+        /// The type's slug.
+        slug: String,
+    },
+    /// Delete a block type that no document uses.
+    Delete {
+        /// The type's slug.
+        slug: String,
+    },
+}
+
+/// `blocks token …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once.
+    Create {
+        /// What the token is for.
+        #[arg(long)]
+        name: String,
+        /// Scopes: read, read-secrets, write, admin (repeat or comma-separate).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their values).
+    Ls,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+/// `blocks key …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// The active data key and what each key seals.
+    Status,
+    /// Rotate the data key; stored secrets are re-encrypted in the background.
+    Rotate,
+    /// Print a new master key (32 random bytes, base64) for a new store.
+    Generate,
+}
+
+/// The client for commands that talk to a server.
+pub fn client() -> anyhow::Result<Client> {
+    Ok(Client::from_env()?)
+}
+
+/// `SLUG/NAME` → (slug, name); a usage error otherwise.
+pub fn split_address(address: &str) -> anyhow::Result<(&str, &str)> {
+    address
+        .split_once('/')
+        .filter(|(s, n)| !s.is_empty() && !n.is_empty())
+        .ok_or_else(|| anyhow!("{address:?} is not SLUG/NAME, e.g. gcs-bucket/zoom-gcs"))
+}
+
+fn enc(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Prints `rows` under `headers` as aligned columns, or `json` as JSON.
+fn print(format: Format, json: &Value, headers: &[&str], rows: &[Vec<String>]) {
+    let out = match format {
+        Format::Json => serde_json::to_string_pretty(json).unwrap_or_default(),
+        Format::Table => table(headers, rows),
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{out}");
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| (*h).to_owned()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn collections(args: &RegisterArgs) -> Vec<Collection> {
+    if args.all {
+        return Collection::ALL.to_vec();
+    }
+    args.collections
+        .iter()
+        .filter_map(|c| match c.as_str() {
+            "core" => Some(Collection::Core),
+            "sqlalchemy" => Some(Collection::Sqlalchemy),
+            "gcp" => Some(Collection::Gcp),
+            "docker" => Some(Collection::Docker),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `blocks register`: each type of the collections (existing metadata left alone) and its
+/// current schema.
+pub async fn register(args: &RegisterArgs, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for collection in collections(args) {
+        for spec in collection.specs() {
+            let (ty, schema) = client.register(&spec).await?;
+            rows.push(vec![ty.slug.clone(), schema.checksum.clone()]);
+            out.push(json!({"slug": ty.slug, "block_type_id": ty.id, "block_schema_id": schema.id, "checksum": schema.checksum}));
+        }
+    }
+    print(format, &Value::Array(out), &["TYPE", "SCHEMA"], &rows);
+    Ok(())
+}
+
+/// `blocks type …`.
+pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    match command {
+        TypeCommand::Ls => {
+            let types = client
+                .send_json(Method::POST, "block_types/filter", Some(&json!({})))
+                .await?;
+            let rows: Vec<Vec<String>> = types
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| vec![text(&t["slug"]), text(&t["name"]), text(&t["is_protected"])])
+                .collect();
+            print(format, &types, &["SLUG", "NAME", "PROTECTED"], &rows);
+        }
+        TypeCommand::Inspect { slug } => {
+            let ty = client
+                .get_json(&format!("block_types/slug/{}", enc(slug)))
+                .await?;
+            let schemas = client
+                .send_json(
+                    Method::POST,
+                    "block_schemas/filter",
+                    Some(&json!({"block_schemas": {"block_type_id": {"any_": [ty["id"]]}}})),
+                )
+                .await?;
+            let both = json!({"block_type": ty, "block_schemas": schemas});
+            let rows: Vec<Vec<String>> = schemas
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    vec![
+                        text(&s["checksum"]),
+                        text(&s["version"]),
+                        text(&s["fields"]["secret_fields"]),
+                    ]
+                })
+                .collect();
+            print(
+                format,
+                &both,
+                &["SCHEMA", "VERSION", "SECRET FIELDS"],
+                &rows,
+            );
+        }
+        TypeCommand::Delete { slug } => {
+            let ty = client
+                .get_json(&format!("block_types/slug/{}", enc(slug)))
+                .await?;
+            let id = text(&ty["id"]);
+            client
+                .send_json(Method::DELETE, &format!("block_types/{id}"), None)
+                .await?;
+            print(
+                format,
+                &json!({"deleted": slug}),
+                &["DELETED"],
+                &[vec![slug.clone()]],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `blocks ls`.
+pub async fn ls(block_type: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let docs = match block_type {
+        Some(slug) => {
+            client
+                .get_json(&format!("block_types/slug/{}/block_documents", enc(slug)))
+                .await?
+        }
+        None => {
+            client
+                .send_json(Method::POST, "block_documents/filter", Some(&json!({})))
+                .await?
+        }
+    };
+    let rows: Vec<Vec<String>> = docs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                text(&d["block_type"]["slug"]),
+                text(&d["name"]),
+                text(&d["id"]),
+                text(&d["updated"]),
+            ]
+        })
+        .collect();
+    // Listings are masked: no secret is printed, even with --json.
+    print(format, &docs, &["TYPE", "NAME", "ID", "UPDATED"], &rows);
+    Ok(())
+}
+
+/// `blocks inspect SLUG/NAME`.
+pub async fn inspect(address: &str, show_secrets: bool, format: Format) -> anyhow::Result<()> {
+    let (slug, name) = split_address(address)?;
+    let client = client()?;
+    let doc = client
+        .get_json(&format!(
+            "block_types/slug/{}/block_documents/name/{}?include_secrets={show_secrets}",
+            enc(slug),
+            enc(name)
+        ))
+        .await
+        .map_err(|e| match e {
+            registry_client::Error::Http { status: 404, .. } => {
+                anyhow!("no block {slug}/{name} on the server")
+            }
+            other => other.into(),
+        })?;
+    let rows: Vec<Vec<String>> = doc["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| vec![k.clone(), text(v)])
+        .collect();
+    print(format, &doc, &["FIELD", "VALUE"], &rows);
+    Ok(())
+}
+
+/// The data of `blocks create`: `@file.json`, `-` (stdin) or `key=value` pairs (a value
+/// that parses as JSON is taken as JSON, else as a string).
+pub fn parse_data(data: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let value = match data {
+        [one] if one == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the data from standard input")?;
+            serde_json::from_str(&text).context("standard input is not JSON")?
+        }
+        [one] if one.starts_with('@') => {
+            let path = &one[1..];
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?
+        }
+        pairs => {
+            let mut map = Map::new();
+            for pair in pairs {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("{pair:?} is not key=value (or use @file.json or -)"))?;
+                let value =
+                    serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+                map.insert(key.to_owned(), value);
+            }
+            Value::Object(map)
+        }
+    };
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => bail!("the data must be a JSON object"),
+    }
+}
+
+/// `blocks create SLUG/NAME`: the data is checked against the type's newest schema before
+/// anything is sent.
+pub async fn create(address: &str, data: &[String], format: Format) -> anyhow::Result<()> {
+    let (slug, name) = split_address(address)?;
+    let data = parse_data(data)?;
+    let client = client()?;
+    let ty = client
+        .get_json(&format!("block_types/slug/{}", enc(slug)))
+        .await
+        .map_err(|e| match e {
+            registry_client::Error::Http { status: 404, .. } => {
+                anyhow!("no block type {slug} on the server; register it first (blocks register …)")
+            }
+            other => other.into(),
+        })?;
+    let schemas = client
+        .send_json(
+            Method::POST,
+            "block_schemas/filter",
+            Some(&json!({"block_schemas": {"block_type_id": {"any_": [ty["id"]]}}, "limit": 1})),
+        )
+        .await?;
+    let schema = schemas
+        .get(0)
+        .ok_or_else(|| anyhow!("the block type {slug} has no schema on the server"))?;
+    let validator = DataValidator::new(&schema["fields"]).map_err(|e| anyhow!("{e}"))?;
+    let mut refs = Map::new();
+    let mut plain = Map::new();
+    for (k, v) in data {
+        if v.get("$ref").is_some() {
+            refs.insert(k, v);
+        } else {
+            plain.insert(k, v);
+        }
+    }
+    let ref_names: Vec<&str> = refs.keys().map(String::as_str).collect();
+    if let Err(errors) = validator.validate(&plain, &ref_names) {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        bail!("the data does not fit {slug}: {}", text.join("; "));
+    }
+    plain.extend(refs);
+    let created = client
+        .send_json(
+            Method::POST,
+            "block_documents/",
+            Some(&json!({"name": name, "data": plain, "block_type_id": ty["id"], "block_schema_id": schema["id"]})),
+        )
+        .await?;
+    let id = text(&created["id"]);
+    print(
+        format,
+        &json!({"id": id, "slug": slug, "name": name}),
+        &["CREATED", "ID"],
+        &[vec![format!("{slug}/{name}"), id.clone()]],
+    );
+    Ok(())
+}
+
+/// `blocks delete SLUG/NAME`.
+pub async fn delete(address: &str, format: Format) -> anyhow::Result<()> {
+    let (slug, name) = split_address(address)?;
+    let client = client()?;
+    let doc = client
+        .get_json(&format!(
+            "block_types/slug/{}/block_documents/name/{}",
+            enc(slug),
+            enc(name)
+        ))
+        .await
+        .map_err(|e| match e {
+            registry_client::Error::Http { status: 404, .. } => {
+                anyhow!("no block {slug}/{name} on the server")
+            }
+            other => other.into(),
+        })?;
+    client
+        .send_json(
+            Method::DELETE,
+            &format!("block_documents/{}", text(&doc["id"])),
+            None,
+        )
+        .await?;
+    print(
+        format,
+        &json!({"deleted": address}),
+        &["DELETED"],
+        &[vec![address.to_owned()]],
+    );
+    Ok(())
+}
+
+/// `blocks token …`.
+pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let token_row = |t: &Value| {
+        vec![
+            text(&t["id"]),
+            text(&t["name"]),
+            t["scopes"]
+                .as_array()
+                .map(|s| s.iter().map(text).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            text(&t["expires"]),
+            text(&t["last_used"]),
+            text(&t["revoked"]),
+        ]
+    };
+    let headers = ["ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "REVOKED"];
+    match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            expires,
+        } => {
+            let created = client
+                .send_json(
+                    Method::POST,
+                    "tokens",
+                    Some(&json!({"name": name, "scopes": scopes, "expires": expires})),
+                )
+                .await?;
+            match format {
+                Format::Json => print(format, &created, &[], &[]),
+                Format::Table => {
+                    let line = format!(
+                        "{}\n\nThe token (shown only this once):\n\n    {}",
+                        table(&headers, &[token_row(&created)]),
+                        text(&created["token"])
+                    );
+                    #[allow(clippy::print_stdout)]
+                    {
+                        println!("{line}");
+                    }
+                }
+            }
+        }
+        TokenCommand::Ls => {
+            let tokens = client.get_json("tokens").await?;
+            let rows: Vec<Vec<String>> = tokens
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(token_row)
+                .collect();
+            print(format, &tokens, &headers, &rows);
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked = client
+                .send_json(Method::DELETE, &format!("tokens/{}", enc(id)), None)
+                .await?;
+            print(format, &revoked, &headers, &[token_row(&revoked)]);
+        }
+    }
+    Ok(())
+}
+
+/// `blocks key …`.
+pub async fn key(command: &KeyCommand, format: Format) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Generate => {
+            let key = crate::crypto::MasterKey::generate()?;
+            let text = secrecy::ExposeSecret::expose_secret(&key.to_base64()).to_owned();
+            print(
+                format,
+                &json!({"master_key": text}),
+                &["MASTER KEY"],
+                &[vec![text.clone()]],
+            );
+            Ok(())
+        }
+        KeyCommand::Status => {
+            let status = client()?.get_json("keys").await?;
+            let rows: Vec<Vec<String>> = status["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    vec![
+                        text(&k["id"]),
+                        text(&k["state"]),
+                        text(&k["encryptions"]),
+                        text(&k["documents"]),
+                        text(&k["versions"]),
+                    ]
+                })
+                .collect();
+            print(
+                format,
+                &status,
+                &["KEY", "STATE", "ENCRYPTIONS", "DOCUMENTS", "VERSIONS"],
+                &rows,
+            );
+            Ok(())
+        }
+        KeyCommand::Rotate => {
+            let rotated = client()?
+                .send_json(Method::POST, "keys/rotate", None)
+                .await?;
+            print(
+                format,
+                &rotated,
+                &["ACTIVE KEY", "RE-ENCRYPTION"],
+                &[vec![
+                    text(&rotated["active"]),
+                    text(&rotated["reencryption"]),
+                ]],
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `blocks audit`.
+pub async fn audit(limit: u32, action: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let mut query = format!("audit?limit={limit}");
+    if let Some(action) = action {
+        query.push_str(&format!("&action={}", enc(action)));
+    }
+    let page = client()?.get_json(&query).await?;
+    let rows: Vec<Vec<String>> = page["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                text(&r["at"]),
+                text(&r["token_id"]),
+                text(&r["action"]),
+                text(&r["target"]),
+                text(&r["outcome"]),
+            ]
+        })
+        .collect();
+    print(
+        format,
+        &page,
+        &["AT", "TOKEN", "ACTION", "TARGET", "OUTCOME"],
+        &rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The `blocks` command as a user drives it: a server on a free port with a temporary
+//! `$BLOCKS_HOME`, then `register`, `create`, `inspect`, `ls`, tokens, keys, the audit log,
+//! and the error paths with their exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const CANARY: &str = "canary-cli-4e1a";
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(home: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blocks"))
+        .args(["serve", "--port", "0"])
+        .env("BLOCKS_HOME", home)
+        .env("BLOCKS_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, addr }
+}
+
+/// Runs `blocks ARGS` with `$BLOCKS_HOME` (and extra environment); returns the output.
+fn blocks(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
+    cmd.args(args)
+        .env("BLOCKS_HOME", home)
+        .env("BLOCKS_LOG", "warn")
+        .env_remove("BLOCKS_API_URL")
+        .env_remove("BLOCKS_API_KEY")
+        .env_remove("PREFECT_API_URL")
+        .env_remove("PREFECT_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &Output, code: i32, needle: &str) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    assert!(text.contains(needle), "expected {needle:?} in: {text}");
+    assert!(!text.contains(CANARY), "a secret in an error: {text}");
+}
+
+#[test]
+fn a_user_registers_creates_inspects_and_manages_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let server = serve(&home);
+    let home = home.as_path();
+
+    let out = ok(&blocks(home, &[], &["register", "gcp"]));
+    assert!(
+        out.contains("gcs-bucket") && out.contains("gcp-credentials"),
+        "{out}"
+    );
+    let types = ok(&blocks(home, &[], &["type", "ls"]));
+    assert!(
+        types.contains("gcs-bucket") && types.contains("secret"),
+        "{types}"
+    );
+
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        format!(r#"{{"service_account_info": {{"type": "service_account", "private_key": "{CANARY}"}}, "project": "dtc-de"}}"#),
+    )
+    .unwrap();
+    let created: Value = serde_json::from_str(&ok(&blocks(
+        home,
+        &[],
+        &[
+            "--json",
+            "create",
+            "gcp-credentials/zoom-gcp-creds",
+            "--data",
+            &format!("@{}", creds.display()),
+        ],
+    )))
+    .unwrap();
+    let creds_id = created["id"].as_str().unwrap();
+    let reference = format!(r#"gcp_credentials={{"$ref": {{"block_document_id": "{creds_id}"}}}}"#);
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "gcs-bucket/zoom-gcs",
+            "--data",
+            "bucket=dtc-data-lake",
+            &reference,
+        ],
+    ));
+
+    let shown = ok(&blocks(home, &[], &["inspect", "gcs-bucket/zoom-gcs"]));
+    assert!(
+        shown.contains("dtc-data-lake") && shown.contains("dtc-de"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(CANARY),
+        "secrets are masked by default: {shown}"
+    );
+    let secrets = ok(&blocks(
+        home,
+        &[],
+        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
+    ));
+    assert!(secrets.contains(CANARY), "{secrets}");
+
+    let listed: Value = serde_json::from_str(&ok(&blocks(home, &[], &["--json", "ls"]))).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"zoom-gcs") && names.contains(&"zoom-gcp-creds"),
+        "{names:?}"
+    );
+    assert!(!listed.to_string().contains(CANARY));
+    let only = ok(&blocks(home, &[], &["ls", "--type", "gcs-bucket"]));
+    assert!(
+        only.contains("zoom-gcs") && !only.contains("zoom-gcp-creds"),
+        "{only}"
+    );
+
+    // Tokens: a read-only one cannot create, and is refused once revoked.
+    let token: Value = serde_json::from_str(&ok(&blocks(
+        home,
+        &[],
+        &[
+            "--json",
+            "token",
+            "create",
+            "--name",
+            "dashboard",
+            "--scope",
+            "read",
+        ],
+    )))
+    .unwrap();
+    let read_token = token["token"].as_str().unwrap().to_owned();
+    let api = format!("http://{}/api", server.addr);
+    let as_reader = [
+        ("BLOCKS_API_URL", api.as_str()),
+        ("BLOCKS_API_KEY", read_token.as_str()),
+    ];
+    ok(&blocks(home, &as_reader, &["ls"]));
+    fails(
+        &blocks(
+            home,
+            &as_reader,
+            &["create", "secret/x", "--data", "value=v"],
+        ),
+        1,
+        "write",
+    );
+    fails(
+        &blocks(
+            home,
+            &as_reader,
+            &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
+        ),
+        1,
+        "read-secrets",
+    );
+    let tokens = ok(&blocks(home, &[], &["token", "ls"]));
+    assert!(
+        tokens.contains("dashboard") && !tokens.contains(&read_token),
+        "{tokens}"
+    );
+    ok(&blocks(
+        home,
+        &[],
+        &["token", "revoke", token["id"].as_str().unwrap()],
+    ));
+    fails(&blocks(home, &as_reader, &["ls"]), 1, "revoked");
+
+    // Keys and the audit log.
+    let status = ok(&blocks(home, &[], &["key", "status"]));
+    assert!(status.contains("active"), "{status}");
+    let rotated: Value =
+        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "rotate"]))).unwrap();
+    assert!(rotated["active"].is_string());
+    let audit = ok(&blocks(home, &[], &["audit", "--action", "POST"]));
+    assert!(audit.contains("/api/block_documents/"), "{audit}");
+    assert!(!audit.contains(CANARY));
+
+    ok(&blocks(home, &[], &["delete", "gcs-bucket/zoom-gcs"]));
+    fails(
+        &blocks(home, &[], &["inspect", "gcs-bucket/zoom-gcs"]),
+        1,
+        "no block gcs-bucket/zoom-gcs",
+    );
+    drop(server);
+}
+
+#[test]
+fn errors_have_clear_messages_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let server = serve(&home);
+    let home = home.as_path();
+    ok(&blocks(home, &[], &["register", "--all"]));
+
+    fails(
+        &blocks(home, &[], &["frobnicate"]),
+        2,
+        "unrecognized subcommand",
+    );
+    fails(&blocks(home, &[], &["inspect"]), 2, "ADDRESS");
+    fails(&blocks(home, &[], &["inspect", "no-slash"]), 1, "SLUG/NAME");
+    fails(
+        &blocks(home, &[], &["inspect", "secret/nope"]),
+        1,
+        "no block secret/nope",
+    );
+    fails(
+        &blocks(
+            home,
+            &[],
+            &["create", "gcs-bucket/bad", "--data", "bucket=5"],
+        ),
+        1,
+        "does not fit gcs-bucket",
+    );
+    fails(
+        &blocks(home, &[], &["create", "nope/x", "--data", "a=1"]),
+        1,
+        "no block type nope",
+    );
+    fails(
+        &blocks(home, &[], &["create", "secret/x", "--data", "not-a-pair"]),
+        1,
+        "key=value",
+    );
+    // A conflict names itself.
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "secret/once",
+            "--data",
+            &format!("value={CANARY}"),
+        ],
+    ));
+    fails(
+        &blocks(
+            home,
+            &[],
+            &["create", "secret/once", "--data", "value=again"],
+        ),
+        1,
+        "already exists",
+    );
+    let key = ok(&blocks(home, &[], &["--json", "key", "generate"]));
+    let key: Value = serde_json::from_str(&key).unwrap();
+    assert_eq!(
+        key["master_key"].as_str().unwrap().len(),
+        44,
+        "32 bytes in base64"
+    );
+    let script = ok(&blocks(home, &[], &["completions", "bash"]));
+    assert!(script.contains("blocks"), "{script}");
+
+    // The server gone: the URL and where it came from.
+    drop(server);
+    fails(
+        &blocks(home, &[], &["ls"]),
+        1,
+        "cannot reach the blocks server",
+    );
+    // No configuration at all.
+    let empty = dir.path().join("empty");
+    fails(&blocks(&empty, &[], &["ls"]), 1, "BLOCKS_API_URL");
+}
