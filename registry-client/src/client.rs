@@ -465,6 +465,34 @@ impl Client {
         }
     }
 
+    /// [`Client::get_json`] with the answer's `ETag`.
+    pub async fn get_json_tagged(&self, path: &str) -> Result<(Value, Option<String>), Error> {
+        let (status, value, etag) = self.read_json(path).await?;
+        if status.is_success() {
+            Ok((value, etag))
+        } else {
+            Err(self.error(status, &value, None))
+        }
+    }
+
+    /// [`Client::send_json`] on the condition `If-Match: etag` (a 412 is
+    /// [`Error::Http`] with status 412).
+    pub async fn send_json_if_match(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        etag: Option<&str>,
+    ) -> Result<Value, Error> {
+        let (status, value, _) = self.write(method, path, Some(body), etag).await?;
+        self.after_write();
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(self.error(status, &value, None))
+        }
+    }
+
     /// Sends `method` to an API path with an optional JSON body and returns the JSON
     /// answer (`null` when empty). Not retried once the request may have landed.
     pub async fn send_json(

@@ -584,3 +584,181 @@ pub async fn audit(limit: u32, action: Option<&str>, format: Format) -> anyhow::
     );
     Ok(())
 }
+
+/// The id of the document at `SLUG/NAME` (a clear error when there is none).
+async fn document_id(client: &Client, address: &str) -> anyhow::Result<(String, Value)> {
+    let (slug, name) = split_address(address)?;
+    let doc = client
+        .get_json(&format!(
+            "block_types/slug/{}/block_documents/name/{}",
+            enc(slug),
+            enc(name)
+        ))
+        .await
+        .map_err(|e| match e {
+            registry_client::Error::Http { status: 404, .. } => {
+                anyhow!("no block {slug}/{name} on the server")
+            }
+            other => other.into(),
+        })?;
+    Ok((text(&doc["id"]), doc))
+}
+
+/// `blocks history SLUG/NAME`: the stored versions, newest first.
+pub async fn history(address: &str, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let (id, _) = document_id(&client, address).await?;
+    let versions = client
+        .get_json(&format!("block_documents/{id}/versions"))
+        .await?;
+    let rows: Vec<Vec<String>> = versions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                text(&v["version"]),
+                text(&v["created"]),
+                text(&v["block_schema_id"]),
+            ]
+        })
+        .collect();
+    print(format, &versions, &["VERSION", "CREATED", "SCHEMA"], &rows);
+    Ok(())
+}
+
+/// `blocks rollback SLUG/NAME VERSION`: a new version equal to an older one.
+pub async fn rollback(address: &str, version: u32, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let (id, _) = document_id(&client, address).await?;
+    let outcome = client
+        .send_json(
+            Method::POST,
+            &format!("block_documents/{id}/versions/{version}/rollback"),
+            None,
+        )
+        .await?;
+    print(
+        format,
+        &outcome,
+        &["BLOCK", "NEW VERSION"],
+        &[vec![address.to_owned(), text(&outcome["version"])]],
+    );
+    Ok(())
+}
+
+/// `blocks edit SLUG/NAME`: opens `$EDITOR` (else `vi`) on the block's data as JSON, secrets
+/// shown as `"********"` and kept unless changed; the write is conditional on the version
+/// read (`If-Match`), so someone else's change meanwhile is reported, not overwritten.
+pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let (slug, name) = split_address(address)?;
+    let path = format!(
+        "block_types/slug/{}/block_documents/name/{}",
+        enc(slug),
+        enc(name)
+    );
+    let (doc, etag) = client.get_json_tagged(&path).await.map_err(|e| match e {
+        registry_client::Error::Http { status: 404, .. } => {
+            anyhow!("no block {slug}/{name} on the server")
+        }
+        other => other.into(),
+    })?;
+    let id = text(&doc["id"]);
+    // Referenced blocks are edited on their own: show their references, not their data.
+    let mut data = doc["data"].as_object().cloned().unwrap_or_default();
+    if let Some(refs) = doc["block_document_references"].as_object() {
+        for (field, reference) in refs {
+            data.insert(
+                field.clone(),
+                json!({"$ref": {"block_document_id": reference["block_document"]["id"]}}),
+            );
+        }
+    }
+    let original = serde_json::to_string_pretty(&Value::Object(data))?;
+    let file = tempfile_path(slug, name);
+    write_private(&file, &original)?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_owned());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&file)
+        .status()
+        .with_context(|| format!("cannot start the editor {editor:?}"))?;
+    let edited = std::fs::read_to_string(&file);
+    let _ = std::fs::remove_file(&file);
+    if !status.success() {
+        bail!("the editor exited with {status}; nothing was changed");
+    }
+    let edited = edited.context("cannot read the edited file")?;
+    if edited.trim() == original.trim() {
+        print(
+            format,
+            &json!({"changed": false}),
+            &["UNCHANGED"],
+            &[vec![address.to_owned()]],
+        );
+        return Ok(());
+    }
+    let data: Value = serde_json::from_str(&edited)
+        .context("the edited text is not JSON; nothing was changed")?;
+    if !data.is_object() {
+        bail!("the edited data must be a JSON object; nothing was changed");
+    }
+    let outcome = client
+        .send_json_if_match(
+            Method::PATCH,
+            &format!("block_documents/{id}"),
+            &json!({"data": data, "merge_existing_data": false}),
+            etag.as_deref(),
+        )
+        .await;
+    match outcome {
+        Ok(_) => {}
+        Err(registry_client::Error::Http { status: 412, .. }) => bail!(
+            "{address} was changed by someone else while you edited it; nothing was written (run blocks edit again)"
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    print(
+        format,
+        &json!({"changed": true}),
+        &["UPDATED"],
+        &[vec![address.to_owned()]],
+    );
+    Ok(())
+}
+
+fn tempfile_path(slug: &str, name: &str) -> std::path::PathBuf {
+    let safe: String = format!("{slug}-{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    std::env::temp_dir().join(format!("blocks-edit-{}-{safe}.json", std::process::id()))
+}
+
+/// Writes a file only its owner can read (it may hold secrets the user types in).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -55,6 +55,23 @@ enum Command {
         /// SLUG/NAME.
         address: String,
     },
+    /// Edit a block's data in $EDITOR (secrets stay "********" unless changed).
+    Edit {
+        /// SLUG/NAME.
+        address: String,
+    },
+    /// A block's stored versions, newest first.
+    History {
+        /// SLUG/NAME.
+        address: String,
+    },
+    /// Make a new version equal to an older one (secrets included).
+    Rollback {
+        /// SLUG/NAME.
+        address: String,
+        /// The version to return to.
+        version: u32,
+    },
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -107,6 +124,9 @@ async fn main() -> ExitCode {
         } => cli::inspect(address, *show_secrets, format).await,
         Command::Create { address, data } => cli::create(address, data, format).await,
         Command::Delete { address } => cli::delete(address, format).await,
+        Command::Edit { address } => cli::edit(address, format).await,
+        Command::History { address } => cli::history(address, format).await,
+        Command::Rollback { address, version } => cli::rollback(address, *version, format).await,
         Command::Token(command) => cli::token(command, format).await,
         Command::Key(command) => cli::key(command, format).await,
         Command::Audit { limit, action } => cli::audit(*limit, action.as_deref(), format).await,

@@ -229,6 +229,62 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
     assert!(audit.contains("/api/block_documents/"), "{audit}");
     assert!(!audit.contains(CANARY));
 
+    // Edit in $EDITOR: the secret stays, the reference stays, the change lands.
+    let edit = ok(&blocks(
+        home,
+        &[("EDITOR", "sed -i s/dtc-data-lake/edited-lake/")],
+        &["edit", "gcs-bucket/zoom-gcs"],
+    ));
+    assert!(edit.contains("UPDATED"), "{edit}");
+    let shown = ok(&blocks(
+        home,
+        &[],
+        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
+    ));
+    assert!(
+        shown.contains("edited-lake") && shown.contains(CANARY),
+        "{shown}"
+    );
+    // An editor that changes nothing changes nothing.
+    let same = ok(&blocks(
+        home,
+        &[("EDITOR", "true")],
+        &["edit", "gcs-bucket/zoom-gcs"],
+    ));
+    assert!(same.contains("UNCHANGED"), "{same}");
+    // Someone else's change while the editor is open: refused, theirs kept.
+    let racer = dir.path().join("racer.sh");
+    std::fs::write(
+        &racer,
+        format!(
+            "#!/bin/sh\nsed -i s/edited-lake/mine/ \"$1\"\nBLOCKS_HOME='{}' '{}' rollback gcs-bucket/zoom-gcs 1 >/dev/null\n",
+            home.display(),
+            env!("CARGO_BIN_EXE_blocks")
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&racer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fails(
+        &blocks(
+            home,
+            &[("EDITOR", racer.to_str().unwrap())],
+            &["edit", "gcs-bucket/zoom-gcs"],
+        ),
+        1,
+        "changed by someone else",
+    );
+    let shown = ok(&blocks(home, &[], &["inspect", "gcs-bucket/zoom-gcs"]));
+    assert!(
+        shown.contains("dtc-data-lake") && !shown.contains("mine"),
+        "{shown}"
+    );
+    let history = ok(&blocks(home, &[], &["history", "gcs-bucket/zoom-gcs"]));
+    assert_eq!(history.lines().count(), 1 + 3, "{history}");
+
     ok(&blocks(home, &[], &["delete", "gcs-bucket/zoom-gcs"]));
     fails(
         &blocks(home, &[], &["inspect", "gcs-bucket/zoom-gcs"]),
