@@ -345,10 +345,30 @@ pub fn parse_data(data: &[String]) -> anyhow::Result<Map<String, Value>> {
 
 /// `blocks create SLUG/NAME`: the data is checked against the type's newest schema before
 /// anything is sent.
-pub async fn create(address: &str, data: &[String], format: Format) -> anyhow::Result<()> {
+pub async fn create(
+    address: &str,
+    data: &[String],
+    refs: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
     let (slug, name) = split_address(address)?;
-    let data = parse_data(data)?;
+    let mut data = if data.is_empty() {
+        Map::new()
+    } else {
+        parse_data(data)?
+    };
     let client = client()?;
+    // `--ref field=SLUG/NAME`: the field references that saved block.
+    for reference in refs {
+        let (field, target) = reference
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{reference:?} is not FIELD=SLUG/NAME"))?;
+        let (id, _) = document_id(&client, target).await?;
+        data.insert(field.to_owned(), json!({"$ref": {"block_document_id": id}}));
+    }
+    if data.is_empty() {
+        bail!("no data: give --data (@file.json, -, or key=value pairs) and/or --ref");
+    }
     let ty = client
         .get_json(&format!("block_types/slug/{}", enc(slug)))
         .await

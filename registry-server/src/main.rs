@@ -47,8 +47,11 @@ enum Command {
         /// SLUG/NAME.
         address: String,
         /// The data: `--data @file.json`, `--data -` (stdin), or key=value pairs.
-        #[arg(long = "data", num_args = 1.., required = true)]
+        #[arg(long = "data", num_args = 1..)]
         data: Vec<String>,
+        /// A field referencing a saved block: FIELD=SLUG/NAME (repeatable).
+        #[arg(long = "ref")]
+        refs: Vec<String>,
     },
     /// Delete a block no other block references.
     Delete {
@@ -122,7 +125,11 @@ async fn main() -> ExitCode {
             address,
             show_secrets,
         } => cli::inspect(address, *show_secrets, format).await,
-        Command::Create { address, data } => cli::create(address, data, format).await,
+        Command::Create {
+            address,
+            data,
+            refs,
+        } => cli::create(address, data, refs, format).await,
         Command::Delete { address } => cli::delete(address, format).await,
         Command::Edit { address } => cli::edit(address, format).await,
         Command::History { address } => cli::history(address, format).await,

@@ -119,8 +119,7 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
         ],
     )))
     .unwrap();
-    let creds_id = created["id"].as_str().unwrap();
-    let reference = format!(r#"gcp_credentials={{"$ref": {{"block_document_id": "{creds_id}"}}}}"#);
+    assert!(created["id"].is_string());
     ok(&blocks(
         home,
         &[],
@@ -129,7 +128,8 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
             "gcs-bucket/zoom-gcs",
             "--data",
             "bucket=dtc-data-lake",
-            &reference,
+            "--ref",
+            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
         ],
     ));
 
@@ -332,6 +332,21 @@ fn errors_have_clear_messages_and_exit_codes() {
         &blocks(home, &[], &["create", "secret/x", "--data", "not-a-pair"]),
         1,
         "key=value",
+    );
+    fails(&blocks(home, &[], &["create", "secret/x"]), 1, "no data");
+    fails(
+        &blocks(
+            home,
+            &[],
+            &[
+                "create",
+                "gcs-bucket/x",
+                "--ref",
+                "gcp_credentials=gcp-credentials/missing",
+            ],
+        ),
+        1,
+        "no block gcp-credentials/missing",
     );
     // A conflict names itself.
     ok(&blocks(
