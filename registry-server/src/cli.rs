@@ -83,6 +83,18 @@ pub enum KeyCommand {
     Rotate,
     /// Print a new master key (32 random bytes, base64) for a new store.
     Generate,
+    /// Re-wrap the data keys under a new master key or passphrase (offline: stop the
+    /// servers of this store first). One transaction: an interruption leaves the store
+    /// readable with the old key.
+    ChangeMaster {
+        /// Where the store is, and its current key.
+        #[command(flatten)]
+        store: crate::serve::StoreArgs,
+        /// File holding the new master key (else BLOCKS_NEW_MASTER_KEY or
+        /// BLOCKS_NEW_PASSPHRASE).
+        #[arg(long)]
+        new_master_key_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// The client for commands that talk to a server.
@@ -530,6 +542,24 @@ pub async fn key(command: &KeyCommand, format: Format) -> anyhow::Result<()> {
                 &json!({"master_key": text}),
                 &["MASTER KEY"],
                 &[vec![text.clone()]],
+            );
+            Ok(())
+        }
+        KeyCommand::ChangeMaster {
+            store,
+            new_master_key_file,
+        } => {
+            let new = crate::serve::new_master_source(new_master_key_file.as_deref())?;
+            let (opened, _lock) = crate::serve::open_existing(store).await?;
+            opened.change_master_key(new).await?;
+            opened.close().await;
+            print(
+                format,
+                &json!({"changed": true}),
+                &["MASTER KEY CHANGED"],
+                &[vec![
+                    "start the servers with the new key (replace master.key, or set BLOCKS_MASTER_KEY / BLOCKS_PASSPHRASE)".to_owned(),
+                ]],
             );
             Ok(())
         }

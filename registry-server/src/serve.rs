@@ -258,6 +258,9 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let url = api_url(addr, tls.is_some());
     let first_token = first_token(&state, &home, &url).await?;
+    if first_token.is_none() {
+        refresh_profile(&home.join("profile.toml"), &url);
+    }
     tracing::info!(%addr, api = %url, "blocks registry listening");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -298,6 +301,82 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Where an existing store is and how to open it, for maintenance commands
+/// (`blocks key change-master`): the same flags and environment as `serve`.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// Database URL [default: SQLite at $BLOCKS_HOME/blocks.db]
+    #[arg(long, env = "BLOCKS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the embedded store and its master key live [default: ~/.blocks]
+    #[arg(long, env = "BLOCKS_HOME")]
+    pub home: Option<PathBuf>,
+    /// File holding the current master key.
+    #[arg(long, env = "BLOCKS_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// Opens an existing store (never creates one or a key), holding the SQLite lock: no
+/// server may be serving an embedded store meanwhile.
+pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<(Store, Option<std::fs::File>)> {
+    let serve = ServeArgs {
+        host: String::new(),
+        port: 0,
+        database_url: args.database_url.clone(),
+        home: args.home.clone(),
+        master_key_file: args.master_key_file.clone(),
+        retention: None,
+        max_connections: Some(2),
+        tls_cert: None,
+        tls_key: None,
+    };
+    let home = home_dir(&serve)?;
+    let (database_url, embedded_db) = match &args.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let db = home.join("blocks.db");
+            if !db.exists() {
+                bail!("there is no store at {}", db.display());
+            }
+            (format!("sqlite://{}", db.display()), Some(db))
+        }
+    };
+    let lock = lock_sqlite_store(&database_url)?;
+    let source = master_key_source(&serve, &home, embedded_db.as_deref())?;
+    let store = Store::open(
+        &database_url,
+        source,
+        StoreConfig {
+            max_connections: Some(2),
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot open the store at {}", redact_url(&database_url)))?;
+    Ok((store, lock))
+}
+
+/// The new master key of `blocks key change-master`: `--new-master-key-file`, else
+/// `BLOCKS_NEW_MASTER_KEY`, else `BLOCKS_NEW_PASSPHRASE`.
+pub fn new_master_source(file: Option<&Path>) -> anyhow::Result<MasterKeySource> {
+    if let Some(path) = file {
+        return Ok(MasterKeySource::Key(read_key_file(path)?));
+    }
+    if let Ok(text) = std::env::var("BLOCKS_NEW_MASTER_KEY") {
+        let key = MasterKey::from_base64(&text).context("BLOCKS_NEW_MASTER_KEY is not usable")?;
+        return Ok(MasterKeySource::Key(key));
+    }
+    if let Ok(passphrase) = std::env::var("BLOCKS_NEW_PASSPHRASE") {
+        if passphrase.is_empty() {
+            bail!("BLOCKS_NEW_PASSPHRASE is empty");
+        }
+        return Ok(MasterKeySource::Passphrase(SecretString::from(passphrase)));
+    }
+    bail!(
+        "give the new master key: --new-master-key-file, BLOCKS_NEW_MASTER_KEY or BLOCKS_NEW_PASSPHRASE (blocks key generate makes one)"
+    )
 }
 
 /// An SQLite store is served by one process (its token cache and write queue are
@@ -401,6 +480,29 @@ async fn first_token(
         ),
     }
     Ok(Some(created.token))
+}
+
+/// Points an existing profile at this server's address (a restart may listen elsewhere,
+/// e.g. with `--port 0`), keeping its token. A profile that does not parse is left alone.
+fn refresh_profile(path: &Path, url: &str) {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        api_url: String,
+        api_key: String,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let Ok(stored) = toml::from_str::<Stored>(&text) else {
+        return;
+    };
+    if stored.api_url == url {
+        return;
+    }
+    let key = SecretString::from(stored.api_key);
+    if let Err(e) = write_profile(path, url, &key) {
+        tracing::warn!(error = %format!("{e:#}"), profile = %path.display(), "could not update the profile's api_url");
+    }
 }
 
 /// The profile the CLI and client read: `api_url` and `api_key`.
@@ -728,10 +830,22 @@ mod tests {
         );
         server.stop().await.unwrap();
 
-        // A restart creates no second token and leaves the profile alone.
+        // A restart creates no second token; the profile keeps the token and follows
+        // the new address.
         let again = start(&args(&home)).await.unwrap();
         assert!(again.first_token.is_none());
-        assert_eq!(std::fs::read_to_string(&profile).unwrap(), text);
+        let parsed: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&profile).unwrap()).unwrap();
+        assert_eq!(parsed["api_url"].as_str().unwrap(), again.api_url());
+        assert_eq!(parsed["api_key"].as_str().unwrap(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
         again.stop().await.unwrap();
     }
 

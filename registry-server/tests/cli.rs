@@ -389,3 +389,57 @@ fn errors_have_clear_messages_and_exit_codes() {
     let empty = dir.path().join("empty");
     fails(&blocks(&empty, &[], &["ls"]), 1, "BLOCKS_API_URL");
 }
+
+#[test]
+fn the_master_key_changes_offline_and_the_store_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let home_buf = dir.path().join("home");
+    let home = home_buf.as_path();
+    let server = serve(home);
+    ok(&blocks(
+        home,
+        &[],
+        &["create", "secret/s", "--data", &format!("value={CANARY}")],
+    ));
+    // While a server serves the embedded store: refused.
+    let key: Value =
+        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "generate"]))).unwrap();
+    let new_key = key["master_key"].as_str().unwrap().to_owned();
+    fails(
+        &blocks(
+            home,
+            &[("BLOCKS_NEW_MASTER_KEY", &new_key)],
+            &["key", "change-master"],
+        ),
+        1,
+        "another blocks server",
+    );
+    drop(server);
+    // No new key given: says how to give one.
+    fails(
+        &blocks(home, &[], &["key", "change-master"]),
+        1,
+        "BLOCKS_NEW_MASTER_KEY",
+    );
+    ok(&blocks(
+        home,
+        &[("BLOCKS_NEW_MASTER_KEY", &new_key)],
+        &["key", "change-master"],
+    ));
+    // The old key file no longer opens the store; the new key does, secrets intact.
+    let old = Command::new(env!("CARGO_BIN_EXE_blocks"))
+        .args(["serve", "--port", "0"])
+        .env("BLOCKS_HOME", home)
+        .output()
+        .unwrap();
+    assert_eq!(old.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("does not match"));
+    std::fs::write(home.join("master.key"), format!("{new_key}\n")).unwrap();
+    let _server = serve(home);
+    let shown = ok(&blocks(
+        home,
+        &[],
+        &["inspect", "secret/s", "--show-secrets"],
+    ));
+    assert!(shown.contains(CANARY), "{shown}");
+}
