@@ -812,3 +812,247 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())?;
     Ok(())
 }
+
+/// The format tag of export files.
+const EXPORT_FORMAT: &str = "blocks-export/1";
+
+/// The passphrase of `export`/`import`: `BLOCKS_EXPORT_PASSPHRASE`.
+fn export_passphrase() -> anyhow::Result<secrecy::SecretString> {
+    match std::env::var("BLOCKS_EXPORT_PASSPHRASE") {
+        Ok(p) if p.chars().count() >= 8 => Ok(secrecy::SecretString::from(p)),
+        Ok(_) => bail!("BLOCKS_EXPORT_PASSPHRASE must be at least 8 characters"),
+        Err(_) => bail!(
+            "set BLOCKS_EXPORT_PASSPHRASE: the exported secrets are encrypted under it (argon2id + AES-256-GCM)"
+        ),
+    }
+}
+
+async fn derive(
+    passphrase: secrecy::SecretString,
+    params: crate::crypto::KdfParams,
+) -> anyhow::Result<crate::crypto::MasterKey> {
+    tokio::task::spawn_blocking(move || crate::crypto::MasterKey::derive(&passphrase, &params))
+        .await
+        .map_err(|e| anyhow!("key derivation did not finish: {e}"))?
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// A document's own data: references as `$ref`s to the (exported) ids.
+fn own_data(doc: &Value) -> Map<String, Value> {
+    let mut data = doc["data"].as_object().cloned().unwrap_or_default();
+    if let Some(refs) = doc["block_document_references"].as_object() {
+        for (field, reference) in refs {
+            data.insert(
+                field.clone(),
+                json!({"$ref": {"block_document_id": reference["block_document"]["id"]}}),
+            );
+        }
+    }
+    data
+}
+
+/// `blocks export FILE`: every block type, schema and document (anonymous ones included)
+/// to a file whose documents are sealed under `BLOCKS_EXPORT_PASSPHRASE`.
+pub async fn export(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    let passphrase = export_passphrase()?;
+    let client = client()?;
+    let types = client
+        .send_json(Method::POST, "block_types/filter", Some(&json!({})))
+        .await?;
+    let schemas = client
+        .send_json(Method::POST, "block_schemas/filter", Some(&json!({})))
+        .await?;
+    let mut documents = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = client
+            .send_json(
+                Method::POST,
+                "block_documents/filter",
+                Some(
+                    &json!({"include_secrets": true, "limit": 200, "offset": offset,
+                    "block_documents": {"is_anonymous": null}}),
+                ),
+            )
+            .await?;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let n = page.len();
+        for doc in page {
+            documents.push(json!({
+                "id": doc["id"],
+                "name": doc["name"],
+                "is_anonymous": doc["is_anonymous"],
+                "block_type_slug": doc["block_type"]["slug"],
+                "block_schema_checksum": doc["block_schema"]["checksum"],
+                "block_schema_version": doc["block_schema"]["version"],
+                "data": own_data(&doc),
+            }));
+        }
+        if n < 200 {
+            break;
+        }
+        offset += n;
+    }
+    let params = crate::crypto::KdfParams::generate()?;
+    let key = derive(passphrase, params.clone()).await?;
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(&documents)?);
+    let sealed = key.seal_bytes(EXPORT_FORMAT.as_bytes(), &plain)?;
+    let out = json!({
+        "format": EXPORT_FORMAT,
+        "kdf": params,
+        "block_types": types,
+        "block_schemas": schemas,
+        "documents": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sealed),
+        "document_count": documents.len(),
+    });
+    write_private(file, &serde_json::to_string_pretty(&out)?)?;
+    print(
+        format,
+        &json!({"file": file.display().to_string(), "documents": documents.len()}),
+        &["EXPORTED", "DOCUMENTS"],
+        &[vec![
+            file.display().to_string(),
+            documents.len().to_string(),
+        ]],
+    );
+    Ok(())
+}
+
+/// `blocks import FILE`: types, schemas and documents from an export. Idempotent: what
+/// exists (a type by slug, a schema by checksum, a named document by type and name) is
+/// kept; a wrong passphrase is refused before anything is written.
+pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let passphrase = export_passphrase()?;
+    let contents =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let export: Value = serde_json::from_str(&contents)
+        .with_context(|| format!("{} is not a blocks export", file.display()))?;
+    if export["format"] != EXPORT_FORMAT {
+        bail!("{} is not a {EXPORT_FORMAT} file", file.display());
+    }
+    let params: crate::crypto::KdfParams = serde_json::from_value(export["kdf"].clone())
+        .context("the export's key parameters are missing")?;
+    let key = derive(passphrase, params).await?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(export["documents"].as_str().unwrap_or_default())
+        .context("the export's documents are not base64")?;
+    let plain = key
+        .open_bytes(EXPORT_FORMAT.as_bytes(), &sealed)
+        .map_err(|_| anyhow!("wrong passphrase (or a damaged file): nothing was imported"))?;
+    let documents: Vec<Value> =
+        serde_json::from_slice(&plain).context("the export's documents do not parse")?;
+    let client = client()?;
+
+    // Types (existing ones kept) and schemas (found by checksum), by slug and checksum.
+    let mut type_ids: std::collections::HashMap<String, Value> = Default::default();
+    for ty in export["block_types"].as_array().into_iter().flatten() {
+        let slug = text(&ty["slug"]);
+        let existing = client
+            .get_json(&format!("block_types/slug/{}", enc(&slug)))
+            .await;
+        let id = match existing {
+            Ok(found) => found["id"].clone(),
+            Err(registry_client::Error::Http { status: 404, .. }) => {
+                let body = json!({"name": ty["name"], "slug": slug, "logo_url": ty["logo_url"],
+                    "documentation_url": ty["documentation_url"], "description": ty["description"],
+                    "code_example": ty["code_example"]});
+                client
+                    .send_json(Method::POST, "block_types/", Some(&body))
+                    .await?["id"]
+                    .clone()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        type_ids.insert(text(&ty["id"]), id);
+    }
+    let mut schema_ids: std::collections::HashMap<(String, String), (Value, Value)> =
+        Default::default();
+    for schema in export["block_schemas"].as_array().into_iter().flatten() {
+        let Some(type_id) = type_ids.get(&text(&schema["block_type_id"])) else {
+            continue;
+        };
+        let body = json!({"fields": schema["fields"], "block_type_id": type_id,
+            "capabilities": schema["capabilities"], "version": schema["version"]});
+        let created = client
+            .send_json(Method::POST, "block_schemas/", Some(&body))
+            .await?;
+        schema_ids.insert(
+            (text(&schema["checksum"]), text(&schema["version"])),
+            (created["id"].clone(), type_id.clone()),
+        );
+    }
+
+    // Documents, children before parents; references follow the new ids.
+    let mut new_ids: std::collections::HashMap<String, Value> = Default::default();
+    let mut pending: Vec<Value> = documents;
+    let (mut created, mut kept) = (0usize, 0usize);
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut later = Vec::new();
+        for doc in pending {
+            let data = doc["data"].as_object().cloned().unwrap_or_default();
+            let waiting = data.values().any(|v| {
+                v.get("$ref")
+                    .map(|r| text(&r["block_document_id"]))
+                    .is_some_and(|id| !new_ids.contains_key(&id))
+            });
+            if waiting {
+                later.push(doc);
+                continue;
+            }
+            let slug = text(&doc["block_type_slug"]);
+            let anonymous = doc["is_anonymous"].as_bool().unwrap_or(false);
+            if !anonymous {
+                let name = text(&doc["name"]);
+                if let Ok(found) = client
+                    .get_json(&format!(
+                        "block_types/slug/{}/block_documents/name/{}",
+                        enc(&slug),
+                        enc(&name)
+                    ))
+                    .await
+                {
+                    new_ids.insert(text(&doc["id"]), found["id"].clone());
+                    kept += 1;
+                    continue;
+                }
+            }
+            let key = (
+                text(&doc["block_schema_checksum"]),
+                text(&doc["block_schema_version"]),
+            );
+            let (schema_id, type_id) = schema_ids
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| anyhow!("the export has no schema {} for {slug}", key.0))?;
+            let mut data = data;
+            for value in data.values_mut() {
+                if let Some(old) = value.get("$ref").map(|r| text(&r["block_document_id"])) {
+                    *value = json!({"$ref": {"block_document_id": new_ids[&old]}});
+                }
+            }
+            let mut body = json!({"data": data, "block_schema_id": schema_id,
+                "block_type_id": type_id, "is_anonymous": anonymous});
+            if !anonymous {
+                body["name"] = doc["name"].clone();
+            }
+            let made = client
+                .send_json(Method::POST, "block_documents/", Some(&body))
+                .await?;
+            new_ids.insert(text(&doc["id"]), made["id"].clone());
+            created += 1;
+        }
+        if later.len() == before {
+            bail!("the export's references form a cycle or point outside it");
+        }
+        pending = later;
+    }
+    print(
+        format,
+        &json!({"created": created, "kept": kept}),
+        &["CREATED", "ALREADY THERE"],
+        &[vec![created.to_string(), kept.to_string()]],
+    );
+    Ok(())
+}

@@ -258,6 +258,17 @@ impl MasterKey {
         }
     }
 
+    /// Seals any bytes under this key (AES-256-GCM, bound to `aad`): export files.
+    pub fn seal_bytes(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        seal(&self.0, aad, plaintext, &[])
+    }
+
+    /// Opens what [`MasterKey::seal_bytes`] sealed; a wrong key is
+    /// [`CryptoError::Tampered`].
+    pub fn open_bytes(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        open(&self.0, aad, sealed, 0)
+    }
+
     /// Wraps a data key for storage. The wrapping is bound to the data key's id.
     pub fn wrap(&self, key: &DataKey) -> Result<Vec<u8>, CryptoError> {
         seal(&self.0, &wrap_aad(key.id), key.key.as_ref(), &[])

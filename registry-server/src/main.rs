@@ -90,6 +90,17 @@ enum Command {
         #[arg(long)]
         action: Option<String>,
     },
+    /// Export every type, schema and block to FILE; the blocks are encrypted under
+    /// BLOCKS_EXPORT_PASSPHRASE.
+    Export {
+        /// The file to write.
+        file: std::path::PathBuf,
+    },
+    /// Import an export (idempotent: what exists is kept).
+    Import {
+        /// The file to read.
+        file: std::path::PathBuf,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -137,6 +148,8 @@ async fn main() -> ExitCode {
         Command::Token(command) => cli::token(command, format).await,
         Command::Key(command) => cli::key(command, format).await,
         Command::Audit { limit, action } => cli::audit(*limit, action.as_deref(), format).await,
+        Command::Export { file } => cli::export(file, format).await,
+        Command::Import { file } => cli::import(file, format).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -443,3 +443,119 @@ fn the_master_key_changes_offline_and_the_store_stays_readable() {
     ));
     assert!(shown.contains(CANARY), "{shown}");
 }
+
+#[test]
+fn export_and_import_move_blocks_with_their_secrets_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_home = dir.path().join("a");
+    let b_home = dir.path().join("b");
+    let _a = serve(&a_home);
+    let _b = serve(&b_home);
+    let a = a_home.as_path();
+    let b = b_home.as_path();
+    ok(&blocks(a, &[], &["register", "gcp"]));
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        format!(
+            r#"{{"service_account_info": {{"private_key": "{CANARY}"}}, "project": "dtc-de"}}"#
+        ),
+    )
+    .unwrap();
+    ok(&blocks(
+        a,
+        &[],
+        &[
+            "create",
+            "gcp-credentials/zoom-gcp-creds",
+            "--data",
+            &format!("@{}", creds.display()),
+        ],
+    ));
+    ok(&blocks(
+        a,
+        &[],
+        &[
+            "create",
+            "gcs-bucket/zoom-gcs",
+            "--data",
+            "bucket=dtc-data-lake",
+            "--ref",
+            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
+        ],
+    ));
+    ok(&blocks(
+        a,
+        &[],
+        &[
+            "create",
+            "secret/api-token",
+            "--data",
+            &format!("value={CANARY}"),
+        ],
+    ));
+
+    let file = dir.path().join("blocks-export.json");
+    let file_arg = file.to_str().unwrap();
+    fails(
+        &blocks(a, &[], &["export", file_arg]),
+        1,
+        "BLOCKS_EXPORT_PASSPHRASE",
+    );
+    let pass = [("BLOCKS_EXPORT_PASSPHRASE", "correct horse battery")];
+    ok(&blocks(a, &pass, &["export", file_arg]));
+    let exported = std::fs::read_to_string(&file).unwrap();
+    assert!(!exported.contains(CANARY), "secrets are sealed in the file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // A wrong passphrase imports nothing.
+    let count = |home: &Path| -> usize {
+        let listed: Value =
+            serde_json::from_str(&ok(&blocks(home, &[], &["--json", "ls"]))).unwrap();
+        listed.as_array().unwrap().len()
+    };
+    let before = count(b);
+    fails(
+        &blocks(
+            b,
+            &[("BLOCKS_EXPORT_PASSPHRASE", "wrong horse battery")],
+            &["import", file_arg],
+        ),
+        1,
+        "wrong passphrase",
+    );
+    assert_eq!(count(b), before);
+
+    let done: Value =
+        serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
+    assert_eq!(done["created"], 3, "{done}");
+    let shown = ok(&blocks(
+        b,
+        &[],
+        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
+    ));
+    assert!(
+        shown.contains("dtc-data-lake") && shown.contains(CANARY),
+        "{shown}"
+    );
+    let secret = ok(&blocks(
+        b,
+        &[],
+        &["inspect", "secret/api-token", "--show-secrets"],
+    ));
+    assert!(secret.contains(CANARY), "{secret}");
+
+    // Again (or after an interruption): what is there is kept, nothing is doubled.
+    let again: Value =
+        serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
+    assert_eq!(again["created"], 0, "{again}");
+    assert_eq!(again["kept"], 3, "{again}");
+    assert_eq!(count(b), before + 3);
+}
