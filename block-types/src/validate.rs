@@ -91,10 +91,14 @@ impl DataValidator {
     /// - a property that is not `required` also accepts `null`: Prefect 2 clients describe
     ///   `Optional[X] = None` as plain `X` but send explicit nulls;
     /// - `format` is an annotation, not an assertion (as draft 7 allows): Python writes
-    ///   naive date-times and its own regex syntax, which strict checks would refuse.
+    ///   naive date-times and its own regex syntax, which strict checks would refuse;
+    /// - a `#/definitions/X` reference whose definition is missing accepts anything: the
+    ///   Prefect server drops empty definitions (Secret's `"JsonValue": {}`) when it stores a
+    ///   schema, so schemas read back from it reference a definition they no longer hold.
     pub fn new(fields: &Value) -> Result<Self, FieldError> {
         let mut lenient = fields.clone();
         allow_null_when_optional(&mut lenient);
+        define_missing_references(&mut lenient);
         let validator = jsonschema::options()
             .with_draft(Draft::Draft7)
             .should_validate_formats(false)
@@ -279,6 +283,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_to_a_dropped_empty_definition_accepts_anything() {
+        // Secret's schema as the Prefect 3.9.1 server returns it: "JsonValue" is referenced
+        // but its (empty) definition was dropped when the server stored the schema.
+        let fields = json!({"type": "object", "properties": {"value": {"anyOf": [
+            {"type": "string", "format": "password", "writeOnly": true},
+            {"title": "string", "type": "string"},
+            {"$ref": "#/definitions/JsonValue", "title": "JSON"}]}}, "required": ["value"]});
+        let validator = DataValidator::new(&fields).unwrap();
+        validator
+            .validate(
+                &obj(json!({"value": {"username": "u", "password": "p"}})),
+                &[],
+            )
+            .unwrap();
+        validator
+            .validate(&obj(json!({"value": "s"})), &[])
+            .unwrap();
+        assert!(validator.validate(&obj(json!({})), &[]).is_err());
+        // A reference into another document is still refused.
+        let remote = json!({"properties": {"a": {"$ref": "https://example.com/schema.json"}}});
+        assert!(DataValidator::new(&remote).is_err());
+    }
+
+    #[test]
     fn names_and_slugs() {
         assert!(block_document_name("zoom-gcs-2").is_ok());
         for bad in ["Zoom", "zoom_gcs", "zoom gcs", "zoom/gcs", "", "zöom"] {
@@ -442,5 +470,42 @@ mod tests {
     fn pointer_paths() {
         assert_eq!(pointer_to_path(""), "");
         assert_eq!(pointer_to_path("/a/b~1c/0"), "a.b/c.0");
+    }
+}
+
+/// Adds an empty (accept-anything) definition for every `#/definitions/X` that `schema`
+/// references but does not define.
+fn define_missing_references(schema: &mut Value) {
+    fn collect(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref")
+                    && let Some(name) = target.strip_prefix("#/definitions/")
+                {
+                    out.push(name.to_owned());
+                }
+                map.values().for_each(|v| collect(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut referenced = Vec::new();
+    collect(schema, &mut referenced);
+    let Value::Object(root) = schema else { return };
+    for name in referenced {
+        // A JSON pointer segment: `~1` is `/`, `~0` is `~`.
+        let name = name.replace("~1", "/").replace("~0", "~");
+        if name.contains('/') {
+            continue;
+        }
+        let definitions = root
+            .entry("definitions")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(definitions) = definitions {
+            definitions
+                .entry(name)
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
     }
 }

@@ -851,48 +851,60 @@ fn own_data(doc: &Value) -> Map<String, Value> {
     data
 }
 
-/// `blocks export FILE`: every block type, schema and document (anonymous ones included)
-/// to a file whose documents are sealed under `BLOCKS_EXPORT_PASSPHRASE`.
-pub async fn export(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
-    let passphrase = export_passphrase()?;
-    let client = client()?;
-    let types = client
-        .send_json(Method::POST, "block_types/filter", Some(&json!({})))
-        .await?;
-    let schemas = client
-        .send_json(Method::POST, "block_schemas/filter", Some(&json!({})))
-        .await?;
-    let mut documents = Vec::new();
+/// Every item of a Prefect-style filter endpoint, page by page (200 at most per page).
+async fn all_pages(client: &Client, path: &str, body: Value) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
     let mut offset = 0;
     loop {
+        let mut page_body = body.clone();
+        page_body["limit"] = json!(200);
+        page_body["offset"] = json!(offset);
         let page = client
-            .send_json(
-                Method::POST,
-                "block_documents/filter",
-                Some(
-                    &json!({"include_secrets": true, "limit": 200, "offset": offset,
-                    "block_documents": {"is_anonymous": null}}),
-                ),
-            )
+            .send_json(Method::POST, path, Some(&page_body))
             .await?;
         let page = page.as_array().cloned().unwrap_or_default();
         let n = page.len();
-        for doc in page {
-            documents.push(json!({
+        all.extend(page);
+        if n < 200 {
+            return Ok(all);
+        }
+        offset += n;
+    }
+}
+
+/// The documents of `client`'s server in export form (own data, references as `$ref`s to
+/// the source ids), anonymous ones included.
+async fn documents_of(client: &Client) -> anyhow::Result<Vec<Value>> {
+    let docs = all_pages(
+        client,
+        "block_documents/filter",
+        json!({"include_secrets": true, "block_documents": {"is_anonymous": null}}),
+    )
+    .await?;
+    Ok(docs
+        .iter()
+        .map(|doc| {
+            json!({
                 "id": doc["id"],
                 "name": doc["name"],
                 "is_anonymous": doc["is_anonymous"],
                 "block_type_slug": doc["block_type"]["slug"],
                 "block_schema_checksum": doc["block_schema"]["checksum"],
                 "block_schema_version": doc["block_schema"]["version"],
-                "data": own_data(&doc),
-            }));
-        }
-        if n < 200 {
-            break;
-        }
-        offset += n;
-    }
+                "data": own_data(doc),
+            })
+        })
+        .collect())
+}
+
+/// `blocks export FILE`: every block type, schema and document (anonymous ones included)
+/// to a file whose documents are sealed under `BLOCKS_EXPORT_PASSPHRASE`.
+pub async fn export(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    let passphrase = export_passphrase()?;
+    let client = client()?;
+    let types = all_pages(&client, "block_types/filter", json!({})).await?;
+    let schemas = all_pages(&client, "block_schemas/filter", json!({})).await?;
+    let documents = documents_of(&client).await?;
     let params = crate::crypto::KdfParams::generate()?;
     let key = derive(passphrase, params.clone()).await?;
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(&documents)?);
@@ -943,10 +955,37 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
     let documents: Vec<Value> =
         serde_json::from_slice(&plain).context("the export's documents do not parse")?;
     let client = client()?;
+    let types = export["block_types"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let schemas = export["block_schemas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let (created, kept) = import_records(&client, &types, &schemas, documents, None).await?;
+    print(
+        format,
+        &json!({"created": created, "kept": kept}),
+        &["CREATED", "ALREADY THERE"],
+        &[vec![created.to_string(), kept.to_string()]],
+    );
+    Ok(())
+}
 
-    // Types (existing ones kept) and schemas (found by checksum), by slug and checksum.
-    let mut type_ids: std::collections::HashMap<String, Value> = Default::default();
-    for ty in export["block_types"].as_array().into_iter().flatten() {
+/// Copies types (existing ones kept, by slug), schemas (found by checksum) and documents
+/// (a named one that exists is kept; children before parents, references following the
+/// new ids) to `client`'s server. Returns (created, kept).
+async fn import_records(
+    client: &Client,
+    types: &[Value],
+    schemas: &[Value],
+    documents: Vec<Value>,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<(usize, usize)> {
+    use std::collections::HashMap;
+    let mut type_ids: HashMap<String, Value> = HashMap::new();
+    for ty in types {
         let slug = text(&ty["slug"]);
         let existing = client
             .get_json(&format!("block_types/slug/{}", enc(&slug)))
@@ -966,9 +1005,8 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
         };
         type_ids.insert(text(&ty["id"]), id);
     }
-    let mut schema_ids: std::collections::HashMap<(String, String), (Value, Value)> =
-        Default::default();
-    for schema in export["block_schemas"].as_array().into_iter().flatten() {
+    let mut schema_ids: HashMap<(String, String), (Value, Value)> = HashMap::new();
+    for schema in schemas {
         let Some(type_id) = type_ids.get(&text(&schema["block_type_id"])) else {
             continue;
         };
@@ -983,9 +1021,8 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
         );
     }
 
-    // Documents, children before parents; references follow the new ids.
-    let mut new_ids: std::collections::HashMap<String, Value> = Default::default();
-    let mut pending: Vec<Value> = documents;
+    let mut new_ids: HashMap<String, Value> = HashMap::new();
+    let mut pending = documents;
     let (mut created, mut kept) = (0usize, 0usize);
     while !pending.is_empty() {
         let before = pending.len();
@@ -1015,6 +1052,9 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
                 {
                     new_ids.insert(text(&doc["id"]), found["id"].clone());
                     kept += 1;
+                    if let Some(bar) = progress {
+                        bar.inc(1);
+                    }
                     continue;
                 }
             }
@@ -1025,7 +1065,7 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
             let (schema_id, type_id) = schema_ids
                 .get(&key)
                 .cloned()
-                .ok_or_else(|| anyhow!("the export has no schema {} for {slug}", key.0))?;
+                .ok_or_else(|| anyhow!("no schema {} for {slug} in the source", key.0))?;
             let mut data = data;
             for value in data.values_mut() {
                 if let Some(old) = value.get("$ref").map(|r| text(&r["block_document_id"])) {
@@ -1042,17 +1082,49 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
                 .await?;
             new_ids.insert(text(&doc["id"]), made["id"].clone());
             created += 1;
+            if let Some(bar) = progress {
+                bar.inc(1);
+            }
         }
         if later.len() == before {
-            bail!("the export's references form a cycle or point outside it");
+            bail!("the source's references form a cycle or point outside it");
         }
         pending = later;
     }
+    Ok((created, kept))
+}
+
+/// `blocks import-prefect --url …`: every block type, schema and document of a running
+/// Prefect server, secrets and references included. Idempotent; a progress bar on a
+/// terminal; a summary at the end.
+pub async fn import_prefect(
+    url: &str,
+    api_key: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let source = Client::new(registry_client::Config::new(url, api_key)?)?;
+    let types = all_pages(&source, "block_types/filter", json!({})).await?;
+    let schemas = all_pages(&source, "block_schemas/filter", json!({})).await?;
+    let documents = documents_of(&source).await?;
+    let bar = indicatif::ProgressBar::new(documents.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blocks")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let target = client()?;
+    let outcome = import_records(&target, &types, &schemas, documents, Some(&bar)).await;
+    bar.finish_and_clear();
+    let (created, kept) = outcome?;
     print(
         format,
-        &json!({"created": created, "kept": kept}),
-        &["CREATED", "ALREADY THERE"],
-        &[vec![created.to_string(), kept.to_string()]],
+        &json!({"block_types": types.len(), "block_schemas": schemas.len(), "created": created, "kept": kept}),
+        &["TYPES", "SCHEMAS", "BLOCKS CREATED", "ALREADY THERE"],
+        &[vec![
+            types.len().to_string(),
+            schemas.len().to_string(),
+            created.to_string(),
+            kept.to_string(),
+        ]],
     );
     Ok(())
 }

@@ -101,6 +101,16 @@ enum Command {
         /// The file to read.
         file: std::path::PathBuf,
     },
+    /// Copy every block type, schema and block (secrets and references included) from a
+    /// running Prefect server. Idempotent.
+    ImportPrefect {
+        /// The Prefect API URL, e.g. http://127.0.0.1:4200/api.
+        #[arg(long)]
+        url: String,
+        /// A key for the Prefect server, if it needs one.
+        #[arg(long, env = "PREFECT_SOURCE_API_KEY")]
+        api_key: Option<String>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -150,6 +160,9 @@ async fn main() -> ExitCode {
         Command::Audit { limit, action } => cli::audit(*limit, action.as_deref(), format).await,
         Command::Export { file } => cli::export(file, format).await,
         Command::Import { file } => cli::import(file, format).await,
+        Command::ImportPrefect { url, api_key } => {
+            cli::import_prefect(url, api_key.as_deref(), format).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -112,4 +112,55 @@ PY
     cleanup
     trap - EXIT
 done
+# `blocks import-prefect` from a real Prefect server (the pinned one, from the same virtual
+# environment) seeded with the course's blocks.
+echo "== blocks import-prefect from a running Prefect $("$venv/bin/python" -c 'import prefect; print(prefect.__version__)')"
+pwork="$(mktemp -d)"
+prefect_pid=""
+ours_pid=""
+cleanup_import() {
+    [ -n "$prefect_pid" ] && kill "$prefect_pid" 2>/dev/null && wait "$prefect_pid" 2>/dev/null || true
+    [ -n "$ours_pid" ] && kill "$ours_pid" 2>/dev/null && wait "$ours_pid" 2>/dev/null || true
+    rm -rf "$pwork"
+}
+trap cleanup_import EXIT
+pport="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PREFECT_HOME="$pwork/prefect-server" PREFECT_UI_ENABLED=false PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    "$venv/bin/prefect" server start --host 127.0.0.1 --port "$pport" > "$pwork/prefect.log" 2>&1 &
+prefect_pid=$!
+for _ in $(seq 1 240); do
+    curl -sf "http://127.0.0.1:$pport/api/health" >/dev/null 2>&1 && break
+    kill -0 "$prefect_pid" 2>/dev/null || break
+    sleep 0.5
+done
+seed_canary="prefect-canary-$RANDOM"
+BLOCKS_HOME="$pwork/home" BLOCKS_LOG=info "$blocks" serve --port 0 > "$pwork/ours.log" 2>&1 &
+ours_pid=$!
+ours=""
+for _ in $(seq 1 100); do
+    ours="$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$pwork/ours.log" | head -n 1)"
+    [ -n "$ours" ] && break
+    sleep 0.1
+done
+if ! SEED_CANARY="$seed_canary" PREFECT_API_URL="http://127.0.0.1:$pport/api" PREFECT_HOME="$pwork/prefect-client" \
+        "$venv/bin/python" "$here/seed_prefect.py" > "$pwork/seed.log" 2>&1; then
+    status=1; echo "could not seed the Prefect server:"; tail -n 20 "$pwork/seed.log"; tail -n 20 "$pwork/prefect.log"
+elif ! first="$(BLOCKS_HOME="$pwork/home" "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
+        || ! grep -q '"created": 4' <<<"$first"; then
+    status=1; echo "import-prefect failed: $first"
+elif ! again="$(BLOCKS_HOME="$pwork/home" "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
+        || ! grep -q '"created": 0' <<<"$again" || ! grep -q '"kept": 4' <<<"$again"; then
+    status=1; echo "a second import-prefect was not idempotent: $again"
+elif ! secret="$(BLOCKS_HOME="$pwork/home" "$blocks" inspect secret/api-token --show-secrets 2>&1)" \
+        || ! grep -q "$seed_canary" <<<"$secret"; then
+    status=1; echo "the imported secret is wrong: $secret"
+elif ! out="$(BLOCKS_HOME="$pwork/home" "$rust_example" 2>&1)" || ! grep -q "project: dtc-de" <<<"$out"; then
+    status=1; echo "the imported zoom-gcs does not load in Rust: $out"
+elif grep -q "$seed_canary" "$pwork/ours.log"; then
+    status=1; echo "a secret reached the server log"
+else
+    echo "imported: $first" | tr -d '\n '; echo
+fi
+cleanup_import
+trap - EXIT
 exit $status
