@@ -270,6 +270,43 @@ pub fn apply_defaults(fields: &Value, data: &mut Map<String, Value>) {
     }
 }
 
+/// Adds an empty (accept-anything) definition for every `#/definitions/X` that `schema`
+/// references but does not define.
+fn define_missing_references(schema: &mut Value) {
+    fn collect(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref")
+                    && let Some(name) = target.strip_prefix("#/definitions/")
+                {
+                    out.push(name.to_owned());
+                }
+                map.values().for_each(|v| collect(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut referenced = Vec::new();
+    collect(schema, &mut referenced);
+    let Value::Object(root) = schema else { return };
+    for name in referenced {
+        // A JSON pointer segment: `~1` is `/`, `~0` is `~`.
+        let name = name.replace("~1", "/").replace("~0", "~");
+        if name.contains('/') {
+            continue;
+        }
+        let definitions = root
+            .entry("definitions")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(definitions) = definitions {
+            definitions
+                .entry(name)
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,42 +507,5 @@ mod tests {
     fn pointer_paths() {
         assert_eq!(pointer_to_path(""), "");
         assert_eq!(pointer_to_path("/a/b~1c/0"), "a.b/c.0");
-    }
-}
-
-/// Adds an empty (accept-anything) definition for every `#/definitions/X` that `schema`
-/// references but does not define.
-fn define_missing_references(schema: &mut Value) {
-    fn collect(value: &Value, out: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                if let Some(Value::String(target)) = map.get("$ref")
-                    && let Some(name) = target.strip_prefix("#/definitions/")
-                {
-                    out.push(name.to_owned());
-                }
-                map.values().for_each(|v| collect(v, out));
-            }
-            Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
-            _ => {}
-        }
-    }
-    let mut referenced = Vec::new();
-    collect(schema, &mut referenced);
-    let Value::Object(root) = schema else { return };
-    for name in referenced {
-        // A JSON pointer segment: `~1` is `/`, `~0` is `~`.
-        let name = name.replace("~1", "/").replace("~0", "~");
-        if name.contains('/') {
-            continue;
-        }
-        let definitions = root
-            .entry("definitions")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(definitions) = definitions {
-            definitions
-                .entry(name)
-                .or_insert_with(|| Value::Object(Map::new()));
-        }
     }
 }
