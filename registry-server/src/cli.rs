@@ -26,11 +26,72 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct RegisterArgs {
     /// Collections to register: core, sqlalchemy, gcp, docker.
-    #[arg(value_parser = ["core", "sqlalchemy", "gcp", "docker"], required_unless_present = "all")]
+    #[arg(value_parser = ["core", "sqlalchemy", "gcp", "docker"], required_unless_present_any = ["all", "file"])]
     pub collections: Vec<String>,
     /// Every built-in collection.
     #[arg(long)]
     pub all: bool,
+    /// A custom block type: a JSON file `{"block_type": {"name", "slug", "description", …},
+    /// "fields": <JSON Schema, with "secret_fields">, "capabilities": […], "version": "…"}`,
+    /// checked before it is sent.
+    #[arg(long, conflicts_with_all = ["collections", "all"])]
+    pub file: Option<std::path::PathBuf>,
+    /// Also update the metadata (description, logo, docs URL, example) of types that
+    /// already exist.
+    #[arg(long)]
+    pub update_metadata: bool,
+}
+
+/// A custom block type from `blocks register --file`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomType {
+    block_type: block_types::model::BlockTypeCreate,
+    fields: Value,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// Checks a custom type before anything is sent: names, the schema compiles, and every
+/// secret field names a property.
+fn custom_spec(path: &std::path::Path) -> anyhow::Result<block_types::BlockSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let custom: CustomType = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a block type definition", path.display()))?;
+    let ty = &custom.block_type;
+    block_types::validate::block_type_slug(&ty.slug).map_err(|e| anyhow!("block_type.{e}"))?;
+    block_types::validate::block_type_name(&ty.name).map_err(|e| anyhow!("block_type.{e}"))?;
+    if !custom.fields.is_object() {
+        bail!("fields must be a JSON Schema object");
+    }
+    DataValidator::new(&custom.fields).map_err(|e| anyhow!("{e}"))?;
+    let properties = custom.fields["properties"].as_object();
+    for secret in block_types::secret_fields::secret_fields_of(&custom.fields) {
+        let path = secret.to_string();
+        let root = path.split('.').next().unwrap_or_default();
+        if root != "*" && !properties.is_some_and(|p| p.contains_key(root)) {
+            bail!("secret_fields names {path:?}, which is not a property of the schema");
+        }
+    }
+    let mut fields = custom.fields.clone();
+    fields["block_type_slug"] = json!(ty.slug);
+    Ok(block_types::BlockSpec {
+        block_type: block_types::BlockTypeInfo {
+            name: ty.name.clone(),
+            slug: ty.slug.clone(),
+            logo_url: ty.logo_url.clone(),
+            documentation_url: ty.documentation_url.clone(),
+            description: ty.description.clone(),
+            code_example: ty.code_example.clone(),
+            protected: false,
+        },
+        fields,
+        capabilities: custom.capabilities,
+        version: custom.version.unwrap_or_else(|| "1".to_owned()),
+    })
 }
 
 /// `blocks type …`.
@@ -179,15 +240,31 @@ fn collections(args: &RegisterArgs) -> Vec<Collection> {
 /// `blocks register`: each type of the collections (existing metadata left alone) and its
 /// current schema.
 pub async fn register(args: &RegisterArgs, format: Format) -> anyhow::Result<()> {
+    let specs: Vec<block_types::BlockSpec> = match &args.file {
+        Some(path) => vec![custom_spec(path)?],
+        None => collections(args)
+            .into_iter()
+            .flat_map(|c| c.specs())
+            .collect(),
+    };
     let client = client()?;
     let mut rows = Vec::new();
     let mut out = Vec::new();
-    for collection in collections(args) {
-        for spec in collection.specs() {
-            let (ty, schema) = client.register(&spec).await?;
-            rows.push(vec![ty.slug.clone(), schema.checksum.clone()]);
-            out.push(json!({"slug": ty.slug, "block_type_id": ty.id, "block_schema_id": schema.id, "checksum": schema.checksum}));
+    for spec in specs {
+        let (ty, schema) = client.register(&spec).await?;
+        if args.update_metadata && !ty.is_protected {
+            let info = &spec.block_type;
+            client
+                .send_json(
+                    Method::PATCH,
+                    &format!("block_types/{}", ty.id),
+                    Some(&json!({"logo_url": info.logo_url, "documentation_url": info.documentation_url,
+                        "description": info.description, "code_example": info.code_example})),
+                )
+                .await?;
         }
+        rows.push(vec![ty.slug.clone(), schema.checksum.clone()]);
+        out.push(json!({"slug": ty.slug, "block_type_id": ty.id, "block_schema_id": schema.id, "checksum": schema.checksum}));
     }
     print(format, &Value::Array(out), &["TYPE", "SCHEMA"], &rows);
     Ok(())

@@ -368,6 +368,72 @@ fn errors_have_clear_messages_and_exit_codes() {
         1,
         "already exists",
     );
+    // A custom block type from a file, checked before it is sent.
+    let custom = dir.path().join("custom.json");
+    std::fs::write(
+        &custom,
+        r#"{"block_type": {"name": "Snowflake Login", "slug": "snowflake-login", "description": "A warehouse login"},
+            "fields": {"title": "SnowflakeLogin", "type": "object",
+                       "properties": {"account": {"type": "string"}, "password": {"type": "string", "format": "password", "writeOnly": true}},
+                       "required": ["account", "password"], "secret_fields": ["password"]},
+            "version": "1.0"}"#,
+    )
+    .unwrap();
+    let registered = ok(&blocks(
+        home,
+        &[],
+        &["register", "--file", custom.to_str().unwrap()],
+    ));
+    assert!(registered.contains("snowflake-login"), "{registered}");
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "snowflake-login/prod",
+            "--data",
+            "account=acme",
+            &format!("password={CANARY}"),
+        ],
+    ));
+    let shown = ok(&blocks(home, &[], &["inspect", "snowflake-login/prod"]));
+    assert!(shown.contains("acme") && !shown.contains(CANARY), "{shown}");
+    fails(
+        &blocks(
+            home,
+            &[],
+            &["create", "snowflake-login/bad", "--data", "account=acme"],
+        ),
+        1,
+        "password",
+    );
+    for (bad, needle) in [
+        (
+            r#"{"block_type": {"name": "X", "slug": "Bad Slug"}, "fields": {"type": "object"}}"#,
+            "slug",
+        ),
+        (
+            r#"{"block_type": {"name": "X", "slug": "x"}, "fields": {"type": "object", "properties": {"a": {}}, "secret_fields": ["nope"]}}"#,
+            "not a property",
+        ),
+        (
+            r#"{"block_type": {"name": "X", "slug": "x"}, "fields": {"type": 5}}"#,
+            "not a valid JSON Schema",
+        ),
+        (
+            r#"{"block_type": {"name": "X", "slug": "x"}}"#,
+            "not a block type definition",
+        ),
+    ] {
+        std::fs::write(&custom, bad).unwrap();
+        fails(
+            &blocks(home, &[], &["register", "--file", custom.to_str().unwrap()]),
+            1,
+            needle,
+        );
+    }
+    fails(&blocks(home, &[], &["register"]), 2, "required");
+
     let key = ok(&blocks(home, &[], &["--json", "key", "generate"]));
     let key: Value = serde_json::from_str(&key).unwrap();
     assert_eq!(
