@@ -140,8 +140,13 @@ pub enum TokenCommand {
 pub enum KeyCommand {
     /// The active data key and what each key seals.
     Status,
-    /// Rotate the data key; stored secrets are re-encrypted in the background.
-    Rotate,
+    /// Rotate the data key; stored secrets are re-encrypted in the background while a
+    /// progress bar follows them (reads and writes go on meanwhile).
+    Rotate {
+        /// Return at once instead of following the re-encryption.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Print a new master key (32 random bytes, base64) for a new store.
     Generate,
     /// Re-wrap the data keys under a new master key or passphrase (offline: stop the
@@ -664,10 +669,12 @@ pub async fn key(command: &KeyCommand, format: Format) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        KeyCommand::Rotate => {
-            let rotated = client()?
-                .send_json(Method::POST, "keys/rotate", None)
-                .await?;
+        KeyCommand::Rotate { no_wait } => {
+            let client = client()?;
+            let rotated = client.send_json(Method::POST, "keys/rotate", None).await?;
+            if !no_wait {
+                follow_reencryption(&client).await?;
+            }
             print(
                 format,
                 &rotated,
@@ -1203,5 +1210,45 @@ pub async fn import_prefect(
             kept.to_string(),
         ]],
     );
+    Ok(())
+}
+
+/// Versions still sealed under keys other than the active one.
+fn versions_on_old_keys(status: &Value) -> u64 {
+    let active = &status["active"];
+    status["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| &k["id"] != active)
+        .filter_map(|k| k["versions"].as_u64())
+        .sum()
+}
+
+/// Shows re-encryption progress until no version is left on an old key (or it stops
+/// moving for a minute: it then goes on in the background).
+async fn follow_reencryption(client: &Client) -> anyhow::Result<()> {
+    let first = versions_on_old_keys(&client.get_json("keys").await?);
+    let bar = indicatif::ProgressBar::new(first);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("re-encrypting {bar:40} {pos}/{len} versions")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut left = first;
+    let mut last_move = std::time::Instant::now();
+    while left > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = versions_on_old_keys(&client.get_json("keys").await?);
+        if now < left {
+            last_move = std::time::Instant::now();
+        }
+        left = now;
+        bar.set_position(first.saturating_sub(left));
+        if last_move.elapsed() > std::time::Duration::from_secs(60) {
+            bar.abandon_with_message("re-encryption goes on in the background");
+            return Ok(());
+        }
+    }
+    bar.finish_and_clear();
     Ok(())
 }

@@ -225,6 +225,14 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
     let rotated: Value =
         serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "rotate"]))).unwrap();
     assert!(rotated["active"].is_string());
+    // The command waited for re-encryption: nothing is left on the old key.
+    let status: Value =
+        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "status"]))).unwrap();
+    for key in status["keys"].as_array().unwrap() {
+        if key["id"] != rotated["active"] {
+            assert_eq!(key["versions"], 0, "{status}");
+        }
+    }
     let audit = ok(&blocks(home, &[], &["audit", "--action", "POST"]));
     assert!(audit.contains("/api/block_documents/"), "{audit}");
     assert!(!audit.contains(CANARY));
@@ -624,4 +632,21 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
     assert_eq!(again["created"], 0, "{again}");
     assert_eq!(again["kept"], 3, "{again}");
     assert_eq!(count(b), before + 3);
+    // An import cut short (here: one block missing) is completed by running it again.
+    ok(&blocks(b, &[], &["delete", "secret/api-token"]));
+    let resumed: Value =
+        serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
+    assert_eq!(
+        (resumed["created"].as_u64(), resumed["kept"].as_u64()),
+        (Some(1), Some(2)),
+        "{resumed}"
+    );
+    assert!(
+        ok(&blocks(
+            b,
+            &[],
+            &["inspect", "secret/api-token", "--show-secrets"]
+        ))
+        .contains(CANARY)
+    );
 }
