@@ -275,6 +275,19 @@ pub async fn register(args: &RegisterArgs, format: Format) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The block type `slug` (a clear error when there is none).
+async fn type_by_slug(client: &Client, slug: &str) -> anyhow::Result<Value> {
+    client
+        .get_json(&format!("block_types/slug/{}", enc(slug)))
+        .await
+        .map_err(|e| match e {
+            registry_client::Error::Http { status: 404, .. } => {
+                anyhow!("no block type {slug} on the server")
+            }
+            other => other.into(),
+        })
+}
+
 /// `blocks type …`.
 pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> {
     let client = client()?;
@@ -292,9 +305,7 @@ pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> 
             print(format, &types, &["SLUG", "NAME", "PROTECTED"], &rows);
         }
         TypeCommand::Inspect { slug } => {
-            let ty = client
-                .get_json(&format!("block_types/slug/{}", enc(slug)))
-                .await?;
+            let ty = type_by_slug(&client, slug).await?;
             let schemas = client
                 .send_json(
                     Method::POST,
@@ -323,9 +334,7 @@ pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> 
             );
         }
         TypeCommand::Delete { slug } => {
-            let ty = client
-                .get_json(&format!("block_types/slug/{}", enc(slug)))
-                .await?;
+            let ty = type_by_slug(&client, slug).await?;
             let id = text(&ty["id"]);
             client
                 .send_json(Method::DELETE, &format!("block_types/{id}"), None)

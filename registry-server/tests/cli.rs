@@ -441,6 +441,55 @@ fn errors_have_clear_messages_and_exit_codes() {
         );
     }
     fails(&blocks(home, &[], &["register"]), 2, "required");
+    // Metadata of an existing type changes only when asked.
+    let changed = r#"{"block_type": {"name": "Snowflake Login", "slug": "snowflake-login", "description": "Updated"},
+        "fields": {"title": "SnowflakeLogin", "type": "object",
+                   "properties": {"account": {"type": "string"}, "password": {"type": "string", "format": "password", "writeOnly": true}},
+                   "required": ["account", "password"], "secret_fields": ["password"]},
+        "version": "1.0"}"#;
+    std::fs::write(&custom, changed).unwrap();
+    let described = |home: &Path| -> String {
+        let ty: Value = serde_json::from_str(&ok(&blocks(
+            home,
+            &[],
+            &["--json", "type", "inspect", "snowflake-login"],
+        )))
+        .unwrap();
+        ty["block_type"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ok(&blocks(
+        home,
+        &[],
+        &["register", "--file", custom.to_str().unwrap()],
+    ));
+    assert_eq!(described(home), "A warehouse login");
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "register",
+            "--file",
+            custom.to_str().unwrap(),
+            "--update-metadata",
+        ],
+    ));
+    assert_eq!(described(home), "Updated");
+    // A type in use cannot be deleted; once unused it can.
+    fails(
+        &blocks(home, &[], &["type", "delete", "snowflake-login"]),
+        1,
+        "snowflake-login/prod",
+    );
+    ok(&blocks(home, &[], &["delete", "snowflake-login/prod"]));
+    ok(&blocks(home, &[], &["type", "delete", "snowflake-login"]));
+    fails(
+        &blocks(home, &[], &["type", "inspect", "snowflake-login"]),
+        1,
+        "404",
+    );
 
     let key = ok(&blocks(home, &[], &["--json", "key", "generate"]));
     let key: Value = serde_json::from_str(&key).unwrap();
