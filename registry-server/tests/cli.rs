@@ -488,7 +488,7 @@ fn errors_have_clear_messages_and_exit_codes() {
     fails(
         &blocks(home, &[], &["type", "inspect", "snowflake-login"]),
         1,
-        "404",
+        "no block type snowflake-login",
     );
 
     let key = ok(&blocks(home, &[], &["--json", "key", "generate"]));
