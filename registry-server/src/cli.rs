@@ -1114,43 +1114,66 @@ async fn import_records(
         );
     }
 
+    // Named documents that exist are kept. Anonymous ones have no identity to find them
+    // by: each is created only when a document that references it is created, so a
+    // second import creates nothing again (an anonymous document nothing created refers
+    // to is left out).
     let mut new_ids: HashMap<String, Value> = HashMap::new();
-    let mut pending = documents;
     let (mut created, mut kept) = (0usize, 0usize);
+    let mut anonymous: HashMap<String, Value> = HashMap::new();
+    let mut named = Vec::new();
+    for doc in documents {
+        if doc["is_anonymous"].as_bool().unwrap_or(false) {
+            anonymous.insert(text(&doc["id"]), doc);
+            continue;
+        }
+        let slug = text(&doc["block_type_slug"]);
+        let name = text(&doc["name"]);
+        match client
+            .get_json(&format!(
+                "block_types/slug/{}/block_documents/name/{}",
+                enc(&slug),
+                enc(&name)
+            ))
+            .await
+        {
+            Ok(found) => {
+                new_ids.insert(text(&doc["id"]), found["id"].clone());
+                kept += 1;
+                if let Some(bar) = progress {
+                    bar.inc(1);
+                }
+            }
+            Err(registry_client::Error::Http { status: 404, .. }) => named.push(doc),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The anonymous documents the documents to create reach.
+    let mut pending = named;
+    let mut stack: Vec<String> = pending.iter().flat_map(|d| references_of(d)).collect();
+    while let Some(id) = stack.pop() {
+        if let Some(doc) = anonymous.remove(&id) {
+            stack.extend(references_of(&doc));
+            pending.push(doc);
+        }
+    }
+    if let Some(bar) = progress {
+        bar.inc(anonymous.len() as u64);
+    }
     while !pending.is_empty() {
         let before = pending.len();
         let mut later = Vec::new();
         for doc in pending {
             let data = doc["data"].as_object().cloned().unwrap_or_default();
-            let waiting = data.values().any(|v| {
-                v.get("$ref")
-                    .map(|r| text(&r["block_document_id"]))
-                    .is_some_and(|id| !new_ids.contains_key(&id))
-            });
+            let waiting = references_of(&doc)
+                .iter()
+                .any(|id| !new_ids.contains_key(id));
             if waiting {
                 later.push(doc);
                 continue;
             }
             let slug = text(&doc["block_type_slug"]);
             let anonymous = doc["is_anonymous"].as_bool().unwrap_or(false);
-            if !anonymous {
-                let name = text(&doc["name"]);
-                if let Ok(found) = client
-                    .get_json(&format!(
-                        "block_types/slug/{}/block_documents/name/{}",
-                        enc(&slug),
-                        enc(&name)
-                    ))
-                    .await
-                {
-                    new_ids.insert(text(&doc["id"]), found["id"].clone());
-                    kept += 1;
-                    if let Some(bar) = progress {
-                        bar.inc(1);
-                    }
-                    continue;
-                }
-            }
             let key = (
                 text(&doc["block_schema_checksum"]),
                 text(&doc["block_schema_version"]),
@@ -1185,6 +1208,16 @@ async fn import_records(
         pending = later;
     }
     Ok((created, kept))
+}
+
+/// The source ids a document references.
+fn references_of(doc: &Value) -> Vec<String> {
+    doc["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.get("$ref").map(|r| text(&r["block_document_id"])))
+        .collect()
 }
 
 /// `blocks import-prefect --url …`: every block type, schema and document of a running

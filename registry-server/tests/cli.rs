@@ -617,6 +617,47 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
             &format!("value={CANARY}"),
         ],
     ));
+    // A bucket whose credentials were never saved on their own: an anonymous child.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client_for = |home: &Path| {
+        let profile = std::fs::read_to_string(home.join("profile.toml")).unwrap();
+        let table: toml::Table = toml::from_str(&profile).unwrap();
+        registry_client::Client::new(
+            registry_client::Config::new(
+                table["api_url"].as_str().unwrap(),
+                table["api_key"].as_str(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    runtime.block_on(async {
+        let creds = block_types::catalog::GcpCredentials {
+            service_account_file: None,
+            service_account_info: None,
+            project: Some("inline".into()),
+        };
+        let bucket = block_types::catalog::GcsBucket {
+            bucket: "inline-bucket".into(),
+            gcp_credentials: creds,
+            bucket_folder: String::new(),
+        };
+        client_for(a).save(&bucket, "inline-gcs").await.unwrap();
+    });
+    let anonymous = |home: &Path| -> usize {
+        runtime.block_on(async {
+            let found = client_for(home)
+                .send_json(
+                    registry_client::Method::POST,
+                    "block_documents/filter",
+                    Some(&serde_json::json!({"block_documents": {"is_anonymous": {"eq_": true}}})),
+                )
+                .await
+                .unwrap();
+            found.as_array().unwrap().len()
+        })
+    };
+    assert_eq!(anonymous(a), 1);
 
     let file = dir.path().join("blocks-export.json");
     let file_arg = file.to_str().unwrap();
@@ -658,7 +699,16 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
 
     let done: Value =
         serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
-    assert_eq!(done["created"], 3, "{done}");
+    assert_eq!(
+        done["created"], 5,
+        "four named blocks and the anonymous child: {done}"
+    );
+    assert_eq!(anonymous(b), 1);
+    let inline = ok(&blocks(b, &[], &["inspect", "gcs-bucket/inline-gcs"]));
+    assert!(
+        inline.contains("inline-bucket") && inline.contains("\"inline\""),
+        "{inline}"
+    );
     let shown = ok(&blocks(
         b,
         &[],
@@ -679,15 +729,16 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
     let again: Value =
         serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
     assert_eq!(again["created"], 0, "{again}");
-    assert_eq!(again["kept"], 3, "{again}");
-    assert_eq!(count(b), before + 3);
+    assert_eq!(again["kept"], 4, "{again}");
+    assert_eq!(count(b), before + 4);
+    assert_eq!(anonymous(b), 1, "no anonymous block is doubled");
     // An import cut short (here: one block missing) is completed by running it again.
     ok(&blocks(b, &[], &["delete", "secret/api-token"]));
     let resumed: Value =
         serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
     assert_eq!(
         (resumed["created"].as_u64(), resumed["kept"].as_u64()),
-        (Some(1), Some(2)),
+        (Some(1), Some(3)),
         "{resumed}"
     );
     assert!(
