@@ -1150,7 +1150,7 @@ async fn import_records(
     }
     // The anonymous documents the documents to create reach.
     let mut pending = named;
-    let mut stack: Vec<String> = pending.iter().flat_map(|d| references_of(d)).collect();
+    let mut stack: Vec<String> = pending.iter().flat_map(references_of).collect();
     while let Some(id) = stack.pop() {
         if let Some(doc) = anonymous.remove(&id) {
             stack.extend(references_of(&doc));
