@@ -163,6 +163,15 @@ pub enum KeyCommand {
     },
 }
 
+/// A mistake in the command line found after parsing (exit code 2, as clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
 /// The client for commands that talk to a server.
 pub fn client() -> anyhow::Result<Client> {
     Ok(Client::from_env()?)
@@ -173,7 +182,11 @@ pub fn split_address(address: &str) -> anyhow::Result<(&str, &str)> {
     address
         .split_once('/')
         .filter(|(s, n)| !s.is_empty() && !n.is_empty())
-        .ok_or_else(|| anyhow!("{address:?} is not SLUG/NAME, e.g. gcs-bucket/zoom-gcs"))
+        .ok_or_else(|| {
+            usage(format!(
+                "{address:?} is not SLUG/NAME, e.g. gcs-bucket/zoom-gcs"
+            ))
+        })
 }
 
 fn enc(segment: &str) -> String {
@@ -253,6 +266,18 @@ pub async fn register(args: &RegisterArgs, format: Format) -> anyhow::Result<()>
             .collect(),
     };
     let client = client()?;
+    if args.file.is_some() {
+        for spec in &specs {
+            let slug = &spec.block_type.slug;
+            if let Ok(existing) = client
+                .get_json(&format!("block_types/slug/{}", enc(slug)))
+                .await
+                && existing["is_protected"] == json!(true)
+            {
+                bail!("{slug} is a protected built-in type; a custom type needs its own slug");
+            }
+        }
+    }
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for spec in specs {
@@ -263,8 +288,17 @@ pub async fn register(args: &RegisterArgs, format: Format) -> anyhow::Result<()>
                 .send_json(
                     Method::PATCH,
                     &format!("block_types/{}", ty.id),
-                    Some(&json!({"logo_url": info.logo_url, "documentation_url": info.documentation_url,
-                        "description": info.description, "code_example": info.code_example})),
+                    Some(&Value::Object(
+                        [
+                            ("logo_url", &info.logo_url),
+                            ("documentation_url", &info.documentation_url),
+                            ("description", &info.description),
+                            ("code_example", &info.code_example),
+                        ]
+                        .into_iter()
+                        .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), json!(v))))
+                        .collect(),
+                    )),
                 )
                 .await?;
         }
@@ -293,9 +327,7 @@ pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> 
     let client = client()?;
     match command {
         TypeCommand::Ls => {
-            let types = client
-                .send_json(Method::POST, "block_types/filter", Some(&json!({})))
-                .await?;
+            let types = Value::Array(all_pages(&client, "block_types/filter", json!({})).await?);
             let rows: Vec<Vec<String>> = types
                 .as_array()
                 .into_iter()
@@ -359,11 +391,7 @@ pub async fn ls(block_type: Option<&str>, format: Format) -> anyhow::Result<()> 
                 .get_json(&format!("block_types/slug/{}/block_documents", enc(slug)))
                 .await?
         }
-        None => {
-            client
-                .send_json(Method::POST, "block_documents/filter", Some(&json!({})))
-                .await?
-        }
+        None => Value::Array(all_pages(&client, "block_documents/filter", json!({})).await?),
     };
     let rows: Vec<Vec<String>> = docs
         .as_array()
@@ -430,12 +458,19 @@ pub fn parse_data(data: &[String]) -> anyhow::Result<Map<String, Value>> {
         pairs => {
             let mut map = Map::new();
             for pair in pairs {
-                let (key, value) = pair
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("{pair:?} is not key=value (or use @file.json or -)"))?;
-                let value =
-                    serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-                map.insert(key.to_owned(), value);
+                // `key=text` is always a string; `key:=json` is JSON (a number, a
+                // boolean, an object…).
+                let (key, value) = pair.split_once('=').ok_or_else(|| {
+                    usage(format!(
+                        "{pair:?} is not key=value or key:=json (or use @file.json or -)"
+                    ))
+                })?;
+                let value = match key.strip_suffix(':') {
+                    Some(_) => serde_json::from_str(value)
+                        .map_err(|_| usage(format!("the value of {key}= is not JSON")))?,
+                    None => Value::String(value.to_owned()),
+                };
+                map.insert(key.trim_end_matches(':').to_owned(), value);
             }
             Value::Object(map)
         }
@@ -465,12 +500,14 @@ pub async fn create(
     for reference in refs {
         let (field, target) = reference
             .split_once('=')
-            .ok_or_else(|| anyhow!("{reference:?} is not FIELD=SLUG/NAME"))?;
+            .ok_or_else(|| usage(format!("{reference:?} is not FIELD=SLUG/NAME")))?;
         let (id, _) = document_id(&client, target).await?;
         data.insert(field.to_owned(), json!({"$ref": {"block_document_id": id}}));
     }
     if data.is_empty() {
-        bail!("no data: give --data (@file.json, -, or key=value pairs) and/or --ref");
+        return Err(usage(
+            "no data: give --data (@file.json, -, or key=value pairs) and/or --ref",
+        ));
     }
     let ty = client
         .get_json(&format!("block_types/slug/{}", enc(slug)))
@@ -481,15 +518,18 @@ pub async fn create(
             }
             other => other.into(),
         })?;
-    let schemas = client
-        .send_json(
-            Method::POST,
-            "block_schemas/filter",
-            Some(&json!({"block_schemas": {"block_type_id": {"any_": [ty["id"]]}}, "limit": 1})),
-        )
-        .await?;
+    let schemas = all_pages(
+        &client,
+        "block_schemas/filter",
+        json!({"block_schemas": {"block_type_id": {"any_": [ty["id"]]}}}),
+    )
+    .await?;
+    // A built-in type's own schema when the server has it, else the newest one.
+    let ours = block_types::catalog::spec_for_slug(slug).map(|spec| spec.checksum());
     let schema = schemas
-        .get(0)
+        .iter()
+        .find(|s| ours.as_deref() == s["checksum"].as_str())
+        .or_else(|| schemas.first())
         .ok_or_else(|| anyhow!("the block type {slug} has no schema on the server"))?;
     let validator = DataValidator::new(&schema["fields"]).map_err(|e| anyhow!("{e}"))?;
     let mut refs = Map::new();
@@ -819,11 +859,19 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
         }
     }
     let original = serde_json::to_string_pretty(&Value::Object(data))?;
-    let file = tempfile_path(slug, name);
+    // A private directory (0700) of our own: the file, and any swap or backup file the
+    // editor makes beside it, stay unreadable to others.
+    let dir = tempfile::Builder::new()
+        .prefix("blocks-edit-")
+        .tempdir()
+        .context("cannot make a private temporary directory")?;
+    let file = dir.path().join(tempfile_name(slug, name));
     write_private(&file, &original)?;
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".to_owned());
+    let editor = ["VISUAL", "EDITOR"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "vi".to_owned());
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
@@ -832,7 +880,7 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
         .status()
         .with_context(|| format!("cannot start the editor {editor:?}"))?;
     let edited = std::fs::read_to_string(&file);
-    let _ = std::fs::remove_file(&file);
+    drop(dir);
     if !status.success() {
         bail!("the editor exited with {status}; nothing was changed");
     }
@@ -875,7 +923,7 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tempfile_path(slug: &str, name: &str) -> std::path::PathBuf {
+fn tempfile_name(slug: &str, name: &str) -> String {
     let safe: String = format!("{slug}-{name}")
         .chars()
         .map(|c| {
@@ -886,14 +934,33 @@ fn tempfile_path(slug: &str, name: &str) -> std::path::PathBuf {
             }
         })
         .collect();
-    std::env::temp_dir().join(format!("blocks-edit-{}-{safe}.json", std::process::id()))
+    format!("{safe}.json")
+}
+
+/// Writes `path` readable by its owner only, replacing any file there (written beside it
+/// under a fresh name, then renamed: an existing file's mode or owner is never kept).
+fn write_new_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".blocks-export-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path)
+        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
 }
 
 /// Writes a file only its owner can read (it may hold secrets the user types in).
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -908,6 +975,22 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 
 /// The format tag of export files.
 const EXPORT_FORMAT: &str = "blocks-export/1";
+
+/// What the sealed documents are bound to: the format and the file's types and schemas,
+/// so a schema edited in the file (say, its secret fields removed) fails the import.
+fn export_aad(types: &Value, schemas: &Value) -> anyhow::Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(serde_json::to_vec(types)?);
+    hash.update([0]);
+    hash.update(serde_json::to_vec(schemas)?);
+    let mut aad = EXPORT_FORMAT.as_bytes().to_vec();
+    aad.extend_from_slice(&hash.finalize());
+    Ok(aad)
+}
+
+/// The largest argon2 memory cost an export file may ask for (1 GiB).
+const MAX_IMPORT_M_COST_KIB: u32 = 1024 * 1024;
 
 /// The passphrase of `export`/`import`: `BLOCKS_EXPORT_PASSPHRASE`.
 fn export_passphrase() -> anyhow::Result<secrecy::SecretString> {
@@ -1001,7 +1084,9 @@ pub async fn export(file: &std::path::Path, format: Format) -> anyhow::Result<()
     let params = crate::crypto::KdfParams::generate()?;
     let key = derive(passphrase, params.clone()).await?;
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(&documents)?);
-    let sealed = key.seal_bytes(EXPORT_FORMAT.as_bytes(), &plain)?;
+    let types = Value::Array(types);
+    let schemas = Value::Array(schemas);
+    let sealed = key.seal_bytes(&export_aad(&types, &schemas)?, &plain)?;
     let out = json!({
         "format": EXPORT_FORMAT,
         "kdf": params,
@@ -1010,7 +1095,7 @@ pub async fn export(file: &std::path::Path, format: Format) -> anyhow::Result<()
         "documents": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sealed),
         "document_count": documents.len(),
     });
-    write_private(file, &serde_json::to_string_pretty(&out)?)?;
+    write_new_private(file, &serde_json::to_string_pretty(&out)?)?;
     print(
         format,
         &json!({"file": file.display().to_string(), "documents": documents.len()}),
@@ -1038,12 +1123,18 @@ pub async fn import(file: &std::path::Path, format: Format) -> anyhow::Result<()
     }
     let params: crate::crypto::KdfParams = serde_json::from_value(export["kdf"].clone())
         .context("the export's key parameters are missing")?;
+    if params.m_cost_kib > MAX_IMPORT_M_COST_KIB || params.t_cost > 64 || params.p_cost > 16 {
+        bail!("the export asks for an unreasonable key derivation cost; refusing");
+    }
     let key = derive(passphrase, params).await?;
     let sealed = base64::engine::general_purpose::STANDARD
         .decode(export["documents"].as_str().unwrap_or_default())
         .context("the export's documents are not base64")?;
     let plain = key
-        .open_bytes(EXPORT_FORMAT.as_bytes(), &sealed)
+        .open_bytes(
+            &export_aad(&export["block_types"], &export["block_schemas"])?,
+            &sealed,
+        )
         .map_err(|_| anyhow!("wrong passphrase (or a damaged file): nothing was imported"))?;
     let documents: Vec<Value> =
         serde_json::from_slice(&plain).context("the export's documents do not parse")?;
@@ -1228,7 +1319,23 @@ pub async fn import_prefect(
     api_key: Option<&str>,
     format: Format,
 ) -> anyhow::Result<()> {
-    let source = Client::new(registry_client::Config::new(url, api_key)?)?;
+    // The target is this registry: BLOCKS_API_* or the profile, never PREFECT_API_*
+    // (which, for a Prefect user, may well name the source).
+    let target_config = registry_client::Config::from_lookup(|name| {
+        if name.starts_with("PREFECT_") {
+            None
+        } else {
+            std::env::var(name).ok()
+        }
+    })?;
+    let source = Client::new(registry_client::Config::new(
+        url,
+        api_key.filter(|k| !k.trim().is_empty()),
+    )?)?;
+    if source.config().api_url == target_config.api_url {
+        bail!("--url names this registry itself; give the Prefect server's API URL");
+    }
+    let target = Client::new(target_config)?;
     let types = all_pages(&source, "block_types/filter", json!({})).await?;
     let schemas = all_pages(&source, "block_schemas/filter", json!({})).await?;
     let documents = documents_of(&source).await?;
@@ -1237,7 +1344,6 @@ pub async fn import_prefect(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blocks")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let target = client()?;
     let outcome = import_records(&target, &types, &schemas, documents, Some(&bar)).await;
     bar.finish_and_clear();
     let (created, kept) = outcome?;
@@ -1287,7 +1393,11 @@ async fn follow_reencryption(client: &Client) -> anyhow::Result<()> {
         left = now;
         bar.set_position(first.saturating_sub(left));
         if last_move.elapsed() > std::time::Duration::from_secs(60) {
-            bar.abandon_with_message("re-encryption goes on in the background");
+            bar.abandon();
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("re-encryption goes on in the background; see blocks key status");
+            }
             return Ok(());
         }
     }

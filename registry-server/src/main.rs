@@ -108,7 +108,7 @@ enum Command {
         #[arg(long)]
         url: String,
         /// A key for the Prefect server, if it needs one.
-        #[arg(long, env = "PREFECT_SOURCE_API_KEY")]
+        #[arg(long, env = "PREFECT_SOURCE_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
     /// Print a shell completion script.
@@ -184,7 +184,11 @@ async fn main() -> ExitCode {
                     eprintln!("error: {e:#}");
                 }
             }
-            ExitCode::FAILURE
+            if e.downcast_ref::<cli::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BLOCKS_PORT", default_value_t = 4200)]
     pub port: u16,
     /// Database URL: sqlite://PATH or postgres://…  [default: SQLite at $BLOCKS_HOME/blocks.db]
-    #[arg(long, env = "BLOCKS_DATABASE_URL")]
+    #[arg(long, env = "BLOCKS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Where the embedded store, its master key and the profile live [default: ~/.blocks]
     #[arg(long, env = "BLOCKS_HOME")]
@@ -259,7 +259,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let url = api_url(addr, tls.is_some());
     let first_token = first_token(&state, &home, &url).await?;
     if first_token.is_none() {
-        refresh_profile(&home.join("profile.toml"), &url);
+        refresh_profile(&state.store, &home.join("profile.toml"), &url).await;
     }
     tracing::info!(%addr, api = %url, "blocks registry listening");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -308,7 +308,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
     /// Database URL [default: SQLite at $BLOCKS_HOME/blocks.db]
-    #[arg(long, env = "BLOCKS_DATABASE_URL")]
+    #[arg(long, env = "BLOCKS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Where the embedded store and its master key live [default: ~/.blocks]
     #[arg(long, env = "BLOCKS_HOME")]
@@ -343,6 +343,12 @@ pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<(Store, Option<st
             (format!("sqlite://{}", db.display()), Some(db))
         }
     };
+    if !is_blocks_store(&database_url).await {
+        bail!(
+            "{} is not a blocks store (no key check found); nothing was changed",
+            redact_url(&database_url)
+        );
+    }
     let lock = lock_sqlite_store(&database_url)?;
     let source = master_key_source(&serve, &home, embedded_db.as_deref())?;
     let store = Store::open(
@@ -356,6 +362,27 @@ pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<(Store, Option<st
     .await
     .with_context(|| format!("cannot open the store at {}", redact_url(&database_url)))?;
     Ok((store, lock))
+}
+
+/// Whether `database_url` holds a blocks store (its key-check value), read without
+/// creating or migrating anything.
+async fn is_blocks_store(database_url: &str) -> bool {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let url = if database_url.starts_with("sqlite:") && !database_url.contains('?') {
+        format!("{database_url}?mode=ro")
+    } else {
+        database_url.to_owned()
+    };
+    let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else {
+        return false;
+    };
+    let found: Result<Option<String>, _> =
+        sqlx::query_scalar("select value from server_metadata where key = 'key_check'")
+            .fetch_optional(&mut conn)
+            .await;
+    conn.close().await.ok();
+    matches!(found, Ok(Some(_)))
 }
 
 /// The new master key of `blocks key change-master`: `--new-master-key-file`, else
@@ -462,6 +489,15 @@ async fn first_token(
             created.token.expose_secret()
         );
     }
+    if profile.exists() {
+        // It belongs to another store (or an earlier one): its token is not replaced.
+        tracing::warn!(
+            token_id = %created.info.id,
+            profile = %profile.display(),
+            "created the first admin token; the existing profile (another store's) was left alone, so keep the token printed above"
+        );
+        return Ok(Some(created.token));
+    }
     match create_home(home).and_then(|()| write_profile(&profile, url, &created.token)) {
         Ok(()) => {
             #[allow(clippy::print_stdout)]
@@ -483,8 +519,9 @@ async fn first_token(
 }
 
 /// Points an existing profile at this server's address (a restart may listen elsewhere,
-/// e.g. with `--port 0`), keeping its token. A profile that does not parse is left alone.
-fn refresh_profile(path: &Path, url: &str) {
+/// e.g. with `--port 0`), keeping its token — only when that token is one of this store's:
+/// a profile of another store is left alone, as is one that does not parse.
+async fn refresh_profile(store: &Store, path: &Path, url: &str) {
     #[derive(serde::Deserialize)]
     struct Stored {
         api_url: String,
@@ -496,7 +533,7 @@ fn refresh_profile(path: &Path, url: &str) {
     let Ok(stored) = toml::from_str::<Stored>(&text) else {
         return;
     };
-    if stored.api_url == url {
+    if stored.api_url == url || !matches!(store.authenticate(&stored.api_key).await, Ok(Ok(_))) {
         return;
     }
     let key = SecretString::from(stored.api_key);

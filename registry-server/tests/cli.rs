@@ -24,8 +24,30 @@ impl Drop for Server {
     }
 }
 
+/// Clears what the caller's environment could change: another database, key, editor.
+fn isolate(cmd: &mut Command) {
+    for var in [
+        "VISUAL",
+        "EDITOR",
+        "BLOCKS_DATABASE_URL",
+        "BLOCKS_MASTER_KEY",
+        "BLOCKS_MASTER_KEY_FILE",
+        "BLOCKS_PASSPHRASE",
+        "BLOCKS_HOST",
+        "BLOCKS_PORT",
+        "BLOCKS_EXPORT_PASSPHRASE",
+        "BLOCKS_NEW_MASTER_KEY",
+        "BLOCKS_NEW_PASSPHRASE",
+        "BLOCKS_CA_CERT",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 fn serve(home: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocks"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
+    isolate(&mut cmd);
+    let mut child = cmd
         .args(["serve", "--port", "0"])
         .env("BLOCKS_HOME", home)
         .env("BLOCKS_LOG", "info")
@@ -55,6 +77,7 @@ fn blocks(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         .env_remove("BLOCKS_API_KEY")
         .env_remove("PREFECT_API_URL")
         .env_remove("PREFECT_API_KEY");
+    isolate(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -316,7 +339,7 @@ fn errors_have_clear_messages_and_exit_codes() {
         "unrecognized subcommand",
     );
     fails(&blocks(home, &[], &["inspect"]), 2, "ADDRESS");
-    fails(&blocks(home, &[], &["inspect", "no-slash"]), 1, "SLUG/NAME");
+    fails(&blocks(home, &[], &["inspect", "no-slash"]), 2, "SLUG/NAME");
     fails(
         &blocks(home, &[], &["inspect", "secret/nope"]),
         1,
@@ -326,7 +349,7 @@ fn errors_have_clear_messages_and_exit_codes() {
         &blocks(
             home,
             &[],
-            &["create", "gcs-bucket/bad", "--data", "bucket=5"],
+            &["create", "gcs-bucket/bad", "--data", "bucket:=5"],
         ),
         1,
         "does not fit gcs-bucket",
@@ -338,10 +361,56 @@ fn errors_have_clear_messages_and_exit_codes() {
     );
     fails(
         &blocks(home, &[], &["create", "secret/x", "--data", "not-a-pair"]),
-        1,
+        2,
         "key=value",
     );
-    fails(&blocks(home, &[], &["create", "secret/x"]), 1, "no data");
+    fails(&blocks(home, &[], &["create", "secret/x"]), 2, "no data");
+    // key=value is text even when it looks like a number; key:=json is JSON.
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "secret/digits",
+            "--data",
+            "value=12345678901234567890123",
+        ],
+    ));
+    let digits = ok(&blocks(
+        home,
+        &[],
+        &["inspect", "secret/digits", "--show-secrets"],
+    ));
+    assert!(digits.contains("12345678901234567890123"), "{digits}");
+    ok(&blocks(
+        home,
+        &[],
+        &["create", "json/j", "--data", "value:={\"a\": [1, 2]}"],
+    ));
+    let j: Value =
+        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "inspect", "json/j"]))).unwrap();
+    assert_eq!(j["data"]["value"], serde_json::json!({"a": [1, 2]}));
+    fails(
+        &blocks(home, &[], &["create", "json/k", "--data", "value:={oops"]),
+        2,
+        "not JSON",
+    );
+    // Help never shows the values of the environment variables it reads.
+    for args in [&["import-prefect", "--help"][..], &["serve", "--help"][..]] {
+        let out = blocks(
+            home,
+            &[
+                ("PREFECT_SOURCE_API_KEY", CANARY),
+                ("BLOCKS_DATABASE_URL", CANARY),
+            ],
+            args,
+        );
+        assert!(out.status.success());
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(CANARY),
+            "{args:?}"
+        );
+    }
     fails(
         &blocks(
             home,
@@ -538,6 +607,19 @@ fn the_master_key_changes_offline_and_the_store_stays_readable() {
         "another blocks server",
     );
     drop(server);
+    // A database that is not a blocks store is refused, and left as it was.
+    let elsewhere = dir.path().join("elsewhere.db");
+    let url = format!("sqlite://{}", elsewhere.display());
+    fails(
+        &blocks(
+            home,
+            &[("BLOCKS_NEW_MASTER_KEY", &new_key)],
+            &["key", "change-master", "--database-url", &url],
+        ),
+        1,
+        "not a blocks store",
+    );
+    assert!(!elsewhere.exists());
     // No new key given: says how to give one.
     fails(
         &blocks(home, &[], &["key", "change-master"]),
