@@ -201,10 +201,15 @@ fn print(format: Format, json: &Value, headers: &[&str], rows: &[Vec<String>]) {
         Format::Json => serde_json::to_string_pretty(json).unwrap_or_default(),
         Format::Table => table(headers, rows),
     };
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{out}");
-    }
+    emit(&out);
+}
+
+/// Writes a line to standard output; a reader that went away (`blocks ls | head`) is not
+/// an error.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -635,10 +640,7 @@ pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()>
                         table(&headers, &[token_row(&created)]),
                         text(&created["token"])
                     );
-                    #[allow(clippy::print_stdout)]
-                    {
-                        println!("{line}");
-                    }
+                    emit(&line);
                 }
             }
         }
@@ -1284,9 +1286,15 @@ async fn import_records(
             if !anonymous {
                 body["name"] = doc["name"].clone();
             }
+            let label = if anonymous {
+                format!("an anonymous {slug} block")
+            } else {
+                format!("{slug}/{}", text(&doc["name"]))
+            };
             let made = client
                 .send_json(Method::POST, "block_documents/", Some(&body))
-                .await?;
+                .await
+                .with_context(|| format!("importing {label} into this registry"))?;
             new_ids.insert(text(&doc["id"]), made["id"].clone());
             created += 1;
             if let Some(bar) = progress {

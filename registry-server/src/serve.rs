@@ -396,8 +396,8 @@ pub fn new_master_source(file: Option<&Path>) -> anyhow::Result<MasterKeySource>
         return Ok(MasterKeySource::Key(key));
     }
     if let Ok(passphrase) = std::env::var("BLOCKS_NEW_PASSPHRASE") {
-        if passphrase.is_empty() {
-            bail!("BLOCKS_NEW_PASSPHRASE is empty");
+        if passphrase.chars().count() < 8 {
+            bail!("BLOCKS_NEW_PASSPHRASE must be at least 8 characters");
         }
         return Ok(MasterKeySource::Passphrase(SecretString::from(passphrase)));
     }

@@ -145,15 +145,20 @@ done
 if ! SEED_CANARY="$seed_canary" PREFECT_API_URL="http://127.0.0.1:$pport/api" PREFECT_HOME="$pwork/prefect-client" \
         "$venv/bin/python" "$here/seed_prefect.py" > "$pwork/seed.log" 2>&1; then
     status=1; echo "could not seed the Prefect server:"; tail -n 20 "$pwork/seed.log"; tail -n 20 "$pwork/prefect.log"
-elif ! first="$(BLOCKS_HOME="$pwork/home" "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
-        || ! grep -q '"created": 4' <<<"$first"; then
+elif ! first="$(env -u PREFECT_API_URL -u PREFECT_API_KEY -u BLOCKS_API_URL -u BLOCKS_API_KEY BLOCKS_HOME="$pwork/home" \
+            "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
+        || ! grep -q '"created": 5' <<<"$first"; then
     status=1; echo "import-prefect failed: $first"
-elif ! again="$(BLOCKS_HOME="$pwork/home" "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
-        || ! grep -q '"created": 0' <<<"$again" || ! grep -q '"kept": 4' <<<"$again"; then
+elif ! again="$(env -u PREFECT_API_URL -u PREFECT_API_KEY -u BLOCKS_API_URL -u BLOCKS_API_KEY BLOCKS_HOME="$pwork/home" \
+            "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
+        || ! grep -q '"created": 0' <<<"$again" || ! grep -q '"kept": 5' <<<"$again"; then
     status=1; echo "a second import-prefect was not idempotent: $again"
 elif ! secret="$(BLOCKS_HOME="$pwork/home" "$blocks" inspect secret/api-token --show-secrets 2>&1)" \
         || ! grep -q "$seed_canary" <<<"$secret"; then
     status=1; echo "the imported secret is wrong: $secret"
+elif ! inline="$(BLOCKS_HOME="$pwork/home" "$blocks" inspect gcs-bucket/inline-gcs --show-secrets 2>&1)" \
+        || ! grep -q '"project":"inline"' <<<"$inline" || ! grep -q "$seed_canary" <<<"$inline"; then
+    status=1; echo "the imported bucket with anonymous credentials is wrong: $inline"
 elif ! out="$(BLOCKS_HOME="$pwork/home" "$rust_example" 2>&1)" || ! grep -q "project: dtc-de" <<<"$out"; then
     status=1; echo "the imported zoom-gcs does not load in Rust: $out"
 elif grep -q "$seed_canary" "$pwork/ours.log"; then

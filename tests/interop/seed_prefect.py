@@ -15,6 +15,9 @@ info = {"type": "service_account", "project_id": "dtc-de", "private_key_id": can
         "client_email": "svc@dtc-de.iam.gserviceaccount.com", "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}
 GcpCredentials(service_account_info=info, project="dtc-de").save("zoom-gcp-creds", overwrite=True)
 GcsBucket(bucket="dtc-data-lake", gcp_credentials=GcpCredentials.load("zoom-gcp-creds")).save("zoom-gcs", overwrite=True)
+# Credentials never saved on their own: nested in the bucket's own data.
+GcsBucket(bucket="inline-lake", gcp_credentials=GcpCredentials(service_account_info=info, project="inline")).save(
+    "inline-gcs", overwrite=True)
 Secret(value=canary).save("api-token", overwrite=True)
 SqlAlchemyConnector(connection_info=ConnectionComponents(driver=SyncDriver.POSTGRESQL_PSYCOPG2, username="root",
     password=canary, host="localhost", port=5432, database="ny_taxi")).save("postgres-connector", overwrite=True)
