@@ -236,6 +236,38 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+/// One row per item of the array `items`, one cell per JSON pointer in `columns`.
+fn rows(items: &Value, columns: &[&str]) -> Vec<Vec<String>> {
+    items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            columns
+                .iter()
+                .map(|c| item.pointer(c).map(text).unwrap_or_default())
+                .collect()
+        })
+        .collect()
+}
+
+/// The API path of the block `slug/name`.
+fn block_path(slug: &str, name: &str) -> String {
+    format!(
+        "block_types/slug/{}/block_documents/name/{}",
+        enc(slug),
+        enc(name)
+    )
+}
+
+/// Turns the server's 404 into "no WHAT"; other errors pass through.
+fn or_missing(what: String) -> impl FnOnce(registry_client::Error) -> anyhow::Error {
+    move |e| match e {
+        registry_client::Error::Http { status: 404, .. } => anyhow!("no {what}"),
+        other => other.into(),
+    }
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
@@ -319,12 +351,7 @@ async fn type_by_slug(client: &Client, slug: &str) -> anyhow::Result<Value> {
     client
         .get_json(&format!("block_types/slug/{}", enc(slug)))
         .await
-        .map_err(|e| match e {
-            registry_client::Error::Http { status: 404, .. } => {
-                anyhow!("no block type {slug} on the server")
-            }
-            other => other.into(),
-        })
+        .map_err(or_missing(format!("block type {slug} on the server")))
 }
 
 /// `blocks type …`.
@@ -333,12 +360,7 @@ pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> 
     match command {
         TypeCommand::Ls => {
             let types = Value::Array(all_pages(&client, "block_types/filter", json!({})).await?);
-            let rows: Vec<Vec<String>> = types
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| vec![text(&t["slug"]), text(&t["name"]), text(&t["is_protected"])])
-                .collect();
+            let rows = rows(&types, &["/slug", "/name", "/is_protected"]);
             print(format, &types, &["SLUG", "NAME", "PROTECTED"], &rows);
         }
         TypeCommand::Inspect { slug } => {
@@ -351,18 +373,10 @@ pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> 
                 )
                 .await?;
             let both = json!({"block_type": ty, "block_schemas": schemas});
-            let rows: Vec<Vec<String>> = schemas
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    vec![
-                        text(&s["checksum"]),
-                        text(&s["version"]),
-                        text(&s["fields"]["secret_fields"]),
-                    ]
-                })
-                .collect();
+            let rows = rows(
+                &schemas,
+                &["/checksum", "/version", "/fields/secret_fields"],
+            );
             print(
                 format,
                 &both,
@@ -398,19 +412,7 @@ pub async fn ls(block_type: Option<&str>, format: Format) -> anyhow::Result<()> 
         }
         None => Value::Array(all_pages(&client, "block_documents/filter", json!({})).await?),
     };
-    let rows: Vec<Vec<String>> = docs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| {
-            vec![
-                text(&d["block_type"]["slug"]),
-                text(&d["name"]),
-                text(&d["id"]),
-                text(&d["updated"]),
-            ]
-        })
-        .collect();
+    let rows = rows(&docs, &["/block_type/slug", "/name", "/id", "/updated"]);
     // Listings are masked: no secret is printed, even with --json.
     print(format, &docs, &["TYPE", "NAME", "ID", "UPDATED"], &rows);
     Ok(())
@@ -422,17 +424,11 @@ pub async fn inspect(address: &str, show_secrets: bool, format: Format) -> anyho
     let client = client()?;
     let doc = client
         .get_json(&format!(
-            "block_types/slug/{}/block_documents/name/{}?include_secrets={show_secrets}",
-            enc(slug),
-            enc(name)
+            "{}?include_secrets={show_secrets}",
+            block_path(slug, name)
         ))
         .await
-        .map_err(|e| match e {
-            registry_client::Error::Http { status: 404, .. } => {
-                anyhow!("no block {slug}/{name} on the server")
-            }
-            other => other.into(),
-        })?;
+        .map_err(or_missing(format!("block {slug}/{name} on the server")))?;
     let rows: Vec<Vec<String>> = doc["data"]
         .as_object()
         .into_iter()
@@ -517,12 +513,9 @@ pub async fn create(
     let ty = client
         .get_json(&format!("block_types/slug/{}", enc(slug)))
         .await
-        .map_err(|e| match e {
-            registry_client::Error::Http { status: 404, .. } => {
-                anyhow!("no block type {slug} on the server; register it first (blocks register …)")
-            }
-            other => other.into(),
-        })?;
+        .map_err(or_missing(format!(
+            "block type {slug} on the server; register it first (blocks register …)"
+        )))?;
     let schemas = all_pages(
         &client,
         "block_schemas/filter",
@@ -571,27 +564,10 @@ pub async fn create(
 
 /// `blocks delete SLUG/NAME`.
 pub async fn delete(address: &str, format: Format) -> anyhow::Result<()> {
-    let (slug, name) = split_address(address)?;
     let client = client()?;
-    let doc = client
-        .get_json(&format!(
-            "block_types/slug/{}/block_documents/name/{}",
-            enc(slug),
-            enc(name)
-        ))
-        .await
-        .map_err(|e| match e {
-            registry_client::Error::Http { status: 404, .. } => {
-                anyhow!("no block {slug}/{name} on the server")
-            }
-            other => other.into(),
-        })?;
+    let (id, _) = document_id(&client, address).await?;
     client
-        .send_json(
-            Method::DELETE,
-            &format!("block_documents/{}", text(&doc["id"])),
-            None,
-        )
+        .send_json(Method::DELETE, &format!("block_documents/{id}"), None)
         .await?;
     print(
         format,
@@ -698,20 +674,10 @@ pub async fn key(command: &KeyCommand, format: Format) -> anyhow::Result<()> {
         }
         KeyCommand::Status => {
             let status = client()?.get_json("keys").await?;
-            let rows: Vec<Vec<String>> = status["keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|k| {
-                    vec![
-                        text(&k["id"]),
-                        text(&k["state"]),
-                        text(&k["encryptions"]),
-                        text(&k["documents"]),
-                        text(&k["versions"]),
-                    ]
-                })
-                .collect();
+            let rows = rows(
+                &status["keys"],
+                &["/id", "/state", "/encryptions", "/documents", "/versions"],
+            );
             print(
                 format,
                 &status,
@@ -747,20 +713,10 @@ pub async fn audit(limit: u32, action: Option<&str>, format: Format) -> anyhow::
         query.push_str(&format!("&action={}", enc(action)));
     }
     let page = client()?.get_json(&query).await?;
-    let rows: Vec<Vec<String>> = page["records"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                text(&r["at"]),
-                text(&r["token_id"]),
-                text(&r["action"]),
-                text(&r["target"]),
-                text(&r["outcome"]),
-            ]
-        })
-        .collect();
+    let rows = rows(
+        &page["records"],
+        &["/at", "/token_id", "/action", "/target", "/outcome"],
+    );
     print(
         format,
         &page,
@@ -774,18 +730,9 @@ pub async fn audit(limit: u32, action: Option<&str>, format: Format) -> anyhow::
 async fn document_id(client: &Client, address: &str) -> anyhow::Result<(String, Value)> {
     let (slug, name) = split_address(address)?;
     let doc = client
-        .get_json(&format!(
-            "block_types/slug/{}/block_documents/name/{}",
-            enc(slug),
-            enc(name)
-        ))
+        .get_json(&block_path(slug, name))
         .await
-        .map_err(|e| match e {
-            registry_client::Error::Http { status: 404, .. } => {
-                anyhow!("no block {slug}/{name} on the server")
-            }
-            other => other.into(),
-        })?;
+        .map_err(or_missing(format!("block {slug}/{name} on the server")))?;
     Ok((text(&doc["id"]), doc))
 }
 
@@ -796,18 +743,7 @@ pub async fn history(address: &str, format: Format) -> anyhow::Result<()> {
     let versions = client
         .get_json(&format!("block_documents/{id}/versions"))
         .await?;
-    let rows: Vec<Vec<String>> = versions
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| {
-            vec![
-                text(&v["version"]),
-                text(&v["created"]),
-                text(&v["block_schema_id"]),
-            ]
-        })
-        .collect();
+    let rows = rows(&versions, &["/version", "/created", "/block_schema_id"]);
     print(format, &versions, &["VERSION", "CREATED", "SCHEMA"], &rows);
     Ok(())
 }
@@ -838,17 +774,10 @@ pub async fn rollback(address: &str, version: u32, format: Format) -> anyhow::Re
 pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
     let client = client()?;
     let (slug, name) = split_address(address)?;
-    let path = format!(
-        "block_types/slug/{}/block_documents/name/{}",
-        enc(slug),
-        enc(name)
-    );
-    let (doc, etag) = client.get_json_tagged(&path).await.map_err(|e| match e {
-        registry_client::Error::Http { status: 404, .. } => {
-            anyhow!("no block {slug}/{name} on the server")
-        }
-        other => other.into(),
-    })?;
+    let (doc, etag) = client
+        .get_json_tagged(&block_path(slug, name))
+        .await
+        .map_err(or_missing(format!("block {slug}/{name} on the server")))?;
     let id = text(&doc["id"]);
     // Referenced blocks are edited on their own: show their references, not their data.
     let mut data = doc["data"].as_object().cloned().unwrap_or_default();
@@ -1222,14 +1151,7 @@ async fn import_records(
         }
         let slug = text(&doc["block_type_slug"]);
         let name = text(&doc["name"]);
-        match client
-            .get_json(&format!(
-                "block_types/slug/{}/block_documents/name/{}",
-                enc(&slug),
-                enc(&name)
-            ))
-            .await
-        {
+        match client.get_json(&block_path(&slug, &name)).await {
             Ok(found) => {
                 new_ids.insert(text(&doc["id"]), found["id"].clone());
                 kept += 1;
