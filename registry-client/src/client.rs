@@ -457,12 +457,7 @@ impl Client {
     /// loads; an error answer becomes an [`Error`] (a 404 is [`Error::Http`] with the
     /// server's words).
     pub async fn get_json(&self, path: &str) -> Result<Value, Error> {
-        let (status, value, _) = self.read_json(path).await?;
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(self.error(status, &value, None))
-        }
+        self.success(self.read_json(path).await?)
     }
 
     /// [`Client::get_json`] with the answer's `ETag`.
@@ -484,13 +479,9 @@ impl Client {
         body: &Value,
         etag: Option<&str>,
     ) -> Result<Value, Error> {
-        let (status, value, _) = self.write(method, path, Some(body), etag).await?;
+        let answer = self.write(method, path, Some(body), etag).await?;
         self.after_write();
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(self.error(status, &value, None))
-        }
+        self.success(answer)
     }
 
     /// Sends `method` to an API path with an optional JSON body and returns the JSON
@@ -501,13 +492,9 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
-        let (status, value, _) = self.write(method, path, body, None).await?;
+        let answer = self.write(method, path, body, None).await?;
         self.after_write();
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(self.error(status, &value, None))
-        }
+        self.success(answer)
     }
 
     /// A GET of the save path (retried like loads): the status, the JSON body and the
@@ -518,19 +505,7 @@ impl Client {
     ) -> Result<(StatusCode, Value, Option<String>), Error> {
         let url = self.url(path)?;
         let response = self.send_idempotent(&url, None).await?;
-        let status = response.status();
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(ToOwned::to_owned);
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let retry = retry_after(&response);
-            let value: Value = response.json().await.unwrap_or(Value::Null);
-            return Err(self.error(status, &value, retry));
-        }
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        Ok((status, value, etag))
+        self.answer(response).await
     }
 
     /// Sends one request of the save path and returns the status, the JSON body and the
@@ -573,19 +548,38 @@ impl Client {
                 Ok(response) => break response,
             }
         };
+        self.answer(response).await
+    }
+
+    /// An answer as (status, JSON body or `null`, `ETag`); a 429 is [`Error::RateLimited`].
+    async fn answer(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<(StatusCode, Value, Option<String>), Error> {
         let status = response.status();
         let etag = response
             .headers()
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(ToOwned::to_owned);
+        let retry = retry_after(&response);
+        let value: Value = response.json().await.unwrap_or(Value::Null);
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let retry = retry_after(&response);
-            let value: Value = response.json().await.unwrap_or(Value::Null);
             return Err(self.error(status, &value, retry));
         }
-        let value: Value = response.json().await.unwrap_or(Value::Null);
         Ok((status, value, etag))
+    }
+
+    /// The body of a successful answer, or the answer's [`Error`].
+    fn success(
+        &self,
+        (status, value, _): (StatusCode, Value, Option<String>),
+    ) -> Result<Value, Error> {
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(self.error(status, &value, None))
+        }
     }
 }
 
