@@ -57,6 +57,13 @@ mod config;
 mod error;
 mod save;
 
+#[cfg(feature = "docker")]
+pub mod docker;
+#[cfg(feature = "gcp")]
+pub mod gcp;
+#[cfg(feature = "sqlalchemy")]
+pub mod sqlalchemy;
+
 use std::sync::OnceLock;
 
 pub use block_types;

@@ -1,0 +1,951 @@
+//! What the `gcp-credentials` and `gcs-bucket` blocks do: a checked service account, an
+//! access token, and a client for the bucket that writes, reads and lists objects and
+//! copies whole directories.
+//!
+//! ```no_run
+//! use block_types::catalog::GcsBucket;
+//! use registry_client::BlockExt as _;
+//! use registry_client::gcp::GcsBucketExt as _;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let block = GcsBucket::load("zoom-gcs").await?;
+//! let bucket = block.storage().await?; // honours STORAGE_EMULATOR_HOST
+//! bucket.upload_from_path("data/yellow/yellow_tripdata_2021-01.parquet", "data/yellow/yellow_tripdata_2021-01.parquet").await?;
+//! let files = bucket.get_directory(Some("data/yellow"), "../data").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Calls go to the GCS JSON API (`storage/v1`): media uploads, `alt=media` downloads,
+//! paged listings and deletes, which Google and the usual emulators serve alike. Paths are
+//! relative to the block's `bucket_folder`, as in Prefect. Tokens come from the block's
+//! service account (inline or file) through `gcp_auth`, or from the environment's
+//! Application Default Credentials when the block has no key; with
+//! `STORAGE_EMULATOR_HOST` set, requests go to the emulator without a token, as Google's
+//! own client libraries do.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use block_types::catalog::{GcpCredentials, GcsBucket};
+use block_types::secret::SecretString;
+use gcp_auth::TokenProvider;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt as _;
+
+/// The scope a bucket client asks for.
+pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+
+const GOOGLE_STORAGE: &str = "https://storage.googleapis.com";
+const ATTEMPTS: u32 = 3;
+
+/// What went wrong with credentials or storage. Never holds a key or a token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GcpError {
+    /// The credentials block is unusable; names the field and the problem.
+    #[error("gcp-credentials: {field}: {message}")]
+    Credentials {
+        /// The field at fault (`service_account_info.private_key`, …).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No token could be had.
+    #[error("cannot get a Google access token: {0}")]
+    Token(String),
+    /// A path is not usable (empty, or would leave the target directory).
+    #[error("{path:?}: {message}")]
+    Path {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such object.
+    #[error("no object {name:?} in the bucket {bucket}")]
+    NotFound {
+        /// The bucket.
+        bucket: String,
+        /// The object's full name.
+        name: String,
+    },
+    /// Storage answered with an error.
+    #[error("GCS answered {status} to {action}: {detail}")]
+    Http {
+        /// The status code.
+        status: u16,
+        /// What was being done (`upload data/x.parquet`).
+        action: String,
+        /// The service's words.
+        detail: String,
+    },
+    /// Storage could not be reached.
+    #[error("cannot reach GCS at {endpoint} ({action}): {reason}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// What was being done.
+        action: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn credentials_error(field: &str, message: impl Into<String>) -> GcpError {
+    GcpError::Credentials {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A checked service-account key. `Debug` shows the account, never the key.
+#[derive(Clone)]
+pub struct ServiceAccount {
+    client_email: String,
+    project_id: Option<String>,
+    private_key_id: Option<String>,
+    json: SecretString,
+}
+
+impl fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("client_email", &self.client_email)
+            .field("project_id", &self.project_id)
+            .field("private_key_id", &self.private_key_id)
+            .field("private_key", &"********")
+            .finish()
+    }
+}
+
+impl ServiceAccount {
+    /// Checks a service-account key (the contents of its JSON file): `type` is
+    /// `service_account`, and `client_email`, `private_key` (PEM) and `token_uri` are
+    /// present.
+    ///
+    /// # Errors
+    /// [`GcpError::Credentials`] naming the missing or malformed field.
+    pub fn from_info(info: &Map<String, Value>) -> Result<Self, GcpError> {
+        Self::check(info, "service_account_info")
+    }
+
+    /// Reads and checks a service-account key file.
+    ///
+    /// # Errors
+    /// [`GcpError::Credentials`] when the file is missing, not JSON, or not a key.
+    pub fn from_file(path: &Path) -> Result<Self, GcpError> {
+        let field = "service_account_file";
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            credentials_error(field, format!("cannot read {}: {e}", path.display()))
+        })?;
+        // A parse error could quote the key: say only where it is.
+        let value: Value = serde_json::from_str(&text).map_err(|e| {
+            credentials_error(
+                field,
+                format!(
+                    "{} is not JSON (line {}, column {})",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let Value::Object(info) = value else {
+            return Err(credentials_error(
+                field,
+                format!("{} does not hold a JSON object", path.display()),
+            ));
+        };
+        Self::check(&info, field)
+    }
+
+    fn check(info: &Map<String, Value>, field: &str) -> Result<Self, GcpError> {
+        let text = |key: &str| -> Result<Option<&str>, GcpError> {
+            match info.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(_) => Err(credentials_error(&format!("{field}.{key}"), "must be text")),
+            }
+        };
+        let required = |key: &str| -> Result<&str, GcpError> {
+            text(key)?.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                credentials_error(
+                    &format!("{field}.{key}"),
+                    "is missing; paste the whole JSON key file of the service account",
+                )
+            })
+        };
+        match text("type")? {
+            Some("service_account") => {}
+            Some(other) => {
+                return Err(credentials_error(
+                    &format!("{field}.type"),
+                    format!("is {other:?}; only service_account keys are supported here"),
+                ));
+            }
+            None => {
+                return Err(credentials_error(
+                    &format!("{field}.type"),
+                    "is missing; a service-account key has \"type\": \"service_account\"",
+                ));
+            }
+        }
+        let client_email = required("client_email")?;
+        if !client_email.contains('@') {
+            return Err(credentials_error(
+                &format!("{field}.client_email"),
+                "is not an email address",
+            ));
+        }
+        let private_key = required("private_key")?;
+        if !private_key.contains("-----BEGIN PRIVATE KEY-----") {
+            return Err(credentials_error(
+                &format!("{field}.private_key"),
+                "is not a PEM private key (-----BEGIN PRIVATE KEY-----)",
+            ));
+        }
+        required("token_uri")?;
+        let json = serde_json::to_string(info)
+            .map_err(|_| credentials_error(field, "cannot be written back as JSON"))?;
+        // The key must also parse as RSA; gcp_auth's error names no key material.
+        gcp_auth::CustomServiceAccount::from_json(&json).map_err(|e| {
+            credentials_error(
+                &format!("{field}.private_key"),
+                format!("is not a usable RSA key ({})", describe(&e)),
+            )
+        })?;
+        Ok(Self {
+            client_email: client_email.to_owned(),
+            project_id: text("project_id")?.map(str::to_owned),
+            private_key_id: text("private_key_id")?.map(str::to_owned),
+            json: SecretString::new(json),
+        })
+    }
+
+    /// The account's email address.
+    pub fn client_email(&self) -> &str {
+        &self.client_email
+    }
+
+    /// The project the key belongs to.
+    pub fn project_id(&self) -> Option<&str> {
+        self.project_id.as_deref()
+    }
+
+    /// The key's id.
+    pub fn private_key_id(&self) -> Option<&str> {
+        self.private_key_id.as_deref()
+    }
+
+    /// The whole key file, as JSON text. Secret: hand it only to what signs with it.
+    pub fn key_json(&self) -> &SecretString {
+        &self.json
+    }
+
+    /// A token source for this account (tokens are cached until shortly before they
+    /// expire).
+    ///
+    /// # Errors
+    /// [`GcpError::Token`] when the HTTP client cannot be set up.
+    pub fn token_provider(&self) -> Result<Arc<dyn TokenProvider>, GcpError> {
+        gcp_auth::CustomServiceAccount::from_json(self.json.expose_secret())
+            .map(|account| Arc::new(account) as Arc<dyn TokenProvider>)
+            .map_err(|e| GcpError::Token(describe(&e)))
+    }
+}
+
+/// gcp_auth's error in words, without its source chain (a JSON error there could quote
+/// key material).
+fn describe(error: &gcp_auth::Error) -> String {
+    match error {
+        gcp_auth::Error::Json(what, _) => (*what).to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The capabilities of a `gcp-credentials` block.
+pub trait GcpCredentialsExt {
+    /// The checked service account of the block, or `None` when the block has no key
+    /// (Application Default Credentials apply).
+    ///
+    /// # Errors
+    /// [`GcpError::Credentials`] naming the field at fault.
+    fn service_account(&self) -> Result<Option<ServiceAccount>, GcpError>;
+
+    /// The project: the block's own, else the key's.
+    ///
+    /// # Errors
+    /// As [`GcpCredentialsExt::service_account`].
+    fn project_id(&self) -> Result<Option<String>, GcpError>;
+
+    /// A token source: the block's service account, else Application Default
+    /// Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud, the metadata server).
+    ///
+    /// # Errors
+    /// [`GcpError`] when the key is unusable or no default credentials are found.
+    fn token_provider(
+        &self,
+    ) -> impl Future<Output = Result<Arc<dyn TokenProvider>, GcpError>> + Send;
+}
+
+impl GcpCredentialsExt for GcpCredentials {
+    fn service_account(&self) -> Result<Option<ServiceAccount>, GcpError> {
+        match (&self.service_account_info, &self.service_account_file) {
+            (Some(_), Some(_)) => Err(credentials_error(
+                "service_account_info",
+                "give service_account_info or service_account_file, not both",
+            )),
+            (Some(info), None) => ServiceAccount::from_info(info.expose_secret()).map(Some),
+            (None, Some(file)) => ServiceAccount::from_file(file).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn project_id(&self) -> Result<Option<String>, GcpError> {
+        if let Some(project) = self.project.as_ref().filter(|p| !p.is_empty()) {
+            return Ok(Some(project.clone()));
+        }
+        Ok(self
+            .service_account()?
+            .and_then(|account| account.project_id().map(str::to_owned)))
+    }
+
+    fn token_provider(
+        &self,
+    ) -> impl Future<Output = Result<Arc<dyn TokenProvider>, GcpError>> + Send {
+        let account = self.service_account();
+        async move {
+            match account? {
+                Some(account) => account.token_provider(),
+                None => gcp_auth::provider().await.map_err(|e| {
+                    GcpError::Token(format!(
+                        "the block has no service-account key and no default credentials were found ({})",
+                        describe(&e)
+                    ))
+                }),
+            }
+        }
+    }
+}
+
+/// Where storage requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Google Cloud Storage, with a token.
+    Google,
+    /// An emulator at this URL, without a token.
+    Emulator(String),
+    /// Another URL that wants a token (a proxy, a private endpoint).
+    Authenticated(String),
+}
+
+impl Endpoint {
+    /// `STORAGE_EMULATOR_HOST` when set (`http://host:port`, or `host:port`), else Google.
+    pub fn from_env() -> Self {
+        Self::from_emulator_host(std::env::var("STORAGE_EMULATOR_HOST").ok().as_deref())
+    }
+
+    /// What a `STORAGE_EMULATOR_HOST` value means: an emulator when set and not empty.
+    pub fn from_emulator_host(value: Option<&str>) -> Self {
+        match value {
+            Some(host) if !host.trim().is_empty() => {
+                let host = host.trim().trim_end_matches('/');
+                if host.contains("://") {
+                    Self::Emulator(host.to_owned())
+                } else {
+                    Self::Emulator(format!("http://{host}"))
+                }
+            }
+            _ => Self::Google,
+        }
+    }
+
+    /// The base URL requests go to.
+    pub fn base(&self) -> &str {
+        match self {
+            Self::Google => GOOGLE_STORAGE,
+            Self::Emulator(url) | Self::Authenticated(url) => url.trim_end_matches('/'),
+        }
+    }
+}
+
+/// The capabilities of a `gcs-bucket` block.
+pub trait GcsBucketExt {
+    /// A client for the bucket with the block's credentials, at [`Endpoint::from_env`].
+    ///
+    /// # Errors
+    /// [`GcpError`] when the credentials are unusable.
+    fn storage(&self) -> impl Future<Output = Result<Bucket, GcpError>> + Send;
+
+    /// A client for the bucket at the given endpoint.
+    ///
+    /// # Errors
+    /// [`GcpError`] when the credentials are unusable.
+    fn storage_at(
+        &self,
+        endpoint: Endpoint,
+    ) -> impl Future<Output = Result<Bucket, GcpError>> + Send;
+}
+
+impl GcsBucketExt for GcsBucket {
+    fn storage(&self) -> impl Future<Output = Result<Bucket, GcpError>> + Send {
+        self.storage_at(Endpoint::from_env())
+    }
+
+    async fn storage_at(&self, endpoint: Endpoint) -> Result<Bucket, GcpError> {
+        if self.bucket.trim().is_empty() {
+            return Err(GcpError::Path {
+                path: String::new(),
+                message: "the block names no bucket".to_owned(),
+            });
+        }
+        // The key is checked even for an emulator, so a bad block fails early.
+        let account = self.gcp_credentials.service_account()?;
+        let tokens = match (&endpoint, account) {
+            (Endpoint::Emulator(_), _) => None,
+            (_, Some(account)) => Some(account.token_provider()?),
+            (_, None) => Some(self.gcp_credentials.token_provider().await?),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| GcpError::Unreachable {
+                endpoint: endpoint.base().to_owned(),
+                action: "set up".to_owned(),
+                reason: e.to_string(),
+            })?;
+        let folder = self.bucket_folder.trim_matches('/');
+        Ok(Bucket {
+            http,
+            endpoint,
+            bucket: self.bucket.clone(),
+            folder: if folder.is_empty() {
+                String::new()
+            } else {
+                format!("{folder}/")
+            },
+            tokens,
+        })
+    }
+}
+
+/// An object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Blob {
+    /// The full object name.
+    pub name: String,
+    /// Its size in bytes.
+    #[serde(default, deserialize_with = "size")]
+    pub size: u64,
+    /// Its content type.
+    #[serde(default, rename = "contentType")]
+    pub content_type: Option<String>,
+    /// Its MD5, base64, when the service gives one.
+    #[serde(default, rename = "md5Hash")]
+    pub md5_hash: Option<String>,
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom("size is not a whole number")),
+        _ => Ok(0),
+    }
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    #[serde(default)]
+    items: Vec<Blob>,
+    #[serde(default, rename = "nextPageToken")]
+    next_page_token: Option<String>,
+}
+
+/// A client for one bucket. Paths are relative to the block's `bucket_folder`.
+#[derive(Clone)]
+pub struct Bucket {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    bucket: String,
+    folder: String,
+    tokens: Option<Arc<dyn TokenProvider>>,
+}
+
+impl fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bucket")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("folder", &self.folder)
+            .field("authenticated", &self.tokens.is_some())
+            .finish()
+    }
+}
+
+impl Bucket {
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The folder paths are relative to (`""` or ending in `/`).
+    pub fn folder(&self) -> &str {
+        &self.folder
+    }
+
+    /// Where requests go.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The full object name of `path`: the block's folder joined with it. A path that
+    /// already starts with the folder is taken as it is, as Prefect does.
+    ///
+    /// # Errors
+    /// [`GcpError::Path`] for an empty path or one with `.` or `..` segments.
+    pub fn resolve(&self, path: &str) -> Result<String, GcpError> {
+        let trimmed = path.trim_start_matches('/');
+        let bad = |message: &str| GcpError::Path {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
+        if trimmed.is_empty() {
+            return Err(bad("is empty; name an object"));
+        }
+        if trimmed.split('/').any(|s| s == "." || s == "..") {
+            return Err(bad("has . or .. segments; object names are plain paths"));
+        }
+        if !self.folder.is_empty() && trimmed.starts_with(&self.folder) {
+            return Ok(trimmed.to_owned());
+        }
+        Ok(format!("{}{trimmed}", self.folder))
+    }
+
+    fn folder_prefix(&self, folder: Option<&str>) -> Result<String, GcpError> {
+        match folder
+            .map(|f| f.trim_matches('/'))
+            .filter(|f| !f.is_empty())
+        {
+            None => Ok(self.folder.clone()),
+            Some(f) => Ok(format!("{}/", self.resolve(f)?)),
+        }
+    }
+
+    fn object_url(&self, name: &str) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.endpoint.base(),
+            utf8_percent_encode(&self.bucket, NON_ALPHANUMERIC),
+            utf8_percent_encode(name, NON_ALPHANUMERIC)
+        )
+    }
+
+    async fn send(
+        &self,
+        action: &str,
+        build: impl Fn() -> reqwest::RequestBuilder + Send + Sync,
+    ) -> Result<reqwest::Response, GcpError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            let mut request = build();
+            if let Some(tokens) = &self.tokens {
+                let token = tokens
+                    .token(&[STORAGE_SCOPE])
+                    .await
+                    .map_err(|e| GcpError::Token(describe(&e)))?;
+                request = request.bearer_auth(token.as_str());
+            }
+            let retry = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        return Ok(response);
+                    }
+                    if !(status.as_u16() == 429 || status.is_server_error()) || attempt >= ATTEMPTS
+                    {
+                        let detail = response.text().await.unwrap_or_default();
+                        return Err(GcpError::Http {
+                            status: status.as_u16(),
+                            action: action.to_owned(),
+                            detail: brief(&detail),
+                        });
+                    }
+                    true
+                }
+                Err(e) if attempt >= ATTEMPTS || !(e.is_connect() || e.is_timeout()) => {
+                    return Err(GcpError::Unreachable {
+                        endpoint: self.endpoint.base().to_owned(),
+                        action: action.to_owned(),
+                        reason: chain(&e),
+                    });
+                }
+                Err(_) => true,
+            };
+            debug_assert!(retry);
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
+        }
+    }
+
+    fn not_found(&self, name: &str, error: GcpError) -> GcpError {
+        match error {
+            GcpError::Http { status: 404, .. } => GcpError::NotFound {
+                bucket: self.bucket.clone(),
+                name: name.to_owned(),
+            },
+            other => other,
+        }
+    }
+
+    /// Writes `content` to `path`, replacing what is there; returns the object's name.
+    ///
+    /// # Errors
+    /// [`GcpError`] when the path is unusable or storage refuses.
+    pub async fn write_path(&self, path: &str, content: Vec<u8>) -> Result<String, GcpError> {
+        let name = self.resolve(path)?;
+        self.write_name(&name, content).await?;
+        Ok(name)
+    }
+
+    /// Reads the object at `path`.
+    ///
+    /// # Errors
+    /// [`GcpError::NotFound`] when there is none; others when storage refuses.
+    pub async fn read_path(&self, path: &str) -> Result<Vec<u8>, GcpError> {
+        let name = self.resolve(path)?;
+        let url = self.object_url(&name);
+        let action = format!("download {name}");
+        let response = self
+            .send(&action, || self.http.get(&url).query(&[("alt", "media")]))
+            .await
+            .map_err(|e| self.not_found(&name, e))?;
+        let body = response.bytes().await.map_err(|e| GcpError::Unreachable {
+            endpoint: self.endpoint.base().to_owned(),
+            action,
+            reason: chain(&e),
+        })?;
+        Ok(body.to_vec())
+    }
+
+    /// Deletes the object at `path`.
+    ///
+    /// # Errors
+    /// [`GcpError::NotFound`] when there is none; others when storage refuses.
+    pub async fn delete_path(&self, path: &str) -> Result<(), GcpError> {
+        let name = self.resolve(path)?;
+        let url = self.object_url(&name);
+        self.send(&format!("delete {name}"), || self.http.delete(&url))
+            .await
+            .map_err(|e| self.not_found(&name, e))?;
+        Ok(())
+    }
+
+    /// Uploads the local file `from` to `to`; returns the object's name.
+    ///
+    /// # Errors
+    /// [`GcpError::Io`] when the file cannot be read; others as [`Bucket::write_path`].
+    pub async fn upload_from_path(
+        &self,
+        from: impl AsRef<Path>,
+        to: &str,
+    ) -> Result<String, GcpError> {
+        let from = from.as_ref();
+        let content = tokio::fs::read(from).await.map_err(|source| GcpError::Io {
+            path: from.to_owned(),
+            source,
+        })?;
+        self.write_path(to, content).await
+    }
+
+    /// Downloads the object at `from` to the local file `to` (its directory is created),
+    /// streaming; a failed download leaves no partial file.
+    ///
+    /// # Errors
+    /// [`GcpError::NotFound`], [`GcpError::Io`], or others when storage refuses.
+    pub async fn download_object_to_path(
+        &self,
+        from: &str,
+        to: impl AsRef<Path>,
+    ) -> Result<PathBuf, GcpError> {
+        let name = self.resolve(from)?;
+        self.download_name(&name, to.as_ref()).await
+    }
+
+    async fn download_name(&self, name: &str, to: &Path) -> Result<PathBuf, GcpError> {
+        let url = self.object_url(name);
+        let action = format!("download {name}");
+        let mut response = self
+            .send(&action, || self.http.get(&url).query(&[("alt", "media")]))
+            .await
+            .map_err(|e| self.not_found(name, e))?;
+        let io = |source| GcpError::Io {
+            path: to.to_owned(),
+            source,
+        };
+        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        }
+        let partial = partial_path(to);
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+        let result: Result<(), GcpError> = async {
+            while let Some(chunk) = response.chunk().await.map_err(|e| GcpError::Unreachable {
+                endpoint: self.endpoint.base().to_owned(),
+                action: action.clone(),
+                reason: chain(&e),
+            })? {
+                file.write_all(&chunk).await.map_err(io)?;
+            }
+            file.flush().await.map_err(io)?;
+            file.sync_all().await.map_err(io)?;
+            Ok(())
+        }
+        .await;
+        drop(file);
+        if let Err(e) = result {
+            tokio::fs::remove_file(&partial).await.ok();
+            return Err(e);
+        }
+        tokio::fs::rename(&partial, to).await.map_err(io)?;
+        Ok(to.to_owned())
+    }
+
+    /// Every object under `folder` (relative to the block's folder; `None` for the block's
+    /// folder itself), following every page of the listing.
+    ///
+    /// # Errors
+    /// [`GcpError`] when storage refuses.
+    pub async fn list_blobs(&self, folder: Option<&str>) -> Result<Vec<Blob>, GcpError> {
+        let prefix = self.folder_prefix(folder)?;
+        self.list_prefix(&prefix).await
+    }
+
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<Blob>, GcpError> {
+        let url = format!(
+            "{}/storage/v1/b/{}/o",
+            self.endpoint.base(),
+            utf8_percent_encode(&self.bucket, NON_ALPHANUMERIC)
+        );
+        let mut blobs = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let action = format!("list {prefix}");
+            let response = self
+                .send(&action, || {
+                    let mut request = self.http.get(&url).query(&[("prefix", prefix)]);
+                    if let Some(token) = &page {
+                        request = request.query(&[("pageToken", token)]);
+                    }
+                    request
+                })
+                .await?;
+            let listing: Listing = response.json().await.map_err(|e| GcpError::Http {
+                status: 200,
+                action,
+                detail: format!("the listing is not what GCS sends: {e}"),
+            })?;
+            blobs.extend(listing.items);
+            match listing.next_page_token.filter(|t| !t.is_empty()) {
+                Some(token) => page = Some(token),
+                None => break,
+            }
+        }
+        Ok(blobs)
+    }
+
+    /// Uploads every file under the local directory `local` to `to` (relative to the
+    /// block's folder; `None` for the folder itself), keeping relative paths. Returns how
+    /// many files were uploaded.
+    ///
+    /// # Errors
+    /// [`GcpError::Io`] when the directory cannot be read; others as
+    /// [`Bucket::write_path`].
+    pub async fn put_directory(
+        &self,
+        local: impl AsRef<Path>,
+        to: Option<&str>,
+    ) -> Result<usize, GcpError> {
+        let local = local.as_ref();
+        let prefix = self.folder_prefix(to)?;
+        let files = walk(local).await?;
+        for file in &files {
+            let relative = file.strip_prefix(local).unwrap_or(file);
+            let name: Vec<String> = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            let content = tokio::fs::read(file).await.map_err(|source| GcpError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            // `prefix` is already resolved; write it as is.
+            self.write_name(&format!("{prefix}{}", name.join("/")), content)
+                .await?;
+        }
+        Ok(files.len())
+    }
+
+    async fn write_name(&self, name: &str, content: Vec<u8>) -> Result<(), GcpError> {
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o",
+            self.endpoint.base(),
+            utf8_percent_encode(&self.bucket, NON_ALPHANUMERIC)
+        );
+        let body = bytes::Bytes::from(content);
+        self.send(&format!("upload {name}"), || {
+            self.http
+                .post(&url)
+                .query(&[("uploadType", "media"), ("name", name)])
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Downloads every object under `from` (relative to the block's folder; `None` for the
+    /// folder itself) into the local directory `local`, keeping paths relative to `from`.
+    /// When `from` names an object rather than a folder, that object is downloaded into
+    /// `local` under its file name. Returns the files written.
+    ///
+    /// # Errors
+    /// [`GcpError::Path`] for an object name that would leave `local` (`..`); others as
+    /// [`Bucket::download_object_to_path`].
+    pub async fn get_directory(
+        &self,
+        from: Option<&str>,
+        local: impl AsRef<Path>,
+    ) -> Result<Vec<PathBuf>, GcpError> {
+        let local = local.as_ref();
+        let exact = match from.map(|f| f.trim_matches('/')).filter(|f| !f.is_empty()) {
+            Some(f) => Some(self.resolve(f)?),
+            None => None,
+        };
+        let prefix = match &exact {
+            Some(name) => name.clone(),
+            None => self.folder.clone(),
+        };
+        let mut written = Vec::new();
+        for blob in self.list_prefix(&prefix).await? {
+            if blob.name.ends_with('/') {
+                continue; // a folder placeholder
+            }
+            let relative = if exact.as_deref() == Some(blob.name.as_str()) {
+                blob.name
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&blob.name)
+                    .to_owned()
+            } else if prefix.is_empty() || prefix.ends_with('/') {
+                blob.name[prefix.len()..].to_owned()
+            } else if let Some(rest) = blob.name.strip_prefix(&format!("{prefix}/")) {
+                rest.to_owned()
+            } else {
+                continue; // `data/yellow2/…` when asked for `data/yellow`
+            };
+            let target = safe_join(local, &relative).ok_or_else(|| GcpError::Path {
+                path: blob.name.clone(),
+                message: format!("would be written outside {}", local.display()),
+            })?;
+            written.push(self.download_name(&blob.name, &target).await?);
+        }
+        Ok(written)
+    }
+}
+
+/// `base/relative` when `relative` is a plain relative path (no `..`, not absolute).
+fn safe_join(base: &Path, relative: &str) -> Option<PathBuf> {
+    let relative = Path::new(relative);
+    if relative.as_os_str().is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return None;
+    }
+    Some(base.join(relative))
+}
+
+fn partial_path(target: &Path) -> PathBuf {
+    let mut name = target
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    target.with_file_name(name)
+}
+
+/// Every regular file under `root`, depth first, in name order; symbolic links to
+/// directories are not followed.
+async fn walk(root: &Path) -> Result<Vec<PathBuf>, GcpError> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let io = |source| GcpError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let mut entries = tokio::fs::read_dir(&dir).await.map_err(io)?;
+        let mut children = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io)? {
+            children.push(entry.path());
+        }
+        children.sort();
+        for child in children.into_iter().rev() {
+            let meta = tokio::fs::metadata(&child)
+                .await
+                .map_err(|source| GcpError::Io {
+                    path: child.clone(),
+                    source,
+                })?;
+            let link = tokio::fs::symlink_metadata(&child)
+                .await
+                .is_ok_and(|m| m.file_type().is_symlink());
+            if meta.is_dir() && !link {
+                dirs.push(child);
+            } else if meta.is_file() {
+                files.push(child);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn brief(text: &str) -> String {
+    let text = text.trim();
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
