@@ -1,0 +1,191 @@
+//! Trips as Arrow record batches: read from CSV(.gz) or Parquet, cleaned, written as
+//! Parquet.
+
+use std::io::{Cursor, Read as _};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchReader as _};
+use arrow::compute::cast;
+use arrow::csv::ReaderBuilder;
+use arrow::csv::reader::Format;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, GzipLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::Error;
+
+const BATCH_ROWS: usize = 64 * 1024;
+const FETCH_ATTEMPTS: u32 = 3;
+
+/// A table of trips.
+#[derive(Debug)]
+pub(crate) struct Trips {
+    pub(crate) schema: SchemaRef,
+    pub(crate) batches: Vec<RecordBatch>,
+}
+
+impl Trips {
+    pub(crate) fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// What [`clean`] changed.
+#[derive(Debug)]
+pub(crate) struct Fixed {
+    pub(crate) missing_passenger_count: usize,
+    pub(crate) datetime_columns: usize,
+}
+
+/// The bytes at `source`: a URL (three attempts, as the course's `retries=3`) or a local
+/// path; gzip is undone whatever the name says.
+pub(crate) async fn fetch(source: &str) -> Result<Vec<u8>, Error> {
+    let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+        download(source).await?
+    } else {
+        tokio::fs::read(source)
+            .await
+            .map_err(|e| format!("{source}: {e}"))?
+    };
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut csv = Vec::with_capacity(bytes.len() * 5);
+        flate2::read::MultiGzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut csv)
+            .map_err(|e| format!("{source}: not valid gzip: {e}"))?;
+        return Ok(csv);
+    }
+    Ok(bytes)
+}
+
+async fn download(url: &str) -> Result<Vec<u8>, Error> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let response = client.get(url).send().await?.error_for_status()?;
+            response.bytes().await
+        }
+        .await;
+        match result {
+            Ok(bytes) => return Ok(bytes.to_vec()),
+            Err(e) if attempt >= FETCH_ATTEMPTS || e.status().is_some_and(|s| s.is_client_error()) => {
+                return Err(format!("{url}: {e}").into());
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Reads CSV with a header; column types are inferred from every row, so a column with
+/// a few missing values is still numeric.
+pub(crate) fn read_csv(csv: &[u8]) -> Result<Trips, Error> {
+    let format = Format::default().with_header(true);
+    let (schema, _) = format
+        .infer_schema(Cursor::new(csv), None)
+        .map_err(|e| format!("the CSV's columns: {e}"))?;
+    let schema = Arc::new(schema);
+    let reader = ReaderBuilder::new(schema.clone())
+        .with_format(format)
+        .with_batch_size(BATCH_ROWS)
+        .build(Cursor::new(csv))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("reading the CSV: {e}"))?;
+    Ok(Trips { schema, batches })
+}
+
+/// The course's cleaning: `*_datetime` text columns become timestamps, and missing
+/// `passenger_count` values become 0.
+pub(crate) fn clean(trips: &Trips) -> Result<(Trips, Fixed), Error> {
+    let mut fixed = Fixed {
+        missing_passenger_count: 0,
+        datetime_columns: 0,
+    };
+    let mut fields: Vec<Field> = trips.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let timestamp = DataType::Timestamp(TimeUnit::Second, None);
+    for field in &mut fields {
+        if field.name().ends_with("_datetime") && field.data_type() == &DataType::Utf8 {
+            *field = field.clone().with_data_type(timestamp.clone());
+            fixed.datetime_columns += 1;
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let mut batches = Vec::with_capacity(trips.batches.len());
+    for batch in &trips.batches {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            let column = if column.data_type() == field.data_type() {
+                column.clone()
+            } else {
+                cast(column, field.data_type())
+                    .map_err(|e| format!("{} is not a datetime column: {e}", field.name()))?
+            };
+            let column = if field.name() == "passenger_count" {
+                fixed.missing_passenger_count += column.null_count();
+                fill_zero(&column).map_err(|e| format!("passenger_count: {e}"))?
+            } else {
+                column
+            };
+            columns.push(column);
+        }
+        batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok((Trips { schema, batches }, fixed))
+}
+
+fn fill_zero(column: &ArrayRef) -> Result<ArrayRef, Error> {
+    if column.null_count() == 0 {
+        return Ok(column.clone());
+    }
+    if let Some(ints) = column.as_any().downcast_ref::<Int64Array>() {
+        return Ok(Arc::new(ints.iter().map(|v| Some(v.unwrap_or(0))).collect::<Int64Array>()));
+    }
+    if let Some(floats) = column.as_any().downcast_ref::<Float64Array>() {
+        return Ok(Arc::new(
+            floats.iter().map(|v| Some(v.unwrap_or(0.0))).collect::<Float64Array>(),
+        ));
+    }
+    // Only missing values: the column was read as text or null; it becomes a count.
+    if column.null_count() == column.len() {
+        return Ok(Arc::new(Int64Array::from(vec![0; column.len()])));
+    }
+    Err(format!("expected numbers, found {}", column.data_type()).into())
+}
+
+/// Writes the trips as gzip-compressed Parquet (as the course's `to_parquet(compression=
+/// "gzip")`), creating the directory; returns the file's size.
+pub(crate) fn write_parquet(trips: &Trips, path: &Path) -> Result<u64, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::GZIP(GzipLevel::default()))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, trips.schema.clone(), Some(properties))?;
+    for batch in &trips.batches {
+        writer.write(batch)?;
+    }
+    writer.close()?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// Reads a Parquet file.
+pub(crate) fn read_parquet(path: &Path) -> Result<Trips, Error> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(Trips { schema, batches })
+}
