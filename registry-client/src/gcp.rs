@@ -32,13 +32,21 @@ use std::time::Duration;
 use block_types::catalog::{GcpCredentials, GcsBucket};
 use block_types::secret::SecretString;
 use gcp_auth::TokenProvider;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt as _;
 
 /// The scope a bucket client asks for.
 pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+
+/// Everything but RFC 3986's unreserved characters is encoded in a path segment; an
+/// object name's `/` too, as the JSON API wants.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 const GOOGLE_STORAGE: &str = "https://storage.googleapis.com";
 const ATTEMPTS: u32 = 3;
@@ -552,8 +560,8 @@ impl Bucket {
         format!(
             "{}/storage/v1/b/{}/o/{}",
             self.endpoint.base(),
-            utf8_percent_encode(&self.bucket, NON_ALPHANUMERIC),
-            utf8_percent_encode(name, NON_ALPHANUMERIC)
+            utf8_percent_encode(&self.bucket, SEGMENT),
+            utf8_percent_encode(name, SEGMENT)
         )
     }
 
@@ -742,7 +750,7 @@ impl Bucket {
         let url = format!(
             "{}/storage/v1/b/{}/o",
             self.endpoint.base(),
-            utf8_percent_encode(&self.bucket, NON_ALPHANUMERIC)
+            utf8_percent_encode(&self.bucket, SEGMENT)
         );
         let mut blobs = Vec::new();
         let mut page: Option<String> = None;
@@ -807,7 +815,7 @@ impl Bucket {
         let url = format!(
             "{}/upload/storage/v1/b/{}/o",
             self.endpoint.base(),
-            utf8_percent_encode(&self.bucket, NON_ALPHANUMERIC)
+            utf8_percent_encode(&self.bucket, SEGMENT)
         );
         let body = bytes::Bytes::from(content);
         self.send(&format!("upload {name}"), || {

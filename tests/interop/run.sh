@@ -8,15 +8,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 
-venv="${BLOCKS_INTEROP_VENV:-$HOME/.cache/blocks-interop-venv}"
-stamp="$venv/.requirements"
-if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
-    echo "== creating the interop virtual environment in $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    cp "$here/requirements.txt" "$stamp"
-fi
+venv="$("$here/venv.sh")"
 
 cargo build --quiet -p registry-server --bin blocks -p registry-client --example zoom_gcs --example save_blocks
 blocks="$CARGO_TARGET_DIR/debug/blocks"

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchReader as _};
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchReader as _,
+};
 use arrow::compute::cast;
 use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
@@ -74,7 +76,9 @@ async fn download(url: &str) -> Result<Vec<u8>, Error> {
         .await;
         match result {
             Ok(bytes) => return Ok(bytes.to_vec()),
-            Err(e) if attempt >= FETCH_ATTEMPTS || e.status().is_some_and(|s| s.is_client_error()) => {
+            Err(e)
+                if attempt >= FETCH_ATTEMPTS || e.status().is_some_and(|s| s.is_client_error()) =>
+            {
                 return Err(format!("{url}: {e}").into());
             }
             Err(_) => {
@@ -110,11 +114,21 @@ pub(crate) fn clean(trips: &Trips) -> Result<(Trips, Fixed), Error> {
         missing_passenger_count: 0,
         datetime_columns: 0,
     };
-    let mut fields: Vec<Field> = trips.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = trips
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let timestamp = DataType::Timestamp(TimeUnit::Second, None);
     for field in &mut fields {
-        if field.name().ends_with("_datetime") && field.data_type() == &DataType::Utf8 {
+        if !field.name().ends_with("_datetime") {
+            continue;
+        }
+        if field.data_type() == &DataType::Utf8 {
             *field = field.clone().with_data_type(timestamp.clone());
+        }
+        if matches!(field.data_type(), DataType::Timestamp(..)) {
             fixed.datetime_columns += 1;
         }
     }
@@ -147,11 +161,18 @@ fn fill_zero(column: &ArrayRef) -> Result<ArrayRef, Error> {
         return Ok(column.clone());
     }
     if let Some(ints) = column.as_any().downcast_ref::<Int64Array>() {
-        return Ok(Arc::new(ints.iter().map(|v| Some(v.unwrap_or(0))).collect::<Int64Array>()));
+        return Ok(Arc::new(
+            ints.iter()
+                .map(|v| Some(v.unwrap_or(0)))
+                .collect::<Int64Array>(),
+        ));
     }
     if let Some(floats) = column.as_any().downcast_ref::<Float64Array>() {
         return Ok(Arc::new(
-            floats.iter().map(|v| Some(v.unwrap_or(0.0))).collect::<Float64Array>(),
+            floats
+                .iter()
+                .map(|v| Some(v.unwrap_or(0.0)))
+                .collect::<Float64Array>(),
         ));
     }
     // Only missing values: the column was read as text or null; it becomes a count.

@@ -119,7 +119,7 @@ async fn run(args: &Args) -> Result<(), Error> {
         );
         let (trips, fixed) = frame::clean(&trips)?;
         println!(
-            "  clean      pre: missing passenger count: {}; post: 0; {} datetime column(s) parsed",
+            "  clean      pre: missing passenger count: {}; post: 0; {} datetime column(s)",
             fixed.missing_passenger_count, fixed.datetime_columns
         );
         let local = args

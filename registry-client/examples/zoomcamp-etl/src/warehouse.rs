@@ -73,7 +73,12 @@ pub(crate) async fn append(pool: &PgPool, table: &str, trips: &Trips) -> Result<
         .execute(&mut *tx)
         .await
         .map_err(|e| format!("creating {table}: {e}"))?;
-    let columns: Vec<String> = trips.schema.fields().iter().map(|f| quote(f.name())).collect();
+    let columns: Vec<String> = trips
+        .schema
+        .fields()
+        .iter()
+        .map(|f| quote(f.name()))
+        .collect();
     let statement = format!(
         "copy {} ({}) from stdin with (format csv)",
         quoted_table(table),
