@@ -29,8 +29,9 @@ use block_types::catalog::{
 use block_types::secret::SecretString;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 /// Everything but RFC 3986's unreserved characters is percent-encoded in a user name,
@@ -40,6 +41,14 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// The SQLite settings a connector may give (in its URL's query or its `connect_args`):
+/// `mode` (`ro`, `rw`, `rwc`, `memory`), `timeout` (seconds to wait on a lock) and
+/// `check_same_thread` (Python's; no meaning here, accepted and ignored).
+const SQLITE_SETTINGS: [&str; 3] = ["mode", "timeout", "check_same_thread"];
+
+/// How long a pool waits for a connection before giving up.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The sqlx backend a SQLAlchemy dialect maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +174,12 @@ impl DatabaseUrl {
             ConnectionInfo::Url(url) => Self::parse(url.expose_secret())?,
         };
         for (key, value) in connect_args.into_iter().flatten() {
+            if url.backend == Backend::Sqlite && !SQLITE_SETTINGS.contains(&key.as_str()) {
+                return Err(SqlError::new(
+                    &format!("connect_args.{key}"),
+                    "is not a SQLite setting served here (mode, timeout, check_same_thread are)",
+                ));
+            }
             let value = match value {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
@@ -256,7 +271,7 @@ impl DatabaseUrl {
             ));
         }
         for key in self.query.keys() {
-            if !["mode", "timeout", "check_same_thread"].contains(&key.as_str()) {
+            if !SQLITE_SETTINGS.contains(&key.as_str()) {
                 return Err(SqlError::new(
                     &format!("query.{key}"),
                     "is not a SQLite setting served here (mode, timeout, check_same_thread are)",
@@ -288,10 +303,16 @@ impl DatabaseUrl {
     pub fn sqlx_url(&self) -> SecretString {
         if self.backend == Backend::Sqlite {
             // sqlx takes the path as it is after `sqlite://`.
-            return SecretString::new(match self.sqlite_path() {
+            let mut url = match self.sqlite_path() {
                 Some(path) => format!("sqlite://{path}"),
                 None => "sqlite::memory:".to_owned(),
-            });
+            };
+            // sqlx reads `mode` from the URL; the lock timeout is set on connect.
+            if let Some(mode) = self.query.get("mode") {
+                url.push_str("?mode=");
+                url.extend(utf8_percent_encode(mode, COMPONENT));
+            }
+            return SecretString::new(url);
         }
         SecretString::new(self.render(self.backend.sqlx_scheme()))
     }
@@ -349,11 +370,20 @@ impl DatabaseUrl {
     pub async fn connect(&self) -> Result<SqlPool, SqlError> {
         let scrub = |e: sqlx::Error| self.connect_error(&e);
         Ok(match self.backend {
+            // One connection first, so a refusal is reported at once with its cause
+            // rather than as a pool timeout.
             Backend::Postgres => {
                 let options =
                     PgConnectOptions::from_str(self.sqlx_url().expose_secret()).map_err(scrub)?;
+                PgConnection::connect_with(&options)
+                    .await
+                    .map_err(scrub)?
+                    .close()
+                    .await
+                    .ok();
                 SqlPool::Postgres(
                     PgPoolOptions::new()
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
                         .connect_with(options)
                         .await
                         .map_err(scrub)?,
@@ -362,8 +392,15 @@ impl DatabaseUrl {
             Backend::MySql => {
                 let options = MySqlConnectOptions::from_str(self.sqlx_url().expose_secret())
                     .map_err(scrub)?;
+                MySqlConnection::connect_with(&options)
+                    .await
+                    .map_err(scrub)?
+                    .close()
+                    .await
+                    .ok();
                 SqlPool::MySql(
                     MySqlPoolOptions::new()
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
                         .connect_with(options)
                         .await
                         .map_err(scrub)?,
@@ -428,6 +465,10 @@ impl DatabaseUrl {
             }
         }
         let place = match (&self.host, self.sqlite_path()) {
+            (Some(host), _) if host.contains(':') => format!(
+                " at [{host}]{}",
+                self.port.map(|p| format!(":{p}")).unwrap_or_default()
+            ),
             (Some(host), _) => format!(
                 " at {host}{}",
                 self.port.map(|p| format!(":{p}")).unwrap_or_default()

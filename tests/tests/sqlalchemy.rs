@@ -788,14 +788,12 @@ async fn sqlite_bad_settings_are_refused() {
 }
 
 #[test]
-#[ignore = "bug: an unserved SQLite connect_args key is blamed on connection_info.query.<key>"]
 fn sqlite_unknown_connect_arg_is_blamed_on_connect_args() {
     let err = refused(&url_info("sqlite:///x.db"), Some(json!({"uri": true})));
     assert_eq!(err.field, "connect_args.uri");
 }
 
 #[test]
-#[ignore = "bug: sqlx_url() drops a SQLite database's query (mode=ro opens read-write)"]
 fn sqlite_sqlx_url_keeps_the_mode() {
     let url = resolve(&url_info("sqlite:////abs/path.db?mode=ro"));
     let sqlx = sqlx_url(&url);
