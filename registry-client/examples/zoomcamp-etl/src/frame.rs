@@ -210,3 +210,81 @@ pub(crate) fn read_parquet(path: &Path) -> Result<Trips, Error> {
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
     Ok(Trips { schema, batches })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use arrow::array::{Array as _, AsArray as _};
+    use arrow::datatypes::{Float64Type, Int64Type};
+
+    use super::*;
+
+    #[test]
+    fn header_only_csv_is_an_empty_table() {
+        let trips = read_csv(b"VendorID,passenger_count\n").unwrap();
+        assert_eq!(trips.rows(), 0);
+        let (cleaned, fixed) = clean(&trips).unwrap();
+        assert_eq!((cleaned.rows(), fixed.missing_passenger_count), (0, 0));
+    }
+
+    #[test]
+    fn missing_passenger_counts_become_zero_in_either_number_type() {
+        let ints = read_csv(b"passenger_count,x\n1,a\n,b\n3,c\n").unwrap();
+        let (ints, fixed) = clean(&ints).unwrap();
+        assert_eq!(fixed.missing_passenger_count, 1);
+        let column = ints.batches[0].column(0).as_primitive::<Int64Type>();
+        assert_eq!(column.null_count(), 0);
+        assert_eq!(column.values().to_vec(), [1, 0, 3]);
+
+        let floats = read_csv(b"passenger_count,x\n1.0,a\n,b\n2.5,c\n").unwrap();
+        let (floats, fixed) = clean(&floats).unwrap();
+        assert_eq!(fixed.missing_passenger_count, 1);
+        let column = floats.batches[0].column(0).as_primitive::<Float64Type>();
+        assert_eq!(column.values().to_vec(), [1.0, 0.0, 2.5]);
+    }
+
+    #[test]
+    fn a_table_without_passenger_count_passes_through() {
+        let trips = read_csv(b"VendorID,fare\n1,2.5\n2,\n").unwrap();
+        let (cleaned, fixed) = clean(&trips).unwrap();
+        assert_eq!(fixed.missing_passenger_count, 0);
+        assert_eq!(cleaned.batches[0].column(1).null_count(), 1);
+    }
+
+    #[test]
+    fn datetime_columns_are_timestamps() {
+        let trips = read_csv(
+            b"tpep_pickup_datetime,lpep_dropoff_datetime,name\n2021-01-01 00:30:10,2021-01-01 00:36:12,x\n",
+        )
+        .unwrap();
+        let (cleaned, fixed) = clean(&trips).unwrap();
+        assert_eq!(fixed.datetime_columns, 2);
+        for field in &cleaned.schema.fields()[..2] {
+            assert!(
+                matches!(field.data_type(), DataType::Timestamp(..)),
+                "{field:?}"
+            );
+        }
+        assert_eq!(cleaned.schema.field(2).data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn text_where_a_count_belongs_is_refused() {
+        let trips = read_csv(b"passenger_count,x\none,a\n,b\n").unwrap();
+        let error = clean(&trips).unwrap_err().to_string();
+        assert!(error.contains("passenger_count"), "{error}");
+    }
+
+    #[test]
+    fn parquet_round_trip_keeps_rows_and_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/trips.parquet");
+        let trips = read_csv(b"passenger_count,tpep_pickup_datetime,flag\n1,2021-01-01 00:00:00,\"a,\"\"b\"\n,2021-01-02 00:00:00,N\n")
+            .unwrap();
+        let (trips, _) = clean(&trips).unwrap();
+        assert!(write_parquet(&trips, &path).unwrap() > 0);
+        let back = read_parquet(&path).unwrap();
+        assert_eq!(back.schema, trips.schema);
+        assert_eq!(back.batches, trips.batches);
+    }
+}

@@ -103,3 +103,47 @@ pub(crate) async fn append(pool: &PgPool, table: &str, trips: &Trips) -> Result<
     tx.commit().await?;
     Ok(rows)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use arrow::datatypes::{Field, TimeUnit};
+
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for good in ["rides", "_t1", "staging.rides"] {
+            assert!(check_table_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1rides",
+            "rides; drop table x",
+            "a.b.c",
+            "ri\"des",
+            "a.",
+            &"x".repeat(64),
+        ] {
+            assert!(check_table_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn columns_take_postgres_types() {
+        let schema = Schema::new(vec![
+            Field::new("VendorID", DataType::Int64, true),
+            Field::new(
+                "tpep_pickup_datetime",
+                DataType::Timestamp(TimeUnit::Second, None),
+                true,
+            ),
+            Field::new("fare_amount", DataType::Float64, true),
+            Field::new("store_and_fwd_flag", DataType::Utf8, true),
+        ]);
+        assert_eq!(
+            create_table("staging.rides", &schema),
+            r#"create table if not exists "staging"."rides" ("VendorID" bigint, "tpep_pickup_datetime" timestamp, "fare_amount" double precision, "store_and_fwd_flag" text)"#
+        );
+    }
+}

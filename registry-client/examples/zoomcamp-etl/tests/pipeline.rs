@@ -18,6 +18,8 @@ use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 
 const ROWS: usize = 1500;
+const QUOTED: &str = r#""Y, ""held"" in
+memory""#;
 const HEADER: &str = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,total_amount";
 
 /// What a generated month adds up to.
@@ -53,11 +55,13 @@ fn generate(path: &Path, month: u32, seed: u64) -> Month {
         }
         month_total.fare_cents += i64::try_from(fare_cents).unwrap();
         csv.push_str(&format!(
-            "{},2021-{month:02}-{day:02} 08:{minute:02}:00,2021-{month:02}-{day:02} 09:{minute:02}:30,{},{}.{},1,N,{},{},1,{}.{:02},{}.{:02}\n",
+            "{},2021-{month:02}-{day:02} 08:{minute:02}:00,2021-{month:02}-{day:02} 09:{minute:02}:30,{},{}.{},1,{},{},{},1,{}.{:02},{}.{:02}\n",
             1 + i % 2,
             passengers.map(|p| p.to_string()).unwrap_or_default(),
             next(20),
             next(10),
+            // One value that CSV must quote, to follow it through Parquet and COPY.
+            if i == 0 { QUOTED } else { "N" },
             1 + next(265),
             1 + next(265),
             fare_cents / 100,
@@ -251,6 +255,13 @@ async fn web_to_gcs_to_postgres() {
     .unwrap();
     assert_eq!(pickup_type, "timestamp without time zone");
     assert_eq!(first_month, 2);
+    let quoted: i64 =
+        sqlx::query_scalar("select count(*) from rides where store_and_fwd_flag = $1")
+            .bind("Y, \"held\" in\nmemory")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(quoted, 2);
 
     // A second run appends, as the course's if_exists="append".
     let (status, stdout, stderr) = run(&["--months", "1"]);
