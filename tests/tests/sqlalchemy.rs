@@ -1132,3 +1132,57 @@ async fn wrong_backend_errors_name_both_backends() {
     assert_eq!(err.field, "connection_info.driver");
     assert_eq!(err.message, "the connector is for SQLite, not MySQL");
 }
+
+// ---------------------------------------------------------------------------------------
+// SQLAlchemy's own renderings (SQLAlchemy 2, `URL.create(...).render_as_string(
+// hide_password=False)`, from the pinned interop environment) mean the same parts to us,
+// and ours parse back to them: the two spellings differ only in what they escape.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sqlalchemy_renderings_parse_to_the_same_parts() {
+    let mut tricky = parts("postgresql+psycopg2");
+    tricky.username = Some("etl user@x".into());
+    tricky.password = Some(SecretString::from("p@ss:w/rd%?#& +~"));
+    tricky.host = Some("db.example.com".into());
+    tricky.port = Some(5432);
+    tricky.database = Some("ny taxi/2021".into());
+    tricky.query = Some(BTreeMap::from([
+        ("sslmode".to_owned(), "require".to_owned()),
+        ("application_name".to_owned(), "etl job".to_owned()),
+    ]));
+    let mut ipv6 = parts("mysql+pymysql");
+    ipv6.username = Some("root".into());
+    ipv6.host = Some("::1".into());
+    ipv6.port = Some(3306);
+    ipv6.database = Some("test".into());
+    let mut absolute = parts("sqlite+aiosqlite");
+    absolute.database = Some("/abs/path.db".into());
+    let mut relative = parts("sqlite");
+    relative.database = Some("relative.db".into());
+    let mut unicode = parts("postgresql+asyncpg");
+    unicode.username = Some("ü".into());
+    unicode.password = Some(SecretString::from("pä:ss"));
+    unicode.host = Some("localhost".into());
+    unicode.database = Some("db".into());
+    let cases = [
+        (
+            tricky,
+            "postgresql+psycopg2://etl user%40x:p%40ss%3Aw%2Frd%25%3F%23%26 +~@db.example.com:5432/ny taxi/2021?application_name=etl+job&sslmode=require",
+        ),
+        (ipv6, "mysql+pymysql://root@[::1]:3306/test"),
+        (absolute, "sqlite+aiosqlite:////abs/path.db"),
+        (relative, "sqlite:///relative.db"),
+        (
+            unicode,
+            "postgresql+asyncpg://%C3%BC:p%C3%A4%3Ass@localhost/db",
+        ),
+    ];
+    for (components, rendered_by_sqlalchemy) in cases {
+        let ours = resolve(&ConnectionInfo::Components(components));
+        let theirs = resolve(&url_info(rendered_by_sqlalchemy));
+        assert_eq!(ours, theirs, "{rendered_by_sqlalchemy}");
+        let again = resolve(&url_info(ours.sqlalchemy_url().expose_secret()));
+        assert_eq!(again, ours, "{rendered_by_sqlalchemy}");
+    }
+}
