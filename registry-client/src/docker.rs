@@ -5,6 +5,7 @@
 //! use block_types::catalog::DockerContainer;
 //! use registry_client::BlockExt as _;
 //! use registry_client::docker::DockerContainerExt as _;
+//! use secrecy::ExposeSecret as _;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let container = DockerContainer::load("zoom").await?;
@@ -16,11 +17,17 @@
 //! let create = run.create_path(); // /containers/create?name=…
 //! let body = run.create_body(); // {"Image": …, "Env": […], "HostConfig": {…}, …}
 //!
-//! // Or through the CLI; the password goes on stdin, never in the arguments.
+//! // Or through the CLI; no secret is ever among the arguments. The registry password
+//! // goes on stdin; the environment's values go into the `docker` process's own
+//! // environment, from which `docker run --env KEY` takes them.
 //! if let Some(login) = run.docker_login_args() {
 //!     // docker login --username U --password-stdin REGISTRY  <<< run.login_password()
 //! }
-//! let status = std::process::Command::new("docker").args(run.docker_run_args()).status()?;
+//! let env = run.docker_run_env();
+//! let status = std::process::Command::new("docker")
+//!     .args(run.docker_run_args())
+//!     .envs(env.iter().map(|(key, value)| (key, value.expose_secret())))
+//!     .status()?;
 //! # Ok(())
 //! # }
 //! ```
@@ -36,7 +43,10 @@
 //! - **Memory**: bytes, or a number with a unit `b`, `k`, `m` or `g` (1024-based, any case,
 //!   an optional trailing `b`: `512m`, `512MB`, `1.5g`), as docker-py reads them; fractions
 //!   of a byte are dropped. `memswap_limit` `-1` is unlimited swap.
-//! - **Environment**: a variable whose value is `null` is left out, so it is unset.
+//! - **Environment**: a variable whose value is `null` is left out, so it is unset. Values
+//!   may be secret (API keys, database passwords): they are in the create call's body, which
+//!   goes over the Docker socket, and never in `docker run`'s arguments (readable by any
+//!   local user through `ps`) nor in any `Debug` output, which shows `KEY=********`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -170,8 +180,9 @@ pub fn run_config(container: &DockerContainer) -> Result<RunConfig, DockerError>
 
 /// Everything needed to run a container block, validated.
 ///
-/// Its `Debug` output never shows the registry password: the password and the
-/// `X-Registry-Auth` header are held as [`SecretString`]s.
+/// Its `Debug` output never shows the registry password nor the environment's values: the
+/// password and the `X-Registry-Auth` header are held as [`SecretString`]s, and the
+/// environment ([`Environment`]) shows its keys only (`KEY=********`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
     /// The create-container call (`POST /containers/create`).
@@ -244,11 +255,24 @@ impl RunConfig {
     /// The `docker run` arguments equivalent to the API calls (without the leading
     /// `docker`): `run`, the options, the image, then the command.
     ///
+    /// No secret is among the arguments, which any local user can read (`ps`,
+    /// `/proc/<pid>/cmdline`):
+    ///
+    /// - Each environment variable is given by name only, as `--env KEY`, and `docker run`
+    ///   takes its value from its own environment. **The caller must set these variables on
+    ///   the `docker` CLI process**, with the values of
+    ///   [`docker_run_env`](Self::docker_run_env) (e.g. [`Command::envs`]). A variable
+    ///   left out there is not set in the container, or takes whatever value the `docker`
+    ///   process inherited from its parent.
+    /// - The registry password is not given: log in first with
+    ///   [`docker_login_args`](Self::docker_login_args).
+    ///
     /// Every network is given with its own `--network` (the network mode or the first
     /// network, then [`connect_networks`](Self::connect_networks)). A second `--network`
     /// needs Docker 25 or later; older engines refuse the command rather than ignore the
-    /// networks. The registry password is never among the arguments: log in first with
-    /// [`docker_login_args`](Self::docker_login_args).
+    /// networks.
+    ///
+    /// [`Command::envs`]: std::process::Command::envs
     pub fn docker_run_args(&self) -> Vec<String> {
         let body = &self.create.body;
         let host = &body.host_config;
@@ -260,8 +284,8 @@ impl RunConfig {
         if let Some(name) = &self.create.name {
             push("--name", name);
         }
-        for var in &body.env {
-            push("--env", var);
+        for key in body.env.keys() {
+            push("--env", key);
         }
         for (key, value) in &body.labels {
             push("--label", &format!("{key}={value}"));
@@ -291,6 +315,25 @@ impl RunConfig {
         args.push(body.image.clone());
         args.extend(body.cmd.iter().flatten().cloned());
         args
+    }
+
+    /// The environment to give the `docker` CLI process that runs
+    /// [`docker_run_args`](Self::docker_run_args): each variable's name and value, in key
+    /// order, one for each `--env KEY` among the arguments. `docker run --env KEY` (no
+    /// value) copies `KEY` from its own environment into the container's, so the values
+    /// never appear on a command line.
+    ///
+    /// Set them all on the process, e.g.
+    /// `command.envs(env.iter().map(|(key, value)| (key, value.expose_secret())))`; the
+    /// values may be secret (API keys, passwords), so keep them out of logs. The Engine API
+    /// route needs none of this: [`create_body`](Self::create_body) carries the values.
+    pub fn docker_run_env(&self) -> Vec<(String, SecretString)> {
+        self.create
+            .body
+            .env
+            .iter()
+            .map(|(key, value)| (key.to_owned(), value.clone()))
+            .collect()
     }
 }
 
@@ -348,8 +391,9 @@ pub struct ContainerConfig {
     /// The command; the image's when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    /// `KEY=value` pairs, in key order; variables set to `null` are left out.
-    pub env: Vec<String>,
+    /// The environment, in key order; variables set to `null` are left out. Serialized as
+    /// Docker's `KEY=value` strings, shown by `Debug` as `KEY=********`.
+    pub env: Environment,
     /// Container labels.
     pub labels: BTreeMap<String, String>,
     /// Host settings: removal, mounts, network mode, limits, privileges.
@@ -358,6 +402,79 @@ pub struct ContainerConfig {
     /// network mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub networking_config: Option<NetworkingConfig>,
+}
+
+/// A container's environment variables, in order. Their values may be secret (API keys,
+/// database passwords), so they are held as [`SecretString`]s:
+///
+/// - `Debug` shows the names only: `["PREFECT_API_KEY=********"]`.
+/// - Serialized, as the `Env` of the create call's body, it is the list of `KEY=value`
+///   strings Docker expects, with the real values: that body goes over the Docker socket,
+///   not on a command line.
+#[derive(Clone, Default)]
+pub struct Environment {
+    vars: Vec<(String, SecretString)>,
+}
+
+impl Environment {
+    /// The variables' names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.vars.iter().map(|(key, _)| key.as_str())
+    }
+
+    /// The variables' names and values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SecretString)> {
+        self.vars.iter().map(|(key, value)| (key.as_str(), value))
+    }
+
+    /// The number of variables.
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    /// Whether there are no variables.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+}
+
+impl FromIterator<(String, SecretString)> for Environment {
+    /// Variables in the order given. Names are not checked here; [`run_config`] checks the
+    /// block's.
+    fn from_iter<I: IntoIterator<Item = (String, SecretString)>>(iter: I) -> Self {
+        Self {
+            vars: iter.into_iter().collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys().map(|key| format!("{key}=********")))
+            .finish()
+    }
+}
+
+impl PartialEq for Environment {
+    fn eq(&self, other: &Self) -> bool {
+        self.vars.len() == other.vars.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && v1.expose_secret() == v2.expose_secret())
+    }
+}
+
+impl Eq for Environment {}
+
+impl Serialize for Environment {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.iter()
+                .map(|(key, value)| format!("{key}={}", value.expose_secret())),
+        )
+    }
 }
 
 /// The `HostConfig` of a create call.
@@ -602,7 +719,7 @@ fn check_name(name: &str) -> Result<(), DockerError> {
     }
 }
 
-fn environment(env: &BTreeMap<String, Option<String>>) -> Result<Vec<String>, DockerError> {
+fn environment(env: &BTreeMap<String, Option<String>>) -> Result<Environment, DockerError> {
     let mut vars = Vec::with_capacity(env.len());
     for (key, value) in env {
         // Values may be secret: messages name keys only.
@@ -616,10 +733,18 @@ fn environment(env: &BTreeMap<String, Option<String>>) -> Result<Vec<String>, Do
             ));
         }
         if let Some(value) = value {
-            vars.push(format!("{key}={value}"));
+            // The value goes into a process environment (`docker run --env KEY`) and the
+            // container's, neither of which can hold a NUL byte.
+            if value.contains('\0') {
+                return Err(DockerError::new(
+                    "env",
+                    format!("the value of {key:?} contains a NUL byte"),
+                ));
+            }
+            vars.push((key.clone(), SecretString::from(value.as_str())));
         }
     }
-    Ok(vars)
+    Ok(Environment { vars })
 }
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), DockerError> {
@@ -957,11 +1082,125 @@ mod tests {
             json!(["A=1", "EMPTY=", "URL=postgres://h/db?x=y"])
         );
         let args = run.docker_run_args();
-        assert_eq!(
-            flag_values(&args, "--env"),
-            ["A=1", "EMPTY=", "URL=postgres://h/db?x=y"]
-        );
+        assert_eq!(flag_values(&args, "--env"), ["A", "EMPTY", "URL"]);
         assert!(!args.iter().any(|a| a.contains("UNSET")));
+        assert_eq!(
+            exposed(&run.docker_run_env()),
+            exposed_pairs(&[("A", "1"), ("EMPTY", ""), ("URL", "postgres://h/db?x=y")])
+        );
+    }
+
+    fn exposed(env: &[(String, SecretString)]) -> Vec<(String, String)> {
+        env.iter()
+            .map(|(key, value)| (key.clone(), value.expose_secret().to_owned()))
+            .collect()
+    }
+
+    fn exposed_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn env_values_stay_off_the_command_line_and_out_of_debug() {
+        let mut c = container();
+        c.name = Some("zoom".into());
+        c.env.insert("PREFECT_API_KEY".into(), Some(CANARY.into()));
+        c.env
+            .insert("DB_URL".into(), Some(format!("postgres://u:{CANARY}@h/db")));
+        c.labels.insert("team".into(), "data".into());
+        let run = config(&c);
+
+        // The values reach the container: in the API body, and for the CLI through the
+        // `docker` process's environment.
+        assert_eq!(
+            run.create_body()["Env"],
+            json!([
+                format!("DB_URL=postgres://u:{CANARY}@h/db"),
+                format!("PREFECT_API_KEY={CANARY}")
+            ])
+        );
+        assert_eq!(
+            run.create.body_json()["Env"][1],
+            format!("PREFECT_API_KEY={CANARY}")
+        );
+        assert_eq!(
+            exposed(&run.docker_run_env()),
+            exposed_pairs(&[
+                ("DB_URL", &format!("postgres://u:{CANARY}@h/db")),
+                ("PREFECT_API_KEY", CANARY)
+            ])
+        );
+
+        // But only the names are in the arguments and in Debug.
+        let args = run.docker_run_args();
+        assert_eq!(flag_values(&args, "--env"), ["DB_URL", "PREFECT_API_KEY"]);
+        assert_eq!(flag_values(&args, "--label"), ["team=data"]);
+        let env = &run.create.body.env;
+        for text in [
+            args.join(" "),
+            format!("{run:?}"),
+            format!("{run:#?}"),
+            format!("{:?}", run.create),
+            format!("{:#?}", run.create),
+            format!("{:?}", run.create.body),
+            format!("{:#?}", run.create.body),
+            format!("{env:?}"),
+            format!("{:?}", run.docker_run_env()),
+        ] {
+            assert!(!text.contains(CANARY), "{text}");
+        }
+        assert_eq!(
+            format!("{env:?}"),
+            r#"["DB_URL=********", "PREFECT_API_KEY=********"]"#
+        );
+        assert!(format!("{run:?}").contains("PREFECT_API_KEY=********"));
+        assert_eq!(
+            env.keys().collect::<Vec<_>>(),
+            ["DB_URL", "PREFECT_API_KEY"]
+        );
+        assert_eq!(env.len(), 2);
+        assert!(!env.is_empty());
+    }
+
+    #[test]
+    fn environments_compare_by_keys_and_values() {
+        let env = |pairs: &[(&str, &str)]| -> Environment {
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), SecretString::from(*value)))
+                .collect()
+        };
+        assert_eq!(env(&[("A", "1")]), env(&[("A", "1")]));
+        assert_ne!(env(&[("A", "1")]), env(&[("A", "2")]));
+        assert_ne!(env(&[("A", "1")]), env(&[("B", "1")]));
+        assert_ne!(env(&[("A", "1")]), env(&[("A", "1"), ("B", "2")]));
+        assert!(Environment::default().is_empty());
+        assert_eq!(
+            serde_json::to_value(env(&[("A", "x=y"), ("B", "")])).unwrap(),
+            json!(["A=x=y", "B="])
+        );
+
+        let mut c = container();
+        c.env.insert("K".into(), Some("1".into()));
+        let run = config(&c);
+        assert_eq!(run.clone(), run);
+        c.env.insert("K".into(), Some("2".into()));
+        assert_ne!(config(&c), run);
+    }
+
+    #[test]
+    fn env_values_with_nul_are_refused_without_the_value() {
+        let mut c = container();
+        c.env
+            .insert("SECRET".into(), Some(format!("{CANARY}\0tail")));
+        let err = error(&c);
+        assert_eq!(err.field, "env");
+        assert!(err.message.contains("SECRET"), "{err}");
+        assert!(!err.to_string().contains(CANARY), "{err}");
+        assert!(!format!("{err:?}").contains(CANARY), "{err:?}");
     }
 
     #[test]
@@ -1634,6 +1873,7 @@ mod tests {
             run.docker_run_args(),
             ["run", "--pull", "always", "--rm", "discdiver/prefect:zoom"]
         );
+        assert!(run.docker_run_env().is_empty());
     }
 
     #[test]
@@ -1682,7 +1922,7 @@ mod tests {
                 "--name",
                 "etl-web-to-gcs",
                 "--env",
-                "EXTRA_PIP_PACKAGES=pandas pyarrow",
+                "EXTRA_PIP_PACKAGES",
                 "--label",
                 "course=zoomcamp",
                 "--volume",
@@ -1703,6 +1943,10 @@ mod tests {
                 "-m",
                 "prefect.engine",
             ]
+        );
+        assert_eq!(
+            exposed(&run.docker_run_env()),
+            exposed_pairs(&[("EXTRA_PIP_PACKAGES", "pandas pyarrow")])
         );
     }
 }

@@ -22,12 +22,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use regex::Regex;
 
 use block_types::catalog::{
     AsyncSqlAlchemyConnector, ConnectionComponents, ConnectionInfo, SqlAlchemyConnector,
 };
 use block_types::secret::SecretString;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{
+    AsciiSet, CONTROLS, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode,
+};
 use serde_json::{Map, Value};
 use sqlx::Connection as _;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
@@ -43,12 +49,15 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// The SQLite settings a connector may give (in its URL's query or its `connect_args`):
-/// `mode` (`ro`, `rw`, `rwc`, `memory`), `timeout` (seconds to wait on a lock) and
-/// `check_same_thread` (Python's; no meaning here, accepted and ignored).
-const SQLITE_SETTINGS: [&str; 3] = ["mode", "timeout", "check_same_thread"];
+/// `mode` (`ro`, `rw`, `rwc`, `memory`), `timeout` (seconds to wait on a lock), `uri`
+/// (the database is a `file:` URI) and `check_same_thread` (Python's; ignored).
+const SQLITE_SETTINGS: [&str; 4] = ["mode", "timeout", "uri", "check_same_thread"];
 
-/// How long a pool waits for a connection before giving up.
-const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a connection may take unless `connect_timeout` says otherwise.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What is encoded in a SQLite path: `%`, `?`, `#` and controls; its slashes are its own.
+const SQLITE_PATH: &AsciiSet = &CONTROLS.add(b'%').add(b'?').add(b'#');
 
 /// The sqlx backend a SQLAlchemy dialect maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,11 +151,16 @@ pub struct DatabaseUrl {
     host: Option<String>,
     port: Option<u16>,
     database: Option<String>,
+    /// The URL's own query, as SQLAlchemy has it.
     query: BTreeMap<String, String>,
+    /// What sqlx is given: the query and `connect_args`, in sqlx's names.
+    params: BTreeMap<String, String>,
+    connect_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Query values may be secret (`sslpassword`, a token): keys only.
         f.debug_struct("DatabaseUrl")
             .field("backend", &self.backend)
             .field("driver", &self.driver)
@@ -155,8 +169,128 @@ impl fmt::Debug for DatabaseUrl {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("database", &self.database)
-            .field("query", &self.query)
+            .field("query", &self.query.keys().collect::<Vec<_>>())
+            .field("params", &self.params.keys().collect::<Vec<_>>())
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
+    }
+}
+
+/// What one query or `connect_args` entry means to sqlx.
+enum Setting {
+    /// A URL parameter of sqlx's.
+    Param(&'static str, String),
+    /// Like `Param`, unless a parameter of that name was given explicitly.
+    Default(&'static str, String),
+    /// How long to wait for a connection.
+    Timeout(Duration),
+    /// Meaningful only to Python (`check_same_thread`, `uri`).
+    Ignored,
+}
+
+const POSTGRES_SETTINGS: &str = "sslmode (or asyncpg's ssl), sslrootcert, sslcert, sslkey, application_name, options, statement-cache-capacity, connect_timeout";
+const MYSQL_SETTINGS: &str = "ssl-mode (or ssl_mode), ssl-ca (ssl_ca), ssl-cert (ssl_cert), ssl-key (ssl_key), ssl_verify_cert, ssl_verify_identity, charset, collation, timezone, socket (unix_socket), statement-cache-capacity, connect_timeout";
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "must be a number of seconds".to_owned())
+}
+
+fn truthy(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false".to_owned()),
+    }
+}
+
+/// Maps a SQLAlchemy/driver setting to sqlx's; an unknown one is refused rather than
+/// silently dropped (a dropped TLS setting would weaken the connection).
+fn setting(backend: Backend, key: &str, value: &str) -> Result<Setting, String> {
+    let param = |name: &'static str| Ok(Setting::Param(name, value.to_owned()));
+    match (backend, key) {
+        (Backend::Postgres | Backend::MySql, "connect_timeout") => {
+            seconds(value).map(Setting::Timeout)
+        }
+        (Backend::Postgres, "sslmode" | "ssl-mode") => match value {
+            "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => {
+                param("sslmode")
+            }
+            _ => {
+                Err("must be disable, allow, prefer, require, verify-ca or verify-full".to_owned())
+            }
+        },
+        (Backend::Postgres, "ssl") => {
+            let mode = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "require" => "require",
+                "false" | "disable" => "disable",
+                mode @ ("allow" | "prefer" | "verify-ca" | "verify-full") => {
+                    return Ok(Setting::Param("sslmode", mode.to_owned()));
+                }
+                _ => return Err("must be true, false, disable, allow, prefer, require, verify-ca or verify-full".to_owned()),
+            };
+            Ok(Setting::Param("sslmode", mode.to_owned()))
+        }
+        (Backend::Postgres, "sslrootcert" | "ssl-root-cert") => param("sslrootcert"),
+        (Backend::Postgres, "sslcert" | "ssl-cert") => param("sslcert"),
+        (Backend::Postgres, "sslkey" | "ssl-key") => param("sslkey"),
+        (Backend::Postgres, "application_name") => param("application_name"),
+        (Backend::Postgres, "options") => param("options"),
+        (Backend::Postgres | Backend::MySql, "statement-cache-capacity") => {
+            param("statement-cache-capacity")
+        }
+        (Backend::MySql, "ssl-mode" | "ssl_mode" | "sslmode") => {
+            let mode = value.trim().to_ascii_uppercase().replace('-', "_");
+            match mode.as_str() {
+                "DISABLED" | "PREFERRED" | "REQUIRED" | "VERIFY_CA" | "VERIFY_IDENTITY" => {
+                    Ok(Setting::Param("ssl-mode", mode))
+                }
+                _ => Err(
+                    "must be DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY"
+                        .to_owned(),
+                ),
+            }
+        }
+        (Backend::MySql, "ssl-ca" | "ssl_ca") => param("ssl-ca"),
+        (Backend::MySql, "ssl-cert" | "ssl_cert") => param("ssl-cert"),
+        (Backend::MySql, "ssl-key" | "ssl_key") => param("ssl-key"),
+        (Backend::MySql, "ssl_verify_cert") => Ok(if truthy(value)? {
+            Setting::Default("ssl-mode", "VERIFY_CA".to_owned())
+        } else {
+            Setting::Ignored
+        }),
+        (Backend::MySql, "ssl_verify_identity") => Ok(if truthy(value)? {
+            Setting::Default("ssl-mode", "VERIFY_IDENTITY".to_owned())
+        } else {
+            Setting::Ignored
+        }),
+        (Backend::MySql, "charset") => param("charset"),
+        (Backend::MySql, "collation") => param("collation"),
+        (Backend::MySql, "timezone") => param("timezone"),
+        (Backend::MySql, "socket" | "unix_socket") => param("socket"),
+        (Backend::Sqlite, "mode") => match value {
+            "ro" | "rw" | "rwc" | "memory" => param("mode"),
+            _ => Err("must be ro, rw, rwc or memory".to_owned()),
+        },
+        (Backend::Sqlite, "timeout") => {
+            seconds(value).map(|_| Setting::Param("timeout", value.to_owned()))
+        }
+        (Backend::Sqlite, "check_same_thread" | "uri") => Ok(Setting::Ignored),
+        (Backend::Postgres, _) => Err(format!(
+            "is not a PostgreSQL setting served here ({POSTGRES_SETTINGS} are)"
+        )),
+        (Backend::MySql, _) => Err(format!(
+            "is not a MySQL setting served here ({MYSQL_SETTINGS} are)"
+        )),
+        (Backend::Sqlite, _) => Err(format!(
+            "is not a SQLite setting served here ({} are)",
+            SQLITE_SETTINGS.join(", ")
+        )),
     }
 }
 
@@ -164,7 +298,8 @@ impl DatabaseUrl {
     /// Resolves a connector's `connection_info` and `connect_args`.
     ///
     /// # Errors
-    /// [`SqlError`] for an unserved driver, a malformed URL or an unusable argument.
+    /// [`SqlError`] for an unserved driver, a malformed URL or an unusable or unknown
+    /// setting (naming `connection_info.query.<key>` or `connect_args.<key>`).
     pub fn new(
         info: &ConnectionInfo,
         connect_args: Option<&Map<String, Value>>,
@@ -173,13 +308,23 @@ impl DatabaseUrl {
             ConnectionInfo::Components(parts) => Self::from_components(parts)?,
             ConnectionInfo::Url(url) => Self::parse(url.expose_secret())?,
         };
-        for (key, value) in connect_args.into_iter().flatten() {
-            if url.backend == Backend::Sqlite && !SQLITE_SETTINGS.contains(&key.as_str()) {
+        if url.backend != Backend::Sqlite
+            && let Some(password) = url.query.remove("password")
+        {
+            if url.password.is_some() {
                 return Err(SqlError::new(
-                    &format!("connect_args.{key}"),
-                    "is not a SQLite setting served here (mode, timeout, check_same_thread are)",
+                    "query.password",
+                    "the URL gives a password twice; keep the one before the @",
                 ));
             }
+            url.password = Some(SecretString::new(password));
+        }
+        let mut given: Vec<(String, String)> = url
+            .query
+            .iter()
+            .map(|(k, v)| (format!("query.{k}"), format!("{k}\u{0}{v}")))
+            .collect();
+        for (key, value) in connect_args.into_iter().flatten() {
             let value = match value {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
@@ -187,11 +332,26 @@ impl DatabaseUrl {
                 _ => {
                     return Err(SqlError::new(
                         &format!("connect_args.{key}"),
-                        "only text, number and boolean arguments can be passed to the database; give this one in the URL's query instead",
+                        "only text, number and boolean arguments can be passed to the database",
                     ));
                 }
             };
-            url.query.insert(key.clone(), value);
+            given.push((format!("connect_args.{key}"), format!("{key}\u{0}{value}")));
+        }
+        for (field, pair) in given {
+            let (key, value) = pair.split_once('\u{0}').unwrap_or((&pair, ""));
+            match setting(url.backend, key, value)
+                .map_err(|message| SqlError::new(&field, message))?
+            {
+                Setting::Param(name, value) => {
+                    url.params.insert(name.to_owned(), value);
+                }
+                Setting::Default(name, value) => {
+                    url.params.entry(name.to_owned()).or_insert(value);
+                }
+                Setting::Timeout(timeout) => url.connect_timeout = Some(timeout),
+                Setting::Ignored => {}
+            }
         }
         if url.backend == Backend::Sqlite {
             url.check_sqlite()?;
@@ -211,72 +371,101 @@ impl DatabaseUrl {
             port: parts.port,
             database: non_empty(&parts.database),
             query: parts.query.clone().unwrap_or_default(),
+            params: BTreeMap::new(),
+            connect_timeout: None,
         })
     }
 
-    /// Parses a SQLAlchemy URL, `dialect[+driver]://[user[:password]@][host][:port][/database][?query]`.
+    /// Parses a SQLAlchemy URL with SQLAlchemy's own pattern
+    /// (`dialect[+driver]://[user[:password]@][host][:port][/database][?query]`): the
+    /// password runs to the last character before the `@` that ends the user part, so it
+    /// may hold `/`, `?` or `#` unencoded; user name, password and database are
+    /// percent-decoded.
     fn parse(text: &str) -> Result<Self, SqlError> {
+        static PATTERN: OnceLock<Regex> = OnceLock::new();
+        let pattern = PATTERN.get_or_init(|| {
+            Regex::new(
+                r"(?sx)
+                ^(?P<name>[\w\+]+)://
+                (?:(?P<username>[^:/]*)(?::(?P<password>[^@]*))?@)?
+                (?:(?:\[(?P<ipv6host>[^/\?]+)\]|(?P<ipv4host>[^/:\?]+))?(?::(?P<port>[^/\?]*))?)?
+                (?:/(?P<database>[^\?]*))?
+                (?:\?(?P<query>.*))?$",
+            )
+            .expect("SQLAlchemy's URL pattern compiles")
+        });
         let text = text.trim();
-        let Some((driver, rest)) = text.split_once("://") else {
+        let Some(parts) = pattern.captures(text) else {
             return Err(SqlError::new(
                 "",
                 "a URL must look like dialect+driver://user:password@host:port/database",
             ));
         };
+        let part = |name: &str| parts.name(name).map(|m| m.as_str());
+        let driver = part("name").unwrap_or_default();
         let backend = Backend::for_driver(driver)?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((user, host)) => (Some(user), host),
-            None => (None, authority),
-        };
         let decode = |field: &str, s: &str| {
             percent_decode_str(s)
                 .decode_utf8()
                 .map(|d| d.into_owned())
                 .map_err(|_| SqlError::new(field, "is not valid percent-encoded UTF-8"))
         };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(info) => match info.split_once(':') {
-                Some((user, pass)) => (
-                    Some(decode("username", user)?),
-                    Some(SecretString::new(decode("password", pass)?)),
-                ),
-                None => (Some(decode("username", info)?), None),
-            },
+        let port = match part("port").filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| SqlError::new("port", "must be an integer from 0 to 65535"))?,
+            ),
         };
-        let (host, port) = split_host_port(hostport)?;
-        let mut query_map = BTreeMap::new();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            query_map.insert(key.into_owned(), value.into_owned());
+        let mut query = BTreeMap::new();
+        for (key, value) in form_urlencoded::parse(part("query").unwrap_or_default().as_bytes()) {
+            query.insert(key.into_owned(), value.into_owned());
         }
         Ok(Self {
             backend,
             driver: driver.to_owned(),
-            username: username.filter(|u| !u.is_empty()),
-            password,
-            host: (!host.is_empty()).then(|| host.to_owned()),
+            username: part("username")
+                .map(|u| decode("username", u))
+                .transpose()?
+                .filter(|u| !u.is_empty()),
+            password: part("password")
+                .map(|p| decode("password", p).map(SecretString::new))
+                .transpose()?,
+            host: part("ipv6host")
+                .or(part("ipv4host"))
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned),
             port,
-            database: Some(decode("database", database)?).filter(|d| !d.is_empty()),
-            query: query_map,
+            database: part("database")
+                .map(|d| decode("database", d))
+                .transpose()?
+                .filter(|d| !d.is_empty()),
+            query,
+            params: BTreeMap::new(),
+            connect_timeout: None,
         })
     }
 
-    fn check_sqlite(&self) -> Result<(), SqlError> {
+    fn check_sqlite(&mut self) -> Result<(), SqlError> {
         if self.host.is_some() || self.username.is_some() || self.password.is_some() {
             return Err(SqlError::new(
                 "",
                 "a SQLite database is a file: give its path as the database, without host, user or password",
             ));
         }
-        for key in self.query.keys() {
-            if !SQLITE_SETTINGS.contains(&key.as_str()) {
-                return Err(SqlError::new(
-                    &format!("query.{key}"),
-                    "is not a SQLite setting served here (mode, timeout, check_same_thread are)",
-                ));
-            }
+        // `uri=true`: the database is a `file:` URI; its path is what sqlx opens.
+        let uri = self
+            .query
+            .get("uri")
+            .is_some_and(|v| truthy(v).unwrap_or(false));
+        if uri
+            && let Some(path) = self
+                .database
+                .as_deref()
+                .and_then(|d| d.strip_prefix("file:"))
+        {
+            let path = path.split('?').next().unwrap_or(path).to_owned();
+            self.database = Some(path).filter(|p| !p.is_empty());
         }
         Ok(())
     }
@@ -291,30 +480,31 @@ impl DatabaseUrl {
         &self.driver
     }
 
-    /// The URL as SQLAlchemy writes it (`postgresql+psycopg2://user:p%40ss@host:5432/db?…`):
-    /// user name, password and database percent-encoded, the query appended. Secret, since
-    /// it holds the password.
+    /// The URL as SQLAlchemy has it (`postgresql+psycopg2://user:p%40ss@host:5432/db?…`):
+    /// user name, password and database percent-encoded, the URL's own query appended
+    /// (`connect_args` are not part of it, as in SQLAlchemy). Secret, since it holds the
+    /// password.
     pub fn sqlalchemy_url(&self) -> SecretString {
-        SecretString::new(self.render(&self.driver))
+        SecretString::new(self.render(&self.driver, &self.query))
     }
 
-    /// The URL sqlx connects to (`postgres://…`, `mysql://…`, `sqlite://…`). Secret, since it
-    /// holds the password.
+    /// The URL sqlx connects to (`postgres://…`, `mysql://…`, `sqlite://…`), with the query
+    /// and `connect_args` in sqlx's names. Secret, since it holds the password.
     pub fn sqlx_url(&self) -> SecretString {
         if self.backend == Backend::Sqlite {
-            // sqlx takes the path as it is after `sqlite://`.
+            // sqlx percent-decodes what follows `sqlite://`.
             let mut url = match self.sqlite_path() {
-                Some(path) => format!("sqlite://{path}"),
+                Some(path) => format!("sqlite://{}", utf8_percent_encode(path, SQLITE_PATH)),
                 None => "sqlite::memory:".to_owned(),
             };
             // sqlx reads `mode` from the URL; the lock timeout is set on connect.
-            if let Some(mode) = self.query.get("mode") {
+            if let Some(mode) = self.params.get("mode") {
                 url.push_str("?mode=");
                 url.extend(utf8_percent_encode(mode, COMPONENT));
             }
             return SecretString::new(url);
         }
-        SecretString::new(self.render(self.backend.sqlx_scheme()))
+        SecretString::new(self.render(self.backend.sqlx_scheme(), &self.params))
     }
 
     /// The SQLite file, or `None` for an in-memory database.
@@ -322,7 +512,12 @@ impl DatabaseUrl {
         self.database.as_deref().filter(|d| *d != ":memory:")
     }
 
-    fn render(&self, scheme: &str) -> String {
+    /// How long a connection may take (`connect_timeout`), when given.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+
+    fn render(&self, scheme: &str, query: &BTreeMap<String, String>) -> String {
         let mut url = format!("{scheme}://");
         if let Some(user) = &self.username {
             url.extend(utf8_percent_encode(user, COMPONENT));
@@ -346,16 +541,16 @@ impl DatabaseUrl {
             url.push('/');
             if self.backend == Backend::Sqlite {
                 // A path: its slashes are the path's own.
-                url.push_str(database);
+                url.extend(utf8_percent_encode(database, SQLITE_PATH));
             } else {
                 url.extend(utf8_percent_encode(database, COMPONENT));
             }
         }
-        if !self.query.is_empty() {
+        if !query.is_empty() {
             url.push('?');
             url.push_str(
                 &form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(&self.query)
+                    .extend_pairs(query)
                     .finish(),
             );
         }
@@ -369,13 +564,14 @@ impl DatabaseUrl {
     /// [`SqlError`] with field `connection` when the database cannot be reached or refuses.
     pub async fn connect(&self) -> Result<SqlPool, SqlError> {
         let scrub = |e: sqlx::Error| self.connect_error(&e);
+        let timeout = self.connect_timeout.unwrap_or(ACQUIRE_TIMEOUT);
         Ok(match self.backend {
             // One connection first, so a refusal is reported at once with its cause
             // rather than as a pool timeout.
             Backend::Postgres => {
                 let options =
                     PgConnectOptions::from_str(self.sqlx_url().expose_secret()).map_err(scrub)?;
-                PgConnection::connect_with(&options)
+                within(timeout, PgConnection::connect_with(&options))
                     .await
                     .map_err(scrub)?
                     .close()
@@ -383,7 +579,7 @@ impl DatabaseUrl {
                     .ok();
                 SqlPool::Postgres(
                     PgPoolOptions::new()
-                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .acquire_timeout(timeout)
                         .connect_with(options)
                         .await
                         .map_err(scrub)?,
@@ -392,7 +588,7 @@ impl DatabaseUrl {
             Backend::MySql => {
                 let options = MySqlConnectOptions::from_str(self.sqlx_url().expose_secret())
                     .map_err(scrub)?;
-                MySqlConnection::connect_with(&options)
+                within(timeout, MySqlConnection::connect_with(&options))
                     .await
                     .map_err(scrub)?
                     .close()
@@ -400,58 +596,49 @@ impl DatabaseUrl {
                     .ok();
                 SqlPool::MySql(
                     MySqlPoolOptions::new()
-                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .acquire_timeout(timeout)
                         .connect_with(options)
                         .await
                         .map_err(scrub)?,
                 )
             }
             Backend::Sqlite => {
-                let (options, pool) = match self.sqlite_path() {
-                    // Each connection to `:memory:` is a database of its own: one connection, kept.
-                    None => (
-                        SqliteConnectOptions::from_str("sqlite::memory:").map_err(scrub)?,
-                        SqlitePoolOptions::new()
-                            .max_connections(1)
-                            .min_connections(1)
-                            .idle_timeout(None)
-                            .max_lifetime(None),
-                    ),
-                    Some(path) => (
-                        SqliteConnectOptions::new()
-                            .filename(path)
-                            .create_if_missing(true),
-                        SqlitePoolOptions::new(),
-                    ),
+                let memory = self.params.get("mode").is_some_and(|m| m == "memory");
+                let options = match self.sqlite_path() {
+                    None => SqliteConnectOptions::from_str("sqlite::memory:").map_err(scrub)?,
+                    Some(path) => SqliteConnectOptions::new()
+                        .filename(path)
+                        .create_if_missing(true),
                 };
-                let options = self.sqlite_settings(options)?;
+                let pool = if memory || self.sqlite_path().is_none() {
+                    // Each connection to a memory database is a database of its own: one
+                    // connection, kept.
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                } else {
+                    SqlitePoolOptions::new()
+                };
+                let options = self.sqlite_settings(options);
                 SqlPool::Sqlite(pool.connect_with(options).await.map_err(scrub)?)
             }
         })
     }
 
-    fn sqlite_settings(
-        &self,
-        mut options: SqliteConnectOptions,
-    ) -> Result<SqliteConnectOptions, SqlError> {
-        if let Some(mode) = self.query.get("mode") {
-            options = match mode.as_str() {
-                "ro" => options.read_only(true).create_if_missing(false),
-                "rw" => options.create_if_missing(false),
-                "rwc" => options.create_if_missing(true),
-                "memory" => options.in_memory(true),
-                _ => return Err(SqlError::new("query.mode", "must be ro, rw, rwc or memory")),
-            };
+    fn sqlite_settings(&self, mut options: SqliteConnectOptions) -> SqliteConnectOptions {
+        // Both values were checked by `setting`.
+        options = match self.params.get("mode").map(String::as_str) {
+            Some("ro") => options.read_only(true).create_if_missing(false),
+            Some("rw") => options.create_if_missing(false),
+            Some("memory") => options.in_memory(true),
+            _ => options,
+        };
+        if let Some(timeout) = self.params.get("timeout").and_then(|t| seconds(t).ok()) {
+            options = options.busy_timeout(timeout);
         }
-        if let Some(timeout) = self.query.get("timeout") {
-            let seconds: f64 = timeout
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| SqlError::new("query.timeout", "must be a number of seconds"))?;
-            options = options.busy_timeout(std::time::Duration::from_secs_f64(seconds));
-        }
-        Ok(options)
+        options
     }
 
     fn connect_error(&self, error: &sqlx::Error) -> SqlError {
@@ -483,28 +670,14 @@ impl DatabaseUrl {
     }
 }
 
-fn split_host_port(hostport: &str) -> Result<(&str, Option<u16>), SqlError> {
-    let bad_port = || SqlError::new("port", "must be an integer from 0 to 65535");
-    if let Some(rest) = hostport.strip_prefix('[') {
-        let Some((host, after)) = rest.split_once(']') else {
-            return Err(SqlError::new("host", "an IPv6 address needs its closing ]"));
-        };
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p.parse().map_err(|_| bad_port())?),
-            None if after.is_empty() => None,
-            None => {
-                return Err(SqlError::new(
-                    "host",
-                    "unexpected text after the IPv6 address",
-                ));
-            }
-        };
-        return Ok((host, port));
-    }
-    match hostport.rsplit_once(':') {
-        Some((host, port)) => Ok((host, Some(port.parse().map_err(|_| bad_port())?))),
-        None => Ok((hostport, None)),
-    }
+/// `future`, or a timeout error after `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    future: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// An open pool of the connector's backend.

@@ -287,9 +287,9 @@ fn ipv6_hosts_are_bracketed() {
     assert_eq!(sqlx_url(&long), "mysql://[2001:db8::5]/d");
     assert_eq!(resolve(&url_info("mysql+asyncmy://[2001:db8::5]/d")), long);
 
-    // An unclosed bracket is refused on the host.
+    // An unclosed bracket is refused (as SQLAlchemy does, on its port).
     let err = refused(&url_info("postgresql+psycopg2://u@[::1:5432/d"), None);
-    assert_eq!(err.field, "connection_info.host");
+    assert_eq!(err.field, "connection_info.port");
 }
 
 #[test]
@@ -303,21 +303,28 @@ fn connect_args_are_appended_to_the_query() {
     });
     let connector = sync_connector(
         info.clone(),
-        Some(json!({"application_name": "etl job", "connect_timeout": 10, "keepalives": true})),
+        Some(json!({"application_name": "etl job", "connect_timeout": 10})),
     );
     let url = connector.database_url().unwrap();
+    // connect_args are arguments of the driver's connect call, not part of SQLAlchemy's URL;
+    // sqlx gets them as parameters, and connect_timeout bounds the connection.
     assert_eq!(
         sqlalchemy(&url),
-        "postgresql+psycopg2://u@h/d?application_name=etl+job&connect_timeout=10&keepalives=true&sslmode=disable"
+        "postgresql+psycopg2://u@h/d?sslmode=disable"
     );
+    assert_eq!(
+        sqlx_url(&url),
+        "postgres://u@h/d?application_name=etl+job&sslmode=disable"
+    );
+    assert_eq!(url.connect_timeout(), Some(Duration::from_secs(10)));
     let options = PgConnectOptions::from_str(&sqlx_url(&url)).unwrap();
     assert_eq!(options.get_application_name(), Some("etl job"));
     assert!(matches!(options.get_ssl_mode(), PgSslMode::Disable));
 
     // The same arguments on the URL form.
     let from_url = async_connector(
-        url_info("postgresql+asyncpg://u@h/d?sslmode=disable"),
-        Some(json!({"application_name": "etl job", "connect_timeout": 10, "keepalives": true})),
+        url_info("postgresql+asyncpg://u@h/d?ssl=false"),
+        Some(json!({"application_name": "etl job", "connect_timeout": 10})),
     )
     .database_url()
     .unwrap();
@@ -345,12 +352,18 @@ fn bad_port_in_url_form_is_refused() {
     for text in [
         "postgresql+psycopg2://u:pw@db.example.com:54x2/sales",
         "postgresql+psycopg2://u:pw@db.example.com:70000/sales",
-        "mysql+pymysql://u@db.example.com:/sales",
         "postgresql+psycopg2://u@[::1]:port/sales",
     ] {
         let err = refused(&url_info(text), None);
         assert_eq!(err.field, "connection_info.port", "{text}");
     }
+    // An empty port is no port, as in SQLAlchemy.
+    assert_eq!(
+        resolve(&url_info("mysql+pymysql://u@db.example.com:/sales"))
+            .sqlx_url()
+            .expose_secret(),
+        "mysql://u@db.example.com/sales"
+    );
     // No scheme separator at all.
     let err = refused(&url_info("postgresql+psycopg2:/u@h/d"), None);
     assert_eq!(err.field, "connection_info");
@@ -738,10 +751,8 @@ async fn sqlite_bad_settings_are_refused() {
     )
     .database_url()
     .unwrap();
-    assert_eq!(
-        sqlalchemy(&url),
-        "sqlite:///x.db?check_same_thread=false&timeout=2"
-    );
+    assert_eq!(sqlalchemy(&url), "sqlite:///x.db");
+    assert_eq!(sqlx_url(&url), "sqlite://x.db");
 
     // Host, user or password make no sense for a file.
     for info in [
@@ -789,8 +800,11 @@ async fn sqlite_bad_settings_are_refused() {
 
 #[test]
 fn sqlite_unknown_connect_arg_is_blamed_on_connect_args() {
-    let err = refused(&url_info("sqlite:///x.db"), Some(json!({"uri": true})));
-    assert_eq!(err.field, "connect_args.uri");
+    let err = refused(
+        &url_info("sqlite:///x.db"),
+        Some(json!({"isolation_level": "IMMEDIATE"})),
+    );
+    assert_eq!(err.field, "connect_args.isolation_level");
 }
 
 #[test]
@@ -1185,4 +1199,119 @@ fn sqlalchemy_renderings_parse_to_the_same_parts() {
         let again = resolve(&url_info(ours.sqlalchemy_url().expose_secret()));
         assert_eq!(again, ours, "{rendered_by_sqlalchemy}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Settings that would be lost are refused, TLS settings keep their meaning, and query
+// values stay out of Debug.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_settings_are_refused_and_driver_names_are_mapped() {
+    for (text, args, field) in [
+        (
+            "postgresql+psycopg2://u@h/d?keepalives=1",
+            None,
+            "connection_info.query.keepalives",
+        ),
+        (
+            "postgresql+asyncpg://u@h/d",
+            Some(json!({"server_settings": "x"})),
+            "connect_args.server_settings",
+        ),
+        (
+            "mysql+pymysql://u@h/d?ssl_check_hostname=true",
+            None,
+            "connection_info.query.ssl_check_hostname",
+        ),
+        (
+            "postgresql+asyncpg://u@h/d?ssl=maybe",
+            None,
+            "connection_info.query.ssl",
+        ),
+        (
+            "mysql+pymysql://u@h/d?ssl_mode=sometimes",
+            None,
+            "connection_info.query.ssl_mode",
+        ),
+        (
+            "postgresql://u@h/d?connect_timeout=soon",
+            None,
+            "connection_info.query.connect_timeout",
+        ),
+    ] {
+        let err = refused(&url_info(text), args);
+        assert_eq!(err.field, field, "{text}");
+    }
+    // asyncpg's ssl=require is sqlx's sslmode=require.
+    let url = resolve(&url_info("postgresql+asyncpg://u@h/d?ssl=require"));
+    let options = PgConnectOptions::from_str(&sqlx_url(&url)).unwrap();
+    assert!(matches!(options.get_ssl_mode(), PgSslMode::Require));
+    // pymysql's ssl_ca and ssl_verify_cert; an explicit mode wins over the flag.
+    let url = DatabaseUrl::new(
+        &url_info("mysql+pymysql://u@h/d?ssl_ca=/etc/ca.pem"),
+        Some(&as_map(json!({"ssl_verify_cert": true}))),
+    )
+    .unwrap();
+    assert_eq!(
+        sqlx_url(&url),
+        "mysql://u@h/d?ssl-ca=%2Fetc%2Fca.pem&ssl-mode=VERIFY_CA"
+    );
+    let url = DatabaseUrl::new(
+        &url_info("mysql+pymysql://u@h/d?ssl_mode=required"),
+        Some(&as_map(json!({"ssl_verify_cert": true}))),
+    )
+    .unwrap();
+    assert_eq!(sqlx_url(&url), "mysql://u@h/d?ssl-mode=REQUIRED");
+}
+
+#[test]
+fn a_password_in_the_query_is_a_password() {
+    let url = resolve(&url_info(&format!(
+        "postgresql+psycopg2://etl@db/wh?password={}&sslmode=require",
+        encode(PASSWORD)
+    )));
+    let debug = format!("{url:?}");
+    assert!(
+        !debug.contains("canary") && !debug.contains(&encode(PASSWORD)),
+        "{debug}"
+    );
+    let options = PgConnectOptions::from_str(&sqlx_url(&url)).unwrap();
+    assert_eq!(options.get_username(), "etl");
+    assert!(!sqlalchemy(&url).contains("password="));
+    let err = refused(&url_info("postgresql://u:a@h/d?password=b"), None);
+    assert_eq!(err.field, "connection_info.query.password");
+}
+
+#[test]
+fn unencoded_slashes_and_question_marks_in_a_password_parse_as_sqlalchemy_does() {
+    // SQLAlchemy's pattern lets a password run to the @ (`password [^@]*`).
+    let url = resolve(&url_info(
+        "postgresql://etl:ab/cd?e@db:5432/wh?sslmode=require",
+    ));
+    assert_eq!(
+        sqlx_url(&url),
+        "postgres://etl:ab%2Fcd%3Fe@db:5432/wh?sslmode=require"
+    );
+    let url = resolve(&url_info("postgresql://etl:5432/s3cret@db/wh"));
+    let options = PgConnectOptions::from_str(&sqlx_url(&url)).unwrap();
+    assert_eq!(options.get_host(), "db");
+    assert_eq!(options.get_database(), Some("wh"));
+    assert!(!format!("{url:?}").contains("s3cret"));
+}
+
+#[test]
+fn sqlite_paths_with_url_characters_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("100%done #1?.db");
+    let mut components = parts("sqlite");
+    components.database = Some(path.display().to_string());
+    let url = resolve(&ConnectionInfo::Components(components));
+    let back = resolve(&url_info(url.sqlalchemy_url().expose_secret()));
+    assert_eq!(back.sqlite_path(), url.sqlite_path());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&sqlx_url(&url)).unwrap();
+    assert_eq!(options.get_filename(), path.as_path());
+    // SQLAlchemy's `uri=true` form names a file: URI.
+    let url = resolve(&url_info("sqlite:///file:etl.db?mode=ro&uri=true"));
+    assert_eq!(url.sqlite_path(), Some("etl.db"));
 }
