@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::{
     Array, ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchReader as _,
 };
-use arrow::compute::cast;
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -96,6 +96,9 @@ pub(crate) fn read_csv(csv: &[u8]) -> Result<Trips, Error> {
     let (schema, _) = format
         .infer_schema(Cursor::new(csv), None)
         .map_err(|e| format!("the CSV's columns: {e}"))?;
+    if schema.fields().is_empty() {
+        return Err("the CSV has no columns".into());
+    }
     let schema = Arc::new(schema);
     let reader = ReaderBuilder::new(schema.clone())
         .with_format(format)
@@ -122,6 +125,10 @@ pub(crate) fn clean(trips: &Trips) -> Result<(Trips, Fixed), Error> {
         .collect();
     let timestamp = DataType::Timestamp(TimeUnit::Second, None);
     for field in &mut fields {
+        if field.name() == "passenger_count" && field.data_type() == &DataType::Null {
+            // Missing in every row: a count all the same.
+            *field = field.clone().with_data_type(DataType::Int64);
+        }
         if !field.name().ends_with("_datetime") {
             continue;
         }
@@ -137,17 +144,23 @@ pub(crate) fn clean(trips: &Trips) -> Result<(Trips, Fixed), Error> {
     for batch in &trips.batches {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
-            let column = if column.data_type() == field.data_type() {
+            let column = if field.name() == "passenger_count" {
+                fixed.missing_passenger_count += column.logical_null_count();
+                fill_zero(column).map_err(|e| format!("passenger_count: {e}"))?
+            } else if column.data_type() == field.data_type() {
                 column.clone()
             } else {
-                cast(column, field.data_type())
-                    .map_err(|e| format!("{} is not a datetime column: {e}", field.name()))?
-            };
-            let column = if field.name() == "passenger_count" {
-                fixed.missing_passenger_count += column.null_count();
-                fill_zero(&column).map_err(|e| format!("passenger_count: {e}"))?
-            } else {
-                column
+                // A value that is not a time is an error, never a silent null.
+                let strict = CastOptions {
+                    safe: false,
+                    ..CastOptions::default()
+                };
+                cast_with_options(column, field.data_type(), &strict).map_err(|e| {
+                    format!(
+                        "{} holds a value that is not a date and time: {e}",
+                        field.name()
+                    )
+                })?
             };
             columns.push(column);
         }
@@ -157,7 +170,11 @@ pub(crate) fn clean(trips: &Trips) -> Result<(Trips, Fixed), Error> {
 }
 
 fn fill_zero(column: &ArrayRef) -> Result<ArrayRef, Error> {
-    if column.null_count() == 0 {
+    // Only missing values (read as Null): a column of zeros.
+    if column.data_type() == &DataType::Null {
+        return Ok(Arc::new(Int64Array::from(vec![0; column.len()])));
+    }
+    if column.logical_null_count() == 0 {
         return Ok(column.clone());
     }
     if let Some(ints) = column.as_any().downcast_ref::<Int64Array>() {
@@ -175,20 +192,20 @@ fn fill_zero(column: &ArrayRef) -> Result<ArrayRef, Error> {
                 .collect::<Float64Array>(),
         ));
     }
-    // Only missing values: the column was read as text or null; it becomes a count.
-    if column.null_count() == column.len() {
-        return Ok(Arc::new(Int64Array::from(vec![0; column.len()])));
-    }
     Err(format!("expected numbers, found {}", column.data_type()).into())
 }
 
 /// Writes the trips as gzip-compressed Parquet (as the course's `to_parquet(compression=
 /// "gzip")`), creating the directory; returns the file's size.
 pub(crate) fn write_parquet(trips: &Trips, path: &Path) -> Result<u64, Error> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Written beside the target and renamed over it: a failed write leaves no file.
+    let file =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::GZIP(GzipLevel::default()))
         .build();
@@ -196,7 +213,10 @@ pub(crate) fn write_parquet(trips: &Trips, path: &Path) -> Result<u64, Error> {
     for batch in &trips.batches {
         writer.write(batch)?;
     }
-    writer.close()?;
+    let file = writer.into_inner()?;
+    file.as_file().sync_all()?;
+    file.persist(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(std::fs::metadata(path)?.len())
 }
 
@@ -220,11 +240,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_only_csv_is_an_empty_table() {
+    fn header_only_csv_is_an_empty_table_and_an_empty_file_is_refused() {
         let trips = read_csv(b"VendorID,passenger_count\n").unwrap();
         assert_eq!(trips.rows(), 0);
         let (cleaned, fixed) = clean(&trips).unwrap();
         assert_eq!((cleaned.rows(), fixed.missing_passenger_count), (0, 0));
+        assert!(
+            read_csv(b"")
+                .unwrap_err()
+                .to_string()
+                .contains("no columns")
+        );
+    }
+
+    #[test]
+    fn a_passenger_count_missing_everywhere_becomes_zeros() {
+        let trips = read_csv(b"passenger_count,x\n,a\n,b\n").unwrap();
+        assert_eq!(trips.schema.field(0).data_type(), &DataType::Null);
+        let (cleaned, fixed) = clean(&trips).unwrap();
+        assert_eq!(fixed.missing_passenger_count, 2);
+        assert_eq!(cleaned.schema.field(0).data_type(), &DataType::Int64);
+        let column = cleaned.batches[0].column(0).as_primitive::<Int64Type>();
+        assert_eq!(column.values().to_vec(), [0, 0]);
+    }
+
+    #[test]
+    fn a_bad_time_is_an_error_not_a_null() {
+        let trips =
+            read_csv(b"tpep_pickup_datetime,x\n2021-01-01 00:30:10,a\nyesterday,b\n").unwrap();
+        let error = clean(&trips).unwrap_err().to_string();
+        assert!(error.contains("tpep_pickup_datetime"), "{error}");
     }
 
     #[test]
@@ -286,5 +331,11 @@ mod tests {
         let back = read_parquet(&path).unwrap();
         assert_eq!(back.schema, trips.schema);
         assert_eq!(back.batches, trips.batches);
+        // Only the target is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["trips.parquet"]);
     }
 }

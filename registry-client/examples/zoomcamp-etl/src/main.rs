@@ -117,6 +117,9 @@ async fn run(args: &Args) -> Result<(), Error> {
             trips.schema.fields().len(),
             started.elapsed().as_secs_f64()
         );
+        if trips.rows() == 0 {
+            return Err(format!("{source} holds no trips; nothing was written").into());
+        }
         let (trips, fixed) = frame::clean(&trips)?;
         println!(
             "  clean      pre: missing passenger count: {}; post: 0; {} datetime column(s)",
