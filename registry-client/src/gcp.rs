@@ -24,6 +24,7 @@
 //! `STORAGE_EMULATOR_HOST` set, requests go to the emulator without a token, as Google's
 //! own client libraries do.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -151,12 +152,15 @@ impl ServiceAccount {
         Self::check(info, "service_account_info")
     }
 
-    /// Reads and checks a service-account key file.
+    /// Reads and checks a service-account key file. A leading `~` (`~/keys/sa.json`)
+    /// stands for the home directory (`HOME`), as in Prefect.
     ///
     /// # Errors
-    /// [`GcpError::Credentials`] when the file is missing, not JSON, or not a key.
+    /// [`GcpError::Credentials`] when the file is missing, not JSON, or not a key, or when
+    /// the path starts with `~` and there is no home directory.
     pub fn from_file(path: &Path) -> Result<Self, GcpError> {
         let field = "service_account_file";
+        let path = &expand_home(path, home_dir().as_deref())?;
         let text = std::fs::read_to_string(path).map_err(|e| {
             credentials_error(field, format!("cannot read {}: {e}", path.display()))
         })?;
@@ -273,6 +277,44 @@ impl ServiceAccount {
         gcp_auth::CustomServiceAccount::from_json(self.json.expose_secret())
             .map(|account| Arc::new(account) as Arc<dyn TokenProvider>)
             .map_err(|e| GcpError::Token(describe(&e)))
+    }
+}
+
+/// The home directory `~` stands for: `HOME`; on Windows, `USERPROFILE` when `HOME` is
+/// not set.
+fn home_dir() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+    #[cfg(windows)]
+    let home = home.or_else(|| std::env::var_os("USERPROFILE").filter(|h| !h.is_empty()));
+    home.map(PathBuf::from)
+}
+
+/// `path` with a leading `~` component (`~`, `~/…`) replaced by `home`, as Python's
+/// `os.path.expanduser` does and Prefect does to `service_account_file`. Other paths,
+/// `~user/…` among them, are returned as they are.
+///
+/// # Errors
+/// [`GcpError::Credentials`] on `service_account_file` when the path starts with `~` and
+/// `home` is `None` or empty.
+fn expand_home(path: &Path, home: Option<&Path>) -> Result<PathBuf, GcpError> {
+    let mut components = path.components();
+    if components.next() != Some(Component::Normal(OsStr::new("~"))) {
+        return Ok(path.to_owned());
+    }
+    let home = home.filter(|h| !h.as_os_str().is_empty()).ok_or_else(|| {
+        credentials_error(
+            "service_account_file",
+            format!(
+                "{} starts with ~, but HOME is not set; give the full path",
+                path.display()
+            ),
+        )
+    })?;
+    let rest = components.as_path();
+    if rest.as_os_str().is_empty() {
+        Ok(home.to_owned())
+    } else {
+        Ok(home.join(rest))
     }
 }
 
@@ -565,13 +607,17 @@ impl Bucket {
         )
     }
 
-    async fn send(
+    /// Sends a request, trying again after a 429, a server error, a refused connection
+    /// or a timeout (up to [`ATTEMPTS`] in all), and gives the last answer whatever its
+    /// status.
+    async fn exchange(
         &self,
         action: &str,
         build: impl Fn() -> reqwest::RequestBuilder + Send + Sync,
-    ) -> Result<reqwest::Response, GcpError> {
+    ) -> Result<Answer, GcpError> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
+        let mut retried = false;
         loop {
             let mut request = build();
             if let Some(tokens) = &self.tokens {
@@ -581,22 +627,16 @@ impl Bucket {
                     .map_err(|e| GcpError::Token(describe(&e)))?;
                 request = request.bearer_auth(token.as_str());
             }
-            let retry = match request.send().await {
+            match request.send().await {
                 Ok(response) => {
                     let status = response.status();
-                    if status.is_success() {
-                        return Ok(response);
+                    let again = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        || status.is_server_error();
+                    if !again || attempt >= ATTEMPTS {
+                        return Ok(Answer { response, retried });
                     }
-                    if !(status.as_u16() == 429 || status.is_server_error()) || attempt >= ATTEMPTS
-                    {
-                        let detail = response.text().await.unwrap_or_default();
-                        return Err(GcpError::Http {
-                            status: status.as_u16(),
-                            action: action.to_owned(),
-                            detail: brief(&detail),
-                        });
-                    }
-                    true
+                    // The service may have acted before failing; a 429 means it did not.
+                    retried |= status.is_server_error();
                 }
                 Err(e) if attempt >= ATTEMPTS || !(e.is_connect() || e.is_timeout()) => {
                     return Err(GcpError::Unreachable {
@@ -605,13 +645,24 @@ impl Bucket {
                         reason: chain(&e),
                     });
                 }
-                Err(_) => true,
-            };
-            debug_assert!(retry);
+                // A request that timed out may have been carried out; a refused connection
+                // was not.
+                Err(e) => retried |= !e.is_connect(),
+            }
             tokio::time::sleep(delay).await;
             delay *= 2;
             attempt += 1;
         }
+    }
+
+    /// As [`Bucket::exchange`], with any answer but a success made an error.
+    async fn send(
+        &self,
+        action: &str,
+        build: impl Fn() -> reqwest::RequestBuilder + Send + Sync,
+    ) -> Result<reqwest::Response, GcpError> {
+        let answer = self.exchange(action, build).await?;
+        success(answer.response, action).await
     }
 
     fn not_found(&self, name: &str, error: GcpError) -> GcpError {
@@ -661,7 +712,14 @@ impl Bucket {
     pub async fn delete_path(&self, path: &str) -> Result<(), GcpError> {
         let name = self.resolve(path)?;
         let url = self.object_url(&name);
-        self.send(&format!("delete {name}"), || self.http.delete(&url))
+        let action = format!("delete {name}");
+        let answer = self.exchange(&action, || self.http.delete(&url)).await?;
+        // An earlier attempt may have deleted the object and lost its answer: a 404 to
+        // the retry means the object is gone, as asked.
+        if answer.retried && answer.response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        success(answer.response, &action)
             .await
             .map_err(|e| self.not_found(&name, e))?;
         Ok(())
@@ -685,7 +743,8 @@ impl Bucket {
     }
 
     /// Downloads the object at `from` to the local file `to` (its directory is created),
-    /// streaming; a failed download leaves no partial file.
+    /// streaming into a temporary file beside `to` that replaces `to` once complete. A
+    /// failed or abandoned (dropped) download leaves no partial file and `to` as it was.
     ///
     /// # Errors
     /// [`GcpError::NotFound`], [`GcpError::Io`], or others when storage refuses.
@@ -699,40 +758,59 @@ impl Bucket {
     }
 
     async fn download_name(&self, name: &str, to: &Path) -> Result<PathBuf, GcpError> {
+        let io = |source| GcpError::Io {
+            path: to.to_owned(),
+            source,
+        };
+        let Some(file_name) = to.file_name() else {
+            return Err(GcpError::Path {
+                path: to.display().to_string(),
+                message: "names no file to download to".to_owned(),
+            });
+        };
         let url = self.object_url(name);
         let action = format!("download {name}");
         let mut response = self
             .send(&action, || self.http.get(&url).query(&[("alt", "media")]))
             .await
             .map_err(|e| self.not_found(name, e))?;
-        let io = |source| GcpError::Io {
-            path: to.to_owned(),
-            source,
-        };
-        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        }
-        let partial = partial_path(to);
-        let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
-        let result: Result<(), GcpError> = async {
-            while let Some(chunk) = response.chunk().await.map_err(|e| GcpError::Unreachable {
-                endpoint: self.endpoint.base().to_owned(),
-                action: action.clone(),
-                reason: chain(&e),
-            })? {
-                file.write_all(&chunk).await.map_err(io)?;
+        let parent = match to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => {
+                tokio::fs::create_dir_all(parent).await.map_err(io)?;
+                parent.to_owned()
             }
-            file.flush().await.map_err(io)?;
-            file.sync_all().await.map_err(io)?;
-            Ok(())
+            None => PathBuf::from("."),
+        };
+        // A temporary file of this download's own beside the target, renamed onto it once
+        // complete. An error, or the future being dropped, deletes it (NamedTempFile's
+        // drop): no partial file is left, none of the user's is overwritten, and
+        // concurrent downloads to the same target do not mix their bytes.
+        let prefix = hidden_prefix(file_name);
+        let temp = blocking(move || {
+            let mut builder = tempfile::Builder::new();
+            builder.prefix(&prefix).suffix(".partial");
+            // As File::create would: 0o666 less the umask, not tempfile's 0o600.
+            #[cfg(unix)]
+            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+            builder.tempfile_in(parent)
+        })
+        .await
+        .map_err(io)?;
+        let mut file = tokio::fs::File::from_std(temp.as_file().try_clone().map_err(io)?);
+        while let Some(chunk) = response.chunk().await.map_err(|e| GcpError::Unreachable {
+            endpoint: self.endpoint.base().to_owned(),
+            action: action.clone(),
+            reason: chain(&e),
+        })? {
+            file.write_all(&chunk).await.map_err(io)?;
         }
-        .await;
+        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
         drop(file);
-        if let Err(e) = result {
-            tokio::fs::remove_file(&partial).await.ok();
-            return Err(e);
-        }
-        tokio::fs::rename(&partial, to).await.map_err(io)?;
+        let target = to.to_owned();
+        blocking(move || temp.persist(target).map(drop).map_err(|e| e.error))
+            .await
+            .map_err(io)?;
         Ok(to.to_owned())
     }
 
@@ -835,7 +913,8 @@ impl Bucket {
     /// `local` under its file name. Returns the files written.
     ///
     /// # Errors
-    /// [`GcpError::Path`] for an object name that would leave `local` (`..`); others as
+    /// [`GcpError::Path`] for an object name that would leave `local` (`..`, an absolute
+    /// path), before anything is downloaded; others as
     /// [`Bucket::download_object_to_path`].
     pub async fn get_directory(
         &self,
@@ -851,7 +930,8 @@ impl Bucket {
             Some(name) => name.clone(),
             None => self.folder.clone(),
         };
-        let mut written = Vec::new();
+        // Every target is checked before anything is written.
+        let mut plan = Vec::new();
         for blob in self.list_prefix(&prefix).await? {
             if blob.name.ends_with('/') {
                 continue; // a folder placeholder
@@ -873,7 +953,11 @@ impl Bucket {
                 path: blob.name.clone(),
                 message: format!("would be written outside {}", local.display()),
             })?;
-            written.push(self.download_name(&blob.name, &target).await?);
+            plan.push((blob.name, target));
+        }
+        let mut written = Vec::with_capacity(plan.len());
+        for (name, target) in &plan {
+            written.push(self.download_name(name, target).await?);
         }
         Ok(written)
     }
@@ -892,13 +976,43 @@ fn safe_join(base: &Path, relative: &str) -> Option<PathBuf> {
     Some(base.join(relative))
 }
 
-fn partial_path(target: &Path) -> PathBuf {
-    let mut name = target
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".partial");
-    target.with_file_name(name)
+/// `.<file name>.`: the start of a download's temporary file name, hidden on Unix.
+fn hidden_prefix(file_name: &OsStr) -> OsString {
+    let mut prefix = OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".");
+    prefix
+}
+
+/// Runs blocking file work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// A response, whatever its status; `retried` when it answers a retry after an attempt
+/// that may have been carried out (a server error or a timeout; not a 429 nor a refused
+/// connection).
+struct Answer {
+    response: reqwest::Response,
+    retried: bool,
+}
+
+/// `response` when it is a success, else [`GcpError::Http`] with the service's words.
+async fn success(response: reqwest::Response, action: &str) -> Result<reqwest::Response, GcpError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let detail = response.text().await.unwrap_or_default();
+    Err(GcpError::Http {
+        status: status.as_u16(),
+        action: action.to_owned(),
+        detail: brief(&detail),
+    })
 }
 
 /// Every regular file under `root`, depth first, in name order; symbolic links to
@@ -956,4 +1070,100 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn expand(path: &str, home: Option<&str>) -> Result<PathBuf, GcpError> {
+        expand_home(Path::new(path), home.map(Path::new))
+    }
+
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let home = Some("/home/ana");
+        assert_eq!(
+            expand("~/key.json", home).unwrap(),
+            Path::new("/home/ana/key.json")
+        );
+        assert_eq!(
+            expand("~/keys/sa.json", home).unwrap(),
+            Path::new("/home/ana/keys/sa.json")
+        );
+        assert_eq!(
+            expand("~//key.json", home).unwrap(),
+            Path::new("/home/ana/key.json")
+        );
+        assert_eq!(expand("~", home).unwrap(), Path::new("/home/ana"));
+        assert_eq!(expand("~/", home).unwrap(), Path::new("/home/ana"));
+        assert_eq!(
+            expand("~/key.json", Some("/home/ana/")).unwrap(),
+            Path::new("/home/ana/key.json")
+        );
+    }
+
+    #[test]
+    fn other_paths_are_left_alone() {
+        for home in [Some("/home/ana"), None] {
+            for path in [
+                "/etc/key.json",
+                "key.json",
+                "./key.json",
+                "keys/~/key.json",
+                "/~/key.json",
+                "~ana/key.json",
+                "~key.json",
+                "",
+            ] {
+                assert_eq!(expand(path, home).unwrap(), Path::new(path), "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_tilde_without_a_home_names_the_field() {
+        for home in [None, Some("")] {
+            for path in ["~/key.json", "~"] {
+                match expand(path, home) {
+                    Err(GcpError::Credentials { field, message }) => {
+                        assert_eq!(field, "service_account_file");
+                        assert!(message.contains("HOME"), "{message}");
+                        assert!(message.contains(path), "{message}");
+                    }
+                    other => panic!("{path} with {home:?}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn from_file_expands_the_tilde() {
+        // The home directory of this process, whatever it is: the error names the
+        // expanded path, never `~`.
+        let Some(home) = home_dir() else {
+            return;
+        };
+        let missing = format!("blocks-no-such-key-{}.json", uuid::Uuid::new_v4().simple());
+        match ServiceAccount::from_file(&Path::new("~").join(&missing)) {
+            Err(GcpError::Credentials { field, message }) => {
+                assert_eq!(field, "service_account_file");
+                let expanded = home.join(&missing);
+                assert!(
+                    message.contains(&expanded.display().to_string()),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn temporary_names_are_hidden_beside_the_target() {
+        assert_eq!(
+            hidden_prefix(OsStr::new("copy.bin")),
+            OsString::from(".copy.bin.")
+        );
+    }
 }
