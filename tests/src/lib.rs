@@ -20,6 +20,19 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// The MySQL/MariaDB database tests use.
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
+/// A URL without its password, for messages.
+pub fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                parsed.set_password(Some("********")).ok();
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(a URL that does not parse)".to_owned(),
+    }
+}
+
 /// Skips (returns `None`) with a message, or fails under `CI`.
 pub fn unavailable<T>(what: &str, why: &str) -> Option<T> {
     assert!(
@@ -30,7 +43,8 @@ pub fn unavailable<T>(what: &str, why: &str) -> Option<T> {
     None
 }
 
-/// A fresh PostgreSQL database, dropped on [`PostgresDb::drop_database`].
+/// A fresh PostgreSQL database, dropped by [`PostgresDb::drop_database`] or, when a test
+/// fails before that, on drop.
 #[derive(Debug)]
 pub struct PostgresDb {
     /// Its URL.
@@ -38,6 +52,37 @@ pub struct PostgresDb {
     /// Its name.
     pub name: String,
     admin_url: String,
+    dropped: bool,
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // Possibly inside a runtime that is unwinding: drop it from a thread of its own.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(drop_database(&admin_url, &name));
+            }
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        admin
+            .execute(format!("drop database if exists {name} with (force)").as_str())
+            .await
+            .ok();
+        admin.close().await.ok();
+    }
 }
 
 impl PostgresDb {
@@ -47,7 +92,12 @@ impl PostgresDb {
             .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
             Ok(conn) => conn,
-            Err(e) => return unavailable(&format!("PostgreSQL at {admin_url}"), &e.to_string()),
+            Err(e) => {
+                return unavailable(
+                    &format!("PostgreSQL at {}", shown(&admin_url)),
+                    &e.to_string(),
+                );
+            }
         };
         let name = format!("blocks_test_{}", uuid::Uuid::new_v4().simple());
         admin
@@ -61,18 +111,14 @@ impl PostgresDb {
             url,
             name,
             admin_url,
+            dropped: false,
         })
     }
 
     /// Drops the database.
-    pub async fn drop_database(self) {
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            admin
-                .execute(format!("drop database if exists {} with (force)", self.name).as_str())
-                .await
-                .ok();
-            admin.close().await.ok();
-        }
+    pub async fn drop_database(mut self) {
+        drop_database(&self.admin_url, &self.name).await;
+        self.dropped = true;
     }
 }
 
@@ -85,7 +131,7 @@ pub async fn mysql_url() -> Option<url::Url> {
             conn.close().await.ok();
             Some(url::Url::parse(&url).unwrap())
         }
-        Err(e) => unavailable(&format!("MySQL at {url}"), &e.to_string()),
+        Err(e) => unavailable(&format!("MySQL at {}", shown(&url)), &e.to_string()),
     }
 }
 
