@@ -204,8 +204,14 @@ pub(crate) fn write_parquet(trips: &Trips, path: &Path) -> Result<u64, Error> {
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Written beside the target and renamed over it: a failed write leaves no file.
-    let file =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut builder = tempfile::Builder::new();
+    // As File::create would: 0o666 less the umask, not tempfile's 0o600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let file = builder
+        .prefix(".parquet-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::GZIP(GzipLevel::default()))
         .build();
