@@ -6,6 +6,8 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use block_types::catalog::{
     ConnectionComponents, ConnectionInfo, GcpCredentials, GcsBucket, SqlAlchemyConnector,
@@ -18,6 +20,38 @@ use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 
 const ROWS: usize = 1500;
+
+/// The sources directory over HTTP; the first request is answered 503.
+struct Web {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn serve_sources(dir: &Path) -> Web {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (dir, counter) = (dir.to_owned(), requests.clone());
+    let app = axum::Router::new().route(
+        "/{file}",
+        axum::routing::get(
+            move |axum::extract::Path(file): axum::extract::Path<String>| {
+                let (dir, counter) = (dir.clone(), counter.clone());
+                async move {
+                    if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+                    }
+                    match std::fs::read(dir.join(file)) {
+                        Ok(bytes) => (axum::http::StatusCode::OK, bytes),
+                        Err(_) => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    Web { url, requests }
+}
 const QUOTED: &str = r#""Y, ""held"" in
 memory""#;
 const HEADER: &str = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,total_amount";
@@ -156,10 +190,14 @@ async fn web_to_gcs_to_postgres() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let run = |extra: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_zoomcamp-etl"))
-            .args(["--color", "yellow", "--year", "2021"])
-            .arg("--source")
-            .arg(sources.join("{color}_tripdata_{year}-{month}.csv.gz"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zoomcamp-etl"));
+        command.args(["--color", "yellow", "--year", "2021"]);
+        if !extra.contains(&"--source") {
+            command
+                .arg("--source")
+                .arg(sources.join("{color}_tripdata_{year}-{month}.csv.gz"));
+        }
+        let output = command
             .args(extra)
             .current_dir(&work)
             .env_clear()
@@ -263,9 +301,28 @@ async fn web_to_gcs_to_postgres() {
             .unwrap();
     assert_eq!(quoted, 2);
 
-    // A second run appends, as the course's if_exists="append".
-    let (status, stdout, stderr) = run(&["--months", "1"]);
+    // A second run appends, as the course's if_exists="append"; this time the month comes
+    // from a URL whose first answer is a 503 (fetched again, as the course's retries=3).
+    let web = serve_sources(&sources).await;
+    let template = format!("{}/{{color}}_tripdata_{{year}}-{{month}}.csv.gz", web.url);
+    let (status, stdout, stderr) = run(&["--months", "1", "--source", &template]);
     assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "fetch      {}/yellow_tripdata_2021-01.csv.gz: {ROWS} rows",
+            web.url
+        )),
+        "{stdout}"
+    );
+    assert_eq!(web.requests.load(Ordering::SeqCst), 2);
+    // A missing file is named, not retried.
+    let (status, _, stderr) = run(&["--months", "3", "--source", &template]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("yellow_tripdata_2021-03.csv.gz") && stderr.contains("404"),
+        "{stderr}"
+    );
+    assert_eq!(web.requests.load(Ordering::SeqCst), 3);
     let rows: i64 = sqlx::query_scalar("select count(*) from rides")
         .fetch_one(&mut conn)
         .await
