@@ -715,8 +715,20 @@ impl Bucket {
         let action = format!("delete {name}");
         let answer = self.exchange(&action, || self.http.delete(&url)).await?;
         // An earlier attempt may have deleted the object and lost its answer: a 404 to
-        // the retry means the object is gone, as asked.
+        // the retry means the object is gone, as asked — unless it says the bucket is
+        // missing (`The specified bucket does not exist.`), which no delete explains.
         if answer.retried && answer.response.status() == reqwest::StatusCode::NOT_FOUND {
+            let detail = answer.response.text().await.unwrap_or_default();
+            if detail
+                .to_ascii_lowercase()
+                .contains("bucket does not exist")
+            {
+                return Err(GcpError::Http {
+                    status: 404,
+                    action,
+                    detail: brief(&detail),
+                });
+            }
             return Ok(());
         }
         success(answer.response, &action)

@@ -180,16 +180,38 @@ impl fmt::Debug for DatabaseUrl {
 enum Setting {
     /// A URL parameter of sqlx's.
     Param(&'static str, String),
-    /// Like `Param`, unless a parameter of that name was given explicitly.
-    Default(&'static str, String),
+    /// A switch resolved once every setting is known (TLS verification, SQLite's `uri`).
+    Flag(Flag, bool),
     /// How long to wait for a connection.
     Timeout(Duration),
     /// Meaningful only to Python (`check_same_thread`, `uri`).
     Ignored,
 }
 
-const POSTGRES_SETTINGS: &str = "sslmode (or asyncpg's ssl), sslrootcert, sslcert, sslkey, application_name, options, statement-cache-capacity, connect_timeout";
-const MYSQL_SETTINGS: &str = "ssl-mode (or ssl_mode), ssl-ca (ssl_ca), ssl-cert (ssl_cert), ssl-key (ssl_key), ssl_verify_cert, ssl_verify_identity, charset, collation, timezone, socket (unix_socket), statement-cache-capacity, connect_timeout";
+/// The switches of [`Setting::Flag`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flag {
+    /// pymysql's `ssl_verify_cert`.
+    VerifyCert,
+    /// pymysql's `ssl_verify_identity` / `ssl_check_hostname`.
+    CheckHostname,
+    /// SQLite's `uri`: the database is a `file:` URI, and `mode` applies.
+    Uri,
+}
+
+const POSTGRES_SETTINGS: &str = "sslmode (or asyncpg's ssl), sslrootcert, sslcert, sslkey, application_name, options, host, port, statement-cache-capacity, connect_timeout";
+const MYSQL_SETTINGS: &str = "ssl-mode (or ssl_mode), ssl-ca (ssl_ca), ssl-cert (ssl_cert), ssl-key (ssl_key), ssl_verify_cert, ssl_verify_identity (ssl_check_hostname), charset, collation, timezone, socket (unix_socket), statement-cache-capacity, connect_timeout";
+
+/// With no connection time limit (`connect_timeout` of 0 or less, as libpq reads it).
+const NO_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A `connect_timeout`: seconds, where 0 or less means no limit.
+fn connect_timeout(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s <= 0.0 => Ok(NO_LIMIT),
+        _ => seconds(value),
+    }
+}
 
 fn seconds(value: &str) -> Result<Duration, String> {
     value
@@ -215,7 +237,7 @@ fn setting(backend: Backend, key: &str, value: &str) -> Result<Setting, String> 
     let param = |name: &'static str| Ok(Setting::Param(name, value.to_owned()));
     match (backend, key) {
         (Backend::Postgres | Backend::MySql, "connect_timeout") => {
-            seconds(value).map(Setting::Timeout)
+            connect_timeout(value).map(Setting::Timeout)
         }
         (Backend::Postgres, "sslmode" | "ssl-mode") => match value {
             "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => {
@@ -226,8 +248,11 @@ fn setting(backend: Backend, key: &str, value: &str) -> Result<Setting, String> 
             }
         },
         (Backend::Postgres, "ssl") => {
+            // asyncpg: `True` is a default TLS context (verify-full); `'require'` does not
+            // verify.
             let mode = match value.trim().to_ascii_lowercase().as_str() {
-                "true" | "require" => "require",
+                "true" => "verify-full",
+                "require" => "require",
                 "false" | "disable" => "disable",
                 mode @ ("allow" | "prefer" | "verify-ca" | "verify-full") => {
                     return Ok(Setting::Param("sslmode", mode.to_owned()));
@@ -241,6 +266,13 @@ fn setting(backend: Backend, key: &str, value: &str) -> Result<Setting, String> 
         (Backend::Postgres, "sslkey" | "ssl-key") => param("sslkey"),
         (Backend::Postgres, "application_name") => param("application_name"),
         (Backend::Postgres, "options") => param("options"),
+        // A socket directory (`?host=/var/run/postgresql`) or a host given in the query.
+        (Backend::Postgres, "host") => param("host"),
+        (Backend::Postgres, "port") => value
+            .trim()
+            .parse::<u16>()
+            .map(|_| Setting::Param("port", value.trim().to_owned()))
+            .map_err(|_| "must be an integer from 0 to 65535".to_owned()),
         (Backend::Postgres | Backend::MySql, "statement-cache-capacity") => {
             param("statement-cache-capacity")
         }
@@ -259,16 +291,10 @@ fn setting(backend: Backend, key: &str, value: &str) -> Result<Setting, String> 
         (Backend::MySql, "ssl-ca" | "ssl_ca") => param("ssl-ca"),
         (Backend::MySql, "ssl-cert" | "ssl_cert") => param("ssl-cert"),
         (Backend::MySql, "ssl-key" | "ssl_key") => param("ssl-key"),
-        (Backend::MySql, "ssl_verify_cert") => Ok(if truthy(value)? {
-            Setting::Default("ssl-mode", "VERIFY_CA".to_owned())
-        } else {
-            Setting::Ignored
-        }),
-        (Backend::MySql, "ssl_verify_identity") => Ok(if truthy(value)? {
-            Setting::Default("ssl-mode", "VERIFY_IDENTITY".to_owned())
-        } else {
-            Setting::Ignored
-        }),
+        (Backend::MySql, "ssl_verify_cert") => Ok(Setting::Flag(Flag::VerifyCert, truthy(value)?)),
+        (Backend::MySql, "ssl_verify_identity" | "ssl_check_hostname") => {
+            Ok(Setting::Flag(Flag::CheckHostname, truthy(value)?))
+        }
         (Backend::MySql, "charset") => param("charset"),
         (Backend::MySql, "collation") => param("collation"),
         (Backend::MySql, "timezone") => param("timezone"),
@@ -280,7 +306,8 @@ fn setting(backend: Backend, key: &str, value: &str) -> Result<Setting, String> 
         (Backend::Sqlite, "timeout") => {
             seconds(value).map(|_| Setting::Param("timeout", value.to_owned()))
         }
-        (Backend::Sqlite, "check_same_thread" | "uri") => Ok(Setting::Ignored),
+        (Backend::Sqlite, "uri") => Ok(Setting::Flag(Flag::Uri, truthy(value)?)),
+        (Backend::Sqlite, "check_same_thread") => Ok(Setting::Ignored),
         (Backend::Postgres, _) => Err(format!(
             "is not a PostgreSQL setting served here ({POSTGRES_SETTINGS} are)"
         )),
@@ -338,23 +365,83 @@ impl DatabaseUrl {
             };
             given.push((format!("connect_args.{key}"), format!("{key}\u{0}{value}")));
         }
+        let mut flags: Vec<(Flag, bool)> = Vec::new();
+        let mut mode_field = None;
         for (field, pair) in given {
             let (key, value) = pair.split_once('\u{0}').unwrap_or((&pair, ""));
             match setting(url.backend, key, value)
                 .map_err(|message| SqlError::new(&field, message))?
             {
                 Setting::Param(name, value) => {
+                    if url.backend == Backend::Sqlite && name == "mode" {
+                        mode_field = Some(field.clone());
+                    }
                     url.params.insert(name.to_owned(), value);
                 }
-                Setting::Default(name, value) => {
-                    url.params.entry(name.to_owned()).or_insert(value);
-                }
+                Setting::Flag(flag, on) => flags.push((flag, on)),
                 Setting::Timeout(timeout) => url.connect_timeout = Some(timeout),
                 Setting::Ignored => {}
             }
         }
-        if url.backend == Backend::Sqlite {
-            url.check_sqlite()?;
+        let flag = |wanted: Flag| {
+            flags
+                .iter()
+                .rev()
+                .find(|(f, _)| *f == wanted)
+                .map(|(_, on)| *on)
+        };
+        match url.backend {
+            Backend::Postgres => {
+                // libpq verifies the CA when `require` comes with a root certificate.
+                if url.params.get("sslmode").is_some_and(|m| m == "require")
+                    && url.params.contains_key("sslrootcert")
+                {
+                    url.params
+                        .insert("sslmode".to_owned(), "verify-ca".to_owned());
+                }
+            }
+            Backend::MySql => {
+                // As pymysql: a CA means the certificate is verified, and the host name
+                // too unless switched off; an explicit mode wins.
+                let check_hostname = flag(Flag::CheckHostname);
+                let mode = if url.params.contains_key("ssl-mode") {
+                    None
+                } else if flag(Flag::VerifyCert) == Some(false) {
+                    // Asked for no verification: encrypted when a CA or key is given.
+                    ["ssl-ca", "ssl-cert", "ssl-key"]
+                        .iter()
+                        .any(|k| url.params.contains_key(*k))
+                        .then_some("REQUIRED")
+                } else if url.params.contains_key("ssl-ca") || flag(Flag::VerifyCert) == Some(true)
+                {
+                    Some(
+                        if check_hostname == Some(false)
+                            || (!url.params.contains_key("ssl-ca") && check_hostname.is_none())
+                        {
+                            "VERIFY_CA"
+                        } else {
+                            "VERIFY_IDENTITY"
+                        },
+                    )
+                } else if check_hostname == Some(true) {
+                    Some("VERIFY_IDENTITY")
+                } else {
+                    None
+                };
+                if let Some(mode) = mode {
+                    url.params.insert("ssl-mode".to_owned(), mode.to_owned());
+                }
+            }
+            Backend::Sqlite => {
+                let uri = flag(Flag::Uri).unwrap_or(false);
+                if let Some(field) = mode_field.filter(|_| !uri) {
+                    return Err(SqlError::new(
+                        &field,
+                        "takes effect only with uri=true, as in SQLAlchemy; add uri=true (and write the database as file:path) or drop mode",
+                    ));
+                }
+                url.check_sqlite(uri)?;
+            }
         }
         Ok(url)
     }
@@ -446,7 +533,7 @@ impl DatabaseUrl {
         })
     }
 
-    fn check_sqlite(&mut self) -> Result<(), SqlError> {
+    fn check_sqlite(&mut self, uri: bool) -> Result<(), SqlError> {
         if self.host.is_some() || self.username.is_some() || self.password.is_some() {
             return Err(SqlError::new(
                 "",
@@ -454,10 +541,6 @@ impl DatabaseUrl {
             ));
         }
         // `uri=true`: the database is a `file:` URI; its path is what sqlx opens.
-        let uri = self
-            .query
-            .get("uri")
-            .is_some_and(|v| truthy(v).unwrap_or(false));
         if uri
             && let Some(path) = self
                 .database
@@ -519,13 +602,22 @@ impl DatabaseUrl {
 
     fn render(&self, scheme: &str, query: &BTreeMap<String, String>) -> String {
         let mut url = format!("{scheme}://");
-        if let Some(user) = &self.username {
-            url.extend(utf8_percent_encode(user, COMPONENT));
+        let userinfo = self.username.is_some() || self.password.is_some();
+        if userinfo {
+            url.extend(utf8_percent_encode(
+                self.username.as_deref().unwrap_or_default(),
+                COMPONENT,
+            ));
             if let Some(password) = &self.password {
                 url.push(':');
                 url.extend(utf8_percent_encode(password.expose_secret(), COMPONENT));
             }
             url.push('@');
+        }
+        if self.host.is_none() && userinfo && scheme == self.backend.sqlx_scheme() {
+            // A URL with a user needs a host; the socket or host parameter (`?host=/run/…`,
+            // `?socket=…`) still decides where sqlx connects.
+            url.push_str("localhost");
         }
         if let Some(host) = &self.host {
             if host.contains(':') && !host.starts_with('[') {

@@ -44,8 +44,7 @@ pub fn unavailable<T>(what: &str, why: &str) -> Option<T> {
 }
 
 /// A fresh PostgreSQL database, dropped by [`PostgresDb::drop_database`] or, when a test
-/// fails before that, on drop.
-#[derive(Debug)]
+/// fails before that, on drop. `Debug` hides passwords.
 pub struct PostgresDb {
     /// Its URL.
     pub url: url::Url,
@@ -53,6 +52,15 @@ pub struct PostgresDb {
     pub name: String,
     admin_url: String,
     dropped: bool,
+}
+
+impl std::fmt::Debug for PostgresDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresDb")
+            .field("url", &shown(self.url.as_str()))
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for PostgresDb {

@@ -1457,10 +1457,19 @@ async fn fake_download(
 
 async fn fake_delete(
     State(state): State<Arc<FakeStorage>>,
-    UrlPath((_bucket, name)): UrlPath<(String, String)>,
+    UrlPath((bucket, name)): UrlPath<(String, String)>,
 ) -> Response {
     if let Some(scripted) = state.seen(&format!("DELETE {name}")) {
         return scripted;
+    }
+    if bucket != "fake-bucket" {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(
+                json!({"error": {"code": 404, "message": "The specified bucket does not exist."}}),
+            ),
+        )
+            .into_response();
     }
     let mut objects = state.objects.lock().unwrap();
     let before = objects.len();
@@ -1587,6 +1596,21 @@ async fn a_retried_delete_that_finds_nothing_is_done() {
         Err(GcpError::NotFound { .. })
     ));
     assert_eq!(state.calls("DELETE throttled.txt"), 2);
+
+    // A retry that finds no bucket is no delete that worked.
+    let elsewhere = GcsBucket {
+        bucket: "no-such-bucket".into(),
+        gcp_credentials: GcpCredentials::default(),
+        bucket_folder: String::new(),
+    }
+    .storage_at(bucket.endpoint().clone())
+    .await
+    .unwrap();
+    state.fail("DELETE gone-bucket.txt", &[503]);
+    assert!(matches!(
+        elsewhere.delete_path("gone-bucket.txt").await,
+        Err(GcpError::Http { status: 404, .. })
+    ));
 
     // A client error is not retried.
     state.fail("DELETE forbidden.txt", &[403]);

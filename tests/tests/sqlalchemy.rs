@@ -504,10 +504,10 @@ fn sqlite_url_forms_give_the_right_path() {
             "sqlite:////abs/path.db",
         ),
         (
-            "sqlite+aiosqlite:////abs/path.db?mode=ro",
+            "sqlite+aiosqlite:////abs/path.db?mode=ro&uri=true",
             Some("/abs/path.db"),
             "sqlite:///abs/path.db",
-            "sqlite+aiosqlite:////abs/path.db?mode=ro",
+            "sqlite+aiosqlite:////abs/path.db?mode=ro&uri=true",
         ),
         ("sqlite://", None, "sqlite::memory:", "sqlite://"),
         (
@@ -662,7 +662,10 @@ async fn sqlite_read_only_mode_refuses_writes() {
     let path_text = path.to_str().unwrap().to_owned();
 
     // A read-only open of a missing file fails and creates nothing.
-    let missing = sync_connector(url_info(&format!("sqlite:///{path_text}?mode=ro")), None);
+    let missing = sync_connector(
+        url_info(&format!("sqlite:///{path_text}?mode=ro&uri=true")),
+        None,
+    );
     let err = missing.connect().await.unwrap_err();
     assert_eq!(err.field, "connection");
     assert!(err.message.contains("SQLite"), "{err}");
@@ -684,10 +687,10 @@ async fn sqlite_read_only_mode_refuses_writes() {
     rw.close().await;
 
     for info in [
-        url_info(&format!("sqlite+pysqlite:///{path_text}?mode=ro")),
+        url_info(&format!("sqlite+pysqlite:///{path_text}?mode=ro&uri=true")),
         ConnectionInfo::Components(ConnectionComponents {
             database: Some(path_text.clone()),
-            query: query(&[("mode", "ro"), ("timeout", "2.5")]),
+            query: query(&[("mode", "ro"), ("timeout", "2.5"), ("uri", "true")]),
             ..parts("sqlite+aiosqlite")
         }),
     ] {
@@ -743,8 +746,15 @@ async fn sqlite_bad_settings_are_refused() {
     // The served keys are accepted, in the URL or as connect_args (SQLAlchemy's usual
     // `connect_args={"check_same_thread": False}`).
     resolve(&url_info(
-        "sqlite:///x.db?mode=rwc&timeout=5&check_same_thread=false",
+        "sqlite:///x.db?mode=rwc&uri=true&timeout=5&check_same_thread=false",
     ));
+    // As in SQLAlchemy, mode needs uri=true (without it Python ignores mode; here it is
+    // refused rather than silently ignored).
+    let err = refused(&url_info("sqlite:///x.db?mode=ro"), None);
+    assert_eq!(err.field, "connection_info.query.mode");
+    let err = refused(&url_info("sqlite:///x.db"), Some(json!({"mode": "ro"})));
+    assert_eq!(err.field, "connect_args.mode");
+    resolve(&url_info("sqlite:///file:x.db?mode=ro&uri=true"));
     let url = sync_connector(
         url_info("sqlite:///x.db"),
         Some(json!({"check_same_thread": false, "timeout": 2})),
@@ -809,7 +819,7 @@ fn sqlite_unknown_connect_arg_is_blamed_on_connect_args() {
 
 #[test]
 fn sqlite_sqlx_url_keeps_the_mode() {
-    let url = resolve(&url_info("sqlite:////abs/path.db?mode=ro"));
+    let url = resolve(&url_info("sqlite:////abs/path.db?mode=ro&uri=true"));
     let sqlx = sqlx_url(&url);
     assert!(sqlx.contains("mode=ro"), "{sqlx}");
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(&sqlx).unwrap();
@@ -1220,7 +1230,7 @@ fn unknown_settings_are_refused_and_driver_names_are_mapped() {
             "connect_args.server_settings",
         ),
         (
-            "mysql+pymysql://u@h/d?ssl_check_hostname=true",
+            "mysql+pymysql://u@h/d?ssl_check_hostname=maybe",
             None,
             "connection_info.query.ssl_check_hostname",
         ),
@@ -1255,7 +1265,7 @@ fn unknown_settings_are_refused_and_driver_names_are_mapped() {
     .unwrap();
     assert_eq!(
         sqlx_url(&url),
-        "mysql://u@h/d?ssl-ca=%2Fetc%2Fca.pem&ssl-mode=VERIFY_CA"
+        "mysql://u@h/d?ssl-ca=%2Fetc%2Fca.pem&ssl-mode=VERIFY_IDENTITY"
     );
     let url = DatabaseUrl::new(
         &url_info("mysql+pymysql://u@h/d?ssl_mode=required"),
@@ -1314,4 +1324,87 @@ fn sqlite_paths_with_url_characters_survive() {
     // SQLAlchemy's `uri=true` form names a file: URI.
     let url = resolve(&url_info("sqlite:///file:etl.db?mode=ro&uri=true"));
     assert_eq!(url.sqlite_path(), Some("etl.db"));
+}
+
+#[test]
+fn tls_settings_verify_as_the_python_drivers_do() {
+    let pg_mode = |text: &str, args: Option<Value>| {
+        let url = DatabaseUrl::new(&url_info(text), args.map(as_map).as_ref()).unwrap();
+        format!(
+            "{:?}",
+            PgConnectOptions::from_str(&sqlx_url(&url))
+                .unwrap()
+                .get_ssl_mode()
+        )
+    };
+    // asyncpg: ssl=True is a default context (verify-full); 'require' does not verify.
+    assert_eq!(
+        pg_mode("postgresql+asyncpg://u@h/d", Some(json!({"ssl": true}))),
+        "VerifyFull"
+    );
+    assert_eq!(
+        pg_mode("postgresql+asyncpg://u@h/d?ssl=require", None),
+        "Require"
+    );
+    // libpq: require with a root certificate verifies the CA.
+    assert_eq!(
+        pg_mode(
+            "postgresql+psycopg2://u@h/d?sslmode=require&sslrootcert=/ca.pem",
+            None
+        ),
+        "VerifyCa"
+    );
+    // pymysql: a CA verifies the certificate and the host name unless told otherwise.
+    let my = |text: &str, args: Value| {
+        let url = DatabaseUrl::new(&url_info(text), Some(&as_map(args))).unwrap();
+        sqlx_url(&url)
+    };
+    for (args, mode) in [
+        (json!({}), "VERIFY_IDENTITY"),
+        (json!({"ssl_check_hostname": false}), "VERIFY_CA"),
+        (
+            json!({"ssl_verify_cert": true, "ssl_verify_identity": true}),
+            "VERIFY_IDENTITY",
+        ),
+        (json!({"ssl_verify_cert": false}), "REQUIRED"),
+        (
+            json!({"ssl_mode": "preferred", "ssl_verify_cert": true}),
+            "PREFERRED",
+        ),
+    ] {
+        let url = my("mysql+pymysql://u@h/d?ssl_ca=/ca.pem", args.clone());
+        assert!(url.ends_with(&format!("ssl-mode={mode}")), "{args}: {url}");
+    }
+    let url = my("mysql+pymysql://u@h/d", json!({"ssl_verify_cert": true}));
+    assert!(url.ends_with("ssl-mode=VERIFY_CA"), "{url}");
+}
+
+#[test]
+fn sockets_passwords_without_users_and_unlimited_timeouts() {
+    // SQLAlchemy's documented socket form for psycopg2.
+    let url = resolve(&url_info(
+        "postgresql+psycopg2://etl:pw@/wh?host=/var/run/postgresql",
+    ));
+    let options = PgConnectOptions::from_str(&sqlx_url(&url)).unwrap();
+    assert_eq!(
+        options.get_socket(),
+        Some(&std::path::PathBuf::from("/var/run/postgresql"))
+    );
+    assert_eq!(options.get_database(), Some("wh"));
+    // pymysql's unix_socket with a user and no host.
+    let url = resolve(&url_info(
+        "mysql+pymysql://u:pw@/db?unix_socket=/run/mysqld/mysqld.sock",
+    ));
+    sqlx::mysql::MySqlConnectOptions::from_str(&sqlx_url(&url)).unwrap();
+    assert!(sqlx_url(&url).contains("socket=%2Frun%2Fmysqld%2Fmysqld.sock"));
+    // A password given in the query with no user still reaches sqlx.
+    let url = resolve(&url_info("postgresql://db/wh?password=s3cret"));
+    assert!(
+        sqlx_url(&url).starts_with("postgres://:s3cret@db/wh"),
+        "{}",
+        sqlx_url(&url)
+    );
+    // libpq reads connect_timeout=0 as no limit.
+    let url = resolve(&url_info("postgresql://u@db/wh?connect_timeout=0"));
+    assert!(url.connect_timeout().unwrap() >= Duration::from_secs(3600));
 }
