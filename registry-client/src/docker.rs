@@ -18,16 +18,34 @@
 //! let body = run.create_body(); // {"Image": …, "Env": […], "HostConfig": {…}, …}
 //!
 //! // Or through the CLI; no secret is ever among the arguments. The registry password
-//! // goes on stdin; the environment's values go into the `docker` process's own
-//! // environment, from which `docker run --env KEY` takes them.
+//! // goes on stdin; the environment goes into an env file that only its owner can read,
+//! // deleted once `docker` has exited.
 //! if let Some(login) = run.docker_login_args() {
 //!     // docker login --username U --password-stdin REGISTRY  <<< run.login_password()
 //! }
-//! let env = run.docker_run_env();
-//! let status = std::process::Command::new("docker")
-//!     .args(run.docker_run_args())
-//!     .envs(env.iter().map(|(key, value)| (key, value.expose_secret())))
-//!     .status()?;
+//! let env_file = run.docker_run_env_file()?; // refuses values with line breaks
+//! let path = std::env::temp_dir().join(format!("zoom-{}.env", std::process::id()));
+//! let mut file = {
+//!     use std::os::unix::fs::OpenOptionsExt as _;
+//!     std::fs::OpenOptions::new()
+//!         .write(true)
+//!         .create_new(true) // never an existing file, nor a symbolic link
+//!         .mode(0o600)
+//!         .open(&path)?
+//! };
+//! let status = std::io::Write::write_all(&mut file, env_file.expose_secret().as_bytes())
+//!     .and_then(|()| {
+//!         std::process::Command::new("docker")
+//!             .args(run.docker_run_args_with_env_file(&path))
+//!             .status()
+//!     });
+//! drop(file);
+//! std::fs::remove_file(&path)?; // whether or not `docker` ran
+//! let status = status?;
+//!
+//! // `run.docker_run_args()` with `run.docker_run_env()` set on the `docker` process is
+//! // the other CLI route; it refuses names the CLI itself reads (PATH, HOME, DOCKER_HOST,
+//! // LD_PRELOAD, HTTPS_PROXY, …), which only the env file and the Engine API can carry.
 //! # Ok(())
 //! # }
 //! ```
@@ -45,11 +63,16 @@
 //!   of a byte are dropped. `memswap_limit` `-1` is unlimited swap.
 //! - **Environment**: a variable whose value is `null` is left out, so it is unset. Values
 //!   may be secret (API keys, database passwords): they are in the create call's body, which
-//!   goes over the Docker socket, and never in `docker run`'s arguments (readable by any
-//!   local user through `ps`) nor in any `Debug` output, which shows `KEY=********`.
+//!   goes over the Docker socket (the safest route, for any name and value), or in the env
+//!   file of `docker run --env-file` ([`RunConfig::docker_run_env_file`]), and never in
+//!   `docker run`'s arguments (readable by any local user through `ps`) nor in any `Debug`
+//!   output, which shows `KEY=********`. The `docker` process's own environment
+//!   ([`RunConfig::docker_run_env`]) takes no name the CLI itself reads
+//!   ([`is_read_by_docker_cli`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
@@ -253,19 +276,29 @@ impl RunConfig {
     }
 
     /// The `docker run` arguments equivalent to the API calls (without the leading
-    /// `docker`): `run`, the options, the image, then the command.
+    /// `docker`), with the environment given by name only: `--env KEY` for each variable.
+    /// Their values go into the `docker` process's own environment, from
+    /// [`docker_run_env`](Self::docker_run_env), which refuses any name the `docker` CLI
+    /// itself reads (`PATH`, `HOME`, `DOCKER_HOST`, `LD_PRELOAD`, `HTTPS_PROXY`, …; see
+    /// [`is_read_by_docker_cli`]).
+    ///
+    /// Three routes carry the environment, safest first:
+    ///
+    /// 1. The Engine API: [`create_body`](Self::create_body) carries every variable and
+    ///    value over the Docker socket, whatever its name or value.
+    /// 2. An env file: [`docker_run_env_file`](Self::docker_run_env_file) and
+    ///    [`docker_run_args_with_env_file`](Self::docker_run_args_with_env_file). This is
+    ///    the CLI's general route: any name, any value without a line break, and nothing
+    ///    reaches the `docker` process's environment.
+    /// 3. These arguments with [`docker_run_env`](Self::docker_run_env): only for blocks
+    ///    whose variables the `docker` CLI does not read. **The caller must set the
+    ///    variables on the `docker` process** (e.g. [`Command::envs`]); a variable left out
+    ///    there is not set in the container, or takes whatever value the `docker` process
+    ///    inherited from its parent.
     ///
     /// No secret is among the arguments, which any local user can read (`ps`,
-    /// `/proc/<pid>/cmdline`):
-    ///
-    /// - Each environment variable is given by name only, as `--env KEY`, and `docker run`
-    ///   takes its value from its own environment. **The caller must set these variables on
-    ///   the `docker` CLI process**, with the values of
-    ///   [`docker_run_env`](Self::docker_run_env) (e.g. [`Command::envs`]). A variable
-    ///   left out there is not set in the container, or takes whatever value the `docker`
-    ///   process inherited from its parent.
-    /// - The registry password is not given: log in first with
-    ///   [`docker_login_args`](Self::docker_login_args).
+    /// `/proc/<pid>/cmdline`). The registry password is not given either: log in first
+    /// with [`docker_login_args`](Self::docker_login_args).
     ///
     /// Every network is given with its own `--network` (the network mode or the first
     /// network, then [`connect_networks`](Self::connect_networks)). A second `--network`
@@ -274,6 +307,26 @@ impl RunConfig {
     ///
     /// [`Command::envs`]: std::process::Command::envs
     pub fn docker_run_args(&self) -> Vec<String> {
+        self.run_args(RunEnv::Names)
+    }
+
+    /// The `docker run` arguments equivalent to the API calls (without the leading
+    /// `docker`), as [`docker_run_args`](Self::docker_run_args) but with the environment
+    /// read from the env file at `path`: one `--env-file <path>` (always given, even for
+    /// an empty environment) in place of the `--env KEY`s.
+    ///
+    /// Write [`docker_run_env_file`](Self::docker_run_env_file) to `path` first, in a new
+    /// file only its owner can read (mode `0600`, created with `create_new` so that no
+    /// existing file or symbolic link is reused), and delete it once `docker` has exited.
+    /// Only the path is on the command line, never a value.
+    ///
+    /// `path` should be valid UTF-8 (as a path under [`std::env::temp_dir`] normally is);
+    /// any other path is converted lossily, and `docker` then fails to find the file.
+    pub fn docker_run_args_with_env_file(&self, path: &Path) -> Vec<String> {
+        self.run_args(RunEnv::File(path))
+    }
+
+    fn run_args(&self, env: RunEnv<'_>) -> Vec<String> {
         let body = &self.create.body;
         let host = &body.host_config;
         let mut args = vec!["run".to_owned()];
@@ -284,8 +337,13 @@ impl RunConfig {
         if let Some(name) = &self.create.name {
             push("--name", name);
         }
-        for key in body.env.keys() {
-            push("--env", key);
+        match env {
+            RunEnv::Names => {
+                for key in body.env.keys() {
+                    push("--env", key);
+                }
+            }
+            RunEnv::File(path) => push("--env-file", &path.to_string_lossy()),
         }
         for (key, value) in &body.labels {
             push("--label", &format!("{key}={value}"));
@@ -317,6 +375,42 @@ impl RunConfig {
         args
     }
 
+    /// The environment as the text of a Docker env file, for
+    /// [`docker_run_args_with_env_file`](Self::docker_run_args_with_env_file): one
+    /// `KEY=VALUE` line per variable, in key order. `docker run --env-file` takes each
+    /// value as it is, with no quoting nor expansion, and gives the variables to the
+    /// container only, never to the `docker` process; any name is allowed, including
+    /// those the CLI reads.
+    ///
+    /// The text holds the values, which may be secret: write it to a file only its owner
+    /// can read (mode `0600`), delete the file once `docker` has exited, and keep the text
+    /// out of logs. An empty environment gives an empty text.
+    ///
+    /// # Errors
+    /// [`DockerError`] on the field `env.<KEY>` (naming the key, never the value) when
+    /// an env file cannot carry the variable as it is: its value holds a line break (`\n`
+    /// or `\r`), or its name holds whitespace or a control character, starts with `#`, or
+    /// holds a byte-order mark. Run such a block through the Engine API
+    /// ([`create_body`](Self::create_body)).
+    pub fn docker_run_env_file(&self) -> Result<SecretString, DockerError> {
+        let env = &self.create.body.env;
+        let mut len = 0;
+        for (key, value) in env.iter() {
+            check_env_file_var(key, value.expose_secret())?;
+            len += key.len() + value.expose_secret().len() + 2;
+        }
+        // Sized exactly, so that the buffer never reallocates (leaving an unzeroed copy of
+        // the values behind) nor shrinks when it becomes a `SecretString`.
+        let mut text = String::with_capacity(len);
+        for (key, value) in env.iter() {
+            text.push_str(key);
+            text.push('=');
+            text.push_str(value.expose_secret());
+            text.push('\n');
+        }
+        Ok(SecretString::from(text))
+    }
+
     /// The environment to give the `docker` CLI process that runs
     /// [`docker_run_args`](Self::docker_run_args): each variable's name and value, in key
     /// order, one for each `--env KEY` among the arguments. `docker run --env KEY` (no
@@ -325,16 +419,103 @@ impl RunConfig {
     ///
     /// Set them all on the process, e.g.
     /// `command.envs(env.iter().map(|(key, value)| (key, value.expose_secret())))`; the
-    /// values may be secret (API keys, passwords), so keep them out of logs. The Engine API
-    /// route needs none of this: [`create_body`](Self::create_body) carries the values.
-    pub fn docker_run_env(&self) -> Vec<(String, SecretString)> {
-        self.create
-            .body
-            .env
+    /// values may be secret (API keys, passwords), so keep them out of logs.
+    ///
+    /// Prefer the env file ([`docker_run_env_file`](Self::docker_run_env_file)), which
+    /// takes any name, or the Engine API ([`create_body`](Self::create_body)), which
+    /// takes any name and value.
+    ///
+    /// # Errors
+    /// [`DockerError`] on the field `env.<KEY>` for the first variable whose name the
+    /// `docker` CLI itself reads ([`is_read_by_docker_cli`]: `PATH`, `HOME`, `DOCKER_*`,
+    /// `LD_*`, `*_PROXY`, …). Set on the `docker` process, such a variable would change
+    /// which `docker` runs, which daemon it talks to (and so where the values go), which
+    /// login it uses, or what code it loads.
+    pub fn docker_run_env(&self) -> Result<Vec<(String, SecretString)>, DockerError> {
+        let env = &self.create.body.env;
+        if let Some(key) = env.keys().find(|key| is_read_by_docker_cli(key)) {
+            return Err(DockerError::new(
+                format!("env.{key}"),
+                format!(
+                    "{key:?} is read by the docker CLI itself, so it cannot be passed through the docker process's environment (docker run --env {key}); use the env-file form (docker_run_env_file with docker_run_args_with_env_file) or the Engine API (create_body)"
+                ),
+            ));
+        }
+        Ok(env
             .iter()
             .map(|(key, value)| (key.to_owned(), value.clone()))
-            .collect()
+            .collect())
     }
+}
+
+/// Where `docker run` takes the environment from.
+#[derive(Clone, Copy)]
+enum RunEnv<'a> {
+    /// `--env KEY` for each variable; the values come from the `docker` process.
+    Names,
+    /// `--env-file <path>`.
+    File(&'a Path),
+}
+
+/// Whether the `docker` CLI (or the Go runtime or C loader it runs on) reads an
+/// environment variable of this name from its own environment, so that setting it on the
+/// `docker` process changes how the CLI behaves:
+///
+/// - `PATH` (which `docker` and credential helper run), `HOME`, `USERPROFILE` and
+///   `XDG_*` (where the CLI's configuration and logins are), `TMPDIR`;
+/// - `DOCKER_*` (`DOCKER_HOST`, `DOCKER_CONTEXT`, `DOCKER_CONFIG`, `DOCKER_TLS_VERIFY`,
+///   `DOCKER_CERT_PATH`, …: which daemon, which login);
+/// - `LD_*` and `DYLD_*` (`LD_PRELOAD`, `LD_LIBRARY_PATH`: code loaded into the CLI);
+/// - `*_PROXY` (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, …), `SSL_CERT_FILE`,
+///   `SSL_CERT_DIR`, `GODEBUG` and `OTEL_*` (where and how the CLI connects);
+/// - the Go runtime's `GOGC`, `GOMAXPROCS`, `GOMEMLIMIT`, `GOTRACEBACK`.
+///
+/// Names are compared ignoring ASCII case (Windows environments ignore it, and the proxy
+/// variables are read in both cases), so `http_proxy` and `Path` count too.
+/// [`RunConfig::docker_run_env`] refuses these names; the env file and the Engine API take
+/// them.
+pub fn is_read_by_docker_cli(name: &str) -> bool {
+    const NAMES: [&str; 11] = [
+        "PATH",
+        "HOME",
+        "USERPROFILE",
+        "TMPDIR",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "GODEBUG",
+        "GOGC",
+        "GOMAXPROCS",
+        "GOMEMLIMIT",
+        "GOTRACEBACK",
+    ];
+    const PREFIXES: [&str; 5] = ["DOCKER_", "LD_", "DYLD_", "XDG_", "OTEL_"];
+    let name = name.to_ascii_uppercase();
+    NAMES.contains(&name.as_str())
+        || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        || name.ends_with("_PROXY")
+}
+
+/// Whether `docker run --env-file` reads `KEY=VALUE` back as this variable: one line,
+/// split at the first `=`, the name trimmed of leading whitespace and refused with any
+/// inside, `#` lines skipped, a leading byte-order mark dropped, a trailing `\r` dropped.
+fn check_env_file_var(key: &str, value: &str) -> Result<(), DockerError> {
+    let fail = |message: String| Err(DockerError::new(format!("env.{key}"), message));
+    let api = "run this block through the Engine API (create_body) instead";
+    if value.contains(['\n', '\r']) {
+        return fail(format!(
+            "the value of {key:?} contains a line break, which a docker env file cannot carry; {api}"
+        ));
+    }
+    if key.starts_with('#')
+        || key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}')
+    {
+        return fail(format!(
+            "the name {key:?} starts with '#' or contains whitespace, a control character or a byte-order mark, which a docker env file cannot carry; {api}"
+        ));
+    }
+    Ok(())
 }
 
 /// The value of `docker run --pull` for a policy: `always`, `missing` or `never`.
@@ -1085,8 +1266,12 @@ mod tests {
         assert_eq!(flag_values(&args, "--env"), ["A", "EMPTY", "URL"]);
         assert!(!args.iter().any(|a| a.contains("UNSET")));
         assert_eq!(
-            exposed(&run.docker_run_env()),
+            exposed(&run.docker_run_env().unwrap()),
             exposed_pairs(&[("A", "1"), ("EMPTY", ""), ("URL", "postgres://h/db?x=y")])
+        );
+        assert_eq!(
+            run.docker_run_env_file().unwrap().expose_secret(),
+            "A=1\nEMPTY=\nURL=postgres://h/db?x=y\n"
         );
     }
 
@@ -1127,7 +1312,7 @@ mod tests {
             format!("PREFECT_API_KEY={CANARY}")
         );
         assert_eq!(
-            exposed(&run.docker_run_env()),
+            exposed(&run.docker_run_env().unwrap()),
             exposed_pairs(&[
                 ("DB_URL", &format!("postgres://u:{CANARY}@h/db")),
                 ("PREFECT_API_KEY", CANARY)
@@ -1149,6 +1334,9 @@ mod tests {
             format!("{:#?}", run.create.body),
             format!("{env:?}"),
             format!("{:?}", run.docker_run_env()),
+            format!("{:?}", run.docker_run_env_file()),
+            run.docker_run_args_with_env_file(Path::new("/run/zoom.env"))
+                .join(" "),
         ] {
             assert!(!text.contains(CANARY), "{text}");
         }
@@ -1163,6 +1351,156 @@ mod tests {
         );
         assert_eq!(env.len(), 2);
         assert!(!env.is_empty());
+    }
+
+    #[test]
+    fn env_file_carries_the_values_off_the_command_line() {
+        let mut c = container();
+        c.name = Some("zoom".into());
+        c.env.insert("PREFECT_API_KEY".into(), Some(CANARY.into()));
+        c.env
+            .insert("PATH".into(), Some(format!("/opt/{CANARY}/bin")));
+        c.env
+            .insert("SPACED".into(), Some(format!("  {CANARY} = x # y ")));
+        let run = config(&c);
+
+        let text = run.docker_run_env_file().unwrap();
+        assert_eq!(
+            text.expose_secret(),
+            format!(
+                "PATH=/opt/{CANARY}/bin\nPREFECT_API_KEY={CANARY}\nSPACED=  {CANARY} = x # y \n"
+            )
+        );
+
+        let path = Path::new("/run/user/1000/zoom env.env");
+        let args = run.docker_run_args_with_env_file(path);
+        assert_eq!(
+            flag_values(&args, "--env-file"),
+            ["/run/user/1000/zoom env.env"]
+        );
+        assert!(flag_values(&args, "--env").is_empty());
+        assert_eq!(flag_values(&args, "--name"), ["zoom"]);
+        for text in [
+            args.join(" "),
+            run.docker_run_args().join(" "),
+            format!("{text:?}"),
+            format!("{:?}", run.docker_run_env_file()),
+            format!("{run:?}"),
+            format!("{run:#?}"),
+        ] {
+            assert!(!text.contains(CANARY), "{text}");
+        }
+    }
+
+    #[test]
+    fn env_file_refuses_what_it_cannot_carry() {
+        for value in [
+            format!("{CANARY}\nINJECTED=1"),
+            format!("{CANARY}\r"),
+            format!("a\r\n{CANARY}"),
+        ] {
+            let mut c = container();
+            c.env.insert("OK".into(), Some("fine".into()));
+            c.env.insert("MULTI".into(), Some(value.clone()));
+            let run = config(&c);
+            // The Engine API carries it.
+            assert_eq!(run.create_body()["Env"][0], format!("MULTI={value}"));
+            let err = run.docker_run_env_file().unwrap_err();
+            assert_eq!(err.field, "env.MULTI");
+            assert!(err.message.contains("line break"), "{err}");
+            assert!(err.message.contains("create_body"), "{err}");
+            assert!(!err.to_string().contains(CANARY), "{err}");
+            assert!(!format!("{err:?}").contains(CANARY), "{err:?}");
+        }
+
+        for key in [
+            "#COMMENT",
+            "A B",
+            "TAB\tKEY",
+            " LEAD",
+            "A\nB",
+            "\u{feff}BOM",
+        ] {
+            let mut c = container();
+            c.env.insert(key.into(), Some(CANARY.into()));
+            let run = config(&c);
+            let err = run.docker_run_env_file().unwrap_err();
+            assert_eq!(err.field, format!("env.{key}"), "{key:?}");
+            assert!(!err.to_string().contains(CANARY), "{err}");
+        }
+    }
+
+    #[test]
+    fn process_env_refuses_names_the_docker_cli_reads() {
+        for key in [
+            "PATH",
+            "Path",
+            "HOME",
+            "DOCKER_HOST",
+            "DOCKER_CONTEXT",
+            "DOCKER_TLS_VERIFY",
+            "DOCKER_CERT_PATH",
+            "DOCKER_CONFIG",
+            "docker_host",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "DYLD_INSERT_LIBRARIES",
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "NO_PROXY",
+            "no_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "TMPDIR",
+            "XDG_CONFIG_HOME",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "GODEBUG",
+        ] {
+            assert!(is_read_by_docker_cli(key), "{key}");
+            let mut c = container();
+            c.env.insert("APP_SETTING".into(), Some("1".into()));
+            c.env.insert(key.into(), Some(CANARY.into()));
+            let run = config(&c);
+            let err = run.docker_run_env().unwrap_err();
+            assert_eq!(err.field, format!("env.{key}"));
+            assert!(err.message.contains(key), "{err}");
+            assert!(err.message.contains("env-file"), "{err}");
+            assert!(err.message.contains("Engine API"), "{err}");
+            assert!(!err.to_string().contains(CANARY), "{err}");
+            // The other routes carry it.
+            assert!(
+                run.docker_run_env_file()
+                    .unwrap()
+                    .expose_secret()
+                    .contains(CANARY)
+            );
+            assert!(run.create_body()["Env"].to_string().contains(CANARY));
+        }
+
+        for key in [
+            "PREFECT_API_KEY",
+            "PREFECT_API_URL",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "EXTRA_PIP_PACKAGES",
+            "DB_PASSWORD",
+            "PYTHONPATH",
+            "MY_DOCKER",
+            "PROXY",
+            "HOMEPAGE",
+            "LD",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            assert!(!is_read_by_docker_cli(key), "{key}");
+            let mut c = container();
+            c.env.insert(key.into(), Some(CANARY.into()));
+            assert_eq!(
+                exposed(&config(&c).docker_run_env().unwrap()),
+                exposed_pairs(&[(key, CANARY)])
+            );
+        }
     }
 
     #[test]
@@ -1873,7 +2211,20 @@ mod tests {
             run.docker_run_args(),
             ["run", "--pull", "always", "--rm", "discdiver/prefect:zoom"]
         );
-        assert!(run.docker_run_env().is_empty());
+        assert!(run.docker_run_env().unwrap().is_empty());
+        assert_eq!(run.docker_run_env_file().unwrap().expose_secret(), "");
+        assert_eq!(
+            run.docker_run_args_with_env_file(Path::new("/tmp/zoom.env")),
+            [
+                "run",
+                "--env-file",
+                "/tmp/zoom.env",
+                "--pull",
+                "always",
+                "--rm",
+                "discdiver/prefect:zoom"
+            ]
+        );
     }
 
     #[test]
@@ -1945,8 +2296,18 @@ mod tests {
             ]
         );
         assert_eq!(
-            exposed(&run.docker_run_env()),
+            exposed(&run.docker_run_env().unwrap()),
             exposed_pairs(&[("EXTRA_PIP_PACKAGES", "pandas pyarrow")])
+        );
+        assert_eq!(
+            run.docker_run_env_file().unwrap().expose_secret(),
+            "EXTRA_PIP_PACKAGES=pandas pyarrow\n"
+        );
+        let mut with_file = run.docker_run_args();
+        with_file.splice(3..5, ["--env-file".to_owned(), "/tmp/etl.env".to_owned()]);
+        assert_eq!(
+            run.docker_run_args_with_env_file(Path::new("/tmp/etl.env")),
+            with_file
         );
     }
 }
