@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use block_types::SecretMap;
 use block_types::catalog::{GcpCredentials, GcsBucket};
 use registry_client::{Client, Config};
-use registry_server::serve::{ServeArgs, start};
-use secrecy::ExposeSecret as _;
 use serde_json::json;
 
 const LOADS: u32 = 3000;
@@ -33,26 +31,8 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(&ServeArgs {
-        host: "127.0.0.1".into(),
-        port: 0,
-        database_url: None,
-        home: Some(dir.path().join("home")),
-        master_key_file: None,
-        retention: None,
-        max_connections: None,
-        tls_cert: None,
-        tls_key: None,
-    })
-    .await
-    .unwrap();
-    let admin = server
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let started = tests::TestServer::start().await;
+    let (server, admin) = (&started.running, started.admin.clone());
     let config = || Config::new(&server.api_url(), Some(&admin)).unwrap();
     let writer = Client::new(config()).unwrap();
     let credentials = GcpCredentials {
@@ -98,5 +78,5 @@ async fn main() {
             );
         }
     }
-    server.stop().await.unwrap();
+    started.running.stop().await.unwrap();
 }

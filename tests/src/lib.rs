@@ -15,6 +15,63 @@ use std::time::{Duration, Instant};
 use sqlx::Connection as _;
 use sqlx::Executor as _;
 
+/// A `blocks serve` on a free loopback port over a new embedded store in a temporary
+/// `$BLOCKS_HOME`, with the admin token its first start created.
+pub struct TestServer {
+    /// The running server.
+    pub running: registry_server::serve::Running,
+    /// The first admin token.
+    pub admin: String,
+    /// The temporary directory holding `$BLOCKS_HOME` (`home/`).
+    pub dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("api", &self.api())
+            .field("admin", &"********")
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestServer {
+    /// Starts one.
+    pub async fn start() -> Self {
+        use secrecy::ExposeSecret as _;
+        let dir = tempfile::tempdir().unwrap();
+        let running = registry_server::serve::start(&registry_server::serve::ServeArgs {
+            host: "127.0.0.1".into(),
+            port: 0,
+            database_url: None,
+            home: Some(dir.path().join("home")),
+            master_key_file: None,
+            retention: None,
+            max_connections: None,
+            tls_cert: None,
+            tls_key: None,
+        })
+        .await
+        .unwrap();
+        let admin = running
+            .first_token
+            .as_ref()
+            .expect("a new store creates its first token")
+            .expose_secret()
+            .to_owned();
+        Self {
+            running,
+            admin,
+            dir,
+        }
+    }
+
+    /// The API's base URL (`http://127.0.0.1:<port>/api`).
+    pub fn api(&self) -> String {
+        self.running.api_url()
+    }
+}
+
 /// Where tests create their PostgreSQL databases.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The MySQL/MariaDB database tests use.

@@ -119,30 +119,11 @@ impl Server {
 }
 
 async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(&ServeArgs {
-        host: "127.0.0.1".into(),
-        port: 0,
-        database_url: None,
-        home: Some(dir.path().join("home")),
-        master_key_file: None,
-        retention: None,
-        max_connections: None,
-        tls_cert: None,
-        tls_key: None,
-    })
-    .await
-    .unwrap();
-    let admin = running
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let started = tests::TestServer::start().await;
     Server {
-        running,
-        admin,
-        _dir: dir,
+        running: started.running,
+        admin: started.admin,
+        _dir: started.dir,
     }
 }
 

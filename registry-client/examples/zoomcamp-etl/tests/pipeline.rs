@@ -15,8 +15,6 @@ use block_types::catalog::{
 use block_types::secret::SecretMap;
 use registry_client::gcp::{Endpoint, GcsBucketExt as _};
 use registry_client::{Client, Config};
-use registry_server::serve::{ServeArgs, start};
-use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 
 const ROWS: usize = 1500;
@@ -121,27 +119,9 @@ async fn web_to_gcs_to_postgres() {
     let Some(db) = tests::PostgresDb::create().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(&ServeArgs {
-        host: "127.0.0.1".into(),
-        port: 0,
-        database_url: None,
-        home: Some(dir.path().join("home")),
-        master_key_file: None,
-        retention: None,
-        max_connections: None,
-        tls_cert: None,
-        tls_key: None,
-    })
-    .await
-    .unwrap();
-    let token = server
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
-    let api = server.api_url();
+    let server = tests::TestServer::start().await;
+    let (dir, token) = (&server.dir, server.admin.clone());
+    let api = server.api();
 
     // The course's blocks: zoom-gcs referencing zoom-gcp-creds, and a connector.
     let client = Client::new(Config::new(&api, Some(&token)).unwrap()).unwrap();
@@ -343,6 +323,6 @@ async fn web_to_gcs_to_postgres() {
     assert_eq!(after, rows);
 
     conn.close().await.ok();
-    server.stop().await.ok();
+    server.running.stop().await.ok();
     db.drop_database().await;
 }
