@@ -89,24 +89,46 @@ async fn download(url: &str) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// Reads CSV with a header; column types are inferred from every row, so a column with
-/// a few missing values is still numeric.
+/// Reads CSV with a header. Column types are inferred from the first rows; when a later
+/// row does not fit them (a count that turns fractional, a column empty at first), the
+/// types are inferred again from every row, so a column with a few odd values is still
+/// read whole.
 pub(crate) fn read_csv(csv: &[u8]) -> Result<Trips, Error> {
+    match read_csv_inferring(csv, Some(INFER_ROWS)) {
+        Ok(trips) => Ok(trips),
+        Err(Misfit::Schema(e)) => Err(e),
+        Err(Misfit::Rows(_)) => read_csv_inferring(csv, None).map_err(|misfit| match misfit {
+            Misfit::Schema(e) | Misfit::Rows(e) => e,
+        }),
+    }
+}
+
+/// Rows looked at before the types are fixed.
+const INFER_ROWS: usize = 100_000;
+
+/// Why a read failed: the columns themselves, or rows that do not fit the inferred types.
+enum Misfit {
+    Schema(Error),
+    Rows(Error),
+}
+
+fn read_csv_inferring(csv: &[u8], rows: Option<usize>) -> Result<Trips, Misfit> {
     let format = Format::default().with_header(true);
     let (schema, _) = format
-        .infer_schema(Cursor::new(csv), None)
-        .map_err(|e| format!("the CSV's columns: {e}"))?;
+        .infer_schema(Cursor::new(csv), rows)
+        .map_err(|e| Misfit::Schema(format!("the CSV's columns: {e}").into()))?;
     if schema.fields().is_empty() {
-        return Err("the CSV has no columns".into());
+        return Err(Misfit::Schema("the CSV has no columns".into()));
     }
     let schema = Arc::new(schema);
     let reader = ReaderBuilder::new(schema.clone())
         .with_format(format)
         .with_batch_size(BATCH_ROWS)
-        .build(Cursor::new(csv))?;
+        .build(Cursor::new(csv))
+        .map_err(|e| Misfit::Schema(e.into()))?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("reading the CSV: {e}"))?;
+        .map_err(|e| Misfit::Rows(format!("reading the CSV: {e}").into()))?;
     Ok(Trips { schema, batches })
 }
 
@@ -292,6 +314,19 @@ mod tests {
         assert_eq!(fixed.missing_passenger_count, 1);
         let column = floats.batches[0].column(0).as_primitive::<Float64Type>();
         assert_eq!(column.values().to_vec(), [1.0, 0.0, 2.5]);
+    }
+
+    #[test]
+    fn a_late_row_that_does_not_fit_the_first_rows_types_is_still_read() {
+        let mut csv = String::from("passenger_count,note\n");
+        for _ in 0..INFER_ROWS + 10 {
+            csv.push_str("1,\n");
+        }
+        csv.push_str("2.5,late\n");
+        let trips = read_csv(csv.as_bytes()).unwrap();
+        assert_eq!(trips.rows(), INFER_ROWS + 11);
+        assert_eq!(trips.schema.field(0).data_type(), &DataType::Float64);
+        assert_eq!(trips.schema.field(1).data_type(), &DataType::Utf8);
     }
 
     #[test]
