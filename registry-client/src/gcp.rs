@@ -135,7 +135,6 @@ impl fmt::Debug for ServiceAccount {
         f.debug_struct("ServiceAccount")
             .field("client_email", &self.client_email)
             .field("project_id", &self.project_id)
-            .field("private_key_id", &self.private_key_id)
             .field("private_key", &"********")
             .finish()
     }

@@ -14,6 +14,10 @@ cargo build --quiet -p registry-server --bin blocks -p registry-client --example
 blocks="$CARGO_TARGET_DIR/debug/blocks"
 rust_example="$CARGO_TARGET_DIR/debug/examples/zoom_gcs"
 rust_save="$CARGO_TARGET_DIR/debug/examples/save_blocks"
+# The capabilities, on blocks the Prefect client saved (built apart, so `blocks` stays
+# without them).
+cargo build --quiet -p registry-client --features gcp,sqlalchemy --example blocks_at_work
+rust_at_work="$CARGO_TARGET_DIR/debug/examples/blocks_at_work"
 
 pg_admin="${BLOCKS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 backends="${BLOCKS_INTEROP_BACKENDS:-sqlite postgres}"
@@ -79,6 +83,16 @@ PY
         || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
         status=1
         echo "the Rust example failed on $backend:"; echo "$out"
+    fi
+    echo "== the Rust capabilities on what Prefect saved ($backend)"
+    if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
+        BLOCKS_API_KEY="$pipeline_token" "$rust_at_work" 2>&1)" \
+        || ! grep -q "service account: .*@" <<<"$out" || ! grep -q "project: dtc-de" <<<"$out" \
+        || ! grep -q "backend: PostgreSQL (postgresql+psycopg2)" <<<"$out" \
+        || ! grep -q 'host: Some("localhost"), port: Some(5432), database: Some("ny_taxi")' <<<"$out" \
+        || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
+        status=1
+        echo "the Rust capabilities failed on $backend:"; echo "$out"
     fi
     # …and what Rust saved, loaded by Prefect.
     echo "== Prefect loads what Rust saved ($backend)"
