@@ -35,9 +35,10 @@ use percent_encoding::{
     AsciiSet, CONTROLS, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode,
 };
 use serde_json::{Map, Value};
+use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::mysql::MySqlPool;
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 /// Everything but RFC 3986's unreserved characters is percent-encoded in a user name,
@@ -658,42 +659,16 @@ impl DatabaseUrl {
         let scrub = |e: sqlx::Error| self.connect_error(&e);
         let timeout = self.connect_timeout.unwrap_or(ACQUIRE_TIMEOUT);
         Ok(match self.backend {
-            // One connection first, so a refusal is reported at once with its cause
-            // rather than as a pool timeout.
-            Backend::Postgres => {
-                let options =
-                    PgConnectOptions::from_str(self.sqlx_url().expose_secret()).map_err(scrub)?;
-                within(timeout, PgConnection::connect_with(&options))
+            Backend::Postgres => SqlPool::Postgres(
+                open_pool::<sqlx::Postgres>(self.sqlx_url().expose_secret(), timeout)
                     .await
-                    .map_err(scrub)?
-                    .close()
+                    .map_err(scrub)?,
+            ),
+            Backend::MySql => SqlPool::MySql(
+                open_pool::<sqlx::MySql>(self.sqlx_url().expose_secret(), timeout)
                     .await
-                    .ok();
-                SqlPool::Postgres(
-                    PgPoolOptions::new()
-                        .acquire_timeout(timeout)
-                        .connect_with(options)
-                        .await
-                        .map_err(scrub)?,
-                )
-            }
-            Backend::MySql => {
-                let options = MySqlConnectOptions::from_str(self.sqlx_url().expose_secret())
-                    .map_err(scrub)?;
-                within(timeout, MySqlConnection::connect_with(&options))
-                    .await
-                    .map_err(scrub)?
-                    .close()
-                    .await
-                    .ok();
-                SqlPool::MySql(
-                    MySqlPoolOptions::new()
-                        .acquire_timeout(timeout)
-                        .connect_with(options)
-                        .await
-                        .map_err(scrub)?,
-                )
-            }
+                    .map_err(scrub)?,
+            ),
             Backend::Sqlite => {
                 let memory = self.params.get("mode").is_some_and(|m| m == "memory");
                 let options = match self.sqlite_path() {
@@ -760,6 +735,23 @@ impl DatabaseUrl {
             format!("cannot connect to {}{place}: {text}", self.backend),
         )
     }
+}
+
+/// A pool for a PostgreSQL or MySQL URL. One connection is opened first, so a refusal is
+/// reported at once with its cause rather than as a pool timeout.
+async fn open_pool<DB: sqlx::Database>(
+    url: &str,
+    timeout: Duration,
+) -> Result<sqlx::Pool<DB>, sqlx::Error>
+where
+    <DB::Connection as sqlx::Connection>::Options: FromStr<Err = sqlx::Error>,
+{
+    let options = <DB::Connection as sqlx::Connection>::Options::from_str(url)?;
+    within(timeout, options.connect()).await?.close().await.ok();
+    sqlx::pool::PoolOptions::<DB>::new()
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await
 }
 
 /// `future`, or a timeout error after `timeout`.
