@@ -51,6 +51,20 @@ struct Cache {
     entries: Mutex<HashMap<String, CacheEntry>>,
 }
 
+impl Cache {
+    /// Keeps `document` for `url`, as of now.
+    fn store(&self, url: &impl ToString, etag: String, document: &BlockDocument) {
+        lock(&self.entries).insert(
+            url.to_string(),
+            CacheEntry {
+                etag,
+                fetched: Instant::now(),
+                document: document.clone(),
+            },
+        );
+    }
+}
+
 /// Counters of the cache, for measurements.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
@@ -313,14 +327,7 @@ impl Client {
         {
             lock(&self.stats).revalidated += 1;
             self.remember_etag(document.id, &etag);
-            lock(&cache.entries).insert(
-                url.to_string(),
-                CacheEntry {
-                    etag,
-                    fetched: Instant::now(),
-                    document: document.clone(),
-                },
-            );
+            cache.store(&url, etag, &document);
             return Ok(document);
         }
         if response.status() == StatusCode::NOT_FOUND {
@@ -357,14 +364,7 @@ impl Client {
             self.remember_etag(document.id, etag);
         }
         if let (Some(cache), Some(etag)) = (&self.cache, etag) {
-            lock(&cache.entries).insert(
-                url.to_string(),
-                CacheEntry {
-                    etag,
-                    fetched: Instant::now(),
-                    document: document.clone(),
-                },
-            );
+            cache.store(&url, etag, &document);
         }
         Ok(document)
     }
