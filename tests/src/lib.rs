@@ -36,10 +36,16 @@ impl std::fmt::Debug for TestServer {
 }
 
 impl TestServer {
-    /// Starts one.
+    /// Starts one over HTTP.
     pub async fn start() -> Self {
+        Self::start_with_tls(None).await
+    }
+
+    /// Starts one, over HTTPS when given a certificate and key (PEM files).
+    pub async fn start_with_tls(tls: Option<(PathBuf, PathBuf)>) -> Self {
         use secrecy::ExposeSecret as _;
         let dir = tempfile::tempdir().unwrap();
+        let (tls_cert, tls_key) = tls.unzip();
         let running = registry_server::serve::start(&registry_server::serve::ServeArgs {
             host: "127.0.0.1".into(),
             port: 0,
@@ -48,8 +54,8 @@ impl TestServer {
             master_key_file: None,
             retention: None,
             max_connections: None,
-            tls_cert: None,
-            tls_key: None,
+            tls_cert,
+            tls_key,
         })
         .await
         .unwrap();

@@ -9,8 +9,7 @@ use std::time::Duration;
 use block_types::Block;
 use block_types::catalog::{GcpCredentials, GcsBucket, Secret};
 use registry_client::{Client, Config, ConfigSource, Error};
-use registry_server::serve::{Running, ServeArgs, start};
-use secrecy::ExposeSecret as _;
+use registry_server::serve::Running;
 use serde_json::{Value, json};
 
 const CANARY: &str = "canary-client-9c2e";
@@ -806,26 +805,9 @@ async fn https_with_a_private_ca_works_through_blocks_ca_cert() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let running = start(&ServeArgs {
-        host: "127.0.0.1".into(),
-        port: 0,
-        database_url: None,
-        home: Some(dir.path().join("home")),
-        master_key_file: None,
-        retention: None,
-        max_connections: None,
-        tls_cert: Some(cert_path.clone()),
-        tls_key: Some(key_path),
-    })
-    .await
-    .unwrap();
-    let token = running
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
-    let url = format!("https://localhost:{}/api", running.addr.port());
+    let server = tests::TestServer::start_with_tls(Some((cert_path.clone(), key_path))).await;
+    let token = server.admin.clone();
+    let url = format!("https://localhost:{}/api", server.running.addr.port());
     let with_ca = [
         ("BLOCKS_API_URL", url.clone()),
         ("BLOCKS_API_KEY", token.clone()),
@@ -847,5 +829,5 @@ async fn https_with_a_private_ca_works_through_blocks_ca_cert() {
         }
         other => panic!("{other:?}"),
     }
-    running.stop().await.unwrap();
+    server.running.stop().await.unwrap();
 }
