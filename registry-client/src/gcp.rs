@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use block_types::catalog::{GcpCredentials, GcsBucket};
 use block_types::secret::SecretString;
-use gcp_auth::TokenProvider;
+pub use gcp_auth::TokenProvider;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -128,6 +128,9 @@ pub struct ServiceAccount {
     project_id: Option<String>,
     private_key_id: Option<String>,
     json: SecretString,
+    /// The signer and token cache, made once when the key is checked (it also loads the
+    /// TLS roots its HTTP client needs).
+    signer: Arc<gcp_auth::CustomServiceAccount>,
 }
 
 impl fmt::Debug for ServiceAccount {
@@ -233,7 +236,7 @@ impl ServiceAccount {
         let json = serde_json::to_string(info)
             .map_err(|_| credentials_error(field, "cannot be written back as JSON"))?;
         // The key must also parse as RSA; gcp_auth's error names no key material.
-        gcp_auth::CustomServiceAccount::from_json(&json).map_err(|e| {
+        let signer = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|e| {
             credentials_error(
                 &format!("{field}.private_key"),
                 format!("is not a usable RSA key ({})", describe(&e)),
@@ -244,6 +247,7 @@ impl ServiceAccount {
             project_id: text("project_id")?.map(str::to_owned),
             private_key_id: text("private_key_id")?.map(str::to_owned),
             json: SecretString::new(json),
+            signer: Arc::new(signer),
         })
     }
 
@@ -268,14 +272,9 @@ impl ServiceAccount {
     }
 
     /// A token source for this account (tokens are cached until shortly before they
-    /// expire).
-    ///
-    /// # Errors
-    /// [`GcpError::Token`] when the HTTP client cannot be set up.
-    pub fn token_provider(&self) -> Result<Arc<dyn TokenProvider>, GcpError> {
-        gcp_auth::CustomServiceAccount::from_json(self.json.expose_secret())
-            .map(|account| Arc::new(account) as Arc<dyn TokenProvider>)
-            .map_err(|e| GcpError::Token(describe(&e)))
+    /// expire); clones share one cache.
+    pub fn token_provider(&self) -> Arc<dyn TokenProvider> {
+        self.signer.clone()
     }
 }
 
@@ -379,7 +378,7 @@ impl GcpCredentialsExt for GcpCredentials {
         let account = self.service_account();
         async move {
             match account? {
-                Some(account) => account.token_provider(),
+                Some(account) => Ok(account.token_provider()),
                 None => gcp_auth::provider().await.map_err(|e| {
                     GcpError::Token(format!(
                         "the block has no service-account key and no default credentials were found ({})",
@@ -466,7 +465,7 @@ impl GcsBucketExt for GcsBucket {
         let account = self.gcp_credentials.service_account()?;
         let tokens = match (&endpoint, account) {
             (Endpoint::Emulator(_), _) => None,
-            (_, Some(account)) => Some(account.token_provider()?),
+            (_, Some(account)) => Some(account.token_provider()),
             (_, None) => Some(self.gcp_credentials.token_provider().await?),
         };
         let http = reqwest::Client::builder()

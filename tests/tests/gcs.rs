@@ -225,7 +225,8 @@ fn the_fixture_key_is_accepted() {
     // The key JSON handed to the signer is the whole key, unchanged.
     let back: Value = serde_json::from_str(account.key_json().expose_secret()).unwrap();
     assert_eq!(back, Value::Object(key_info()));
-    assert!(account.token_provider().is_ok());
+    let _provider: std::sync::Arc<dyn registry_client::gcp::TokenProvider> =
+        account.token_provider();
 
     // Optional fields may be absent or null.
     let bare = without(without(key_info(), "project_id"), "private_key_id");
