@@ -347,10 +347,11 @@ impl DatabaseUrl {
             }
             url.password = Some(SecretString::new(password));
         }
-        let mut given: Vec<(String, String)> = url
+        // (field to blame, key, value), from the URL's query and from connect_args.
+        let mut given: Vec<(String, String, String)> = url
             .query
             .iter()
-            .map(|(k, v)| (format!("query.{k}"), format!("{k}\u{0}{v}")))
+            .map(|(k, v)| (format!("query.{k}"), k.clone(), v.clone()))
             .collect();
         for (key, value) in connect_args.into_iter().flatten() {
             let value = match value {
@@ -364,13 +365,12 @@ impl DatabaseUrl {
                     ));
                 }
             };
-            given.push((format!("connect_args.{key}"), format!("{key}\u{0}{value}")));
+            given.push((format!("connect_args.{key}"), key.clone(), value));
         }
         let mut flags: Vec<(Flag, bool)> = Vec::new();
         let mut mode_field = None;
-        for (field, pair) in given {
-            let (key, value) = pair.split_once('\u{0}').unwrap_or((&pair, ""));
-            match setting(url.backend, key, value)
+        for (field, key, value) in given {
+            match setting(url.backend, &key, &value)
                 .map_err(|message| SqlError::new(&field, message))?
             {
                 Setting::Param(name, value) => {
