@@ -596,11 +596,20 @@ impl Bucket {
         }
     }
 
+    /// The bucket's objects collection: `{base}{api}/storage/v1/b/{bucket}/o`, where `api` is
+    /// `""` for metadata, downloads and listings, `"/upload"` for uploads.
+    fn objects_url(&self, api: &str) -> String {
+        format!(
+            "{}{api}/storage/v1/b/{}/o",
+            self.endpoint.base(),
+            utf8_percent_encode(&self.bucket, SEGMENT)
+        )
+    }
+
     fn object_url(&self, name: &str) -> String {
         format!(
-            "{}/storage/v1/b/{}/o/{}",
-            self.endpoint.base(),
-            utf8_percent_encode(&self.bucket, SEGMENT),
+            "{}/{}",
+            self.objects_url(""),
             utf8_percent_encode(name, SEGMENT)
         )
     }
@@ -835,11 +844,7 @@ impl Bucket {
     }
 
     async fn list_prefix(&self, prefix: &str) -> Result<Vec<Blob>, GcpError> {
-        let url = format!(
-            "{}/storage/v1/b/{}/o",
-            self.endpoint.base(),
-            utf8_percent_encode(&self.bucket, SEGMENT)
-        );
+        let url = self.objects_url("");
         let mut blobs = Vec::new();
         let mut page: Option<String> = None;
         loop {
@@ -900,11 +905,7 @@ impl Bucket {
     }
 
     async fn write_name(&self, name: &str, content: Vec<u8>) -> Result<(), GcpError> {
-        let url = format!(
-            "{}/upload/storage/v1/b/{}/o",
-            self.endpoint.base(),
-            utf8_percent_encode(&self.bucket, SEGMENT)
-        );
+        let url = self.objects_url("/upload");
         let body = bytes::Bytes::from(content);
         self.send(&format!("upload {name}"), || {
             self.http
