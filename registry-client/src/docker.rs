@@ -70,8 +70,8 @@
 //!   ([`RunConfig::docker_run_env`]) takes no name the CLI itself reads
 //!   ([`is_read_by_docker_cli`]).
 
+use crate::encoding::encode;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -530,7 +530,7 @@ pub fn pull_flag(policy: ImagePullPolicy) -> &'static str {
 /// The path of the call that joins a container to `network`:
 /// `/networks/{network}/connect`, with [`network_connect_body`] as its body.
 pub fn network_connect_path(network: &str) -> String {
-    format!("/networks/{}/connect", encode_component(network))
+    format!("/networks/{}/connect", encode(network))
 }
 
 /// The body of the call that joins `container` (its id or name) to a network.
@@ -551,7 +551,7 @@ impl CreateContainer {
     /// `/containers/create`, with `?name=…` (percent-encoded) when the name is set.
     pub fn path(&self) -> String {
         match &self.name {
-            Some(name) => format!("/containers/create?name={}", encode_component(name)),
+            Some(name) => format!("/containers/create?name={}", encode(name)),
             None => "/containers/create".to_owned(),
         }
     }
@@ -778,8 +778,8 @@ impl ImageRef {
     pub fn pull_path(&self) -> String {
         format!(
             "/images/create?fromImage={}&tag={}",
-            encode_component(&self.repository),
-            encode_component(self.pull_reference())
+            encode(&self.repository),
+            encode(self.pull_reference())
         )
     }
 }
@@ -1169,19 +1169,6 @@ fn parse_bytes(field: &str, text: &str, swap: bool) -> Result<i64, DockerError> 
         }
     };
     bytes_from_f64(field, value * multiplier, swap)
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
 }
 
 fn is_tag(tag: &str) -> bool {

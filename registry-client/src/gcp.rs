@@ -33,7 +33,7 @@ use std::time::Duration;
 use block_types::catalog::{GcpCredentials, GcsBucket};
 use block_types::secret::SecretString;
 pub use gcp_auth::TokenProvider;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt as _;
@@ -41,13 +41,8 @@ use tokio::io::AsyncWriteExt as _;
 /// The scope a bucket client asks for.
 pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 
-/// Everything but RFC 3986's unreserved characters is encoded in a path segment; an
-/// object name's `/` too, as the JSON API wants.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+/// What is encoded in a path segment: an object name's `/` too, as the JSON API wants.
+use crate::encoding::UNRESERVED as SEGMENT;
 
 const GOOGLE_STORAGE: &str = "https://storage.googleapis.com";
 const ATTEMPTS: u32 = 3;

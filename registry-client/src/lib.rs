@@ -59,6 +59,8 @@ mod save;
 
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(any(feature = "docker", feature = "gcp", feature = "sqlalchemy"))]
+mod encoding;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 #[cfg(feature = "sqlalchemy")]

@@ -31,9 +31,7 @@ use block_types::catalog::{
     AsyncSqlAlchemyConnector, ConnectionComponents, ConnectionInfo, SqlAlchemyConnector,
 };
 use block_types::secret::SecretString;
-use percent_encoding::{
-    AsciiSet, CONTROLS, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode,
-};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
@@ -41,13 +39,8 @@ use sqlx::mysql::MySqlPool;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-/// Everything but RFC 3986's unreserved characters is percent-encoded in a user name,
-/// password or database name.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+/// What is percent-encoded in a user name, password or database name.
+use crate::encoding::UNRESERVED as COMPONENT;
 
 /// The SQLite settings a connector may give (in its URL's query or its `connect_args`):
 /// `mode` (`ro`, `rw`, `rwc`, `memory`), `timeout` (seconds to wait on a lock), `uri`
