@@ -890,15 +890,7 @@ fn write_new_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 /// Writes a file only its owner can read (it may hold secrets the user types in).
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
+    let mut file = crate::serve::create_private_file(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())

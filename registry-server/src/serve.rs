@@ -111,9 +111,9 @@ fn read_key_file(path: &Path) -> anyhow::Result<MasterKey> {
         .with_context(|| format!("the master key file {} is not usable", path.display()))
 }
 
-/// Writes a new key file readable by its owner only; never overwrites.
-fn create_key_file(path: &Path, key: &MasterKey) -> anyhow::Result<()> {
-    use std::io::Write;
+/// Creates a new file only its owner can read or write (mode 0600 on Unix); never
+/// overwrites an existing one.
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -121,8 +121,13 @@ fn create_key_file(path: &Path, key: &MasterKey) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(path)
+    options.open(path)
+}
+
+/// Writes a new key file readable by its owner only; never overwrites.
+fn create_key_file(path: &Path, key: &MasterKey) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = create_private_file(path)
         .with_context(|| format!("cannot create the master key file {}", path.display()))?;
     writeln!(file, "{}", key.to_base64().expose_secret())?;
     file.sync_all()?;
@@ -559,16 +564,8 @@ fn write_profile(path: &Path, url: &str, token: &SecretString) -> anyhow::Result
     .context("cannot encode the profile")?;
     let tmp = path.with_extension("toml.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut file =
+        create_private_file(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
