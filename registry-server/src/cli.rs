@@ -387,15 +387,7 @@ pub async fn types(command: &TypeCommand, format: Format) -> anyhow::Result<()> 
         TypeCommand::Delete { slug } => {
             let ty = type_by_slug(&client, slug).await?;
             let id = text(&ty["id"]);
-            client
-                .send_json(Method::DELETE, &format!("block_types/{id}"), None)
-                .await?;
-            print(
-                format,
-                &json!({"deleted": slug}),
-                &["DELETED"],
-                &[vec![slug.clone()]],
-            );
+            delete_and_say(&client, &format!("block_types/{id}"), slug, format).await?;
         }
     }
     Ok(())
@@ -566,14 +558,22 @@ pub async fn create(
 pub async fn delete(address: &str, format: Format) -> anyhow::Result<()> {
     let client = client()?;
     let (id, _) = document_id(&client, address).await?;
-    client
-        .send_json(Method::DELETE, &format!("block_documents/{id}"), None)
-        .await?;
+    delete_and_say(&client, &format!("block_documents/{id}"), address, format).await
+}
+
+/// Deletes `path` and says that `what` was deleted.
+async fn delete_and_say(
+    client: &Client,
+    path: &str,
+    what: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    client.send_json(Method::DELETE, path, None).await?;
     print(
         format,
-        &json!({"deleted": address}),
+        &json!({"deleted": what}),
         &["DELETED"],
-        &[vec![address.to_owned()]],
+        &[vec![what.to_owned()]],
     );
     Ok(())
 }
