@@ -394,12 +394,29 @@ pub struct AllOf<T> {
     pub all_: Option<Vec<T>>,
 }
 
+/// The longest `like_` pattern, in bytes: patterns cost time on every row they are matched
+/// against.
+pub const MAX_PATTERN_BYTES: usize = 256;
+
+fn bounded_pattern<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let pattern = Option::<String>::deserialize(d)?;
+    if pattern
+        .as_ref()
+        .is_some_and(|p| p.len() > MAX_PATTERN_BYTES)
+    {
+        return Err(serde::de::Error::custom(format!(
+            "must be at most {MAX_PATTERN_BYTES} bytes"
+        )));
+    }
+    Ok(pattern)
+}
+
 /// `{"like_": "..."}`: case-insensitive substring match (`%` and `_` are wildcards).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Like {
     /// The pattern.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_pattern")]
     pub like_: Option<String>,
 }
 
@@ -411,7 +428,7 @@ pub struct NameFilter {
     #[serde(default)]
     pub any_: Option<Vec<String>>,
     /// Case-insensitive substring.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_pattern")]
     pub like_: Option<String>,
 }
 

@@ -53,6 +53,151 @@ impl std::fmt::Display for SecretPath {
     }
 }
 
+impl SecretPath {
+    /// Whether sealing `self` seals `other` too: a secret path seals the whole value it
+    /// lands on, so any path that is a prefix of `other` covers it (`a` and `a.*` both
+    /// cover `a.b`; the root wildcard covers everything).
+    pub fn covers(&self, other: &SecretPath) -> bool {
+        if self.segments.is_empty() {
+            return self.wildcard;
+        }
+        other.segments.starts_with(&self.segments)
+    }
+}
+
+/// The paths of `wanted` that no path of `listed` covers.
+pub fn uncovered<'a>(wanted: &'a [SecretPath], listed: &[SecretPath]) -> Vec<&'a SecretPath> {
+    wanted
+        .iter()
+        .filter(|w| !listed.iter().any(|l| l.covers(w)))
+        .collect()
+}
+
+/// `paths` without duplicates and without paths another one covers, sorted: two lists
+/// that seal the same values normalize to the same list.
+pub fn normalized(paths: &[SecretPath]) -> Vec<SecretPath> {
+    let mut out: Vec<SecretPath> = Vec::new();
+    for path in paths {
+        if out.iter().any(|o| o.covers(path)) {
+            continue;
+        }
+        out.retain(|o| !path.covers(o));
+        out.push(path.clone());
+    }
+    out.sort_by_key(ToString::to_string);
+    out
+}
+
+/// The paths a JSON Schema itself marks secret, whatever its `secret_fields` says: a
+/// property that is `writeOnly: true` or `format: password` (Pydantic's `SecretStr`,
+/// `SecretBytes`, `Secret[T]`), directly or in one of its `anyOf`/`oneOf`/`allOf` choices,
+/// gives its path; one below `additionalProperties` gives `prefix.*`; one below `items`
+/// makes the whole list secret. `$ref`s to `#/definitions/…` are followed (plain models
+/// such as `ConnectionComponents` and nested blocks alike), each definition once.
+pub fn marked_secret_paths(fields: &Value) -> Vec<SecretPath> {
+    let mut marks = Marks {
+        definitions: fields.get("definitions").and_then(Value::as_object),
+        done: std::collections::HashMap::new(),
+    };
+    let mut out = Vec::new();
+    if let Some(Value::Object(properties)) = fields.get("properties") {
+        for (name, property) in properties {
+            out.extend(marks.of(property).into_iter().map(|p| p.under(name)));
+        }
+    }
+    normalized(&out)
+}
+
+impl SecretPath {
+    /// The value itself (a relative path with no step).
+    fn here() -> Self {
+        Self {
+            segments: Vec::new(),
+            wildcard: false,
+        }
+    }
+
+    /// `self` one step further down, below `name`.
+    fn under(mut self, name: &str) -> Self {
+        self.segments.insert(0, name.to_owned());
+        self
+    }
+}
+
+/// The marked paths of schema nodes, relative to each node; each definition is walked once
+/// (one that nests itself contributes nothing more the second time).
+struct Marks<'a> {
+    definitions: Option<&'a Map<String, Value>>,
+    done: std::collections::HashMap<&'a str, Vec<SecretPath>>,
+}
+
+impl<'a> Marks<'a> {
+    fn of(&mut self, node: &'a Value) -> Vec<SecretPath> {
+        let Value::Object(node) = node else {
+            return Vec::new();
+        };
+        if node.get("writeOnly") == Some(&Value::Bool(true))
+            || node.get("format").and_then(Value::as_str) == Some("password")
+        {
+            return vec![SecretPath::here()];
+        }
+        let mut out = Vec::new();
+        if let Some(name) = node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/definitions/"))
+        {
+            out.extend(self.definition(name));
+        }
+        for combinator in ["anyOf", "oneOf", "allOf"] {
+            if let Some(Value::Array(choices)) = node.get(combinator) {
+                for choice in choices {
+                    out.extend(self.of(choice));
+                }
+            }
+        }
+        if let Some(Value::Object(properties)) = node.get("properties") {
+            for (name, property) in properties {
+                out.extend(self.of(property).into_iter().map(|p| p.under(name)));
+            }
+        }
+        if let Some(additional) = node.get("additionalProperties")
+            && !self.of(additional).is_empty()
+        {
+            out.push(SecretPath {
+                segments: Vec::new(),
+                wildcard: true,
+            });
+        }
+        let items = node.get("items").into_iter().chain(
+            node.get("prefixItems")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        );
+        for item in items {
+            if !self.of(item).is_empty() {
+                out.push(SecretPath::here());
+            }
+        }
+        out
+    }
+
+    fn definition(&mut self, name: &'a str) -> Vec<SecretPath> {
+        if let Some(done) = self.done.get(name) {
+            return done.clone();
+        }
+        let Some(definition) = self.definitions.and_then(|d| d.get(name)) else {
+            return Vec::new();
+        };
+        // Marked as walked before the walk, so a definition that nests itself ends here.
+        self.done.insert(name, Vec::new());
+        let found = normalized(&self.of(definition));
+        self.done.insert(name, found.clone());
+        found
+    }
+}
+
 /// Reads `secret_fields` from a block schema's `fields` (missing or malformed: none).
 pub fn secret_fields_of(fields: &Value) -> Vec<SecretPath> {
     fields
@@ -272,6 +417,70 @@ mod tests {
             Value::Object(map) => map,
             other => panic!("not an object: {other}"),
         }
+    }
+
+    fn marked(fields: &Value) -> Vec<String> {
+        marked_secret_paths(fields)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn markers_are_found_through_choices_refs_maps_and_lists() {
+        let fields = json!({
+            "properties": {
+                "plain": {"type": "string"},
+                "token": {"anyOf": [{"type": "string", "format": "password", "writeOnly": true}, {"type": "null"}]},
+                "conn": {"$ref": "#/definitions/Conn"},
+                "env": {"type": "object", "additionalProperties": {"type": "string", "writeOnly": true}},
+                "keys": {"type": "array", "items": {"type": "string", "format": "password"}},
+                "deep": {"type": "object", "properties": {"inner": {"allOf": [{"$ref": "#/definitions/Conn"}]}}}
+            },
+            "definitions": {"Conn": {"properties": {"host": {"type": "string"}, "password": {"writeOnly": true}}}}
+        });
+        assert_eq!(
+            marked(&fields),
+            [
+                "conn.password",
+                "deep.inner.password",
+                "env.*",
+                "keys",
+                "token"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_definition_that_nests_itself_is_walked_once() {
+        // Each definition refers to itself twice: a walk without memory would take 2^n steps.
+        let mut definitions = Map::new();
+        for i in 0..40 {
+            definitions.insert(
+                format!("D{i}"),
+                json!({"anyOf": [{"$ref": format!("#/definitions/D{}", i + 1)}, {"$ref": format!("#/definitions/D{}", i + 1)}, {"$ref": format!("#/definitions/D{i}")}],
+                       "properties": {"secret": {"writeOnly": true}}}),
+            );
+        }
+        let fields = json!({"properties": {"root": {"$ref": "#/definitions/D0"}}, "definitions": definitions});
+        assert_eq!(marked(&fields), ["root.secret"]);
+    }
+
+    #[test]
+    fn a_prefix_covers_what_lies_below_it() {
+        let p = |s: &str| SecretPath::parse(s);
+        assert!(p("a").covers(&p("a.b")));
+        assert!(p("a.*").covers(&p("a.b")));
+        assert!(p("a.*").covers(&p("a")));
+        assert!(p("*").covers(&p("x.y")));
+        assert!(!p("a.b").covers(&p("a")));
+        assert!(!p("ab").covers(&p("a")));
+        let wanted = [p("x"), p("a.b")];
+        assert_eq!(uncovered(&wanted, &[p("a")]), [&p("x")]);
+        assert_eq!(
+            normalized(&[p("a.b"), p("value"), p("a"), p("value")]),
+            [p("a"), p("value")]
+        );
     }
 
     fn paths(p: &[&str]) -> Vec<SecretPath> {

@@ -13,10 +13,25 @@ use crate::error::FieldError;
 /// Characters Prefect bans from names.
 pub const BANNED_CHARACTERS: [char; 5] = ['/', '%', '&', '>', '<'];
 
+/// The longest name, slug or schema version, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// `value` is at most [`MAX_NAME_BYTES`] long.
+pub fn bounded(field: &str, what: &str, value: &str) -> Result<(), FieldError> {
+    if value.len() > MAX_NAME_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("{what} must be at most {MAX_NAME_BYTES} bytes."),
+        ));
+    }
+    Ok(())
+}
+
 fn lowercase_dashes(field: &str, what: &str, value: &str) -> Result<(), FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(field, format!("{what} must not be empty.")));
     }
+    bounded(field, what, value)?;
     if !value
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -54,7 +69,7 @@ pub fn block_type_name(name: &str) -> Result<(), FieldError> {
             "Block type name must not contain any of: '/', '%', '&', '>', '<'.",
         ));
     }
-    Ok(())
+    bounded("name", "Block type name", name)
 }
 
 /// Whether a block type name is reserved (it starts with "prefect", in any case).

@@ -115,3 +115,63 @@ fn prefect_secret_fields_point_into_prefect_data() {
         serde_json::json!({"gcp_credentials": {"service_account_info": {"private_key": "k"}}});
     assert!(get_path(data.as_object().unwrap(), &paths[0].segments).is_some());
 }
+
+#[test]
+fn the_secret_markers_of_prefect_schemas_are_found_and_covered_by_their_secret_fields() {
+    use block_types::secret_fields::{marked_secret_paths, uncovered};
+    let fixtures = fixtures();
+    let marked = |name: &str| -> Vec<String> {
+        marked_secret_paths(&fixtures[name]["fields"])
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(marked("Secret"), ["value"]);
+    assert_eq!(marked("Webhook"), ["url"]);
+    assert_eq!(marked("SqlAlchemyConnector"), ["connection_info.password"]);
+    assert_eq!(marked("DockerRegistryCredentials"), ["password"]);
+    // SecretDict carries no marker in the JSON Schema: only secret_fields says it.
+    assert!(marked("GcpCredentials").is_empty());
+    for (name, fixture) in &fixtures {
+        let fields = &fixture["fields"];
+        let marked = marked_secret_paths(fields);
+        let listed = secret_fields_of(fields);
+        assert!(
+            uncovered(&marked, &listed).is_empty(),
+            "{name}: every marked path is in secret_fields"
+        );
+    }
+}
+
+#[test]
+fn every_built_in_schema_lists_the_secrets_its_json_schema_marks() {
+    use block_types::secret_fields::{marked_secret_paths, uncovered};
+    for spec in block_types::catalog::all_specs() {
+        let marked = marked_secret_paths(&spec.fields);
+        let listed = spec.secret_fields();
+        assert!(
+            uncovered(&marked, &listed).is_empty(),
+            "{}: marked {marked:?}, listed {listed:?}",
+            spec.block_type.slug
+        );
+    }
+}
+
+#[test]
+fn prefects_own_schemas_keep_every_secret_the_built_in_types_keep() {
+    // A `write` token may register a schema only when it keeps at least the built-in
+    // type's secrets: Prefect's own schemas must pass that check.
+    use block_types::catalog::secret_floor;
+    use block_types::secret_fields::uncovered;
+    for (name, fixture) in &fixtures() {
+        let slug = fixture["block_type"]["slug"].as_str().unwrap();
+        let listed = secret_fields_of(&fixture["fields"]);
+        let floor = secret_floor(slug);
+        assert!(
+            uncovered(floor, &listed).is_empty(),
+            "{name} ({slug}): {floor:?} vs {listed:?}"
+        );
+    }
+    assert!(!secret_floor("gcp-credentials").is_empty());
+    assert!(secret_floor("no-such-type").is_empty());
+}

@@ -14,7 +14,7 @@ use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate};
 use block_types::references::reference_value;
 use block_types::{Block, BlockSpec};
 use registry_server::crypto::MasterKey;
-use registry_server::store::{MasterKeySource, Store, StoreConfig};
+use registry_server::store::{MasterKeySource, Rights, Store, StoreConfig};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
@@ -35,7 +35,7 @@ async fn register(store: &Store, spec: &BlockSpec) -> uuid::Uuid {
         .await
         .unwrap();
     store
-        .create_block_schema(spec.to_schema_create(ty.id))
+        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
         .await
         .unwrap()
         .0
@@ -193,7 +193,10 @@ async fn bench(url: &str, backend: &str) {
             data: Some(obj(json!({"project": format!("p{i}")}))),
             ..Default::default()
         };
-        store.update_block_document(id, body, None).await.unwrap();
+        store
+            .update_block_document(id, body, None, Rights::ADMIN)
+            .await
+            .unwrap();
     };
     rows.push(measure(&store, "merge update (1 task)", WRITES / 4, 1, update).await);
     print(backend, &rows);

@@ -67,9 +67,10 @@ PY
     }
     pipeline_token="$(new_token pipeline read-secrets write)"
     readonly_token="$(new_token dashboard read)"
+    writer_token="$(new_token writer write)"
     echo "== interop on $backend: blocks serve at http://$addr/api"
     if ! PREFECT_API_URL="http://$addr/api" PREFECT_API_KEY="$pipeline_token" PREFECT_HOME="$work/prefect" \
-        BLOCKS_INTEROP_BACKEND="$backend" BLOCKS_ADMIN_TOKEN="$admin_token" BLOCKS_READONLY_TOKEN="$readonly_token" \
+        BLOCKS_INTEROP_BACKEND="$backend" BLOCKS_ADMIN_TOKEN="$admin_token" BLOCKS_READONLY_TOKEN="$readonly_token" BLOCKS_WRITE_TOKEN="$writer_token" \
         BLOCKS_SERVER_LOG="$work/server.log" \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_prefect_client.py"; then
         status=1

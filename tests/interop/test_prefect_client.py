@@ -71,6 +71,51 @@ def test_register_collections():
         assert "Successfully registered" in out, out
 
 
+ATTACK = """
+import asyncio, json
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect_gcp import GcpCredentials
+
+async def main():
+    out = {}
+    async with get_client() as client:
+        for name, block in (("secret", Secret), ("gcp", GcpCredentials)):
+            block_type = await client.read_block_type_by_slug(block.get_block_type_slug())
+            for version in (block.get_block_schema_version(), "9.9.9"):
+                schema = block._to_block_schema(block_type_id=block_type.id)
+                schema.fields["secret_fields"] = []
+                schema.version = version
+                try:
+                    await client.create_block_schema(schema)
+                    out[f"{name}@{version}"] = "created"
+                except PrefectHTTPStatusError as e:
+                    out[f"{name}@{version}"] = [e.response.status_code, e.response.json()]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_a_write_token_cannot_register_prefects_schemas_without_their_secrets():
+    # Before any Secret is saved: a `write` token registers Prefect's own schemas with no
+    # secret_fields (their checksums ignore secret_fields), hoping later saves land unsealed.
+    done = python(ATTACK, {"PREFECT_API_KEY": os.environ["BLOCKS_WRITE_TOKEN"]})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # Secret marks `value` writeOnly/password in its JSON Schema: refused at any version.
+    for key in ("secret@" + "3.9.1", "secret@9.9.9"):
+        status, body = out[key]
+        assert status == 422, out
+        assert "fields.secret_fields" in json.dumps(body), out
+    # GcpCredentials' SecretDict has no marker: the registered schema (same checksum and
+    # version) is a conflict, another version is refused for a `write` token.
+    assert out["gcp@0.6.22"][0] == 409, out
+    assert out["gcp@9.9.9"][0] == 403, out
+    assert "service_account_info" in json.dumps(out["gcp@9.9.9"][1]), out
+
+
 def test_gcp_credentials_save_and_load(service_account_info):
     from prefect_gcp import GcpCredentials
 
@@ -120,6 +165,58 @@ def test_secret_string_and_json():
     assert Secret.load("api-token").get() == CANARY
     Secret(value={"username": "johndoe", "password": CANARY}).save("db-login")
     assert Secret.load("db-login").get() == {"username": "johndoe", "password": CANARY}
+
+
+def test_saved_secrets_are_masked_for_a_read_token_and_sealed_at_rest():
+    readonly = os.environ["BLOCKS_READONLY_TOKEN"]
+    for slug, name, path in (
+        ("secret", "api-token", ["value"]),
+        ("gcp-credentials", "zoom-gcp-creds", ["service_account_info", "private_key_id"]),
+    ):
+        request = urllib.request.Request(
+            f"{os.environ['PREFECT_API_URL']}/block_types/slug/{slug}/block_documents/name/{name}",
+            headers={"Authorization": "Bearer " + readonly},
+        )
+        doc = json.load(urllib.request.urlopen(request))
+        value = doc["data"]
+        for key in path:
+            value = value[key]
+        assert value == "********", doc
+        assert CANARY not in json.dumps(doc)
+
+
+MOVE = """
+import asyncio, json, sys
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.exceptions import PrefectHTTPStatusError
+
+async def main():
+    async with get_client() as client:
+        doc = await client.read_block_document_by_name("api-token", "secret", include_secrets=False)
+        block_type = await client.read_block_type_by_slug("secret")
+        probe = Secret._to_block_schema(block_type_id=block_type.id)
+        probe.fields["properties"]["value"] = {"type": "string", "pattern": "^canary", "writeOnly": True, "format": "password"}
+        probe.version = "probe"
+        schema = await client.create_block_schema(probe)
+        try:
+            await client.update_block_document(doc.id, BlockDocumentUpdate(block_schema_id=schema.id, data={}))
+            print(json.dumps(["moved"]))
+        except PrefectHTTPStatusError as e:
+            print(json.dumps([e.response.status_code, e.response.json()]))
+
+asyncio.run(main())
+"""
+
+
+def test_a_write_token_cannot_probe_a_secret_by_moving_its_document_to_another_schema():
+    done = python(MOVE, {"PREFECT_API_KEY": os.environ["BLOCKS_WRITE_TOKEN"]})
+    assert done.returncode == 0, done.stderr
+    status, body = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 403, body
+    assert "block_schema_id" in json.dumps(body) and "read-secrets" in json.dumps(body), body
+    assert CANARY not in done.stdout + done.stderr
 
 
 def test_name_conflict_raises_the_clients_error():

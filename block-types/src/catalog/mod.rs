@@ -127,5 +127,26 @@ pub fn spec_for_slug(slug: &str) -> Option<BlockSpec> {
     all_specs().into_iter().find(|s| s.block_type.slug == slug)
 }
 
+/// The secret paths of the built-in type with this slug, whichever schema a document of it
+/// uses (none for other slugs): a schema some client registers for `gcp-credentials` never
+/// keeps `service_account_info` in clear.
+pub fn secret_floor(slug: &str) -> &'static [crate::SecretPath] {
+    static FLOORS: std::sync::LazyLock<std::collections::HashMap<String, Vec<crate::SecretPath>>> =
+        std::sync::LazyLock::new(|| {
+            let mut floors: std::collections::HashMap<String, Vec<crate::SecretPath>> =
+                std::collections::HashMap::new();
+            for spec in all_specs() {
+                let paths = floors.entry(spec.block_type.slug.clone()).or_default();
+                paths.extend(spec.secret_fields());
+                paths.extend(crate::secret_fields::marked_secret_paths(&spec.fields));
+            }
+            floors
+                .into_iter()
+                .map(|(slug, paths)| (slug, crate::secret_fields::normalized(&paths)))
+                .collect()
+        });
+    FLOORS.get(slug).map_or(&[], Vec::as_slice)
+}
+
 #[cfg(test)]
 mod tests;

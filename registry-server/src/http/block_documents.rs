@@ -178,13 +178,14 @@ fn lost_race(e: crate::store::StoreError) -> ApiError {
 async fn update(
     State(state): St,
     Id(id): Id,
+    caller: Caller,
     headers: HeaderMap,
     Body(body): Body<BlockDocumentUpdate>,
 ) -> ApiResult<StatusCode> {
     let expected = precondition(&state, id, &headers).await?;
     state
         .store
-        .update_block_document(id, body, expected)
+        .update_block_document(id, body, expected, caller.rights())
         .await
         .map_err(lost_race)?;
     Ok(StatusCode::NO_CONTENT)

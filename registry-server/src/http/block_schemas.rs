@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use block_types::model::{BlockSchema, BlockSchemaCreate, BlockSchemaFilterBody};
 use serde::Deserialize;
 
-use super::extract::{Body, Id};
+use super::extract::{Body, Caller, Id};
 use super::routes::{Route, delete, get, post};
 use super::{ApiResult, St, created};
 
@@ -41,8 +41,15 @@ pub(super) fn routes() -> Vec<Route> {
 }
 
 /// 201 for a new schema, 200 with the existing one for a known (checksum, version).
-async fn create(State(state): St, Body(body): Body<BlockSchemaCreate>) -> ApiResult<Response> {
-    let (schema, is_new) = state.store.create_block_schema(body).await?;
+async fn create(
+    State(state): St,
+    caller: Caller,
+    Body(body): Body<BlockSchemaCreate>,
+) -> ApiResult<Response> {
+    let (schema, is_new) = state
+        .store
+        .create_block_schema(body, caller.rights())
+        .await?;
     Ok(if is_new {
         created(schema)
     } else {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::extract::{Body, Id, IncludeSecrets};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
-use crate::store::Store;
+use crate::store::{Rights, Store};
 
 pub(super) fn routes() -> Vec<Route> {
     let routes = vec![
@@ -156,7 +156,7 @@ pub async fn register_collection(
     for spec in collection.specs() {
         let ty = store.ensure_block_type(&spec.block_type, false).await?;
         store
-            .create_block_schema(spec.to_schema_create(ty.id))
+            .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
             .await?;
     }
     Ok(())

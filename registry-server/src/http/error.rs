@@ -150,6 +150,8 @@ impl From<StoreError> for ApiError {
                 Self::Validation(errors)
             }
             StoreError::Protected(m) => Self::Forbidden(m),
+            StoreError::Forbidden(e) => Self::Forbidden(e.to_string()),
+            StoreError::TooLarge(m) => Self::Unprocessable(m),
             StoreError::Database(sqlx::Error::PoolTimedOut) => {
                 Self::Unavailable("database pool timed out".into())
             }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::store::{Scope, TokenInfo};
+use crate::store::{Rights, Scope, TokenInfo};
 
 /// A JSON body. Malformed JSON, wrong types and unknown fields are a 422 naming the field;
 /// an empty body reads as `{}` (Prefect's CLI posts filters without one).
@@ -77,17 +77,30 @@ fn describe(e: &serde_json::Error) -> String {
         }
         Category::Data | Category::Io => {
             let text = e.to_string();
-            let text = text.split(" at line ").next().unwrap_or(&text);
-            for kind in ["invalid type", "invalid value", "invalid length"] {
-                if text.starts_with(kind) {
-                    return match text.rsplit_once(", expected ") {
-                        Some((_, expected)) => format!("{kind}: expected {expected}"),
-                        None => kind.to_owned(),
-                    };
-                }
-            }
-            text.to_owned()
+            without_value(text.split(" at line ").next().unwrap_or(&text))
         }
+    }
+}
+
+/// A deserializer's message without the offending value: `unknown variant `x`, expected
+/// one of …` keeps what was expected, a UUID's `… found `z` at 1` loses what was found.
+pub(super) fn without_value(text: &str) -> String {
+    for kind in [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ] {
+        if text.starts_with(kind) {
+            return match text.rsplit_once(", expected ") {
+                Some((_, expected)) => format!("{kind}: expected {expected}"),
+                None => kind.to_owned(),
+            };
+        }
+    }
+    match text.split_once(", found ") {
+        Some((head, _)) => head.to_owned(),
+        None => text.to_owned(),
     }
 }
 
@@ -118,6 +131,15 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
+    /// What the token allows beyond `write`, for the store's checks.
+    pub(crate) fn rights(&self) -> Rights {
+        let grants = |scope| self.token.as_ref().is_some_and(|t| t.grants(scope));
+        Rights {
+            read_secrets: grants(Scope::ReadSecrets),
+            admin: grants(Scope::Admin),
+        }
+    }
+
     /// Lets the request return secret values, or refuses with a 403 when the token lacks
     /// `read-secrets` (never a silent downgrade to masked values).
     pub(crate) fn allow_secrets(&self) -> Result<(), ApiError> {
@@ -167,8 +189,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
                 } else {
                     field
                 };
-                // serde_urlencoded's messages name the expected shape, never the value.
-                let message = e.inner().to_string();
+                let message = without_value(&e.inner().to_string());
                 ApiError::Validation(vec![block_types::FieldError::new(field, message)])
             })
     }

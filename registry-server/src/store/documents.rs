@@ -10,7 +10,10 @@ use block_types::model::{
     BlockSchema, BlockSchemaFilter, BlockType, BlockTypeFilter, EqBool, Page,
     ReferencedBlockDocument,
 };
-use block_types::secret_fields::{obfuscate, restore, secret_fields_of, secret_locations};
+use block_types::secret_fields::{
+    SecretPath, marked_secret_paths, normalized, obfuscate, restore, secret_fields_of,
+    secret_locations,
+};
 use block_types::{FieldError, references};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -25,7 +28,7 @@ use super::sql::{
 };
 use super::types::{like_pattern, push_type_filter};
 use super::{
-    Backend, Result, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
+    Backend, Result, Rights, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
     uuid_col,
 };
 use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
@@ -109,6 +112,9 @@ struct TreeDoc {
     data: Map<String, Value>,
     secrets: Vec<SealedField>,
     schema: Arc<BlockSchema>,
+    /// The stored size of its data and sealed secrets, in bytes (what a resolved read of it
+    /// costs, roughly).
+    bytes: usize,
 }
 
 /// The documents and reference edges of one or more trees, from one query.
@@ -123,8 +129,32 @@ struct Tree {
 struct NewVersion<'a> {
     data: Map<String, Value>,
     refs: Vec<(String, Uuid)>,
+    schema: &'a BlockSchema,
+}
+
+/// A stored version, opened: plain data with secrets in clear, references, schema, and
+/// where the sealed values sat.
+struct OpenedVersion {
+    data: Map<String, Value>,
+    refs: Vec<(String, Uuid)>,
     schema_id: Uuid,
-    schema_fields: &'a Value,
+    sealed: Vec<Vec<String>>,
+}
+
+/// What a read masks: the schema's secret paths, plus every value that was sealed (a value
+/// the type keeps secret beyond this schema's own list stays masked too).
+fn mask_paths(fields: &Value, sealed: impl IntoIterator<Item = Vec<String>>) -> Vec<SecretPath> {
+    let mut paths = secret_fields_of(fields);
+    for segments in sealed {
+        let path = SecretPath {
+            segments,
+            wildcard: false,
+        };
+        if !paths.iter().any(|p| p.covers(&path)) {
+            paths.push(path);
+        }
+    }
+    paths
 }
 
 /// Splits `$ref`s out of request data; a malformed one is a bad reference naming its field.
@@ -215,8 +245,7 @@ impl Store {
         let version = NewVersion {
             data,
             refs,
-            schema_id: schema.id,
-            schema_fields: &schema.fields,
+            schema: &schema,
         };
         let worn = self.write_version(&mut tx, id, 1, version).await?;
         self.check_failpoint("create_before_commit")?;
@@ -253,11 +282,13 @@ impl Store {
         let NewVersion {
             mut data,
             refs,
-            schema_id,
-            schema_fields,
+            schema,
         } = version;
+        let schema_id = schema.id;
+        check_document_size(&data)?;
         self.check_references(tx, id, &refs).await?;
-        let locations = secret_locations(&data, &secret_fields_of(schema_fields));
+        let paths = self.secret_paths(&mut **tx, schema).await?;
+        let locations = secret_locations(&data, &paths);
         // The key the secrets are sealed under, and (when this write reserved a new block)
         // the key's encryption total for the rotation check.
         let (sealed, key_id, worn) = if locations.is_empty() {
@@ -445,13 +476,41 @@ impl Store {
         Ok((row.try_get("version")?, uuid_col(&row, "block_schema_id")?))
     }
 
+    /// Every path a document of `schema` keeps sealed: the schema's `secret_fields`, the
+    /// properties its JSON Schema marks secret (`writeOnly`, `format: password`), and the
+    /// same of every other schema of its type and of the built-in type with its slug.
+    /// Secret fields are the type's, not the schema's: a schema registered with fewer of
+    /// them cannot make a value land unsealed.
+    async fn secret_paths<'e, E>(
+        &self,
+        executor: E,
+        schema: &BlockSchema,
+    ) -> Result<Vec<SecretPath>>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let slug = schema
+            .block_type
+            .as_ref()
+            .map(|t| t.slug.as_str())
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
+        let mut paths = secret_fields_of(&schema.fields);
+        paths.extend(marked_secret_paths(&schema.fields));
+        paths.extend(
+            self.type_secret_paths(executor, schema.block_type_id, slug)
+                .await?,
+        );
+        Ok(normalized(&paths))
+    }
+
     /// The plain data (secrets opened) and references of a stored version.
     async fn open_version(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         id: Uuid,
         version: i64,
-    ) -> Result<(Map<String, Value>, Vec<(String, Uuid)>, Uuid)> {
+    ) -> Result<OpenedVersion> {
         self.count_query();
         let row = sqlx::query(
             "select data, secrets, refs, block_schema_id from block_document_version where block_document_id = $1 and version = $2",
@@ -476,7 +535,12 @@ impl Store {
             .into_iter()
             .map(|(f, c)| Ok((f, parse_uuid(&c)?)))
             .collect::<Result<_>>()?;
-        Ok((data, refs, uuid_col(&row, "block_schema_id")?))
+        Ok(OpenedVersion {
+            data,
+            refs,
+            schema_id: uuid_col(&row, "block_schema_id")?,
+            sealed: sealed.into_iter().map(|f| f.path).collect(),
+        })
     }
 
     /// Updates a document as Prefect's PATCH does, with our fixes:
@@ -487,7 +551,9 @@ impl Store {
     /// - A merge keeps the references it does not mention; a replace keeps only the
     ///   references it sends.
     /// - Moving to another schema (same type only) drops fields the new schema does not
-    ///   define.
+    ///   define. Moving a document that holds secrets needs [`Rights::read_secrets`]:
+    ///   validating them against the new schema would otherwise tell a `write` token
+    ///   something about them.
     /// - With `expected_version`, a document at another version is a
     ///   [`StoreError::VersionConflict`] and nothing changes.
     pub async fn update_block_document(
@@ -495,6 +561,7 @@ impl Store {
         id: Uuid,
         body: BlockDocumentUpdate,
         expected_version: Option<i64>,
+        rights: Rights,
     ) -> Result<WriteOutcome> {
         let mut tx = self.write.begin().await?;
         let (current_version, current_schema_id) = self.lock_document(&mut tx, id).await?;
@@ -510,8 +577,12 @@ impl Store {
             }
             (None, false) => Map::new(),
         };
-        let (current_data, current_refs, _) =
-            self.open_version(&mut tx, id, current_version).await?;
+        let OpenedVersion {
+            data: current_data,
+            refs: current_refs,
+            sealed: current_sealed,
+            ..
+        } = self.open_version(&mut tx, id, current_version).await?;
         let current_schema = self.schema_by_id(&mut *tx, current_schema_id).await?;
         let target_schema = match body.block_schema_id {
             Some(schema_id) if schema_id != current_schema_id => {
@@ -525,6 +596,12 @@ impl Store {
                         "Must migrate block document to a block schema of the same block type.",
                     )));
                 }
+                if !current_sealed.is_empty() && !rights.read_secrets {
+                    return Err(StoreError::Forbidden(FieldError::new(
+                        "block_schema_id",
+                        "moving a document that holds secrets to another schema needs a token with the read-secrets scope",
+                    )));
+                }
                 target
             }
             _ => current_schema.clone(),
@@ -533,11 +610,15 @@ impl Store {
         // Echoed "********" keep the stored secret, but only where the target schema keeps it
         // secret too: restoring a value that the new schema stores in clear would unseal it.
         let mut new_data = new_data;
-        let current_paths = secret_fields_of(&current_schema.fields);
-        let target_paths = secret_fields_of(&target_schema.fields);
+        let current_paths = self.secret_paths(&mut *tx, &current_schema).await?;
+        let target_paths = if target_schema.id == current_schema.id {
+            current_paths.clone()
+        } else {
+            self.secret_paths(&mut *tx, &target_schema).await?
+        };
         let (kept, dropped): (Vec<_>, Vec<_>) = current_paths
             .into_iter()
-            .partition(|p| target_paths.contains(p));
+            .partition(|p| target_paths.iter().any(|t| t.covers(p)));
         let mut unrestored = restore(&mut new_data, &current_data, &kept);
         if !dropped.is_empty() {
             let mut probe = new_data.clone();
@@ -615,8 +696,7 @@ impl Store {
         let version = NewVersion {
             data,
             refs,
-            schema_id: target_schema.id,
-            schema_fields: &target_schema.fields,
+            schema: &target_schema,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await
@@ -636,7 +716,7 @@ impl Store {
         sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
             .bind(next)
             .bind(now_micros())
-            .bind(version.schema_id.to_string())
+            .bind(version.schema.id.to_string())
             .bind(id.to_string())
             .bind(current_version)
             .execute(&mut *tx)
@@ -865,6 +945,8 @@ impl Store {
                     name: row.try_get("d_name")?,
                     is_anonymous: row.try_get::<i64, _>("d_is_anonymous")? != 0,
                     block_type_name: row.try_get("d_block_type_name")?,
+                    bytes: row.try_get::<String, _>("v_data")?.len()
+                        + row.try_get::<String, _>("v_secrets")?.len(),
                     data: json_col(row, "v_data")?,
                     secrets: json_col(row, "v_secrets")?,
                     schema: self
@@ -925,7 +1007,7 @@ impl Store {
         let Some(doc) = tree.docs.get(&id) else {
             return Ok(None);
         };
-        let (data, refs, _) = resolve(tree, keys, id, include_secrets, 0, &mut HashMap::new())?;
+        let (data, refs, _, _) = resolve(tree, keys, id, include_secrets, 0, &mut HashMap::new())?;
         let block_type = doc.schema.block_type.clone();
         Ok(Some(BlockDocument {
             id,
@@ -944,13 +1026,34 @@ impl Store {
     }
 }
 
-/// A resolved document: its data, its references, and how many documents its expanded
-/// tree holds.
+/// A resolved document: its data, its references, how many documents its expanded tree
+/// holds, and about how many bytes.
 type Resolved = (
     Map<String, Value>,
     BTreeMap<String, BlockDocumentReference>,
     usize,
+    usize,
 );
+
+/// About how many bytes document `id` expands to when resolved (saturating past the caps,
+/// so a hostile graph costs no more than counting).
+fn resolved_bytes(tree: &Tree, id: Uuid, depth: i64, memo: &mut HashMap<Uuid, usize>) -> usize {
+    if let Some(done) = memo.get(&id) {
+        return *done;
+    }
+    let own = tree.docs.get(&id).map_or(0, |d| d.bytes);
+    let mut bytes = own;
+    if depth < MAX_DEPTH {
+        for (_, child) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
+            bytes = bytes.saturating_add(resolved_bytes(tree, *child, depth + 1, memo));
+            if bytes > MAX_RESPONSE_BYTES {
+                break;
+            }
+        }
+    }
+    memo.insert(id, bytes);
+    bytes
+}
 
 /// A document's data with its secrets opened (or masked) and its references replaced by
 /// the referenced documents' resolved data. Each document is resolved once (`memo`), and a
@@ -976,16 +1079,24 @@ fn resolve(
     }
     let mut refs = BTreeMap::new();
     let mut size = 1usize;
+    let mut bytes = doc.bytes;
     if depth < MAX_DEPTH {
         for (field, child_id) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
             let Some(child) = tree.docs.get(child_id) else {
                 continue;
             };
-            let (child_data, child_refs, child_size) =
+            let (child_data, child_refs, child_size, child_bytes) =
                 resolve(tree, keys, *child_id, include_secrets, depth + 1, memo)?;
             size += child_size;
             if size > MAX_TREE_DOCUMENTS {
                 return Err(tree_too_large());
+            }
+            bytes += child_bytes;
+            if bytes > MAX_RESOLVED_BYTES {
+                return Err(StoreError::TooLarge(format!(
+                    "the resolved reference tree would hold more than {} MiB of data",
+                    MAX_RESOLVED_BYTES >> 20
+                )));
             }
             data.insert(field.clone(), Value::Object(child_data));
             let block_type: BlockType = child
@@ -1008,15 +1119,42 @@ fn resolve(
         }
     }
     if !include_secrets {
-        obfuscate(&mut data, &secret_fields_of(&doc.schema.fields));
+        let sealed = doc.secrets.iter().map(|f| f.path.clone());
+        obfuscate(&mut data, &mask_paths(&doc.schema.fields, sealed));
     }
-    let resolved = (data, refs, size);
+    let resolved = (data, refs, size, bytes);
     memo.insert(id, resolved.clone());
     Ok(resolved)
 }
 
 /// The most documents one resolved tree may hold (a document counts once per path to it).
 const MAX_TREE_DOCUMENTS: usize = 1000;
+
+/// The most bytes of stored data one document may hold (its plain data as JSON).
+const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+
+/// The most bytes of stored data one resolved tree may expand to.
+const MAX_RESOLVED_BYTES: usize = 8 << 20;
+
+/// The most bytes of stored data one listing may expand to.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// A document's data larger than [`MAX_DOCUMENT_BYTES`] is refused.
+fn check_document_size(data: &Map<String, Value>) -> Result<()> {
+    let bytes = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if bytes > MAX_DOCUMENT_BYTES {
+        return Err(StoreError::invalid(
+            "data",
+            format!(
+                "must be at most {} KiB as JSON (references not counted)",
+                MAX_DOCUMENT_BYTES >> 10
+            ),
+        ));
+    }
+    Ok(())
+}
 
 fn tree_too_large() -> StoreError {
     StoreError::invalid(
@@ -1181,6 +1319,20 @@ impl Store {
     ) -> Result<Vec<BlockDocument>> {
         let keys = self.keys_for(tree).await?;
         let mut out = Vec::with_capacity(ids.len());
+        // The stored bytes the answer expands to, counted before anything is built.
+        let mut total = 0usize;
+        let mut memo = HashMap::new();
+        for id in ids {
+            if tree.docs.contains_key(id) {
+                total += resolved_bytes(tree, *id, 0, &mut memo);
+            }
+            if total > MAX_RESPONSE_BYTES {
+                return Err(StoreError::TooLarge(format!(
+                    "the answer would hold more than {} MiB of data; ask for fewer documents with limit",
+                    MAX_RESPONSE_BYTES >> 20
+                )));
+            }
+        }
         for id in ids {
             if let Some(doc) = self.resolve_root_with(tree, &keys, *id, include_secrets)? {
                 out.push(doc);
@@ -1279,7 +1431,12 @@ impl Store {
         // A read that raced a re-encryption (the version moved to a new key and the old key
         // was destroyed in between) is read again once, as current reads are.
         let mut retried = false;
-        let (mut data, refs, schema_id) = loop {
+        let OpenedVersion {
+            mut data,
+            refs,
+            schema_id,
+            sealed,
+        } = loop {
             let mut tx = self.read.begin().await?;
             match self.open_version(&mut tx, id, version).await {
                 Err(StoreError::Crypto(_)) if !retried => retried = true,
@@ -1288,7 +1445,7 @@ impl Store {
         };
         if !include_secrets {
             let schema = self.read_block_schema(schema_id).await?;
-            obfuscate(&mut data, &secret_fields_of(&schema.fields));
+            obfuscate(&mut data, &mask_paths(&schema.fields, sealed));
         }
         for (field, child) in refs {
             data.insert(field, references::reference_value(child));
@@ -1306,13 +1463,17 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
         check_expected(expected_version, current_version)?;
-        let (data, refs, schema_id) = self.open_version(&mut tx, id, version).await?;
+        let OpenedVersion {
+            data,
+            refs,
+            schema_id,
+            ..
+        } = self.open_version(&mut tx, id, version).await?;
         let schema = self.schema_by_id(&mut *tx, schema_id).await?;
         let version = NewVersion {
             data,
             refs,
-            schema_id,
-            schema_fields: &schema.fields,
+            schema: &schema,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await

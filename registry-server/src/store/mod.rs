@@ -100,6 +100,31 @@ impl Default for StoreConfig {
     }
 }
 
+/// What a caller may do beyond `write`, for the store's checks that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rights {
+    /// Holds `read-secrets`: may move a document that holds secrets to another schema
+    /// (the move validates the secrets against the new schema, which would otherwise tell a
+    /// `write` token something about them).
+    pub read_secrets: bool,
+    /// Holds `admin`: may register a schema that keeps fewer values secret than the
+    /// other schemas of its type.
+    pub admin: bool,
+}
+
+impl Rights {
+    /// Everything (the server's own registrations, tests).
+    pub const ADMIN: Rights = Rights {
+        read_secrets: true,
+        admin: true,
+    };
+    /// `write` alone.
+    pub const WRITE: Rights = Rights {
+        read_secrets: false,
+        admin: false,
+    };
+}
+
 /// Why a store operation failed. Messages name the object and the problem and never carry
 /// a secret value.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +171,12 @@ pub enum StoreError {
     /// The object is protected.
     #[error("{0}")]
     Protected(String),
+    /// An answer would be larger than the server serves in one response.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The caller's token does not allow this change (the field says which part).
+    #[error("{}", .0)]
+    Forbidden(FieldError),
     /// A nested block's type is not registered.
     #[error("{0}")]
     MissingBlockType(String),

@@ -1,9 +1,13 @@
 //! Block schemas: create (with nested child schemas), read, filter, delete.
 
+use block_types::catalog::secret_floor;
 use block_types::model::{
     BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, Operator, Page,
 };
-use block_types::{DataValidator, schema_checksum};
+use block_types::secret_fields::{
+    SecretPath, marked_secret_paths, normalized, secret_fields_of, uncovered,
+};
+use block_types::{DataValidator, FieldError, schema_checksum};
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -11,7 +15,7 @@ use uuid::Uuid;
 
 use super::sql::{Condition, Sql};
 use super::types::{TYPE_COLUMNS, type_from_row};
-use super::{Result, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
+use super::{Result, Rights, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
 
 /// Columns of `block_schema s` joined with its `block_type t`.
 pub(crate) const SCHEMA_COLUMNS: &str = "s.id as s_id, s.created as s_created, s.updated as s_updated, \
@@ -126,14 +130,24 @@ impl Store {
     /// Creates a schema, or returns the existing one with the same checksum and version
     /// (`false` = it existed). Nested block schemas named in `block_schema_references` are
     /// created from `definitions` when missing; their block types must exist.
+    ///
+    /// The checksum ignores `secret_fields` (Prefect's rule), so secrets are checked on
+    /// their own: a schema whose `secret_fields` omits a property its JSON Schema marks
+    /// secret is invalid; a known (checksum, version) with other `secret_fields` is a
+    /// conflict, never the existing row; and only [`Rights::admin`] may register a schema
+    /// that keeps fewer values secret than its type's other schemas (or the built-in type
+    /// of that slug).
     pub async fn create_block_schema(
         &self,
         body: BlockSchemaCreate,
+        rights: Rights,
     ) -> Result<(BlockSchema, bool)> {
+        block_types::validate::bounded("version", "Block schema version", &body.version)
+            .map_err(|e| StoreError::Invalid(vec![e]))?;
         let fields = Value::Object(body.fields.clone());
         DataValidator::new(&fields).map_err(|e| StoreError::Invalid(vec![e]))?;
         let mut tx = self.write.begin().await?;
-        let (id, created) = Box::pin(self.insert_schema(&mut tx, &body, None, 0)).await?;
+        let (id, created) = Box::pin(self.insert_schema(&mut tx, &body, None, 0, rights)).await?;
         tx.commit().await?;
         Ok((self.read_block_schema(id).await?, created))
     }
@@ -146,6 +160,7 @@ impl Store {
         body: &BlockSchemaCreate,
         definitions: Option<&Value>,
         depth: usize,
+        rights: Rights,
     ) -> Result<(Uuid, bool)> {
         // Nested schemas are created from `definitions`; a definition that (directly or
         // not) nests itself would recurse forever.
@@ -163,25 +178,38 @@ impl Store {
         }
         let checksum = schema_checksum(&Value::Object(for_checksum.clone()));
         self.count_query();
-        let ty: Option<String> = sqlx::query_scalar("select slug from block_type where id = $1")
+        let slug: Option<String> = sqlx::query_scalar("select slug from block_type where id = $1")
             .bind(body.block_type_id.to_string())
             .fetch_optional(&mut **tx)
             .await?;
-        if ty.is_none() {
+        let Some(slug) = slug else {
             return Err(StoreError::NotFound(format!(
                 "Block type {} not found.",
                 body.block_type_id
             )));
+        };
+        let listed = secret_fields_of(&Value::Object(body.fields.clone()));
+        check_marked_secrets(&for_checksum, &listed)?;
+        if let Some(existing) = self
+            .same_schema(tx, &checksum, &body.version, &listed)
+            .await?
+        {
+            return Ok((existing, false));
         }
-        self.count_query();
-        let existing: Option<String> =
-            sqlx::query_scalar("select id from block_schema where checksum = $1 and version = $2")
-                .bind(&checksum)
-                .bind(&body.version)
-                .fetch_optional(&mut **tx)
+        if !rights.admin {
+            let kept = self
+                .type_secret_paths(&mut **tx, body.block_type_id, &slug)
                 .await?;
-        if let Some(existing) = existing {
-            return Ok((super::parse_uuid(&existing)?, false));
+            let dropped = uncovered(&kept, &listed);
+            if !dropped.is_empty() {
+                return Err(StoreError::Forbidden(FieldError::new(
+                    "fields.secret_fields",
+                    format!(
+                        "omits {}, which the block type '{slug}' keeps secret; only an admin token may register a schema with fewer secret fields",
+                        quoted_list(&dropped)
+                    ),
+                )));
+            }
         }
         let root_definitions = definitions
             .cloned()
@@ -230,6 +258,7 @@ impl Store {
                         &child_body,
                         root_definitions.as_ref(),
                         depth + 1,
+                        rights,
                     ))
                     .await?
                     .0
@@ -263,15 +292,16 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            self.count_query();
-            let existing: String = sqlx::query_scalar(
-                "select id from block_schema where checksum = $1 and version = $2",
-            )
-            .bind(&checksum)
-            .bind(&body.version)
-            .fetch_one(&mut **tx)
-            .await?;
-            return Ok((super::parse_uuid(&existing)?, false));
+            let existing = self
+                .same_schema(tx, &checksum, &body.version, &listed)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Conflict(
+                        "a concurrent change removed the block schema being registered; retry"
+                            .into(),
+                    )
+                })?;
+            return Ok((existing, false));
         }
         let mut capabilities = body.capabilities.clone();
         capabilities.sort();
@@ -299,6 +329,64 @@ impl Store {
             .await?;
         }
         Ok((id, true))
+    }
+
+    /// The schema with this checksum and version, if one exists and lists the same secret
+    /// fields; one that lists others is a conflict (returning it would let a schema
+    /// registered with fewer secrets stand in for this one).
+    async fn same_schema(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        checksum: &str,
+        version: &str,
+        listed: &[SecretPath],
+    ) -> Result<Option<Uuid>> {
+        self.count_query();
+        let existing =
+            sqlx::query("select id, fields from block_schema where checksum = $1 and version = $2")
+                .bind(checksum)
+                .bind(version)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let Some(row) = existing else {
+            return Ok(None);
+        };
+        let fields: Value = json_col(&row, "fields")?;
+        let stored = normalized(&secret_fields_of(&fields));
+        if stored != normalized(listed) {
+            return Err(StoreError::Conflict(format!(
+                "a block schema with checksum {checksum} and version {version} exists with other secret_fields ({}); register this one under another version",
+                quoted_list(&stored.iter().collect::<Vec<_>>())
+            )));
+        }
+        Ok(Some(super::parse_uuid(&row.try_get::<String, _>("id")?)?))
+    }
+
+    /// What the block type keeps secret: the secret paths (listed or marked) of every schema
+    /// it has, and of the built-in type with its slug.
+    pub(crate) async fn type_secret_paths<'e, E>(
+        &self,
+        executor: E,
+        block_type_id: Uuid,
+        slug: &str,
+    ) -> Result<Vec<SecretPath>>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        self.count_query();
+        let schemas: Vec<String> =
+            sqlx::query_scalar("select fields from block_schema where block_type_id = $1")
+                .bind(block_type_id.to_string())
+                .fetch_all(executor)
+                .await?;
+        let mut paths: Vec<SecretPath> = secret_floor(slug).to_vec();
+        for fields in schemas {
+            let fields: Value = serde_json::from_str(&fields)
+                .map_err(|e| StoreError::Corrupt(format!("block schema fields: {e}")))?;
+            paths.extend(secret_fields_of(&fields));
+            paths.extend(marked_secret_paths(&fields));
+        }
+        Ok(normalized(&paths))
     }
 
     /// The schema with this id.
@@ -417,6 +505,33 @@ impl Store {
         self.write_lock(&self.validators).remove(&id);
         self.write_lock(&self.schemas).remove(&id);
         Ok(())
+    }
+}
+
+/// A schema whose `secret_fields` omits a property its own JSON Schema marks secret would
+/// store that value in clear: refused, naming the property.
+fn check_marked_secrets(fields: &Map<String, Value>, listed: &[SecretPath]) -> Result<()> {
+    let marked = marked_secret_paths(&Value::Object(fields.clone()));
+    let missing = uncovered(&marked, listed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::invalid(
+        "fields.secret_fields",
+        format!(
+            "must list {}: the schema marks it secret (writeOnly or format password)",
+            quoted_list(&missing)
+        ),
+    ))
+}
+
+/// `'a', 'b.*'` (paths are schema text, never values).
+fn quoted_list(paths: &[&SecretPath]) -> String {
+    let quoted: Vec<String> = paths.iter().map(|p| format!("'{p}'")).collect();
+    if quoted.is_empty() {
+        "none".to_owned()
+    } else {
+        quoted.join(", ")
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
 use super::harness::{create, obj, on_both, register};
-use crate::store::{StoreConfig, StoreError};
+use crate::store::{Rights, StoreConfig, StoreError};
 
 const CANARY: &str = "canary-3c9e51d7";
 
@@ -44,7 +44,7 @@ async fn create_read_update_delete_round_trip_with_secrets_masked_or_shown() {
         // An echoed mask keeps the password; a merge keeps unmentioned fields.
         let mut echoed = store.read_block_document(created.id, false).await.unwrap().data;
         echoed.insert("fetch_size".into(), json!(50));
-        let outcome = store.update_block_document(created.id, BlockDocumentUpdate { data: Some(echoed), ..Default::default() }, None).await.unwrap();
+        let outcome = store.update_block_document(created.id, BlockDocumentUpdate { data: Some(echoed), ..Default::default() }, None, Rights::ADMIN).await.unwrap();
         assert_eq!(outcome.version, 2);
         let after = store.read_block_document(created.id, true).await.unwrap();
         assert_eq!(after.data["connection_info"]["password"], json!(CANARY));
@@ -53,11 +53,11 @@ async fn create_read_update_delete_round_trip_with_secrets_masked_or_shown() {
 
         // A mask sent where nothing is stored is refused, not stored as asterisks.
         let nothing = store
-            .update_block_document(created.id, update(json!({"connection_info": {"driver": "postgresql+psycopg2", "password": null}})), None)
+            .update_block_document(created.id, update(json!({"connection_info": {"driver": "postgresql+psycopg2", "password": null}})), None, Rights::ADMIN)
             .await
             .unwrap();
         let refused = store
-            .update_block_document(created.id, update(json!({"connection_info": {"driver": "postgresql+psycopg2", "password": "********"}})), None)
+            .update_block_document(created.id, update(json!({"connection_info": {"driver": "postgresql+psycopg2", "password": "********"}})), None, Rights::ADMIN)
             .await;
         let Err(StoreError::Invalid(errors)) = refused else { panic!("{refused:?}") };
         assert_eq!(errors[0].field, "data.connection_info.password");
@@ -162,7 +162,7 @@ async fn three_levels_resolve_in_one_query_and_cycles_and_dangling_deletes_are_r
                 block_type_id: pipeline_type.id,
                 capabilities: vec![],
                 version: "1".into(),
-            })
+            }, Rights::ADMIN)
             .await
             .unwrap();
         assert!(created);
@@ -194,9 +194,9 @@ async fn three_levels_resolve_in_one_query_and_cycles_and_dangling_deletes_are_r
         assert_eq!(middle_data.keys().next_back().map(String::as_str), Some("gcp_credentials"));
 
         // A cycle: the leaf's type has no reference field, so point the middle at the top.
-        let cycle = store.update_block_document(middle.id, update(json!({"gcp_credentials": reference_value(top.id)})), None).await;
+        let cycle = store.update_block_document(middle.id, update(json!({"gcp_credentials": reference_value(top.id)})), None, Rights::ADMIN).await;
         assert!(matches!(cycle, Err(StoreError::Cycle(_))), "{cycle:?}");
-        let own = store.update_block_document(middle.id, update(json!({"gcp_credentials": reference_value(middle.id)})), None).await;
+        let own = store.update_block_document(middle.id, update(json!({"gcp_credentials": reference_value(middle.id)})), None, Rights::ADMIN).await;
         assert!(matches!(own, Err(StoreError::Cycle(_))), "{own:?}");
         assert_eq!(store.document_version(middle.id).await.unwrap(), 1, "a refused write changes nothing");
 
@@ -205,7 +205,7 @@ async fn three_levels_resolve_in_one_query_and_cycles_and_dangling_deletes_are_r
         let Err(StoreError::InUse { referrers, .. }) = refused else { panic!("{refused:?}") };
         assert_eq!(referrers, ["gcs-bucket/zoom-gcs"]);
         // A merge that does not mention the reference keeps it.
-        store.update_block_document(middle.id, update(json!({"bucket": "renamed"})), None).await.unwrap();
+        store.update_block_document(middle.id, update(json!({"bucket": "renamed"})), None, Rights::ADMIN).await.unwrap();
         let kept = store.read_block_document(middle.id, true).await.unwrap();
         assert_eq!(kept.data["bucket"], json!("renamed"));
         assert_eq!(kept.data["gcp_credentials"]["project"], json!("dtc"));
@@ -282,7 +282,12 @@ async fn a_failed_write_leaves_no_trace() {
             store.fail_at(Some(point));
             assert!(
                 store
-                    .update_block_document(doc.id, update(json!({"bucket": "y"})), None)
+                    .update_block_document(
+                        doc.id,
+                        update(json!({"bucket": "y"})),
+                        None,
+                        Rights::ADMIN
+                    )
                     .await
                     .is_err(),
                 "{point}"
@@ -334,7 +339,7 @@ async fn sixteen_concurrent_writers_lose_no_update() {
                         ..Default::default()
                     };
                     match store
-                        .update_block_document(doc.id, body, Some(version))
+                        .update_block_document(doc.id, body, Some(version), Rights::ADMIN)
                         .await
                     {
                         Ok(_) => return (first, conflicts),
@@ -390,12 +395,15 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
             .unwrap();
         let schema_for = async |props: Value| {
             store
-                .create_block_schema(BlockSchemaCreate {
-                    fields: obj(json!({"type": "object", "properties": props})),
-                    block_type_id: ty.id,
-                    capabilities: vec![],
-                    version: "1".into(),
-                })
+                .create_block_schema(
+                    BlockSchemaCreate {
+                        fields: obj(json!({"type": "object", "properties": props})),
+                        block_type_id: ty.id,
+                        capabilities: vec![],
+                        version: "1".into(),
+                    },
+                    Rights::ADMIN,
+                )
                 .await
                 .unwrap()
                 .0
@@ -409,7 +417,7 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
             merge_existing_data: true,
         };
         store
-            .update_block_document(doc.id, body, None)
+            .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await
             .unwrap();
         let moved = store.read_block_document(doc.id, false).await.unwrap();
@@ -428,12 +436,15 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
             .await
             .unwrap();
         let (foreign, _) = store
-            .create_block_schema(BlockSchemaCreate {
-                fields: obj(json!({"type": "object"})),
-                block_type_id: other.id,
-                capabilities: vec![],
-                version: "1".into(),
-            })
+            .create_block_schema(
+                BlockSchemaCreate {
+                    fields: obj(json!({"type": "object"})),
+                    block_type_id: other.id,
+                    capabilities: vec![],
+                    version: "1".into(),
+                },
+                Rights::ADMIN,
+            )
             .await
             .unwrap();
         let wrong = store
@@ -445,6 +456,7 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
                     merge_existing_data: true,
                 },
                 None,
+                Rights::ADMIN,
             )
             .await;
         assert!(
@@ -458,7 +470,7 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
             merge_existing_data: false,
         };
         store
-            .update_block_document(doc.id, body, None)
+            .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await
             .unwrap();
         assert_eq!(
@@ -467,7 +479,7 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
         );
         // A merge without data changes nothing.
         let none = store
-            .update_block_document(doc.id, BlockDocumentUpdate::default(), None)
+            .update_block_document(doc.id, BlockDocumentUpdate::default(), None, Rights::ADMIN)
             .await
             .unwrap();
         assert!(!none.changed);
@@ -488,7 +500,12 @@ async fn history_rollback_and_retention() {
         let doc = create(&store, &schema, "token", json!({"value": "v1"})).await;
         for n in 2..=5 {
             store
-                .update_block_document(doc.id, update(json!({"value": format!("v{n}")})), None)
+                .update_block_document(
+                    doc.id,
+                    update(json!({"value": format!("v{n}")})),
+                    None,
+                    Rights::ADMIN,
+                )
                 .await
                 .unwrap();
         }
@@ -558,67 +575,67 @@ async fn thing_schema(
         json!({"type": "object", "properties": {"password": {"type": "string"}, "a": {"type": "object"}, "b": {"type": "object"}}, "secret_fields": secret_fields}),
     );
     store
-        .create_block_schema(BlockSchemaCreate {
-            fields,
-            block_type_id: ty.id,
-            capabilities: vec![],
-            version: format!("secret-{secret}"),
-        })
+        .create_block_schema(
+            BlockSchemaCreate {
+                fields,
+                block_type_id: ty.id,
+                capabilities: vec![],
+                version: format!("secret-{secret}"),
+            },
+            Rights::ADMIN,
+        )
         .await
         .unwrap()
         .0
 }
 
 #[tokio::test]
-async fn an_echo_is_not_restored_into_a_schema_that_stores_the_field_in_clear() {
+async fn a_move_to_a_schema_that_omits_a_secret_keeps_it_sealed_for_the_type() {
     on_both(async |db| {
         let store = db.open().await;
         let sealed = thing_schema(&store, true).await;
         let clear = thing_schema(&store, false).await;
         let doc = create(&store, &sealed, "t", json!({"password": CANARY})).await;
+        // Secret fields are the type's: the echo is restored (the other schema of the type
+        // keeps `password` secret), and the value stays sealed and masked.
         let body = BlockDocumentUpdate {
             block_schema_id: Some(clear.id),
             data: Some(obj(json!({"password": "********"}))),
             merge_existing_data: true,
         };
-        let refused = store.update_block_document(doc.id, body, None).await;
-        assert!(
-            matches!(refused, Err(StoreError::Invalid(ref e)) if e[0].field == "data.password"),
-            "{refused:?}"
-        );
+        store
+            .update_block_document(doc.id, body, None, Rights::ADMIN)
+            .await
+            .unwrap();
         let masked = store.read_block_document(doc.id, false).await.unwrap();
+        assert_eq!(masked.block_schema_id, clear.id);
         assert_eq!(masked.data["password"], json!("********"));
-        assert_eq!(masked.block_schema_id, sealed.id, "nothing changed");
+        let full = store.read_block_document(doc.id, true).await.unwrap();
+        assert_eq!(full.data["password"], json!(CANARY));
 
-        // A merge that sends nothing would carry the secret over in clear: refused too.
-        for data in [None, Some(obj(json!({"a": {}})))] {
-            let body = BlockDocumentUpdate {
-                block_schema_id: Some(clear.id),
-                data,
-                merge_existing_data: true,
-            };
-            let refused = store.update_block_document(doc.id, body, None).await;
-            if let Err(StoreError::Invalid(ref e)) = refused {
-                assert_eq!(e[0].field, "data.password");
-            } else {
-                // Without data a merge writes nothing at all.
-                assert!(matches!(refused, Ok(ref o) if !o.changed), "{refused:?}");
-            }
-            let masked = store.read_block_document(doc.id, false).await.unwrap();
-            assert_eq!(masked.data["password"], json!("********"));
-        }
-        // Sending the value explicitly moves it, knowingly.
+        // A merge that sends nothing keeps it too; a value sent explicitly is sealed as well.
         let body = BlockDocumentUpdate {
             block_schema_id: Some(clear.id),
-            data: Some(obj(json!({"password": "now-public"}))),
+            data: Some(obj(json!({"a": {}}))),
             merge_existing_data: true,
         };
         store
-            .update_block_document(doc.id, body, None)
+            .update_block_document(doc.id, body, None, Rights::ADMIN)
+            .await
+            .unwrap();
+        let body = BlockDocumentUpdate {
+            block_schema_id: Some(clear.id),
+            data: Some(obj(json!({"password": "still-secret"}))),
+            merge_existing_data: true,
+        };
+        store
+            .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await
             .unwrap();
         let read = store.read_block_document(doc.id, false).await.unwrap();
-        assert_eq!(read.data["password"], json!("now-public"));
+        assert_eq!(read.data["password"], json!("********"));
+        let full = store.read_block_document(doc.id, true).await.unwrap();
+        assert_eq!(full.data["password"], json!("still-secret"));
     })
     .await;
 }
@@ -671,8 +688,8 @@ async fn concurrent_parent_and_child_writes_and_deletes_do_not_deadlock() {
             tasks.push(tokio::spawn(async move {
                 for i in 0..15 {
                     let result = match (t + i) % 3 {
-                        0 => store.update_block_document(parent, update(json!({"a": reference_value(child), "password": format!("{t}-{i}")})), None).await.map(|_| ()),
-                        1 => store.update_block_document(child, update(json!({"password": format!("{t}-{i}")})), None).await.map(|_| ()),
+                        0 => store.update_block_document(parent, update(json!({"a": reference_value(child), "password": format!("{t}-{i}")})), None, Rights::ADMIN).await.map(|_| ()),
+                        1 => store.update_block_document(child, update(json!({"password": format!("{t}-{i}")})), None, Rights::ADMIN).await.map(|_| ()),
                         _ => store.delete_block_document(child, None).await,
                     };
                     match result {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use sqlx::{Connection, Executor};
 
 use crate::crypto::MasterKey;
-use crate::store::{Backend, MasterKeySource, Store, StoreConfig};
+use crate::store::{Backend, MasterKeySource, Rights, Store, StoreConfig};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -135,7 +135,7 @@ pub(crate) async fn register_spec(store: &Store, spec: &BlockSpec) -> (BlockType
         .await
         .unwrap();
     let (schema, _) = store
-        .create_block_schema(spec.to_schema_create(ty.id))
+        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
         .await
         .unwrap();
     (ty, schema)

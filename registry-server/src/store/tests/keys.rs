@@ -13,12 +13,12 @@ use sqlx::Row;
 
 use super::harness::{TestDb, create, obj, on_both, register};
 use crate::crypto::{CryptoError, MasterKey};
-use crate::store::{Backend, MasterKeySource, Store, StoreConfig, StoreError};
+use crate::store::{Backend, MasterKeySource, Rights, Store, StoreConfig, StoreError};
 
 const CANARY: &str = "canary-d0c4e2a8";
 
 /// Everything the database holds, as bytes: the SQLite files, or every row of every table.
-async fn dump(db: &TestDb, store: &Store) -> Vec<u8> {
+pub(super) async fn dump(db: &TestDb, store: &Store) -> Vec<u8> {
     match db.backend {
         Backend::Sqlite => {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -55,7 +55,7 @@ async fn dump(db: &TestDb, store: &Store) -> Vec<u8> {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -83,7 +83,7 @@ async fn a_raw_dump_holds_no_plaintext_secret_and_no_key() {
         let doc = create(&store, &secret_schema, "json-secret", json!({"value": {"username": "u", "password": CANARY}})).await;
         // Several versions, so history is checked too.
         store
-            .update_block_document(doc.id, BlockDocumentUpdate { data: Some(obj(json!({"value": format!("{CANARY}-2")}))), ..Default::default() }, None)
+            .update_block_document(doc.id, BlockDocumentUpdate { data: Some(obj(json!({"value": format!("{CANARY}-2")}))), ..Default::default() }, None, Rights::ADMIN)
             .await
             .unwrap();
         let bytes = dump(db, &store).await;
@@ -252,7 +252,7 @@ async fn rotation_under_concurrent_readers_and_writers_leaves_nothing_under_the_
                             ..Default::default()
                         };
                         store
-                            .update_block_document(id, body, None)
+                            .update_block_document(id, body, None, Rights::ADMIN)
                             .await
                             .expect("a write failed during rotation");
                     }

@@ -6,4 +6,5 @@ mod documents;
 mod keys;
 mod listing;
 mod schemas;
+mod secret_paths;
 mod tokens;

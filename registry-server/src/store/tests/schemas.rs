@@ -9,7 +9,7 @@ use block_types::{Block, schema_checksum};
 use serde_json::{Value, json};
 
 use super::harness::{create, obj, on_both, register, register_spec};
-use crate::store::StoreError;
+use crate::store::{Rights, StoreError};
 
 #[tokio::test]
 async fn every_builtin_registers_with_the_client_checksum() {
@@ -45,6 +45,7 @@ async fn every_builtin_registers_with_the_client_checksum() {
             .create_block_schema(
                 Secret::spec()
                     .to_schema_create(store.read_block_type_by_slug("secret").await.unwrap().id),
+                Rights::ADMIN,
             )
             .await
             .unwrap();
@@ -60,7 +61,7 @@ async fn nested_schemas_are_created_from_definitions() {
         // Only the types exist: the GcsBucket schema brings the GcpCredentials schema along.
         store.ensure_block_type(&GcpCredentials::spec().block_type, false).await.unwrap();
         let bucket_type = store.ensure_block_type(&GcsBucket::spec().block_type, false).await.unwrap();
-        let (bucket, created) = store.create_block_schema(GcsBucket::spec().to_schema_create(bucket_type.id)).await.unwrap();
+        let (bucket, created) = store.create_block_schema(GcsBucket::spec().to_schema_create(bucket_type.id), Rights::ADMIN).await.unwrap();
         assert!(created);
         let child = store.read_block_schema_by_checksum(&GcpCredentials::spec().checksum(), None).await.unwrap();
         assert_eq!(child.version, "non-versioned");
@@ -70,7 +71,7 @@ async fn nested_schemas_are_created_from_definitions() {
         // A nested type that is not registered: refused with Prefect's message.
         let (fresh, _) = (store.create_block_type(BlockTypeCreate { name: "Parent".into(), slug: "parent".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await.unwrap(), ());
         let fields = obj(json!({"properties": {"c": {"$ref": "#/definitions/C"}}, "block_schema_references": {"c": {"block_type_slug": "unknown-type", "block_schema_checksum": "sha256:00"}}, "definitions": {"C": {"block_type_slug": "unknown-type"}}}));
-        let missing = store.create_block_schema(BlockSchemaCreate { fields, block_type_id: fresh.id, capabilities: vec![], version: "1".into() }).await;
+        let missing = store.create_block_schema(BlockSchemaCreate { fields, block_type_id: fresh.id, capabilities: vec![], version: "1".into() }, Rights::ADMIN).await;
         assert!(matches!(&missing, Err(StoreError::MissingBlockType(m)) if m.contains("'unknown-type' was not found")), "{missing:?}");
         assert!(store.filter_block_schemas(&BlockSchemaFilterBody::default()).await.unwrap().iter().all(|s| s.block_type_id != fresh.id));
     })
@@ -154,7 +155,10 @@ async fn replicas_registering_the_same_schema_at_once_all_succeed() {
         for _ in 0..8 {
             let (store, body) = (store.clone(), spec.to_schema_create(ty.id));
             tasks.push(tokio::spawn(async move {
-                store.create_block_schema(body).await.map(|(s, _)| s.id)
+                store
+                    .create_block_schema(body, Rights::ADMIN)
+                    .await
+                    .map(|(s, _)| s.id)
             }));
         }
         let mut ids = std::collections::HashSet::new();
@@ -177,7 +181,7 @@ async fn a_self_nesting_definition_is_refused_not_recursed_forever() {
             "definitions": {"Loop": {"block_type_slug": "loop", "properties": {"me": {"$ref": "#/definitions/Loop"}},
                 "block_schema_references": {"me": {"block_type_slug": "loop", "block_schema_checksum": "sha256:not-registered"}}}}
         }));
-        let refused = store.create_block_schema(BlockSchemaCreate { fields, block_type_id: ty.id, capabilities: vec![], version: "1".into() }).await;
+        let refused = store.create_block_schema(BlockSchemaCreate { fields, block_type_id: ty.id, capabilities: vec![], version: "1".into() }, Rights::ADMIN).await;
         assert!(matches!(refused, Err(StoreError::Invalid(ref e)) if e[0].field == "fields.block_schema_references"), "{refused:?}");
     })
     .await;
