@@ -514,11 +514,16 @@ pub async fn create(
         json!({"block_schemas": {"block_type_id": {"any_": [ty["id"]]}}}),
     )
     .await?;
-    // A built-in type's own schema when the server has it, else the newest one.
-    let ours = block_types::catalog::spec_for_slug(slug).map(|spec| spec.checksum());
+    // A built-in type's own schema (by checksum and version: the checksum alone ignores
+    // secret_fields) when the server has it, else the newest one.
+    let ours = block_types::catalog::spec_for_slug(slug).map(|spec| (spec.checksum(), spec.version));
     let schema = schemas
         .iter()
-        .find(|s| ours.as_deref() == s["checksum"].as_str())
+        .find(|s| {
+            ours.as_ref().is_some_and(|(checksum, version)| {
+                s["checksum"].as_str() == Some(checksum) && s["version"].as_str() == Some(version)
+            })
+        })
         .or_else(|| schemas.first())
         .ok_or_else(|| anyhow!("the block type {slug} has no schema on the server"))?;
     let validator = DataValidator::new(&schema["fields"]).map_err(|e| anyhow!("{e}"))?;
