@@ -8,6 +8,10 @@ use anyhow::{Context, bail};
 use block_types::catalog::Collection;
 use secrecy::{ExposeSecret, SecretString};
 
+mod connections;
+
+pub use connections::ConnectionArgs;
+
 use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
 use crate::store::{MasterKeySource, Store, StoreConfig};
@@ -45,6 +49,9 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "BLOCKS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Connection limits and timeouts.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -62,25 +69,47 @@ impl std::fmt::Debug for ServeArgs {
             .field("max_connections", &self.max_connections)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("connections", &self.connections)
             .finish()
     }
 }
 
-/// A database URL with its password replaced by `********`. A URL that does not parse
-/// loses everything between `://` and `@`, where a password would be.
+/// A database URL with its password replaced by `********`, in the user-info part and in
+/// query parameters that carry one (`?password=`, `sslpassword`, …). A URL that does not
+/// parse loses everything between `://` and `@`, where a password would be, and its query.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("********"));
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("********"));
+            }
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = k.to_ascii_lowercase().contains("pass")
+                            || k.eq_ignore_ascii_case("pwd");
+                        let v = if secret {
+                            "********".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
-        Ok(_) => url.to_owned(),
-        Err(_) => match (url.find("://"), url.rfind('@')) {
-            (Some(start), Some(at)) if at > start => {
-                format!("{}://********{}", &url[..start], &url[at..])
+        Err(_) => {
+            let url = url.split('?').next().unwrap_or_default();
+            match (url.find("://"), url.rfind('@')) {
+                (Some(start), Some(at)) if at > start => {
+                    format!("{}://********{}", &url[..start], &url[at..])
+                }
+                _ => url.to_owned(),
             }
-            _ => url.to_owned(),
-        },
+        }
     }
 }
 
@@ -228,6 +257,7 @@ impl Running {
 /// Opens the store (creating `$BLOCKS_HOME` and a key for a new embedded store), registers
 /// the core blocks and starts listening. `/api/ready` answers as soon as this returns.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
+    args.connections.check()?;
     let home = home_dir(args)?;
     let (database_url, embedded_db) = match &args.database_url {
         Some(url) => (url.clone(), None),
@@ -275,26 +305,31 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             () = terminate_signal() => tracing::info!("shutting down: finishing in-flight requests"),
         }
     };
+    // Plain HTTP and HTTPS alike: a place per connection, header-read and idle timeouts,
+    // and a deadline for in-flight requests at shutdown.
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    let grace = args.connections.grace();
+    tokio::spawn(async move {
+        signalled.await;
+        stopper.graceful_shutdown(Some(grace));
+    });
+    let listener = listener.into_std()?;
+    let limit = args.connections.limit();
     let task = match tls.clone() {
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signalled)
-                .await
-        }),
+        None => {
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(limit)
+                .handle(handle);
+            args.connections.configure(server.http_builder());
+            tokio::spawn(async move { server.serve(app).await })
+        }
         Some(config) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                signalled.await;
-                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
-            });
-            let listener = listener.into_std()?;
-            tokio::spawn(async move {
-                axum_server::from_tcp_rustls(listener, config)
-                    .handle(handle)
-                    .serve(app)
-                    .await
-            })
+            let mut server = axum_server::from_tcp_rustls(listener, config)
+                .map(|tls| tls.acceptor(limit))
+                .handle(handle);
+            args.connections.configure(server.http_builder());
+            tokio::spawn(async move { server.serve(app).await })
         }
     };
     Ok(Running {
@@ -336,6 +371,7 @@ pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<(Store, Option<st
         max_connections: Some(2),
         tls_cert: None,
         tls_key: None,
+        connections: ConnectionArgs::default(),
     };
     let home = home_dir(&serve)?;
     let (database_url, embedded_db) = match &args.database_url {
@@ -630,6 +666,7 @@ mod tests {
             max_connections: None,
             tls_cert: None,
             tls_key: None,
+            connections: ConnectionArgs::default(),
         }
     }
 
@@ -694,6 +731,137 @@ mod tests {
         ok.stop().await.unwrap();
     }
 
+    fn with_connections(home: &Path, connections: ConnectionArgs) -> ServeArgs {
+        ServeArgs {
+            connections,
+            ..args(home)
+        }
+    }
+
+    /// Reads until the server closes the connection; `None` if it is still open after
+    /// 20 s (a bound on the test, not a measurement).
+    async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt as _;
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            stream.read_to_end(&mut seen),
+        )
+        .await;
+        match read {
+            Ok(_) => Some(seen),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_is_closed_after_the_header_read_timeout() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(&with_connections(
+            dir.path(),
+            ConnectionArgs {
+                header_read_timeout: 1,
+                ..ConnectionArgs::default()
+            },
+        ))
+        .await
+        .unwrap();
+        let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        slow.write_all(b"GET /api/hea").await.unwrap();
+        assert!(closed_by_server(&mut slow).await.is_some(), "still open");
+        // An idle keep-alive connection is closed the same way.
+        let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        idle.write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = closed_by_server(&mut idle)
+            .await
+            .expect("idle connection closed");
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_at_accept_and_places_come_back() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(&with_connections(
+            dir.path(),
+            ConnectionArgs {
+                connection_limit: 2,
+                ..ConnectionArgs::default()
+            },
+        ))
+        .await
+        .unwrap();
+        let health = b"GET /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let _held = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        // One place left: a request is answered, and its place comes back when it closes.
+        let mut served = 0;
+        for _ in 0..200 {
+            let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            if conn.write_all(health).await.is_err() {
+                continue;
+            }
+            let answer = closed_by_server(&mut conn).await.unwrap_or_default();
+            if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200") {
+                served += 1;
+                if served == 3 {
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            served, 3,
+            "the free place serves one connection after another"
+        );
+        // Both places taken: the next connection is closed without an answer.
+        let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        second.write_all(b"GET /api/hea").await.unwrap();
+        let mut refused = None;
+        for _ in 0..200 {
+            let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let _ = conn.write_all(health).await;
+            let answer = closed_by_server(&mut conn).await.expect("closed");
+            if answer.is_empty() {
+                refused = Some(());
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            refused.is_some(),
+            "a connection over the limit is closed at accept"
+        );
+        drop(second);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_a_stalled_connection_after_the_grace_period() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(&with_connections(
+            dir.path(),
+            ConnectionArgs {
+                header_read_timeout: 600,
+                shutdown_grace: 1,
+                ..ConnectionArgs::default()
+            },
+        ))
+        .await
+        .unwrap();
+        let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        slow.write_all(b"GET /api/hea").await.unwrap();
+        // Without a deadline the stalled request would hold the shutdown for 600 s.
+        tokio::time::timeout(std::time::Duration::from_secs(15), server.stop())
+            .await
+            .expect("stopped within the grace period")
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_second_server_on_the_same_sqlite_store_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -727,6 +895,25 @@ mod tests {
             redact_url("postgres://u:hunter2@db/blocks"),
             "postgres://u:********@db/blocks"
         );
+        let redacted = redact_url(
+            "postgres://u@db/blocks?sslmode=require&password=hunter2&SSLPASSWORD=hunter2",
+        );
+        assert!(!redacted.contains("hunter2"), "{redacted}");
+        assert!(redacted.contains("sslmode=require"), "{redacted}");
+        assert!(!redact_url("postgres://u:hunter2@[bad/x?password=hunter2").contains("hunter2"));
+        // The start-up error names the store without the password in its query.
+        let err = start(&ServeArgs {
+            database_url: Some("postgres://u@127.0.0.1:1/x?password=hunter2".into()),
+            master_key_file: Some({
+                let path = dir.path().join("pg.key");
+                create_key_file(&path, &MasterKey::generate().unwrap()).unwrap();
+                path
+            }),
+            ..args(dir.path())
+        })
+        .await
+        .unwrap_err();
+        assert!(!format!("{err:#} {err:?}").contains("hunter2"), "{err:#}");
         let debug = format!(
             "{:?}",
             ServeArgs {

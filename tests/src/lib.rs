@@ -56,6 +56,7 @@ impl TestServer {
             max_connections: None,
             tls_cert,
             tls_key,
+            connections: registry_server::serve::ConnectionArgs::default(),
         })
         .await
         .unwrap();
