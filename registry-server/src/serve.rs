@@ -274,6 +274,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         max_connections: args.max_connections,
         ..StoreConfig::default()
     };
+    create_private_sqlite_file(&database_url)?;
     let store = Store::open(&database_url, source, config)
         .await
         .with_context(|| format!("cannot open the store at {}", redact_url(&database_url)))?;
@@ -451,21 +452,21 @@ pub fn new_master_source(file: Option<&Path>) -> anyhow::Result<MasterKeySource>
 /// in-process): an exclusive lock on `<db>.lock`, held until the server stops, refuses a
 /// second `blocks serve` on the same file.
 fn lock_sqlite_store(database_url: &str) -> anyhow::Result<Option<std::fs::File>> {
-    let Some(rest) = database_url.strip_prefix("sqlite:") else {
+    let Some(path) = sqlite_path(database_url) else {
         return Ok(None);
     };
-    let path = rest.trim_start_matches("//");
-    let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path == ":memory:" {
-        return Ok(None);
-    }
     let lock_path = PathBuf::from(format!("{path}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
         .open(&lock_path)
         .with_context(|| format!("cannot open the store lock {}", lock_path.display()))?;
+    make_store_files_private(Path::new(path), &lock_path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -475,6 +476,50 @@ fn lock_sqlite_store(database_url: &str) -> anyhow::Result<Option<std::fs::File>
             Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
         }
     }
+}
+
+/// The path of an SQLite database URL (none for other databases and in-memory ones).
+fn sqlite_path(database_url: &str) -> Option<&str> {
+    let rest = database_url.strip_prefix("sqlite:")?;
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// A new SQLite database file is created 0600 before SQLite opens it: SQLite gives its
+/// `-wal` and `-shm` files the database file's mode, so none of them is readable by
+/// others whatever the umask or the directory.
+fn create_private_sqlite_file(database_url: &str) -> anyhow::Result<()> {
+    let Some(db) = sqlite_path(database_url) else {
+        return Ok(());
+    };
+    match create_private_file(Path::new(db)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create the store {db}")),
+    }
+}
+
+/// The SQLite database, its `-wal` and `-shm` files and the lock hold token digests, the
+/// audit log and ciphertexts: existing ones readable by others are made owner-only.
+fn make_store_files_private(db: &Path, lock: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let wal = PathBuf::from(format!("{}-wal", db.display()));
+        let shm = PathBuf::from(format!("{}-shm", db.display()));
+        for file in [db, lock, &wal, &shm] {
+            let Ok(meta) = std::fs::metadata(file) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {} private", file.display()))?;
+                tracing::warn!(file = %file.display(), "store file was readable by others; made it owner-only (0600)");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `http(s)://ADDR/api`, with a wildcard listen address replaced by loopback.
@@ -860,6 +905,72 @@ mod tests {
             .await
             .expect("stopped within the grace period")
             .unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn store_files_are_private_in_an_open_home_and_at_a_custom_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let custom_dir = dir.path().join("data");
+        std::fs::create_dir(&custom_dir).unwrap();
+        std::fs::set_permissions(&custom_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let key = dir.path().join("custom.key");
+        create_key_file(&key, &MasterKey::generate().unwrap()).unwrap();
+        let custom = ServeArgs {
+            database_url: Some(format!(
+                "sqlite://{}",
+                custom_dir.join("store.db").display()
+            )),
+            master_key_file: Some(key),
+            ..args(&dir.path().join("other-home"))
+        };
+        for (args, db) in [
+            (args(&home), home.join("blocks.db")),
+            (custom, custom_dir.join("store.db")),
+        ] {
+            let server = start(&args).await.unwrap();
+            // A write, so the WAL and shared-memory files exist.
+            let token = server
+                .first_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned());
+            let token = match token {
+                Some(t) => t,
+                None => server
+                    .state
+                    .store
+                    .create_token(crate::store::TokenCreate {
+                        name: "t".into(),
+                        scopes: [crate::store::Scope::Admin].into_iter().collect(),
+                        expires: None,
+                    })
+                    .await
+                    .unwrap()
+                    .token
+                    .expose_secret()
+                    .to_owned(),
+            };
+            assert!(!token.is_empty());
+            for suffix in ["", "-wal", "-shm", ".lock"] {
+                let file = PathBuf::from(format!("{}{suffix}", db.display()));
+                assert_eq!(mode(&file), 0o600, "{}", file.display());
+            }
+            server.stop().await.unwrap();
+        }
+        // A database left readable by others is tightened at the next start.
+        std::fs::set_permissions(
+            home.join("blocks.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let server = start(&args(&home)).await.unwrap();
+        assert_eq!(mode(&home.join("blocks.db")), 0o600);
+        server.stop().await.unwrap();
     }
 
     #[tokio::test]
