@@ -551,8 +551,10 @@ async fn tls_config(
         })
 }
 
-/// On a database that never had one, creates the first admin token, prints it once and
-/// writes `$BLOCKS_HOME/profile.toml` (mode 0600) with the API URL and the token.
+/// On a database that never had one, creates the first admin token and writes it with the
+/// API URL to `$BLOCKS_HOME/profile.toml` (mode 0600), then says where it is; the token
+/// itself is never printed where a terminal log or a CI log would keep it. When a profile
+/// of another store is already there, the token goes to a new owner-only file beside it.
 async fn first_token(
     state: &AppState,
     home: &Path,
@@ -566,40 +568,49 @@ async fn first_token(
     else {
         return Ok(None);
     };
-    // Shown first: whatever happens to the profile, the token is not lost.
     let profile = home.join("profile.toml");
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "Created the first admin token (shown only this once):\n\n    {}\n\nUse it as `Authorization: Bearer <token>`, or as PREFECT_API_KEY for Prefect clients.",
-            created.token.expose_secret()
-        );
-    }
-    if profile.exists() {
+    let written = if profile.exists() {
         // It belongs to another store (or an earlier one): its token is not replaced.
-        tracing::warn!(
-            token_id = %created.info.id,
-            profile = %profile.display(),
-            "created the first admin token; the existing profile (another store's) was left alone, so keep the token printed above"
-        );
-        return Ok(Some(created.token));
-    }
-    match create_home(home).and_then(|()| write_profile(&profile, url, &created.token)) {
-        Ok(()) => {
+        let path = home.join(format!("admin-token-{}", created.info.id));
+        create_private_file(&path)
+            .and_then(|mut file| {
+                use std::io::Write as _;
+                writeln!(file, "{}", created.token.expose_secret())
+            })
+            .map(|()| path)
+            .with_context(|| format!("cannot write {}", home.display()))
+    } else {
+        create_home(home)
+            .and_then(|()| write_profile(&profile, url, &created.token))
+            .map(|()| profile)
+    };
+    match written {
+        Ok(path) => {
             #[allow(clippy::print_stdout)]
             {
                 println!(
-                    "It is also in {} (readable by you only).",
-                    profile.display()
+                    "Created the first admin token; it is in {} (readable by you only). Use it as `Authorization: Bearer <token>`, or as PREFECT_API_KEY for Prefect clients.",
+                    path.display()
                 );
             }
-            tracing::info!(token_id = %created.info.id, profile = %profile.display(), "created the first admin token");
+            tracing::info!(token_id = %created.info.id, file = %path.display(), "created the first admin token");
         }
-        Err(e) => tracing::warn!(
-            token_id = %created.info.id,
-            error = %format!("{e:#}"),
-            "created the first admin token but could not write the profile; keep the token printed above"
-        ),
+        Err(e) => {
+            // Nowhere to keep it: shown once rather than lost (an admin on this host can
+            // also make a new one with `blocks token create --offline`).
+            tracing::warn!(
+                token_id = %created.info.id,
+                error = %format!("{e:#}"),
+                "created the first admin token but could not write it to a file; it is shown once on standard output"
+            );
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "Created the first admin token (shown only this once):\n\n    {}\n",
+                    created.token.expose_secret()
+                );
+            }
+        }
     }
     Ok(Some(created.token))
 }
@@ -1166,6 +1177,12 @@ mod tests {
         // the new address.
         let again = start(&args(&home)).await.unwrap();
         assert!(again.first_token.is_none());
+        let leftovers: Vec<_> = std::fs::read_dir(&home)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("admin-token-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         let parsed: toml::Table =
             toml::from_str(&std::fs::read_to_string(&profile).unwrap()).unwrap();
         assert_eq!(parsed["api_url"].as_str().unwrap(), again.api_url());
@@ -1179,6 +1196,51 @@ mod tests {
             );
         }
         again.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_store_beside_another_stores_profile_keeps_its_token_in_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(
+            home.join("profile.toml"),
+            "api_url = \"x\"\napi_key = \"other\"\n",
+        )
+        .unwrap();
+        let server = start(&args(&home)).await.unwrap();
+        let token = server
+            .first_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned();
+        let files: Vec<PathBuf> = std::fs::read_dir(&home)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("admin-token-")
+            })
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(std::fs::read_to_string(&files[0]).unwrap().trim(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert!(
+            std::fs::read_to_string(home.join("profile.toml"))
+                .unwrap()
+                .contains("other")
+        );
+        server.stop().await.unwrap();
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use block_types::model::{
 use block_types::validate;
 use serde_json::Value;
 
-use super::extract::{Body, Id, IncludeSecrets};
+use super::extract::{Body, Caller, Id, IncludeSecrets};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
 use crate::store::{Rights, Store};
@@ -58,7 +58,7 @@ pub(super) fn routes() -> Vec<Route> {
             .summary("Read a block type")
             .returns(200, Some("BlockType")),
         patch("/api/block_types/{id}", update)
-            .summary("Update a block type's metadata")
+            .summary("Update a block type's metadata (a protected type's only with an admin token; otherwise nothing changes)")
             .body("BlockTypeUpdate")
             .returns(204, None),
         delete("/api/block_types/{id}", delete_type)
@@ -101,9 +101,13 @@ async fn filter(
 async fn update(
     State(state): St,
     Id(id): Id,
+    caller: Caller,
     Body(body): Body<BlockTypeUpdate>,
 ) -> ApiResult<StatusCode> {
-    state.store.update_block_type(id, body).await?;
+    state
+        .store
+        .update_block_type(id, body, caller.rights())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

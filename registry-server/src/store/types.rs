@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::schemas::push_schema_filter;
 use super::sql::Sql;
-use super::{Backend, Result, Store, StoreError, now_micros, to_time, uuid_col};
+use super::{Backend, Result, Rights, Store, StoreError, now_micros, to_time, uuid_col};
 
 /// Columns of `block_type t`, aliased `t_*`.
 pub(crate) const TYPE_COLUMNS: &str = "t.id as t_id, t.created as t_created, t.updated as t_updated, \
@@ -128,7 +128,8 @@ impl Store {
                         description: Some(info.description.clone()),
                         code_example: Some(info.code_example.clone()),
                     };
-                    self.update_block_type(existing.id, update).await?;
+                    self.update_block_type(existing.id, update, Rights::ADMIN)
+                        .await?;
                 }
                 self.read_block_type(existing.id).await
             }
@@ -168,8 +169,22 @@ impl Store {
 
     /// Updates a type's metadata; absent fields stay, `null` clears. One statement that
     /// sets only the fields sent, so concurrent updates of different fields both land.
-    pub async fn update_block_type(&self, id: Uuid, body: BlockTypeUpdate) -> Result<()> {
+    /// A protected type changes only for [`Rights::admin`]; for anyone else the update is
+    /// answered and changes nothing.
+    pub async fn update_block_type(
+        &self,
+        id: Uuid,
+        body: BlockTypeUpdate,
+        rights: Rights,
+    ) -> Result<()> {
         validate_update(&body)?;
+        if !rights.admin && self.read_block_type(id).await?.is_protected {
+            // Protected types (secret, webhook, local-file-system) describe the server's
+            // own blocks: only an admin changes what people read about them. Prefect
+            // clients send this update on every save of such a block, so it is answered,
+            // and changes nothing.
+            return Ok(());
+        }
         let mut sql = Sql::new("update block_type set updated = ");
         sql.bind_int(now_micros());
         for (column, value) in [

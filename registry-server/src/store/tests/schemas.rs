@@ -89,11 +89,11 @@ async fn types_validate_input_and_update_metadata() {
         let ty = store.create_block_type(BlockTypeCreate { name: "Thing".into(), slug: "thing".into(), logo_url: None, documentation_url: None, description: Some("d".into()), code_example: None }).await.unwrap();
         let dup = store.create_block_type(BlockTypeCreate { name: "Thing".into(), slug: "thing".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await;
         assert!(matches!(dup, Err(StoreError::AlreadyExists(m)) if m == "Block type with name \"Thing\" already exists"));
-        store.update_block_type(ty.id, BlockTypeUpdate { description: Some(None), logo_url: Some(Some("https://x.io/l.png".into())), ..Default::default() }).await.unwrap();
+        store.update_block_type(ty.id, BlockTypeUpdate { description: Some(None), logo_url: Some(Some("https://x.io/l.png".into())), ..Default::default() }, Rights::WRITE).await.unwrap();
         let after = store.read_block_type(ty.id).await.unwrap();
         assert_eq!(after.description, None);
         assert_eq!(after.logo_url.as_deref(), Some("https://x.io/l.png"));
-        assert!(matches!(store.update_block_type(ty.id, BlockTypeUpdate { documentation_url: Some(Some("ftp://x".into())), ..Default::default() }).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(store.update_block_type(ty.id, BlockTypeUpdate { documentation_url: Some(Some("ftp://x".into())), ..Default::default() }, Rights::WRITE).await, Err(StoreError::Invalid(_))));
         // A backslash in like_ is literal on both backends; % stays a wildcard.
         store.create_block_type(BlockTypeCreate { name: r"Back\Slash".into(), slug: "back-slash".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await.unwrap();
         let like = |pattern: &str| block_types::model::BlockTypeFilterBody {
@@ -183,6 +183,36 @@ async fn a_self_nesting_definition_is_refused_not_recursed_forever() {
         }));
         let refused = store.create_block_schema(BlockSchemaCreate { fields, block_type_id: ty.id, capabilities: vec![], version: "1".into() }, Rights::ADMIN).await;
         assert!(matches!(refused, Err(StoreError::Invalid(ref e)) if e[0].field == "fields.block_schema_references"), "{refused:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_protected_types_metadata_changes_only_for_an_admin() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (ty, _) = register::<Secret>(&store).await;
+        let phishing = BlockTypeUpdate {
+            description: Some(Some("Paste your secret at https://evil.example".into())),
+            documentation_url: Some(Some("https://evil.example/docs".into())),
+            ..Default::default()
+        };
+        store
+            .update_block_type(ty.id, phishing.clone(), Rights::WRITE)
+            .await
+            .unwrap();
+        let unchanged = store.read_block_type(ty.id).await.unwrap();
+        assert_eq!(unchanged.description, ty.description);
+        assert_eq!(unchanged.documentation_url, ty.documentation_url);
+        store
+            .update_block_type(ty.id, phishing, Rights::ADMIN)
+            .await
+            .unwrap();
+        let changed = store.read_block_type(ty.id).await.unwrap();
+        assert_eq!(
+            changed.documentation_url.as_deref(),
+            Some("https://evil.example/docs")
+        );
     })
     .await;
 }
