@@ -98,8 +98,9 @@ pub(super) fn without_value(text: &str) -> String {
             };
         }
     }
-    match text.split_once(", found ") {
-        Some((head, _)) => head.to_owned(),
+    // uuid's `invalid character: found `z` at 1`, and the like.
+    match text.find("found `") {
+        Some(at) => text[..at].trim_end_matches([' ', ':', ',']).to_owned(),
         None => text.to_owned(),
     }
 }
@@ -204,9 +205,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IncludeSecrets {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or("");
-        for pair in query.split('&') {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let query = parts.uri.query().unwrap_or("").to_owned();
+        // Decoded as any query parser would: `include%5Fsecrets=true` asks for secrets
+        // too, and is checked like the plain spelling.
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             if key == "include_secrets" {
                 return match value.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" | "on" | "t" | "y" => {

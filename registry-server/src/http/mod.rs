@@ -227,6 +227,10 @@ type ApiResult<T> = Result<T, ApiError>;
 type St = State<AppState>;
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;
