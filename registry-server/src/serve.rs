@@ -287,7 +287,11 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         (Some(cert), Some(key)) => Some(tls_config(cert, key).await?),
         _ => None,
     };
-    let state = AppState::new(store);
+    let state = AppState::configured(
+        store,
+        http::AuthGuard::default(),
+        args.connections.request_timeout(),
+    );
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;

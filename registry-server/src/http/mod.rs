@@ -50,6 +50,9 @@ pub const PREFECT_VERSION: &str = "3.9.1";
 const MINIMUM_API_VERSION: (u64, u64, u64) = (0, 8, 0);
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long one request may take by default, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Block-load events kept in memory.
 const MAX_EVENTS: usize = 10_000;
 
@@ -71,6 +74,8 @@ pub struct Shared {
     pub auth: AuthGuard,
     /// Request counters and latencies.
     pub metrics: Metrics,
+    /// How long one request may take, body included (408 after that).
+    pub request_timeout: Duration,
     routes: routes::RouteTable,
 }
 
@@ -90,12 +95,18 @@ impl AppState {
 
     /// State with a chosen failed-authentication limit.
     pub fn with_guard(store: Arc<Store>, guard: AuthGuard) -> Self {
+        Self::configured(store, guard, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// State with a chosen failed-authentication limit and request timeout.
+    pub fn configured(store: Arc<Store>, guard: AuthGuard, request_timeout: Duration) -> Self {
         Self(Arc::new(Shared {
             audit: AuditLog::start(store.clone()),
             store,
             events: Mutex::new(VecDeque::new()),
             auth: guard,
             metrics: Metrics::default(),
+            request_timeout,
             routes: routes::table(&all_routes()),
         }))
     }
@@ -138,6 +149,7 @@ pub(crate) fn all_routes() -> Vec<routes::Route> {
 
 /// The whole router, built from [`all_routes`].
 pub fn app(state: AppState) -> Router {
+    let request_timeout = state.request_timeout;
     let mut router = Router::new();
     for route in all_routes() {
         let handler: MethodRouter<AppState> = if route.versioned {
@@ -155,13 +167,16 @@ pub fn app(state: AppState) -> Router {
             metrics::track,
         ))
         .with_state(state)
-        .layer(middleware::map_response(json_error_bodies))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            request_timeout,
         ))
+        // Outside the body limit and the timeout, so their answers are JSON and carry the
+        // request id too.
+        .layer(middleware::map_response(json_error_bodies))
+        .layer(middleware::from_fn(request_ids))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()
@@ -185,6 +200,25 @@ async fn json_error_bodies(response: Response) -> Response {
     }
     let detail = status.canonical_reason().unwrap_or("Error");
     (status, axum::Json(serde_json::json!({"detail": detail}))).into_response()
+}
+
+/// Gives every request an id (the caller's `x-request-id` when it is a sane one) before
+/// anything can answer it, and every answer that lacks one the same id: a 413 or a 408 from
+/// the outer layers is as traceable as a handler's answer.
+async fn request_ids(mut req: Request, next: Next) -> Response {
+    let id = auth::request_id(req.headers());
+    let value = axum::http::HeaderValue::from_str(&id).ok();
+    if let Some(value) = &value {
+        req.headers_mut().insert("x-request-id", value.clone());
+    }
+    let mut response = next.run(req).await;
+    if let Some(value) = value {
+        response
+            .headers_mut()
+            .entry("x-request-id")
+            .or_insert(value);
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -261,3 +261,64 @@ async fn an_encoded_include_secrets_is_checked_like_the_plain_one_and_errors_nev
     })
     .await;
 }
+
+#[tokio::test]
+async fn answers_from_the_outer_layers_are_json_with_a_request_id() {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+    on_both(async |db| {
+        let ctx = setup(db, lenient()).await;
+        // Over the body limit by its Content-Length: refused before anything is read.
+        let request = axum::http::Request::post("/api/block_documents/filter")
+            .header("authorization", format!("Bearer {}", ctx.admin))
+            .header("content-type", "application/json")
+            .header("content-length", "2000000")
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = ctx.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(response.headers().contains_key("x-request-id"));
+        let ct = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(ct.starts_with("application/json"), "{ct}");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(serde_json::from_slice::<Value>(&body).unwrap()["detail"].is_string());
+
+        // A body that never finishes: 408 after the request timeout, as JSON, with an id.
+        let state = super::AppState::configured(
+            ctx.state.store.clone(),
+            lenient(),
+            std::time::Duration::from_millis(300),
+        );
+        let app = super::app(state);
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+        let stream = tokio_stream_of(rx);
+        let request = axum::http::Request::post("/api/block_documents/filter")
+            .header("authorization", format!("Bearer {}", ctx.admin))
+            .header("content-type", "application/json")
+            .header("x-request-id", "slow-client-1")
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()["x-request-id"], "slow-client-1");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(serde_json::from_slice::<Value>(&body).unwrap()["detail"].is_string());
+    })
+    .await;
+}
+
+/// A stream of the chunks sent on `rx` (none, while the sender is held).
+fn tokio_stream_of(
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

@@ -30,6 +30,9 @@ pub struct ConnectionArgs {
     /// connection is closed.
     #[arg(long, env = "BLOCKS_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Seconds one request may take, its body included; slower ones are answered 408.
+    #[arg(long, env = "BLOCKS_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
 }
 
 impl Default for ConnectionArgs {
@@ -38,6 +41,7 @@ impl Default for ConnectionArgs {
             connection_limit: 4096,
             header_read_timeout: 30,
             shutdown_grace: 10,
+            request_timeout: 30,
         }
     }
 }
@@ -51,7 +55,15 @@ impl ConnectionArgs {
         if self.header_read_timeout == 0 {
             anyhow::bail!("--header-read-timeout must be at least 1 second");
         }
+        if self.request_timeout == 0 {
+            anyhow::bail!("--request-timeout must be at least 1 second");
+        }
         Ok(())
+    }
+
+    /// How long one request may take.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout)
     }
 
     /// The grace period at shutdown.
