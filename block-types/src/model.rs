@@ -217,6 +217,10 @@ pub struct BlockDocument {
     /// Anonymous documents are hidden from listings by default.
     #[serde(default)]
     pub is_anonymous: bool,
+    /// Set (and only then sent) on a listed document whose secrets the server cannot
+    /// decrypt: its sealed values are shown as `"********"` and its references as `$ref`s.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreadable: bool,
 }
 
 /// One entry of `block_document_references`.

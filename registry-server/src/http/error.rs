@@ -44,6 +44,10 @@ pub enum ApiError {
     /// 503: the database is unavailable or busy.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// 500 `{"detail": …}` that says which document cannot be decrypted (no internal
+    /// detail).
+    #[error("{0}")]
+    Unreadable(String),
     /// 500: logged with detail, answered without.
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,7 +67,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -152,6 +156,7 @@ impl From<StoreError> for ApiError {
             StoreError::Protected(m) => Self::Forbidden(m),
             StoreError::Forbidden(e) => Self::Forbidden(e.to_string()),
             StoreError::TooLarge(m) => Self::Unprocessable(m),
+            StoreError::Unreadable(m) => Self::Unreadable(m),
             StoreError::Database(sqlx::Error::PoolTimedOut) => {
                 Self::Unavailable("database pool timed out".into())
             }

@@ -849,6 +849,12 @@ impl Store {
             let id = pick(&tree).ok_or_else(not_found)?;
             match self.resolve_root(&tree, id, include_secrets).await {
                 Err(StoreError::Crypto(_)) if !retried => retried = true,
+                Err(StoreError::Crypto(error)) => {
+                    tracing::error!(document_id = %id, %error, "a block document cannot be decrypted");
+                    return Err(StoreError::Unreadable(format!(
+                        "block document {id} (or a document it references) cannot be decrypted: its data key is missing or its stored ciphertext was altered. Nothing was changed; an admin can overwrite it or restore it from a backup"
+                    )));
+                }
                 other => {
                     let document = other?.ok_or_else(not_found)?;
                     let version = tree.docs.get(&id).map_or(0, |d| d.version);
@@ -964,24 +970,43 @@ impl Store {
         Ok(Tree { docs, edges })
     }
 
-    /// The data keys that open the secrets of every document of `tree`.
-    async fn keys_for(&self, tree: &Tree) -> Result<HashMap<Uuid, Arc<DataKey>>> {
+    /// The data keys that open the secrets of every document of `tree`. With
+    /// `skip_missing`, a key that cannot be had is left out (the documents needing it fail
+    /// to open on their own) instead of failing them all.
+    async fn keys_for(
+        &self,
+        tree: &Tree,
+        skip_missing: bool,
+    ) -> Result<HashMap<Uuid, Arc<DataKey>>> {
         let mut keys = HashMap::new();
+        let mut missing = HashSet::new();
         for doc in tree.docs.values() {
             for field in &doc.secrets {
-                let id = crate::crypto::sealed_key_id(&field.ciphertext)?;
-                if keys.contains_key(&id) {
+                let id = match crate::crypto::sealed_key_id(&field.ciphertext) {
+                    Ok(id) => id,
+                    Err(_) if skip_missing => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if keys.contains_key(&id) || missing.contains(&id) {
                     continue;
                 }
                 let key = match self.cached_key(id) {
-                    Some(key) => key,
+                    Some(key) => Ok(key),
                     // A key another replica created since this one loaded its keys.
                     None => {
                         let mut tx = self.read.begin().await?;
-                        self.key(&mut tx, id).await?
+                        self.key(&mut tx, id).await
                     }
                 };
-                keys.insert(id, key);
+                match key {
+                    Ok(key) => {
+                        keys.insert(id, key);
+                    }
+                    Err(StoreError::Crypto(_)) if skip_missing => {
+                        missing.insert(id);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(keys)
@@ -993,7 +1018,7 @@ impl Store {
         id: Uuid,
         include_secrets: bool,
     ) -> Result<Option<BlockDocument>> {
-        let keys = self.keys_for(tree).await?;
+        let keys = self.keys_for(tree, false).await?;
         self.resolve_root_with(tree, &keys, id, include_secrets)
     }
 
@@ -1022,6 +1047,7 @@ impl Store {
             block_type,
             block_document_references: refs,
             is_anonymous: doc.is_anonymous,
+            unreadable: false,
         }))
     }
 }
@@ -1034,6 +1060,49 @@ type Resolved = (
     usize,
     usize,
 );
+
+/// A listed document whose secrets cannot be opened: its plain data, each sealed value as
+/// `"********"` (even for a caller allowed to see secrets), references as `$ref`s, and the
+/// `unreadable` flag.
+fn unreadable_document(tree: &Tree, id: Uuid) -> Option<BlockDocument> {
+    let doc = tree.docs.get(&id)?;
+    let mut data = doc.data.clone();
+    for field in &doc.secrets {
+        let Some((last, parents)) = field.path.split_last() else {
+            continue;
+        };
+        let parent = if parents.is_empty() {
+            Some(&mut data)
+        } else {
+            block_types::secret_fields::get_path_mut(&mut data, parents)
+                .and_then(Value::as_object_mut)
+        };
+        if let Some(parent) = parent {
+            parent.insert(
+                last.clone(),
+                Value::String(block_types::OBFUSCATED.to_owned()),
+            );
+        }
+    }
+    for (field, child) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
+        data.insert(field.clone(), references::reference_value(*child));
+    }
+    Some(BlockDocument {
+        id,
+        created: to_time(doc.created),
+        updated: to_time(doc.updated),
+        name: Some(doc.name.clone()),
+        data,
+        block_schema_id: doc.schema.id,
+        block_schema: Some((*doc.schema).clone()),
+        block_type_id: doc.schema.block_type_id,
+        block_type_name: doc.block_type_name.clone(),
+        block_type: doc.schema.block_type.clone(),
+        block_document_references: BTreeMap::new(),
+        is_anonymous: doc.is_anonymous,
+        unreadable: true,
+    })
+}
 
 /// About how many bytes document `id` expands to when resolved (saturating past the caps,
 /// so a hostile graph costs no more than counting).
@@ -1302,9 +1371,10 @@ impl Store {
                         .bind_list(ids.iter().map(ToString::to_string));
                 })
                 .await?;
-            match self.resolve_all(&tree, ids, include_secrets).await {
-                // As in `read_one`: a version that re-encryption moved between the query and
-                // the decryption is read again once.
+            // As in `read_one`: a version that re-encryption moved between the query and
+            // the decryption is read again once; the second time, a document that still
+            // cannot be decrypted is listed as unreadable instead of failing the list.
+            match self.resolve_all(&tree, ids, include_secrets, retried).await {
                 Err(StoreError::Crypto(_)) if !retried => retried = true,
                 other => return other,
             }
@@ -1316,8 +1386,9 @@ impl Store {
         tree: &Tree,
         ids: &[Uuid],
         include_secrets: bool,
+        list_unreadable: bool,
     ) -> Result<Vec<BlockDocument>> {
-        let keys = self.keys_for(tree).await?;
+        let keys = self.keys_for(tree, list_unreadable).await?;
         let mut out = Vec::with_capacity(ids.len());
         // The stored bytes the answer expands to, counted before anything is built.
         let mut total = 0usize;
@@ -1334,8 +1405,14 @@ impl Store {
             }
         }
         for id in ids {
-            if let Some(doc) = self.resolve_root_with(tree, &keys, *id, include_secrets)? {
-                out.push(doc);
+            match self.resolve_root_with(tree, &keys, *id, include_secrets) {
+                Ok(Some(doc)) => out.push(doc),
+                Ok(None) => {}
+                Err(StoreError::Crypto(error)) if list_unreadable => {
+                    tracing::error!(document_id = %id, %error, "a listed block document cannot be decrypted (its data key is missing or its ciphertext was altered); listed as unreadable");
+                    out.extend(unreadable_document(tree, *id));
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

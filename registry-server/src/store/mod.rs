@@ -171,6 +171,10 @@ pub enum StoreError {
     /// The object is protected.
     #[error("{0}")]
     Protected(String),
+    /// A stored document cannot be decrypted (a data key is missing or a ciphertext was
+    /// altered); the message names the document, never a value.
+    #[error("{0}")]
+    Unreadable(String),
     /// An answer would be larger than the server serves in one response.
     #[error("{0}")]
     TooLarge(String),

@@ -480,3 +480,73 @@ async fn a_rotation_after_another_process_changed_the_master_key_is_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_undecryptable_document_is_listed_as_unreadable_and_its_read_says_so() {
+    use block_types::model::BlockDocumentFilterBody;
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = register::<Secret>(&store).await;
+        let good = create(&store, &schema, "good", json!({"value": CANARY})).await;
+        let bad = create(
+            &store,
+            &schema,
+            "bad",
+            json!({"value": format!("{CANARY}-bad")}),
+        )
+        .await;
+        // Alter the stored ciphertext of `bad` (one byte of its sealed value).
+        let mut sealed = get_secrets(&store, bad.id).await;
+        let text = sealed[0]["ciphertext"].as_str().unwrap().to_owned();
+        let flipped: String = text
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == text.len() - 4 {
+                    if c == 'A' { 'B' } else { 'A' }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        sealed[0]["ciphertext"] = json!(flipped);
+        set_secrets(&store, bad.id, &sealed.to_string()).await;
+
+        for include_secrets in [false, true] {
+            let body = BlockDocumentFilterBody {
+                include_secrets: Some(include_secrets),
+                ..BlockDocumentFilterBody::default()
+            };
+            let listed = store.filter_block_documents(&body).await.unwrap();
+            assert_eq!(listed.len(), 2, "the list is answered");
+            let good_listed = listed.iter().find(|d| d.id == good.id).unwrap();
+            assert!(!good_listed.unreadable);
+            let expected = if include_secrets {
+                json!(CANARY)
+            } else {
+                json!("********")
+            };
+            assert_eq!(good_listed.data["value"], expected);
+            let bad_listed = listed.iter().find(|d| d.id == bad.id).unwrap();
+            assert!(bad_listed.unreadable);
+            assert_eq!(bad_listed.data["value"], "********");
+            let wire = serde_json::to_value(bad_listed).unwrap();
+            assert_eq!(wire["unreadable"], true);
+            assert!(
+                serde_json::to_value(good_listed)
+                    .unwrap()
+                    .get("unreadable")
+                    .is_none()
+            );
+        }
+        let single = store.read_block_document(bad.id, false).await;
+        match single {
+            Err(StoreError::Unreadable(m)) => {
+                assert!(m.contains(&bad.id.to_string()), "{m}");
+                assert!(!m.contains(CANARY));
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+}
