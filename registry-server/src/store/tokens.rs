@@ -471,6 +471,7 @@ impl Store {
     /// Revokes a token; it fails from the next request on. Revoking twice is harmless.
     pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
+        self.refuse_revoking_the_last_admin(&mut tx, id).await?;
         self.count_query();
         sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
             .bind(now_micros())
@@ -494,6 +495,41 @@ impl Store {
         tx.commit().await?;
         self.tokens.forget(id);
         token_from_row(&row)
+    }
+
+    /// Revoking the last valid admin token would leave nobody able to make tokens, read
+    /// the audit log or rotate keys: refused (409). Valid tokens are locked on PostgreSQL,
+    /// so two revocations at once cannot each see the other as the one left; SQLite's one
+    /// writer orders them anyway.
+    async fn refuse_revoking_the_last_admin(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<()> {
+        let lock = if self.backend == super::Backend::Postgres {
+            " for update"
+        } else {
+            ""
+        };
+        self.count_query();
+        let rows = sqlx::query(&format!(
+            "select {COLUMNS} from api_token where revoked is null and (expires is null or expires > $1) order by id{lock}"
+        ))
+        .bind(now_micros())
+        .fetch_all(&mut **tx)
+        .await?;
+        let valid = rows
+            .iter()
+            .map(token_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let is_admin = |t: &TokenInfo| t.scopes.contains(&Scope::Admin);
+        let this_is_admin = valid.iter().any(|t| t.id == id && is_admin(t));
+        if this_is_admin && !valid.iter().any(|t| t.id != id && is_admin(t)) {
+            return Err(StoreError::Conflict(
+                "this is the last valid admin token: create another admin token before revoking it (on the server's host, `blocks token create --offline --scope admin` makes one without a token)".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// The token, if it is valid and in the token cache; never asks the database.
