@@ -267,3 +267,33 @@ async fn moving_a_document_that_holds_secrets_to_another_schema_needs_read_secre
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_sealed_value_stays_masked_whatever_schema_the_database_points_at() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (ty, schema) = register::<Secret>(&store).await;
+        let doc = create(&store, &schema, "api-token", json!({"value": CANARY})).await;
+        // Someone with write access to the database points the document (and its version)
+        // at a schema that lists no secret: the value was sealed, so it stays masked.
+        let clear = obj(json!({"title": "Clear", "type": "object", "properties": {"value": {"type": "string"}}, "secret_fields": []}));
+        let (clear, _) = store
+            .create_block_schema(schema_body(clear, ty.id, "clear"), Rights::ADMIN)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        for table in ["block_document", "block_document_version"] {
+            let column = if table == "block_document" { "id" } else { "block_document_id" };
+            sqlx::query(&format!("update {table} set block_schema_id = $1 where {column} = $2"))
+                .bind(clear.id.to_string())
+                .bind(doc.id.to_string())
+                .execute(&store.write)
+                .await
+                .unwrap();
+        }
+        let read = store.read_block_document(doc.id, false).await.unwrap();
+        assert_eq!(read.block_schema_id, clear.id);
+        assert_eq!(read.data["value"], "********");
+        assert_eq!(store.read_version(doc.id, 1, false).await.unwrap()["value"], "********");
+    })
+    .await;
+}
