@@ -186,7 +186,8 @@ fn components() -> Value {
             "block_schema_id": uuid, "block_schema": {"$ref": "#/components/schemas/BlockSchema"},
             "block_type_id": uuid, "block_type_name": opt_text,
             "block_type": {"$ref": "#/components/schemas/BlockType"},
-            "block_document_references": {"type": "object"}, "is_anonymous": {"type": "boolean"}}},
+            "block_document_references": {"type": "object"}, "is_anonymous": {"type": "boolean"},
+            "unreadable": {"type": "boolean", "description": "Present and true on a listed document whose secrets cannot be decrypted (its sealed values are masked)"}}},
         "BlockDocumentCreate": {"type": "object", "required": ["data", "block_schema_id", "block_type_id"], "additionalProperties": false, "properties": {
             "name": opt_text, "data": data, "block_schema_id": uuid, "block_type_id": uuid,
             "is_anonymous": {"type": "boolean"}}},
