@@ -13,6 +13,10 @@ use block_types::catalog::Collection;
 use registry_client::{Client, Method};
 use serde_json::{Map, Value, json};
 
+mod edit;
+
+pub use edit::edit;
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -431,12 +435,16 @@ pub async fn inspect(address: &str, show_secrets: bool, format: Format) -> anyho
     Ok(())
 }
 
-/// The data of `blocks create`: `@file.json`, `-` (stdin) or `key=value` pairs (a value
-/// that parses as JSON is taken as JSON, else as a string).
+/// The data of `blocks create`: `@file.json`, `-` (a JSON object on standard input) or
+/// `key=value` pairs (`key=text` is a string, `key:=json` is JSON).
+///
+/// No error quotes an argument: a malformed pair is named by its position and a bad JSON
+/// value by its key (keys are field names: letters, digits, `_`, `-` and `.`), since the
+/// text may be a secret (say `value:S` typed for `value=S`).
 pub fn parse_data(data: &[String]) -> anyhow::Result<Map<String, Value>> {
     let value = match data {
         [one] if one == "-" => {
-            let mut text = String::new();
+            let mut text = zeroize::Zeroizing::new(String::new());
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("cannot read the data from standard input")?;
@@ -444,26 +452,38 @@ pub fn parse_data(data: &[String]) -> anyhow::Result<Map<String, Value>> {
         }
         [one] if one.starts_with('@') => {
             let path = &one[1..];
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
+            );
             serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?
         }
         pairs => {
             let mut map = Map::new();
-            for pair in pairs {
-                // `key=text` is always a string; `key:=json` is JSON (a number, a
-                // boolean, an object…).
+            for (i, pair) in pairs.iter().enumerate() {
+                let nth = i + 1;
                 let (key, value) = pair.split_once('=').ok_or_else(|| {
                     usage(format!(
-                        "{pair:?} is not key=value or key:=json (or use @file.json or -)"
+                        "--data argument {nth} is not key=value or key:=json (its text is not shown: it may be a secret); give secrets with --data @file.json or --data - (stdin)"
                     ))
                 })?;
-                let value = match key.strip_suffix(':') {
-                    Some(_) => serde_json::from_str(value)
-                        .map_err(|_| usage(format!("the value of {key}= is not JSON")))?,
-                    None => Value::String(value.to_owned()),
+                // `key=text` is always a string; `key:=json` is JSON (a number, a
+                // boolean, an object…).
+                let (key, is_json) = match key.strip_suffix(':') {
+                    Some(key) => (key, true),
+                    None => (key, false),
                 };
-                map.insert(key.trim_end_matches(':').to_owned(), value);
+                if !is_field_name(key) {
+                    return Err(usage(format!(
+                        "--data argument {nth}: the text before = is not a field name (letters, digits, _, - and .; the text is not shown: it may be a secret); other data goes in --data @file.json or --data -"
+                    )));
+                }
+                let value = if is_json {
+                    serde_json::from_str(value)
+                        .map_err(|_| usage(format!("--data {key}:= is not JSON")))?
+                } else {
+                    Value::String(value.to_owned())
+                };
+                map.insert(key.to_owned(), value);
             }
             Value::Object(map)
         }
@@ -472,6 +492,15 @@ pub fn parse_data(data: &[String]) -> anyhow::Result<Map<String, Value>> {
         Value::Object(map) => Ok(map),
         _ => bail!("the data must be a JSON object"),
     }
+}
+
+/// A key of `--data key=value` or `--ref FIELD=…`: a plain field name, at most 128 bytes.
+fn is_field_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// `blocks create SLUG/NAME`: the data is checked against the type's newest schema before
@@ -490,11 +519,22 @@ pub async fn create(
     };
     let client = client()?;
     // `--ref field=SLUG/NAME`: the field references that saved block.
-    for reference in refs {
+    for (i, reference) in refs.iter().enumerate() {
         let (field, target) = reference
             .split_once('=')
-            .ok_or_else(|| usage(format!("{reference:?} is not FIELD=SLUG/NAME")))?;
-        let (id, _) = document_id(&client, target).await?;
+            .filter(|(field, _)| is_field_name(field))
+            .ok_or_else(|| usage(format!("--ref argument {} is not FIELD=SLUG/NAME", i + 1)))?;
+        // Named by its field, never quoted: a mistyped `--ref` may hold what was meant
+        // for `--data`.
+        let (slug, name) = target
+            .split_once('/')
+            .filter(|(s, n)| !s.is_empty() && !n.is_empty())
+            .ok_or_else(|| usage(format!("--ref {field}=: the target is not SLUG/NAME")))?;
+        let doc = client
+            .get_json(&block_path(slug, name))
+            .await
+            .map_err(or_missing(format!("block on the server for --ref {field}")))?;
+        let id = text(&doc["id"]);
         data.insert(field.to_owned(), json!({"$ref": {"block_document_id": id}}));
     }
     if data.is_empty() {
@@ -516,7 +556,8 @@ pub async fn create(
     .await?;
     // A built-in type's own schema (by checksum and version: the checksum alone ignores
     // secret_fields) when the server has it, else the newest one.
-    let ours = block_types::catalog::spec_for_slug(slug).map(|spec| (spec.checksum(), spec.version));
+    let ours =
+        block_types::catalog::spec_for_slug(slug).map(|spec| (spec.checksum(), spec.version));
     let schema = schemas
         .iter()
         .find(|s| {
@@ -773,106 +814,6 @@ pub async fn rollback(address: &str, version: u32, format: Format) -> anyhow::Re
     Ok(())
 }
 
-/// `blocks edit SLUG/NAME`: opens `$EDITOR` (else `vi`) on the block's data as JSON, secrets
-/// shown as `"********"` and kept unless changed; the write is conditional on the version
-/// read (`If-Match`), so someone else's change meanwhile is reported, not overwritten.
-pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
-    let client = client()?;
-    let (slug, name) = split_address(address)?;
-    let (doc, etag) = client
-        .get_json_tagged(&block_path(slug, name))
-        .await
-        .map_err(or_missing(format!("block {slug}/{name} on the server")))?;
-    let id = text(&doc["id"]);
-    // Referenced blocks are edited on their own: show their references, not their data.
-    let mut data = doc["data"].as_object().cloned().unwrap_or_default();
-    if let Some(refs) = doc["block_document_references"].as_object() {
-        for (field, reference) in refs {
-            data.insert(
-                field.clone(),
-                json!({"$ref": {"block_document_id": reference["block_document"]["id"]}}),
-            );
-        }
-    }
-    let original = serde_json::to_string_pretty(&Value::Object(data))?;
-    // A private directory (0700) of our own: the file, and any swap or backup file the
-    // editor makes beside it, stay unreadable to others.
-    let dir = tempfile::Builder::new()
-        .prefix("blocks-edit-")
-        .tempdir()
-        .context("cannot make a private temporary directory")?;
-    let file = dir.path().join(tempfile_name(slug, name));
-    write_private(&file, &original)?;
-    let editor = ["VISUAL", "EDITOR"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|e| !e.trim().is_empty())
-        .unwrap_or_else(|| "vi".to_owned());
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(&file)
-        .status()
-        .with_context(|| format!("cannot start the editor {editor:?}"))?;
-    let edited = std::fs::read_to_string(&file);
-    drop(dir);
-    if !status.success() {
-        bail!("the editor exited with {status}; nothing was changed");
-    }
-    let edited = edited.context("cannot read the edited file")?;
-    if edited.trim() == original.trim() {
-        print(
-            format,
-            &json!({"changed": false}),
-            &["UNCHANGED"],
-            &[vec![address.to_owned()]],
-        );
-        return Ok(());
-    }
-    let data: Value = serde_json::from_str(&edited)
-        .context("the edited text is not JSON; nothing was changed")?;
-    if !data.is_object() {
-        bail!("the edited data must be a JSON object; nothing was changed");
-    }
-    let outcome = client
-        .send_json_if_match(
-            Method::PATCH,
-            &format!("block_documents/{id}"),
-            &json!({"data": data, "merge_existing_data": false}),
-            etag.as_deref(),
-        )
-        .await;
-    match outcome {
-        Ok(_) => {}
-        Err(registry_client::Error::Http { status: 412, .. }) => bail!(
-            "{address} was changed by someone else while you edited it; nothing was written (run blocks edit again)"
-        ),
-        Err(e) => return Err(e.into()),
-    }
-    print(
-        format,
-        &json!({"changed": true}),
-        &["UPDATED"],
-        &[vec![address.to_owned()]],
-    );
-    Ok(())
-}
-
-fn tempfile_name(slug: &str, name: &str) -> String {
-    let safe: String = format!("{slug}-{name}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{safe}.json")
-}
-
 /// Writes `path` readable by its owner only, replacing any file there (written beside it
 /// under a fresh name, then renamed: an existing file's mode or owner is never kept).
 fn write_new_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
@@ -955,25 +896,70 @@ fn own_data(doc: &Value) -> Map<String, Value> {
     data
 }
 
-/// Every item of a Prefect-style filter endpoint, page by page (200 at most per page).
+/// Items asked for per page of a filter endpoint.
+const PAGE_SIZE: usize = 200;
+
+/// The most items one listing may hold (a generous bound: a registry is not expected to
+/// come near it). A source whose pages never end is refused at this point instead of
+/// being read until memory runs out.
+const MAX_LISTED_ITEMS: usize = 100_000;
+
+/// The most pages one listing may take: twice what [`MAX_LISTED_ITEMS`] needs, which
+/// bounds a source that adds one new item to each otherwise repeated page.
+const MAX_LISTED_PAGES: usize = 2 * MAX_LISTED_ITEMS / PAGE_SIZE;
+
+/// Every item of a Prefect-style filter endpoint, page by page ([`PAGE_SIZE`] at most per
+/// page), each item once (by id). Refused with an error: a page whose items were all sent
+/// already (a server that ignores `offset`), more than [`MAX_LISTED_ITEMS`] items or more
+/// than [`MAX_LISTED_PAGES`] pages.
 async fn all_pages(client: &Client, path: &str, body: Value) -> anyhow::Result<Vec<Value>> {
+    let what = path.split('/').next().unwrap_or(path).replace('_', " ");
     let mut all = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut offset = 0;
-    loop {
+    for pages in 1.. {
+        if pages > MAX_LISTED_PAGES {
+            bail!(
+                "the server's {what} took more than {MAX_LISTED_PAGES} pages (the limit of one listing); stopped reading"
+            );
+        }
         let mut page_body = body.clone();
-        page_body["limit"] = json!(200);
+        page_body["limit"] = json!(PAGE_SIZE);
         page_body["offset"] = json!(offset);
         let page = client
             .send_json(Method::POST, path, Some(&page_body))
             .await?;
-        let page = page.as_array().cloned().unwrap_or_default();
+        let page = match page {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         let n = page.len();
-        all.extend(page);
-        if n < 200 {
-            return Ok(all);
+        let before = all.len();
+        for item in page {
+            let identity = match item.get("id") {
+                Some(Value::String(id)) => id.clone(),
+                _ => item.to_string(),
+            };
+            if seen.insert(identity) {
+                all.push(item);
+            }
+        }
+        if n > 0 && all.len() == before {
+            bail!(
+                "the server sent again {what} it had already sent (at offset {offset}, after {before} of them): its paging does not move on; stopped reading"
+            );
+        }
+        if all.len() > MAX_LISTED_ITEMS {
+            bail!(
+                "the server lists more than {MAX_LISTED_ITEMS} {what} (the limit of one listing); stopped reading"
+            );
+        }
+        if n < PAGE_SIZE {
+            break;
         }
         offset += n;
     }
+    Ok(all)
 }
 
 /// The documents of `client`'s server in export form (own data, references as `$ref`s to
@@ -1263,9 +1249,14 @@ pub async fn import_prefect(
         bail!("--url names this registry itself; give the Prefect server's API URL");
     }
     let target = Client::new(target_config)?;
-    let types = all_pages(&source, "block_types/filter", json!({})).await?;
-    let schemas = all_pages(&source, "block_schemas/filter", json!({})).await?;
-    let documents = documents_of(&source).await?;
+    let reading = "reading the Prefect server (--url); nothing was imported";
+    let types = all_pages(&source, "block_types/filter", json!({}))
+        .await
+        .context(reading)?;
+    let schemas = all_pages(&source, "block_schemas/filter", json!({}))
+        .await
+        .context(reading)?;
+    let documents = documents_of(&source).await.context(reading)?;
     let bar = indicatif::ProgressBar::new(documents.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blocks")
@@ -1330,4 +1321,62 @@ async fn follow_reencryption(client: &Client) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const CANARY: &str = "canary-parse-data-91c2";
+
+    #[test]
+    fn data_errors_never_quote_what_was_typed() {
+        for args in [
+            vec![format!("value:{CANARY}")],
+            vec![format!("value:{CANARY}==")],
+            vec!["a=1".to_owned(), CANARY.to_owned()],
+            vec![format!("{CANARY} =x")],
+            vec![format!("value:={CANARY}")],
+            vec![format!("value:={{\"{CANARY}\": ")],
+        ] {
+            let error = parse_data(&args).unwrap_err();
+            let text = format!("{error:#}");
+            assert!(!text.contains(CANARY), "{text}");
+            assert!(text.contains("--data"), "{text}");
+            assert!(error.downcast_ref::<UsageError>().is_some(), "{text}");
+        }
+        let text = format!(
+            "{:#}",
+            parse_data(&["a=1".into(), "b:x".into()]).unwrap_err()
+        );
+        assert!(text.contains("--data argument 2"), "{text}");
+        let text = format!("{:#}", parse_data(&["port:=80a".into()]).unwrap_err());
+        assert!(text.contains("--data port:= is not JSON"), "{text}");
+    }
+
+    #[test]
+    fn data_pairs_are_text_or_json() {
+        let data = parse_data(&[
+            "bucket=dtc=lake".into(),
+            "port:=5432".into(),
+            "empty=".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            Value::Object(data),
+            json!({"bucket": "dtc=lake", "port": 5432, "empty": ""})
+        );
+    }
+
+    #[test]
+    fn field_names_are_plain() {
+        for good in ["value", "service_account_info", "api-key", "a.b", "X9"] {
+            assert!(is_field_name(good), "{good}");
+        }
+        for bad in ["", "value:secret", "a b", "x/y", "$ref", &"a".repeat(129)] {
+            assert!(!is_field_name(bad), "{bad}");
+        }
+    }
 }

@@ -67,21 +67,59 @@ fn serve(home: &Path) -> Server {
     Server { child, addr }
 }
 
-/// Runs `blocks ARGS` with `$BLOCKS_HOME` (and extra environment); returns the output.
-fn blocks(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+/// `blocks ARGS` with `$BLOCKS_HOME` (and extra environment), ready to run.
+fn blocks_command(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
-    cmd.args(args)
-        .env("BLOCKS_HOME", home)
+    cmd.args(args);
+    environment(&mut cmd, home, env);
+    cmd
+}
+
+/// The environment of a `blocks` run: `$BLOCKS_HOME`, nothing of the caller's, `env`.
+fn environment(cmd: &mut Command, home: &Path, env: &[(&str, &str)]) {
+    cmd.env("BLOCKS_HOME", home)
         .env("BLOCKS_LOG", "warn")
         .env_remove("BLOCKS_API_URL")
         .env_remove("BLOCKS_API_KEY")
         .env_remove("PREFECT_API_URL")
         .env_remove("PREFECT_API_KEY");
-    isolate(&mut cmd);
+    isolate(cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+}
+
+/// Runs `blocks ARGS` with `$BLOCKS_HOME` (and extra environment); returns the output.
+fn blocks(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    blocks_command(home, env, args).output().unwrap()
+}
+
+/// Runs `blocks ARGS` with `input` on its standard input.
+fn blocks_with_stdin(home: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = blocks_command(home, &[], args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Writes an executable shell script.
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
 }
 
 fn ok(out: &Output) -> String {
@@ -423,7 +461,7 @@ fn errors_have_clear_messages_and_exit_codes() {
             ],
         ),
         1,
-        "no block gcp-credentials/missing",
+        "no block on the server for --ref gcp_credentials",
     );
     // A conflict names itself.
     ok(&blocks(
@@ -831,4 +869,253 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
         ))
         .contains(CANARY)
     );
+}
+
+#[test]
+fn data_errors_name_the_argument_never_its_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let _server = serve(&home);
+    let home = home.as_path();
+    ok(&blocks(home, &[], &["register", "core"]));
+
+    // Typos of `value=S`: the secret S is never repeated, the argument is named.
+    for (data, needle) in [
+        (format!("value:{CANARY}"), "--data argument 1"),
+        (format!("value:{CANARY}=="), "--data argument 1"),
+        (CANARY.to_owned(), "--data argument 1"),
+        (format!("value {CANARY}=x"), "not a field name"),
+        (
+            format!("value:={{\"{CANARY}\""),
+            "--data value:= is not JSON",
+        ),
+    ] {
+        fails(
+            &blocks(home, &[], &["create", "secret/typo", "--data", &data]),
+            2,
+            needle,
+        );
+    }
+    fails(
+        &blocks(
+            home,
+            &[],
+            &[
+                "create",
+                "secret/typo",
+                "--data",
+                "a=1",
+                &format!("b:{CANARY}"),
+            ],
+        ),
+        2,
+        "--data argument 2",
+    );
+    // `--ref` given what was meant for `--data`: named by its field.
+    for (reference, needle) in [
+        (CANARY.to_owned(), "--ref argument 1"),
+        (
+            format!("value={CANARY}"),
+            "--ref value=: the target is not SLUG/NAME",
+        ),
+        (
+            format!("value={CANARY}/{CANARY}"),
+            "no block on the server for --ref value",
+        ),
+    ] {
+        let out = blocks(home, &[], &["create", "secret/typo", "--ref", &reference]);
+        let code = if needle.starts_with("no block") { 1 } else { 2 };
+        fails(&out, code, needle);
+    }
+    // Secrets go in a file or on standard input, never on the command line.
+    let created = blocks_with_stdin(
+        home,
+        &["create", "secret/from-stdin", "--data", "-"],
+        &format!(r#"{{"value": "{CANARY}"}}"#),
+    );
+    ok(&created);
+    let shown = ok(&blocks(
+        home,
+        &[],
+        &["inspect", "secret/from-stdin", "--show-secrets"],
+    ));
+    assert!(shown.contains(CANARY), "{shown}");
+    fails(
+        &blocks_with_stdin(
+            home,
+            &["create", "secret/bad-stdin", "--data", "-"],
+            &format!(r#"{{"value": {CANARY}}}"#),
+        ),
+        1,
+        "standard input is not JSON",
+    );
+    fails(
+        &blocks_with_stdin(
+            home,
+            &["create", "secret/bad-stdin", "--data", "-"],
+            &format!(r#"["{CANARY}"]"#),
+        ),
+        1,
+        "must be a JSON object",
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn edit_keeps_its_copy_private_and_removes_it_when_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let _server = serve(&home);
+    let home = home.as_path();
+    ok(&blocks(home, &[], &["register", "core"]));
+    ok(&blocks_with_stdin(
+        home,
+        &["create", "secret/s", "--data", "-"],
+        &format!(r#"{{"value": "{CANARY}"}}"#),
+    ));
+    // The temporary copies go under a directory of this test's own.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let record = dir.path().join("record");
+    let edit = |editor: &Path| -> Output {
+        // Under the common umask 022, which would make a directory 0755.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_blocks"))
+            .args(["edit", "secret/s"]);
+        environment(
+            &mut cmd,
+            home,
+            &[
+                ("EDITOR", editor.to_str().unwrap()),
+                ("TMPDIR", tmp.to_str().unwrap()),
+            ],
+        );
+        cmd.output().unwrap()
+    };
+
+    // The directory is 0700 and the file 0600 while the editor has them; both go after.
+    let recorder = dir.path().join("recorder.sh");
+    script(
+        &recorder,
+        &format!(
+            "{{ stat -c %a \"$1\"; stat -c %a \"$(dirname \"$1\")\"; dirname \"$1\"; }} > '{}'\n",
+            record.display()
+        ),
+    );
+    let unchanged = ok(&edit(&recorder));
+    assert!(unchanged.contains("UNCHANGED"), "{unchanged}");
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let seen: Vec<&str> = seen.lines().collect();
+    assert_eq!(seen[..2], ["600", "700"], "file and directory modes");
+    assert!(Path::new(seen[2]).starts_with(&tmp), "{seen:?}");
+    assert!(!Path::new(seen[2]).exists(), "the directory is removed");
+
+    // A signal to the blocks command while the editor is open: the editor is stopped, the
+    // copy removed, nothing changed. (The fake editor changes the copy, signals its nearest
+    // ancestor named blocks, then waits to be stopped.)
+    for signal in ["INT", "TERM"] {
+        std::fs::remove_file(&record).unwrap();
+        let interrupter = dir.path().join(format!("interrupter-{signal}.sh"));
+        script(
+            &interrupter,
+            &format!(
+                r#"dirname "$1" > '{record}'
+echo '{{}}' > "$1"
+pid=$PPID
+while [ "$pid" -gt 1 ] && [ "$(cat /proc/$pid/comm)" != blocks ]; do
+    pid=$(cut -d ' ' -f 4 /proc/$pid/stat)
+done
+kill -{signal} "$pid"
+exec sleep 60 </dev/null >/dev/null 2>&1
+"#,
+                record = record.display()
+            ),
+        );
+        let out = edit(&interrupter);
+        fails(&out, 1, &format!("interrupted by SIG{signal}"));
+        let copy = std::fs::read_to_string(&record).unwrap();
+        let copy = Path::new(copy.trim());
+        assert!(copy.starts_with(&tmp), "{copy:?}");
+        assert!(!copy.exists(), "the directory is removed after SIG{signal}");
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+    let shown = ok(&blocks(
+        home,
+        &[],
+        &["inspect", "secret/s", "--show-secrets"],
+    ));
+    assert!(shown.contains(CANARY), "nothing was changed: {shown}");
+}
+
+/// How a fake Prefect source pages.
+#[derive(Debug, Clone, Copy)]
+enum Paging {
+    /// Every page holds the same full page of items.
+    Repeats,
+    /// Every page is full of items never sent before.
+    Endless,
+    /// Every page repeats all but one item.
+    Trickles,
+}
+
+/// A fake Prefect API whose filter endpoints answer every page full, as `paging` says.
+/// After 5,000 requests it answers 410, so a client that would page forever ends anyway.
+fn fake_prefect(paging: Paging) -> (tokio::runtime::Runtime, String) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().fallback(move || {
+        let n = served.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n >= 5_000 {
+                let gone = serde_json::json!({"detail": "the fake source gave up"});
+                return (axum::http::StatusCode::GONE, axum::Json(gone));
+            }
+            let items: Vec<Value> = (0..200)
+                .map(|i| {
+                    let id = match paging {
+                        Paging::Repeats => format!("item-{i}"),
+                        Paging::Endless => format!("item-{n}-{i}"),
+                        Paging::Trickles if i == 0 => format!("new-{n}"),
+                        Paging::Trickles => format!("item-{i}"),
+                    };
+                    serde_json::json!({"id": id, "name": id, "slug": id})
+                })
+                .collect();
+            (axum::http::StatusCode::OK, axum::Json(Value::Array(items)))
+        }
+    });
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    (runtime, format!("http://{addr}/api"))
+}
+
+#[test]
+fn import_prefect_stops_on_a_source_whose_pages_never_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    // The target is never reached: the source is refused first.
+    let target = [("BLOCKS_API_URL", "http://127.0.0.1:9/api")];
+    for (paging, needle) in [
+        (
+            Paging::Repeats,
+            "sent again block types it had already sent",
+        ),
+        (Paging::Endless, "more than 100000 block types"),
+        (Paging::Trickles, "more than 1000 pages"),
+    ] {
+        let (_runtime, url) = fake_prefect(paging);
+        let out = blocks(&home, &target, &["import-prefect", "--url", &url]);
+        fails(&out, 1, needle);
+        fails(
+            &out,
+            1,
+            "reading the Prefect server (--url); nothing was imported",
+        );
+    }
 }
