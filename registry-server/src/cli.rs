@@ -129,6 +129,14 @@ pub enum TokenCommand {
         /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z).
         #[arg(long)]
         expires: Option<String>,
+        /// Create it in the store directly, without a token: for recovery on the server's
+        /// host when no admin token is left (an SQLite store's server must be stopped
+        /// first). Recorded in the audit log.
+        #[arg(long)]
+        offline: bool,
+        /// Where the store is, and its master key (with --offline).
+        #[command(flatten)]
+        store: crate::serve::StoreArgs,
     },
     /// List tokens (never their values).
     Ls,
@@ -626,6 +634,16 @@ async fn delete_and_say(
 
 /// `blocks token …`.
 pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()> {
+    if let TokenCommand::Create {
+        name,
+        scopes,
+        expires,
+        offline: true,
+        store,
+    } = command
+    {
+        return offline_token(name, scopes, expires.as_deref(), store, format).await;
+    }
     let client = client()?;
     let token_row = |t: &Value| {
         vec![
@@ -646,6 +664,7 @@ pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()>
             name,
             scopes,
             expires,
+            ..
         } => {
             let created = client
                 .send_json(
@@ -682,6 +701,68 @@ pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()>
                 .await?;
             print(format, &revoked, &headers, &[token_row(&revoked)]);
         }
+    }
+    Ok(())
+}
+
+/// `blocks token create --offline`: a token made in the store itself, for recovery when
+/// no admin token is left. Shown once, like one made over the API; the audit log records
+/// its creation (without a caller token).
+async fn offline_token(
+    name: &str,
+    scopes: &[String],
+    expires: Option<&str>,
+    store: &crate::serve::StoreArgs,
+    format: Format,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret as _;
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            serde_json::from_value::<crate::store::Scope>(json!(s.trim())).map_err(|_| {
+                UsageError("--scope must be read, read-secrets, write or admin".to_owned())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let expires = expires
+        .map(|e| {
+            chrono::DateTime::parse_from_rfc3339(e)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| UsageError("--expires must be an RFC 3339 time".to_owned()))
+        })
+        .transpose()?;
+    let (opened, _lock) = crate::serve::open_existing(store).await?;
+    let created = opened
+        .create_token(crate::store::TokenCreate {
+            name: name.to_owned(),
+            scopes,
+            expires,
+        })
+        .await
+        .context("cannot create the token")?;
+    opened
+        .append_audit(&[crate::store::NewAuditRecord {
+            at: chrono::Utc::now(),
+            request_id: format!("offline-{}", created.info.id),
+            token_id: None,
+            action: "blocks token create --offline".to_owned(),
+            target: format!("/api/tokens/{}", created.info.id),
+            outcome: "ok",
+            status: 201,
+        }])
+        .await
+        .context("cannot record the token's creation in the audit log")?;
+    opened.close().await;
+    let mut listed = serde_json::to_value(&created.info)?;
+    listed["token"] = json!(created.token.expose_secret());
+    match format {
+        Format::Json => print(format, &listed, &[], &[]),
+        Format::Table => emit(&format!(
+            "Created token {} ({}) in the store.\n\nThe token (shown only this once):\n\n    {}",
+            created.info.id,
+            created.info.name,
+            created.token.expose_secret()
+        )),
     }
     Ok(())
 }

@@ -1119,3 +1119,128 @@ fn import_prefect_stops_on_a_source_whose_pages_never_end() {
         );
     }
 }
+
+#[test]
+fn the_first_token_is_never_printed_and_an_offline_token_restores_admin_access() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    // The first start: its standard output says where the token is, never the token.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
+    isolate(&mut cmd);
+    let mut child = cmd
+        .args(["serve", "--port", "0"])
+        .env("BLOCKS_HOME", &home)
+        .env("BLOCKS_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        if line.contains("addr=") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for line in lines {
+        log.push_str(&line.unwrap_or_default());
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let profile = std::fs::read_to_string(home.join("profile.toml")).unwrap();
+    let first: toml::Table = toml::from_str(&profile).unwrap();
+    let first = first["api_key"].as_str().unwrap().to_owned();
+    assert!(stdout.contains("profile.toml"), "{stdout}");
+    assert!(!stdout.contains(&first), "the token was printed: {stdout}");
+    assert!(!log.contains(&first), "the token was logged");
+
+    // No server: a token made in the store itself.
+    let out = ok(&blocks(
+        &home,
+        &[],
+        &[
+            "token",
+            "create",
+            "--offline",
+            "--name",
+            "rescue",
+            "--scope",
+            "admin",
+        ],
+    ));
+    let rescue = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("blk_"))
+        .expect("the new token is shown once")
+        .to_owned();
+    let bad = blocks(
+        &home,
+        &[],
+        &[
+            "token",
+            "create",
+            "--offline",
+            "--name",
+            "x",
+            "--scope",
+            "root",
+        ],
+    );
+    fails(&bad, 2, "--scope");
+
+    let server = serve(&home);
+    // While a server holds the SQLite store, the offline path is refused.
+    let refused = blocks(
+        &home,
+        &[],
+        &[
+            "token",
+            "create",
+            "--offline",
+            "--name",
+            "y",
+            "--scope",
+            "read",
+        ],
+    );
+    fails(&refused, 1, "another blocks server");
+    let url = format!("http://{}/api", server.addr);
+    let as_rescue = [
+        ("BLOCKS_API_URL", url.as_str()),
+        ("BLOCKS_API_KEY", rescue.as_str()),
+    ];
+    let tokens: Value =
+        serde_json::from_str(&ok(&blocks(&home, &as_rescue, &["--json", "token", "ls"]))).unwrap();
+    let ids: Vec<(String, String)> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(ids.iter().any(|(n, _)| n == "rescue"), "{ids:?}");
+    let audit = ok(&blocks(&home, &as_rescue, &["audit"]));
+    assert!(audit.contains("token create --offline"), "{audit}");
+    // Two admin tokens: the first may go; then the rescue token is the last and stays.
+    let first_id = &ids.iter().find(|(n, _)| n != "rescue").unwrap().1;
+    ok(&blocks(&home, &as_rescue, &["token", "revoke", first_id]));
+    let rescue_id = &ids.iter().find(|(n, _)| n == "rescue").unwrap().1;
+    let last = blocks(&home, &as_rescue, &["token", "revoke", rescue_id]);
+    fails(&last, 1, "last valid admin token");
+    drop(server);
+}
