@@ -7,11 +7,6 @@ use serde_json::{Value, json};
 
 use super::{Format, block_path, client, or_missing, print, split_address, text, write_private};
 
-/// How often the editor is checked for having exited. (`std::process::Child` has no async
-/// wait without tokio's `process` feature; polling keeps the child here, where a signal can
-/// kill and reap it.)
-const EDITOR_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// `blocks edit SLUG/NAME`: opens `$EDITOR` (else `vi`) on the block's data as JSON, secrets
 /// shown as `"********"` and kept unless changed; the write is conditional on the version
 /// read (`If-Match`), so someone else's change meanwhile is reported, not overwritten.
@@ -55,27 +50,22 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
         Some(word) if word.contains('=') => "",
         _ => "exec ",
     };
-    let mut child = std::process::Command::new("sh")
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{exec}{editor} \"$1\""))
         .arg("sh")
         .arg(&file)
+        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start the editor {editor:?}"))?;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("cannot wait for the editor")? {
-            break status;
-        }
-        tokio::select! {
-            signal = interruption.recv() => {
-                let _ = child.kill();
-                let _ = child.wait();
-                drop(dir);
-                bail!(
-                    "interrupted by {signal} while the editor was open: nothing was changed, and the temporary copy was removed"
-                );
-            }
-            () = tokio::time::sleep(EDITOR_POLL) => {}
+    let status = tokio::select! {
+        status = child.wait() => status.context("cannot wait for the editor")?,
+        signal = interruption.recv() => {
+            let _ = child.kill().await;
+            drop(dir);
+            bail!(
+                "interrupted by {signal} while the editor was open: nothing was changed, and the temporary copy was removed"
+            );
         }
     };
     let edited = std::fs::read_to_string(&file).map(zeroize::Zeroizing::new);
