@@ -75,7 +75,7 @@ ATTACK = """
 import asyncio, json
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 from prefect_gcp import GcpCredentials
 
 async def main():
@@ -90,8 +90,10 @@ async def main():
                 try:
                     await client.create_block_schema(schema)
                     out[f"{name}@{version}"] = "created"
-                except PrefectHTTPStatusError as e:
-                    out[f"{name}@{version}"] = [e.response.status_code, e.response.json()]
+                except (PrefectHTTPStatusError, ObjectAlreadyExists) as e:
+                    # The client turns a 409 into ObjectAlreadyExists, keeping the answer.
+                    response = getattr(e, "http_exc", e).response
+                    out[f"{name}@{version}"] = [response.status_code, response.json()]
     print(json.dumps(out))
 
 asyncio.run(main())
