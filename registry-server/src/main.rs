@@ -46,7 +46,9 @@ enum Command {
     Create {
         /// SLUG/NAME.
         address: String,
-        /// The data: `--data @file.json`, `--data -` (stdin), or key=value pairs.
+        /// The data: key=value (text) or key:=json pairs, `--data @file.json`, or
+        /// `--data -` (a JSON object on stdin). A value on the command line shows in `ps`
+        /// and the shell history: give secrets with `--data @file.json` or `--data -`.
         #[arg(long = "data", num_args = 1..)]
         data: Vec<String>,
         /// A field referencing a saved block: FIELD=SLUG/NAME (repeatable).
@@ -120,14 +122,21 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    // Whatever BLOCKS_LOG asks, the wire crates never log at trace (frames hold tokens).
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("BLOCKS_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .finish();
+    tracing_subscriber::util::SubscriberInitExt::init(
+        tracing_subscriber::layer::SubscriberExt::with(
+            subscriber,
+            registry_server::http::auth::wire_log_cap(),
+        ),
+    );
     let cli = Cli::parse();
     let format = if cli.json {
         Format::Json

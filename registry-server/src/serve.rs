@@ -1079,8 +1079,19 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(reply.to_text().unwrap()).unwrap(),
             serde_json::json!({"type": "auth_success"})
         );
-        let id = uuid::Uuid::new_v4();
-        let event = serde_json::json!({"event": "prefect.block.gcs-bucket.loaded", "resource": {"prefect.resource.id": format!("prefect.block-document.{id}")}, "payload": {}, "id": uuid::Uuid::new_v4()});
+        // A block-load event must name a document that exists, of the type it names.
+        let store = &server.state.store;
+        let (_, schema) =
+            crate::store::tests::harness::register::<block_types::catalog::Secret>(store).await;
+        let id = crate::store::tests::harness::create(
+            store,
+            &schema,
+            "loaded",
+            serde_json::json!({"value": "v"}),
+        )
+        .await
+        .id;
+        let event = serde_json::json!({"event": "prefect.block.secret.loaded", "resource": {"prefect.resource.id": format!("prefect.block-document.{id}")}, "payload": {}, "id": uuid::Uuid::new_v4()});
         socket.send(Message::text(event.to_string())).await.unwrap();
         socket
             .send(Message::text(r#"{"event": "prefect.flow-run.Running"}"#))
@@ -1093,7 +1104,7 @@ mod tests {
         socket.close(None).await.unwrap();
         let events = server.state.block_load_events();
         assert_eq!(events.len(), 1, "only block-load events are kept");
-        assert_eq!(events[0].event, "prefect.block.gcs-bucket.loaded");
+        assert_eq!(events[0].event, "prefect.block.secret.loaded");
         assert_eq!(events[0].resource, format!("prefect.block-document.{id}"));
         // …and audited under the token that sent it.
         let loads = server

@@ -1,5 +1,5 @@
 //! Administration over the API (all `admin`): tokens, the audit log, data keys and the
-//! retention setting.
+//! retention settings (versions per document, days of audit records).
 
 use axum::Json;
 use axum::extract::State;
@@ -72,7 +72,9 @@ pub(super) fn routes() -> Vec<Route> {
         patch("/api/settings", update_settings)
             .admin()
             .tag("settings")
-            .summary("Change settings; a lower retention prunes old versions at once")
+            .summary(
+                "Change settings; a lower retention prunes old versions (or audit records) at once",
+            )
             .body("Settings")
             .returns(200, Some("Settings")),
     ]
@@ -140,6 +142,9 @@ struct SettingsUpdate {
     /// Versions kept per document (`null`: all). Absent: unchanged.
     #[serde(default, with = "double_option")]
     retention: Option<Option<u32>>,
+    /// Days audit records are kept (`null`: for ever). Absent: unchanged.
+    #[serde(default, with = "double_option")]
+    audit_retention_days: Option<Option<u32>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -154,15 +159,31 @@ mod double_option {
 }
 
 async fn settings(State(state): St) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"retention": state.store.retention().await?})))
+    Ok(Json(json!({
+        "retention": state.store.retention().await?,
+        "audit_retention_days": state.store.audit_retention_days().await?,
+    })))
 }
 
 async fn update_settings(
     State(state): St,
     Body(body): Body<SettingsUpdate>,
 ) -> ApiResult<Json<Value>> {
+    if let Some(days) = body.audit_retention_days {
+        // Checked first, so a bad value changes neither setting.
+        crate::store::Store::check_audit_retention_days(days)?;
+    }
     if let Some(retention) = body.retention {
         state.store.set_retention(retention).await?;
+    }
+    if let Some(days) = body.audit_retention_days {
+        let pruned = state.store.set_audit_retention_days(days).await?;
+        if pruned > 0 {
+            tracing::info!(
+                records = pruned,
+                "pruned audit records past the new retention"
+            );
+        }
     }
     settings(State(state)).await
 }

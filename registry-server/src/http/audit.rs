@@ -2,11 +2,15 @@
 //! wait; the writer takes every record waiting, stores them in one transaction, and then
 //! answers them all. While one group commits the next gathers, so a busy server commits
 //! many records per fsync and an idle one commits each at once.
+//!
+//! A second task prunes records older than the audit retention setting: once at start,
+//! then every hour.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::{NewAuditRecord, Store};
 
@@ -14,6 +18,8 @@ use crate::store::{NewAuditRecord, Store};
 const QUEUE: usize = 8192;
 /// At most this many records per transaction.
 const MAX_GROUP: usize = 1024;
+/// How often records past the retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
@@ -22,6 +28,8 @@ type Ack = oneshot::Sender<Result<(), String>>;
 pub struct AuditLog {
     queue: mpsc::Sender<(NewAuditRecord, Ack)>,
     stats: Arc<AuditStats>,
+    /// Completed pruning passes.
+    prunes: watch::Receiver<u64>,
 }
 
 /// Counters for `/metrics`.
@@ -33,15 +41,23 @@ pub struct AuditStats {
     pub groups: AtomicU64,
     /// Groups that failed to commit.
     pub failures: AtomicU64,
+    /// Records pruned for being older than the retention.
+    pub pruned: AtomicU64,
 }
 
 impl AuditLog {
-    /// Starts the writer task on the current runtime.
+    /// Starts the writer and the pruning tasks on the current runtime.
     pub fn start(store: Arc<Store>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(AuditStats::default());
+        let (passes, prunes) = watch::channel(0);
+        tokio::spawn(pruner(Arc::downgrade(&store), passes, stats.clone()));
         tokio::spawn(writer(store, rx, stats.clone()));
-        Self { queue, stats }
+        Self {
+            queue,
+            stats,
+            prunes,
+        }
     }
 
     /// Stores `record` and returns once it is durable (committed with its group).
@@ -58,6 +74,36 @@ impl AuditLog {
     /// The writer's counters.
     pub fn stats(&self) -> &AuditStats {
         &self.stats
+    }
+
+    /// The number of pruning passes completed so far (one at start, then one an hour).
+    pub fn prune_passes(&self) -> watch::Receiver<u64> {
+        self.prunes.clone()
+    }
+}
+
+/// Prunes records past the retention at start and then every [`PRUNE_EVERY`], until the
+/// store or every [`AuditLog`] handle is gone. Replicas each prune; deleting what another
+/// already deleted costs nothing.
+async fn pruner(store: Weak<Store>, passes: watch::Sender<u64>, stats: Arc<AuditStats>) {
+    loop {
+        let Some(store) = store.upgrade() else { return };
+        match store.prune_audit(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                stats.pruned.fetch_add(n, Ordering::Relaxed);
+                tracing::info!(records = n, "pruned audit records past the retention");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not prune the audit log; trying again later")
+            }
+        }
+        drop(store);
+        passes.send_modify(|n| *n += 1);
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = passes.closed() => return,
+        }
     }
 }
 

@@ -26,25 +26,25 @@ const CANARY: &str = "canary-auth-5f0c2a91";
 /// A response: status, headers, the body as JSON (a JSON string when it is not JSON,
 /// `null` when empty) and as text.
 #[derive(Debug)]
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-    text: String,
+pub(super) struct Resp {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Value,
+    pub(super) text: String,
 }
 
 impl Resp {
-    fn header(&self, name: header::HeaderName) -> Option<&str> {
+    pub(super) fn header(&self, name: header::HeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn detail(&self) -> String {
+    pub(super) fn detail(&self) -> String {
         self.body["detail"].as_str().unwrap_or_default().to_owned()
     }
 }
 
 /// Sends one request, with `Authorization: Bearer <token>` when a token is given.
-async fn send(
+pub(super) async fn send(
     app: &Router,
     method: &str,
     uri: &str,
@@ -86,12 +86,12 @@ async fn send(
     }
 }
 
-async fn get(app: &Router, uri: &str, token: &str) -> Resp {
+pub(super) async fn get(app: &Router, uri: &str, token: &str) -> Resp {
     send(app, "GET", uri, Some(token), None, &[]).await
 }
 
 /// A token holding exactly `scopes`: (the secret, its id).
-async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
+pub(super) async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
     let created = store
         .create_token(TokenCreate {
             name: format!("test {scopes:?}"),
@@ -104,13 +104,13 @@ async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
 }
 
 /// The app over a fresh store with the core types, and an admin token.
-struct Ctx {
-    app: Router,
-    state: AppState,
-    admin: String,
+pub(super) struct Ctx {
+    pub(super) app: Router,
+    pub(super) state: AppState,
+    pub(super) admin: String,
 }
 
-async fn setup(db: &TestDb, guard: AuthGuard) -> Ctx {
+pub(super) async fn setup(db: &TestDb, guard: AuthGuard) -> Ctx {
     let store = Arc::new(db.open().await);
     register_collection(&store, Collection::Core).await.unwrap();
     let (admin, _) = token(&store, &[Scope::Admin]).await;
@@ -123,12 +123,12 @@ async fn setup(db: &TestDb, guard: AuthGuard) -> Ctx {
 }
 
 /// A guard that never refuses (the matrix makes many failed authentications on purpose).
-fn lenient() -> AuthGuard {
+pub(super) fn lenient() -> AuthGuard {
     AuthGuard::new(u32::MAX, Duration::from_secs(60))
 }
 
 /// Every audit record, newest first.
-async fn all_audit(store: &Store) -> Vec<AuditRecord> {
+pub(super) async fn all_audit(store: &Store) -> Vec<AuditRecord> {
     let mut all = Vec::new();
     let mut before = None;
     loop {
@@ -148,7 +148,7 @@ async fn all_audit(store: &Store) -> Vec<AuditRecord> {
 }
 
 /// A `secret` document holding `value`; returns its id.
-async fn secret_doc(store: &Store, name: &str, value: &str) -> Uuid {
+pub(super) async fn secret_doc(store: &Store, name: &str, value: &str) -> Uuid {
     let (_, schema) = register::<Secret>(store).await;
     create(store, &schema, name, json!({"value": value}))
         .await
@@ -441,6 +441,7 @@ async fn include_secrets_needs_read_secrets_and_is_audited() {
 
             let path = uri.split('?').next().unwrap();
             let target = format!("{path}?include_secrets=true");
+            let id_text = id.to_string();
             let records = store
                 .list_audit(&AuditQuery {
                     action: Some((*action).to_owned()),
@@ -451,9 +452,13 @@ async fn include_secrets_needs_read_secrets_and_is_audited() {
                 .unwrap();
             let read_record = records
                 .iter()
-                .find(|r| r.token_id == Some(secrets_id) && r.target == target)
+                .find(|r| {
+                    r.token_id == Some(secrets_id)
+                        && r.target.starts_with(&target)
+                        && r.target.contains(&id_text)
+                })
                 .unwrap_or_else(|| panic!("no secret-read record for {uri}: {records:?}"));
-            assert!(read_record.target.ends_with("include_secrets=true"));
+            assert!(read_record.target.contains("include_secrets=true"));
             assert_eq!(
                 (read_record.outcome.as_str(), read_record.status),
                 ("ok", 200)
@@ -704,15 +709,9 @@ async fn repeated_failures_are_refused_with_retry_after_and_audited_once() {
             .expect("Retry-After in whole seconds");
         assert!(retry > 0 && retry <= 60, "{retry}");
         assert!(!refused.detail().is_empty());
-        // Even a valid token is refused while the window lasts; public routes still answer.
+        // A valid token is never refused by the limiter; public routes still answer.
         let valid = get(&ctx.app, "/api/hello", &ctx.admin).await;
-        assert_eq!(
-            valid.status,
-            StatusCode::TOO_MANY_REQUESTS,
-            "{}",
-            valid.text
-        );
-        assert!(valid.header(header::RETRY_AFTER).is_some());
+        assert_eq!(valid.status, StatusCode::OK, "{}", valid.text);
         for _ in 0..5 {
             assert_eq!(
                 get(&ctx.app, "/api/hello", bad).await.status,
@@ -1295,7 +1294,10 @@ async fn history_rollback_destroy_and_retention_over_the_api() {
         )
         .await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
-        assert_eq!(resp.body, json!({"retention": 2}));
+        assert_eq!(
+            resp.body,
+            json!({"retention": 2, "audit_retention_days": 400})
+        );
         let kept = get(&ctx.app, &format!("{doc}/versions"), admin)
             .await
             .body
@@ -1337,7 +1339,10 @@ async fn history_rollback_destroy_and_retention_over_the_api() {
         );
         let settings = get(&ctx.app, "/api/settings", admin).await;
         assert_eq!(settings.status, StatusCode::OK);
-        assert_eq!(settings.body, json!({"retention": 2}));
+        assert_eq!(
+            settings.body,
+            json!({"retention": 2, "audit_retention_days": 400})
+        );
         assert_eq!(
             get(&ctx.app, "/api/settings", &read).await.status,
             StatusCode::FORBIDDEN
@@ -1594,8 +1599,8 @@ async fn refusal_spares_known_tokens_and_bad_urls_and_queries_are_4xx() {
         let (fresh, _) = token(&ctx.state.store, &[Scope::Read]).await;
         assert_eq!(
             get(&ctx.app, "/api/hello", &fresh).await.status,
-            StatusCode::TOO_MANY_REQUESTS,
-            "a token not yet known waits like any other attempt"
+            StatusCode::OK,
+            "a valid token not yet known is checked and served all the same"
         );
 
         let ctx = Ctx {

@@ -1,8 +1,12 @@
 //! The events socket `ws://…/api/events/in` that Prefect clients open after `Block.load`:
 //! Prefect's auth handshake (`{"type": "auth", "token": …}`, the token being
 //! `PREFECT_API_AUTH_STRING` = `<name>:<token>` or a bare token; an `Authorization` header
-//! on the upgrade also counts), then the events. Each block-load event is kept in memory and
-//! written to the audit log under the token that sent it.
+//! on the upgrade also counts), then the events. A block-load event is a claim by the
+//! client, so it is checked before it is kept in memory and written to the audit log under
+//! the token that sent it: the document must exist and be of the type the event names, the
+//! token must still be valid and may read it, and each token reports at most
+//! [`super::auth::DEFAULT_MAX_EVENTS`] per minute (the first event over that is audited, the
+//! rest of the minute's are dropped).
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
@@ -12,7 +16,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::{ClientIp, RequestId, authenticate, presented_token, token_of_auth_string};
+use super::auth::{
+    ClientIp, EventAdmission, RequestId, authenticate, presented_token, token_of_auth_string,
+};
 use super::routes::{Route, get};
 use crate::store::{NewAuditRecord, Scope};
 
@@ -48,6 +54,7 @@ async fn upgrade(
     let header_token = presented_token(&headers);
     ws.protocols(["prefect"])
         .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             serve(
                 state,
@@ -61,7 +68,7 @@ async fn upgrade(
         })
 }
 
-/// Events are small JSON documents; anything larger is refused by the socket.
+/// Events are small JSON documents; a larger message (or frame) closes the socket.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// A connection that has not authenticated by then is closed.
 const AUTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -207,15 +214,43 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
         let Some((slug, document)) = block_load(&value) else {
             continue;
         };
+        // Over the token's budget: dropped from memory, at no cost to the database.
+        let admission = state.auth.admit_event(id);
+        if admission == (EventAdmission::Excess { first: false }) {
+            continue;
+        }
         // A token revoked (or expired) while the socket is open stops it here.
-        if !matches!(
-            state
-                .store
-                .authenticate(token.as_deref().unwrap_or_default())
-                .await,
-            Ok(Ok(_))
-        ) {
-            break;
+        let info = match state
+            .store
+            .authenticate(token.as_deref().unwrap_or_default())
+            .await
+        {
+            Ok(Ok(info)) => info,
+            _ => break,
+        };
+        if admission != EventAdmission::Admitted {
+            let (max, window) = state.auth.event_limit();
+            let target = format!(
+                "/api/events/in: over {max} block-load events in {} s; the rest of the window's are dropped",
+                window.as_secs()
+            );
+            if !audit(&state, &conn, Some(id), "block.loaded", target, 429).await {
+                break;
+            }
+            continue;
+        }
+        // The claim must name a document this token may read, of the type it names. Every
+        // token that opens the socket holds `read`, which reads every document.
+        if !info.grants(Scope::Read) {
+            continue;
+        }
+        match state.store.document_type_slug(document).await {
+            Ok(Some(actual)) if actual == slug => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check a block-load event; dropping it");
+                continue;
+            }
         }
         let event = format!("prefect.block.{slug}.loaded");
         let resource = format!("prefect.block-document.{document}");

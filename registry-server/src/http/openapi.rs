@@ -221,6 +221,8 @@ fn components() -> Value {
         "Rotation": {"type": "object", "properties": {"active": uuid, "reencryption": text}},
         "Settings": {"type": "object", "additionalProperties": false, "properties": {
             "retention": {"type": ["integer", "null"], "minimum": 1,
-                "description": "Versions kept per document; null keeps all"}}},
+                "description": "Versions kept per document; null keeps all"},
+            "audit_retention_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500,
+                "description": "Days audit records are kept (400 by default); null keeps all"}}},
     })
 }

@@ -1,11 +1,12 @@
 //! The audit log's storage: records are appended in groups (one transaction, one commit
-//! for many requests) and listed newest first with filters and a cursor.
+//! for many requests), listed newest first with filters and a cursor, and pruned after the
+//! retention setting's number of days.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Result, Store, StoreError, parse_uuid, to_time};
+use super::{Result, Store, StoreError, parse_uuid, to_json, to_time};
 
 /// One audit record. It names who (token id), what (action and target), the request id,
 /// how it ended and when; it never holds a value from a document.
@@ -21,7 +22,8 @@ pub struct AuditRecord {
     pub token_id: Option<Uuid>,
     /// What was done: `POST /api/block_documents/`, `block.loaded`, …
     pub action: String,
-    /// What it was done to: the request path, or the loaded block's resource id.
+    /// What it was done to: the request path (document ids in canonical form; a secret
+    /// read adds the ids of the documents it showed), or the loaded block's resource id.
     pub target: String,
     /// `ok`, `denied`, `failed` (the request was refused as bad input or a conflict) or
     /// `error` (the server failed).
@@ -75,14 +77,17 @@ pub struct AuditQuery {
 
 /// The longest text field stored; longer ones are cut (at a character boundary).
 const MAX_FIELD: usize = 512;
+/// The longest target stored: a path of [`MAX_FIELD`] bytes and the ids of up to a hundred
+/// documents a secret read showed.
+pub(crate) const MAX_TARGET: usize = 4608;
 
 /// Audit text as stored: control characters (NUL included, which PostgreSQL text cannot
-/// hold) become `?`, and the text is cut to [`MAX_FIELD`] bytes, so no caller-chosen text
-/// can fail a group or bloat the log.
-fn clean(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_FIELD));
+/// hold) become `?`, and the text is cut to `max` bytes, so no caller-chosen text can fail
+/// a group or bloat the log.
+fn clean(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
     for c in text.chars() {
-        if out.len() + c.len_utf8() > MAX_FIELD {
+        if out.len() + c.len_utf8() > max {
             break;
         }
         out.push(if c.is_control() { '?' } else { c });
@@ -124,15 +129,26 @@ fn bind_records<'q>(
     for r in records {
         query = query
             .bind(r.at.timestamp_micros())
-            .bind(clean(&r.request_id))
+            .bind(clean(&r.request_id, MAX_FIELD))
             .bind(r.token_id.map(|t| t.to_string()))
-            .bind(clean(&r.action))
-            .bind(clean(&r.target))
+            .bind(clean(&r.action, MAX_FIELD))
+            .bind(clean(&r.target, MAX_TARGET))
             .bind(r.outcome)
             .bind(i64::from(r.status));
     }
     query
 }
+
+/// Days audit records are kept when the setting was never changed.
+pub(crate) const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 400;
+/// The longest retention that may be set (a hundred years).
+const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
+/// The `server_metadata` row holding the audit retention (JSON: days, or null for ever).
+const AUDIT_RETENTION: &str = "audit_retention_days";
+/// Records deleted per statement when pruning, so a large backlog never holds the writer
+/// (SQLite's single connection) for long.
+const PRUNE_BATCH: i64 = 5000;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Records per page by default, and at most.
 const DEFAULT_LIMIT: i64 = 100;
@@ -240,5 +256,96 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Days audit records are kept (`None`: for ever): the stored setting, else
+    /// [`DEFAULT_AUDIT_RETENTION_DAYS`]. Shared by every replica.
+    pub async fn audit_retention_days(&self) -> Result<Option<u32>> {
+        self.count_query();
+        let stored: Option<String> =
+            sqlx::query_scalar("select value from server_metadata where key = $1")
+                .bind(AUDIT_RETENTION)
+                .fetch_optional(&self.read)
+                .await?;
+        match stored {
+            None => Ok(Some(DEFAULT_AUDIT_RETENTION_DAYS)),
+            Some(text) => serde_json::from_str::<Option<u32>>(&text)
+                .map_err(|e| StoreError::Corrupt(format!("audit retention setting: {e}"))),
+        }
+    }
+
+    /// Checks an audit retention before it is stored: 1 to 36,500 days, or `None`.
+    pub fn check_audit_retention_days(days: Option<u32>) -> Result<()> {
+        match days {
+            Some(days) if !(1..=MAX_AUDIT_RETENTION_DAYS).contains(&days) => {
+                Err(StoreError::invalid(
+                    "audit_retention_days",
+                    format!(
+                        "must be between 1 and {MAX_AUDIT_RETENTION_DAYS} days, or null to keep every record"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores the audit retention (`None`: keep every record) and prunes older records now.
+    /// Returns how many were pruned.
+    pub async fn set_audit_retention_days(&self, days: Option<u32>) -> Result<u64> {
+        Self::check_audit_retention_days(days)?;
+        self.count_query();
+        sqlx::query(
+            "insert into server_metadata (key, value) values ($1, $2) \
+             on conflict (key) do update set value = excluded.value",
+        )
+        .bind(AUDIT_RETENTION)
+        .bind(to_json(&days))
+        .execute(&self.write)
+        .await?;
+        self.prune_audit(Utc::now()).await
+    }
+
+    /// Deletes the records older than the retention allows, as of `now`, in batches.
+    /// Returns how many were deleted.
+    pub async fn prune_audit(&self, now: DateTime<Utc>) -> Result<u64> {
+        let Some(days) = self.audit_retention_days().await? else {
+            return Ok(0);
+        };
+        let cutoff = now
+            .timestamp_micros()
+            .saturating_sub(i64::from(days).saturating_mul(MICROS_PER_DAY));
+        let mut deleted = 0;
+        loop {
+            self.count_query();
+            let done = sqlx::query(
+                "delete from audit_event where seq in \
+                 (select seq from audit_event where at < $1 order by seq limit $2)",
+            )
+            .bind(cutoff)
+            .bind(PRUNE_BATCH)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            deleted += done;
+            if done < PRUNE_BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// The block type slug of document `id`, or `None` when there is no such document:
+    /// what a block-load event reported over the events socket is checked against before
+    /// it is recorded.
+    pub async fn document_type_slug(&self, id: Uuid) -> Result<Option<String>> {
+        self.count_query();
+        Ok(sqlx::query_scalar(
+            "select t.slug from block_document d join block_type t on t.id = d.block_type_id \
+             where d.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.read)
+        .await?)
     }
 }

@@ -1,4 +1,5 @@
-//! Tokens and the audit log's storage, on both databases.
+//! Tokens and the audit log's storage (appends, listing, caps, retention), on both
+//! databases.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -175,8 +176,28 @@ async fn the_first_admin_token_is_created_once() {
         let first = store.bootstrap_admin_token().await.unwrap().unwrap();
         assert_eq!(first.info.scopes, [Scope::Admin].into());
         assert!(store.bootstrap_admin_token().await.unwrap().is_none());
-        // Even after it is revoked: a restart never mints another.
+        // The last valid admin token cannot be revoked; once another exists, it can.
+        let refused = store.revoke_token(first.info.id).await;
+        assert!(matches!(&refused, Err(crate::store::StoreError::Conflict(m)) if m.contains("last valid admin token")), "{refused:?}");
+        assert!(store.authenticate(first.token.expose_secret()).await.unwrap().is_ok());
+        let second = store
+            .create_token(crate::store::TokenCreate { name: "second".into(), scopes: [Scope::Admin].into(), expires: None })
+            .await
+            .unwrap();
+        // An expired admin token does not count as the one left.
+        let expired = store
+            .create_token(crate::store::TokenCreate { name: "old".into(), scopes: [Scope::Admin].into(), expires: None })
+            .await
+            .unwrap();
+        sqlx::query("update api_token set expires = 1 where id = $1")
+            .bind(expired.info.id.to_string())
+            .execute(&store.write)
+            .await
+            .unwrap();
         store.revoke_token(first.info.id).await.unwrap();
+        let refused = store.revoke_token(second.info.id).await;
+        assert!(matches!(refused, Err(crate::store::StoreError::Conflict(_))), "{refused:?}");
+        // Even after the first one is revoked: a restart never mints another.
         drop(store);
         let store = db.open().await;
         assert!(store.bootstrap_admin_token().await.unwrap().is_none());
@@ -194,6 +215,17 @@ fn record(i: usize, token: Option<uuid::Uuid>, action: &str) -> NewAuditRecord {
         outcome: if i.is_multiple_of(3) { "denied" } else { "ok" },
         status: if i.is_multiple_of(3) { 403 } else { 200 },
     }
+}
+
+/// The request ids of every record, newest first.
+async fn left(store: &Store) -> Vec<String> {
+    store
+        .list_audit(&AuditQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect()
 }
 
 async fn seqs(store: &Store, query: AuditQuery) -> Vec<i64> {
@@ -334,7 +366,125 @@ async fn audit_text_is_cleaned_and_capped_so_no_caller_text_can_fail_a_group() {
         let stored = all.iter().find(|r| r.request_id == "req-1").unwrap();
         assert_eq!(stored.action, "GET /x?y");
         assert!(stored.target.starts_with("/a?b"));
-        assert!(stored.target.len() <= 512, "{}", stored.target.len());
+        let max = crate::store::audit::MAX_TARGET;
+        assert!(stored.target.len() <= max, "{}", stored.target.len());
+        assert!(stored.target.len() > max - 2, "cut at the cap, not before");
+        assert!(stored.action.len() <= 512);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_read_target_is_stored_whole() {
+    on_both(async |db| {
+        let store = db.open().await;
+        // The longest target the access check builds: a long path and more documents than
+        // it names.
+        let ids: Vec<uuid::Uuid> = (0..150).map(|_| uuid::Uuid::new_v4()).collect();
+        let path = format!("/api/block_types/slug/{}/block_documents", "s".repeat(600));
+        let target = crate::http::auth::secret_read_target(&path, &ids);
+        let mut r = record(7, None, "POST /api/block_documents/filter");
+        r.target = target.clone();
+        store.append_audit(&[r]).await.unwrap();
+        let stored = store.list_audit(&AuditQuery::default()).await.unwrap();
+        assert_eq!(stored[0].target, target, "no document id is cut off");
+        let last = ids[crate::http::auth::MAX_TARGET_DOCUMENTS - 1];
+        let found = store
+            .list_audit(&AuditQuery {
+                target: Some(last.to_string()),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_records_past_the_retention_are_pruned_in_batches() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let now = Utc::now();
+        let aged = |i: usize, days: i64| NewAuditRecord {
+            at: now - chrono::Duration::days(days),
+            ..record(i, None, "GET /api/block_documents/{id}")
+        };
+        assert_eq!(
+            store.audit_retention_days().await.unwrap(),
+            Some(crate::store::audit::DEFAULT_AUDIT_RETENTION_DAYS),
+            "400 days unless set"
+        );
+        // More old records than one delete statement takes.
+        let old: Vec<_> = (0..5200).map(|i| aged(i, 401)).collect();
+        for chunk in old.chunks(1000) {
+            store.append_audit(chunk).await.unwrap();
+        }
+        store
+            .append_audit(&[aged(9001, 399), aged(9002, 40), aged(9003, 0)])
+            .await
+            .unwrap();
+        assert_eq!(store.prune_audit(now).await.unwrap(), 5200);
+        assert_eq!(left(&store).await, ["req-9003", "req-9002", "req-9001"]);
+        assert_eq!(
+            store.prune_audit(now).await.unwrap(),
+            0,
+            "nothing left to prune"
+        );
+
+        // A lower retention prunes at once; every replica reads the same setting.
+        assert_eq!(store.set_audit_retention_days(Some(30)).await.unwrap(), 2);
+        let other = db.open().await;
+        assert_eq!(other.audit_retention_days().await.unwrap(), Some(30));
+        assert_eq!(left(&store).await, ["req-9003"]);
+
+        // null keeps every record.
+        store.set_audit_retention_days(None).await.unwrap();
+        store.append_audit(&[aged(9004, 10_000)]).await.unwrap();
+        assert_eq!(store.prune_audit(now).await.unwrap(), 0);
+        assert_eq!(other.audit_retention_days().await.unwrap(), None);
+        assert_eq!(left(&store).await.len(), 2);
+
+        for bad in [Some(0), Some(36_501)] {
+            assert!(matches!(
+                store.set_audit_retention_days(bad).await,
+                Err(crate::store::StoreError::Invalid(_))
+            ));
+        }
+        assert_eq!(
+            store.audit_retention_days().await.unwrap(),
+            None,
+            "unchanged"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_documents_type_slug_is_looked_up_by_id() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = super::harness::register::<block_types::catalog::Secret>(&store).await;
+        let doc = super::harness::create(
+            &store,
+            &schema,
+            "slugged",
+            serde_json::json!({"value": "v"}),
+        )
+        .await;
+        assert_eq!(
+            store.document_type_slug(doc.id).await.unwrap().as_deref(),
+            Some("secret")
+        );
+        assert_eq!(
+            store
+                .document_type_slug(uuid::Uuid::new_v4())
+                .await
+                .unwrap(),
+            None
+        );
+        store.delete_block_document(doc.id, None).await.unwrap();
+        assert_eq!(store.document_type_slug(doc.id).await.unwrap(), None);
     })
     .await;
 }
