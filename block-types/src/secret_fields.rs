@@ -93,11 +93,19 @@ pub fn normalized(paths: &[SecretPath]) -> Vec<SecretPath> {
 /// `SecretBytes`, `Secret[T]`), directly or in one of its `anyOf`/`oneOf`/`allOf` choices,
 /// gives its path; one below `additionalProperties` gives `prefix.*`; one below `items`
 /// makes the whole list secret. `$ref`s to `#/definitions/…` are followed (plain models
-/// such as `ConnectionComponents` and nested blocks alike), each definition once.
+/// such as `ConnectionComponents` and nested blocks alike), each definition once; a nested
+/// block's definition adds its own `secret_fields` and what its built-in type keeps secret.
 pub fn marked_secret_paths(fields: &Value) -> Vec<SecretPath> {
+    marked_paths(fields, true)
+}
+
+/// [`marked_secret_paths`]; without `floors`, nested blocks add only their listed
+/// `secret_fields` (the catalog's own floors are built this way).
+pub(crate) fn marked_paths(fields: &Value, floors: bool) -> Vec<SecretPath> {
     let mut marks = Marks {
         definitions: fields.get("definitions").and_then(Value::as_object),
         done: std::collections::HashMap::new(),
+        floors,
     };
     let mut out = Vec::new();
     if let Some(Value::Object(properties)) = fields.get("properties") {
@@ -129,6 +137,7 @@ impl SecretPath {
 struct Marks<'a> {
     definitions: Option<&'a Map<String, Value>>,
     done: std::collections::HashMap<&'a str, Vec<SecretPath>>,
+    floors: bool,
 }
 
 impl<'a> Marks<'a> {
@@ -192,7 +201,16 @@ impl<'a> Marks<'a> {
         };
         // Marked as walked before the walk, so a definition that nests itself ends here.
         self.done.insert(name, Vec::new());
-        let found = normalized(&self.of(definition));
+        let mut found = self.of(definition);
+        // A nested block keeps its own secrets, listed or not marked in its JSON Schema
+        // (Prefect's SecretDict has no marker).
+        if let Some(slug) = definition.get("block_type_slug").and_then(Value::as_str) {
+            found.extend(secret_fields_of(definition));
+            if self.floors {
+                found.extend(crate::catalog::secret_floor(slug).iter().cloned());
+            }
+        }
+        let found = normalized(&found);
         self.done.insert(name, found.clone());
         found
     }
@@ -448,6 +466,26 @@ mod tests {
                 "keys",
                 "token"
             ]
+        );
+    }
+
+    #[test]
+    fn a_nested_blocks_own_secrets_count_as_marked() {
+        // Prefect's SecretDict carries no marker: a nested block's secret_fields, and what
+        // its built-in type keeps secret, mark the parent's paths.
+        let fields = json!({
+            "properties": {
+                "hook": {"$ref": "#/definitions/Hook"},
+                "creds": {"anyOf": [{"$ref": "#/definitions/GcpCredentials"}, {"type": "null"}]}
+            },
+            "definitions": {
+                "Hook": {"block_type_slug": "custom-hook", "properties": {"secrets": {"type": "object"}}, "secret_fields": ["secrets.*"]},
+                "GcpCredentials": {"block_type_slug": "gcp-credentials", "properties": {"service_account_info": {"type": "object"}}}
+            }
+        });
+        assert_eq!(
+            marked(&fields),
+            ["creds.service_account_info.*", "hook.secrets.*"]
         );
     }
 

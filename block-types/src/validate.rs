@@ -139,23 +139,50 @@ impl DataValidator {
         data: &Map<String, Value>,
         reference_fields: &[&str],
     ) -> Result<(), Vec<FieldError>> {
-        let instance = if reference_fields.is_empty() {
-            Value::Object(data.clone())
-        } else {
-            Value::Object(
-                data.iter()
-                    .filter(|(k, _)| !reference_fields.contains(&k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
-        };
+        self.validate_without(data, reference_fields, &[])
+    }
+
+    /// [`Self::validate`] without the values at `skipped` (each a list of object keys):
+    /// they are left out, and their absence is no error. A secret kept from an earlier
+    /// version is skipped, so no answer to a write depends on a value the writer cannot
+    /// read (it was validated when it was written).
+    pub fn validate_without(
+        &self,
+        data: &Map<String, Value>,
+        reference_fields: &[&str],
+        skipped: &[Vec<String>],
+    ) -> Result<(), Vec<FieldError>> {
+        let mut instance: Map<String, Value> = data
+            .iter()
+            .filter(|(k, _)| !reference_fields.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for path in skipped {
+            remove_path(&mut instance, path);
+        }
+        let instance = Value::Object(instance);
         let errors: Vec<FieldError> = self
             .validator
             .iter_errors(&instance)
             .filter(|e| {
-                let is_root = e.instance_path().as_str().is_empty();
-                !matches!(e.kind(), ValidationErrorKind::Required { property }
-                    if is_root && property.as_str().is_some_and(|p| reference_fields.contains(&p)))
+                let ValidationErrorKind::Required { property } = e.kind() else {
+                    return true;
+                };
+                let Some(property) = property.as_str() else {
+                    return true;
+                };
+                let at = e.instance_path().as_str();
+                let is_root = at.is_empty();
+                if is_root && reference_fields.contains(&property) {
+                    return false;
+                }
+                let mut missing: Vec<String> = at
+                    .split('/')
+                    .skip(1)
+                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                missing.push(property.to_owned());
+                !skipped.contains(&missing)
             })
             .map(|e| {
                 FieldError::new(
@@ -170,6 +197,21 @@ impl DataValidator {
             Err(errors)
         }
     }
+}
+
+/// Removes the value at `path` (object keys) from `data`, if it is there.
+fn remove_path(data: &mut Map<String, Value>, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = data;
+    for key in parents {
+        match current.get_mut(key) {
+            Some(Value::Object(next)) => current = next,
+            _ => return,
+        }
+    }
+    current.shift_remove(last);
 }
 
 /// Wraps every property that its object schema does not require as

@@ -138,7 +138,7 @@ pub fn secret_floor(slug: &str) -> &'static [crate::SecretPath] {
             for spec in all_specs() {
                 let paths = floors.entry(spec.block_type.slug.clone()).or_default();
                 paths.extend(spec.secret_fields());
-                paths.extend(crate::secret_fields::marked_secret_paths(&spec.fields));
+                paths.extend(crate::secret_fields::marked_paths(&spec.fields, false));
             }
             floors
                 .into_iter()

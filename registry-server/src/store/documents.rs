@@ -112,9 +112,23 @@ struct TreeDoc {
     data: Map<String, Value>,
     secrets: Vec<SealedField>,
     schema: Arc<BlockSchema>,
-    /// The stored size of its data and sealed secrets, in bytes (what a resolved read of it
-    /// costs, roughly).
-    bytes: usize,
+    /// The stored size of its plain data, in bytes.
+    plain_bytes: usize,
+    /// The stored size of its sealed secrets, in bytes.
+    sealed_bytes: usize,
+}
+
+impl TreeDoc {
+    /// About how many bytes it adds to an answer: a masked secret costs the mask, so what
+    /// a `read` token is refused never depends on a secret's size.
+    fn cost(&self, include_secrets: bool) -> usize {
+        self.plain_bytes
+            + if include_secrets {
+                self.sealed_bytes
+            } else {
+                16 * self.secrets.len()
+            }
+    }
 }
 
 /// The documents and reference edges of one or more trees, from one query.
@@ -139,6 +153,47 @@ struct OpenedVersion {
     refs: Vec<(String, Uuid)>,
     schema_id: Uuid,
     sealed: Vec<Vec<String>>,
+}
+
+/// The sealed locations of the current version that an update keeps without the writer
+/// sending their values: under a top-level field a merge leaves out, or echoed back as
+/// `"********"` (at the location, above it, or anywhere below it).
+fn surviving_secrets(
+    request: &Map<String, Value>,
+    merge: bool,
+    sealed: &[Vec<String>],
+) -> Vec<Vec<String>> {
+    fn has_echo(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s == block_types::OBFUSCATED,
+            Value::Object(map) => map.values().any(has_echo),
+            Value::Array(items) => items.iter().any(has_echo),
+            _ => false,
+        }
+    }
+    sealed
+        .iter()
+        .filter(|path| {
+            let Some(first) = path.first() else {
+                return false;
+            };
+            let Some(mut value) = request.get(first) else {
+                return merge;
+            };
+            for key in &path[1..] {
+                if value.as_str() == Some(block_types::OBFUSCATED) {
+                    return true;
+                }
+                match value.get(key) {
+                    Some(next) => value = next,
+                    // Sent without this part: a replace of the field drops it.
+                    None => return false,
+                }
+            }
+            has_echo(value)
+        })
+        .cloned()
+        .collect()
 }
 
 /// What a read masks: the schema's secret paths, plus every value that was sealed (a value
@@ -262,11 +317,25 @@ impl Store {
         data: &Map<String, Value>,
         refs: &[(String, Uuid)],
     ) -> Result<()> {
+        self.validate_data_without(schema, data, refs, &[])
+    }
+
+    /// [`Self::validate_data`] without the values at `kept` (stored secrets the write keeps,
+    /// validated when they were written): no answer depends on a secret's value.
+    fn validate_data_without(
+        &self,
+        schema: &BlockSchema,
+        data: &Map<String, Value>,
+        refs: &[(String, Uuid)],
+        kept: &[Vec<String>],
+    ) -> Result<()> {
         let validator = self.validator(schema.id, &schema.fields)?;
         let ref_fields: Vec<&str> = refs.iter().map(|(f, _)| f.as_str()).collect();
-        validator.validate(data, &ref_fields).map_err(|errors| {
-            StoreError::Invalid(errors.into_iter().map(|e| e.prefixed("data")).collect())
-        })
+        validator
+            .validate_without(data, &ref_fields, kept)
+            .map_err(|errors| {
+                StoreError::Invalid(errors.into_iter().map(|e| e.prefixed("data")).collect())
+            })
     }
 
     /// Inside a write: checks the references, seals the secrets and appends version
@@ -285,10 +354,15 @@ impl Store {
             schema,
         } = version;
         let schema_id = schema.id;
-        check_document_size(&data)?;
         self.check_references(tx, id, &refs).await?;
-        let paths = self.secret_paths(&mut **tx, schema).await?;
+        let paths = self.secret_paths(tx, schema).await?;
         let locations = secret_locations(&data, &paths);
+        if locations.len() > MAX_SEALED_VALUES {
+            return Err(StoreError::invalid(
+                "data",
+                format!("may hold at most {MAX_SEALED_VALUES} secret values"),
+            ));
+        }
         // The key the secrets are sealed under, and (when this write reserved a new block)
         // the key's encryption total for the rotation check.
         let (sealed, key_id, worn) = if locations.is_empty() {
@@ -301,6 +375,10 @@ impl Store {
                 total.map(|t| (key.id(), t)),
             )
         };
+        // Measured without the sealed values, so the answer never depends on the size of a
+        // secret the writer may not know (each secret is bounded by the body limit, and
+        // their number by MAX_SEALED_VALUES).
+        check_document_size(&data)?;
         let ref_map: BTreeMap<&str, String> = refs
             .iter()
             .map(|(f, id)| (f.as_str(), id.to_string()))
@@ -481,14 +559,11 @@ impl Store {
     /// same of every other schema of its type and of the built-in type with its slug.
     /// Secret fields are the type's, not the schema's: a schema registered with fewer of
     /// them cannot make a value land unsealed.
-    async fn secret_paths<'e, E>(
+    async fn secret_paths(
         &self,
-        executor: E,
+        conn: &mut sqlx::AnyConnection,
         schema: &BlockSchema,
-    ) -> Result<Vec<SecretPath>>
-    where
-        E: sqlx::Executor<'e, Database = sqlx::Any>,
-    {
+    ) -> Result<Vec<SecretPath>> {
         let slug = schema
             .block_type
             .as_ref()
@@ -498,7 +573,7 @@ impl Store {
         let mut paths = secret_fields_of(&schema.fields);
         paths.extend(marked_secret_paths(&schema.fields));
         paths.extend(
-            self.type_secret_paths(executor, schema.block_type_id, slug)
+            self.type_secret_paths(conn, schema.block_type_id, slug)
                 .await?,
         );
         Ok(normalized(&paths))
@@ -583,6 +658,9 @@ impl Store {
             sealed: current_sealed,
             ..
         } = self.open_version(&mut tx, id, current_version).await?;
+        // The stored secrets this write keeps (echoed back, or merged in untouched): the
+        // writer may not know them, so nothing it is answered may depend on them.
+        let surviving = surviving_secrets(&new_data, body.merge_existing_data, &current_sealed);
         let current_schema = self.schema_by_id(&mut *tx, current_schema_id).await?;
         let target_schema = match body.block_schema_id {
             Some(schema_id) if schema_id != current_schema_id => {
@@ -596,10 +674,10 @@ impl Store {
                         "Must migrate block document to a block schema of the same block type.",
                     )));
                 }
-                if !current_sealed.is_empty() && !rights.read_secrets {
+                if !surviving.is_empty() && !rights.read_secrets {
                     return Err(StoreError::Forbidden(FieldError::new(
                         "block_schema_id",
-                        "moving a document that holds secrets to another schema needs a token with the read-secrets scope",
+                        "moving a document that keeps stored secrets to another schema needs a token with the read-secrets scope (or send every secret value)",
                     )));
                 }
                 target
@@ -610,11 +688,11 @@ impl Store {
         // Echoed "********" keep the stored secret, but only where the target schema keeps it
         // secret too: restoring a value that the new schema stores in clear would unseal it.
         let mut new_data = new_data;
-        let current_paths = self.secret_paths(&mut *tx, &current_schema).await?;
+        let current_paths = self.secret_paths(&mut tx, &current_schema).await?;
         let target_paths = if target_schema.id == current_schema.id {
             current_paths.clone()
         } else {
-            self.secret_paths(&mut *tx, &target_schema).await?
+            self.secret_paths(&mut tx, &target_schema).await?
         };
         let (kept, dropped): (Vec<_>, Vec<_>) = current_paths
             .into_iter()
@@ -691,7 +769,7 @@ impl Store {
             data.retain(|k, _| props.contains_key(k));
             refs.retain(|(k, _)| props.contains_key(k));
         }
-        self.validate_data(&target_schema, &data, &refs)?;
+        self.validate_data_without(&target_schema, &data, &refs, &surviving)?;
 
         let version = NewVersion {
             data,
@@ -951,8 +1029,8 @@ impl Store {
                     name: row.try_get("d_name")?,
                     is_anonymous: row.try_get::<i64, _>("d_is_anonymous")? != 0,
                     block_type_name: row.try_get("d_block_type_name")?,
-                    bytes: row.try_get::<String, _>("v_data")?.len()
-                        + row.try_get::<String, _>("v_secrets")?.len(),
+                    plain_bytes: row.try_get::<String, _>("v_data")?.len(),
+                    sealed_bytes: row.try_get::<String, _>("v_secrets")?.len(),
                     data: json_col(row, "v_data")?,
                     secrets: json_col(row, "v_secrets")?,
                     schema: self
@@ -1106,15 +1184,27 @@ fn unreadable_document(tree: &Tree, id: Uuid) -> Option<BlockDocument> {
 
 /// About how many bytes document `id` expands to when resolved (saturating past the caps,
 /// so a hostile graph costs no more than counting).
-fn resolved_bytes(tree: &Tree, id: Uuid, depth: i64, memo: &mut HashMap<Uuid, usize>) -> usize {
+fn resolved_bytes(
+    tree: &Tree,
+    id: Uuid,
+    include_secrets: bool,
+    depth: i64,
+    memo: &mut HashMap<Uuid, usize>,
+) -> usize {
     if let Some(done) = memo.get(&id) {
         return *done;
     }
-    let own = tree.docs.get(&id).map_or(0, |d| d.bytes);
+    let own = tree.docs.get(&id).map_or(0, |d| d.cost(include_secrets));
     let mut bytes = own;
     if depth < MAX_DEPTH {
         for (_, child) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
-            bytes = bytes.saturating_add(resolved_bytes(tree, *child, depth + 1, memo));
+            bytes = bytes.saturating_add(resolved_bytes(
+                tree,
+                *child,
+                include_secrets,
+                depth + 1,
+                memo,
+            ));
             if bytes > MAX_RESPONSE_BYTES {
                 break;
             }
@@ -1148,7 +1238,7 @@ fn resolve(
     }
     let mut refs = BTreeMap::new();
     let mut size = 1usize;
-    let mut bytes = doc.bytes;
+    let mut bytes = doc.cost(include_secrets);
     if depth < MAX_DEPTH {
         for (field, child_id) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
             let Some(child) = tree.docs.get(child_id) else {
@@ -1199,7 +1289,11 @@ fn resolve(
 /// The most documents one resolved tree may hold (a document counts once per path to it).
 const MAX_TREE_DOCUMENTS: usize = 1000;
 
-/// The most bytes of stored data one document may hold (its plain data as JSON).
+/// The most secret values (sealed locations) one document may hold.
+const MAX_SEALED_VALUES: usize = 256;
+
+/// The most bytes of stored data one document may hold (its plain data as JSON, secrets
+/// not counted).
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 /// The most bytes of stored data one resolved tree may expand to.
@@ -1395,7 +1489,7 @@ impl Store {
         let mut memo = HashMap::new();
         for id in ids {
             if tree.docs.contains_key(id) {
-                total += resolved_bytes(tree, *id, 0, &mut memo);
+                total += resolved_bytes(tree, *id, include_secrets, 0, &mut memo);
             }
             if total > MAX_RESPONSE_BYTES {
                 return Err(StoreError::TooLarge(format!(

@@ -242,6 +242,9 @@ pub struct Store {
     keyring: RwLock<Keyring>,
     config: StoreConfig,
     validators: RwLock<HashMap<Uuid, Arc<DataValidator>>>,
+    /// What each schema keeps secret (listed or marked), by schema id: schemas never
+    /// change, so a write parses each one once, not once per write.
+    schema_secrets: RwLock<HashMap<Uuid, Arc<Vec<block_types::SecretPath>>>>,
     /// Schemas by id (with their type), for the read path.
     schemas: RwLock<HashMap<Uuid, Arc<block_types::model::BlockSchema>>>,
     queries: AtomicU64,
@@ -332,6 +335,7 @@ impl Store {
             keyring: RwLock::new(Keyring::default()),
             config,
             validators: RwLock::new(HashMap::new()),
+            schema_secrets: RwLock::new(HashMap::new()),
             schemas: RwLock::new(HashMap::new()),
             queries: AtomicU64::new(0),
             reservation: std::sync::Mutex::new((Uuid::nil(), 0)),

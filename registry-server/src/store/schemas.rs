@@ -1,5 +1,7 @@
 //! Block schemas: create (with nested child schemas), read, filter, delete.
 
+use std::sync::Arc;
+
 use block_types::catalog::secret_floor;
 use block_types::model::{
     BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, Operator, Page,
@@ -40,6 +42,10 @@ pub(crate) fn schema_from_row(row: &AnyRow) -> Result<BlockSchema> {
         version: row.try_get("s_version")?,
     })
 }
+
+/// The most schemas one block type may have (every document write of the type reads what
+/// they keep secret).
+const MAX_SCHEMAS_PER_TYPE: i64 = 200;
 
 /// How deep nested block schemas may go.
 const MAX_NESTING: usize = 16;
@@ -196,9 +202,23 @@ impl Store {
         {
             return Ok((existing, false));
         }
+        self.count_query();
+        let schemas: i64 =
+            sqlx::query_scalar("select count(*) from block_schema where block_type_id = $1")
+                .bind(body.block_type_id.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+        if schemas >= MAX_SCHEMAS_PER_TYPE {
+            return Err(StoreError::invalid(
+                "block_type_id",
+                format!(
+                    "the block type '{slug}' has {MAX_SCHEMAS_PER_TYPE} schemas, the most it may have; delete unused ones first"
+                ),
+            ));
+        }
         if !rights.admin {
             let kept = self
-                .type_secret_paths(&mut **tx, body.block_type_id, &slug)
+                .type_secret_paths(tx, body.block_type_id, &slug)
                 .await?;
             let dropped = uncovered(&kept, &listed);
             if !dropped.is_empty() {
@@ -363,28 +383,48 @@ impl Store {
     }
 
     /// What the block type keeps secret: the secret paths (listed or marked) of every schema
-    /// it has, and of the built-in type with its slug.
-    pub(crate) async fn type_secret_paths<'e, E>(
+    /// it has, and of the built-in type with its slug. One query for the schemas' ids; each
+    /// schema's paths are computed once and kept (schemas never change).
+    pub(crate) async fn type_secret_paths(
         &self,
-        executor: E,
+        conn: &mut sqlx::AnyConnection,
         block_type_id: Uuid,
         slug: &str,
-    ) -> Result<Vec<SecretPath>>
-    where
-        E: sqlx::Executor<'e, Database = sqlx::Any>,
-    {
+    ) -> Result<Vec<SecretPath>> {
         self.count_query();
-        let schemas: Vec<String> =
-            sqlx::query_scalar("select fields from block_schema where block_type_id = $1")
+        let ids: Vec<String> =
+            sqlx::query_scalar("select id from block_schema where block_type_id = $1")
                 .bind(block_type_id.to_string())
-                .fetch_all(executor)
+                .fetch_all(&mut *conn)
                 .await?;
         let mut paths: Vec<SecretPath> = secret_floor(slug).to_vec();
-        for fields in schemas {
+        let mut missing = Vec::new();
+        {
+            let known = self.read_lock(&self.schema_secrets);
+            for id in &ids {
+                match known.get(&super::parse_uuid(id)?) {
+                    Some(found) => paths.extend(found.iter().cloned()),
+                    None => missing.push(id.clone()),
+                }
+            }
+        }
+        // Each schema not seen yet, read through the same connection (inside a write, the
+        // transaction's): a write never waits for a second connection.
+        for id in missing {
+            self.count_query();
+            let fields: String =
+                sqlx::query_scalar("select fields from block_schema where id = $1")
+                    .bind(&id)
+                    .fetch_one(&mut *conn)
+                    .await?;
             let fields: Value = serde_json::from_str(&fields)
                 .map_err(|e| StoreError::Corrupt(format!("block schema fields: {e}")))?;
-            paths.extend(secret_fields_of(&fields));
-            paths.extend(marked_secret_paths(&fields));
+            let mut found = secret_fields_of(&fields);
+            found.extend(marked_secret_paths(&fields));
+            let found = normalized(&found);
+            paths.extend(found.iter().cloned());
+            self.write_lock(&self.schema_secrets)
+                .insert(super::parse_uuid(&id)?, Arc::new(found));
         }
         Ok(normalized(&paths))
     }
@@ -504,6 +544,7 @@ impl Store {
         tx.commit().await?;
         self.write_lock(&self.validators).remove(&id);
         self.write_lock(&self.schemas).remove(&id);
+        self.write_lock(&self.schema_secrets).remove(&id);
         Ok(())
     }
 }

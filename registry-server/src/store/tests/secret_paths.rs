@@ -297,3 +297,145 @@ async fn a_sealed_value_stays_masked_whatever_schema_the_database_points_at() {
     })
     .await;
 }
+
+/// A custom type whose one schema makes validation depend on the secret's value (as a
+/// hostile `write` token could register it before anyone else).
+async fn oracle_schema(store: &Store) -> block_types::model::BlockSchema {
+    let ty = store
+        .create_block_type(BlockTypeCreate {
+            name: "Probe".into(),
+            slug: "probe".into(),
+            logo_url: None,
+            documentation_url: None,
+            description: None,
+            code_example: None,
+        })
+        .await
+        .unwrap();
+    let fields = obj(json!({
+        "title": "Probe", "type": "object",
+        "properties": {"token": {"type": "string", "writeOnly": true}, "note": {"type": "string"}, "zz": {}},
+        "if": {"properties": {"token": {"pattern": "^canary"}}},
+        "then": {"not": {"required": ["zz"]}},
+        "secret_fields": ["token"]
+    }));
+    store
+        .create_block_schema(schema_body(fields, ty.id, "1"), Rights::WRITE)
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn no_answer_to_a_write_depends_on_a_kept_secret() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let schema = oracle_schema(&store).await;
+        let matching = create(&store, &schema, "matching", json!({"token": CANARY})).await;
+        let other = create(
+            &store,
+            &schema,
+            "other",
+            json!({"token": "x".repeat(400 * 1024)}),
+        )
+        .await;
+        // The same writes to both documents: echo, merge, and a large plain field. The
+        // answers must not tell the two secrets apart (pattern, length).
+        let writes = [
+            json!({"token": "********", "zz": 1}),
+            json!({"zz": 1}),
+            json!({"note": "n".repeat(300 * 1024)}),
+        ];
+        for data in writes {
+            let outcome = |id| {
+                let store = &store;
+                let data = data.clone();
+                async move {
+                    let body = BlockDocumentUpdate {
+                        data: Some(obj(data)),
+                        ..Default::default()
+                    };
+                    match store
+                        .update_block_document(id, body, None, Rights::WRITE)
+                        .await
+                    {
+                        Ok(_) => "ok".to_owned(),
+                        Err(e) => format!("{e}"),
+                    }
+                }
+            };
+            let a = outcome(matching.id).await;
+            let b = outcome(other.id).await;
+            assert_eq!(a, b, "the answers differ for {data}");
+            assert!(!a.contains(CANARY));
+        }
+        // Both secrets are still there.
+        let read = store.read_block_document(matching.id, true).await.unwrap();
+        assert_eq!(read.data["token"], CANARY);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_move_that_sends_every_secret_needs_only_write() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (ty, schema) = register::<Secret>(&store).await;
+        let (fields, version) = prefect_schema("Secret");
+        let (prefect, _) = store
+            .create_block_schema(schema_body(fields, ty.id, &version), Rights::WRITE)
+            .await
+            .unwrap();
+        let doc = create(&store, &schema, "api-token", json!({"value": CANARY})).await;
+        // Prefect's save(overwrite=True): the whole data, its schema id, no merge.
+        let body = BlockDocumentUpdate {
+            block_schema_id: Some(prefect.id),
+            data: Some(obj(json!({"value": "rotated"}))),
+            merge_existing_data: false,
+        };
+        store
+            .update_block_document(doc.id, body, None, Rights::WRITE)
+            .await
+            .unwrap();
+        let read = store.read_block_document(doc.id, true).await.unwrap();
+        assert_eq!(
+            (read.block_schema_id, read.data["value"].clone()),
+            (prefect.id, json!("rotated"))
+        );
+        // Moving back while keeping the stored value (an echo) still needs read-secrets.
+        let body = BlockDocumentUpdate {
+            block_schema_id: Some(schema.id),
+            data: Some(obj(json!({"value": "********"}))),
+            merge_existing_data: false,
+        };
+        let refused = store
+            .update_block_document(doc.id, body, None, Rights::WRITE)
+            .await;
+        assert_field_error(&refused, "block_schema_id");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_type_has_a_bounded_number_of_schemas() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let ty = store
+            .create_block_type(BlockTypeCreate { name: "Many".into(), slug: "many".into(), logo_url: None, documentation_url: None, description: None, code_example: None })
+            .await
+            .unwrap();
+        let fields = obj(json!({"title": "Many", "type": "object", "properties": {"a": {"type": "string"}}, "secret_fields": []}));
+        for i in 0..200 {
+            store.create_block_schema(schema_body(fields.clone(), ty.id, &format!("{i}")), Rights::WRITE).await.unwrap();
+        }
+        let refused = store.create_block_schema(schema_body(fields.clone(), ty.id, "200"), Rights::ADMIN).await;
+        match refused {
+            Err(StoreError::Invalid(e)) => assert_eq!(e[0].field, "block_type_id"),
+            other => panic!("{other:?}"),
+        }
+        // A schema that exists is still found.
+        let (_, created) = store.create_block_schema(schema_body(fields, ty.id, "7"), Rights::WRITE).await.unwrap();
+        assert!(!created);
+    })
+    .await;
+}
