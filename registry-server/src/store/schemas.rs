@@ -194,6 +194,18 @@ impl Store {
                 body.block_type_id
             )));
         };
+        // The checksum covers the slug the fields name: a schema of one type cannot be
+        // registered under another (where a client looking it up by checksum would adopt it).
+        if let Some(named) = body.fields.get("block_type_slug").and_then(Value::as_str)
+            && named != slug
+        {
+            return Err(StoreError::invalid(
+                "fields.block_type_slug",
+                format!(
+                    "names the block type '{named}', but block_type_id is the block type '{slug}'"
+                ),
+            ));
+        }
         let listed = secret_fields_of(&Value::Object(body.fields.clone()));
         check_marked_secrets(&for_checksum, &listed)?;
         if let Some(existing) = self

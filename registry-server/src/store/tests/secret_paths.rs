@@ -439,3 +439,33 @@ async fn a_type_has_a_bounded_number_of_schemas() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_schema_cannot_be_registered_under_another_type_than_it_names() {
+    on_both(async |db| {
+        let store = db.open().await;
+        register::<Secret>(&store).await;
+        let throwaway = store
+            .create_block_type(BlockTypeCreate {
+                name: "Squat".into(),
+                slug: "squat".into(),
+                logo_url: None,
+                documentation_url: None,
+                description: None,
+                code_example: None,
+            })
+            .await
+            .unwrap();
+        // Prefect's Secret schema (its checksum is what Prefect clients look up) under a
+        // throwaway type: refused, so a client's lookup never finds it there.
+        let (fields, version) = prefect_schema("Secret");
+        let refused = store
+            .create_block_schema(schema_body(fields, throwaway.id, &version), Rights::WRITE)
+            .await;
+        match refused {
+            Err(StoreError::Invalid(e)) => assert_eq!(e[0].field, "fields.block_type_slug"),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+}
