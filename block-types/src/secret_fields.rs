@@ -100,8 +100,9 @@ pub fn marked_secret_paths(fields: &Value) -> Vec<SecretPath> {
 }
 
 /// [`marked_secret_paths`]; without `floors`, nested blocks add only their listed
-/// `secret_fields` (the catalog's own floors are built this way).
-pub(crate) fn marked_paths(fields: &Value, floors: bool) -> Vec<SecretPath> {
+/// `secret_fields` (what the schema itself says; the catalog's own floors are built this
+/// way).
+pub fn marked_paths(fields: &Value, floors: bool) -> Vec<SecretPath> {
     let mut marks = Marks {
         definitions: fields.get("definitions").and_then(Value::as_object),
         done: std::collections::HashMap::new(),

@@ -144,6 +144,9 @@ struct NewVersion<'a> {
     data: Map<String, Value>,
     refs: Vec<(String, Uuid)>,
     schema: &'a BlockSchema,
+    /// Sealed values of an earlier version this one keeps: they stay sealed whatever the
+    /// type's schemas say now, and were bounded when they were written.
+    kept: Vec<Vec<String>>,
 }
 
 /// A stored version, opened: plain data with secrets in clear, references, schema, and
@@ -301,6 +304,7 @@ impl Store {
             data,
             refs,
             schema: &schema,
+            kept: Vec::new(),
         };
         let worn = self.write_version(&mut tx, id, 1, version).await?;
         self.check_failpoint("create_before_commit")?;
@@ -352,16 +356,40 @@ impl Store {
             mut data,
             refs,
             schema,
+            kept,
         } = version;
         let schema_id = schema.id;
         self.check_references(tx, id, &refs).await?;
-        let paths = self.secret_paths(tx, schema).await?;
+        let mut paths = self.secret_paths(tx, schema).await?;
+        // Once sealed, a kept value stays sealed (a schema deleted since cannot unseal it).
+        paths.extend(kept.iter().map(|segments| SecretPath {
+            segments: segments.clone(),
+            wildcard: false,
+        }));
         let locations = secret_locations(&data, &paths);
         if locations.len() > MAX_SEALED_VALUES {
             return Err(StoreError::invalid(
                 "data",
                 format!("may hold at most {MAX_SEALED_VALUES} secret values"),
             ));
+        }
+        // Each new secret value is bounded (kept ones were when they were written), so the
+        // sealed part of a document is bounded without measuring what the writer cannot read.
+        for location in &locations {
+            if kept.iter().any(|k| location.starts_with(k)) {
+                continue;
+            }
+            let size = block_types::secret_fields::get_path(&data, location)
+                .map_or(0, |v| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()));
+            if size > MAX_SECRET_BYTES {
+                return Err(StoreError::invalid(
+                    format!("data.{}", location.join(".")),
+                    format!(
+                        "a secret value may be at most {} KiB as JSON",
+                        MAX_SECRET_BYTES >> 10
+                    ),
+                ));
+            }
         }
         // The key the secrets are sealed under, and (when this write reserved a new block)
         // the key's encryption total for the rotation check.
@@ -573,7 +601,7 @@ impl Store {
         let mut paths = secret_fields_of(&schema.fields);
         paths.extend(marked_secret_paths(&schema.fields));
         paths.extend(
-            self.type_secret_paths(conn, schema.block_type_id, slug)
+            self.type_secret_paths(conn, schema.block_type_id, slug, true)
                 .await?,
         );
         Ok(normalized(&paths))
@@ -661,6 +689,10 @@ impl Store {
         // The stored secrets this write keeps (echoed back, or merged in untouched): the
         // writer may not know them, so nothing it is answered may depend on them.
         let surviving = surviving_secrets(&new_data, body.merge_existing_data, &current_sealed);
+        let stored_values: Vec<Option<Value>> = surviving
+            .iter()
+            .map(|path| block_types::secret_fields::get_path(&current_data, path).cloned())
+            .collect();
         let current_schema = self.schema_by_id(&mut *tx, current_schema_id).await?;
         let target_schema = match body.block_schema_id {
             Some(schema_id) if schema_id != current_schema_id => {
@@ -769,12 +801,24 @@ impl Store {
             data.retain(|k, _| props.contains_key(k));
             refs.retain(|(k, _)| props.contains_key(k));
         }
+        // Only what the write really keeps: a value that changed (an echo below a secret
+        // that was not restored, say) is new and validated like any other.
+        let surviving: Vec<Vec<String>> = surviving
+            .into_iter()
+            .zip(stored_values)
+            .filter(|(path, stored)| {
+                let now = block_types::secret_fields::get_path(&data, path);
+                now.is_some() && now == stored.as_ref()
+            })
+            .map(|(path, _)| path)
+            .collect();
         self.validate_data_without(&target_schema, &data, &refs, &surviving)?;
 
         let version = NewVersion {
             data,
             refs,
             schema: &target_schema,
+            kept: surviving,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await
@@ -1290,7 +1334,10 @@ fn resolve(
 const MAX_TREE_DOCUMENTS: usize = 1000;
 
 /// The most secret values (sealed locations) one document may hold.
-const MAX_SEALED_VALUES: usize = 256;
+const MAX_SEALED_VALUES: usize = 64;
+
+/// The most bytes one secret value may take as JSON when it is written.
+const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// The most bytes of stored data one document may hold (its plain data as JSON, secrets
 /// not counted).
@@ -1638,13 +1685,14 @@ impl Store {
             data,
             refs,
             schema_id,
-            ..
+            sealed,
         } = self.open_version(&mut tx, id, version).await?;
         let schema = self.schema_by_id(&mut *tx, schema_id).await?;
         let version = NewVersion {
             data,
             refs,
             schema: &schema,
+            kept: sealed,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await

@@ -7,7 +7,7 @@ use block_types::model::{
     BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, Operator, Page,
 };
 use block_types::secret_fields::{
-    SecretPath, marked_secret_paths, normalized, secret_fields_of, uncovered,
+    SecretPath, marked_paths, marked_secret_paths, normalized, secret_fields_of, uncovered,
 };
 use block_types::{DataValidator, FieldError, schema_checksum};
 use serde_json::{Map, Value};
@@ -220,7 +220,9 @@ impl Store {
                 .bind(body.block_type_id.to_string())
                 .fetch_one(&mut **tx)
                 .await?;
-        if schemas >= MAX_SCHEMAS_PER_TYPE {
+        // An admin (and the server registering its catalog) is not held to it, so a `write`
+        // token filling a protected type cannot stop a new built-in schema.
+        if schemas >= MAX_SCHEMAS_PER_TYPE && !rights.admin {
             return Err(StoreError::invalid(
                 "block_type_id",
                 format!(
@@ -230,7 +232,7 @@ impl Store {
         }
         if !rights.admin {
             let kept = self
-                .type_secret_paths(tx, body.block_type_id, &slug)
+                .type_secret_paths(tx, body.block_type_id, &slug, false)
                 .await?;
             let dropped = uncovered(&kept, &listed);
             if !dropped.is_empty() {
@@ -397,11 +399,15 @@ impl Store {
     /// What the block type keeps secret: the secret paths (listed or marked) of every schema
     /// it has, and of the built-in type with its slug. One query for the schemas' ids; each
     /// schema's paths are computed once and kept (schemas never change).
+    ///
+    /// `remember` keeps what was computed for later calls; a schema registration does not,
+    /// as its transaction may still roll back schemas it created.
     pub(crate) async fn type_secret_paths(
         &self,
         conn: &mut sqlx::AnyConnection,
         block_type_id: Uuid,
         slug: &str,
+        remember: bool,
     ) -> Result<Vec<SecretPath>> {
         self.count_query();
         let ids: Vec<String> =
@@ -435,8 +441,10 @@ impl Store {
             found.extend(marked_secret_paths(&fields));
             let found = normalized(&found);
             paths.extend(found.iter().cloned());
-            self.write_lock(&self.schema_secrets)
-                .insert(super::parse_uuid(&id)?, Arc::new(found));
+            if remember {
+                self.write_lock(&self.schema_secrets)
+                    .insert(super::parse_uuid(&id)?, Arc::new(found));
+            }
         }
         Ok(normalized(&paths))
     }
@@ -564,7 +572,10 @@ impl Store {
 /// A schema whose `secret_fields` omits a property its own JSON Schema marks secret would
 /// store that value in clear: refused, naming the property.
 fn check_marked_secrets(fields: &Map<String, Value>, listed: &[SecretPath]) -> Result<()> {
-    let marked = marked_secret_paths(&Value::Object(fields.clone()));
+    // What the schema itself marks (and its nested blocks list); not the catalog's floors
+    // for nested built-in blocks, which older collection versions may not list: those are
+    // sealed anyway, as the type's.
+    let marked = marked_paths(&Value::Object(fields.clone()), false);
     let missing = uncovered(&marked, listed);
     if missing.is_empty() {
         return Ok(());
