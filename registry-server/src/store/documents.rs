@@ -119,6 +119,30 @@ struct TreeDoc {
 }
 
 impl TreeDoc {
+    /// The document as answered, with `data` and `refs` already resolved.
+    fn document(
+        &self,
+        data: Map<String, Value>,
+        refs: BTreeMap<String, BlockDocumentReference>,
+        unreadable: bool,
+    ) -> BlockDocument {
+        BlockDocument {
+            id: self.id,
+            created: to_time(self.created),
+            updated: to_time(self.updated),
+            name: Some(self.name.clone()),
+            data,
+            block_schema_id: self.schema.id,
+            block_schema: Some((*self.schema).clone()),
+            block_type_id: self.schema.block_type_id,
+            block_type_name: self.block_type_name.clone(),
+            block_type: self.schema.block_type.clone(),
+            block_document_references: refs,
+            is_anonymous: self.is_anonymous,
+            unreadable,
+        }
+    }
+
     /// About how many bytes it adds to an answer: a masked secret costs the mask, so what
     /// a `read` token is refused never depends on a secret's size.
     fn cost(&self, include_secrets: bool) -> usize {
@@ -1155,22 +1179,7 @@ impl Store {
             return Ok(None);
         };
         let (data, refs, _, _) = resolve(tree, keys, id, include_secrets, 0, &mut HashMap::new())?;
-        let block_type = doc.schema.block_type.clone();
-        Ok(Some(BlockDocument {
-            id,
-            created: to_time(doc.created),
-            updated: to_time(doc.updated),
-            name: Some(doc.name.clone()),
-            data,
-            block_schema_id: doc.schema.id,
-            block_schema: Some((*doc.schema).clone()),
-            block_type_id: doc.schema.block_type_id,
-            block_type_name: doc.block_type_name.clone(),
-            block_type,
-            block_document_references: refs,
-            is_anonymous: doc.is_anonymous,
-            unreadable: false,
-        }))
+        Ok(Some(doc.document(data, refs, false)))
     }
 }
 
@@ -1209,21 +1218,7 @@ fn unreadable_document(tree: &Tree, id: Uuid) -> Option<BlockDocument> {
     for (field, child) in tree.edges.get(&id).map(Vec::as_slice).unwrap_or_default() {
         data.insert(field.clone(), references::reference_value(*child));
     }
-    Some(BlockDocument {
-        id,
-        created: to_time(doc.created),
-        updated: to_time(doc.updated),
-        name: Some(doc.name.clone()),
-        data,
-        block_schema_id: doc.schema.id,
-        block_schema: Some((*doc.schema).clone()),
-        block_type_id: doc.schema.block_type_id,
-        block_type_name: doc.block_type_name.clone(),
-        block_type: doc.schema.block_type.clone(),
-        block_document_references: BTreeMap::new(),
-        is_anonymous: doc.is_anonymous,
-        unreadable: true,
-    })
+    Some(doc.document(data, BTreeMap::new(), true))
 }
 
 /// About how many bytes document `id` expands to when resolved (saturating past the caps,

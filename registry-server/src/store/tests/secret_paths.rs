@@ -38,6 +38,21 @@ fn schema_body(
     }
 }
 
+/// A block type of a client's own.
+async fn custom_type(store: &Store, name: &str, slug: &str) -> block_types::model::BlockType {
+    store
+        .create_block_type(BlockTypeCreate {
+            name: name.into(),
+            slug: slug.into(),
+            logo_url: None,
+            documentation_url: None,
+            description: None,
+            code_example: None,
+        })
+        .await
+        .unwrap()
+}
+
 fn without_secret_fields(mut fields: Map<String, Value>) -> Map<String, Value> {
     fields.insert("secret_fields".into(), json!([]));
     fields
@@ -185,20 +200,14 @@ async fn registering_a_built_in_slug_first_cannot_drop_its_secrets() {
         let store = db.open().await;
         // gcp is not registered yet: a `write` token creates the type itself, then a schema
         // without secrets, before anyone registers the real one.
-        let ty = store
-            .create_block_type(BlockTypeCreate { name: "GCP Credentials".into(), slug: "gcp-credentials".into(), logo_url: None, documentation_url: None, description: None, code_example: None })
-            .await
-            .unwrap();
+        let ty = custom_type(&store, "GCP Credentials", "gcp-credentials").await;
         let (fields, version) = prefect_schema("GcpCredentials");
         let refused = store
             .create_block_schema(schema_body(without_secret_fields(fields), ty.id, &version), Rights::WRITE)
             .await;
         assert_field_error(&refused, "fields.secret_fields");
         // A custom type of the attacker's own is theirs to define.
-        let custom = store
-            .create_block_type(BlockTypeCreate { name: "Mine".into(), slug: "mine".into(), logo_url: None, documentation_url: None, description: None, code_example: None })
-            .await
-            .unwrap();
+        let custom = custom_type(&store, "Mine", "mine").await;
         let fields = obj(json!({"title": "Mine", "type": "object", "properties": {"note": {"type": "string"}}, "secret_fields": []}));
         store.create_block_schema(schema_body(fields, custom.id, "1"), Rights::WRITE).await.unwrap();
     })
@@ -209,10 +218,7 @@ async fn registering_a_built_in_slug_first_cannot_drop_its_secrets() {
 async fn a_custom_types_secrets_stay_sealed_under_a_later_schema_that_omits_them() {
     on_both(async |db| {
         let store = db.open().await;
-        let ty = store
-            .create_block_type(BlockTypeCreate { name: "Api".into(), slug: "api".into(), logo_url: None, documentation_url: None, description: None, code_example: None })
-            .await
-            .unwrap();
+        let ty = custom_type(&store, "Api", "api").await;
         let first = obj(json!({"title": "Api", "type": "object", "properties": {"token": {"type": "string"}, "url": {"type": "string"}}, "secret_fields": ["token"]}));
         store.create_block_schema(schema_body(first, ty.id, "1"), Rights::WRITE).await.unwrap();
         let second = obj(json!({"title": "Api", "description": "v2", "type": "object", "properties": {"token": {"type": "string"}, "url": {"type": "string"}}, "secret_fields": []}));
@@ -301,17 +307,7 @@ async fn a_sealed_value_stays_masked_whatever_schema_the_database_points_at() {
 /// A custom type whose one schema makes validation depend on the secret's value (as a
 /// hostile `write` token could register it before anyone else).
 async fn oracle_schema(store: &Store) -> block_types::model::BlockSchema {
-    let ty = store
-        .create_block_type(BlockTypeCreate {
-            name: "Probe".into(),
-            slug: "probe".into(),
-            logo_url: None,
-            documentation_url: None,
-            description: None,
-            code_example: None,
-        })
-        .await
-        .unwrap();
+    let ty = custom_type(store, "Probe", "probe").await;
     let fields = obj(json!({
         "title": "Probe", "type": "object",
         "properties": {"token": {"type": "string", "writeOnly": true}, "note": {"type": "string"}, "zz": {}},
@@ -420,10 +416,7 @@ async fn a_move_that_sends_every_secret_needs_only_write() {
 async fn a_type_has_a_bounded_number_of_schemas() {
     on_both(async |db| {
         let store = db.open().await;
-        let ty = store
-            .create_block_type(BlockTypeCreate { name: "Many".into(), slug: "many".into(), logo_url: None, documentation_url: None, description: None, code_example: None })
-            .await
-            .unwrap();
+        let ty = custom_type(&store, "Many", "many").await;
         let fields = obj(json!({"title": "Many", "type": "object", "properties": {"a": {"type": "string"}}, "secret_fields": []}));
         for i in 0..200 {
             store.create_block_schema(schema_body(fields.clone(), ty.id, &format!("{i}")), Rights::WRITE).await.unwrap();
@@ -447,17 +440,7 @@ async fn a_schema_cannot_be_registered_under_another_type_than_it_names() {
     on_both(async |db| {
         let store = db.open().await;
         register::<Secret>(&store).await;
-        let throwaway = store
-            .create_block_type(BlockTypeCreate {
-                name: "Squat".into(),
-                slug: "squat".into(),
-                logo_url: None,
-                documentation_url: None,
-                description: None,
-                code_example: None,
-            })
-            .await
-            .unwrap();
+        let throwaway = custom_type(&store, "Squat", "squat").await;
         // Prefect's Secret schema (its checksum is what Prefect clients look up) under a
         // throwaway type: refused, so a client's lookup never finds it there.
         let (fields, version) = prefect_schema("Secret");
@@ -476,10 +459,7 @@ async fn a_schema_cannot_be_registered_under_another_type_than_it_names() {
 async fn a_sealed_value_stays_sealed_after_the_schema_that_made_it_secret_is_deleted() {
     on_both(async |db| {
         let store = db.open().await;
-        let ty = store
-            .create_block_type(BlockTypeCreate { name: "Api".into(), slug: "api".into(), logo_url: None, documentation_url: None, description: None, code_example: None })
-            .await
-            .unwrap();
+        let ty = custom_type(&store, "Api", "api").await;
         let plain = obj(json!({"title": "Api", "type": "object", "properties": {"x": {"type": "string"}, "y": {}}, "secret_fields": []}));
         let (s1, _) = store.create_block_schema(schema_body(plain, ty.id, "1"), Rights::WRITE).await.unwrap();
         let secret = obj(json!({"title": "Api", "description": "x is secret", "type": "object", "properties": {"x": {"type": "string"}, "y": {}}, "secret_fields": ["x"]}));
