@@ -1332,7 +1332,7 @@ const MAX_TREE_DOCUMENTS: usize = 1000;
 const MAX_SEALED_VALUES: usize = 64;
 
 /// The most bytes one secret value may take as JSON when it is written.
-const MAX_SECRET_BYTES: usize = 64 * 1024;
+const MAX_SECRET_BYTES: usize = 256 * 1024;
 
 /// The most bytes of stored data one document may hold (its plain data as JSON, secrets
 /// not counted).

@@ -481,7 +481,7 @@ async fn each_secret_value_is_bounded_when_written() {
     on_both(async |db| {
         let store = db.open().await;
         let (_, schema) = register::<Secret>(&store).await;
-        let big = "s".repeat(70 * 1024);
+        let big = "s".repeat(300 * 1024);
         let refused = store
             .create_block_document(block_types::model::BlockDocumentCreate {
                 name: Some("big".into()),
