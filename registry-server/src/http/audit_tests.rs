@@ -3,7 +3,7 @@
 //! kept out of trace logs; on SQLite and PostgreSQL.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use uuid::Uuid;
 
 use super::auth::{MAX_TARGET_DOCUMENTS, secret_read_target, wire_log_cap};
-use super::auth_tests::{Ctx, all_audit, get, lenient, secret_doc, send, setup, token};
+use super::auth_tests::{Ctx, LogBuffer, all_audit, get, lenient, secret_doc, send, setup, token};
 use super::{AppState, AuthGuard, app};
 use crate::store::tests::harness::{create, on_both, register};
 use crate::store::{AuditQuery, AuditRecord, NewAuditRecord, Scope, Store};
@@ -559,35 +559,6 @@ async fn old_audit_records_are_pruned_at_start_and_when_the_retention_is_lowered
 
 // ---- (12) no token in trace logs ----
 
-/// A writer into a shared buffer, for capturing logs.
-#[derive(Debug, Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// tungstenite logs through the `log` crate: bridge it to tracing once for the whole test
 /// binary, with a global subscriber that keeps nothing (each test captures on its own
 /// thread). Called while a capturing subscriber is the thread's default, so the bridge
@@ -610,7 +581,7 @@ async fn socket_auth_logs(
     db: &crate::store::tests::harness::TestDb,
     cap: bool,
 ) -> (String, String) {
-    let logs = Captured::default();
+    let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
@@ -627,7 +598,7 @@ async fn socket_auth_logs(
     let addr = serve(&ctx).await;
     let mut socket = events_socket(addr, &read).await;
     socket.close(None).await.ok();
-    (logs.text(), read)
+    (logs.contents(), read)
 }
 
 #[tokio::test]

@@ -749,10 +749,10 @@ async fn repeated_failures_are_refused_with_retry_after_and_audited_once() {
 
 /// A writer into a shared buffer, for capturing logs.
 #[derive(Debug, Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+pub(super) struct LogBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl LogBuffer {
-    fn contents(&self) -> String {
+    pub(super) fn contents(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }

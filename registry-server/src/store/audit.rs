@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Result, Store, StoreError, parse_uuid, to_json, to_time};
+use super::{Result, Store, StoreError, parse_uuid, to_time};
 
 /// One audit record. It names who (token id), what (action and target), the request id,
 /// how it ended and when; it never holds a value from a document.
@@ -264,16 +264,10 @@ impl Store {
     /// [`DEFAULT_AUDIT_RETENTION_DAYS`]. Shared by every replica.
     pub async fn audit_retention_days(&self) -> Result<Option<u32>> {
         self.count_query();
-        let stored: Option<String> =
-            sqlx::query_scalar("select value from server_metadata where key = $1")
-                .bind(AUDIT_RETENTION)
-                .fetch_optional(&self.read)
-                .await?;
-        match stored {
-            None => Ok(Some(DEFAULT_AUDIT_RETENTION_DAYS)),
-            Some(text) => serde_json::from_str::<Option<u32>>(&text)
-                .map_err(|e| StoreError::Corrupt(format!("audit retention setting: {e}"))),
-        }
+        let mut conn = self.read.acquire().await?;
+        Ok(super::read_setting(&mut conn, AUDIT_RETENTION)
+            .await?
+            .unwrap_or(Some(DEFAULT_AUDIT_RETENTION_DAYS)))
     }
 
     /// Checks an audit retention before it is stored: 1 to 36,500 days, or `None`.
@@ -296,14 +290,9 @@ impl Store {
     pub async fn set_audit_retention_days(&self, days: Option<u32>) -> Result<u64> {
         Self::check_audit_retention_days(days)?;
         self.count_query();
-        sqlx::query(
-            "insert into server_metadata (key, value) values ($1, $2) \
-             on conflict (key) do update set value = excluded.value",
-        )
-        .bind(AUDIT_RETENTION)
-        .bind(to_json(&days))
-        .execute(&self.write)
-        .await?;
+        let mut conn = self.write.acquire().await?;
+        super::write_setting(&mut conn, AUDIT_RETENTION, &days).await?;
+        drop(conn);
         self.prune_audit(Utc::now()).await
     }
 

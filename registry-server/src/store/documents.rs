@@ -1734,16 +1734,9 @@ impl Store {
 
     async fn retention_on(&self, conn: &mut sqlx::AnyConnection) -> Result<Option<u32>> {
         self.count_query();
-        let stored: Option<String> =
-            sqlx::query_scalar("select value from server_metadata where key = $1")
-                .bind(RETENTION)
-                .fetch_optional(&mut *conn)
-                .await?;
-        match stored {
-            None => Ok(self.config.retention),
-            Some(text) => serde_json::from_str::<Option<u32>>(&text)
-                .map_err(|e| StoreError::Corrupt(format!("retention setting: {e}"))),
-        }
+        Ok(super::read_setting(conn, RETENTION)
+            .await?
+            .unwrap_or(self.config.retention))
     }
 
     /// Stores the retention setting (for every replica) and prunes versions beyond it now.
@@ -1756,14 +1749,7 @@ impl Store {
         }
         let mut tx = self.write.begin().await?;
         self.count_query();
-        sqlx::query(
-            "insert into server_metadata (key, value) values ($1, $2) \
-             on conflict (key) do update set value = excluded.value",
-        )
-        .bind(RETENTION)
-        .bind(to_json(&keep))
-        .execute(&mut *tx)
-        .await?;
+        super::write_setting(&mut tx, RETENTION, &keep).await?;
         if let Some(keep) = keep {
             self.count_query();
             sqlx::query(

@@ -545,3 +545,39 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
+
+/// A setting every replica shares: `None` when it was never stored, else the stored JSON
+/// value (which may itself be `null`).
+pub(crate) async fn read_setting<T: serde::de::DeserializeOwned>(
+    conn: &mut sqlx::AnyConnection,
+    key: &str,
+) -> Result<Option<T>> {
+    let stored: Option<String> =
+        sqlx::query_scalar("select value from server_metadata where key = $1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    stored
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("setting {key}: {e}")))
+        })
+        .transpose()
+}
+
+/// Stores a shared setting as JSON, replacing what was there.
+pub(crate) async fn write_setting(
+    conn: &mut sqlx::AnyConnection,
+    key: &str,
+    value: &impl serde::Serialize,
+) -> Result<()> {
+    sqlx::query(
+        "insert into server_metadata (key, value) values ($1, $2) \
+         on conflict (key) do update set value = excluded.value",
+    )
+    .bind(key)
+    .bind(to_json(value))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
