@@ -217,6 +217,14 @@ impl<'a> Marks<'a> {
     }
 }
 
+/// Everything a schema's `fields` keep secret: its `secret_fields` (first, so their shape
+/// wins when [`normalized`]), then what its JSON Schema marks ([`marked_secret_paths`]).
+pub fn secret_paths_of(fields: &Value) -> Vec<SecretPath> {
+    let mut paths = secret_fields_of(fields);
+    paths.extend(marked_secret_paths(fields));
+    paths
+}
+
 /// Reads `secret_fields` from a block schema's `fields` (missing or malformed: none).
 pub fn secret_fields_of(fields: &Value) -> Vec<SecretPath> {
     fields

@@ -11,8 +11,7 @@ use block_types::model::{
     ReferencedBlockDocument,
 };
 use block_types::secret_fields::{
-    SecretPath, marked_secret_paths, normalized, obfuscate, restore, secret_fields_of,
-    secret_locations,
+    SecretPath, normalized, obfuscate, restore, secret_fields_of, secret_locations, secret_paths_of,
 };
 use block_types::{FieldError, references};
 use chrono::{DateTime, Utc};
@@ -171,6 +170,9 @@ struct NewVersion<'a> {
     /// Sealed values of an earlier version this one keeps: they stay sealed whatever the
     /// type's schemas say now, and were bounded when they were written.
     kept: Vec<Vec<String>>,
+    /// What the schema's type keeps secret ([`Store::secret_paths`]), when the caller has
+    /// it already; else it is read inside the write.
+    paths: Option<Vec<SecretPath>>,
 }
 
 /// A stored version, opened: plain data with secrets in clear, references, schema, and
@@ -329,6 +331,7 @@ impl Store {
             refs,
             schema: &schema,
             kept: Vec::new(),
+            paths: None,
         };
         let worn = self.write_version(&mut tx, id, 1, version).await?;
         self.check_failpoint("create_before_commit")?;
@@ -381,10 +384,14 @@ impl Store {
             refs,
             schema,
             kept,
+            paths,
         } = version;
         let schema_id = schema.id;
         self.check_references(tx, id, &refs).await?;
-        let mut paths = self.secret_paths(tx, schema).await?;
+        let mut paths = match paths {
+            Some(paths) => paths,
+            None => self.secret_paths(tx, schema).await?,
+        };
         // Once sealed, a kept value stays sealed (a schema deleted since cannot unseal it).
         paths.extend(kept.iter().map(|segments| SecretPath {
             segments: segments.clone(),
@@ -622,8 +629,7 @@ impl Store {
             .map(|t| t.slug.as_str())
             .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
         // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
-        let mut paths = secret_fields_of(&schema.fields);
-        paths.extend(marked_secret_paths(&schema.fields));
+        let mut paths = secret_paths_of(&schema.fields);
         paths.extend(
             self.type_secret_paths(conn, schema.block_type_id, slug, true)
                 .await?,
@@ -745,10 +751,14 @@ impl Store {
         // secret too: restoring a value that the new schema stores in clear would unseal it.
         let mut new_data = new_data;
         let current_paths = self.secret_paths(&mut tx, &current_schema).await?;
+        // Both schemas are of one type, whose union `current_paths` already holds: the
+        // target's own list goes first only for its shape.
         let target_paths = if target_schema.id == current_schema.id {
             current_paths.clone()
         } else {
-            self.secret_paths(&mut tx, &target_schema).await?
+            let mut paths = secret_paths_of(&target_schema.fields);
+            paths.extend(current_paths.iter().cloned());
+            normalized(&paths)
         };
         let (kept, dropped): (Vec<_>, Vec<_>) = current_paths
             .into_iter()
@@ -843,6 +853,7 @@ impl Store {
             refs,
             schema: &target_schema,
             kept: surviving,
+            paths: Some(target_paths),
         };
         self.commit_next_version(tx, id, current_version, version)
             .await
@@ -1688,6 +1699,7 @@ impl Store {
             refs,
             schema: &schema,
             kept: sealed,
+            paths: None,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await

@@ -7,7 +7,7 @@ use block_types::model::{
     BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, Operator, Page,
 };
 use block_types::secret_fields::{
-    SecretPath, marked_paths, marked_secret_paths, normalized, secret_fields_of, uncovered,
+    SecretPath, marked_paths, normalized, secret_fields_of, secret_paths_of, uncovered,
 };
 use block_types::{DataValidator, FieldError, schema_checksum};
 use serde_json::{Map, Value};
@@ -437,9 +437,7 @@ impl Store {
                     .await?;
             let fields: Value = serde_json::from_str(&fields)
                 .map_err(|e| StoreError::Corrupt(format!("block schema fields: {e}")))?;
-            let mut found = secret_fields_of(&fields);
-            found.extend(marked_secret_paths(&fields));
-            let found = normalized(&found);
+            let found = normalized(&secret_paths_of(&fields));
             paths.extend(found.iter().cloned());
             if remember {
                 self.write_lock(&self.schema_secrets)
