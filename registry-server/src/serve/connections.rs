@@ -193,3 +193,39 @@ impl AsyncWrite for Admitted {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_would_serve_nothing_are_refused() {
+        for (bad, flag) in [
+            (
+                ConnectionArgs {
+                    connection_limit: 0,
+                    ..ConnectionArgs::default()
+                },
+                "--connection-limit",
+            ),
+            (
+                ConnectionArgs {
+                    header_read_timeout: 0,
+                    ..ConnectionArgs::default()
+                },
+                "--header-read-timeout",
+            ),
+            (
+                ConnectionArgs {
+                    request_timeout: 0,
+                    ..ConnectionArgs::default()
+                },
+                "--request-timeout",
+            ),
+        ] {
+            let err = bad.check().unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+        assert!(ConnectionArgs::default().check().is_ok());
+    }
+}
