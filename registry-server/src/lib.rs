@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod console;
 pub mod crypto;
 pub mod http;
 pub mod serve;

@@ -1,0 +1,1 @@
+//! Block forms generated from block schemas (placeholder).
