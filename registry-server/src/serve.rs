@@ -292,6 +292,11 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         http::AuthGuard::default(),
         args.connections.request_timeout(),
     );
+    let state = if tls.is_some() {
+        state.over_tls()
+    } else {
+        state
+    };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -301,7 +306,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if first_token.is_none() {
         refresh_profile(&state.store, &home.join("profile.toml"), &url).await;
     }
-    tracing::info!(%addr, api = %url, "blocks registry listening");
+    let console = url.trim_end_matches("api");
+    tracing::info!(%addr, api = %url, %console, "blocks registry listening; the console is at {console}");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let signalled = async move {

@@ -1,1 +1,157 @@
-//! Block forms generated from block schemas (placeholder).
+//! The block form: HTML fields generated from a block schema, and the decoder that turns
+//! the submitted form back into document data.
+//!
+//! # Use
+//!
+//! ```text
+//! let html = form::render(&FormInput { schema, mode, data, original, references, type_names, errors });
+//! let top = form::unmatched_errors(&input);           // show these in the error summary
+//! let decoded = form::decode(schema, mode, original, &pairs);
+//! if !decoded.action.is_save() { /* re-render with decoded.data (rows added/removed) */ }
+//! ```
+//!
+//! [`render`] gives the form's inner fields only: the page adds the `<form>`, the name
+//! input, the CSRF token and the submit buttons. Pairs whose names start with `_` belong to
+//! the page; the decoder reads only `_action`, and the form's own names never start with `_`.
+//!
+//! # Input names
+//!
+//! Every value has a form path that starts at `data`:
+//!
+//! - an object property: `<parent>.<key>`, the key with `%`, `.`, `#`, `/` and `:`
+//!   percent-encoded (`data.connection_info.port`);
+//! - an array item: `<array>.<index>` (`data.command.0`);
+//! - a dictionary row: the key is the VALUE of `<dict>#k<row>` and the value is named
+//!   `<dict>#v<row>` (`data.labels#k0`, `data.labels#v0`), so keys may hold any character;
+//! - a choice (`anyOf`, `oneOf`, `type: [..]`): `<path>#choice` is a `<select>` whose value
+//!   is `none` or the alternative's index `i`; alternative `i`'s own inputs live below
+//!   `<path>#a<i>` (all are rendered; the choice decides which is read);
+//! - a date-time: `<path>` (`datetime-local`) plus its UTC offset in `<path>#tz`;
+//! - a boolean: a hidden `<path>=false` followed by the checkbox `<path>=true`; the last
+//!   value wins.
+//!
+//! Element ids are `field-` followed by the path with `.` as `-`, letters and digits kept,
+//! and every other byte as `_XX` (hex): unique, and within `[A-Za-z0-9_-]`. An input's error
+//! is `<id>-error`, its hint `<id>-hint`.
+//!
+//! Error paths are the API's (`data.bucket`, `data.service_account_info.project_id`, dictionary
+//! keys as they are); an error is shown at the deepest field whose path is a prefix of it.
+//!
+//! # What each schema construct renders as
+//!
+//! - string: text (`format: uri`… `url`, `email`, `date`); `date-time`: `datetime-local`
+//!   with seconds plus a UTC offset box (`Z` or `±HH:MM`, `Z` when left empty); the decoded
+//!   value is `<local>[:00 if the browser sent no seconds]<offset>`, so a stored RFC 3339
+//!   string comes back unchanged. integer/number: `type=number` (`step=1`/`any`);
+//! - boolean: a switch; enum, `const`, `allOf: [$ref enum]`: a `<select>`;
+//! - object with properties: `<fieldset class="group">`; an open dictionary whose values
+//!   are scalars (or a choice of scalars and null): key/value rows; any other open object,
+//!   `{}`, an array without `items`, a `$ref` cycle or anything deeper than
+//!   [`schema::MAX_DEPTH`]: a JSON `<textarea>` (pre-filled with pretty JSON);
+//! - array: rows (at most [`schema::MAX_ROWS`]); add and remove are submit buttons
+//!   (`_action=add:<path>`, `remove:<path>/<row>`) so they work without script;
+//! - a choice: a `<select>` plus each alternative in `<div data-choice-for data-choice-index>`;
+//!   `none` is offered for null alternatives and optional fields (none = `null` when the
+//!   schema allows null, else absent);
+//! - a nested block (`block_type_slug` on the definition, or a top-level
+//!   `block_schema_references` entry): a `<select>` of stored documents plus a
+//!   "Create new …" button (`_action=new-ref:<path>:<slug>`); decodes to
+//!   `{"$ref": {"block_document_id": …}}`;
+//! - a secret (covered by `secret_fields`, or `writeOnly`/`format: password`): a password
+//!   input for strings, else a JSON textarea; never pre-filled. Left empty on edit it decodes
+//!   to the original (masked) value, which the API restores; on create empty means absent.
+//!
+//! Optional (not required) scalars decode to absent when left empty, so an optional string
+//! cannot be set to `""`; an optional array or dictionary with no rows, or an optional nested
+//! object with nothing filled in, is absent too. A boolean always has a value.
+
+mod decode;
+mod html;
+mod model;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use block_types::FieldError;
+use maud::Markup;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub(crate) use decode::decode;
+
+/// Whether the form creates a new document or edits a stored one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Create,
+    Edit,
+}
+
+/// A stored document a reference field may point to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RefOption {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+}
+
+/// Everything [`render`] needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FormInput<'a> {
+    /// The block schema's `fields`.
+    pub(crate) schema: &'a Value,
+    pub(crate) mode: Mode,
+    /// What to show: `None` shows the schema's defaults (create) or `original` (edit);
+    /// after a failed submit, the decoded data. Secrets in it are never shown.
+    pub(crate) data: Option<&'a Map<String, Value>>,
+    /// The stored, masked data (edit): which secrets already have a value.
+    pub(crate) original: Option<&'a Map<String, Value>>,
+    /// Stored documents by block type slug, for reference fields.
+    pub(crate) references: &'a HashMap<String, Vec<RefOption>>,
+    /// Block type display names by slug ("Create new GCP Credentials").
+    pub(crate) type_names: &'a HashMap<String, String>,
+    /// Errors to show at their fields (API paths: `data.bucket`).
+    pub(crate) errors: &'a [FieldError],
+}
+
+/// What the submit asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Save the document (no `_action`, or one the form does not know).
+    Save,
+    /// Add a row to the array or dictionary at this form path.
+    Add(String),
+    /// Remove row `n` of the array or dictionary at this form path.
+    Remove(String, usize),
+    /// The user wants to create a new document of type `slug` for the reference field at
+    /// form path `path`.
+    NewReference { path: String, slug: String },
+}
+
+impl Action {
+    /// Whether this is a real submit (else: re-render the form with the decoded data).
+    pub(crate) fn is_save(&self) -> bool {
+        matches!(self, Self::Save)
+    }
+}
+
+/// The result of [`decode`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Decoded {
+    /// The document data; for `Add`/`Remove` with the row already added or removed.
+    pub(crate) data: Map<String, Value>,
+    pub(crate) action: Action,
+    /// Values the form could not decode (never quoting the value).
+    pub(crate) errors: Vec<FieldError>,
+}
+
+/// The form's inner fields.
+pub(crate) fn render(input: &FormInput<'_>) -> Markup {
+    let (nodes, _) = model::build(input);
+    html::fields(&nodes)
+}
+
+/// The errors of `input` that match no field of the form (show them at the top).
+pub(crate) fn unmatched_errors(input: &FormInput<'_>) -> Vec<FieldError> {
+    model::build(input).1
+}

@@ -76,6 +76,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// How long one request may take, body included (408 after that).
     pub request_timeout: Duration,
+    /// Whether the server is reached over TLS (the console's sign-in and its origin check
+    /// depend on it).
+    pub tls: bool,
     routes: routes::RouteTable,
 }
 
@@ -107,8 +110,19 @@ impl AppState {
             auth: guard,
             metrics: Metrics::default(),
             request_timeout,
+            tls: false,
             routes: routes::table(&all_routes()),
         }))
+    }
+
+    /// The same state for a server reached over TLS. Call before the state is shared.
+    #[must_use]
+    pub fn over_tls(mut self) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(shared) => shared.tls = true,
+            None => tracing::error!("the TLS setting came after the state was shared; the console treats the server as plain HTTP"),
+        }
+        self
     }
 
     /// A copy of the recorded block-load events.
@@ -159,9 +173,11 @@ pub fn app(state: AppState) -> Router {
         };
         router = router.route(route.path, handler);
     }
+    // The API behind the token check; the console behind its session check, beside it.
     router
-        .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .merge(crate::console::router(&state))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -190,12 +206,13 @@ pub fn app(state: AppState) -> Router {
 /// not UTF-8) come with plain-text or empty bodies; give them `{"detail": …}` too.
 async fn json_error_bodies(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    // JSON already, or a console page (which says what went wrong in its own words).
+    let has_body = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || has_body {
         return response;
     }
     let detail = status.canonical_reason().unwrap_or("Error");
@@ -221,8 +238,13 @@ async fn request_ids(mut req: Request, next: Next) -> Response {
     response
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("Not Found".into())
+/// A path nobody serves: the API's JSON 404 under `/api`, the console's page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if crate::console::owns(uri.path()) {
+        crate::console::not_found()
+    } else {
+        ApiError::NotFound("Not Found".into()).into_response()
+    }
 }
 
 /// Prefect's `EnforceMinimumAPIVersion`: an absent header passes; a malformed or too old

@@ -10,9 +10,11 @@
 //! A read resolves the document's whole reference tree in one recursive query.
 
 mod audit;
+mod browse;
 mod documents;
 mod keys;
 mod schemas;
+mod sessions;
 mod sql;
 mod tokens;
 mod types;
@@ -35,8 +37,10 @@ use uuid::Uuid;
 use crate::crypto::{CryptoError, DataKey, MasterKey};
 
 pub use audit::{AuditQuery, AuditRecord, NewAuditRecord};
+pub use browse::{DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer};
 pub use documents::{Tagged, VersionInfo, WriteOutcome};
 pub use keys::{KeyInfo, KeyStatus};
+pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
     CreatedToken, Scope, TOKEN_PREFIX, TokenCreate, TokenInfo, TokenRejection, token_digest,
 };

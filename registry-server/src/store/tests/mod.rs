@@ -7,4 +7,5 @@ mod keys;
 mod listing;
 mod schemas;
 mod secret_paths;
+mod sessions;
 mod tokens;
