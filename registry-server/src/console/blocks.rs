@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::layout::{self, Nav, Page, form_token};
-use super::session::{FormPairs, audit};
+use super::session::{FormPairs, audited};
 use super::{PageError, Viewer, catalog, snippets};
 use crate::http::AppState;
 use crate::store::{DocumentQuery, Scope, StoreError};
@@ -499,17 +499,18 @@ pub(super) async fn delete(
     Path(raw): Path<String>,
     headers: HeaderMap,
     form: FormPairs,
-) -> Result<Response, Response> {
-    delete_block(&state, &viewer, &raw, &headers, &form)
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+) -> Response {
+    let target = format!("/api/block_documents/{raw}");
+    audited(state, headers, viewer, "POST /blocks/{id}/delete", target, move |state, _, viewer| async move {
+        delete_block(&state, &viewer, &raw, &form).await.map(|r| (r, None))
+    })
+    .await
 }
 
 async fn delete_block(
     state: &AppState,
     viewer: &Viewer,
     raw: &str,
-    headers: &HeaderMap,
     form: &FormPairs,
 ) -> Result<Response, PageError> {
     let id = parse_id(raw)?;
@@ -521,7 +522,6 @@ async fn delete_block(
         .ok_or_else(|| PageError::new(StatusCode::UNPROCESSABLE_ENTITY, "_version: the form lacks the version it was read at"))?;
     let tagged = read_masked(state, id).await?;
     let name = tagged.document.name.clone().unwrap_or_default();
-    let target = format!("/api/block_documents/{id}");
     let outcome = match state.store.delete_block_document(id, Some(expected)).await {
         Ok(()) => Ok(()),
         Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
@@ -538,8 +538,6 @@ async fn delete_block(
         }
         Err(e) => Err(PageError::from(e)),
     };
-    let status = outcome.as_ref().map_or_else(|e| e.status, |()| StatusCode::SEE_OTHER);
-    audit(state, headers, Some(viewer.token.id), "POST /blocks/{id}/delete", target, status).await?;
     outcome?;
     Ok(Redirect::to(&format!(
         "/blocks?deleted={}",

@@ -245,34 +245,20 @@ pub(super) async fn register(
     viewer: Viewer,
     headers: axum::http::HeaderMap,
     form: super::session::FormPairs,
-) -> Result<Response, Response> {
-    async {
+) -> Response {
+    let name = form.get("collection").unwrap_or("").to_owned();
+    let target = format!("/catalog/register?collection={}", name.escape_default());
+    super::session::audited(state, headers, viewer, "POST /catalog/register", target, move |state, _, viewer| async move {
         viewer.check_form(&form)?;
         viewer.require(Scope::Write, "Registering block types")?;
-        let name = form.get("collection").unwrap_or("");
         let collection: Collection = name.parse().map_err(|_| {
             PageError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                 format!("collection: there is no built-in collection \"{name}\""),
             )
         })?;
-        let outcome = crate::http::register_collection(&state.store, collection).await;
-        let status = match &outcome {
-            Ok(()) => axum::http::StatusCode::SEE_OTHER,
-            Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        super::session::audit(
-            &state,
-            &headers,
-            Some(viewer.token.id),
-            "POST /catalog/register",
-            format!("/catalog/register?collection={}", collection.name()),
-            status,
-        )
-        .await?;
-        outcome?;
-        Ok::<_, PageError>(axum::response::Redirect::to("/catalog").into_response())
-    }
+        crate::http::register_collection(&state.store, collection).await?;
+        Ok((axum::response::Redirect::to("/catalog").into_response(), None))
+    })
     .await
-    .map_err(|e| e.render(Some(&viewer)))
 }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::blocks::{document_type, parse_id, read_masked};
 use super::form::{self, Action, FormInput, Mode, RefOption};
 use super::layout::{self, Nav, Page, form_token};
-use super::session::{FormPairs, audit};
+use super::session::{FormPairs, audited};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
 use crate::store::{DocumentQuery, Rights, Scope, StoreError};
@@ -461,19 +461,20 @@ pub(super) async fn create(
     Path(slug): Path<String>,
     headers: HeaderMap,
     form: FormPairs,
-) -> Result<Response, Response> {
-    create_block(&state, &viewer, &slug, &headers, &form)
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+) -> Response {
+    let target = format!("/blocks/new/{slug}");
+    audited(state, headers, viewer, "POST /blocks/new/{slug}", target, move |state, _, viewer| async move {
+        create_block(&state, &viewer, &slug, &form).await
+    })
+    .await
 }
 
 async fn create_block(
     state: &AppState,
     viewer: &Viewer,
     slug: &str,
-    headers: &HeaderMap,
     form: &FormPairs,
-) -> Result<Response, PageError> {
+) -> Result<(Response, Option<String>), PageError> {
     viewer.check_form(form)?;
     viewer.require(Scope::Write, "Creating a block")?;
     let ty = type_by_slug(state, slug).await?;
@@ -505,10 +506,10 @@ async fn create_block(
                 version: None,
                 name: name.clone(),
             };
-            return child_form(state, viewer, child, &draft).await;
+            return Ok((child_form(state, viewer, child, &draft).await?, None));
         }
         Action::Add(_) | Action::Remove(..) => {
-            return Ok(form_response(viewer, &ctx, &page(&decoded.data, &[], None), StatusCode::OK));
+            return Ok((form_response(viewer, &ctx, &page(&decoded.data, &[], None), StatusCode::OK), None));
         }
     }
     let mut errors = decoded.errors.clone();
@@ -516,11 +517,9 @@ async fn create_block(
         errors.push(FieldError::new("name", e.message));
     }
     if !errors.is_empty() {
-        return Ok(form_response(
-            viewer,
-            &ctx,
-            &page(&decoded.data, &errors, None),
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Ok((
+            form_response(viewer, &ctx, &page(&decoded.data, &errors, None), StatusCode::UNPROCESSABLE_ENTITY),
+            None,
         ));
     }
     let created = state
@@ -533,27 +532,18 @@ async fn create_block(
             is_anonymous: false,
         })
         .await;
-    let action = "POST /blocks/new/{slug}";
     match created {
         Ok(doc) => {
-            audit(
-                state,
-                headers,
-                Some(viewer.token.id),
-                action,
-                format!("/api/block_documents/{}", doc.id),
-                StatusCode::SEE_OTHER,
-            )
-            .await?;
-            match parent {
-                Some(draft) => back_to_parent(state, viewer, draft, doc.id).await,
-                None => Ok(Redirect::to(&format!("/blocks/{}?saved=created", doc.id)).into_response()),
-            }
+            let target = Some(format!("/api/block_documents/{}", doc.id));
+            let response = match parent {
+                Some(draft) => back_to_parent(state, viewer, draft, doc.id).await?,
+                None => Redirect::to(&format!("/blocks/{}?saved=created", doc.id)).into_response(),
+            };
+            Ok((response, target))
         }
         Err(e) => {
             let (status, errors, problem) = form_errors(e, "create")?;
-            audit(state, headers, Some(viewer.token.id), action, format!("/blocks/new/{slug}"), status).await?;
-            Ok(form_response(viewer, &ctx, &page(&decoded.data, &errors, problem), status))
+            Ok((form_response(viewer, &ctx, &page(&decoded.data, &errors, problem), status), None))
         }
     }
 }
@@ -689,17 +679,18 @@ pub(super) async fn update(
     Path(raw): Path<String>,
     headers: HeaderMap,
     form: FormPairs,
-) -> Result<Response, Response> {
-    update_block(&state, &viewer, &raw, &headers, &form)
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+) -> Response {
+    let target = format!("/api/block_documents/{raw}");
+    audited(state, headers, viewer, "POST /blocks/{id}/edit", target, move |state, _, viewer| async move {
+        update_block(&state, &viewer, &raw, &form).await.map(|r| (r, None))
+    })
+    .await
 }
 
 async fn update_block(
     state: &AppState,
     viewer: &Viewer,
     raw: &str,
-    headers: &HeaderMap,
     form: &FormPairs,
 ) -> Result<Response, PageError> {
     let id = parse_id(raw)?;
@@ -766,15 +757,11 @@ async fn update_block(
         .store
         .update_block_document(id, body, Some(version), rights)
         .await;
-    let action = "POST /blocks/{id}/edit";
-    let target = format!("/api/block_documents/{id}");
     match outcome {
         Ok(_) => {
-            audit(state, headers, Some(viewer.token.id), action, target, StatusCode::SEE_OTHER).await?;
             Ok(Redirect::to(&format!("/blocks/{id}?saved=1")).into_response())
         }
         Err(StoreError::VersionConflict { .. }) => {
-            audit(state, headers, Some(viewer.token.id), action, target, StatusCode::CONFLICT).await?;
             let problem = format!(
                 "{name} was changed by someone else after you opened this form (it is now at version {}; you edited version {version}). Nothing was saved. Open the current version, then make your change again.",
                 tagged.version
@@ -790,7 +777,6 @@ async fn update_block(
         }
         Err(e) => {
             let (status, errors, problem) = form_errors(e, "edit")?;
-            audit(state, headers, Some(viewer.token.id), action, target, status).await?;
             Ok(form_response(viewer, &ctx, &page(&decoded.data, &errors, problem, version), status))
         }
     }

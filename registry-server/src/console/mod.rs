@@ -16,6 +16,8 @@ mod markdown;
 mod page_error;
 mod session;
 mod snippets;
+#[cfg(test)]
+mod tests;
 
 use axum::Router;
 use axum::extract::Request;

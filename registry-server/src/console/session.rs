@@ -397,6 +397,37 @@ pub(crate) async fn audit(
     })
 }
 
+/// Runs a console write to its end in a task of its own (a browser that goes away
+/// mid-write cannot part a write from its audit record) and records it with its outcome,
+/// whatever it is, as the API records every write. `work` answers and, when it learned one,
+/// names a better target (the id of what it created).
+pub(crate) async fn audited<F>(
+    state: AppState,
+    headers: HeaderMap,
+    viewer: Viewer,
+    action: &'static str,
+    target: String,
+    work: impl FnOnce(AppState, HeaderMap, Viewer) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = Result<(Response, Option<String>), PageError>> + Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        let (response, target) = match work(state.clone(), headers.clone(), viewer.clone()).await {
+            Ok((response, better)) => (response, better.unwrap_or(target)),
+            Err(e) => (e.render(Some(&viewer)), target),
+        };
+        match audit(&state, &headers, Some(viewer.token.id), action, target, response.status()).await {
+            Ok(()) => response,
+            Err(e) => e.render(Some(&viewer)),
+        }
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => PageError::from(crate::http::ApiError::Internal(format!("a console write failed: {e}"))).render(None),
+    }
+}
+
 pub(super) async fn sign_in(
     State(state): State<AppState>,
     req: Request,
