@@ -8,23 +8,57 @@ use sha2::{Digest as _, Sha256};
 
 /// (path under `/assets/`, content type, bytes).
 const FILES: &[(&str, &str, &str)] = &[
-    ("console.css", "text/css; charset=utf-8", include_str!("assets/console.css")),
-    ("console.js", "text/javascript; charset=utf-8", include_str!("assets/console.js")),
-    ("icons/blocks.svg", "image/svg+xml", include_str!("assets/icons/blocks.svg")),
-    ("icons/core.svg", "image/svg+xml", include_str!("assets/icons/core.svg")),
-    ("icons/sqlalchemy.svg", "image/svg+xml", include_str!("assets/icons/sqlalchemy.svg")),
-    ("icons/gcp.svg", "image/svg+xml", include_str!("assets/icons/gcp.svg")),
-    ("icons/docker.svg", "image/svg+xml", include_str!("assets/icons/docker.svg")),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/console.js"),
+    ),
+    (
+        "icons/blocks.svg",
+        "image/svg+xml",
+        include_str!("assets/icons/blocks.svg"),
+    ),
+    (
+        "icons/core.svg",
+        "image/svg+xml",
+        include_str!("assets/icons/core.svg"),
+    ),
+    (
+        "icons/sqlalchemy.svg",
+        "image/svg+xml",
+        include_str!("assets/icons/sqlalchemy.svg"),
+    ),
+    (
+        "icons/gcp.svg",
+        "image/svg+xml",
+        include_str!("assets/icons/gcp.svg"),
+    ),
+    (
+        "icons/docker.svg",
+        "image/svg+xml",
+        include_str!("assets/icons/docker.svg"),
+    ),
 ];
 
 /// The bytes of an asset, for tests and page-weight figures.
 #[cfg(test)]
 pub(crate) fn asset(path: &str) -> Option<&'static str> {
-    FILES.iter().find(|(p, _, _)| *p == path).map(|(_, _, b)| *b)
+    FILES
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, _, b)| *b)
 }
 
 fn etag(bytes: &str) -> String {
-    format!("\"{}\"", hex::encode(&Sha256::digest(bytes.as_bytes())[..12]))
+    format!(
+        "\"{}\"",
+        hex::encode(&Sha256::digest(bytes.as_bytes())[..12])
+    )
 }
 
 pub(super) async fn serve(Path(file): Path<String>, headers: HeaderMap) -> Response {
@@ -51,4 +85,25 @@ pub(super) async fn serve(Path(file): Path<String>, headers: HeaderMap) -> Respo
         h.insert(header::ETAG, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FILES, asset};
+
+    #[test]
+    fn assets_load_nothing_from_elsewhere() {
+        for (path, _, _) in FILES {
+            let text = asset(path).expect("listed");
+            for needle in ["http://", "https://", "//cdn", "@import", "eval("] {
+                // The SVGs name their XML namespace, which loads nothing.
+                let allowed = needle == "http://"
+                    && text.matches(needle).count()
+                        == text.matches("http://www.w3.org/2000/svg").count();
+                assert!(allowed || !text.contains(needle), "{needle} in {path}");
+            }
+        }
+        assert!(asset("console.js").is_some_and(|js| js.contains("setupCopy")));
+        assert!(asset("nope.js").is_none());
+    }
 }

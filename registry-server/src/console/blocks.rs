@@ -33,9 +33,9 @@ pub(crate) async fn read_masked(
 ) -> Result<crate::store::Tagged, PageError> {
     match state.store.read_block_document_tagged(id, false).await {
         Ok(tagged) => Ok(tagged),
-        Err(StoreError::NotFound(_)) => {
-            Err(PageError::not_found("There is no block with that id (it may have been deleted)."))
-        }
+        Err(StoreError::NotFound(_)) => Err(PageError::not_found(
+            "There is no block with that id (it may have been deleted).",
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -92,29 +92,33 @@ async fn list_page(
     viewer: &Viewer,
     query: ListQuery,
 ) -> Result<Response, PageError> {
-    let q = query
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|q| !q.is_empty());
+    let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
     let slug = query.block_type.as_deref().filter(|s| !s.is_empty());
-    let anonymous = query.anonymous.as_deref().is_some_and(|a| a == "1" || a == "on");
+    let anonymous = query
+        .anonymous
+        .as_deref()
+        .is_some_and(|a| a == "1" || a == "on");
     let page: u64 = match query.page.as_deref().filter(|p| !p.is_empty()) {
         None => 1,
-        Some(p) => p.parse().ok().filter(|p| (1..=1_000_000).contains(p)).ok_or_else(|| {
-            PageError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "page: must be a whole number from 1 to 1000000",
-            )
-        })?,
+        Some(p) => p
+            .parse()
+            .ok()
+            .filter(|p| (1..=1_000_000).contains(p))
+            .ok_or_else(|| {
+                PageError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "page: must be a whole number from 1 to 1000000",
+                )
+            })?,
     };
     let types = catalog::all_types(&state.store).await?;
-    let selected = match slug {
-        None => None,
-        Some(slug) => Some(types.iter().find(|t| t.slug == slug).ok_or_else(|| {
-            PageError::not_found(format!("There is no block type \"{slug}\"."))
-        })?),
-    };
+    let selected =
+        match slug {
+            None => None,
+            Some(slug) => Some(types.iter().find(|t| t.slug == slug).ok_or_else(|| {
+                PageError::not_found(format!("There is no block type \"{slug}\"."))
+            })?),
+        };
     let counts: HashMap<Uuid, i64> = state
         .store
         .document_counts_by_type(anonymous)
@@ -134,14 +138,20 @@ async fn list_page(
         .map_err(|e| match e {
             StoreError::Invalid(errors) => PageError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ),
             other => other.into(),
         })?;
     let all: i64 = counts.values().sum();
     let first = (page - 1) * u64::from(PAGE_SIZE) + 1;
     let last = first + found.items.len() as u64 - 1;
-    let pages = (found.total.max(0) as u64).div_ceil(u64::from(PAGE_SIZE)).max(1);
+    let pages = (found.total.max(0) as u64)
+        .div_ceil(u64::from(PAGE_SIZE))
+        .max(1);
     let body = html! {
         div.title-row {
             h1 { "Blocks" }
@@ -220,13 +230,16 @@ async fn list_page(
     Ok(super::html(layout::shell(
         &Page::titled("Blocks").in_nav(Nav::Blocks),
         Some(viewer),
-        body,
+        &body,
     )))
 }
 
 /// The properties of a schema in display order: by `position` where given, else as
 /// written, then any data keys the schema does not list.
-pub(crate) fn field_order(fields: &Value, data: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+pub(crate) fn field_order(
+    fields: &Value,
+    data: &serde_json::Map<String, Value>,
+) -> Vec<(String, String)> {
     let mut props: Vec<(usize, i64, String, String)> = fields
         .get("properties")
         .and_then(Value::as_object)
@@ -234,7 +247,10 @@ pub(crate) fn field_order(fields: &Value, data: &serde_json::Map<String, Value>)
             p.iter()
                 .enumerate()
                 .map(|(i, (k, v))| {
-                    let position = v.get("position").and_then(Value::as_i64).unwrap_or(i64::MAX);
+                    let position = v
+                        .get("position")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(i64::MAX);
                     let title = v
                         .get("title")
                         .and_then(Value::as_str)
@@ -429,7 +445,7 @@ async fn detail_page(
     Ok(super::html(layout::shell(
         &Page::titled(name.clone()).in_nav(Nav::Blocks),
         Some(viewer),
-        body,
+        &body,
     )))
 }
 
@@ -437,8 +453,16 @@ async fn detail_page(
 pub(crate) fn document_type(doc: &BlockDocument) -> Result<&BlockType, PageError> {
     doc.block_type
         .as_ref()
-        .or_else(|| doc.block_schema.as_ref().and_then(|s| s.block_type.as_ref()))
-        .ok_or_else(|| PageError::from(crate::http::ApiError::Internal("a read document came without its type".into())))
+        .or_else(|| {
+            doc.block_schema
+                .as_ref()
+                .and_then(|s| s.block_type.as_ref())
+        })
+        .ok_or_else(|| {
+            PageError::from(crate::http::ApiError::Internal(
+                "a read document came without its type".into(),
+            ))
+        })
 }
 
 pub(super) async fn confirm_delete(
@@ -489,7 +513,7 @@ async fn confirm_delete_page(
     Ok(super::html(layout::shell(
         &Page::titled(format!("Delete {name}")).in_nav(Nav::Blocks),
         Some(viewer),
-        body,
+        &body,
     )))
 }
 
@@ -501,9 +525,18 @@ pub(super) async fn delete(
     form: FormPairs,
 ) -> Response {
     let target = format!("/api/block_documents/{raw}");
-    audited(state, headers, viewer, "POST /blocks/{id}/delete", target, move |state, _, viewer| async move {
-        delete_block(&state, &viewer, &raw, &form).await.map(|r| (r, None))
-    })
+    audited(
+        state,
+        headers,
+        viewer,
+        "POST /blocks/{id}/delete",
+        target,
+        move |state, _, viewer| async move {
+            delete_block(&state, &viewer, &raw, &form)
+                .await
+                .map(|r| (r, None))
+        },
+    )
     .await
 }
 
@@ -519,14 +552,21 @@ async fn delete_block(
     let expected = form
         .get("_version")
         .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| PageError::new(StatusCode::UNPROCESSABLE_ENTITY, "_version: the form lacks the version it was read at"))?;
+        .ok_or_else(|| {
+            PageError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "_version: the form lacks the version it was read at",
+            )
+        })?;
     let tagged = read_masked(state, id).await?;
     let name = tagged.document.name.clone().unwrap_or_default();
     let outcome = match state.store.delete_block_document(id, Some(expected)).await {
         Ok(()) => Ok(()),
         Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
             StatusCode::CONFLICT,
-            format!("{name} changed after this page was loaded; nothing was deleted. Look at it again before deleting it."),
+            format!(
+                "{name} changed after this page was loaded; nothing was deleted. Look at it again before deleting it."
+            ),
         )),
         Err(StoreError::InUse { referrers, .. }) => {
             let mut e = PageError::new(

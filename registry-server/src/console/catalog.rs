@@ -92,11 +92,7 @@ async fn render(
     query: CatalogQuery,
     choosing: bool,
 ) -> Result<Response, PageError> {
-    let q = query
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|q| !q.is_empty());
+    let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
     if q.is_some_and(|q| q.len() > MAX_SEARCH) {
         return Err(PageError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -191,7 +187,7 @@ async fn render(
     Ok(super::html(layout::shell(
         &Page::titled(title).in_nav(Nav::Catalog),
         Some(viewer),
-        body,
+        &body,
     )))
 }
 
@@ -248,17 +244,27 @@ pub(super) async fn register(
 ) -> Response {
     let name = form.get("collection").unwrap_or("").to_owned();
     let target = format!("/catalog/register?collection={}", name.escape_default());
-    super::session::audited(state, headers, viewer, "POST /catalog/register", target, move |state, _, viewer| async move {
-        viewer.check_form(&form)?;
-        viewer.require(Scope::Write, "Registering block types")?;
-        let collection: Collection = name.parse().map_err(|_| {
-            PageError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                format!("collection: there is no built-in collection \"{name}\""),
-            )
-        })?;
-        crate::http::register_collection(&state.store, collection).await?;
-        Ok((axum::response::Redirect::to("/catalog").into_response(), None))
-    })
+    super::session::audited(
+        state,
+        headers,
+        viewer,
+        "POST /catalog/register",
+        target,
+        move |state, _, viewer| async move {
+            viewer.check_form(&form)?;
+            viewer.require(Scope::Write, "Registering block types")?;
+            let collection: Collection = name.parse().map_err(|_| {
+                PageError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("collection: there is no built-in collection \"{name}\""),
+                )
+            })?;
+            crate::http::register_collection(&state.store, collection).await?;
+            Ok((
+                axum::response::Redirect::to("/catalog").into_response(),
+                None,
+            ))
+        },
+    )
     .await
 }

@@ -161,7 +161,11 @@ async fn context(state: &AppState, fields: &Value) -> Result<Context, PageError>
 fn without_secrets(fields: &Value, data: &Map<String, Value>) -> Map<String, Value> {
     fn strip(value: &mut Value, path: &str, secrets: &[SecretPath]) {
         if let Value::Object(map) = value {
-            map.retain(|k, _| !secrets.iter().any(|s| s.covers(&SecretPath::parse(&format!("{path}{k}")))));
+            map.retain(|k, _| {
+                !secrets
+                    .iter()
+                    .any(|s| s.covers(&SecretPath::parse(&format!("{path}{k}"))))
+            });
             for (k, v) in map.iter_mut() {
                 strip(v, &format!("{path}{k}."), secrets);
             }
@@ -301,7 +305,12 @@ fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
     }
 }
 
-fn form_response(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>, status: StatusCode) -> Response {
+fn form_response(
+    viewer: &Viewer,
+    ctx: &Context,
+    page: &FormPage<'_>,
+    status: StatusCode,
+) -> Response {
     let title = match page.editing {
         Some((_, name, _)) => format!("Edit {name}"),
         None => format!("Add {}", page.ty.name),
@@ -309,7 +318,7 @@ fn form_response(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>, status: St
     let mut response = super::html(layout::shell(
         &Page::titled(title).in_nav(Nav::Blocks),
         Some(viewer),
-        render_form(viewer, ctx, page),
+        &render_form(viewer, ctx, page),
     ));
     *response.status_mut() = status;
     response
@@ -358,10 +367,11 @@ pub(super) async fn edit_form(
         let tagged = read_masked(&state, id).await?;
         let doc = &tagged.document;
         let ty = document_type(doc)?.clone();
-        let schema = doc
-            .block_schema
-            .clone()
-            .ok_or_else(|| PageError::from(crate::http::ApiError::Internal("a read document came without its schema".into())))?;
+        let schema = doc.block_schema.clone().ok_or_else(|| {
+            PageError::from(crate::http::ApiError::Internal(
+                "a read document came without its schema".into(),
+            ))
+        })?;
         let original = editable_data(doc);
         let ctx = context(&state, &schema.fields).await?;
         let name = doc.name.clone().unwrap_or_default();
@@ -396,7 +406,12 @@ async fn submitted_schema(
     let id = form
         .get("_schema")
         .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| PageError::new(StatusCode::UNPROCESSABLE_ENTITY, "_schema: the form lacks the schema it was made from; reload it"))?;
+        .ok_or_else(|| {
+            PageError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "_schema: the form lacks the schema it was made from; reload it",
+            )
+        })?;
     let schema = match state.store.read_block_schema(id).await {
         Ok(s) => s,
         Err(StoreError::NotFound(_)) => {
@@ -433,12 +448,18 @@ fn parse_draft(form: &FormPairs) -> Result<Option<Draft>, PageError> {
 }
 
 /// A store error as form errors (at fields) or a page error.
-fn form_errors(e: StoreError, what: &str) -> Result<(StatusCode, Vec<FieldError>, Option<String>), PageError> {
+fn form_errors(
+    e: StoreError,
+    what: &str,
+) -> Result<(StatusCode, Vec<FieldError>, Option<String>), PageError> {
     match e {
         StoreError::Invalid(errors) => Ok((StatusCode::UNPROCESSABLE_ENTITY, errors, None)),
         StoreError::Conflict(message) if what == "create" && message.contains("name") => Ok((
             StatusCode::CONFLICT,
-            vec![FieldError::new("name", "a block of this type with this name already exists")],
+            vec![FieldError::new(
+                "name",
+                "a block of this type with this name already exists",
+            )],
             None,
         )),
         StoreError::Forbidden(error) => Ok((
@@ -446,11 +467,9 @@ fn form_errors(e: StoreError, what: &str) -> Result<(StatusCode, Vec<FieldError>
             Vec::new(),
             Some(format!("Refused: {error}")),
         )),
-        StoreError::BadReference(error) => Ok((
-            StatusCode::BAD_REQUEST,
-            Vec::new(),
-            Some(error.to_string()),
-        )),
+        StoreError::BadReference(error) => {
+            Ok((StatusCode::BAD_REQUEST, Vec::new(), Some(error.to_string())))
+        }
         other => Err(other.into()),
     }
 }
@@ -463,9 +482,14 @@ pub(super) async fn create(
     form: FormPairs,
 ) -> Response {
     let target = format!("/blocks/new/{slug}");
-    audited(state, headers, viewer, "POST /blocks/new/{slug}", target, move |state, _, viewer| async move {
-        create_block(&state, &viewer, &slug, &form).await
-    })
+    audited(
+        state,
+        headers,
+        viewer,
+        "POST /blocks/new/{slug}",
+        target,
+        move |state, _, viewer| async move { create_block(&state, &viewer, &slug, &form).await },
+    )
     .await
 }
 
@@ -509,7 +533,15 @@ async fn create_block(
             return Ok((child_form(state, viewer, child, &draft).await?, None));
         }
         Action::Add(_) | Action::Remove(..) => {
-            return Ok((form_response(viewer, &ctx, &page(&decoded.data, &[], None), StatusCode::OK), None));
+            return Ok((
+                form_response(
+                    viewer,
+                    &ctx,
+                    &page(&decoded.data, &[], None),
+                    StatusCode::OK,
+                ),
+                None,
+            ));
         }
     }
     let mut errors = decoded.errors.clone();
@@ -518,7 +550,12 @@ async fn create_block(
     }
     if !errors.is_empty() {
         return Ok((
-            form_response(viewer, &ctx, &page(&decoded.data, &errors, None), StatusCode::UNPROCESSABLE_ENTITY),
+            form_response(
+                viewer,
+                &ctx,
+                &page(&decoded.data, &errors, None),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
             None,
         ));
     }
@@ -543,7 +580,10 @@ async fn create_block(
         }
         Err(e) => {
             let (status, errors, problem) = form_errors(e, "create")?;
-            Ok((form_response(viewer, &ctx, &page(&decoded.data, &errors, problem), status), None))
+            Ok((
+                form_response(viewer, &ctx, &page(&decoded.data, &errors, problem), status),
+                None,
+            ))
         }
     }
 }
@@ -598,7 +638,9 @@ async fn back_to_parent(
         let doc = &tagged.document;
         let ty = document_type(doc)?.clone();
         let schema = doc.block_schema.clone().ok_or_else(|| {
-            PageError::from(crate::http::ApiError::Internal("a read document came without its schema".into()))
+            PageError::from(crate::http::ApiError::Internal(
+                "a read document came without its schema".into(),
+            ))
         })?;
         let original = editable_data(doc);
         let ctx = context(state, &schema.fields).await?;
@@ -681,9 +723,18 @@ pub(super) async fn update(
     form: FormPairs,
 ) -> Response {
     let target = format!("/api/block_documents/{raw}");
-    audited(state, headers, viewer, "POST /blocks/{id}/edit", target, move |state, _, viewer| async move {
-        update_block(&state, &viewer, &raw, &form).await.map(|r| (r, None))
-    })
+    audited(
+        state,
+        headers,
+        viewer,
+        "POST /blocks/{id}/edit",
+        target,
+        move |state, _, viewer| async move {
+            update_block(&state, &viewer, &raw, &form)
+                .await
+                .map(|r| (r, None))
+        },
+    )
     .await
 }
 
@@ -699,7 +750,12 @@ async fn update_block(
     let version = form
         .get("_version")
         .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| PageError::new(StatusCode::UNPROCESSABLE_ENTITY, "_version: the form lacks the version it was read at; reload it"))?;
+        .ok_or_else(|| {
+            PageError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "_version: the form lacks the version it was read at; reload it",
+            )
+        })?;
     let tagged = read_masked(state, id).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?.clone();
@@ -733,7 +789,12 @@ async fn update_block(
             return child_form(state, viewer, child, &draft).await;
         }
         Action::Add(_) | Action::Remove(..) => {
-            return Ok(form_response(viewer, &ctx, &page(&decoded.data, &[], None, version), StatusCode::OK));
+            return Ok(form_response(
+                viewer,
+                &ctx,
+                &page(&decoded.data, &[], None, version),
+                StatusCode::OK,
+            ));
         }
     }
     if !decoded.errors.is_empty() {
@@ -758,9 +819,7 @@ async fn update_block(
         .update_block_document(id, body, Some(version), rights)
         .await;
     match outcome {
-        Ok(_) => {
-            Ok(Redirect::to(&format!("/blocks/{id}?saved=1")).into_response())
-        }
+        Ok(_) => Ok(Redirect::to(&format!("/blocks/{id}?saved=1")).into_response()),
         Err(StoreError::VersionConflict { .. }) => {
             let problem = format!(
                 "{name} was changed by someone else after you opened this form (it is now at version {}; you edited version {version}). Nothing was saved. Open the current version, then make your change again.",
@@ -777,7 +836,12 @@ async fn update_block(
         }
         Err(e) => {
             let (status, errors, problem) = form_errors(e, "edit")?;
-            Ok(form_response(viewer, &ctx, &page(&decoded.data, &errors, problem, version), status))
+            Ok(form_response(
+                viewer,
+                &ctx,
+                &page(&decoded.data, &errors, problem, version),
+                status,
+            ))
         }
     }
 }

@@ -7,7 +7,8 @@
 //! let html = form::render(&FormInput { schema, mode, data, original, references, type_names, errors });
 //! let top = form::unmatched_errors(&input);           // show these in the error summary
 //! let decoded = form::decode(schema, mode, original, &pairs);
-//! if !decoded.action.is_save() { /* re-render with decoded.data (rows added/removed) */ }
+//! match decoded.action { Action::Save => { /* validate, store */ }
+//!     _ => { /* not a real submit: re-render with decoded.data (row added/removed) */ } }
 //! ```
 //!
 //! [`render`] gives the form's inner fields only: the page adds the `<form>`, the name
@@ -20,7 +21,9 @@
 //!
 //! - an object property: `<parent>.<key>`, the key with `%`, `.`, `#`, `/` and `:`
 //!   percent-encoded (`data.connection_info.port`);
-//! - an array item: `<array>.<index>` (`data.command.0`);
+//! - an array item: `<array>.<row>` (`data.command.0`), with a hidden `<array>.<row>#row`
+//!   marker so that a row whose value submits nothing (an empty nested list) still counts;
+//!   rows are read in row-number order, gaps allowed (a script may remove rows);
 //! - a dictionary row: the key is the VALUE of `<dict>#k<row>` and the value is named
 //!   `<dict>#v<row>` (`data.labels#k0`, `data.labels#v0`), so keys may hold any character;
 //! - a choice (`anyOf`, `oneOf`, `type: [..]`): `<path>#choice` is a `<select>` whose value
@@ -52,11 +55,14 @@
 //!   (`_action=add:<path>`, `remove:<path>/<row>`) so they work without script;
 //! - a choice: a `<select>` plus each alternative in `<div data-choice-for data-choice-index>`;
 //!   `none` is offered for null alternatives and optional fields (none = `null` when the
-//!   schema allows null, else absent);
+//!   schema allows null, else absent); with a single alternative besides none, its input
+//!   carries the field's own label. The selected alternative on render is the first one
+//!   the value fits (by JSON type, enum membership, object keys, or reference options);
 //! - a nested block (`block_type_slug` on the definition, or a top-level
 //!   `block_schema_references` entry): a `<select>` of stored documents plus a
 //!   "Create new …" button (`_action=new-ref:<path>:<slug>`); decodes to
-//!   `{"$ref": {"block_document_id": …}}`;
+//!   `{"$ref": {"block_document_id": …}}`; `anyOf: [block, null]` is the same picker with
+//!   a none option (`null`). A stored id missing from the options stays selectable;
 //! - a secret (covered by `secret_fields`, or `writeOnly`/`format: password`): a password
 //!   input for strings, else a JSON textarea; never pre-filled. Left empty on edit it decodes
 //!   to the original (masked) value, which the API restores; on create empty means absent.
@@ -126,13 +132,6 @@ pub(crate) enum Action {
     /// The user wants to create a new document of type `slug` for the reference field at
     /// form path `path`.
     NewReference { path: String, slug: String },
-}
-
-impl Action {
-    /// Whether this is a real submit (else: re-render the form with the decoded data).
-    pub(crate) fn is_save(&self) -> bool {
-        matches!(self, Self::Save)
-    }
 }
 
 /// The result of [`decode`].

@@ -41,7 +41,7 @@ pub(crate) fn form_token(viewer: &Viewer) -> Markup {
 }
 
 /// The whole page.
-pub(crate) fn shell(page: &Page, viewer: Option<&Viewer>, body: Markup) -> Markup {
+pub(crate) fn shell(page: &Page, viewer: Option<&Viewer>, body: &Markup) -> Markup {
     let current = |nav: Nav| (page.nav == nav).then_some("page");
     html! {
         (DOCTYPE)

@@ -19,16 +19,18 @@ pub(crate) fn render(text: &str) -> Markup {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    let parser = Parser::new_ext(&text[..cut], Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH);
-    let mut in_image = 0usize;
-    let events = parser.filter_map(|event| match event {
-        Event::Html(raw) | Event::InlineHtml(raw) => Some(Event::Text(raw)),
+    let parser = Parser::new_ext(
+        &text[..cut],
+        Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH,
+    );
+    let events = parser.map(|event| match event {
+        Event::Html(raw) | Event::InlineHtml(raw) => Event::Text(raw),
         Event::Start(Tag::Link {
             link_type,
             dest_url,
             title,
             id,
-        }) => Some(Event::Start(Tag::Link {
+        }) => Event::Start(Tag::Link {
             link_type,
             dest_url: if safe_url(&dest_url) {
                 dest_url
@@ -37,27 +39,24 @@ pub(crate) fn render(text: &str) -> Markup {
             },
             title,
             id,
-        })),
+        }),
         Event::Start(Tag::Image {
-            dest_url, title, id, ..
-        }) => {
-            in_image += 1;
-            Some(Event::Start(Tag::Link {
-                link_type: LinkType::Inline,
-                dest_url: if safe_url(&dest_url) {
-                    dest_url
-                } else {
-                    CowStr::Borrowed("")
-                },
-                title,
-                id,
-            }))
-        }
-        Event::End(TagEnd::Image) => {
-            in_image = in_image.saturating_sub(1);
-            Some(Event::End(TagEnd::Link))
-        }
-        other => Some(other),
+            dest_url,
+            title,
+            id,
+            ..
+        }) => Event::Start(Tag::Link {
+            link_type: LinkType::Inline,
+            dest_url: if safe_url(&dest_url) {
+                dest_url
+            } else {
+                CowStr::Borrowed("")
+            },
+            title,
+            id,
+        }),
+        Event::End(TagEnd::Image) => Event::End(TagEnd::Link),
+        other => other,
     });
     let mut out = String::with_capacity(cut + cut / 4);
     pulldown_cmark::html::push_html(&mut out, events);

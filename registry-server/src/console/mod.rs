@@ -46,10 +46,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/blocks", get(blocks::list))
         .route("/blocks/name-check", get(edit::name_check))
         .route("/blocks/new", get(catalog::choose))
-        .route(
-            "/blocks/new/{slug}",
-            get(edit::new_form).post(edit::create),
-        )
+        .route("/blocks/new/{slug}", get(edit::new_form).post(edit::create))
         .route("/blocks/{id}", get(blocks::detail))
         .route("/blocks/{id}/edit", get(edit::edit_form).post(edit::update))
         .route(

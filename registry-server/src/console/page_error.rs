@@ -52,7 +52,7 @@ impl PageError {
                 p { a href="/blocks" { "Back to the blocks" } }
             }
         };
-        let mut response = super::html(layout::shell(&Page::titled(title), viewer, body));
+        let mut response = super::html(layout::shell(&Page::titled(title), viewer, &body));
         *response.status_mut() = self.status;
         response
     }

@@ -167,7 +167,10 @@ impl FromRequestParts<AppState> for Viewer {
                 let ended = matches!(found, Lookup::Ended);
                 let target = format!(
                     "/sign-in?next={}{}",
-                    percent_encoding::utf8_percent_encode(&next, percent_encoding::NON_ALPHANUMERIC),
+                    percent_encoding::utf8_percent_encode(
+                        &next,
+                        percent_encoding::NON_ALPHANUMERIC
+                    ),
                     if ended { "&ended=1" } else { "" }
                 );
                 let mut response = Redirect::to(&target).into_response();
@@ -243,9 +246,7 @@ pub(super) async fn same_origin_writes(
         return next.run(req).await;
     }
     let headers = req.headers();
-    let fetch_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let ours = own_origin(&state, headers);
     let same_site = match (fetch_site, origin) {
@@ -276,9 +277,7 @@ fn own_origin(state: &AppState, headers: &HeaderMap) -> Option<String> {
 
 /// The peer's address, when the server was given it.
 fn peer(parts_ext: &axum::http::Extensions) -> Option<IpAddr> {
-    parts_ext
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+    parts_ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
 /// Where to go after signing in: a path of ours, never another site.
@@ -317,7 +316,9 @@ pub(super) async fn sign_in_page(
         return Redirect::to(&safe_next(query.next.as_deref())).into_response();
     }
     let notice = if query.ended.is_some() {
-        Some("Your session has ended (signed out elsewhere, idle for 30 minutes, 12 hours old, or its token was revoked). Sign in again.")
+        Some(
+            "Your session has ended (signed out elsewhere, idle for 30 minutes, 12 hours old, or its token was revoked). Sign in again.",
+        )
     } else if query.signed_out.is_some() {
         Some("You are signed out.")
     } else {
@@ -360,7 +361,7 @@ fn sign_in_form(
             }
         }
     };
-    let mut response = super::html(layout::shell(&Page::titled("Sign in"), None, body));
+    let mut response = super::html(layout::shell(&Page::titled("Sign in"), None, &body));
     *response.status_mut() = status;
     response
 }
@@ -417,14 +418,26 @@ where
             Ok((response, better)) => (response, better.unwrap_or(target)),
             Err(e) => (e.render(Some(&viewer)), target),
         };
-        match audit(&state, &headers, Some(viewer.token.id), action, target, response.status()).await {
+        match audit(
+            &state,
+            &headers,
+            Some(viewer.token.id),
+            action,
+            target,
+            response.status(),
+        )
+        .await
+        {
             Ok(()) => response,
             Err(e) => e.render(Some(&viewer)),
         }
     });
     match task.await {
         Ok(response) => response,
-        Err(e) => PageError::from(crate::http::ApiError::Internal(format!("a console write failed: {e}"))).render(None),
+        Err(e) => PageError::from(crate::http::ApiError::Internal(format!(
+            "a console write failed: {e}"
+        )))
+        .render(None),
     }
 }
 
@@ -442,7 +455,9 @@ pub(super) async fn sign_in(
             StatusCode::FORBIDDEN,
             next,
             None,
-            Some("Signing in over plain HTTP is allowed only from this machine (a loopback address): a token sent in clear could be read on the way. Serve HTTPS (blocks serve --tls-cert … --tls-key …) or put the console behind a TLS proxy on this host."),
+            Some(
+                "Signing in over plain HTTP is allowed only from this machine (a loopback address): a token sent in clear could be read on the way. Serve HTTPS (blocks serve --tls-cert … --tls-key …) or put the console behind a TLS proxy on this host.",
+            ),
         ));
     }
     let token = form.get("token").unwrap_or("").trim();
@@ -455,21 +470,23 @@ pub(super) async fn sign_in(
         ));
     }
     let ip_for_limit = ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let info = match crate::http::auth::authenticate(
-        &state,
-        ip_for_limit,
-        Some(token),
-        Scope::Read,
-    )
-    .await
+    let info = match crate::http::auth::authenticate(&state, ip_for_limit, Some(token), Scope::Read)
+        .await
     {
         Ok(info) => info,
         Err((error, token_id, record)) => {
             let status = error.status();
             if record {
-                audit(&state, &headers, token_id, "POST /sign-in", "/sign-in".into(), status)
-                    .await
-                    .map_err(|e| e.render(None))?;
+                audit(
+                    &state,
+                    &headers,
+                    token_id,
+                    "POST /sign-in",
+                    "/sign-in".into(),
+                    status,
+                )
+                .await
+                .map_err(|e| e.render(None))?;
             }
             let message = match status {
                 StatusCode::TOO_MANY_REQUESTS => {
@@ -529,7 +546,9 @@ pub(super) async fn sign_out(
     let secret = session_cookie(&headers).map(ToOwned::to_owned);
     let form = FormPairs::from_request(req, &()).await?;
     if let Some(viewer) = &viewer {
-        viewer.check_form(&form).map_err(|e| e.render(Some(viewer)))?;
+        viewer
+            .check_form(&form)
+            .map_err(|e| e.render(Some(viewer)))?;
         if let Some(secret) = &secret {
             state
                 .store

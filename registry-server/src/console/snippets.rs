@@ -43,7 +43,13 @@ fn literal(text: &str) -> String {
 fn variable(slug: &str) -> String {
     let v: String = slug
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if v.is_empty() || v.starts_with(|c: char| c.is_ascii_digit()) {
         format!("block_{v}")
@@ -74,7 +80,12 @@ pub(crate) fn python(block_type: &BlockType, name: &str) -> String {
     let example = block_type
         .code_example
         .as_deref()
-        .map(|e| e.trim().trim_start_matches("```python").trim_end_matches("```").trim())
+        .map(|e| {
+            e.trim()
+                .trim_start_matches("```python")
+                .trim_end_matches("```")
+                .trim()
+        })
         .filter(|e| e.contains("BLOCK_NAME"));
     match example {
         Some(example) => example
@@ -117,14 +128,18 @@ mod tests {
             rust(&block_type("gcs-bucket", None), "zoom-gcs"),
             "use block_types::catalog::GcsBucket;\nuse registry_client::BlockExt as _;\n\nlet gcs_bucket = GcsBucket::load(\"zoom-gcs\").await?;"
         );
-        assert!(rust(&block_type("my-thing", None), "a\"b").contains(r#"load_json("my-thing/a\"b")"#));
+        assert!(
+            rust(&block_type("my-thing", None), "a\"b").contains(r#"load_json("my-thing/a\"b")"#)
+        );
     }
 
     #[test]
     fn python_snippets_put_the_name_into_the_example() {
         let ty = block_type(
             "gcs-bucket",
-            Some("```python\nfrom prefect_gcp.cloud_storage import GcsBucket\n\ngcs_bucket_block = GcsBucket.load(\"BLOCK_NAME\")\n```"),
+            Some(
+                "```python\nfrom prefect_gcp.cloud_storage import GcsBucket\n\ngcs_bucket_block = GcsBucket.load(\"BLOCK_NAME\")\n```",
+            ),
         );
         assert_eq!(
             python(&ty, "zoom-gcs"),

@@ -45,7 +45,10 @@ impl Page {
 
     /// The session's form token, read from a page's hidden `_csrf` field.
     fn form_token(&self) -> String {
-        let at = self.text.find("name=\"_csrf\" value=\"").expect("a form token");
+        let at = self
+            .text
+            .find("name=\"_csrf\" value=\"")
+            .expect("a form token");
         let rest = &self.text[at + "name=\"_csrf\" value=\"".len()..];
         rest[..rest.find('"').unwrap()].to_owned()
     }
@@ -67,7 +70,13 @@ impl Browser {
         }
     }
 
-    async fn request(&mut self, method: &str, uri: &str, form: Option<&[(&str, &str)]>, extra: &[(&str, &str)]) -> Page {
+    async fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        form: Option<&[(&str, &str)]>,
+        extra: &[(&str, &str)],
+    ) -> Page {
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
@@ -79,7 +88,10 @@ impl Browser {
             builder = builder.header(*name, *value);
         }
         if let Some(cookie) = &self.cookie {
-            builder = builder.header(header::COOKIE, format!("{}={cookie}", super::session::COOKIE));
+            builder = builder.header(
+                header::COOKIE,
+                format!("{}={cookie}", super::session::COOKIE),
+            );
         }
         let body = match form {
             Some(pairs) => {
@@ -103,7 +115,9 @@ impl Browser {
             let (_, v) = pair.split_once('=').unwrap();
             self.cookie = (!v.is_empty()).then(|| v.to_owned());
         }
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
         Page {
             status,
             headers,
@@ -120,7 +134,8 @@ impl Browser {
     }
 
     async fn sign_in(&mut self, token: &str) -> Page {
-        self.post("/sign-in", &[("token", token), ("next", "/blocks")]).await
+        self.post("/sign-in", &[("token", token), ("next", "/blocks")])
+            .await
     }
 
     /// The form token of the session, from the blocks page.
@@ -168,7 +183,9 @@ async fn setup_with(db: &TestDb, guard: AuthGuard) -> Ctx {
 /// A `secret` block holding the canary.
 async fn secret_block(store: &Store, name: &str) -> Uuid {
     let (_, schema) = register::<Secret>(store).await;
-    create(store, &schema, name, json!({"value": CANARY})).await.id
+    create(store, &schema, name, json!({"value": CANARY}))
+        .await
+        .id
 }
 
 async fn console_audit(store: &Store) -> Vec<crate::store::AuditRecord> {
@@ -198,20 +215,36 @@ async fn signing_in_makes_a_strict_session_cookie_and_pages_carry_strict_headers
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
         assert_eq!(page.location(), "/blocks");
         let cookie = page.header(header::SET_COOKIE).to_owned();
-        for attribute in ["__Host-blocks-session=", "; Path=/", "; Secure", "; HttpOnly", "; SameSite=Strict"] {
+        for attribute in [
+            "__Host-blocks-session=",
+            "; Path=/",
+            "; Secure",
+            "; HttpOnly",
+            "; SameSite=Strict",
+        ] {
             assert!(cookie.contains(attribute), "{attribute} in {cookie}");
         }
         assert!(!cookie.contains("Domain"), "{cookie}");
-        assert!(!cookie.contains(&ctx.admin), "the cookie is a session id, not the token");
+        assert!(
+            !cookie.contains(&ctx.admin),
+            "the cookie is a session id, not the token"
+        );
 
         for path in ["/blocks", "/catalog", "/blocks/new", "/blocks/new/secret"] {
             let page = browser.get(path).await;
             assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
-            assert_eq!(page.header(header::CONTENT_SECURITY_POLICY), super::CSP, "{path}");
+            assert_eq!(
+                page.header(header::CONTENT_SECURITY_POLICY),
+                super::CSP,
+                "{path}"
+            );
             assert_eq!(page.header(header::X_CONTENT_TYPE_OPTIONS), "nosniff");
             assert_eq!(page.header(header::REFERRER_POLICY), "no-referrer");
             assert_eq!(page.header(header::CACHE_CONTROL), "no-store");
-            assert!(!page.text.contains("http://") || !page.text.contains("src=\"http"), "{path} loads nothing from elsewhere");
+            assert!(
+                !page.text.contains("http://") || !page.text.contains("src=\"http"),
+                "{path} loads nothing from elsewhere"
+            );
         }
         // A path nobody serves: the console's page outside /api, the API's JSON inside.
         let page = browser.get("/nowhere").await;
@@ -220,11 +253,16 @@ async fn signing_in_makes_a_strict_session_cookie_and_pages_carry_strict_headers
         assert_eq!(page.header(header::CONTENT_SECURITY_POLICY), super::CSP);
         let page = browser.get("/api/nowhere").await;
         assert_eq!(page.status, StatusCode::NOT_FOUND);
-        assert!(page.header(header::CONTENT_TYPE).starts_with("application/json"));
+        assert!(
+            page.header(header::CONTENT_TYPE)
+                .starts_with("application/json")
+        );
 
         let records = console_audit(&ctx.state.store).await;
         assert!(
-            records.iter().any(|r| r.action == "console POST /sign-in" && r.token_id == Some(ctx.admin_id) && r.outcome == "ok"),
+            records.iter().any(|r| r.action == "console POST /sign-in"
+                && r.token_id == Some(ctx.admin_id)
+                && r.outcome == "ok"),
             "{records:?}"
         );
     })
@@ -245,7 +283,12 @@ async fn the_session_cookie_never_opens_the_api() {
             "/api/tokens".to_owned(),
         ] {
             let page = browser.get(&uri).await;
-            assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{uri}: {}", page.text);
+            assert_eq!(
+                page.status,
+                StatusCode::UNAUTHORIZED,
+                "{uri}: {}",
+                page.text
+            );
             assert!(!page.text.contains(CANARY));
         }
         let page = browser
@@ -273,8 +316,14 @@ async fn signing_in_over_plain_http_from_another_host_is_refused_and_guesses_are
         for _ in 0..3 {
             let page = local.sign_in("blk_not-a-token").await;
             assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.text);
-            assert!(page.text.contains("aria-invalid=\"true\""), "the error is at the field");
-            assert!(!page.text.contains("blk_not-a-token"), "the page never echoes a token");
+            assert!(
+                page.text.contains("aria-invalid=\"true\""),
+                "the error is at the field"
+            );
+            assert!(
+                !page.text.contains("blk_not-a-token"),
+                "the page never echoes a token"
+            );
         }
         let page = local.sign_in("blk_still-not-a-token").await;
         assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.text);
@@ -297,7 +346,13 @@ async fn cross_site_and_stale_forms_change_nothing() {
         let mut browser = Browser::new(&ctx.app);
         browser.sign_in(&ctx.admin).await;
         let csrf = browser.form_token().await;
-        let version = ctx.state.store.document_version(id).await.unwrap().to_string();
+        let version = ctx
+            .state
+            .store
+            .document_version(id)
+            .await
+            .unwrap()
+            .to_string();
         let uri = format!("/blocks/{id}/delete");
         let form = [("_csrf", csrf.as_str()), ("_version", version.as_str())];
 
@@ -309,12 +364,25 @@ async fn cross_site_and_stale_forms_change_nothing() {
             vec![("origin", ""), ("sec-fetch-site", "same-site")],
         ] {
             let page = browser.request("POST", &uri, Some(&form), &headers).await;
-            assert_eq!(page.status, StatusCode::FORBIDDEN, "{headers:?}: {}", page.text);
+            assert_eq!(
+                page.status,
+                StatusCode::FORBIDDEN,
+                "{headers:?}: {}",
+                page.text
+            );
         }
         // Our origin without the session's form token, or with another session's.
         let page = browser.post(&uri, &[("_version", version.as_str())]).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN);
-        let page = browser.post(&uri, &[("_csrf", "0123456789abcdef0123456789abcdef01234567"), ("_version", &version)]).await;
+        let page = browser
+            .post(
+                &uri,
+                &[
+                    ("_csrf", "0123456789abcdef0123456789abcdef01234567"),
+                    ("_version", &version),
+                ],
+            )
+            .await;
         assert_eq!(page.status, StatusCode::FORBIDDEN);
         // A form read before someone else's change.
         ctx.state
@@ -330,14 +398,31 @@ async fn cross_site_and_stale_forms_change_nothing() {
         let page = browser.post(&uri, &form).await;
         assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
         assert!(page.text.contains("changed after this page was loaded"));
-        assert!(ctx.state.store.read_block_document(id, false).await.is_ok(), "still there");
+        assert!(
+            ctx.state.store.read_block_document(id, false).await.is_ok(),
+            "still there"
+        );
 
         // The real thing: the current version, our origin, the form token.
-        let version = ctx.state.store.document_version(id).await.unwrap().to_string();
-        let page = browser.post(&uri, &[("_csrf", &csrf), ("_version", &version)]).await;
+        let version = ctx
+            .state
+            .store
+            .document_version(id)
+            .await
+            .unwrap()
+            .to_string();
+        let page = browser
+            .post(&uri, &[("_csrf", &csrf), ("_version", &version)])
+            .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
         assert_eq!(page.location(), "/blocks?deleted=keep%2Dme");
-        assert!(ctx.state.store.read_block_document(id, false).await.is_err());
+        assert!(
+            ctx.state
+                .store
+                .read_block_document(id, false)
+                .await
+                .is_err()
+        );
         let records = console_audit(&ctx.state.store).await;
         let delete = records
             .iter()
@@ -360,23 +445,49 @@ async fn a_read_token_sees_masked_values_and_no_way_to_change_them() {
         let page = browser.get(&format!("/blocks/{id}")).await;
         assert_eq!(page.status, StatusCode::OK);
         assert!(page.text.contains("db-password"));
-        assert!(!page.text.contains(CANARY), "a secret never reaches the page");
+        assert!(
+            !page.text.contains(CANARY),
+            "a secret never reaches the page"
+        );
         assert!(page.text.contains("secret"));
-        assert!(!page.text.contains(&format!("/blocks/{id}/edit")), "no edit button");
-        assert!(!page.text.contains(&format!("/blocks/{id}/delete")), "no delete button");
+        assert!(
+            !page.text.contains(&format!("/blocks/{id}/edit")),
+            "no edit button"
+        );
+        assert!(
+            !page.text.contains(&format!("/blocks/{id}/delete")),
+            "no delete button"
+        );
         assert!(!browser.get("/blocks").await.text.contains("Add block"));
 
-        for path in [format!("/blocks/{id}/edit"), format!("/blocks/{id}/delete"), "/blocks/new/secret".to_owned()] {
+        for path in [
+            format!("/blocks/{id}/edit"),
+            format!("/blocks/{id}/delete"),
+            "/blocks/new/secret".to_owned(),
+        ] {
             let page = browser.get(&path).await;
             assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
-            assert!(page.text.contains("needs a token with the write scope"), "{path}: {}", page.text);
+            assert!(
+                page.text.contains("needs a token with the write scope"),
+                "{path}: {}",
+                page.text
+            );
         }
         let csrf = browser.form_token().await;
         let page = browser
-            .post("/blocks/new/secret", &[("_csrf", &csrf), ("_name", "sneaky"), ("data.value", "x")])
+            .post(
+                "/blocks/new/secret",
+                &[("_csrf", &csrf), ("_name", "sneaky"), ("data.value", "x")],
+            )
             .await;
         assert_eq!(page.status, StatusCode::FORBIDDEN);
-        assert!(ctx.state.store.read_block_document_by_name("secret", "sneaky", false).await.is_err());
+        assert!(
+            ctx.state
+                .store
+                .read_block_document_by_name("secret", "sneaky", false)
+                .await
+                .is_err()
+        );
     })
     .await;
 }
@@ -401,28 +512,86 @@ async fn creating_and_editing_keeps_secrets_out_of_pages_and_audits_with_the_ses
         // The built-in Secret holds a secret string or secret JSON: the form offers the choice.
         let value = |v: &'static str| [("data.value#choice", "0"), ("data.value#a0", v)];
         let page = browser
-            .post("/blocks/new/secret", &[&[("_csrf", csrf.as_str()), ("_schema", &schema), ("_name", "Bad Name!")][..], &value(CANARY)].concat())
+            .post(
+                "/blocks/new/secret",
+                &[
+                    &[
+                        ("_csrf", csrf.as_str()),
+                        ("_schema", &schema),
+                        ("_name", "Bad Name!"),
+                    ][..],
+                    &value(CANARY),
+                ]
+                .concat(),
+            )
             .await;
-        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", page.text);
-        assert!(page.text.contains("block-name-error"), "the error is at the name field");
-        assert!(!page.text.contains(CANARY), "a typed secret is never sent back");
-        assert!(store.read_block_document_by_name("secret", "Bad Name!", false).await.is_err());
+        assert_eq!(
+            page.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            page.text
+        );
+        assert!(
+            page.text.contains("block-name-error"),
+            "the error is at the name field"
+        );
+        assert!(
+            !page.text.contains(CANARY),
+            "a typed secret is never sent back"
+        );
+        assert!(
+            store
+                .read_block_document_by_name("secret", "Bad Name!", false)
+                .await
+                .is_err()
+        );
 
         // Created: the page of the new block, with the snippet.
         let page = browser
-            .post("/blocks/new/secret", &[&[("_csrf", csrf.as_str()), ("_schema", &schema), ("_name", "db-password")][..], &value(CANARY)].concat())
+            .post(
+                "/blocks/new/secret",
+                &[
+                    &[
+                        ("_csrf", csrf.as_str()),
+                        ("_schema", &schema),
+                        ("_name", "db-password"),
+                    ][..],
+                    &value(CANARY),
+                ]
+                .concat(),
+            )
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-        let doc = store.read_block_document_by_name("secret", "db-password", true).await.unwrap();
+        let doc = store
+            .read_block_document_by_name("secret", "db-password", true)
+            .await
+            .unwrap();
         assert_eq!(doc.data["value"], json!(CANARY));
         assert_eq!(page.location(), format!("/blocks/{}?saved=created", doc.id));
         let detail = browser.get(page.location()).await;
-        assert!(detail.text.contains("Secret::load(&quot;db-password&quot;)"), "{}", detail.text);
+        assert!(
+            detail
+                .text
+                .contains("Secret::load(&quot;db-password&quot;)"),
+            "{}",
+            detail.text
+        );
         assert!(!detail.text.contains(CANARY));
 
         // The same name again: at the name field.
         let page = browser
-            .post("/blocks/new/secret", &[&[("_csrf", csrf.as_str()), ("_schema", &schema), ("_name", "db-password")][..], &value("x")].concat())
+            .post(
+                "/blocks/new/secret",
+                &[
+                    &[
+                        ("_csrf", csrf.as_str()),
+                        ("_schema", &schema),
+                        ("_name", "db-password"),
+                    ][..],
+                    &value("x"),
+                ]
+                .concat(),
+            )
             .await;
         assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
         assert!(page.text.contains("already exists"));
@@ -431,11 +600,25 @@ async fn creating_and_editing_keeps_secrets_out_of_pages_and_audits_with_the_ses
         let edit = browser.get(&format!("/blocks/{}/edit", doc.id)).await;
         assert_eq!(edit.status, StatusCode::OK);
         assert!(!edit.text.contains(CANARY));
-        assert!(!edit.text.contains("********"), "not even the mask is pre-filled");
+        assert!(
+            !edit.text.contains("********"),
+            "not even the mask is pre-filled"
+        );
         let version = store.document_version(doc.id).await.unwrap().to_string();
         let uri = format!("/blocks/{}/edit", doc.id);
         let page = browser
-            .post(&uri, &[&[("_csrf", csrf.as_str()), ("_schema", &schema), ("_version", &version)][..], &value("")].concat())
+            .post(
+                &uri,
+                &[
+                    &[
+                        ("_csrf", csrf.as_str()),
+                        ("_schema", &schema),
+                        ("_version", &version),
+                    ][..],
+                    &value(""),
+                ]
+                .concat(),
+            )
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
         let kept = store.read_block_document(doc.id, true).await.unwrap();
@@ -443,31 +626,66 @@ async fn creating_and_editing_keeps_secrets_out_of_pages_and_audits_with_the_ses
         // Typed, it replaces the stored value.
         let version = store.document_version(doc.id).await.unwrap().to_string();
         let page = browser
-            .post(&uri, &[&[("_csrf", csrf.as_str()), ("_schema", &schema), ("_version", &version)][..], &value("new-value")].concat())
+            .post(
+                &uri,
+                &[
+                    &[
+                        ("_csrf", csrf.as_str()),
+                        ("_schema", &schema),
+                        ("_version", &version),
+                    ][..],
+                    &value("new-value"),
+                ]
+                .concat(),
+            )
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
         let replaced = store.read_block_document(doc.id, true).await.unwrap();
         assert_eq!(replaced.data["value"], json!("new-value"));
         // A stale form: 409, nothing overwritten.
         let page = browser
-            .post(&uri, &[&[("_csrf", csrf.as_str()), ("_schema", &schema), ("_version", &version)][..], &value("stale")].concat())
+            .post(
+                &uri,
+                &[
+                    &[
+                        ("_csrf", csrf.as_str()),
+                        ("_schema", &schema),
+                        ("_version", &version),
+                    ][..],
+                    &value("stale"),
+                ]
+                .concat(),
+            )
             .await;
         assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
         assert!(page.text.contains("changed by someone else"));
-        assert!(!page.text.contains("stale"), "the typed secret is not sent back");
+        assert!(
+            !page.text.contains("stale"),
+            "the typed secret is not sent back"
+        );
         let unchanged = store.read_block_document(doc.id, true).await.unwrap();
         assert_eq!(unchanged.data["value"], json!("new-value"));
 
         // Every console write is recorded with the session's token; no value in any record.
         let records = console_audit(store).await;
-        let writes: Vec<_> = records.iter().filter(|r| r.action.contains("/blocks/")).collect();
+        let writes: Vec<_> = records
+            .iter()
+            .filter(|r| r.action.contains("/blocks/"))
+            .collect();
         assert!(writes.len() >= 5, "{writes:?}");
         for r in &records {
             assert_eq!(r.token_id, Some(writer_id), "{r:?}");
             let line = format!("{r:?}");
-            assert!(!line.contains(CANARY) && !line.contains("new-value"), "{line}");
+            assert!(
+                !line.contains(CANARY) && !line.contains("new-value"),
+                "{line}"
+            );
         }
-        assert!(writes.iter().any(|r| r.outcome == "ok" && r.target == format!("/api/block_documents/{}", doc.id)));
+        assert!(
+            writes.iter().any(
+                |r| r.outcome == "ok" && r.target == format!("/api/block_documents/{}", doc.id)
+            )
+        );
         assert!(writes.iter().any(|r| r.status == 409));
     })
     .await;
@@ -485,8 +703,17 @@ async fn a_revoked_token_ends_its_console_sessions_and_signing_out_ends_the_sess
         let page = browser.get("/blocks").await;
         assert_eq!(page.status, StatusCode::SEE_OTHER);
         assert_eq!(page.location(), "/sign-in?next=%2Fblocks&ended=1");
-        assert!(page.header(header::SET_COOKIE).contains("Max-Age=0"), "the dead cookie is cleared");
-        assert!(browser.get("/sign-in?ended=1").await.text.contains("Your session has ended"));
+        assert!(
+            page.header(header::SET_COOKIE).contains("Max-Age=0"),
+            "the dead cookie is cleared"
+        );
+        assert!(
+            browser
+                .get("/sign-in?ended=1")
+                .await
+                .text
+                .contains("Your session has ended")
+        );
 
         let mut browser = Browser::new(&ctx.app);
         browser.sign_in(&ctx.admin).await;

@@ -109,7 +109,9 @@ impl Store {
         })?;
         let filter = |select: &str| {
             let mut sql = Sql::new(select);
-            sql.push(" from block_document d join block_type t on t.id = d.block_type_id where 1 = 1");
+            sql.push(
+                " from block_document d join block_type t on t.id = d.block_type_id where 1 = 1",
+            );
             if !query.include_anonymous {
                 sql.push(" and d.is_anonymous = 0");
             }

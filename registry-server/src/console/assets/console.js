@@ -27,7 +27,7 @@ function setupCopy() {
 
 function setupChoices() {
   for (const select of document.querySelectorAll("select[data-choice]")) {
-    const name = select.dataset.choice;
+    const name = select.id;
     const update = () => {
       for (const part of document.querySelectorAll("[data-choice-for]")) {
         if (part.dataset.choiceFor !== name) continue;

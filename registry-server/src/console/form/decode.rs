@@ -50,7 +50,7 @@ pub(crate) fn decode(
     let mut data = Map::new();
     for prop in decoder.schema.top() {
         let name = format!("data.{}", escape_key(&prop.key));
-        if let Some(value) = decoder.field(&prop, &name, &[prop.key.clone()], 1, &[]) {
+        if let Some(value) = decoder.field(&prop, &name, std::slice::from_ref(&prop.key), 1, &[]) {
             data.insert(prop.key.clone(), value);
         }
     }
@@ -68,10 +68,9 @@ fn parse_action(value: &str) -> Action {
     if let Some((path, index)) = value
         .strip_prefix("remove:")
         .and_then(|rest| rest.rsplit_once('/'))
+        && let Ok(index) = index.parse()
     {
-        if let Ok(index) = index.parse() {
-            return Action::Remove(path.to_owned(), index);
-        }
+        return Action::Remove(path.to_owned(), index);
     }
     if let Some((path, slug)) = value
         .strip_prefix("new-ref:")
@@ -105,10 +104,10 @@ impl Decoder<'_> {
             if dict && digits.len() != rest.len() {
                 continue;
             }
-            if let Ok(index) = digits.parse::<usize>() {
-                if index.to_string() == digits {
-                    out.insert(index);
-                }
+            if let Ok(index) = digits.parse::<usize>()
+                && index.to_string() == digits
+            {
+                out.insert(index);
             }
         }
         out
@@ -248,7 +247,9 @@ impl Decoder<'_> {
                     let mut child_api = api.to_vec();
                     child_api.push(p.key.clone());
                     let child_name = format!("{name}.{}", escape_key(&p.key));
-                    if let Some(v) = self.field(p, &child_name, &child_api, depth + 1, &resolved.stack) {
+                    if let Some(v) =
+                        self.field(p, &child_name, &child_api, depth + 1, &resolved.stack)
+                    {
                         object.insert(p.key.clone(), v);
                     }
                 }
@@ -268,7 +269,14 @@ impl Decoder<'_> {
                     let mut item_api = api.to_vec();
                     item_api.push(out.len().to_string());
                     let item_name = format!("{name}.{index}");
-                    let value = self.node(&items, &item_name, &item_api, true, depth + 1, &resolved.stack);
+                    let value = self.node(
+                        &items,
+                        &item_name,
+                        &item_api,
+                        true,
+                        depth + 1,
+                        &resolved.stack,
+                    );
                     out.push(value.unwrap_or(Value::Null));
                 }
                 if self.action == Action::Add(name.to_owned()) {
@@ -279,11 +287,21 @@ impl Decoder<'_> {
             Shape::Dict(values) => self.dict(name, api, &values, required, depth, &resolved.stack),
             Shape::Choice(alternatives, nullable) => {
                 let choice = self.last(&format!("{name}#choice")).unwrap_or_default();
-                let index = choice.parse::<usize>().ok().filter(|i| *i < alternatives.len());
+                let index = choice
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|i| *i < alternatives.len());
                 match index {
                     Some(i) => {
                         let alt_name = format!("{name}#a{i}");
-                        self.node(&alternatives[i], &alt_name, api, true, depth + 1, &resolved.stack)
+                        self.node(
+                            &alternatives[i],
+                            &alt_name,
+                            api,
+                            true,
+                            depth + 1,
+                            &resolved.stack,
+                        )
                     }
                     None if nullable => Some(Value::Null),
                     None => {
@@ -299,10 +317,10 @@ impl Decoder<'_> {
 
     /// An empty secret: the stored (masked) value on edit, else absent.
     fn kept_or_missing(&mut self, api: &[String], required: bool) -> Option<Value> {
-        if self.mode == Mode::Edit {
-            if let Some(original) = lookup(self.original, api).filter(|v| !v.is_null()) {
-                return Some(original.clone());
-            }
+        if self.mode == Mode::Edit
+            && let Some(original) = lookup(self.original, api)
+        {
+            return Some(original.clone());
         }
         if required {
             self.error(api, "is required");
@@ -335,7 +353,11 @@ impl Decoder<'_> {
 
     fn date_time(&mut self, name: &str, api: &[String], required: bool) -> Option<Value> {
         let local = self.last(name).unwrap_or_default().trim().to_owned();
-        let offset = self.last(&format!("{name}#tz")).unwrap_or_default().trim().to_owned();
+        let offset = self
+            .last(&format!("{name}#tz"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         if local.is_empty() {
             if required {
                 self.error(api, "is required");
@@ -382,7 +404,10 @@ impl Decoder<'_> {
             if self.action == Action::Remove(name.to_owned(), index) {
                 continue;
             }
-            let key = self.last(&format!("{name}#k{index}")).unwrap_or_default().to_owned();
+            let key = self
+                .last(&format!("{name}#k{index}"))
+                .unwrap_or_default()
+                .to_owned();
             let mut value_api = api.to_vec();
             value_api.push(key.clone());
             let value_name = format!("{name}#v{index}");

@@ -232,7 +232,9 @@ fn field(node: &Node) -> Markup {
 fn row(name: &str, row: &Row, noun: &str) -> Markup {
     html! {
         div.row {
-            @if let Some(key) = &row.key { (field(key)) }
+            @if let Some(key) = &row.key { (field(key)) } @else {
+                input type="hidden" name={ (name) "." (row.index) "#row" } value="";
+            }
             (field(&row.value))
             button type="submit" name="_action" value={ "remove:" (name) "/" (row.index) }
                 formnovalidate data-remove { "Remove " (noun) }

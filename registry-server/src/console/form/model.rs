@@ -128,7 +128,10 @@ pub(super) fn api_path(api: &[String]) -> String {
 }
 
 /// The value at `api` in `data` (object keys; array indices as numbers).
-pub(super) fn lookup<'v>(data: Option<&'v Map<String, Value>>, api: &[String]) -> Option<&'v Value> {
+pub(super) fn lookup<'v>(
+    data: Option<&'v Map<String, Value>>,
+    api: &[String],
+) -> Option<&'v Value> {
     let (first, rest) = api.split_first()?;
     let mut current = data?.get(first)?;
     for segment in rest {
@@ -184,10 +187,19 @@ fn string_of(schema: &Value, key: &str) -> Option<String> {
     schema.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// Where a choice is, for [`Builder::choice`].
+struct ChoiceContext<'c> {
+    name: &'c str,
+    label: &'c str,
+    api: &'c [String],
+    has_none: bool,
+    depth: usize,
+    stack: &'c [String],
+}
+
 struct Builder<'a> {
     schema: Schema<'a>,
     input: &'a FormInput<'a>,
-    data: Option<&'a Map<String, Value>>,
     use_defaults: bool,
     seq: usize,
 }
@@ -202,7 +214,6 @@ pub(super) fn build(input: &FormInput<'_>) -> (Vec<Node>, Vec<FieldError>) {
     let mut builder = Builder {
         schema: Schema::new(input.schema),
         input,
-        data,
         use_defaults: data.is_none(),
         seq: 0,
     };
@@ -239,7 +250,16 @@ impl Builder<'_> {
         stack: &[String],
     ) -> Node {
         let label = string_of(&prop.schema, "title").unwrap_or_else(|| humanize(&prop.key));
-        self.node(&prop.schema, label, name, api, !prop.required, value, depth, stack)
+        self.node(
+            &prop.schema,
+            label,
+            name,
+            api,
+            !prop.required,
+            value,
+            depth,
+            stack,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -350,7 +370,10 @@ impl Builder<'_> {
                 Widget::Group { children }
             }
             Shape::Array(items) => {
-                let values = current.and_then(Value::as_array).cloned().unwrap_or_default();
+                let values = current
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let rows = values
                     .iter()
                     .enumerate()
@@ -377,7 +400,10 @@ impl Builder<'_> {
                 Widget::Rows { rows, dict: false }
             }
             Shape::Dict(values) => {
-                let entries = current.and_then(Value::as_object).cloned().unwrap_or_default();
+                let entries = current
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 let rows = entries
                     .iter()
                     .enumerate()
@@ -421,7 +447,15 @@ impl Builder<'_> {
                 Widget::Rows { rows, dict: true }
             }
             Shape::Choice(alternatives, nullable) => {
-                self.choice(&name, &api, &alternatives, nullable, optional, current, depth, &resolved.stack)
+                let context = ChoiceContext {
+                    name: &name,
+                    label: &label,
+                    api: &api,
+                    has_none: nullable || optional,
+                    depth,
+                    stack: &resolved.stack,
+                };
+                self.choice(&context, &alternatives, current)
             }
         };
         Node {
@@ -444,7 +478,12 @@ impl Builder<'_> {
             .map(str::to_owned);
         let mut options = vec![Opt {
             value: String::new(),
-            label: if optional { "— none —" } else { "— choose —" }.to_owned(),
+            label: if optional {
+                "— none —"
+            } else {
+                "— choose —"
+            }
+            .to_owned(),
             selected: current_id.is_none(),
         }];
         let mut found = false;
@@ -478,19 +517,20 @@ impl Builder<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn choice(
         &mut self,
-        name: &str,
-        api: &[String],
+        at: &ChoiceContext<'_>,
         alternatives: &[Value],
-        nullable: bool,
-        optional: bool,
         current: Option<&Value>,
-        depth: usize,
-        stack: &[String],
     ) -> Widget {
-        let has_none = nullable || optional;
+        let ChoiceContext {
+            name,
+            api,
+            has_none,
+            depth,
+            stack,
+            ..
+        } = *at;
         let resolved: Vec<_> = alternatives
             .iter()
             .map(|a| {
@@ -545,9 +585,15 @@ impl Builder<'_> {
                 selected: selected == Some(i),
             });
             let value = if selected == Some(i) { current } else { None };
-            let node = self.node(
+            // One alternative besides none: its input is the field itself.
+            let node_label = if alternatives.len() == 1 {
+                at.label.to_owned()
+            } else {
+                label
+            };
+            let mut node = self.node(
                 alternative,
-                label,
+                node_label,
                 format!("{name}#a{i}"),
                 api.to_vec(),
                 false,
@@ -555,6 +601,10 @@ impl Builder<'_> {
                 depth + 1,
                 stack,
             );
+            // A definition's own description (often a long docstring) is not repeated.
+            if alternative.get("description").is_none() {
+                node.hint = None;
+            }
             nodes.push((i, node));
         }
         Widget::Choice {
@@ -664,8 +714,9 @@ pub(super) fn submitted_pairs(nodes: &[Node]) -> Vec<(String, String)> {
             }
             Widget::Rows { rows, .. } => {
                 for row in rows {
-                    if let Some(key) = &row.key {
-                        walk(key, out);
+                    match &row.key {
+                        Some(key) => walk(key, out),
+                        None => out.push((format!("{name}.{}#row", row.index), String::new())),
                     }
                     walk(&row.value, out);
                 }
@@ -676,26 +727,4 @@ pub(super) fn submitted_pairs(nodes: &[Node]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     nodes.iter().for_each(|n| walk(n, &mut out));
     out
-}
-
-/// Calls `f` on every node, in document order (tests).
-#[cfg(test)]
-pub(super) fn visit(nodes: &[Node], f: &mut dyn FnMut(&Node)) {
-    fn walk(node: &Node, f: &mut dyn FnMut(&Node)) {
-        f(node);
-        match &node.widget {
-            Widget::Group { children } => children.iter().for_each(|c| walk(c, f)),
-            Widget::Choice { alternatives, .. } => alternatives.iter().for_each(|(_, c)| walk(c, f)),
-            Widget::Rows { rows, .. } => {
-                for row in rows {
-                    if let Some(key) = &row.key {
-                        walk(key, f);
-                    }
-                    walk(&row.value, f);
-                }
-            }
-            _ => {}
-        }
-    }
-    nodes.iter().for_each(|n| walk(n, f));
 }

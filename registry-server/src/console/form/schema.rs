@@ -211,13 +211,12 @@ impl<'a> Schema<'a> {
             self.base_shape(&resolved.schema, api)
         };
         if !secret {
-            if let Shape::Choice(alternatives, nullable) = &base {
-                if let [only] = alternatives.as_slice() {
-                    let inner = self.resolve(only, &resolved.stack);
-                    if let Shape::Reference(slug, _) = self.shape(&inner, api, depth) {
-                        return Shape::Reference(slug, *nullable);
-                    }
-                }
+            if let Shape::Choice(alternatives, nullable) = &base
+                && let [only] = alternatives.as_slice()
+                && let Shape::Reference(slug, _) =
+                    self.shape(&self.resolve(only, &resolved.stack), api, depth)
+            {
+                return Shape::Reference(slug, *nullable);
             }
             return base;
         }
@@ -250,15 +249,16 @@ impl<'a> Schema<'a> {
             if let Some(slug) = object.get("block_type_slug").and_then(Value::as_str) {
                 return Shape::Reference(slug.to_owned(), false);
             }
-            if api.len() == 1 && object.get("$ref").is_some() {
-                if let Some(slug) = self.top_refs.get(&api[0]) {
-                    return Shape::Reference(slug.clone(), false);
-                }
+            if api.len() == 1
+                && object.get("$ref").is_some()
+                && let Some(slug) = self.top_refs.get(&api[0])
+            {
+                return Shape::Reference(slug.clone(), false);
             }
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(Value::Array(alternatives)) = object.get(key) {
-                return choice(schema, alternatives.clone());
+                return choice(alternatives.clone());
             }
         }
         if let Some(Value::Array(types)) = object.get("type") {
@@ -273,7 +273,7 @@ impl<'a> Schema<'a> {
                     Value::Object(one)
                 })
                 .collect();
-            return choice(schema, alternatives);
+            return choice(alternatives);
         }
         if let Some(constant) = object.get("const") {
             return Shape::Enum(vec![constant.clone()]);
@@ -285,17 +285,13 @@ impl<'a> Schema<'a> {
             return Shape::Enum(options.clone());
         }
         match object.get("type").and_then(Value::as_str) {
-            Some("string") => Shape::Text(
-                match object.get("format").and_then(Value::as_str) {
-                    Some("date-time") => TextKind::DateTime,
-                    Some("date") => TextKind::Date,
-                    Some("uri" | "url" | "uri-reference" | "iri" | "iri-reference") => {
-                        TextKind::Url
-                    }
-                    Some("email" | "idn-email") => TextKind::Email,
-                    _ => TextKind::Text,
-                },
-            ),
+            Some("string") => Shape::Text(match object.get("format").and_then(Value::as_str) {
+                Some("date-time") => TextKind::DateTime,
+                Some("date") => TextKind::Date,
+                Some("uri" | "url" | "uri-reference" | "iri" | "iri-reference") => TextKind::Url,
+                Some("email" | "idn-email") => TextKind::Email,
+                _ => TextKind::Text,
+            }),
             Some("integer") => Shape::Text(TextKind::Integer),
             Some("number") => Shape::Text(TextKind::Number),
             Some("boolean") => Shape::Boolean,
@@ -357,7 +353,7 @@ fn marked(schema: &Value) -> bool {
         || schema.get("format").and_then(Value::as_str) == Some("password")
 }
 
-fn choice(schema: &Value, alternatives: Vec<Value>) -> Shape {
+fn choice(alternatives: Vec<Value>) -> Shape {
     let mut nullable = false;
     let mut rest = Vec::new();
     for alternative in alternatives {
@@ -376,7 +372,6 @@ fn choice(schema: &Value, alternatives: Vec<Value>) -> Shape {
     if rest.is_empty() {
         return Shape::Null;
     }
-    let _ = schema;
     Shape::Choice(rest, nullable)
 }
 
@@ -489,13 +484,20 @@ pub(super) fn fits(shape: &Shape, value: &Value, resolved: &Value) -> bool {
         (Shape::Object(props), Value::Object(o)) => {
             !o.contains_key("$ref")
                 && o.keys().all(|k| props.iter().any(|p| &p.key == k))
-                && props.iter().filter(|p| p.required).all(|p| o.contains_key(&p.key))
+                && props
+                    .iter()
+                    .filter(|p| p.required)
+                    .all(|p| o.contains_key(&p.key))
                 && resolved.get("type").and_then(Value::as_str) != Some("array")
         }
-        (Shape::Dict(_) | Shape::Json(JsonKind::Object) | Shape::SecretJson(JsonKind::Object), Value::Object(o)) => {
-            !o.contains_key("$ref")
-        }
-        (Shape::Array(_) | Shape::Json(JsonKind::Array) | Shape::SecretJson(JsonKind::Array), Value::Array(_)) => true,
+        (
+            Shape::Dict(_) | Shape::Json(JsonKind::Object) | Shape::SecretJson(JsonKind::Object),
+            Value::Object(o),
+        ) => !o.contains_key("$ref"),
+        (
+            Shape::Array(_) | Shape::Json(JsonKind::Array) | Shape::SecretJson(JsonKind::Array),
+            Value::Array(_),
+        ) => true,
         (Shape::Choice(..), _) => true,
         _ => false,
     }

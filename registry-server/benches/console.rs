@@ -1,0 +1,336 @@
+//! Console benchmark: server time to render the console's pages over a store of 100,000
+//! blocks (SQLite and PostgreSQL), and the weight of each page (HTML, stylesheet, script;
+//! raw and gzip), printed as tables.
+//!
+//! `cargo bench -p registry-server --bench console`. Settings: `BENCH_DOCUMENTS` (default
+//! 100000), `BENCH_REQUESTS` per page (default 200), `BLOCKS_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created and dropped).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use block_types::catalog::{Collection, GcpCredentials, GcsBucket, Json, Secret, StringBlock};
+use block_types::model::BlockDocumentCreate;
+use block_types::references::reference_value;
+use block_types::{Block, BlockSpec};
+use registry_server::crypto::MasterKey;
+use registry_server::http::{AppState, app, register_collection};
+use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use tower::ServiceExt as _;
+
+const CONCURRENCY: usize = 16;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn schema_of(store: &Store, spec: &BlockSpec) -> (uuid::Uuid, uuid::Uuid) {
+    let ty = store
+        .ensure_block_type(&spec.block_type, false)
+        .await
+        .unwrap();
+    let schema = store
+        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
+        .await
+        .unwrap()
+        .0;
+    (ty.id, schema.id)
+}
+
+/// Fills the store: a realistic mix of plain values, secrets, and buckets that reference
+/// credentials. Returns the id of one bucket.
+async fn seed(store: &Arc<Store>, n: usize) -> uuid::Uuid {
+    let string = schema_of(store, &StringBlock::spec()).await;
+    let json_ = schema_of(store, &Json::spec()).await;
+    let secret = schema_of(store, &Secret::spec()).await;
+    let creds = schema_of(store, &GcpCredentials::spec()).await;
+    let bucket = schema_of(store, &GcsBucket::spec()).await;
+    let create = |store: Arc<Store>,
+                  (ty, schema): (uuid::Uuid, uuid::Uuid),
+                  name: String,
+                  data: Value| async move {
+        store
+            .create_block_document(BlockDocumentCreate {
+                name: Some(name),
+                data: data.as_object().cloned().unwrap(),
+                block_schema_id: schema,
+                block_type_id: ty,
+                is_anonymous: false,
+            })
+            .await
+            .unwrap()
+            .id
+    };
+    let shared_creds = create(
+        store.clone(),
+        creds,
+        "zoom-gcp-creds".into(),
+        json!({"service_account_info": {"private_key": "k", "client_email": "e@x"}}),
+    )
+    .await;
+    let first_bucket = create(
+        store.clone(),
+        bucket,
+        "zoom-gcs".into(),
+        json!({"bucket": "b", "gcp_credentials": reference_value(shared_creds)}),
+    )
+    .await;
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let store = store.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let name = format!("block-{i:07}");
+                match i % 10 {
+                    0 | 1 => {
+                        create(store.clone(), bucket, name, json!({"bucket": format!("b{i}"), "gcp_credentials": reference_value(shared_creds)})).await
+                    }
+                    2..=6 => create(store.clone(), secret, name, json!({"value": format!("s{i}")})).await,
+                    7 | 8 => create(store.clone(), string, name, json!({"value": format!("v{i}")})).await,
+                    _ => create(store.clone(), json_, name, json!({"value": {"i": i}})).await,
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "seeded {n} blocks in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    first_bucket
+}
+
+struct Session {
+    app: Router,
+    cookie: String,
+}
+
+fn request(method: &str, uri: &str, cookie: Option<&str>, body: Option<String>) -> Request<Body> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "127.0.0.1")
+        .header(header::ORIGIN, "http://127.0.0.1");
+    if let Some(cookie) = cookie {
+        builder = builder.header(header::COOKIE, format!("__Host-blocks-session={cookie}"));
+    }
+    let mut req = match body {
+        Some(body) => builder
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+        None => builder.body(Body::empty()).unwrap(),
+    };
+    req.extensions_mut().insert(ConnectInfo(
+        "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
+    ));
+    req
+}
+
+async fn sign_in(state: &AppState) -> Session {
+    let created = state
+        .store
+        .create_token(TokenCreate {
+            name: "bench".into(),
+            scopes: [Scope::Admin].into_iter().collect(),
+            expires: None,
+        })
+        .await
+        .unwrap();
+    let app = app(state.clone());
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", created.token.expose_secret())
+        .finish();
+    let response = app
+        .clone()
+        .oneshot(request("POST", "/sign-in", None, Some(body)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    let value = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    Session { app, cookie: value }
+}
+
+impl Session {
+    async fn get(&self, uri: &str) -> (StatusCode, Vec<u8>) {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request("GET", uri, Some(&self.cookie), None))
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
+}
+
+fn gzip(bytes: &[u8]) -> usize {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap().len()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn run(backend: &str, store: Arc<Store>, documents: usize, requests: usize, weights: bool) {
+    register_collection(&store, Collection::Core).await.unwrap();
+    let bucket = seed(&store, documents).await;
+    let state = AppState::new(store.clone());
+    let session = sign_in(&state).await;
+    let pages = [
+        ("blocks list, first page", "/blocks".to_owned()),
+        ("name search", "/blocks?q=block-00999".to_owned()),
+        ("type filter", "/blocks?type=secret".to_owned()),
+        ("deep page (offset 49,950)", "/blocks?page=1000".to_owned()),
+        ("block page (bucket + creds)", format!("/blocks/{bucket}")),
+        ("catalog", "/catalog".to_owned()),
+        (
+            "create form (gcs-bucket)",
+            "/blocks/new/gcs-bucket".to_owned(),
+        ),
+    ];
+    for (name, uri) in &pages {
+        let (status, _) = session.get(uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        let mut latencies = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let started = Instant::now();
+            let (status, _) = session.get(uri).await;
+            latencies.push(started.elapsed());
+            assert_eq!(status, StatusCode::OK);
+        }
+        latencies.sort();
+        println!(
+            "| {backend:<10} | {documents:>7} | {name:<28} | {:>8.2} | {:>8.2} |",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+    }
+    if weights {
+        println!();
+        println!("| page | HTML bytes | HTML gzip | + CSS | + JS | total gzip (HTML+CSS+JS) |");
+        println!("|---|---|---|---|---|---|");
+        let (_, css) = session.get("/assets/console.css").await;
+        let (_, js) = session.get("/assets/console.js").await;
+        let mut signed_out = session.get("/sign-in").await.1;
+        if signed_out.is_empty() {
+            // Signed in, the sign-in page redirects: weigh it from a fresh app.
+            let response = app(state.clone())
+                .oneshot(request("GET", "/sign-in", None, None))
+                .await
+                .unwrap();
+            signed_out = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec();
+        }
+        let edit = format!("/blocks/{bucket}/edit");
+        let mut rows: Vec<(&str, Vec<u8>)> = vec![("sign-in", signed_out)];
+        for (name, uri) in [
+            ("catalog", "/catalog"),
+            ("blocks list", "/blocks"),
+            ("block page", pages[4].1.as_str()),
+            ("create gcs-bucket", "/blocks/new/gcs-bucket"),
+            ("create gcp-credentials", "/blocks/new/gcp-credentials"),
+            ("edit gcs-bucket", edit.as_str()),
+        ] {
+            rows.push((name, session.get(uri).await.1));
+        }
+        for (name, html) in rows {
+            println!(
+                "| {name} | {} | {} | {} | {} | {} |",
+                html.len(),
+                gzip(&html),
+                css.len(),
+                js.len(),
+                gzip(&html) + gzip(&css) + gzip(&js)
+            );
+        }
+        println!(
+            "(CSS gzip {} bytes, JS gzip {} bytes)",
+            gzip(&css),
+            gzip(&js)
+        );
+    }
+    store.close().await;
+}
+
+async fn open(url: &str) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            url,
+            MasterKeySource::Key(MasterKey::generate().unwrap()),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    sqlx::any::install_default_drivers();
+    let documents = env_number("BENCH_DOCUMENTS", 100_000);
+    let requests = env_number("BENCH_REQUESTS", 200);
+    println!("| backend    | blocks  | page                         | p50 (ms) | p99 (ms) |");
+    println!("|------------|---------|------------------------------|----------|----------|");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    run("SQLite", open(&url).await, documents, requests, true).await;
+
+    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let Ok(mut admin) = sqlx::AnyConnection::connect(&admin_url).await else {
+        println!("PostgreSQL at {admin_url} is unreachable: its rows are left out");
+        return;
+    };
+    let name = format!("blocks_console_bench_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(format!("create database {name}").as_str())
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let store = open(&format!("{base}/{name}")).await;
+    run("PostgreSQL", store, documents, requests, false).await;
+    admin
+        .execute(format!("drop database {name} with (force)").as_str())
+        .await
+        .unwrap();
+}

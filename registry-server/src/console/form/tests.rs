@@ -1,0 +1,1037 @@
+//! Tests of the block form: snapshots of every known schema's form, round trips
+//! (render → submitted pairs → decode) as properties, and decoding errors.
+
+use std::collections::HashMap;
+
+use block_types::FieldError;
+use block_types::secret_fields::{obfuscate, secret_paths_of};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::model::{self, Node, Widget, lookup, submitted_pairs};
+use super::schema::{JsonKind, Schema, Shape, TextKind, fits};
+use super::{Action, FormInput, Mode, RefOption, decode, render, unmatched_errors};
+
+const PREFECT_3: &str =
+    include_str!("../../../../block-types/tests/fixtures/block-schemas-prefect-3.9.1.json");
+const FIXTURES: [(&str, &str); 4] = [
+    ("prefect-2.7.7", include_str!("fixtures/prefect-2.7.7.json")),
+    (
+        "prefect-gcp-0.6.22",
+        include_str!("fixtures/prefect-gcp-0.6.22.json"),
+    ),
+    (
+        "prefect-sqlalchemy-0.6.1",
+        include_str!("fixtures/prefect-sqlalchemy-0.6.1.json"),
+    ),
+    (
+        "prefect-docker-0.7.4",
+        include_str!("fixtures/prefect-docker-0.7.4.json"),
+    ),
+];
+
+/// Every schema the tests know: (name, fields).
+fn all_schemas() -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = block_types::catalog::all_specs()
+        .into_iter()
+        .map(|spec| (format!("builtin-{}", spec.block_type.slug), spec.fields))
+        .collect();
+    let mut files = vec![("prefect-3.9.1", PREFECT_3)];
+    files.extend(FIXTURES);
+    for (file, text) in files {
+        let parsed: Map<String, Value> = serde_json::from_str(text).unwrap();
+        for (class, entry) in parsed {
+            out.push((format!("{file}-{class}"), entry["fields"].clone()));
+        }
+    }
+    out
+}
+
+fn empty() -> (HashMap<String, Vec<RefOption>>, HashMap<String, String>) {
+    (HashMap::new(), HashMap::new())
+}
+
+fn input<'a>(
+    schema: &'a Value,
+    mode: Mode,
+    data: Option<&'a Map<String, Value>>,
+    original: Option<&'a Map<String, Value>>,
+    refs: &'a HashMap<String, Vec<RefOption>>,
+    names: &'a HashMap<String, String>,
+    errors: &'a [FieldError],
+) -> FormInput<'a> {
+    FormInput {
+        schema,
+        mode,
+        data,
+        original,
+        references: refs,
+        type_names: names,
+        errors,
+    }
+}
+
+fn html_of(input: &FormInput<'_>) -> String {
+    render(input).into_string()
+}
+
+#[test]
+fn create_forms_of_every_known_schema() {
+    let (refs, names) = empty();
+    let schemas = all_schemas();
+    assert!(schemas.len() > 40, "{}", schemas.len());
+    for (name, schema) in &schemas {
+        let html = html_of(&input(schema, Mode::Create, None, None, &refs, &names, &[]));
+        insta::assert_snapshot!(format!("create-{name}"), html);
+    }
+}
+
+fn gcs_refs() -> (
+    HashMap<String, Vec<RefOption>>,
+    HashMap<String, String>,
+    Uuid,
+) {
+    let id = Uuid::from_u128(0x1234);
+    let refs = HashMap::from([(
+        "gcp-credentials".to_owned(),
+        vec![
+            RefOption {
+                id,
+                name: "zoom-gcp-creds".to_owned(),
+            },
+            RefOption {
+                id: Uuid::from_u128(0x5678),
+                name: "other <creds>".to_owned(),
+            },
+        ],
+    )]);
+    let names = HashMap::from([("gcp-credentials".to_owned(), "GCP Credentials".to_owned())]);
+    (refs, names, id)
+}
+
+fn builtin(slug: &str) -> Value {
+    block_types::catalog::spec_for_slug(slug).unwrap().fields
+}
+
+#[test]
+fn edit_forms_of_gcp_credentials_and_gcs_bucket() {
+    let (refs, names, id) = gcs_refs();
+    let creds = builtin("gcp-credentials");
+    let data = json!({
+        "service_account_info": {"type": "********", "private_key": "********"},
+        "project": "zoom",
+    });
+    let data = data.as_object().unwrap();
+    let html = html_of(&input(
+        &creds,
+        Mode::Edit,
+        None,
+        Some(data),
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(!html.contains("********"), "{html}");
+    assert!(html.contains("Kept unless you type a new value."), "{html}");
+    insta::assert_snapshot!("edit-gcp-credentials", html);
+
+    let bucket = builtin("gcs-bucket");
+    let data = json!({
+        "bucket": "zoom-bucket",
+        "gcp_credentials": {"$ref": {"block_document_id": id.to_string()}},
+        "bucket_folder": "x/",
+    });
+    let data = data.as_object().unwrap();
+    let html = html_of(&input(
+        &bucket,
+        Mode::Edit,
+        None,
+        Some(data),
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(
+        html.contains(&format!("<option value=\"{id}\" selected>zoom-gcp-creds")),
+        "{html}"
+    );
+    assert!(html.contains("other &lt;creds&gt;"), "{html}");
+    insta::assert_snapshot!("edit-gcs-bucket", html);
+}
+
+// ---- round trips -------------------------------------------------------------------
+
+/// A generator of data the form represents, mirroring the form's classification.
+struct Gen<'a> {
+    schema: Schema<'a>,
+}
+
+type Strat = BoxedStrategy<Option<Value>>;
+
+fn text(pattern: &str) -> BoxedStrategy<Value> {
+    proptest::string::string_regex(pattern)
+        .unwrap()
+        .prop_map(Value::String)
+        .boxed()
+}
+
+fn arb_json(kind: JsonKind) -> BoxedStrategy<Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e9f64..1e9).prop_map(Value::from),
+        "[^\r\n]{0,8}".prop_map(Value::String),
+    ];
+    let any = leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_. ]{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    match kind {
+        JsonKind::Any => any.boxed(),
+        JsonKind::Object => prop::collection::btree_map("[a-z_. ]{0,6}", any, 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+            .boxed(),
+        JsonKind::Array => prop::collection::vec(any, 0..4)
+            .prop_map(Value::Array)
+            .boxed(),
+    }
+}
+
+/// `required`: always a value; else maybe absent (`None`).
+fn maybe(value: BoxedStrategy<Value>, required: bool) -> Strat {
+    if required {
+        value.prop_map(Some).boxed()
+    } else {
+        prop::option::of(value).boxed()
+    }
+}
+
+impl Gen<'_> {
+    fn object(
+        &self,
+        schema: &Value,
+        api: &[String],
+        depth: usize,
+        stack: &[String],
+    ) -> BoxedStrategy<Map<String, Value>> {
+        let resolved = self.schema.resolve(schema, stack);
+        let props = super::schema::properties(&resolved.schema);
+        let mut strategy: BoxedStrategy<Map<String, Value>> = Just(Map::new()).boxed();
+        for p in props {
+            let child_api = [api, std::slice::from_ref(&p.key)].concat();
+            let value = self.value(&p.schema, &child_api, p.required, depth, &resolved.stack);
+            let key = p.key.clone();
+            strategy = (strategy, value)
+                .prop_map(move |(mut map, v)| {
+                    if let Some(v) = v {
+                        map.insert(key.clone(), v);
+                    }
+                    map
+                })
+                .boxed();
+        }
+        strategy
+    }
+
+    fn value(
+        &self,
+        schema: &Value,
+        api: &[String],
+        required: bool,
+        depth: usize,
+        outer: &[String],
+    ) -> Strat {
+        let resolved = self.schema.resolve(schema, outer);
+        let shape = self.schema.shape(&resolved, api, depth);
+        let stack = resolved.stack.clone();
+        let pick = |opt: &str| {
+            if required {
+                format!("[^\r\n]{{0,{opt}}}")
+            } else {
+                format!("[^\r\n]{{1,{opt}}}")
+            }
+        };
+        match shape {
+            Shape::Null => Just(Some(Value::Null)).boxed(),
+            Shape::Text(kind) => {
+                let strategy = match kind {
+                    TextKind::Text => text(&pick("10")),
+                    TextKind::Url => text("https://example\\.com/[a-z0-9]{0,6}"),
+                    TextKind::Email => text("[a-z]{1,5}@example\\.com"),
+                    TextKind::Date => text("20[0-9]{2}-0[1-9]-1[0-9]"),
+                    TextKind::DateTime => text(
+                        "20[0-9]{2}-0[1-9]-1[0-9]T1[0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{3})?(Z|[+-]0[0-9]:[03]0)",
+                    ),
+                    TextKind::Integer => any::<i64>().prop_map(Value::from).boxed(),
+                    TextKind::Number => prop_oneof![
+                        any::<i64>().prop_map(Value::from),
+                        any::<f64>()
+                            .prop_filter("finite", |f| f.is_finite())
+                            .prop_map(Value::from),
+                    ]
+                    .boxed(),
+                };
+                maybe(strategy, required)
+            }
+            Shape::Password => maybe(text("[^\r\n]{1,10}"), required),
+            Shape::SecretJson(kind) | Shape::Json(kind) => maybe(arb_json(kind), required),
+            Shape::Boolean => any::<bool>().prop_map(|b| Some(Value::Bool(b))).boxed(),
+            Shape::Enum(values) => maybe(proptest::sample::select(values).boxed(), required),
+            Shape::Reference(_, nullable) => {
+                let reference = any::<u128>()
+                    .prop_map(
+                        |n| json!({"$ref": {"block_document_id": Uuid::from_u128(n).to_string()}}),
+                    )
+                    .boxed();
+                if nullable {
+                    prop_oneof![Just(Value::Null), reference]
+                        .prop_map(Some)
+                        .boxed()
+                } else {
+                    maybe(reference, required)
+                }
+            }
+            Shape::Object(_) => {
+                let object = self.object(schema, api, depth + 1, outer);
+                object
+                    .prop_map(move |m| (required || !m.is_empty()).then_some(Value::Object(m)))
+                    .boxed()
+            }
+            Shape::Array(items) => {
+                let item = self.value(
+                    &items,
+                    &[api, &["0".to_owned()]].concat(),
+                    true,
+                    depth + 1,
+                    &stack,
+                );
+                prop::collection::vec(item, 0..3)
+                    .prop_map(move |v| {
+                        let v: Vec<Value> =
+                            v.into_iter().map(|x| x.unwrap_or(Value::Null)).collect();
+                        (required || !v.is_empty()).then_some(Value::Array(v))
+                    })
+                    .boxed()
+            }
+            Shape::Dict(values) => {
+                let value = self.value(
+                    &values,
+                    &[api, &["k".to_owned()]].concat(),
+                    true,
+                    depth + 1,
+                    &stack,
+                );
+                prop::collection::btree_map("[a-zA-Z0-9 ._#%/:<>-]{1,6}", value, 0..3)
+                    .prop_map(move |m| {
+                        let m: Map<String, Value> = m
+                            .into_iter()
+                            .map(|(k, v)| (k, v.unwrap_or(Value::Null)))
+                            .collect();
+                        (required || !m.is_empty()).then_some(Value::Object(m))
+                    })
+                    .boxed()
+            }
+            Shape::Choice(alternatives, nullable) => {
+                let shapes: Vec<(Shape, Value)> = alternatives
+                    .iter()
+                    .map(|a| {
+                        let r = self.schema.resolve(a, &stack);
+                        (self.schema.shape(&r, api, depth + 1), r.schema)
+                    })
+                    .collect();
+                let mut options: Vec<Strat> = Vec::new();
+                for (i, alternative) in alternatives.iter().enumerate() {
+                    // An alternative an earlier one of the same kind shadows (`string` after
+                    // a secret string) is never picked for a value: the form shows the first.
+                    if shapes[..i]
+                        .iter()
+                        .any(|(earlier, _)| shadows(earlier, &shapes[i].0))
+                    {
+                        continue;
+                    }
+                    let shapes = shapes.clone();
+                    options.push(
+                        self.value(alternative, api, true, depth + 1, &stack)
+                            .prop_filter("the form picks this alternative", move |v| {
+                                let Some(v) = v else { return false };
+                                shapes.iter().position(|(s, r)| fits(s, v, r)) == Some(i)
+                            })
+                            .boxed(),
+                    );
+                }
+                if nullable {
+                    options.push(Just(Some(Value::Null)).boxed());
+                } else if !required {
+                    options.push(Just(None).boxed());
+                }
+                proptest::strategy::Union::new(options).boxed()
+            }
+        }
+    }
+}
+
+/// Whether every value of `later` fits `earlier` (so the form never picks `later`).
+fn shadows(earlier: &Shape, later: &Shape) -> bool {
+    let stringy = |s: &Shape| {
+        matches!(s, Shape::Password)
+            || matches!(s, Shape::Text(k) if !matches!(k, TextKind::Integer | TextKind::Number))
+    };
+    (stringy(earlier) && stringy(later))
+        || matches!((earlier, later), (Shape::Boolean, Shape::Boolean))
+        || matches!(
+            (earlier, later),
+            (
+                Shape::Text(TextKind::Number),
+                Shape::Text(TextKind::Integer | TextKind::Number)
+            )
+        )
+}
+
+/// The pairs with secrets typed in as a user would (their values from `data`).
+fn fill_secrets(nodes: &[Node], data: &Map<String, Value>, pairs: &mut [(String, String)]) {
+    fn walk(node: &Node, data: &Map<String, Value>, pairs: &mut [(String, String)]) {
+        match &node.widget {
+            Widget::Password { .. } | Widget::Json { secret: true, .. } => {
+                if let Some(v) = lookup(Some(data), &node.api) {
+                    let typed = match v {
+                        Value::String(s) if matches!(node.widget, Widget::Password { .. }) => {
+                            s.clone()
+                        }
+                        other => other.to_string(),
+                    };
+                    for pair in pairs.iter_mut().filter(|p| p.0 == node.name) {
+                        pair.1 = typed.clone();
+                    }
+                }
+            }
+            Widget::Group { children } => children.iter().for_each(|c| walk(c, data, pairs)),
+            Widget::Choice {
+                options,
+                alternatives,
+            } => {
+                let selected = options.iter().find(|o| o.selected).map(|o| o.value.clone());
+                for (i, alternative) in alternatives {
+                    if selected.as_deref() == Some(i.to_string().as_str()) {
+                        walk(alternative, data, pairs);
+                    }
+                }
+            }
+            Widget::Rows { rows, .. } => rows.iter().for_each(|r| walk(&r.value, data, pairs)),
+            _ => {}
+        }
+    }
+    nodes.iter().for_each(|n| walk(n, data, pairs));
+}
+
+fn round_trip(schema: &Value, data: &Map<String, Value>) -> Result<(), TestCaseError> {
+    let (refs, names) = empty();
+    // Create: secrets typed in.
+    let form = input(schema, Mode::Create, Some(data), None, &refs, &names, &[]);
+    let (nodes, _) = model::build(&form);
+    let html = render(&form).into_string();
+    let mut pairs = submitted_pairs(&nodes);
+    // The HTML has every control the model submits.
+    for (name, _) in &pairs {
+        let escaped = name
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;");
+        prop_assert!(
+            html.contains(&format!("name=\"{escaped}\"")),
+            "{name} not in {html}"
+        );
+    }
+    fill_secrets(&nodes, data, &mut pairs);
+    let decoded = decode(schema, Mode::Create, None, &pairs);
+    prop_assert!(decoded.errors.is_empty(), "{:?}\n{pairs:?}", decoded.errors);
+    prop_assert_eq!(&decoded.action, &Action::Save);
+    prop_assert_eq!(
+        &Value::Object(decoded.data),
+        &Value::Object(data.clone()),
+        "pairs: {:?}\nhtml: {}",
+        pairs,
+        html
+    );
+
+    // Edit: secrets masked, left empty, kept.
+    let mut masked = data.clone();
+    obfuscate(&mut masked, &secret_paths_of(schema));
+    let form = input(schema, Mode::Edit, None, Some(&masked), &refs, &names, &[]);
+    let (nodes, _) = model::build(&form);
+    let pairs = submitted_pairs(&nodes);
+    let decoded = decode(schema, Mode::Edit, Some(&masked), &pairs);
+    prop_assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+    prop_assert_eq!(
+        &Value::Object(decoded.data),
+        &Value::Object(masked.clone()),
+        "pairs: {:?}",
+        pairs
+    );
+    Ok(())
+}
+
+fn check_round_trips(name: &str, schema: &Value, cases: u32) {
+    let generator = Gen {
+        schema: Schema::new(schema),
+    };
+    let strategy = generator.object(schema, &[], 1, &[]);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    if let Err(e) = runner.run(&strategy, |data| round_trip(schema, &data)) {
+        panic!("{name}: {e}");
+    }
+}
+
+/// Cases per schema (`PROPTEST_CASES` raises it).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(24)
+}
+
+#[test]
+fn every_known_schema_round_trips() {
+    for (name, schema) in all_schemas() {
+        check_round_trips(&name, &schema, cases());
+    }
+}
+
+fn synthetic() -> Value {
+    json!({
+        "title": "Synthetic",
+        "type": "object",
+        "block_type_slug": "synthetic",
+        "secret_fields": ["token", "auth.password", "extra.*", "nested.inner.key"],
+        "block_schema_references": {"creds": {"block_type_slug": "gcp-credentials", "block_schema_checksum": "x"}},
+        "properties": {
+            "name": {"type": "string", "title": "Name"},
+            "count": {"type": "integer"},
+            "ratio": {"type": "number", "default": 0.5},
+            "enabled": {"type": "boolean", "default": true},
+            "when": {"type": "string", "format": "date-time"},
+            "site": {"type": "string", "format": "uri"},
+            "mode": {"allOf": [{"$ref": "#/$defs/Mode"}], "default": "fast"},
+            "kind": {"const": "synthetic"},
+            "either": {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]},
+            "typed": {"type": ["string", "integer"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+            "points": {"type": "array", "items": {"$ref": "#/$defs/Point"}},
+            "env": {"type": "object", "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+            "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "meta": {"type": "object"},
+            "anything": {},
+            "token": {"type": "string"},
+            "auth": {"$ref": "#/$defs/Auth"},
+            "extra": {"type": "object", "additionalProperties": {"type": "string"}},
+            "nested": {"type": "object", "properties": {"inner": {"type": "object", "properties": {
+                "key": {"type": "string"}, "note": {"type": "string"}}, "required": ["key"]}}},
+            "pw": {"type": "string", "format": "password", "writeOnly": true},
+            "creds": {"$ref": "#/$defs/Creds"},
+            "maybe_creds": {"anyOf": [{"$ref": "#/$defs/Creds"}, {"type": "null"}], "default": null},
+            "shape": {"oneOf": [{"$ref": "#/$defs/Point"}, {"$ref": "#/$defs/Auth"}]},
+            "tree": {"$ref": "#/$defs/Tree"}
+        },
+        "required": ["name", "enabled", "mode", "kind", "auth", "creds", "shape"],
+        "$defs": {
+            "Mode": {"enum": ["fast", "slow", 3], "title": "Mode"},
+            "Point": {"type": "object", "title": "Point", "properties": {
+                "x": {"type": "integer"}, "y": {"type": "number"}}, "required": ["x", "y"]},
+            "Auth": {"type": "object", "title": "Auth", "properties": {
+                "user": {"type": "string"}, "password": {"type": "string"}}, "required": ["user"]},
+            "Creds": {"type": "object", "title": "GcpCredentials", "block_type_slug": "gcp-credentials",
+                "properties": {"project": {"type": "string"}}},
+            "Tree": {"type": "object", "title": "Tree", "properties": {
+                "label": {"type": "string"},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/Tree"}}}, "required": ["label"]}
+        }
+    })
+}
+
+#[test]
+fn synthetic_schema_round_trips() {
+    check_round_trips("synthetic", &synthetic(), cases() * 8);
+}
+
+#[test]
+fn synthetic_create_form() {
+    let (refs, names) = empty();
+    let schema = synthetic();
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    insta::assert_snapshot!("create-synthetic", html);
+}
+
+// ---- unit tests ----------------------------------------------------------------------
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[track_caller]
+fn error_at(errors: &[FieldError], field: &str) -> String {
+    errors
+        .iter()
+        .find(|e| e.field == field)
+        .unwrap_or_else(|| panic!("no error at {field}: {errors:?}"))
+        .message
+        .clone()
+}
+
+#[test]
+fn decode_errors_name_the_field_and_never_the_value() {
+    let schema = synthetic();
+    let submitted = pairs(&[
+        ("data.name", "n"),
+        ("data.count", "twelve-secret"),
+        ("data.ratio", "x1"),
+        ("data.when", "yesterday"),
+        ("data.when#tz", "Z"),
+        ("data.meta", "{not json secret"),
+        ("data.extra", "[1, 2]"),
+        ("data.typed#choice", "1"),
+        ("data.typed#a1", "1.5"),
+        ("data.creds", "not-a-uuid"),
+        ("data.shape#choice", "0"),
+        ("data.shape#a0.x", ""),
+        ("data.shape#a0.y", "2"),
+    ]);
+    let decoded = decode(&schema, Mode::Create, None, &submitted);
+    let errors = &decoded.errors;
+    assert_eq!(error_at(errors, "data.count"), "must be an integer");
+    assert_eq!(error_at(errors, "data.ratio"), "must be a number");
+    assert!(error_at(errors, "data.when").starts_with("must be a date and time"));
+    let meta = error_at(errors, "data.meta");
+    assert!(meta.starts_with("must be a JSON object: "), "{meta}");
+    assert_eq!(error_at(errors, "data.extra"), "must be a JSON object");
+    assert_eq!(error_at(errors, "data.typed"), "must be an integer");
+    assert_eq!(error_at(errors, "data.creds"), "is not a block document id");
+    assert_eq!(error_at(errors, "data.shape.x"), "is required");
+    assert_eq!(error_at(errors, "data.mode"), "choose one of the options");
+    for e in errors {
+        assert!(
+            !e.message.contains("secret") && !e.message.contains("twelve"),
+            "{e:?}"
+        );
+    }
+    // Secret JSON on GCP credentials.
+    let creds = builtin("gcp-credentials");
+    let decoded = decode(
+        &creds,
+        Mode::Create,
+        None,
+        &pairs(&[("data.service_account_info", "{\"private_key\": \"abc")]),
+    );
+    let message = error_at(&decoded.errors, "data.service_account_info");
+    assert!(message.starts_with("must be a JSON object: "), "{message}");
+    assert!(
+        !message.contains("abc") && !message.contains("private_key"),
+        "{message}"
+    );
+    // Bad offset, and a required field left empty.
+    let date = builtin("date-time");
+    let decoded = decode(
+        &date,
+        Mode::Create,
+        None,
+        &pairs(&[("data.value", "2024-01-02T03:04"), ("data.value#tz", "+5")]),
+    );
+    assert!(error_at(&decoded.errors, "data.value").contains("UTC offset"));
+    let decoded = decode(
+        &date,
+        Mode::Create,
+        None,
+        &pairs(&[("data.value", ""), ("data.value#tz", "Z")]),
+    );
+    assert_eq!(error_at(&decoded.errors, "data.value"), "is required");
+    let decoded = decode(
+        &date,
+        Mode::Create,
+        None,
+        &pairs(&[("data.value", "2024-01-02T03:04"), ("data.value#tz", "")]),
+    );
+    assert_eq!(decoded.data["value"], "2024-01-02T03:04:00Z");
+    let decoded = decode(&schema, Mode::Create, None, &pairs(&[("data.creds", "")]));
+    assert_eq!(
+        error_at(&decoded.errors, "data.creds"),
+        "choose a block document"
+    );
+}
+
+#[test]
+fn secrets_are_never_rendered_back() {
+    let (refs, names) = empty();
+    let creds = builtin("gcp-credentials");
+    let data = json!({"service_account_info": {"private_key": "TOPSECRET-1"}, "project": "p"});
+    let data = data.as_object().unwrap();
+    let errors = [FieldError::new(
+        "data.service_account_info.private_key",
+        "is wrong",
+    )];
+    for mode in [Mode::Create, Mode::Edit] {
+        let html = html_of(&input(
+            &creds,
+            mode,
+            Some(data),
+            Some(data),
+            &refs,
+            &names,
+            &errors,
+        ));
+        assert!(!html.contains("TOPSECRET"), "{html}");
+        // The deeper error lands on the textarea.
+        assert!(html.contains("aria-invalid=\"true\""), "{html}");
+        assert!(
+            html.contains("id=\"field-data-service_5Faccount_5Finfo-error\""),
+            "{html}"
+        );
+    }
+    let schema = synthetic();
+    let data = json!({"name": "n", "token": "TOPSECRET-2", "pw": "TOPSECRET-3",
+        "auth": {"user": "u", "password": "TOPSECRET-4"}, "extra": {"a": "TOPSECRET-5"},
+        "nested": {"inner": {"key": "TOPSECRET-6", "note": "visible"}}});
+    let data = data.as_object().unwrap();
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        Some(data),
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(!html.contains("TOPSECRET"), "{html}");
+    assert!(html.contains("visible"));
+    assert_eq!(html.matches("type=\"password\"").count(), 4, "{html}");
+}
+
+#[test]
+fn errors_are_placed_at_the_nearest_field_or_returned() {
+    let (refs, names) = empty();
+    let bucket = builtin("gcs-bucket");
+    let errors = [
+        FieldError::new("data.bucket", "must not be <empty>"),
+        FieldError::new("data.gcp_credentials", "missing"),
+        FieldError::new("data", "missing required field 'x'"),
+        FieldError::new("data.nope", "unknown"),
+        FieldError::new("name", "taken"),
+    ];
+    let form = input(&bucket, Mode::Create, None, None, &refs, &names, &errors);
+    let html = html_of(&form);
+    assert!(html.contains(
+        "aria-invalid=\"true\" aria-describedby=\"field-data-bucket-error field-data-bucket-hint\""
+    ), "{html}");
+    assert!(
+        html.contains(
+            "<p class=\"error\" id=\"field-data-bucket-error\">must not be &lt;empty&gt;</p>"
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains("id=\"field-data-gcp_5Fcredentials-error\""),
+        "{html}"
+    );
+    let unmatched: Vec<String> = unmatched_errors(&form)
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(unmatched, ["data", "data.nope", "name"]);
+}
+
+#[test]
+fn hostile_text_is_inert() {
+    let (refs, names) = empty();
+    let schema = json!({
+        "title": "<script>alert(1)</script>",
+        "type": "object",
+        "properties": {
+            "a\"onerror=x": {"type": "string", "title": "<script>alert(1)</script>",
+                "description": "\"onerror=x <img src=x onerror=alert(1)>", "default": "\"><script>x</script>"},
+            "b": {"enum": ["<b>", "\"onerror=x"], "title": "\"onerror=x"},
+            "c": {"type": "object", "additionalProperties": {"type": "string"},
+                "default": {"<k>\"": "<v>\""}}
+        }
+    });
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(!html.contains("<script"), "{html}");
+    assert!(!html.contains("<img"), "{html}");
+    assert!(!html.contains("<b>"), "{html}");
+    assert!(!html.contains("\"onerror"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("&quot;onerror=x"), "{html}");
+}
+
+#[test]
+fn cycles_and_depth_are_bounded() {
+    let (refs, names) = empty();
+    // A required self-reference, and a 40-deep chain of required objects.
+    let mut deep = json!({"type": "string"});
+    for _ in 0..40 {
+        deep = json!({"type": "object", "properties": {"n": deep}, "required": ["n"]});
+    }
+    let schema = json!({
+        "type": "object",
+        "properties": {"node": {"$ref": "#/definitions/Node"}, "deep": deep},
+        "required": ["node", "deep"],
+        "definitions": {"Node": {"type": "object", "properties": {
+            "self": {"$ref": "#/definitions/Node"}}, "required": ["self"]}}
+    });
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(html.contains("JSON value."), "{html}");
+    assert!(html.matches("<fieldset").count() < 40, "{html}");
+    let decoded = decode(
+        &schema,
+        Mode::Create,
+        None,
+        &pairs(&[("data.node.self", "{\"self\": {}}")]),
+    );
+    assert_eq!(decoded.data["node"], json!({"self": {"self": {}}}));
+}
+
+#[test]
+fn rows_are_bounded() {
+    let schema = json!({"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}}}});
+    let mut many = Vec::new();
+    for i in 0..=1000 {
+        many.push((format!("data.tags.{i}"), "t".to_owned()));
+        many.push((format!("data.env#k{i}"), format!("k{i}")));
+        many.push((format!("data.env#v{i}"), "v".to_owned()));
+    }
+    let decoded = decode(&schema, Mode::Create, None, &many);
+    assert_eq!(
+        error_at(&decoded.errors, "data.tags"),
+        "has more than 1000 items"
+    );
+    assert_eq!(
+        error_at(&decoded.errors, "data.env"),
+        "has more than 1000 entries"
+    );
+    assert!(decoded.data.is_empty());
+}
+
+#[test]
+fn actions_add_and_remove_rows_and_ask_for_new_references() {
+    let schema = synthetic();
+    let base = [
+        ("_csrf", "token"),
+        ("_name", "my-doc"),
+        ("data.name", "n"),
+        ("data.tags.0", "a"),
+        ("data.tags.2", "c"),
+        ("data.tags.5", "f"),
+        ("data.env#k0", "PATH"),
+        ("data.env#v0#choice", "0"),
+        ("data.env#v0#a0", "/bin"),
+        ("data.env#k1", "HOME"),
+        ("data.env#v1#choice", "none"),
+    ];
+    let mut submitted = pairs(&base);
+    let decoded = decode(&schema, Mode::Create, None, &submitted);
+    assert_eq!(decoded.action, Action::Save);
+    assert_eq!(decoded.data["tags"], json!(["a", "c", "f"]));
+    assert_eq!(decoded.data["env"], json!({"PATH": "/bin", "HOME": null}));
+    assert!(!decoded.data.contains_key("_csrf"));
+
+    submitted.push(("_action".to_owned(), "remove:data.tags/2".to_owned()));
+    let decoded = decode(&schema, Mode::Create, None, &submitted);
+    assert_eq!(decoded.action, Action::Remove("data.tags".to_owned(), 2));
+    assert_eq!(decoded.data["tags"], json!(["a", "f"]));
+
+    let mut submitted = pairs(&base);
+    submitted.push(("_action".to_owned(), "add:data.env".to_owned()));
+    let decoded = decode(&schema, Mode::Create, None, &submitted);
+    assert_eq!(
+        decoded.data["env"],
+        json!({"PATH": "/bin", "HOME": null, "": null})
+    );
+    // The re-rendered form has the blank row, and submitting it untouched drops it.
+    let (refs, names) = empty();
+    let form = input(
+        &schema,
+        Mode::Create,
+        Some(&decoded.data),
+        None,
+        &refs,
+        &names,
+        &[],
+    );
+    let (nodes, _) = model::build(&form);
+    let again = decode(&schema, Mode::Create, None, &submitted_pairs(&nodes));
+    assert_eq!(again.data["env"], json!({"PATH": "/bin", "HOME": null}));
+
+    let mut submitted = pairs(&base);
+    submitted.push(("_action".to_owned(), "add:data.tags".to_owned()));
+    let decoded = decode(&schema, Mode::Create, None, &submitted);
+    assert_eq!(decoded.data["tags"], json!(["a", "c", "f", null]));
+
+    let mut submitted = pairs(&base);
+    submitted.push((
+        "_action".to_owned(),
+        "new-ref:data.creds:gcp-credentials".to_owned(),
+    ));
+    let decoded = decode(&schema, Mode::Create, None, &submitted);
+    assert_eq!(
+        decoded.action,
+        Action::NewReference {
+            path: "data.creds".to_owned(),
+            slug: "gcp-credentials".to_owned()
+        }
+    );
+}
+
+#[test]
+fn names_ids_and_buttons() {
+    let (refs, names) = empty();
+    let schema = json!({"type": "object", "properties": {
+        "a.b#c/d:e%": {"type": "array", "items": {"type": "boolean"}, "default": [true]}}});
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    let name = "data.a%2Eb%23c%2Fd%3Ae%25";
+    assert!(
+        html.contains(&format!("name=\"{name}.0\" value=\"false\"")),
+        "{html}"
+    );
+    assert!(html.contains(&format!("value=\"add:{name}\"")), "{html}");
+    assert!(
+        html.contains(&format!("value=\"remove:{name}/0\"")),
+        "{html}"
+    );
+    for id in html.split("id=\"").skip(1) {
+        let id = &id[..id.find('"').unwrap()];
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{id}"
+        );
+    }
+    assert_eq!(model::field_id("data.x_y"), "field-data-x_5Fy");
+    assert_ne!(model::field_id("data.a-b"), model::field_id("data.a.b"));
+    let decoded = decode(
+        &schema,
+        Mode::Create,
+        None,
+        &pairs(&[
+            (&format!("{name}.0"), "false"),
+            (&format!("{name}.0"), "true"),
+            (&format!("{name}.1"), "false"),
+        ]),
+    );
+    assert_eq!(decoded.data["a.b#c/d:e%"], json!([true, false]));
+}
+
+#[test]
+fn edit_keeps_empty_secrets_and_replaces_typed_ones() {
+    let creds = builtin("gcp-credentials");
+    let masked = json!({"service_account_info": {"type": "********", "private_key": "********"}, "project": "p"});
+    let masked = masked.as_object().unwrap();
+    let kept = decode(
+        &creds,
+        Mode::Edit,
+        Some(masked),
+        &pairs(&[
+            ("data.service_account_info", ""),
+            ("data.service_account_file#choice", "none"),
+            ("data.project#choice", "0"),
+            ("data.project#a0", "p"),
+        ]),
+    );
+    assert!(kept.errors.is_empty(), "{:?}", kept.errors);
+    assert_eq!(
+        kept.data["service_account_info"],
+        masked["service_account_info"]
+    );
+    assert_eq!(kept.data["service_account_file"], Value::Null);
+    let replaced = decode(
+        &creds,
+        Mode::Edit,
+        Some(masked),
+        &pairs(&[(
+            "data.service_account_info",
+            "{\"type\": \"service_account\"}",
+        )]),
+    );
+    assert_eq!(
+        replaced.data["service_account_info"],
+        json!({"type": "service_account"})
+    );
+    let created = decode(
+        &creds,
+        Mode::Create,
+        None,
+        &pairs(&[("data.service_account_info", "")]),
+    );
+    assert!(!created.data.contains_key("service_account_info"));
+}
+
+#[test]
+fn defaults_are_prefilled_on_create() {
+    let (refs, names) = empty();
+    let schema = builtin("docker-container");
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(
+        html.contains("value=\"prefecthq/prefect:2-latest\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("<span class=\"optional\">(optional)</span>"),
+        "{html}"
+    );
+    assert!(html.contains("<p class=\"hint\""), "{html}");
+    assert!(html.contains("role=\"switch\""), "{html}");
+}
