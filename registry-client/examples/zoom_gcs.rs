@@ -1,8 +1,9 @@
-//! The course's flow in Rust: load the `zoom-gcs` bucket block, whose GCP credentials are
-//! resolved from their reference, and print what a pipeline needs (never the key).
+//! The course's flow in Rust: load the `zoom-gcs` bucket block (or the one named on the
+//! command line), whose GCP credentials are resolved from their reference, and print what a
+//! pipeline needs (never the key).
 //!
 //! ```sh
-//! cargo run -p registry-client --example zoom_gcs
+//! cargo run -p registry-client --example zoom_gcs [NAME]
 //! ```
 //!
 //! The server and token come from `BLOCKS_API_URL`/`BLOCKS_API_KEY`,
@@ -15,7 +16,8 @@ use registry_client::BlockExt as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match GcsBucket::load("zoom-gcs").await {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "zoom-gcs".to_owned());
+    match GcsBucket::load(&name).await {
         Ok(bucket) => {
             println!("bucket:  {}", bucket.bucket);
             println!(

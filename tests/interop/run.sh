@@ -72,7 +72,7 @@ PY
     if ! PREFECT_API_URL="http://$addr/api" PREFECT_API_KEY="$pipeline_token" PREFECT_HOME="$work/prefect" \
         BLOCKS_INTEROP_BACKEND="$backend" BLOCKS_ADMIN_TOKEN="$admin_token" BLOCKS_READONLY_TOKEN="$readonly_token" BLOCKS_WRITE_TOKEN="$writer_token" \
         BLOCKS_SERVER_LOG="$work/server.log" \
-        "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_prefect_client.py"; then
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_prefect_client.py" "$here/test_console_created.py"; then
         status=1
         echo "== server log ($backend)"; tail -n 50 "$work/server.log"
     fi
@@ -84,6 +84,14 @@ PY
         || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
         status=1
         echo "the Rust example failed on $backend:"; echo "$out"
+    fi
+    echo "== the Rust example loads what the console created ($backend)"
+    if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
+        BLOCKS_API_KEY="$pipeline_token" "$rust_example" zoom-console-gcs 2>&1)" \
+        || ! grep -q "bucket:  dtc_data_lake_console" <<<"$out" || ! grep -q "project: dtc-de" <<<"$out" \
+        || grep -q "canary-console" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
+        status=1
+        echo "the Rust example failed on the console's blocks on $backend:"; echo "$out"
     fi
     echo "== the Rust capabilities on what Prefect saved ($backend)"
     if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
