@@ -6,6 +6,7 @@ import html
 import json
 import os
 import re
+import urllib.parse
 import uuid
 
 import httpx
@@ -15,6 +16,16 @@ ORIGIN = CONSOLE
 CANARY = "canary-console-" + uuid.uuid4().hex[:8]
 CREDS = "zoom-console-creds"
 BUCKET = "zoom-console-gcs"
+
+
+def throwaway_key():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def hidden(page, name):
@@ -46,7 +57,11 @@ def create(client, slug, name, fill):
     page = client.get(f"/blocks/new/{slug}").text
     pairs = [("_csrf", hidden(page, "_csrf")), ("_schema", hidden(page, "_schema")), ("_name", name)]
     pairs += fill(page)
-    answer = client.post(f"/blocks/new/{slug}", data=pairs)
+    answer = client.post(
+        f"/blocks/new/{slug}",
+        content=urllib.parse.urlencode(pairs),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert answer.status_code == 303, answer.text[-2000:]
     return answer.headers["location"]
 
@@ -64,7 +79,7 @@ def test_blocks_created_in_the_console_load_unchanged_in_python():
         "type": "service_account",
         "project_id": "dtc-de",
         "private_key_id": CANARY,
-        "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        "private_key": throwaway_key(),
         "client_email": "console@dtc-de.iam.gserviceaccount.com",
         "client_id": "1",
         "token_uri": "https://oauth2.googleapis.com/token",

@@ -349,7 +349,7 @@ fn sign_in_form(
                 input type="hidden" name="next" value=(safe_next(next));
                 div.field {
                     label for="token" { "Token" }
-                    input #token type="password" name="token" required autocomplete="off"
+                    input #token type="password" name="token" required autocomplete="new-password"
                         spellcheck="false" autofocus
                         aria-invalid=[error.map(|_| "true")]
                         aria-describedby=[error.map(|_| "token-error")];
