@@ -254,8 +254,7 @@ pub(crate) fn field_order(
                     let title = v
                         .get("title")
                         .and_then(Value::as_str)
-                        .unwrap_or(k)
-                        .to_owned();
+                        .map_or_else(|| humanize(k), ToOwned::to_owned);
                     (i, position, k.clone(), title)
                 })
                 .collect()
@@ -265,10 +264,22 @@ pub(crate) fn field_order(
     let mut out: Vec<(String, String)> = props.into_iter().map(|(_, _, k, t)| (k, t)).collect();
     for key in data.keys() {
         if !out.iter().any(|(k, _)| k == key) {
-            out.push((key.clone(), key.clone()));
+            out.push((key.clone(), humanize(key)));
         }
     }
     out
+}
+
+/// A property name as a title, as Pydantic makes one: `gcp_credentials` → "Gcp Credentials".
+fn humanize(key: &str) -> String {
+    key.split('_')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether a shown value is a mask (a secret the page does not show).
@@ -413,7 +424,7 @@ async fn detail_page(
                             a href=(format!("/blocks/{}", reference.block_document.id)) {
                                 (reference.block_document.name.as_deref().unwrap_or("(anonymous)"))
                             }
-                            " " span.muted { "(" (reference.block_document.block_type.name) ", in " code { (field) } ")" }
+                            " " span.muted { "(" (reference.block_document.block_type.name) ", as " (order.iter().find(|(k, _)| k == field).map_or(field.as_str(), |(_, t)| t.as_str())) ")" }
                         }
                     }
                 }

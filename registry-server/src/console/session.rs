@@ -249,11 +249,13 @@ pub(super) async fn same_origin_writes(
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let ours = own_origin(&state, headers);
+    // Browsers that send `Sec-Fetch-Site` say exactly where a request came from; under our
+    // `Referrer-Policy: no-referrer` their `Origin` on a form post is `null`, so it cannot
+    // decide. Without `Sec-Fetch-Site`, the `Origin` must be ours.
     let same_site = match (fetch_site, origin) {
-        (Some(site), _) if site != "same-origin" => false,
-        (_, Some(origin)) => ours.as_deref() == Some(origin),
-        (Some("same-origin"), None) => true,
-        _ => false,
+        (Some(site), _) => site == "same-origin",
+        (None, Some(origin)) => ours.as_deref() == Some(origin),
+        (None, None) => false,
     };
     if !same_site {
         tracing::info!(

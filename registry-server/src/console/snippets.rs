@@ -74,8 +74,30 @@ pub(crate) fn rust(block_type: &BlockType, name: &str) -> String {
     }
 }
 
-/// The Python code that loads `name`: the type's own example with the name put in, or
-/// Prefect's generic `Block.load`.
+/// Where Prefect's Python classes of the built-in types live (the collections the course
+/// installs; the Docker container and registry are Prefect 2's).
+fn python_class(slug: &str) -> Option<(&'static str, &'static str)> {
+    Some(match slug {
+        "secret" => ("prefect.blocks.system", "Secret"),
+        "json" => ("prefect.blocks.system", "JSON"),
+        "string" => ("prefect.blocks.system", "String"),
+        "date-time" => ("prefect.blocks.system", "DateTime"),
+        "webhook" => ("prefect.blocks.webhook", "Webhook"),
+        "local-file-system" => ("prefect.filesystems", "LocalFileSystem"),
+        "gcp-credentials" => ("prefect_gcp", "GcpCredentials"),
+        "gcs-bucket" => ("prefect_gcp.cloud_storage", "GcsBucket"),
+        "sqlalchemy-connector" => ("prefect_sqlalchemy", "SqlAlchemyConnector"),
+        "async-sqlalchemy-connector" => ("prefect_sqlalchemy", "AsyncSqlAlchemyConnector"),
+        "docker-container" => ("prefect.infrastructure", "DockerContainer"),
+        "docker-registry" => ("prefect.infrastructure.docker", "DockerRegistry"),
+        "docker-registry-credentials" => ("prefect_docker", "DockerRegistryCredentials"),
+        "docker-host" => ("prefect_docker", "DockerHost"),
+        _ => return None,
+    })
+}
+
+/// The Python code that loads `name`: the type's own example with the name put in (when
+/// it is Python), else the class of a built-in type, else Prefect's generic `Block.load`.
 pub(crate) fn python(block_type: &BlockType, name: &str) -> String {
     let example = block_type
         .code_example
@@ -86,15 +108,21 @@ pub(crate) fn python(block_type: &BlockType, name: &str) -> String {
                 .trim_end_matches("```")
                 .trim()
         })
-        .filter(|e| e.contains("BLOCK_NAME"));
-    match example {
-        Some(example) => example
+        .filter(|e| e.contains("BLOCK_NAME") && e.contains("import ") && !e.contains("::"));
+    if let Some(example) = example {
+        return example
             .replace("\"BLOCK_NAME\"", &literal(name))
             .replace("'BLOCK_NAME'", &literal(name))
-            .replace("BLOCK_NAME", name),
+            .replace("BLOCK_NAME", name);
+    }
+    let var = variable(&block_type.slug);
+    match python_class(&block_type.slug) {
+        Some((module, class)) => format!(
+            "from {module} import {class}\n\n{var} = {class}.load({name})",
+            name = literal(name),
+        ),
         None => format!(
             "from prefect.blocks.core import Block\n\n{var} = Block.load({path})",
-            var = variable(&block_type.slug),
             path = literal(&format!("{}/{}", block_type.slug, name)),
         ),
     }
@@ -146,5 +174,11 @@ mod tests {
             "from prefect_gcp.cloud_storage import GcsBucket\n\ngcs_bucket_block = GcsBucket.load(\"zoom-gcs\")"
         );
         assert!(python(&block_type("x", None), "n").contains("Block.load(\"x/n\")"));
+        // A built-in type's example is Rust: its Python class is used instead.
+        let rust_example = block_type("gcs-bucket", Some("```rust\nuse block_types::catalog::GcsBucket;\nGcsBucket::load(\"BLOCK_NAME\")\n```"));
+        assert_eq!(
+            python(&rust_example, "zoom-gcs"),
+            "from prefect_gcp.cloud_storage import GcsBucket\n\ngcs_bucket = GcsBucket.load(\"zoom-gcs\")"
+        );
     }
 }

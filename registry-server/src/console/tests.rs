@@ -362,6 +362,7 @@ async fn cross_site_and_stale_forms_change_nothing() {
             vec![("origin", "null")],
             vec![("origin", ORIGIN), ("sec-fetch-site", "cross-site")],
             vec![("origin", ""), ("sec-fetch-site", "same-site")],
+            vec![("origin", "null"), ("sec-fetch-site", "none")],
         ] {
             let page = browser.request("POST", &uri, Some(&form), &headers).await;
             assert_eq!(
@@ -371,6 +372,14 @@ async fn cross_site_and_stale_forms_change_nothing() {
                 page.text
             );
         }
+        // What Chromium sends from our own page under `Referrer-Policy: no-referrer`:
+        // `Origin: null` with `Sec-Fetch-Site: same-origin`; without the form token it
+        // still changes nothing.
+        let page = browser
+            .request("POST", &uri, Some(&[("_version", version.as_str())]), &[("origin", "null"), ("sec-fetch-site", "same-origin")])
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert!(page.text.contains("form token"), "{}", page.text);
         // Our origin without the session's form token, or with another session's.
         let page = browser.post(&uri, &[("_version", version.as_str())]).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN);
