@@ -521,9 +521,7 @@ async fn create_connector_and_container(b: &Browser, server: &Server, audit: &mu
         ("host", "localhost"),
         ("port", "5432"),
     ] {
-        b.select(&format!("select[name=\"{info}.{field}#choice\"]"), "0")
-            .await;
-        b.fill(&format!("input[name=\"{info}.{field}#a0\"]"), value)
+        b.fill(&format!("input[name=\"{info}.{field}\"]"), value)
             .await;
     }
     b.fill(&format!("input[name=\"{info}.password\"]"), DB_PASSWORD)
@@ -566,9 +564,7 @@ async fn create_connector_and_container(b: &Browser, server: &Server, audit: &mu
     b.fill("#block-name", "zoom-docker").await;
     b.fill("input[name=\"data.image\"]", "pencilboy99/prefect:zoom")
         .await;
-    b.select("select[name=\"data.image_pull_policy#choice\"]", "0")
-        .await;
-    b.select("select[name=\"data.image_pull_policy#a0\"]", "ALWAYS")
+    b.select("select[name=\"data.image_pull_policy\"]", "ALWAYS")
         .await;
     b.click("#field-data-auto_5Fremove").await;
     assert_eq!(
@@ -640,8 +636,7 @@ async fn edit_keeps_untouched_secrets(
         Some(""),
         "edit credentials: the secret is never pre-filled"
     );
-    b.select("select[name=\"data.project#choice\"]", "0").await;
-    b.fill("input[name=\"data.project#a0\"]", PROJECT).await;
+    b.fill("input[name=\"data.project\"]", PROJECT).await;
     b.click_and_load(SAVE).await;
     let at = b.wait_for_path(&format!("/blocks/{creds_id}?saved")).await;
     assert!(
@@ -673,7 +668,7 @@ async fn edit_keeps_untouched_secrets(
     let info = "data.connection_info#a0";
     b.goto(&format!("/blocks/{id}/edit")).await;
     assert_eq!(
-        b.prop(&format!("input[name=\"{info}.port#a0\"]"), "value")
+        b.prop(&format!("input[name=\"{info}.port\"]"), "value")
             .await
             .as_deref(),
         Some("5432"),
@@ -691,7 +686,7 @@ async fn edit_keeps_untouched_secrets(
         &[DB_PASSWORD],
         "edit connector: the form",
     );
-    b.fill(&format!("input[name=\"{info}.port#a0\"]"), "5433")
+    b.fill(&format!("input[name=\"{info}.port\"]"), "5433")
         .await;
     b.click_and_load(SAVE).await;
     b.wait_for_path(&format!("/blocks/{id}?saved")).await;
@@ -739,9 +734,7 @@ async fn validation_errors_show_at_their_fields(b: &Browser, server: &Server, au
     let before = server.count("gcp-credentials").await;
     b.goto("/blocks/new/gcp-credentials").await;
     b.fill("#block-name", "broken-creds").await;
-    b.select("select[name=\"data.project#choice\"]", "0").await;
-    b.fill("input[name=\"data.project#a0\"]", "kept-project")
-        .await;
+    b.fill("input[name=\"data.project\"]", "kept-project").await;
     let info = "textarea[name=\"data.service_account_info\"]";
     b.fill(info, "{\"type\": \"service_account\", not json")
         .await;
@@ -783,18 +776,11 @@ async fn validation_errors_show_at_their_fields(b: &Browser, server: &Server, au
         "validation: the name is kept"
     );
     assert_eq!(
-        b.prop("input[name=\"data.project#a0\"]", "value")
+        b.prop("input[name=\"data.project\"]", "value")
             .await
             .as_deref(),
         Some("kept-project"),
         "validation: the project is kept"
-    );
-    assert_eq!(
-        b.prop("select[name=\"data.project#choice\"]", "value")
-            .await
-            .as_deref(),
-        Some("0"),
-        "validation: the project's choice is kept"
     );
     assert!(
         server
@@ -1268,12 +1254,10 @@ async fn create_connector_without_javascript(b: &Browser, server: &Server) {
     )
     .await;
     // Typed into an alternative that is not chosen: ignored.
-    b.fill(&format!("input[name=\"{info}.database#a0\"]"), "not-chosen")
+    b.fill(&format!("input[name=\"{info}.driver#a2\"]"), "not-chosen")
         .await;
     for (field, value) in [("host", "localhost"), ("port", "5432")] {
-        b.select(&format!("select[name=\"{info}.{field}#choice\"]"), "0")
-            .await;
-        b.fill(&format!("input[name=\"{info}.{field}#a0\"]"), value)
+        b.fill(&format!("input[name=\"{info}.{field}\"]"), value)
             .await;
     }
     // A dictionary row, added with the form's own button.

@@ -27,11 +27,13 @@
 //! - a dictionary row: the key is the VALUE of `<dict>#k<row>` and the value is named
 //!   `<dict>#v<row>` (`data.labels#k0`, `data.labels#v0`), so keys may hold any character;
 //! - a choice (`anyOf`, `oneOf`, `type: [..]`): `<path>#choice` is a `<select>` whose value
-//!   is `none` or the alternative's index `i`; alternative `i`'s own inputs live below
-//!   `<path>#a<i>` (all are rendered; the choice decides which is read);
+//!   is `none` or the alternative's index `i` in the schema (after nested unions are
+//!   spliced in); alternative `i`'s own inputs live below `<path>#a<i>` (all shown ones are
+//!   rendered; the choice decides which is read). A choice that is really one input (an
+//!   optional scalar, see below) has no `#choice`/`#a<i>`: its input is named `<path>`;
 //! - a date-time: `<path>` (`datetime-local`) plus its UTC offset in `<path>#tz`;
 //! - a boolean: a hidden `<path>=false` followed by the checkbox `<path>=true`; the last
-//!   value wins.
+//!   value wins. A boolean that may be null is a `<select>` `<path>` of `""`/`true`/`false`.
 //!
 //! Element ids are `field-` followed by the path with `.` as `-`, letters and digits kept,
 //! and every other byte as `_XX` (hex): unique, and within `[A-Za-z0-9_-]`. An input's error
@@ -53,11 +55,34 @@
 //!   [`schema::MAX_DEPTH`]: a JSON `<textarea>` (pre-filled with pretty JSON);
 //! - array: rows (at most [`schema::MAX_ROWS`]); add and remove are submit buttons
 //!   (`_action=add:<path>`, `remove:<path>/<row>`) so they work without script;
-//! - a choice: a `<select>` plus each alternative in `<div data-choice-for data-choice-index>`;
-//!   `none` is offered for null alternatives and optional fields (none = `null` when the
-//!   schema allows null, else absent); with a single alternative besides none, its input
-//!   carries the field's own label. The selected alternative on render is the first one
-//!   the value fits (by JSON type, enum membership, object keys, or reference options);
+//! - an optional scalar: a choice of null and ONE plain scalar (`Optional[str]` of any
+//!   `format`, `Optional[int]`, `Optional[float]`, an optional enum, `Optional[bool]`) is
+//!   one input of the scalar's kind named `<path>`, labelled "(optional)"; left empty it
+//!   decodes to `null` (always, on create and on edit, as Prefect stores unset optionals),
+//!   so such a field cannot hold `""`. An enum becomes a `<select>` with a `— none —`
+//!   option (value empty; not done when an enum value is itself `""`), a boolean a
+//!   `<select>` none/yes/no (`""`/`true`/`false`), since a switch cannot say none.
+//!   Alternatives that would show the same widget count as one (`anyOf: [string, string
+//!   with format path]`), and a choice of one scalar without null is just that scalar
+//!   (empty → absent when optional). The same holds for array items and dictionary values
+//!   (`Dict[str, Optional[str]]`: an empty value is `null`);
+//! - a choice (two or more different non-null alternatives, or an object, array, JSON or
+//!   nested-choice alternative): a `<select>` plus each alternative in
+//!   `<div data-choice-for data-choice-index>`; `none` is offered for null alternatives and
+//!   optional fields (none = `null` when the schema allows null, else absent). Nested
+//!   unions (`anyOf: [anyOf: [number, string], null]`) are spliced into one choice. An
+//!   alternative that would show the same widget as an earlier one (a secret `str` next to
+//!   a `SecretStr`, two plain strings) is left out: the earlier one takes all its values,
+//!   and its index is simply never offered. Option labels: the alternative's `title` (a
+//!   `$ref`'s definition title; `CamelCase` spaced), unless it only names a JSON type
+//!   (`string`, `JSON`, …); else what it accepts: "Text", "Whole number", "Number",
+//!   "Date and time", "Date", "URL", "Email address", "Yes/no", "One of: A, B, C, …", a
+//!   `const`'s value, "List", "Key/value pairs", "Fields: A, B, …", "JSON" (object/list),
+//!   "Secret text", "Secret JSON", "Stored <type>"; labels that still collide get
+//!   " (option n)". Each alternative's input carries its option label, except that a lone
+//!   alternative besides none, or a nested choice, carries the field's own label. The
+//!   selected alternative on render is the first one the value fits (by JSON type, enum
+//!   membership, object keys, or reference options);
 //! - a nested block (`block_type_slug` on the definition, or a top-level
 //!   `block_schema_references` entry): a `<select>` of stored documents plus a
 //!   "Create new …" button (`_action=new-ref:<path>:<slug>`); decodes to
@@ -66,10 +91,15 @@
 //! - a secret (covered by `secret_fields`, or `writeOnly`/`format: password`): a password
 //!   input for strings, else a JSON textarea; never pre-filled. Left empty on edit it decodes
 //!   to the original (masked) value, which the API restores; on create empty means absent.
+//!   An optional secret (`Optional[SecretStr]`) is the one secret input, empty as above.
+//!   A secret choice keeps its alternatives, each secret: Prefect's `Secret.value`
+//!   (`SecretStr | str | Json`) shows "Secret text" (`#a0`, password) and "Secret JSON"
+//!   (`#a2`, a JSON textarea), the plain `str` (`#a1`) being left out as a duplicate.
 //!
-//! Optional (not required) scalars decode to absent when left empty, so an optional string
-//! cannot be set to `""`; an optional array or dictionary with no rows, or an optional nested
-//! object with nothing filled in, is absent too. A boolean always has a value.
+//! Optional (not required) scalars that do not allow null decode to absent when left empty,
+//! so an optional string cannot be set to `""`; ones that allow null decode to `null`. An
+//! optional array or dictionary with no rows, or an optional nested object with nothing
+//! filled in, is absent. A non-nullable boolean (a switch) always has a value.
 
 mod decode;
 mod html;

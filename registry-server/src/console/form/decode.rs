@@ -136,8 +136,33 @@ impl Decoder<'_> {
     ) -> Option<Value> {
         let resolved = self.schema.resolve(schema, stack);
         let shape = self.schema.shape(&resolved, api, depth);
+        self.shaped(shape, &resolved.stack, name, api, required, depth)
+    }
+
+    /// The value at `name` of this shape (`stack`: the `$ref`s followed to here).
+    fn shaped(
+        &mut self,
+        shape: Shape,
+        stack: &[String],
+        name: &str,
+        api: &[String],
+        required: bool,
+        depth: usize,
+    ) -> Option<Value> {
         match shape {
             Shape::Null => Some(Value::Null),
+            Shape::OrNull(scalar, _) => {
+                let raw = self.last(name).unwrap_or_default();
+                // Text keeps its spaces; numbers, dates and selects are read trimmed.
+                let empty = match *scalar {
+                    Shape::Text(TextKind::Text | TextKind::Url | TextKind::Email) => raw.is_empty(),
+                    _ => raw.trim().is_empty(),
+                };
+                if empty {
+                    return Some(Value::Null);
+                }
+                self.shaped(*scalar, stack, name, api, true, depth)
+            }
             Shape::Text(TextKind::DateTime) => self.date_time(name, api, required),
             Shape::Text(kind) => {
                 let raw = self.last(name).unwrap_or_default().to_owned();
@@ -247,9 +272,7 @@ impl Decoder<'_> {
                     let mut child_api = api.to_vec();
                     child_api.push(p.key.clone());
                     let child_name = format!("{name}.{}", escape_key(&p.key));
-                    if let Some(v) =
-                        self.field(p, &child_name, &child_api, depth + 1, &resolved.stack)
-                    {
+                    if let Some(v) = self.field(p, &child_name, &child_api, depth + 1, stack) {
                         object.insert(p.key.clone(), v);
                     }
                 }
@@ -269,14 +292,7 @@ impl Decoder<'_> {
                     let mut item_api = api.to_vec();
                     item_api.push(out.len().to_string());
                     let item_name = format!("{name}.{index}");
-                    let value = self.node(
-                        &items,
-                        &item_name,
-                        &item_api,
-                        true,
-                        depth + 1,
-                        &resolved.stack,
-                    );
+                    let value = self.node(&items, &item_name, &item_api, true, depth + 1, stack);
                     out.push(value.unwrap_or(Value::Null));
                 }
                 if self.action == Action::Add(name.to_owned()) {
@@ -284,7 +300,7 @@ impl Decoder<'_> {
                 }
                 (required || !out.is_empty()).then_some(Value::Array(out))
             }
-            Shape::Dict(values) => self.dict(name, api, &values, required, depth, &resolved.stack),
+            Shape::Dict(values) => self.dict(name, api, &values, required, depth, stack),
             Shape::Choice(alternatives, nullable) => {
                 let choice = self.last(&format!("{name}#choice")).unwrap_or_default();
                 let index = choice
@@ -294,14 +310,7 @@ impl Decoder<'_> {
                 match index {
                     Some(i) => {
                         let alt_name = format!("{name}#a{i}");
-                        self.node(
-                            &alternatives[i],
-                            &alt_name,
-                            api,
-                            true,
-                            depth + 1,
-                            &resolved.stack,
-                        )
+                        self.node(&alternatives[i], &alt_name, api, true, depth + 1, stack)
                     }
                     None if nullable => Some(Value::Null),
                     None => {

@@ -5,7 +5,9 @@
 use block_types::FieldError;
 use serde_json::{Map, Value};
 
-use super::schema::{JsonKind, Prop, Schema, Shape, TextKind, alternative_label, fits, humanize};
+use super::schema::{
+    JsonKind, Prop, Schema, Shape, TextKind, alternative_label, fits, humanize, same_widget,
+};
 use super::{FormInput, Mode};
 
 /// One field of the form.
@@ -187,6 +189,80 @@ fn string_of(schema: &Value, key: &str) -> Option<String> {
     schema.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// The widget of a plain scalar (`Text`, `Boolean` or `Enum`; `schema` has its bounds).
+/// `optional`: an enum select offers none; `or_null`: the value may be `null`, shown as
+/// empty (a boolean becomes a none/yes/no select, since a switch cannot say none).
+fn scalar_widget(
+    shape: &Shape,
+    schema: &Value,
+    current: Option<&Value>,
+    optional: bool,
+    or_null: bool,
+) -> Widget {
+    let none = |selected: bool| Opt {
+        value: String::new(),
+        label: "— none —".to_owned(),
+        selected,
+    };
+    match shape {
+        Shape::Text(TextKind::DateTime) => {
+            let (local, offset) = match current {
+                Some(Value::String(s)) => split_date_time(s),
+                _ => (String::new(), String::new()),
+            };
+            Widget::DateTime { local, offset }
+        }
+        Shape::Text(kind) => {
+            let number = |k: &str| {
+                schema
+                    .get(k)
+                    .filter(|v| v.is_number())
+                    .map(Value::to_string)
+            };
+            Widget::Input {
+                kind: *kind,
+                value: text_of(current),
+                min_length: schema.get("minLength").and_then(Value::as_u64),
+                max_length: schema.get("maxLength").and_then(Value::as_u64),
+                min: number("minimum"),
+                max: number("maximum"),
+            }
+        }
+        Shape::Boolean if or_null => {
+            let mut options = vec![none(!matches!(current, Some(Value::Bool(_))))];
+            for (value, label) in [(true, "Yes"), (false, "No")] {
+                options.push(Opt {
+                    value: value.to_string(),
+                    label: label.to_owned(),
+                    selected: current == Some(&Value::Bool(value)),
+                });
+            }
+            Widget::Select { options }
+        }
+        Shape::Boolean => Widget::Switch {
+            checked: current == Some(&Value::Bool(true)),
+        },
+        Shape::Enum(values) => {
+            let mut options = Vec::new();
+            if optional || or_null {
+                options.push(none(
+                    current.is_none_or(Value::is_null)
+                        || !values.iter().any(|v| current == Some(v)),
+                ));
+            }
+            for v in values {
+                options.push(Opt {
+                    value: option_value(v),
+                    label: option_value(v),
+                    selected: current == Some(v),
+                });
+            }
+            Widget::Select { options }
+        }
+        _ => Widget::Null,
+    }
+}
+
 /// Where a choice is, for [`Builder::choice`].
 struct ChoiceContext<'c> {
     name: &'c str,
@@ -294,26 +370,12 @@ impl Builder<'_> {
             self.input.mode == Mode::Edit
                 && lookup(self.input.original, &api).is_some_and(|v| !v.is_null())
         };
+        let optional = optional || matches!(shape, Shape::OrNull(..));
         let widget = match shape {
-            Shape::Text(TextKind::DateTime) => {
-                let (local, offset) = match current {
-                    Some(Value::String(s)) => split_date_time(s),
-                    _ => (String::new(), String::new()),
-                };
-                Widget::DateTime { local, offset }
+            scalar @ (Shape::Text(_) | Shape::Boolean | Shape::Enum(_)) => {
+                scalar_widget(&scalar, &resolved.schema, current, optional, false)
             }
-            Shape::Text(kind) => {
-                let s = &resolved.schema;
-                let number = |k: &str| s.get(k).filter(|v| v.is_number()).map(Value::to_string);
-                Widget::Input {
-                    kind,
-                    value: text_of(current),
-                    min_length: s.get("minLength").and_then(Value::as_u64),
-                    max_length: s.get("maxLength").and_then(Value::as_u64),
-                    min: number("minimum"),
-                    max: number("maximum"),
-                }
-            }
+            Shape::OrNull(scalar, schema) => scalar_widget(&scalar, &schema, current, true, true),
             Shape::Password => Widget::Password { kept: kept() },
             Shape::SecretJson(kind) => Widget::Json {
                 kind,
@@ -327,28 +389,7 @@ impl Builder<'_> {
                 secret: false,
                 kept: false,
             },
-            Shape::Boolean => Widget::Switch {
-                checked: current == Some(&Value::Bool(true)),
-            },
             Shape::Null => Widget::Null,
-            Shape::Enum(values) => {
-                let mut options = Vec::new();
-                if optional {
-                    options.push(Opt {
-                        value: String::new(),
-                        label: "— none —".to_owned(),
-                        selected: current.is_none(),
-                    });
-                }
-                for v in &values {
-                    options.push(Opt {
-                        value: option_value(v),
-                        label: option_value(v),
-                        selected: current == Some(v),
-                    });
-                }
-                Widget::Select { options }
-            }
             Shape::Reference(slug, nullable) => self.reference(slug, optional || nullable, current),
             Shape::Object(props) => {
                 let map = current.and_then(Value::as_object);
@@ -576,17 +617,52 @@ impl Builder<'_> {
                 selected: selected.is_none(),
             });
         }
+        // An alternative showing the same widget as an earlier one is left out: its values
+        // fit the earlier one, which is what the form picks for them.
+        let shown: Vec<usize> = (0..alternatives.len())
+            .filter(|&i| {
+                !resolved[..i]
+                    .iter()
+                    .any(|(_, earlier)| same_widget(earlier, &resolved[i].1))
+            })
+            .collect();
+        let mut labels: Vec<String> = shown
+            .iter()
+            .map(|&i| {
+                let (r, shape) = &resolved[i];
+                match shape {
+                    Shape::Reference(slug, _)
+                        if alternatives[i].get("title").is_none()
+                            && r.schema.get("title").is_none() =>
+                    {
+                        match self.input.type_names.get(slug) {
+                            Some(name) => format!("Stored {name}"),
+                            None => alternative_label(&alternatives[i], &r.schema, shape),
+                        }
+                    }
+                    _ => alternative_label(&alternatives[i], &r.schema, shape),
+                }
+            })
+            .collect();
+        // Labels that still collide (two untitled groups with the same fields) are numbered.
+        let counts = labels.clone();
+        for (n, label) in labels.iter_mut().enumerate() {
+            if counts.iter().filter(|l| *l == label).count() > 1 {
+                label.push_str(&format!(" (option {})", n + 1));
+            }
+        }
         let mut nodes = Vec::new();
-        for (i, (alternative, (r, shape))) in alternatives.iter().zip(&resolved).enumerate() {
-            let label = alternative_label(alternative, &r.schema, shape);
+        for (&i, label) in shown.iter().zip(labels) {
+            let alternative = &alternatives[i];
+            let shape = &resolved[i].1;
             options.push(Opt {
                 value: i.to_string(),
                 label: label.clone(),
                 selected: selected == Some(i),
             });
             let value = if selected == Some(i) { current } else { None };
-            // One alternative besides none: its input is the field itself.
-            let node_label = if alternatives.len() == 1 {
+            // One alternative besides none, or a nested choice: its input is the field itself.
+            let node_label = if shown.len() == 1 || matches!(shape, Shape::Choice(..)) {
                 at.label.to_owned()
             } else {
                 label

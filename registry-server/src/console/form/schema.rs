@@ -7,6 +7,8 @@ use block_types::SecretPath;
 use block_types::secret_fields::secret_paths_of;
 use serde_json::{Map, Value};
 
+use super::model::option_value;
+
 /// How deep the form follows nested objects, arrays and choices before it falls back to a
 /// JSON textarea.
 pub(super) const MAX_DEPTH: usize = 16;
@@ -69,6 +71,10 @@ pub(super) enum Shape {
     Json(JsonKind),
     /// Non-null alternatives, and whether `null` is one of the choices.
     Choice(Vec<Value>, bool),
+    /// A plain scalar or `null` (`Optional[str]`, `Optional[int]`, an optional enum or
+    /// boolean): one input where empty means `null`. The scalar's shape (`Text`, `Enum` or
+    /// `Boolean`) and its resolved schema.
+    OrNull(Box<Shape>, Value),
     Null,
     /// A secret string: a password input.
     Password,
@@ -212,11 +218,10 @@ impl<'a> Schema<'a> {
         };
         if !secret {
             if let Shape::Choice(alternatives, nullable) = &base
-                && let [only] = alternatives.as_slice()
-                && let Shape::Reference(slug, _) =
-                    self.shape(&self.resolve(only, &resolved.stack), api, depth)
+                && let Some(collapsed) =
+                    self.collapse(alternatives, *nullable, resolved, api, depth)
             {
-                return Shape::Reference(slug, *nullable);
+                return collapsed;
             }
             return base;
         }
@@ -228,6 +233,7 @@ impl<'a> Schema<'a> {
                 self.shape(&inner, api, depth)
             }
             Shape::Choice(alternatives, nullable) => Shape::Choice(alternatives, nullable),
+            Shape::OrNull(..) => Shape::Password,
             Shape::Null => Shape::Null,
             Shape::Object(_) | Shape::Dict(_) | Shape::Json(JsonKind::Object) => {
                 Shape::SecretJson(JsonKind::Object)
@@ -237,6 +243,43 @@ impl<'a> Schema<'a> {
             Shape::Boolean | Shape::Reference(..) | Shape::Json(JsonKind::Any) => {
                 Shape::SecretJson(JsonKind::Any)
             }
+        }
+    }
+
+    /// A choice that is really one input: one stored-block picker, or one plain scalar
+    /// (alternatives that would show the same widget count as one), with or without null.
+    fn collapse(
+        &self,
+        alternatives: &[Value],
+        nullable: bool,
+        resolved: &Resolved,
+        api: &[String],
+        depth: usize,
+    ) -> Option<Shape> {
+        let mut shapes = alternatives.iter().map(|a| {
+            let r = self.resolve(a, &resolved.stack);
+            let shape = self.shape(&r, api, depth);
+            (r, shape)
+        });
+        let (first, shape) = shapes.next()?;
+        if let Shape::Reference(slug, _) = &shape {
+            return (alternatives.len() == 1).then(|| Shape::Reference(slug.clone(), nullable));
+        }
+        if !shapes.all(|(_, other)| same_widget(&shape, &other)) {
+            return None;
+        }
+        match shape {
+            Shape::Text(_) | Shape::Boolean if nullable => {
+                Some(Shape::OrNull(Box::new(shape), first.schema))
+            }
+            // `""` as an option would be the same as none.
+            Shape::Enum(values)
+                if nullable && !values.iter().any(|v| option_value(v).is_empty()) =>
+            {
+                Some(Shape::OrNull(Box::new(Shape::Enum(values)), first.schema))
+            }
+            Shape::Text(_) | Shape::Boolean | Shape::Enum(_) if !nullable => Some(shape),
+            _ => None,
         }
     }
 
@@ -356,7 +399,7 @@ fn marked(schema: &Value) -> bool {
 fn choice(alternatives: Vec<Value>) -> Shape {
     let mut nullable = false;
     let mut rest = Vec::new();
-    for alternative in alternatives {
+    for alternative in flatten(alternatives, 0) {
         let is_null = alternative.get("type").and_then(Value::as_str) == Some("null")
             || alternative.get("const").is_some_and(Value::is_null)
             || alternative
@@ -373,6 +416,27 @@ fn choice(alternatives: Vec<Value>) -> Shape {
         return Shape::Null;
     }
     Shape::Choice(rest, nullable)
+}
+
+/// The alternatives with directly nested unions spliced in (`anyOf: [anyOf: [a, b], null]`,
+/// as an optional union is often written, is the choice of `a`, `b` and null).
+fn flatten(alternatives: Vec<Value>, depth: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for alternative in alternatives {
+        let nested = alternative.as_object().and_then(|o| {
+            if o.contains_key("$ref") || o.contains_key("allOf") || o.contains_key("type") {
+                return None;
+            }
+            ["anyOf", "oneOf"]
+                .iter()
+                .find_map(|k| o.get(*k).and_then(Value::as_array))
+        });
+        match nested {
+            Some(inner) if depth < MAX_DEPTH => out.extend(flatten(inner.clone(), depth + 1)),
+            _ => out.push(alternative),
+        }
+    }
+    out
 }
 
 fn merge_into(merged: &mut Map<String, Value>, part: Value) {
@@ -439,33 +503,120 @@ pub(super) fn humanize(key: &str) -> String {
         .join(" ")
 }
 
-/// A short name for an alternative of a choice.
+/// Titles that only repeat a JSON type (Pydantic writes `"title": "string"`) and say
+/// nothing to a person.
+const GENERIC_TITLES: [&str; 8] = [
+    "string", "integer", "number", "boolean", "object", "array", "null", "json",
+];
+
+/// A short name for an alternative of a choice: its title (or its definition's), unless
+/// that only names a JSON type; else what the shape accepts, in words.
 pub(super) fn alternative_label(original: &Value, resolved: &Value, shape: &Shape) -> String {
-    if let Some(title) = original
+    let title = original
         .get("title")
         .or_else(|| resolved.get("title"))
         .and_then(Value::as_str)
-    {
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !GENERIC_TITLES.contains(&t.to_ascii_lowercase().as_str()));
+    match title {
+        Some(title) => spaced(title),
+        None => shape_label(shape),
+    }
+}
+
+/// `ConnectionComponents` → `Connection Components`; titles with spaces stay as they are.
+fn spaced(title: &str) -> String {
+    if title.contains(char::is_whitespace) {
         return title.to_owned();
     }
-    match shape {
-        Shape::Text(TextKind::Integer) => "Integer",
-        Shape::Text(TextKind::Number) => "Number",
-        Shape::Text(TextKind::DateTime) => "Date and time",
-        Shape::Text(TextKind::Url) => "URL",
-        Shape::Text(_) => "Text",
-        Shape::Password => "Secret text",
-        Shape::Boolean => "Yes/no",
-        Shape::Enum(_) => "One of the options",
-        Shape::Reference(..) => "Stored block",
-        Shape::Object(_) => "Object",
-        Shape::Dict(_) => "Dictionary",
-        Shape::Array(_) => "List",
-        Shape::Json(kind) | Shape::SecretJson(kind) => kind.describe(),
-        Shape::Choice(..) => "Choice",
-        Shape::Null => "None",
+    let mut out = String::with_capacity(title.len() + 4);
+    let mut previous_lower = false;
+    for c in title.chars() {
+        if c.is_uppercase() && previous_lower {
+            out.push(' ');
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        out.push(c);
     }
-    .to_owned()
+    out
+}
+
+/// At most `max` items joined by `, `, with `…` when some were left off.
+fn some_of(items: impl Iterator<Item = String>, max: usize) -> String {
+    let items: Vec<String> = items.collect();
+    let mut out = items
+        .iter()
+        .take(max)
+        .map(|s| {
+            if s.chars().count() > 24 {
+                format!("{}…", s.chars().take(23).collect::<String>())
+            } else {
+                s.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > max {
+        out.push_str(", …");
+    }
+    out
+}
+
+/// What a shape accepts, in words.
+pub(super) fn shape_label(shape: &Shape) -> String {
+    match shape {
+        Shape::Text(TextKind::Text) => "Text".to_owned(),
+        Shape::Text(TextKind::Integer) => "Whole number".to_owned(),
+        Shape::Text(TextKind::Number) => "Number".to_owned(),
+        Shape::Text(TextKind::DateTime) => "Date and time".to_owned(),
+        Shape::Text(TextKind::Date) => "Date".to_owned(),
+        Shape::Text(TextKind::Url) => "URL".to_owned(),
+        Shape::Text(TextKind::Email) => "Email address".to_owned(),
+        Shape::Password => "Secret text".to_owned(),
+        Shape::Boolean => "Yes/no".to_owned(),
+        Shape::Enum(values) => match values.as_slice() {
+            [only] => option_value(only),
+            _ => format!("One of: {}", some_of(values.iter().map(option_value), 3)),
+        },
+        Shape::Reference(slug, _) => format!("Stored {}", humanize(slug)),
+        Shape::Object(props) => format!(
+            "Fields: {}",
+            some_of(
+                props.iter().map(|p| {
+                    p.schema
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| humanize(&p.key), str::to_owned)
+                }),
+                3
+            )
+        ),
+        Shape::Dict(_) => "Key/value pairs".to_owned(),
+        Shape::Array(_) => "List".to_owned(),
+        Shape::Json(JsonKind::Any) => "JSON".to_owned(),
+        Shape::Json(JsonKind::Object) => "JSON object".to_owned(),
+        Shape::Json(JsonKind::Array) => "JSON list".to_owned(),
+        Shape::SecretJson(JsonKind::Any) => "Secret JSON".to_owned(),
+        Shape::SecretJson(JsonKind::Object) => "Secret JSON object".to_owned(),
+        Shape::SecretJson(JsonKind::Array) => "Secret JSON list".to_owned(),
+        Shape::OrNull(inner, _) => shape_label(inner),
+        Shape::Choice(..) => "One of several kinds".to_owned(),
+        Shape::Null => "None".to_owned(),
+    }
+}
+
+/// Whether two alternatives would show the same widget accepting the same values (a
+/// `SecretStr` next to a `str` kept secret): the form shows only the first.
+pub(super) fn same_widget(a: &Shape, b: &Shape) -> bool {
+    match (a, b) {
+        (Shape::Password, Shape::Password) | (Shape::Boolean, Shape::Boolean) => true,
+        (Shape::Text(x), Shape::Text(y)) => x == y,
+        (Shape::Json(x), Shape::Json(y)) | (Shape::SecretJson(x), Shape::SecretJson(y)) => x == y,
+        (Shape::Enum(x), Shape::Enum(y)) => x == y,
+        (Shape::Array(x), Shape::Array(y)) | (Shape::Dict(x), Shape::Dict(y)) => x == y,
+        (Shape::OrNull(x, _), Shape::OrNull(y, _)) => same_widget(x, y),
+        _ => false,
+    }
 }
 
 /// Whether `value` fits an alternative of this shape (the renderer's pick of the
@@ -473,6 +624,7 @@ pub(super) fn alternative_label(original: &Value, resolved: &Value, shape: &Shap
 pub(super) fn fits(shape: &Shape, value: &Value, resolved: &Value) -> bool {
     match (shape, value) {
         (Shape::Json(JsonKind::Any) | Shape::SecretJson(JsonKind::Any), _) => true,
+        (Shape::OrNull(inner, schema), v) => v.is_null() || fits(inner, v, schema),
         (_, Value::Null) => matches!(shape, Shape::Null),
         (Shape::Text(TextKind::Integer), Value::Number(n)) => n.is_i64() || n.is_u64(),
         (Shape::Text(TextKind::Number), Value::Number(_)) => true,

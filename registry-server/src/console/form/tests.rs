@@ -203,6 +203,27 @@ fn arb_json(kind: JsonKind) -> BoxedStrategy<Value> {
     }
 }
 
+/// Values of a one-line input; `pattern` for plain text.
+fn text_value(kind: TextKind, pattern: &str) -> BoxedStrategy<Value> {
+    match kind {
+        TextKind::Text => text(pattern),
+        TextKind::Url => text("https://example\\.com/[a-z0-9]{0,6}"),
+        TextKind::Email => text("[a-z]{1,5}@example\\.com"),
+        TextKind::Date => text("20[0-9]{2}-0[1-9]-1[0-9]"),
+        TextKind::DateTime => text(
+            "20[0-9]{2}-0[1-9]-1[0-9]T1[0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{3})?(Z|[+-]0[0-9]:[03]0)",
+        ),
+        TextKind::Integer => any::<i64>().prop_map(Value::from).boxed(),
+        TextKind::Number => prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+        ]
+        .boxed(),
+    }
+}
+
 /// `required`: always a value; else maybe absent (`None`).
 fn maybe(value: BoxedStrategy<Value>, required: bool) -> Strat {
     if required {
@@ -259,25 +280,16 @@ impl Gen<'_> {
         };
         match shape {
             Shape::Null => Just(Some(Value::Null)).boxed(),
-            Shape::Text(kind) => {
-                let strategy = match kind {
-                    TextKind::Text => text(&pick("10")),
-                    TextKind::Url => text("https://example\\.com/[a-z0-9]{0,6}"),
-                    TextKind::Email => text("[a-z]{1,5}@example\\.com"),
-                    TextKind::Date => text("20[0-9]{2}-0[1-9]-1[0-9]"),
-                    TextKind::DateTime => text(
-                        "20[0-9]{2}-0[1-9]-1[0-9]T1[0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{3})?(Z|[+-]0[0-9]:[03]0)",
-                    ),
-                    TextKind::Integer => any::<i64>().prop_map(Value::from).boxed(),
-                    TextKind::Number => prop_oneof![
-                        any::<i64>().prop_map(Value::from),
-                        any::<f64>()
-                            .prop_filter("finite", |f| f.is_finite())
-                            .prop_map(Value::from),
-                    ]
-                    .boxed(),
+            Shape::Text(kind) => maybe(text_value(kind, &pick("10")), required),
+            Shape::OrNull(scalar, _) => {
+                // Empty means null: a value is never empty text.
+                let value = match *scalar {
+                    Shape::Text(kind) => text_value(kind, "[^\r\n]{1,10}"),
+                    Shape::Boolean => any::<bool>().prop_map(Value::Bool).boxed(),
+                    Shape::Enum(values) => proptest::sample::select(values).boxed(),
+                    other => unreachable!("{other:?}"),
                 };
-                maybe(strategy, required)
+                prop_oneof![Just(Value::Null), value].prop_map(Some).boxed()
             }
             Shape::Password => maybe(text("[^\r\n]{1,10}"), required),
             Shape::SecretJson(kind) | Shape::Json(kind) => maybe(arb_json(kind), required),
@@ -861,10 +873,9 @@ fn actions_add_and_remove_rows_and_ask_for_new_references() {
         ("data.tags.2", "c"),
         ("data.tags.5", "f"),
         ("data.env#k0", "PATH"),
-        ("data.env#v0#choice", "0"),
-        ("data.env#v0#a0", "/bin"),
+        ("data.env#v0", "/bin"),
         ("data.env#k1", "HOME"),
-        ("data.env#v1#choice", "none"),
+        ("data.env#v1", ""),
     ];
     let mut submitted = pairs(&base);
     let decoded = decode(&schema, Mode::Create, None, &submitted);
@@ -978,9 +989,8 @@ fn edit_keeps_empty_secrets_and_replaces_typed_ones() {
         Some(masked),
         &pairs(&[
             ("data.service_account_info", ""),
-            ("data.service_account_file#choice", "none"),
-            ("data.project#choice", "0"),
-            ("data.project#a0", "p"),
+            ("data.service_account_file", ""),
+            ("data.project", "p"),
         ]),
     );
     assert!(kept.errors.is_empty(), "{:?}", kept.errors);
@@ -1034,4 +1044,364 @@ fn defaults_are_prefilled_on_create() {
     );
     assert!(html.contains("<p class=\"hint\""), "{html}");
     assert!(html.contains("role=\"switch\""), "{html}");
+}
+
+// ---- optional scalars, alternative labels, duplicate alternatives ------------------
+
+fn optional_scalars() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "project": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null, "title": "Project"},
+            "port": {"anyOf": [{"type": "integer", "maximum": 65535}, {"type": "null"}], "title": "Port"},
+            "ratio": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "site": {"anyOf": [{"type": "string", "format": "uri"}, {"type": "null"}]},
+            "when": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+            "flag": {"anyOf": [{"type": "boolean"}, {"type": "null"}], "default": null},
+            "policy": {"anyOf": [{"$ref": "#/definitions/Policy"}, {"type": "null"}]},
+            "limit": {"anyOf": [{"anyOf": [{"type": "number"}, {"type": "string"}]}, {"type": "null"}],
+                "title": "Memory Limit"},
+            "dir": {"anyOf": [{"type": "string"}, {"type": "string", "format": "path"}]}
+        },
+        "required": ["port"],
+        "definitions": {"Policy": {"title": "Policy", "enum": ["ALWAYS", "NEVER"]}}
+    })
+}
+
+#[test]
+fn optional_scalars_are_one_input_where_empty_means_null() {
+    let (refs, names) = empty();
+    let schema = optional_scalars();
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    for name in ["project", "port", "ratio", "site", "when", "dir"] {
+        assert!(
+            html.contains(&format!(
+                "<input type=\"{}\" name=\"data.{name}\"",
+                match name {
+                    "port" | "ratio" => "number",
+                    "site" => "url",
+                    "when" => "datetime-local\" step=\"1",
+                    _ => "text",
+                }
+            )),
+            "{name}: {html}"
+        );
+        assert!(
+            !html.contains(&format!("data.{name}#")) || name == "when",
+            "{html}"
+        );
+    }
+    assert!(
+        html.contains("Project <span class=\"optional\">(optional)</span>"),
+        "{html}"
+    );
+    // Required but nullable: still "(optional)", since empty is allowed.
+    assert!(
+        html.contains("Port <span class=\"optional\">(optional)</span>"),
+        "{html}"
+    );
+    assert!(html.contains("max=\"65535\""), "{html}");
+    // A boolean that may be null: none/yes/no, not a switch.
+    assert!(!html.contains("role=\"switch\""), "{html}");
+    assert!(
+        html.contains(
+            "<select name=\"data.flag\" id=\"field-data-flag\"><option value=\"\" selected>— none —</option><option value=\"true\">Yes</option><option value=\"false\">No</option></select>"
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "<select name=\"data.policy\" id=\"field-data-policy\"><option value=\"\" selected>— none —</option><option value=\"ALWAYS\">ALWAYS</option>"
+        ),
+        "{html}"
+    );
+    // A nested union is flattened into the field's own choice.
+    assert!(
+        html.contains("<option value=\"none\" selected>— none —</option><option value=\"0\">Number</option><option value=\"1\">Text</option>"),
+        "{html}"
+    );
+    assert!(html.contains("name=\"data.limit#a1\""), "{html}");
+    assert!(!html.contains(">Choice<"), "{html}");
+
+    // Empty means null (the schema allows it); a non-nullable optional is absent.
+    let blank = pairs(&[
+        ("data.project", ""),
+        ("data.port", " "),
+        ("data.ratio", ""),
+        ("data.site", ""),
+        ("data.when", ""),
+        ("data.when#tz", "Z"),
+        ("data.flag", ""),
+        ("data.policy", ""),
+        ("data.limit#choice", "none"),
+        ("data.dir", ""),
+    ]);
+    for mode in [Mode::Create, Mode::Edit] {
+        let decoded = decode(&schema, mode, None, &blank);
+        assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+        assert_eq!(
+            Value::Object(decoded.data),
+            json!({"project": null, "port": null, "ratio": null, "site": null, "when": null,
+                "flag": null, "policy": null, "limit": null})
+        );
+    }
+    let filled = pairs(&[
+        ("data.project", " p "),
+        ("data.port", "5432"),
+        ("data.ratio", "0.5"),
+        ("data.site", "https://x.test/"),
+        ("data.when", "2024-01-02T03:04"),
+        ("data.when#tz", ""),
+        ("data.flag", "false"),
+        ("data.policy", "NEVER"),
+        ("data.limit#choice", "1"),
+        ("data.limit#a1", "512m"),
+        ("data.dir", "/tmp"),
+    ]);
+    let decoded = decode(&schema, Mode::Create, None, &filled);
+    assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+    assert_eq!(
+        Value::Object(decoded.data.clone()),
+        json!({"project": " p ", "port": 5432, "ratio": 0.5, "site": "https://x.test/",
+            "when": "2024-01-02T03:04:00Z", "flag": false, "policy": "NEVER", "limit": "512m",
+            "dir": "/tmp"})
+    );
+    // Rendered back, the values are shown in the same single inputs.
+    let html = html_of(&input(
+        &schema,
+        Mode::Edit,
+        None,
+        Some(&decoded.data),
+        &refs,
+        &names,
+        &[],
+    ));
+    assert!(
+        html.contains("name=\"data.port\" id=\"field-data-port\" value=\"5432\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("<option value=\"false\" selected>No</option>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<option value=\"NEVER\" selected>NEVER</option>"),
+        "{html}"
+    );
+    // Bad input is still an error at the field.
+    let decoded = decode(&schema, Mode::Create, None, &pairs(&[("data.port", "x")]));
+    assert_eq!(error_at(&decoded.errors, "data.port"), "must be an integer");
+    let decoded = decode(
+        &schema,
+        Mode::Create,
+        None,
+        &pairs(&[("data.policy", "SOMETIMES")]),
+    );
+    assert_eq!(
+        error_at(&decoded.errors, "data.policy"),
+        "is not one of the options"
+    );
+    check_round_trips("optional scalars", &schema, cases() * 8);
+}
+
+#[test]
+fn builtin_optional_scalars_are_plain_inputs() {
+    let (refs, names) = empty();
+    let cases = [
+        ("gcp-credentials", &["data.project"][..]),
+        (
+            "sqlalchemy-connector",
+            &[
+                "data.connection_info#a0.database",
+                "data.connection_info#a0.username",
+                "data.connection_info#a0.host",
+                "data.connection_info#a0.port",
+            ][..],
+        ),
+        (
+            "docker-container",
+            &["data.name", "data.image_pull_policy", "data.network_mode"][..],
+        ),
+    ];
+    for (slug, names_expected) in cases {
+        let schema = builtin(slug);
+        let html = html_of(&input(
+            &schema,
+            Mode::Create,
+            None,
+            None,
+            &refs,
+            &names,
+            &[],
+        ));
+        for name in names_expected {
+            assert!(
+                html.contains(&format!("name=\"{name}\"")),
+                "{slug} {name}: {html}"
+            );
+            assert!(
+                !html.contains(&format!("name=\"{name}#")),
+                "{slug} {name}: {html}"
+            );
+        }
+    }
+    let creds = builtin("gcp-credentials");
+    let decoded = decode(
+        &creds,
+        Mode::Create,
+        None,
+        &pairs(&[("data.service_account_info", "{}"), ("data.project", "")]),
+    );
+    assert_eq!(decoded.data["project"], Value::Null);
+}
+
+#[test]
+fn alternatives_have_meaningful_labels() {
+    let (refs, names) = empty();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "x": {"anyOf": [
+                {"enum": ["alpha", "beta", "gamma", "delta"]},
+                {"enum": ["a", "b"]},
+                {"const": "fixed"},
+                {"$ref": "#/definitions/ConnectionComponents"},
+                {"type": "integer", "title": "integer"},
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "uri"},
+                {"type": "boolean"},
+                {"type": "array", "items": {"type": "string"}},
+                {"type": "object", "additionalProperties": {"type": "string"}},
+                {"type": "object", "properties": {"p": {"type": "string"}, "q": {"type": "string"}}},
+                {}
+            ], "title": "X"}
+        },
+        "required": ["x"],
+        "definitions": {"ConnectionComponents": {"title": "ConnectionComponents", "type": "object",
+            "properties": {"driver": {"type": "string"}}}}
+    });
+    let html = html_of(&input(
+        &schema,
+        Mode::Create,
+        None,
+        None,
+        &refs,
+        &names,
+        &[],
+    ));
+    let labels: Vec<&str> = html
+        .split("<option value=\"")
+        .skip(1)
+        .filter(|o| o.starts_with(|c: char| c.is_ascii_digit()))
+        .take(12)
+        .map(|o| &o[o.find('>').unwrap() + 1..o.find('<').unwrap()])
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "One of: alpha, beta, gamma, …",
+            "One of: a, b",
+            "fixed",
+            "Connection Components",
+            "Whole number",
+            "Date and time",
+            "URL",
+            "Yes/no",
+            "List",
+            "Key/value pairs",
+            "Fields: P, Q",
+            "JSON",
+        ],
+        "{html}"
+    );
+    // Same labels twice are told apart.
+    let twice = json!({"type": "object", "properties": {"y": {"anyOf": [
+        {"type": "object", "title": "Same", "properties": {"a": {"type": "string"}}},
+        {"type": "object", "title": "Same", "properties": {"b": {"type": "string"}}}]}},
+        "required": ["y"]});
+    let html = html_of(&input(&twice, Mode::Create, None, None, &refs, &names, &[]));
+    assert!(
+        html.contains(">Same (option 1)</option><option value=\"1\">Same (option 2)</option>"),
+        "{html}"
+    );
+}
+
+#[test]
+fn secret_alternatives_say_what_they_accept() {
+    let (refs, names) = empty();
+    let parsed: Map<String, Value> = serde_json::from_str(PREFECT_3).unwrap();
+    for schema in [builtin("secret"), parsed["Secret"]["fields"].clone()] {
+        let html = html_of(&input(
+            &schema,
+            Mode::Create,
+            None,
+            None,
+            &refs,
+            &names,
+            &[],
+        ));
+        // A secret string next to a plain string kept secret: one password input.
+        assert_eq!(html.matches("type=\"password\"").count(), 1, "{html}");
+        assert!(
+            html.contains("<option value=\"0\" selected>Secret text</option><option value=\"2\">Secret JSON</option></select>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<textarea class=\"json\" name=\"data.value#a2\""),
+            "{html}"
+        );
+        assert!(!html.contains("name=\"data.value#a1\""), "{html}");
+
+        let decoded = decode(
+            &schema,
+            Mode::Create,
+            None,
+            &pairs(&[
+                ("data.value#choice", "2"),
+                ("data.value#a0", ""),
+                (
+                    "data.value#a2",
+                    "{\"username\": \"u\", \"password\": \"p\"}",
+                ),
+            ]),
+        );
+        assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+        assert_eq!(
+            decoded.data["value"],
+            json!({"username": "u", "password": "p"})
+        );
+        let decoded = decode(
+            &schema,
+            Mode::Create,
+            None,
+            &pairs(&[("data.value#choice", "0"), ("data.value#a0", "sk-1")]),
+        );
+        assert_eq!(decoded.data["value"], "sk-1");
+
+        // Edit: never pre-filled; left empty, the stored (masked) value is kept.
+        let stored = json!({"value": "********"});
+        let stored = stored.as_object().unwrap();
+        let form = input(&schema, Mode::Edit, None, Some(stored), &refs, &names, &[]);
+        let html = html_of(&form);
+        assert!(!html.contains("********"), "{html}");
+        let (nodes, _) = model::build(&form);
+        let decoded = decode(&schema, Mode::Edit, Some(stored), &submitted_pairs(&nodes));
+        assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+        assert_eq!(&decoded.data, stored);
+        let decoded = decode(
+            &schema,
+            Mode::Edit,
+            Some(stored),
+            &pairs(&[("data.value#choice", "2"), ("data.value#a2", "")]),
+        );
+        assert_eq!(&decoded.data, stored);
+    }
 }
