@@ -454,7 +454,7 @@ fn form_errors(
 ) -> Result<(StatusCode, Vec<FieldError>, Option<String>), PageError> {
     match e {
         StoreError::Invalid(errors) => Ok((StatusCode::UNPROCESSABLE_ENTITY, errors, None)),
-        StoreError::Conflict(message) if what == "create" && message.contains("name") => Ok((
+        StoreError::AlreadyExists(_) if what == "create" => Ok((
             StatusCode::CONFLICT,
             vec![FieldError::new(
                 "name",
@@ -561,13 +561,16 @@ async fn create_block(
     }
     let created = state
         .store
-        .create_block_document(BlockDocumentCreate {
-            name: Some(name.clone()),
-            data: decoded.data.clone(),
-            block_schema_id: schema.id,
-            block_type_id: ty.id,
-            is_anonymous: false,
-        })
+        .create_block_document_by(
+            BlockDocumentCreate {
+                name: Some(name.clone()),
+                data: decoded.data.clone(),
+                block_schema_id: schema.id,
+                block_type_id: ty.id,
+                is_anonymous: false,
+            },
+            Some(viewer.token.id),
+        )
         .await;
     match created {
         Ok(doc) => {
@@ -808,6 +811,7 @@ async fn update_block(
     let rights = Rights {
         read_secrets: viewer.may(Scope::ReadSecrets),
         admin: viewer.may(Scope::Admin),
+        token: Some(viewer.token.id),
     };
     let body = BlockDocumentUpdate {
         block_schema_id: (schema.id != doc.block_schema_id).then_some(schema.id),

@@ -81,8 +81,15 @@ pub(super) fn routes() -> Vec<Route> {
 }
 
 /// 201 with the new document, secrets masked.
-async fn create(State(state): St, Body(body): Body<BlockDocumentCreate>) -> ApiResult<Response> {
-    Ok(created(state.store.create_block_document(body).await?))
+async fn create(
+    State(state): St,
+    caller: Caller,
+    Body(body): Body<BlockDocumentCreate>,
+) -> ApiResult<Response> {
+    let author = caller.rights().token;
+    Ok(created(
+        state.store.create_block_document_by(body, author).await?,
+    ))
 }
 
 async fn filter(
@@ -253,6 +260,7 @@ async fn destroy_version(
 
 async fn rollback(
     State(state): St,
+    caller: Caller,
     Path((id, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -260,7 +268,7 @@ async fn rollback(
     let expected = precondition(&state, id, &headers).await?;
     let outcome = state
         .store
-        .rollback_block_document(id, version, expected)
+        .rollback_block_document(id, version, expected, caller.rights().token)
         .await
         .map_err(lost_race)?;
     Ok(Json(json!({"id": outcome.id, "version": outcome.version})))

@@ -132,12 +132,14 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    /// What the token allows beyond `write`, for the store's checks.
+    /// Who writes (recorded on versions) and what the token allows beyond `write`, for the
+    /// store's checks.
     pub(crate) fn rights(&self) -> Rights {
         let grants = |scope| self.token.as_ref().is_some_and(|t| t.grants(scope));
         Rights {
             read_secrets: grants(Scope::ReadSecrets),
             admin: grants(Scope::Admin),
+            token: self.token.as_ref().map(|t| t.id),
         }
     }
 

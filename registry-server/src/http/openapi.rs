@@ -197,7 +197,8 @@ fn components() -> Value {
         "BlockDocumentCount": filter,
         "VersionInfo": {"type": "object", "properties": {
             "version": {"type": "integer"}, "created": time, "block_schema_id": uuid,
-            "key_id": {"type": ["string", "null"]}, "references": {"type": "object"}}},
+            "key_id": {"type": ["string", "null"]}, "references": {"type": "object"},
+            "token_id": {"type": ["string", "null"], "description": "The token that wrote the version (null before authors were recorded, and for the server's own writes)."}}},
         "VersionData": {"type": "object", "properties": {
             "block_document_id": uuid, "version": {"type": "integer"}, "data": data}},
         "WriteOutcome": {"type": "object", "properties": {"id": uuid, "version": {"type": "integer"}}},

@@ -48,6 +48,9 @@ pub struct VersionInfo {
     pub key_id: Option<Uuid>,
     /// Its references: field → document id.
     pub references: BTreeMap<String, Uuid>,
+    /// The token that wrote it (none for versions written before authors were recorded,
+    /// and for the server's own writes).
+    pub token_id: Option<Uuid>,
 }
 
 /// What a write produced.
@@ -173,6 +176,8 @@ struct NewVersion<'a> {
     /// What the schema's type keeps secret ([`Store::secret_paths`]), when the caller has
     /// it already; else it is read inside the write.
     paths: Option<Vec<SecretPath>>,
+    /// The token writing it.
+    author: Option<Uuid>,
 }
 
 /// A stored version, opened: plain data with secrets in clear, references, schema, and
@@ -279,6 +284,16 @@ impl Store {
     /// Creates a document. The data is validated against its schema, `$ref`s must point to
     /// existing documents, secrets are sealed. Returns the document with secrets masked.
     pub async fn create_block_document(&self, body: BlockDocumentCreate) -> Result<BlockDocument> {
+        self.create_block_document_by(body, None).await
+    }
+
+    /// [`Store::create_block_document`], recording `author` (a token id) as the writer of
+    /// its first version.
+    pub async fn create_block_document_by(
+        &self,
+        body: BlockDocumentCreate,
+        author: Option<Uuid>,
+    ) -> Result<BlockDocument> {
         body.validate().map_err(|e| StoreError::Invalid(vec![e]))?;
         let id = Uuid::new_v4();
         let name = match &body.name {
@@ -332,6 +347,7 @@ impl Store {
             schema: &schema,
             kept: Vec::new(),
             paths: None,
+            author,
         };
         let worn = self.write_version(&mut tx, id, 1, version).await?;
         self.check_failpoint("create_before_commit")?;
@@ -385,6 +401,7 @@ impl Store {
             schema,
             kept,
             paths,
+            author,
         } = version;
         let schema_id = schema.id;
         self.check_references(tx, id, &refs).await?;
@@ -444,8 +461,8 @@ impl Store {
             .collect();
         self.count_query();
         sqlx::query(
-            "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs, token_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id.to_string())
         .bind(number)
@@ -455,6 +472,7 @@ impl Store {
         .bind(to_json(&sealed))
         .bind(key_id.map(|k| k.to_string()))
         .bind(to_json(&ref_map))
+        .bind(author.map(|a| a.to_string()))
         .execute(&mut **tx)
         .await?;
         self.check_failpoint("after_version")?;
@@ -854,6 +872,7 @@ impl Store {
             schema: &target_schema,
             kept: surviving,
             paths: Some(target_paths),
+            author: rights.token,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await
@@ -1618,7 +1637,7 @@ impl Store {
         self.document_version(id).await?;
         self.count_query();
         let rows = sqlx::query(
-            "select version, created, block_schema_id, key_id, refs from block_document_version \
+            "select version, created, block_schema_id, key_id, refs, token_id from block_document_version \
              where block_document_id = $1 order by version desc",
         )
         .bind(id.to_string())
@@ -1639,6 +1658,10 @@ impl Store {
                         .into_iter()
                         .map(|(f, c)| Ok((f, parse_uuid(&c)?)))
                         .collect::<Result<_>>()?,
+                    token_id: row
+                        .try_get::<Option<String>, _>("token_id")?
+                        .map(|t| parse_uuid(&t))
+                        .transpose()?,
                 })
             })
             .collect()
@@ -1677,12 +1700,14 @@ impl Store {
         Ok(data)
     }
 
-    /// Makes a new version equal to an older one (data, secrets, references and schema).
+    /// Makes a new version equal to an older one (data, secrets, references and schema),
+    /// written by `author` (a token id).
     pub async fn rollback_block_document(
         &self,
         id: Uuid,
         version: i64,
         expected_version: Option<i64>,
+        author: Option<Uuid>,
     ) -> Result<WriteOutcome> {
         let mut tx = self.write.begin().await?;
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
@@ -1700,6 +1725,7 @@ impl Store {
             schema: &schema,
             kept: sealed,
             paths: None,
+            author,
         };
         self.commit_next_version(tx, id, current_version, version)
             .await

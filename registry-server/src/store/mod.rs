@@ -104,7 +104,8 @@ impl Default for StoreConfig {
     }
 }
 
-/// What a caller may do beyond `write`, for the store's checks that depend on it.
+/// Who is writing and what they may do beyond `write`, for the store's checks that depend
+/// on it and for the versions it records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rights {
     /// Holds `read-secrets`: may move a document that holds secrets to another schema
@@ -114,6 +115,9 @@ pub struct Rights {
     /// Holds `admin`: may register a schema that keeps fewer values secret than the
     /// other schemas of its type.
     pub admin: bool,
+    /// The token writing: recorded on each version it writes (none for the server's own
+    /// writes).
+    pub token: Option<Uuid>,
 }
 
 impl Rights {
@@ -121,12 +125,23 @@ impl Rights {
     pub const ADMIN: Rights = Rights {
         read_secrets: true,
         admin: true,
+        token: None,
     };
     /// `write` alone.
     pub const WRITE: Rights = Rights {
         read_secrets: false,
         admin: false,
+        token: None,
     };
+
+    /// The same rights, writing as `token`.
+    #[must_use]
+    pub fn by(self, token: Uuid) -> Self {
+        Self {
+            token: Some(token),
+            ..self
+        }
+    }
 }
 
 /// Why a store operation failed. Messages name the object and the problem and never carry

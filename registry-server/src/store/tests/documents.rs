@@ -526,7 +526,7 @@ async fn history_rollback_and_retention() {
         ));
 
         let rolled = store
-            .rollback_block_document(doc.id, 3, Some(5))
+            .rollback_block_document(doc.id, 3, Some(5), None)
             .await
             .unwrap();
         assert_eq!(rolled.version, 6);
@@ -534,7 +534,7 @@ async fn history_rollback_and_retention() {
             store.read_block_document(doc.id, true).await.unwrap().data["value"],
             json!("v3")
         );
-        let stale = store.rollback_block_document(doc.id, 4, Some(5)).await;
+        let stale = store.rollback_block_document(doc.id, 4, Some(5), None).await;
         assert!(matches!(
             stale,
             Err(StoreError::VersionConflict {
@@ -703,6 +703,59 @@ async fn concurrent_parent_and_child_writes_and_deletes_do_not_deadlock() {
             task.await.unwrap();
         }
         assert_eq!(store.read_block_document(parent, true).await.unwrap().data["a"]["password"].as_str().map(|p| p.contains('-')), Some(true));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_version_records_the_token_that_wrote_it() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = register::<Secret>(&store).await;
+        let alice = uuid::Uuid::new_v4();
+        let bob = uuid::Uuid::new_v4();
+        let doc = store
+            .create_block_document_by(
+                BlockDocumentCreate {
+                    name: Some("token".into()),
+                    data: obj(json!({"value": "v1"})),
+                    block_schema_id: schema.id,
+                    block_type_id: schema.block_type_id,
+                    is_anonymous: false,
+                },
+                Some(alice),
+            )
+            .await
+            .unwrap();
+        store
+            .update_block_document(doc.id, update(json!({"value": "v2"})), None, Rights::WRITE.by(bob))
+            .await
+            .unwrap();
+        // The server's own writes (and versions from before authors were recorded) have none.
+        store
+            .update_block_document(doc.id, update(json!({"value": "v3"})), None, Rights::ADMIN)
+            .await
+            .unwrap();
+        store
+            .rollback_block_document(doc.id, 1, Some(3), Some(bob))
+            .await
+            .unwrap();
+        let authors: Vec<(i64, Option<uuid::Uuid>)> = store
+            .list_versions(doc.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| (v.version, v.token_id))
+            .collect();
+        assert_eq!(
+            authors,
+            [(4, Some(bob)), (3, None), (2, Some(bob)), (1, Some(alice))]
+        );
+        // A rollback copies the data of the version it returns to, not its author.
+        assert_eq!(
+            store.read_version(doc.id, 4, true).await.unwrap()["value"],
+            json!("v1")
+        );
     })
     .await;
 }

@@ -268,7 +268,7 @@ async fn moving_a_document_that_holds_secrets_to_another_schema_needs_read_secre
         let unchanged = store.read_block_document(doc.id, true).await.unwrap();
         assert_eq!(unchanged.block_schema_id, schema.id, "nothing moved");
         // With read-secrets the move is allowed (the caller could read the value anyway).
-        let moved = mv(Rights { read_secrets: true, admin: false }).await.unwrap();
+        let moved = mv(Rights { read_secrets: true, admin: false, token: None }).await.unwrap();
         assert!(moved.changed);
     })
     .await;
