@@ -105,6 +105,7 @@ pub fn marked_secret_paths(fields: &Value) -> Vec<SecretPath> {
 pub fn marked_paths(fields: &Value, floors: bool) -> Vec<SecretPath> {
     let mut marks = Marks {
         definitions: fields.get("definitions").and_then(Value::as_object),
+        dollar_defs: fields.get("$defs").and_then(Value::as_object),
         done: std::collections::HashMap::new(),
         floors,
     };
@@ -136,7 +137,10 @@ impl SecretPath {
 /// The marked paths of schema nodes, relative to each node; each definition is walked once
 /// (one that nests itself contributes nothing more the second time).
 struct Marks<'a> {
+    /// Pydantic v1's `definitions`.
     definitions: Option<&'a Map<String, Value>>,
+    /// Pydantic v2's (and JSON Schema 2019's) `$defs`.
+    dollar_defs: Option<&'a Map<String, Value>>,
     done: std::collections::HashMap<&'a str, Vec<SecretPath>>,
     floors: bool,
 }
@@ -152,11 +156,10 @@ impl<'a> Marks<'a> {
             return vec![SecretPath::here()];
         }
         let mut out = Vec::new();
-        if let Some(name) = node
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix("#/definitions/"))
-        {
+        if let Some(name) = node.get("$ref").and_then(Value::as_str).and_then(|r| {
+            r.strip_prefix("#/definitions/")
+                .or_else(|| r.strip_prefix("#/$defs/"))
+        }) {
             out.extend(self.definition(name));
         }
         for combinator in ["anyOf", "oneOf", "allOf"] {
@@ -197,7 +200,11 @@ impl<'a> Marks<'a> {
         if let Some(done) = self.done.get(name) {
             return done.clone();
         }
-        let Some(definition) = self.definitions.and_then(|d| d.get(name)) else {
+        let Some(definition) = self
+            .definitions
+            .and_then(|d| d.get(name))
+            .or_else(|| self.dollar_defs.and_then(|d| d.get(name)))
+        else {
             return Vec::new();
         };
         // Marked as walked before the walk, so a definition that nests itself ends here.
@@ -451,6 +458,16 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn markers_are_found_through_dollar_defs_too() {
+        // Pydantic v2 puts definitions under `$defs`.
+        let fields = json!({
+            "properties": {"auth": {"$ref": "#/$defs/Auth"}},
+            "$defs": {"Auth": {"properties": {"password": {"type": "string", "format": "password"}}}},
+        });
+        assert_eq!(marked(&fields), ["auth.password"]);
     }
 
     #[test]

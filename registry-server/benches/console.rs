@@ -139,6 +139,11 @@ async fn seed(store: &Arc<Store>, url: &str, backend: &str, n: usize) -> uuid::U
 /// copies have no versions of their own, so the bench never opens one.
 async fn bulk_copy(url: &str, backend: &str, from: usize, to: usize) {
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let count: i64 =
+        sqlx::query_scalar("select count(*) from block_document where name like 'block-%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let templates = "(select d.*, row_number() over (order by d.name) - 1 as k from block_document d where d.name like 'block-%') t";
     let sql = if backend == "SQLite" {
         format!(
@@ -146,21 +151,24 @@ async fn bulk_copy(url: &str, backend: &str, from: usize, to: usize) {
              insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
              select lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-' || substr(h, 17, 4) || '-' || substr(h, 21, 12)), \
              t.created, t.updated, printf('block-%07d', seq.i), 0, t.block_type_id, t.block_type_name, t.block_schema_id, t.version \
-             from seq join {templates} on t.k = seq.i % {from}",
+             from seq join {templates} on t.k = seq.i % {count}",
             last = to - 1
         )
     } else {
         format!(
             "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
              select gen_random_uuid()::text, t.created, t.updated, 'block-' || lpad(seq.i::text, 7, '0'), 0, t.block_type_id, t.block_type_name, t.block_schema_id, t.version \
-             from generate_series({from}, {last}) as seq(i) join {templates} on t.k = seq.i % {from}",
+             from generate_series({from}, {last}) as seq(i) join {templates} on t.k = seq.i % {count}",
             last = to - 1
         )
     };
     let done = sqlx::query(&sql).execute(&pool).await.unwrap();
     assert_eq!(done.rows_affected() as usize, to - from);
     if backend == "PostgreSQL" {
-        sqlx::query("analyze block_document").execute(&pool).await.unwrap();
+        sqlx::query("analyze block_document")
+            .execute(&pool)
+            .await
+            .unwrap();
     }
     pool.close().await;
 }

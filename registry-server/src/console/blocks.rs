@@ -18,6 +18,9 @@ use super::{PageError, Viewer, catalog, snippets};
 use crate::http::AppState;
 use crate::store::{DocumentQuery, Scope, StoreError};
 
+/// Referencing blocks a page names at most (then says there are more).
+const MAX_REFERRERS: u32 = 100;
+
 /// Blocks per page of the list.
 pub(crate) const PAGE_SIZE: u32 = 50;
 
@@ -276,7 +279,9 @@ fn humanize(key: &str) -> String {
         .filter(|w| !w.is_empty())
         .map(|w| {
             let mut chars = w.chars();
-            chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+            chars
+                .next()
+                .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -331,7 +336,9 @@ async fn detail_page(
     let tagged = read_masked(state, id).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?;
-    let referrers = state.store.referrers(id).await?;
+    let mut referrers = state.store.referrers(id, MAX_REFERRERS + 1).await?;
+    let more_referrers = referrers.len() > MAX_REFERRERS as usize;
+    referrers.truncate(MAX_REFERRERS as usize);
     let name = doc.name.clone().unwrap_or_default();
     let fields = doc.block_schema.as_ref().map(|s| &s.fields);
     let order = field_order(fields.unwrap_or(&Value::Null), &doc.data);
@@ -440,6 +447,7 @@ async fn detail_page(
                             " " span.muted { "(" (r.type_slug) ", in " code { (r.field) } ")" }
                         }
                     }
+                    @if more_referrers { li.muted { "and more" } }
                 }
             }
         }
@@ -496,7 +504,9 @@ async fn confirm_delete_page(
     let tagged = read_masked(state, id).await?;
     let ty = document_type(&tagged.document)?;
     let name = tagged.document.name.clone().unwrap_or_default();
-    let referrers = state.store.referrers(id).await?;
+    let mut referrers = state.store.referrers(id, MAX_REFERRERS + 1).await?;
+    let more_referrers = referrers.len() > MAX_REFERRERS as usize;
+    referrers.truncate(MAX_REFERRERS as usize);
     let body = html! {
         section.narrow {
             h1 { "Delete " (name) "?" }
@@ -516,6 +526,7 @@ async fn confirm_delete_page(
                     @for r in &referrers {
                         li { a href=(format!("/blocks/{}", r.id)) { (r.type_slug) "/" (r.name) } }
                     }
+                    @if more_referrers { li.muted { "and more" } }
                 }
                 p { a.button href=(format!("/blocks/{id}")) { "Back" } }
             }

@@ -30,6 +30,11 @@ use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
 use crate::store::{DocumentQuery, Rights, Scope, StoreError};
 
+/// Block types a form offers reference pickers for, at most.
+const MAX_REFERENCE_TYPES: usize = 32;
+/// Errors a form shows at most (the rest are counted at the top).
+const MAX_SHOWN_ERRORS: usize = 200;
+
 /// Longest draft a "Create new …" round trip carries (bytes of JSON).
 const MAX_DRAFT_BYTES: usize = 256 * 1024;
 
@@ -125,7 +130,10 @@ struct Context {
 async fn context(state: &AppState, fields: &Value) -> Result<Context, PageError> {
     let types = catalog::all_types(&state.store).await?;
     let mut references = HashMap::new();
-    for slug in reference_slugs(fields) {
+    for slug in reference_slugs(fields)
+        .into_iter()
+        .take(MAX_REFERENCE_TYPES)
+    {
         let Some(ty) = types.iter().find(|t| t.slug == slug) else {
             references.insert(slug, Vec::new());
             continue;
@@ -210,6 +218,8 @@ struct FormPage<'a> {
 }
 
 fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
+    let hidden_errors = page.errors.len().saturating_sub(MAX_SHOWN_ERRORS);
+    let errors = &page.errors[..page.errors.len().min(MAX_SHOWN_ERRORS)];
     let input = FormInput {
         schema: &page.schema.fields,
         mode: page.mode,
@@ -217,7 +227,7 @@ fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
         original: page.original,
         references: &ctx.references,
         type_names: &ctx.type_names,
-        errors: page.errors,
+        errors,
     };
     let mut top: Vec<FieldError> = form::unmatched_errors(&input)
         .into_iter()
@@ -256,6 +266,9 @@ fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
             }
         } @else if !page.errors.is_empty() {
             div.error-message role="alert" { "The block was not saved: see the fields marked below." }
+        }
+        @if hidden_errors > 0 {
+            p.error-message { "…and " (hidden_errors) " more problems not shown; fix these first." }
         }
         form.form-panel method="post" action=(action) novalidate {
             (form_token(viewer))
@@ -432,18 +445,55 @@ async fn submitted_schema(
 }
 
 fn parse_draft(form: &FormPairs) -> Result<Option<Draft>, PageError> {
+    let bad = || {
+        PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "_parent: the form it came from could not be read; start again from that form",
+        )
+    };
     match form.get("_parent").filter(|p| !p.is_empty()) {
         None => Ok(None),
         Some(text) if text.len() > MAX_DRAFT_BYTES => Err(PageError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "_parent: the form it came from is too large to carry along",
         )),
-        Some(text) => serde_json::from_str(text).map(Some).map_err(|_| {
-            PageError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "_parent: the form it came from could not be read; start again from that form",
-            )
-        }),
+        Some(text) => {
+            let draft: Draft = serde_json::from_str(text).map_err(|_| bad())?;
+            check_reference_path(&draft.path)?;
+            let target_ok = match draft.target.split_once(':') {
+                Some(("new", slug)) => block_types::validate::block_type_slug(slug).is_ok(),
+                Some(("edit", id)) => Uuid::parse_str(id).is_ok(),
+                _ => false,
+            };
+            if target_ok {
+                Ok(Some(draft))
+            } else {
+                Err(bad())
+            }
+        }
+    }
+}
+
+/// Deepest form path a "Create new …" may fill in.
+const MAX_PATH_SEGMENTS: usize = 16;
+
+/// A reference field's form path as the form writes it: `data.` and at most
+/// [`MAX_PATH_SEGMENTS`] non-empty keys.
+fn check_reference_path(path: &str) -> Result<(), PageError> {
+    let keys: Vec<&str> = path
+        .strip_prefix("data.")
+        .unwrap_or("")
+        .split('.')
+        .collect();
+    let ok =
+        path.len() <= 4096 && keys.len() <= MAX_PATH_SEGMENTS && keys.iter().all(|k| !k.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the field to fill in with the new block is not a field of this form",
+        ))
     }
 }
 
@@ -523,6 +573,7 @@ async fn create_block(
     match &decoded.action {
         Action::Save => {}
         Action::NewReference { path, slug: child } => {
+            check_reference_path(path)?;
             let draft = Draft {
                 target: format!("new:{slug}"),
                 path: path.clone(),
@@ -575,9 +626,18 @@ async fn create_block(
     match created {
         Ok(doc) => {
             let target = Some(format!("/api/block_documents/{}", doc.id));
+            let created_page =
+                || Redirect::to(&format!("/blocks/{}?saved=created", doc.id)).into_response();
+            // The block is stored: whatever happens to the way back, the answer says so.
             let response = match parent {
-                Some(draft) => back_to_parent(state, viewer, draft, doc.id).await?,
-                None => Redirect::to(&format!("/blocks/{}?saved=created", doc.id)).into_response(),
+                Some(draft) => match back_to_parent(state, viewer, draft, doc.id).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        tracing::info!(status = %e.status, "the form a new block was made for could not be shown again");
+                        created_page()
+                    }
+                },
+                None => created_page(),
             };
             Ok((response, target))
         }
@@ -782,6 +842,7 @@ async fn update_block(
     match &decoded.action {
         Action::Save => {}
         Action::NewReference { path, slug: child } => {
+            check_reference_path(path)?;
             let draft = Draft {
                 target: format!("edit:{id}"),
                 path: path.clone(),
@@ -873,7 +934,8 @@ pub(super) async fn name_check(
             .await
         {
             Ok(_) => Some("a block of this type with this name already exists".to_owned()),
-            Err(_) => None,
+            Err(StoreError::NotFound(_)) => None,
+            Err(_) => Some("the name could not be checked just now".to_owned()),
         },
     };
     axum::Json(json!({ "problem": problem })).into_response()

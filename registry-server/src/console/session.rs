@@ -32,6 +32,8 @@ use crate::store::{NewAuditRecord, Scope, TokenInfo};
 pub(crate) const COOKIE: &str = "__Host-blocks-session";
 /// The form field carrying the session's form token.
 pub(crate) const FORM_TOKEN_FIELD: &str = "_csrf";
+/// Most fields a submitted form may have.
+pub(crate) const MAX_FORM_FIELDS: usize = 5_000;
 /// Longest token accepted on the sign-in form (tokens are 48 characters).
 const MAX_TOKEN_BYTES: usize = 512;
 
@@ -226,11 +228,18 @@ impl<S: Send + Sync> FromRequest<S> for FormPairs {
                 )
                 .render(None)
             })?;
-        Ok(Self(
-            form_urlencoded::parse(&bytes)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        ))
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(&bytes)
+            .take(MAX_FORM_FIELDS + 1)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if pairs.len() > MAX_FORM_FIELDS {
+            return Err(PageError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("The form has too many fields to be taken ({MAX_FORM_FIELDS} at most)."),
+            )
+            .render(None));
+        }
+        Ok(Self(pairs))
     }
 }
 
@@ -395,7 +404,7 @@ pub(crate) async fn audit(
         tracing::error!(error = %e, "the audit record of a console action could not be stored");
         PageError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "The audit log is unavailable; nothing was done.",
+            "The audit log is unavailable: the change may have been made but could not be recorded. Look at the block before trying again.",
         )
     })
 }
@@ -415,6 +424,12 @@ pub(crate) async fn audited<F>(
 where
     F: Future<Output = Result<(Response, Option<String>), PageError>> + Send + 'static,
 {
+    let (failed_state, failed_headers, failed_viewer, failed_target) = (
+        state.clone(),
+        headers.clone(),
+        viewer.clone(),
+        target.clone(),
+    );
     let task = tokio::spawn(async move {
         let (response, target) = match work(state.clone(), headers.clone(), viewer.clone()).await {
             Ok((response, better)) => (response, better.unwrap_or(target)),
@@ -436,10 +451,26 @@ where
     });
     match task.await {
         Ok(response) => response,
-        Err(e) => PageError::from(crate::http::ApiError::Internal(format!(
-            "a console write failed: {e}"
-        )))
-        .render(None),
+        Err(e) => {
+            // Recorded all the same: the write may have happened before the failure.
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            let recorded = audit(
+                &failed_state,
+                &failed_headers,
+                Some(failed_viewer.token.id),
+                action,
+                failed_target,
+                status,
+            )
+            .await;
+            let page = PageError::from(crate::http::ApiError::Internal(format!(
+                "a console write failed: {e}"
+            )));
+            match recorded {
+                Ok(()) => page.render(Some(&failed_viewer)),
+                Err(e) => e.render(Some(&failed_viewer)),
+            }
+        }
     }
 }
 

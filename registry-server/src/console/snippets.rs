@@ -175,7 +175,12 @@ mod tests {
         );
         assert!(python(&block_type("x", None), "n").contains("Block.load(\"x/n\")"));
         // A built-in type's example is Rust: its Python class is used instead.
-        let rust_example = block_type("gcs-bucket", Some("```rust\nuse block_types::catalog::GcsBucket;\nGcsBucket::load(\"BLOCK_NAME\")\n```"));
+        let rust_example = block_type(
+            "gcs-bucket",
+            Some(
+                "```rust\nuse block_types::catalog::GcsBucket;\nGcsBucket::load(\"BLOCK_NAME\")\n```",
+            ),
+        );
         assert_eq!(
             python(&rust_example, "zoom-gcs"),
             "from prefect_gcp.cloud_storage import GcsBucket\n\ngcs_bucket = GcsBucket.load(\"zoom-gcs\")"

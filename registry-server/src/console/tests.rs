@@ -376,7 +376,12 @@ async fn cross_site_and_stale_forms_change_nothing() {
         // `Origin: null` with `Sec-Fetch-Site: same-origin`; without the form token it
         // still changes nothing.
         let page = browser
-            .request("POST", &uri, Some(&[("_version", version.as_str())]), &[("origin", "null"), ("sec-fetch-site", "same-origin")])
+            .request(
+                "POST",
+                &uri,
+                Some(&[("_version", version.as_str())]),
+                &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+            )
             .await;
         assert_eq!(page.status, StatusCode::FORBIDDEN);
         assert!(page.text.contains("form token"), "{}", page.text);
@@ -794,6 +799,93 @@ async fn hostile_type_text_renders_inert() {
         let catalog = browser.get("/catalog").await.text;
         assert!(catalog.contains("Evil &quot;onerror=alert(4) x"), "{catalog}");
         assert!(catalog.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{catalog}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_crafted_draft_or_form_is_refused_without_harm() {
+    on_both(async |db| {
+        let ctx = setup(db).await;
+        let store = &ctx.state.store;
+        let mut browser = Browser::new(&ctx.app);
+        browser.sign_in(&ctx.admin).await;
+        let form = browser.get("/blocks/new/string").await;
+        let csrf = form.form_token();
+        let schema = {
+            let at = form.text.find("name=\"_schema\" value=\"").unwrap() + 22;
+            form.text[at..at + 36].to_owned()
+        };
+        // A draft whose path would nest 100,000 levels deep: refused before anything.
+        let deep = format!(
+            "{{\"target\":\"new:string\",\"path\":\"data.{}\",\"data\":{{}}}}",
+            ".".repeat(100_000)
+        );
+        let page = browser
+            .post(
+                "/blocks/new/string",
+                &[
+                    ("_csrf", &csrf),
+                    ("_schema", &schema),
+                    ("_name", "deep"),
+                    ("data.value", "x"),
+                    ("_parent", &deep),
+                ],
+            )
+            .await;
+        assert_eq!(
+            page.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            page.text
+        );
+        assert!(
+            store
+                .read_block_document_by_name("string", "deep", false)
+                .await
+                .is_err()
+        );
+        // A draft pointing at a type that does not exist: the block is created and said so,
+        // and the audit record names it.
+        let odd = "{\"target\":\"new:no-such-type\",\"path\":\"data.x\",\"data\":{}}";
+        let page = browser
+            .post(
+                "/blocks/new/string",
+                &[
+                    ("_csrf", &csrf),
+                    ("_schema", &schema),
+                    ("_name", "made"),
+                    ("data.value", "x"),
+                    ("_parent", odd),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+        let made = store
+            .read_block_document_by_name("string", "made", false)
+            .await
+            .unwrap();
+        assert_eq!(
+            page.location(),
+            format!("/blocks/{}?saved=created", made.id)
+        );
+        let records = console_audit(store).await;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.target == format!("/api/block_documents/{}", made.id)
+                    && r.outcome == "ok")
+        );
+        // Too many fields.
+        let many: Vec<(String, String)> = (0..6_000)
+            .map(|i| (format!("data.x{i}"), String::new()))
+            .collect();
+        let mut pairs: Vec<(&str, &str)> =
+            vec![("_csrf", &csrf), ("_schema", &schema), ("_name", "many")];
+        pairs.extend(many.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let page = browser.post("/blocks/new/string", &pairs).await;
+        assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", page.text);
+        assert!(page.header(header::CONTENT_TYPE).starts_with("text/html"));
     })
     .await;
 }

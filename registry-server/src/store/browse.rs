@@ -184,17 +184,19 @@ impl Store {
             .collect()
     }
 
-    /// The documents whose fields reference document `id`, by type and name.
-    pub async fn referrers(&self, id: Uuid) -> Result<Vec<Referrer>> {
+    /// The documents whose fields reference document `id`, by type and name: the first
+    /// `limit` of them.
+    pub async fn referrers(&self, id: Uuid, limit: u32) -> Result<Vec<Referrer>> {
         let c = self.collate();
         self.count_query();
         let rows = sqlx::query(&format!(
             "select d.id, d.name, t.slug, r.name as field from block_document_reference r \
              join block_document d on d.id = r.parent_block_document_id \
              join block_type t on t.id = d.block_type_id \
-             where r.reference_block_document_id = $1 order by t.slug{c}, d.name{c}, r.name{c}"
+             where r.reference_block_document_id = $1 order by t.slug{c}, d.name{c}, r.name{c} limit $2"
         ))
         .bind(id.to_string())
+        .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
         rows.iter()

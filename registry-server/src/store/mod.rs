@@ -14,7 +14,7 @@ mod browse;
 mod documents;
 mod keys;
 mod schemas;
-mod sessions;
+pub(crate) mod sessions;
 mod sql;
 mod tokens;
 mod types;
@@ -37,7 +37,9 @@ use uuid::Uuid;
 use crate::crypto::{CryptoError, DataKey, MasterKey};
 
 pub use audit::{AuditQuery, AuditRecord, NewAuditRecord};
-pub use browse::{DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer};
+pub use browse::{
+    DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
+};
 pub use documents::{Tagged, VersionInfo, WriteOutcome};
 pub use keys::{KeyInfo, KeyStatus};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};

@@ -31,6 +31,8 @@ const SESSION_PREFIX: &str = "bks_";
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Expired sessions deleted at most by one `create_session`.
 const PRUNE_BATCH: i64 = 100;
+/// Live sessions one token may hold; signing in beyond that ends its oldest.
+pub(crate) const MAX_SESSIONS_PER_TOKEN: i64 = 20;
 
 /// A new session: the secret for the browser's cookie, never shown again.
 #[derive(Debug)]
@@ -95,6 +97,8 @@ impl Store {
     /// Signs a browser in as the token `token_id`: a new session, whose secret is returned
     /// once. Refused (`NotFound`) unless the token exists, unrevoked and unexpired. Prunes a
     /// batch of sessions past their limits on the way.
+    /// A token holds at most [`MAX_SESSIONS_PER_TOKEN`] sessions; a new one ends the
+    /// oldest beyond that.
     pub async fn create_session(&self, token_id: Uuid) -> Result<NewSession> {
         let now = Utc::now().timestamp_micros();
         self.count_query();
@@ -123,6 +127,17 @@ impl Store {
         if inserted == 0 {
             return Err(StoreError::NotFound("Token not found".to_owned()));
         }
+        // A token keeps at most its newest sessions: signing in again and again cannot
+        // fill the table.
+        self.count_query();
+        sqlx::query(
+            "delete from console_session where token_id = $1 and secret_hash not in \
+             (select secret_hash from console_session where token_id = $1 order by created desc, secret_hash limit $2)",
+        )
+        .bind(token_id.to_string())
+        .bind(MAX_SESSIONS_PER_TOKEN)
+        .execute(&self.write)
+        .await?;
         Ok(NewSession {
             secret,
             created: to_time(now),

@@ -534,7 +534,9 @@ async fn history_rollback_and_retention() {
             store.read_block_document(doc.id, true).await.unwrap().data["value"],
             json!("v3")
         );
-        let stale = store.rollback_block_document(doc.id, 4, Some(5), None).await;
+        let stale = store
+            .rollback_block_document(doc.id, 4, Some(5), None)
+            .await;
         assert!(matches!(
             stale,
             Err(StoreError::VersionConflict {
@@ -728,7 +730,12 @@ async fn each_version_records_the_token_that_wrote_it() {
             .await
             .unwrap();
         store
-            .update_block_document(doc.id, update(json!({"value": "v2"})), None, Rights::WRITE.by(bob))
+            .update_block_document(
+                doc.id,
+                update(json!({"value": "v2"})),
+                None,
+                Rights::WRITE.by(bob),
+            )
             .await
             .unwrap();
         // The server's own writes (and versions from before authors were recorded) have none.

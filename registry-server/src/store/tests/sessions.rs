@@ -286,3 +286,43 @@ async fn creating_a_session_prunes_expired_ones() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_token_keeps_at_most_its_newest_sessions() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let token_id = token(&store, Scope::Read, None).await.id;
+        let mut secrets = Vec::new();
+        for _ in 0..crate::store::sessions::MAX_SESSIONS_PER_TOKEN + 5 {
+            secrets.push(store.create_session(token_id).await.unwrap().secret);
+            // Distinct creation times, so "newest" is well defined.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let live = {
+            let mut n = 0;
+            for s in &secrets {
+                if store.session(s.expose_secret()).await.unwrap().is_some() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        assert_eq!(live, crate::store::sessions::MAX_SESSIONS_PER_TOKEN);
+        assert!(
+            store
+                .session(secrets[0].expose_secret())
+                .await
+                .unwrap()
+                .is_none(),
+            "the oldest ended"
+        );
+        assert!(
+            store
+                .session(secrets.last().unwrap().expose_secret())
+                .await
+                .unwrap()
+                .is_some()
+        );
+    })
+    .await;
+}
