@@ -136,6 +136,11 @@ async fn list_page(
             include_anonymous: anonymous,
             limit: PAGE_SIZE,
             offset: (page - 1) * u64::from(PAGE_SIZE),
+            // Without a search, the counts per type already say how many match.
+            known_total: q.is_none().then(|| match selected {
+                Some(ty) => counts.get(&ty.id).copied().unwrap_or(0),
+                None => counts.values().sum(),
+            }),
         })
         .await
         .map_err(|e| match e {

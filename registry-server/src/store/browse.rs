@@ -28,6 +28,9 @@ pub struct DocumentQuery {
     pub limit: u32,
     /// Summaries to skip.
     pub offset: u64,
+    /// How many documents match, when the caller knows it already (from
+    /// [`Store::document_counts_by_type`], for a query without a search): not counted again.
+    pub known_total: Option<i64>,
 }
 
 /// One listed document.
@@ -152,6 +155,8 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         let total = if offset == 0 && items.len() < query.limit as usize {
             items.len() as i64
+        } else if let Some(total) = query.known_total {
+            total
         } else {
             self.count_query();
             filter("select count(*) as n")

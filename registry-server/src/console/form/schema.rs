@@ -415,8 +415,15 @@ fn choice(alternatives: Vec<Value>) -> Shape {
     if rest.is_empty() {
         return Shape::Null;
     }
+    if rest.len() > MAX_ALTERNATIVES {
+        // Beyond what a person picks from (and what the form should spend time on): JSON.
+        return Shape::Json(JsonKind::Any);
+    }
     Shape::Choice(rest, nullable)
 }
+
+/// Alternatives a choice offers at most; a union of more is edited as JSON.
+pub(crate) const MAX_ALTERNATIVES: usize = 64;
 
 /// The alternatives with directly nested unions spliced in (`anyOf: [anyOf: [a, b], null]`,
 /// as an optional union is often written, is the choice of `a`, `b` and null).

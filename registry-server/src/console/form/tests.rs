@@ -1405,3 +1405,23 @@ fn secret_alternatives_say_what_they_accept() {
         assert_eq!(&decoded.data, stored);
     }
 }
+
+#[test]
+fn a_union_of_very_many_alternatives_is_edited_as_json() {
+    let alternatives: Vec<Value> = (0..30_000).map(|n| json!({"const": n})).collect();
+    let schema = json!({"type": "object", "properties": {"pick": {"anyOf": alternatives}}});
+    let references = HashMap::new();
+    let type_names = HashMap::new();
+    let html = render(&FormInput {
+        schema: &schema,
+        mode: Mode::Create,
+        data: None,
+        original: None,
+        references: &references,
+        type_names: &type_names,
+        errors: &[],
+    })
+    .into_string();
+    assert!(html.contains("<textarea"), "{html}");
+    assert!(!html.contains("data.pick#choice"));
+}

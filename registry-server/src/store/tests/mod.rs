@@ -2,6 +2,7 @@
 
 pub(crate) mod harness;
 
+mod browse;
 mod documents;
 mod keys;
 mod listing;
