@@ -165,7 +165,7 @@ async fn bulk_copy(url: &str, backend: &str, from: usize, to: usize) {
     let done = sqlx::query(&sql).execute(&pool).await.unwrap();
     assert_eq!(done.rows_affected() as usize, to - from);
     if backend == "PostgreSQL" {
-        sqlx::query("analyze block_document")
+        sqlx::query("vacuum analyze block_document")
             .execute(&pool)
             .await
             .unwrap();
