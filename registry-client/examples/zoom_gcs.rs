@@ -16,7 +16,9 @@ use registry_client::BlockExt as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let name = std::env::args().nth(1).unwrap_or_else(|| "zoom-gcs".to_owned());
+    let name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "zoom-gcs".to_owned());
     match GcsBucket::load(&name).await {
         Ok(bucket) => {
             println!("bucket:  {}", bucket.bucket);

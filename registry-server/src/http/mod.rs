@@ -120,7 +120,9 @@ impl AppState {
     pub fn over_tls(mut self) -> Self {
         match Arc::get_mut(&mut self.0) {
             Some(shared) => shared.tls = true,
-            None => tracing::error!("the TLS setting came after the state was shared; the console treats the server as plain HTTP"),
+            None => tracing::error!(
+                "the TLS setting came after the state was shared; the console treats the server as plain HTTP"
+            ),
         }
         self
     }
