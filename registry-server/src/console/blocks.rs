@@ -360,8 +360,9 @@ async fn detail_page(
                 img src=(catalog::icon(&ty.slug)) alt="" width="28" height="28";
                 (name)
             }
-            @if viewer.may(Scope::Write) {
-                div.actions {
+            div.actions {
+                a.button href=(format!("/blocks/{id}/history")) { "History" }
+                @if viewer.may(Scope::Write) {
                     a.button href=(format!("/blocks/{id}/edit")) { "Edit" }
                     a.button.danger href=(format!("/blocks/{id}/delete")) { "Delete" }
                 }

@@ -11,6 +11,7 @@ mod blocks;
 mod catalog;
 mod edit;
 pub(crate) mod form;
+mod history;
 mod layout;
 mod markdown;
 mod page_error;
@@ -49,6 +50,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/blocks/new/{slug}", get(edit::new_form).post(edit::create))
         .route("/blocks/{id}", get(blocks::detail))
         .route("/blocks/{id}/edit", get(edit::edit_form).post(edit::update))
+        .route("/blocks/{id}/history", get(history::page))
         .route(
             "/blocks/{id}/delete",
             get(blocks::confirm_delete).post(blocks::delete),

@@ -889,3 +889,76 @@ async fn a_crafted_draft_or_form_is_refused_without_harm() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
+    on_both(async |db| {
+        let ctx = setup(db).await;
+        let store = &ctx.state.store;
+        let (_, writer_id) = token(store, &[Scope::Write]).await;
+        let id = secret_block(store, "db-password").await;
+        let rights = crate::store::Rights::WRITE.by(writer_id);
+        for value in ["second-canary-0b1c", CANARY] {
+            store
+                .update_block_document(
+                    id,
+                    serde_json::from_value(json!({"data": {"value": value}})).unwrap(),
+                    None,
+                    rights,
+                )
+                .await
+                .unwrap();
+        }
+        let mut browser = Browser::new(&ctx.app);
+        browser.sign_in(&ctx.admin).await;
+        let page = browser.get(&format!("/blocks/{id}/history")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        assert!(
+            page.text.contains("console [Write]"),
+            "the writer's token name: {}",
+            page.text
+        );
+        assert!(page.text.contains(&writer_id.to_string()[..8]));
+        assert!(
+            page.text.contains("not recorded"),
+            "the first version's writer was not recorded"
+        );
+        // v1 and v3 hold the same secret; v2 another.
+        let same = browser
+            .get(&format!("/blocks/{id}/history?compare=1"))
+            .await;
+        assert!(same.text.contains("unchanged"), "{}", same.text);
+        let changed = browser
+            .get(&format!("/blocks/{id}/history?compare=2"))
+            .await;
+        assert!(
+            changed.text.contains("<strong>changed</strong>"),
+            "{}",
+            changed.text
+        );
+        for page in [&page, &same, &changed] {
+            assert!(
+                !page.text.contains(CANARY) && !page.text.contains("second-canary"),
+                "no secret on the page"
+            );
+            assert_eq!(page.header(header::CACHE_CONTROL), "no-store");
+        }
+        assert_eq!(
+            browser
+                .get(&format!("/blocks/{id}/history?compare=99"))
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        // A read token sees the history too, still without values.
+        let (reader, _) = token(store, &[Scope::Read]).await;
+        let mut reader_browser = Browser::new(&ctx.app);
+        reader_browser.sign_in(&reader).await;
+        let page = reader_browser
+            .get(&format!("/blocks/{id}/history?compare=2"))
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(!page.text.contains(CANARY) && !page.text.contains("second-canary"));
+    })
+    .await;
+}
