@@ -559,7 +559,7 @@ pub(super) async fn delete(
         viewer,
         "POST /blocks/{id}/delete",
         target,
-        move |state, _, viewer| async move {
+        move |state, viewer| async move {
             delete_block(&state, &viewer, &raw, &form)
                 .await
                 .map(|r| (r, None))
@@ -577,15 +577,7 @@ async fn delete_block(
     let id = parse_id(raw)?;
     viewer.check_form(form)?;
     viewer.require(Scope::Write, "Deleting a block")?;
-    let expected = form
-        .get("_version")
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| {
-            PageError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "_version: the form lacks the version it was read at",
-            )
-        })?;
+    let expected = form.version()?;
     let tagged = read_masked(state, id).await?;
     let name = tagged.document.name.clone().unwrap_or_default();
     let outcome = match state.store.delete_block_document(id, Some(expected)).await {

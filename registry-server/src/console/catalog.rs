@@ -250,7 +250,7 @@ pub(super) async fn register(
         viewer,
         "POST /catalog/register",
         target,
-        move |state, _, viewer| async move {
+        move |state, viewer| async move {
             viewer.check_form(&form)?;
             viewer.require(Scope::Write, "Registering block types")?;
             let collection: Collection = name.parse().map_err(|_| {

@@ -28,7 +28,7 @@ use super::layout::{self, Nav, Page, form_token};
 use super::session::{FormPairs, audited};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
-use crate::store::{DocumentQuery, Rights, Scope, StoreError};
+use crate::store::{DocumentQuery, Scope, StoreError};
 
 /// Block types a form offers reference pickers for, at most.
 const MAX_REFERENCE_TYPES: usize = 32;
@@ -538,7 +538,7 @@ pub(super) async fn create(
         viewer,
         "POST /blocks/new/{slug}",
         target,
-        move |state, _, viewer| async move { create_block(&state, &viewer, &slug, &form).await },
+        move |state, viewer| async move { create_block(&state, &viewer, &slug, &form).await },
     )
     .await
 }
@@ -792,7 +792,7 @@ pub(super) async fn update(
         viewer,
         "POST /blocks/{id}/edit",
         target,
-        move |state, _, viewer| async move {
+        move |state, viewer| async move {
             update_block(&state, &viewer, &raw, &form)
                 .await
                 .map(|r| (r, None))
@@ -810,15 +810,7 @@ async fn update_block(
     let id = parse_id(raw)?;
     viewer.check_form(form)?;
     viewer.require(Scope::Write, "Editing a block")?;
-    let version = form
-        .get("_version")
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| {
-            PageError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "_version: the form lacks the version it was read at; reload it",
-            )
-        })?;
+    let version = form.version()?;
     let tagged = read_masked(state, id).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?.clone();
@@ -869,11 +861,7 @@ async fn update_block(
             StatusCode::UNPROCESSABLE_ENTITY,
         ));
     }
-    let rights = Rights {
-        read_secrets: viewer.may(Scope::ReadSecrets),
-        admin: viewer.may(Scope::Admin),
-        token: Some(viewer.token.id),
-    };
+    let rights = viewer.token.rights();
     let body = BlockDocumentUpdate {
         block_schema_id: (schema.id != doc.block_schema_id).then_some(schema.id),
         data: Some(decoded.data.clone()),

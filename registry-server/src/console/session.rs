@@ -206,6 +206,18 @@ impl OptionalFromRequestParts<AppState> for Viewer {
 pub(crate) struct FormPairs(pub(crate) Vec<(String, String)>);
 
 impl FormPairs {
+    /// The `_version` an edit or delete form was read at (422 when it lacks one).
+    pub(crate) fn version(&self) -> Result<i64, PageError> {
+        self.get("_version")
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| {
+                PageError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "_version: the form lacks the version it was read at; reload it",
+                )
+            })
+    }
+
     /// The first value of `name`.
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -419,7 +431,7 @@ pub(crate) async fn audited<F>(
     viewer: Viewer,
     action: &'static str,
     target: String,
-    work: impl FnOnce(AppState, HeaderMap, Viewer) -> F + Send + 'static,
+    work: impl FnOnce(AppState, Viewer) -> F + Send + 'static,
 ) -> Response
 where
     F: Future<Output = Result<(Response, Option<String>), PageError>> + Send + 'static,
@@ -431,7 +443,7 @@ where
         target.clone(),
     );
     let task = tokio::spawn(async move {
-        let (response, target) = match work(state.clone(), headers.clone(), viewer.clone()).await {
+        let (response, target) = match work(state.clone(), viewer.clone()).await {
             Ok((response, better)) => (response, better.unwrap_or(target)),
             Err(e) => (e.render(Some(&viewer)), target),
         };

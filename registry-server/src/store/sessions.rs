@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::Row as _;
@@ -16,7 +14,8 @@ use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use super::{Result, Store, StoreError, TokenInfo, json_col, to_time, token_digest, uuid_col};
+use super::tokens::{new_secret, token_from_row};
+use super::{Result, Store, StoreError, TokenInfo, to_time, token_digest};
 
 /// A session ends after this long without a lookup.
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
@@ -58,16 +57,6 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn new_secret() -> Result<SecretString> {
-    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    getrandom::fill(bytes.as_mut())
-        .map_err(|e| StoreError::Config(format!("no randomness for a session: {e}")))?;
-    Ok(SecretString::from(format!(
-        "{SESSION_PREFIX}{}",
-        URL_SAFE_NO_PAD.encode(bytes.as_ref())
-    )))
-}
-
 /// The session and its token, as `session_at` selects them.
 const LOOKUP: &str = "select s.secret_hash, s.created as session_created, s.last_seen, \
      t.id, t.name, t.scopes, t.created, t.expires, t.last_used, t.revoked \
@@ -75,19 +64,8 @@ const LOOKUP: &str = "select s.secret_hash, s.created as session_created, s.last
      where s.secret_hash = $1";
 
 fn session_from_row(row: &AnyRow) -> Result<Session> {
-    let time = |col: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(to_time))
-    };
     Ok(Session {
-        token: TokenInfo {
-            id: uuid_col(row, "id")?,
-            name: row.try_get("name")?,
-            scopes: json_col(row, "scopes")?,
-            created: to_time(row.try_get("created")?),
-            expires: time("expires")?,
-            last_used: time("last_used")?,
-            revoked: time("revoked")?,
-        },
+        token: token_from_row(row)?,
         created: to_time(row.try_get("session_created")?),
         last_seen: to_time(row.try_get("last_seen")?),
     })
@@ -111,7 +89,7 @@ impl Store {
         .bind(PRUNE_BATCH)
         .execute(&self.write)
         .await?;
-        let secret = new_secret()?;
+        let secret = new_secret(SESSION_PREFIX)?;
         self.count_query();
         let inserted = sqlx::query(
             "insert into console_session (secret_hash, token_id, created, last_seen) \

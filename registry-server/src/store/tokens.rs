@@ -85,6 +85,16 @@ impl TokenInfo {
     pub fn grants(&self, needed: Scope) -> bool {
         self.scopes.iter().any(|s| s.grants(needed))
     }
+
+    /// What a write by this token may do beyond `write`, and who it is (for the versions
+    /// it writes).
+    pub fn rights(&self) -> super::Rights {
+        super::Rights {
+            read_secrets: self.grants(Scope::ReadSecrets),
+            admin: self.grants(Scope::Admin),
+            token: Some(self.id),
+        }
+    }
 }
 
 /// The body of `POST /api/tokens`.
@@ -317,12 +327,13 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_secret() -> Result<SecretString> {
+/// `prefix` and 256 random bits, URL-safe base64: a token's or a console session's secret.
+pub(super) fn new_secret(prefix: &str) -> Result<SecretString> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     getrandom::fill(bytes.as_mut())
-        .map_err(|e| StoreError::Config(format!("no randomness for a token: {e}")))?;
+        .map_err(|e| StoreError::Config(format!("no randomness for a secret: {e}")))?;
     Ok(SecretString::from(format!(
-        "{TOKEN_PREFIX}{}",
+        "{prefix}{}",
         URL_SAFE_NO_PAD.encode(bytes.as_ref())
     )))
 }
@@ -339,7 +350,7 @@ fn check_validity(info: TokenInfo) -> std::result::Result<TokenInfo, TokenReject
 
 const COLUMNS: &str = "id, name, scopes, created, expires, last_used, revoked";
 
-fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
+pub(super) fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
     let time = |col: &str| -> Result<Option<DateTime<Utc>>> {
         Ok(row.try_get::<Option<i64>, _>(col)?.map(to_time))
     };
@@ -395,7 +406,7 @@ impl Store {
         scopes: &BTreeSet<Scope>,
         expires: Option<DateTime<Utc>>,
     ) -> Result<CreatedToken> {
-        let token = new_secret()?;
+        let token = new_secret(TOKEN_PREFIX)?;
         let info = TokenInfo {
             id: Uuid::new_v4(),
             name: name.to_owned(),
