@@ -962,3 +962,51 @@ async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn registering_a_collection_needs_write_and_a_known_name() {
+    on_both(async |db| {
+        let ctx = setup(db).await;
+        let store = &ctx.state.store;
+        let (reader, _) = token(store, &[Scope::Read]).await;
+        let mut browser = Browser::new(&ctx.app);
+        browser.sign_in(&reader).await;
+        let csrf = browser.form_token().await;
+        let page = browser
+            .post(
+                "/catalog/register",
+                &[("_csrf", &csrf), ("collection", "gcp")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.text);
+        assert!(page.text.contains("write scope"));
+        assert!(store.read_block_type_by_slug("gcs-bucket").await.is_err());
+
+        let mut browser = Browser::new(&ctx.app);
+        browser.sign_in(&ctx.admin).await;
+        let csrf = browser.form_token().await;
+        let page = browser
+            .post(
+                "/catalog/register",
+                &[("_csrf", &csrf), ("collection", "<nope>")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(page.text.contains("&lt;nope&gt;") && !page.text.contains("<nope>"));
+        let page = browser
+            .post(
+                "/catalog/register",
+                &[("_csrf", &csrf), ("collection", "gcp")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        assert!(store.read_block_type_by_slug("gcs-bucket").await.is_ok());
+        let records = console_audit(store).await;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.action == "console POST /catalog/register" && r.status == 403)
+        );
+    })
+    .await;
+}
