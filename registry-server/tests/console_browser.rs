@@ -2,7 +2,9 @@
 //! `blocks serve`: a data engineer sets up the blocks of the DE Zoomcamp course as in
 //! Prefect's UI (sign in, register collections, create, reference, edit, validation, a
 //! concurrent edit), the sessions and scopes (a read-only token, signing out, a revoked
-//! token, a cross-site post, hostile text), and the console with JavaScript turned off.
+//! token, a cross-site post, hostile text), the console with JavaScript turned off, and
+//! what goes beyond Prefect's UI: history, diff and rollback, revealing a secret, replacing
+//! one without `read-secrets`, duplicate and compare, the dashboard.
 //! Every flow page is checked with axe-core; `BLOCKS_SCREENSHOTS=1` saves pictures of some
 //! pages into `docs/console/`.
 //!
@@ -13,6 +15,8 @@
 
 #[path = "console_browser/axe.rs"]
 mod axe;
+#[path = "console_browser/beyond.rs"]
+mod beyond;
 #[path = "console_browser/support.rs"]
 mod support;
 
@@ -60,6 +64,28 @@ async fn a_data_engineer_sets_up_the_course_blocks() {
     validation_errors_show_at_their_fields(&b, &server, &mut audit).await;
     concurrent_edit_is_refused(&b, &server, &mut audit).await;
     list_page_and_small_screens(&b, &mut audit).await;
+
+    b.close().await;
+    audit.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reveal_duplicate_and_compare() {
+    let Some((driver, chromium)) = browser_tools() else {
+        return;
+    };
+    let server = Server::start();
+    let driver = Driver::start(&driver, &chromium).await;
+    let b = driver.browser(&server.base, true).await;
+    let mut audit = Audit::default();
+
+    sign_in(&b, &server.admin, "/blocks").await;
+    let id = beyond::history_diff_and_rollback(&b, &server, &mut audit).await;
+    beyond::reveal_and_hide(&b, &server, &id, &mut audit).await;
+    beyond::create_and_add_another(&b, &mut audit).await;
+    beyond::dashboard(&b, &mut audit).await;
+    beyond::replace_without_read_secrets(&b, &server, &id, &mut audit).await;
+    beyond::duplicate_and_compare(&b, &server, &id, &mut audit).await;
 
     b.close().await;
     audit.finish();

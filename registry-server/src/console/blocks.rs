@@ -12,6 +12,7 @@ use maud::{Markup, html};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::history::holds_mask;
 use super::layout::{self, Nav, Page, form_token};
 use super::session::{FormPairs, audited};
 use super::{PageError, Viewer, catalog, snippets};
@@ -362,14 +363,18 @@ async fn detail_page(
             }
             div.actions {
                 a.button href=(format!("/blocks/{id}/history")) { "History" }
+                a.button href=(format!("/blocks/{id}/compare")) { "Compare" }
                 @if viewer.may(Scope::Write) {
                     a.button href=(format!("/blocks/{id}/edit")) { "Edit" }
+                    a.button href=(format!("/blocks/{id}/duplicate")) { "Duplicate" }
                     a.button.danger href=(format!("/blocks/{id}/delete")) { "Delete" }
                 }
             }
         }
         @match query.saved.as_deref() {
             Some("created") => p.notice role="status" { "Created. Load it with the code below." },
+            Some("duplicated") => p.notice role="status" { "Duplicated: this is the new block, with the original's values and secrets." },
+            Some("rolled-back") => p.notice role="status" { "Rolled back: the current version now holds the older values." },
             Some(_) => p.notice role="status" { "Saved." },
             None => {},
         }
@@ -383,11 +388,13 @@ async fn detail_page(
         }
         section aria-labelledby="values-h" {
             h2 #values-h { "Values" }
-            @if !viewer.may(Scope::ReadSecrets) {
-                p.hint { "Secret values are masked." }
+            @if viewer.may(Scope::ReadSecrets) {
+                p.hint { "Secret values are masked; revealing one is recorded in the audit log." }
+            } @else {
+                p.hint { "Secret values are masked: this session's token lacks the read-secrets scope, so they cannot be revealed here." @if viewer.may(Scope::Write) { " They can still be replaced in Edit." } }
             }
             dl.values {
-                @for (key, title) in &order {
+                @for (i, (key, title)) in order.iter().enumerate() {
                     @if let Some(reference) = doc.block_document_references.get(key) {
                         dt { (title) }
                         dd {
@@ -403,6 +410,18 @@ async fn detail_page(
                                 span.secret-mask { "••••••••" } " " span.badge { "secret" }
                             } @else {
                                 (show_value(value))
+                            }
+                            @if holds_mask(value) {
+                                @if viewer.may(Scope::ReadSecrets) {
+                                    form.reveal method="post" action=(format!("/blocks/{id}/reveal")) data-slot=(format!("reveal-{i}")) {
+                                        (form_token(viewer))
+                                        input type="hidden" name="field" value=(key);
+                                        button.link type="submit" aria-label=(format!("Reveal {title}")) { "Reveal" }
+                                    }
+                                    div.revealed id=(format!("reveal-{i}")) hidden {}
+                                } @else if viewer.may(Scope::Write) {
+                                    " " span.badge title="This token may replace this value but not read it" { "write-only" }
+                                }
                             }
                         }
                     }

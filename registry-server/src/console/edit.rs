@@ -215,6 +215,8 @@ struct FormPage<'a> {
     problem: Option<String>,
     /// The draft of the parent form this one was opened from.
     parent: Option<&'a str>,
+    /// A message above the form that is not a problem (what was just saved).
+    notice: Option<String>,
 }
 
 fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
@@ -255,6 +257,9 @@ fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
         h1 {
             img src=(catalog::icon(&page.ty.slug)) alt="" width="28" height="28";
             (title)
+        }
+        @if let Some(notice) = &page.notice {
+            p.notice role="status" { (notice) }
         }
         @if let Some(problem) = &page.problem {
             div.error-message role="alert" { (problem) }
@@ -302,6 +307,9 @@ fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
             (form::render(&input))
             div.actions {
                 button.primary type="submit" { (submit) }
+                @if page.editing.is_none() && page.parent.is_none() {
+                    button type="submit" name="_then" value="another" { "Create and add another" }
+                }
                 @if let Some((id, _, _)) = page.editing {
                     a.button href=(format!("/blocks/{id}")) { "Cancel" }
                 } @else {
@@ -337,14 +345,26 @@ fn form_response(
     response
 }
 
+/// `?added=<name>` on a new form: the block "Create and add another" just created.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct NewQuery {
+    #[serde(default)]
+    added: Option<String>,
+}
+
 pub(super) async fn new_form(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(slug): Path<String>,
+    Query(query): Query<NewQuery>,
 ) -> Result<Response, Response> {
     async {
         viewer.require(Scope::Write, "Creating a block")?;
         let ty = type_by_slug(&state, &slug).await?;
+        let notice = query
+            .added
+            .filter(|name| !name.is_empty() && name.len() <= 255)
+            .map(|name| format!("Created {name}. Add another {} below.", ty.name));
         let schema = newest_schema(&state, &ty).await?;
         let ctx = context(&state, &schema.fields).await?;
         Ok::<_, PageError>(form_response(
@@ -361,6 +381,7 @@ pub(super) async fn new_form(
                 errors: &[],
                 problem: None,
                 parent: None,
+                notice,
             },
             StatusCode::OK,
         ))
@@ -369,10 +390,19 @@ pub(super) async fn new_form(
     .map_err(|e| e.render(Some(&viewer)))
 }
 
+/// `?schema=newest` on an edit form: edit the block on its type's newest schema (the
+/// dashboard's "upgrade").
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct EditQuery {
+    #[serde(default)]
+    schema: Option<String>,
+}
+
 pub(super) async fn edit_form(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(raw): Path<String>,
+    Query(query): Query<EditQuery>,
 ) -> Result<Response, Response> {
     async {
         let id = parse_id(&raw)?;
@@ -380,11 +410,24 @@ pub(super) async fn edit_form(
         let tagged = read_masked(&state, id).await?;
         let doc = &tagged.document;
         let ty = document_type(doc)?.clone();
-        let schema = doc.block_schema.clone().ok_or_else(|| {
+        let own = doc.block_schema.clone().ok_or_else(|| {
             PageError::from(crate::http::ApiError::Internal(
                 "a read document came without its schema".into(),
             ))
         })?;
+        let (schema, notice) = match query.schema.as_deref() {
+            Some("newest") => {
+                let newest = newest_schema(&state, &ty).await?;
+                let notice = (newest.id != own.id).then(|| {
+                    format!(
+                        "This form uses {}'s newest schema (version {}); saving moves the block to it from version {}. Fields the newest schema does not define are dropped.",
+                        ty.name, newest.version, own.version
+                    )
+                });
+                (newest, notice)
+            }
+            _ => (own, None),
+        };
         let original = editable_data(doc);
         let ctx = context(&state, &schema.fields).await?;
         let name = doc.name.clone().unwrap_or_default();
@@ -402,6 +445,7 @@ pub(super) async fn edit_form(
                 errors: &[],
                 problem: None,
                 parent: None,
+                notice,
             },
             StatusCode::OK,
         ))
@@ -569,6 +613,7 @@ async fn create_block(
         errors,
         problem,
         parent: parent_text,
+        notice: None,
     };
     match &decoded.action {
         Action::Save => {}
@@ -626,8 +671,21 @@ async fn create_block(
     match created {
         Ok(doc) => {
             let target = Some(format!("/api/block_documents/{}", doc.id));
-            let created_page =
-                || Redirect::to(&format!("/blocks/{}?saved=created", doc.id)).into_response();
+            let created_page = || {
+                let next = if form.get("_then") == Some("another") {
+                    format!(
+                        "/blocks/new/{}?added={}",
+                        ty.slug,
+                        percent_encoding::utf8_percent_encode(
+                            &name,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    )
+                } else {
+                    format!("/blocks/{}?saved=created", doc.id)
+                };
+                Redirect::to(&next).into_response()
+            };
             // The block is stored: whatever happens to the way back, the answer says so.
             let response = match parent {
                 Some(draft) => match back_to_parent(state, viewer, draft, doc.id).await {
@@ -680,6 +738,7 @@ async fn child_form(
                 ty.name
             )),
             parent: Some(&text),
+            notice: None,
         },
         StatusCode::OK,
     ))
@@ -722,6 +781,7 @@ async fn back_to_parent(
                 errors: &[],
                 problem: None,
                 parent: None,
+                notice: None,
             },
             StatusCode::OK,
         ));
@@ -744,6 +804,7 @@ async fn back_to_parent(
             errors: &[],
             problem: None,
             parent: None,
+            notice: None,
         },
         StatusCode::OK,
     ))
@@ -830,6 +891,7 @@ async fn update_block(
         errors,
         problem,
         parent: None,
+        notice: None,
     };
     match &decoded.action {
         Action::Save => {}

@@ -6,28 +6,38 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::blocks::{document_type, field_order, parse_id, read_masked};
-use super::layout::{self, Nav, Page};
+use super::layout::{self, Nav, Page, form_token};
+use super::session::{FormPairs, audited};
 use super::{PageError, Viewer};
 use crate::http::AppState;
-use crate::store::Scope;
+use crate::store::{Scope, StoreError, VersionInfo};
 
 /// Versions a history page lists at most (the newest).
 const MAX_VERSIONS: usize = 200;
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct HistoryQuery {
-    /// The version to compare with the current one.
+    /// The older side of a comparison (`compare` is the same, from the version list).
+    #[serde(default)]
+    from: Option<String>,
     #[serde(default)]
     compare: Option<String>,
+    /// The newer side (the current version when absent).
+    #[serde(default)]
+    to: Option<String>,
+    /// A version just destroyed, for the notice.
+    #[serde(default)]
+    destroyed: Option<String>,
 }
 
-/// One field's change between two versions.
+/// One field's change between two versions (or its values in two blocks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
     /// A plain value: old → new, as text (`None`: absent).
@@ -36,8 +46,18 @@ pub(crate) enum Change {
     Secret { changed: bool },
 }
 
+impl Change {
+    /// Whether the two sides differ.
+    pub(crate) fn differs(&self) -> bool {
+        match self {
+            Self::Plain(old, new) => old != new,
+            Self::Secret { changed } => *changed,
+        }
+    }
+}
+
 /// Whether a masked value hides a secret anywhere inside.
-fn holds_mask(value: &Value) -> bool {
+pub(crate) fn holds_mask(value: &Value) -> bool {
     match value {
         Value::String(s) => s == block_types::OBFUSCATED,
         Value::Object(map) => map.values().any(holds_mask),
@@ -46,32 +66,63 @@ fn holds_mask(value: &Value) -> bool {
     }
 }
 
-/// The changes from `old` to `new` by top-level field. `*_masked` are the versions as a
-/// masked read gives them (they say where secrets are), `*_open` with secrets in clear
-/// (only compared, never returned).
-pub(crate) fn diff(
-    old_masked: &Map<String, Value>,
-    old_open: &Map<String, Value>,
-    new_masked: &Map<String, Value>,
-    new_open: &Map<String, Value>,
-) -> Vec<(String, Change)> {
-    let keys: BTreeSet<&String> = old_masked.keys().chain(new_masked.keys()).collect();
-    let mut out = Vec::new();
-    for key in keys {
-        let secret = old_masked.get(key).is_some_and(holds_mask)
-            || new_masked.get(key).is_some_and(holds_mask);
-        if secret {
-            let changed = old_open.get(key) != new_open.get(key);
-            out.push((key.clone(), Change::Secret { changed }));
-            continue;
-        }
-        let (old, new) = (old_masked.get(key), new_masked.get(key));
-        if old != new {
-            let text = |v: Option<&Value>| v.map(|v| serde_json::to_string(v).unwrap_or_default());
-            out.push((key.clone(), Change::Plain(text(old), text(new))));
-        }
+/// One side of a comparison: a version's own data as a masked read gives it (which says
+/// where secrets are) and with secrets in clear (only compared, never shown or returned).
+pub(crate) struct Side {
+    masked: Map<String, Value>,
+    open: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Side")
+            .field("masked", &self.masked)
+            .finish_non_exhaustive()
     }
-    out
+}
+
+impl Side {
+    #[cfg(test)]
+    pub(crate) fn new(masked: Map<String, Value>, open: Map<String, Value>) -> Self {
+        Self { masked, open }
+    }
+
+    /// Version `version` of document `id`.
+    pub(crate) async fn of(state: &AppState, id: Uuid, version: i64) -> Result<Self, PageError> {
+        let masked = state.store.read_version(id, version, false).await?;
+        let open = state.store.read_version(id, version, true).await?;
+        Ok(Self { masked, open })
+    }
+}
+
+/// The changes from `old` to `new` by top-level field: plain fields that differ, and every
+/// field holding a secret (whether it changed is worth knowing either way).
+pub(crate) fn diff(old: &Side, new: &Side) -> Vec<(String, Change)> {
+    fields(old, new)
+        .into_iter()
+        .filter(|(_, change)| matches!(change, Change::Secret { .. }) || change.differs())
+        .collect()
+}
+
+/// Every top-level field of either side, with its values (plain) or whether it differs
+/// (a field holding a secret on either side).
+pub(crate) fn fields(old: &Side, new: &Side) -> Vec<(String, Change)> {
+    let keys: BTreeSet<&String> = old.masked.keys().chain(new.masked.keys()).collect();
+    let text = |v: Option<&Value>| v.map(|v| serde_json::to_string(v).unwrap_or_default());
+    keys.into_iter()
+        .map(|key| {
+            let secret = old.masked.get(key).is_some_and(holds_mask)
+                || new.masked.get(key).is_some_and(holds_mask);
+            let change = if secret {
+                Change::Secret {
+                    changed: old.open.get(key) != new.open.get(key),
+                }
+            } else {
+                Change::Plain(text(old.masked.get(key)), text(new.masked.get(key)))
+            };
+            (key.clone(), change)
+        })
+        .collect()
 }
 
 /// A `$ref` value's document id.
@@ -82,6 +133,117 @@ fn reference_id(text: &str) -> Option<Uuid> {
         .get("block_document_id")?
         .as_str()
         .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// How a comparison table names its sides and says a secret differs.
+pub(crate) struct Labels<'a> {
+    pub(crate) left: &'a str,
+    pub(crate) right: &'a str,
+    pub(crate) changed: &'a str,
+    pub(crate) unchanged: &'a str,
+    /// Whether rows that differ say so (a comparison that lists every field).
+    pub(crate) mark: bool,
+}
+
+/// A table of field changes: plain values side by side (references as the names of the
+/// blocks they point to), secrets only as changed or unchanged.
+pub(crate) async fn changes_table(
+    state: &AppState,
+    changes: &[(String, Change)],
+    titles: &HashMap<String, String>,
+    labels: &Labels<'_>,
+) -> Result<Markup, PageError> {
+    let mut names: HashMap<Uuid, String> = HashMap::new();
+    for (_, change) in changes {
+        if let Change::Plain(old, new) = change {
+            for text in [old, new].into_iter().flatten() {
+                if let Some(child) = reference_id(text)
+                    && !names.contains_key(&child)
+                {
+                    let shown = match state.store.read_block_document(child, false).await {
+                        Ok(d) => d.name.unwrap_or_else(|| child.to_string()),
+                        Err(crate::store::StoreError::NotFound(_)) => {
+                            format!("{child} (deleted)")
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    names.insert(child, shown);
+                }
+            }
+        }
+    }
+    let shown = |text: &Option<String>| -> Markup {
+        match text {
+            None => html! { span.muted { "absent" } },
+            Some(t) => match reference_id(t) {
+                Some(child) => {
+                    html! { a href=(format!("/blocks/{child}")) { (names.get(&child).cloned().unwrap_or_default()) } }
+                }
+                None => html! { code { (t) } },
+            },
+        }
+    };
+    Ok(html! {
+        div.table-wrap {
+            table.list.diff {
+                thead { tr { th scope="col" { "Field" } th scope="col" { (labels.left) } th scope="col" { (labels.right) } } }
+                tbody {
+                    @for (key, change) in changes {
+                        tr.differs[change.differs()] {
+                            th scope="row" {
+                                (titles.get(key).cloned().unwrap_or_else(|| key.clone()))
+                                @if labels.mark && change.differs() { " " span.badge.differs-badge { "differs" } }
+                            }
+                            @match change {
+                                Change::Secret { changed } => {
+                                    td colspan="2" {
+                                        span.badge { "secret" } " "
+                                        @if *changed { strong { (labels.changed) } } @else { (labels.unchanged) }
+                                    }
+                                }
+                                Change::Plain(old, new) => {
+                                    td { (shown(old)) }
+                                    td { (shown(new)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Field titles by property name, from a document's schema.
+pub(crate) fn titles_of(doc: &block_types::model::BlockDocument) -> HashMap<String, String> {
+    field_order(
+        doc.block_schema
+            .as_ref()
+            .map_or(&Value::Null, |s| &s.fields),
+        &doc.data,
+    )
+    .into_iter()
+    .collect()
+}
+
+/// A version number from a path or query; anything else is a 404.
+fn parse_version(text: &str) -> Result<i64, PageError> {
+    text.parse::<i64>().map_err(|_| {
+        PageError::not_found(
+            "There is no such version of this block (it may have been pruned or destroyed).",
+        )
+    })
+}
+
+/// `version` must be one of `versions`.
+fn known_version(versions: &[VersionInfo], version: i64) -> Result<i64, PageError> {
+    if versions.iter().any(|v| v.version == version) {
+        Ok(version)
+    } else {
+        Err(PageError::not_found(
+            "There is no such version of this block (it may have been pruned or destroyed).",
+        ))
+    }
 }
 
 pub(super) async fn page(
@@ -120,61 +282,51 @@ async fn render(
     } else {
         HashMap::from([(viewer.token.id, viewer.token.name.clone())])
     };
-    let compare = match query.compare.as_deref().filter(|c| !c.is_empty()) {
+    let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    let from = match nonempty(&query.from).or_else(|| nonempty(&query.compare)) {
         None => None,
-        Some(text) => Some(
-            text.parse::<i64>()
-                .ok()
-                .filter(|n| versions.iter().any(|v| v.version == *n))
-                .ok_or_else(|| PageError::not_found("There is no such version of this block (it may have been pruned or destroyed)."))?,
-        ),
+        Some(text) => Some(known_version(&versions, parse_version(&text)?)?),
     };
-    let changes = match compare {
+    let to = match nonempty(&query.to) {
+        None => tagged.version,
+        Some(text) => known_version(&versions, parse_version(&text)?)?,
+    };
+    let titles = titles_of(doc);
+    let comparison = match from {
         None => None,
-        Some(n) => {
-            let old_masked = state.store.read_version(id, n, false).await?;
-            let old_open = state.store.read_version(id, n, true).await?;
-            let new_masked = state.store.read_version(id, tagged.version, false).await?;
-            let new_open = state.store.read_version(id, tagged.version, true).await?;
-            Some(diff(&old_masked, &old_open, &new_masked, &new_open))
+        Some(from) => {
+            let changes = diff(
+                &Side::of(state, id, from).await?,
+                &Side::of(state, id, to).await?,
+            );
+            let left = format!("Version {from}");
+            let right = if to == tagged.version {
+                format!("Version {to} (current)")
+            } else {
+                format!("Version {to}")
+            };
+            let labels = Labels {
+                left: &left,
+                right: &right,
+                changed: "changed",
+                unchanged: "unchanged",
+                mark: false,
+            };
+            let table = changes_table(state, &changes, &titles, &labels).await?;
+            let same = !changes.iter().any(|(_, c)| c.differs());
+            Some((from, same, changes.is_empty(), table))
         }
     };
-    // Referenced documents by name, for changes of references.
-    let mut names: HashMap<Uuid, String> = HashMap::new();
-    if let Some(changes) = &changes {
-        for (_, change) in changes {
-            if let Change::Plain(old, new) = change {
-                for text in [old, new].into_iter().flatten() {
-                    if let Some(child) = reference_id(text)
-                        && !names.contains_key(&child)
-                    {
-                        let shown = match state.store.read_block_document(child, false).await {
-                            Ok(d) => d.name.unwrap_or_else(|| child.to_string()),
-                            Err(_) => format!("{child} (deleted)"),
-                        };
-                        names.insert(child, shown);
-                    }
+    let destroyed = nonempty(&query.destroyed).and_then(|v| v.parse::<i64>().ok());
+    let may_write = viewer.may(Scope::Write);
+    let may_destroy = viewer.may(Scope::Admin);
+    let version_options = |selected: i64| {
+        html! {
+            @for v in &versions {
+                option value=(v.version) selected[v.version == selected] {
+                    (v.version) @if v.version == tagged.version { " (current)" }
                 }
             }
-        }
-    }
-    let titles: HashMap<String, String> = field_order(
-        doc.block_schema
-            .as_ref()
-            .map_or(&Value::Null, |s| &s.fields),
-        &doc.data,
-    )
-    .into_iter()
-    .collect();
-    let shown = |text: &Option<String>| -> Markup {
-        match text {
-            None => html! { span.muted { "absent" } },
-            Some(t) => match reference_id(t) {
-                Some(child) => {
-                    html! { a href=(format!("/blocks/{child}")) { (names.get(&child).cloned().unwrap_or_default()) } }
-                }
-                None => html! { code { (t) } },
-            },
         }
     };
     let body = html! {
@@ -185,44 +337,37 @@ async fn render(
         }
         h1 { "History of " (name) }
         p.meta { (ty.name) " · current version " (tagged.version) }
-        @if let (Some(n), Some(changes)) = (compare, &changes) {
-            section aria-labelledby="diff-h" {
-                h2 #diff-h { "Version " (n) " → current (" (tagged.version) ")" }
-                @if changes.is_empty() {
-                    p { "No field differs." }
-                } @else {
-                    div.table-wrap {
-                        table.list.diff {
-                            thead { tr { th scope="col" { "Field" } th scope="col" { "Version " (n) } th scope="col" { "Current" } } }
-                            tbody {
-                                @for (key, change) in changes {
-                                    tr {
-                                        th scope="row" { (titles.get(key).cloned().unwrap_or_else(|| key.clone())) }
-                                        @match change {
-                                            Change::Secret { changed } => {
-                                                td colspan="2" {
-                                                    span.badge { "secret" } " "
-                                                    @if *changed { strong { "changed" } } @else { "unchanged" }
-                                                }
-                                            }
-                                            Change::Plain(old, new) => {
-                                                td { (shown(old)) }
-                                                td { (shown(new)) }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
+        @if let Some(v) = destroyed {
+            p.notice role="status" { "Version " (v) " was destroyed." }
+        }
+        @if versions.len() > 1 {
+            form.search method="get" action=(format!("/blocks/{id}/history")) aria-label="Compare versions" {
+                div.field {
+                    label for="from" { "From version" }
+                    select #from name="from" { (version_options(from.unwrap_or_else(|| versions.get(1).map_or(tagged.version, |v| v.version)))) }
                 }
+                div.field {
+                    label for="to" { "To version" }
+                    select #to name="to" { (version_options(to)) }
+                }
+                button type="submit" { "Compare" }
+            }
+        }
+        @if let Some((from, same, empty, table)) = &comparison {
+            section aria-labelledby="diff-h" {
+                h2 #diff-h { "Version " (from) " → version " (to) @if to == tagged.version { " (current)" } }
+                @if *same { p { "No field differs." } }
+                @if !*empty { (table) }
             }
         }
         section aria-labelledby="versions-h" {
             h2 #versions-h { "Versions" }
             div.table-wrap {
-                table.list {
-                    thead { tr { th scope="col" { "Version" } th scope="col" { "Written" } th scope="col" { "By" } th scope="col" { "Compare" } } }
+                table.list.versions {
+                    thead { tr {
+                        th scope="col" { "Version" } th scope="col" { "Written" } th scope="col" { "By" }
+                        th scope="col" { "Actions" }
+                    } }
                     tbody {
                         @for v in &versions {
                             tr {
@@ -237,9 +382,15 @@ async fn render(
                                         None => span.muted { "not recorded" },
                                     }
                                 }
-                                td {
+                                td.row-actions {
                                     @if v.version != tagged.version {
-                                        a href=(format!("/blocks/{id}/history?compare={}", v.version)) { "with current" }
+                                        a href=(format!("/blocks/{id}/history?from={}", v.version)) aria-label=(format!("Compare version {} with the current one", v.version)) { "Compare with current" }
+                                        @if may_write {
+                                            " " a href=(format!("/blocks/{id}/history/{}/rollback", v.version)) aria-label=(format!("Roll back to version {}", v.version)) { "Roll back to this" }
+                                        }
+                                        @if may_destroy {
+                                            " " a.danger href=(format!("/blocks/{id}/history/{}/destroy", v.version)) aria-label=(format!("Destroy version {}", v.version)) { "Destroy" }
+                                        }
                                     }
                                 }
                             }
@@ -256,11 +407,230 @@ async fn render(
     )))
 }
 
+/// What a version action needs: the block, its current version and the version acted on.
+struct Target {
+    id: Uuid,
+    name: String,
+    current: i64,
+    version: i64,
+    titles: HashMap<String, String>,
+}
+
+async fn acted_on(state: &AppState, raw: &str, raw_version: &str) -> Result<Target, PageError> {
+    let id = parse_id(raw)?;
+    let tagged = read_masked(state, id).await?;
+    let versions = state.store.list_versions(id).await?;
+    let version = known_version(&versions, parse_version(raw_version)?)?;
+    Ok(Target {
+        id,
+        name: tagged.document.name.clone().unwrap_or_default(),
+        current: tagged.version,
+        version,
+        titles: titles_of(&tagged.document),
+    })
+}
+
+pub(super) async fn confirm_rollback(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((raw, raw_version)): Path<(String, String)>,
+) -> Result<Response, Response> {
+    confirm_rollback_page(&state, &viewer, &raw, &raw_version)
+        .await
+        .map_err(|e| e.render(Some(&viewer)))
+}
+
+async fn confirm_rollback_page(
+    state: &AppState,
+    viewer: &Viewer,
+    raw: &str,
+    raw_version: &str,
+) -> Result<Response, PageError> {
+    viewer.require(Scope::Write, "Rolling a block back")?;
+    let t = acted_on(state, raw, raw_version).await?;
+    let (id, name, version) = (t.id, &t.name, t.version);
+    if version == t.current {
+        return Err(PageError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Version {version} is the current version of {name}; there is nothing to roll back."
+            ),
+        ));
+    }
+    // What the rollback applies: from the current version to the old one.
+    let changes = diff(
+        &Side::of(state, id, t.current).await?,
+        &Side::of(state, id, version).await?,
+    );
+    let left = format!("Now (version {})", t.current);
+    let right = format!("After (as version {version})");
+    let labels = Labels {
+        left: &left,
+        right: &right,
+        changed: "will change",
+        unchanged: "unchanged",
+        mark: false,
+    };
+    let table = changes_table(state, &changes, &t.titles, &labels).await?;
+    let body = html! {
+        nav.crumbs aria-label="Breadcrumb" {
+            a href="/blocks" { "Blocks" } " / "
+            a href=(format!("/blocks/{id}")) { (name) } " / "
+            a href=(format!("/blocks/{id}/history")) { "History" } " / "
+            span aria-current="page" { "Roll back" }
+        }
+        h1 { "Roll " (name) " back to version " (version) "?" }
+        p { "A new version " (t.current + 1) " will be written equal to version " (version) ", secrets included. Nothing is deleted: the current version stays in the history." }
+        section aria-labelledby="apply-h" {
+            h2 #apply-h { "What changes" }
+            @if !changes.iter().any(|(_, c)| c.differs()) { p { "No field differs: the new version will hold the same values." } }
+            @if !changes.is_empty() { (table) }
+        }
+        form method="post" action=(format!("/blocks/{id}/history/{version}/rollback")) {
+            (form_token(viewer))
+            input type="hidden" name="_version" value=(t.current);
+            div.actions {
+                button.primary type="submit" { "Roll back to version " (version) }
+                a.button href=(format!("/blocks/{id}/history")) { "Cancel" }
+            }
+        }
+    };
+    Ok(super::html(layout::shell(
+        &Page::titled(format!("Roll back {name}")).in_nav(Nav::Blocks),
+        Some(viewer),
+        &body,
+    )))
+}
+
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((raw, raw_version)): Path<(String, String)>,
+    headers: HeaderMap,
+    form: FormPairs,
+) -> Response {
+    let target = format!("/api/block_documents/{raw}/versions/{raw_version}/rollback");
+    audited(
+        state,
+        headers,
+        viewer,
+        "POST /blocks/{id}/history/{version}/rollback",
+        target,
+        move |state, viewer| async move {
+            viewer.check_form(&form)?;
+            viewer.require(Scope::Write, "Rolling a block back")?;
+            let expected = form.version()?;
+            let t = acted_on(&state, &raw, &raw_version).await?;
+            match state
+                .store
+                .rollback_block_document(t.id, t.version, Some(expected), Some(viewer.token.id))
+                .await
+            {
+                Ok(_) => Ok((
+                    Redirect::to(&format!("/blocks/{}?saved=rolled-back", t.id)).into_response(),
+                    None,
+                )),
+                Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
+                    StatusCode::CONFLICT,
+                    format!("{} changed after this page was loaded; nothing was rolled back. Look at its history again.", t.name),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        },
+    )
+    .await
+}
+
+pub(super) async fn confirm_destroy(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((raw, raw_version)): Path<(String, String)>,
+) -> Result<Response, Response> {
+    confirm_destroy_page(&state, &viewer, &raw, &raw_version)
+        .await
+        .map_err(|e| e.render(Some(&viewer)))
+}
+
+async fn confirm_destroy_page(
+    state: &AppState,
+    viewer: &Viewer,
+    raw: &str,
+    raw_version: &str,
+) -> Result<Response, PageError> {
+    viewer.require(Scope::Admin, "Destroying a version")?;
+    let t = acted_on(state, raw, raw_version).await?;
+    let (id, name, version) = (t.id, &t.name, t.version);
+    if version == t.current {
+        return Err(PageError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Version {version} is the current version of {name}; write a new version before destroying it."
+            ),
+        ));
+    }
+    let body = html! {
+        section.narrow {
+            h1 { "Destroy version " (version) " of " (name) "?" }
+            p { "Its values and sealed secrets are deleted for good: it can no longer be compared with or rolled back to. The other versions stay." }
+            form method="post" action=(format!("/blocks/{id}/history/{version}/destroy")) {
+                (form_token(viewer))
+                div.actions {
+                    button.danger type="submit" { "Destroy version " (version) }
+                    a.button href=(format!("/blocks/{id}/history")) { "Cancel" }
+                }
+            }
+        }
+    };
+    Ok(super::html(layout::shell(
+        &Page::titled(format!("Destroy a version of {name}")).in_nav(Nav::Blocks),
+        Some(viewer),
+        &body,
+    )))
+}
+
+pub(super) async fn destroy(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((raw, raw_version)): Path<(String, String)>,
+    headers: HeaderMap,
+    form: FormPairs,
+) -> Response {
+    let target = format!("/api/block_documents/{raw}/versions/{raw_version}");
+    audited(
+        state,
+        headers,
+        viewer,
+        "POST /blocks/{id}/history/{version}/destroy",
+        target,
+        move |state, viewer| async move {
+            viewer.check_form(&form)?;
+            viewer.require(Scope::Admin, "Destroying a version")?;
+            let t = acted_on(&state, &raw, &raw_version).await?;
+            match state.store.destroy_version(t.id, t.version).await {
+                Ok(()) => Ok((
+                    Redirect::to(&format!("/blocks/{}/history?destroyed={}", t.id, t.version))
+                        .into_response(),
+                    None,
+                )),
+                Err(StoreError::Conflict(_)) => Err(PageError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "Version {} is now the current version of {}; nothing was destroyed.",
+                        t.version, t.name
+                    ),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
-    use super::{Change, diff};
+    use super::{Change, Side, diff};
 
     fn obj(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
         match v {
@@ -276,7 +646,8 @@ mod tests {
         let new_masked = obj(json!({"value": "********", "note": "b"}));
         let same = obj(json!({"value": "s1", "note": "b"}));
         let other = obj(json!({"value": "s2", "note": "b"}));
-        let changes = diff(&old_masked, &old_open, &new_masked, &same);
+        let old = Side::new(old_masked.clone(), old_open.clone());
+        let changes = diff(&old, &Side::new(new_masked.clone(), same));
         assert_eq!(
             changes,
             [
@@ -288,7 +659,7 @@ mod tests {
                 ("value".to_owned(), Change::Secret { changed: false }),
             ]
         );
-        let changes = diff(&old_masked, &old_open, &new_masked, &other);
+        let changes = diff(&old, &Side::new(new_masked, other));
         assert_eq!(
             changes[2],
             ("value".to_owned(), Change::Secret { changed: true })

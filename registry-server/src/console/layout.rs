@@ -10,6 +10,7 @@ use super::session::{FORM_TOKEN_FIELD, scopes_text};
 pub(crate) enum Nav {
     #[default]
     None,
+    Dashboard,
     Blocks,
     Catalog,
 }
@@ -64,6 +65,7 @@ pub(crate) fn shell(page: &Page, viewer: Option<&Viewer>, body: &Markup) -> Mark
                     }
                     @if let Some(viewer) = viewer {
                         nav aria-label="Main" {
+                            a href="/" aria-current=[current(Nav::Dashboard)] { "Dashboard" }
                             a href="/blocks" aria-current=[current(Nav::Blocks)] { "Blocks" }
                             a href="/catalog" aria-current=[current(Nav::Catalog)] { "Catalog" }
                         }

@@ -9,12 +9,16 @@
 mod assets;
 mod blocks;
 mod catalog;
+mod compare;
+mod dashboard;
+mod duplicate;
 mod edit;
 pub(crate) mod form;
 mod history;
 mod layout;
 mod markdown;
 mod page_error;
+mod reveal;
 mod session;
 mod snippets;
 #[cfg(test)]
@@ -52,6 +56,20 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route("/blocks/{id}/edit", get(edit::edit_form).post(edit::update))
         .route("/blocks/{id}/history", get(history::page))
         .route(
+            "/blocks/{id}/history/{version}/rollback",
+            get(history::confirm_rollback).post(history::rollback),
+        )
+        .route(
+            "/blocks/{id}/history/{version}/destroy",
+            get(history::confirm_destroy).post(history::destroy),
+        )
+        .route("/blocks/{id}/reveal", axum::routing::post(reveal::reveal))
+        .route("/blocks/{id}/compare", get(compare::page))
+        .route(
+            "/blocks/{id}/duplicate",
+            get(duplicate::form).post(duplicate::duplicate),
+        )
+        .route(
             "/blocks/{id}/delete",
             get(blocks::confirm_delete).post(blocks::delete),
         )
@@ -76,10 +94,14 @@ pub(crate) fn not_found() -> Response {
     response
 }
 
-async fn home(viewer: Option<Viewer>) -> Redirect {
+/// The dashboard for a signed-in browser, else the sign-in page.
+async fn home(
+    state: axum::extract::State<AppState>,
+    viewer: Option<Viewer>,
+) -> Result<Response, Response> {
     match viewer {
-        Some(_) => Redirect::to("/blocks"),
-        None => Redirect::to("/sign-in"),
+        Some(viewer) => dashboard::page(state, viewer).await,
+        None => Ok(Redirect::to("/sign-in").into_response()),
     }
 }
 

@@ -1010,3 +1010,5 @@ async fn registering_a_collection_needs_write_and_a_known_name() {
     })
     .await;
 }
+
+mod beyond;

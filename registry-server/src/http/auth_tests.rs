@@ -1212,6 +1212,19 @@ async fn history_rollback_destroy_and_retention_over_the_api() {
         .await;
         assert_eq!(v4.body["data"], v1.body["data"]);
 
+        // Destroying history needs admin: a write token may roll back but not destroy.
+        let (writer, _) = token(store, &[Scope::Write]).await;
+        let resp = send(
+            &ctx.app,
+            "DELETE",
+            &format!("{doc}/versions/2"),
+            Some(&writer),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::FORBIDDEN, "{}", resp.text);
+        assert!(resp.text.contains("admin"), "{}", resp.text);
         let resp = send(
             &ctx.app,
             "DELETE",

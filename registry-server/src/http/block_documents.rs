@@ -65,7 +65,8 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/block_documents/{id}/versions/{version}",
             destroy_version,
         )
-        .summary("Destroy an old version's data and secrets (not the current version)")
+        .admin()
+        .summary("Destroy an old version's data and secrets (not the current version); admin only")
         .returns(204, None),
         post(
             "/api/block_documents/{id}/versions/{version}/rollback",

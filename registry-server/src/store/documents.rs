@@ -180,6 +180,14 @@ struct NewVersion<'a> {
     author: Option<Uuid>,
 }
 
+/// A document row about to be inserted with its first version.
+struct NewDocument {
+    id: Uuid,
+    name: String,
+    is_anonymous: bool,
+    type_name: String,
+}
+
 /// A stored version, opened: plain data with secrets in clear, references, schema, and
 /// where the sealed values sat.
 struct OpenedVersion {
@@ -316,7 +324,93 @@ impl Store {
             .clone()
             .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
         self.validate_data(&schema, &data, &refs)?;
+        let document = NewDocument {
+            id,
+            name,
+            is_anonymous: body.is_anonymous,
+            type_name: block_type.name,
+        };
+        let version = NewVersion {
+            data,
+            refs,
+            schema: &schema,
+            kept: Vec::new(),
+            paths: None,
+            author,
+        };
+        self.insert_document(document, version).await?;
+        self.read_block_document(id, false).await
+    }
 
+    /// A new document `name` equal to `id`'s current version: data, references, schema and
+    /// secrets, which are copied sealed-to-sealed on the server (a value sealed in the
+    /// original stays sealed in the copy, whatever the type's schemas say now). Written by
+    /// `author`.
+    pub async fn duplicate_block_document(
+        &self,
+        id: Uuid,
+        name: &str,
+        author: Option<Uuid>,
+    ) -> Result<BlockDocument> {
+        let check = BlockDocumentCreate {
+            name: Some(name.to_owned()),
+            data: Map::new(),
+            block_schema_id: Uuid::nil(),
+            block_type_id: Uuid::nil(),
+            is_anonymous: false,
+        };
+        check.validate().map_err(|e| StoreError::Invalid(vec![e]))?;
+        let opened = {
+            let mut tx = self.read.begin().await?;
+            self.count_query();
+            let current: i64 =
+                sqlx::query_scalar("select version from block_document where id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(not_found)?;
+            self.open_version(&mut tx, id, current).await?
+        };
+        let OpenedVersion {
+            data,
+            refs,
+            schema_id,
+            sealed,
+        } = opened;
+        let schema = self.read_block_schema(schema_id).await?;
+        let block_type = schema
+            .block_type
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        self.validate_data_without(&schema, &data, &refs, &sealed)?;
+        let copy = Uuid::new_v4();
+        let document = NewDocument {
+            id: copy,
+            name: name.to_owned(),
+            is_anonymous: false,
+            type_name: block_type.name,
+        };
+        let version = NewVersion {
+            data,
+            refs,
+            schema: &schema,
+            kept: sealed,
+            paths: None,
+            author,
+        };
+        self.insert_document(document, version).await?;
+        self.read_block_document(copy, false).await
+    }
+
+    /// Inserts a new document and its first version in one transaction.
+    async fn insert_document(&self, document: NewDocument, version: NewVersion<'_>) -> Result<()> {
+        let NewDocument {
+            id,
+            name,
+            is_anonymous,
+            type_name,
+        } = document;
+        let schema = version.schema;
         let mut tx = self.write.begin().await?;
         let now = now_micros();
         self.count_query();
@@ -327,9 +421,9 @@ impl Store {
         .bind(id.to_string())
         .bind(now)
         .bind(&name)
-        .bind(i64::from(body.is_anonymous))
-        .bind(body.block_type_id.to_string())
-        .bind(&block_type.name)
+        .bind(i64::from(is_anonymous))
+        .bind(schema.block_type_id.to_string())
+        .bind(&type_name)
         .bind(schema.id.to_string())
         .execute(&mut *tx)
         .await;
@@ -341,21 +435,13 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         self.check_failpoint("create_after_document")?;
-        let version = NewVersion {
-            data,
-            refs,
-            schema: &schema,
-            kept: Vec::new(),
-            paths: None,
-            author,
-        };
         let worn = self.write_version(&mut tx, id, 1, version).await?;
         self.check_failpoint("create_before_commit")?;
         tx.commit().await?;
         if let Some((key, used)) = worn {
             self.after_refill(key, used).await;
         }
-        self.read_block_document(id, false).await
+        Ok(())
     }
 
     fn validate_data(

@@ -13,6 +13,7 @@ mod audit;
 mod browse;
 mod documents;
 mod keys;
+mod overview;
 mod schemas;
 pub(crate) mod sessions;
 mod sql;
@@ -42,6 +43,7 @@ pub use browse::{
 };
 pub use documents::{Tagged, VersionInfo, WriteOutcome};
 pub use keys::{KeyInfo, KeyStatus};
+pub use overview::{MistypedReference, Outdated, RecentChange};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
     CreatedToken, Scope, TOKEN_PREFIX, TokenCreate, TokenInfo, TokenRejection, token_digest,

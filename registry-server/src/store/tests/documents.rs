@@ -766,3 +766,77 @@ async fn each_version_records_the_token_that_wrote_it() {
     })
     .await;
 }
+
+/// A duplicate is a new document equal to the current version: plain data, references,
+/// schema, and secrets copied sealed on the server; the original is untouched.
+#[tokio::test]
+async fn a_duplicate_copies_data_references_and_sealed_secrets() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds_schema) = register::<GcpCredentials>(&store).await;
+        let (_, bucket_schema) = register::<GcsBucket>(&store).await;
+        let creds = create(&store, &creds_schema, "zoom-gcp-creds", json!({"service_account_info": {"private_key": CANARY, "type": "service_account"}, "project": "dtc"})).await;
+        let bucket = create(&store, &bucket_schema, "zoom-gcs", json!({"bucket": "dtc-lake", "bucket_folder": "raw", "gcp_credentials": reference_value(creds.id)})).await;
+        let author = uuid::Uuid::new_v4();
+
+        let copy = store
+            .duplicate_block_document(creds.id, "zoom-gcp-creds-staging", Some(author))
+            .await
+            .unwrap();
+        assert_ne!(copy.id, creds.id);
+        assert_eq!(copy.name.as_deref(), Some("zoom-gcp-creds-staging"));
+        assert_eq!(copy.block_schema_id, creds.block_schema_id);
+        assert_eq!(copy.data["service_account_info"]["private_key"], json!("********"));
+        let open = store.read_block_document(copy.id, true).await.unwrap();
+        assert_eq!(open.data["service_account_info"]["private_key"], json!(CANARY));
+        assert_eq!(open.data["project"], json!("dtc"));
+        let versions = store.list_versions(copy.id).await.unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].token_id, Some(author));
+        // The copy's secret is its own: replacing it leaves the original alone.
+        store
+            .update_block_document(
+                copy.id,
+                update(json!({"service_account_info": {"private_key": "other", "type": "service_account"}})),
+                None,
+                Rights::WRITE,
+            )
+            .await
+            .unwrap();
+        let original = store.read_block_document(creds.id, true).await.unwrap();
+        assert_eq!(original.data["service_account_info"]["private_key"], json!(CANARY));
+
+        // References are copied as references to the same documents.
+        let bucket_copy = store
+            .duplicate_block_document(bucket.id, "zoom-gcs-staging", None)
+            .await
+            .unwrap();
+        let own = store.read_version(bucket_copy.id, 1, false).await.unwrap();
+        assert_eq!(own["gcp_credentials"], reference_value(creds.id));
+        assert_eq!(own["bucket_folder"], json!("raw"));
+
+        // A taken name, a bad name and a missing document change nothing.
+        let taken = store
+            .duplicate_block_document(bucket.id, "zoom-gcs-staging", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(taken, StoreError::AlreadyExists(_)), "{taken:?}");
+        let bad = store
+            .duplicate_block_document(creds.id, "Not A Name", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(bad, StoreError::Invalid(_)), "{bad:?}");
+        let missing = store
+            .duplicate_block_document(uuid::Uuid::new_v4(), "nobody", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, StoreError::NotFound(_)), "{missing:?}");
+        assert!(!format!("{taken:?}{bad:?}{missing:?}").contains(CANARY));
+        let all = store
+            .count_block_documents(&Default::default())
+            .await
+            .unwrap();
+        assert_eq!(all, 4);
+    })
+    .await;
+}
