@@ -1,6 +1,7 @@
 //! Two blocks of one type side by side (`zoom-postgres` and `zoom-postgres-staging`), with
-//! the history's rule for secrets: a field holding one is only said to be the same or
-//! different, never shown, whatever the session's scopes.
+//! the history's rule for secrets: a field holding one is never shown, whatever the
+//! session's scopes, and is said to be the same or different only to a session whose token
+//! could read it anyway (`read-secrets`).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -8,7 +9,7 @@ use axum::response::Response;
 use maud::html;
 
 use super::blocks::{document_type, parse_id, read_masked};
-use super::history::{Labels, Side, changes_table, fields, titles_of};
+use super::history::{Labels, Side, changes_table, fields, for_viewer, titles_of};
 use super::layout::{self, Nav, Page};
 use super::{PageError, Viewer};
 use crate::http::AppState;
@@ -76,9 +77,12 @@ async fn render(
     let table = match &with {
         None => None,
         Some(other) => {
-            let rows = fields(
-                &Side::of(state, id, tagged.version).await?,
-                &Side::of(state, other.document.id, other.version).await?,
+            let rows = for_viewer(
+                fields(
+                    &Side::of(state, id, tagged.version).await?,
+                    &Side::of(state, other.document.id, other.version).await?,
+                ),
+                viewer,
             );
             let mut titles = titles_of(doc);
             for (key, title) in titles_of(&other.document) {

@@ -1,7 +1,8 @@
-//! A block's history: its versions with who wrote them, and what a version changed against
-//! the current one. The comparison is made on the server from the opened versions; a field
-//! holding a secret is only ever said to be "changed" or "unchanged", never shown, whatever
-//! the session's scopes.
+//! A block's history: its versions with who wrote them, what changed between any two, and
+//! rolling back to or destroying a version. The comparison is made on the server from the
+//! opened versions; a field holding a secret is never shown, whatever the session's scopes,
+//! and is said to be "changed" or "unchanged" only to a session with `read-secrets`
+//! ([`for_viewer`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -44,6 +45,10 @@ pub(crate) enum Change {
     Plain(Option<String>, Option<String>),
     /// A field holding a secret: only whether it changed.
     Secret { changed: bool },
+    /// A field holding a secret, not compared: the session's token lacks `read-secrets`.
+    /// (Whether a secret equals another is itself a secret: a writer could set a guess and
+    /// compare it with the stored value.)
+    SecretNotCompared,
 }
 
 impl Change {
@@ -52,8 +57,24 @@ impl Change {
         match self {
             Self::Plain(old, new) => old != new,
             Self::Secret { changed } => *changed,
+            Self::SecretNotCompared => false,
         }
     }
+}
+
+/// The changes as `viewer` may see them: whether a secret changed only for a session whose
+/// token could read it anyway.
+pub(crate) fn for_viewer(changes: Vec<(String, Change)>, viewer: &Viewer) -> Vec<(String, Change)> {
+    if viewer.may(Scope::ReadSecrets) {
+        return changes;
+    }
+    changes
+        .into_iter()
+        .map(|(key, change)| match change {
+            Change::Secret { .. } => (key, Change::SecretNotCompared),
+            other => (key, other),
+        })
+        .collect()
 }
 
 /// Whether a masked value hides a secret anywhere inside.
@@ -100,7 +121,7 @@ impl Side {
 pub(crate) fn diff(old: &Side, new: &Side) -> Vec<(String, Change)> {
     fields(old, new)
         .into_iter()
-        .filter(|(_, change)| matches!(change, Change::Secret { .. }) || change.differs())
+        .filter(|(_, change)| !matches!(change, Change::Plain(..)) || change.differs())
         .collect()
 }
 
@@ -201,6 +222,12 @@ pub(crate) async fn changes_table(
                                         @if *changed { strong { (labels.changed) } } @else { (labels.unchanged) }
                                     }
                                 }
+                                Change::SecretNotCompared => {
+                                    td colspan="2" {
+                                        span.badge { "secret" } " "
+                                        span.muted { "not compared: that needs the read-secrets scope" }
+                                    }
+                                }
                                 Change::Plain(old, new) => {
                                     td { (shown(old)) }
                                     td { (shown(new)) }
@@ -295,9 +322,12 @@ async fn render(
     let comparison = match from {
         None => None,
         Some(from) => {
-            let changes = diff(
-                &Side::of(state, id, from).await?,
-                &Side::of(state, id, to).await?,
+            let changes = for_viewer(
+                diff(
+                    &Side::of(state, id, from).await?,
+                    &Side::of(state, id, to).await?,
+                ),
+                viewer,
             );
             let left = format!("Version {from}");
             let right = if to == tagged.version {
@@ -384,9 +414,9 @@ async fn render(
                                 }
                                 td.row-actions {
                                     @if v.version != tagged.version {
-                                        a href=(format!("/blocks/{id}/history?from={}", v.version)) aria-label=(format!("Compare version {} with the current one", v.version)) { "Compare with current" }
+                                        a href=(format!("/blocks/{id}/history?from={}", v.version)) aria-label=(format!("Compare with current: version {}", v.version)) { "Compare with current" }
                                         @if may_write {
-                                            " " a href=(format!("/blocks/{id}/history/{}/rollback", v.version)) aria-label=(format!("Roll back to version {}", v.version)) { "Roll back to this" }
+                                            " " a href=(format!("/blocks/{id}/history/{}/rollback", v.version)) aria-label=(format!("Roll back to this: version {}", v.version)) { "Roll back to this" }
                                         }
                                         @if may_destroy {
                                             " " a.danger href=(format!("/blocks/{id}/history/{}/destroy", v.version)) aria-label=(format!("Destroy version {}", v.version)) { "Destroy" }
@@ -458,9 +488,12 @@ async fn confirm_rollback_page(
         ));
     }
     // What the rollback applies: from the current version to the old one.
-    let changes = diff(
-        &Side::of(state, id, t.current).await?,
-        &Side::of(state, id, version).await?,
+    let changes = for_viewer(
+        diff(
+            &Side::of(state, id, t.current).await?,
+            &Side::of(state, id, version).await?,
+        ),
+        viewer,
     );
     let left = format!("Now (version {})", t.current);
     let right = format!("After (as version {version})");

@@ -959,6 +959,10 @@ async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
             .await;
         assert_eq!(page.status, StatusCode::OK);
         assert!(!page.text.contains(CANARY) && !page.text.contains("second-canary"));
+        assert!(
+            page.text.contains("not compared") && !page.text.contains("<strong>changed</strong>"),
+            "a read token is not told whether a secret changed"
+        );
     })
     .await;
 }
