@@ -89,6 +89,31 @@ pub(crate) async fn history_diff_and_rollback(
         versions[0]["token_id"].is_string(),
         "rollback: the writer is recorded"
     );
+
+    // Destroying version 2 (admin), after a confirmation.
+    b.goto(&format!("/blocks/{id}/history")).await;
+    b.click_and_load(&format!("a[href=\"/blocks/{id}/history/2/destroy\"]"))
+        .await;
+    audit.check(b, "destroy a version").await;
+    b.click_and_load("form[action$=\"/destroy\"] button.danger")
+        .await;
+    b.wait_for_path(&format!("/blocks/{id}/history?destroyed=2"))
+        .await;
+    assert!(b.main_text().await.contains("Version 2 was destroyed."));
+    let versions = server
+        .api(
+            Method::GET,
+            &format!("/api/block_documents/{id}/versions"),
+            None,
+        )
+        .await;
+    let left: Vec<i64> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(left, [3, 1], "destroy: version 2 is gone");
     id
 }
 
