@@ -30,6 +30,12 @@ pub(crate) fn parse_id(raw: &str) -> Result<Uuid, PageError> {
     Uuid::parse_str(raw).map_err(|_| PageError::not_found("There is no block with that id."))
 }
 
+/// A path's document id as audit targets name it: canonical (lowercase, hyphenated) when it
+/// is a UUID in any of the forms the id parser takes, so a search by id finds every record.
+pub(crate) fn target_id(raw: &str) -> String {
+    Uuid::parse_str(raw).map_or_else(|_| raw.to_owned(), |id| id.to_string())
+}
+
 /// Reads a document (secrets masked), as a page error when it is missing.
 pub(crate) async fn read_masked(
     state: &AppState,
@@ -418,7 +424,7 @@ async fn detail_page(
                                         input type="hidden" name="field" value=(key);
                                         button.link type="submit" aria-label=(format!("Reveal {title}")) { "Reveal" }
                                     }
-                                    div.revealed id=(format!("reveal-{i}")) hidden {}
+                                    div.revealed id=(format!("reveal-{i}")) aria-live="polite" hidden {}
                                 } @else if viewer.may(Scope::Write) {
                                     " " span.badge title="This token may replace this value but not read it" { "write-only" }
                                 }
@@ -571,7 +577,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     form: FormPairs,
 ) -> Response {
-    let target = format!("/api/block_documents/{raw}");
+    let target = format!("/api/block_documents/{}", target_id(&raw));
     audited(
         state,
         headers,

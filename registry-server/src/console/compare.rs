@@ -4,12 +4,15 @@
 //! could read it anyway (`read-secrets`).
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::html;
 
 use super::blocks::{document_type, parse_id, read_masked};
-use super::history::{Labels, Side, changes_table, fields, for_viewer, titles_of};
+use super::history::{
+    Labels, Side, audit_secret_comparison, changes_table, fields, for_viewer, nothing_differs,
+    titles_of, uncompared,
+};
 use super::layout::{self, Nav, Page};
 use super::{PageError, Viewer};
 use crate::http::AppState;
@@ -27,8 +30,9 @@ pub(super) async fn page(
     viewer: Viewer,
     Path(raw): Path<String>,
     Query(query): Query<CompareQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, Response> {
-    render(&state, &viewer, &raw, query)
+    render(&state, &viewer, &raw, query, &headers)
         .await
         .map_err(|e| e.render(Some(&viewer)))
 }
@@ -38,6 +42,7 @@ async fn render(
     viewer: &Viewer,
     raw: &str,
     query: CompareQuery,
+    headers: &HeaderMap,
 ) -> Result<Response, PageError> {
     let id = parse_id(raw)?;
     let tagged = read_masked(state, id).await?;
@@ -84,6 +89,15 @@ async fn render(
                 ),
                 viewer,
             );
+            audit_secret_comparison(
+                state,
+                headers,
+                viewer,
+                &rows,
+                "GET /blocks/{id}/compare",
+                format!("/api/block_documents/{id} compared={}", other.document.id),
+            )
+            .await?;
             let mut titles = titles_of(doc);
             for (key, title) in titles_of(&other.document) {
                 titles.entry(key).or_insert(title);
@@ -100,6 +114,7 @@ async fn render(
             Some((
                 other_name.clone(),
                 differing,
+                uncompared(&rows),
                 changes_table(state, &rows, &titles, &labels).await?,
             ))
         }
@@ -126,11 +141,11 @@ async fn render(
         @if others.items.iter().all(|o| o.id == id) {
             p.empty { "There is no other " (ty.name) " block to compare it with." }
         }
-        @if let Some((other_name, differing, table)) = &table {
+        @if let Some((other_name, differing, uncompared_secrets, table)) = &table {
             section aria-labelledby="compare-h" {
                 h2 #compare-h { (name) " and " (other_name) }
                 p aria-live="polite" {
-                    @if *differing == 0 { "No field differs." }
+                    @if *differing == 0 { (nothing_differs(*uncompared_secrets)) }
                     @else if *differing == 1 { "1 field differs (marked)." }
                     @else { (differing) " fields differ (marked)." }
                 }

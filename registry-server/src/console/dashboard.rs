@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::layout::{self, Nav, Page};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
-use crate::store::Scope;
+use crate::store::{COUNT_CAP, Scope};
 
 /// Latest changes shown.
 const RECENT: u32 = 10;
@@ -108,7 +108,9 @@ async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError
                 p.muted { "Every block uses its type's newest schema, and every reference points to a block of a type its field takes." }
             }
             @if !outdated.is_empty() {
-                h3 #outdated-h { (outdated_total) " on an older schema" }
+                h3 #outdated-h {
+                    (outdated_total) @if outdated_total >= COUNT_CAP { " or more" } " on an older schema"
+                }
                 ul aria-labelledby="outdated-h" {
                     @for doc in &outdated {
                         li {

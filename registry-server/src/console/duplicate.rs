@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
-use super::blocks::{document_type, parse_id, read_masked};
+use super::blocks::{document_type, parse_id, read_masked, target_id};
 use super::layout::{self, Nav, Page, form_token};
 use super::session::{FormPairs, audited};
 use super::{PageError, Viewer};
@@ -85,7 +85,7 @@ pub(super) async fn duplicate(
     headers: HeaderMap,
     form: FormPairs,
 ) -> Response {
-    let target = format!("/api/block_documents/{raw}");
+    let target = format!("/api/block_documents/{}", target_id(&raw));
     audited(
         state,
         headers,
@@ -117,7 +117,7 @@ pub(super) async fn duplicate(
             {
                 Ok(copy) => Ok((
                     Redirect::to(&format!("/blocks/{}?saved=duplicated", copy.id)).into_response(),
-                    Some(format!("/api/block_documents/{}", copy.id)),
+                    Some(format!("/api/block_documents/{id} copy={}", copy.id)),
                 )),
                 Err(StoreError::AlreadyExists(_)) => again(
                     StatusCode::CONFLICT,

@@ -22,7 +22,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::blocks::{document_type, parse_id, read_masked};
+use super::blocks::{document_type, parse_id, read_masked, target_id};
 use super::form::{self, Action, FormInput, Mode, RefOption};
 use super::layout::{self, Nav, Page, form_token};
 use super::session::{FormPairs, audited};
@@ -345,7 +345,7 @@ fn form_response(
     response
 }
 
-/// `?added=<name>` on a new form: the block "Create and add another" just created.
+/// `?added=<id>` on a new form: the block "Create and add another" just created.
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct NewQuery {
     #[serde(default)]
@@ -361,9 +361,14 @@ pub(super) async fn new_form(
     async {
         viewer.require(Scope::Write, "Creating a block")?;
         let ty = type_by_slug(&state, &slug).await?;
-        let notice = query
-            .added
-            .filter(|name| !name.is_empty() && name.len() <= 255)
+        // Named by id and looked up, so a link cannot make the page say anything else.
+        let added = match query.added.as_deref().map(Uuid::parse_str) {
+            Some(Ok(id)) => state.store.read_block_document(id, false).await.ok(),
+            _ => None,
+        };
+        let notice = added
+            .filter(|doc| doc.block_type_id == ty.id)
+            .and_then(|doc| doc.name)
             .map(|name| format!("Created {name}. Add another {} below.", ty.name));
         let schema = newest_schema(&state, &ty).await?;
         let ctx = context(&state, &schema.fields).await?;
@@ -419,8 +424,13 @@ pub(super) async fn edit_form(
             Some("newest") => {
                 let newest = newest_schema(&state, &ty).await?;
                 let notice = (newest.id != own.id).then(|| {
+                    let secrets = if viewer.may(Scope::ReadSecrets) {
+                        ""
+                    } else {
+                        " If the block holds secrets, moving it needs a token with the read-secrets scope, or every secret typed again."
+                    };
                     format!(
-                        "This form uses {}'s newest schema (version {}); saving moves the block to it from version {}. Fields the newest schema does not define are dropped.",
+                        "This form uses {}'s newest schema (version {}); saving moves the block to it from version {}. Fields the newest schema does not define are dropped.{secrets}",
                         ty.name, newest.version, own.version
                     )
                 });
@@ -673,14 +683,7 @@ async fn create_block(
             let target = Some(format!("/api/block_documents/{}", doc.id));
             let created_page = || {
                 let next = if form.get("_then") == Some("another") {
-                    format!(
-                        "/blocks/new/{}?added={}",
-                        ty.slug,
-                        percent_encoding::utf8_percent_encode(
-                            &name,
-                            percent_encoding::NON_ALPHANUMERIC
-                        )
-                    )
+                    format!("/blocks/new/{}?added={}", ty.slug, doc.id)
                 } else {
                     format!("/blocks/{}?saved=created", doc.id)
                 };
@@ -846,7 +849,7 @@ pub(super) async fn update(
     headers: HeaderMap,
     form: FormPairs,
 ) -> Response {
-    let target = format!("/api/block_documents/{raw}");
+    let target = format!("/api/block_documents/{}", target_id(&raw));
     audited(
         state,
         headers,

@@ -13,7 +13,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::blocks::{document_type, field_order, parse_id, read_masked};
+use super::blocks::{document_type, field_order, parse_id, read_masked, target_id};
 use super::layout::{self, Nav, Page, form_token};
 use super::session::{FormPairs, audited};
 use super::{PageError, Viewer};
@@ -144,6 +144,50 @@ pub(crate) fn fields(old: &Side, new: &Side) -> Vec<(String, Change)> {
             (key.clone(), change)
         })
         .collect()
+}
+
+/// Records in the audit log that a page told a session whether secrets are equal (only a
+/// `read-secrets` session is told, and what it learns about a secret is recorded as a read
+/// of it would be).
+pub(crate) async fn audit_secret_comparison(
+    state: &AppState,
+    headers: &HeaderMap,
+    viewer: &Viewer,
+    changes: &[(String, Change)],
+    action: &str,
+    target: String,
+) -> Result<(), PageError> {
+    if changes
+        .iter()
+        .any(|(_, c)| matches!(c, Change::Secret { .. }))
+    {
+        super::session::audit(
+            state,
+            headers,
+            Some(viewer.token.id),
+            action,
+            target,
+            StatusCode::OK,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether some secret was not compared for this session.
+pub(crate) fn uncompared(changes: &[(String, Change)]) -> bool {
+    changes
+        .iter()
+        .any(|(_, c)| matches!(c, Change::SecretNotCompared))
+}
+
+/// What a comparison without a difference says.
+pub(crate) fn nothing_differs(uncompared: bool) -> &'static str {
+    if uncompared {
+        "No plain field differs; secrets are not compared without the read-secrets scope."
+    } else {
+        "No field differs."
+    }
 }
 
 /// A `$ref` value's document id.
@@ -278,8 +322,9 @@ pub(super) async fn page(
     viewer: Viewer,
     Path(raw): Path<String>,
     Query(query): Query<HistoryQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, Response> {
-    render(&state, &viewer, &raw, query)
+    render(&state, &viewer, &raw, query, &headers)
         .await
         .map_err(|e| e.render(Some(&viewer)))
 }
@@ -289,6 +334,7 @@ async fn render(
     viewer: &Viewer,
     raw: &str,
     query: HistoryQuery,
+    headers: &HeaderMap,
 ) -> Result<Response, PageError> {
     let id = parse_id(raw)?;
     let tagged = read_masked(state, id).await?;
@@ -329,6 +375,15 @@ async fn render(
                 ),
                 viewer,
             );
+            audit_secret_comparison(
+                state,
+                headers,
+                viewer,
+                &changes,
+                "GET /blocks/{id}/history",
+                format!("/api/block_documents/{id} versions={from},{to}"),
+            )
+            .await?;
             let left = format!("Version {from}");
             let right = if to == tagged.version {
                 format!("Version {to} (current)")
@@ -344,7 +399,7 @@ async fn render(
             };
             let table = changes_table(state, &changes, &titles, &labels).await?;
             let same = !changes.iter().any(|(_, c)| c.differs());
-            Some((from, same, changes.is_empty(), table))
+            Some((from, same, uncompared(&changes), changes.is_empty(), table))
         }
     };
     let destroyed = nonempty(&query.destroyed).and_then(|v| v.parse::<i64>().ok());
@@ -383,10 +438,10 @@ async fn render(
                 button type="submit" { "Compare" }
             }
         }
-        @if let Some((from, same, empty, table)) = &comparison {
+        @if let Some((from, same, changes_uncompared, empty, table)) = &comparison {
             section aria-labelledby="diff-h" {
                 h2 #diff-h { "Version " (from) " → version " (to) @if to == tagged.version { " (current)" } }
-                @if *same { p { "No field differs." } }
+                @if *same { p { (nothing_differs(*changes_uncompared)) } }
                 @if !*empty { (table) }
             }
         }
@@ -464,8 +519,9 @@ pub(super) async fn confirm_rollback(
     State(state): State<AppState>,
     viewer: Viewer,
     Path((raw, raw_version)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Response> {
-    confirm_rollback_page(&state, &viewer, &raw, &raw_version)
+    confirm_rollback_page(&state, &viewer, &raw, &raw_version, &headers)
         .await
         .map_err(|e| e.render(Some(&viewer)))
 }
@@ -475,6 +531,7 @@ async fn confirm_rollback_page(
     viewer: &Viewer,
     raw: &str,
     raw_version: &str,
+    headers: &HeaderMap,
 ) -> Result<Response, PageError> {
     viewer.require(Scope::Write, "Rolling a block back")?;
     let t = acted_on(state, raw, raw_version).await?;
@@ -495,6 +552,15 @@ async fn confirm_rollback_page(
         ),
         viewer,
     );
+    audit_secret_comparison(
+        state,
+        headers,
+        viewer,
+        &changes,
+        "GET /blocks/{id}/history/{version}/rollback",
+        format!("/api/block_documents/{id} versions={},{version}", t.current),
+    )
+    .await?;
     let left = format!("Now (version {})", t.current);
     let right = format!("After (as version {version})");
     let labels = Labels {
@@ -516,7 +582,7 @@ async fn confirm_rollback_page(
         p { "A new version " (t.current + 1) " will be written equal to version " (version) ", secrets included. Nothing is deleted: the current version stays in the history." }
         section aria-labelledby="apply-h" {
             h2 #apply-h { "What changes" }
-            @if !changes.iter().any(|(_, c)| c.differs()) { p { "No field differs: the new version will hold the same values." } }
+            @if !changes.iter().any(|(_, c)| c.differs()) { p { (nothing_differs(uncompared(&changes))) } }
             @if !changes.is_empty() { (table) }
         }
         form method="post" action=(format!("/blocks/{id}/history/{version}/rollback")) {
@@ -542,7 +608,10 @@ pub(super) async fn rollback(
     headers: HeaderMap,
     form: FormPairs,
 ) -> Response {
-    let target = format!("/api/block_documents/{raw}/versions/{raw_version}/rollback");
+    let target = format!(
+        "/api/block_documents/{}/versions/{raw_version}/rollback",
+        target_id(&raw)
+    );
     audited(
         state,
         headers,
@@ -628,7 +697,10 @@ pub(super) async fn destroy(
     headers: HeaderMap,
     form: FormPairs,
 ) -> Response {
-    let target = format!("/api/block_documents/{raw}/versions/{raw_version}");
+    let target = format!(
+        "/api/block_documents/{}/versions/{raw_version}",
+        target_id(&raw)
+    );
     audited(
         state,
         headers,

@@ -63,7 +63,10 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
             "/blocks/{id}/history/{version}/destroy",
             get(history::confirm_destroy).post(history::destroy),
         )
-        .route("/blocks/{id}/reveal", axum::routing::post(reveal::reveal))
+        .route(
+            "/blocks/{id}/reveal",
+            get(reveal::back).post(reveal::reveal),
+        )
         .route("/blocks/{id}/compare", get(compare::page))
         .route(
             "/blocks/{id}/duplicate",

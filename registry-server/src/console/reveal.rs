@@ -4,7 +4,9 @@
 //! `Cache-Control: no-store` like every console page, and recorded in the audit log with
 //! the field's name, never its value. The script asks for JSON and shows the value in place
 //! for 30 seconds (or until the page is left); without the script the answer is a page of
-//! its own that hides the value again the same way.
+//! its own, which the script (when it runs) leaves after 30 seconds, and which is never
+//! cached, so Back or a reload does not show the value again without a new, audited reveal.
+//! A GET (a sign-in coming back, a typed address) is sent to the block's page.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde_json::{Value, json};
 
-use super::blocks::{document_type, parse_id, read_masked};
+use super::blocks::{document_type, parse_id, read_masked, target_id};
 use super::history::holds_mask;
 use super::layout::{self, Nav, Page};
 use super::session::{FormPairs, audited};
@@ -43,6 +45,14 @@ fn as_text(value: &Value) -> String {
     }
 }
 
+/// `GET /blocks/{id}/reveal`: nothing is revealed by a GET; back to the block.
+pub(super) async fn back(Path(raw): Path<String>) -> Response {
+    match parse_id(&raw) {
+        Ok(id) => axum::response::Redirect::to(&format!("/blocks/{id}")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(super) async fn reveal(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -57,7 +67,7 @@ pub(super) async fn reveal(
         .take(MAX_FIELD + 1)
         .collect();
     let json = wants_json(&headers);
-    let target = format!("/api/block_documents/{raw} field={field}");
+    let target = format!("/api/block_documents/{} field={field}", target_id(&raw));
     audited(
         state,
         headers,

@@ -963,6 +963,20 @@ async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
             page.text.contains("not compared") && !page.text.contains("<strong>changed</strong>"),
             "a read token is not told whether a secret changed"
         );
+        // Telling the admin whether the secret changed is recorded; the reader was told
+        // nothing, and nothing is recorded for it.
+        let compared: Vec<_> = console_audit(store)
+            .await
+            .into_iter()
+            .filter(|r| r.action == "console GET /blocks/{id}/history")
+            .collect();
+        assert_eq!(compared.len(), 2, "{compared:?}");
+        assert!(compared.iter().all(|r| r.token_id == Some(ctx.admin_id)));
+        assert!(
+            compared
+                .iter()
+                .any(|r| r.target == format!("/api/block_documents/{id} versions=2,3"))
+        );
     })
     .await;
 }

@@ -43,7 +43,7 @@ pub use browse::{
 };
 pub use documents::{Tagged, VersionInfo, WriteOutcome};
 pub use keys::{KeyInfo, KeyStatus};
-pub use overview::{MistypedReference, Outdated, RecentChange};
+pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
     CreatedToken, Scope, TOKEN_PREFIX, TokenCreate, TokenInfo, TokenRejection, token_digest,

@@ -1,9 +1,7 @@
 //! What the console's dashboard shows of the whole store: the latest changes, documents on
 //! an older schema than their type's newest, and references to a block of a type the field
-//! does not take. Each answer is bounded and read from indexes, so it stays quick with a
-//! million documents.
-
-use std::collections::HashMap;
+//! does not take. Each answer is bounded (rows returned, rows counted, references looked
+//! at) and read through indexes, so the page stays quick with a million documents.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -12,6 +10,12 @@ use uuid::Uuid;
 
 use super::sql::Sql;
 use super::{Result, Store, json_col, to_time, uuid_col};
+
+/// Counts of documents needing a look stop here (the page says "at least").
+pub const COUNT_CAP: i64 = 10_000;
+
+/// References looked at per schema field when looking for mistyped ones.
+pub const SCAN_CAP: i64 = 100_000;
 
 /// A document's latest write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +68,6 @@ pub struct MistypedReference {
     pub found: String,
 }
 
-/// Schema id → (type id, version), and each type's newest schema.
-struct Schemas {
-    version: HashMap<Uuid, String>,
-    newest: HashMap<Uuid, Uuid>,
-    of_type: HashMap<Uuid, Uuid>,
-}
-
 /// The type slugs a schema's field may reference (`block_schema_references`: one or a list).
 fn field_types(fields: &Value, field: &str) -> Vec<String> {
     let one = |v: &Value| {
@@ -96,7 +93,7 @@ impl Store {
             "select d.id, d.name, t.slug, t.name as type_name, d.version, d.updated, v.token_id \
              from block_document d join block_type t on t.id = d.block_type_id \
              left join block_document_version v on v.block_document_id = d.id and v.version = d.version \
-             where d.is_anonymous = 0 order by d.updated desc, d.id limit $1",
+             where d.is_anonymous = 0 order by d.updated desc, d.id desc limit $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.read)
@@ -119,151 +116,114 @@ impl Store {
             .collect()
     }
 
-    async fn schema_versions(&self) -> Result<Schemas> {
-        self.count_query();
-        let rows =
-            sqlx::query("select id, block_type_id, version from block_schema order by created, id")
-                .fetch_all(&self.read)
-                .await?;
-        let mut schemas = Schemas {
-            version: HashMap::new(),
-            newest: HashMap::new(),
-            of_type: HashMap::new(),
-        };
-        // Oldest first, so the last schema seen of a type is its newest (as the console's
-        // forms choose it: latest `created`).
-        for row in &rows {
-            let id = uuid_col(row, "id")?;
-            let ty = uuid_col(row, "block_type_id")?;
-            schemas.version.insert(id, row.try_get("version")?);
-            schemas.newest.insert(ty, id);
-            schemas.of_type.insert(id, ty);
-        }
-        Ok(schemas)
-    }
-
-    /// Named documents on an older schema than their type's newest (the first `limit` by
-    /// name), and how many there are.
+    /// Named documents on an older schema than their type's newest (at most `limit`, by
+    /// name), and how many there are, counted up to [`COUNT_CAP`] (a count at the cap means
+    /// "at least"). Only documents on an older schema are read, through the index by schema.
     pub async fn outdated_documents(&self, limit: u32) -> Result<(Vec<Outdated>, i64)> {
-        let schemas = self.schema_versions().await?;
-        let older: Vec<String> = schemas
-            .of_type
-            .iter()
-            .filter(|(id, ty)| schemas.newest.get(*ty) != Some(*id))
-            .map(|(id, _)| id.to_string())
-            .collect();
-        if older.is_empty() {
-            return Ok((Vec::new(), 0));
-        }
-        let filter = |select: &str| {
-            let mut sql = Sql::new(select);
-            sql.push(
-                " from block_document d join block_type t on t.id = d.block_type_id \
-                 where d.is_anonymous = 0 and d.block_schema_id in ",
-            );
-            sql.bind_list(older.iter().cloned());
-            sql
-        };
-        let c = self.collate();
-        let mut page = filter(
-            "select d.id, d.name, d.block_schema_id, d.block_type_id, t.slug, t.name as type_name",
-        );
-        page.push(&format!(" order by d.name{c}, d.id limit "))
-            .bind_int(limit.into());
+        // A schema is older when its type has one registered later (or at the same instant
+        // with a smaller id: the one the console's forms choose as newest).
+        const OLDER: &str = "select s.id from block_schema s where exists (\
+             select 1 from block_schema n where n.block_type_id = s.block_type_id \
+             and (n.created > s.created or (n.created = s.created and n.id < s.id)))";
         self.count_query();
-        let rows = page.query().fetch_all(&self.read).await?;
-        self.count_query();
-        let total: i64 = filter("select count(*) as n")
-            .query()
-            .fetch_one(&self.read)
-            .await?
-            .try_get("n")?;
-        let items = rows
+        let rows = sqlx::query(&format!(
+            "select d.id, d.name, t.slug, t.name as type_name, s.version as schema_version, \
+             (select n.version from block_schema n where n.block_type_id = d.block_type_id \
+              order by n.created desc, n.id limit 1) as newest_version \
+             from block_document d join block_type t on t.id = d.block_type_id \
+             join block_schema s on s.id = d.block_schema_id \
+             where d.is_anonymous = 0 and d.block_schema_id in ({OLDER}) limit $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        let mut items = rows
             .iter()
             .map(|row| {
-                let schema = uuid_col(row, "block_schema_id")?;
-                let ty = uuid_col(row, "block_type_id")?;
-                let newest = schemas.newest.get(&ty).copied().unwrap_or(schema);
                 Ok(Outdated {
                     id: uuid_col(row, "id")?,
                     name: row.try_get("name")?,
                     type_slug: row.try_get("slug")?,
                     type_name: row.try_get("type_name")?,
-                    schema_version: schemas.version.get(&schema).cloned().unwrap_or_default(),
-                    newest_version: schemas.version.get(&newest).cloned().unwrap_or_default(),
+                    schema_version: row.try_get("schema_version")?,
+                    newest_version: row
+                        .try_get::<Option<String>, _>("newest_version")?
+                        .unwrap_or_default(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        items.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        let total = if items.len() < limit as usize {
+            items.len() as i64
+        } else {
+            self.count_query();
+            sqlx::query(&format!(
+                "select count(*) as n from (select 1 from block_document d \
+                 where d.is_anonymous = 0 and d.block_schema_id in ({OLDER}) limit $1) c"
+            ))
+            .bind(COUNT_CAP)
+            .fetch_one(&self.read)
+            .await?
+            .try_get("n")?
+        };
         Ok((items, total))
     }
 
     /// References from a field to a block of a type the field's schema does not take (the
-    /// store accepts any block in a reference, as Prefect does): at most `limit` of them.
+    /// store accepts any block in a reference, as Prefect does): at most `limit`, looking
+    /// at no more than [`SCAN_CAP`] references of each schema field that names its types.
     pub async fn mistyped_references(&self, limit: u32) -> Result<Vec<MistypedReference>> {
-        // The distinct (schema, field, referenced type) combinations: few, whatever the
-        // number of documents.
+        // The schemas that say which types a field takes: few, whatever the number of
+        // documents.
         self.count_query();
-        let combos = sqlx::query(
-            "select distinct d.block_schema_id, r.name as field, t.slug \
-             from block_document_reference r \
-             join block_document d on d.id = r.parent_block_document_id \
-             join block_document c on c.id = r.reference_block_document_id \
-             join block_type t on t.id = c.block_type_id",
+        let schemas = sqlx::query(
+            "select id, fields from block_schema where fields like '%block_type_slug%'",
         )
         .fetch_all(&self.read)
         .await?;
-        let mut fields_of: HashMap<Uuid, Value> = HashMap::new();
         let mut out = Vec::new();
-        for row in &combos {
-            let schema = uuid_col(row, "block_schema_id")?;
-            let field: String = row.try_get("field")?;
-            let found: String = row.try_get("slug")?;
-            if !fields_of.contains_key(&schema) {
-                self.count_query();
-                let fields: Value =
-                    match sqlx::query("select fields from block_schema where id = $1")
-                        .bind(schema.to_string())
-                        .fetch_optional(&self.read)
-                        .await?
-                    {
-                        Some(row) => json_col(&row, "fields")?,
-                        None => Value::Null,
-                    };
-                fields_of.insert(schema, fields);
-            }
-            let expected = field_types(&fields_of[&schema], &field);
-            if expected.is_empty() || expected.contains(&found) {
+        for row in &schemas {
+            let schema = uuid_col(row, "id")?;
+            let fields: Value = json_col(row, "fields")?;
+            let Some(Value::Object(refs)) = fields.get("block_schema_references") else {
                 continue;
-            }
-            let left = (limit as usize).saturating_sub(out.len());
-            if left == 0 {
-                break;
-            }
-            self.count_query();
-            let c = self.collate();
-            let docs = sqlx::query(&format!(
-                "select d.id, d.name from block_document d \
-                 join block_document_reference r on r.parent_block_document_id = d.id and r.name = $2 \
-                 join block_document c on c.id = r.reference_block_document_id \
-                 join block_type t on t.id = c.block_type_id \
-                 where d.block_schema_id = $1 and t.slug = $3 order by d.name{c} limit $4"
-            ))
-            .bind(schema.to_string())
-            .bind(&field)
-            .bind(&found)
-            .bind(left as i64)
-            .fetch_all(&self.read)
-            .await?;
-            for doc in &docs {
-                out.push(MistypedReference {
-                    id: uuid_col(doc, "id")?,
-                    name: doc.try_get("name")?,
-                    field: field.clone(),
-                    expected: expected.clone(),
-                    found: found.clone(),
-                });
+            };
+            for field in refs.keys() {
+                let expected = field_types(&fields, field);
+                let left = (limit as usize).saturating_sub(out.len());
+                if expected.is_empty() || left == 0 {
+                    continue;
+                }
+                let mut sql = Sql::new(
+                    "select p.id, p.name, t.slug from (select r.parent_block_document_id, r.reference_block_document_id \
+                     from block_document_reference r join block_document d on d.id = r.parent_block_document_id \
+                     where d.block_schema_id = ",
+                );
+                sql.bind_text(schema.to_string())
+                    .push(" and r.name = ")
+                    .bind_text(field.clone())
+                    .push(" limit ")
+                    .bind_int(SCAN_CAP)
+                    .push(
+                        ") x join block_document p on p.id = x.parent_block_document_id \
+                         join block_document c on c.id = x.reference_block_document_id \
+                         join block_type t on t.id = c.block_type_id where t.slug not in ",
+                    );
+                sql.bind_list(expected.iter().cloned());
+                sql.push(" limit ").bind_int(left as i64);
+                self.count_query();
+                for doc in sql.query().fetch_all(&self.read).await? {
+                    out.push(MistypedReference {
+                        id: uuid_col(&doc, "id")?,
+                        name: doc.try_get("name")?,
+                        field: field.clone(),
+                        expected: expected.clone(),
+                        found: doc.try_get("slug")?,
+                    });
+                }
             }
         }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.field.cmp(&b.field)));
         Ok(out)
     }
 }

@@ -70,38 +70,50 @@ function setupNameCheck() {
   });
 }
 
-// A revealed value is shown for `seconds`, then removed from the page, as it is when the
-// page is left (so the back/forward cache keeps no value either).
+// A revealed value is shown for the time the server says, then removed from the page, as
+// it is when the page is left (so the back/forward cache keeps no value either). Focus
+// moves to the value's Copy button, and back to Reveal when it is hidden.
 function setupReveal() {
-  const shown = new Set();
-  const hide = (slot, form) => {
-    slot.replaceChildren();
-    slot.hidden = true;
-    form.hidden = false;
-    shown.delete(slot);
-  };
   for (const form of document.querySelectorAll("form.reveal")) {
     const slot = document.getElementById(form.dataset.slot);
     if (!slot) continue;
+    let timer;
+    const hide = (refocus) => {
+      clearTimeout(timer);
+      slot.replaceChildren();
+      slot.hidden = true;
+      form.hidden = false;
+      if (refocus) form.querySelector("button")?.focus();
+    };
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      let answer;
+      let response;
       try {
-        const response = await fetch(form.action, {
+        response = await fetch(form.action, {
           method: "POST",
           body: new URLSearchParams(new FormData(form)),
           headers: { Accept: "application/json" },
           credentials: "same-origin",
         });
-        if (!response.ok) throw new Error(String(response.status));
-        answer = await response.json();
       } catch {
         form.submit();
         return;
       }
+      const type = response.headers.get("content-type") ?? "";
+      if (!type.startsWith("application/json")) {
+        if (response.ok) {
+          // Sent to the sign-in page: the session ended.
+          window.location.reload();
+          return;
+        }
+        clearTimeout(timer);
+        slot.textContent = `Not revealed (HTTP ${response.status}): reload the page to see why.`;
+        slot.hidden = false;
+        return;
+      }
+      const answer = await response.json();
       const code = document.createElement("code");
       code.className = "revealed-value";
-      code.id = slot.id + "-value";
       code.textContent = answer.value;
       const copy = document.createElement("button");
       copy.type = "button";
@@ -119,17 +131,18 @@ function setupReveal() {
       close.type = "button";
       close.className = "link";
       close.textContent = "Hide";
-      close.addEventListener("click", () => hide(slot, form));
+      close.addEventListener("click", () => hide(true));
       const note = document.createElement("span");
       note.className = "hint";
       note.textContent = ` Hidden again in ${answer.hide_after} s.`;
+      clearTimeout(timer);
       slot.replaceChildren(code, " ", copy, " ", close, note);
       slot.hidden = false;
       form.hidden = true;
-      shown.add(slot);
-      setTimeout(() => hide(slot, form), answer.hide_after * 1000);
+      copy.focus();
+      timer = setTimeout(() => hide(slot.contains(document.activeElement)), answer.hide_after * 1000);
     });
-    window.addEventListener("pagehide", () => { if (shown.has(slot)) hide(slot, form); });
+    window.addEventListener("pagehide", () => hide(false));
   }
   const page = document.querySelector("[data-hide-after]");
   if (page) {

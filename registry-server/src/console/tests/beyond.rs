@@ -232,6 +232,19 @@ async fn a_reveal_needs_read_secrets_is_audited_by_field_and_is_never_cached() {
             .post(&url, &[("_csrf", &csrf), ("field", "nope")])
             .await;
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        // Another spelling of the id reveals too, and is recorded under the canonical id.
+        let upper = id.to_string().to_uppercase();
+        let shouted = browser
+            .post(
+                &format!("/blocks/{upper}/reveal"),
+                &[("_csrf", &csrf), ("field", "value")],
+            )
+            .await;
+        assert_eq!(shouted.status, StatusCode::OK);
+        // A GET reveals nothing: it goes back to the block.
+        let get = browser.get(&url).await;
+        assert_eq!(get.status, StatusCode::SEE_OTHER);
+        assert_eq!(get.location(), format!("/blocks/{id}"));
 
         // Without read-secrets: no reveal button, the field says it can be replaced, and a
         // crafted reveal is refused with the scope named.
@@ -259,7 +272,7 @@ async fn a_reveal_needs_read_secrets_is_audited_by_field_and_is_never_cached() {
             .filter(|r| r.action == "console POST /blocks/{id}/reveal")
             .collect();
         let ok: Vec<_> = reveals.iter().filter(|r| r.status == 200).collect();
-        assert_eq!(ok.len(), 2, "{reveals:?}");
+        assert_eq!(ok.len(), 3, "{reveals:?}");
         assert!(ok.iter().all(|r| r.token_id == Some(revealer_id)
             && r.target == format!("/api/block_documents/{id} field=value")));
         assert!(
@@ -401,8 +414,16 @@ async fn duplicate_copies_secrets_on_the_server_and_compare_says_only_whether_th
                 .any(|r| r.action == "console POST /blocks/{id}/duplicate"
                     && r.status == 303
                     && r.token_id == Some(writer_id)
-                    && r.target == format!("/api/block_documents/{}", copy.id))
+                    && r.target == format!("/api/block_documents/{id} copy={}", copy.id))
         );
+        // The admin's comparisons told it whether the secrets are equal: recorded.
+        let compared: Vec<_> = audit
+            .iter()
+            .filter(|r| r.action == "console GET /blocks/{id}/compare")
+            .collect();
+        assert_eq!(compared.len(), 2, "{compared:?}");
+        assert!(compared.iter().all(|r| r.token_id == Some(ctx.admin_id)
+            && r.target == format!("/api/block_documents/{id} compared={}", copy.id)));
         assert!(!format!("{audit:?}").contains(CANARY));
     })
     .await;
@@ -437,16 +458,28 @@ async fn create_and_add_another_returns_to_an_empty_form() {
             )
             .await;
         assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
-        assert_eq!(done.location(), "/blocks/new/secret?added=first%2Dkey");
+        let created = store
+            .read_block_document_by_name("secret", "first-key", false)
+            .await
+            .unwrap();
+        assert_eq!(
+            done.location(),
+            format!("/blocks/new/secret?added={}", created.id)
+        );
         let again = browser.get(done.location()).await;
         assert!(again.text.contains("Created first-key."), "{}", again.text);
         assert!(again.text.contains("value=\"\""), "an empty name field");
-        assert!(
-            store
-                .read_block_document_by_name("secret", "first-key", false)
-                .await
-                .is_ok()
-        );
+        // The notice names a stored block of the type, nothing a link makes up.
+        for bogus in [
+            "Send%20your%20token%20to%20evil",
+            &uuid::Uuid::new_v4().to_string(),
+        ] {
+            let page = browser
+                .get(&format!("/blocks/new/secret?added={bogus}"))
+                .await;
+            assert_eq!(page.status, StatusCode::OK);
+            assert!(!page.text.contains("Created ") && !page.text.contains("evil"));
+        }
     })
     .await;
 }
