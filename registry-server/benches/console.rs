@@ -282,8 +282,14 @@ async fn run(
             "create form (gcs-bucket)",
             "/blocks/new/gcs-bucket".to_owned(),
         ),
+        ("dashboard", "/".to_owned()),
+        ("history (bucket)", format!("/blocks/{bucket}/history")),
+        (
+            "compare (bucket, bucket)",
+            format!("/blocks/{bucket}/compare?with={bucket}"),
+        ),
     ];
-    for (name, uri) in &pages {
+    let measure = async |name: &str, uri: &str| {
         let (status, _) = session.get(uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
         let mut latencies = Vec::with_capacity(requests);
@@ -299,7 +305,24 @@ async fn run(
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99)
         );
+    };
+    for (name, uri) in &pages {
+        measure(name, uri).await;
     }
+    // A newer schema of `secret`: half the blocks are now on an older one, and the
+    // dashboard lists (and counts, up to its cap) them.
+    let secret_type = store.read_block_type_by_slug("secret").await.unwrap();
+    let mut newer = Secret::spec().to_schema_create(secret_type.id);
+    newer.fields.insert(
+        "description".into(),
+        json!("A newer shape of the secret block."),
+    );
+    newer.version = "9.9.9".into();
+    store
+        .create_block_schema(newer, Rights::ADMIN)
+        .await
+        .unwrap();
+    measure("dashboard, 50 % outdated", "/").await;
     if weights {
         println!();
         println!("| page | HTML bytes | HTML gzip | + CSS | + JS | total gzip (HTML+CSS+JS) |");
