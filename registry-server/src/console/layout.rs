@@ -12,6 +12,8 @@ pub(crate) enum Nav {
     None,
     Blocks,
     Catalog,
+    /// The admin pages (tokens, audit log, keys, settings); shown to admin sessions only.
+    Admin,
 }
 
 /// A page's title and place.
@@ -66,6 +68,9 @@ pub(crate) fn shell(page: &Page, viewer: Option<&Viewer>, body: &Markup) -> Mark
                         nav aria-label="Main" {
                             a href="/blocks" aria-current=[current(Nav::Blocks)] { "Blocks" }
                             a href="/catalog" aria-current=[current(Nav::Catalog)] { "Catalog" }
+                            @if viewer.may(crate::store::Scope::Admin) {
+                                a href="/admin/tokens" aria-current=[current(Nav::Admin)] { "Admin" }
+                            }
                         }
                         div.who {
                             span.token title=(format!("token id {}", viewer.token.id)) {
