@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use maud::{Markup, html};
 use uuid::Uuid;
 
-use super::{FieldErrors, Section, page_with_status, require_admin, time};
+use super::{FieldErrors, Section, page_with_status, require_admin};
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{AuditQuery, AuditRecord, Store, TokenInfo};
@@ -282,7 +282,7 @@ fn records_table(records: &[AuditRecord], tokens: &HashMap<Uuid, String>) -> Mar
                 caption.visually-hidden { "Audit records, newest first" }
                 thead { tr {
                     th scope="col" { "#" }
-                    th scope="col" { "Time" }
+                    th scope="col" { "Time (UTC)" }
                     th scope="col" { "Token" }
                     th scope="col" { "Action" }
                     th scope="col" { "Target" }
@@ -293,7 +293,7 @@ fn records_table(records: &[AuditRecord], tokens: &HashMap<Uuid, String>) -> Mar
                     @for r in records {
                         tr {
                             th scope="row" { (r.seq) }
-                            td { (time(r.at)) }
+                            td { time datetime=(r.at.to_rfc3339()) { (r.at.format("%Y-%m-%d %H:%M:%S")) } }
                             td {
                                 @match r.token_id {
                                     Some(id) => {
@@ -315,7 +315,13 @@ fn records_table(records: &[AuditRecord], tokens: &HashMap<Uuid, String>) -> Mar
                             td { span class=(format!("badge outcome-{}", r.outcome)) { (r.outcome) } " " span.muted { (r.status) } }
                             td {
                                 @if r.request_id.is_empty() { span.muted { "–" } } @else {
-                                    @let short: String = r.request_id.chars().take(12).collect();
+                                    // Ids are `<prefix of the process>-<counter>`: the end tells them apart.
+                                    @let n = r.request_id.chars().count();
+                                    @let short: String = if n > 10 {
+                                        format!("…{}", r.request_id.chars().skip(n - 8).collect::<String>())
+                                    } else {
+                                        r.request_id.clone()
+                                    };
                                     a href=(format!("/admin/audit?{}", form_urlencoded::Serializer::new(String::new()).append_pair("request_id", &r.request_id).finish()))
                                         title=(r.request_id) { code { (short) } }
                                 }
@@ -376,6 +382,9 @@ pub(crate) async fn render(
             }
         }
         (errors.summary("The filters were not applied:"))
+        @if let Some(message) = errors.get("format") {
+            p.error #format { (message) }
+        }
         (filter_form(&filters, &errors, &tokens))
         @if errors.is_empty() {
             @if records.is_empty() {
@@ -384,7 +393,7 @@ pub(crate) async fn render(
                 p.count {
                     @if query.before.is_some() { "Older records" } @else { "Newest records" }
                     @if filters.any() { " matching the filters" }
-                    " (" (records.len()) " shown). Downloads hold up to " (MAX_DOWNLOAD) " records matching the filters."
+                    " (" (records.len()) " shown). A download holds up to 1,000,000 records matching the filters."
                 }
                 (records_table(&records, &tokens))
             }
