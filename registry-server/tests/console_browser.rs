@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "console_browser/admin.rs"]
+mod admin;
 #[path = "console_browser/axe.rs"]
 mod axe;
 #[path = "console_browser/support.rs"]
@@ -99,6 +101,22 @@ async fn the_console_works_without_javascript() {
     create_connector_without_javascript(&b, &server).await;
 
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_runs_the_server() {
+    let Some((driver, chromium)) = browser_tools() else {
+        return;
+    };
+    let server = Server::start();
+    let driver = Driver::start(&driver, &chromium).await;
+    let b = driver.browser(&server.base, true).await;
+    let mut audit = Audit::default();
+
+    admin::run(&driver, &b, &server, &mut audit).await;
+
+    b.close().await;
+    audit.finish();
 }
 
 // ---------------------------------------------------------------------------------------
