@@ -15,7 +15,7 @@ use crate::console::layout::form_token;
 use crate::console::session::{FormPairs, audited};
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
-use crate::store::KeyStatus;
+use crate::store::{KeyStatus, MasterKeyOrigin};
 
 /// Versions re-encrypted per batch, as the API's rotation does.
 const REENCRYPT_BATCH: u32 = 200;
@@ -124,7 +124,12 @@ async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError
         section aria-labelledby="master-h" {
             h2 #master-h { "Master key" }
             p {
-                "The master key wraps the data keys. This server took it from " strong { (origin.to_string()) } "."
+                "The master key wraps the data keys. "
+                @if *origin == MasterKeyOrigin::Unspecified {
+                    "This server was not told where its master key came from (it was started by a program embedding the store)."
+                } @else {
+                    "This server took it from " strong { (origin.to_string()) } "."
+                }
                 @if status.passphrase { " The store derives it from a passphrase." }
                 " It is never stored in the database or shown here; back it up: without it no secret can be read."
             }
