@@ -2,7 +2,8 @@
 //! `blocks serve`: a data engineer sets up the blocks of the DE Zoomcamp course as in
 //! Prefect's UI (sign in, register collections, create, reference, edit, validation, a
 //! concurrent edit), the sessions and scopes (a read-only token, signing out, a revoked
-//! token, a cross-site post, hostile text), and the console with JavaScript turned off.
+//! token, a cross-site post, hostile text), the console with JavaScript turned off, and an
+//! administrator's pages (tokens, audit log, key rotation, retention; `console_browser/admin.rs`).
 //! Every flow page is checked with axe-core; `BLOCKS_SCREENSHOTS=1` saves pictures of some
 //! pages into `docs/console/`.
 //!
