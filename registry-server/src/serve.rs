@@ -14,7 +14,7 @@ pub use connections::ConnectionArgs;
 
 use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
-use crate::store::{MasterKeySource, Store, StoreConfig};
+use crate::store::{MasterKeyOrigin, MasterKeySource, Store, StoreConfig};
 
 /// Settings of `blocks serve`. Every flag can also be set through the environment; the
 /// master key itself (`BLOCKS_MASTER_KEY`) and a passphrase (`BLOCKS_PASSPHRASE`) only
@@ -176,23 +176,32 @@ fn master_key_source(
     args: &ServeArgs,
     home: &Path,
     embedded_db: Option<&Path>,
-) -> anyhow::Result<MasterKeySource> {
+) -> anyhow::Result<(MasterKeySource, MasterKeyOrigin)> {
     if let Some(path) = &args.master_key_file {
-        return Ok(MasterKeySource::Key(read_key_file(path)?));
+        return Ok((
+            MasterKeySource::Key(read_key_file(path)?),
+            MasterKeyOrigin::File(path.clone()),
+        ));
     }
     if let Ok(text) = std::env::var("BLOCKS_MASTER_KEY") {
         let key = MasterKey::from_base64(&text).context("BLOCKS_MASTER_KEY is not usable")?;
-        return Ok(MasterKeySource::Key(key));
+        return Ok((MasterKeySource::Key(key), MasterKeyOrigin::Environment));
     }
     if let Ok(passphrase) = std::env::var("BLOCKS_PASSPHRASE") {
         if passphrase.is_empty() {
             bail!("BLOCKS_PASSPHRASE is empty");
         }
-        return Ok(MasterKeySource::Passphrase(SecretString::from(passphrase)));
+        return Ok((
+            MasterKeySource::Passphrase(SecretString::from(passphrase)),
+            MasterKeyOrigin::Passphrase,
+        ));
     }
     let default = home.join("master.key");
     if default.exists() {
-        return Ok(MasterKeySource::Key(read_key_file(&default)?));
+        return Ok((
+            MasterKeySource::Key(read_key_file(&default)?),
+            MasterKeyOrigin::File(default),
+        ));
     }
     match embedded_db {
         Some(db) if !db.exists() => {
@@ -202,7 +211,7 @@ fn master_key_source(
                 path = %default.display(),
                 "created a new master key for this new store; back it up: without it the secrets in the store cannot be read"
             );
-            Ok(MasterKeySource::Key(key))
+            Ok((MasterKeySource::Key(key), MasterKeyOrigin::File(default)))
         }
         Some(db) => bail!(
             "the store {} exists but its master key {} is missing; give the key with --master-key-file, BLOCKS_MASTER_KEY or BLOCKS_PASSPHRASE",
@@ -268,10 +277,11 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         }
     };
     let lock = lock_sqlite_store(&database_url)?;
-    let source = master_key_source(args, &home, embedded_db.as_deref())?;
+    let (source, master_key_origin) = master_key_source(args, &home, embedded_db.as_deref())?;
     let config = StoreConfig {
         retention: args.retention,
         max_connections: args.max_connections,
+        master_key_origin,
         ..StoreConfig::default()
     };
     create_private_sqlite_file(&database_url)?;
@@ -402,7 +412,7 @@ pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<(Store, Option<st
         );
     }
     let lock = lock_sqlite_store(&database_url)?;
-    let source = master_key_source(&serve, &home, embedded_db.as_deref())?;
+    let (source, _) = master_key_source(&serve, &home, embedded_db.as_deref())?;
     let store = Store::open(
         &database_url,
         source,

@@ -2,9 +2,11 @@
 //! `blocks serve`: a data engineer sets up the blocks of the DE Zoomcamp course as in
 //! Prefect's UI (sign in, register collections, create, reference, edit, validation, a
 //! concurrent edit), the sessions and scopes (a read-only token, signing out, a revoked
-//! token, a cross-site post, hostile text), the console with JavaScript turned off, and
-//! what goes beyond Prefect's UI: history, diff and rollback, revealing a secret, replacing
-//! one without `read-secrets`, duplicate and compare, the dashboard.
+//! token, a cross-site post, hostile text), the console with JavaScript turned off, what
+//! goes beyond Prefect's UI (history, diff and rollback, revealing a secret, replacing one
+//! without `read-secrets`, duplicate and compare, the dashboard; `console_browser/beyond.rs`)
+//! and an administrator's pages (tokens, audit log, key rotation, retention;
+//! `console_browser/admin.rs`).
 //! Every flow page is checked with axe-core; `BLOCKS_SCREENSHOTS=1` saves pictures of some
 //! pages into `docs/console/`.
 //!
@@ -13,6 +15,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "console_browser/admin.rs"]
+mod admin;
 #[path = "console_browser/axe.rs"]
 mod axe;
 #[path = "console_browser/beyond.rs"]
@@ -125,6 +129,22 @@ async fn the_console_works_without_javascript() {
     create_connector_without_javascript(&b, &server).await;
 
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_runs_the_server() {
+    let Some((driver, chromium)) = browser_tools() else {
+        return;
+    };
+    let server = Server::start();
+    let driver = Driver::start(&driver, &chromium).await;
+    let b = driver.browser(&server.base, true).await;
+    let mut audit = Audit::default();
+
+    admin::run(&driver, &b, &server, &mut audit).await;
+
+    b.close().await;
+    audit.finish();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ pub(crate) enum Nav {
     Dashboard,
     Blocks,
     Catalog,
+    /// The admin pages (tokens, audit log, keys, settings); shown to admin sessions only.
+    Admin,
 }
 
 /// A page's title and place.
@@ -68,6 +70,9 @@ pub(crate) fn shell(page: &Page, viewer: Option<&Viewer>, body: &Markup) -> Mark
                             a href="/" aria-current=[current(Nav::Dashboard)] { "Dashboard" }
                             a href="/blocks" aria-current=[current(Nav::Blocks)] { "Blocks" }
                             a href="/catalog" aria-current=[current(Nav::Catalog)] { "Catalog" }
+                            @if viewer.may(crate::store::Scope::Admin) {
+                                a href="/admin/tokens" aria-current=[current(Nav::Admin)] { "Admin" }
+                            }
                         }
                         div.who {
                             span.token title=(format!("token id {}", viewer.token.id)) {

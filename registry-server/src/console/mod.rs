@@ -6,6 +6,7 @@
 //! accepted on these routes only, never on `/api`. Every page carries a strict
 //! Content-Security-Policy and loads nothing from elsewhere ([`assets`] are embedded).
 
+mod admin;
 mod assets;
 mod blocks;
 mod catalog;
@@ -77,6 +78,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
             get(blocks::confirm_delete).post(blocks::delete),
         )
         .route("/assets/{*file}", get(assets::serve))
+        .merge(admin::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             session::same_origin_writes,

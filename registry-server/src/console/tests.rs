@@ -21,6 +21,9 @@ use crate::http::{AppState, AuthGuard, app, register_collection};
 use crate::store::tests::harness::{TestDb, create, on_both, register};
 use crate::store::{AuditQuery, Scope, Store, TokenCreate};
 
+#[path = "admin/tests.rs"]
+mod admin;
+
 const CANARY: &str = "canary-console-5e1f08";
 const ORIGIN: &str = "http://console.test";
 

@@ -96,6 +96,37 @@ pub struct StoreConfig {
     /// Connections in the pool (readers, for SQLite). `None`: 16 on SQLite, 8 on
     /// PostgreSQL, whose server processes share the machine's cores with this one.
     pub max_connections: Option<u32>,
+    /// Where the master key came from, for the console's keys page (never the key).
+    pub master_key_origin: MasterKeyOrigin,
+}
+
+/// Where the master key came from, as the keys page tells an administrator: a description
+/// of the source, never the key or the passphrase.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MasterKeyOrigin {
+    /// Not said (a store opened by a library caller or a test).
+    #[default]
+    Unspecified,
+    /// A key file: `--master-key-file` or `$BLOCKS_HOME/master.key`.
+    File(std::path::PathBuf),
+    /// The `BLOCKS_MASTER_KEY` environment variable.
+    Environment,
+    /// A passphrase (`BLOCKS_PASSPHRASE`), stretched with argon2id.
+    Passphrase,
+}
+
+impl std::fmt::Display for MasterKeyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unspecified => f.write_str("not recorded by this server"),
+            Self::File(path) => write!(f, "the key file {}", path.display()),
+            Self::Environment => f.write_str("the BLOCKS_MASTER_KEY environment variable"),
+            Self::Passphrase => {
+                f.write_str("a passphrase (BLOCKS_PASSPHRASE), stretched with argon2id")
+            }
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -104,6 +135,7 @@ impl Default for StoreConfig {
             retention: None,
             key_rotation_threshold: 1 << 30,
             max_connections: None,
+            master_key_origin: MasterKeyOrigin::Unspecified,
         }
     }
 }

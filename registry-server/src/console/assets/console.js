@@ -3,7 +3,8 @@
 // - choices between alternatives show only the chosen one (`data-choice-for`),
 // - the live "name already taken" hint (`data-name-check`),
 // - revealing a secret in place for a while (`form.reveal`), and hiding a revealed value
-//   again (`data-hide-after`).
+//   again (`data-hide-after`),
+// - the key re-encryption's progress, kept up to date (`data-progress-url`).
 
 function setupCopy() {
   for (const button of document.querySelectorAll("button[data-copy]")) {
@@ -155,7 +156,36 @@ function setupReveal() {
   }
 }
 
+function setupProgress() {
+  const box = document.querySelector("[data-progress-url]");
+  if (!box) return;
+  const bar = box.querySelector("progress");
+  const text = box.querySelector("[role=status]");
+  const poll = async () => {
+    let done = false;
+    try {
+      const response = await fetch(box.dataset.progressUrl, { credentials: "same-origin", cache: "no-store" });
+      if (response.ok) {
+        const p = await response.json();
+        bar.max = Math.max(p.total, 1);
+        bar.value = p.total === 0 ? 1 : p.moved;
+        bar.textContent = `${p.total === 0 ? 100 : Math.floor((p.moved * 100) / p.total)}%`;
+        done = p.done;
+        text.textContent = done
+          ? `Done: every version (${p.total}) is sealed under the active key.`
+          : `${p.moved} of ${p.total} versions sealed under the active key; ${p.remaining} to go.`;
+        box.dataset.done = done ? "true" : "false";
+      }
+    } catch {
+      // A failed poll is tried again; the Refresh link still works.
+    }
+    if (!done) setTimeout(poll, 500);
+  };
+  poll();
+}
+
 setupCopy();
 setupChoices();
 setupNameCheck();
 setupReveal();
+setupProgress();

@@ -1,0 +1,467 @@
+//! Admin console benchmark, in-process (the console's router, a signed-in admin session):
+//!
+//! 1. the audit page's server time over an audit log of 1,000,000 records (bulk-inserted
+//!    with SQL): the first page, filtered pages, a deep cursor, and a full CSV download;
+//! 2. key rotation over a store of 100,000 secret documents (written through the store):
+//!    how long the progress endpoint the page polls takes to answer while the
+//!    re-encryption runs, and how long the re-encryption takes.
+//!
+//! `cargo bench -p registry-server --bench console_admin`. Settings: `BENCH_AUDIT` records
+//! (default 1000000), `BENCH_SECRETS` documents (default 100000), `BENCH_REQUESTS` per page
+//! (default 50), `BENCH_BACKENDS` (`sqlite,postgres`), `BLOCKS_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created and dropped).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use block_types::catalog::{Collection, Secret};
+use block_types::model::BlockDocumentCreate;
+use block_types::{Block, BlockSpec};
+use registry_server::crypto::MasterKey;
+use registry_server::http::{AppState, app, register_collection};
+use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use tower::ServiceExt as _;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn request(method: &str, uri: &str, cookie: Option<&str>, body: Option<String>) -> Request<Body> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "127.0.0.1")
+        .header(header::ORIGIN, "http://127.0.0.1");
+    if let Some(cookie) = cookie {
+        builder = builder.header(header::COOKIE, format!("__Host-blocks-session={cookie}"));
+    }
+    let mut req = match body {
+        Some(body) => builder
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+        None => builder.body(Body::empty()).unwrap(),
+    };
+    req.extensions_mut().insert(ConnectInfo(
+        "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
+    ));
+    req
+}
+
+struct Session {
+    app: Router,
+    cookie: String,
+    csrf: String,
+}
+
+impl Session {
+    async fn new(state: &AppState) -> Self {
+        let created = state
+            .store
+            .create_token(TokenCreate {
+                name: "bench admin".into(),
+                scopes: [Scope::Admin].into_iter().collect(),
+                expires: None,
+            })
+            .await
+            .unwrap();
+        let app = app(state.clone());
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", created.token.expose_secret())
+            .finish();
+        let response = app
+            .clone()
+            .oneshot(request("POST", "/sign-in", None, Some(body)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+        let cookie = cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        let mut session = Self {
+            app,
+            cookie,
+            csrf: String::new(),
+        };
+        let (_, page) = session.get("/admin/settings").await;
+        let page = String::from_utf8(page).unwrap();
+        let at = page.find("name=\"_csrf\" value=\"").unwrap() + 20;
+        session.csrf = page[at..at + page[at..].find('"').unwrap()].to_owned();
+        session
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Vec<u8>) {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request("GET", uri, Some(&self.cookie), None))
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
+
+    async fn post(&self, uri: &str) -> StatusCode {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("_csrf", &self.csrf)
+            .finish();
+        self.app
+            .clone()
+            .oneshot(request("POST", uri, Some(&self.cookie), Some(body)))
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn open(url: &str) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            url,
+            MasterKeySource::Key(MasterKey::generate().unwrap()),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// Adds `n` audit records in one statement: four tokens, a mix of actions and outcomes
+/// (one in fifty denied), targets naming documents, one record a minute back from now.
+async fn bulk_audit(url: &str, backend: &str, n: usize, tokens: &[uuid::Uuid; 4]) {
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let now = chrono::Utc::now().timestamp_micros();
+    let token = |i: &str| {
+        format!(
+            "case {i} % 4 when 0 then '{}' when 1 then '{}' when 2 then '{}' else '{}' end",
+            tokens[0], tokens[1], tokens[2], tokens[3]
+        )
+    };
+    let columns = |i: &str, pad: &str| {
+        format!(
+            "{now} - ({n} - {i}) * 60000000, 'req-' || {i}, {tok}, \
+             case {i} % 10 when 0 then 'PATCH /api/block_documents/{{id}}' when 1 then 'DELETE /api/block_documents/{{id}}' \
+               when 2 then 'POST /api/block_documents/' else 'GET /api/block_documents/{{id}}' end, \
+             '/api/block_documents/00000000-0000-4000-8000-' || {pad}, \
+             case when {i} % 50 = 0 then 'denied' else 'ok' end, \
+             case when {i} % 50 = 0 then 403 else 200 end",
+            tok = token(i)
+        )
+    };
+    let sql = if backend == "SQLite" {
+        format!(
+            "with recursive seq(i) as (select 1 union all select i + 1 from seq where i < {n}) \
+             insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
+             select {} from seq",
+            columns("i", "printf('%012d', i % 5000)")
+        )
+    } else {
+        format!(
+            "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
+             select {} from generate_series(1, {n}::bigint) as seq(i)",
+            columns("i", "lpad((i % 5000)::text, 12, '0')")
+        )
+    };
+    let started = Instant::now();
+    let done = sqlx::query(&sql).execute(&pool).await.unwrap();
+    assert_eq!(done.rows_affected() as usize, n);
+    if backend == "PostgreSQL" {
+        sqlx::query("vacuum analyze audit_event")
+            .execute(&pool)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("analyze").execute(&pool).await.unwrap();
+    }
+    println!(
+        "inserted {n} audit records on {backend} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    pool.close().await;
+}
+
+async fn audit_bench(backend: &str, url: &str, records: usize, requests: usize) {
+    let store = open(url).await;
+    let state = AppState::new(store.clone());
+    let session = Session::new(&state).await;
+    let mut tokens = [uuid::Uuid::nil(); 4];
+    for (i, slot) in tokens.iter_mut().enumerate() {
+        *slot = store
+            .create_token(TokenCreate {
+                name: format!("bench token {i}"),
+                scopes: [Scope::Read].into_iter().collect(),
+                expires: None,
+            })
+            .await
+            .unwrap()
+            .info
+            .id;
+    }
+    bulk_audit(url, backend, records, &tokens).await;
+    let day_ago = (chrono::Utc::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let pages = [
+        ("first page", "/admin/audit".to_owned()),
+        ("token filter", format!("/admin/audit?token={}", tokens[2])),
+        ("outcome=denied", "/admin/audit?outcome=denied".to_owned()),
+        ("action=DELETE", "/admin/audit?action=DELETE".to_owned()),
+        (
+            "target (one document)",
+            "/admin/audit?target=000000004321".to_owned(),
+        ),
+        ("since a day ago", format!("/admin/audit?since={day_ago}")),
+        (
+            "cursor half-way back",
+            format!("/admin/audit?before={}", records / 2),
+        ),
+        (
+            "token + denied, half-way",
+            format!(
+                "/admin/audit?token={}&outcome=denied&before={}",
+                tokens[0],
+                records / 2
+            ),
+        ),
+    ];
+    for (name, uri) in &pages {
+        let (status, body) = session.get(uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        let rows = String::from_utf8_lossy(&body)
+            .matches("<tr><th scope=\"row\">")
+            .count();
+        let mut latencies = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let started = Instant::now();
+            let (status, _) = session.get(uri).await;
+            latencies.push(started.elapsed());
+            assert_eq!(status, StatusCode::OK);
+        }
+        latencies.sort();
+        println!(
+            "| {backend:<10} | {records:>9} | audit: {name:<26} | {rows:>4} | {:>8.2} | {:>8.2} |",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+    }
+    for (name, uri) in [
+        (
+            "CSV, outcome=denied",
+            "/admin/audit/download?format=csv&outcome=denied",
+        ),
+        ("CSV, every record", "/admin/audit/download?format=csv"),
+    ] {
+        let started = Instant::now();
+        let (status, body) = session.get(uri).await;
+        assert_eq!(status, StatusCode::OK);
+        let lines = body.iter().filter(|b| **b == b'\n').count() - 1;
+        println!(
+            "| {backend:<10} | {records:>9} | download: {name:<23} | {lines} records, {:.1} MB in {:.2} s |",
+            body.len() as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    store.close().await;
+}
+
+async fn schema_of(store: &Store, spec: &BlockSpec) -> (uuid::Uuid, uuid::Uuid) {
+    let ty = store
+        .ensure_block_type(&spec.block_type, false)
+        .await
+        .unwrap();
+    let schema = store
+        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
+        .await
+        .unwrap()
+        .0;
+    (ty.id, schema.id)
+}
+
+async fn rotation_bench(backend: &str, url: &str, documents: usize) {
+    let store = open(url).await;
+    register_collection(&store, Collection::Core).await.unwrap();
+    let (ty, schema) = schema_of(&store, &Secret::spec()).await;
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= documents {
+                    break;
+                }
+                store
+                    .create_block_document(BlockDocumentCreate {
+                        name: Some(format!("secret-{i:07}")),
+                        data: json!({"value": format!("s3cret-{i}")})
+                            .as_object()
+                            .cloned()
+                            .unwrap(),
+                        block_schema_id: schema,
+                        block_type_id: ty,
+                        is_anonymous: false,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "wrote {documents} secret documents on {backend} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let state = AppState::new(store.clone());
+    let session = Session::new(&state).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (status, _) = session.get("/admin/keys/progress.json").await;
+        idle.push(started.elapsed());
+        assert_eq!(status, StatusCode::OK);
+    }
+    idle.sort();
+
+    let started = Instant::now();
+    assert_eq!(
+        session.post("/admin/keys/rotate").await,
+        StatusCode::SEE_OTHER
+    );
+    let mut polls = Vec::new();
+    let mut pages = Vec::new();
+    let last: Value = loop {
+        let t = Instant::now();
+        let (status, body) = session.get("/admin/keys/progress.json").await;
+        polls.push(t.elapsed());
+        assert_eq!(status, StatusCode::OK);
+        let p: Value = serde_json::from_slice(&body).unwrap();
+        if p["done"] == json!(true) {
+            break p;
+        }
+        if polls.len() % 10 == 0 {
+            let t = Instant::now();
+            let (status, _) = session.get("/admin/keys/progress").await;
+            pages.push(t.elapsed());
+            assert_eq!(status, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = started.elapsed();
+    assert_eq!(last["moved"], json!(documents));
+    polls.sort();
+    pages.sort();
+    println!(
+        "| {backend:<10} | {documents:>7} | progress.json idle (before rotating) | p50 {:>7.2} ms | p99 {:>7.2} ms |",
+        percentile(&idle, 0.5),
+        percentile(&idle, 0.99)
+    );
+    println!(
+        "| {backend:<10} | {documents:>7} | progress.json during re-encryption ({} polls) | p50 {:>7.2} ms | p99 {:>7.2} ms |",
+        polls.len(),
+        percentile(&polls, 0.5),
+        percentile(&polls, 0.99)
+    );
+    if !pages.is_empty() {
+        println!(
+            "| {backend:<10} | {documents:>7} | progress page during re-encryption ({} loads) | p50 {:>7.2} ms | p99 {:>7.2} ms |",
+            pages.len(),
+            percentile(&pages, 0.5),
+            percentile(&pages, 0.99)
+        );
+    }
+    println!(
+        "| {backend:<10} | {documents:>7} | re-encryption of every version, rotate to done | {:.1} s ({:.0} versions/s) |",
+        took.as_secs_f64(),
+        documents as f64 / took.as_secs_f64()
+    );
+    store.close().await;
+}
+
+async fn on_postgres(run: impl AsyncFnOnce(&str)) {
+    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let Ok(mut admin) = sqlx::AnyConnection::connect(&admin_url).await else {
+        println!("PostgreSQL at {admin_url} is unreachable: its rows are left out");
+        return;
+    };
+    let name = format!("blocks_admin_bench_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(format!("create database {name}").as_str())
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    run(&format!("{base}/{name}")).await;
+    admin
+        .execute(format!("drop database {name} with (force)").as_str())
+        .await
+        .unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    sqlx::any::install_default_drivers();
+    let records = env_number("BENCH_AUDIT", 1_000_000);
+    let documents = env_number("BENCH_SECRETS", 100_000);
+    let requests = env_number("BENCH_REQUESTS", 50);
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let what = std::env::var("BENCH_WHAT").unwrap_or_else(|_| "audit,rotation".into());
+    println!(
+        "| backend    | records   | page                               | rows | p50 (ms) | p99 (ms) |"
+    );
+    println!(
+        "|------------|-----------|------------------------------------|------|----------|----------|"
+    );
+    if backends.contains("sqlite") {
+        let dir = tempfile::tempdir().unwrap();
+        if what.contains("audit") {
+            let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+            audit_bench("SQLite", &url, records, requests).await;
+        }
+        if what.contains("rotation") {
+            let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+            rotation_bench("SQLite", &url, documents).await;
+        }
+    }
+    if backends.contains("postgres") {
+        if what.contains("audit") {
+            on_postgres(async |url| audit_bench("PostgreSQL", url, records, requests).await).await;
+        }
+        if what.contains("rotation") {
+            on_postgres(async |url| rotation_bench("PostgreSQL", url, documents).await).await;
+        }
+    }
+}
