@@ -40,17 +40,7 @@ async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError
     let recent = state.store.recent_changes(RECENT).await?;
     let (outdated, outdated_total) = state.store.outdated_documents(ATTENTION).await?;
     let mistyped = state.store.mistyped_references(ATTENTION).await?;
-    let token_names: HashMap<Uuid, String> = if viewer.may(Scope::Admin) {
-        state
-            .store
-            .list_tokens()
-            .await?
-            .into_iter()
-            .map(|t| (t.id, t.name))
-            .collect()
-    } else {
-        HashMap::from([(viewer.token.id, viewer.token.name.clone())])
-    };
+    let token_names = super::history::token_names(state, viewer).await?;
     let may_write = viewer.may(Scope::Write);
     let body = html! {
         h1 { "Dashboard" }

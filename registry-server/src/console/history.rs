@@ -146,6 +146,25 @@ pub(crate) fn fields(old: &Side, new: &Side) -> Vec<(String, Change)> {
         .collect()
 }
 
+/// The names of the tokens a page may show by writer: every token's for an admin, else only
+/// the session's own (others are shown by id prefix).
+pub(crate) async fn token_names(
+    state: &AppState,
+    viewer: &Viewer,
+) -> Result<HashMap<Uuid, String>, PageError> {
+    Ok(if viewer.may(Scope::Admin) {
+        state
+            .store
+            .list_tokens()
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.name))
+            .collect()
+    } else {
+        HashMap::from([(viewer.token.id, viewer.token.name.clone())])
+    })
+}
+
 /// Records in the audit log that a page told a session whether secrets are equal (only a
 /// `read-secrets` session is told, and what it learns about a secret is recorded as a read
 /// of it would be).
@@ -343,18 +362,7 @@ async fn render(
     let name = doc.name.clone().unwrap_or_default();
     let mut versions = state.store.list_versions(id).await?;
     versions.truncate(MAX_VERSIONS);
-    // Who wrote each version, by token name (an admin sees every token; others see ids).
-    let token_names: HashMap<Uuid, String> = if viewer.may(Scope::Admin) {
-        state
-            .store
-            .list_tokens()
-            .await?
-            .into_iter()
-            .map(|t| (t.id, t.name))
-            .collect()
-    } else {
-        HashMap::from([(viewer.token.id, viewer.token.name.clone())])
-    };
+    let token_names = token_names(state, viewer).await?;
     let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     let from = match nonempty(&query.from).or_else(|| nonempty(&query.compare)) {
         None => None,
