@@ -465,6 +465,35 @@ impl Store {
         Ok(ids)
     }
 
+    /// How far a re-encryption is: (the active key, versions sealed under it, versions
+    /// still sealed under a retired key). One pass over the versions' key index, much
+    /// lighter than [`Self::key_status`], for a page that polls it while the re-encryption
+    /// runs.
+    pub async fn reencryption_progress(&self) -> Result<(Uuid, i64, i64)> {
+        self.count_query();
+        let active: String = sqlx::query_scalar("select id from data_key where state = 'active'")
+            .fetch_one(&self.read)
+            .await?;
+        self.count_query();
+        let rows = sqlx::query(
+            "select k.state, count(*) as versions from block_document_version v \
+             join data_key k on k.id = v.key_id group by k.state",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let (mut active_versions, mut retired) = (0, 0);
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let versions: i64 = row.try_get("versions")?;
+            if state == "active" {
+                active_versions += versions;
+            } else {
+                retired += versions;
+            }
+        }
+        Ok((parse_uuid(&active)?, active_versions, retired))
+    }
+
     /// The active key and, per key, its use.
     pub async fn key_status(&self) -> Result<KeyStatus> {
         self.count_query();

@@ -66,7 +66,14 @@ impl Progress {
 
 /// The re-encryption's progress, as the JSON answer and the page give it.
 pub(crate) async fn progress(state: &AppState) -> Result<Progress, PageError> {
-    Ok(Progress::of(&state.store.key_status().await?))
+    let (active, moved, remaining) = state.store.reencryption_progress().await?;
+    Ok(Progress {
+        active,
+        moved,
+        remaining,
+        total: moved + remaining,
+        done: remaining == 0,
+    })
 }
 
 /// Starts re-encrypting in the background; a failure is logged (it resumes on the next
