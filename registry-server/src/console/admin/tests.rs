@@ -492,6 +492,9 @@ const FORMULA: &str = "=HYPERLINK(\"http://evil.example\")";
 /// 150 reads by `reader` an hour apart from T0, then a delete of `doc` denied to `writer`,
 /// one whose target is a formula, and one with a hostile request id.
 async fn seed_audit(store: &Store, reader: Uuid, writer: Uuid, doc: Uuid) {
+    // The records are older than the default retention: keep every record, so the pruning
+    // pass the app starts in the background cannot delete them under the test.
+    store.set_audit_retention_days(None).await.unwrap();
     let mut records: Vec<NewAuditRecord> = (0..150)
         .map(|i| {
             record(
