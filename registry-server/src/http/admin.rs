@@ -116,19 +116,26 @@ async fn keys(State(state): St) -> ApiResult<Json<KeyStatus>> {
     Ok(Json(state.store.key_status().await?))
 }
 
+/// Re-encrypts, in the background, what older keys seal (after a rotation, or to resume
+/// one a restart interrupted); the outcome is logged.
+pub(crate) fn start_reencryption(store: &std::sync::Arc<crate::store::Store>) {
+    let handle = store.spawn_reencryption(REENCRYPT_BATCH);
+    tokio::spawn(async move {
+        match handle.await {
+            Ok(Ok(n)) => tracing::info!(versions = n, "re-encryption after key rotation finished"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "re-encryption after key rotation failed; it resumes on the next rotation, or from the console's keys page")
+            }
+            Err(e) => tracing::error!(error = %e, "re-encryption after key rotation stopped"),
+        }
+    });
+}
+
 /// 202: the new key is active for every write from now on; documents sealed under older
 /// keys are re-encrypted by a background task, while reads and writes go on.
 async fn rotate(State(state): St) -> ApiResult<Response> {
     let active = state.store.rotate_data_key().await?;
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        match store.reencrypt_all(REENCRYPT_BATCH).await {
-            Ok(n) => tracing::info!(versions = n, "re-encryption after key rotation finished"),
-            Err(e) => {
-                tracing::error!(error = %e, "re-encryption after key rotation failed; it resumes on the next rotation")
-            }
-        }
-    });
+    start_reencryption(&state.store);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"active": active, "reencryption": "started"})),

@@ -4,7 +4,7 @@
 //! [`app`] builds the router from a state, so tests drive it in-process or on a real
 //! listener; `serve` in the binary adds the listener and graceful shutdown.
 
-mod admin;
+pub(crate) mod admin;
 pub mod audit;
 pub mod auth;
 mod block_documents;

@@ -17,9 +17,6 @@ use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{KeyStatus, MasterKeyOrigin};
 
-/// Versions re-encrypted per batch, as the API's rotation does.
-const REENCRYPT_BATCH: u32 = 200;
-
 /// How far the re-encryption is: versions sealed under the active key, and those still
 /// sealed under a retired one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -74,21 +71,6 @@ pub(crate) async fn progress(state: &AppState) -> Result<Progress, PageError> {
         total: moved + remaining,
         done: remaining == 0,
     })
-}
-
-/// Starts re-encrypting in the background; a failure is logged (it resumes on the next
-/// rotation or "Resume").
-fn start_reencryption(state: &AppState) {
-    let handle = state.store.spawn_reencryption(REENCRYPT_BATCH);
-    tokio::spawn(async move {
-        match handle.await {
-            Ok(Ok(n)) => tracing::info!(versions = n, "re-encryption after key rotation finished"),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "re-encryption after key rotation failed; resume it from the keys page")
-            }
-            Err(e) => tracing::error!(error = %e, "re-encryption after key rotation stopped"),
-        }
-    });
 }
 
 fn progress_block(p: &Progress) -> Markup {
@@ -217,7 +199,7 @@ pub(super) async fn rotate(
             viewer.check_form(&form)?;
             let active = state.store.rotate_data_key().await?;
             tracing::info!(%active, "data key rotated from the console");
-            start_reencryption(&state);
+            crate::http::admin::start_reencryption(&state.store);
             Ok((Redirect::to("/admin/keys/progress").into_response(), None))
         },
     )
@@ -240,7 +222,7 @@ pub(super) async fn resume(
         move |state, viewer| async move {
             require_admin(&viewer)?;
             viewer.check_form(&form)?;
-            start_reencryption(&state);
+            crate::http::admin::start_reencryption(&state.store);
             Ok((Redirect::to("/admin/keys/progress").into_response(), None))
         },
     )
