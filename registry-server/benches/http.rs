@@ -5,7 +5,9 @@
 //! nested load with secrets (each one audited, with a pipeline token holding `write` and
 //! `read-secrets`), the same load masked, and `/api/health`, creates per second with 16
 //! writers, and the server's resident memory idle and under load. Settings: `BENCH_SECONDS` (default 10),
-//! `BENCH_CONNECTIONS` (16), `BLOCKS_TEST_POSTGRES_URL`.
+//! `BENCH_CONNECTIONS` (16), `BLOCKS_TEST_POSTGRES_URL`, `BENCH_BACKENDS` (`sqlite,postgres`),
+//! and `BENCH_BEFORE`: the path of another `blocks` binary (an earlier build) to measure
+//! side by side with this one in the same run, each row then naming its build.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,9 +39,9 @@ impl Drop for Server {
     }
 }
 
-fn start(database_url: Option<&str>) -> Server {
+fn start(program: &str, database_url: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
+    let mut cmd = Command::new(program);
     cmd.args(["serve", "--port", "0"])
         .env("BLOCKS_HOME", dir.path().join("home"))
         .env("BLOCKS_LOG", "warn,registry_server::serve=info");
@@ -274,9 +276,10 @@ function request()
 end
 "#;
 
-fn run(backend: &str, database_url: Option<&str>) {
-    println!("{backend}:");
-    let server = start(database_url);
+fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
+    println!("{backend} ({build}):");
+    let server = start(program, database_url);
+    let backend = &format!("{backend} {build}");
     seed(&server.api, &server.token);
     let idle = rss_kib(&server);
     let nested = wrk(
@@ -308,31 +311,31 @@ fn run(backend: &str, database_url: Option<&str>) {
     );
     let after = rss_kib(&server);
     println!(
-        "| {backend:<8} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        "| {backend:<15} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         nested.rps, nested.p50_ms, nested.p99_ms, nested.errors
     );
     println!(
-        "| {backend:<8} | nested load, secrets masked     | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        "| {backend:<15} | nested load, secrets masked     | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         masked.rps, masked.p50_ms, masked.p99_ms, masked.errors
     );
     println!(
-        "| {backend:<8} | GET /api/health                 | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        "| {backend:<15} | GET /api/health                 | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         health.rps, health.p50_ms, health.p99_ms, health.errors
     );
     println!(
-        "| {backend:<8} | create (16 writers)             | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        "| {backend:<15} | create (16 writers)             | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         create.rps, create.p50_ms, create.p99_ms, create.errors
     );
     println!(
-        "| {backend:<8} | nested / health                 | {:>8.0}% |         |         |        |",
+        "| {backend:<15} | nested / health                 | {:>8.0}% |         |         |        |",
         100.0 * nested.rps / health.rps
     );
     println!(
-        "| {backend:<8} | audit records per commit        | {:>9.1} |         |         |        |",
+        "| {backend:<15} | audit records per commit        | {:>9.1} |         |         |        |",
         records / commits.max(1.0)
     );
     println!(
-        "| {backend:<8} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",
+        "| {backend:<15} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",
         idle as f64 / 1024.0,
         loaded as f64 / 1024.0,
         after as f64 / 1024.0
@@ -355,29 +358,44 @@ fn main() {
         std::process::exit(status.code().unwrap_or(1));
     }
     println!(
-        "| backend  | measure                         |   req/s   | p50 ms  | p99 ms  | non-2xx |"
+        "| backend, build | measure                         |   req/s   | p50 ms  | p99 ms  | non-2xx |"
     );
     println!(
-        "|----------|---------------------------------|-----------|---------|---------|--------|"
+        "|-----------------|---------------------------------|-----------|---------|---------|--------|"
     );
-    run("sqlite", None);
+    let mut builds = Vec::new();
+    if let Ok(before) = std::env::var("BENCH_BEFORE") {
+        builds.push(("before", before));
+    }
+    builds.push(("this", env!("CARGO_BIN_EXE_blocks").to_owned()));
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    if backends.contains("sqlite") {
+        for (build, program) in &builds {
+            run(build, program, "sqlite", None);
+        }
+    }
+    if !backends.contains("postgres") {
+        return;
+    }
     let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("blocks_bench_{}", std::process::id());
-    if Command::new("psql")
-        .arg(&admin)
-        .args(["-qc", &format!("create database {name}")])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        run("postgres", Some(url.as_str()));
-        let _ = Command::new("psql")
+    for (i, (build, program)) in builds.iter().enumerate() {
+        let name = format!("blocks_bench_{}_{i}", std::process::id());
+        if Command::new("psql")
             .arg(&admin)
-            .args(["-qc", &format!("drop database {name} with (force)")])
-            .status();
-    } else {
-        println!("PostgreSQL skipped: cannot create a database at {admin}");
+            .args(["-qc", &format!("create database {name}")])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let mut url = url::Url::parse(&admin).unwrap();
+            url.set_path(&name);
+            run(build, program, "postgres", Some(url.as_str()));
+            let _ = Command::new("psql")
+                .arg(&admin)
+                .args(["-qc", &format!("drop database {name} with (force)")])
+                .status();
+        } else {
+            println!("PostgreSQL skipped: cannot create a database at {admin}");
+        }
     }
 }

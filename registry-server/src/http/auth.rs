@@ -16,6 +16,7 @@ use base64::Engine as _;
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::audit::Durability;
 use super::extract::Caller;
 use super::routes::{Access, Kind};
 use super::{ApiError, AppState};
@@ -483,8 +484,15 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                         }
                         let denied = matches!(response.status().as_u16(), 401 | 403 | 429);
                         if kind == Kind::Write || denied || secrets {
+                            // A read's record need not wait for the disk: it is committed
+                            // before the answer and synced moments later.
+                            let durability = if kind == Kind::Read && !denied {
+                                Durability::Deferred
+                            } else {
+                                Durability::Synced
+                            };
                             record
-                                .store(&state, Some(token_id), secrets, response)
+                                .store(&state, Some(token_id), secrets, durability, response)
                                 .await
                         } else {
                             response
@@ -505,7 +513,9 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                 Err((error, token_id, audit)) => {
                     let response = error.into_response();
                     if audit {
-                        record.store(&state, token_id, false, response).await
+                        record
+                            .store(&state, token_id, false, Durability::Synced, response)
+                            .await
                     } else {
                         response
                     }
@@ -658,6 +668,7 @@ impl Pending {
         state: &AppState,
         token_id: Option<Uuid>,
         secrets: bool,
+        durability: Durability,
         response: Response,
     ) -> Response {
         let status = response.status();
@@ -699,7 +710,11 @@ impl Pending {
             outcome: outcome(status),
             status: status.as_u16(),
         };
-        match state.audit.record(record).await {
+        let stored = match durability {
+            Durability::Synced => state.audit.record(record).await,
+            Durability::Deferred => state.audit.record_read(record).await,
+        };
+        match stored {
             Ok(()) => response,
             Err(e) => {
                 tracing::error!(error = %e, "answering 503: the audit record could not be stored");

@@ -53,6 +53,11 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~3.3 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -68,6 +73,9 @@ pub struct Metrics {
     audit_records: Counter<u64, AtomicU64>,
     audit_groups: Counter<u64, AtomicU64>,
     audit_failures: Counter<u64, AtomicU64>,
+    tree_cache: Family<OutcomeLabels, Counter<u64, AtomicU64>>,
+    tree_cache_entries: Gauge<i64, AtomicI64>,
+    tree_cache_bytes: Gauge<i64, AtomicI64>,
     keys: Family<StateLabels, Gauge<i64, AtomicI64>>,
     active_key_encryptions: Gauge<i64, AtomicI64>,
     documents_by_key_state: Family<StateLabels, Gauge<i64, AtomicI64>>,
@@ -114,6 +122,24 @@ impl Default for Metrics {
             "Audit groups that could not be stored (their requests answered 503)",
             audit_failures.clone(),
         );
+        let tree_cache = Family::default();
+        registry.register(
+            "tree_cache_lookups",
+            "Document reads by whether their resolved tree came from the read cache (hit) or the database (miss); evicted and invalidated count trees dropped",
+            tree_cache.clone(),
+        );
+        let tree_cache_entries = Gauge::default();
+        registry.register(
+            "tree_cache_entries",
+            "Resolved trees kept in the read cache",
+            tree_cache_entries.clone(),
+        );
+        let tree_cache_bytes = Gauge::default();
+        registry.register(
+            "tree_cache_bytes",
+            "Stored bytes (plain data and sealed values) the read cache holds",
+            tree_cache_bytes.clone(),
+        );
         let keys = Family::default();
         registry.register("data_keys", "Data keys by state", keys.clone());
         let active_key_encryptions = Gauge::default();
@@ -136,6 +162,9 @@ impl Default for Metrics {
             audit_records,
             audit_groups,
             audit_failures,
+            tree_cache,
+            tree_cache_entries,
+            tree_cache_bytes,
             keys,
             active_key_encryptions,
             documents_by_key_state,
@@ -204,6 +233,22 @@ async fn render(State(state): St) -> ApiResult<Response> {
     catch_up(&m.audit_records, audit.records.load(Ordering::Relaxed));
     catch_up(&m.audit_groups, audit.groups.load(Ordering::Relaxed));
     catch_up(&m.audit_failures, audit.failures.load(Ordering::Relaxed));
+    let trees = state.store.tree_cache_stats();
+    for (outcome, total) in [
+        ("hit", trees.hits),
+        ("miss", trees.misses),
+        ("evicted", trees.evictions),
+        ("invalidated", trees.invalidations),
+    ] {
+        let labels = OutcomeLabels {
+            outcome: outcome.to_owned(),
+        };
+        catch_up(&m.tree_cache.get_or_create(&labels), total);
+    }
+    m.tree_cache_entries
+        .set(i64::try_from(trees.entries).unwrap_or(i64::MAX));
+    m.tree_cache_bytes
+        .set(i64::try_from(trees.bytes).unwrap_or(i64::MAX));
     let keys = state.store.key_status().await?;
     for key_state in ["active", "retired", "destroyed"] {
         let labels = StateLabels {

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Result, Store, StoreError, parse_uuid, to_time};
+use sqlx::Executor as _;
+
+use super::{Backend, Result, Store, StoreError, parse_uuid, to_time};
 
 /// One audit record. It names who (token id), what (action and target), the request id,
 /// how it ended and when; it never holds a value from a document.
@@ -157,8 +159,92 @@ const MAX_LIMIT: i64 = 1000;
 const ROWS_PER_STATEMENT: usize = 100;
 
 impl Store {
-    /// Appends records in one transaction: they are durable when this returns.
+    /// Appends records in one transaction: they are on disk (synced) when this returns.
     pub async fn append_audit(&self, records: &[NewAuditRecord]) -> Result<()> {
+        if let Some(groups) = &self.groups {
+            // SQLite: in the group commit, so writes and their records share a sync.
+            let mut slot = groups.write().await?;
+            let mut tx = slot.savepoint().await?;
+            self.append_audit_on(&mut tx, records).await?;
+            tx.commit().await?;
+            return slot.commit().await;
+        }
+        let mut conn = self.write.acquire().await?;
+        self.append_audit_on(&mut conn, records).await
+    }
+
+    /// Appends records in one transaction without waiting for the disk: when this returns
+    /// they are committed, so they survive the server process being killed, and
+    /// [`Store::sync_audit`] (or the next synced commit) puts them on disk. For the records
+    /// of reads, whose volume would otherwise wait on a sync each.
+    ///
+    /// SQLite: the write connection commits this one transaction with `synchronous =
+    /// NORMAL` (the WAL is written, not synced). PostgreSQL: a connection of its own with
+    /// `synchronous_commit = off`.
+    pub async fn append_audit_deferred(&self, records: &[NewAuditRecord]) -> Result<()> {
+        match (&self.backend, &self.deferred) {
+            (Backend::Postgres, Some(pool)) => {
+                let mut conn = pool.acquire().await?;
+                self.append_audit_on(&mut conn, records).await
+            }
+            (Backend::Sqlite, _) => {
+                let mut conn = self.write.acquire().await?;
+                if let Err(e) = conn.execute("PRAGMA synchronous = NORMAL").await {
+                    drop(conn.detach());
+                    return Err(e.into());
+                }
+                let appended = self.append_audit_on(&mut conn, records).await;
+                if let Err(e) = conn.execute("PRAGMA synchronous = FULL").await {
+                    // Never hand back a connection that would commit writes unsynced.
+                    tracing::error!(error = %e, "closing the write connection: it could not be set back to synchronous = FULL");
+                    drop(conn.detach());
+                }
+                appended
+            }
+            (Backend::Postgres, None) => self.append_audit(records).await,
+        }
+    }
+
+    /// Puts every record appended by [`Store::append_audit_deferred`] so far on disk.
+    /// SQLite: syncs the write-ahead log file (any commit of this process went through it).
+    /// PostgreSQL: commits a transaction that waits for the WAL to be flushed, which
+    /// covers every commit before it.
+    pub async fn sync_audit(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                let Some(wal) = self.wal.clone() else {
+                    return Ok(());
+                };
+                let synced = tokio::task::spawn_blocking(move || {
+                    match std::fs::File::open(&wal) {
+                        Ok(file) => file.sync_data(),
+                        // No log file: nothing written since the last checkpoint.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await
+                .map_err(|e| StoreError::Config(format!("syncing the write-ahead log: {e}")))?;
+                synced.map_err(|e| StoreError::Config(format!("syncing the write-ahead log: {e}")))
+            }
+            Backend::Postgres => {
+                let mut tx = self.write.begin().await?;
+                self.count_query();
+                // A transaction id makes the commit a real one, flushed before it returns.
+                sqlx::query("select cast(txid_current() as bigint)")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn append_audit_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        records: &[NewAuditRecord],
+    ) -> Result<()> {
         match records.len() {
             0 => Ok(()),
             // One statement is atomic on its own: one round trip, one commit.
@@ -166,12 +252,12 @@ impl Store {
                 self.count_query();
                 let sql = insert_sql(n);
                 bind_records(sqlx::query(&sql), records)
-                    .execute(&self.write)
+                    .execute(&mut *conn)
                     .await?;
                 Ok(())
             }
             _ => {
-                let mut tx = self.write.begin().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 for chunk in records.chunks(ROWS_PER_STATEMENT) {
                     self.count_query();
                     let sql = insert_sql(chunk.len());

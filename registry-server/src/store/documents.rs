@@ -25,6 +25,7 @@ use super::sql::{
     Condition, Sql, check_filter_lists, document_filter_lists, schema_filter_lists,
     type_filter_lists,
 };
+use super::tree_cache::{self, TreeKey};
 use super::types::{like_pattern, push_type_filter};
 use super::{
     Backend, Result, Rights, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
@@ -158,10 +159,28 @@ impl TreeDoc {
 }
 
 /// The documents and reference edges of one or more trees, from one query.
-struct Tree {
+pub(crate) struct Tree {
     docs: HashMap<Uuid, TreeDoc>,
     /// parent → [(field, child)], in field order.
     edges: HashMap<Uuid, Vec<(String, Uuid)>>,
+}
+
+/// A loaded tree as the read cache keeps it: with the document a read named and its
+/// entity tag.
+pub(crate) struct CachedTree {
+    tree: Tree,
+    root: Uuid,
+    etag: String,
+}
+
+impl std::fmt::Debug for CachedTree {
+    /// The root and the documents' ids: never their data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedTree")
+            .field("root", &self.root)
+            .field("documents", &self.tree.docs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a version write needs: the plain data (secrets in clear, no references), the
@@ -402,8 +421,37 @@ impl Store {
         self.read_block_document(copy, false).await
     }
 
-    /// Inserts a new document and its first version in one transaction.
+    /// Inserts a new document and its first version in one transaction (on SQLite, a
+    /// savepoint in the group commit's transaction).
     async fn insert_document(&self, document: NewDocument, version: NewVersion<'_>) -> Result<()> {
+        let worn = match &self.groups {
+            Some(groups) => {
+                let mut slot = groups.write().await?;
+                let mut tx = slot.savepoint().await?;
+                let worn = self.insert_document_in(&mut tx, document, version).await?;
+                tx.commit().await?;
+                slot.commit().await?;
+                worn
+            }
+            None => {
+                let mut tx = self.write.begin().await?;
+                let worn = self.insert_document_in(&mut tx, document, version).await?;
+                tx.commit().await?;
+                worn
+            }
+        };
+        if let Some((key, used)) = worn {
+            self.after_refill(key, used).await;
+        }
+        Ok(())
+    }
+
+    async fn insert_document_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        document: NewDocument,
+        version: NewVersion<'_>,
+    ) -> Result<Option<(Uuid, i64)>> {
         let NewDocument {
             id,
             name,
@@ -411,7 +459,6 @@ impl Store {
             type_name,
         } = document;
         let schema = version.schema;
-        let mut tx = self.write.begin().await?;
         let now = now_micros();
         self.count_query();
         let inserted = sqlx::query(
@@ -425,7 +472,7 @@ impl Store {
         .bind(schema.block_type_id.to_string())
         .bind(&type_name)
         .bind(schema.id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match inserted {
             Ok(_) => {}
@@ -435,13 +482,9 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         self.check_failpoint("create_after_document")?;
-        let worn = self.write_version(&mut tx, id, 1, version).await?;
+        let worn = self.write_version(tx, id, 1, version).await?;
         self.check_failpoint("create_before_commit")?;
-        tx.commit().await?;
-        if let Some((key, used)) = worn {
-            self.after_refill(key, used).await;
-        }
-        Ok(())
+        Ok(worn)
     }
 
     fn validate_data(
@@ -984,8 +1027,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let worn = self.write_version(&mut tx, id, next, version).await?;
+        self.announce_change(&mut tx, &[id]).await?;
         self.check_failpoint("update_before_commit")?;
-        tx.commit().await?;
+        let committed = tx.commit().await;
+        self.forget_trees(&[id]);
+        committed?;
         if let Some((key, used)) = worn {
             self.after_refill(key, used).await;
         }
@@ -1022,8 +1068,10 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(())
+        self.announce_change(&mut tx, &[id]).await?;
+        let committed = tx.commit().await;
+        self.forget_trees(&[id]);
+        Ok(committed?)
     }
 
     /// A document by id with its references resolved, in one query.
@@ -1045,6 +1093,7 @@ impl Store {
         include_secrets: bool,
     ) -> Result<Tagged> {
         self.read_one(
+            TreeKey::Id(id),
             |sql| {
                 sql.push("d.id = ").bind_text(id.to_string());
             },
@@ -1076,6 +1125,7 @@ impl Store {
         include_secrets: bool,
     ) -> Result<Tagged> {
         self.read_one(
+            TreeKey::Name(slug.into(), name.into()),
             |sql| {
                 sql.push("d.block_type_id = (select id from block_type where slug = ")
                     .bind_text(slug)
@@ -1101,15 +1151,44 @@ impl Store {
     /// destroyed between the query and the decryption) is read again once.
     async fn read_one(
         &self,
+        key: TreeKey,
         root: impl Fn(&mut Sql),
         pick: impl Fn(&Tree) -> Option<Uuid>,
         include_secrets: bool,
     ) -> Result<Tagged> {
         let mut retried = false;
         loop {
-            let tree = self.load_tree(&root).await?;
-            let id = pick(&tree).ok_or_else(not_found)?;
-            match self.resolve_root(&tree, id, include_secrets).await {
+            // After a failure to open a cached tree, read it afresh (its version may have
+            // been re-encrypted and the old key destroyed since it was kept).
+            let cached = if retried { None } else { self.trees.get(&key) };
+            let entry = match cached {
+                Some(entry) => entry,
+                None => {
+                    let generation = self.trees.generation();
+                    let tree = self.load_tree(&root).await?;
+                    let Some(id) = pick(&tree) else {
+                        return Err(not_found());
+                    };
+                    let entry = tree_cache::Entry {
+                        documents: tree.docs.keys().copied().collect(),
+                        bytes: tree
+                            .docs
+                            .values()
+                            .map(|d| d.plain_bytes + d.sealed_bytes + 512)
+                            .sum(),
+                        tree: Arc::new(CachedTree {
+                            etag: tree_etag(&tree, id),
+                            root: id,
+                            tree,
+                        }),
+                    };
+                    self.trees.insert(key.clone(), entry.clone(), generation);
+                    entry
+                }
+            };
+            let cached = &*entry.tree;
+            let id = cached.root;
+            match self.resolve_root(&cached.tree, id, include_secrets).await {
                 Err(StoreError::Crypto(_)) if !retried => retried = true,
                 Err(StoreError::Crypto(error)) => {
                     tracing::error!(document_id = %id, %error, "a block document cannot be decrypted");
@@ -1119,9 +1198,9 @@ impl Store {
                 }
                 other => {
                     let document = other?.ok_or_else(not_found)?;
-                    let version = tree.docs.get(&id).map_or(0, |d| d.version);
+                    let version = cached.tree.docs.get(&id).map_or(0, |d| d.version);
                     return Ok(Tagged {
-                        etag: tree_etag(&tree, id),
+                        etag: cached.etag.clone(),
                         version,
                         document,
                     });

@@ -416,7 +416,10 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.announce_change(&mut tx, &[doc]).await?;
+        let committed = tx.commit().await;
+        self.forget_trees(&[doc]);
+        committed?;
         if let Some(total) = total {
             self.after_refill(new_key.id(), total).await;
         }
@@ -458,6 +461,15 @@ impl Store {
         .fetch_all(&self.write)
         .await?;
         let ids: Vec<Uuid> = ids.iter().map(|s| parse_uuid(s)).collect::<Result<_>>()?;
+        if !ids.is_empty() {
+            // Every version was moved off these keys (each move dropped its trees), so
+            // this only tells a replica that missed a move to start afresh.
+            self.forget_trees(&[]);
+            let mut conn = self.write.acquire().await?;
+            if let Err(e) = self.announce_change(&mut conn, &[]).await {
+                tracing::warn!(error = %e, "could not tell the other replicas that retired keys were destroyed; a tree they kept that no longer opens is read again");
+            }
+        }
         let mut ring = self.write_lock(&self.keyring);
         for id in &ids {
             ring.keys.remove(id);

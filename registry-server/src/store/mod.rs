@@ -12,12 +12,14 @@
 mod audit;
 mod browse;
 mod documents;
+mod group;
 mod keys;
 mod overview;
 mod schemas;
 pub(crate) mod sessions;
 mod sql;
 mod tokens;
+mod tree_cache;
 mod types;
 
 #[cfg(test)]
@@ -48,6 +50,7 @@ pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
     CreatedToken, Scope, TOKEN_PREFIX, TokenCreate, TokenInfo, TokenRejection, token_digest,
 };
+pub use tree_cache::TreeCacheStats;
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +296,13 @@ pub struct Store {
     /// Writers: one connection on SQLite, so writes queue in-process instead of failing
     /// with a busy database; the same pool as `read` on PostgreSQL.
     write: AnyPool,
+    /// SQLite: the group commit of document creates and audit appends (see [`group`]).
+    groups: Option<group::WriteGroups>,
+    /// PostgreSQL: a connection committing with `synchronous_commit = off`, for the audit
+    /// records of reads ([`Store::append_audit_deferred`]).
+    deferred: Option<AnyPool>,
+    /// SQLite: the write-ahead log file, synced by [`Store::sync_audit`].
+    wal: Option<std::path::PathBuf>,
     master: RwLock<Arc<MasterKey>>,
     keyring: RwLock<Keyring>,
     config: StoreConfig,
@@ -307,7 +317,10 @@ pub struct Store {
     reservation: std::sync::Mutex<(Uuid, i64)>,
     /// Tokens recently authenticated, by digest (see [`tokens::TokenCache`]).
     tokens: Arc<tokens::TokenCache>,
-    /// The PostgreSQL listener that drops revoked tokens from `tokens`.
+    /// Resolved trees of recently read documents (see [`tree_cache`]).
+    trees: Arc<tree_cache::TreeCache<documents::CachedTree>>,
+    /// The PostgreSQL listener that drops revoked tokens from `tokens` and changed
+    /// documents from `trees`.
     token_listener: Option<tokio::task::AbortHandle>,
     #[cfg(test)]
     failpoint: std::sync::Mutex<Option<&'static str>>,
@@ -336,7 +349,7 @@ impl Store {
     ) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(database_url)?;
-        let (read, write) = match backend {
+        let (read, write, deferred) = match backend {
             Backend::Sqlite => {
                 let url = if database_url.contains('?') {
                     database_url.to_owned()
@@ -358,7 +371,7 @@ impl Store {
                     .max_connections(config.max_connections.unwrap_or(16).max(1))
                     .connect(&url)
                     .await?;
-                (read, write)
+                (read, write, None)
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -366,8 +379,31 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect(database_url)
                     .await?;
-                (pool.clone(), pool)
+                let deferred = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("set synchronous_commit = off").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_lazy(database_url)?;
+                (pool.clone(), pool, Some(deferred))
             }
+        };
+        let wal = match backend {
+            Backend::Sqlite => {
+                let rows = sqlx::query("select file from pragma_database_list where name = 'main'")
+                    .fetch_all(&write)
+                    .await?;
+                rows.first()
+                    .and_then(|row| row.try_get::<String, _>(0).ok())
+                    .filter(|file| !file.is_empty())
+                    .map(|file| std::path::PathBuf::from(format!("{file}-wal")))
+            }
+            Backend::Postgres => None,
         };
         match backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&write).await?,
@@ -375,17 +411,22 @@ impl Store {
         }
         let master = keys::resolve_master_key(&write, master).await?;
         let tokens = Arc::new(tokens::TokenCache::new(backend));
+        let trees = Arc::new(tree_cache::TreeCache::new(backend == Backend::Sqlite));
         let token_listener = match backend {
             Backend::Postgres => Some(tokens::listen_for_revocations(
                 database_url.to_owned(),
                 Arc::downgrade(&tokens),
+                Arc::downgrade(&trees),
             )),
             Backend::Sqlite => None,
         };
         let store = Self {
             backend,
+            groups: (backend == Backend::Sqlite).then(|| group::WriteGroups::new(write.clone())),
             read,
             write,
+            deferred,
+            wal,
             master: RwLock::new(Arc::new(master)),
             keyring: RwLock::new(Keyring::default()),
             config,
@@ -395,6 +436,7 @@ impl Store {
             queries: AtomicU64::new(0),
             reservation: std::sync::Mutex::new((Uuid::nil(), 0)),
             tokens,
+            trees,
             token_listener,
             #[cfg(test)]
             failpoint: std::sync::Mutex::new(None),
@@ -418,6 +460,48 @@ impl Store {
         self.queries.load(Ordering::Relaxed)
     }
 
+    /// The read cache's hits, misses and size.
+    pub fn tree_cache_stats(&self) -> TreeCacheStats {
+        self.trees.stats()
+    }
+
+    /// Whether the read cache is in use (on PostgreSQL: while the listener hears changes).
+    pub fn tree_cache_live(&self) -> bool {
+        self.trees.is_live()
+    }
+
+    /// Tells the other replicas, from inside the writing transaction (so they hear it when
+    /// it commits, and only if it does), that `documents` changed; an empty list means
+    /// "anything may have changed" (a type, a schema, the keys). Nothing to do on SQLite,
+    /// where this process is the only writer.
+    pub(crate) async fn announce_change(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        documents: &[Uuid],
+    ) -> Result<()> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let payload = tokens::change_payload(documents);
+        self.count_query();
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(tokens::CHANGED_CHANNEL)
+            .bind(payload)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the cached trees holding `documents` (all of them when empty): called once the
+    /// write that changed them has committed, or may have.
+    pub(crate) fn forget_trees(&self, documents: &[Uuid]) {
+        if documents.is_empty() {
+            self.trees.clear();
+        } else {
+            self.trees.changed(documents);
+        }
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         self.count_query();
@@ -432,6 +516,9 @@ impl Store {
         }
         self.read.close().await;
         self.write.close().await;
+        if let Some(deferred) = &self.deferred {
+            deferred.close().await;
+        }
     }
 
     pub(crate) fn count_query(&self) {

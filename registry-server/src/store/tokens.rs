@@ -231,18 +231,44 @@ impl TokenCache {
     }
 }
 
-/// Listens for revocations by any replica and drops those tokens from `cache`; reconnects
-/// after a failure (the cache is unused meanwhile). Ends when the store is gone.
+/// The PostgreSQL channel on which a committed document change is announced (payload:
+/// the changed documents' ids, comma-separated, or `*` for "anything").
+pub(crate) const CHANGED_CHANNEL: &str = "blocks_documents_changed";
+/// Ids named at most in one change notification (PostgreSQL caps a payload at 8,000
+/// bytes); more become `*`.
+const MAX_CHANGED_IDS: usize = 100;
+
+/// The notification payload for a change to `documents` (none: anything).
+pub(crate) fn change_payload(documents: &[Uuid]) -> String {
+    if documents.is_empty() || documents.len() > MAX_CHANGED_IDS {
+        return "*".into();
+    }
+    documents
+        .iter()
+        .map(|id| id.hyphenated().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The read cache the listener keeps exact.
+type Trees = std::sync::Weak<super::tree_cache::TreeCache<super::documents::CachedTree>>;
+
+/// Listens for revocations and document changes by any replica, drops those tokens from
+/// `cache` and those documents' trees from `trees`; reconnects after a failure (neither
+/// cache is used meanwhile). Ends when the store is gone.
 pub(crate) fn listen_for_revocations(
     url: String,
     cache: std::sync::Weak<TokenCache>,
+    trees: Trees,
 ) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let mut backoff = std::time::Duration::from_millis(100);
         loop {
             let listener = async {
                 let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-                listener.listen(REVOKED_CHANNEL).await?;
+                listener
+                    .listen_all([REVOKED_CHANNEL, CHANGED_CHANNEL])
+                    .await?;
                 Ok::<_, sqlx::Error>(listener)
             }
             .await;
@@ -251,8 +277,11 @@ pub(crate) fn listen_for_revocations(
                     let Some(c) = cache.upgrade() else { return };
                     c.set_live(true);
                     drop(c);
+                    if let Some(t) = trees.upgrade() {
+                        t.set_live(true);
+                    }
                     backoff = std::time::Duration::from_millis(100);
-                    if !listen(&mut listener, &cache).await {
+                    if !listen(&mut listener, &cache, &trees).await {
                         return;
                     }
                 }
@@ -276,7 +305,14 @@ pub(crate) fn listen_for_revocations(
 async fn listen(
     listener: &mut sqlx::postgres::PgListener,
     cache: &std::sync::Weak<TokenCache>,
+    trees: &Trees,
 ) -> bool {
+    let lost = |c: &TokenCache| {
+        c.set_live(false);
+        if let Some(t) = trees.upgrade() {
+            t.set_live(false);
+        }
+    };
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut awaiting: Option<tokio::time::Instant> = None;
     loop {
@@ -285,6 +321,16 @@ async fn listen(
                 let Some(c) = cache.upgrade() else { return false };
                 match notification {
                     Ok(Some(n)) if n.payload() == HEARTBEAT => awaiting = None,
+                    Ok(Some(n)) if n.channel() == CHANGED_CHANNEL => {
+                        if let Some(t) = trees.upgrade() {
+                            let ids: Option<Vec<Uuid>> =
+                                n.payload().split(',').map(|id| Uuid::parse_str(id).ok()).collect();
+                            match ids {
+                                Some(ids) => t.changed(&ids),
+                                None => t.clear(),
+                            }
+                        }
+                    }
                     Ok(Some(n)) => {
                         if let Ok(id) = Uuid::parse_str(n.payload()) {
                             c.forget(id);
@@ -292,7 +338,7 @@ async fn listen(
                     }
                     // The connection dropped; notifications may be lost.
                     Ok(None) | Err(_) => {
-                        c.set_live(false);
+                        lost(&c);
                         return true;
                     }
                 }
@@ -301,7 +347,7 @@ async fn listen(
                 let Some(c) = cache.upgrade() else { return false };
                 if awaiting.is_some_and(|since| since.elapsed() > HEARTBEAT_TIMEOUT) {
                     tracing::warn!("the token revocation listener went silent; reconnecting");
-                    c.set_live(false);
+                    lost(&c);
                     return true;
                 }
                 let sent = tokio::time::timeout(
@@ -313,7 +359,7 @@ async fn listen(
                 )
                 .await;
                 if !matches!(sent, Ok(Ok(_))) {
-                    c.set_live(false);
+                    lost(&c);
                     return true;
                 }
                 awaiting.get_or_insert_with(tokio::time::Instant::now);

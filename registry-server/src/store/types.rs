@@ -112,14 +112,19 @@ impl Store {
         match self.read_block_type_by_slug(&info.slug).await {
             Ok(existing) => {
                 if info.protected && !existing.is_protected {
+                    let mut tx = self.write.begin().await?;
                     self.count_query();
                     sqlx::query(
                         "update block_type set is_protected = 1, updated = $2 where id = $1",
                     )
                     .bind(existing.id.to_string())
                     .bind(now_micros())
-                    .execute(&self.write)
+                    .execute(&mut *tx)
                     .await?;
+                    self.announce_change(&mut tx, &[]).await?;
+                    let committed = tx.commit().await;
+                    self.forget_trees(&[]);
+                    committed?;
                 }
                 if update_metadata {
                     let update = BlockTypeUpdate {
@@ -202,11 +207,16 @@ impl Store {
             }
         }
         sql.push(" where id = ").bind_text(id.to_string());
+        // The type is part of every answer holding a document of it: cached trees go.
+        let mut tx = self.write.begin().await?;
         self.count_query();
-        if sql.query().execute(&self.write).await?.rows_affected() == 0 {
+        if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound("Block type not found".to_owned()));
         }
-        Ok(())
+        self.announce_change(&mut tx, &[]).await?;
+        let committed = tx.commit().await;
+        self.forget_trees(&[]);
+        Ok(committed?)
     }
 
     /// Deletes a type and its schemas. Refused for protected types, and while documents of
@@ -252,8 +262,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(())
+        self.announce_change(&mut tx, &[]).await?;
+        let committed = tx.commit().await;
+        self.forget_trees(&[]);
+        Ok(committed?)
     }
 
     /// Types matching the filter, ordered by name.

@@ -109,6 +109,8 @@ async fn set_secrets(store: &Store, id: uuid::Uuid, secrets: &str) {
         .execute(&store.write)
         .await
         .unwrap();
+    // A change behind the store's back: its read cache cannot have heard of it.
+    store.forget_trees(&[id]);
 }
 
 async fn get_secrets(store: &Store, id: uuid::Uuid) -> Value {

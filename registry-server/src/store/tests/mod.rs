@@ -10,3 +10,4 @@ mod schemas;
 mod secret_paths;
 mod sessions;
 mod tokens;
+mod tree_cache;

@@ -1,0 +1,128 @@
+//! The read cache of resolved trees: a hot read costs no query, and every write that
+//! changes what a read returns is seen by the next read — on one store, and (PostgreSQL)
+//! through another replica within the notification delay.
+
+use std::time::Duration;
+
+use block_types::catalog::{GcpCredentials, GcsBucket};
+use block_types::model::{BlockDocumentUpdate, BlockTypeUpdate};
+use block_types::references::reference_value;
+use serde_json::{Value, json};
+
+use super::harness::{create, obj, on_both, register};
+use crate::store::{Backend, Rights, Store};
+
+const CANARY: &str = "canary-tree-51e0";
+
+fn key(value: &str) -> Value {
+    json!({"service_account_info": {"type": "service_account", "private_key": value}, "project": "dtc-de"})
+}
+
+fn update(data: Value) -> BlockDocumentUpdate {
+    BlockDocumentUpdate {
+        data: Some(obj(data)),
+        ..BlockDocumentUpdate::default()
+    }
+}
+
+/// The private key the bucket's tree answers, read by name with secrets.
+async fn served_key(store: &Store) -> Value {
+    let bucket = store
+        .read_block_document_by_name("gcs-bucket", "zoom-gcs", true)
+        .await
+        .unwrap();
+    bucket.data["gcp_credentials"]["service_account_info"]["private_key"].clone()
+}
+
+async fn wait_live(store: &Store) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !store.tree_cache_live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_write_to_a_tree_is_seen_by_the_next_read_with_the_cache_on() {
+    on_both(async |db| {
+        let store = db.open().await;
+        wait_live(&store).await;
+        let (_, creds_schema) = register::<GcpCredentials>(&store).await;
+        let (bucket_type, bucket_schema) = register::<GcsBucket>(&store).await;
+        let creds = create(&store, &creds_schema, "zoom-gcp-creds", key(&format!("{CANARY}-1"))).await;
+        let bucket = create(&store, &bucket_schema, "zoom-gcs", json!({"bucket": "dtc-lake", "bucket_folder": "", "gcp_credentials": reference_value(creds.id)})).await;
+
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-1")));
+        let queries = store.query_count();
+        let hits = store.tree_cache_stats().hits;
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-1")));
+        assert_eq!(store.query_count(), queries, "a cached tree costs no query");
+        assert_eq!(store.tree_cache_stats().hits, hits + 1);
+        // Masked from the same cached tree: the cache holds sealed values, not plaintext.
+        let masked = store.read_block_document_by_name("gcs-bucket", "zoom-gcs", false).await.unwrap();
+        assert_eq!(masked.data["gcp_credentials"]["service_account_info"]["private_key"], json!("********"));
+        assert!(!format!("{:?}", store.trees).contains(CANARY), "the cache's Debug shows no value");
+
+        // A write to the referenced document.
+        store.update_block_document(creds.id, update(key(&format!("{CANARY}-2"))), None, Rights::WRITE).await.unwrap();
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-2")));
+        // A rollback.
+        store.rollback_block_document(creds.id, 1, None, None).await.unwrap();
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-1")));
+        // The by-id read of the root, cached separately, follows too.
+        let by_id = store.read_block_document(bucket.id, true).await.unwrap();
+        assert_eq!(by_id.data["gcp_credentials"]["service_account_info"]["private_key"], json!(format!("{CANARY}-1")));
+        store.update_block_document(creds.id, update(key(&format!("{CANARY}-3"))), None, Rights::WRITE).await.unwrap();
+        let by_id = store.read_block_document(bucket.id, true).await.unwrap();
+        assert_eq!(by_id.data["gcp_credentials"]["service_account_info"]["private_key"], json!(format!("{CANARY}-3")));
+        // The type's metadata is part of the answer.
+        store.update_block_type(bucket_type.id, BlockTypeUpdate { description: Some(Some("changed".into())), ..Default::default() }, Rights::WRITE).await.unwrap();
+        let read = store.read_block_document_by_name("gcs-bucket", "zoom-gcs", false).await.unwrap();
+        assert_eq!(read.block_type.unwrap().description.as_deref(), Some("changed"));
+        // A key rotation re-encrypts and destroys the old key: the tree still opens.
+        store.rotate_data_key().await.unwrap();
+        store.reencrypt_all(10).await.unwrap();
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-3")));
+        // A deleted root is gone, and a new document of the same name is the one served.
+        store.delete_block_document(bucket.id, None).await.unwrap();
+        assert!(store.read_block_document_by_name("gcs-bucket", "zoom-gcs", true).await.is_err());
+        let other = create(&store, &creds_schema, "other-creds", key(&format!("{CANARY}-4"))).await;
+        create(&store, &bucket_schema, "zoom-gcs", json!({"bucket": "dtc-lake", "bucket_folder": "", "gcp_credentials": reference_value(other.id)})).await;
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-4")));
+        let stats = store.tree_cache_stats();
+        assert!(stats.invalidations > 0 && stats.entries > 0 && stats.bytes > 0, "{stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_write_through_one_replica_reaches_the_other_replicas_cache() {
+    on_both(async |db| {
+        if db.backend == Backend::Sqlite {
+            // The embedded store has one server process; nothing to show here.
+            return;
+        }
+        let a = db.open().await;
+        let b = db.open().await;
+        wait_live(&b).await;
+        let (_, creds_schema) = register::<GcpCredentials>(&a).await;
+        let (_, bucket_schema) = register::<GcsBucket>(&a).await;
+        let creds = create(&a, &creds_schema, "zoom-gcp-creds", key(&format!("{CANARY}-1"))).await;
+        create(&a, &bucket_schema, "zoom-gcs", json!({"bucket": "dtc-lake", "bucket_folder": "", "gcp_credentials": reference_value(creds.id)})).await;
+        assert_eq!(served_key(&b).await, json!(format!("{CANARY}-1")));
+        let queries = b.query_count();
+        assert_eq!(served_key(&b).await, json!(format!("{CANARY}-1")));
+        assert_eq!(b.query_count(), queries, "B answers from its cache");
+
+        a.update_block_document(creds.id, update(key(&format!("{CANARY}-2"))), None, Rights::WRITE).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while served_key(&b).await != json!(format!("{CANARY}-2")) {
+            assert!(std::time::Instant::now() < deadline, "replica B still serves the old credential");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

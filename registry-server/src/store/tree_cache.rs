@@ -1,0 +1,341 @@
+//! Resolved trees of recently read documents, so a hot read costs no query.
+//!
+//! An entry is the tree a read loaded (every document reachable from the root, with its
+//! plain data, its secrets **still sealed**, its schema and type) under the key the read
+//! named the root by: its id, or its type slug and name. A read opens the sealed values it
+//! answers with each time; no plaintext secret is kept here.
+//!
+//! Exactness: every committed write that changes what a tree read would return names the
+//! documents it changed ([`TreeCache::changed`]) or, for a type, a schema or a key change,
+//! empties the cache ([`TreeCache::clear`]); each entry is indexed by every document in its
+//! tree, so a write to a referenced document drops every tree holding it. A read that
+//! started before a change is not cached (generation counter), so it cannot put back what
+//! the change removed. On PostgreSQL the other replicas' writes arrive through the
+//! listener (`NOTIFY blocks_documents_changed`, sent in the writing transaction); while it
+//! is not connected the cache is not used, and it starts empty on every reconnect.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use uuid::Uuid;
+
+/// Trees kept at most.
+const MAX_ENTRIES: usize = 10_000;
+/// Stored bytes (plain data and sealed values) the kept trees may hold together.
+const MAX_BYTES: usize = 32 << 20;
+
+/// How a read named its root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum TreeKey {
+    Id(Uuid),
+    Name(Box<str>, Box<str>),
+}
+
+/// A cached tree: what the read path keeps of a loaded tree, shared by every reader.
+#[derive(Debug)]
+pub(crate) struct Entry<T> {
+    pub(crate) tree: Arc<T>,
+    /// Every document of the tree.
+    pub(crate) documents: Vec<Uuid>,
+    /// About how many bytes it holds.
+    pub(crate) bytes: usize,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tree: self.tree.clone(),
+            documents: self.documents.clone(),
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// Hits, misses and size, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeCacheStats {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that loaded their tree from the database.
+    pub misses: u64,
+    /// Trees dropped to stay within the bounds.
+    pub evictions: u64,
+    /// Trees dropped because a document of theirs changed (or everything was dropped).
+    pub invalidations: u64,
+    /// Trees kept now.
+    pub entries: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    entries: hashlink::LruCache<TreeKey, Entry<T>>,
+    /// document → the keys of the trees holding it.
+    holding: HashMap<Uuid, HashSet<TreeKey>>,
+    bytes: usize,
+}
+
+impl<T> Inner<T> {
+    fn unindex(&mut self, key: &TreeKey, entry: &Entry<T>) {
+        self.bytes -= entry.bytes;
+        for id in &entry.documents {
+            if let Some(keys) = self.holding.get_mut(id) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.holding.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// The cache of resolved trees (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct TreeCache<T> {
+    inner: std::sync::Mutex<Inner<T>>,
+    /// Whether every change is being heard (always on SQLite; the listener's state on
+    /// PostgreSQL).
+    live: AtomicBool,
+    /// Bumped by every change: a load that began before one is not cached.
+    generation: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+impl<T> TreeCache<T> {
+    pub(crate) fn new(live: bool) -> Self {
+        Self {
+            inner: std::sync::Mutex::new(Inner {
+                entries: hashlink::LruCache::new_unbounded(),
+                holding: HashMap::new(),
+                bytes: 0,
+            }),
+            live: AtomicBool::new(live),
+            generation: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The generation to hand back to [`TreeCache::insert`] with what a load reads.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The cached tree for `key`, counted as a hit or a miss.
+    pub(crate) fn get(&self, key: &TreeKey) -> Option<Entry<T>> {
+        let found = if self.live.load(Ordering::Acquire) {
+            self.lock().entries.get(key).cloned()
+        } else {
+            None
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Keeps `entry` for `key`, unless a change was committed since `generation` was read
+    /// (the entry may predate it) or changes are not being heard.
+    pub(crate) fn insert(&self, key: TreeKey, entry: Entry<T>, generation: u64) {
+        if entry.bytes > MAX_BYTES / 16 {
+            return;
+        }
+        let mut inner = self.lock();
+        if !self.live.load(Ordering::Acquire) || self.generation() != generation {
+            return;
+        }
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.unindex(&key, &old);
+        }
+        while inner.entries.len() >= MAX_ENTRIES || inner.bytes + entry.bytes > MAX_BYTES {
+            let Some((old_key, old)) = inner.entries.remove_lru() else {
+                break;
+            };
+            inner.unindex(&old_key, &old);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        for id in &entry.documents {
+            inner.holding.entry(*id).or_default().insert(key.clone());
+        }
+        inner.bytes += entry.bytes;
+        inner.entries.insert(key, entry);
+    }
+
+    /// Drops every tree holding one of `documents`: called after a write that changed
+    /// them committed (or may have).
+    pub(crate) fn changed(&self, documents: &[Uuid]) {
+        let mut inner = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let keys: HashSet<TreeKey> = documents
+            .iter()
+            .filter_map(|id| inner.holding.get(id))
+            .flatten()
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(old) = inner.entries.remove(&key) {
+                inner.unindex(&key, &old);
+                self.invalidations.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops every tree: after a change to a type, a schema or the keys, or when changes
+    /// may have been missed.
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let dropped = inner.entries.len() as u64;
+        inner.entries.clear();
+        inner.holding.clear();
+        inner.bytes = 0;
+        self.invalidations.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Whether every change is heard; switching either way empties the cache.
+    pub(crate) fn set_live(&self, live: bool) {
+        if !live {
+            self.live.store(false, Ordering::Release);
+        }
+        self.clear();
+        if live {
+            self.live.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the cache is in use (every change is heard).
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stats(&self) -> TreeCacheStats {
+        let inner = self.lock();
+        TreeCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            entries: inner.entries.len() as u64,
+            bytes: inner.bytes as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(documents: &[Uuid], bytes: usize) -> Entry<()> {
+        Entry {
+            tree: Arc::new(()),
+            documents: documents.to_vec(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_change_to_any_document_of_a_tree_drops_it_and_only_it() {
+        let cache = TreeCache::new(true);
+        let (bucket, creds, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let g = cache.generation();
+        cache.insert(TreeKey::Id(bucket), entry(&[bucket, creds], 10), g);
+        cache.insert(
+            TreeKey::Name("gcs-bucket".into(), "zoom-gcs".into()),
+            entry(&[bucket, creds], 10),
+            g,
+        );
+        cache.insert(TreeKey::Id(other), entry(&[other], 10), g);
+        assert_eq!(cache.stats().entries, 3);
+        cache.changed(&[creds]);
+        assert!(cache.get(&TreeKey::Id(bucket)).is_none());
+        assert!(
+            cache
+                .get(&TreeKey::Name("gcs-bucket".into(), "zoom-gcs".into()))
+                .is_none()
+        );
+        assert!(cache.get(&TreeKey::Id(other)).is_some());
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.entries, stats.bytes, stats.invalidations),
+            (1, 10, 2)
+        );
+        assert_eq!((stats.hits, stats.misses), (1, 2));
+    }
+
+    #[test]
+    fn a_load_that_began_before_a_change_is_not_kept() {
+        let cache = TreeCache::new(true);
+        let id = Uuid::new_v4();
+        let before = cache.generation();
+        cache.changed(&[Uuid::new_v4()]);
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), before);
+        assert!(cache.get(&TreeKey::Id(id)).is_none());
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
+        assert!(cache.get(&TreeKey::Id(id)).is_some());
+    }
+
+    #[test]
+    fn nothing_is_used_or_kept_while_changes_are_not_heard() {
+        let cache = TreeCache::new(true);
+        let id = Uuid::new_v4();
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
+        cache.set_live(false);
+        assert!(cache.get(&TreeKey::Id(id)).is_none());
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
+        assert_eq!(cache.stats().entries, 0);
+        cache.set_live(true);
+        assert!(
+            cache.get(&TreeKey::Id(id)).is_none(),
+            "reconnecting starts empty"
+        );
+    }
+
+    #[test]
+    fn the_bounds_evict_the_least_recently_used() {
+        let cache = TreeCache::new(true);
+        let big = MAX_BYTES / 16;
+        let ids: Vec<Uuid> = (0..17).map(|_| Uuid::new_v4()).collect();
+        for id in &ids[..16] {
+            cache.insert(TreeKey::Id(*id), entry(&[*id], big), cache.generation());
+        }
+        // Touch the first, so the second is the least recently used.
+        assert!(cache.get(&TreeKey::Id(ids[0])).is_some());
+        cache.insert(
+            TreeKey::Id(ids[16]),
+            entry(&[ids[16]], big),
+            cache.generation(),
+        );
+        let stats = cache.stats();
+        assert_eq!(stats.evictions, 1);
+        assert!(stats.bytes <= MAX_BYTES as u64);
+        assert!(cache.get(&TreeKey::Id(ids[0])).is_some());
+        assert!(cache.get(&TreeKey::Id(ids[1])).is_none());
+        // A tree too large for its share is never kept.
+        cache.insert(
+            TreeKey::Id(ids[1]),
+            entry(&[ids[1]], big + 1),
+            cache.generation(),
+        );
+        assert!(cache.get(&TreeKey::Id(ids[1])).is_none());
+        // Clearing empties the index too.
+        cache.clear();
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes), (0, 0));
+    }
+}

@@ -1,0 +1,265 @@
+//! The audit rule across a crash: every secret read the server answered has its audit
+//! record after the server process is killed (`SIGKILL`, no shutdown) in the middle of a
+//! read load — on SQLite and on PostgreSQL. A read's record is committed before its answer
+//! leaves and synced to disk moments later, so a crash of the process (not of the machine)
+//! cannot lose one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const CANARY: &str = "canary-crash-7d2c";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+struct Server {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(home: &Path, database: Option<(&str, &Path)>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
+    for var in [
+        "BLOCKS_DATABASE_URL",
+        "BLOCKS_MASTER_KEY",
+        "BLOCKS_MASTER_KEY_FILE",
+        "BLOCKS_PASSPHRASE",
+        "BLOCKS_HOST",
+        "BLOCKS_PORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(["serve", "--port", "0"])
+        .env("BLOCKS_HOME", home)
+        .env("BLOCKS_LOG", "info");
+    if let Some((url, key)) = database {
+        cmd.args(["--database-url", url, "--master-key-file"])
+            .arg(key);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        assert!(!line.contains(CANARY), "a secret reached the log: {line}");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            assert!(!line.contains(CANARY), "a secret reached the log: {line}");
+        }
+    });
+    Server {
+        child,
+        api: format!("http://{addr}/api"),
+    }
+}
+
+fn admin_token(home: &Path) -> String {
+    let profile = std::fs::read_to_string(home.join("profile.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&profile).unwrap();
+    table["api_key"].as_str().unwrap().to_owned()
+}
+
+fn call(
+    client: &reqwest::blocking::Client,
+    token: &str,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut request = client
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().unwrap();
+    assert!(
+        response.status().is_success(),
+        "{method} {url}: {}",
+        response.status()
+    );
+    response.json().unwrap()
+}
+
+/// Every request id the audit log holds, paged newest first.
+fn audited_request_ids(api: &str, token: &str) -> HashSet<String> {
+    let client = reqwest::blocking::Client::new();
+    let mut ids = HashSet::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut url = format!("{api}/audit?limit=1000");
+        if let Some(seq) = before {
+            url.push_str(&format!("&before={seq}"));
+        }
+        let page = call(&client, token, "GET", &url, None);
+        for record in page["records"].as_array().unwrap() {
+            ids.insert(record["request_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_before"].as_i64() {
+            Some(seq) => before = Some(seq),
+            None => return ids,
+        }
+    }
+}
+
+/// Loads a secret from 8 threads, kills the server mid-load, starts it again on the same
+/// store, and checks the audit log against the reads that were answered.
+fn answered_secret_reads_survive_a_kill(database: Option<(&str, &Path)>) {
+    let home = tempfile::tempdir().unwrap();
+    let mut server = serve(home.path(), database);
+    let admin = admin_token(home.path());
+    let client = reqwest::blocking::Client::new();
+    let secret_type = call(
+        &client,
+        &admin,
+        "GET",
+        &format!("{}/block_types/slug/secret", server.api),
+        None,
+    );
+    let schemas = call(
+        &client,
+        &admin,
+        "POST",
+        &format!("{}/block_schemas/filter", server.api),
+        Some(json!({"block_schemas": {"block_type_id": {"any_": [secret_type["id"]]}}})),
+    );
+    call(
+        &client,
+        &admin,
+        "POST",
+        &format!("{}/block_documents/", server.api),
+        Some(json!({
+            "name": "crash-canary",
+            "block_type_id": secret_type["id"],
+            "block_schema_id": schemas[0]["id"],
+            "data": {"value": CANARY},
+        })),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let url = format!(
+        "{}/block_types/slug/secret/block_documents/name/crash-canary?include_secrets=true",
+        server.api
+    );
+    let readers: Vec<_> = (0..8)
+        .map(|thread| {
+            let (stop, answered, url, admin) =
+                (stop.clone(), answered.clone(), url.clone(), admin.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("crash-{thread}-{n}");
+                    let Ok(response) = client
+                        .get(&url)
+                        .bearer_auth(&admin)
+                        .header("x-request-id", &id)
+                        .send()
+                    else {
+                        continue;
+                    };
+                    // Answered: the whole body arrived with the secret in it.
+                    if response.status().is_success()
+                        && response.text().is_ok_and(|body| body.contains(CANARY))
+                    {
+                        answered.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(
+        answered.len() >= 100,
+        "the load answered only {} reads",
+        answered.len()
+    );
+
+    let server = serve(home.path(), database);
+    let audited = audited_request_ids(&server.api, &admin);
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|id| !audited.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered secret reads have no audit record after the kill, e.g. {:?}",
+        missing.len(),
+        answered.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[test]
+fn answered_secret_reads_keep_their_audit_records_across_a_kill_on_sqlite() {
+    answered_secret_reads_survive_a_kill(None);
+}
+
+#[test]
+fn answered_secret_reads_keep_their_audit_records_across_a_kill_on_postgres() {
+    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let name = format!("blocks_crash_{}", uuid::Uuid::new_v4().simple());
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .arg(&admin_url)
+            .args(["-qc", sql])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !psql(&format!("create database {name}")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL at {admin_url} is unreachable under CI"
+        );
+        eprintln!("SKIPPED: PostgreSQL at {admin_url} is unreachable");
+        return;
+    }
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_path(&name);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("master.key");
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).unwrap();
+    std::fs::write(
+        &key,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+    )
+    .unwrap();
+    answered_secret_reads_survive_a_kill(Some((url.as_str(), &key)));
+    psql(&format!("drop database {name} with (force)"));
+}
