@@ -8,6 +8,8 @@
 //! `BENCH_CONNECTIONS` (16), `BLOCKS_TEST_POSTGRES_URL`, `BENCH_BACKENDS` (`sqlite,postgres`),
 //! and `BENCH_BEFORE`: the path of another `blocks` binary (an earlier build) to measure
 //! side by side with this one in the same run, each row then naming its build.
+//! `BENCH_ONLY` (e.g. `create` or `nested,masked`) runs only those loads (for a profiler
+//! attached to the server).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -280,35 +282,60 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
     println!("{backend} ({build}):");
     let server = start(program, database_url);
     let backend = &format!("{backend} {build}");
+    println!("  server pid: {}", server.child.id());
     seed(&server.api, &server.token);
     let idle = rss_kib(&server);
-    let nested = wrk(
-        &format!(
-            "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
-            server.api
-        ),
-        Some(&server.token),
-        None,
-    );
-    let masked = wrk(
-        &format!(
-            "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs",
-            server.api
-        ),
-        Some(&server.token),
-        None,
-    );
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let skip = |load: &str| !only.is_empty() && !only.split(',').any(|l| l == load);
+    let skipped = || Load {
+        rps: f64::NAN,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: 0,
+    };
+    let nested = if skip("nested") {
+        skipped()
+    } else {
+        wrk(
+            &format!(
+                "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
+                server.api
+            ),
+            Some(&server.token),
+            None,
+        )
+    };
+    let masked = if skip("masked") {
+        skipped()
+    } else {
+        wrk(
+            &format!(
+                "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs",
+                server.api
+            ),
+            Some(&server.token),
+            None,
+        )
+    };
     let loaded = rss_kib(&server);
     let (records, commits) = audit_figures(&server);
-    let health = wrk(&format!("{}/health", server.api), None, None);
+    let health = if skip("health") {
+        skipped()
+    } else {
+        wrk(&format!("{}/health", server.api), None, None)
+    };
     let script = tempfile::NamedTempFile::new().unwrap();
     script.as_file().write_all(CREATE_LUA.as_bytes()).unwrap();
     // wrk inherits BENCH_IDS (set by `main`) and reads the ids written by `seed`.
-    let create = wrk(
-        &format!("{}/block_documents/", server.api),
-        Some(&server.token),
-        Some(script.path()),
-    );
+    let create = if skip("create") {
+        skipped()
+    } else {
+        wrk(
+            &format!("{}/block_documents/", server.api),
+            Some(&server.token),
+            Some(script.path()),
+        )
+    };
     let after = rss_kib(&server);
     println!(
         "| {backend:<15} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",

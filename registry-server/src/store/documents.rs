@@ -35,6 +35,8 @@ use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
 
 /// How deep a reference tree is followed on read (as Prefect).
 const MAX_DEPTH: i64 = 50;
+/// Documents one [`Store::import_block_documents`] call writes at most.
+pub const MAX_IMPORT: usize = 10_000;
 
 /// One stored version of a document.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -359,6 +361,85 @@ impl Store {
         };
         self.insert_document(document, version).await?;
         self.read_block_document(id, false).await
+    }
+
+    /// Creates many documents in one transaction, all or none: each is checked, validated
+    /// and sealed as [`Store::create_block_document`] does it, and may reference documents
+    /// written earlier in the same call. For imports and for building a large store
+    /// quickly; at most [`MAX_IMPORT`] documents a call. Returns their ids, in order.
+    pub async fn import_block_documents(
+        &self,
+        bodies: Vec<BlockDocumentCreate>,
+        author: Option<Uuid>,
+    ) -> Result<Vec<Uuid>> {
+        if bodies.len() > MAX_IMPORT {
+            return Err(StoreError::invalid(
+                "documents",
+                format!("at most {MAX_IMPORT} documents may be imported at once"),
+            ));
+        }
+        let mut schemas: HashMap<Uuid, BlockSchema> = HashMap::new();
+        let mut prepared = Vec::with_capacity(bodies.len());
+        for (i, body) in bodies.into_iter().enumerate() {
+            let at = |e: FieldError| {
+                StoreError::Invalid(vec![FieldError::new(
+                    format!("documents[{i}].{}", e.field),
+                    e.message,
+                )])
+            };
+            body.validate().map_err(at)?;
+            let (data, refs) = split_data_references(body.data)?;
+            if !schemas.contains_key(&body.block_schema_id) {
+                let schema = self
+                    .read_block_schema(body.block_schema_id)
+                    .await
+                    .map_err(unknown_schema_is_invalid)?;
+                schemas.insert(schema.id, schema);
+            }
+            let schema = &schemas[&body.block_schema_id];
+            if schema.block_type_id != body.block_type_id {
+                return Err(at(FieldError::new(
+                    "block_schema_id",
+                    "the block schema belongs to another block type than block_type_id",
+                )));
+            }
+            self.validate_data(schema, &data, &refs)?;
+            let type_name = schema
+                .block_type
+                .as_ref()
+                .map(|t| t.name.clone())
+                .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+            let id = Uuid::new_v4();
+            let document = NewDocument {
+                id,
+                name: body
+                    .name
+                    .unwrap_or_else(|| format!("anonymous-{}", Uuid::new_v4())),
+                is_anonymous: body.is_anonymous,
+                type_name,
+            };
+            prepared.push((document, data, refs, body.block_schema_id));
+        }
+        let mut ids = Vec::with_capacity(prepared.len());
+        let mut worn = Vec::new();
+        let mut tx = self.write.begin().await?;
+        for (document, data, refs, schema_id) in prepared {
+            ids.push(document.id);
+            let version = NewVersion {
+                data,
+                refs,
+                schema: &schemas[&schema_id],
+                kept: Vec::new(),
+                paths: None,
+                author,
+            };
+            worn.extend(self.insert_document_in(&mut tx, document, version).await?);
+        }
+        tx.commit().await?;
+        for (key, used) in worn {
+            self.after_refill(key, used).await;
+        }
+        Ok(ids)
     }
 
     /// A new document `name` equal to `id`'s current version: data, references, schema and

@@ -164,6 +164,7 @@ async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>) {
             if open.members == 0 {
                 continue;
             }
+            tracing::debug!(writes = open.members, "committing a group of writes");
             open.members = 0;
             let (next, _) = watch::channel(None);
             (open.tx.take(), std::mem::replace(&mut open.outcome, next))

@@ -43,7 +43,7 @@ pub use audit::{AuditQuery, AuditRecord, NewAuditRecord};
 pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
-pub use documents::{Tagged, VersionInfo, WriteOutcome};
+pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
 pub use keys::{KeyInfo, KeyStatus};
 pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};

@@ -844,3 +844,83 @@ async fn a_duplicate_copies_data_references_and_sealed_secrets() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_import_writes_all_or_none_and_may_reference_its_own_documents() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (creds_type, creds_schema) = register::<GcpCredentials>(&store).await;
+        let (bucket_type, bucket_schema) = register::<GcsBucket>(&store).await;
+        let body = |name: &str,
+                    ty: &block_types::model::BlockType,
+                    schema: &block_types::model::BlockSchema,
+                    data: Value| BlockDocumentCreate {
+            name: Some(name.to_owned()),
+            data: obj(data),
+            block_schema_id: schema.id,
+            block_type_id: ty.id,
+            is_anonymous: false,
+        };
+        let ids = store
+            .import_block_documents(
+                vec![body(
+                    "creds-1",
+                    &creds_type,
+                    &creds_schema,
+                    json!({"service_account_info": {"private_key": CANARY}}),
+                )],
+                None,
+            )
+            .await
+            .unwrap();
+        // The second body references the first of the same call; the third is invalid.
+        let bad = vec![
+            body(
+                "creds-2",
+                &creds_type,
+                &creds_schema,
+                json!({"service_account_info": {"private_key": CANARY}}),
+            ),
+            body(
+                "bucket-2",
+                &bucket_type,
+                &bucket_schema,
+                json!({"bucket": "b", "gcp_credentials": reference_value(ids[0])}),
+            ),
+            body(
+                "bucket-3",
+                &bucket_type,
+                &creds_schema,
+                json!({"bucket": "b"}),
+            ),
+        ];
+        match store.import_block_documents(bad.clone(), None).await {
+            Err(StoreError::Invalid(errors)) => {
+                assert_eq!(errors[0].field, "documents[2].block_schema_id")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            store
+                .read_block_document_by_name("gcp-credentials", "creds-2", false)
+                .await
+                .is_err(),
+            "none of a failed import is written"
+        );
+        let mut good = bad;
+        good.pop();
+        let written = store.import_block_documents(good, None).await.unwrap();
+        let bucket = store.read_block_document(written[1], true).await.unwrap();
+        assert_eq!(
+            bucket.data["gcp_credentials"]["service_account_info"]["private_key"],
+            json!(CANARY)
+        );
+        let too_many =
+            vec![body("x", &creds_type, &creds_schema, json!({})); crate::store::MAX_IMPORT + 1];
+        assert!(matches!(
+            store.import_block_documents(too_many, None).await,
+            Err(StoreError::Invalid(_))
+        ));
+    })
+    .await;
+}
