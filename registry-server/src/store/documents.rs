@@ -423,6 +423,12 @@ impl Store {
         let mut ids = Vec::with_capacity(prepared.len());
         let mut worn = Vec::new();
         let mut tx = self.write.begin().await?;
+        // A create takes the reference-graph lock before the data key; with many documents
+        // in one transaction the first with references would take it after, so take it
+        // first (a lock order that concurrent imports and writes share).
+        if prepared.iter().any(|(_, _, refs, _)| !refs.is_empty()) {
+            self.lock_reference_graph(&mut tx).await?;
+        }
         for (document, data, refs, schema_id) in prepared {
             ids.push(document.id);
             let version = NewVersion {

@@ -1,0 +1,504 @@
+//! A million blocks: `blocks serve` (this build) on an empty store and on one holding
+//! `BENCH_DOCUMENTS` documents (default 1,000,000), on SQLite and PostgreSQL, side by side.
+//!
+//! The store is built through the store's bulk path (`Store::import_block_documents`: the
+//! documents validated and sealed as a create does, 5,000 a transaction) with a realistic
+//! mix: 50 block types, 20 % of the documents referencing another (gcs-bucket →
+//! gcp-credentials), 50 % holding secret values. Each state is measured on a freshly
+//! started server: start to ready, resident memory idle and after the run, the course's
+//! nested load with secrets (`wrk`, 16 connections, `BENCH_SECONDS`, default 10), and the
+//! console's list (first page, name search, type filter; p50/p99 of `BENCH_REQUESTS`,
+//! default 50, over HTTP with a signed-in session).
+//!
+//! `cargo bench -p registry-server --bench scale`. Settings: `BENCH_DOCUMENTS`,
+//! `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_SECONDS`, `BENCH_REQUESTS`,
+//! `BLOCKS_TEST_POSTGRES_URL` (a scratch database is created and dropped).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use block_types::catalog::Collection;
+use block_types::model::{BlockDocumentCreate, BlockSchemaCreate, BlockTypeCreate};
+use block_types::references::reference_value;
+use registry_server::crypto::MasterKey;
+use registry_server::http::register_collection;
+use registry_server::store::{MasterKeySource, Rights, Store, StoreConfig};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const BATCH: usize = 5_000;
+const TYPES: usize = 50;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    ready_ms: f64,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+fn start(home: &Path, url: &str, key: &Path) -> Server {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blocks"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--database-url",
+            url,
+            "--master-key-file",
+        ])
+        .arg(key)
+        .env("BLOCKS_HOME", home)
+        .env("BLOCKS_LOG", "warn,registry_server::serve=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let base = format!("http://{addr}");
+    let client = reqwest::blocking::Client::new();
+    while client
+        .get(format!("{base}/api/ready"))
+        .send()
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {}
+    Server {
+        child,
+        base,
+        ready_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+/// A console session over HTTP: the cookie's value.
+fn sign_in(base: &str, token: &str) -> String {
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{base}/sign-in"))
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("token", token)])
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 303, "sign-in");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// p50 and p99 of `requests` GETs of a console page, in ms.
+fn page(base: &str, cookie: &str, uri: &str, requests: usize) -> (f64, f64) {
+    let client = reqwest::blocking::Client::new();
+    let get = || {
+        let response = client
+            .get(format!("{base}{uri}"))
+            .header("cookie", cookie)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{uri}");
+        response.bytes().unwrap();
+    };
+    get();
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let started = Instant::now();
+        get();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_ms(text: &str) -> f64 {
+    let (num, unit): (String, String) = text.chars().partition(|c| c.is_ascii_digit() || *c == '.');
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit.as_str() {
+        "us" => n / 1e3,
+        "ms" => n,
+        "s" => n * 1e3,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(url: &str, token: &str) -> Load {
+    let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            "2",
+            "-c",
+            "16",
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+        ])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(url)
+        .output()
+        .expect("wrk must be installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+    };
+    Load {
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: field("50%").map_or(f64::NAN, |v| parse_ms(&v)),
+        p99_ms: field("99%").map_or(f64::NAN, |v| parse_ms(&v)),
+        errors: text
+            .lines()
+            .find(|l| l.contains("Non-2xx or 3xx responses"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// One state of the store, measured on a fresh server.
+fn measure(backend: &str, state: &str, home: &Path, url: &str, key: &Path, token: &str) {
+    let requests = env_number("BENCH_REQUESTS", 50);
+    let server = start(home, url, key);
+    let idle = server.rss_mib();
+    let nested = wrk(
+        &format!(
+            "{}/api/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
+            server.base
+        ),
+        token,
+    );
+    let cookie = sign_in(&server.base, token);
+    let first = page(&server.base, &cookie, "/blocks", requests);
+    let search = page(&server.base, &cookie, "/blocks?q=doc-0099", requests);
+    let by_type = page(&server.base, &cookie, "/blocks?type=gcs-bucket", requests);
+    let after = server.rss_mib();
+    let row = |what: &str, value: String| {
+        println!("| {backend:<8} | {state:<12} | {what:<40} | {value:>22} |")
+    };
+    row("start to ready (ms)", format!("{:.0}", server.ready_ms));
+    row(
+        "nested load, secrets: req/s, p50, p99",
+        format!(
+            "{:.0} / {:.2} / {:.2}",
+            nested.rps, nested.p50_ms, nested.p99_ms
+        ),
+    );
+    row("nested load non-2xx", nested.errors.to_string());
+    row(
+        "console list, first page: p50 / p99 ms",
+        format!("{:.1} / {:.1}", first.0, first.1),
+    );
+    row(
+        "console name search: p50 / p99 ms",
+        format!("{:.1} / {:.1}", search.0, search.1),
+    );
+    row(
+        "console type filter: p50 / p99 ms",
+        format!("{:.1} / {:.1}", by_type.0, by_type.1),
+    );
+    row(
+        "RSS idle / after the run (MiB)",
+        format!("{idle:.1} / {after:.1}"),
+    );
+}
+
+async fn open(url: &str, key: &MasterKey) -> Arc<Store> {
+    let key = MasterKey::from_base64(key.to_base64().expose_secret()).unwrap();
+    Arc::new(
+        Store::open(url, MasterKeySource::Key(key), StoreConfig::default())
+            .await
+            .unwrap(),
+    )
+}
+
+/// The course's pair, the admin token, and the 50 types; returns the token.
+async fn prepare(store: &Store) -> String {
+    register_collection(store, Collection::Core).await.unwrap();
+    register_collection(store, Collection::Gcp).await.unwrap();
+    let creds = schema_of(store, "gcp-credentials").await;
+    let bucket = schema_of(store, "gcs-bucket").await;
+    let key = create(
+        store,
+        creds,
+        "zoom-gcp-creds",
+        json!({"service_account_info": {"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg...\n-----END PRIVATE KEY-----\n", "client_email": "svc@dtc-de.iam.gserviceaccount.com"}, "project": "dtc-de"}),
+    )
+    .await;
+    create(
+        store,
+        bucket,
+        "zoom-gcs",
+        json!({"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": reference_value(key)}),
+    )
+    .await;
+    let token = store
+        .create_token(registry_server::store::TokenCreate {
+            name: "bench".into(),
+            scopes: [registry_server::store::Scope::Admin].into_iter().collect(),
+            expires: None,
+        })
+        .await
+        .unwrap();
+    token.token.expose_secret().to_owned()
+}
+
+async fn schema_of(store: &Store, slug: &str) -> (Uuid, Uuid) {
+    let ty = store.read_block_type_by_slug(slug).await.unwrap();
+    let body =
+        serde_json::from_value(json!({"block_schemas": {"block_type_id": {"any_": [ty.id]}}}))
+            .unwrap();
+    let schemas = store.filter_block_schemas(&body).await.unwrap();
+    (ty.id, schemas[0].id)
+}
+
+async fn create(store: &Store, (ty, schema): (Uuid, Uuid), name: &str, data: Value) -> Uuid {
+    store
+        .create_block_document(BlockDocumentCreate {
+            name: Some(name.into()),
+            data: data.as_object().cloned().unwrap(),
+            block_schema_id: schema,
+            block_type_id: ty,
+            is_anonymous: false,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// Types of the bench's own beside the built-ins, up to [`TYPES`]: each with a host, a
+/// port and a `token` kept secret.
+async fn bench_types(store: &Store, have: usize) -> Vec<(Uuid, Uuid)> {
+    let mut out = Vec::new();
+    for n in have..TYPES {
+        let ty = store
+            .create_block_type(BlockTypeCreate {
+                name: format!("Bench Type {n}"),
+                slug: format!("bench-type-{n}"),
+                logo_url: None,
+                documentation_url: None,
+                description: Some(format!("A service the pipelines of team {n} use.")),
+                code_example: None,
+            })
+            .await
+            .unwrap();
+        let fields = json!({"title": format!("BenchType{n}"), "type": "object", "properties": {
+            "host": {"title": "Host", "type": "string"},
+            "port": {"title": "Port", "type": "integer"},
+            "token": {"title": "Token", "type": "string", "format": "password", "writeOnly": true}},
+            "required": ["host"], "secret_fields": ["token"], "block_type_slug": format!("bench-type-{n}")});
+        let (schema, _) = store
+            .create_block_schema(
+                BlockSchemaCreate {
+                    fields: fields.as_object().cloned().unwrap(),
+                    block_type_id: ty.id,
+                    capabilities: vec![],
+                    version: "1".into(),
+                },
+                Rights::ADMIN,
+            )
+            .await
+            .unwrap();
+        out.push((ty.id, schema.id));
+    }
+    out
+}
+
+/// Fills the store to `documents`: per ten, three gcp-credentials (secret), two
+/// gcs-buckets referencing a credential, two bench documents with a token (secret), three
+/// without.
+async fn build(store: Arc<Store>, documents: usize, writers: usize) -> f64 {
+    let creds = schema_of(&store, "gcp-credentials").await;
+    let bucket = schema_of(&store, "gcs-bucket").await;
+    let builtin = 8; // Core (6) and Gcp (2)
+    let types = Arc::new(bench_types(&store, builtin).await);
+    let started = Instant::now();
+    // The credentials the buckets reference: the first batch's.
+    let targets: Vec<BlockDocumentCreate> = (0..1000)
+        .map(|i| BlockDocumentCreate {
+            name: Some(format!("target-{i:04}")),
+            data:
+                json!({"service_account_info": {"private_key": format!("pk-{i}")}, "project": "p"})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            block_schema_id: creds.1,
+            block_type_id: creds.0,
+            is_anonymous: false,
+        })
+        .collect();
+    let targets = Arc::new(store.import_block_documents(targets, None).await.unwrap());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(1000));
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (store, next, types, targets) =
+            (store.clone(), next.clone(), types.clone(), targets.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(BATCH, std::sync::atomic::Ordering::Relaxed);
+                if from >= documents {
+                    break;
+                }
+                let bodies = (from..(from + BATCH).min(documents))
+                    .map(|i| {
+                        let ((ty, schema), data) = match i % 10 {
+                            0..=2 => (creds, json!({"service_account_info": {"private_key": format!("pk-{i}"), "client_email": format!("svc-{i}@x.iam")}, "project": "p"})),
+                            3 | 4 => (bucket, json!({"bucket": format!("lake-{i}"), "bucket_folder": "", "gcp_credentials": reference_value(targets[i % targets.len()])})),
+                            5 | 6 => (types[i % types.len()], json!({"host": format!("h{i}.internal"), "port": 5432, "token": format!("t-{i}")})),
+                            _ => (types[i % types.len()], json!({"host": format!("h{i}.internal"), "port": 443})),
+                        };
+                        BlockDocumentCreate {
+                            name: Some(format!("doc-{i:07}")),
+                            data: data.as_object().cloned().unwrap(),
+                            block_schema_id: schema,
+                            block_type_id: ty,
+                            is_anonymous: false,
+                        }
+                    })
+                    .collect();
+                store.import_block_documents(bodies, None).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}
+
+async fn run(backend: &str, url: &str, documents: usize, dir: &Path) {
+    let master = MasterKey::generate().unwrap();
+    let key: PathBuf = dir.join("master.key");
+    std::fs::write(&key, master.to_base64().expose_secret()).unwrap();
+    let home = dir.join("home");
+    let store = open(url, &master).await;
+    let token = prepare(&store).await;
+    store.close().await;
+    drop(store);
+    measure(backend, "empty", &home, url, &key, &token);
+
+    let store = open(url, &master).await;
+    let writers = if backend == "postgres" { 4 } else { 1 };
+    let seconds = build(store.clone(), documents, writers).await;
+    if backend == "postgres" {
+        let pool = sqlx::AnyPool::connect(url).await.unwrap();
+        sqlx::query("vacuum analyze").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    store.close().await;
+    drop(store);
+    println!(
+        "| {backend:<8} | {:<12} | {:<40} | {:>22} |",
+        "build",
+        format!("{documents} documents written (s, per s)"),
+        format!("{seconds:.0} / {:.0}", documents as f64 / seconds)
+    );
+    measure(
+        backend,
+        &format!("{}k docs", documents / 1000),
+        &home,
+        url,
+        &key,
+        &token,
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    sqlx::any::install_default_drivers();
+    let documents = env_number("BENCH_DOCUMENTS", 1_000_000);
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    println!(
+        "| backend  | store        | measure                                  |                  value |"
+    );
+    println!(
+        "|----------|--------------|------------------------------------------|------------------------|"
+    );
+    if backends.contains("sqlite") {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("blocks.db").display());
+        run("sqlite", &url, documents, dir.path()).await;
+    }
+    if backends.contains("postgres") {
+        let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("blocks_scale_{}", std::process::id());
+        let psql = |sql: &str| {
+            Command::new("psql")
+                .arg(&admin)
+                .args(["-qc", sql])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if psql(&format!("create database {name}")) {
+            let mut url = url::Url::parse(&admin).unwrap();
+            url.set_path(&name);
+            let dir = tempfile::tempdir().unwrap();
+            run("postgres", url.as_str(), documents, dir.path()).await;
+            psql(&format!("drop database {name} with (force)"));
+        } else {
+            println!("PostgreSQL skipped: cannot create a database at {admin}");
+        }
+    }
+}
