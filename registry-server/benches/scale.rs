@@ -12,7 +12,8 @@
 //!
 //! `cargo bench -p registry-server --bench scale`. Settings: `BENCH_DOCUMENTS`,
 //! `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_SECONDS`, `BENCH_REQUESTS`,
-//! `BLOCKS_TEST_POSTGRES_URL` (a scratch database is created and dropped).
+//! `BLOCKS_TEST_POSTGRES_URL` (a scratch database is created and dropped), and
+//! `BENCH_SERVER_LOG`: the server's log filter (its log goes to the bench's stderr).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,7 +86,11 @@ fn start(home: &Path, url: &str, key: &Path) -> Server {
         ])
         .arg(key)
         .env("BLOCKS_HOME", home)
-        .env("BLOCKS_LOG", "warn,registry_server::serve=info")
+        .env(
+            "BLOCKS_LOG",
+            std::env::var("BENCH_SERVER_LOG")
+                .unwrap_or_else(|_| "warn,registry_server::serve=info".into()),
+        )
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -97,7 +102,12 @@ fn start(home: &Path, url: &str, key: &Path) -> Server {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // The server's log (`BENCH_SERVER_LOG` sets its filter) goes to the bench's stderr.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("server: {line}");
+        }
+    });
     let base = format!("http://{addr}");
     let client = reqwest::blocking::Client::new();
     while client
@@ -137,8 +147,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// p50 and p99 of `requests` GETs of a console page, in ms.
-fn page(base: &str, cookie: &str, uri: &str, requests: usize) -> (f64, f64) {
-    let client = reqwest::blocking::Client::new();
+fn page(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    cookie: &str,
+    uri: &str,
+    requests: usize,
+) -> (f64, f64) {
     let get = || {
         let response = client
             .get(format!("{base}{uri}"))
@@ -227,9 +242,25 @@ fn measure(backend: &str, state: &str, home: &Path, url: &str, key: &Path, token
         token,
     );
     let cookie = sign_in(&server.base, token);
-    let first = page(&server.base, &cookie, "/blocks", requests);
-    let search = page(&server.base, &cookie, "/blocks?q=doc-0099", requests);
-    let by_type = page(&server.base, &cookie, "/blocks?type=gcs-bucket", requests);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let first = page(&client, &server.base, &cookie, "/blocks", requests);
+    let search = page(
+        &client,
+        &server.base,
+        &cookie,
+        "/blocks?q=doc-0099",
+        requests,
+    );
+    let by_type = page(
+        &client,
+        &server.base,
+        &cookie,
+        "/blocks?type=gcs-bucket",
+        requests,
+    );
     let after = server.rss_mib();
     let row = |what: &str, value: String| {
         println!("| {backend:<8} | {state:<12} | {what:<40} | {value:>22} |")
@@ -424,27 +455,33 @@ async fn build(store: Arc<Store>, documents: usize, writers: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-async fn run(backend: &str, url: &str, documents: usize, dir: &Path) {
+/// The store's phases run on `rt`; the measurements (wrk, reqwest's blocking client) on
+/// this thread, outside any runtime.
+fn run(rt: &tokio::runtime::Runtime, backend: &str, url: &str, documents: usize, dir: &Path) {
     let master = MasterKey::generate().unwrap();
     let key: PathBuf = dir.join("master.key");
     std::fs::write(&key, master.to_base64().expose_secret()).unwrap();
     let home = dir.join("home");
-    let store = open(url, &master).await;
-    let token = prepare(&store).await;
-    store.close().await;
-    drop(store);
+    let token = rt.block_on(async {
+        let store = open(url, &master).await;
+        let token = prepare(&store).await;
+        store.close().await;
+        token
+    });
     measure(backend, "empty", &home, url, &key, &token);
 
-    let store = open(url, &master).await;
-    let writers = if backend == "postgres" { 4 } else { 1 };
-    let seconds = build(store.clone(), documents, writers).await;
-    if backend == "postgres" {
-        let pool = sqlx::AnyPool::connect(url).await.unwrap();
-        sqlx::query("vacuum analyze").execute(&pool).await.unwrap();
-        pool.close().await;
-    }
-    store.close().await;
-    drop(store);
+    let seconds = rt.block_on(async {
+        let store = open(url, &master).await;
+        let writers = if backend == "postgres" { 4 } else { 1 };
+        let seconds = build(store.clone(), documents, writers).await;
+        if backend == "postgres" {
+            let pool = sqlx::AnyPool::connect(url).await.unwrap();
+            sqlx::query("vacuum analyze").execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        store.close().await;
+        seconds
+    });
     println!(
         "| {backend:<8} | {:<12} | {:<40} | {:>22} |",
         "build",
@@ -461,12 +498,12 @@ async fn run(backend: &str, url: &str, documents: usize, dir: &Path) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     sqlx::any::install_default_drivers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let documents = env_number("BENCH_DOCUMENTS", 1_000_000);
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     println!(
@@ -478,7 +515,7 @@ async fn main() {
     if backends.contains("sqlite") {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("blocks.db").display());
-        run("sqlite", &url, documents, dir.path()).await;
+        run(&rt, "sqlite", &url, documents, dir.path());
     }
     if backends.contains("postgres") {
         let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
@@ -495,7 +532,7 @@ async fn main() {
             let mut url = url::Url::parse(&admin).unwrap();
             url.set_path(&name);
             let dir = tempfile::tempdir().unwrap();
-            run("postgres", url.as_str(), documents, dir.path()).await;
+            run(&rt, "postgres", url.as_str(), documents, dir.path());
             psql(&format!("drop database {name} with (force)"));
         } else {
             println!("PostgreSQL skipped: cannot create a database at {admin}");
