@@ -515,6 +515,18 @@ fn main() {
     if backends.contains("sqlite") {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("blocks.db").display());
+        if std::env::var_os("BENCH_ONLY_BUILD").is_some() {
+            let dir = dir.keep();
+            let master = MasterKey::generate().unwrap();
+            rt.block_on(async {
+                let store = open(&url, &master).await;
+                prepare(&store).await;
+                build(store.clone(), documents, 1).await;
+                store.close().await;
+            });
+            println!("built {}", dir.display());
+            return;
+        }
         run(&rt, "sqlite", &url, documents, dir.path());
     }
     if backends.contains("postgres") {

@@ -35,6 +35,11 @@ use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
 
 /// How deep a reference tree is followed on read (as Prefect).
 const MAX_DEPTH: i64 = 50;
+/// What the tree query selects of each document of a tree.
+const TREE_COLUMNS: &str = ") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
+     d.name as d_name, d.version as d_version, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
+     v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
+     t.updated as t_updated";
 /// Documents one [`Store::import_block_documents`] call writes at most.
 pub const MAX_IMPORT: usize = 10_000;
 
@@ -1309,6 +1314,14 @@ impl Store {
     /// Loads every document reachable from the roots selected by `root` (a condition on
     /// `block_document d` with `$N` placeholders), with data, schema and type, in one query.
     async fn load_tree(&self, root: impl Fn(&mut Sql)) -> Result<Tree> {
+        let mut sql = self.tree_sql(root);
+        self.count_query();
+        let rows = sql.query().fetch_all(&self.read).await?;
+        self.tree_from_rows(&rows).await
+    }
+
+    /// The query of [`Store::load_tree`].
+    pub(crate) fn tree_sql(&self, root: impl Fn(&mut Sql)) -> Sql {
         let mut sql = Sql::new(
             "with recursive tree(id, parent_id, ref_name, depth) as (\
              select d.id, cast(null as text), cast(null as text), 0 from block_document d where ",
@@ -1322,16 +1335,13 @@ impl Store {
              from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
         );
         sql.bind_int(MAX_DEPTH);
-        sql.push(") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
-             d.name as d_name, d.version as d_version, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
-             v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
-             t.updated as t_updated \
-             from tree join block_document d on d.id = tree.id \
+        sql.push(&format!(
+            "{TREE_COLUMNS} from tree {} block_document d on d.id = tree.id \
              join block_document_version v on v.block_document_id = d.id and v.version = d.version \
-             join block_type t on t.id = d.block_type_id");
-        self.count_query();
-        let rows = sql.query().fetch_all(&self.read).await?;
-        self.tree_from_rows(&rows).await
+             join block_type t on t.id = d.block_type_id",
+            self.driving_join()
+        ));
+        sql
     }
 
     /// A schema from the in-memory cache. Schemas never change; the embedded type can (its

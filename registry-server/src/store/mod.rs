@@ -527,6 +527,17 @@ impl Store {
 
     /// ` for update` on PostgreSQL (row lock inside a transaction); nothing on SQLite,
     /// where the single writer connection already serializes writes.
+    /// A join whose left side must drive it: SQLite's `cross join` keeps that order (its
+    /// planner may otherwise scan the right table whole and probe the left through an
+    /// automatic index: a full scan of the documents for every tree read), PostgreSQL
+    /// plans a plain join well.
+    pub(crate) fn driving_join(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "cross join",
+            Backend::Postgres => "join",
+        }
+    }
+
     pub(crate) fn for_update(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " for update",

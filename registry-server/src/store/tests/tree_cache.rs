@@ -126,3 +126,43 @@ async fn a_write_through_one_replica_reaches_the_other_replicas_cache() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_tree_query_seeks_each_document_by_id_never_scans_them() {
+    on_both(async |db| {
+        if db.backend != Backend::Sqlite {
+            return;
+        }
+        let store = db.open().await;
+        let mut sql = store.tree_sql(|sql| {
+            sql.push("d.block_type_id = (select id from block_type where slug = ")
+                .bind_text("gcs-bucket")
+                .push(") and d.name = ")
+                .bind_text("zoom-gcs");
+        });
+        sql.text = format!("explain query plan {}", sql.text);
+        let plan: Vec<String> = sql
+            .query()
+            .fetch_all(&store.read)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").unwrap())
+            .collect();
+        // A scan of the documents (or of their versions) per read grows with the store: a
+        // million documents made one read take a minute.
+        for line in &plan {
+            assert!(
+                !(line.starts_with("SCAN d")
+                    || line.starts_with("SCAN v")
+                    || line.contains("AUTOMATIC")),
+                "the tree query scans: {plan:#?}"
+            );
+        }
+        assert!(
+            plan.iter().any(|l| l.starts_with("SEARCH d USING INDEX")),
+            "{plan:#?}"
+        );
+    })
+    .await;
+}
