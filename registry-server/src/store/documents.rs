@@ -1314,7 +1314,7 @@ impl Store {
     /// Loads every document reachable from the roots selected by `root` (a condition on
     /// `block_document d` with `$N` placeholders), with data, schema and type, in one query.
     async fn load_tree(&self, root: impl Fn(&mut Sql)) -> Result<Tree> {
-        let mut sql = self.tree_sql(root);
+        let sql = self.tree_sql(root);
         self.count_query();
         let rows = sql.query().fetch_all(&self.read).await?;
         self.tree_from_rows(&rows).await
