@@ -173,6 +173,12 @@ impl Store {
         &self,
         include_anonymous: bool,
     ) -> Result<Vec<(Uuid, i64)>> {
+        // A count over a million documents reads a million index entries: it is kept
+        // until the next create, delete or other change.
+        if let Some(counts) = self.trees.counts(include_anonymous) {
+            return Ok((*counts).clone());
+        }
+        let generation = self.trees.generation();
         let filter = if include_anonymous {
             ""
         } else {
@@ -184,9 +190,16 @@ impl Store {
         ))
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
+        let counts = rows
+            .iter()
             .map(|row| Ok((uuid_col(row, "block_type_id")?, row.try_get("n")?)))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.trees.keep_counts(
+            include_anonymous,
+            std::sync::Arc::new(counts.clone()),
+            generation,
+        );
+        Ok(counts)
     }
 
     /// The documents whose fields reference document `id`, by type and name: the first

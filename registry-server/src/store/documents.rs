@@ -446,7 +446,10 @@ impl Store {
             };
             worn.extend(self.insert_document_in(&mut tx, document, version).await?);
         }
-        tx.commit().await?;
+        self.announce_change(&mut tx, &ids).await?;
+        let committed = tx.commit().await;
+        self.forget_trees(&ids);
+        committed?;
         for (key, used) in worn {
             self.after_refill(key, used).await;
         }
@@ -516,19 +519,26 @@ impl Store {
     /// Inserts a new document and its first version in one transaction (on SQLite, a
     /// savepoint in the group commit's transaction).
     async fn insert_document(&self, document: NewDocument, version: NewVersion<'_>) -> Result<()> {
+        // A new document changes no tree, but the counts per type.
+        let id = document.id;
         let worn = match &self.groups {
             Some(groups) => {
                 let mut slot = groups.write().await?;
                 let mut tx = slot.savepoint().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
                 tx.commit().await?;
-                slot.commit().await?;
+                let committed = slot.commit().await;
+                self.forget_trees(&[id]);
+                committed?;
                 worn
             }
             None => {
                 let mut tx = self.write.begin().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
-                tx.commit().await?;
+                self.announce_change(&mut tx, &[id]).await?;
+                let committed = tx.commit().await;
+                self.forget_trees(&[id]);
+                committed?;
                 worn
             }
         };

@@ -5,6 +5,9 @@
 //! named the root by: its id, or its type slug and name. A read opens the sealed values it
 //! answers with each time; no plaintext secret is kept here.
 //!
+//! The documents per type (the console's list) are kept beside the trees, valid until the
+//! next change of any kind (a create names its new document as a change for this).
+//!
 //! Exactness: every committed write that changes what a tree read would return names the
 //! documents it changed ([`TreeCache::changed`]) or, for a type, a schema or a key change,
 //! empties the cache ([`TreeCache::clear`]); each entry is indexed by every document in its
@@ -104,6 +107,9 @@ pub(crate) struct TreeCache<T> {
     misses: AtomicU64,
     evictions: AtomicU64,
     invalidations: AtomicU64,
+    /// Documents per type (with and without anonymous ones), for the console's list:
+    /// dropped with every change, as the trees are.
+    counts: std::sync::Mutex<[Option<(u64, Arc<Vec<(Uuid, i64)>>)>; 2]>,
 }
 
 impl<T> TreeCache<T> {
@@ -120,6 +126,38 @@ impl<T> TreeCache<T> {
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
+            counts: std::sync::Mutex::new([None, None]),
+        }
+    }
+
+    /// The cached documents per type, if no change was committed since they were counted.
+    pub(crate) fn counts(&self, include_anonymous: bool) -> Option<Arc<Vec<(Uuid, i64)>>> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts[usize::from(include_anonymous)]
+            .as_ref()
+            .filter(|(generation, _)| *generation == self.generation())
+            .map(|(_, counts)| counts.clone())
+    }
+
+    /// Keeps what a count that began at `generation` found (it is used only while no
+    /// change follows).
+    pub(crate) fn keep_counts(
+        &self,
+        include_anonymous: bool,
+        counts: Arc<Vec<(Uuid, i64)>>,
+        generation: u64,
+    ) {
+        if self.live.load(Ordering::Acquire) && self.generation() == generation {
+            self.counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                [usize::from(include_anonymous)] = Some((generation, counts));
         }
     }
 

@@ -166,3 +166,44 @@ async fn the_tree_query_seeks_each_document_by_id_never_scans_them() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn counts_per_type_are_kept_until_the_next_create_or_delete() {
+    on_both(async |db| {
+        let store = db.open().await;
+        wait_live(&store).await;
+        let (creds_type, creds_schema) = register::<GcpCredentials>(&store).await;
+        let count = async |store: &Store| {
+            store
+                .document_counts_by_type(false)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|(t, _)| *t == creds_type.id)
+                .map_or(0, |(_, n)| n)
+        };
+        let first = create(&store, &creds_schema, "one", key("k")).await;
+        assert_eq!(count(&store).await, 1);
+        let queries = store.query_count();
+        assert_eq!(count(&store).await, 1);
+        assert_eq!(store.query_count(), queries, "kept counts cost no query");
+        create(&store, &creds_schema, "two", key("k")).await;
+        assert_eq!(count(&store).await, 2, "a create is counted at once");
+        store.delete_block_document(first.id, None).await.unwrap();
+        assert_eq!(count(&store).await, 1, "a delete is counted at once");
+        if db.backend == Backend::Postgres {
+            // Another replica's create reaches this one's counts through the listener.
+            let other = db.open().await;
+            create(&other, &creds_schema, "three", key("k")).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while count(&store).await != 2 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the other replica's create is never counted"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+}
