@@ -94,6 +94,9 @@ impl<T> Inner<T> {
     }
 }
 
+/// Documents per type, with the generation they were counted at.
+type KeptCounts = (u64, Arc<Vec<(Uuid, i64)>>);
+
 /// The cache of resolved trees (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct TreeCache<T> {
@@ -109,7 +112,7 @@ pub(crate) struct TreeCache<T> {
     invalidations: AtomicU64,
     /// Documents per type (with and without anonymous ones), for the console's list:
     /// dropped with every change, as the trees are.
-    counts: std::sync::Mutex<[Option<(u64, Arc<Vec<(Uuid, i64)>>)>; 2]>,
+    counts: std::sync::Mutex<[Option<KeptCounts>; 2]>,
 }
 
 impl<T> TreeCache<T> {
