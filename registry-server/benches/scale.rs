@@ -15,7 +15,12 @@
 //! `BLOCKS_TEST_POSTGRES_URL` (a scratch database is created and dropped), and
 //! `BENCH_SERVER_LOG`: the server's log filter (its log goes to the bench's stderr).
 
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
