@@ -392,8 +392,22 @@ impl Store {
                     e.message,
                 )])
             };
+            // Every error names the document it is about.
+            let within = |e: StoreError| match e {
+                StoreError::Invalid(errors) => StoreError::Invalid(
+                    errors
+                        .into_iter()
+                        .map(|f| FieldError::new(format!("documents[{i}].{}", f.field), f.message))
+                        .collect(),
+                ),
+                StoreError::BadReference(f) => StoreError::BadReference(FieldError::new(
+                    format!("documents[{i}].{}", f.field),
+                    f.message,
+                )),
+                other => other,
+            };
             body.validate().map_err(at)?;
-            let (data, refs) = split_data_references(body.data)?;
+            let (data, refs) = split_data_references(body.data).map_err(within)?;
             if !schemas.contains_key(&body.block_schema_id) {
                 let schema = self
                     .read_block_schema(body.block_schema_id)
@@ -408,7 +422,7 @@ impl Store {
                     "the block schema belongs to another block type than block_type_id",
                 )));
             }
-            self.validate_data(schema, &data, &refs)?;
+            self.validate_data(schema, &data, &refs).map_err(within)?;
             let type_name = schema
                 .block_type
                 .as_ref()
