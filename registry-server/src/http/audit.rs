@@ -6,8 +6,9 @@
 //! Two kinds of record. A write's record (and a refusal's) is synced to disk with its group
 //! before the request is answered, like the write itself. A read's record (a secret read)
 //! is committed before the answer, so it survives the server process being killed, and is
-//! synced within [`SYNC_WITHIN`] (with the next synced group or by the writer's own sync):
-//! a power loss can lose at most the read records of that last moment, never a write's.
+//! synced within [`SYNC_WITHIN`] by a task of its own (so a writer waiting for a busy
+//! connection never holds a sync back): a power loss can lose at most the read records of
+//! that last moment, never a write's.
 //!
 //! A second task prunes records older than the audit retention setting: once at start,
 //! then every hour.
@@ -63,6 +64,10 @@ pub struct AuditStats {
     pub failures: AtomicU64,
     /// Syncs of read records committed unsynced.
     pub syncs: AtomicU64,
+    /// Groups of read records committed unsynced so far, and how many of them a sync has
+    /// covered: the syncer syncs while the first is ahead.
+    deferred_groups: AtomicU64,
+    synced_groups: AtomicU64,
     /// Records pruned for being older than the retention.
     pub pruned: AtomicU64,
 }
@@ -74,6 +79,7 @@ impl AuditLog {
         let stats = Arc::new(AuditStats::default());
         let (passes, prunes) = watch::channel(0);
         tokio::spawn(pruner(Arc::downgrade(&store), passes, stats.clone()));
+        tokio::spawn(syncer(Arc::downgrade(&store), stats.clone()));
         tokio::spawn(writer(store, rx, stats.clone()));
         Self {
             queue,
@@ -144,29 +150,35 @@ async fn pruner(store: Weak<Store>, passes: watch::Sender<u64>, stats: Arc<Audit
     }
 }
 
+/// Syncs the read records committed unsynced: every `SYNC_WITHIN / 2`, when there are
+/// any, so each is on disk within [`SYNC_WITHIN`] and the sync time. A task of its own, so a
+/// writer waiting for a busy connection never holds a sync back. Ends with the store.
+async fn syncer(store: Weak<Store>, stats: Arc<AuditStats>) {
+    let mut tick = tokio::time::interval(SYNC_WITHIN / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        let committed = stats.deferred_groups.load(Ordering::Acquire);
+        if committed > stats.synced_groups.load(Ordering::Acquire) {
+            match store.sync_audit().await {
+                Ok(()) => {
+                    stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    stats.synced_groups.store(committed, Ordering::Release);
+                }
+                // The records are committed (a crash of this process keeps them); the next
+                // tick tries again.
+                Err(e) => {
+                    tracing::error!(error = %e, "could not sync the audit records of reads to disk")
+                }
+            }
+        }
+    }
+}
+
 async fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Queued>, stats: Arc<AuditStats>) {
     let mut group = Vec::with_capacity(64);
-    // When the oldest record committed without a sync was committed.
-    let mut unsynced: Option<tokio::time::Instant> = None;
-    loop {
-        let received = match unsynced {
-            None => rx.recv_many(&mut group, MAX_GROUP).await,
-            Some(since) => tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(since + SYNC_WITHIN) => {
-                    sync(&store, &stats).await;
-                    unsynced = None;
-                    continue;
-                }
-                n = rx.recv_many(&mut group, MAX_GROUP) => n,
-            },
-        };
-        if received == 0 {
-            if unsynced.is_some() {
-                sync(&store, &stats).await;
-            }
-            return;
-        }
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let deferred = group.iter().all(|(_, d, _)| *d == Durability::Deferred);
         let (records, acks): (Vec<_>, Vec<_>) = group
             .drain(..)
@@ -183,9 +195,12 @@ async fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Queued>, stats: Arc<Au
                 }
             }
         };
-        let appended = append(&records).await;
-        let ok = appended.is_ok();
-        match appended {
+        // Counted before the answers go out, so the syncer never misses a group it must
+        // sync (a failed group only costs a sync that finds nothing new).
+        if deferred {
+            stats.deferred_groups.fetch_add(1, Ordering::AcqRel);
+        }
+        match append(&records).await {
             Ok(()) => {
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -213,23 +228,6 @@ async fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Queued>, stats: Arc<Au
                 }
             }
         }
-        // A synced commit puts every earlier commit on disk too.
-        if deferred {
-            unsynced.get_or_insert_with(tokio::time::Instant::now);
-        } else if ok {
-            unsynced = None;
-        }
-    }
-}
-
-/// Puts the read records committed so far on disk; a failure is logged and tried again
-/// with the next sync (the records are committed: they survive a crash of this process).
-async fn sync(store: &Store, stats: &AuditStats) {
-    match store.sync_audit().await {
-        Ok(()) => {
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => tracing::error!(error = %e, "could not sync the audit records of reads to disk"),
     }
 }
 

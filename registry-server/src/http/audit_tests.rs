@@ -630,3 +630,37 @@ async fn the_events_socket_token_never_reaches_trace_logs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_read_record_is_committed_at_once_and_synced_soon_after() {
+    on_both(async |db| {
+        let store = Arc::new(db.open().await);
+        let log = super::audit::AuditLog::start(store.clone());
+        let record = NewAuditRecord {
+            at: Utc::now(),
+            request_id: "deferred-1".into(),
+            token_id: None,
+            action: "GET /api/block_documents/{id}".into(),
+            target: "/api/block_documents/x?include_secrets=true".into(),
+            outcome: "ok",
+            status: 200,
+        };
+        log.record_read(record).await.unwrap();
+        // Committed when the request would be answered: visible to any reader.
+        let query = AuditQuery {
+            request_id: Some("deferred-1".into()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(store.list_audit(&query).await.unwrap().len(), 1);
+        // And synced by the syncer within its period.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while log.stats().syncs.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the read record was never synced"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

@@ -228,7 +228,14 @@ impl Store {
                 synced.map_err(|e| StoreError::Config(format!("syncing the write-ahead log: {e}")))
             }
             Backend::Postgres => {
-                let mut tx = self.write.begin().await?;
+                // On the deferred connection (so a busy pool cannot hold the sync back),
+                // committing this once with a wait for the flush.
+                let pool = self.deferred.as_ref().unwrap_or(&self.write);
+                let mut tx = pool.begin().await?;
+                self.count_query();
+                sqlx::query("set local synchronous_commit = on")
+                    .execute(&mut *tx)
+                    .await?;
                 self.count_query();
                 // A transaction id makes the commit a real one, flushed before it returns.
                 sqlx::query("select cast(txid_current() as bigint)")

@@ -310,6 +310,18 @@ fn check_expected(expected: Option<i64>, actual: i64) -> Result<()> {
     }
 }
 
+/// An error about the `i`th document of an import, its field named as `documents[i].…`.
+fn within_document(i: usize, e: StoreError) -> StoreError {
+    let name = |f: FieldError| FieldError::new(format!("documents[{i}].{}", f.field), f.message);
+    match e {
+        StoreError::Invalid(errors) => StoreError::Invalid(errors.into_iter().map(name).collect()),
+        StoreError::BadReference(f) => StoreError::BadReference(name(f)),
+        StoreError::AlreadyExists(m) => StoreError::AlreadyExists(format!("documents[{i}]: {m}")),
+        StoreError::Cycle(m) => StoreError::Cycle(format!("documents[{i}]: {m}")),
+        other => other,
+    }
+}
+
 fn not_found() -> StoreError {
     StoreError::NotFound("Block document not found".to_owned())
 }
@@ -383,6 +395,9 @@ impl Store {
                 format!("at most {MAX_IMPORT} documents may be imported at once"),
             ));
         }
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut schemas: HashMap<Uuid, BlockSchema> = HashMap::new();
         let mut prepared = Vec::with_capacity(bodies.len());
         for (i, body) in bodies.into_iter().enumerate() {
@@ -392,20 +407,7 @@ impl Store {
                     e.message,
                 )])
             };
-            // Every error names the document it is about.
-            let within = |e: StoreError| match e {
-                StoreError::Invalid(errors) => StoreError::Invalid(
-                    errors
-                        .into_iter()
-                        .map(|f| FieldError::new(format!("documents[{i}].{}", f.field), f.message))
-                        .collect(),
-                ),
-                StoreError::BadReference(f) => StoreError::BadReference(FieldError::new(
-                    format!("documents[{i}].{}", f.field),
-                    f.message,
-                )),
-                other => other,
-            };
+            let within = |e: StoreError| within_document(i, e);
             body.validate().map_err(at)?;
             let (data, refs) = split_data_references(body.data).map_err(within)?;
             if !schemas.contains_key(&body.block_schema_id) {
@@ -443,12 +445,11 @@ impl Store {
         let mut worn = Vec::new();
         let mut tx = self.write.begin().await?;
         // A create takes the reference-graph lock before the data key; with many documents
-        // in one transaction the first with references would take it after, so take it
-        // first (a lock order that concurrent imports and writes share).
-        if prepared.iter().any(|(_, _, refs, _)| !refs.is_empty()) {
-            self.lock_reference_graph(&mut tx).await?;
-        }
-        for (document, data, refs, schema_id) in prepared {
+        // in one transaction a later one would take it (or upgrade its share lock on the
+        // key to refill it) after an earlier one's, so an import takes it first, whatever
+        // it holds: imports run one at a time, in the order creates use.
+        self.lock_reference_graph(&mut tx).await?;
+        for (i, (document, data, refs, schema_id)) in prepared.into_iter().enumerate() {
             ids.push(document.id);
             let version = NewVersion {
                 data,
@@ -458,7 +459,11 @@ impl Store {
                 paths: None,
                 author,
             };
-            worn.extend(self.insert_document_in(&mut tx, document, version).await?);
+            worn.extend(
+                self.insert_document_in(&mut tx, document, version)
+                    .await
+                    .map_err(|e| within_document(i, e))?,
+            );
         }
         self.announce_change(&mut tx, &ids).await?;
         let committed = tx.commit().await;
