@@ -466,8 +466,9 @@ impl Store {
             );
         }
         self.announce_change(&mut tx, &ids).await?;
+        let change = self.changing(&ids);
         let committed = tx.commit().await;
-        self.forget_trees(&ids);
+        drop(change);
         committed?;
         for (key, used) in worn {
             self.after_refill(key, used).await;
@@ -546,8 +547,9 @@ impl Store {
                 let mut tx = slot.savepoint().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
                 tx.commit().await?;
+                let change = self.changing(&[id]);
                 let committed = slot.commit().await;
-                self.forget_trees(&[id]);
+                drop(change);
                 committed?;
                 worn
             }
@@ -555,8 +557,9 @@ impl Store {
                 let mut tx = self.write.begin().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
                 self.announce_change(&mut tx, &[id]).await?;
+                let change = self.changing(&[id]);
                 let committed = tx.commit().await;
-                self.forget_trees(&[id]);
+                drop(change);
                 committed?;
                 worn
             }
@@ -1150,8 +1153,9 @@ impl Store {
         let worn = self.write_version(&mut tx, id, next, version).await?;
         self.announce_change(&mut tx, &[id]).await?;
         self.check_failpoint("update_before_commit")?;
+        let change = self.changing(&[id]);
         let committed = tx.commit().await;
-        self.forget_trees(&[id]);
+        drop(change);
         committed?;
         if let Some((key, used)) = worn {
             self.after_refill(key, used).await;
@@ -1190,8 +1194,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         self.announce_change(&mut tx, &[id]).await?;
+        let change = self.changing(&[id]);
         let committed = tx.commit().await;
-        self.forget_trees(&[id]);
+        drop(change);
         Ok(committed?)
     }
 

@@ -417,8 +417,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         self.announce_change(&mut tx, &[doc]).await?;
+        let change = self.changing(&[doc]);
         let committed = tx.commit().await;
-        self.forget_trees(&[doc]);
+        drop(change);
         committed?;
         if let Some(total) = total {
             self.after_refill(new_key.id(), total).await;

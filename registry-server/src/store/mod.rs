@@ -317,6 +317,8 @@ pub struct Store {
     reservation: std::sync::Mutex<(Uuid, i64)>,
     /// Tokens recently authenticated, by digest (see [`tokens::TokenCache`]).
     tokens: Arc<tokens::TokenCache>,
+    /// This store's name in change notifications (it skips its own).
+    origin: Uuid,
     /// Resolved trees of recently read documents (see [`tree_cache`]).
     trees: Arc<tree_cache::TreeCache<documents::CachedTree>>,
     /// The PostgreSQL listener that drops revoked tokens from `tokens` and changed
@@ -412,11 +414,13 @@ impl Store {
         let master = keys::resolve_master_key(&write, master).await?;
         let tokens = Arc::new(tokens::TokenCache::new(backend));
         let trees = Arc::new(tree_cache::TreeCache::new(backend == Backend::Sqlite));
+        let origin = Uuid::new_v4();
         let token_listener = match backend {
             Backend::Postgres => Some(tokens::listen_for_revocations(
                 database_url.to_owned(),
                 Arc::downgrade(&tokens),
                 Arc::downgrade(&trees),
+                origin,
             )),
             Backend::Sqlite => None,
         };
@@ -437,6 +441,7 @@ impl Store {
             reservation: std::sync::Mutex::new((Uuid::nil(), 0)),
             tokens,
             trees,
+            origin,
             token_listener,
             #[cfg(test)]
             failpoint: std::sync::Mutex::new(None),
@@ -482,7 +487,7 @@ impl Store {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
-        let payload = tokens::change_payload(documents);
+        let payload = tokens::change_payload(self.origin, documents);
         self.count_query();
         sqlx::query("select pg_notify($1, $2)")
             .bind(tokens::CHANGED_CHANNEL)
@@ -492,8 +497,20 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the cached trees holding `documents` (all of them when empty): called once the
-    /// write that changed them has committed, or may have.
+    /// Marks `documents` (everything when empty) as changing until the guard is dropped:
+    /// taken just before the commit that changes them and dropped after it (whatever its
+    /// outcome). Meanwhile no tree holding one is served from the cache or kept in it, and
+    /// the drop empties them again, so no reader of this process sees the old tree once the
+    /// database may hold the new one.
+    pub(crate) fn changing(
+        &self,
+        documents: &[Uuid],
+    ) -> tree_cache::Changing<'_, documents::CachedTree> {
+        tree_cache::Changing::new(&self.trees, documents)
+    }
+
+    /// Drops the cached trees holding `documents` (all of them when empty): for changes
+    /// made behind the store's back.
     pub(crate) fn forget_trees(&self, documents: &[Uuid]) {
         if documents.is_empty() {
             self.trees.clear();

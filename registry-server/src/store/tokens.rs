@@ -238,16 +238,19 @@ pub(crate) const CHANGED_CHANNEL: &str = "blocks_documents_changed";
 /// bytes); more become `*`.
 const MAX_CHANGED_IDS: usize = 100;
 
-/// The notification payload for a change to `documents` (none: anything).
-pub(crate) fn change_payload(documents: &[Uuid]) -> String {
-    if documents.is_empty() || documents.len() > MAX_CHANGED_IDS {
-        return "*".into();
-    }
-    documents
-        .iter()
-        .map(|id| id.hyphenated().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+/// The notification payload for a change to `documents` (none: anything) by the store
+/// `origin`: `<origin> <ids or *>`. A store skips its own (it dropped those trees itself).
+pub(crate) fn change_payload(origin: Uuid, documents: &[Uuid]) -> String {
+    let ids = if documents.is_empty() || documents.len() > MAX_CHANGED_IDS {
+        "*".to_owned()
+    } else {
+        documents
+            .iter()
+            .map(|id| id.hyphenated().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("{} {ids}", origin.simple())
 }
 
 /// The read cache the listener keeps exact.
@@ -260,6 +263,7 @@ pub(crate) fn listen_for_revocations(
     url: String,
     cache: std::sync::Weak<TokenCache>,
     trees: Trees,
+    origin: Uuid,
 ) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let mut backoff = std::time::Duration::from_millis(100);
@@ -281,7 +285,7 @@ pub(crate) fn listen_for_revocations(
                         t.set_live(true);
                     }
                     backoff = std::time::Duration::from_millis(100);
-                    if !listen(&mut listener, &cache, &trees).await {
+                    if !listen(&mut listener, &cache, &trees, origin).await {
                         return;
                     }
                 }
@@ -306,7 +310,9 @@ async fn listen(
     listener: &mut sqlx::postgres::PgListener,
     cache: &std::sync::Weak<TokenCache>,
     trees: &Trees,
+    origin: Uuid,
 ) -> bool {
+    let own = origin.simple().to_string();
     let lost = |c: &TokenCache| {
         c.set_live(false);
         if let Some(t) = trees.upgrade() {
@@ -322,9 +328,10 @@ async fn listen(
                 match notification {
                     Ok(Some(n)) if n.payload() == HEARTBEAT => awaiting = None,
                     Ok(Some(n)) if n.channel() == CHANGED_CHANNEL => {
-                        if let Some(t) = trees.upgrade() {
+                        let (from, ids) = n.payload().split_once(' ').unwrap_or(("", n.payload()));
+                        if from != own && let Some(t) = trees.upgrade() {
                             let ids: Option<Vec<Uuid>> =
-                                n.payload().split(',').map(|id| Uuid::parse_str(id).ok()).collect();
+                                ids.split(',').map(|id| Uuid::parse_str(id).ok()).collect();
                             match ids {
                                 Some(ids) => t.changed(&ids),
                                 None => t.clear(),

@@ -55,6 +55,53 @@ impl<T> Clone for Entry<T> {
     }
 }
 
+/// A change being committed (see `Store::changing`): its documents' trees are dropped
+/// and then neither served nor kept until it is dropped, which drops them again.
+pub(crate) struct Changing<'a, T> {
+    cache: &'a TreeCache<T>,
+    documents: Vec<Uuid>,
+}
+
+impl<'a, T> Changing<'a, T> {
+    pub(crate) fn new(cache: &'a TreeCache<T>, documents: &[Uuid]) -> Self {
+        let mut inner = cache.lock();
+        if documents.is_empty() {
+            inner.changing_all += 1;
+            cache.drop_all(&mut inner);
+        } else {
+            for id in documents {
+                *inner.changing.entry(*id).or_default() += 1;
+            }
+            cache.drop_holding(&mut inner, documents);
+        }
+        drop(inner);
+        Self {
+            cache,
+            documents: documents.to_vec(),
+        }
+    }
+}
+
+impl<T> Drop for Changing<'_, T> {
+    fn drop(&mut self) {
+        let mut inner = self.cache.lock();
+        if self.documents.is_empty() {
+            inner.changing_all -= 1;
+            self.cache.drop_all(&mut inner);
+        } else {
+            for id in &self.documents {
+                if let Some(n) = inner.changing.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        inner.changing.remove(id);
+                    }
+                }
+            }
+            self.cache.drop_holding(&mut inner, &self.documents);
+        }
+    }
+}
+
 /// Hits, misses and size, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TreeCacheStats {
@@ -78,6 +125,11 @@ struct Inner<T> {
     /// document → the keys of the trees holding it.
     holding: HashMap<Uuid, HashSet<TreeKey>>,
     bytes: usize,
+    /// Documents whose change is being committed (with how many changes each): trees
+    /// holding one are neither served nor kept.
+    changing: HashMap<Uuid, usize>,
+    /// Changes of everything being committed.
+    changing_all: usize,
 }
 
 impl<T> Inner<T> {
@@ -122,6 +174,8 @@ impl<T> TreeCache<T> {
                 entries: hashlink::LruCache::new_unbounded(),
                 holding: HashMap::new(),
                 bytes: 0,
+                changing: HashMap::new(),
+                changing_all: 0,
             }),
             live: AtomicBool::new(live),
             generation: AtomicU64::new(0),
@@ -178,7 +232,16 @@ impl<T> TreeCache<T> {
     /// The cached tree for `key`, counted as a hit or a miss.
     pub(crate) fn get(&self, key: &TreeKey) -> Option<Entry<T>> {
         let found = if self.live.load(Ordering::Acquire) {
-            self.lock().entries.get(key).cloned()
+            let mut inner = self.lock();
+            let unsettled = inner.changing_all > 0;
+            let changing = std::mem::take(&mut inner.changing);
+            let found = inner
+                .entries
+                .get(key)
+                .filter(|e| !unsettled && !e.documents.iter().any(|d| changing.contains_key(d)))
+                .cloned();
+            inner.changing = changing;
+            found
         } else {
             None
         };
@@ -198,7 +261,14 @@ impl<T> TreeCache<T> {
             return;
         }
         let mut inner = self.lock();
-        if !self.live.load(Ordering::Acquire) || self.generation() != generation {
+        if !self.live.load(Ordering::Acquire)
+            || self.generation() != generation
+            || inner.changing_all > 0
+            || entry
+                .documents
+                .iter()
+                .any(|d| inner.changing.contains_key(d))
+        {
             return;
         }
         if let Some(old) = inner.entries.remove(&key) {
@@ -218,10 +288,14 @@ impl<T> TreeCache<T> {
         inner.entries.insert(key, entry);
     }
 
-    /// Drops every tree holding one of `documents`: called after a write that changed
-    /// them committed (or may have).
+    /// Drops every tree holding one of `documents`: after another replica's write that
+    /// changed them committed.
     pub(crate) fn changed(&self, documents: &[Uuid]) {
         let mut inner = self.lock();
+        self.drop_holding(&mut inner, documents);
+    }
+
+    fn drop_holding(&self, inner: &mut Inner<T>, documents: &[Uuid]) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let keys: HashSet<TreeKey> = documents
             .iter()
@@ -241,6 +315,10 @@ impl<T> TreeCache<T> {
     /// may have been missed.
     pub(crate) fn clear(&self) {
         let mut inner = self.lock();
+        self.drop_all(&mut inner);
+    }
+
+    fn drop_all(&self, inner: &mut Inner<T>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let dropped = inner.entries.len() as u64;
         inner.entries.clear();
@@ -329,6 +407,34 @@ mod tests {
         assert!(cache.get(&TreeKey::Id(id)).is_none());
         cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
         assert!(cache.get(&TreeKey::Id(id)).is_some());
+    }
+
+    #[test]
+    fn a_tree_is_neither_served_nor_kept_while_a_change_to_it_commits() {
+        let cache = TreeCache::new(true);
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
+        cache.insert(TreeKey::Id(other), entry(&[other], 1), cache.generation());
+        let change = Changing::new(&cache, &[id]);
+        assert!(cache.get(&TreeKey::Id(id)).is_none());
+        assert!(cache.get(&TreeKey::Id(other)).is_some(), "other trees stay");
+        // A load during the commit (it may read either side of it) is not kept.
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
+        assert!(cache.get(&TreeKey::Id(id)).is_none());
+        let before_end = cache.generation();
+        drop(change);
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), before_end);
+        assert!(
+            cache.get(&TreeKey::Id(id)).is_none(),
+            "a load that began before the end is not kept"
+        );
+        cache.insert(TreeKey::Id(id), entry(&[id], 1), cache.generation());
+        assert!(cache.get(&TreeKey::Id(id)).is_some());
+        // A change of everything.
+        let all = Changing::new(&cache, &[]);
+        assert!(cache.get(&TreeKey::Id(other)).is_none());
+        drop(all);
+        assert_eq!(cache.stats().entries, 0);
     }
 
     #[test]

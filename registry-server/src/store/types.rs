@@ -122,8 +122,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                     self.announce_change(&mut tx, &[]).await?;
+                    let change = self.changing(&[]);
                     let committed = tx.commit().await;
-                    self.forget_trees(&[]);
+                    drop(change);
                     committed?;
                 }
                 if update_metadata {
@@ -214,8 +215,9 @@ impl Store {
             return Err(StoreError::NotFound("Block type not found".to_owned()));
         }
         self.announce_change(&mut tx, &[]).await?;
+        let change = self.changing(&[]);
         let committed = tx.commit().await;
-        self.forget_trees(&[]);
+        drop(change);
         Ok(committed?)
     }
 
@@ -263,8 +265,9 @@ impl Store {
                 .await?;
         }
         self.announce_change(&mut tx, &[]).await?;
+        let change = self.changing(&[]);
         let committed = tx.commit().await;
-        self.forget_trees(&[]);
+        drop(change);
         Ok(committed?)
     }
 
