@@ -491,10 +491,18 @@ const FORMULA: &str = "=HYPERLINK(\"http://evil.example\")";
 
 /// 150 reads by `reader` an hour apart from T0, then a delete of `doc` denied to `writer`,
 /// one whose target is a formula, and one with a hostile request id.
-async fn seed_audit(store: &Store, reader: Uuid, writer: Uuid, doc: Uuid) {
-    // The records are older than the default retention: keep every record, so the pruning
-    // pass the app starts in the background cannot delete them under the test.
+async fn seed_audit(state: &AppState, reader: Uuid, writer: Uuid, doc: Uuid) {
+    let store = &state.store;
+    // The records are older than the default retention: keep every record, and let the
+    // pruning pass the app starts in the background finish first (it may have read the
+    // default retention already), so it cannot delete them under the test.
     store.set_audit_retention_days(None).await.unwrap();
+    state
+        .audit
+        .prune_passes()
+        .wait_for(|passes| *passes >= 1)
+        .await
+        .unwrap();
     let mut records: Vec<NewAuditRecord> = (0..150)
         .map(|i| {
             record(
@@ -539,7 +547,7 @@ async fn the_audit_log_filters_pages_and_refuses_bad_input_at_the_field() {
         let (_, reader) = token(store, &[Scope::Read]).await;
         let (_, writer) = token(store, &[Scope::Write]).await;
         let doc = Uuid::new_v4();
-        seed_audit(store, reader, writer, doc).await;
+        seed_audit(&ctx.state, reader, writer, doc).await;
         let (mut browser, _) = signed_in(&ctx.app, &ctx.admin).await;
 
         let page = browser.get(&format!("/admin/audit?token={writer}")).await;
@@ -646,7 +654,7 @@ async fn downloads_honour_the_filters_and_neutralise_formula_cells() {
         let (_, reader) = token(store, &[Scope::Read]).await;
         let (_, writer) = token(store, &[Scope::Write]).await;
         let doc = Uuid::new_v4();
-        seed_audit(store, reader, writer, doc).await;
+        seed_audit(&ctx.state, reader, writer, doc).await;
         let (mut browser, _) = signed_in(&ctx.app, &ctx.admin).await;
 
         let csv = browser
