@@ -207,6 +207,7 @@ async fn sign_in(state: &AppState) -> Session {
             name: "bench".into(),
             scopes: [Scope::Admin].into_iter().collect(),
             expires: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -77,6 +77,7 @@ impl Session {
                 name: "bench admin".into(),
                 scopes: [Scope::Admin].into_iter().collect(),
                 expires: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -220,6 +221,7 @@ async fn audit_bench(backend: &str, url: &str, records: usize, requests: usize) 
                 name: format!("bench token {i}"),
                 scopes: [Scope::Read].into_iter().collect(),
                 expires: None,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -331,6 +331,7 @@ async fn prepare(store: &Store) -> String {
             name: "bench".into(),
             scopes: [registry_server::store::Scope::Admin].into_iter().collect(),
             expires: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -126,9 +126,17 @@ pub enum TokenCommand {
         /// Scopes: read, read-secrets, write, admin (repeat or comma-separate).
         #[arg(long = "scope", required = true, value_delimiter = ',')]
         scopes: Vec<String>,
-        /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z).
-        #[arg(long)]
+        /// When it stops working: a time (RFC 3339, e.g. 2027-01-01T00:00:00Z) or a
+        /// lifetime from now (90d, 12h).
+        #[arg(long, conflicts_with = "ttl")]
         expires: Option<String>,
+        /// How long it works from now (15m, 1h, 90d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Limit the token to some blocks: `scope:type-slug/name` with `*` globs, e.g.
+        /// `read-secrets:gcs-bucket/zoom-gcs` (repeat; none: every block).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
         /// Create it in the store directly, without a token: for recovery on the server's
         /// host when no admin token is left (an SQLite store's server must be stopped
         /// first). Recorded in the audit log.
@@ -137,6 +145,33 @@ pub enum TokenCommand {
         /// Where the store is, and its master key (with --offline).
         #[command(flatten)]
         store: crate::serve::StoreArgs,
+    },
+    /// Mint a short-lived token from the current one (for a subprocess): scopes and grants
+    /// within its own, a lifetime within its remaining one (and at most a day).
+    Child {
+        /// What it is for (default: "child of <this token's name>").
+        #[arg(long)]
+        name: Option<String>,
+        /// Scopes (default: this token's).
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Grants, as for `token create` (default: this token's).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Its lifetime (default: as long as allowed).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Replace a token's grants (admin).
+    Grants {
+        /// The token's id.
+        id: String,
+        /// The new grants (none, with --all: every block).
+        #[arg(long = "grant", required_unless_present = "all")]
+        grants: Vec<String>,
+        /// Remove every grant: the token's scopes cover every block again.
+        #[arg(long, conflicts_with = "grants")]
+        all: bool,
     },
     /// List tokens (never their values).
     Ls,
@@ -638,11 +673,23 @@ pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()>
         name,
         scopes,
         expires,
+        ttl,
+        grants,
         offline: true,
         store,
     } = command
     {
-        return offline_token(name, scopes, expires.as_deref(), store, format).await;
+        let (expires, ttl) = lifetime(expires.as_deref(), ttl.as_deref())?;
+        return offline_token(
+            name,
+            scopes,
+            expires,
+            ttl,
+            &parse_grants(grants)?,
+            store,
+            format,
+        )
+        .await;
     }
     let client = client()?;
     let token_row = |t: &Value| {
@@ -653,37 +700,101 @@ pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()>
                 .as_array()
                 .map(|s| s.iter().map(text).collect::<Vec<_>>().join(","))
                 .unwrap_or_default(),
+            t["grants"]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .map(|g| format!("{}:{}", text(&g["scope"]), text(&g["selector"])))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .filter(|g| !g.is_empty())
+                .unwrap_or_else(|| "all blocks".to_owned()),
             text(&t["expires"]),
             text(&t["last_used"]),
             text(&t["revoked"]),
         ]
     };
-    let headers = ["ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "REVOKED"];
+    let headers = [
+        "ID",
+        "NAME",
+        "SCOPES",
+        "GRANTS",
+        "EXPIRES",
+        "LAST USED",
+        "REVOKED",
+    ];
+    let show_created = |created: &Value| match format {
+        Format::Json => print(format, created, &[], &[]),
+        Format::Table => {
+            let line = format!(
+                "{}\n\nThe token (shown only this once):\n\n    {}",
+                table(&headers, &[token_row(created)]),
+                text(&created["token"])
+            );
+            emit(&line);
+        }
+    };
     match command {
         TokenCommand::Create {
             name,
             scopes,
             expires,
+            ttl,
+            grants,
             ..
         } => {
+            let (expires, ttl) = lifetime(expires.as_deref(), ttl.as_deref())?;
+            let grants = parse_grants(grants)?;
             let created = client
                 .send_json(
                     Method::POST,
                     "tokens",
-                    Some(&json!({"name": name, "scopes": scopes, "expires": expires})),
+                    Some(&json!({
+                        "name": name,
+                        "scopes": scopes,
+                        "expires": expires,
+                        "ttl": ttl.map(|t| t.0.as_secs()),
+                        "grants": grants,
+                    })),
                 )
                 .await?;
-            match format {
-                Format::Json => print(format, &created, &[], &[]),
-                Format::Table => {
-                    let line = format!(
-                        "{}\n\nThe token (shown only this once):\n\n    {}",
-                        table(&headers, &[token_row(&created)]),
-                        text(&created["token"])
-                    );
-                    emit(&line);
-                }
+            show_created(&created);
+        }
+        TokenCommand::Child {
+            name,
+            scopes,
+            grants,
+            ttl,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(name) = name {
+                body.insert("name".into(), json!(name));
             }
+            if !scopes.is_empty() {
+                body.insert("scopes".into(), json!(scopes));
+            }
+            if !grants.is_empty() {
+                body.insert("grants".into(), json!(parse_grants(grants)?));
+            }
+            if let Some(ttl) = ttl {
+                body.insert("ttl".into(), json!(parse_ttl(ttl)?.0.as_secs()));
+            }
+            let created = client
+                .send_json(Method::POST, "tokens/child", Some(&Value::Object(body)))
+                .await?;
+            show_created(&created);
+        }
+        TokenCommand::Grants { id, grants, .. } => {
+            let grants = parse_grants(grants)?;
+            let changed = client
+                .send_json(
+                    Method::PATCH,
+                    &format!("tokens/{}", enc(id)),
+                    Some(&json!({"grants": grants})),
+                )
+                .await?;
+            print(format, &changed, &headers, &[token_row(&changed)]);
         }
         TokenCommand::Ls => {
             let tokens = client.get_json("tokens").await?;
@@ -705,13 +816,60 @@ pub async fn token(command: &TokenCommand, format: Format) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `--expires` (a time, or a lifetime such as `90d`) and `--ttl` as the API takes them.
+fn lifetime(
+    expires: Option<&str>,
+    ttl: Option<&str>,
+) -> Result<
+    (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<crate::store::Ttl>,
+    ),
+    UsageError,
+> {
+    if let Some(ttl) = ttl {
+        return Ok((None, Some(parse_ttl(ttl)?)));
+    }
+    let Some(expires) = expires else {
+        return Ok((None, None));
+    };
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(expires) {
+        return Ok((Some(time.with_timezone(&chrono::Utc)), None));
+    }
+    crate::store::Ttl::parse(expires)
+        .map(|ttl| (None, Some(ttl)))
+        .map_err(|_| {
+            UsageError(
+                "--expires must be an RFC 3339 time (2027-01-01T00:00:00Z) or a lifetime (90d, 12h)"
+                    .to_owned(),
+            )
+        })
+}
+
+fn parse_ttl(ttl: &str) -> Result<crate::store::Ttl, UsageError> {
+    crate::store::Ttl::parse(ttl).map_err(|e| UsageError(format!("--ttl: {e}")))
+}
+
+/// `--grant scope:type-slug/name`, each.
+fn parse_grants(grants: &[String]) -> Result<Vec<crate::store::Grant>, UsageError> {
+    grants
+        .iter()
+        .map(|g| {
+            crate::store::Grant::parse(g.trim())
+                .map_err(|e| UsageError(format!("--grant {g}: {e}")))
+        })
+        .collect()
+}
+
 /// `blocks token create --offline`: a token made in the store itself, for recovery when
 /// no admin token is left. Shown once, like one made over the API; the audit log records
 /// its creation (without a caller token).
 async fn offline_token(
     name: &str,
     scopes: &[String],
-    expires: Option<&str>,
+    expires: Option<chrono::DateTime<chrono::Utc>>,
+    ttl: Option<crate::store::Ttl>,
+    grants: &[crate::store::Grant],
     store: &crate::serve::StoreArgs,
     format: Format,
 ) -> anyhow::Result<()> {
@@ -724,19 +882,14 @@ async fn offline_token(
             })
         })
         .collect::<Result<_, _>>()?;
-    let expires = expires
-        .map(|e| {
-            chrono::DateTime::parse_from_rfc3339(e)
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .map_err(|_| UsageError("--expires must be an RFC 3339 time".to_owned()))
-        })
-        .transpose()?;
     let (opened, _lock) = crate::serve::open_existing(store).await?;
     let created = opened
         .create_token(crate::store::TokenCreate {
             name: name.to_owned(),
             scopes,
             expires,
+            ttl,
+            grants: grants.to_vec(),
         })
         .await
         .context("cannot create the token")?;

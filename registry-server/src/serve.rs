@@ -979,6 +979,7 @@ mod tests {
                         name: "t".into(),
                         scopes: [crate::store::Scope::Admin].into_iter().collect(),
                         expires: None,
+                        ..Default::default()
                     })
                     .await
                     .unwrap()

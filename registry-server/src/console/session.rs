@@ -138,6 +138,9 @@ async fn lookup(parts: &mut Parts, state: &AppState) -> Result<Lookup, PageError
     let found = match session_cookie(&parts.headers) {
         None => Lookup::None,
         Some(secret) => match state.store.session(secret).await? {
+            // A token limited by grants does not open the console (its pages read the
+            // whole store); one whose grants were set after sign-in ends its sessions.
+            Some(session) if session.token.limited() => Lookup::Ended,
             Some(session) => Lookup::Active(Viewer {
                 token: Arc::new(session.token),
                 form_token: form_token_of(secret),
@@ -546,6 +549,16 @@ pub(super) async fn sign_in(
             return Ok(sign_in_form(status, next, None, Some(&message)));
         }
     };
+    if info.limited() {
+        return Ok(sign_in_form(
+            StatusCode::FORBIDDEN,
+            next,
+            None,
+            Some(
+                "This token is limited by grants to some blocks; the console needs a token without grants. Use this token with the API, the CLI or the client.",
+            ),
+        ));
+    }
     let created = state
         .store
         .create_session(info.id)

@@ -153,6 +153,7 @@ async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
             name: format!("console {scopes:?}"),
             scopes: scopes.iter().copied().collect(),
             expires: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -8,10 +8,13 @@ use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 
-use super::extract::{Body, Id, QueryParams};
+use super::extract::{Body, Caller, Id, QueryParams};
 use super::routes::{Route, delete, get, patch, post};
 use super::{ApiResult, St};
-use crate::store::{AuditQuery, AuditRecord, KeyStatus, TokenCreate, TokenInfo};
+use crate::store::{
+    AuditQuery, AuditRecord, ChildTokenCreate, Grant, KeyStatus, MAX_CHILD_TTL, TokenCreate,
+    TokenInfo,
+};
 
 /// Records re-encrypted per transaction by the background re-encryption after a rotation.
 const REENCRYPT_BATCH: u32 = 200;
@@ -24,6 +27,19 @@ pub(super) fn routes() -> Vec<Route> {
             .summary("Create a token; the response holds the token, shown only this once")
             .body("TokenCreate")
             .returns(201, Some("CreatedToken")),
+        post("/api/tokens/child", create_child_token)
+            .reads()
+            .tag("tokens")
+            .summary("Mint a token for a subprocess (any token): scopes and grants within the caller's, a lifetime within the caller's remaining one and at most a day; revoked with the caller")
+            .body("ChildTokenCreate")
+            .returns(201, Some("CreatedToken"))
+            .audited(),
+        patch("/api/tokens/{id}", update_token)
+            .admin()
+            .tag("tokens")
+            .summary("Change a token's grants (every replica applies them from its next request)")
+            .body("TokenUpdate")
+            .returns(200, Some("Token")),
         get("/api/tokens", list_tokens)
             .admin()
             .tag("tokens")
@@ -82,6 +98,44 @@ pub(super) fn routes() -> Vec<Route> {
 
 async fn create_token(State(state): St, Body(body): Body<TokenCreate>) -> ApiResult<Response> {
     let created = state.store.create_token(body).await?;
+    Ok(created_token(created))
+}
+
+async fn create_child_token(
+    State(state): St,
+    caller: Caller,
+    Body(body): Body<ChildTokenCreate>,
+) -> ApiResult<Response> {
+    let Some(parent) = caller.token.as_deref() else {
+        return Err(super::ApiError::Unauthorized(
+            "this route needs a token".into(),
+        ));
+    };
+    let created = state
+        .store
+        .create_child_token(parent, body, MAX_CHILD_TTL)
+        .await?;
+    Ok(created_token(created))
+}
+
+/// The body of `PATCH /api/tokens/{id}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenUpdate {
+    /// The new grants (empty: every block).
+    grants: Vec<Grant>,
+}
+
+async fn update_token(
+    State(state): St,
+    Id(id): Id,
+    Body(body): Body<TokenUpdate>,
+) -> ApiResult<Json<TokenInfo>> {
+    Ok(Json(state.store.set_token_grants(id, body.grants).await?))
+}
+
+/// 201 with the token's listing and, this once, the token itself.
+fn created_token(created: crate::store::CreatedToken) -> Response {
     let mut value = serde_json::to_value(&created.info).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert(
@@ -89,7 +143,7 @@ async fn create_token(State(state): St, Body(body): Body<TokenCreate>) -> ApiRes
             Value::String(created.token.expose_secret().to_owned()),
         );
     }
-    Ok((StatusCode::CREATED, Json(value)).into_response())
+    (StatusCode::CREATED, Json(value)).into_response()
 }
 
 async fn list_tokens(State(state): St) -> ApiResult<Json<Vec<TokenInfo>>> {

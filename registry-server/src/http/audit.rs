@@ -125,7 +125,8 @@ impl AuditLog {
     }
 }
 
-/// Prunes records past the retention at start and then every [`PRUNE_EVERY`], until the
+/// Prunes records past the retention (and deletes tokens expired for over a day) at start
+/// and then every [`PRUNE_EVERY`], until the
 /// store or every [`AuditLog`] handle is gone. Replicas each prune; deleting what another
 /// already deleted costs nothing.
 async fn pruner(store: Weak<Store>, passes: watch::Sender<u64>, stats: Arc<AuditStats>) {
@@ -139,6 +140,13 @@ async fn pruner(store: Weak<Store>, passes: watch::Sender<u64>, stats: Arc<Audit
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not prune the audit log; trying again later")
+            }
+        }
+        match store.prune_expired_tokens().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "deleted tokens expired for over a day"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete expired tokens; trying again later")
             }
         }
         drop(store);

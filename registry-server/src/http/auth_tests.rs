@@ -97,6 +97,7 @@ pub(super) async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
             name: format!("test {scopes:?}"),
             scopes: scopes.iter().copied().collect(),
             expires: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -584,6 +585,7 @@ async fn tokens_are_shown_once_expire_and_revoke_over_the_api() {
                 name: "short-lived".into(),
                 scopes: [Scope::Read].into(),
                 expires: Some(expires),
+                ..Default::default()
             })
             .await
             .unwrap();

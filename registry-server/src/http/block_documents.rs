@@ -17,9 +17,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::extract::{Body, Caller, Id, IncludeSecrets};
+use super::grants::{self, check_document, check_references, check_tree, read_scope};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
-use crate::store::{Tagged, VersionInfo};
+use crate::store::{Scope, Tagged, VersionInfo};
 
 pub(super) fn routes() -> Vec<Route> {
     let routes = vec![
@@ -87,6 +88,8 @@ async fn create(
     caller: Caller,
     Body(body): Body<BlockDocumentCreate>,
 ) -> ApiResult<Response> {
+    grants::check_create(&state, &caller, body.block_type_id, body.name.as_deref()).await?;
+    check_references(&state, &caller, &body.data).await?;
     let author = caller.rights().token;
     Ok(created(
         state.store.create_block_document_by(body, author).await?,
@@ -98,19 +101,36 @@ async fn filter(
     caller: Caller,
     Body(body): Body<BlockDocumentFilterBody>,
 ) -> ApiResult<Json<Vec<BlockDocument>>> {
-    if body.include_secrets == Some(true) {
+    let include_secrets = body.include_secrets == Some(true);
+    if include_secrets {
         caller.allow_secrets()?;
     }
-    Ok(Json(state.store.filter_block_documents(&body).await?))
+    let scope = read_scope(include_secrets);
+    let documents = state
+        .store
+        .filter_block_documents_within(&body, caller.reach(scope))
+        .await?;
+    grants::check_trees(&caller, scope, &documents)?;
+    Ok(Json(documents))
 }
 
-async fn count(State(state): St, Body(body): Body<BlockDocumentCountBody>) -> ApiResult<Json<i64>> {
-    Ok(Json(state.store.count_block_documents(&body).await?))
+async fn count(
+    State(state): St,
+    caller: Caller,
+    Body(body): Body<BlockDocumentCountBody>,
+) -> ApiResult<Json<i64>> {
+    Ok(Json(
+        state
+            .store
+            .count_block_documents_within(&body, caller.reach(Scope::Read))
+            .await?,
+    ))
 }
 
 async fn read(
     State(state): St,
     Id(id): Id,
+    caller: Caller,
     IncludeSecrets(include_secrets): IncludeSecrets,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -118,6 +138,7 @@ async fn read(
         .store
         .read_block_document_tagged(id, include_secrets)
         .await?;
+    check_tree(&caller, read_scope(include_secrets), &tagged.document)?;
     Ok(tagged_response(&headers, tagged))
 }
 
@@ -190,6 +211,10 @@ async fn update(
     headers: HeaderMap,
     Body(body): Body<BlockDocumentUpdate>,
 ) -> ApiResult<StatusCode> {
+    check_document(&state, &caller, id, Scope::Write).await?;
+    if let Some(data) = &body.data {
+        check_references(&state, &caller, data).await?;
+    }
     let expected = precondition(&state, id, &headers).await?;
     state
         .store
@@ -202,8 +227,10 @@ async fn update(
 async fn delete_document(
     State(state): St,
     Id(id): Id,
+    caller: Caller,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
+    check_document(&state, &caller, id, Scope::Write).await?;
     let expected = precondition(&state, id, &headers).await?;
     state
         .store
@@ -213,7 +240,12 @@ async fn delete_document(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn versions(State(state): St, Id(id): Id) -> ApiResult<Json<Vec<VersionInfo>>> {
+async fn versions(
+    State(state): St,
+    Id(id): Id,
+    caller: Caller,
+) -> ApiResult<Json<Vec<VersionInfo>>> {
+    check_document(&state, &caller, id, Scope::Read).await?;
     Ok(Json(state.store.list_versions(id).await?))
 }
 
@@ -238,9 +270,11 @@ fn version_path(id: &str, version: &str) -> ApiResult<(Uuid, i64)> {
 async fn read_version(
     State(state): St,
     Path((id, version)): Path<(String, String)>,
+    caller: Caller,
     IncludeSecrets(include_secrets): IncludeSecrets,
 ) -> ApiResult<Json<Value>> {
     let (id, version) = version_path(&id, &version)?;
+    check_document(&state, &caller, id, read_scope(include_secrets)).await?;
     let data: Map<String, Value> = state
         .store
         .read_version(id, version, include_secrets)
@@ -266,6 +300,12 @@ async fn rollback(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let (id, version) = version_path(&id, &version)?;
+    check_document(&state, &caller, id, Scope::Write).await?;
+    if caller.limited().is_some() {
+        // What the rollback would bring back must be readable by the token too.
+        let old: Map<String, Value> = state.store.read_version(id, version, false).await?;
+        check_references(&state, &caller, &old).await?;
+    }
     let expected = precondition(&state, id, &headers).await?;
     let outcome = state
         .store

@@ -46,6 +46,10 @@ async fn create(
     caller: Caller,
     Body(body): Body<BlockSchemaCreate>,
 ) -> ApiResult<Response> {
+    if caller.limited().is_some() {
+        let ty = state.store.read_block_type(body.block_type_id).await?;
+        super::grants::check_type(&caller, &ty.slug)?;
+    }
     let (schema, is_new) = state
         .store
         .create_block_schema(body, caller.rights())
@@ -86,7 +90,12 @@ async fn filter(
     Ok(Json(state.store.filter_block_schemas(&body).await?))
 }
 
-async fn delete_schema(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
+async fn delete_schema(State(state): St, Id(id): Id, caller: Caller) -> ApiResult<StatusCode> {
+    if caller.limited().is_some() {
+        let schema = state.store.read_block_schema(id).await?;
+        let ty = state.store.read_block_type(schema.block_type_id).await?;
+        super::grants::check_type(&caller, &ty.slug)?;
+    }
     state.store.delete_block_schema(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

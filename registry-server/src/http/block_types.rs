@@ -74,7 +74,12 @@ pub(super) fn routes() -> Vec<Route> {
     routes.into_iter().map(|r| r.tag("block types")).collect()
 }
 
-async fn create(State(state): St, Body(body): Body<BlockTypeCreate>) -> ApiResult<Response> {
+async fn create(
+    State(state): St,
+    caller: Caller,
+    Body(body): Body<BlockTypeCreate>,
+) -> ApiResult<Response> {
+    super::grants::check_type(&caller, &body.slug)?;
     if validate::is_reserved_block_type_name(&body.name) {
         return Err(ApiError::Forbidden(
             "Block type names beginning with 'Prefect' are reserved.".into(),
@@ -104,6 +109,10 @@ async fn update(
     caller: Caller,
     Body(body): Body<BlockTypeUpdate>,
 ) -> ApiResult<StatusCode> {
+    if caller.limited().is_some() {
+        let ty = state.store.read_block_type(id).await?;
+        super::grants::check_type(&caller, &ty.slug)?;
+    }
     state
         .store
         .update_block_type(id, body, caller.rights())
@@ -111,7 +120,11 @@ async fn update(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete_type(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
+async fn delete_type(State(state): St, Id(id): Id, caller: Caller) -> ApiResult<StatusCode> {
+    if caller.limited().is_some() {
+        let ty = state.store.read_block_type(id).await?;
+        super::grants::check_type(&caller, &ty.slug)?;
+    }
     state.store.delete_block_type(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -119,30 +132,42 @@ async fn delete_type(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
 async fn documents_of_type(
     State(state): St,
     Path(slug): Path<String>,
+    caller: Caller,
     IncludeSecrets(include_secrets): IncludeSecrets,
 ) -> ApiResult<Json<Vec<BlockDocument>>> {
-    Ok(Json(
-        state
-            .store
-            .list_block_documents_of_type(&slug, include_secrets)
-            .await?,
-    ))
+    let scope = super::grants::read_scope(include_secrets);
+    let documents = state
+        .store
+        .list_block_documents_of_type_within(&slug, include_secrets, caller.reach(scope))
+        .await?;
+    super::grants::check_trees(&caller, scope, &documents)?;
+    Ok(Json(documents))
 }
 
 async fn document_by_name(
     State(state): St,
     Path((slug, name)): Path<(String, String)>,
+    caller: Caller,
     IncludeSecrets(include_secrets): IncludeSecrets,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
+    let scope = super::grants::read_scope(include_secrets);
+    if let Some(token) = caller.limited() {
+        // Before the lookup: the answer cannot depend on whether it exists.
+        super::grants::check_root(token, scope, &slug, &name)?;
+    }
     let tagged = state
         .store
         .read_block_document_by_name_tagged(&slug, &name, include_secrets)
         .await?;
+    super::grants::check_tree(&caller, scope, &tagged.document)?;
     Ok(super::block_documents::tagged_response(&headers, tagged))
 }
 
-async fn install_system_block_types(State(state): St) -> ApiResult<Json<Value>> {
+async fn install_system_block_types(State(state): St, caller: Caller) -> ApiResult<Json<Value>> {
+    for spec in Collection::Core.specs() {
+        super::grants::check_type(&caller, &spec.block_type.slug)?;
+    }
     register_collection(&state.store, Collection::Core).await?;
     Ok(Json(Value::Null))
 }

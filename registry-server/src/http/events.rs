@@ -239,13 +239,11 @@ async fn serve(state: AppState, mut socket: WebSocket, conn: Connection) {
             }
             continue;
         }
-        // The claim must name a document this token may read, of the type it names. Every
-        // token that opens the socket holds `read`, which reads every document.
-        if !info.grants(Scope::Read) {
-            continue;
-        }
-        match state.store.document_type_slug(document).await {
-            Ok(Some(actual)) if actual == slug => {}
+        // The claim must name a document this token may read (its grants, if any, cover
+        // it), of the type it names; anything else is dropped unrecorded, so the socket
+        // tells nothing of documents the token cannot see.
+        match state.store.document_identity(document).await {
+            Ok(Some(doc)) if doc.slug == slug && info.may(Scope::Read, &doc.slug, &doc.name) => {}
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "could not check a block-load event; dropping it");

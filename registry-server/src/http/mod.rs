@@ -13,6 +13,7 @@ pub mod block_types;
 pub mod error;
 mod events;
 mod extract;
+mod grants;
 pub mod metrics;
 mod openapi;
 mod root;

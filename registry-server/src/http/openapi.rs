@@ -145,16 +145,31 @@ fn components() -> Value {
     let data = json!({"type": "object", "description": "Field values; a reference is {\"$ref\": {\"block_document_id\": …}}; secrets read back as \"********\" unless include_secrets"});
     let scopes =
         json!({"type": "array", "items": {"enum": ["read", "read-secrets", "write", "admin"]}});
+    let grants = json!({"type": "array", "maxItems": crate::store::MAX_GRANTS, "description": "Limits the token's scopes to some blocks; empty: every block. Never on an admin token.",
+        "items": {"type": "object", "required": ["scope", "selector"], "additionalProperties": false, "properties": {
+            "scope": {"enum": ["read", "read-secrets", "write"]},
+            "selector": {"type": "string", "pattern": "^[a-z0-9*-]+/[a-z0-9*-]+$", "description": "type-slug/name, each a glob where * matches any run of characters (gcs-bucket/zoom-*)"}}}});
+    let ttl = json!({"type": ["integer", "string"], "description": "Lifetime from now: seconds, or a duration such as 15m, 1h, 90d"});
+    let token_create = json!({"type": "object", "required": ["name", "scopes"], "additionalProperties": false, "properties": {
+        "name": text, "scopes": scopes,
+        "expires": {"type": ["string", "null"], "format": "date-time"},
+        "ttl": ttl, "grants": grants}});
+    let child_token_create = json!({"type": "object", "additionalProperties": false, "properties": {
+        "name": text, "scopes": scopes, "grants": grants, "ttl": ttl}});
+    let token_update = json!({"type": "object", "required": ["grants"], "additionalProperties": false, "properties": {
+        "grants": grants}});
     let token = json!({"type": "object", "properties": {
         "id": uuid, "name": text, "scopes": scopes, "created": time,
         "expires": {"type": ["string", "null"], "format": "date-time"},
         "last_used": {"type": ["string", "null"], "format": "date-time"},
-        "revoked": {"type": ["string", "null"], "format": "date-time"}}});
+        "revoked": {"type": ["string", "null"], "format": "date-time"},
+        "grants": grants,
+        "parent_id": {"type": ["string", "null"], "description": "The token that minted this one; revoking it revokes this one"}}});
     let mut created_token = token.clone();
     created_token["properties"]["token"] =
         json!({"type": "string", "description": "blk_…; shown only in this response"});
     let filter = json!({"type": "object", "description": "Prefect's filter body: nested filters, offset, limit (at most 200)"});
-    json!({
+    let mut components = json!({
         "Error": {"type": "object", "properties": {"detail": text}},
         "ValidationError": {"type": "object", "properties": {
             "exception_message": text,
@@ -204,9 +219,6 @@ fn components() -> Value {
         "WriteOutcome": {"type": "object", "properties": {"id": uuid, "version": {"type": "integer"}}},
         "Token": token,
         "CreatedToken": created_token,
-        "TokenCreate": {"type": "object", "required": ["name", "scopes"], "additionalProperties": false, "properties": {
-            "name": text, "scopes": scopes,
-            "expires": {"type": ["string", "null"], "format": "date-time"}}},
         "AuditPage": {"type": "object", "properties": {
             "records": {"type": "array", "items": {"type": "object", "properties": {
                 "seq": {"type": "integer"}, "at": time, "request_id": text,
@@ -225,5 +237,9 @@ fn components() -> Value {
                 "description": "Versions kept per document; null keeps all"},
             "audit_retention_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500,
                 "description": "Days audit records are kept (400 by default); null keeps all"}}},
-    })
+    });
+    components["TokenCreate"] = token_create;
+    components["ChildTokenCreate"] = child_token_create;
+    components["TokenUpdate"] = token_update;
+    components
 }

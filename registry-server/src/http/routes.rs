@@ -126,6 +126,12 @@ impl Route {
         self
     }
 
+    /// Recorded in the audit log as a write, whatever scope it needs.
+    pub(crate) fn audited(mut self) -> Self {
+        self.meta.kind = Kind::Write;
+        self
+    }
+
     /// Needs `admin`.
     pub(crate) fn admin(mut self) -> Self {
         self.meta.access = Access::Token(Scope::Admin);

@@ -32,6 +32,7 @@ pub(super) async fn admin_token(store: &crate::store::Store) -> String {
             name: "tests".into(),
             scopes: [crate::store::Scope::Admin].into(),
             expires: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -416,18 +416,4 @@ impl Store {
             }
         }
     }
-
-    /// The block type slug of document `id`, or `None` when there is no such document:
-    /// what a block-load event reported over the events socket is checked against before
-    /// it is recorded.
-    pub async fn document_type_slug(&self, id: Uuid) -> Result<Option<String>> {
-        self.count_query();
-        Ok(sqlx::query_scalar(
-            "select t.slug from block_document d join block_type t on t.id = d.block_type_id \
-             where d.id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.read)
-        .await?)
-    }
 }

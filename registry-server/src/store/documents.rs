@@ -20,6 +20,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::grants::Reach;
 use super::schemas::{push_combined, push_schema_filter};
 use super::sql::{
     Condition, Sql, check_filter_lists, document_filter_lists, schema_filter_lists,
@@ -1773,6 +1774,16 @@ impl Store {
         &self,
         body: &BlockDocumentFilterBody,
     ) -> Result<Vec<BlockDocument>> {
+        self.filter_block_documents_within(body, Reach::All).await
+    }
+
+    /// [`Self::filter_block_documents`] over the documents in `reach` only (what a token
+    /// limited by grants may see): paging and sorting apply to those.
+    pub async fn filter_block_documents_within(
+        &self,
+        body: &BlockDocumentFilterBody,
+        reach: Reach<'_>,
+    ) -> Result<Vec<BlockDocument>> {
         let page =
             Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
         let mut sql = self.document_query(
@@ -1781,6 +1792,7 @@ impl Store {
             body.block_types.as_ref(),
             body.block_schemas.as_ref(),
         )?;
+        reach.push_condition(&mut sql);
         let c = self.collate();
         let order = match body.sort.unwrap_or_default() {
             BlockDocumentSort::NameAsc => format!(" order by d.name{c} asc, d.id"),
@@ -1882,12 +1894,22 @@ impl Store {
 
     /// How many documents match the filter.
     pub async fn count_block_documents(&self, body: &BlockDocumentCountBody) -> Result<i64> {
-        let sql = self.document_query(
+        self.count_block_documents_within(body, Reach::All).await
+    }
+
+    /// How many documents in `reach` match the filter (a count never tells of others).
+    pub async fn count_block_documents_within(
+        &self,
+        body: &BlockDocumentCountBody,
+        reach: Reach<'_>,
+    ) -> Result<i64> {
+        let mut sql = self.document_query(
             "select count(*) as n",
             body.block_documents.as_ref(),
             body.block_types.as_ref(),
             body.block_schemas.as_ref(),
         )?;
+        reach.push_condition(&mut sql);
         self.count_query();
         Ok(sql.query().fetch_one(&self.read).await?.try_get("n")?)
     }
@@ -1897,6 +1919,17 @@ impl Store {
         &self,
         slug: &str,
         include_secrets: bool,
+    ) -> Result<Vec<BlockDocument>> {
+        self.list_block_documents_of_type_within(slug, include_secrets, Reach::All)
+            .await
+    }
+
+    /// [`Self::list_block_documents_of_type`], of the documents in `reach` only.
+    pub async fn list_block_documents_of_type_within(
+        &self,
+        slug: &str,
+        include_secrets: bool,
+        reach: Reach<'_>,
     ) -> Result<Vec<BlockDocument>> {
         let ty = self.read_block_type_by_slug(slug).await?;
         let body = BlockDocumentFilterBody {
@@ -1913,10 +1946,13 @@ impl Store {
         let mut offset = 0;
         loop {
             let page = self
-                .filter_block_documents(&BlockDocumentFilterBody {
-                    offset: Some(offset),
-                    ..body.clone()
-                })
+                .filter_block_documents_within(
+                    &BlockDocumentFilterBody {
+                        offset: Some(offset),
+                        ..body.clone()
+                    },
+                    reach,
+                )
                 .await?;
             let n = page.len() as i64;
             all.extend(page);

@@ -12,6 +12,7 @@
 mod audit;
 mod browse;
 mod documents;
+mod grants;
 mod group;
 mod keys;
 mod overview;
@@ -44,11 +45,13 @@ pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
 pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
+pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
 pub use keys::{KeyInfo, KeyStatus};
 pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
-    CreatedToken, Scope, TOKEN_PREFIX, TokenCreate, TokenInfo, TokenRejection, token_digest,
+    ChildTokenCreate, CreatedToken, EXPIRED_TOKENS_KEPT, MAX_CHILD_TTL, Scope, TOKEN_PREFIX,
+    TokenCreate, TokenInfo, TokenRejection, Ttl, token_digest,
 };
 pub use tree_cache::TreeCacheStats;
 

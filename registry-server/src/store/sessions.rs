@@ -59,8 +59,8 @@ fn micros(d: Duration) -> i64 {
 
 /// The session and its token, as `session_at` selects them.
 const LOOKUP: &str = "select s.secret_hash, s.created as session_created, s.last_seen, \
-     t.id, t.name, t.scopes, t.created, t.expires, t.last_used, t.revoked \
-     from console_session s join api_token t on t.id = s.token_id \
+     t.id, t.name, t.scopes, t.created, t.expires, t.last_used, t.revoked, t.grants, \
+     t.parent_id from console_session s join api_token t on t.id = s.token_id \
      where s.secret_hash = $1";
 
 fn session_from_row(row: &AnyRow) -> Result<Session> {

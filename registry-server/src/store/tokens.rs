@@ -14,6 +14,7 @@ use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
+use super::grants::{Grant, Reach};
 use super::{Result, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
 
 /// Every token starts with this, so a leaked one is recognisable (and scannable).
@@ -78,12 +79,59 @@ pub struct TokenInfo {
     pub last_used: Option<DateTime<Utc>>,
     /// When it was revoked.
     pub revoked: Option<DateTime<Utc>>,
+    /// The blocks its scopes are limited to; none: every block.
+    pub grants: Vec<Grant>,
+    /// The token that minted it (`POST /api/tokens/child`), if any: revoking that one
+    /// revokes this one too.
+    pub parent_id: Option<Uuid>,
 }
 
 impl TokenInfo {
-    /// Whether the token grants `needed`.
+    /// Whether the token grants `needed` (on some block, when it is limited by grants).
     pub fn grants(&self, needed: Scope) -> bool {
         self.scopes.iter().any(|s| s.grants(needed))
+    }
+
+    /// Whether grants limit the token to some blocks.
+    pub fn limited(&self) -> bool {
+        !self.grants.is_empty()
+    }
+
+    /// Whether the token may do what `needed` allows to the document `slug/name`.
+    pub fn may(&self, needed: Scope, slug: &str, name: &str) -> bool {
+        self.grants(needed)
+            && (self.grants.is_empty() || self.grants.iter().any(|g| g.allows(needed, slug, name)))
+    }
+
+    /// Which documents the token may see at `needed` (the store filters lists by it).
+    pub fn reach(&self, needed: Scope) -> Reach<'_> {
+        if self.grants.is_empty() {
+            Reach::All
+        } else {
+            Reach::Only(&self.grants, needed)
+        }
+    }
+
+    /// Whether the token may create an anonymous document of the type `slug` (a write
+    /// grant selecting some documents of the type: the server makes up the name).
+    pub fn may_create_anonymous(&self, slug: &str) -> bool {
+        self.grants(Scope::Write)
+            && (self.grants.is_empty()
+                || self
+                    .grants
+                    .iter()
+                    .any(|g| g.scope.grants(Scope::Write) && g.selector.matches_type(slug)))
+    }
+
+    /// Whether the token may register or change the type `slug` and its schemas: `write`,
+    /// on every document of the type when limited (`gcs-bucket/*`).
+    pub fn may_register(&self, slug: &str) -> bool {
+        self.grants(Scope::Write)
+            && (self.grants.is_empty()
+                || self
+                    .grants
+                    .iter()
+                    .any(|g| g.scope.grants(Scope::Write) && g.selector.covers_type(slug)))
     }
 
     /// What a write by this token may do beyond `write`, and who it is (for the versions
@@ -98,7 +146,7 @@ impl TokenInfo {
 }
 
 /// The body of `POST /api/tokens`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
     /// A name saying what the token is for (1–100 characters).
@@ -108,7 +156,75 @@ pub struct TokenCreate {
     /// When it stops working; must be in the future.
     #[serde(default)]
     pub expires: Option<DateTime<Utc>>,
+    /// Or how long it works from now (`"1h"`, `"90d"`, or seconds), instead of `expires`.
+    #[serde(default)]
+    pub ttl: Option<Ttl>,
+    /// The blocks its scopes are limited to (none: every block; never for admin).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
 }
+
+/// The body of `POST /api/tokens/child`: a token for a subprocess, never wider or longer
+/// lived than the caller's.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildTokenCreate {
+    /// A name (default: "child of <the caller's name>").
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Scopes the caller holds (default: the caller's).
+    #[serde(default)]
+    pub scopes: Option<BTreeSet<Scope>>,
+    /// Grants each covered by one of the caller's (default: the caller's).
+    #[serde(default)]
+    pub grants: Option<Vec<Grant>>,
+    /// Its lifetime (default and at most: the caller's remaining one, and the server's
+    /// maximum).
+    #[serde(default)]
+    pub ttl: Option<Ttl>,
+}
+
+/// A lifetime: seconds, or text such as `"90s"`, `"15m"`, `"1h"`, `"90d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(pub std::time::Duration);
+
+impl Ttl {
+    /// Parses `"1h"`, `"90d"`, `"1h 30m"` or a number of seconds.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if let Ok(seconds) = text.parse::<u64>() {
+            return Ok(Self(std::time::Duration::from_secs(seconds)));
+        }
+        humantime::parse_duration(text).map(Self).map_err(|_| {
+            "a lifetime is a number of seconds or a duration such as 15m, 1h or 90d".to_owned()
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ttl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Seconds(s)) => Ok(Self(std::time::Duration::from_secs(s))),
+            Ok(Raw::Text(t)) => Self::parse(&t).map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "a lifetime is a number of seconds or a duration such as 15m, 1h or 90d",
+            )),
+        }
+    }
+}
+
+/// The longest lifetime a child token may have, whatever its parent's.
+pub const MAX_CHILD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The longest lifetime `ttl` may give any token (about 100 years): beyond it, use none.
+const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 24 * 3600);
+/// Expired tokens are deleted this long after they expired (their audit records stay).
+pub const EXPIRED_TOKENS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A new token: its listing and the secret, which is never shown again.
 #[derive(Debug)]
@@ -391,6 +507,38 @@ pub(super) fn new_secret(prefix: &str) -> Result<SecretString> {
     )))
 }
 
+/// A token's name: 1 to 100 characters.
+fn check_name(name: &str, errors: &mut Vec<block_types::FieldError>) {
+    if name.is_empty() || name.chars().count() > 100 {
+        errors.push(block_types::FieldError::new(
+            "name",
+            "must be 1 to 100 characters",
+        ));
+    }
+}
+
+/// Now plus `ttl` (at least a second, at most `longest`), or an error at `field`.
+fn expiry_after(
+    ttl: Ttl,
+    longest: std::time::Duration,
+    field: &str,
+    errors: &mut Vec<block_types::FieldError>,
+) -> Option<DateTime<Utc>> {
+    if ttl.0 < std::time::Duration::from_secs(1) {
+        errors.push(block_types::FieldError::new(field, "must be at least 1 s"));
+        return None;
+    }
+    if ttl.0 > longest {
+        errors.push(block_types::FieldError::new(
+            field,
+            format!("may be at most {} s", longest.as_secs()),
+        ));
+        return None;
+    }
+    let ttl = chrono::Duration::from_std(ttl.0).ok()?;
+    Some(Utc::now() + ttl)
+}
+
 fn check_validity(info: TokenInfo) -> std::result::Result<TokenInfo, TokenRejection> {
     if info.revoked.is_some() {
         return Err(TokenRejection::Revoked(info.id));
@@ -401,7 +549,7 @@ fn check_validity(info: TokenInfo) -> std::result::Result<TokenInfo, TokenReject
     Ok(info)
 }
 
-const COLUMNS: &str = "id, name, scopes, created, expires, last_used, revoked";
+const COLUMNS: &str = "id, name, scopes, created, expires, last_used, revoked, grants, parent_id";
 
 pub(super) fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
     let time = |col: &str| -> Result<Option<DateTime<Utc>>> {
@@ -415,6 +563,12 @@ pub(super) fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
         expires: time("expires")?,
         last_used: time("last_used")?,
         revoked: time("revoked")?,
+        grants: json_col(row, "grants")?,
+        parent_id: row
+            .try_get::<Option<String>, _>("parent_id")?
+            .map(|id| Uuid::parse_str(&id))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("a token's parent id is not a UUID: {e}")))?,
     })
 }
 
@@ -423,12 +577,7 @@ impl Store {
     pub async fn create_token(&self, body: TokenCreate) -> Result<CreatedToken> {
         let mut errors = Vec::new();
         let name = body.name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            errors.push(block_types::FieldError::new(
-                "name",
-                "must be 1 to 100 characters",
-            ));
-        }
+        check_name(name, &mut errors);
         if body.scopes.is_empty() {
             errors.push(block_types::FieldError::new(
                 "scopes",
@@ -441,15 +590,188 @@ impl Store {
                 "must be in the future",
             ));
         }
+        let expires = match (body.expires, body.ttl) {
+            (Some(_), Some(_)) => {
+                errors.push(block_types::FieldError::new(
+                    "ttl",
+                    "give expires or ttl, not both",
+                ));
+                None
+            }
+            (expires, None) => expires,
+            (None, Some(ttl)) => expiry_after(ttl, MAX_TTL, "ttl", &mut errors),
+        };
+        errors.extend(super::grants::check(&body.scopes, &body.grants));
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
         let mut tx = self.write.begin().await?;
         let created = self
-            .insert_token(&mut tx, name, &body.scopes, body.expires)
+            .insert_token(&mut tx, name, &body.scopes, expires, &body.grants, None)
             .await?;
         tx.commit().await?;
         Ok(created)
+    }
+
+    /// Mints a token for `parent` to hand on: scopes it holds, grants each covered by one
+    /// of its own (a limited parent cannot mint an unlimited child), a lifetime ending no
+    /// later than the parent's and at most `max_ttl` from now. Revoking the parent revokes
+    /// the child.
+    pub async fn create_child_token(
+        &self,
+        parent: &TokenInfo,
+        body: ChildTokenCreate,
+        max_ttl: std::time::Duration,
+    ) -> Result<CreatedToken> {
+        let mut errors = Vec::new();
+        let name = body
+            .name
+            .unwrap_or_else(|| format!("child of {}", parent.name));
+        let name: String = name.trim().chars().take(100).collect();
+        check_name(&name, &mut errors);
+        let scopes = body.scopes.unwrap_or_else(|| parent.scopes.clone());
+        if scopes.is_empty() {
+            errors.push(block_types::FieldError::new(
+                "scopes",
+                "must name at least one scope the caller holds",
+            ));
+        }
+        for scope in &scopes {
+            if !parent.grants(*scope) {
+                errors.push(block_types::FieldError::new(
+                    "scopes",
+                    format!(
+                        "the caller's token does not hold {}; a child token holds at most its parent's scopes",
+                        scope.as_str()
+                    ),
+                ));
+            }
+        }
+        let grants = body.grants.unwrap_or_else(|| parent.grants.clone());
+        if parent.limited() {
+            if grants.is_empty() {
+                errors.push(block_types::FieldError::new(
+                    "grants",
+                    "the caller's token is limited by grants, so its child must be too",
+                ));
+            }
+            for (i, grant) in grants.iter().enumerate() {
+                if !parent.grants.iter().any(|g| g.covers(grant)) {
+                    errors.push(block_types::FieldError::new(
+                        format!("grants[{i}]"),
+                        format!("{grant} is not covered by a grant of the caller's token"),
+                    ));
+                }
+            }
+        }
+        errors.extend(super::grants::check(&scopes, &grants));
+        let now = Utc::now();
+        let remaining = parent
+            .expires
+            .map(|e| (e - now).to_std().unwrap_or_default());
+        let longest = remaining.map_or(max_ttl, |r| r.min(max_ttl));
+        let expires = match body.ttl {
+            Some(ttl) if ttl.0 > longest => {
+                errors.push(block_types::FieldError::new(
+                    "ttl",
+                    format!(
+                        "may be at most {} s: the caller's remaining lifetime and the server's maximum ({} s) bound it",
+                        longest.as_secs(),
+                        max_ttl.as_secs()
+                    ),
+                ));
+                None
+            }
+            Some(ttl) => expiry_after(ttl, longest, "ttl", &mut errors),
+            None => expiry_after(Ttl(longest), longest, "ttl", &mut errors),
+        };
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        let mut tx = self.write.begin().await?;
+        // The parent must still be valid when its child is written (a revocation racing
+        // this one cannot leave a live child behind: it revokes by parent after it).
+        self.count_query();
+        let valid = sqlx::query(
+            "select id from api_token where id = $1 and revoked is null and (expires is null or expires > $2)",
+        )
+        .bind(parent.id.to_string())
+        .bind(now_micros())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if valid.is_none() {
+            return Err(StoreError::Conflict(
+                "the caller's token is no longer valid".to_owned(),
+            ));
+        }
+        let created = self
+            .insert_token(&mut tx, &name, &scopes, expires, &grants, Some(parent.id))
+            .await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Replaces a token's grants (admin). Every replica sees the change on the token's next
+    /// request (as a revocation is heard). The token's children keep their own grants.
+    pub async fn set_token_grants(&self, id: Uuid, grants: Vec<Grant>) -> Result<TokenInfo> {
+        let mut tx = self.write.begin().await?;
+        self.count_query();
+        let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
+        let mut info = token_from_row(&row)?;
+        let errors = super::grants::check(&info.scopes, &grants);
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        self.count_query();
+        sqlx::query("update api_token set grants = $1 where id = $2")
+            .bind(to_json(&grants))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        self.announce_token_change(&mut tx, &[id]).await?;
+        tx.commit().await?;
+        self.tokens.forget(id);
+        info.grants = grants;
+        Ok(info)
+    }
+
+    /// Deletes tokens that expired more than [`EXPIRED_TOKENS_KEPT`] ago (their console
+    /// sessions go with them; audit records keep their ids). Returns how many.
+    pub async fn prune_expired_tokens(&self) -> Result<u64> {
+        let cutoff =
+            now_micros() - i64::try_from(EXPIRED_TOKENS_KEPT.as_micros()).unwrap_or(i64::MAX);
+        self.count_query();
+        Ok(
+            sqlx::query("delete from api_token where expires is not null and expires < $1")
+                .bind(cutoff)
+                .execute(&self.write)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// On PostgreSQL, tells every replica (in `tx`, so on commit) to forget these tokens.
+    async fn announce_token_change(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ids: &[Uuid],
+    ) -> Result<()> {
+        if self.backend != super::Backend::Postgres {
+            return Ok(());
+        }
+        for id in ids {
+            self.count_query();
+            sqlx::query("select pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn insert_token(
@@ -458,6 +780,8 @@ impl Store {
         name: &str,
         scopes: &BTreeSet<Scope>,
         expires: Option<DateTime<Utc>>,
+        grants: &[Grant],
+        parent_id: Option<Uuid>,
     ) -> Result<CreatedToken> {
         let token = new_secret(TOKEN_PREFIX)?;
         let info = TokenInfo {
@@ -468,11 +792,13 @@ impl Store {
             expires,
             last_used: None,
             revoked: None,
+            grants: grants.to_vec(),
+            parent_id,
         };
         self.count_query();
         sqlx::query(
-            "insert into api_token (id, name, token_hash, scopes, created, expires) \
-             values ($1, $2, $3, $4, $5, $6)",
+            "insert into api_token (id, name, token_hash, scopes, created, expires, grants, parent_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(info.id.to_string())
         .bind(&info.name)
@@ -480,6 +806,8 @@ impl Store {
         .bind(to_json(&info.scopes))
         .bind(info.created.timestamp_micros())
         .bind(expires.map(|e| e.timestamp_micros()))
+        .bind(to_json(&info.grants))
+        .bind(parent_id.map(|p| p.to_string()))
         .execute(&mut **tx)
         .await?;
         Ok(CreatedToken { info, token })
@@ -509,6 +837,8 @@ impl Store {
                 "first admin token",
                 &BTreeSet::from([Scope::Admin]),
                 None,
+                &[],
+                None,
             )
             .await?;
         self.count_query();
@@ -532,33 +862,50 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
-    /// Revokes a token; it fails from the next request on. Revoking twice is harmless.
+    /// Revokes a token and every token minted from it (children, their children…); they
+    /// fail from the next request on, on every replica. Revoking twice is harmless.
     pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
-        self.refuse_revoking_the_last_admin(&mut tx, id).await?;
-        self.count_query();
-        sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
-            .bind(now_micros())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
         self.count_query();
         let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
-        if self.backend == super::Backend::Postgres {
+        // The token and its descendants (a child's lifetime never outlasts its parent's,
+        // and a chain is as long as it was minted: bounded by the table).
+        self.count_query();
+        let family: Vec<Uuid> = sqlx::query(
+            "with recursive family(id) as ( \
+                 select id from api_token where id = $1 \
+                 union select t.id from api_token t join family f on t.parent_id = f.id) \
+             select id from family",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| uuid_col(r, "id"))
+        .collect::<Result<_>>()?;
+        self.refuse_revoking_the_last_admin(&mut tx, &family)
+            .await?;
+        let now = now_micros();
+        for member in &family {
             self.count_query();
-            sqlx::query("select pg_notify($1, $2)")
-                .bind(REVOKED_CHANNEL)
-                .bind(id.to_string())
+            sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
+                .bind(now)
+                .bind(member.to_string())
                 .execute(&mut *tx)
                 .await?;
         }
+        self.announce_token_change(&mut tx, &family).await?;
         tx.commit().await?;
-        self.tokens.forget(id);
-        token_from_row(&row)
+        for member in &family {
+            self.tokens.forget(*member);
+        }
+        let mut info = token_from_row(&row)?;
+        info.revoked.get_or_insert(to_time(now));
+        Ok(info)
     }
 
     /// Revoking the last valid admin token would leave nobody able to make tokens, read
@@ -568,7 +915,7 @@ impl Store {
     async fn refuse_revoking_the_last_admin(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        id: Uuid,
+        family: &[Uuid],
     ) -> Result<()> {
         let lock = if self.backend == super::Backend::Postgres {
             " for update"
@@ -587,8 +934,9 @@ impl Store {
             .map(token_from_row)
             .collect::<Result<Vec<_>>>()?;
         let is_admin = |t: &TokenInfo| t.scopes.contains(&Scope::Admin);
-        let this_is_admin = valid.iter().any(|t| t.id == id && is_admin(t));
-        if this_is_admin && !valid.iter().any(|t| t.id != id && is_admin(t)) {
+        let revoked = |t: &TokenInfo| family.contains(&t.id);
+        let an_admin_goes = valid.iter().any(|t| revoked(t) && is_admin(t));
+        if an_admin_goes && !valid.iter().any(|t| !revoked(t) && is_admin(t)) {
             return Err(StoreError::Conflict(
                 "this is the last valid admin token: create another admin token before revoking it (on the server's host, `blocks token create --offline --scope admin` makes one without a token)".to_owned(),
             ));

@@ -243,6 +243,7 @@ fn parse_create(form: &FormPairs) -> Result<TokenCreate, (Draft, FieldErrors)> {
             name,
             scopes,
             expires,
+            ..Default::default()
         })
     } else {
         let mut draft = Draft {

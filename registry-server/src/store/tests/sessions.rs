@@ -16,6 +16,7 @@ async fn token(store: &Store, scope: Scope, expires: Option<DateTime<Utc>>) -> T
             name: "console".into(),
             scopes: [scope].into(),
             expires,
+            ..Default::default()
         })
         .await
         .unwrap()

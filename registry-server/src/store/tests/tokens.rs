@@ -18,6 +18,7 @@ fn body(scopes: &[Scope]) -> TokenCreate {
         name: "ci".into(),
         scopes: scopes.iter().copied().collect(),
         expires: None,
+        ..Default::default()
     }
 }
 
@@ -181,12 +182,12 @@ async fn the_first_admin_token_is_created_once() {
         assert!(matches!(&refused, Err(crate::store::StoreError::Conflict(m)) if m.contains("last valid admin token")), "{refused:?}");
         assert!(store.authenticate(first.token.expose_secret()).await.unwrap().is_ok());
         let second = store
-            .create_token(crate::store::TokenCreate { name: "second".into(), scopes: [Scope::Admin].into(), expires: None })
+            .create_token(crate::store::TokenCreate { name: "second".into(), scopes: [Scope::Admin].into(), expires: None, ..Default::default() })
             .await
             .unwrap();
         // An expired admin token does not count as the one left.
         let expired = store
-            .create_token(crate::store::TokenCreate { name: "old".into(), scopes: [Scope::Admin].into(), expires: None })
+            .create_token(crate::store::TokenCreate { name: "old".into(), scopes: [Scope::Admin].into(), expires: None, ..Default::default() })
             .await
             .unwrap();
         sqlx::query("update api_token set expires = 1 where id = $1")
@@ -461,7 +462,7 @@ async fn audit_records_past_the_retention_are_pruned_in_batches() {
 }
 
 #[tokio::test]
-async fn a_documents_type_slug_is_looked_up_by_id() {
+async fn a_documents_identity_is_looked_up_by_id() {
     on_both(async |db| {
         let store = db.open().await;
         let (_, schema) = super::harness::register::<block_types::catalog::Secret>(&store).await;
@@ -473,18 +474,19 @@ async fn a_documents_type_slug_is_looked_up_by_id() {
         )
         .await;
         assert_eq!(
-            store.document_type_slug(doc.id).await.unwrap().as_deref(),
-            Some("secret")
+            store.document_identity(doc.id).await.unwrap(),
+            Some(crate::store::Identity {
+                slug: "secret".into(),
+                name: "slugged".into(),
+                anonymous: false
+            })
         );
         assert_eq!(
-            store
-                .document_type_slug(uuid::Uuid::new_v4())
-                .await
-                .unwrap(),
+            store.document_identity(uuid::Uuid::new_v4()).await.unwrap(),
             None
         );
         store.delete_block_document(doc.id, None).await.unwrap();
-        assert_eq!(store.document_type_slug(doc.id).await.unwrap(), None);
+        assert_eq!(store.document_identity(doc.id).await.unwrap(), None);
     })
     .await;
 }
