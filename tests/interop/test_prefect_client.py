@@ -307,6 +307,58 @@ def test_a_read_only_token_reads_types_but_cannot_save_or_read_secrets():
     assert "401" in out, out
 
 
+def admin_post(path, body):
+    request = urllib.request.Request(
+        os.environ["PREFECT_API_URL"] + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + os.environ["BLOCKS_ADMIN_TOKEN"], "Content-Type": "application/json"},
+    )
+    return json.load(urllib.request.urlopen(request))
+
+
+def limited_token(*grants):
+    """A read-secrets token limited to the given `scope:type-slug/name` grants."""
+    body = {
+        "name": "interop limited",
+        "scopes": ["read-secrets"],
+        "grants": [{"scope": g.split(":")[0], "selector": g.split(":", 1)[1]} for g in grants],
+        "ttl": "1h",
+    }
+    return admin_post("/tokens", body)["token"]
+
+
+def test_a_token_limited_to_the_courses_blocks_loads_them_and_nothing_else():
+    pipeline = {
+        "PREFECT_API_KEY": limited_token(
+            "read-secrets:gcs-bucket/zoom-gcs", "read-secrets:gcp-credentials/zoom-gcp-creds"
+        )
+    }
+    done = python(
+        "from prefect_gcp.cloud_storage import GcsBucket\n"
+        "b = GcsBucket.load('zoom-gcs')\n"
+        "print(b.bucket, b.gcp_credentials.project)\n",
+        pipeline,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "dtc-data-lake dtc-de" in done.stdout
+    # Another block is as absent as one that does not exist.
+    done = python("from prefect.blocks.system import Secret\nprint(Secret.load('api-token').get())\n", pipeline)
+    assert done.returncode != 0
+    assert "Unable to find block document named api-token" in done.stderr or "404" in done.stderr, done.stderr
+    assert CANARY not in done.stderr + done.stdout
+    # The CLI lists only the granted blocks.
+    code, out = prefect("block", "ls", env=pipeline)
+    assert code == 0, out
+    assert "zoom-gcs" in out and "zoom-gcp-creds" in out and "api-token" not in out, out
+
+    # Without a grant on the nested credentials, the load is refused, naming them.
+    bucket_only = {"PREFECT_API_KEY": limited_token("read-secrets:gcs-bucket/zoom-gcs")}
+    done = python("from prefect_gcp.cloud_storage import GcsBucket\nGcsBucket.load('zoom-gcs')\n", bucket_only)
+    assert done.returncode != 0
+    assert "403" in done.stderr and "gcp-credentials/zoom-gcp-creds" in done.stderr, done.stderr
+    assert CANARY not in done.stderr + done.stdout
+
+
 def test_the_audit_log_records_writes_and_secret_reads_without_values():
     records = admin_get("/audit?limit=1000")["records"]
     actions = {r["action"] for r in records}

@@ -98,7 +98,7 @@ pub(super) fn routes() -> Vec<Route> {
 
 async fn create_token(State(state): St, Body(body): Body<TokenCreate>) -> ApiResult<Response> {
     let created = state.store.create_token(body).await?;
-    Ok(created_token(created))
+    Ok(created_token(&created))
 }
 
 async fn create_child_token(
@@ -115,7 +115,7 @@ async fn create_child_token(
         .store
         .create_child_token(parent, body, MAX_CHILD_TTL)
         .await?;
-    Ok(created_token(created))
+    Ok(created_token(&created))
 }
 
 /// The body of `PATCH /api/tokens/{id}`.
@@ -135,7 +135,7 @@ async fn update_token(
 }
 
 /// 201 with the token's listing and, this once, the token itself.
-fn created_token(created: crate::store::CreatedToken) -> Response {
+fn created_token(created: &crate::store::CreatedToken) -> Response {
     let mut value = serde_json::to_value(&created.info).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert(

@@ -290,6 +290,8 @@ mod audit_tests;
 #[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
+mod grants_tests;
+#[cfg(test)]
 mod security_tests;
 #[cfg(test)]
 mod tests;

@@ -685,6 +685,8 @@ impl Store {
             Some(ttl) => expiry_after(ttl, longest, "ttl", &mut errors),
             None => expiry_after(Ttl(longest), longest, "ttl", &mut errors),
         };
+        // Never past the parent's end (the clock moved on since `remaining`).
+        let expires = expires.map(|e| parent.expires.map_or(e, |p| e.min(p)));
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }

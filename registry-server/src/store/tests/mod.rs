@@ -4,6 +4,7 @@ pub(crate) mod harness;
 
 mod browse;
 mod documents;
+mod grants;
 mod keys;
 mod listing;
 mod schemas;

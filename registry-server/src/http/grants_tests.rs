@@ -1,0 +1,576 @@
+//! Grants over the HTTP API, on SQLite and PostgreSQL: each block route with the grant and
+//! without it, the nested load whose child is not granted, lists and counts that hide what
+//! is not granted, the by-name 404, laundering writes, types and schemas, the token routes
+//! (create, PATCH, child) and the audit of refusals. A canary secret never leaves in a
+//! refusal.
+
+use block_types::catalog::{GcpCredentials, GcsBucket, Secret};
+use block_types::references::reference_value;
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth_tests::{Ctx, Resp, all_audit, get, lenient, send, setup};
+use crate::store::tests::harness::{create, on_both, register};
+use crate::store::{Grant, Scope, Store, TokenCreate};
+
+const CANARY: &str = "canary-grants-71d3e0b2";
+
+/// A token with `scopes` limited by `grants` (`scope:slug/name`): (secret, id).
+async fn limited(store: &Store, scopes: &[Scope], grants: &[&str]) -> (String, Uuid) {
+    let created = store
+        .create_token(TokenCreate {
+            name: "limited".into(),
+            scopes: scopes.iter().copied().collect(),
+            grants: grants.iter().map(|g| Grant::parse(g).unwrap()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (created.token.expose_secret().to_owned(), created.info.id)
+}
+
+/// The course's two blocks and another team's pair, plus a secret.
+struct World {
+    ctx: Ctx,
+    zoom_creds: Uuid,
+    zoom_gcs: Uuid,
+    other_creds: Uuid,
+    other_gcs: Uuid,
+    bucket_schema: Uuid,
+    bucket_type: Uuid,
+    creds_schema: Uuid,
+    creds_type: Uuid,
+}
+
+async fn world(db: &crate::store::tests::harness::TestDb) -> World {
+    let ctx = setup(db, lenient()).await;
+    let store = &ctx.state.store;
+    let (creds_ty, creds) = register::<GcpCredentials>(store).await;
+    let (bucket_ty, bucket) = register::<GcsBucket>(store).await;
+    let (_, secret) = register::<Secret>(store).await;
+    let key = |p: &str| json!({"service_account_info": {"private_key": CANARY}, "project": p});
+    let zoom_creds = create(store, &creds, "zoom-gcp-creds", key("zoom")).await;
+    let other_creds = create(store, &creds, "other-gcp-creds", key("other")).await;
+    let bucket_of = |name: &str, creds: Uuid| json!({"bucket": name, "bucket_folder": "", "gcp_credentials": reference_value(creds)});
+    let zoom_gcs = create(store, &bucket, "zoom-gcs", bucket_of("zoom", zoom_creds.id)).await;
+    let other_gcs = create(
+        store,
+        &bucket,
+        "other-gcs",
+        bucket_of("other", other_creds.id),
+    )
+    .await;
+    create(store, &secret, "prod-password", json!({"value": CANARY})).await;
+    World {
+        ctx,
+        zoom_creds: zoom_creds.id,
+        zoom_gcs: zoom_gcs.id,
+        other_creds: other_creds.id,
+        other_gcs: other_gcs.id,
+        bucket_schema: bucket.id,
+        bucket_type: bucket_ty.id,
+        creds_schema: creds.id,
+        creds_type: creds_ty.id,
+    }
+}
+
+const ZOOM_GCS: &str = "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs";
+const OTHER_GCS: &str = "/api/block_types/slug/gcs-bucket/block_documents/name/other-gcs";
+
+fn no_canary(r: &Resp) {
+    assert!(
+        !r.text.contains(CANARY),
+        "a refusal carried the secret: {}",
+        r.text
+    );
+}
+
+fn names(r: &Resp) -> Vec<String> {
+    let mut names: Vec<String> = r
+        .body
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {}", r.text))
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_nested_load_needs_the_grant_on_every_document_of_the_tree() {
+    on_both(async |db| {
+        let w = world(db).await;
+        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
+        let (etl, _) = limited(
+            store,
+            &[Scope::ReadSecrets],
+            &[
+                "read-secrets:gcs-bucket/zoom-gcs",
+                "read-secrets:gcp-credentials/zoom-gcp-creds",
+            ],
+        )
+        .await;
+        let r = get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.body["data"]["gcp_credentials"]["service_account_info"]["private_key"],
+            CANARY
+        );
+
+        // The bucket alone: the nested credentials are refused by name.
+        let (half, half_id) = limited(
+            store,
+            &[Scope::ReadSecrets],
+            &["read-secrets:gcs-bucket/zoom-gcs"],
+        )
+        .await;
+        for uri in [
+            format!("{ZOOM_GCS}?include_secrets=true"),
+            ZOOM_GCS.to_owned(),
+            format!("/api/block_documents/{}?include_secrets=true", w.zoom_gcs),
+        ] {
+            let r = get(app, &uri, &half).await;
+            assert_eq!(r.status, 403, "{uri}: {}", r.text);
+            assert!(
+                r.detail().contains("gcp-credentials/zoom-gcp-creds")
+                    && r.detail().contains("scope"),
+                "{}",
+                r.detail()
+            );
+            no_canary(&r);
+        }
+        // Read alone on both: masked reads work, secrets are a 403 naming the scope.
+        let (reader, _) = limited(
+            store,
+            &[Scope::ReadSecrets],
+            &["read:gcs-bucket/zoom-gcs", "read:gcp-credentials/*"],
+        )
+        .await;
+        let r = get(app, ZOOM_GCS, &reader).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.body["data"]["gcp_credentials"]["service_account_info"]["private_key"],
+            "********"
+        );
+        let r = get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &reader).await;
+        assert_eq!(r.status, 403);
+        assert!(r.detail().contains("read-secrets") && r.detail().contains("gcs-bucket/zoom-gcs"));
+        no_canary(&r);
+
+        // The refusals are audited as denied under the token.
+        let records = all_audit(store).await;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.token_id == Some(half_id) && r.outcome == "denied" && r.status == 403),
+            "no denied record for the refused load"
+        );
+        assert!(records.iter().all(|r| !r.target.contains(CANARY)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
+    on_both(async |db| {
+        let w = world(db).await;
+        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
+        let (etl, _) = limited(
+            store,
+            &[Scope::ReadSecrets],
+            &[
+                "read-secrets:gcs-bucket/zoom-*",
+                "read-secrets:gcp-credentials/zoom-*",
+            ],
+        )
+        .await;
+        // By name and by id: the same 404 as a block that does not exist.
+        let missing = get(
+            app,
+            "/api/block_types/slug/gcs-bucket/block_documents/name/nope",
+            &etl,
+        )
+        .await;
+        assert_eq!(missing.status, 404);
+        for uri in [
+            OTHER_GCS.to_owned(),
+            format!("{OTHER_GCS}?include_secrets=true"),
+            format!("/api/block_documents/{}", w.other_gcs),
+            format!("/api/block_documents/{}", w.other_creds),
+            format!("/api/block_documents/{}/versions", w.other_gcs),
+            format!("/api/block_documents/{}/versions/1", w.other_gcs),
+        ] {
+            let r = get(app, &uri, &etl).await;
+            assert_eq!(r.status, 404, "{uri}: {}", r.text);
+            assert_eq!(r.detail(), missing.detail(), "{uri}");
+            no_canary(&r);
+        }
+        let random = get(
+            app,
+            &format!("/api/block_documents/{}", Uuid::new_v4()),
+            &etl,
+        )
+        .await;
+        assert_eq!(random.detail(), missing.detail());
+
+        // Lists and counts hold what is granted only.
+        let r = send(
+            app,
+            "POST",
+            "/api/block_documents/filter",
+            Some(&etl),
+            Some(&json!({})),
+            &[],
+        )
+        .await;
+        assert_eq!(names(&r), ["zoom-gcp-creds", "zoom-gcs"]);
+        let r = send(
+            app,
+            "POST",
+            "/api/block_documents/filter",
+            Some(&etl),
+            Some(&json!({"include_secrets": true})),
+            &[],
+        )
+        .await;
+        assert_eq!(names(&r), ["zoom-gcp-creds", "zoom-gcs"]);
+        let r = send(
+            app,
+            "POST",
+            "/api/block_documents/count",
+            Some(&etl),
+            Some(&json!({})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.body, json!(2));
+        let r = get(
+            app,
+            "/api/block_types/slug/gcs-bucket/block_documents",
+            &etl,
+        )
+        .await;
+        assert_eq!(names(&r), ["zoom-gcs"]);
+        let r = get(app, "/api/block_types/slug/secret/block_documents", &etl).await;
+        assert_eq!(names(&r), Vec::<String>::new());
+        // The admin sees everything.
+        let r = send(
+            app,
+            "POST",
+            "/api/block_documents/count",
+            Some(&w.ctx.admin),
+            Some(&json!({})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.body, json!(5));
+
+        // A list whose tree holds a block the token cannot read is refused, naming it.
+        let (half, _) = limited(store, &[Scope::Read], &["read:gcs-bucket/*"]).await;
+        let r = get(
+            app,
+            "/api/block_types/slug/gcs-bucket/block_documents",
+            &half,
+        )
+        .await;
+        assert_eq!(r.status, 403);
+        assert!(r.detail().contains("gcp-credentials/"), "{}", r.detail());
+        no_canary(&r);
+
+        // Types and schemas stay readable to a limited token.
+        for uri in [
+            "/api/block_types/slug/secret",
+            &format!("/api/block_schemas/{}", w.bucket_schema),
+        ] {
+            assert_eq!(get(app, uri, &half).await.status, 200, "{uri}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn writes_need_the_grant_and_cannot_launder_a_block_from_outside_it() {
+    on_both(async |db| {
+        let w = world(db).await;
+        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
+        let (writer, _) = limited(
+            store,
+            &[Scope::Write],
+            &["write:gcs-bucket/zoom-*", "write:gcp-credentials/zoom-*"],
+        )
+        .await;
+        let bucket = |name: &str, creds: Uuid| {
+            json!({
+                "name": name,
+                "block_schema_id": w.bucket_schema,
+                "block_type_id": w.bucket_type,
+                "data": {"bucket": "b", "bucket_folder": "", "gcp_credentials": reference_value(creds)},
+            })
+        };
+        let post = |body: Value| {
+            let writer = writer.clone();
+            async move {
+                send(app, "POST", "/api/block_documents/", Some(&writer), Some(&body), &[]).await
+            }
+        };
+        // Inside the grants: fine.
+        let r = post(bucket("zoom-new", w.zoom_creds)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        // A name outside them: 403 naming the block.
+        let r = post(bucket("prod-gcs", w.zoom_creds)).await;
+        assert_eq!(r.status, 403);
+        assert!(r.detail().contains("write") && r.detail().contains("gcs-bucket/prod-gcs"));
+        // Referencing a block the token cannot read: as if it did not exist.
+        let r = post(bucket("zoom-launder", w.other_creds)).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.detail().contains("does not exist"), "{}", r.detail());
+        no_canary(&r);
+        let patch = |id: Uuid, body: Value| {
+            let writer = writer.clone();
+            async move {
+                send(app, "PATCH", &format!("/api/block_documents/{id}"), Some(&writer), Some(&body), &[])
+                    .await
+            }
+        };
+        let r = patch(w.zoom_gcs, json!({"data": {"bucket": "b", "bucket_folder": "", "gcp_credentials": reference_value(w.other_creds)}})).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        let r = patch(w.zoom_gcs, json!({"data": {"bucket": "renamed", "bucket_folder": "", "gcp_credentials": reference_value(w.zoom_creds)}})).await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        // Other blocks: 404 for update, delete and rollback.
+        let r = patch(w.other_gcs, json!({"data": {"bucket": "x"}})).await;
+        assert_eq!(r.status, 404);
+        for (method, uri) in [
+            ("DELETE", format!("/api/block_documents/{}", w.other_gcs)),
+            ("POST", format!("/api/block_documents/{}/versions/1/rollback", w.other_gcs)),
+        ] {
+            assert_eq!(send(app, method, &uri, Some(&writer), None, &[]).await.status, 404, "{uri}");
+        }
+        // A token that may read a block but not write it: 403 naming the scope.
+        let (reader_writer, _) =
+            limited(store, &[Scope::Write], &["read:gcs-bucket/other-gcs"]).await;
+        let r = send(app, "DELETE", &format!("/api/block_documents/{}", w.other_gcs), Some(&reader_writer), None, &[]).await;
+        assert_eq!(r.status, 403);
+        assert!(r.detail().contains("write") && r.detail().contains("gcs-bucket/other-gcs"));
+
+        // A rollback may not bring back a reference to a block outside the grants.
+        let admin = &w.ctx.admin;
+        let uri = format!("/api/block_documents/{}", w.zoom_gcs);
+        for creds in [w.other_creds, w.zoom_creds] {
+            let r = send(app, "PATCH", &uri, Some(admin), Some(&json!({"data": {"bucket": "b", "bucket_folder": "", "gcp_credentials": reference_value(creds)}})), &[]).await;
+            assert_eq!(r.status, 204);
+        }
+        let versions = get(app, &format!("{uri}/versions"), admin).await;
+        let with_other = versions.body.as_array().unwrap().iter().find(|v| {
+            v["references"]["gcp_credentials"] == json!(w.other_creds.to_string())
+        });
+        let version = with_other.expect("a version referencing other-gcp-creds")["version"].as_i64().unwrap();
+        let r = send(app, "POST", &format!("{uri}/versions/{version}/rollback"), Some(&writer), None, &[]).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        let r = send(app, "POST", &format!("{uri}/versions/1/rollback"), Some(&writer), None, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+
+        // Prefect's nested save: an anonymous document first, then the block referencing
+        // it. Another tree's anonymous document cannot be adopted.
+        let anon = send(app, "POST", "/api/block_documents/", Some(&writer), Some(&json!({
+            "is_anonymous": true,
+            "block_schema_id": w.creds_schema,
+            "block_type_id": w.creds_type,
+            "data": {"service_account_info": {"private_key": "mine"}, "project": "p"},
+        })), &[]).await;
+        assert_eq!(anon.status, 201, "{}", anon.text);
+        let anon_id: Uuid = anon.body["id"].as_str().unwrap().parse().unwrap();
+        let r = post(bucket("zoom-anon", anon_id)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = get(app, "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-anon", &writer).await;
+        assert_eq!(r.status, 200, "the anonymous child is part of its parent: {}", r.text);
+        let r = post(bucket("zoom-anon-2", anon_id)).await;
+        assert_eq!(r.status, 400, "an anonymous document already held by a tree: {}", r.text);
+        let (other_writer, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/zoom-*"]).await;
+        let theirs = send(app, "POST", "/api/block_documents/", Some(&w.ctx.admin), Some(&json!({
+            "is_anonymous": true,
+            "block_schema_id": w.creds_schema,
+            "block_type_id": w.creds_type,
+            "data": {"service_account_info": {"private_key": CANARY}, "project": "p"},
+        })), &[]).await;
+        let theirs: Uuid = theirs.body["id"].as_str().unwrap().parse().unwrap();
+        let r = send(app, "POST", "/api/block_documents/", Some(&other_writer), Some(&bucket("zoom-steal", theirs)), &[]).await;
+        assert_eq!(r.status, 400, "someone else's orphan: {}", r.text);
+        // Creating an anonymous document of a type with no write grant: 403.
+        let r = send(app, "POST", "/api/block_documents/", Some(&other_writer), Some(&json!({
+            "is_anonymous": true,
+            "block_schema_id": w.creds_schema,
+            "block_type_id": w.creds_type,
+            "data": {"service_account_info": {"private_key": "x"}, "project": "p"},
+        })), &[]).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn registering_types_and_schemas_needs_a_grant_on_the_whole_type() {
+    on_both(async |db| {
+        let w = world(db).await;
+        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
+        let schema = get(
+            app,
+            &format!("/api/block_schemas/{}", w.bucket_schema),
+            &w.ctx.admin,
+        )
+        .await
+        .body;
+        let body = json!({
+            "fields": schema["fields"],
+            "block_type_id": w.bucket_type,
+            "capabilities": schema["capabilities"],
+            "version": "grants-test",
+        });
+        let (narrow, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/zoom-*"]).await;
+        let r = send(
+            app,
+            "POST",
+            "/api/block_schemas/",
+            Some(&narrow),
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert!(r.detail().contains("gcs-bucket/*"), "{}", r.detail());
+        let r = send(
+            app,
+            "POST",
+            "/api/block_types/install_system_block_types",
+            Some(&narrow),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 403);
+        let r = send(
+            app,
+            "POST",
+            "/api/block_types/",
+            Some(&narrow),
+            Some(&json!({"name": "Mine", "slug": "mine"})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 403);
+        let r = send(
+            app,
+            "PATCH",
+            &format!("/api/block_types/{}", w.bucket_type),
+            Some(&narrow),
+            Some(&json!({"description": "x"})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 403);
+
+        let (whole, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/*"]).await;
+        let r = send(
+            app,
+            "POST",
+            "/api/block_schemas/",
+            Some(&whole),
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = send(
+            app,
+            "POST",
+            "/api/block_types/",
+            Some(&whole),
+            Some(&json!({"name": "Mine", "slug": "mine"})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 403, "another type");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent() {
+    on_both(async |db| {
+        let w = world(db).await;
+        let (app, admin) = (&w.ctx.app, &w.ctx.admin);
+        // Create with grants and a ttl; the listing shows them.
+        let r = send(app, "POST", "/api/tokens", Some(admin), Some(&json!({
+            "name": "etl",
+            "scopes": ["read-secrets"],
+            "grants": [{"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"}],
+            "ttl": "1h",
+        })), &[]).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let etl = r.body["token"].as_str().unwrap().to_owned();
+        let etl_id = r.body["id"].as_str().unwrap().to_owned();
+        assert_eq!(r.body["grants"], json!([{"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"}]));
+        assert!(r.body["expires"].is_string());
+        let listed = get(app, "/api/tokens", admin).await;
+        let mine = listed.body.as_array().unwrap().iter().find(|t| t["id"] == json!(etl_id)).unwrap().clone();
+        assert_eq!(mine["grants"], r.body["grants"]);
+
+        // Bad bodies name the field.
+        for (body, field) in [
+            (json!({"name": "a", "scopes": ["admin"], "grants": [{"scope": "read", "selector": "*/*"}]}), "grants"),
+            (json!({"name": "a", "scopes": ["read"], "grants": [{"scope": "write", "selector": "*/*"}]}), "grants[0].scope"),
+            (json!({"name": "a", "scopes": ["read"], "grants": [{"scope": "read", "selector": "no-slash"}]}), "grants[0].selector"),
+            (json!({"name": "a", "scopes": ["read"], "ttl": "soon"}), "ttl"),
+        ] {
+            let r = send(app, "POST", "/api/tokens", Some(admin), Some(&body), &[]).await;
+            assert_eq!(r.status, 422, "{body}: {}", r.text);
+            assert!(r.text.contains(field), "{field}: {}", r.text);
+        }
+
+        // The nested credentials are not granted yet; an admin PATCH adds them, at once.
+        assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await.status, 403);
+        let grants = json!({"grants": [
+            {"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"},
+            {"scope": "read-secrets", "selector": "gcp-credentials/zoom-gcp-creds"},
+        ]});
+        let r = send(app, "PATCH", &format!("/api/tokens/{etl_id}"), Some(&etl), Some(&grants), &[]).await;
+        assert_eq!(r.status, 403, "only an admin changes grants");
+        let r = send(app, "PATCH", &format!("/api/tokens/{etl_id}"), Some(admin), Some(&grants), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await.status, 200);
+        let admin_id = get(app, "/api/tokens", admin).await.body.as_array().unwrap().iter()
+            .find(|t| t["scopes"] == json!(["admin"])).unwrap()["id"].as_str().unwrap().to_owned();
+        let r = send(app, "PATCH", &format!("/api/tokens/{admin_id}"), Some(admin), Some(&json!({"grants": [{"scope": "read", "selector": "*/*"}]})), &[]).await;
+        assert_eq!(r.status, 422);
+        assert!(r.text.contains("admin token cannot be limited"), "{}", r.text);
+
+        // A child for a subprocess: narrower, shorter, revoked with its parent.
+        let r = send(app, "POST", "/api/tokens/child", Some(&etl), Some(&json!({
+            "grants": [{"scope": "read", "selector": "gcs-bucket/zoom-gcs"}], "ttl": 300,
+        })), &[]).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let child = r.body["token"].as_str().unwrap().to_owned();
+        assert_eq!(r.body["parent_id"], json!(etl_id));
+        assert_eq!(get(app, OTHER_GCS, &child).await.status, 404);
+        assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &child).await.status, 403);
+        for body in [
+            json!({"grants": [{"scope": "read", "selector": "gcs-bucket/*"}]}),
+            json!({"scopes": ["write"]}),
+            json!({"ttl": "2h"}),
+            json!({"grants": []}),
+        ] {
+            let r = send(app, "POST", "/api/tokens/child", Some(&etl), Some(&body), &[]).await;
+            assert_eq!(r.status, 422, "{body}: {}", r.text);
+        }
+        let r = send(app, "DELETE", &format!("/api/tokens/{etl_id}"), Some(admin), None, &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(get(app, ZOOM_GCS, &child).await.status, 401, "a child outlived its parent");
+
+        // Minting is audited under the parent.
+        let records = all_audit(&w.ctx.state.store).await;
+        assert!(records.iter().any(|r| r.action == "POST /api/tokens/child" && r.status == 201));
+        assert!(records.iter().any(|r| r.action == "PATCH /api/tokens/{id}" && r.status == 200));
+    })
+    .await;
+}
