@@ -98,7 +98,7 @@ pub(super) fn routes() -> Vec<Route> {
 
 async fn create_token(State(state): St, Body(body): Body<TokenCreate>) -> ApiResult<Response> {
     let created = state.store.create_token(body).await?;
-    Ok(created_token(&created))
+    Ok(created_token(&created, StatusCode::CREATED))
 }
 
 async fn create_child_token(
@@ -115,7 +115,7 @@ async fn create_child_token(
         .store
         .create_child_token(parent, body, MAX_CHILD_TTL)
         .await?;
-    Ok(created_token(&created))
+    Ok(created_token(&created, StatusCode::CREATED))
 }
 
 /// The body of `PATCH /api/tokens/{id}`.
@@ -134,8 +134,8 @@ async fn update_token(
     Ok(Json(state.store.set_token_grants(id, body.grants).await?))
 }
 
-/// 201 with the token's listing and, this once, the token itself.
-fn created_token(created: &crate::store::CreatedToken) -> Response {
+/// The token's listing and, this once, the token itself.
+pub(super) fn created_token(created: &crate::store::CreatedToken, status: StatusCode) -> Response {
     let mut value = serde_json::to_value(&created.info).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert(
@@ -143,7 +143,7 @@ fn created_token(created: &crate::store::CreatedToken) -> Response {
             Value::String(created.token.expose_secret().to_owned()),
         );
     }
-    (StatusCode::CREATED, Json(value)).into_response()
+    (status, Json(value)).into_response()
 }
 
 async fn list_tokens(State(state): St) -> ApiResult<Json<Vec<TokenInfo>>> {

@@ -465,6 +465,7 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                     let caller = Caller {
                         token: Some(info),
                         read_secrets: Arc::default(),
+                        hidden: Arc::default(),
                     };
                     req.extensions_mut().insert(caller.clone());
                     let state = state.clone();
@@ -482,7 +483,9 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                                 HeaderValue::from_static("no-store"),
                             );
                         }
-                        let denied = matches!(response.status().as_u16(), 401 | 403 | 429);
+                        let hidden = caller.hidden.load(std::sync::atomic::Ordering::Relaxed);
+                        let denied =
+                            matches!(response.status().as_u16(), 401 | 403 | 429) || hidden;
                         if kind == Kind::Write || denied || secrets {
                             // A read's record need not wait for the disk: it is committed
                             // before the answer and synced moments later.
@@ -492,7 +495,14 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                                 Durability::Synced
                             };
                             record
-                                .store(&state, Some(token_id), secrets, durability, response)
+                                .store(
+                                    &state,
+                                    Some(token_id),
+                                    secrets,
+                                    durability,
+                                    response,
+                                    hidden,
+                                )
                                 .await
                         } else {
                             response
@@ -514,7 +524,7 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                     let response = error.into_response();
                     if audit {
                         record
-                            .store(&state, token_id, false, Durability::Synced, response)
+                            .store(&state, token_id, false, Durability::Synced, response, false)
                             .await
                     } else {
                         response
@@ -663,6 +673,7 @@ pub(crate) fn secret_read_target(path: &str, documents: &[Uuid]) -> String {
 impl Pending {
     /// Stores the record for `response` and returns the response, or a 503 when the record
     /// could not be stored (a secret read or refusal is never answered unrecorded).
+    /// `hidden`: the token's grants hid what the request named (a 404 recorded as denied).
     async fn store(
         self,
         state: &AppState,
@@ -670,6 +681,7 @@ impl Pending {
         secrets: bool,
         durability: Durability,
         response: Response,
+        hidden: bool,
     ) -> Response {
         let status = response.status();
         let (response, target) = if secrets {
@@ -707,7 +719,7 @@ impl Pending {
                 self.route.as_deref().unwrap_or("unmatched")
             ),
             target,
-            outcome: outcome(status),
+            outcome: if hidden { "denied" } else { outcome(status) },
             status: status.as_u16(),
         };
         let stored = match durability {

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::extract::{Body, Caller, Id, IncludeSecrets};
-use super::grants::{self, check_document, check_references, check_tree, read_scope};
+use super::grants::{self, check_document, check_references, read_scope};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
 use crate::store::{Scope, Tagged, VersionInfo};
@@ -134,11 +134,14 @@ async fn read(
     IncludeSecrets(include_secrets): IncludeSecrets,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let scope = read_scope(include_secrets);
+    // Before the read: a hidden document answers as a missing one, whatever state it is in.
+    check_document(&state, &caller, id, scope).await?;
     let tagged = state
         .store
         .read_block_document_tagged(id, include_secrets)
         .await?;
-    check_tree(&caller, read_scope(include_secrets), &tagged.document)?;
+    grants::check_children(&caller, scope, &tagged.document)?;
     Ok(tagged_response(&headers, tagged))
 }
 
@@ -211,14 +214,14 @@ async fn update(
     headers: HeaderMap,
     Body(body): Body<BlockDocumentUpdate>,
 ) -> ApiResult<StatusCode> {
-    check_document(&state, &caller, id, Scope::Write).await?;
+    let doc = check_document(&state, &caller, id, Scope::Write).await?;
     if let Some(data) = &body.data {
         check_references(&state, &caller, data).await?;
     }
     let expected = precondition(&state, id, &headers).await?;
     state
         .store
-        .update_block_document(id, body, expected, caller.rights())
+        .update_block_document(id, body, expected, caller.rights_on(doc.as_ref()))
         .await
         .map_err(lost_race)?;
     Ok(StatusCode::NO_CONTENT)
@@ -236,7 +239,7 @@ async fn delete_document(
         .store
         .delete_block_document(id, expected)
         .await
-        .map_err(lost_race)?;
+        .map_err(|e| lost_race(grants::visible_referrers(&caller, e)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

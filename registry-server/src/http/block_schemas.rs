@@ -46,10 +46,7 @@ async fn create(
     caller: Caller,
     Body(body): Body<BlockSchemaCreate>,
 ) -> ApiResult<Response> {
-    if caller.limited().is_some() {
-        let ty = state.store.read_block_type(body.block_type_id).await?;
-        super::grants::check_type(&caller, &ty.slug)?;
-    }
+    super::grants::check_schema(&state, &caller, body.block_type_id, &body.fields).await?;
     let (schema, is_new) = state
         .store
         .create_block_schema(body, caller.rights())

@@ -154,7 +154,7 @@ async fn document_by_name(
     let scope = super::grants::read_scope(include_secrets);
     if let Some(token) = caller.limited() {
         // Before the lookup: the answer cannot depend on whether it exists.
-        super::grants::check_root(token, scope, &slug, &name)?;
+        super::grants::check_root(&caller, token, scope, &slug, &name)?;
     }
     let tagged = state
         .store

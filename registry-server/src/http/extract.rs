@@ -129,6 +129,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
 pub(crate) struct Caller {
     pub(crate) token: Option<Arc<TokenInfo>>,
     pub(crate) read_secrets: Arc<AtomicBool>,
+    /// Set when the token's grants hid what the request named (answered 404): the audit
+    /// log records the probe as a refusal.
+    pub(crate) hidden: Arc<AtomicBool>,
 }
 
 impl Caller {

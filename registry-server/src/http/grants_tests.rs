@@ -574,3 +574,84 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
     })
     .await;
 }
+
+#[tokio::test]
+async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
+    on_both(async |db| {
+        let w = world(db).await;
+        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
+        let admin = &w.ctx.admin;
+        // Another team's bucket holding its credentials as an anonymous document.
+        let anon = send(app, "POST", "/api/block_documents/", Some(admin), Some(&json!({
+            "is_anonymous": true,
+            "block_schema_id": w.creds_schema,
+            "block_type_id": w.creds_type,
+            "data": {"service_account_info": {"private_key": CANARY}, "project": "team"},
+        })), &[]).await;
+        let anon: Uuid = anon.body["id"].as_str().unwrap().parse().unwrap();
+        let r = send(app, "POST", "/api/block_documents/", Some(admin), Some(&json!({
+            "name": "team-gcs",
+            "block_schema_id": w.bucket_schema,
+            "block_type_id": w.bucket_type,
+            "data": {"bucket": "t", "bucket_folder": "", "gcp_credentials": reference_value(anon)},
+        })), &[]).await;
+        assert_eq!(r.status, 201);
+        // A token that reads every named block and reads and writes its own bucket.
+        let (wide, wide_id) = limited(
+            store,
+            &[Scope::ReadSecrets, Scope::Write],
+            &["read:*/*", "read-secrets:gcs-bucket/mine", "write:gcs-bucket/mine"],
+        )
+        .await;
+        let r = send(app, "POST", "/api/block_documents/", Some(&wide), Some(&json!({
+            "name": "mine",
+            "block_schema_id": w.bucket_schema,
+            "block_type_id": w.bucket_type,
+            "data": {"bucket": "m", "bucket_folder": "", "gcp_credentials": reference_value(w.zoom_creds)},
+        })), &[]).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let mine: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+        // The anonymous document is in no list, not readable by id, not referenceable.
+        let r = send(app, "POST", "/api/block_documents/filter", Some(&wide),
+            Some(&json!({"block_documents": {"is_anonymous": {"eq_": true}}})), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.body.as_array().unwrap().iter().all(|d| d["is_anonymous"] == false), "{}", r.text);
+        let r = get(app, &format!("/api/block_documents/{anon}"), &wide).await;
+        assert_eq!(r.status, 404);
+        let r = send(app, "PATCH", &format!("/api/block_documents/{mine}"), Some(&wide), Some(&json!({
+            "data": {"bucket": "m", "bucket_folder": "", "gcp_credentials": reference_value(anon)},
+        })), &[]).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        let r = get(app, &format!("/api/block_documents/{mine}?include_secrets=true"), &wide).await;
+        assert_eq!(r.status, 403, "the zoom credentials are read-only to this token: {}", r.text);
+        no_canary(&r);
+        // Probing a hidden document is recorded as a refusal.
+        let records = all_audit(store).await;
+        assert!(
+            records.iter().any(|r| r.token_id == Some(wide_id)
+                && r.status == 404
+                && r.outcome == "denied"
+                && r.target.contains(&anon.to_string())),
+            "no denied record for the probe"
+        );
+
+        // A refused delete names only the referrers the token may see.
+        let (deleter, _) = limited(store, &[Scope::Write], &["write:gcp-credentials/*"]).await;
+        let r = send(app, "DELETE", &format!("/api/block_documents/{}", w.zoom_creds), Some(&deleter), None, &[]).await;
+        assert_eq!(r.status, 409, "{}", r.text);
+        assert!(!r.text.contains("zoom-gcs") && !r.text.contains("mine"), "{}", r.text);
+        assert!(r.text.contains("you cannot see"), "{}", r.text);
+
+        // A schema for one type cannot bring a new schema for another along.
+        let (typer, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/*"]).await;
+        let mut fields = get(app, &format!("/api/block_schemas/{}", w.bucket_schema), admin).await.body["fields"].clone();
+        fields["block_schema_references"]["gcp_credentials"]["block_schema_checksum"] =
+            json!(format!("sha256:{}", "0".repeat(64)));
+        let r = send(app, "POST", "/api/block_schemas/", Some(&typer), Some(&json!({
+            "fields": fields, "block_type_id": w.bucket_type, "capabilities": [], "version": "nested",
+        })), &[]).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert!(r.detail().contains("gcp-credentials/*"), "{}", r.detail());
+    })
+    .await;
+}

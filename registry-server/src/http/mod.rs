@@ -14,6 +14,7 @@ pub mod error;
 mod events;
 mod extract;
 mod grants;
+pub mod identity;
 pub mod metrics;
 mod openapi;
 mod root;
@@ -80,6 +81,8 @@ pub struct Shared {
     /// Whether the server is reached over TLS (the console's sign-in and its origin check
     /// depend on it).
     pub tls: bool,
+    /// Keys fetched from trusted JWT issuers.
+    pub identity: identity::IdentityKeys,
     routes: routes::RouteTable,
 }
 
@@ -112,6 +115,7 @@ impl AppState {
             metrics: Metrics::default(),
             request_timeout,
             tls: false,
+            identity: identity::IdentityKeys::default(),
             routes: routes::table(&all_routes()),
         }))
     }
@@ -159,6 +163,7 @@ pub(crate) fn all_routes() -> Vec<routes::Route> {
     all.extend(block_documents::routes());
     all.extend(events::routes());
     all.extend(admin::routes());
+    all.extend(identity::routes());
     all.extend(metrics::routes());
     all.extend(openapi::routes());
     all
@@ -291,6 +296,8 @@ mod audit_tests;
 mod auth_tests;
 #[cfg(test)]
 mod grants_tests;
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]

@@ -241,5 +241,31 @@ fn components() -> Value {
     components["TokenCreate"] = token_create;
     components["ChildTokenCreate"] = child_token_create;
     components["TokenUpdate"] = token_update;
+    components["JwtLogin"] = json!({"type": "object", "required": ["role", "jwt"], "additionalProperties": false, "properties": {
+        "role": text, "jwt": {"type": "string", "description": "The workload's identity token (RS256 or ES256), at most 16 KiB"}}});
+    let keys = json!({"jwks_url": {"type": ["string", "null"], "description": "https URL of the issuer's JWKS (http only on loopback); fetched by the server"},
+        "jwks": {"type": ["object", "null"], "description": "The issuer's JWKS document itself ({\"keys\": [...]}), for air-gapped setups"}});
+    let mut issuer_create = json!({"type": "object", "required": ["issuer", "audience"], "additionalProperties": false, "properties": {
+        "issuer": {"type": "string", "description": "The iss its tokens carry"},
+        "audience": {"type": "string", "description": "The aud its tokens must carry"}}});
+    let mut issuer = json!({"type": "object", "properties": {"id": uuid, "issuer": text, "audience": text, "created": time}});
+    for (name, schema) in keys.as_object().into_iter().flatten() {
+        issuer_create["properties"][name] = schema.clone();
+        issuer["properties"][name] = schema.clone();
+    }
+    components["IssuerCreate"] = issuer_create;
+    components["Issuer"] = issuer;
+    let role = json!({
+        "issuer": {"type": "string", "description": "The trusted issuer's iss"},
+        "claims": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Claim -> value the token must carry (* matches any run of characters); at least one"},
+        "scopes": {"type": "array", "items": {"enum": ["read", "read-secrets", "write"]}},
+        "grants": grants,
+        "ttl": ttl});
+    components["RoleConfig"] = json!({"type": "object", "required": ["issuer", "claims", "scopes"], "additionalProperties": false, "properties": role});
+    let mut role_out = json!({"type": "object", "properties": role});
+    role_out["properties"]["name"] = text.clone();
+    role_out["properties"]["ttl"] = json!({"type": "integer", "description": "Seconds"});
+    role_out["properties"]["created"] = time.clone();
+    components["Role"] = role_out;
     components
 }

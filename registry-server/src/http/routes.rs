@@ -111,6 +111,11 @@ pub(crate) fn patch<H: Handler<T, AppState>, T: 'static>(path: &'static str, h: 
     route(Method::PATCH, MethodFilter::PATCH, path, h)
 }
 
+/// A PUT route needing `write`.
+pub(crate) fn put<H: Handler<T, AppState>, T: 'static>(path: &'static str, h: H) -> Route {
+    route(Method::PUT, MethodFilter::PUT, path, h)
+}
+
 /// A DELETE route needing `write`.
 pub(crate) fn delete<H: Handler<T, AppState>, T: 'static>(path: &'static str, h: H) -> Route {
     route(Method::DELETE, MethodFilter::DELETE, path, h)

@@ -94,7 +94,7 @@ impl<'de> serde::Deserialize<'de> for Selector {
 }
 
 /// `*` globs over bytes: `*` matches any run (also none), everything else itself.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     // Where the last `*` was, and where in `text` it began to match.
@@ -209,13 +209,14 @@ pub enum Reach<'a> {
 }
 
 impl Reach<'_> {
-    /// Appends ` and (…)`, true for the documents in reach, to a query over documents `d`
-    /// joined to their type `t`.
+    /// Appends ` and …`, true for the documents in reach (never an anonymous one), to a
+    /// query over documents `d` joined to their type `t`.
     pub(crate) fn push_condition(&self, sql: &mut Sql) {
         let Reach::Only(grants, scope) = *self else {
             return;
         };
-        sql.push(" and (1 = 0");
+        // No grant reaches an anonymous document by its made-up name.
+        sql.push(" and d.is_anonymous = 0 and (1 = 0");
         let selectors: BTreeSet<&Selector> = grants
             .iter()
             .filter(|g| g.scope.grants(scope))

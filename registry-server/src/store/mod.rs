@@ -14,6 +14,7 @@ mod browse;
 mod documents;
 mod grants;
 mod group;
+mod identity;
 mod keys;
 mod overview;
 mod schemas;
@@ -46,6 +47,7 @@ pub use browse::{
 };
 pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
 pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
+pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig};
 pub use keys::{KeyInfo, KeyStatus};
 pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};

@@ -623,17 +623,51 @@ impl Store {
         body: ChildTokenCreate,
         max_ttl: std::time::Duration,
     ) -> Result<CreatedToken> {
+        // Checked against the parent as it is now, under the lock revocations and grant
+        // changes take: a child cannot be minted from a parent being revoked or narrowed.
+        let mut tx = self.write.begin().await?;
+        self.lock_token_families(&mut tx).await?;
+        self.count_query();
+        let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
+            .bind(parent.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let parent = match row.as_ref().map(token_from_row).transpose()? {
+            Some(fresh) => check_validity(fresh).map_err(|_| {
+                StoreError::Conflict("the caller's token is no longer valid".to_owned())
+            })?,
+            None => {
+                return Err(StoreError::Conflict(
+                    "the caller's token is no longer valid".to_owned(),
+                ));
+            }
+        };
+        let parent = &parent;
         let mut errors = Vec::new();
         let name = body
             .name
             .unwrap_or_else(|| format!("child of {}", parent.name));
         let name: String = name.trim().chars().take(100).collect();
         check_name(&name, &mut errors);
-        let scopes = body.scopes.unwrap_or_else(|| parent.scopes.clone());
+        // By default the parent's scopes, but never admin (an admin parent's child reads
+        // secrets and writes).
+        let scopes = body.scopes.unwrap_or_else(|| {
+            let mut scopes = parent.scopes.clone();
+            if scopes.remove(&Scope::Admin) && scopes.is_empty() {
+                scopes.extend([Scope::ReadSecrets, Scope::Write]);
+            }
+            scopes
+        });
         if scopes.is_empty() {
             errors.push(block_types::FieldError::new(
                 "scopes",
                 "must name at least one scope the caller holds",
+            ));
+        }
+        if scopes.contains(&Scope::Admin) {
+            errors.push(block_types::FieldError::new(
+                "scopes",
+                "a child token cannot hold admin (it could mint tokens outliving it); create an admin token with POST /api/tokens",
             ));
         }
         for scope in &scopes {
@@ -690,22 +724,6 @@ impl Store {
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
-        let mut tx = self.write.begin().await?;
-        // The parent must still be valid when its child is written (a revocation racing
-        // this one cannot leave a live child behind: it revokes by parent after it).
-        self.count_query();
-        let valid = sqlx::query(
-            "select id from api_token where id = $1 and revoked is null and (expires is null or expires > $2)",
-        )
-        .bind(parent.id.to_string())
-        .bind(now_micros())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if valid.is_none() {
-            return Err(StoreError::Conflict(
-                "the caller's token is no longer valid".to_owned(),
-            ));
-        }
         let created = self
             .insert_token(&mut tx, &name, &scopes, expires, &grants, Some(parent.id))
             .await?;
@@ -714,9 +732,11 @@ impl Store {
     }
 
     /// Replaces a token's grants (admin). Every replica sees the change on the token's next
-    /// request (as a revocation is heard). The token's children keep their own grants.
+    /// request (as a revocation is heard). The tokens minted from it are revoked: they
+    /// were bounded by the grants being replaced.
     pub async fn set_token_grants(&self, id: Uuid, grants: Vec<Grant>) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
+        self.lock_token_families(&mut tx).await?;
         self.count_query();
         let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
             .bind(id.to_string())
@@ -734,9 +754,21 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        self.announce_token_change(&mut tx, &[id]).await?;
+        let family = self.family(&mut tx, id).await?;
+        let now = now_micros();
+        for member in family.iter().filter(|m| **m != id) {
+            self.count_query();
+            sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
+                .bind(now)
+                .bind(member.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.announce_token_change(&mut tx, &family).await?;
         tx.commit().await?;
-        self.tokens.forget(id);
+        for member in &family {
+            self.tokens.forget(*member);
+        }
         info.grants = grants;
         Ok(info)
     }
@@ -754,6 +786,40 @@ impl Store {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    /// Serializes what changes a family of tokens (minting a child, revoking, changing
+    /// grants), so no child is minted from a parent while it is being revoked or narrowed:
+    /// an advisory lock on PostgreSQL (SQLite's one writer serializes them anyway).
+    async fn lock_token_families(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+        if self.backend == super::Backend::Postgres {
+            self.count_query();
+            sqlx::query("select pg_advisory_xact_lock(7317244)")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The token `id` and every token minted from it, at any depth.
+    async fn family(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<Vec<Uuid>> {
+        self.count_query();
+        sqlx::query(
+            "with recursive family(id) as ( \
+                 select id from api_token where id = $1 \
+                 union select t.id from api_token t join family f on t.parent_id = f.id) \
+             select id from family",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| uuid_col(r, "id"))
+        .collect()
     }
 
     /// On PostgreSQL, tells every replica (in `tx`, so on commit) to forget these tokens.
@@ -868,27 +934,14 @@ impl Store {
     /// fail from the next request on, on every replica. Revoking twice is harmless.
     pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
+        self.lock_token_families(&mut tx).await?;
         self.count_query();
         let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
-        // The token and its descendants (a child's lifetime never outlasts its parent's,
-        // and a chain is as long as it was minted: bounded by the table).
-        self.count_query();
-        let family: Vec<Uuid> = sqlx::query(
-            "with recursive family(id) as ( \
-                 select id from api_token where id = $1 \
-                 union select t.id from api_token t join family f on t.parent_id = f.id) \
-             select id from family",
-        )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| uuid_col(r, "id"))
-        .collect::<Result<_>>()?;
+        let family = self.family(&mut tx, id).await?;
         self.refuse_revoking_the_last_admin(&mut tx, &family)
             .await?;
         let now = now_micros();

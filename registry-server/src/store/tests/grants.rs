@@ -264,7 +264,7 @@ async fn a_child_token_is_never_wider_or_longer_lived_than_its_parent() {
 }
 
 #[tokio::test]
-async fn revoking_a_family_never_leaves_no_admin() {
+async fn a_child_never_holds_admin_and_narrowing_a_parent_revokes_its_children() {
     on_both(async |db| {
         let store = db.open().await;
         let admin = store
@@ -275,26 +275,67 @@ async fn revoking_a_family_never_leaves_no_admin() {
             })
             .await
             .unwrap();
+        let max = Duration::from_secs(60);
         let child = store
-            .create_child_token(
-                &admin.info,
-                ChildTokenCreate::default(),
-                Duration::from_secs(60),
-            )
+            .create_child_token(&admin.info, ChildTokenCreate::default(), max)
             .await
             .unwrap();
-        assert_eq!(child.info.scopes, BTreeSet::from([Scope::Admin]));
-        // The admin and its admin child are the only admins: revoking the parent would
-        // revoke both.
-        let refused = store.revoke_token(admin.info.id).await.unwrap_err();
-        assert!(matches!(refused, StoreError::Conflict(_)), "{refused:?}");
+        assert_eq!(
+            child.info.scopes,
+            BTreeSet::from([Scope::ReadSecrets, Scope::Write])
+        );
+        let refused = store
+            .create_child_token(
+                &admin.info,
+                ChildTokenCreate {
+                    scopes: Some([Scope::Admin].into()),
+                    ..Default::default()
+                },
+                max,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(fields(refused), ["scopes"]);
+
+        // Children were bounded by their parent's grants: new grants revoke them.
+        let parent = token(&store, &[Scope::Read], &["read:secret/*"]).await;
+        let child = store
+            .create_child_token(&parent.info, ChildTokenCreate::default(), max)
+            .await
+            .unwrap();
+        let changed = store
+            .set_token_grants(parent.info.id, grants(&["read:secret/zoom-*"]))
+            .await
+            .unwrap();
+        assert_eq!(changed.grants, grants(&["read:secret/zoom-*"]));
         assert!(
             store
-                .authenticate(child.token.expose_secret())
+                .authenticate(parent.token.expose_secret())
                 .await
                 .unwrap()
                 .is_ok()
         );
+        assert!(matches!(
+            store
+                .authenticate(child.token.expose_secret())
+                .await
+                .unwrap(),
+            Err(TokenRejection::Revoked(_))
+        ));
+        // A child is checked against its parent as stored, not as the caller last saw it.
+        let stale = parent.info.clone();
+        let refused = store
+            .create_child_token(
+                &stale,
+                ChildTokenCreate {
+                    grants: Some(grants(&["read:secret/prod-*"])),
+                    ..Default::default()
+                },
+                max,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(fields(refused), ["grants[0]"]);
     })
     .await;
 }

@@ -5,6 +5,7 @@ pub(crate) mod harness;
 mod browse;
 mod documents;
 mod grants;
+mod identity;
 mod keys;
 mod listing;
 mod schemas;
