@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use block_types::model::BlockDocument;
 use block_types::{Block, SecretMap};
 use reqwest::StatusCode;
-use secrecy::ExposeSecret as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -90,6 +90,8 @@ pub struct Client {
     /// The `ETag` each document had when this client last read it: `save_overwrite` makes
     /// its write conditional on it.
     etags: Arc<Mutex<HashMap<Uuid, String>>>,
+    /// Signs in with the configured workload identity, if any.
+    signer: Option<Arc<crate::identity::Signer>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -148,7 +150,12 @@ impl Client {
             });
             Error::Config(format!("cannot build the HTTP client{file}: {}", chain(&e)))
         })?;
+        let signer = config
+            .identity
+            .clone()
+            .map(|identity| Arc::new(crate::identity::Signer::new(identity)));
         Ok(Self {
+            signer,
             http,
             config: Arc::new(config),
             cache: None,
@@ -369,6 +376,18 @@ impl Client {
         Ok(document)
     }
 
+    /// The token to send: from the workload identity when one is configured (exchanged
+    /// and renewed as needed), else the configured one.
+    async fn bearer(&self) -> Result<Option<SecretString>, Error> {
+        match &self.signer {
+            Some(signer) => signer
+                .token(&self.http, &self.config.api_url, &self.config.source)
+                .await
+                .map(Some),
+            None => Ok(self.config.api_key.clone()),
+        }
+    }
+
     fn url(&self, path: &str) -> Result<url::Url, Error> {
         self.config
             .api_url
@@ -387,7 +406,7 @@ impl Client {
         let mut attempt = 1;
         loop {
             let mut request = self.http.get(url.clone());
-            if let Some(key) = &self.config.api_key {
+            if let Some(key) = self.bearer().await? {
                 request = request.bearer_auth(key.expose_secret());
             }
             if let Some(etag) = if_none_match {
@@ -438,9 +457,19 @@ impl Client {
             .map(ToOwned::to_owned)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
         match status {
-            StatusCode::UNAUTHORIZED => Error::Unauthorized {
-                detail,
-                key_from: self.config.source.key_variable(),
+            StatusCode::UNAUTHORIZED => match &self.signer {
+                Some(signer) => {
+                    // Revoked or expired early: the next request signs in again.
+                    signer.forget();
+                    Error::Unauthorized {
+                        detail,
+                        key_from: signer.identity().describe(),
+                    }
+                }
+                None => Error::Unauthorized {
+                    detail,
+                    key_from: self.config.source.key_variable(),
+                },
             },
             StatusCode::FORBIDDEN => Error::Forbidden { detail },
             StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
@@ -523,7 +552,7 @@ impl Client {
         let mut attempt = 1;
         let response = loop {
             let mut request = self.http.request(method.clone(), url.clone());
-            if let Some(key) = &self.config.api_key {
+            if let Some(key) = self.bearer().await? {
                 request = request.bearer_auth(key.expose_secret());
             }
             if let Some(body) = body {

@@ -56,6 +56,9 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     /// Where `api_url` came from.
     pub source: ConfigSource,
+    /// A workload identity to sign in with instead of `api_key`:
+    /// `BLOCKS_IDENTITY_TOKEN_FILE` and `BLOCKS_ROLE`.
+    pub identity: Option<crate::Identity>,
 }
 
 impl fmt::Debug for Config {
@@ -69,6 +72,7 @@ impl fmt::Debug for Config {
             .field("api_key", &self.api_key.as_ref().map(|_| "********"))
             .field("ca_cert", &self.ca_cert)
             .field("source", &self.source)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -96,7 +100,30 @@ impl Config {
             api_key: api_key.map(|k| SecretString::from(k.trim().to_owned())),
             ca_cert: None,
             source: ConfigSource::Explicit,
+            identity: None,
         })
+    }
+
+    /// Signs in with a workload identity (the JWT in `token_file`, exchanged for a
+    /// short-lived token of `role`) instead of a token.
+    ///
+    /// ```
+    /// let config = registry_client::Config::new("http://127.0.0.1:4200/api", None)?
+    ///     .with_identity("/var/run/secrets/tokens/blocks", "etl-loader");
+    /// assert_eq!(config.identity.unwrap().role, "etl-loader");
+    /// # Ok::<(), registry_client::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_identity(
+        mut self,
+        token_file: impl Into<PathBuf>,
+        role: impl Into<String>,
+    ) -> Self {
+        self.identity = Some(crate::Identity {
+            token_file: token_file.into(),
+            role: role.into(),
+        });
+        self
     }
 
     /// From the environment: `BLOCKS_API_URL`/`BLOCKS_API_KEY`, else
@@ -129,6 +156,31 @@ impl Config {
     /// # Ok::<(), registry_client::Error>(())
     /// ```
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut config = Self::from_lookup_without_identity(&var)?;
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        match (set("BLOCKS_IDENTITY_TOKEN_FILE"), set("BLOCKS_ROLE")) {
+            (Some(file), Some(role)) => {
+                config.identity = Some(crate::Identity {
+                    token_file: PathBuf::from(file.trim()),
+                    role: role.trim().to_owned(),
+                });
+            }
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "BLOCKS_IDENTITY_TOKEN_FILE is set but BLOCKS_ROLE is not: set the role to sign in to".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "BLOCKS_ROLE is set but BLOCKS_IDENTITY_TOKEN_FILE is not: point it at the identity token".to_owned(),
+                ));
+            }
+            (None, None) => {}
+        }
+        Ok(config)
+    }
+
+    fn from_lookup_without_identity(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let ca_cert = var("BLOCKS_CA_CERT").map(PathBuf::from);
         for (url_var, key_var, source) in [
             ("BLOCKS_API_URL", "BLOCKS_API_KEY", ConfigSource::BlocksEnv),
@@ -147,6 +199,7 @@ impl Config {
                         .map(SecretString::from),
                     ca_cert,
                     source,
+                    identity: None,
                 });
             }
         }
@@ -185,6 +238,7 @@ impl Config {
                 .map(SecretString::from),
             ca_cert,
             source,
+            identity: None,
         })
     }
 }

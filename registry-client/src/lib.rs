@@ -32,6 +32,11 @@
 //! # }
 //! ```
 //!
+//! In a Kubernetes pod or a CI job, no secret needs to be configured: with
+//! `BLOCKS_IDENTITY_TOKEN_FILE` (the platform's identity token, a JWT) and `BLOCKS_ROLE`,
+//! the client exchanges the identity for a short-lived token of the role at the server,
+//! and again before that token expires.
+//!
 //! Saving registers the block type and schema when the server lacks them; nested blocks
 //! that were loaded (or saved) through the same client are saved as references to their
 //! documents, others are saved first as anonymous documents:
@@ -55,6 +60,7 @@
 mod client;
 mod config;
 mod error;
+mod identity;
 mod save;
 
 #[cfg(feature = "docker")]
@@ -72,6 +78,7 @@ pub use block_types;
 pub use client::{CacheStats, Client, JsonBlock};
 pub use config::{Config, ConfigSource};
 pub use error::Error;
+pub use identity::Identity;
 pub use reqwest::Method;
 
 use block_types::Block;

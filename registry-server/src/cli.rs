@@ -182,6 +182,82 @@ pub enum TokenCommand {
     },
 }
 
+/// `blocks auth …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuthCommand {
+    /// Trusted JWT issuers.
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
+    /// Roles a workload identity signs in to.
+    #[command(subcommand)]
+    Role(RoleCommand),
+}
+
+/// `blocks auth issuer …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum IssuerCommand {
+    /// Trust an issuer: its `iss`, the audience its tokens must carry for this server, and
+    /// its public keys (a JWKS URL the server fetches, or a JWKS file uploaded once).
+    Add {
+        /// The `iss` of its tokens (https://kubernetes.default.svc, …).
+        #[arg(long)]
+        issuer: String,
+        /// The `aud` its tokens must carry.
+        #[arg(long)]
+        audience: String,
+        /// Where the issuer publishes its keys.
+        #[arg(
+            long,
+            required_unless_present = "jwks_file",
+            conflicts_with = "jwks_file"
+        )]
+        jwks_url: Option<String>,
+        /// A JWKS document with its keys (air-gapped setups; `kubectl get --raw
+        /// /openid/v1/jwks`).
+        #[arg(long)]
+        jwks_file: Option<std::path::PathBuf>,
+    },
+    /// List trusted issuers.
+    Ls,
+    /// Stop trusting an issuer (by id; refused while roles use it).
+    Rm {
+        /// The issuer's id.
+        id: String,
+    },
+}
+
+/// `blocks auth role …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RoleCommand {
+    /// Create or replace a role.
+    Set {
+        /// The role's name.
+        name: String,
+        /// The issuer (its `iss`) whose tokens sign in to it.
+        #[arg(long)]
+        issuer: String,
+        /// A claim the token must carry, `name=value` (`*` matches any run; repeat).
+        #[arg(long = "claim", required = true)]
+        claims: Vec<String>,
+        /// Scopes of the token issued: read, read-secrets, write (repeat or comma-separate).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Grants of the token issued, `scope:type-slug/name` (repeat).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Lifetime of the token issued (default 1h, at most 24h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List roles.
+    Ls,
+    /// Delete a role.
+    Rm {
+        /// The role's name.
+        name: String,
+    },
+}
+
 /// `blocks key …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
@@ -664,6 +740,131 @@ async fn delete_and_say(
         &["DELETED"],
         &[vec![what.to_owned()]],
     );
+    Ok(())
+}
+
+/// `blocks auth …`.
+pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
+    let client = client()?;
+    let issuer_row = |i: &Value| {
+        vec![
+            text(&i["id"]),
+            text(&i["issuer"]),
+            text(&i["audience"]),
+            if i["jwks_url"].is_string() {
+                text(&i["jwks_url"])
+            } else {
+                "(kept on the server)".to_owned()
+            },
+        ]
+    };
+    let issuer_headers = ["ID", "ISSUER", "AUDIENCE", "KEYS"];
+    let role_row = |r: &Value| {
+        let list = |v: &Value, f: &dyn Fn(&Value) -> String| {
+            v.as_array()
+                .map(|a| a.iter().map(f).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        vec![
+            text(&r["name"]),
+            text(&r["issuer"]),
+            r["claims"]
+                .as_object()
+                .map(|c| {
+                    c.iter()
+                        .map(|(k, v)| format!("{k}={}", text(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+            list(&r["scopes"], &text),
+            list(&r["grants"], &|g| {
+                format!("{}:{}", text(&g["scope"]), text(&g["selector"]))
+            }),
+            format!("{} s", text(&r["ttl"])),
+        ]
+    };
+    let role_headers = ["NAME", "ISSUER", "CLAIMS", "SCOPES", "GRANTS", "TTL"];
+    match command {
+        AuthCommand::Issuer(IssuerCommand::Add {
+            issuer,
+            audience,
+            jwks_url,
+            jwks_file,
+        }) => {
+            let mut body = json!({"issuer": issuer, "audience": audience});
+            if let Some(url) = jwks_url {
+                body["jwks_url"] = json!(url);
+            }
+            if let Some(path) = jwks_file {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let jwks: Value = serde_json::from_str(&text).map_err(|e| {
+                    UsageError(format!("{} is not a JWKS document: {e}", path.display()))
+                })?;
+                body["jwks"] = jwks;
+            }
+            let created = client
+                .send_json(Method::POST, "auth/issuers", Some(&body))
+                .await?;
+            print(format, &created, &issuer_headers, &[issuer_row(&created)]);
+        }
+        AuthCommand::Issuer(IssuerCommand::Ls) => {
+            let all = client.get_json("auth/issuers").await?;
+            let rows: Vec<_> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(issuer_row)
+                .collect();
+            print(format, &all, &issuer_headers, &rows);
+        }
+        AuthCommand::Issuer(IssuerCommand::Rm { id }) => {
+            delete_and_say(&client, &format!("auth/issuers/{}", enc(id)), id, format).await?;
+        }
+        AuthCommand::Role(RoleCommand::Set {
+            name,
+            issuer,
+            claims,
+            scopes,
+            grants,
+            ttl,
+        }) => {
+            let claims = claims
+                .iter()
+                .map(|c| {
+                    c.split_once('=')
+                        .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
+                        .ok_or_else(|| UsageError(format!("--claim {c}: expected name=value")))
+                })
+                .collect::<Result<serde_json::Map<_, _>, _>>()?;
+            let mut body = json!({
+                "issuer": issuer,
+                "claims": claims,
+                "scopes": scopes,
+                "grants": parse_grants(grants)?,
+            });
+            if let Some(ttl) = ttl {
+                body["ttl"] = json!(parse_ttl(ttl)?.0.as_secs());
+            }
+            let role = client
+                .send_json(
+                    Method::PUT,
+                    &format!("auth/roles/{}", enc(name)),
+                    Some(&body),
+                )
+                .await?;
+            print(format, &role, &role_headers, &[role_row(&role)]);
+        }
+        AuthCommand::Role(RoleCommand::Ls) => {
+            let all = client.get_json("auth/roles").await?;
+            let rows: Vec<_> = all.as_array().into_iter().flatten().map(role_row).collect();
+            print(format, &all, &role_headers, &rows);
+        }
+        AuthCommand::Role(RoleCommand::Rm { name }) => {
+            delete_and_say(&client, &format!("auth/roles/{}", enc(name)), name, format).await?;
+        }
+    }
     Ok(())
 }
 

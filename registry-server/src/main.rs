@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use registry_server::cli::{self, Format, KeyCommand, RegisterArgs, TokenCommand, TypeCommand};
+use registry_server::cli::{
+    self, AuthCommand, Format, KeyCommand, RegisterArgs, TokenCommand, TypeCommand,
+};
 use registry_server::serve::{ServeArgs, start};
 use tracing_subscriber::EnvFilter;
 
@@ -83,6 +85,9 @@ enum Command {
     /// Data keys and master keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Sign-in with a workload identity: trusted JWT issuers and roles (admin).
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// The audit log, newest first.
     Audit {
         /// At most this many records.
@@ -166,6 +171,7 @@ async fn main() -> ExitCode {
         Command::Rollback { address, version } => cli::rollback(address, *version, format).await,
         Command::Token(command) => cli::token(command, format).await,
         Command::Key(command) => cli::key(command, format).await,
+        Command::Auth(command) => cli::auth(command, format).await,
         Command::Audit { limit, action } => cli::audit(*limit, action.as_deref(), format).await,
         Command::Export { file } => cli::export(file, format).await,
         Command::Import { file } => cli::import(file, format).await,

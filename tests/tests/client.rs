@@ -834,3 +834,137 @@ async fn https_with_a_private_ca_works_through_blocks_ca_cert() {
     }
     server.running.stop().await.unwrap();
 }
+
+/// A P-256 signing key (the test issuer's) and its public JWK.
+fn issuer_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine as _;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    (
+        jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+        json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
+    )
+}
+
+/// What a Kubernetes projected service-account token for `etl/loader` carries.
+fn pod_token(key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    let claims = json!({
+        "iss": "https://kubernetes.default.svc", "aud": ["blocks"],
+        "sub": "system:serviceaccount:etl:loader", "iat": now, "nbf": now, "exp": now + 600,
+    });
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn a_pod_signs_in_with_its_identity_token_and_renews_before_expiry() {
+    let server = server().await;
+    seed(&server).await;
+    let (key, jwk) = issuer_key("pod-key");
+    server
+        .call(
+            reqwest::Method::POST,
+            "auth/issuers",
+            Some(json!({"issuer": "https://kubernetes.default.svc", "audience": "blocks", "jwks": {"keys": [jwk]}})),
+        )
+        .await;
+    server
+        .call(
+            reqwest::Method::PUT,
+            "auth/roles/etl-loader",
+            Some(json!({
+                "issuer": "https://kubernetes.default.svc",
+                "claims": {"sub": "system:serviceaccount:etl:loader"},
+                "scopes": ["read-secrets"],
+                "grants": [
+                    {"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"},
+                    {"scope": "read-secrets", "selector": "gcp-credentials/zoom-gcp-creds"},
+                ],
+                "ttl": 3,
+            })),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, pod_token(&key, "pod-key")).unwrap();
+    // No token configured anywhere: the identity is all the pod has.
+    let config = Config::from_lookup(|name| match name {
+        "BLOCKS_API_URL" => Some(server.api()),
+        "BLOCKS_IDENTITY_TOKEN_FILE" => Some(file.display().to_string()),
+        "BLOCKS_ROLE" => Some("etl-loader".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(config.api_key.is_none());
+    let client = Client::new(config).unwrap();
+    let bucket: GcsBucket = client.load("zoom-gcs").await.unwrap();
+    assert_eq!(bucket.bucket, "dtc-data-lake");
+    // Outside the role's grants: as absent as a block that does not exist.
+    let other = client.load::<Secret>("anything").await.unwrap_err();
+    assert!(matches!(other, Error::NotFound { .. }), "{other:?}");
+
+    // The role's tokens live 3 s; the client renews after two thirds of that, reading the
+    // file again (the platform rotates it), and keeps loading across several lifetimes.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::fs::write(&file, pod_token(&key, "pod-key")).unwrap();
+        let bucket: GcsBucket = client.load("zoom-gcs").await.unwrap();
+        assert_eq!(bucket.gcp_credentials.project.as_deref(), Some("dtc-de"));
+    }
+    let audit = server
+        .call(
+            reqwest::Method::GET,
+            "audit?action=POST%20/api/auth/jwt",
+            None,
+        )
+        .await;
+    let exchanges = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .count();
+    assert!(
+        exchanges >= 3,
+        "the client did not renew: {exchanges} exchanges"
+    );
+
+    // A role the identity does not match: the error says where the token came from.
+    let wrong = Client::new(
+        Config::new(&server.api(), None)
+            .unwrap()
+            .with_identity(&file, "nobody"),
+    )
+    .unwrap();
+    match wrong.load::<GcsBucket>("zoom-gcs").await.unwrap_err() {
+        Error::Unauthorized { detail, key_from } => {
+            assert!(detail.contains("no role"), "{detail}");
+            assert!(
+                key_from.contains("identity token") && key_from.contains("nobody"),
+                "{key_from}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Half the identity configured: a clear configuration error.
+    let half = Config::from_lookup(|name| match name {
+        "BLOCKS_API_URL" => Some(server.api()),
+        "BLOCKS_ROLE" => Some("etl-loader".to_owned()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(
+        half.to_string().contains("BLOCKS_IDENTITY_TOKEN_FILE"),
+        "{half}"
+    );
+}

@@ -136,6 +136,11 @@ async fn update_token(
 
 /// The token's listing and, this once, the token itself.
 pub(super) fn created_token(created: &crate::store::CreatedToken, status: StatusCode) -> Response {
+    (status, Json(created_value(created))).into_response()
+}
+
+/// A new token as JSON: its listing and the token.
+pub(super) fn created_value(created: &crate::store::CreatedToken) -> Value {
     let mut value = serde_json::to_value(&created.info).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert(
@@ -143,7 +148,7 @@ pub(super) fn created_token(created: &crate::store::CreatedToken, status: Status
             Value::String(created.token.expose_secret().to_owned()),
         );
     }
-    (status, Json(value)).into_response()
+    value
 }
 
 async fn list_tokens(State(state): St) -> ApiResult<Json<Vec<TokenInfo>>> {

@@ -286,7 +286,16 @@ async fn exchange(
             .into_response();
     }
     match outcome {
-        Ok((created, _)) => super::admin::created_token(&created, StatusCode::OK),
+        Ok((created, _)) => {
+            let mut value = super::admin::created_value(&created);
+            // Seconds left, as OAuth answers: what a client schedules its renewal by.
+            let left = created
+                .info
+                .expires
+                .map_or(0, |e| (e - chrono::Utc::now()).num_seconds().max(0));
+            value["expires_in"] = Value::from(left);
+            Json(value).into_response()
+        }
         Err(refusal) if refusal.status == StatusCode::UNAUTHORIZED => {
             ApiError::Unauthorized(refusal.reason).into_response()
         }
