@@ -82,7 +82,9 @@ fn environment(cmd: &mut Command, home: &Path, env: &[(&str, &str)]) {
         .env_remove("BLOCKS_API_URL")
         .env_remove("BLOCKS_API_KEY")
         .env_remove("PREFECT_API_URL")
-        .env_remove("PREFECT_API_KEY");
+        .env_remove("PREFECT_API_KEY")
+        .env_remove("BLOCKS_IDENTITY_TOKEN_FILE")
+        .env_remove("BLOCKS_ROLE");
     isolate(cmd);
     for (k, v) in env {
         cmd.env(k, v);
@@ -1243,4 +1245,282 @@ fn the_first_token_is_never_printed_and_an_offline_token_restores_admin_access()
     let last = blocks(&home, &as_rescue, &["token", "revoke", rescue_id]);
     fails(&last, 1, "last valid admin token");
     drop(server);
+}
+
+/// A P-256 key pair: the signing key and a JWKS document of its public half.
+fn issuer_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine as _;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    (
+        jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])}]}),
+    )
+}
+
+#[test]
+fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let server = serve(&home);
+    let home = home.as_path();
+    let api = format!("http://{}/api", server.addr);
+    ok(&blocks(home, &[], &["register", "gcp"]));
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        format!(r#"{{"service_account_info": {{"type": "service_account", "private_key": "{CANARY}"}}, "project": "dtc-de"}}"#),
+    )
+    .unwrap();
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "gcp-credentials/zoom-gcp-creds",
+            "--data",
+            &format!("@{}", creds.display()),
+        ],
+    ));
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "gcs-bucket/zoom-gcs",
+            "--data",
+            "bucket=dtc-data-lake",
+            "--ref",
+            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
+        ],
+    ));
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "secret/prod-password",
+            "--data",
+            &format!("value={CANARY}"),
+        ],
+    ));
+
+    // The README's pipeline token.
+    let etl: Value = serde_json::from_str(&ok(&blocks(
+        home,
+        &[],
+        &[
+            "--json",
+            "token",
+            "create",
+            "--name",
+            "etl",
+            "--scope",
+            "read-secrets",
+            "--grant",
+            "read-secrets:gcs-bucket/zoom-gcs",
+            "--grant",
+            "read-secrets:gcp-credentials/zoom-gcp-creds",
+            "--expires",
+            "90d",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(etl["grants"].as_array().unwrap().len(), 2, "{etl}");
+    assert!(etl["expires"].is_string());
+    let secret = etl["token"].as_str().unwrap().to_owned();
+    let as_etl = [
+        ("BLOCKS_API_URL", api.as_str()),
+        ("BLOCKS_API_KEY", secret.as_str()),
+    ];
+    let shown = ok(&blocks(
+        home,
+        &as_etl,
+        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
+    ));
+    assert!(shown.contains(CANARY), "{shown}");
+    fails(
+        &blocks(home, &as_etl, &["inspect", "secret/prod-password"]),
+        1,
+        "prod-password",
+    );
+    let listed = ok(&blocks(home, &as_etl, &["ls"]));
+    assert!(
+        listed.contains("zoom-gcs") && !listed.contains("prod-password"),
+        "{listed}"
+    );
+    let tokens = ok(&blocks(home, &[], &["token", "ls"]));
+    assert!(
+        tokens.contains("read-secrets:gcs-bucket/zoom-gcs"),
+        "{tokens}"
+    );
+    // A child for a subprocess: narrower and shorter.
+    let child: Value = serde_json::from_str(&ok(&blocks(
+        home,
+        &as_etl,
+        &[
+            "--json",
+            "token",
+            "child",
+            "--ttl",
+            "10m",
+            "--scope",
+            "read",
+            "--grant",
+            "read:gcs-bucket/zoom-gcs",
+        ],
+    )))
+    .unwrap();
+    let child_secret = child["token"].as_str().unwrap().to_owned();
+    let as_child = [
+        ("BLOCKS_API_URL", api.as_str()),
+        ("BLOCKS_API_KEY", child_secret.as_str()),
+    ];
+    fails(
+        &blocks(home, &as_child, &["inspect", "gcs-bucket/zoom-gcs"]),
+        1,
+        "gcp-credentials/zoom-gcp-creds",
+    );
+    fails(
+        &blocks(
+            home,
+            &as_etl,
+            &["token", "child", "--grant", "read:secret/*"],
+        ),
+        1,
+        "not covered",
+    );
+    // Bad grants are usage errors.
+    fails(
+        &blocks(
+            home,
+            &[],
+            &[
+                "token",
+                "create",
+                "--name",
+                "x",
+                "--scope",
+                "read",
+                "--grant",
+                "gcs-bucket",
+            ],
+        ),
+        2,
+        "--grant",
+    );
+
+    // A pod: the server trusts the cluster's issuer (keys uploaded from a file), a role
+    // maps the service account to the same blocks, and the CLI signs in with nothing but
+    // the projected token.
+    let (key, jwks) = issuer_key("cluster");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "auth",
+            "issuer",
+            "add",
+            "--issuer",
+            "https://kubernetes.default.svc",
+            "--audience",
+            "blocks",
+            "--jwks-file",
+            &jwks_file.display().to_string(),
+        ],
+    ));
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "auth",
+            "role",
+            "set",
+            "etl-loader",
+            "--issuer",
+            "https://kubernetes.default.svc",
+            "--claim",
+            "sub=system:serviceaccount:etl:loader",
+            "--scope",
+            "read-secrets",
+            "--grant",
+            "read-secrets:gcs-bucket/zoom-gcs",
+            "--grant",
+            "read-secrets:gcp-credentials/zoom-gcp-creds",
+            "--ttl",
+            "1h",
+        ],
+    ));
+    let roles = ok(&blocks(home, &[], &["auth", "role", "ls"]));
+    assert!(
+        roles.contains("etl-loader") && roles.contains("sub=system:serviceaccount:etl:loader"),
+        "{roles}"
+    );
+    let issuers = ok(&blocks(home, &[], &["auth", "issuer", "ls"]));
+    assert!(issuers.contains("kept on the server"), "{issuers}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("cluster".into());
+    let claims = serde_json::json!({"iss": "https://kubernetes.default.svc", "aud": ["blocks"],
+        "sub": "system:serviceaccount:etl:loader", "iat": now, "exp": now + 600});
+    let token_file = dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        jsonwebtoken::encode(&header, &claims, &key).unwrap(),
+    )
+    .unwrap();
+    let token_path = token_file.display().to_string();
+    let as_pod = [
+        ("BLOCKS_API_URL", api.as_str()),
+        ("BLOCKS_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        ("BLOCKS_ROLE", "etl-loader"),
+    ];
+    let shown = ok(&blocks(
+        home,
+        &as_pod,
+        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
+    ));
+    assert!(shown.contains(CANARY), "{shown}");
+    fails(
+        &blocks(home, &as_pod, &["inspect", "secret/prod-password"]),
+        1,
+        "prod-password",
+    );
+    let wrong_role = [
+        ("BLOCKS_API_URL", api.as_str()),
+        ("BLOCKS_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        ("BLOCKS_ROLE", "web"),
+    ];
+    fails(&blocks(home, &wrong_role, &["ls"]), 1, "no role");
+    let audit = ok(&blocks(
+        home,
+        &[],
+        &["audit", "--action", "POST /api/auth/jwt"],
+    ));
+    assert!(
+        audit.contains("system:serviceaccount:etl:loader"),
+        "{audit}"
+    );
+    // An issuer in use stays.
+    let issuers: Value =
+        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "auth", "issuer", "ls"]))).unwrap();
+    let id = issuers[0]["id"].as_str().unwrap().to_owned();
+    fails(
+        &blocks(home, &[], &["auth", "issuer", "rm", &id]),
+        1,
+        "etl-loader",
+    );
+    ok(&blocks(home, &[], &["auth", "role", "rm", "etl-loader"]));
+    ok(&blocks(home, &[], &["auth", "issuer", "rm", &id]));
 }
