@@ -104,6 +104,47 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The HTTP client for `config` (its CA certificate, timeouts) with a redirect policy.
+fn http_client(
+    config: &Config,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(redirects)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!(
+            "blocks-registry-client/",
+            env!("CARGO_PKG_VERSION")
+        ));
+    if let Some(path) = &config.ca_cert {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the CA certificate {}: {e}",
+                path.display()
+            ))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::Config(format!("{} is not a PEM certificate: {e}", path.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::Config(format!(
+                "{} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| {
+        let file = config.ca_cert.as_ref().map_or_else(String::new, |p| {
+            format!(" (with the CA certificate {})", p.display())
+        });
+        Error::Config(format!("cannot build the HTTP client{file}: {}", chain(&e)))
+    })
+}
+
 impl Client {
     /// A client configured from the environment (see [`Config::from_env`]).
     pub fn from_env() -> Result<Self, Error> {
@@ -117,43 +158,17 @@ impl Client {
             let path = format!("{}/", config.api_url.path());
             config.api_url.set_path(&path);
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!(
-                "blocks-registry-client/",
-                env!("CARGO_PKG_VERSION")
-            ));
-        if let Some(path) = &config.ca_cert {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::Config(format!(
-                    "cannot read the CA certificate {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Config(format!("{} is not a PEM certificate: {e}", path.display()))
-            })?;
-            if certs.is_empty() {
-                return Err(Error::Config(format!(
-                    "{} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| {
-            let file = config.ca_cert.as_ref().map_or_else(String::new, |p| {
-                format!(" (with the CA certificate {})", p.display())
-            });
-            Error::Config(format!("cannot build the HTTP client{file}: {}", chain(&e)))
-        })?;
+        let http = http_client(&config, reqwest::redirect::Policy::default())?;
         let signer = config
             .identity
             .clone()
-            .map(|identity| Arc::new(crate::identity::Signer::new(identity)));
+            .map(|identity| {
+                // The sign-in never follows a redirect: it would resend the identity token
+                // to wherever the redirect points.
+                http_client(&config, reqwest::redirect::Policy::none())
+                    .map(|http| Arc::new(crate::identity::Signer::new(identity, http)))
+            })
+            .transpose()?;
         Ok(Self {
             signer,
             http,
@@ -381,7 +396,7 @@ impl Client {
     async fn bearer(&self) -> Result<Option<SecretString>, Error> {
         match &self.signer {
             Some(signer) => signer
-                .token(&self.http, &self.config.api_url, &self.config.source)
+                .token(&self.config.api_url, &self.config.source)
                 .await
                 .map(Some),
             None => Ok(self.config.api_key.clone()),

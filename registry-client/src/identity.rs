@@ -12,6 +12,9 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::Error;
 
+/// The longest a signed-in token is kept, whatever the server says.
+const MAX_LIFE: Duration = Duration::from_secs(24 * 3600);
+
 /// The longest identity token read from the file.
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
@@ -46,6 +49,8 @@ struct Session {
 /// Exchanges an identity for tokens, one exchange at a time.
 pub(crate) struct Signer {
     identity: Identity,
+    /// Follows no redirect.
+    http: reqwest::Client,
     session: Mutex<Option<Session>>,
     exchanging: tokio::sync::Mutex<()>,
 }
@@ -65,9 +70,10 @@ struct Exchanged {
 }
 
 impl Signer {
-    pub(crate) fn new(identity: Identity) -> Self {
+    pub(crate) fn new(identity: Identity, http: reqwest::Client) -> Self {
         Self {
             identity,
+            http,
             session: Mutex::default(),
             exchanging: tokio::sync::Mutex::default(),
         }
@@ -107,7 +113,6 @@ impl Signer {
     /// that fails while the current one has not expired, the current one).
     pub(crate) async fn token(
         &self,
-        http: &reqwest::Client,
         api_url: &url::Url,
         source: &crate::ConfigSource,
     ) -> Result<SecretString, Error> {
@@ -118,7 +123,7 @@ impl Signer {
         if let Some(token) = self.current(true) {
             return Ok(token);
         }
-        match self.exchange(http, api_url, source).await {
+        match self.exchange(api_url, source).await {
             Ok(token) => Ok(token),
             Err(e) => self.current(false).ok_or(e),
         }
@@ -126,7 +131,6 @@ impl Signer {
 
     async fn exchange(
         &self,
-        http: &reqwest::Client,
         api_url: &url::Url,
         source: &crate::ConfigSource,
     ) -> Result<SecretString, Error> {
@@ -151,7 +155,8 @@ impl Signer {
             .join("auth/jwt")
             .map_err(|e| Error::Config(format!("bad API URL: {e}")))?;
         let started = Instant::now();
-        let response = http
+        let response = self
+            .http
             .post(url)
             .json(&serde_json::json!({"role": self.identity.role, "jwt": jwt.expose_secret()}))
             .send()
@@ -185,7 +190,8 @@ impl Signer {
             status: status.as_u16(),
             detail: format!("the sign-in answer is not a token: {e}"),
         })?;
-        let life = Duration::from_secs(exchanged.expires_in);
+        // A server's answer, bounded: no token is kept for more than a day.
+        let life = Duration::from_secs(exchanged.expires_in.min(MAX_LIFE.as_secs()));
         let token = SecretString::from(exchanged.token);
         *self
             .session

@@ -8,7 +8,8 @@
 //! `BENCH_CONNECTIONS` (16), `BLOCKS_TEST_POSTGRES_URL`, `BENCH_BACKENDS` (`sqlite,postgres`),
 //! and `BENCH_BEFORE`: the path of another `blocks` binary (an earlier build) to measure
 //! side by side with this one in the same run, each row then naming its build.
-//! `BENCH_ONLY` (e.g. `create` or `nested,masked`) runs only those loads (for a profiler
+//! The nested load is also measured with a token limited by grants to the tree's two blocks
+//! (`granted`). `BENCH_ONLY` (e.g. `create` or `nested,masked`) runs only those loads (for a profiler
 //! attached to the server).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -305,6 +306,37 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
             None,
         )
     };
+    // The same load with a token limited by grants to the two blocks of the tree (every
+    // document of it checked against them): what grants cost.
+    let granted = if skip("granted") {
+        skipped()
+    } else {
+        // An earlier build (BENCH_BEFORE) may not know grants: then this row is empty.
+        let limited: Option<Value> = reqwest::blocking::Client::new()
+            .post(format!("{}/tokens", server.api))
+            .bearer_auth(&server.admin)
+            .json(
+                &json!({"name": "bench limited", "scopes": ["read-secrets"], "grants": [
+                    {"scope": "read-secrets", "selector": "gcs-bucket/zoom-*"},
+                    {"scope": "read-secrets", "selector": "gcp-credentials/zoom-gcp-creds"},
+                ]}),
+            )
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.json().ok());
+        match limited.as_ref().and_then(|l| l["token"].as_str()) {
+            Some(token) => wrk(
+                &format!(
+                    "{}/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
+                    server.api
+                ),
+                Some(token),
+                None,
+            ),
+            None => skipped(),
+        }
+    };
     let masked = if skip("masked") {
         skipped()
     } else {
@@ -340,6 +372,10 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
     println!(
         "| {backend:<15} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         nested.rps, nested.p50_ms, nested.p99_ms, nested.errors
+    );
+    println!(
+        "| {backend:<15} | nested load, token with grants  | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
+        granted.rps, granted.p50_ms, granted.p99_ms, granted.errors
     );
     println!(
         "| {backend:<15} | nested load, secrets masked     | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",

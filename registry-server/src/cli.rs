@@ -837,7 +837,12 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
                         .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
                         .ok_or_else(|| UsageError(format!("--claim {c}: expected name=value")))
                 })
-                .collect::<Result<serde_json::Map<_, _>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some((dup, _)) = claims.iter().find(|(k, _)| !seen.insert(k.clone())) {
+                return Err(UsageError(format!("--claim {dup} is given twice")).into());
+            }
+            let claims: serde_json::Map<_, _> = claims.into_iter().collect();
             let mut body = json!({
                 "issuer": issuer,
                 "claims": claims,

@@ -192,6 +192,18 @@ impl AuthGuard {
         }
     }
 
+    /// For a sign-in with an identity token from `ip`: while `ip` is refused, the seconds
+    /// to wait and whether this is the window's first refusal (the one audited).
+    pub(crate) fn sign_in_refused(&self, ip: IpAddr) -> Option<(u64, bool)> {
+        self.limited(ip).map(|wait| (wait, self.first_refusal(ip)))
+    }
+
+    /// Counts a refused sign-in with an identity token (its digest) from `ip`, as a
+    /// failed token counts.
+    pub(crate) fn sign_in_failed(&self, ip: IpAddr, digest: String) {
+        self.failed(ip, digest);
+    }
+
     /// Counts a request from `ip` that presented no token; true while such requests are
     /// still audited in this window (the first `max_failures` of them).
     fn anonymous(&self, ip: IpAddr) -> bool {

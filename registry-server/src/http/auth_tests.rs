@@ -229,6 +229,25 @@ async fn every_route_checks_its_scope_and_denials_and_writes_are_audited() {
                 (route.method != Method::GET && route.method != Method::DELETE).then(|| json!({}));
             let what = |who: &str| format!("{action} ({uri}) with {who}");
             match route.meta.access {
+                Access::Public if route.path == "/api/auth/jwt" => {
+                    // The sign-in itself: open to anyone, refusing what is not a valid
+                    // identity token (its own tests cover the rest).
+                    let resp = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
+                    assert_eq!(
+                        resp.status,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "{}",
+                        what("no body")
+                    );
+                    let login = json!({"role": "nobody", "jwt": "not-a-jwt"});
+                    let resp = send(&ctx.app, method, &uri, None, Some(&login), &[]).await;
+                    assert_eq!(
+                        resp.status,
+                        StatusCode::UNAUTHORIZED,
+                        "{}",
+                        what("a bad JWT")
+                    );
+                }
                 Access::Public => {
                     let resp = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
                     assert_ne!(

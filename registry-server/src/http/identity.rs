@@ -8,12 +8,15 @@
 //! a public key are refused before any key is looked at), the issuer's `iss` and this
 //! server's `aud`, `exp` and `nbf` with 60 s of skew, an `iat` not in the future. Keys come
 //! from the issuer's configuration only (a JWKS kept in the store, or its JWKS URL, fetched
-//! with a timeout and a size cap, cached for an hour and fetched again when a token names
-//! an unknown `kid`, at most every two seconds); never from a URL in the token. Every
+//! with a timeout and a size cap, by one request at a time per issuer, cached for an hour
+//! and fetched again when a token names an unknown `kid`, at most every two seconds; keys
+//! not fetched successfully for a day are no longer used); never from a URL in the token.
+//! A token lives as long as the role says, but never past the JWT's own `exp`. Refusals
+//! count toward the per-address limit on failed authentications (429 past it). Every
 //! exchange is audited with the role, issuer and subject, never the JWT.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
@@ -25,11 +28,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::auth::RequestId;
+use super::auth::{ClientIp, RequestId};
 use super::extract::{Body, Id};
 use super::routes::{Route, delete, get, post};
 use super::{ApiError, ApiResult, AppState, St};
-use crate::store::{Issuer, IssuerCreate, NewAuditRecord, Role, RoleConfig, TokenCreate, Ttl};
+use crate::store::{
+    Issuer, IssuerCreate, NewAuditRecord, Role, RoleConfig, TokenCreate, Ttl, public_keys,
+};
 
 /// Clock skew allowed on `exp`, `nbf` and `iat`.
 const LEEWAY_SECONDS: u64 = 60;
@@ -44,6 +49,9 @@ const KEYS_FRESH_FOR: Duration = Duration::from_secs(3600);
 const MIN_REFETCH: Duration = Duration::from_secs(2);
 /// How long a key fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys last fetched successfully longer ago than this are not used (an issuer whose keys
+/// cannot be fetched cannot keep a withdrawn key trusted forever).
+const KEYS_USABLE_FOR: Duration = Duration::from_secs(24 * 3600);
 
 pub(super) fn routes() -> Vec<Route> {
     vec![
@@ -94,12 +102,16 @@ pub(super) fn routes() -> Vec<Route> {
 pub struct IdentityKeys {
     http: reqwest::Client,
     fetched: Mutex<HashMap<Uuid, Fetched>>,
+    /// One fetch at a time per issuer.
+    fetching: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Clone)]
 struct Fetched {
-    keys: Option<JwkSet>,
-    at: Instant,
+    /// The keys of the last successful fetch, and when it was.
+    keys: Option<(JwkSet, Instant)>,
+    /// When a fetch was last tried.
+    tried: Instant,
 }
 
 impl Default for IdentityKeys {
@@ -112,6 +124,7 @@ impl Default for IdentityKeys {
         Self {
             http,
             fetched: Mutex::default(),
+            fetching: Mutex::default(),
         }
     }
 }
@@ -126,44 +139,55 @@ impl IdentityKeys {
     }
 
     /// The issuer's keys: kept in the store, or fetched (again when stale, or when
-    /// `refetch` and the last fetch is old enough).
+    /// `refetch` and the last try is old enough).
     async fn keys(&self, issuer: &Issuer, refetch: bool) -> Result<JwkSet, Refusal> {
         if let Some(jwks) = &issuer.jwks {
-            return serde_json::from_value(jwks.clone())
-                .map_err(|_| Refusal::unavailable("the issuer's configured JWKS is not valid"));
+            return Ok(public_keys(jwks));
         }
         let Some(url) = &issuer.jwks_url else {
             return Err(Refusal::unavailable("the issuer has no keys configured"));
         };
-        let cached = self.cached(issuer.id);
-        let due = match &cached {
+        let due = |cached: &Option<Fetched>| match cached {
             None => true,
             Some(f) => {
-                f.at.elapsed() > KEYS_FRESH_FOR
-                    || ((refetch || f.keys.is_none()) && f.at.elapsed() >= MIN_REFETCH)
+                let age = f.keys.as_ref().map(|(_, at)| at.elapsed());
+                (age.is_none_or(|a| a > KEYS_FRESH_FOR) || refetch)
+                    && f.tried.elapsed() >= MIN_REFETCH
             }
         };
-        if !due {
-            return cached.and_then(|f| f.keys).ok_or_else(|| {
-                Refusal::unavailable("the issuer's keys could not be fetched; try again shortly")
-            });
+        if due(&self.cached(issuer.id)) {
+            let gate = self
+                .fetching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(issuer.id)
+                .or_default()
+                .clone();
+            let _one = gate.lock().await;
+            // Another request may have fetched while this one waited.
+            if due(&self.cached(issuer.id)) {
+                let fetched = self.fetch(url).await;
+                if let Err(e) = &fetched {
+                    tracing::warn!(issuer = %issuer.issuer, error = %e, "could not fetch an issuer's keys");
+                }
+                let mut map = self
+                    .fetched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let previous = map.get(&issuer.id).and_then(|f| f.keys.clone());
+                map.insert(
+                    issuer.id,
+                    Fetched {
+                        keys: fetched.ok().map(|k| (k, Instant::now())).or(previous),
+                        tried: Instant::now(),
+                    },
+                );
+            }
         }
-        let fetched = self.fetch(url).await;
-        if let Err(e) = &fetched {
-            tracing::warn!(issuer = %issuer.issuer, error = %e, "could not fetch an issuer's keys");
-        }
-        let keys = fetched.ok();
-        self.fetched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                issuer.id,
-                Fetched {
-                    keys: keys.clone().or_else(|| cached.and_then(|c| c.keys)),
-                    at: Instant::now(),
-                },
-            );
-        keys.or_else(|| self.cached(issuer.id).and_then(|f| f.keys))
+        self.cached(issuer.id)
+            .and_then(|f| f.keys)
+            .filter(|(_, at)| at.elapsed() < KEYS_USABLE_FOR)
+            .map(|(keys, _)| keys)
             .ok_or_else(|| {
                 Refusal::unavailable("the issuer's keys could not be fetched; try again shortly")
             })
@@ -190,7 +214,13 @@ impl IdentityKeys {
                 return Err(format!("larger than {} KiB", MAX_FETCHED_JWKS >> 10));
             }
         }
-        serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))
+        let document: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+        let keys = public_keys(&document);
+        if keys.keys.is_empty() {
+            return Err("no RS256 or ES256 signing key in the document".to_owned());
+        }
+        Ok(keys)
     }
 }
 
@@ -241,10 +271,51 @@ fn unverified_claim(jwt: &str, name: &str) -> Option<String> {
 async fn exchange(
     State(state): St,
     Extension(request_id): Extension<RequestId>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     Body(body): Body<JwtLogin>,
 ) -> Response {
+    // The sign-in and its audit record run to their end even if the client goes away:
+    // no token is left unrecorded.
+    let task = tokio::spawn(async move { sign_in(&state, request_id, ip, body).await });
+    task.await
+        .unwrap_or_else(|e| ApiError::Internal(format!("the sign-in failed: {e}")).into_response())
+}
+
+async fn sign_in(
+    state: &AppState,
+    request_id: RequestId,
+    ip: std::net::IpAddr,
+    body: JwtLogin,
+) -> Response {
     let role_name: String = body.role.chars().take(255).collect();
-    let outcome = verify(&state, &body).await;
+    if let Some((wait, first)) = state.auth.sign_in_refused(ip) {
+        if first {
+            let record = NewAuditRecord {
+                at: chrono::Utc::now(),
+                request_id: request_id.0,
+                token_id: None,
+                action: "POST /api/auth/jwt".to_owned(),
+                target: format!(
+                    "/api/auth/jwt role={role_name:?} refused: too many failed sign-ins from this address"
+                ),
+                outcome: "denied",
+                status: 429,
+            };
+            if state.audit.record(record).await.is_err() {
+                return ApiError::Unavailable("the refusal could not be recorded".into())
+                    .into_response();
+            }
+        }
+        return ApiError::TooManyRequests(wait).into_response();
+    }
+    let outcome = if body.jwt.len() > MAX_JWT_BYTES {
+        Err(Refusal::denied(format!(
+            "the identity token is longer than {} KiB",
+            MAX_JWT_BYTES >> 10
+        )))
+    } else {
+        verify(state, &body).await
+    };
     let (token_id, status, issuer, subject) = match &outcome {
         Ok((created, claims)) => (
             Some(created.info.id),
@@ -252,15 +323,24 @@ async fn exchange(
             claims.get("iss").and_then(Value::as_str).map(str::to_owned),
             claims.get("sub").and_then(Value::as_str).map(str::to_owned),
         ),
-        Err(refusal) => (
-            None,
-            refusal.status,
-            unverified_claim(&body.jwt, "iss").map(|i| format!("{i} (unverified)")),
-            unverified_claim(&body.jwt, "sub").map(|s| format!("{s} (unverified)")),
-        ),
+        Err(refusal) => {
+            let claimed = |name| {
+                (body.jwt.len() <= MAX_JWT_BYTES)
+                    .then(|| unverified_claim(&body.jwt, name))
+                    .flatten()
+                    .map(|v| format!("{v} (unverified)"))
+            };
+            (None, refusal.status, claimed("iss"), claimed("sub"))
+        }
     };
+    if status == StatusCode::UNAUTHORIZED {
+        use sha2::Digest as _;
+        state
+            .auth
+            .sign_in_failed(ip, hex::encode(sha2::Sha256::digest(body.jwt.as_bytes())));
+    }
     let mut target = format!(
-        "/api/auth/jwt role={role_name} issuer={} subject={}",
+        "/api/auth/jwt role={role_name:?} issuer={:?} subject={:?}",
         issuer.as_deref().unwrap_or("-"),
         subject.as_deref().unwrap_or("-"),
     );
@@ -294,7 +374,12 @@ async fn exchange(
                 .expires
                 .map_or(0, |e| (e - chrono::Utc::now()).num_seconds().max(0));
             value["expires_in"] = Value::from(left);
-            Json(value).into_response()
+            let mut response = Json(value).into_response();
+            response.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            response
         }
         Err(refusal) if refusal.status == StatusCode::UNAUTHORIZED => {
             ApiError::Unauthorized(refusal.reason).into_response()
@@ -308,12 +393,6 @@ async fn verify(
     state: &AppState,
     body: &JwtLogin,
 ) -> Result<(crate::store::CreatedToken, Map<String, Value>), Refusal> {
-    if body.jwt.len() > MAX_JWT_BYTES {
-        return Err(Refusal::denied(format!(
-            "the identity token is longer than {} KiB",
-            MAX_JWT_BYTES >> 10
-        )));
-    }
     let role: Role = match state.store.role(&body.role).await {
         Ok(Some(role)) => role,
         Ok(None) => {
@@ -381,14 +460,21 @@ async fn verify(
     let now = chrono::Utc::now().timestamp();
     if claims
         .get("iat")
-        .and_then(Value::as_i64)
-        .is_some_and(|iat| iat > now + LEEWAY_SECONDS as i64)
+        .and_then(Value::as_f64)
+        .is_some_and(|iat| iat > (now + LEEWAY_SECONDS as i64) as f64)
     {
         return Err(Refusal::denied(
             "the identity token was issued in the future (iat)",
         ));
     }
     role.matches(&claims).map_err(Refusal::denied)?;
+    // Never past the identity token's own end: a workload whose identity expires (a
+    // deleted pod's projected token) loses the token with it.
+    let exp = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0);
+    let jwt_left = u64::try_from((exp as i64).saturating_sub(now))
+        .unwrap_or(0)
+        .max(1);
+    let ttl = role.ttl.min(jwt_left);
     let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("-");
     let name: String = format!("{} ({subject})", role.name)
         .chars()
@@ -399,7 +485,7 @@ async fn verify(
         .create_token(TokenCreate {
             name,
             scopes: role.scopes.clone(),
-            ttl: Some(Ttl(Duration::from_secs(role.ttl))),
+            ttl: Some(Ttl(Duration::from_secs(ttl))),
             grants: role.grants.clone(),
             ..TokenCreate::default()
         })
@@ -415,9 +501,20 @@ async fn verify(
 /// none. A key that says which algorithm it is for must say this one.
 fn pick_key<'a>(keys: &'a JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<&'a Jwk> {
     let fits = |k: &&Jwk| {
-        k.common
-            .key_algorithm
-            .is_none_or(|a| format!("{a:?}") == format!("{alg:?}"))
+        let family = matches!(
+            (&k.algorithm, alg),
+            (
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
+                Algorithm::RS256
+            ) | (
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
+                Algorithm::ES256
+            )
+        );
+        family
+            && k.common
+                .key_algorithm
+                .is_none_or(|a| format!("{a:?}") == format!("{alg:?}"))
     };
     match kid {
         Some(kid) => keys

@@ -150,24 +150,6 @@ async fn a_workload_signs_in_with_its_identity_token_and_every_forgery_is_refuse
             Some(&admin),
             Some(&json!({
                 "issuer": ISSUER,
-                "claims": {"sub": SUBJECT, "kubernetes.io": "*"},
-                "scopes": ["read-secrets"],
-                "grants": [{"scope": "read-secrets", "selector": "gcs-bucket/zoom-*"}],
-                "ttl": "10m",
-            })),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        // `kubernetes.io` is an object: no string pattern matches it, so this role would
-        // refuse every token. Set the real one.
-        let r = send(
-            &ctx.app,
-            "PUT",
-            "/api/auth/roles/etl-loader",
-            Some(&admin),
-            Some(&json!({
-                "issuer": ISSUER,
                 "claims": {"sub": "system:serviceaccount:etl:*", "aud": AUDIENCE},
                 "scopes": ["read-secrets"],
                 "grants": [{"scope": "read-secrets", "selector": "gcs-bucket/zoom-*"}],
@@ -421,6 +403,60 @@ async fn issuers_and_roles_are_checked_and_a_kept_jwks_needs_no_fetch() {
         refused(&login(&ctx, "deploy", &sign(&key, &ci("refs/heads/main"))).await, "no role");
         let r = send(&ctx.app, "DELETE", &format!("/api/auth/issuers/{issuer_id}"), Some(&admin), None, &[]).await;
         assert_eq!(r.status, 204);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_end_with_their_identity_keys_are_kept_public_and_guessers_are_slowed() {
+    on_both(async |db| {
+        // At most 3 failed sign-ins a minute from one address.
+        let ctx = setup(db, crate::http::AuthGuard::new(3, Duration::from_secs(60))).await;
+        let admin = ctx.admin.clone();
+        let key = es256("kept");
+        // A pasted JWKS with a private part and a shared secret: only the public key stays.
+        let mut private = key.jwk.clone();
+        private["d"] = json!("c2VjcmV0LXByaXZhdGUtcGFydA");
+        let jwks = json!({"keys": [private, {"kty": "oct", "k": "c2hhcmVkLXNlY3JldA", "kid": "hmac"}]});
+        let r = send(&ctx.app, "POST", "/api/auth/issuers", Some(&admin),
+            Some(&json!({"issuer": ISSUER, "audience": AUDIENCE, "jwks": jwks})), &[]).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(r.body["jwks"]["keys"].as_array().unwrap().len(), 1, "{}", r.text);
+        let listed = get(&ctx.app, "/api/auth/issuers", &admin).await;
+        assert!(!listed.text.contains("c2VjcmV0LXByaXZhdGUtcGFydA") && !listed.text.contains("c2hhcmVkLXNlY3JldA"), "{}", listed.text);
+        let r = send(&ctx.app, "POST", "/api/auth/issuers", Some(&admin),
+            Some(&json!({"issuer": "https://other.test", "audience": AUDIENCE, "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})), &[]).await;
+        assert_eq!(r.status, 422, "{}", r.text);
+        // A role matching anything of the issuer is refused.
+        let r = send(&ctx.app, "PUT", "/api/auth/roles/any", Some(&admin),
+            Some(&json!({"issuer": ISSUER, "claims": {"sub": "**"}, "scopes": ["read"]})), &[]).await;
+        assert_eq!(r.status, 422, "{}", r.text);
+        let r = send(&ctx.app, "PUT", "/api/auth/roles/etl-loader", Some(&admin),
+            Some(&json!({"issuer": ISSUER, "claims": {"sub": SUBJECT}, "scopes": ["read"], "ttl": "1h"})), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+
+        // A JWT with 90 s left: the token ends with it, not an hour later.
+        let mut soon = claims();
+        soon["exp"] = json!(now() + 90);
+        let r = login(&ctx, "etl-loader", &sign(&key, &soon)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header(axum::http::header::CACHE_CONTROL), Some("no-store"));
+        let left = r.body["expires_in"].as_i64().unwrap();
+        assert!((1..=90).contains(&left), "{left}");
+
+        // Failed sign-ins count per address: past the limit, 429, whatever is sent.
+        for _ in 0..3 {
+            refused(&login(&ctx, "etl-loader", "not-a-jwt").await, "not a JWT");
+        }
+        let r = login(&ctx, "etl-loader", &sign(&key, &claims())).await;
+        assert_eq!(r.status, 429, "{}", r.text);
+        assert!(r.header(axum::http::header::RETRY_AFTER).is_some());
+        let records: Vec<_> = all_audit(&ctx.state.store)
+            .await
+            .into_iter()
+            .filter(|r| r.action == "POST /api/auth/jwt" && r.status == 429)
+            .collect();
+        assert_eq!(records.len(), 1, "the first refusal of the window is recorded");
     })
     .await;
 }

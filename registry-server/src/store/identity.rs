@@ -131,6 +131,34 @@ fn claim_matches(pattern: &str, value: &serde_json::Value) -> bool {
     }
 }
 
+/// The signing keys of a JWKS document the server can use: RSA, and EC on P-256, each
+/// parsed on its own (one odd key does not hide the others), without private parts, not
+/// marked for encryption.
+pub fn public_keys(document: &serde_json::Value) -> jsonwebtoken::jwk::JwkSet {
+    let keys = document
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|k| k.get("use").is_none_or(|u| u == "sig"))
+        .filter(|k| match k.get("kty").and_then(serde_json::Value::as_str) {
+            Some("RSA") => true,
+            Some("EC") => k.get("crv").and_then(serde_json::Value::as_str) == Some("P-256"),
+            _ => false,
+        })
+        .filter_map(|k| {
+            let mut public = k.clone();
+            if let Some(map) = public.as_object_mut() {
+                for private in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
+                    map.remove(private);
+                }
+            }
+            serde_json::from_value::<jsonwebtoken::jwk::Jwk>(public).ok()
+        })
+        .collect();
+    jsonwebtoken::jwk::JwkSet { keys }
+}
+
 /// An `https` URL (or `http` on a loopback host), at most 2,048 bytes.
 fn check_url(field: &str, url: &str, errors: &mut Vec<FieldError>) {
     match url::Url::parse(url) {
@@ -186,12 +214,10 @@ impl Store {
         match (&body.jwks_url, &body.jwks) {
             (Some(url), None) => check_url("jwks_url", url, &mut errors),
             (None, Some(jwks)) => {
-                let valid = serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(jwks.clone())
-                    .is_ok_and(|set| !set.keys.is_empty());
-                if !valid {
+                if public_keys(jwks).keys.is_empty() {
                     errors.push(FieldError::new(
                         "jwks",
-                        "must be a JWKS document ({\"keys\": [...]}) with at least one key",
+                        "must be a JWKS document ({\"keys\": [...]}) with at least one RSA or P-256 signing key",
                     ));
                 } else if jwks.to_string().len() > MAX_JWKS_BYTES {
                     errors.push(FieldError::new(
@@ -213,7 +239,11 @@ impl Store {
             issuer: body.issuer,
             audience: body.audience,
             jwks_url: body.jwks_url,
-            jwks: body.jwks,
+            // Only the public signing keys are kept (and shown): never a private part or
+            // a shared secret someone pasted by mistake.
+            jwks: body
+                .jwks
+                .map(|j| serde_json::to_value(public_keys(&j)).unwrap_or_default()),
             created: to_time(now_micros()),
         };
         self.count_query();
@@ -312,6 +342,12 @@ impl Store {
             errors.push(FieldError::new(
                 "claims",
                 format!("at most {MAX_CLAIMS} claims, names of 1 to 255 bytes, values of 1 to {MAX_CLAIM_BYTES}"),
+            ));
+        }
+        if body.claims.values().any(|v| v.bytes().all(|b| b == b'*')) {
+            errors.push(FieldError::new(
+                "claims",
+                "a value of only * matches any token of the issuer: name what the token must carry",
             ));
         }
         if body.scopes.is_empty() {

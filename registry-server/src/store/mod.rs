@@ -47,7 +47,7 @@ pub use browse::{
 };
 pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
 pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
-pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig};
+pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig, public_keys};
 pub use keys::{KeyInfo, KeyStatus};
 pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
