@@ -1034,3 +1034,42 @@ async fn registering_a_collection_needs_write_and_a_known_name() {
 }
 
 mod beyond;
+
+#[tokio::test]
+async fn a_token_limited_by_grants_does_not_open_the_console() {
+    on_both(async |db| {
+        let ctx = setup(db).await;
+        let store = &ctx.state.store;
+        let limited = store
+            .create_token(TokenCreate {
+                name: "limited".into(),
+                scopes: [Scope::ReadSecrets].into(),
+                grants: vec![crate::store::Grant::parse("read-secrets:secret/zoom-*").unwrap()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut browser = Browser::new(&ctx.app);
+        let page = browser.sign_in(limited.token.expose_secret()).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert!(page.text.contains("limited by grants"), "{}", page.text);
+        assert!(browser.cookie.is_none(), "no session for a limited token");
+
+        // Grants set on a token after it signed in end its sessions.
+        let (reader, reader_id) = token(store, &[Scope::Read]).await;
+        let mut browser = Browser::new(&ctx.app);
+        browser.sign_in(&reader).await;
+        assert_eq!(browser.get("/blocks").await.status, StatusCode::OK);
+        store
+            .set_token_grants(
+                reader_id,
+                vec![crate::store::Grant::parse("read:secret/*").unwrap()],
+            )
+            .await
+            .unwrap();
+        let page = browser.get("/blocks").await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        assert_eq!(page.location(), "/sign-in?next=%2Fblocks&ended=1");
+    })
+    .await;
+}

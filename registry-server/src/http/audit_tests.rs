@@ -664,3 +664,45 @@ async fn a_read_record_is_committed_at_once_and_synced_soon_after() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_events_socket_drops_loads_of_blocks_outside_a_tokens_grants() {
+    on_both(async |db| {
+        let ctx = setup(db, lenient()).await;
+        let store = &ctx.state.store;
+        let granted = secret_doc(store, "zoom-key", "v").await;
+        let hidden = secret_doc(store, "prod-key", "v").await;
+        let limited = store
+            .create_token(crate::store::TokenCreate {
+                name: "limited".into(),
+                scopes: [Scope::Read].into(),
+                grants: vec![crate::store::Grant::parse("read:secret/zoom-*").unwrap()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let secret = secrecy::ExposeSecret::expose_secret(&limited.token).to_owned();
+        let addr = serve(&ctx).await;
+        let mut socket = events_socket(addr, &secret).await;
+        socket
+            .send(load_event("secret", &hidden.to_string()))
+            .await
+            .unwrap();
+        socket
+            .send(load_event("secret", &granted.to_string()))
+            .await
+            .unwrap();
+        handshake(&mut socket, &secret).await;
+        let loads = store
+            .list_audit(&AuditQuery {
+                action: Some("block.loaded".into()),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(loads.len(), 1, "{loads:?}");
+        assert!(loads[0].target.ends_with(&granted.to_string()));
+        assert_eq!(ctx.state.block_load_events().len(), 1);
+    })
+    .await;
+}
