@@ -101,6 +101,19 @@ pub(crate) fn scopes_text(token: &TokenInfo) -> String {
         .join(", ")
 }
 
+/// A token's grants, `scope:type-slug/name` each, or "all blocks".
+pub(crate) fn grants_text(token: &TokenInfo) -> String {
+    if token.grants.is_empty() {
+        return "all blocks".to_owned();
+    }
+    token
+        .grants
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The form token of a session: a digest of its secret under a label of its own, so it
 /// proves the page came from this session without the cookie being readable by scripts.
 fn form_token_of(secret: &str) -> String {

@@ -46,6 +46,7 @@ pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
 pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
+pub(crate) use grants::check as check_grants;
 pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
 pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig, public_keys};
 pub use keys::{KeyInfo, KeyStatus};

@@ -937,3 +937,67 @@ async fn settings_are_checked_at_their_fields_and_persist() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_token_limited_to_blocks_is_created_from_the_form_and_listed_with_its_grants() {
+    on_both(async |db| {
+        let ctx = setup(db).await;
+        let (mut browser, csrf) = signed_in(&ctx.app, &ctx.admin).await;
+        let page = post_pairs(
+            &mut browser,
+            "/admin/tokens",
+            &[
+                ("_csrf", csrf.clone()),
+                ("name", "etl".to_owned()),
+                ("scope", "read-secrets".to_owned()),
+                (
+                    "grants",
+                    "read-secrets:gcs-bucket/zoom-gcs\nread-secrets:gcp-credentials/zoom-gcp-creds"
+                        .to_owned(),
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::CREATED, "{}", page.text);
+        assert!(
+            page.text
+                .contains("read-secrets:gcp-credentials/zoom-gcp-creds"),
+            "{}",
+            page.text
+        );
+        let listed = browser.get("/admin/tokens").await;
+        assert!(
+            listed.text.contains("read-secrets:gcs-bucket/zoom-gcs"),
+            "{}",
+            listed.text
+        );
+        assert!(
+            listed.text.contains("all blocks"),
+            "the admin token reaches every block"
+        );
+        let stored = ctx.state.store.list_tokens().await.unwrap();
+        let etl = stored.iter().find(|t| t.name == "etl").unwrap();
+        assert_eq!(etl.grants.len(), 2);
+
+        // A bad line is shown at the field, with what was typed.
+        let page = post_pairs(
+            &mut browser,
+            "/admin/tokens",
+            &[
+                ("_csrf", csrf),
+                ("name", "bad".to_owned()),
+                ("scope", "read".to_owned()),
+                ("grants", "read:gcs-bucket/zoom-gcs\nzoom-gcs".to_owned()),
+            ],
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(page.text.contains("line 2"), "{}", page.text);
+        assert!(
+            page.text.contains("read:gcs-bucket/zoom-gcs"),
+            "{}",
+            page.text
+        );
+    })
+    .await;
+}

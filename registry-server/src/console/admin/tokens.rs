@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{FieldErrors, Section, maybe_time, page, page_with_status, require_admin, time};
 use crate::console::layout::form_token;
-use crate::console::session::{FormPairs, audited, scopes_text};
+use crate::console::session::{FormPairs, audited, grants_text, scopes_text};
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{Scope, StoreError, TokenCreate, TokenInfo};
@@ -86,6 +86,7 @@ async fn render_list(
                 thead { tr {
                     th scope="col" { "Name" }
                     th scope="col" { "Scopes" }
+                    th scope="col" { "Blocks" }
                     th scope="col" { "State" }
                     th scope="col" { "Created" }
                     th scope="col" { "Last used" }
@@ -102,6 +103,7 @@ async fn render_list(
                                 br; code.muted { (t.id) }
                             }
                             td { (scopes_text(t)) }
+                            td { (grants_text(t)) }
                             td { span class=(class) { (label) } @if let Some(at) = t.revoked { " " (time(at)) } }
                             td { (time(t.created)) }
                             td { (maybe_time(t.last_used, "never")) }
@@ -131,6 +133,7 @@ struct Draft {
     name: String,
     scopes: BTreeSet<Scope>,
     expires_days: String,
+    grants: String,
 }
 
 fn render_form(viewer: &Viewer, draft: &Draft, errors: &FieldErrors) -> maud::Markup {
@@ -160,6 +163,17 @@ fn render_form(viewer: &Viewer, draft: &Draft, errors: &FieldErrors) -> maud::Ma
                     }
                 }
                 (errors.at("scopes"))
+            }
+            div.field {
+                label for="grants" { "Limited to blocks " span.optional { "(optional)" } }
+                textarea #grants name="grants" rows="4" spellcheck="false" autocomplete="off"
+                    aria-invalid=[errors.invalid("grants")]
+                    aria-describedby=[errors.described_by("grants", true)] { (draft.grants) }
+                p.hint #grants-hint {
+                    "One grant per line, " code { "scope:type-slug/name" } " with " code { "*" } " globs, e.g. "
+                    code { "read-secrets:gcs-bucket/zoom-gcs" } ". Empty: every block. A token with grants cannot open this console; admin tokens take none."
+                }
+                (errors.at("grants"))
             }
             div.field {
                 label for="expires_days" { "Expires after (days) " span.optional { "(optional)" } }
@@ -238,11 +252,42 @@ fn parse_create(form: &FormPairs) -> Result<TokenCreate, (Draft, FieldErrors)> {
             }
         }
     };
+    let grants_text = form.get("grants").unwrap_or("");
+    let mut grants = Vec::new();
+    for (i, line) in grants_text.lines().map(str::trim).enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if grants.len() >= crate::store::MAX_GRANTS {
+            errors.add(
+                "grants",
+                format!(
+                    "Limited to blocks: at most {} grants.",
+                    crate::store::MAX_GRANTS
+                ),
+            );
+            break;
+        }
+        match crate::store::Grant::parse(line) {
+            Ok(grant) => grants.push(grant),
+            Err(e) => {
+                errors.add("grants", format!("Limited to blocks, line {}: {e}.", i + 1));
+                break;
+            }
+        }
+    }
+    if errors.get("grants").is_none()
+        && errors.get("scopes").is_none()
+        && let Some(problem) = crate::store::check_grants(&scopes, &grants).first()
+    {
+        errors.add("grants", format!("Limited to blocks: {}.", problem.message));
+    }
     if errors.is_empty() {
         Ok(TokenCreate {
             name,
             scopes,
             expires,
+            grants,
             ..Default::default()
         })
     } else {
@@ -250,6 +295,7 @@ fn parse_create(form: &FormPairs) -> Result<TokenCreate, (Draft, FieldErrors)> {
             name,
             scopes,
             expires_days: days_text.to_owned(),
+            grants: grants_text.chars().take(20_000).collect(),
         };
         draft.name = draft.name.chars().take(200).collect();
         draft.expires_days = draft.expires_days.chars().take(20).collect();
@@ -305,6 +351,7 @@ pub(super) async fn create(
                     dt { "Name" } dd { (info.name) }
                     dt { "Id" } dd { code { (info.id) } }
                     dt { "Scopes" } dd { (scopes_text(info)) }
+                    dt { "Blocks" } dd { (grants_text(info)) }
                     dt { "Expires" } dd { (maybe_time(info.expires, "never")) }
                 }
                 div.actions { a.button.primary href="/admin/tokens" { "Done" } }
@@ -450,5 +497,56 @@ mod unit {
             parse_create(&form(&[("name", "x"), ("expires_days", "1e9")])).unwrap_err();
         assert!(errors.get("scopes").unwrap().contains("at least one"));
         assert!(errors.get("expires_days").is_some());
+
+        // Grants, one per line.
+        let ok = parse_create(&form(&[
+            ("name", "etl"),
+            ("scope", "read-secrets"),
+            (
+                "grants",
+                "read-secrets:gcs-bucket/zoom-gcs\n\n  read-secrets:gcp-credentials/zoom-*  \n",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(ok.grants.len(), 2);
+        let (draft, errors) = parse_create(&form(&[
+            ("name", "etl"),
+            ("scope", "read"),
+            ("grants", "read:gcs-bucket/zoom-gcs\nzoom-gcs"),
+        ]))
+        .unwrap_err();
+        assert!(
+            errors.get("grants").unwrap().contains("line 2"),
+            "{:?}",
+            errors.get("grants")
+        );
+        assert!(
+            draft.grants.contains("zoom-gcs"),
+            "what was typed is shown again"
+        );
+        let (_, errors) = parse_create(&form(&[
+            ("name", "boss"),
+            ("scope", "admin"),
+            ("grants", "read:*/*"),
+        ]))
+        .unwrap_err();
+        assert!(
+            errors
+                .get("grants")
+                .unwrap()
+                .contains("admin token cannot be limited")
+        );
+        let (_, errors) = parse_create(&form(&[
+            ("name", "reader"),
+            ("scope", "read"),
+            ("grants", "write:*/*"),
+        ]))
+        .unwrap_err();
+        assert!(
+            errors
+                .get("grants")
+                .unwrap()
+                .contains("do not include write")
+        );
     }
 }
