@@ -523,18 +523,7 @@ fn pick_key<'a>(keys: &'a JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<&
             .filter(fits)
             .find(|k| k.common.key_id.as_deref() == Some(kid)),
         None => {
-            let mut candidates = keys.keys.iter().filter(fits).filter(|k| {
-                matches!(
-                    (&k.algorithm, alg),
-                    (
-                        jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
-                        Algorithm::RS256
-                    ) | (
-                        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
-                        Algorithm::ES256
-                    )
-                )
-            });
+            let mut candidates = keys.keys.iter().filter(fits);
             let first = candidates.next();
             if candidates.next().is_some() {
                 None

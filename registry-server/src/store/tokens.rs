@@ -755,15 +755,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let family = self.family(&mut tx, id).await?;
-        let now = now_micros();
-        for member in family.iter().filter(|m| **m != id) {
-            self.count_query();
-            sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
-                .bind(now)
-                .bind(member.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
+        let children: Vec<Uuid> = family.iter().copied().filter(|m| *m != id).collect();
+        self.mark_revoked(&mut tx, &children, now_micros()).await?;
         self.announce_token_change(&mut tx, &family).await?;
         tx.commit().await?;
         for member in &family {
@@ -795,6 +788,24 @@ impl Store {
         if self.backend == super::Backend::Postgres {
             self.count_query();
             sqlx::query("select pg_advisory_xact_lock(7317244)")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks `tokens` revoked at `now` (those not revoked already).
+    async fn mark_revoked(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tokens: &[Uuid],
+        now: i64,
+    ) -> Result<()> {
+        for token in tokens {
+            self.count_query();
+            sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
+                .bind(now)
+                .bind(token.to_string())
                 .execute(&mut **tx)
                 .await?;
         }
@@ -945,14 +956,7 @@ impl Store {
         self.refuse_revoking_the_last_admin(&mut tx, &family)
             .await?;
         let now = now_micros();
-        for member in &family {
-            self.count_query();
-            sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
-                .bind(now)
-                .bind(member.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.mark_revoked(&mut tx, &family, now).await?;
         self.announce_token_change(&mut tx, &family).await?;
         tx.commit().await?;
         for member in &family {
