@@ -279,6 +279,11 @@ async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
         assert!(r.detail().contains("gcp-credentials/"), "{}", r.detail());
         no_canary(&r);
 
+        // The metrics count the whole store: not for a limited token.
+        let r = get(app, "/metrics", &half).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(get(app, "/metrics", &w.ctx.admin).await.status, 200);
+
         // Types and schemas stay readable to a limited token.
         for uri in [
             "/api/block_types/slug/secret",

@@ -221,12 +221,19 @@ pub(super) fn routes() -> Vec<Route> {
         get("/metrics", render)
             .unversioned()
             .tag("server")
-            .summary("Prometheus metrics (text format); needs the read scope")
+            .summary("Prometheus metrics (text format); needs the read scope, without grants")
             .returns(200, Some("Text")),
     ]
 }
 
-async fn render(State(state): St) -> ApiResult<Response> {
+async fn render(State(state): St, caller: super::extract::Caller) -> ApiResult<Response> {
+    if caller.limited().is_some() {
+        // The figures cover the whole store (how many documents there are, what every
+        // route served): nothing for a token that may see only some blocks.
+        return Err(super::ApiError::Forbidden(
+            "the metrics cover the whole store: scrape them with a token without grants".into(),
+        ));
+    }
     let m = &state.metrics;
     catch_up(&m.queries, state.store.query_count());
     let audit = state.audit.stats();
