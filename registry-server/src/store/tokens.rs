@@ -627,21 +627,9 @@ impl Store {
         // changes take: a child cannot be minted from a parent being revoked or narrowed.
         let mut tx = self.write.begin().await?;
         self.lock_token_families(&mut tx).await?;
-        self.count_query();
-        let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
-            .bind(parent.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let parent = match row.as_ref().map(token_from_row).transpose()? {
-            Some(fresh) => check_validity(fresh).map_err(|_| {
-                StoreError::Conflict("the caller's token is no longer valid".to_owned())
-            })?,
-            None => {
-                return Err(StoreError::Conflict(
-                    "the caller's token is no longer valid".to_owned(),
-                ));
-            }
-        };
+        let gone = || StoreError::Conflict("the caller's token is no longer valid".to_owned());
+        let parent = self.token_in(&mut tx, parent.id).await?.ok_or_else(gone)?;
+        let parent = check_validity(parent).map_err(|_| gone())?;
         let parent = &parent;
         let mut errors = Vec::new();
         let name = body
@@ -737,13 +725,10 @@ impl Store {
     pub async fn set_token_grants(&self, id: Uuid, grants: Vec<Grant>) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
         self.lock_token_families(&mut tx).await?;
-        self.count_query();
-        let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
+        let mut info = self
+            .token_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
-        let mut info = token_from_row(&row)?;
         let errors = super::grants::check(&info.scopes, &grants);
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
@@ -792,6 +777,22 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The token `id` as `tx` sees it.
+    async fn token_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<Option<TokenInfo>> {
+        self.count_query();
+        sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .as_ref()
+            .map(token_from_row)
+            .transpose()
     }
 
     /// Marks `tokens` revoked at `now` (those not revoked already).
@@ -946,10 +947,8 @@ impl Store {
     pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
         self.lock_token_families(&mut tx).await?;
-        self.count_query();
-        let row = sqlx::query(&format!("select {COLUMNS} from api_token where id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
+        let mut info = self
+            .token_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
         let family = self.family(&mut tx, id).await?;
@@ -962,7 +961,6 @@ impl Store {
         for member in &family {
             self.tokens.forget(*member);
         }
-        let mut info = token_from_row(&row)?;
         info.revoked.get_or_insert(to_time(now));
         Ok(info)
     }
