@@ -84,10 +84,7 @@ impl Signer {
     }
 
     fn current(&self, fresh: bool) -> Option<SecretString> {
-        let session = self
-            .session
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let session = crate::client::lock(&self.session);
         session
             .as_ref()
             .filter(|s| {
@@ -103,10 +100,7 @@ impl Signer {
 
     /// Forgets the token (the server refused it): the next request exchanges again.
     pub(crate) fn forget(&self) {
-        *self
-            .session
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *crate::client::lock(&self.session) = None;
     }
 
     /// A token to send: the current one while it is fresh, else a new exchange (and, if
@@ -193,10 +187,7 @@ impl Signer {
         // A server's answer, bounded: no token is kept for more than a day.
         let life = Duration::from_secs(exchanged.expires_in.min(MAX_LIFE.as_secs()));
         let token = SecretString::from(exchanged.token);
-        *self
-            .session
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Session {
+        *crate::client::lock(&self.session) = Some(Session {
             token: token.clone(),
             renew_at: started + life * 2 / 3,
             expires_at: started + life,

@@ -131,11 +131,7 @@ impl Default for IdentityKeys {
 
 impl IdentityKeys {
     fn cached(&self, issuer: Uuid) -> Option<Fetched> {
-        self.fetched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&issuer)
-            .cloned()
+        super::auth::lock(&self.fetched).get(&issuer).cloned()
     }
 
     /// The issuer's keys: kept in the store, or fetched (again when stale, or when
@@ -156,10 +152,7 @@ impl IdentityKeys {
             }
         };
         if due(&self.cached(issuer.id)) {
-            let gate = self
-                .fetching
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            let gate = super::auth::lock(&self.fetching)
                 .entry(issuer.id)
                 .or_default()
                 .clone();
@@ -170,10 +163,7 @@ impl IdentityKeys {
                 if let Err(e) = &fetched {
                     tracing::warn!(issuer = %issuer.issuer, error = %e, "could not fetch an issuer's keys");
                 }
-                let mut map = self
-                    .fetched
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut map = super::auth::lock(&self.fetched);
                 let previous = map.get(&issuer.id).and_then(|f| f.keys.clone());
                 map.insert(
                     issuer.id,
