@@ -605,7 +605,11 @@ async fn delete_block(
     let expected = form.version()?;
     let tagged = read_masked(state, id).await?;
     let name = tagged.document.name.clone().unwrap_or_default();
-    let outcome = match state.store.delete_block_document(id, Some(expected)).await {
+    let outcome = match state
+        .store
+        .delete_block_document_by(id, Some(expected), Some(viewer.token.id))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
             StatusCode::CONFLICT,

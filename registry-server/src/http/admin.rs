@@ -192,8 +192,11 @@ pub(crate) fn start_reencryption(store: &std::sync::Arc<crate::store::Store>) {
 
 /// 202: the new key is active for every write from now on; documents sealed under older
 /// keys are re-encrypted by a background task, while reads and writes go on.
-async fn rotate(State(state): St) -> ApiResult<Response> {
-    let active = state.store.rotate_data_key().await?;
+async fn rotate(State(state): St, caller: Caller) -> ApiResult<Response> {
+    let active = state
+        .store
+        .rotate_data_key_by(caller.rights().token)
+        .await?;
     start_reencryption(&state.store);
     Ok((
         StatusCode::ACCEPTED,
@@ -211,6 +214,9 @@ struct SettingsUpdate {
     /// Days audit records are kept (`null`: for ever). Absent: unchanged.
     #[serde(default, with = "double_option")]
     audit_retention_days: Option<Option<u32>>,
+    /// Hours change-feed events are kept (`null`: for ever). Absent: unchanged.
+    #[serde(default, with = "double_option")]
+    event_retention_hours: Option<Option<u32>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -228,6 +234,7 @@ async fn settings(State(state): St) -> ApiResult<Json<Value>> {
     Ok(Json(json!({
         "retention": state.store.retention().await?,
         "audit_retention_days": state.store.audit_retention_days().await?,
+        "event_retention_hours": state.store.event_retention_hours().await?,
     })))
 }
 
@@ -239,6 +246,9 @@ async fn update_settings(
         // Checked first, so a bad value changes neither setting.
         crate::store::Store::check_audit_retention_days(days)?;
     }
+    if let Some(hours) = body.event_retention_hours {
+        crate::store::Store::check_event_retention_hours(hours)?;
+    }
     if let Some(retention) = body.retention {
         state.store.set_retention(retention).await?;
     }
@@ -248,6 +258,15 @@ async fn update_settings(
             tracing::info!(
                 records = pruned,
                 "pruned audit records past the new retention"
+            );
+        }
+    }
+    if let Some(hours) = body.event_retention_hours {
+        let pruned = state.store.set_event_retention_hours(hours).await?;
+        if pruned > 0 {
+            tracing::info!(
+                events = pruned,
+                "pruned change-feed events past the new retention"
             );
         }
     }

@@ -142,6 +142,13 @@ async fn pruner(store: Weak<Store>, passes: watch::Sender<u64>, stats: Arc<Audit
                 tracing::warn!(error = %e, "could not prune the audit log; trying again later")
             }
         }
+        match store.prune_events(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned change-feed events past the retention"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not prune the change feed; trying again later")
+            }
+        }
         match store.prune_expired_tokens().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tokens = n, "deleted tokens expired for over a day"),

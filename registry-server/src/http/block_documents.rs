@@ -237,7 +237,7 @@ async fn delete_document(
     let expected = precondition(&state, id, &headers).await?;
     state
         .store
-        .delete_block_document(id, expected)
+        .delete_block_document_by(id, expected, caller.rights().token)
         .await
         .map_err(|e| lost_race(grants::visible_referrers(&caller, e)))?;
     Ok(StatusCode::NO_CONTENT)

@@ -93,6 +93,9 @@ async fn delete_schema(State(state): St, Id(id): Id, caller: Caller) -> ApiResul
         let ty = state.store.read_block_type(schema.block_type_id).await?;
         super::grants::check_type(&caller, &ty.slug)?;
     }
-    state.store.delete_block_schema(id).await?;
+    state
+        .store
+        .delete_block_schema_by(id, caller.rights().token)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

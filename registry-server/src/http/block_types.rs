@@ -85,7 +85,12 @@ async fn create(
             "Block type names beginning with 'Prefect' are reserved.".into(),
         ));
     }
-    Ok(created(state.store.create_block_type(body).await?))
+    Ok(created(
+        state
+            .store
+            .create_block_type_by(body, caller.rights().token)
+            .await?,
+    ))
 }
 
 async fn read(State(state): St, Id(id): Id) -> ApiResult<Json<BlockType>> {
@@ -125,7 +130,10 @@ async fn delete_type(State(state): St, Id(id): Id, caller: Caller) -> ApiResult<
         let ty = state.store.read_block_type(id).await?;
         super::grants::check_type(&caller, &ty.slug)?;
     }
-    state.store.delete_block_type(id).await?;
+    state
+        .store
+        .delete_block_type_by(id, caller.rights().token)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

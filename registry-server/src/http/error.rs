@@ -32,6 +32,10 @@ pub enum ApiError {
     /// 429 `{"detail": …}` with `Retry-After` (seconds).
     #[error("too many failed authentication attempts; retry after {0} seconds")]
     TooManyRequests(u64),
+    /// 429 `{"detail": …}` with `Retry-After: 5`: a limit on open resources (streams), not
+    /// on failed authentication.
+    #[error("{0}")]
+    Busy(String),
     /// 413 `{"detail": …}`.
     #[error("{0}")]
     TooLarge(String),
@@ -63,7 +67,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(_) | Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -125,6 +129,9 @@ impl IntoResponse for ApiError {
             }
             Self::TooManyRequests(seconds) => {
                 headers.insert(axum::http::header::RETRY_AFTER, (*seconds).into());
+            }
+            Self::Busy(_) => {
+                headers.insert(axum::http::header::RETRY_AFTER, 5.into());
             }
             _ => {}
         }

@@ -13,6 +13,7 @@ pub mod block_types;
 pub mod error;
 mod events;
 mod extract;
+pub mod feed;
 mod grants;
 pub mod identity;
 pub mod metrics;
@@ -83,6 +84,8 @@ pub struct Shared {
     pub tls: bool,
     /// Keys fetched from trusted JWT issuers.
     pub identity: identity::IdentityKeys,
+    /// The change feed's broadcast and open streams.
+    pub feed: Arc<feed::Feed>,
     routes: routes::RouteTable,
 }
 
@@ -109,6 +112,7 @@ impl AppState {
     pub fn configured(store: Arc<Store>, guard: AuthGuard, request_timeout: Duration) -> Self {
         Self(Arc::new(Shared {
             audit: AuditLog::start(store.clone()),
+            feed: feed::Feed::start(&store),
             store,
             events: Mutex::new(VecDeque::new()),
             auth: guard,
@@ -162,6 +166,7 @@ pub(crate) fn all_routes() -> Vec<routes::Route> {
     all.extend(block_schemas::routes());
     all.extend(block_documents::routes());
     all.extend(events::routes());
+    all.extend(feed::routes());
     all.extend(admin::routes());
     all.extend(identity::routes());
     all.extend(metrics::routes());

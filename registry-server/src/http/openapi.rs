@@ -236,7 +236,9 @@ fn components() -> Value {
             "retention": {"type": ["integer", "null"], "minimum": 1,
                 "description": "Versions kept per document; null keeps all"},
             "audit_retention_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500,
-                "description": "Days audit records are kept (400 by default); null keeps all"}}},
+                "description": "Days audit records are kept (400 by default); null keeps all"},
+            "event_retention_hours": {"type": ["integer", "null"], "minimum": 1, "maximum": 8784,
+                "description": "Hours change-feed events are kept (168 by default); null keeps all"}}},
     });
     components["TokenCreate"] = token_create;
     components["ChildTokenCreate"] = child_token_create;

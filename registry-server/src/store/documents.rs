@@ -13,7 +13,7 @@ use block_types::model::{
 use block_types::secret_fields::{
     SecretPath, normalized, obfuscate, restore, secret_fields_of, secret_locations, secret_paths_of,
 };
-use block_types::{FieldError, references};
+use block_types::{EventKind, FieldError, references};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::Row;
@@ -471,6 +471,7 @@ impl Store {
         let committed = tx.commit().await;
         drop(change);
         committed?;
+        self.feed_committed();
         for (key, used) in worn {
             self.after_refill(key, used).await;
         }
@@ -552,6 +553,7 @@ impl Store {
                 let committed = slot.commit().await;
                 drop(change);
                 committed?;
+                self.feed_committed();
                 worn
             }
             None => {
@@ -562,6 +564,7 @@ impl Store {
                 let committed = tx.commit().await;
                 drop(change);
                 committed?;
+                self.feed_committed();
                 worn
             }
         };
@@ -607,7 +610,10 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         self.check_failpoint("create_after_document")?;
+        let author = version.author;
         let worn = self.write_version(tx, id, 1, version).await?;
+        self.record_document_event(&mut **tx, EventKind::DocumentCreated, id, author)
+            .await?;
         self.check_failpoint("create_before_commit")?;
         Ok(worn)
     }
@@ -1128,7 +1134,12 @@ impl Store {
             paths: Some(target_paths),
             author: rights.token,
         };
-        self.commit_next_version(tx, id, current_version, version)
+        let kind = if target_schema.id == current_schema_id {
+            EventKind::DocumentUpdated
+        } else {
+            EventKind::DocumentSchemaChanged
+        };
+        self.commit_next_version(tx, id, current_version, version, kind)
             .await
     }
 
@@ -1140,8 +1151,10 @@ impl Store {
         id: Uuid,
         current_version: i64,
         version: NewVersion<'_>,
+        kind: EventKind,
     ) -> Result<WriteOutcome> {
         let next = current_version + 1;
+        let author = version.author;
         self.count_query();
         sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
             .bind(next)
@@ -1152,12 +1165,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let worn = self.write_version(&mut tx, id, next, version).await?;
+        self.record_document_event(&mut tx, kind, id, author)
+            .await?;
         self.announce_change(&mut tx, &[id]).await?;
         self.check_failpoint("update_before_commit")?;
         let change = self.changing(&[id]);
         let committed = tx.commit().await;
         drop(change);
         committed?;
+        self.feed_committed();
         if let Some((key, used)) = worn {
             self.after_refill(key, used).await;
         }
@@ -1175,6 +1191,17 @@ impl Store {
         id: Uuid,
         expected_version: Option<i64>,
     ) -> Result<()> {
+        self.delete_block_document_by(id, expected_version, None)
+            .await
+    }
+
+    /// [`Store::delete_block_document`] by `author` (a token id), for the change feed.
+    pub async fn delete_block_document_by(
+        &self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        author: Option<Uuid>,
+    ) -> Result<()> {
         let mut tx = self.write.begin().await?;
         // The same lock order as updates: the document row, then the reference graph.
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
@@ -1189,6 +1216,8 @@ impl Store {
             "the block document is referenced by other block documents",
         )
         .await?;
+        self.record_document_event(&mut tx, EventKind::DocumentDeleted, id, author)
+            .await?;
         self.count_query();
         sqlx::query("delete from block_document where id = $1")
             .bind(id.to_string())
@@ -1198,7 +1227,9 @@ impl Store {
         let change = self.changing(&[id]);
         let committed = tx.commit().await;
         drop(change);
-        Ok(committed?)
+        committed?;
+        self.feed_committed();
+        Ok(())
     }
 
     /// A document by id with its references resolved, in one query.
@@ -2059,8 +2090,14 @@ impl Store {
             paths: None,
             author,
         };
-        self.commit_next_version(tx, id, current_version, version)
-            .await
+        self.commit_next_version(
+            tx,
+            id,
+            current_version,
+            version,
+            EventKind::DocumentRolledBack,
+        )
+        .await
     }
 
     /// Destroys one old version: its data, sealed secrets and references are deleted. The

@@ -8,6 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
 
+use block_types::EventKind;
+
+use super::events::Subject;
 use super::{Keyring, MasterKeySource, Result, Store, StoreError, now_micros, parse_uuid, to_json};
 use crate::crypto::{CryptoError, DataKey, KdfParams, MasterKey, SealedField, open_secrets};
 
@@ -118,7 +121,7 @@ impl Store {
                 .fetch_optional(&self.write)
                 .await?;
         if active.is_none() {
-            self.insert_active_key(None).await?;
+            self.insert_active_key(None, None).await?;
         }
         self.reload_keys().await
     }
@@ -147,7 +150,9 @@ impl Store {
 
     /// Makes a new active data key, retiring `retire` (the key believed active). Returns
     /// `false` when another writer rotated first.
-    async fn insert_active_key(&self, retire: Option<Uuid>) -> Result<bool> {
+    /// Makes a new data key the active one, retiring `retire` (a rotation by `author`, in
+    /// the change feed) when given.
+    async fn insert_active_key(&self, retire: Option<Uuid>, author: Option<Uuid>) -> Result<bool> {
         let key = DataKey::generate()?;
         let mut tx = self.write.begin().await?;
         // Wrap under the master key the store holds now: another process may have changed
@@ -187,7 +192,18 @@ impl Store {
             Err(e) if StoreError::is_unique_violation(&e) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
+        if retire.is_some() {
+            let subject = Subject {
+                key: Some(key.id()),
+                ..Subject::default()
+            };
+            self.record_event(&mut tx, EventKind::KeyRotationStarted, subject, author)
+                .await?;
+        }
         tx.commit().await?;
+        if retire.is_some() {
+            self.feed_committed();
+        }
         self.write_lock(&self.keyring)
             .keys
             .insert(key.id(), Arc::new(key));
@@ -326,7 +342,7 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = (key_id, block);
         if total >= self.config.key_rotation_threshold {
             tracing::info!(%key_id, total, "data key reached its encryption limit; rotating");
-            if let Err(e) = self.insert_active_key(Some(key_id)).await {
+            if let Err(e) = self.insert_active_key(Some(key_id), None).await {
                 tracing::error!(%key_id, error = %e, "rotating a worn data key failed");
             }
         }
@@ -335,13 +351,21 @@ impl Store {
     /// Starts using a new data key for new writes and retires the current one. Old values
     /// stay readable; [`Self::reencrypt_batch`] moves them to the new key.
     pub async fn rotate_data_key(&self) -> Result<Uuid> {
+        self.rotate_data_key_by(None).await
+    }
+
+    /// [`Store::rotate_data_key`] by `author` (a token id), for the change feed.
+    pub async fn rotate_data_key_by(&self, author: Option<Uuid>) -> Result<Uuid> {
         loop {
             self.count_query();
             let active: String =
                 sqlx::query_scalar("select id from data_key where state = 'active'")
                     .fetch_one(&self.write)
                     .await?;
-            if self.insert_active_key(Some(parse_uuid(&active)?)).await? {
+            if self
+                .insert_active_key(Some(parse_uuid(&active)?), author)
+                .await?
+            {
                 break;
             }
         }
@@ -454,15 +478,26 @@ impl Store {
 
     /// Destroys (forgets the wrapped bytes of) retired keys that seal no version.
     pub async fn destroy_retired_keys(&self) -> Result<Vec<Uuid>> {
+        let mut tx = self.write.begin().await?;
         self.count_query();
         let ids: Vec<String> = sqlx::query_scalar(
             "update data_key set state = 'destroyed', wrapped = null where state = 'retired' \
              and not exists (select 1 from block_document_version v where v.key_id = data_key.id) returning id",
         )
-        .fetch_all(&self.write)
+        .fetch_all(&mut *tx)
         .await?;
         let ids: Vec<Uuid> = ids.iter().map(|s| parse_uuid(s)).collect::<Result<_>>()?;
+        for id in &ids {
+            let subject = Subject {
+                key: Some(*id),
+                ..Subject::default()
+            };
+            self.record_event(&mut tx, EventKind::KeyRotationFinished, subject, None)
+                .await?;
+        }
+        tx.commit().await?;
         if !ids.is_empty() {
+            self.feed_committed();
             // Every version was moved off these keys (each move dropped its trees), so
             // this only tells a replica that missed a move to start afresh.
             self.forget_trees(&[]);

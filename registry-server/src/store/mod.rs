@@ -12,6 +12,7 @@
 mod audit;
 mod browse;
 mod documents;
+mod events;
 mod grants;
 mod group;
 mod identity;
@@ -46,7 +47,9 @@ pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
 pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
+pub use events::{DEFAULT_EVENT_RETENTION_HOURS, FeedEvent, Position, Resume};
 pub(crate) use grants::check as check_grants;
+pub(crate) use grants::glob;
 pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
 pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig, public_keys};
 pub use keys::{KeyInfo, KeyStatus};
@@ -330,6 +333,9 @@ pub struct Store {
     /// The PostgreSQL listener that drops revoked tokens from `tokens` and changed
     /// documents from `trees`.
     token_listener: Option<tokio::task::AbortHandle>,
+    /// Bumped when this process commits events, and when the listener hears another
+    /// replica's change (see [`events`]).
+    feed: Arc<tokio::sync::watch::Sender<u64>>,
     #[cfg(test)]
     failpoint: std::sync::Mutex<Option<&'static str>>,
 }
@@ -421,11 +427,13 @@ impl Store {
         let tokens = Arc::new(tokens::TokenCache::new(backend));
         let trees = Arc::new(tree_cache::TreeCache::new(backend == Backend::Sqlite));
         let origin = Uuid::new_v4();
+        let feed = Arc::new(tokio::sync::watch::Sender::new(0));
         let token_listener = match backend {
             Backend::Postgres => Some(tokens::listen_for_revocations(
                 database_url.to_owned(),
                 Arc::downgrade(&tokens),
                 Arc::downgrade(&trees),
+                Arc::downgrade(&feed),
                 origin,
             )),
             Backend::Sqlite => None,
@@ -449,6 +457,7 @@ impl Store {
             trees,
             origin,
             token_listener,
+            feed,
             #[cfg(test)]
             failpoint: std::sync::Mutex::new(None),
         };

@@ -9,12 +9,13 @@ use block_types::model::{
 use block_types::secret_fields::{
     SecretPath, marked_paths, normalized, secret_fields_of, secret_paths_of, uncovered,
 };
-use block_types::{DataValidator, FieldError, schema_checksum};
+use block_types::{DataValidator, EventKind, FieldError, schema_checksum};
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::events::Subject;
 use super::sql::{Condition, Sql};
 use super::types::{TYPE_COLUMNS, type_from_row};
 use super::{Result, Rights, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
@@ -155,6 +156,9 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let (id, created) = Box::pin(self.insert_schema(&mut tx, &body, None, 0, rights)).await?;
         tx.commit().await?;
+        if created {
+            self.feed_committed();
+        }
         Ok((self.read_block_schema(id).await?, created))
     }
 
@@ -362,6 +366,13 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
+        let subject = Subject {
+            slug: Some(&slug),
+            schema: Some(id),
+            key: None,
+        };
+        self.record_event(&mut **tx, EventKind::SchemaCreated, subject, rights.token)
+            .await?;
         Ok((id, true))
     }
 
@@ -530,6 +541,11 @@ impl Store {
     /// Deletes a schema. Refused for protected types' schemas, while documents or their
     /// versions use it, and while another schema nests it.
     pub async fn delete_block_schema(&self, id: Uuid) -> Result<()> {
+        self.delete_block_schema_by(id, None).await
+    }
+
+    /// [`Store::delete_block_schema`] by `author` (a token id), for the change feed.
+    pub async fn delete_block_schema_by(&self, id: Uuid, author: Option<Uuid>) -> Result<()> {
         let schema = self.read_block_schema(id).await?;
         if schema.block_type.as_ref().is_some_and(|t| t.is_protected) {
             return Err(StoreError::Protected(
@@ -559,7 +575,15 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
+        let subject = Subject {
+            slug: schema.block_type.as_ref().map(|t| t.slug.as_str()),
+            schema: Some(id),
+            key: None,
+        };
+        self.record_event(&mut tx, EventKind::SchemaDeleted, subject, author)
+            .await?;
         tx.commit().await?;
+        self.feed_committed();
         self.write_lock(&self.validators).remove(&id);
         self.write_lock(&self.schemas).remove(&id);
         self.write_lock(&self.schema_secrets).remove(&id);

@@ -379,6 +379,7 @@ pub(crate) fn listen_for_revocations(
     url: String,
     cache: std::sync::Weak<TokenCache>,
     trees: Trees,
+    feed: FeedSignal,
     origin: Uuid,
 ) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
@@ -401,7 +402,9 @@ pub(crate) fn listen_for_revocations(
                         t.set_live(true);
                     }
                     backoff = std::time::Duration::from_millis(100);
-                    if !listen(&mut listener, &cache, &trees, origin).await {
+                    // Events committed while nobody listened are read from the table.
+                    bump(&feed);
+                    if !listen(&mut listener, &cache, &trees, &feed, origin).await {
                         return;
                     }
                 }
@@ -426,6 +429,7 @@ async fn listen(
     listener: &mut sqlx::postgres::PgListener,
     cache: &std::sync::Weak<TokenCache>,
     trees: &Trees,
+    feed: &FeedSignal,
     origin: Uuid,
 ) -> bool {
     let own = origin.simple().to_string();
@@ -444,6 +448,7 @@ async fn listen(
                 match notification {
                     Ok(Some(n)) if n.payload() == HEARTBEAT => awaiting = None,
                     Ok(Some(n)) if n.channel() == CHANGED_CHANNEL => {
+                        bump(feed);
                         let (from, ids) = n.payload().split_once(' ').unwrap_or(("", n.payload()));
                         if from != own && let Some(t) = trees.upgrade() {
                             let ids: Option<Vec<Uuid>> =
@@ -488,6 +493,15 @@ async fn listen(
                 awaiting.get_or_insert_with(tokio::time::Instant::now);
             }
         }
+    }
+}
+
+/// The change feed's signal (see `Store::feed_signal`), held weakly by the listener.
+pub(crate) type FeedSignal = std::sync::Weak<tokio::sync::watch::Sender<u64>>;
+
+fn bump(feed: &FeedSignal) {
+    if let Some(feed) = feed.upgrade() {
+        feed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

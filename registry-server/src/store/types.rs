@@ -3,11 +3,12 @@
 use block_types::model::{
     BlockType, BlockTypeCreate, BlockTypeFilter, BlockTypeFilterBody, BlockTypeUpdate, Page,
 };
-use block_types::{BlockTypeInfo, validate};
+use block_types::{BlockTypeInfo, EventKind, validate};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::events::Subject;
 use super::schemas::push_schema_filter;
 use super::sql::Sql;
 use super::{Backend, Result, Rights, Store, StoreError, now_micros, to_time, uuid_col};
@@ -65,17 +66,28 @@ impl Store {
     /// Creates a block type. Names, slugs and URLs are validated; a taken slug is
     /// [`StoreError::AlreadyExists`].
     pub async fn create_block_type(&self, body: BlockTypeCreate) -> Result<BlockType> {
-        self.insert_block_type(&body, false).await
+        self.insert_block_type(&body, false, None).await
+    }
+
+    /// [`Store::create_block_type`] by `author` (a token id), for the change feed.
+    pub async fn create_block_type_by(
+        &self,
+        body: BlockTypeCreate,
+        author: Option<Uuid>,
+    ) -> Result<BlockType> {
+        self.insert_block_type(&body, false, author).await
     }
 
     async fn insert_block_type(
         &self,
         body: &BlockTypeCreate,
         protected: bool,
+        author: Option<Uuid>,
     ) -> Result<BlockType> {
         validate_create(body)?;
         let id = Uuid::new_v4();
         let now = now_micros();
+        let mut tx = self.write.begin().await?;
         self.count_query();
         let inserted = sqlx::query(
             "insert into block_type (id, created, updated, name, slug, logo_url, documentation_url, \
@@ -90,10 +102,20 @@ impl Store {
         .bind(body.description.as_deref())
         .bind(body.code_example.as_deref())
         .bind(i64::from(protected))
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(_) => self.read_block_type(id).await,
+            Ok(_) => {
+                let subject = Subject {
+                    slug: Some(&body.slug),
+                    ..Subject::default()
+                };
+                self.record_event(&mut tx, EventKind::TypeCreated, subject, author)
+                    .await?;
+                tx.commit().await?;
+                self.feed_committed();
+                self.read_block_type(id).await
+            }
             Err(e) if StoreError::is_unique_violation(&e) => Err(StoreError::AlreadyExists(
                 format!("Block type with name \"{}\" already exists", body.name),
             )),
@@ -121,11 +143,18 @@ impl Store {
                     .bind(now_micros())
                     .execute(&mut *tx)
                     .await?;
+                    let subject = Subject {
+                        slug: Some(&existing.slug),
+                        ..Subject::default()
+                    };
+                    self.record_event(&mut tx, EventKind::TypeUpdated, subject, None)
+                        .await?;
                     self.announce_change(&mut tx, &[]).await?;
                     let change = self.changing(&[]);
                     let committed = tx.commit().await;
                     drop(change);
                     committed?;
+                    self.feed_committed();
                 }
                 if update_metadata {
                     let update = BlockTypeUpdate {
@@ -140,7 +169,7 @@ impl Store {
                 self.read_block_type(existing.id).await
             }
             Err(StoreError::NotFound(_)) => match self
-                .insert_block_type(&info.to_create(), info.protected)
+                .insert_block_type(&info.to_create(), info.protected, None)
                 .await
             {
                 Err(StoreError::AlreadyExists(_)) => self.read_block_type_by_slug(&info.slug).await,
@@ -207,23 +236,39 @@ impl Store {
                 };
             }
         }
-        sql.push(" where id = ").bind_text(id.to_string());
+        sql.push(" where id = ")
+            .bind_text(id.to_string())
+            .push(" returning slug");
         // The type is part of every answer holding a document of it: cached trees go.
         let mut tx = self.write.begin().await?;
         self.count_query();
-        if sql.query().execute(&mut *tx).await?.rows_affected() == 0 {
+        let Some(row) = sql.query().fetch_optional(&mut *tx).await? else {
             return Err(StoreError::NotFound("Block type not found".to_owned()));
-        }
+        };
+        let slug: String = row.try_get("slug")?;
+        let subject = Subject {
+            slug: Some(&slug),
+            ..Subject::default()
+        };
+        self.record_event(&mut tx, EventKind::TypeUpdated, subject, rights.token)
+            .await?;
         self.announce_change(&mut tx, &[]).await?;
         let change = self.changing(&[]);
         let committed = tx.commit().await;
         drop(change);
-        Ok(committed?)
+        committed?;
+        self.feed_committed();
+        Ok(())
     }
 
     /// Deletes a type and its schemas. Refused for protected types, and while documents of
     /// the type exist or other types' schemas nest its schemas (the error names them).
     pub async fn delete_block_type(&self, id: Uuid) -> Result<()> {
+        self.delete_block_type_by(id, None).await
+    }
+
+    /// [`Store::delete_block_type`] by `author` (a token id), for the change feed.
+    pub async fn delete_block_type_by(&self, id: Uuid, author: Option<Uuid>) -> Result<()> {
         let ty = self.read_block_type(id).await?;
         if ty.is_protected {
             return Err(StoreError::Protected(
@@ -264,11 +309,19 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        let subject = Subject {
+            slug: Some(&ty.slug),
+            ..Subject::default()
+        };
+        self.record_event(&mut tx, EventKind::TypeDeleted, subject, author)
+            .await?;
         self.announce_change(&mut tx, &[]).await?;
         let change = self.changing(&[]);
         let committed = tx.commit().await;
         drop(change);
-        Ok(committed?)
+        committed?;
+        self.feed_committed();
+        Ok(())
     }
 
     /// Types matching the filter, ordered by name.

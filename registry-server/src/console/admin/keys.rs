@@ -197,7 +197,10 @@ pub(super) async fn rotate(
         move |state, viewer| async move {
             require_admin(&viewer)?;
             viewer.check_form(&form)?;
-            let active = state.store.rotate_data_key().await?;
+            let active = state
+                .store
+                .rotate_data_key_by(Some(viewer.token.id))
+                .await?;
             tracing::info!(%active, "data key rotated from the console");
             crate::http::admin::start_reencryption(&state.store);
             Ok((Redirect::to("/admin/keys/progress").into_response(), None))

@@ -240,6 +240,7 @@ async fn a_failed_write_leaves_no_trace() {
                 "block_document",
                 "block_document_version",
                 "block_document_reference",
+                "block_event",
             ] {
                 let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
                     .fetch_one(&store.read)

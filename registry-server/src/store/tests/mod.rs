@@ -4,6 +4,7 @@ pub(crate) mod harness;
 
 mod browse;
 mod documents;
+mod events;
 mod grants;
 mod identity;
 mod keys;

@@ -1,0 +1,505 @@
+//! `GET /api/events/stream`: the change feed as server-sent events.
+//!
+//! One pump task per server reads new events from the store's table (woken by this
+//! process's commits, by another replica's change notification, and every
+//! [`POLL_EVERY`] in any case) and broadcasts them. A subscriber first reads what it missed
+//! from the table (after its `Last-Event-ID`), then follows the broadcast, skipping what it
+//! already sent; if it falls behind the broadcast it reads the table again. So a subscriber
+//! gets every event after its start once, in the feed's order, however slow it is, and a
+//! slow one costs a bounded buffer, not memory that grows.
+//!
+//! What a subscriber sees: document events of the documents its token may read (an
+//! anonymous document counts as part of the documents that reference it, or as the token's
+//! own while it wrote it and nothing references it), type and schema events (every token
+//! reads types), and key events with `admin` only. The token is checked again every
+//! [`RECHECK_EVERY`]: a revoked or expired token's stream ends, and changed grants apply.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use block_types::events::{ChangeEvent, EventKind, ResetEvent};
+use futures::Stream;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use super::extract::{Caller, QueryParams};
+use super::routes::{Route, get};
+use super::{ApiError, ApiResult, AppState};
+use crate::store::{FeedEvent, Position, Resume, Scope, Store, TokenInfo};
+
+/// The pump reads the table at least this often (events of another replica whose
+/// notification was missed, and PostgreSQL events held back behind a running transaction).
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Events read from the table at a time.
+const BATCH: u32 = 500;
+/// Events the broadcast holds for subscribers that are behind; past it they read the table.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Events waiting for one subscriber's connection.
+const SUBSCRIBER_BUFFER: usize = 64;
+/// Streams open at once on this server, and per token.
+pub const MAX_STREAMS: usize = 1000;
+/// Streams one token may hold open at once.
+pub const MAX_STREAMS_PER_TOKEN: usize = 32;
+/// A comment line is sent when nothing else was for this long, so proxies keep the
+/// connection and the client can tell a dead one.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// How often a stream checks that its token is still valid (and rereads its grants).
+const RECHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long a client waits before reconnecting (the `retry` field).
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The longest filter glob.
+const MAX_GLOB_BYTES: usize = 255;
+
+/// The server's side of the feed: the pump's broadcast and the open streams.
+#[derive(Debug)]
+pub struct Feed {
+    events: broadcast::Sender<Arc<FeedEvent>>,
+    streams: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl Feed {
+    /// Starts the pump over `store` (inside a Tokio runtime); it ends with the store.
+    pub fn start(store: &Arc<Store>) -> Arc<Self> {
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let feed = Arc::new(Self {
+            events,
+            streams: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(pump(Arc::downgrade(store), Arc::downgrade(&feed)));
+        feed
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.lock().values().sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a new stream of `token`, or refuses it past the limits.
+    fn open(self: &Arc<Self>, token: Uuid) -> Result<StreamSlot, ApiError> {
+        let mut streams = self.lock();
+        if streams.values().sum::<usize>() >= MAX_STREAMS {
+            return Err(ApiError::Busy(format!(
+                "this server has {MAX_STREAMS} event streams open, the most it serves; retry later"
+            )));
+        }
+        let mine = streams.entry(token).or_default();
+        if *mine >= MAX_STREAMS_PER_TOKEN {
+            return Err(ApiError::Busy(format!(
+                "this token has {MAX_STREAMS_PER_TOKEN} event streams open, the most one token may; close one first"
+            )));
+        }
+        *mine += 1;
+        Ok(StreamSlot {
+            feed: Arc::clone(self),
+            token,
+        })
+    }
+}
+
+/// One open stream, counted until dropped.
+struct StreamSlot {
+    feed: Arc<Feed>,
+    token: Uuid,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.feed.lock();
+        if let Some(n) = streams.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// Reads new events and broadcasts them, from the end of the feed at start.
+async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
+    let (mut signal, mut at) = loop {
+        let Some(s) = store.upgrade() else { return };
+        match s.feed_end().await {
+            Ok(end) => break (s.feed_signal(), end),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the change feed; trying again");
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    loop {
+        {
+            let (Some(s), Some(f)) = (store.upgrade(), feed.upgrade()) else {
+                return;
+            };
+            loop {
+                match s.events_after(at, BATCH).await {
+                    Ok(batch) => {
+                        let full = batch.len() == BATCH as usize;
+                        for event in batch {
+                            at = event.position;
+                            // No subscriber: nobody to tell.
+                            let _ = f.events.send(Arc::new(event));
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the change feed; trying again");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = signal.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(POLL_EVERY) => {}
+        }
+    }
+}
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        get("/api/events/stream", stream)
+            .unversioned()
+            .tag("events")
+            .summary("The change feed as server-sent events (text/event-stream): every change of a block the token may read, resumable with Last-Event-ID")
+            .query(&[
+                ("type", "string", "Only events of block types whose slug matches this glob (`*` matches any run)"),
+                ("name", "string", "Only document events whose document name matches this glob"),
+                ("kind", "string", "Only these kinds, comma-separated (`block-document.updated,block-document.deleted`)"),
+                ("last_event_id", "integer", "Resume after this event (as the Last-Event-ID header does)"),
+            ])
+            .returns(200, None),
+    ]
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    #[serde(rename = "type")]
+    type_slug: Option<String>,
+    name: Option<String>,
+    kind: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// What a subscriber asked for.
+#[derive(Debug, Clone)]
+struct Filter {
+    slug: Option<String>,
+    name: Option<String>,
+    kinds: Option<Vec<EventKind>>,
+}
+
+impl Filter {
+    fn parse(query: &StreamQuery) -> Result<Self, ApiError> {
+        let glob = |field: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
+            match value {
+                Some(text) if text.is_empty() || text.len() > MAX_GLOB_BYTES => Err(
+                    ApiError::field(field, format!("must be 1 to {MAX_GLOB_BYTES} bytes")),
+                ),
+                Some(text) if text.chars().any(char::is_control) => {
+                    Err(ApiError::field(field, "must not hold control characters"))
+                }
+                other => Ok(other.clone()),
+            }
+        };
+        let kinds = match &query.kind {
+            None => None,
+            Some(text) => Some(
+                text.split(',')
+                    .map(|k| k.trim().parse::<EventKind>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        ApiError::field(
+                            "kind",
+                            format!(
+                                "{e}; the kinds are {}",
+                                EventKind::ALL.map(EventKind::as_str).join(", ")
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        Ok(Self {
+            slug: glob("type", &query.type_slug)?,
+            name: glob("name", &query.name)?,
+            kinds,
+        })
+    }
+
+    fn matches(&self, event: &ChangeEvent) -> bool {
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&event.kind)
+        {
+            return false;
+        }
+        if let Some(slug) = &self.slug {
+            let Some(event_slug) = &event.block_type_slug else {
+                return false;
+            };
+            if !crate::store::glob(slug, event_slug) {
+                return false;
+            }
+        }
+        if let Some(name) = &self.name {
+            let Some(event_name) = &event.block_document_name else {
+                return false;
+            };
+            if !crate::store::glob(name, event_name) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The id a subscriber resumes after: the `Last-Event-ID` header, or the query parameter
+/// (for clients that cannot set headers on their first request).
+fn last_event_id(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<i64>, ApiError> {
+    let (field, text) = match headers.get("last-event-id") {
+        Some(value) => (
+            "Last-Event-ID",
+            Some(value.to_str().unwrap_or("\u{fffd}").to_owned()),
+        ),
+        None => ("last_event_id", query.last_event_id.clone()),
+    };
+    let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<i64>() {
+        Ok(id) if id >= 0 => Ok(Some(id)),
+        _ => Err(ApiError::field(
+            field,
+            "must be the id of an event this stream sent (a non-negative integer)",
+        )),
+    }
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<StreamQuery>,
+) -> ApiResult<Response> {
+    let filter = Filter::parse(&query)?;
+    let last = last_event_id(&headers, &query)?;
+    let Some(token) = caller.token.clone() else {
+        return Err(ApiError::Unauthorized("this route needs a token".into()));
+    };
+    let secret = super::auth::presented_token(&headers)
+        .map(SecretString::from)
+        .ok_or_else(|| ApiError::Unauthorized("this route needs a token".into()))?;
+    let slot = state.feed.open(token.id)?;
+    // Subscribed before the start is read: nothing committed in between is missed.
+    let live = state.feed.events.subscribe();
+    let (start, reset) = match last {
+        None => (state.store.feed_end().await?, None),
+        Some(id) => match state.store.resume_after(id).await? {
+            Resume::After(position) => (position, None),
+            Resume::Reset(end) => (end, Some(id)),
+        },
+    };
+    let (tx, rx) = mpsc::channel::<Event>(SUBSCRIBER_BUFFER);
+    let first = Event::default().retry(RETRY_AFTER).comment("subscribed");
+    let _ = tx.try_send(first);
+    if let Some(id) = reset {
+        let reset = ResetEvent {
+            last_event_id: Some(id),
+            reason: "the events after this id are no longer kept (or it is not an id of this feed); drop what you derived from earlier events".to_owned(),
+        };
+        let _ = tx.try_send(
+            Event::default()
+                .event("reset")
+                .json_data(&reset)
+                .unwrap_or_default(),
+        );
+    }
+    let subscriber = Subscriber {
+        store: Arc::clone(&state.store),
+        token,
+        secret,
+        filter,
+        at: start,
+        out: tx,
+        _slot: slot,
+    };
+    tokio::spawn(subscriber.run(live));
+    let body = Sse::new(receiver_stream(rx))
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT_EVERY).text("heartbeat"));
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    // Tells nginx-like proxies not to buffer the stream.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    Ok(response)
+}
+
+fn receiver_stream(rx: mpsc::Receiver<Event>) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    })
+}
+
+/// One subscriber's task: reads the table from its start, then follows the broadcast.
+struct Subscriber {
+    store: Arc<Store>,
+    token: Arc<TokenInfo>,
+    secret: SecretString,
+    filter: Filter,
+    at: Position,
+    out: mpsc::Sender<Event>,
+    _slot: StreamSlot,
+}
+
+/// Why a subscriber stops.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The token is no longer valid.
+    Refused,
+}
+
+impl Subscriber {
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<FeedEvent>>) {
+        let mut recheck = tokio::time::interval(RECHECK_EVERY);
+        recheck.reset();
+        if self.catch_up().await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => {
+                        if event.position > self.at {
+                            self.at = event.position;
+                            if self.send(&event.event).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if self.catch_up().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = recheck.tick() => {
+                    if self.recheck().await.is_err() {
+                        return;
+                    }
+                }
+                () = self.out.closed() => return,
+            }
+        }
+    }
+
+    /// Sends what the table holds after `at`.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        loop {
+            let batch = match self.store.events_after(self.at, BATCH).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // The client reconnects with its Last-Event-ID and misses nothing.
+                    tracing::warn!(error = %e, "cannot read the change feed; ending a stream");
+                    return Err(Stop::Gone);
+                }
+            };
+            let full = batch.len() == BATCH as usize;
+            for event in batch {
+                self.at = event.position;
+                self.send(&event.event).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends `event` when the subscriber asked for it and its token may see it.
+    async fn send(&self, event: &ChangeEvent) -> Result<(), Stop> {
+        if !self.filter.matches(event) || !self.visible(event).await {
+            return Ok(());
+        }
+        let sse = Event::default()
+            .id(event.id.to_string())
+            .event(event.kind.as_str())
+            .json_data(event)
+            .map_err(|_| Stop::Gone)?;
+        self.out.send(sse).await.map_err(|_| Stop::Gone)
+    }
+
+    async fn visible(&self, event: &ChangeEvent) -> bool {
+        may_see(&self.store, &self.token, event).await
+    }
+
+    /// Authenticates the token again: a revoked or expired one ends the stream; new
+    /// grants apply from now on.
+    async fn recheck(&mut self) -> Result<(), Stop> {
+        match self.store.authenticate(self.secret.expose_secret()).await {
+            Ok(Ok(info)) => {
+                self.token = Arc::new(info);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Stop::Refused),
+            // The database is unreachable: keep the stream; the next check decides.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check an event stream's token; checking again later");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether `token` may see `event`: the document (or, for an anonymous one, a document
+/// whose tree holds it), every token for types and schemas, `admin` for keys.
+pub(crate) async fn may_see(store: &Store, token: &TokenInfo, event: &ChangeEvent) -> bool {
+    if event.kind.is_key() {
+        return token.grants(Scope::Admin);
+    }
+    if !event.kind.is_document() || !token.limited() {
+        return true;
+    }
+    let (Some(slug), Some(name)) = (&event.block_type_slug, &event.block_document_name) else {
+        return false;
+    };
+    if !event.is_anonymous {
+        return token.may(Scope::Read, slug, name);
+    }
+    if event.token_id == Some(token.id) {
+        return true;
+    }
+    let Some(id) = event.block_document_id else {
+        return false;
+    };
+    match store.named_referrers(id).await {
+        Ok(owners) => owners
+            .iter()
+            .any(|owner| token.may(Scope::Read, &owner.slug, &owner.name)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell who may see an anonymous block's event; not sending it");
+            false
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The change feed's table: every change of a document, type or schema and every key
+//! rotation step is written as an event in the change's own transaction (so no change is
+//! without its event, and no event without its change), read in a gap-free order, and kept
+//! for a retention period.
+//!
+//! The order. On SQLite one transaction writes at a time, so `seq` order is commit order.
+//! On PostgreSQL concurrent writers take `seq` numbers in one order and commit in another:
+//! a reader that saw seq 8 might later see seq 7 commit. So each event also holds its
+//! transaction's id, the feed is read in `(xid, seq)` order, and only events of
+//! transactions older than the oldest one of this database still running are read: that
+//! part of the feed never changes again, and everything after it sorts after it. A long
+//! write transaction holds delivery back (never loses an event) until it ends.
+
+use block_types::events::{ChangeEvent, EventKind};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Backend, Result, Store, StoreError, now_micros, parse_uuid, to_time};
+
+/// Events are kept this many hours unless the setting says otherwise.
+pub const DEFAULT_EVENT_RETENTION_HOURS: u32 = 24 * 7;
+/// The longest retention the setting takes (a year).
+const MAX_EVENT_RETENTION_HOURS: u32 = 24 * 366;
+const EVENT_RETENTION: &str = "event_retention_hours";
+/// Expired events deleted per statement, so pruning never holds a long lock.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// A place in the feed: events are read strictly after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    xid: i64,
+    seq: i64,
+}
+
+impl Position {
+    /// Before every event.
+    pub const START: Position = Position { xid: 0, seq: 0 };
+}
+
+/// An event read from the feed, with its place in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    /// Where it is in the feed.
+    pub position: Position,
+    /// The event.
+    pub event: ChangeEvent,
+}
+
+/// Where a subscriber that gave a `Last-Event-ID` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Right after that event: every later one is still kept.
+    After(Position),
+    /// That event is not kept (past retention, or never ours): the subscriber may have
+    /// missed events and starts again from the current end of the feed.
+    Reset(Position),
+}
+
+/// What a write tells the feed about the object it changed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Subject<'a> {
+    pub(crate) slug: Option<&'a str>,
+    pub(crate) schema: Option<Uuid>,
+    pub(crate) key: Option<Uuid>,
+}
+
+impl Store {
+    /// The writing transaction's id (PostgreSQL) or 0 (SQLite), as SQL.
+    fn xid_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "pg_current_xact_id()::text::bigint",
+            Backend::Sqlite => "0",
+        }
+    }
+
+    /// Inside a write: records `kind` for document `id` as its row stands now (its slug,
+    /// name and version; call before deleting it), written by `token`.
+    pub(crate) async fn record_document_event(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        kind: EventKind,
+        id: Uuid,
+        token: Option<Uuid>,
+    ) -> Result<()> {
+        self.count_query();
+        let inserted = sqlx::query(&format!(
+            "insert into block_event (xid, occurred, kind, block_document_id, block_type_slug, name, \
+               is_anonymous, block_schema_id, version, token_id) \
+             select {}, $1, $2, d.id, t.slug, d.name, d.is_anonymous, d.block_schema_id, d.version, $3 \
+             from block_document d join block_type t on t.id = d.block_type_id where d.id = $4",
+            self.xid_sql()
+        ))
+        .bind(now_micros())
+        .bind(kind.as_str())
+        .bind(token.map(|t| t.to_string()))
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "no document {id} to record a {kind} event for"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inside a write: records `kind` about a type, a schema or a key, written by `token`.
+    pub(crate) async fn record_event(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        kind: EventKind,
+        subject: Subject<'_>,
+        token: Option<Uuid>,
+    ) -> Result<()> {
+        self.count_query();
+        sqlx::query(&format!(
+            "insert into block_event (xid, occurred, kind, block_type_slug, block_schema_id, key_id, token_id) \
+             values ({}, $1, $2, $3, $4, $5, $6)",
+            self.xid_sql()
+        ))
+        .bind(now_micros())
+        .bind(kind.as_str())
+        .bind(subject.slug)
+        .bind(subject.schema.map(|s| s.to_string()))
+        .bind(subject.key.map(|k| k.to_string()))
+        .bind(token.map(|t| t.to_string()))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Tells this process's feed readers that events were committed (they also look every
+    /// so often, and on PostgreSQL when another replica announces a change).
+    pub(crate) fn feed_committed(&self) {
+        self.feed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever this process committed events or heard another
+    /// replica announce a change.
+    pub fn feed_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    /// ` and <stable>`: the part of the feed no running transaction can still add to.
+    ///
+    /// On PostgreSQL: the events of transactions older than every transaction the
+    /// statement's snapshot sees running, except those running in another database of the
+    /// cluster (they never write here; without this, any other application's long
+    /// transaction would hold the feed back). A running transaction whose database cannot
+    /// be told (it ended between the snapshot and the look at `pg_stat_activity`, or its
+    /// session is another user's) counts as ours: the feed waits rather than skips.
+    fn stable_condition(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => {
+                " and xid < (select coalesce(min(r.x), pg_snapshot_xmax(pg_current_snapshot())::text::bigint) \
+                   from (select x::text::bigint as x from pg_snapshot_xip(pg_current_snapshot()) as x) r \
+                   where r.x % 4294967296 not in (select backend_xid::text::bigint from pg_stat_activity \
+                     where backend_xid is not null and datname is distinct from current_database()))"
+            }
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// Up to `limit` events after `after`, in feed order.
+    pub async fn events_after(&self, after: Position, limit: u32) -> Result<Vec<FeedEvent>> {
+        self.count_query();
+        let rows = sqlx::query(&format!(
+            "select seq, xid, occurred, kind, block_document_id, block_type_slug, name, is_anonymous, \
+               block_schema_id, key_id, version, token_id from block_event \
+             where (xid > $1 or (xid = $1 and seq > $2)){} order by xid, seq limit $3",
+            self.stable_condition()
+        ))
+        .bind(after.xid)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(feed_event).collect()
+    }
+
+    /// The end of the feed now: a reader starting here gets every event committed later.
+    pub async fn feed_end(&self) -> Result<Position> {
+        self.count_query();
+        let row = sqlx::query(&format!(
+            "select xid, seq from block_event where 1 = 1{} order by xid desc, seq desc limit 1",
+            self.stable_condition()
+        ))
+        .fetch_optional(&self.read)
+        .await?;
+        match row {
+            Some(row) => Ok(Position {
+                xid: row.try_get("xid")?,
+                seq: row.try_get("seq")?,
+            }),
+            None => Ok(Position::START),
+        }
+    }
+
+    /// Where a subscriber that last saw event `id` goes on.
+    pub async fn resume_after(&self, id: i64) -> Result<Resume> {
+        self.count_query();
+        let row = sqlx::query("select xid, seq from block_event where seq = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            Some(row) => Ok(Resume::After(Position {
+                xid: row.try_get("xid")?,
+                seq: row.try_get("seq")?,
+            })),
+            None => Ok(Resume::Reset(self.feed_end().await?)),
+        }
+    }
+
+    /// The named documents whose trees hold the anonymous document `id` (those that
+    /// reference it, directly or through other anonymous documents), at most 100: an
+    /// anonymous document is part of the documents that reference it.
+    pub async fn named_referrers(&self, id: Uuid) -> Result<Vec<super::Identity>> {
+        self.count_query();
+        let rows = sqlx::query(
+            "with recursive up (id, depth) as ( \
+               select cast($1 as text), 0 \
+               union select r.parent_block_document_id, up.depth + 1 from block_document_reference r \
+                 join up on r.reference_block_document_id = up.id where up.depth < 32) \
+             select distinct t.slug, d.name from up join block_document d on d.id = up.id \
+               join block_type t on t.id = d.block_type_id where up.depth > 0 and d.is_anonymous = 0 limit 100",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::Identity {
+                    slug: row.try_get("slug")?,
+                    name: row.try_get("name")?,
+                    anonymous: false,
+                })
+            })
+            .collect()
+    }
+
+    /// How many hours events are kept (`None`: forever); shared by every replica.
+    pub async fn event_retention_hours(&self) -> Result<Option<u32>> {
+        let mut conn = self.read.acquire().await?;
+        self.count_query();
+        Ok(super::read_setting(&mut conn, EVENT_RETENTION)
+            .await?
+            .unwrap_or(Some(DEFAULT_EVENT_RETENTION_HOURS)))
+    }
+
+    /// Refuses a retention outside 1 hour to a year.
+    pub fn check_event_retention_hours(hours: Option<u32>) -> Result<()> {
+        match hours {
+            Some(hours) if !(1..=MAX_EVENT_RETENTION_HOURS).contains(&hours) => {
+                Err(StoreError::invalid(
+                    "event_retention_hours",
+                    format!(
+                        "must be between 1 and {MAX_EVENT_RETENTION_HOURS} hours, or null to keep every event"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Changes the retention and prunes what falls outside it now. Returns how many events
+    /// were deleted.
+    pub async fn set_event_retention_hours(&self, hours: Option<u32>) -> Result<u64> {
+        Self::check_event_retention_hours(hours)?;
+        {
+            let mut conn = self.write.acquire().await?;
+            self.count_query();
+            super::write_setting(&mut conn, EVENT_RETENTION, &hours).await?;
+        }
+        self.prune_events(Utc::now()).await
+    }
+
+    /// Deletes the events older than the retention allows at `now`, in batches.
+    pub async fn prune_events(&self, now: DateTime<Utc>) -> Result<u64> {
+        let Some(hours) = self.event_retention_hours().await? else {
+            return Ok(0);
+        };
+        let cutoff = (now - chrono::Duration::hours(i64::from(hours))).timestamp_micros();
+        let mut total = 0;
+        loop {
+            self.count_query();
+            let deleted = sqlx::query(
+                "delete from block_event where seq in \
+                 (select seq from block_event where occurred < $1 order by seq limit $2)",
+            )
+            .bind(cutoff)
+            .bind(PRUNE_BATCH)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn optional_uuid(row: &AnyRow, col: &str) -> Result<Option<Uuid>> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|text| parse_uuid(&text))
+        .transpose()
+}
+
+fn feed_event(row: &AnyRow) -> Result<FeedEvent> {
+    let seq: i64 = row.try_get("seq")?;
+    let kind: String = row.try_get("kind")?;
+    let kind = kind
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
+    Ok(FeedEvent {
+        position: Position {
+            xid: row.try_get("xid")?,
+            seq,
+        },
+        event: ChangeEvent {
+            id: seq,
+            occurred: to_time(row.try_get("occurred")?),
+            kind,
+            block_document_id: optional_uuid(row, "block_document_id")?,
+            block_type_slug: row.try_get("block_type_slug")?,
+            block_document_name: row.try_get("name")?,
+            is_anonymous: row.try_get::<i64, _>("is_anonymous")? != 0,
+            block_schema_id: optional_uuid(row, "block_schema_id")?,
+            key_id: optional_uuid(row, "key_id")?,
+            version: row.try_get("version")?,
+            token_id: optional_uuid(row, "token_id")?,
+        },
+    })
+}

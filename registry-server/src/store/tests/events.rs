@@ -1,0 +1,375 @@
+//! The change feed's table, on both databases.
+
+use block_types::catalog::{GcpCredentials, GcsBucket};
+use block_types::model::{
+    BlockDocumentCreate, BlockDocumentUpdate, BlockSchemaCreate, BlockTypeCreate,
+};
+use block_types::references::reference_value;
+use block_types::{ChangeEvent, EventKind};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::harness::{create, obj, on_both, register};
+use crate::store::{Backend, FeedEvent, Position, Resume, Rights, Store};
+
+const CANARY: &str = "canary-feed-5b1f0e2a";
+
+/// The events after `after` once at least `n` are readable: on PostgreSQL a transaction
+/// still running elsewhere in the cluster may hold the feed back for a moment.
+async fn settled(store: &Store, after: Position, n: usize) -> Vec<FeedEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = store.events_after(after, 10_000).await.unwrap();
+        if events.len() >= n || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_events(store: &Store, n: usize) -> Vec<ChangeEvent> {
+    settled(store, Position::START, n)
+        .await
+        .into_iter()
+        .map(|e| e.event)
+        .collect()
+}
+
+fn kinds(events: &[ChangeEvent]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind).collect()
+}
+
+#[tokio::test]
+async fn every_change_is_one_event_naming_it_and_its_writer_never_a_value() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let writer = Uuid::new_v4();
+        let ty = store
+            .create_block_type_by(
+                BlockTypeCreate {
+                    name: "Thing".into(),
+                    slug: "thing".into(),
+                    logo_url: None,
+                    documentation_url: None,
+                    description: None,
+                    code_example: None,
+                },
+                Some(writer),
+            )
+            .await
+            .unwrap();
+        let schema_for = async |props: serde_json::Value| {
+            store
+                .create_block_schema(
+                    BlockSchemaCreate {
+                        fields: obj(json!({"type": "object", "properties": props,
+                            "secret_fields": ["password"]})),
+                        block_type_id: ty.id,
+                        capabilities: vec![],
+                        version: "1".into(),
+                    },
+                    Rights::ADMIN.by(writer),
+                )
+                .await
+                .unwrap()
+                .0
+        };
+        let props = json!({"a": {"type": "string"}, "password": {"type": "string", "format": "password", "writeOnly": true}});
+        let v1 = schema_for(props.clone()).await;
+        let mut props2 = props.clone();
+        props2["b"] = json!({"type": "string"});
+        let v2 = schema_for(props2).await;
+        let doc = store
+            .create_block_document_by(
+                BlockDocumentCreate {
+                    name: Some("zoom-thing".into()),
+                    data: obj(json!({"a": "1", "password": CANARY})),
+                    block_schema_id: v1.id,
+                    block_type_id: ty.id,
+                    is_anonymous: false,
+                },
+                Some(writer),
+            )
+            .await
+            .unwrap();
+        let rights = Rights::ADMIN.by(writer);
+        let data = |a: &str| Some(obj(json!({"a": a, "password": CANARY})));
+        store
+            .update_block_document(
+                doc.id,
+                BlockDocumentUpdate {
+                    data: data("2"),
+                    ..BlockDocumentUpdate::default()
+                },
+                None,
+                rights,
+            )
+            .await
+            .unwrap();
+        store
+            .update_block_document(
+                doc.id,
+                BlockDocumentUpdate {
+                    data: data("3"),
+                    block_schema_id: Some(v2.id),
+                    merge_existing_data: false,
+                },
+                None,
+                rights,
+            )
+            .await
+            .unwrap();
+        store
+            .rollback_block_document(doc.id, 1, None, Some(writer))
+            .await
+            .unwrap();
+        store
+            .delete_block_document_by(doc.id, None, Some(writer))
+            .await
+            .unwrap();
+        let rotated = store.rotate_data_key_by(Some(writer)).await.unwrap();
+        store.reencrypt_all(100).await.unwrap();
+
+        let events = all_events(&store, 10).await;
+        assert_eq!(
+            kinds(&events),
+            [
+                EventKind::TypeCreated,
+                EventKind::SchemaCreated,
+                EventKind::SchemaCreated,
+                EventKind::DocumentCreated,
+                EventKind::DocumentUpdated,
+                EventKind::DocumentSchemaChanged,
+                EventKind::DocumentRolledBack,
+                EventKind::DocumentDeleted,
+                EventKind::KeyRotationStarted,
+                EventKind::KeyRotationFinished,
+            ]
+        );
+        let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        for event in &events[3..8] {
+            assert_eq!(event.block_document_id, Some(doc.id));
+            assert_eq!(event.block_type_slug.as_deref(), Some("thing"));
+            assert_eq!(event.block_document_name.as_deref(), Some("zoom-thing"));
+        }
+        // The version after each change (the deleted one for a delete), and the schema.
+        let versions: Vec<Option<i64>> = events[3..8].iter().map(|e| e.version).collect();
+        assert_eq!(versions, [Some(1), Some(2), Some(3), Some(4), Some(4)]);
+        assert_eq!(events[5].block_schema_id, Some(v2.id));
+        assert_eq!(events[6].block_schema_id, Some(v1.id));
+        assert_eq!(events[1].block_schema_id, Some(v1.id));
+        assert_eq!(events[0].block_type_slug.as_deref(), Some("thing"));
+        assert_eq!(events[8].key_id, Some(rotated));
+        assert!(events[9].key_id.is_some_and(|k| k != rotated));
+        // Written by the token, except the re-encryption's end (the server's own).
+        assert!(events[..9].iter().all(|e| e.token_id == Some(writer)));
+        assert_eq!(events[9].token_id, None);
+        let text = serde_json::to_string(&events).unwrap();
+        assert!(!text.contains(CANARY), "a value reached the feed");
+        assert!(!text.contains("********"), "a mask reached the feed");
+        assert!(!text.contains("\"a\""), "a field reached the feed");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_write_leaves_no_event_and_imports_write_one_each() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let (_, bucket) = register::<GcsBucket>(&store).await;
+        let end = store.feed_end().await.unwrap();
+        let child = create(
+            &store,
+            &creds,
+            "c",
+            json!({"service_account_info": {"k": CANARY}}),
+        )
+        .await;
+        store.fail_at(Some("create_before_commit"));
+        let failed = store
+            .create_block_document(BlockDocumentCreate {
+                name: Some("b".into()),
+                data: obj(json!({"bucket": "x", "gcp_credentials": reference_value(child.id)})),
+                block_schema_id: bucket.id,
+                block_type_id: bucket.block_type_id,
+                is_anonymous: false,
+            })
+            .await;
+        assert!(failed.is_err());
+        store.fail_at(Some("update_before_commit"));
+        let failed = store
+            .update_block_document(
+                child.id,
+                BlockDocumentUpdate {
+                    data: Some(obj(json!({"service_account_info": {"k": "x"}}))),
+                    ..BlockDocumentUpdate::default()
+                },
+                None,
+                Rights::ADMIN,
+            )
+            .await;
+        assert!(failed.is_err());
+        store.fail_at(None);
+        // A refused delete (still referenced) leaves none either.
+        let parent = create(
+            &store,
+            &bucket,
+            "b",
+            json!({"bucket": "x", "gcp_credentials": reference_value(child.id)}),
+        )
+        .await;
+        assert!(store.delete_block_document(child.id, None).await.is_err());
+        let after = settled(&store, end, 2).await;
+        let named: Vec<(EventKind, Option<Uuid>)> = after
+            .iter()
+            .map(|e| (e.event.kind, e.event.block_document_id))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (EventKind::DocumentCreated, Some(child.id)),
+                (EventKind::DocumentCreated, Some(parent.id)),
+            ]
+        );
+        let bodies = (0..3)
+            .map(|i| BlockDocumentCreate {
+                name: Some(format!("imported-{i}")),
+                data: obj(json!({"service_account_info": {"k": CANARY}})),
+                block_schema_id: creds.id,
+                block_type_id: creds.block_type_id,
+                is_anonymous: false,
+            })
+            .collect();
+        let ids = store.import_block_documents(bodies, None).await.unwrap();
+        let imported = settled(&store, after[1].position, 3).await;
+        assert_eq!(
+            imported
+                .iter()
+                .map(|e| e.event.block_document_id.unwrap())
+                .collect::<Vec<_>>(),
+            ids
+        );
+        // The anonymous child of a tree is part of the documents that reference it.
+        let owners = store.named_referrers(child.id).await.unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].slug.as_str(), owners[0].name.as_str()),
+            ("gcs-bucket", "b")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn resuming_finds_the_event_and_past_retention_is_a_reset() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let first = create(
+            &store,
+            &creds,
+            "first",
+            json!({"service_account_info": {"k": "v"}}),
+        )
+        .await;
+        let events = settled(&store, Position::START, 2).await;
+        let created = events
+            .iter()
+            .find(|e| e.event.block_document_id == Some(first.id))
+            .unwrap()
+            .clone();
+        let second = create(
+            &store,
+            &creds,
+            "second",
+            json!({"service_account_info": {"k": "v"}}),
+        )
+        .await;
+        let Resume::After(at) = store.resume_after(created.event.id).await.unwrap() else {
+            panic!("a kept event must resume");
+        };
+        let rest = settled(&store, at, 1).await;
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].event.block_document_id, Some(second.id));
+        assert_eq!(store.feed_end().await.unwrap(), rest[0].position);
+
+        // Age the first event past a one-hour retention: pruned, and resuming after it
+        // is a reset at the end of the feed.
+        sqlx::query("update block_event set occurred = occurred - 7200000000 where seq <= $1")
+            .bind(created.event.id)
+            .execute(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(store.event_retention_hours().await.unwrap(), Some(168));
+        assert!(store.set_event_retention_hours(Some(0)).await.is_err());
+        assert!(store.set_event_retention_hours(Some(10_000)).await.is_err());
+        let pruned = store.set_event_retention_hours(Some(1)).await.unwrap();
+        assert!(pruned >= 1, "{pruned}");
+        assert_eq!(
+            store.resume_after(created.event.id).await.unwrap(),
+            Resume::Reset(rest[0].position)
+        );
+        assert_eq!(
+            store.resume_after(i64::MAX).await.unwrap(),
+            Resume::Reset(rest[0].position)
+        );
+        assert_eq!(
+            store
+                .events_after(Position::START, 100)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    })
+    .await;
+}
+
+/// PostgreSQL: a transaction that took an earlier `seq` but commits later must not be
+/// skipped by a reader that already read the later one.
+#[tokio::test]
+async fn a_slow_writer_holds_the_feed_back_instead_of_leaving_a_gap() {
+    on_both(async |db| {
+        if db.backend != Backend::Postgres {
+            return;
+        }
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let start = store.feed_end().await.unwrap();
+        let mut slow = store.write.begin().await.unwrap();
+        store
+            .record_event(
+                &mut slow,
+                EventKind::TypeUpdated,
+                crate::store::events::Subject {
+                    slug: Some("gcp-credentials"),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let fast = create(
+            &store,
+            &creds,
+            "fast",
+            json!({"service_account_info": {"k": "v"}}),
+        )
+        .await;
+        assert!(
+            store.events_after(start, 100).await.unwrap().is_empty(),
+            "an event was readable while an older writer was still running"
+        );
+        slow.commit().await.unwrap();
+        let events = settled(&store, start, 2).await;
+        assert_eq!(
+            kinds(&events.iter().map(|e| e.event.clone()).collect::<Vec<_>>()),
+            [EventKind::TypeUpdated, EventKind::DocumentCreated]
+        );
+        assert_eq!(events[1].event.block_document_id, Some(fast.id));
+        assert!(events[0].event.id < events[1].event.id);
+    })
+    .await;
+}
