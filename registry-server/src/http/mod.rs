@@ -300,6 +300,8 @@ mod audit_tests;
 #[cfg(test)]
 mod auth_tests;
 #[cfg(test)]
+mod feed_tests;
+#[cfg(test)]
 mod grants_tests;
 #[cfg(test)]
 mod identity_tests;

@@ -612,7 +612,7 @@ impl Store {
         self.check_failpoint("create_after_document")?;
         let author = version.author;
         let worn = self.write_version(tx, id, 1, version).await?;
-        self.record_document_event(&mut **tx, EventKind::DocumentCreated, id, author)
+        self.record_document_event(tx, EventKind::DocumentCreated, id, author)
             .await?;
         self.check_failpoint("create_before_commit")?;
         Ok(worn)

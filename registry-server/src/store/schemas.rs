@@ -371,7 +371,7 @@ impl Store {
             schema: Some(id),
             key: None,
         };
-        self.record_event(&mut **tx, EventKind::SchemaCreated, subject, rights.token)
+        self.record_event(tx, EventKind::SchemaCreated, subject, rights.token)
             .await?;
         Ok((id, true))
     }
