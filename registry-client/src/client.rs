@@ -1,6 +1,7 @@
 //! The HTTP client: loads with retries, errors in words, and an optional cache.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,29 +41,97 @@ struct CacheEntry {
     etag: String,
     fetched: Instant,
     document: BlockDocument,
+    /// The document and every document its tree holds: a change to any drops the entry.
+    tree: Vec<Uuid>,
 }
 
 /// The optional cache: documents by URL, fresh for a time-to-live and then revalidated
 /// with `If-None-Match` (the server's ETag covers the resolved tree, so a changed child
 /// is seen).
 #[derive(Debug)]
-struct Cache {
+pub(crate) struct Cache {
     ttl: Duration,
     entries: Mutex<HashMap<String, CacheEntry>>,
+    /// Set by [`Client::watching`]: the change feed drops changed entries.
+    watched: Option<Watched>,
+}
+
+/// The watching cache's link to the change feed.
+#[derive(Debug, Default)]
+struct Watched {
+    /// A stream is open: every change from now on reaches the cache. While not, entries
+    /// are revalidated on every load.
+    connected: AtomicBool,
+    /// Moved by every drop, so a load that raced a change does not keep what it read.
+    generation: AtomicU64,
+    started: std::sync::OnceLock<()>,
 }
 
 impl Cache {
-    /// Keeps `document` for `url`, as of now.
-    fn store(&self, url: &impl ToString, etag: String, document: &BlockDocument) {
-        lock(&self.entries).insert(
+    /// Keeps `document` for `url`, as of now, unless the cache dropped something since
+    /// `generation` (the load may have read a document that changed meanwhile).
+    fn store(&self, url: &impl ToString, etag: String, document: &BlockDocument, generation: u64) {
+        let mut entries = lock(&self.entries);
+        if self.generation() != generation {
+            return;
+        }
+        entries.insert(
             url.to_string(),
             CacheEntry {
                 etag,
                 fetched: Instant::now(),
+                tree: tree_of(document),
                 document: document.clone(),
             },
         );
     }
+
+    fn generation(&self) -> u64 {
+        self.watched
+            .as_ref()
+            .map_or(0, |w| w.generation.load(Ordering::Acquire))
+    }
+
+    /// Whether an entry younger than the TTL may be served without asking the server.
+    fn trusts_fresh(&self) -> bool {
+        self.watched
+            .as_ref()
+            .is_none_or(|w| w.connected.load(Ordering::Acquire))
+    }
+
+    /// Drops the entries whose tree holds `id` (every entry when `None`).
+    pub(crate) fn drop_changed(&self, id: Option<Uuid>) {
+        let mut entries = lock(&self.entries);
+        if let Some(w) = &self.watched {
+            w.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        match id {
+            Some(id) => entries.retain(|_, e| !e.tree.contains(&id)),
+            None => entries.clear(),
+        }
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        if let Some(w) = &self.watched {
+            w.connected.store(connected, Ordering::Release);
+        }
+    }
+}
+
+/// The ids of `document` and of every document its tree holds.
+fn tree_of(document: &BlockDocument) -> Vec<Uuid> {
+    fn walk(
+        refs: &std::collections::BTreeMap<String, block_types::model::BlockDocumentReference>,
+        out: &mut Vec<Uuid>,
+    ) {
+        for reference in refs.values() {
+            out.push(reference.block_document.id);
+            walk(&reference.block_document.block_document_references, out);
+        }
+    }
+    let mut out = vec![document.id];
+    walk(&document.block_document_references, &mut out);
+    out
 }
 
 /// Counters of the cache, for measurements.
@@ -83,6 +152,8 @@ const MAX_ETAGS: usize = 10_000;
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams: no limit on the whole answer, a limit on silence instead.
+    stream_http: reqwest::Client,
     config: Arc<Config>,
     cache: Option<Arc<Cache>>,
     stats: Arc<Mutex<CacheStats>>,
@@ -104,19 +175,40 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How a request's time is bounded.
+#[derive(Debug, Clone, Copy)]
+enum Timeouts {
+    /// 30 s for the whole request.
+    Request,
+    /// An event stream: no end, but 45 s without a byte (the server sends a heartbeat
+    /// every 15 s) means the connection is dead.
+    Stream,
+}
+
 /// The HTTP client for `config` (its CA certificate, timeouts) with a redirect policy.
 fn http_client(
     config: &Config,
     redirects: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, Error> {
-    let mut builder = reqwest::Client::builder()
+    http_client_with(config, redirects, Timeouts::Request)
+}
+
+fn http_client_with(
+    config: &Config,
+    redirects: reqwest::redirect::Policy,
+    timeouts: Timeouts,
+) -> Result<reqwest::Client, Error> {
+    let builder = reqwest::Client::builder()
         .redirect(redirects)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!(
-            "blocks-registry-client/",
-            env!("CARGO_PKG_VERSION")
-        ));
+        .connect_timeout(Duration::from_secs(5));
+    let mut builder = match timeouts {
+        Timeouts::Request => builder.timeout(Duration::from_secs(30)),
+        Timeouts::Stream => builder.read_timeout(Duration::from_secs(45)),
+    }
+    .user_agent(concat!(
+        "blocks-registry-client/",
+        env!("CARGO_PKG_VERSION")
+    ));
     if let Some(path) = &config.ca_cert {
         let pem = std::fs::read(path).map_err(|e| {
             Error::Config(format!(
@@ -159,6 +251,8 @@ impl Client {
             config.api_url.set_path(&path);
         }
         let http = http_client(&config, reqwest::redirect::Policy::default())?;
+        let stream_http =
+            http_client_with(&config, reqwest::redirect::Policy::none(), Timeouts::Stream)?;
         let signer = config
             .identity
             .clone()
@@ -172,6 +266,7 @@ impl Client {
         Ok(Self {
             signer,
             http,
+            stream_http,
             config: Arc::new(config),
             cache: None,
             stats: Arc::default(),
@@ -198,8 +293,58 @@ impl Client {
         self.cache = Some(Arc::new(Cache {
             ttl,
             entries: Mutex::default(),
+            watched: None,
         }));
         self
+    }
+
+    /// Makes the cache follow the server's change feed: an entry is dropped the moment
+    /// its block, or any block it references, changes (a rotated credential is loaded
+    /// fresh on the next load, however long the TTL), and everything is dropped when the
+    /// server says events were missed. While the feed is not connected (before the first
+    /// load, after a lost connection, if the token may not open it) every load revalidates
+    /// with the server, as a TTL of zero would. Without [`Client::with_cache`] first, the
+    /// cache keeps entries for five minutes. The feed is opened by the first load (inside
+    /// a Tokio runtime) and closed when the last clone of this client is dropped.
+    #[must_use]
+    pub fn watching(self) -> Self {
+        let ttl = self
+            .cache
+            .as_ref()
+            .map_or(Duration::from_secs(300), |c| c.ttl);
+        let mut client = self.with_cache(ttl);
+        if let Some(cache) = &mut client.cache
+            && let Some(cache) = Arc::get_mut(cache)
+        {
+            cache.watched = Some(Watched::default());
+        }
+        client
+    }
+
+    /// Whether the watching cache's change feed is connected now.
+    pub fn watching_connected(&self) -> bool {
+        self.cache
+            .as_ref()
+            .and_then(|c| c.watched.as_ref())
+            .is_some_and(|w| w.connected.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn stream_http(&self) -> &reqwest::Client {
+        &self.stream_http
+    }
+
+    /// Opens the watching cache's feed, once.
+    fn start_watching(&self) {
+        let Some(cache) = &self.cache else { return };
+        let Some(watched) = &cache.watched else {
+            return;
+        };
+        watched.started.get_or_init(|| {
+            let mut feed = self.clone();
+            // The task holds the cache weakly: it ends with the last client.
+            feed.cache = None;
+            tokio::spawn(crate::watch::follow(feed, Arc::downgrade(cache)));
+        });
     }
 
     /// The cache's counters.
@@ -237,7 +382,7 @@ impl Client {
     /// After a write, nothing cached may be served: a parent's entry covers its children.
     pub(crate) fn after_write(&self) {
         if let Some(cache) = &self.cache {
-            lock(&cache.entries).clear();
+            cache.drop_changed(None);
         }
     }
 
@@ -328,12 +473,15 @@ impl Client {
         not_found: impl Fn() -> Error,
     ) -> Result<BlockDocument, Error> {
         let url = self.url(path)?;
+        self.start_watching();
+        let generation = self.cache.as_ref().map_or(0, |c| c.generation());
         let cached = self.cache.as_ref().and_then(|cache| {
+            let trusted = cache.trusts_fresh();
             let entries = lock(&cache.entries);
             entries.get(url.as_str()).map(|e| {
                 (
                     e.etag.clone(),
-                    e.fetched.elapsed() < cache.ttl,
+                    trusted && e.fetched.elapsed() < cache.ttl,
                     e.document.clone(),
                 )
             })
@@ -349,7 +497,7 @@ impl Client {
         {
             lock(&self.stats).revalidated += 1;
             self.remember_etag(document.id, &etag);
-            cache.store(&url, etag, &document);
+            cache.store(&url, etag, &document, generation);
             return Ok(document);
         }
         if response.status() == StatusCode::NOT_FOUND {
@@ -386,14 +534,14 @@ impl Client {
             self.remember_etag(document.id, etag);
         }
         if let (Some(cache), Some(etag)) = (&self.cache, etag) {
-            cache.store(&url, etag, &document);
+            cache.store(&url, etag, &document, generation);
         }
         Ok(document)
     }
 
     /// The token to send: from the workload identity when one is configured (exchanged
     /// and renewed as needed), else the configured one.
-    async fn bearer(&self) -> Result<Option<SecretString>, Error> {
+    pub(crate) async fn bearer(&self) -> Result<Option<SecretString>, Error> {
         match &self.signer {
             Some(signer) => signer
                 .token(&self.config.api_url, &self.config.source)
@@ -403,7 +551,7 @@ impl Client {
         }
     }
 
-    fn url(&self, path: &str) -> Result<url::Url, Error> {
+    pub(crate) fn url(&self, path: &str) -> Result<url::Url, Error> {
         self.config
             .api_url
             .join(path)
@@ -454,7 +602,10 @@ impl Client {
     }
 
     /// Turns an error answer into an [`Error`].
-    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, Error> {
+    pub(crate) async fn check(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, Error> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);

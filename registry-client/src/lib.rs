@@ -62,6 +62,7 @@ mod config;
 mod error;
 mod identity;
 mod save;
+mod watch;
 
 #[cfg(feature = "docker")]
 pub mod docker;
@@ -80,6 +81,7 @@ pub use config::{Config, ConfigSource};
 pub use error::Error;
 pub use identity::Identity;
 pub use reqwest::Method;
+pub use watch::{Watch, WatchEvent};
 
 use block_types::Block;
 

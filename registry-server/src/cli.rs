@@ -14,6 +14,9 @@ use registry_client::{Client, Method};
 use serde_json::{Map, Value, json};
 
 mod edit;
+mod watch;
+
+pub use watch::watch;
 
 pub use edit::edit;
 

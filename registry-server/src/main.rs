@@ -88,6 +88,15 @@ enum Command {
     /// Sign-in with a workload identity: trusted JWT issuers and roles (admin).
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Print changes to blocks, types, schemas and keys as they happen, until interrupted.
+    Watch {
+        /// Only events of block types whose slug matches this glob.
+        #[arg(long = "type")]
+        block_type: Option<String>,
+        /// Only events of blocks whose name matches this glob (`zoom-*`).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// The audit log, newest first.
     Audit {
         /// At most this many records.
@@ -172,6 +181,9 @@ async fn main() -> ExitCode {
         Command::Token(command) => cli::token(command, format).await,
         Command::Key(command) => cli::key(command, format).await,
         Command::Auth(command) => cli::auth(command, format).await,
+        Command::Watch { block_type, name } => {
+            cli::watch(block_type.as_deref(), name.as_deref(), format).await
+        }
         Command::Audit { limit, action } => cli::audit(*limit, action.as_deref(), format).await,
         Command::Export { file } => cli::export(file, format).await,
         Command::Import { file } => cli::import(file, format).await,

@@ -331,8 +331,12 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     let grace = args.connections.grace();
+    let feed = Arc::clone(&state.feed);
     tokio::spawn(async move {
         signalled.await;
+        // Event streams never finish by themselves: end them, so the shutdown waits only
+        // for real requests (their clients reconnect, to another replica or after restart).
+        feed.close();
         stopper.graceful_shutdown(Some(grace));
     });
     let listener = listener.into_std()?;

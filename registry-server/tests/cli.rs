@@ -7,6 +7,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -1523,4 +1524,101 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
     );
     ok(&blocks(home, &[], &["auth", "role", "rm", "etl-loader"]));
     ok(&blocks(home, &[], &["auth", "issuer", "rm", &id]));
+}
+
+/// `blocks watch` prints each change as it happens, one line each (or JSON), filtered by
+/// type and name, never a value.
+#[test]
+fn watch_prints_changes_as_they_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let _server = serve(&home);
+    let home = home.as_path();
+    ok(&blocks(home, &[], &["register", "gcp"]));
+    let spawn = |args: &[&str]| {
+        let mut child = blocks_command(home, &[], args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut table, table_lines) = spawn(&["watch", "--type", "gcp-*", "--name", "zoom-*"]);
+    let (mut json, json_lines) = spawn(&["--json", "watch"]);
+    // Both are subscribed once the server counts their streams; a change made before
+    // would not be printed (a watch starts at the end of the feed).
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}, "project": "p"}}"#),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut made = 0;
+    let (mut table_first, mut json_first) = (None, None);
+    let line = loop {
+        // Creates until the watcher prints one (it may have connected after the first).
+        made += 1;
+        ok(&blocks(
+            home,
+            &[],
+            &[
+                "create",
+                &format!("gcp-credentials/zoom-{made}"),
+                "--data",
+                &format!("@{}", creds.display()),
+            ],
+        ));
+        ok(&blocks(
+            home,
+            &[],
+            &[
+                "create",
+                &format!("gcp-credentials/other-{made}"),
+                "--data",
+                &format!("@{}", creds.display()),
+            ],
+        ));
+        if table_first.is_none() {
+            table_first = table_lines.recv_timeout(Duration::from_secs(1)).ok();
+        }
+        if json_first.is_none() {
+            json_first = json_lines.recv_timeout(Duration::from_secs(1)).ok();
+        }
+        if let (Some(table), Some(json)) = (&table_first, &json_first) {
+            break (table.clone(), json.clone());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks watch printed nothing"
+        );
+    };
+    let (line, json_line) = line;
+    assert!(line.contains("block-document.created"), "{line}");
+    assert!(line.contains("gcp-credentials/zoom-"), "{line}");
+    assert!(line.contains("v1"), "{line}");
+    assert!(!line.contains(CANARY));
+    // The filter: no other-* line follows.
+    while let Ok(line) = table_lines.recv_timeout(Duration::from_millis(500)) {
+        assert!(line.contains("/zoom-"), "{line}");
+    }
+    let first: Value = serde_json::from_str(&json_line).unwrap();
+    assert_eq!(first["kind"], "block-document.created");
+    assert!(first["id"].is_i64());
+    while let Ok(line) = json_lines.recv_timeout(Duration::from_millis(500)) {
+        assert!(!line.contains(CANARY), "{line}");
+    }
+    let _ = table.kill();
+    let _ = json.kill();
+    let _ = table.wait();
+    let _ = json.wait();
 }

@@ -968,3 +968,191 @@ async fn a_pod_signs_in_with_its_identity_token_and_renews_before_expiry() {
         "{half}"
     );
 }
+
+/// A watching cache drops a block the moment a block it references changes: the rotated
+/// credential is loaded fresh within the TTL, where a plain cache still serves the old one.
+#[tokio::test]
+async fn a_watching_cache_sees_a_rotated_child_credential_within_its_ttl() {
+    let server = server().await;
+    let (creds_id, _) = seed(&server).await;
+    let token = server.token(&["read-secrets"]).await;
+    let watching = server
+        .client(&token)
+        .with_cache(Duration::from_secs(600))
+        .watching();
+    let plain = server.client(&token).with_cache(Duration::from_secs(600));
+    let first: GcsBucket = watching.load("zoom-gcs").await.unwrap();
+    let _: GcsBucket = plain.load("zoom-gcs").await.unwrap();
+    assert_eq!(first.gcp_credentials.project.as_deref(), Some("dtc-de"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !watching.watching_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Connected: loads are served from memory.
+    let _: GcsBucket = watching.load("zoom-gcs").await.unwrap();
+    let before = watching.cache_stats();
+    let _: GcsBucket = watching.load("zoom-gcs").await.unwrap();
+    assert_eq!(watching.cache_stats().fresh_hits, before.fresh_hits + 1);
+
+    server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("block_documents/{creds_id}"),
+            Some(json!({"data": {"project": "rotated"}})),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now: GcsBucket = watching.load("zoom-gcs").await.unwrap();
+        if now.gcp_credentials.project.as_deref() == Some("rotated") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watching cache kept the old credential"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stale: GcsBucket = plain.load("zoom-gcs").await.unwrap();
+    assert_eq!(
+        stale.gcp_credentials.project.as_deref(),
+        Some("dtc-de"),
+        "the plain cache serves its copy until the TTL (what watching is for)"
+    );
+    server.running.stop().await.unwrap();
+}
+
+/// `Client::watch` yields changes and, across a server restart, reconnects and resumes
+/// after the last event it gave; a watching cache revalidates while disconnected.
+#[tokio::test]
+async fn a_watch_resumes_after_a_server_restart() {
+    use futures::StreamExt as _;
+    use registry_client::{Watch, WatchEvent};
+
+    let server = server().await;
+    let creds = server.register::<GcpCredentials>().await;
+    let token = server.token(&["read"]).await;
+    let client = server.client(&token);
+    let watching = server
+        .client(&token)
+        .with_cache(Duration::from_secs(600))
+        .watching();
+    let mut changes = std::pin::pin!(client.watch(Watch::all().of_type("gcp-credentials")));
+    // The stream is open once the first request is answered: make changes until one
+    // arrives (a watch starts at the end of the feed).
+    let mut made = 0;
+    let first = loop {
+        made += 1;
+        server
+            .create(
+                &creds,
+                &format!("before-{made}"),
+                json!({"service_account_info": {"k": CANARY}}),
+            )
+            .await;
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), changes.next()).await
+        {
+            break event.unwrap();
+        }
+        assert!(made < 10, "no event arrived");
+    };
+    let WatchEvent::Change(first) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(first.kind, block_types::EventKind::DocumentCreated);
+    // Drain what the loop made after the first.
+    let mut last = first.id;
+    while let Ok(Some(Ok(WatchEvent::Change(c)))) =
+        tokio::time::timeout(Duration::from_millis(300), changes.next()).await
+    {
+        last = c.id;
+    }
+    // The watching cache connects on its first load.
+    let _ = watching
+        .load_json(&format!("gcp-credentials/before-{made}"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !watching.watching_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let port = server.running.addr.port();
+    let home = server.home();
+    let dir = server._dir;
+    server.running.stop().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watching.watching_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache still trusts a lost feed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarted = registry_server::serve::start(&registry_server::serve::ServeArgs {
+        host: "127.0.0.1".into(),
+        port,
+        database_url: None,
+        home: Some(home),
+        master_key_file: None,
+        retention: None,
+        max_connections: None,
+        tls_cert: None,
+        tls_key: None,
+        connections: registry_server::serve::ConnectionArgs::default(),
+    })
+    .await
+    .unwrap();
+    let after = Server {
+        running: restarted,
+        admin: token.clone(),
+        _dir: dir,
+    };
+    let (type_id, schema_id) = creds;
+    // Written through the new server (with an admin token read from the old one's state).
+    let admin_store = &after.running.state.store;
+    let schema = admin_store
+        .read_block_schema(schema_id.parse().unwrap())
+        .await
+        .unwrap();
+    let doc = admin_store
+        .create_block_document(block_types::model::BlockDocumentCreate {
+            name: Some("after-restart".into()),
+            data: serde_json::from_value(json!({"service_account_info": {"k": CANARY}})).unwrap(),
+            block_schema_id: schema.id,
+            block_type_id: type_id.parse().unwrap(),
+            is_anonymous: false,
+        })
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(15), changes.next())
+        .await
+        .expect("the watch reconnected")
+        .unwrap()
+        .unwrap();
+    let WatchEvent::Change(next) = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(next.block_document_id, Some(doc.id));
+    assert!(
+        next.id > last,
+        "resumed after {last}, not from the start: {}",
+        next.id
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !watching.watching_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache's feed never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    after.running.stop().await.unwrap();
+}

@@ -62,6 +62,8 @@ const MAX_GLOB_BYTES: usize = 255;
 pub struct Feed {
     events: broadcast::Sender<Arc<FeedEvent>>,
     streams: Mutex<HashMap<Uuid, usize>>,
+    /// Set at shutdown: open streams end, new ones are refused.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Feed {
@@ -71,9 +73,15 @@ impl Feed {
         let feed = Arc::new(Self {
             events,
             streams: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(pump(Arc::downgrade(store), Arc::downgrade(&feed)));
         feed
+    }
+
+    /// Ends every open stream and refuses new ones (at shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Streams open now.
@@ -89,6 +97,9 @@ impl Feed {
 
     /// Counts a new stream of `token`, or refuses it past the limits.
     fn open(self: &Arc<Self>, token: Uuid) -> Result<StreamSlot, ApiError> {
+        if *self.closing.borrow() {
+            return Err(ApiError::Unavailable("the server is shutting down".into()));
+        }
         let mut streams = self.lock();
         if streams.values().sum::<usize>() >= MAX_STREAMS {
             return Err(ApiError::Busy(format!(
@@ -331,6 +342,7 @@ async fn stream(
         );
     }
     let subscriber = Subscriber {
+        closing: state.feed.closing.subscribe(),
         store: Arc::clone(&state.store),
         token,
         secret,
@@ -363,6 +375,7 @@ fn receiver_stream(rx: mpsc::Receiver<Event>) -> impl Stream<Item = Result<Event
 
 /// One subscriber's task: reads the table from its start, then follows the broadcast.
 struct Subscriber {
+    closing: tokio::sync::watch::Receiver<bool>,
     store: Arc<Store>,
     token: Arc<TokenInfo>,
     secret: SecretString,
@@ -382,6 +395,7 @@ enum Stop {
 
 impl Subscriber {
     async fn run(mut self, mut live: broadcast::Receiver<Arc<FeedEvent>>) {
+        let mut closing = self.closing.clone();
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         recheck.reset();
         if self.catch_up().await.is_err() {
@@ -411,6 +425,8 @@ impl Subscriber {
                     }
                 }
                 () = self.out.closed() => return,
+                // Only ever set: any change is the shutdown.
+                _ = closing.changed() => return,
             }
         }
     }
