@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "BLOCKS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Let webhooks reach private, link-local and other reserved addresses (a receiver on
+    /// the internal network). Off by default: a webhook URL is a server-side request the
+    /// server makes, and those addresses hold internal services and cloud metadata.
+    #[arg(long, env = "BLOCKS_WEBHOOKS_ALLOW_PRIVATE")]
+    pub webhooks_allow_private: bool,
     /// Connection limits and timeouts.
     #[command(flatten)]
     pub connections: ConnectionArgs,
@@ -69,6 +74,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("max_connections", &self.max_connections)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("webhooks_allow_private", &self.webhooks_allow_private)
             .field("connections", &self.connections)
             .finish()
     }
@@ -307,6 +313,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     } else {
         state
     };
+    state.webhooks.allow_private(args.webhooks_allow_private);
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -396,6 +403,7 @@ pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<(Store, Option<st
         max_connections: Some(2),
         tls_cert: None,
         tls_key: None,
+        webhooks_allow_private: false,
         connections: ConnectionArgs::default(),
     };
     let home = home_dir(&serve)?;
@@ -746,6 +754,7 @@ mod tests {
             max_connections: None,
             tls_cert: None,
             tls_key: None,
+            webhooks_allow_private: false,
             connections: ConnectionArgs::default(),
         }
     }

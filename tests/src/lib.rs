@@ -56,6 +56,7 @@ impl TestServer {
             max_connections: None,
             tls_cert,
             tls_key,
+            webhooks_allow_private: false,
             connections: registry_server::serve::ConnectionArgs::default(),
         })
         .await

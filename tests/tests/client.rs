@@ -1106,6 +1106,7 @@ async fn a_watch_resumes_after_a_server_restart() {
         max_connections: None,
         tls_cert: None,
         tls_key: None,
+        webhooks_allow_private: false,
         connections: registry_server::serve::ConnectionArgs::default(),
     })
     .await

@@ -32,7 +32,7 @@ use uuid::Uuid;
 use super::extract::{Caller, QueryParams};
 use super::routes::{Route, get};
 use super::{ApiError, ApiResult, AppState};
-use crate::store::{FeedEvent, Position, Resume, Scope, Store, TokenInfo};
+use crate::store::{EventFilter, FeedEvent, Position, Resume, Scope, Store, TokenInfo};
 
 /// The pump reads the table at least this often (events of another replica whose
 /// notification was missed, and PostgreSQL events held back behind a running transaction).
@@ -54,8 +54,6 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 const RECHECK_EVERY: Duration = Duration::from_secs(10);
 /// How long a client waits before reconnecting (the `retry` field).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// The longest filter glob.
-const MAX_GLOB_BYTES: usize = 255;
 
 /// The server's side of the feed: the pump's broadcast and the open streams.
 #[derive(Debug)]
@@ -209,75 +207,31 @@ struct StreamQuery {
     last_event_id: Option<String>,
 }
 
-/// What a subscriber asked for.
-#[derive(Debug, Clone)]
-struct Filter {
-    slug: Option<String>,
-    name: Option<String>,
-    kinds: Option<Vec<EventKind>>,
-}
-
-impl Filter {
-    fn parse(query: &StreamQuery) -> Result<Self, ApiError> {
-        let glob = |field: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
-            match value {
-                Some(text) if text.is_empty() || text.len() > MAX_GLOB_BYTES => Err(
-                    ApiError::field(field, format!("must be 1 to {MAX_GLOB_BYTES} bytes")),
-                ),
-                Some(text) if text.chars().any(char::is_control) => {
-                    Err(ApiError::field(field, "must not hold control characters"))
-                }
-                other => Ok(other.clone()),
-            }
-        };
-        let kinds = match &query.kind {
-            None => None,
-            Some(text) => Some(
-                text.split(',')
-                    .map(|k| k.trim().parse::<EventKind>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| {
-                        ApiError::field(
-                            "kind",
-                            format!(
-                                "{e}; the kinds are {}",
-                                EventKind::ALL.map(EventKind::as_str).join(", ")
-                            ),
-                        )
-                    })?,
-            ),
-        };
-        Ok(Self {
-            slug: glob("type", &query.type_slug)?,
-            name: glob("name", &query.name)?,
-            kinds,
-        })
-    }
-
-    fn matches(&self, event: &ChangeEvent) -> bool {
-        if let Some(kinds) = &self.kinds
-            && !kinds.contains(&event.kind)
-        {
-            return false;
-        }
-        if let Some(slug) = &self.slug {
-            let Some(event_slug) = &event.block_type_slug else {
-                return false;
-            };
-            if !crate::store::glob(slug, event_slug) {
-                return false;
-            }
-        }
-        if let Some(name) = &self.name {
-            let Some(event_name) = &event.block_document_name else {
-                return false;
-            };
-            if !crate::store::glob(name, event_name) {
-                return false;
-            }
-        }
-        true
-    }
+/// What a subscriber asked for, from the query.
+fn filter_of(query: &StreamQuery) -> Result<EventFilter, ApiError> {
+    let kinds = match &query.kind {
+        None => Vec::new(),
+        Some(text) => text
+            .split(',')
+            .map(|k| k.trim().parse::<EventKind>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                ApiError::field(
+                    "kind",
+                    format!(
+                        "{e}; the kinds are {}",
+                        EventKind::ALL.map(EventKind::as_str).join(", ")
+                    ),
+                )
+            })?,
+    };
+    let filter = EventFilter {
+        type_slug: query.type_slug.clone(),
+        name: query.name.clone(),
+        kinds,
+    };
+    filter.check()?;
+    Ok(filter)
 }
 
 /// The id a subscriber resumes after: the `Last-Event-ID` header, or the query parameter
@@ -308,7 +262,7 @@ async fn stream(
     headers: HeaderMap,
     QueryParams(query): QueryParams<StreamQuery>,
 ) -> ApiResult<Response> {
-    let filter = Filter::parse(&query)?;
+    let filter = filter_of(&query)?;
     let last = last_event_id(&headers, &query)?;
     let Some(token) = caller.token.clone() else {
         return Err(ApiError::Unauthorized("this route needs a token".into()));
@@ -379,7 +333,7 @@ struct Subscriber {
     store: Arc<Store>,
     token: Arc<TokenInfo>,
     secret: SecretString,
-    filter: Filter,
+    filter: EventFilter,
     at: Position,
     out: mpsc::Sender<Event>,
     _slot: StreamSlot,

@@ -20,6 +20,7 @@ pub mod metrics;
 mod openapi;
 mod root;
 pub(crate) mod routes;
+pub mod webhooks;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -86,6 +87,8 @@ pub struct Shared {
     pub identity: identity::IdentityKeys,
     /// The change feed's broadcast and open streams.
     pub feed: Arc<feed::Feed>,
+    /// The webhook sender (its worker runs beside the audit writer).
+    pub webhooks: Arc<webhooks::Webhooks>,
     routes: routes::RouteTable,
 }
 
@@ -110,7 +113,10 @@ impl AppState {
 
     /// State with a chosen failed-authentication limit and request timeout.
     pub fn configured(store: Arc<Store>, guard: AuthGuard, request_timeout: Duration) -> Self {
+        let hooks = Arc::new(webhooks::Webhooks::default());
+        webhooks::start(&store, &hooks);
         Self(Arc::new(Shared {
+            webhooks: hooks,
             audit: AuditLog::start(store.clone()),
             feed: feed::Feed::start(&store),
             store,
@@ -167,6 +173,7 @@ pub(crate) fn all_routes() -> Vec<routes::Route> {
     all.extend(block_documents::routes());
     all.extend(events::routes());
     all.extend(feed::routes());
+    all.extend(webhooks::routes());
     all.extend(admin::routes());
     all.extend(identity::routes());
     all.extend(metrics::routes());
@@ -309,3 +316,5 @@ mod identity_tests;
 mod security_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webhooks_tests;

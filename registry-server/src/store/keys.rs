@@ -634,6 +634,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.reseal_webhook_secrets(&mut tx, &old, &new_master)
+            .await?;
         self.check_failpoint("change_master_before_commit")?;
         tx.commit().await?;
         *self.write_lock(&self.master) = Arc::new(new_master);

@@ -24,6 +24,7 @@ mod sql;
 mod tokens;
 mod tree_cache;
 mod types;
+mod webhooks;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -47,7 +48,9 @@ pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
 pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
-pub use events::{DEFAULT_EVENT_RETENTION_HOURS, FeedEvent, Position, Resume};
+pub use events::{
+    DEFAULT_EVENT_RETENTION_HOURS, EventFilter, FeedEvent, MAX_FILTER_GLOB, Position, Resume,
+};
 pub(crate) use grants::check as check_grants;
 pub(crate) use grants::glob;
 pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
@@ -60,6 +63,9 @@ pub use tokens::{
     TokenCreate, TokenInfo, TokenRejection, Ttl, token_digest,
 };
 pub use tree_cache::TreeCacheStats;
+pub use webhooks::{
+    Attempt, Claimed, Delivery, MAX_WEBHOOKS, RETRY_FOR, Webhook, WebhookCreate, backoff,
+};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -373,3 +373,97 @@ async fn a_slow_writer_holds_the_feed_back_instead_of_leaving_a_gap() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn webhook_secrets_survive_a_master_key_change_and_dispatch_queues_each_event_once() {
+    use crate::crypto::MasterKey;
+    use crate::store::{MasterKeySource, WebhookCreate};
+    use secrecy::ExposeSecret as _;
+
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        // Before any webhook: nothing to dispatch, and no cursor.
+        create(
+            &store,
+            &creds,
+            "before",
+            json!({"service_account_info": {"k": "v"}}),
+        )
+        .await;
+        assert_eq!(store.dispatch_webhooks().await.unwrap(), 0);
+        let (hook, secret) = store
+            .create_webhook(
+                WebhookCreate {
+                    url: "https://hooks.example.com/blocks".into(),
+                    description: "alerts".into(),
+                    filter: crate::store::EventFilter {
+                        type_slug: Some("gcp-*".into()),
+                        ..Default::default()
+                    },
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .change_master_key(MasterKeySource::Key(MasterKey::generate().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.webhook_secret(hook.id).await.unwrap().expose_secret(),
+            secret.expose_secret()
+        );
+        // Dispatch starts at the end of the feed when the first webhook came: only later
+        // events are queued, each once.
+        create(
+            &store,
+            &creds,
+            "after",
+            json!({"service_account_info": {"k": CANARY}}),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut queued = 0;
+        while queued == 0 && std::time::Instant::now() < deadline {
+            queued = store.dispatch_webhooks().await.unwrap();
+        }
+        assert_eq!(queued, 1);
+        assert_eq!(store.dispatch_webhooks().await.unwrap(), 0);
+        let claimed = store
+            .claim_deliveries(10, chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert!(!claimed[0].body.contains(CANARY));
+        assert_eq!(claimed[0].attempt, 1);
+        // Leased: not claimed again meanwhile.
+        assert!(
+            store
+                .claim_deliveries(10, chrono::Duration::seconds(60))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store
+            .finish_delivery(
+                &claimed[0],
+                crate::store::Attempt::Failed {
+                    status: Some(503),
+                    error: "the receiver answered 503".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let log = store.list_deliveries(hook.id, 10).await.unwrap();
+        assert_eq!(log[0].state, "pending");
+        assert_eq!(log[0].last_status, Some(503));
+        assert!(log[0].next_attempt > chrono::Utc::now());
+        assert_eq!(crate::store::backoff(1), chrono::Duration::seconds(2));
+        assert_eq!(crate::store::backoff(3), chrono::Duration::seconds(8));
+        assert_eq!(crate::store::backoff(40), chrono::Duration::hours(1));
+        store.delete_webhook(hook.id).await.unwrap();
+        assert!(store.list_deliveries(hook.id, 10).await.is_err());
+    })
+    .await;
+}

@@ -1,0 +1,466 @@
+//! Webhooks (admin): registration, the delivery log, a test send, and the worker that
+//! dispatches feed events into deliveries and POSTs them.
+//!
+//! A delivery is a POST of the event's JSON with
+//! `Blocks-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the secret>`,
+//! plus `Blocks-Webhook-Id`, `Blocks-Delivery-Id` (the same on every attempt, for the
+//! receiver to drop duplicates) and `Blocks-Event-Id`. A 2xx answer within
+//! [`SEND_TIMEOUT`] delivers it; anything else is retried with exponential backoff (2 s,
+//! doubling, at most an hour apart) for a day after the event.
+//!
+//! Where a webhook may point (a server-side request forgery guard): `https`, or `http` to a
+//! loopback address; never a private, link-local, shared or unspecified address (cloud
+//! metadata endpoints live there) unless the server runs with
+//! `--webhooks-allow-private`. Names are resolved when a delivery is sent and every
+//! address is checked then, so a name that later resolves to a private address is refused
+//! too. Redirects are not followed.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::extract::{Body, Caller, Id, QueryParams};
+use super::routes::{Route, delete, get, post};
+use super::{ApiError, ApiResult, St};
+use crate::store::{Attempt, Claimed, Store, Webhook, WebhookCreate};
+
+/// One delivery attempt's limit, connection included.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries one server sends at once (a dead receiver ties up at most these).
+const CONCURRENT: u32 = 16;
+/// How long a claimed delivery is this server's (longer than an attempt can take).
+const LEASE: chrono::Duration = chrono::Duration::seconds(60);
+/// The worker looks for due deliveries at least this often.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Deliveries listed at most.
+const MAX_LISTED: u32 = 500;
+
+/// The webhook sender: HTTP clients that check every address they connect to.
+#[derive(Debug)]
+pub struct Webhooks {
+    strict: reqwest::Client,
+    open: reqwest::Client,
+    allow_private: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Self {
+            strict: sender(false),
+            open: sender(true),
+            allow_private: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+fn sender(allow_private: bool) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(SEND_TIMEOUT)
+        .connect_timeout(SEND_TIMEOUT)
+        .dns_resolver(Arc::new(Guarded { allow_private }))
+        .user_agent(concat!("blocks-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+impl Webhooks {
+    /// Lets webhooks reach private and link-local addresses (`--webhooks-allow-private`).
+    pub fn allow_private(&self, allow: bool) {
+        self.allow_private
+            .store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn private_allowed(&self) -> bool {
+        self.allow_private
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        if self.private_allowed() {
+            &self.open
+        } else {
+            &self.strict
+        }
+    }
+
+    /// Checks a webhook URL: scheme, no credentials, and (for an address) where it points.
+    fn check_url(&self, text: &str) -> Result<url::Url, ApiError> {
+        let url = url::Url::parse(text)
+            .map_err(|e| ApiError::field("url", format!("is not a URL: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ApiError::field(
+                "url",
+                "must not carry credentials (the receiver checks the signature instead)",
+            ));
+        }
+        let host = url
+            .host()
+            .ok_or_else(|| ApiError::field("url", "has no host"))?;
+        let loopback = match &host {
+            url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+            url::Host::Ipv4(ip) => ip.is_loopback(),
+            url::Host::Ipv6(ip) => ip.is_loopback(),
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(ApiError::field(
+                    "url",
+                    "must use https (plain http only to a loopback address)",
+                ));
+            }
+            other => {
+                return Err(ApiError::field(
+                    "url",
+                    format!("must use https, not {other}"),
+                ));
+            }
+        }
+        let ip = match host {
+            url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+            url::Host::Domain(_) => None,
+        };
+        if let Some(ip) = ip
+            && !self.private_allowed()
+            && !reachable(ip)
+        {
+            return Err(ApiError::field(
+                "url",
+                format!(
+                    "points at {ip}, a private, link-local or reserved address; the server refuses those unless started with --webhooks-allow-private"
+                ),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// POSTs `body` signed with `secret`; how it went.
+    async fn send(
+        &self,
+        url: &str,
+        secret: &secrecy::SecretString,
+        body: String,
+        headers: &[(&str, String)],
+    ) -> Attempt {
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = signature(secret.expose_secret(), timestamp, &body);
+        let mut request = self
+            .client()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("blocks-signature", format!("t={timestamp},v1={signature}"));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        match request.body(body).send().await {
+            Ok(response) if response.status().is_success() => {
+                Attempt::Delivered(response.status().as_u16())
+            }
+            Ok(response) => Attempt::Failed {
+                status: Some(response.status().as_u16()),
+                error: format!("the receiver answered {}", response.status()),
+            },
+            Err(e) => Attempt::Failed {
+                status: None,
+                error: describe(&e),
+            },
+        }
+    }
+}
+
+/// What went wrong with a send, in words (never a body).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        format!("no answer within {} s", SEND_TIMEOUT.as_secs())
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "the request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`.
+pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(timestamp.to_string().as_bytes());
+    context.update(b".");
+    context.update(body.as_bytes());
+    hex::encode(context.sign().as_ref())
+}
+
+/// Whether a webhook may connect to `ip` without `--webhooks-allow-private`: loopback, or
+/// a public address (not private, link-local, shared, unspecified, broadcast, multicast or
+/// documentation).
+pub fn reachable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || !(v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_broadcast()
+                    || v4.is_multicast()
+                    || v4.is_documentation()
+                    || (a == 100 && (64..128).contains(&b))
+                    || a == 0
+                    || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return reachable(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || !(v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// Resolves names and keeps only the addresses a webhook may reach.
+struct Guarded {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for Guarded {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<std::net::SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|addr| allow_private || reachable(addr.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to private, link-local or reserved addresses (allowed with --webhooks-allow-private)"
+                )
+                .into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Starts the worker over `store`: dispatches new feed events into deliveries and sends
+/// the due ones, until the store is gone.
+pub(super) fn start(store: &Arc<Store>, webhooks: &Arc<Webhooks>) {
+    tokio::spawn(worker(Arc::downgrade(store), Arc::downgrade(webhooks)));
+}
+
+async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
+    let mut signal = match store.upgrade() {
+        Some(store) => store.feed_signal(),
+        None => return,
+    };
+    loop {
+        {
+            let (Some(store), Some(webhooks)) = (store.upgrade(), webhooks.upgrade()) else {
+                return;
+            };
+            if let Err(e) = store.dispatch_webhooks().await {
+                tracing::warn!(error = %e, "could not queue webhook deliveries; trying again");
+            }
+            match store.claim_deliveries(CONCURRENT, LEASE).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let sends = claimed
+                        .into_iter()
+                        .map(|delivery| deliver(&store, &webhooks, delivery));
+                    futures::future::join_all(sends).await;
+                    // More may be due: look again at once.
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim webhook deliveries; trying again");
+                }
+            }
+        }
+        tokio::select! {
+            changed = signal.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(POLL_EVERY) => {}
+        }
+    }
+}
+
+async fn deliver(store: &Store, webhooks: &Webhooks, delivery: Claimed) {
+    let outcome = match store.webhook_secret(delivery.webhook_id).await {
+        Ok(secret) => {
+            let headers = [
+                ("blocks-webhook-id", delivery.webhook_id.to_string()),
+                ("blocks-delivery-id", delivery.id.to_string()),
+                ("blocks-event-id", delivery.event_id.to_string()),
+            ];
+            webhooks
+                .send(&delivery.url, &secret, delivery.body.clone(), &headers)
+                .await
+        }
+        Err(e) => Attempt::Failed {
+            status: None,
+            error: format!("the webhook's secret cannot be opened: {e}"),
+        },
+    };
+    if let Attempt::Failed { error, .. } = &outcome {
+        tracing::info!(
+            webhook = %delivery.webhook_id,
+            event = delivery.event_id,
+            attempt = delivery.attempt,
+            %error,
+            "a webhook delivery failed; it is retried later"
+        );
+    }
+    if let Err(e) = store.finish_delivery(&delivery, outcome).await {
+        tracing::warn!(error = %e, "could not record a webhook delivery; it is attempted again when its lease ends");
+    }
+}
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        post("/api/webhooks", create)
+            .admin()
+            .unversioned()
+            .tag("webhooks")
+            .summary("Register a webhook; the answer carries its signing secret, shown once")
+            .body("WebhookCreate")
+            .returns(201, Some("WebhookCreated")),
+        get("/api/webhooks", list)
+            .admin()
+            .unversioned()
+            .tag("webhooks")
+            .summary("Every webhook (never a secret)")
+            .returns(200, Some("Webhook[]")),
+        delete("/api/webhooks/{id}", remove)
+            .admin()
+            .unversioned()
+            .tag("webhooks")
+            .summary("Delete a webhook and its pending deliveries")
+            .returns(204, None),
+        get("/api/webhooks/{id}/deliveries", deliveries)
+            .admin()
+            .unversioned()
+            .tag("webhooks")
+            .summary("A webhook's deliveries, newest first: state, attempts, last status and error")
+            .query(&[(
+                "limit",
+                "integer",
+                "At most this many (default 50, at most 500)",
+            )])
+            .returns(200, Some("WebhookDelivery[]")),
+        post("/api/webhooks/{id}/test", test)
+            .admin()
+            .unversioned()
+            .tag("webhooks")
+            .summary("Send a signed `webhook.test` event now and answer how it went (not retried)")
+            .returns(200, Some("WebhookTest")),
+    ]
+}
+
+async fn create(
+    State(state): St,
+    caller: Caller,
+    Body(body): Body<WebhookCreate>,
+) -> ApiResult<Response> {
+    state.webhooks.check_url(&body.url)?;
+    let (webhook, secret) = state
+        .store
+        .create_webhook(body, caller.rights().token)
+        .await?;
+    let mut value = serde_json::to_value(&webhook).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert(
+            "secret".to_owned(),
+            Value::String(secret.expose_secret().to_owned()),
+        );
+    }
+    let mut response = (StatusCode::CREATED, Json(value)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+async fn list(State(state): St) -> ApiResult<Json<Vec<Webhook>>> {
+    Ok(Json(state.store.list_webhooks().await?))
+}
+
+async fn remove(State(state): St, Id(id): Id) -> ApiResult<StatusCode> {
+    state.store.delete_webhook(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+async fn deliveries(
+    State(state): St,
+    Id(id): Id,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LISTED).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("must be between 1 and {MAX_LISTED}"),
+        ));
+    }
+    Ok(Json(json!(state.store.list_deliveries(id, limit).await?)))
+}
+
+async fn test(State(state): St, Id(id): Id) -> ApiResult<Json<Value>> {
+    let webhook = state.store.webhook(id).await?;
+    let secret = state.store.webhook_secret(id).await?;
+    let body = json!({
+        "kind": "webhook.test",
+        "webhook_id": id,
+        "occurred": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    })
+    .to_string();
+    let started = std::time::Instant::now();
+    let headers = [
+        ("blocks-webhook-id", id.to_string()),
+        ("blocks-delivery-id", Uuid::new_v4().to_string()),
+    ];
+    let outcome = state
+        .webhooks
+        .send(&webhook.url, &secret, body, &headers)
+        .await;
+    let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(match outcome {
+        Attempt::Delivered(status) => {
+            json!({"delivered": true, "status": status, "error": null, "elapsed_ms": elapsed})
+        }
+        Attempt::Failed { status, error } => {
+            json!({"delivered": false, "status": status, "error": error, "elapsed_ms": elapsed})
+        }
+    }))
+}
