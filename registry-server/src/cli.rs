@@ -15,8 +15,10 @@ use serde_json::{Map, Value, json};
 
 mod edit;
 mod watch;
+mod webhooks;
 
 pub use watch::watch;
+pub use webhooks::{WebhookCommand, webhook};
 
 pub use edit::edit;
 

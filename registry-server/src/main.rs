@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use registry_server::cli::{
-    self, AuthCommand, Format, KeyCommand, RegisterArgs, TokenCommand, TypeCommand,
+    self, AuthCommand, Format, KeyCommand, RegisterArgs, TokenCommand, TypeCommand, WebhookCommand,
 };
 use registry_server::serve::{ServeArgs, start};
 use tracing_subscriber::EnvFilter;
@@ -88,6 +88,9 @@ enum Command {
     /// Sign-in with a workload identity: trusted JWT issuers and roles (admin).
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Webhooks: URLs the server POSTs change events to, signed (admin).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Print changes to blocks, types, schemas and keys as they happen, until interrupted.
     Watch {
         /// Only events of block types whose slug matches this glob.
@@ -181,6 +184,7 @@ async fn main() -> ExitCode {
         Command::Token(command) => cli::token(command, format).await,
         Command::Key(command) => cli::key(command, format).await,
         Command::Auth(command) => cli::auth(command, format).await,
+        Command::Webhook(command) => cli::webhook(command, format).await,
         Command::Watch { block_type, name } => {
             cli::watch(block_type.as_deref(), name.as_deref(), format).await
         }

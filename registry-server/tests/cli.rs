@@ -1622,3 +1622,125 @@ fn watch_prints_changes_as_they_happen() {
     let _ = table.wait();
     let _ = json.wait();
 }
+
+/// A receiver on loopback answering every request 200 (reading each request whole).
+fn ok_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk) else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buffer).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buffer.len() >= end + 4 + length {
+                            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ =
+                                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                            buffer.drain(..end + 4 + length);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/hook"), count)
+}
+
+/// `blocks webhook create|ls|test|deliveries|delete` against a receiver on loopback.
+#[test]
+fn webhooks_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let _server = serve(&home);
+    let home = home.as_path();
+    ok(&blocks(home, &[], &["register", "gcp"]));
+    let (url, received) = ok_receiver();
+    let created = ok(&blocks(
+        home,
+        &[],
+        &[
+            "webhook",
+            "create",
+            &url,
+            "--type",
+            "gcp-*",
+            "--kind",
+            "block-document.created",
+            "--description",
+            "etl alerts",
+        ],
+    ));
+    assert!(created.contains("whsec_"), "{created}");
+    let id = created.split_whitespace().nth(1).unwrap().to_owned();
+    let listed = ok(&blocks(home, &[], &["webhook", "ls"]));
+    assert!(
+        listed.contains(&url) && listed.contains("type=gcp-*") && !listed.contains("whsec_"),
+        "{listed}"
+    );
+    let tested = ok(&blocks(home, &[], &["webhook", "test", &id]));
+    assert!(tested.contains("delivered: 200"), "{tested}");
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}}}"#),
+    )
+    .unwrap();
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "gcp-credentials/hooked",
+            "--data",
+            &format!("@{}", creds.display()),
+        ],
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let log = loop {
+        let log = ok(&blocks(home, &[], &["webhook", "deliveries", &id]));
+        if log.contains("delivered") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        log.contains("block-document.created") && log.contains("delivered") && log.contains("200"),
+        "{log}"
+    );
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 2);
+    fails(
+        &blocks(home, &[], &["webhook", "create", "http://example.com/hook"]),
+        1,
+        "https",
+    );
+    fails(
+        &blocks(home, &[], &["webhook", "delete", "not-an-id"]),
+        2,
+        "UUID",
+    );
+    ok(&blocks(home, &[], &["webhook", "delete", &id]));
+    assert!(!ok(&blocks(home, &[], &["webhook", "ls"])).contains(&url));
+}

@@ -269,5 +269,30 @@ fn components() -> Value {
     role_out["properties"]["ttl"] = json!({"type": "integer", "description": "Seconds"});
     role_out["properties"]["created"] = time.clone();
     components["Role"] = role_out;
+    let kinds: Vec<&str> = block_types::EventKind::ALL
+        .map(block_types::EventKind::as_str)
+        .to_vec();
+    let filter = json!({"type": "object", "additionalProperties": false, "properties": {
+        "type": {"type": ["string", "null"], "description": "Only block types whose slug matches this glob (* matches any run)"},
+        "name": {"type": ["string", "null"], "description": "Only documents whose name matches this glob"},
+        "kinds": {"type": "array", "items": {"enum": kinds}, "description": "Only these kinds; empty: all"}}});
+    components["WebhookCreate"] = json!({"type": "object", "required": ["url"], "additionalProperties": false, "properties": {
+        "url": {"type": "string", "description": "https (http only to loopback); private and link-local addresses are refused unless the server allows them"},
+        "description": text, "filter": filter}});
+    let webhook = json!({"type": "object", "properties": {
+        "id": uuid, "url": text, "description": text, "filter": filter, "created": time, "token_id": {"type": ["string", "null"], "format": "uuid"}}});
+    let mut created_hook = webhook.clone();
+    created_hook["properties"]["secret"] =
+        json!({"type": "string", "description": "The signing secret (whsec_…), shown this once"});
+    components["Webhook"] = webhook;
+    components["WebhookCreated"] = created_hook;
+    components["WebhookDelivery"] = json!({"type": "object", "properties": {
+        "id": uuid, "event_id": {"type": "integer"}, "kind": {"enum": kinds},
+        "state": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
+        "last_status": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
+        "created": time, "next_attempt": time, "finished": {"type": ["string", "null"], "format": "date-time"}}});
+    components["WebhookTest"] = json!({"type": "object", "properties": {
+        "delivered": {"type": "boolean"}, "status": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]}, "elapsed_ms": {"type": "integer"}}});
     components
 }
