@@ -464,3 +464,16 @@ async fn test(State(state): St, Id(id): Id) -> ApiResult<Json<Value>> {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README's Python verification computes the same value (vector from Python's
+    /// `hmac.new(b"whsec_test", b"1765033445." + body, hashlib.sha256).hexdigest()`).
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        assert_eq!(
+            super::signature("whsec_test", 1_765_033_445, r#"{"id":1}"#),
+            "50652276bf57db07d5986ec709de4810b26455a292716cbe9b9b125b2f884af7"
+        );
+    }
+}
