@@ -64,7 +64,8 @@ struct Watched {
     connected: AtomicBool,
     /// Moved by every drop, so a load that raced a change does not keep what it read.
     generation: AtomicU64,
-    started: std::sync::OnceLock<()>,
+    /// A task follows the feed (set when one is started, cleared when it ends).
+    started: AtomicBool,
 }
 
 impl Cache {
@@ -108,6 +109,13 @@ impl Cache {
         match id {
             Some(id) => entries.retain(|_, e| !e.tree.contains(&id)),
             None => entries.clear(),
+        }
+    }
+
+    /// The feed task ended: the next load starts another.
+    pub(crate) fn follower_ended(&self) {
+        if let Some(w) = &self.watched {
+            w.started.store(false, Ordering::Release);
         }
     }
 
@@ -339,12 +347,19 @@ impl Client {
         let Some(watched) = &cache.watched else {
             return;
         };
-        watched.started.get_or_init(|| {
-            let mut feed = self.clone();
-            // The task holds the cache weakly: it ends with the last client.
-            feed.cache = None;
-            tokio::spawn(crate::watch::follow(feed, Arc::downgrade(cache)));
-        });
+        if watched.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut feed = self.clone();
+        // The task holds the cache weakly: it ends with the last client.
+        feed.cache = None;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(crate::watch::follow(feed, Arc::downgrade(cache)));
+            }
+            // No runtime: no feed; loads revalidate.
+            Err(_) => watched.started.store(false, Ordering::Release),
+        }
     }
 
     /// The cache's counters.

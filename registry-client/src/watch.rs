@@ -92,11 +92,15 @@ pub enum WatchEvent {
 /// What the watch loop tells its consumer, connection changes included.
 #[derive(Debug)]
 pub(crate) enum Signal {
-    /// A stream is open: from here on every change reaches us. `resumed` when it picked up
-    /// after an event we saw (nothing was missed), not from the end of the feed.
+    /// A stream is open. `resumed` when it picks up after an event we saw (the missed
+    /// events come next), not from the end of the feed.
     Connected {
         resumed: bool,
     },
+    /// The server sent every event we missed: from here on every change reaches us.
+    Ready,
+    /// An event this client cannot read (a kind of a newer server): something changed.
+    Unreadable,
     /// The stream was lost; reconnecting.
     Disconnected,
     Event(WatchEvent),
@@ -148,7 +152,12 @@ impl Client {
         self.signals(filter).filter_map(|signal| async move {
             match signal {
                 Ok(Signal::Event(event)) => Some(Ok(event)),
-                Ok(Signal::Connected { .. } | Signal::Disconnected) => None,
+                Ok(
+                    Signal::Connected { .. }
+                    | Signal::Ready
+                    | Signal::Unreadable
+                    | Signal::Disconnected,
+                ) => None,
                 Err(e) => Some(Err(e)),
             }
         })
@@ -255,20 +264,21 @@ impl Loop {
     }
 
     fn decode(&mut self, event: &eventsource_stream::Event) -> Option<Signal> {
+        // Whatever it is, an event with an id is past.
+        if let Ok(id) = event.id.parse() {
+            self.last = Some(id);
+        }
         match event.event.as_str() {
-            "reset" => {
-                let reset: ResetEvent = serde_json::from_str(&event.data).ok()?;
-                if let Ok(id) = event.id.parse() {
-                    self.last = Some(id);
-                }
-                Some(Signal::Event(WatchEvent::Reset(reset)))
-            }
+            "ready" => Some(Signal::Ready),
+            "reset" => Some(match serde_json::from_str::<ResetEvent>(&event.data) {
+                Ok(reset) => Signal::Event(WatchEvent::Reset(reset)),
+                Err(_) => Signal::Unreadable,
+            }),
             _ if event.data.is_empty() => None,
-            _ => {
-                let change: ChangeEvent = serde_json::from_str(&event.data).ok()?;
-                self.last = Some(change.id);
-                Some(Signal::Event(WatchEvent::Change(change)))
-            }
+            _ => Some(match serde_json::from_str::<ChangeEvent>(&event.data) {
+                Ok(change) => Signal::Event(WatchEvent::Change(change)),
+                Err(_) => Signal::Unreadable,
+            }),
         }
     }
 }
@@ -281,6 +291,9 @@ const LIVENESS_CHECK: Duration = Duration::from_secs(30);
 /// changed. Ends when the cache is gone, or when the server refuses the stream for good
 /// (the cache then revalidates every load).
 pub(crate) async fn follow(client: Client, cache: std::sync::Weak<crate::client::Cache>) {
+    // However this task ends (the cache gone, a refusal, its runtime shut down, a panic),
+    // the cache stops trusting entries and a later load starts the task again.
+    let _untrusted = Untrust(cache.clone());
     let mut signals = std::pin::pin!(client.signals(Watch::all()));
     let mut check = tokio::time::interval(LIVENESS_CHECK);
     loop {
@@ -297,14 +310,16 @@ pub(crate) async fn follow(client: Client, cache: std::sync::Weak<crate::client:
         match signal {
             Some(Ok(Signal::Connected { resumed })) => {
                 // From the end of the feed: what was cached before may have changed
-                // unseen. Resumed: the missed events come next.
+                // unseen. Resumed: the missed events come next, before `Ready`.
                 if !resumed {
                     cache.drop_changed(None);
                 }
-                cache.set_connected(true);
             }
+            Some(Ok(Signal::Ready)) => cache.set_connected(true),
             Some(Ok(Signal::Disconnected)) => cache.set_connected(false),
-            Some(Ok(Signal::Event(WatchEvent::Reset(_)))) => cache.drop_changed(None),
+            Some(Ok(Signal::Event(WatchEvent::Reset(_)) | Signal::Unreadable)) => {
+                cache.drop_changed(None);
+            }
             Some(Ok(Signal::Event(WatchEvent::Change(change)))) => {
                 if change.kind.is_document() {
                     cache.drop_changed(change.block_document_id);
@@ -312,10 +327,19 @@ pub(crate) async fn follow(client: Client, cache: std::sync::Weak<crate::client:
                     cache.drop_changed(None);
                 }
             }
-            Some(Err(_)) | None => {
-                cache.set_connected(false);
-                return;
-            }
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// Sets the cache untrusted, and its feed task to be started again, when dropped.
+struct Untrust(std::sync::Weak<crate::client::Cache>);
+
+impl Drop for Untrust {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0.upgrade() {
+            cache.set_connected(false);
+            cache.follower_ended();
         }
     }
 }

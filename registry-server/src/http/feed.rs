@@ -45,7 +45,7 @@ const BROADCAST_CAPACITY: usize = 1024;
 const SUBSCRIBER_BUFFER: usize = 64;
 /// Streams open at once on this server, and per token.
 pub const MAX_STREAMS: usize = 1000;
-/// Streams one token may hold open at once.
+/// Streams one token (with the children it minted) may hold open at once.
 pub const MAX_STREAMS_PER_TOKEN: usize = 32;
 /// A comment line is sent when nothing else was for this long, so proxies keep the
 /// connection and the client can tell a dead one.
@@ -158,6 +158,16 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
                 match s.events_after(at, BATCH).await {
                     Ok(batch) => {
                         let full = batch.len() == BATCH as usize;
+                        // A subscriber may reload a block through this replica the moment
+                        // it hears of the change: its cached tree must not be older than
+                        // the event (the listener's notification may come a moment later).
+                        let changed: Vec<Uuid> = batch
+                            .iter()
+                            .filter_map(|e| e.event.block_document_id)
+                            .collect();
+                        if !changed.is_empty() {
+                            s.forget_trees(&changed);
+                        }
                         for event in batch {
                             at = event.position;
                             // No subscriber: nobody to tell.
@@ -270,7 +280,9 @@ async fn stream(
     let secret = super::auth::presented_token(&headers)
         .map(SecretString::from)
         .ok_or_else(|| ApiError::Unauthorized("this route needs a token".into()))?;
-    let slot = state.feed.open(token.id)?;
+    // Counted per token family: children minted by one token share its streams.
+    let family = state.store.token_family_root(token.id).await?;
+    let slot = state.feed.open(family)?;
     // Subscribed before the start is read: nothing committed in between is missed.
     let live = state.feed.events.subscribe();
     let (start, reset) = match last {
@@ -297,6 +309,7 @@ async fn stream(
     }
     let subscriber = Subscriber {
         closing: state.feed.closing.subscribe(),
+        checked: std::time::Instant::now(),
         store: Arc::clone(&state.store),
         token,
         secret,
@@ -330,6 +343,8 @@ fn receiver_stream(rx: mpsc::Receiver<Event>) -> impl Stream<Item = Result<Event
 /// One subscriber's task: reads the table from its start, then follows the broadcast.
 struct Subscriber {
     closing: tokio::sync::watch::Receiver<bool>,
+    /// When the token was last authenticated.
+    checked: std::time::Instant,
     store: Arc<Store>,
     token: Arc<TokenInfo>,
     secret: SecretString,
@@ -353,6 +368,11 @@ impl Subscriber {
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         recheck.reset();
         if self.catch_up().await.is_err() {
+            return;
+        }
+        // Everything missed is sent: from here a cache may trust what it holds.
+        let ready = Event::default().event("ready").data("{}");
+        if self.out.send(ready).await.is_err() {
             return;
         }
         loop {
@@ -407,10 +427,33 @@ impl Subscriber {
         }
     }
 
+    /// Between batches and sends: the client still there, the server not shutting down,
+    /// the token checked again when that is due (a subscriber far behind never leaves
+    /// the catch-up, so it is checked here too).
+    async fn still_wanted(&mut self) -> Result<(), Stop> {
+        if self.out.is_closed() || *self.closing.borrow() {
+            return Err(Stop::Gone);
+        }
+        if self.checked.elapsed() >= RECHECK_EVERY {
+            self.recheck().await?;
+        }
+        Ok(())
+    }
+
     /// Sends `event` when the subscriber asked for it and its token may see it.
-    async fn send(&self, event: &ChangeEvent) -> Result<(), Stop> {
-        if !self.filter.matches(event) || !self.visible(event).await {
+    async fn send(&mut self, event: &ChangeEvent) -> Result<(), Stop> {
+        self.still_wanted().await?;
+        if !self.filter.matches(event) {
             return Ok(());
+        }
+        match may_see(&self.store, &self.token, event).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            // Not skipped: the client resumes from the last event it got.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell who may see an event; ending a stream");
+                return Err(Stop::Gone);
+            }
         }
         let sse = Event::default()
             .id(event.id.to_string())
@@ -420,13 +463,10 @@ impl Subscriber {
         self.out.send(sse).await.map_err(|_| Stop::Gone)
     }
 
-    async fn visible(&self, event: &ChangeEvent) -> bool {
-        may_see(&self.store, &self.token, event).await
-    }
-
     /// Authenticates the token again: a revoked or expired one ends the stream; new
     /// grants apply from now on.
     async fn recheck(&mut self) -> Result<(), Stop> {
+        self.checked = std::time::Instant::now();
         match self.store.authenticate(self.secret.expose_secret()).await {
             Ok(Ok(info)) => {
                 self.token = Arc::new(info);
@@ -442,34 +482,35 @@ impl Subscriber {
     }
 }
 
-/// Whether `token` may see `event`: the document (or, for an anonymous one, a document
-/// whose tree holds it), every token for types and schemas, `admin` for keys.
-pub(crate) async fn may_see(store: &Store, token: &TokenInfo, event: &ChangeEvent) -> bool {
+/// Whether `token` may see `event`: the document (or, for an anonymous one, a named
+/// document whose tree holds it, or the token's own write), every token for types and
+/// schemas, `admin` for keys.
+pub(crate) async fn may_see(
+    store: &Store,
+    token: &TokenInfo,
+    event: &ChangeEvent,
+) -> crate::store::Result<bool> {
     if event.kind.is_key() {
-        return token.grants(Scope::Admin);
+        return Ok(token.grants(Scope::Admin));
     }
     if !event.kind.is_document() || !token.limited() {
-        return true;
+        return Ok(true);
     }
     let (Some(slug), Some(name)) = (&event.block_type_slug, &event.block_document_name) else {
-        return false;
+        return Ok(false);
     };
     if !event.is_anonymous {
-        return token.may(Scope::Read, slug, name);
+        return Ok(token.may(Scope::Read, slug, name));
     }
     if event.token_id == Some(token.id) {
-        return true;
+        return Ok(true);
     }
     let Some(id) = event.block_document_id else {
-        return false;
+        return Ok(false);
     };
-    match store.named_referrers(id).await {
-        Ok(owners) => owners
-            .iter()
-            .any(|owner| token.may(Scope::Read, &owner.slug, &owner.name)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot tell who may see an anonymous block's event; not sending it");
-            false
-        }
-    }
+    Ok(store
+        .named_referrers(id)
+        .await?
+        .iter()
+        .any(|owner| token.may(Scope::Read, &owner.slug, &owner.name)))
 }

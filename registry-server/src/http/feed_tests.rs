@@ -40,6 +40,8 @@ struct Received {
 struct Stream {
     response: reqwest::Response,
     buffer: String,
+    /// Whether the `ready` event (everything missed was sent) came.
+    ready: bool,
 }
 
 impl Stream {
@@ -59,6 +61,7 @@ impl Stream {
         Self {
             response,
             buffer: String::new(),
+            ready: false,
         }
     }
 
@@ -77,6 +80,11 @@ impl Stream {
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
                     }
+                }
+                if event == "ready" {
+                    assert!(!self.ready, "one ready event per stream");
+                    self.ready = true;
+                    continue;
                 }
                 if !data.is_empty() {
                     return Some(Received {
@@ -340,9 +348,11 @@ async fn a_reconnect_gets_exactly_what_it_missed_or_a_reset() {
         create(&store, &creds, "three", key("3")).await;
         let mut again = Stream::open(addr, &ctx.admin, "", Some(&last_id)).await;
         assert_eq!(doc_event(&again.next().await).1, "two");
+        assert!(!again.ready, "ready only once the missed events are sent");
         assert_eq!(doc_event(&again.next().await).1, "three");
         create(&store, &creds, "four", key("4")).await;
         assert_eq!(doc_event(&again.next().await).1, "four");
+        assert!(again.ready, "ready after the missed events");
         assert!(
             again
                 .next_within(Duration::from_millis(300))

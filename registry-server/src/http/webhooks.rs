@@ -64,6 +64,9 @@ impl Default for Webhooks {
 fn sender(allow_private: bool) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve and reach the address itself,
+        // past the checks below.
+        .no_proxy()
         .timeout(SEND_TIMEOUT)
         .connect_timeout(SEND_TIMEOUT)
         .dns_resolver(Arc::new(Guarded { allow_private }))
@@ -153,6 +156,21 @@ impl Webhooks {
         body: String,
         headers: &[(&str, String)],
     ) -> Attempt {
+        // An address in the URL is never resolved, so it is checked here, at every send
+        // (the server's setting may have changed since the webhook was registered).
+        if !self.private_allowed()
+            && let Some(ip) = url::Url::parse(url).ok().and_then(|u| match u.host() {
+                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            })
+            && !reachable(ip)
+        {
+            return Attempt::Failed {
+                status: None,
+                error: format!("{ip} is a private, link-local or reserved address"),
+            };
+        }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = signature(secret.expose_secret(), timestamp, &body);
         let mut request = self
@@ -208,12 +226,13 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
 }
 
 /// Whether a webhook may connect to `ip` without `--webhooks-allow-private`: loopback, or
-/// a public address (not private, link-local, shared, unspecified, broadcast, multicast or
-/// documentation).
+/// a public address (not private, link-local, shared, unspecified, broadcast, multicast,
+/// benchmarking, documentation or otherwise reserved). IPv6 forms that carry an IPv4
+/// address (mapped, compatible, NAT64, 6to4) are judged by that address.
 pub fn reachable(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || !(v4.is_private()
                     || v4.is_link_local()
@@ -222,19 +241,40 @@ pub fn reachable(ip: IpAddr) -> bool {
                     || v4.is_multicast()
                     || v4.is_documentation()
                     || (a == 100 && (64..128).contains(&b))
+                    || (a == 192 && b == 0 && c == 0)
+                    || (a == 192 && b == 88 && c == 99)
+                    || (a == 198 && (18..20).contains(&b))
                     || a == 0
                     || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::from(
+                    (u32::from(hi) << 16) | u32::from(lo),
+                ))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return reachable(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || !(v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80)
+            if v6.is_loopback() {
+                return true;
+            }
+            // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::/96, 64:ff9b:1::/48).
+            if s[..6] == [0; 6] || (s[0] == 0x64 && s[1] == 0xff9b) {
+                return reachable(embedded(s[6], s[7]));
+            }
+            // 6to4 (2002:a.b.c.d::/48).
+            if s[0] == 0x2002 {
+                return reachable(embedded(s[1], s[2]));
+            }
+            !(v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
         }
     }
 }

@@ -24,6 +24,9 @@ pub const DEFAULT_EVENT_RETENTION_HOURS: u32 = 24 * 7;
 /// The longest retention the setting takes (a year).
 const MAX_EVENT_RETENTION_HOURS: u32 = 24 * 366;
 const EVENT_RETENTION: &str = "event_retention_hours";
+/// The named owners of an anonymous document looked at, at most (a tree holds at most
+/// 1000 documents).
+const MAX_OWNERS: i64 = 1000;
 /// Expired events deleted per statement, so pruning never holds a long lock.
 const PRUNE_BATCH: i64 = 5_000;
 
@@ -237,7 +240,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "select seq, xid, occurred, kind, block_document_id, block_type_slug, name, is_anonymous, \
                block_schema_id, key_id, version, token_id from block_event \
-             where (xid > $1 or (xid = $1 and seq > $2)){} order by xid, seq limit $3",
+             where (xid, seq) > ($1, $2){} order by xid, seq limit $3",
             self.stable_condition()
         ))
         .bind(after.xid)
@@ -282,20 +285,24 @@ impl Store {
         }
     }
 
-    /// The named documents whose trees hold the anonymous document `id` (those that
-    /// reference it, directly or through other anonymous documents), at most 100: an
-    /// anonymous document is part of the documents that reference it.
+    /// The named documents whose trees hold the anonymous document `id`: those that
+    /// reference it directly, or through a chain of anonymous documents (an anonymous
+    /// document is part of the documents that reference it; a named one is a block of its
+    /// own, which a grant must name). At most [`MAX_OWNERS`].
     pub async fn named_referrers(&self, id: Uuid) -> Result<Vec<super::Identity>> {
         self.count_query();
         let rows = sqlx::query(
-            "with recursive up (id, depth) as ( \
-               select cast($1 as text), 0 \
-               union select r.parent_block_document_id, up.depth + 1 from block_document_reference r \
-                 join up on r.reference_block_document_id = up.id where up.depth < 32) \
+            "with recursive up (id, anonymous, depth) as ( \
+               select cast($1 as text), cast(1 as bigint), 0 \
+               union select r.parent_block_document_id, p.is_anonymous, up.depth + 1 \
+                 from block_document_reference r join up on r.reference_block_document_id = up.id \
+                 join block_document p on p.id = r.parent_block_document_id \
+                 where up.anonymous = 1 and up.depth < 32) \
              select distinct t.slug, d.name from up join block_document d on d.id = up.id \
-               join block_type t on t.id = d.block_type_id where up.depth > 0 and d.is_anonymous = 0 limit 100",
+               join block_type t on t.id = d.block_type_id where up.depth > 0 and d.is_anonymous = 0 limit $2",
         )
         .bind(id.to_string())
+        .bind(MAX_OWNERS)
         .fetch_all(&self.read)
         .await?;
         rows.iter()
@@ -307,6 +314,23 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The token at the top of `token`'s family (itself when it has no parent): limits on
+    /// what one token may hold open count its children's too.
+    pub async fn token_family_root(&self, token: Uuid) -> Result<Uuid> {
+        self.count_query();
+        let root: Option<String> = sqlx::query_scalar(
+            "with recursive up (id, parent_id, depth) as ( \
+               select id, parent_id, 0 from api_token where id = $1 \
+               union all select t.id, t.parent_id, up.depth + 1 from api_token t \
+                 join up on t.id = up.parent_id where up.depth < 64) \
+             select id from up where parent_id is null limit 1",
+        )
+        .bind(token.to_string())
+        .fetch_optional(&self.read)
+        .await?;
+        root.map_or(Ok(token), |r| parse_uuid(&r))
     }
 
     /// How many hours events are kept (`None`: forever); shared by every replica.

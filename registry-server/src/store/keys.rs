@@ -211,7 +211,10 @@ impl Store {
     }
 
     /// Reads and locks (PostgreSQL) the key-check value inside a transaction.
-    async fn lock_key_check(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<Vec<u8>> {
+    pub(crate) async fn lock_key_check(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<Vec<u8>> {
         self.count_query();
         let check: String = sqlx::query_scalar(&format!(
             "select value from server_metadata where key = $1{}",

@@ -117,6 +117,9 @@ pub struct Claimed {
     pub attempt: i64,
     /// When it was queued (it is given up [`RETRY_FOR`] after).
     pub created: DateTime<Utc>,
+    /// The lease this claim holds: its outcome is recorded only while no other replica
+    /// took the delivery since.
+    lease: i64,
 }
 
 /// How an attempt ended.
@@ -184,11 +187,15 @@ impl Store {
             .map_err(|e| StoreError::Config(format!("no randomness for a webhook secret: {e}")))?;
         let secret =
             zeroize::Zeroizing::new(format!("whsec_{}", URL_SAFE_NO_PAD.encode(raw.as_ref())));
+        let end = self.feed_end().await?;
+        let mut tx = self.write.begin().await?;
+        // Sealed under the master key while its check value is locked, so a concurrent
+        // master-key change (which takes the same lock and reseals every secret) cannot
+        // commit between the sealing and the insert.
+        self.lock_key_check(&mut tx).await?;
         let sealed = self
             .master_key()
             .seal_bytes(&secret_aad(id), secret.as_bytes())?;
-        let end = self.feed_end().await?;
-        let mut tx = self.write.begin().await?;
         self.count_query();
         let count: i64 = sqlx::query_scalar("select count(*) from webhook")
             .fetch_one(&mut *tx)
@@ -401,6 +408,23 @@ impl Store {
             Backend::Sqlite => "",
         };
         self.count_query();
+        // Deliveries never attempted within the retry period (a receiver so slow that the
+        // queue outgrew it) are given up here, so pending rows cannot pile up for ever.
+        self.count_query();
+        sqlx::query(
+            "update webhook_delivery set state = 'failed', finished = $1, \
+             last_error = coalesce(last_error, 'not attempted within a day') \
+             where state = 'pending' and created < $2 and (lease_until is null or lease_until < $1)",
+        )
+        .bind(now)
+        .bind(now - RETRY_FOR.num_microseconds().unwrap_or(i64::MAX / 4))
+        .execute(&self.write)
+        .await?;
+        // A unique lease value per claim (microseconds, made distinct by a random offset
+        // below a millisecond), so a late outcome of an expired claim is not recorded.
+        let lease_until = now
+            + lease.num_microseconds().unwrap_or(i64::MAX / 4)
+            + i64::from(Uuid::new_v4().as_u128() as u16 % 1000);
         let rows = sqlx::query(&format!(
             "update webhook_delivery set lease_until = $1, attempts = attempts + 1 \
              where id in (select id from webhook_delivery where state = 'pending' and next_attempt <= $2 \
@@ -408,7 +432,7 @@ impl Store {
                           order by next_attempt limit $3{skip_locked}) \
              returning id, webhook_id, event, event_seq, attempts, created"
         ))
-        .bind(now + lease.num_microseconds().unwrap_or(i64::MAX / 4))
+        .bind(lease_until)
         .bind(now)
         .bind(i64::from(n))
         .fetch_all(&self.write)
@@ -431,6 +455,7 @@ impl Store {
                 event_id: row.try_get("event_seq")?,
                 attempt: row.try_get("attempts")?,
                 created: to_time(row.try_get("created")?),
+                lease: lease_until,
             });
         }
         Ok(claimed)
@@ -445,11 +470,12 @@ impl Store {
             Attempt::Delivered(status) => {
                 sqlx::query(
                     "update webhook_delivery set state = 'delivered', last_status = $1, last_error = null, \
-                     lease_until = null, finished = $2 where id = $3",
+                     lease_until = null, finished = $2 where id = $3 and lease_until = $4",
                 )
                 .bind(i64::from(status))
                 .bind(now.timestamp_micros())
                 .bind(delivery.id.to_string())
+                .bind(delivery.lease)
                 .execute(&self.write)
                 .await?;
             }
@@ -466,7 +492,8 @@ impl Store {
                 let give_up = next > delivery.created + RETRY_FOR;
                 sqlx::query(
                     "update webhook_delivery set state = $1, last_status = $2, last_error = $3, \
-                     lease_until = null, next_attempt = $4, finished = $5 where id = $6",
+                     lease_until = null, next_attempt = $4, finished = $5 \
+                     where id = $6 and lease_until = $7 and state = 'pending'",
                 )
                 .bind(if give_up { "failed" } else { "pending" })
                 .bind(status.map(i64::from))
@@ -474,6 +501,7 @@ impl Store {
                 .bind(next.timestamp_micros())
                 .bind(give_up.then_some(now.timestamp_micros()))
                 .bind(delivery.id.to_string())
+                .bind(delivery.lease)
                 .execute(&self.write)
                 .await?;
             }

@@ -467,3 +467,67 @@ async fn webhook_secrets_survive_a_master_key_change_and_dispatch_queues_each_ev
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_late_outcome_of_an_expired_claim_is_not_recorded() {
+    use crate::store::{Attempt, WebhookCreate};
+
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let (hook, _) = store
+            .create_webhook(
+                WebhookCreate {
+                    url: "https://hooks.example.com/blocks".into(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        create(
+            &store,
+            &creds,
+            "c",
+            json!({"service_account_info": {"k": "v"}}),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.dispatch_webhooks().await.unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline);
+        }
+        let lease = chrono::Duration::seconds(60);
+        let first = store.claim_deliveries(10, lease).await.unwrap();
+        assert_eq!(first.len(), 1);
+        // The first claimer stalls past its lease; another replica claims and delivers.
+        sqlx::query("update webhook_delivery set lease_until = lease_until - 120000000")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        let second = store.claim_deliveries(10, lease).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].attempt, 2);
+        store
+            .finish_delivery(&second[0], Attempt::Delivered(200))
+            .await
+            .unwrap();
+        store
+            .finish_delivery(
+                &first[0],
+                Attempt::Failed {
+                    status: Some(500),
+                    error: "late".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let log = store.list_deliveries(hook.id, 10).await.unwrap();
+        assert_eq!(
+            log[0].state, "delivered",
+            "the late failure did not undo the delivery"
+        );
+        assert_eq!(log[0].last_status, Some(200));
+        assert!(store.claim_deliveries(10, lease).await.unwrap().is_empty());
+    })
+    .await;
+}
