@@ -99,6 +99,9 @@ pub(crate) enum Signal {
     },
     /// The server sent every event we missed: from here on every change reaches us.
     Ready,
+    /// Changes are readable whose events wait behind a long transaction on the server:
+    /// until the next `Ready`, a change may not have reached us yet.
+    Lagging,
     /// An event this client cannot read (a kind of a newer server): something changed.
     Unreadable,
     /// The stream was lost; reconnecting.
@@ -155,6 +158,7 @@ impl Client {
                 Ok(
                     Signal::Connected { .. }
                     | Signal::Ready
+                    | Signal::Lagging
                     | Signal::Unreadable
                     | Signal::Disconnected,
                 ) => None,
@@ -270,6 +274,7 @@ impl Loop {
         }
         match event.event.as_str() {
             "ready" => Some(Signal::Ready),
+            "lagging" => Some(Signal::Lagging),
             "reset" => Some(match serde_json::from_str::<ResetEvent>(&event.data) {
                 Ok(reset) => Signal::Event(WatchEvent::Reset(reset)),
                 Err(_) => Signal::Unreadable,
@@ -316,7 +321,7 @@ pub(crate) async fn follow(client: Client, cache: std::sync::Weak<crate::client:
                 }
             }
             Some(Ok(Signal::Ready)) => cache.set_connected(true),
-            Some(Ok(Signal::Disconnected)) => cache.set_connected(false),
+            Some(Ok(Signal::Disconnected | Signal::Lagging)) => cache.set_connected(false),
             Some(Ok(Signal::Event(WatchEvent::Reset(_)) | Signal::Unreadable)) => {
                 cache.drop_changed(None);
             }

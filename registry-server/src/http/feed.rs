@@ -37,6 +37,9 @@ use crate::store::{EventFilter, FeedEvent, Position, Resume, Scope, Store, Token
 /// The pump reads the table at least this often (events of another replica whose
 /// notification was missed, and PostgreSQL events held back behind a running transaction).
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Events held back this long (committed behind a running transaction) make the feed
+/// `lagging`.
+const LAG_AFTER: Duration = Duration::from_secs(1);
 /// Events read from the table at a time.
 const BATCH: u32 = 500;
 /// Events the broadcast holds for subscribers that are behind; past it they read the table.
@@ -62,6 +65,9 @@ pub struct Feed {
     streams: Mutex<HashMap<Uuid, usize>>,
     /// Set at shutdown: open streams end, new ones are refused.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Set while committed events are held back behind a long transaction (PostgreSQL):
+    /// subscribers are told (`lagging`), so a cache stops trusting what it holds.
+    lagging: tokio::sync::watch::Sender<bool>,
 }
 
 impl Feed {
@@ -72,6 +78,7 @@ impl Feed {
             events,
             streams: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::Sender::new(false),
+            lagging: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(pump(Arc::downgrade(store), Arc::downgrade(&feed)));
         feed
@@ -149,6 +156,7 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
             }
         }
     };
+    let mut held_since: Option<std::time::Instant> = None;
     loop {
         {
             let (Some(s), Some(f)) = (store.upgrade(), feed.upgrade()) else {
@@ -183,6 +191,17 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
                     }
                 }
             }
+            // Committed changes whose events wait behind a running transaction: after a
+            // moment, subscribers hear that the feed lags (an unreadable feed lags too).
+            let held = s.feed_held_back(at).await.unwrap_or(true);
+            match (held, held_since) {
+                (false, _) => held_since = None,
+                (true, None) => held_since = Some(std::time::Instant::now()),
+                (true, Some(_)) => {}
+            }
+            let lagging = held_since.is_some_and(|since| since.elapsed() >= LAG_AFTER);
+            f.lagging
+                .send_if_modified(|now| std::mem::replace(now, lagging) != lagging);
         }
         tokio::select! {
             changed = signal.changed() => if changed.is_err() { return },
@@ -309,6 +328,7 @@ async fn stream(
     }
     let subscriber = Subscriber {
         closing: state.feed.closing.subscribe(),
+        lagging: state.feed.lagging.subscribe(),
         checked: std::time::Instant::now(),
         store: Arc::clone(&state.store),
         token,
@@ -343,6 +363,7 @@ fn receiver_stream(rx: mpsc::Receiver<Event>) -> impl Stream<Item = Result<Event
 /// One subscriber's task: reads the table from its start, then follows the broadcast.
 struct Subscriber {
     closing: tokio::sync::watch::Receiver<bool>,
+    lagging: tokio::sync::watch::Receiver<bool>,
     /// When the token was last authenticated.
     checked: std::time::Instant,
     store: Arc<Store>,
@@ -371,12 +392,25 @@ impl Subscriber {
             return;
         }
         // Everything missed is sent: from here a cache may trust what it holds.
-        let ready = Event::default().event("ready").data("{}");
-        if self.out.send(ready).await.is_err() {
+        let mut lagging = self.lagging.clone();
+        let name = if *lagging.borrow_and_update() {
+            "lagging"
+        } else {
+            "ready"
+        };
+        if self
+            .out
+            .send(Event::default().event(name).data("{}"))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
             tokio::select! {
+                // Events before the lag flag: the pump broadcasts what was held back
+                // before it clears the flag.
+                biased;
                 received = live.recv() => match received {
                     Ok(event) => {
                         if event.position > self.at {
@@ -401,6 +435,18 @@ impl Subscriber {
                 () = self.out.closed() => return,
                 // Only ever set: any change is the shutdown.
                 _ = closing.changed() => return,
+                changed = lagging.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now_lagging = *lagging.borrow_and_update();
+                    // Caught up again: whatever was held back came first (the pump
+                    // broadcast it before clearing the flag).
+                    let name = if now_lagging { "lagging" } else { "ready" };
+                    if self.out.send(Event::default().event(name).data("{}")).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

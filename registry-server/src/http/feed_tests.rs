@@ -81,8 +81,7 @@ impl Stream {
                         data.push_str(v.trim_start());
                     }
                 }
-                if event == "ready" {
-                    assert!(!self.ready, "one ready event per stream");
+                if event == "ready" && !self.ready {
                     self.ready = true;
                     continue;
                 }
@@ -460,6 +459,44 @@ async fn an_event_written_on_one_replica_reaches_a_subscriber_of_another() {
             assert_eq!(r.data["block_document_id"], json!(doc.id));
         }
         eprintln!("cross-replica delivery: {latencies:?}");
+    })
+    .await;
+}
+
+/// PostgreSQL: while a long transaction holds committed events back, subscribers hear
+/// `lagging` (a cache stops trusting itself), then the events and `ready` when it ends.
+#[tokio::test]
+async fn a_feed_held_back_by_a_long_transaction_says_it_lags() {
+    on_both(async |db: &TestDb| {
+        if db.backend != Backend::Postgres {
+            return;
+        }
+        let ctx = setup(db, lenient()).await;
+        let store = Arc::clone(&ctx.state.store);
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let addr = serve_app(ctx.app.clone()).await;
+        let mut stream = Stream::open(addr, &ctx.admin, "", None).await;
+        // A write transaction that stays open (an import, another session's work).
+        let mut long = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        use sqlx::Connection as _;
+        let mut tx = long.begin().await.unwrap();
+        sqlx::query(
+            "update server_metadata set value = value where key = 'audit_retention_days' or 1 = 1",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let doc = create(&store, &creds, "behind", key("b")).await;
+        let lag = stream
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("a lagging event");
+        assert_eq!(lag.event, "lagging", "{}", lag.text);
+        tx.commit().await.unwrap();
+        let event = stream.next().await;
+        assert_eq!(event.data["block_document_id"], json!(doc.id));
+        let ready = stream.next().await;
+        assert_eq!(ready.event, "ready", "{}", ready.text);
     })
     .await;
 }

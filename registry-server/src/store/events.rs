@@ -251,6 +251,25 @@ impl Store {
         rows.iter().map(feed_event).collect()
     }
 
+    /// Whether events after `after` are committed but held back behind a transaction
+    /// still running (PostgreSQL): their changes are readable, their events not yet
+    /// delivered. Always false on SQLite.
+    pub async fn feed_held_back(&self, after: Position) -> Result<bool> {
+        if self.backend != Backend::Postgres {
+            return Ok(false);
+        }
+        self.count_query();
+        let stable = self.stable_condition().trim_start_matches(" and ");
+        let held: bool = sqlx::query_scalar(&format!(
+            "select exists (select 1 from block_event where (xid, seq) > ($1, $2) and not ({stable}))"
+        ))
+        .bind(after.xid)
+        .bind(after.seq)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(held)
+    }
+
     /// The end of the feed now: a reader starting here gets every event committed later.
     pub async fn feed_end(&self) -> Result<Position> {
         self.count_query();
