@@ -140,10 +140,8 @@ async fn subscribe(
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
                 let block: String = buffer.drain(..end + 2).collect();
-                if block.contains("\ndata:")
-                    || block.starts_with("data:")
-                    || block.contains("data: ")
-                {
+                // Change events carry an id; `ready` and heartbeats do not.
+                if block.starts_with("id:") || block.contains("\nid:") {
                     count.fetch_add(1, Ordering::Relaxed);
                     if let Some(tx) = &arrivals {
                         let _ = tx.send(Instant::now());

@@ -40,6 +40,8 @@ const CONCURRENT: u32 = 16;
 const LEASE: chrono::Duration = chrono::Duration::seconds(60);
 /// The worker looks for due deliveries at least this often.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Dispatch rounds are at least this far apart.
+const DISPATCH_EVERY: Duration = Duration::from_millis(50);
 /// Deliveries listed at most.
 const MAX_LISTED: u32 = 500;
 
@@ -319,13 +321,21 @@ async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
         Some(store) => store.feed_signal(),
         None => return,
     };
+    let mut dispatched = std::time::Instant::now()
+        .checked_sub(DISPATCH_EVERY)
+        .unwrap_or_else(std::time::Instant::now);
     loop {
         {
             let (Some(store), Some(webhooks)) = (store.upgrade(), webhooks.upgrade()) else {
                 return;
             };
-            if let Err(e) = store.dispatch_webhooks().await {
-                tracing::warn!(error = %e, "could not queue webhook deliveries; trying again");
+            // Each dispatch is a transaction that moves the shared cursor: under a stream
+            // of writes, one every DISPATCH_EVERY queues many events at once.
+            if dispatched.elapsed() >= DISPATCH_EVERY {
+                dispatched = std::time::Instant::now();
+                if let Err(e) = store.dispatch_webhooks().await {
+                    tracing::warn!(error = %e, "could not queue webhook deliveries; trying again");
+                }
             }
             match store.claim_deliveries(CONCURRENT, LEASE).await {
                 Ok(claimed) if !claimed.is_empty() => {
@@ -346,6 +356,8 @@ async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
             changed = signal.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(POLL_EVERY) => {}
         }
+        // Let a burst of writes gather before the next dispatch.
+        tokio::time::sleep(DISPATCH_EVERY.saturating_sub(dispatched.elapsed())).await;
     }
 }
 

@@ -223,11 +223,15 @@ impl Store {
         .bind(token.map(|t| t.to_string()))
         .execute(&mut *tx)
         .await?;
-        // The first webhook starts dispatch at the end of the feed (not its whole past).
+        // The first webhook (none other now) starts dispatch at the end of the feed, not
+        // where it stopped when the last one was deleted.
         self.count_query();
-        sqlx::query(
-            "insert into server_metadata (key, value) values ($1, $2) on conflict (key) do nothing",
-        )
+        sqlx::query(if count == 0 {
+            "insert into server_metadata (key, value) values ($1, $2) \
+             on conflict (key) do update set value = excluded.value"
+        } else {
+            "insert into server_metadata (key, value) values ($1, $2) on conflict (key) do nothing"
+        })
         .bind(CURSOR)
         .bind(to_json(&end.to_pair()))
         .execute(&mut *tx)
@@ -357,6 +361,11 @@ impl Store {
                 .iter()
                 .map(webhook_of)
                 .collect::<Result<Vec<_>>>()?;
+        // No webhook: nothing to queue and no write (the next first webhook moves the
+        // cursor to the end of the feed).
+        if hooks.is_empty() {
+            return Ok(0);
+        }
         let now = now_micros();
         let mut queued = 0;
         for event in &events {
