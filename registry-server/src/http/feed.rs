@@ -157,6 +157,7 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
         }
     };
     let mut held_since: Option<std::time::Instant> = None;
+    let mut checked_lag = std::time::Instant::now();
     loop {
         {
             let (Some(s), Some(f)) = (store.upgrade(), feed.upgrade()) else {
@@ -193,15 +194,19 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
             }
             // Committed changes whose events wait behind a running transaction: after a
             // moment, subscribers hear that the feed lags (an unreadable feed lags too).
-            let held = s.feed_held_back(at).await.unwrap_or(true);
-            match (held, held_since) {
-                (false, _) => held_since = None,
-                (true, None) => held_since = Some(std::time::Instant::now()),
-                (true, Some(_)) => {}
+            // Looked at every POLL_EVERY, not on every commit.
+            if checked_lag.elapsed() >= POLL_EVERY {
+                checked_lag = std::time::Instant::now();
+                let held = s.feed_held_back(at).await.unwrap_or(true);
+                match (held, held_since) {
+                    (false, _) => held_since = None,
+                    (true, None) => held_since = Some(std::time::Instant::now()),
+                    (true, Some(_)) => {}
+                }
+                let lagging = held_since.is_some_and(|since| since.elapsed() >= LAG_AFTER);
+                f.lagging
+                    .send_if_modified(|now| std::mem::replace(now, lagging) != lagging);
             }
-            let lagging = held_since.is_some_and(|since| since.elapsed() >= LAG_AFTER);
-            f.lagging
-                .send_if_modified(|now| std::mem::replace(now, lagging) != lagging);
         }
         tokio::select! {
             changed = signal.changed() => if changed.is_err() { return },
