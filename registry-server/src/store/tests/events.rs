@@ -531,3 +531,104 @@ async fn a_late_outcome_of_an_expired_claim_is_not_recorded() {
     })
     .await;
 }
+
+/// An anonymous document belongs to the named documents that reference it directly or
+/// through other anonymous documents, never to one further up past a named block (which a
+/// grant must name on its own).
+#[tokio::test]
+async fn an_anonymous_documents_owners_stop_at_the_first_named_block() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let (_, bucket) = register::<GcsBucket>(&store).await;
+        let app_type = store
+            .create_block_type(BlockTypeCreate {
+                name: "App".into(),
+                slug: "app".into(),
+                logo_url: None,
+                documentation_url: None,
+                description: None,
+                code_example: None,
+            })
+            .await
+            .unwrap();
+        let (app, _) = store
+            .create_block_schema(
+                BlockSchemaCreate {
+                    fields: obj(json!({"type": "object", "properties": {"bucket": {}}})),
+                    block_type_id: app_type.id,
+                    capabilities: vec![],
+                    version: "1".into(),
+                },
+                Rights::ADMIN,
+            )
+            .await
+            .unwrap();
+        let anonymous = |schema: &block_types::model::BlockSchema, data: serde_json::Value| {
+            BlockDocumentCreate {
+                name: None,
+                data: obj(data),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: true,
+            }
+        };
+        // anonymous credentials ← named bucket ← named app
+        let a = store
+            .create_block_document(anonymous(
+                &creds,
+                json!({"service_account_info": {"k": "v"}}),
+            ))
+            .await
+            .unwrap();
+        let b = create(
+            &store,
+            &bucket,
+            "prod-bucket",
+            json!({"bucket": "x", "gcp_credentials": reference_value(a.id)}),
+        )
+        .await;
+        create(
+            &store,
+            &app,
+            "zoom-app",
+            json!({"bucket": reference_value(b.id)}),
+        )
+        .await;
+        let owners = store.named_referrers(a.id).await.unwrap();
+        let names: Vec<(&str, &str)> = owners
+            .iter()
+            .map(|o| (o.slug.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(names, [("gcs-bucket", "prod-bucket")]);
+        // anonymous credentials ← anonymous bucket ← named app
+        let c = store
+            .create_block_document(anonymous(
+                &creds,
+                json!({"service_account_info": {"k": "v"}}),
+            ))
+            .await
+            .unwrap();
+        let d = store
+            .create_block_document(anonymous(
+                &bucket,
+                json!({"bucket": "y", "gcp_credentials": reference_value(c.id)}),
+            ))
+            .await
+            .unwrap();
+        create(
+            &store,
+            &app,
+            "other-app",
+            json!({"bucket": reference_value(d.id)}),
+        )
+        .await;
+        let owners = store.named_referrers(c.id).await.unwrap();
+        let names: Vec<(&str, &str)> = owners
+            .iter()
+            .map(|o| (o.slug.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(names, [("app", "other-app")]);
+    })
+    .await;
+}
