@@ -1568,26 +1568,8 @@ fn watch_prints_changes_as_they_happen() {
     let line = loop {
         // Creates until the watcher prints one (it may have connected after the first).
         made += 1;
-        ok(&blocks(
-            home,
-            &[],
-            &[
-                "create",
-                &format!("gcp-credentials/zoom-{made}"),
-                "--data",
-                &format!("@{}", creds.display()),
-            ],
-        ));
-        ok(&blocks(
-            home,
-            &[],
-            &[
-                "create",
-                &format!("gcp-credentials/other-{made}"),
-                "--data",
-                &format!("@{}", creds.display()),
-            ],
-        ));
+        create_from_file(home, &format!("gcp-credentials/zoom-{made}"), &creds);
+        create_from_file(home, &format!("gcp-credentials/other-{made}"), &creds);
         if table_first.is_none() {
             table_first = table_lines.recv_timeout(Duration::from_secs(1)).ok();
         }
@@ -1621,6 +1603,15 @@ fn watch_prints_changes_as_they_happen() {
     let _ = json.kill();
     let _ = table.wait();
     let _ = json.wait();
+}
+
+/// `blocks create ADDRESS --data @FILE`, which must succeed.
+fn create_from_file(home: &Path, address: &str, file: &Path) -> String {
+    ok(&blocks(
+        home,
+        &[],
+        &["create", address, "--data", &format!("@{}", file.display())],
+    ))
 }
 
 /// A receiver on loopback answering every request 200 (reading each request whole).
@@ -1708,16 +1699,7 @@ fn webhooks_are_managed_from_the_command_line() {
         format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}}}"#),
     )
     .unwrap();
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "gcp-credentials/hooked",
-            "--data",
-            &format!("@{}", creds.display()),
-        ],
-    ));
+    create_from_file(home, "gcp-credentials/hooked", &creds);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let log = loop {
         let log = ok(&blocks(home, &[], &["webhook", "deliveries", &id]));

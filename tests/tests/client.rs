@@ -969,6 +969,15 @@ async fn a_pod_signs_in_with_its_identity_token_and_renews_before_expiry() {
     );
 }
 
+/// Waits until `done`, failing with `what` after 10 s.
+async fn within_10s(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A watching cache drops a block the moment a block it references changes: the rotated
 /// credential is loaded fresh within the TTL, where a plain cache still serves the old one.
 #[tokio::test]
@@ -984,14 +993,7 @@ async fn a_watching_cache_sees_a_rotated_child_credential_within_its_ttl() {
     let first: GcsBucket = watching.load("zoom-gcs").await.unwrap();
     let _: GcsBucket = plain.load("zoom-gcs").await.unwrap();
     assert_eq!(first.gcp_credentials.project.as_deref(), Some("dtc-de"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !watching.watching_connected() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the feed never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_10s("the feed never connected", || watching.watching_connected()).await;
     // Connected: loads are served from memory.
     let _: GcsBucket = watching.load("zoom-gcs").await.unwrap();
     let before = watching.cache_stats();
@@ -1075,27 +1077,16 @@ async fn a_watch_resumes_after_a_server_restart() {
     let _ = watching
         .load_json(&format!("gcp-credentials/before-{made}"))
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !watching.watching_connected() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the feed never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_10s("the feed never connected", || watching.watching_connected()).await;
 
     let port = server.running.addr.port();
     let home = server.home();
     let dir = server._dir;
     server.running.stop().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while watching.watching_connected() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cache still trusts a lost feed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_10s("the cache still trusts a lost feed", || {
+        !watching.watching_connected()
+    })
+    .await;
     let restarted = registry_server::serve::start(&registry_server::serve::ServeArgs {
         host: "127.0.0.1".into(),
         port,
@@ -1147,13 +1138,9 @@ async fn a_watch_resumes_after_a_server_restart() {
         "resumed after {last}, not from the start: {}",
         next.id
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !watching.watching_connected() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cache's feed never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_10s("the cache's feed never came back", || {
+        watching.watching_connected()
+    })
+    .await;
     after.running.stop().await.unwrap();
 }
