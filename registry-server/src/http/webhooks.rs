@@ -40,6 +40,8 @@ const CONCURRENT: u32 = 16;
 const LEASE: chrono::Duration = chrono::Duration::seconds(60);
 /// The worker looks for due deliveries at least this often.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How often deliveries queued past the retry period are given up.
+const GIVE_UP_EVERY: Duration = Duration::from_secs(10);
 /// Dispatch rounds are at least this far apart.
 const DISPATCH_EVERY: Duration = Duration::from_millis(50);
 /// Deliveries listed at most.
@@ -324,6 +326,10 @@ async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
     let mut dispatched = std::time::Instant::now()
         .checked_sub(DISPATCH_EVERY)
         .unwrap_or_else(std::time::Instant::now);
+    // Sends in flight: a new claim fills each slot as soon as a send ends, so one slow
+    // receiver never holds the others' deliveries back.
+    let mut sending = tokio::task::JoinSet::new();
+    let mut gave_up = std::time::Instant::now();
     loop {
         {
             let (Some(store), Some(webhooks)) = (store.upgrade(), webhooks.upgrade()) else {
@@ -337,22 +343,33 @@ async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
                     tracing::warn!(error = %e, "could not queue webhook deliveries; trying again");
                 }
             }
-            match store.claim_deliveries(CONCURRENT, LEASE).await {
-                Ok(claimed) if !claimed.is_empty() => {
-                    let sends = claimed
-                        .into_iter()
-                        .map(|delivery| deliver(&store, &webhooks, delivery));
-                    futures::future::join_all(sends).await;
-                    // More may be due: look again at once.
-                    continue;
+            if gave_up.elapsed() >= GIVE_UP_EVERY {
+                gave_up = std::time::Instant::now();
+                if let Err(e) = store.give_up_stale_deliveries().await {
+                    tracing::warn!(error = %e, "could not give up stale webhook deliveries");
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not claim webhook deliveries; trying again");
+            }
+            let room =
+                CONCURRENT.saturating_sub(u32::try_from(sending.len()).unwrap_or(CONCURRENT));
+            // Claimed a few at a time, not one per ended send.
+            if room >= CONCURRENT / 4 || sending.is_empty() {
+                match store.claim_deliveries(room, LEASE).await {
+                    Ok(claimed) => {
+                        for delivery in claimed {
+                            let (store, webhooks) = (Arc::clone(&store), Arc::clone(&webhooks));
+                            sending
+                                .spawn(async move { deliver(&store, &webhooks, delivery).await });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not claim webhook deliveries; trying again");
+                    }
                 }
             }
         }
         tokio::select! {
+            // A send ended: its slot takes the next due delivery at once.
+            Some(_) = sending.join_next(), if !sending.is_empty() => continue,
             changed = signal.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(POLL_EVERY) => {}
         }

@@ -281,3 +281,38 @@ async fn two_replicas_deliver_each_event_once() {
     })
     .await;
 }
+
+/// A receiver that never answers holds at most a few of the server's sends: another
+/// webhook's deliveries go on at once.
+#[tokio::test]
+async fn a_dead_receiver_does_not_hold_back_another_webhook() {
+    on_both(async |db| {
+        let ctx = setup(db, lenient()).await;
+        let store = ctx.state.store.clone();
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_url = format!("http://{}/hook", dead.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = dead.accept().await {
+                held.push(socket);
+            }
+        });
+        register_hook(&ctx, &dead_url, json!({})).await;
+        let (url, received) = receiver(vec![200]).await;
+        register_hook(&ctx, &url, json!({"kinds": ["block-document.created"]})).await;
+        for i in 0..20 {
+            create(
+                &store,
+                &creds,
+                &format!("doc-{i}"),
+                json!({"service_account_info": {"k": "v"}}),
+            )
+            .await;
+        }
+        let got = wait_for(&received, 20, Duration::from_secs(8)).await;
+        // Before a send ended, each batch of 16 waited 10 s for the dead receiver.
+        assert_eq!(got.len(), 20, "the healthy webhook waited for the dead one");
+    })
+    .await;
+}

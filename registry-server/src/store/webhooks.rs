@@ -35,6 +35,9 @@ pub const RETRY_FOR: chrono::Duration = chrono::Duration::hours(24);
 /// The wait after the first failed attempt; each next one doubles, up to [`MAX_BACKOFF`].
 pub(crate) const FIRST_BACKOFF: chrono::Duration = chrono::Duration::seconds(2);
 const MAX_BACKOFF: chrono::Duration = chrono::Duration::hours(1);
+/// Deliveries of one webhook in flight at once across replicas (checked when claiming), so
+/// a receiver that never answers holds at most these, not every sender's slot.
+const PER_WEBHOOK: i64 = 4;
 /// Events dispatched per round.
 const DISPATCH_BATCH: u32 = 500;
 const CURSOR: &str = "webhook_cursor";
@@ -408,6 +411,24 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up the pending deliveries queued longer ago than [`RETRY_FOR`] that no claim
+    /// holds (never attempted: a receiver so slow that its queue outgrew the retry
+    /// period), so pending rows cannot pile up for ever. Returns how many.
+    pub async fn give_up_stale_deliveries(&self) -> Result<u64> {
+        let now = now_micros();
+        self.count_query();
+        Ok(sqlx::query(
+            "update webhook_delivery set state = 'failed', finished = $1, \
+             last_error = coalesce(last_error, 'not attempted within a day') \
+             where state = 'pending' and created < $2 and (lease_until is null or lease_until < $1)",
+        )
+        .bind(now)
+        .bind(now - RETRY_FOR.num_microseconds().unwrap_or(i64::MAX / 4))
+        .execute(&self.write)
+        .await?
+        .rows_affected())
+    }
+
     /// Claims up to `n` due deliveries for `lease` (no other replica takes them before it
     /// ends), counting the attempt.
     pub async fn claim_deliveries(&self, n: u32, lease: chrono::Duration) -> Result<Vec<Claimed>> {
@@ -417,18 +438,6 @@ impl Store {
             Backend::Sqlite => "",
         };
         self.count_query();
-        // Deliveries never attempted within the retry period (a receiver so slow that the
-        // queue outgrew it) are given up here, so pending rows cannot pile up for ever.
-        self.count_query();
-        sqlx::query(
-            "update webhook_delivery set state = 'failed', finished = $1, \
-             last_error = coalesce(last_error, 'not attempted within a day') \
-             where state = 'pending' and created < $2 and (lease_until is null or lease_until < $1)",
-        )
-        .bind(now)
-        .bind(now - RETRY_FOR.num_microseconds().unwrap_or(i64::MAX / 4))
-        .execute(&self.write)
-        .await?;
         // A unique lease value per claim (microseconds, made distinct by a random offset
         // below a millisecond), so a late outcome of an expired claim is not recorded.
         let lease_until = now
@@ -436,14 +445,17 @@ impl Store {
             + i64::from(Uuid::new_v4().as_u128() as u16 % 1000);
         let rows = sqlx::query(&format!(
             "update webhook_delivery set lease_until = $1, attempts = attempts + 1 \
-             where id in (select id from webhook_delivery where state = 'pending' and next_attempt <= $2 \
-                            and (lease_until is null or lease_until < $2) \
-                          order by next_attempt limit $3{skip_locked}) \
+             where id in (select d.id from webhook_delivery d where d.state = 'pending' and d.next_attempt <= $2 \
+                            and (d.lease_until is null or d.lease_until < $2) \
+                            and (select count(*) from webhook_delivery o where o.webhook_id = d.webhook_id \
+                                   and o.state = 'pending' and o.lease_until >= $2) < $4 \
+                          order by d.next_attempt limit $3{skip_locked}) \
              returning id, webhook_id, event, event_seq, attempts, created"
         ))
         .bind(lease_until)
         .bind(now)
         .bind(i64::from(n))
+        .bind(PER_WEBHOOK)
         .fetch_all(&self.write)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
