@@ -614,12 +614,9 @@ pub fn backoff(attempt: i64) -> chrono::Duration {
 
 fn prefixed(prefix: &str, e: StoreError) -> StoreError {
     match e {
-        StoreError::Invalid(errors) => StoreError::Invalid(
-            errors
-                .into_iter()
-                .map(|e| block_types::FieldError::new(format!("{prefix}.{}", e.field), e.message))
-                .collect(),
-        ),
+        StoreError::Invalid(errors) => {
+            StoreError::Invalid(errors.into_iter().map(|e| e.prefixed(prefix)).collect())
+        }
         other => other,
     }
 }
