@@ -77,10 +77,36 @@ impl fmt::Debug for Config {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Profile {
-    api_url: String,
-    api_key: Option<String>,
+/// The profile file, `$BLOCKS_HOME/profile.toml`: written by `blocks serve` when it creates
+/// a store's first token, read by the client and the CLI. Its `Debug` output hides the key.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    /// The API base URL, `http(s)://HOST:PORT/api`.
+    pub api_url: String,
+    /// The token to send as `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl fmt::Debug for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Profile")
+            .field("api_url", &self.api_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "********"))
+            .finish()
+    }
+}
+
+impl Profile {
+    /// Parses a profile file's text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The profile file's text.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
 }
 
 impl Config {
@@ -221,7 +247,7 @@ impl Config {
                 )));
             }
         };
-        let parsed: Profile = toml::from_str(&text).map_err(|e| {
+        let parsed = Profile::parse(&text).map_err(|e| {
             Error::Config(format!(
                 "{} is not a blocks profile ({}); it needs api_url and api_key",
                 profile.display(),

@@ -77,7 +77,7 @@ use std::sync::OnceLock;
 
 pub use block_types;
 pub use client::{CacheStats, Client, JsonBlock};
-pub use config::{Config, ConfigSource};
+pub use config::{Config, ConfigSource, Profile};
 pub use error::Error;
 pub use identity::Identity;
 pub use reqwest::Method;

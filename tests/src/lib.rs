@@ -47,17 +47,9 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (tls_cert, tls_key) = tls.unzip();
         let running = registry_server::serve::start(&registry_server::serve::ServeArgs {
-            host: "127.0.0.1".into(),
-            port: 0,
-            database_url: None,
-            home: Some(dir.path().join("home")),
-            master_key_file: None,
-            retention: None,
-            max_connections: None,
             tls_cert,
             tls_key,
-            webhooks_allow_private: false,
-            connections: registry_server::serve::ConnectionArgs::default(),
+            ..registry_server::serve::ServeArgs::embedded(dir.path().join("home"))
         })
         .await
         .unwrap();

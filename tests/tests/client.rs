@@ -1088,17 +1088,8 @@ async fn a_watch_resumes_after_a_server_restart() {
     })
     .await;
     let restarted = registry_server::serve::start(&registry_server::serve::ServeArgs {
-        host: "127.0.0.1".into(),
         port,
-        database_url: None,
-        home: Some(home),
-        master_key_file: None,
-        retention: None,
-        max_connections: None,
-        tls_cert: None,
-        tls_key: None,
-        webhooks_allow_private: false,
-        connections: registry_server::serve::ConnectionArgs::default(),
+        ..registry_server::serve::ServeArgs::embedded(home)
     })
     .await
     .unwrap();

@@ -358,6 +358,27 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
 impl Store {
+    /// Whether `database_url` holds a blocks store (its key-check value), read without
+    /// creating or migrating anything.
+    pub async fn exists_at(database_url: &str) -> bool {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let url = if database_url.starts_with("sqlite:") && !database_url.contains('?') {
+            format!("{database_url}?mode=ro")
+        } else {
+            database_url.to_owned()
+        };
+        let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else {
+            return false;
+        };
+        let found: Result<Option<String>, _> =
+            sqlx::query_scalar("select value from server_metadata where key = 'key_check'")
+                .fetch_optional(&mut conn)
+                .await;
+        conn.close().await.ok();
+        matches!(found, Ok(Some(_)))
+    }
+
     /// Opens (creating if needed) the store at `database_url`, applies migrations and
     /// checks the master key against the stored key-check value. A new store records the
     /// key's check value and creates its first data key; an existing one refuses a key that

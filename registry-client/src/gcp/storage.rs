@@ -1,389 +1,23 @@
-//! What the `gcp-credentials` and `gcs-bucket` blocks do: a checked service account, an
-//! access token, and a client for the bucket that writes, reads and lists objects and
-//! copies whole directories.
-//!
-//! ```no_run
-//! use block_types::catalog::GcsBucket;
-//! use registry_client::BlockExt as _;
-//! use registry_client::gcp::GcsBucketExt as _;
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let block = GcsBucket::load("zoom-gcs").await?;
-//! let bucket = block.storage().await?; // honours STORAGE_EMULATOR_HOST
-//! bucket.upload_from_path("data/yellow/yellow_tripdata_2021-01.parquet", "data/yellow/yellow_tripdata_2021-01.parquet").await?;
-//! let files = bucket.get_directory(Some("data/yellow"), "../data").await?;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Calls go to the GCS JSON API (`storage/v1`): media uploads, `alt=media` downloads,
-//! paged listings and deletes, which Google and the usual emulators serve alike. Paths are
-//! relative to the block's `bucket_folder`, as in Prefect. Tokens come from the block's
-//! service account (inline or file) through `gcp_auth`, or from the environment's
-//! Application Default Credentials when the block has no key; with
-//! `STORAGE_EMULATOR_HOST` set, requests go to the emulator without a token, as Google's
-//! own client libraries do.
+//! The `gcs-bucket` block at work: a client for the bucket's objects and directories.
 
+use super::ATTEMPTS;
+use super::GOOGLE_STORAGE;
+use super::GcpCredentialsExt as _;
+use super::GcpError;
+use super::STORAGE_SCOPE;
+use super::credentials::describe;
+use crate::encoding::UNRESERVED as SEGMENT;
+use block_types::catalog::GcsBucket;
+use gcp_auth::TokenProvider;
+use percent_encoding::utf8_percent_encode;
+use serde::Deserialize;
+use serde_json::Value;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use block_types::catalog::{GcpCredentials, GcsBucket};
-use block_types::secret::SecretString;
-pub use gcp_auth::TokenProvider;
-use percent_encoding::utf8_percent_encode;
-use serde::Deserialize;
-use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt as _;
-
-/// The scope a bucket client asks for.
-pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
-
-/// What is encoded in a path segment: an object name's `/` too, as the JSON API wants.
-use crate::encoding::UNRESERVED as SEGMENT;
-
-const GOOGLE_STORAGE: &str = "https://storage.googleapis.com";
-const ATTEMPTS: u32 = 3;
-
-/// What went wrong with credentials or storage. Never holds a key or a token.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GcpError {
-    /// The credentials block is unusable; names the field and the problem.
-    #[error("gcp-credentials: {field}: {message}")]
-    Credentials {
-        /// The field at fault (`service_account_info.private_key`, …).
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// No token could be had.
-    #[error("cannot get a Google access token: {0}")]
-    Token(String),
-    /// A path is not usable (empty, or would leave the target directory).
-    #[error("{path:?}: {message}")]
-    Path {
-        /// The path.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// No such object.
-    #[error("no object {name:?} in the bucket {bucket}")]
-    NotFound {
-        /// The bucket.
-        bucket: String,
-        /// The object's full name.
-        name: String,
-    },
-    /// Storage answered with an error.
-    #[error("GCS answered {status} to {action}: {detail}")]
-    Http {
-        /// The status code.
-        status: u16,
-        /// What was being done (`upload data/x.parquet`).
-        action: String,
-        /// The service's words.
-        detail: String,
-    },
-    /// Storage could not be reached.
-    #[error("cannot reach GCS at {endpoint} ({action}): {reason}")]
-    Unreachable {
-        /// The endpoint.
-        endpoint: String,
-        /// What was being done.
-        action: String,
-        /// Why.
-        reason: String,
-    },
-    /// A local file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn credentials_error(field: &str, message: impl Into<String>) -> GcpError {
-    GcpError::Credentials {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
-
-/// A checked service-account key. `Debug` shows the account, never the key.
-#[derive(Clone)]
-pub struct ServiceAccount {
-    client_email: String,
-    project_id: Option<String>,
-    private_key_id: Option<String>,
-    json: SecretString,
-    /// The signer and token cache, made once when the key is checked (it also loads the
-    /// TLS roots its HTTP client needs).
-    signer: Arc<gcp_auth::CustomServiceAccount>,
-}
-
-impl fmt::Debug for ServiceAccount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceAccount")
-            .field("client_email", &self.client_email)
-            .field("project_id", &self.project_id)
-            .field("private_key", &"********")
-            .finish()
-    }
-}
-
-impl ServiceAccount {
-    /// Checks a service-account key (the contents of its JSON file): `type` is
-    /// `service_account`, and `client_email`, `private_key` (PEM) and `token_uri` are
-    /// present.
-    ///
-    /// # Errors
-    /// [`GcpError::Credentials`] naming the missing or malformed field.
-    pub fn from_info(info: &Map<String, Value>) -> Result<Self, GcpError> {
-        Self::check(info, "service_account_info")
-    }
-
-    /// Reads and checks a service-account key file. A leading `~` (`~/keys/sa.json`)
-    /// stands for the home directory (`HOME`), as in Prefect.
-    ///
-    /// # Errors
-    /// [`GcpError::Credentials`] when the file is missing, not JSON, or not a key, or when
-    /// the path starts with `~` and there is no home directory.
-    pub fn from_file(path: &Path) -> Result<Self, GcpError> {
-        let field = "service_account_file";
-        let path = &expand_home(path, home_dir().as_deref())?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            credentials_error(field, format!("cannot read {}: {e}", path.display()))
-        })?;
-        // A parse error could quote the key: say only where it is.
-        let value: Value = serde_json::from_str(&text).map_err(|e| {
-            credentials_error(
-                field,
-                format!(
-                    "{} is not JSON (line {}, column {})",
-                    path.display(),
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        let Value::Object(info) = value else {
-            return Err(credentials_error(
-                field,
-                format!("{} does not hold a JSON object", path.display()),
-            ));
-        };
-        Self::check(&info, field)
-    }
-
-    fn check(info: &Map<String, Value>, field: &str) -> Result<Self, GcpError> {
-        let text = |key: &str| -> Result<Option<&str>, GcpError> {
-            match info.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.as_str())),
-                Some(_) => Err(credentials_error(&format!("{field}.{key}"), "must be text")),
-            }
-        };
-        let required = |key: &str| -> Result<&str, GcpError> {
-            text(key)?.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-                credentials_error(
-                    &format!("{field}.{key}"),
-                    "is missing; paste the whole JSON key file of the service account",
-                )
-            })
-        };
-        match text("type")? {
-            Some("service_account") => {}
-            Some(other) => {
-                return Err(credentials_error(
-                    &format!("{field}.type"),
-                    format!("is {other:?}; only service_account keys are supported here"),
-                ));
-            }
-            None => {
-                return Err(credentials_error(
-                    &format!("{field}.type"),
-                    "is missing; a service-account key has \"type\": \"service_account\"",
-                ));
-            }
-        }
-        let client_email = required("client_email")?;
-        if !client_email.contains('@') {
-            return Err(credentials_error(
-                &format!("{field}.client_email"),
-                "is not an email address",
-            ));
-        }
-        let private_key = required("private_key")?;
-        if !private_key.contains("-----BEGIN PRIVATE KEY-----") {
-            return Err(credentials_error(
-                &format!("{field}.private_key"),
-                "is not a PEM private key (-----BEGIN PRIVATE KEY-----)",
-            ));
-        }
-        required("token_uri")?;
-        let json = serde_json::to_string(info)
-            .map_err(|_| credentials_error(field, "cannot be written back as JSON"))?;
-        // The key must also parse as RSA; gcp_auth's error names no key material.
-        let signer = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|e| {
-            credentials_error(
-                &format!("{field}.private_key"),
-                format!("is not a usable RSA key ({})", describe(&e)),
-            )
-        })?;
-        Ok(Self {
-            client_email: client_email.to_owned(),
-            project_id: text("project_id")?.map(str::to_owned),
-            private_key_id: text("private_key_id")?.map(str::to_owned),
-            json: SecretString::new(json),
-            signer: Arc::new(signer),
-        })
-    }
-
-    /// The account's email address.
-    pub fn client_email(&self) -> &str {
-        &self.client_email
-    }
-
-    /// The project the key belongs to.
-    pub fn project_id(&self) -> Option<&str> {
-        self.project_id.as_deref()
-    }
-
-    /// The key's id.
-    pub fn private_key_id(&self) -> Option<&str> {
-        self.private_key_id.as_deref()
-    }
-
-    /// The whole key file, as JSON text. Secret: hand it only to what signs with it.
-    pub fn key_json(&self) -> &SecretString {
-        &self.json
-    }
-
-    /// A token source for this account (tokens are cached until shortly before they
-    /// expire); clones share one cache.
-    pub fn token_provider(&self) -> Arc<dyn TokenProvider> {
-        self.signer.clone()
-    }
-}
-
-/// The home directory `~` stands for: `HOME`; on Windows, `USERPROFILE` when `HOME` is
-/// not set.
-fn home_dir() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
-    #[cfg(windows)]
-    let home = home.or_else(|| std::env::var_os("USERPROFILE").filter(|h| !h.is_empty()));
-    home.map(PathBuf::from)
-}
-
-/// `path` with a leading `~` component (`~`, `~/…`) replaced by `home`, as Python's
-/// `os.path.expanduser` does and Prefect does to `service_account_file`. Other paths,
-/// `~user/…` among them, are returned as they are.
-///
-/// # Errors
-/// [`GcpError::Credentials`] on `service_account_file` when the path starts with `~` and
-/// `home` is `None` or empty.
-fn expand_home(path: &Path, home: Option<&Path>) -> Result<PathBuf, GcpError> {
-    let mut components = path.components();
-    if components.next() != Some(Component::Normal(OsStr::new("~"))) {
-        return Ok(path.to_owned());
-    }
-    let home = home.filter(|h| !h.as_os_str().is_empty()).ok_or_else(|| {
-        credentials_error(
-            "service_account_file",
-            format!(
-                "{} starts with ~, but HOME is not set; give the full path",
-                path.display()
-            ),
-        )
-    })?;
-    let rest = components.as_path();
-    if rest.as_os_str().is_empty() {
-        Ok(home.to_owned())
-    } else {
-        Ok(home.join(rest))
-    }
-}
-
-/// gcp_auth's error in words, without its source chain (a JSON error there could quote
-/// key material).
-fn describe(error: &gcp_auth::Error) -> String {
-    match error {
-        gcp_auth::Error::Json(what, _) => (*what).to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// The capabilities of a `gcp-credentials` block.
-pub trait GcpCredentialsExt {
-    /// The checked service account of the block, or `None` when the block has no key
-    /// (Application Default Credentials apply).
-    ///
-    /// # Errors
-    /// [`GcpError::Credentials`] naming the field at fault.
-    fn service_account(&self) -> Result<Option<ServiceAccount>, GcpError>;
-
-    /// The project: the block's own, else the key's.
-    ///
-    /// # Errors
-    /// As [`GcpCredentialsExt::service_account`].
-    fn project_id(&self) -> Result<Option<String>, GcpError>;
-
-    /// A token source: the block's service account, else Application Default
-    /// Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud, the metadata server).
-    ///
-    /// # Errors
-    /// [`GcpError`] when the key is unusable or no default credentials are found.
-    fn token_provider(
-        &self,
-    ) -> impl Future<Output = Result<Arc<dyn TokenProvider>, GcpError>> + Send;
-}
-
-impl GcpCredentialsExt for GcpCredentials {
-    fn service_account(&self) -> Result<Option<ServiceAccount>, GcpError> {
-        match (&self.service_account_info, &self.service_account_file) {
-            (Some(_), Some(_)) => Err(credentials_error(
-                "service_account_info",
-                "give service_account_info or service_account_file, not both",
-            )),
-            (Some(info), None) => ServiceAccount::from_info(info.expose_secret()).map(Some),
-            (None, Some(file)) => ServiceAccount::from_file(file).map(Some),
-            (None, None) => Ok(None),
-        }
-    }
-
-    fn project_id(&self) -> Result<Option<String>, GcpError> {
-        if let Some(project) = self.project.as_ref().filter(|p| !p.is_empty()) {
-            return Ok(Some(project.clone()));
-        }
-        Ok(self
-            .service_account()?
-            .and_then(|account| account.project_id().map(str::to_owned)))
-    }
-
-    fn token_provider(
-        &self,
-    ) -> impl Future<Output = Result<Arc<dyn TokenProvider>, GcpError>> + Send {
-        let account = self.service_account();
-        async move {
-            match account? {
-                Some(account) => Ok(account.token_provider()),
-                None => gcp_auth::provider().await.map_err(|e| {
-                    GcpError::Token(format!(
-                        "the block has no service-account key and no default credentials were found ({})",
-                        describe(&e)
-                    ))
-                }),
-            }
-        }
-    }
-}
 
 /// Where storage requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,7 +137,7 @@ pub struct Blob {
     pub md5_hash: Option<String>,
 }
 
-fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(super) fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Value::deserialize(d)? {
         Value::String(s) => s.parse().map_err(serde::de::Error::custom),
         Value::Number(n) => n
@@ -514,7 +148,7 @@ fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 #[derive(Deserialize)]
-struct Listing {
+pub(super) struct Listing {
     #[serde(default)]
     items: Vec<Blob>,
     #[serde(default, rename = "nextPageToken")]
@@ -581,7 +215,7 @@ impl Bucket {
         Ok(format!("{}{trimmed}", self.folder))
     }
 
-    fn folder_prefix(&self, folder: Option<&str>) -> Result<String, GcpError> {
+    pub(super) fn folder_prefix(&self, folder: Option<&str>) -> Result<String, GcpError> {
         match folder
             .map(|f| f.trim_matches('/'))
             .filter(|f| !f.is_empty())
@@ -593,7 +227,7 @@ impl Bucket {
 
     /// The bucket's objects collection: `{base}{api}/storage/v1/b/{bucket}/o`, where `api` is
     /// `""` for metadata, downloads and listings, `"/upload"` for uploads.
-    fn objects_url(&self, api: &str) -> String {
+    pub(super) fn objects_url(&self, api: &str) -> String {
         format!(
             "{}{api}/storage/v1/b/{}/o",
             self.endpoint.base(),
@@ -601,7 +235,7 @@ impl Bucket {
         )
     }
 
-    fn object_url(&self, name: &str) -> String {
+    pub(super) fn object_url(&self, name: &str) -> String {
         format!(
             "{}/{}",
             self.objects_url(""),
@@ -612,7 +246,7 @@ impl Bucket {
     /// Sends a request, trying again after a 429, a server error, a refused connection
     /// or a timeout (up to [`ATTEMPTS`] in all), and gives the last answer whatever its
     /// status.
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         action: &str,
         build: impl Fn() -> reqwest::RequestBuilder + Send + Sync,
@@ -658,7 +292,7 @@ impl Bucket {
     }
 
     /// As [`Bucket::exchange`], with any answer but a success made an error.
-    async fn send(
+    pub(super) async fn send(
         &self,
         action: &str,
         build: impl Fn() -> reqwest::RequestBuilder + Send + Sync,
@@ -667,7 +301,7 @@ impl Bucket {
         success(answer.response, action).await
     }
 
-    fn not_found(&self, name: &str, error: GcpError) -> GcpError {
+    pub(super) fn not_found(&self, name: &str, error: GcpError) -> GcpError {
         match error {
             GcpError::Http { status: 404, .. } => GcpError::NotFound {
                 bucket: self.bucket.clone(),
@@ -771,7 +405,7 @@ impl Bucket {
         self.download_name(&name, to.as_ref()).await
     }
 
-    async fn download_name(&self, name: &str, to: &Path) -> Result<PathBuf, GcpError> {
+    pub(super) async fn download_name(&self, name: &str, to: &Path) -> Result<PathBuf, GcpError> {
         let io = |source| GcpError::Io {
             path: to.to_owned(),
             source,
@@ -838,7 +472,7 @@ impl Bucket {
         self.list_prefix(&prefix).await
     }
 
-    async fn list_prefix(&self, prefix: &str) -> Result<Vec<Blob>, GcpError> {
+    pub(super) async fn list_prefix(&self, prefix: &str) -> Result<Vec<Blob>, GcpError> {
         let url = self.objects_url("");
         let mut blobs = Vec::new();
         let mut page: Option<String> = None;
@@ -899,7 +533,7 @@ impl Bucket {
         Ok(files.len())
     }
 
-    async fn write_name(&self, name: &str, content: Vec<u8>) -> Result<(), GcpError> {
+    pub(super) async fn write_name(&self, name: &str, content: Vec<u8>) -> Result<(), GcpError> {
         let url = self.objects_url("/upload");
         let body = bytes::Bytes::from(content);
         self.send(&format!("upload {name}"), || {
@@ -970,7 +604,7 @@ impl Bucket {
 }
 
 /// `base/relative` when `relative` is a plain relative path (no `..`, not absolute).
-fn safe_join(base: &Path, relative: &str) -> Option<PathBuf> {
+pub(super) fn safe_join(base: &Path, relative: &str) -> Option<PathBuf> {
     let relative = Path::new(relative);
     if relative.as_os_str().is_empty()
         || !relative
@@ -983,7 +617,7 @@ fn safe_join(base: &Path, relative: &str) -> Option<PathBuf> {
 }
 
 /// `.<file name>.`: the start of a download's temporary file name, hidden on Unix.
-fn hidden_prefix(file_name: &OsStr) -> OsString {
+pub(super) fn hidden_prefix(file_name: &OsStr) -> OsString {
     let mut prefix = OsString::from(".");
     prefix.push(file_name);
     prefix.push(".");
@@ -991,7 +625,7 @@ fn hidden_prefix(file_name: &OsStr) -> OsString {
 }
 
 /// Runs blocking file work off the runtime's threads.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
     tokio::task::spawn_blocking(work)
@@ -1002,13 +636,16 @@ async fn blocking<T: Send + 'static>(
 /// A response, whatever its status; `retried` when it answers a retry after an attempt
 /// that may have been carried out (a server error or a timeout; not a 429 nor a refused
 /// connection).
-struct Answer {
+pub(super) struct Answer {
     response: reqwest::Response,
     retried: bool,
 }
 
 /// `response` when it is a success, else [`GcpError::Http`] with the service's words.
-async fn success(response: reqwest::Response, action: &str) -> Result<reqwest::Response, GcpError> {
+pub(super) async fn success(
+    response: reqwest::Response,
+    action: &str,
+) -> Result<reqwest::Response, GcpError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -1023,7 +660,7 @@ async fn success(response: reqwest::Response, action: &str) -> Result<reqwest::R
 
 /// Every regular file under `root`, depth first, in name order; symbolic links to
 /// directories are not followed.
-async fn walk(root: &Path) -> Result<Vec<PathBuf>, GcpError> {
+pub(super) async fn walk(root: &Path) -> Result<Vec<PathBuf>, GcpError> {
     let mut files = Vec::new();
     let mut dirs = vec![root.to_owned()];
     while let Some(dir) = dirs.pop() {
@@ -1058,7 +695,7 @@ async fn walk(root: &Path) -> Result<Vec<PathBuf>, GcpError> {
     Ok(files)
 }
 
-fn brief(text: &str) -> String {
+pub(super) fn brief(text: &str) -> String {
     let text = text.trim();
     let mut end = text.len().min(300);
     while !text.is_char_boundary(end) {
@@ -1067,7 +704,7 @@ fn brief(text: &str) -> String {
     text[..end].to_owned()
 }
 
-fn chain(error: &dyn std::error::Error) -> String {
+pub(super) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -1076,100 +713,4 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn expand(path: &str, home: Option<&str>) -> Result<PathBuf, GcpError> {
-        expand_home(Path::new(path), home.map(Path::new))
-    }
-
-    #[test]
-    fn a_leading_tilde_is_the_home_directory() {
-        let home = Some("/home/ana");
-        assert_eq!(
-            expand("~/key.json", home).unwrap(),
-            Path::new("/home/ana/key.json")
-        );
-        assert_eq!(
-            expand("~/keys/sa.json", home).unwrap(),
-            Path::new("/home/ana/keys/sa.json")
-        );
-        assert_eq!(
-            expand("~//key.json", home).unwrap(),
-            Path::new("/home/ana/key.json")
-        );
-        assert_eq!(expand("~", home).unwrap(), Path::new("/home/ana"));
-        assert_eq!(expand("~/", home).unwrap(), Path::new("/home/ana"));
-        assert_eq!(
-            expand("~/key.json", Some("/home/ana/")).unwrap(),
-            Path::new("/home/ana/key.json")
-        );
-    }
-
-    #[test]
-    fn other_paths_are_left_alone() {
-        for home in [Some("/home/ana"), None] {
-            for path in [
-                "/etc/key.json",
-                "key.json",
-                "./key.json",
-                "keys/~/key.json",
-                "/~/key.json",
-                "~ana/key.json",
-                "~key.json",
-                "",
-            ] {
-                assert_eq!(expand(path, home).unwrap(), Path::new(path), "{path}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_tilde_without_a_home_names_the_field() {
-        for home in [None, Some("")] {
-            for path in ["~/key.json", "~"] {
-                match expand(path, home) {
-                    Err(GcpError::Credentials { field, message }) => {
-                        assert_eq!(field, "service_account_file");
-                        assert!(message.contains("HOME"), "{message}");
-                        assert!(message.contains(path), "{message}");
-                    }
-                    other => panic!("{path} with {home:?}: {other:?}"),
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn from_file_expands_the_tilde() {
-        // The home directory of this process, whatever it is: the error names the
-        // expanded path, never `~`.
-        let Some(home) = home_dir() else {
-            return;
-        };
-        let missing = format!("blocks-no-such-key-{}.json", uuid::Uuid::new_v4().simple());
-        match ServiceAccount::from_file(&Path::new("~").join(&missing)) {
-            Err(GcpError::Credentials { field, message }) => {
-                assert_eq!(field, "service_account_file");
-                let expanded = home.join(&missing);
-                assert!(
-                    message.contains(&expanded.display().to_string()),
-                    "{message}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn temporary_names_are_hidden_beside_the_target() {
-        assert_eq!(
-            hidden_prefix(OsStr::new("copy.bin")),
-            OsString::from(".copy.bin.")
-        );
-    }
 }

@@ -128,7 +128,7 @@ async fn web_to_gcs_to_postgres() {
     let key: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../tests/fixtures/test-service-account.json"
+            "/../../tests/fixtures/test-service-account.json"
         ))
         .unwrap(),
     )

@@ -1,0 +1,946 @@
+//! Document writes: create, import, duplicate, update (merge, secret echoes, schema
+//! moves, optimistic concurrency) and delete.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use block_types::model::{BlockDocument, BlockDocumentCreate, BlockDocumentUpdate, BlockSchema};
+use block_types::secret_fields::{
+    SecretPath, normalized, restore, secret_locations, secret_paths_of,
+};
+use block_types::{EventKind, FieldError};
+use serde_json::{Map, Value};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::MAX_IMPORT;
+use super::MAX_SEALED_VALUES;
+use super::MAX_SECRET_BYTES;
+use super::MAX_TREE_DOCUMENTS;
+use super::NewDocument;
+use super::NewVersion;
+use super::OpenedVersion;
+use super::WriteOutcome;
+use super::check_document_size;
+use super::check_expected;
+use super::not_found;
+use super::split_data_references;
+use super::surviving_secrets;
+use super::tree_too_large;
+use super::unknown_schema_is_invalid;
+use super::within_document;
+use super::{
+    Result, Rights, Store, StoreError, json_col, now_micros, parse_uuid, to_json, uuid_col,
+};
+use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
+use crate::store::sql::Sql;
+
+impl Store {
+    /// Creates a document. The data is validated against its schema, `$ref`s must point to
+    /// existing documents, secrets are sealed. Returns the document with secrets masked.
+    pub async fn create_block_document(&self, body: BlockDocumentCreate) -> Result<BlockDocument> {
+        self.create_block_document_by(body, None).await
+    }
+
+    /// [`Store::create_block_document`], recording `author` (a token id) as the writer of
+    /// its first version.
+    pub async fn create_block_document_by(
+        &self,
+        body: BlockDocumentCreate,
+        author: Option<Uuid>,
+    ) -> Result<BlockDocument> {
+        body.validate().map_err(|e| StoreError::Invalid(vec![e]))?;
+        let id = Uuid::new_v4();
+        let name = match &body.name {
+            Some(name) => name.clone(),
+            None => format!("anonymous-{}", Uuid::new_v4()),
+        };
+        let (data, refs) = split_data_references(body.data)?;
+        let schema = self
+            .read_block_schema(body.block_schema_id)
+            .await
+            .map_err(unknown_schema_is_invalid)?;
+        if schema.block_type_id != body.block_type_id {
+            return Err(StoreError::invalid(
+                "block_schema_id",
+                "the block schema belongs to another block type than block_type_id",
+            ));
+        }
+        let block_type = schema
+            .block_type
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        self.validate_data(&schema, &data, &refs)?;
+        let document = NewDocument {
+            id,
+            name,
+            is_anonymous: body.is_anonymous,
+            type_name: block_type.name,
+        };
+        let version = NewVersion {
+            data,
+            refs,
+            schema: &schema,
+            kept: Vec::new(),
+            paths: None,
+            author,
+        };
+        self.insert_document(document, version).await?;
+        self.read_block_document(id, false).await
+    }
+
+    /// Creates many documents in one transaction, all or none: each is checked, validated
+    /// and sealed as [`Store::create_block_document`] does it, and may reference documents
+    /// written earlier in the same call. For imports and for building a large store
+    /// quickly; at most [`MAX_IMPORT`] documents a call. Returns their ids, in order.
+    pub async fn import_block_documents(
+        &self,
+        bodies: Vec<BlockDocumentCreate>,
+        author: Option<Uuid>,
+    ) -> Result<Vec<Uuid>> {
+        if bodies.len() > MAX_IMPORT {
+            return Err(StoreError::invalid(
+                "documents",
+                format!("at most {MAX_IMPORT} documents may be imported at once"),
+            ));
+        }
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut schemas: HashMap<Uuid, BlockSchema> = HashMap::new();
+        let mut prepared = Vec::with_capacity(bodies.len());
+        for (i, body) in bodies.into_iter().enumerate() {
+            let at = |e: FieldError| {
+                StoreError::Invalid(vec![FieldError::new(
+                    format!("documents[{i}].{}", e.field),
+                    e.message,
+                )])
+            };
+            let within = |e: StoreError| within_document(i, e);
+            body.validate().map_err(at)?;
+            let (data, refs) = split_data_references(body.data).map_err(within)?;
+            if !schemas.contains_key(&body.block_schema_id) {
+                let schema = self
+                    .read_block_schema(body.block_schema_id)
+                    .await
+                    .map_err(unknown_schema_is_invalid)?;
+                schemas.insert(schema.id, schema);
+            }
+            let schema = &schemas[&body.block_schema_id];
+            if schema.block_type_id != body.block_type_id {
+                return Err(at(FieldError::new(
+                    "block_schema_id",
+                    "the block schema belongs to another block type than block_type_id",
+                )));
+            }
+            self.validate_data(schema, &data, &refs).map_err(within)?;
+            let type_name = schema
+                .block_type
+                .as_ref()
+                .map(|t| t.name.clone())
+                .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+            let id = Uuid::new_v4();
+            let document = NewDocument {
+                id,
+                name: body
+                    .name
+                    .unwrap_or_else(|| format!("anonymous-{}", Uuid::new_v4())),
+                is_anonymous: body.is_anonymous,
+                type_name,
+            };
+            prepared.push((document, data, refs, body.block_schema_id));
+        }
+        let mut ids = Vec::with_capacity(prepared.len());
+        let mut worn = Vec::new();
+        let mut tx = self.write.begin().await?;
+        // A create takes the reference-graph lock before the data key; with many documents
+        // in one transaction a later one would take it (or upgrade its share lock on the
+        // key to refill it) after an earlier one's, so an import takes it first, whatever
+        // it holds: imports run one at a time, in the order creates use.
+        self.lock_reference_graph(&mut tx).await?;
+        for (i, (document, data, refs, schema_id)) in prepared.into_iter().enumerate() {
+            ids.push(document.id);
+            let version = NewVersion {
+                data,
+                refs,
+                schema: &schemas[&schema_id],
+                kept: Vec::new(),
+                paths: None,
+                author,
+            };
+            worn.extend(
+                self.insert_document_in(&mut tx, document, version)
+                    .await
+                    .map_err(|e| within_document(i, e))?,
+            );
+        }
+        self.announce_change(&mut tx, &ids).await?;
+        let change = self.changing(&ids);
+        let committed = tx.commit().await;
+        drop(change);
+        committed?;
+        self.feed_committed();
+        for (key, used) in worn {
+            self.after_refill(key, used).await;
+        }
+        Ok(ids)
+    }
+
+    /// A new document `name` equal to `id`'s current version: data, references, schema and
+    /// secrets, which are copied sealed-to-sealed on the server (a value sealed in the
+    /// original stays sealed in the copy, whatever the type's schemas say now). Written by
+    /// `author`.
+    pub async fn duplicate_block_document(
+        &self,
+        id: Uuid,
+        name: &str,
+        author: Option<Uuid>,
+    ) -> Result<BlockDocument> {
+        let check = BlockDocumentCreate {
+            name: Some(name.to_owned()),
+            data: Map::new(),
+            block_schema_id: Uuid::nil(),
+            block_type_id: Uuid::nil(),
+            is_anonymous: false,
+        };
+        check.validate().map_err(|e| StoreError::Invalid(vec![e]))?;
+        let opened = {
+            let mut tx = self.read.begin().await?;
+            self.count_query();
+            let current: i64 =
+                sqlx::query_scalar("select version from block_document where id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(not_found)?;
+            self.open_version(&mut tx, id, current).await?
+        };
+        let OpenedVersion {
+            data,
+            refs,
+            schema_id,
+            sealed,
+        } = opened;
+        let schema = self.read_block_schema(schema_id).await?;
+        let block_type = schema
+            .block_type
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        self.validate_data_without(&schema, &data, &refs, &sealed)?;
+        let copy = Uuid::new_v4();
+        let document = NewDocument {
+            id: copy,
+            name: name.to_owned(),
+            is_anonymous: false,
+            type_name: block_type.name,
+        };
+        let version = NewVersion {
+            data,
+            refs,
+            schema: &schema,
+            kept: sealed,
+            paths: None,
+            author,
+        };
+        self.insert_document(document, version).await?;
+        self.read_block_document(copy, false).await
+    }
+
+    /// Inserts a new document and its first version in one transaction (on SQLite, a
+    /// savepoint in the group commit's transaction).
+    pub(super) async fn insert_document(
+        &self,
+        document: NewDocument,
+        version: NewVersion<'_>,
+    ) -> Result<()> {
+        // A new document changes no tree, but the counts per type.
+        let id = document.id;
+        let worn = match &self.groups {
+            Some(groups) => {
+                let mut slot = groups.write().await?;
+                let mut tx = slot.savepoint().await?;
+                let worn = self.insert_document_in(&mut tx, document, version).await?;
+                tx.commit().await?;
+                let change = self.changing(&[id]);
+                let committed = slot.commit().await;
+                drop(change);
+                committed?;
+                self.feed_committed();
+                worn
+            }
+            None => {
+                let mut tx = self.write.begin().await?;
+                let worn = self.insert_document_in(&mut tx, document, version).await?;
+                self.announce_change(&mut tx, &[id]).await?;
+                let change = self.changing(&[id]);
+                let committed = tx.commit().await;
+                drop(change);
+                committed?;
+                self.feed_committed();
+                worn
+            }
+        };
+        if let Some((key, used)) = worn {
+            self.after_refill(key, used).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn insert_document_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        document: NewDocument,
+        version: NewVersion<'_>,
+    ) -> Result<Option<(Uuid, i64)>> {
+        let NewDocument {
+            id,
+            name,
+            is_anonymous,
+            type_name,
+        } = document;
+        let schema = version.schema;
+        let now = now_micros();
+        self.count_query();
+        let inserted = sqlx::query(
+            "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
+             values ($1, $2, $2, $3, $4, $5, $6, $7, 1)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(&name)
+        .bind(i64::from(is_anonymous))
+        .bind(schema.block_type_id.to_string())
+        .bind(&type_name)
+        .bind(schema.id.to_string())
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if StoreError::is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists("Block already exists".to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.check_failpoint("create_after_document")?;
+        let author = version.author;
+        let worn = self.write_version(tx, id, 1, version).await?;
+        self.record_document_event(tx, EventKind::DocumentCreated, id, author)
+            .await?;
+        self.check_failpoint("create_before_commit")?;
+        Ok(worn)
+    }
+
+    pub(super) fn validate_data(
+        &self,
+        schema: &BlockSchema,
+        data: &Map<String, Value>,
+        refs: &[(String, Uuid)],
+    ) -> Result<()> {
+        self.validate_data_without(schema, data, refs, &[])
+    }
+
+    /// [`Self::validate_data`] without the values at `kept` (stored secrets the write keeps,
+    /// validated when they were written): no answer depends on a secret's value.
+    pub(super) fn validate_data_without(
+        &self,
+        schema: &BlockSchema,
+        data: &Map<String, Value>,
+        refs: &[(String, Uuid)],
+        kept: &[Vec<String>],
+    ) -> Result<()> {
+        let validator = self.validator(schema.id, &schema.fields)?;
+        let ref_fields: Vec<&str> = refs.iter().map(|(f, _)| f.as_str()).collect();
+        validator
+            .validate_without(data, &ref_fields, kept)
+            .map_err(|errors| {
+                StoreError::Invalid(errors.into_iter().map(|e| e.prefixed("data")).collect())
+            })
+    }
+
+    /// Inside a write: checks the references, seals the secrets and appends version
+    /// `number`, then replaces the document's reference rows and prunes old versions.
+    /// Returns the data key used and its encryption count, for the rotation check.
+    pub(super) async fn write_version(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        number: i64,
+        version: NewVersion<'_>,
+    ) -> Result<Option<(Uuid, i64)>> {
+        let NewVersion {
+            mut data,
+            refs,
+            schema,
+            kept,
+            paths,
+            author,
+        } = version;
+        let schema_id = schema.id;
+        self.check_references(tx, id, &refs).await?;
+        let mut paths = match paths {
+            Some(paths) => paths,
+            None => self.secret_paths(tx, schema).await?,
+        };
+        // Once sealed, a kept value stays sealed (a schema deleted since cannot unseal it).
+        paths.extend(kept.iter().map(|segments| SecretPath {
+            segments: segments.clone(),
+            wildcard: false,
+        }));
+        let locations = secret_locations(&data, &paths);
+        if locations.len() > MAX_SEALED_VALUES {
+            return Err(StoreError::invalid(
+                "data",
+                format!("may hold at most {MAX_SEALED_VALUES} secret values"),
+            ));
+        }
+        // Each new secret value is bounded (kept ones were when they were written), so the
+        // sealed part of a document is bounded without measuring what the writer cannot read.
+        for location in &locations {
+            if kept.iter().any(|k| location.starts_with(k)) {
+                continue;
+            }
+            let size = block_types::secret_fields::get_path(&data, location)
+                .map_or(0, |v| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()));
+            if size > MAX_SECRET_BYTES {
+                return Err(StoreError::invalid(
+                    format!("data.{}", location.join(".")),
+                    format!(
+                        "a secret value may be at most {} KiB as JSON",
+                        MAX_SECRET_BYTES >> 10
+                    ),
+                ));
+            }
+        }
+        // The key the secrets are sealed under, and (when this write reserved a new block)
+        // the key's encryption total for the rotation check.
+        let (sealed, key_id, worn) = if locations.is_empty() {
+            (Vec::new(), None, None)
+        } else {
+            let (key, total) = self.reserve_active_key(tx, locations.len()).await?;
+            (
+                seal_secrets(&mut data, &locations, id, &key)?,
+                Some(key.id()),
+                total.map(|t| (key.id(), t)),
+            )
+        };
+        // Measured without the sealed values, so the answer never depends on the size of a
+        // secret the writer may not know (each secret is bounded by the body limit, and
+        // their number by MAX_SEALED_VALUES).
+        check_document_size(&data)?;
+        let ref_map: BTreeMap<&str, String> = refs
+            .iter()
+            .map(|(f, id)| (f.as_str(), id.to_string()))
+            .collect();
+        self.count_query();
+        sqlx::query(
+            "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs, token_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id.to_string())
+        .bind(number)
+        .bind(now_micros())
+        .bind(schema_id.to_string())
+        .bind(to_json(&data))
+        .bind(to_json(&sealed))
+        .bind(key_id.map(|k| k.to_string()))
+        .bind(to_json(&ref_map))
+        .bind(author.map(|a| a.to_string()))
+        .execute(&mut **tx)
+        .await?;
+        self.check_failpoint("after_version")?;
+        if number > 1 {
+            // A new document has no reference rows yet.
+            self.count_query();
+            sqlx::query("delete from block_document_reference where parent_block_document_id = $1")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+        for (field, child) in &refs {
+            self.count_query();
+            sqlx::query(
+                "insert into block_document_reference (parent_block_document_id, name, reference_block_document_id) values ($1, $2, $3)",
+            )
+            .bind(id.to_string())
+            .bind(field)
+            .bind(child.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        self.check_failpoint("after_references")?;
+        if !refs.is_empty() {
+            self.check_tree_size(tx, id).await?;
+        }
+        if let Some(keep) = self.retention_in(tx).await? {
+            self.count_query();
+            sqlx::query(
+                "delete from block_document_version where block_document_id = $1 and version <= $2",
+            )
+            .bind(id.to_string())
+            .bind(number - i64::from(keep.max(1)))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(worn)
+    }
+
+    /// Refuses a write after which the document's resolved tree would expand beyond
+    /// [`MAX_TREE_DOCUMENTS`] (shared children count once per path, as a read expands them).
+    pub(super) async fn check_tree_size(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<()> {
+        self.count_query();
+        let rows = sqlx::query(
+            "with recursive e(parent, name, child) as (\
+             select parent_block_document_id, name, reference_block_document_id from block_document_reference \
+             where parent_block_document_id = $1 \
+             union select r.parent_block_document_id, r.name, r.reference_block_document_id \
+             from block_document_reference r join e on r.parent_block_document_id = e.child) \
+             select parent, child from e",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut children: HashMap<String, Vec<String>> = HashMap::new();
+        for row in rows {
+            children
+                .entry(row.try_get("parent")?)
+                .or_default()
+                .push(row.try_get("child")?);
+        }
+        fn expanded(
+            id: &str,
+            children: &HashMap<String, Vec<String>>,
+            memo: &mut HashMap<String, usize>,
+        ) -> usize {
+            if let Some(n) = memo.get(id) {
+                return *n;
+            }
+            let mut n = 1usize;
+            for child in children.get(id).map(Vec::as_slice).unwrap_or_default() {
+                n = n
+                    .saturating_add(expanded(child, children, memo))
+                    .min(MAX_TREE_DOCUMENTS + 1);
+            }
+            memo.insert(id.to_owned(), n);
+            n
+        }
+        if expanded(&id.to_string(), &children, &mut HashMap::new()) > MAX_TREE_DOCUMENTS {
+            return Err(tree_too_large());
+        }
+        Ok(())
+    }
+
+    /// References must point to existing documents and must not make `id` reachable from
+    /// itself.
+    pub(super) async fn check_references(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        refs: &[(String, Uuid)],
+    ) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        self.lock_reference_graph(tx).await?;
+        let mut sql = Sql::new("select id from block_document where id in ");
+        sql.bind_list(refs.iter().map(|(_, c)| c.to_string()));
+        self.count_query();
+        let found: HashSet<String> = sql
+            .query()
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get("id").ok())
+            .collect();
+        for (field, child) in refs {
+            if *child == id {
+                return Err(StoreError::Cycle(format!(
+                    "Cannot create block document reference: it would introduce a cycle (field '{field}' references the document itself)"
+                )));
+            }
+            if !found.contains(&child.to_string()) {
+                return Err(StoreError::BadReference(FieldError::new(
+                    format!("data.{field}"),
+                    format!("references block document {child}, which does not exist"),
+                )));
+            }
+        }
+        let mut sql =
+            Sql::new("with recursive reach(id) as (select id from block_document where id in ");
+        sql.bind_list(refs.iter().map(|(_, c)| c.to_string()));
+        sql.push(
+            " union select r.reference_block_document_id from block_document_reference r \
+             join reach on r.parent_block_document_id = reach.id) select 1 from reach where id = ",
+        );
+        sql.bind_text(id.to_string());
+        self.count_query();
+        if sql.query().fetch_optional(&mut **tx).await?.is_some() {
+            return Err(StoreError::Cycle(
+                "Cannot create block document reference: it would introduce a cycle".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Locks the document row (PostgreSQL) and returns its current version and schema.
+    pub(crate) async fn lock_document(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+    ) -> Result<(i64, Uuid)> {
+        self.count_query();
+        let row = sqlx::query(&format!(
+            "select version, block_schema_id from block_document where id = $1{}",
+            self.for_no_key_update()
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(not_found)?;
+        Ok((row.try_get("version")?, uuid_col(&row, "block_schema_id")?))
+    }
+
+    /// Every path a document of `schema` keeps sealed: the schema's `secret_fields`, the
+    /// properties its JSON Schema marks secret (`writeOnly`, `format: password`), and the
+    /// same of every other schema of its type and of the built-in type with its slug.
+    /// Secret fields are the type's, not the schema's: a schema registered with fewer of
+    /// them cannot make a value land unsealed.
+    pub(super) async fn secret_paths(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        schema: &BlockSchema,
+    ) -> Result<Vec<SecretPath>> {
+        let slug = schema
+            .block_type
+            .as_ref()
+            .map(|t| t.slug.as_str())
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
+        let mut paths = secret_paths_of(&schema.fields);
+        paths.extend(
+            self.type_secret_paths(conn, schema.block_type_id, slug, true)
+                .await?,
+        );
+        Ok(normalized(&paths))
+    }
+
+    /// The plain data (secrets opened) and references of a stored version.
+    pub(super) async fn open_version(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        version: i64,
+    ) -> Result<OpenedVersion> {
+        self.count_query();
+        let row = sqlx::query(
+            "select data, secrets, refs, block_schema_id from block_document_version where block_document_id = $1 and version = $2",
+        )
+        .bind(id.to_string())
+        .bind(version)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("Block document version {version} not found")))?;
+        let mut data: Map<String, Value> = json_col(&row, "data")?;
+        let sealed: Vec<SealedField> = json_col(&row, "secrets")?;
+        let refs: BTreeMap<String, String> = json_col(&row, "refs")?;
+        let mut keys: HashMap<Uuid, Arc<DataKey>> = HashMap::new();
+        for field in &sealed {
+            let key_id = crate::crypto::sealed_key_id(&field.ciphertext)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(key_id) {
+                slot.insert(self.key(tx, key_id).await?);
+            }
+        }
+        open_secrets(&mut data, &sealed, id, |k| keys.get(&k).map(|a| &**a))?;
+        let refs = refs
+            .into_iter()
+            .map(|(f, c)| Ok((f, parse_uuid(&c)?)))
+            .collect::<Result<_>>()?;
+        Ok(OpenedVersion {
+            data,
+            refs,
+            schema_id: uuid_col(&row, "block_schema_id")?,
+            sealed: sealed.into_iter().map(|f| f.path).collect(),
+        })
+    }
+
+    /// Updates a document as Prefect's PATCH does, with our fixes:
+    ///
+    /// - `merge_existing_data` (the default) merges the new data over the current data
+    ///   (top-level keys); `false` replaces it. A merge without `data` changes nothing.
+    /// - `"********"` sent back at a secret location keeps the stored secret.
+    /// - A merge keeps the references it does not mention; a replace keeps only the
+    ///   references it sends.
+    /// - Moving to another schema (same type only) drops fields the new schema does not
+    ///   define. Moving a document that holds secrets needs [`Rights::read_secrets`]:
+    ///   validating them against the new schema would otherwise tell a `write` token
+    ///   something about them.
+    /// - With `expected_version`, a document at another version is a
+    ///   [`StoreError::VersionConflict`] and nothing changes.
+    pub async fn update_block_document(
+        &self,
+        id: Uuid,
+        body: BlockDocumentUpdate,
+        expected_version: Option<i64>,
+        rights: Rights,
+    ) -> Result<WriteOutcome> {
+        let mut tx = self.write.begin().await?;
+        let (current_version, current_schema_id) = self.lock_document(&mut tx, id).await?;
+        check_expected(expected_version, current_version)?;
+        let new_data = match (body.data, body.merge_existing_data) {
+            (Some(data), _) => data,
+            (None, true) => {
+                return Ok(WriteOutcome {
+                    id,
+                    version: current_version,
+                    changed: false,
+                });
+            }
+            (None, false) => Map::new(),
+        };
+        let OpenedVersion {
+            data: current_data,
+            refs: current_refs,
+            sealed: current_sealed,
+            ..
+        } = self.open_version(&mut tx, id, current_version).await?;
+        // The stored secrets this write keeps (echoed back, or merged in untouched): the
+        // writer may not know them, so nothing it is answered may depend on them.
+        let surviving = surviving_secrets(&new_data, body.merge_existing_data, &current_sealed);
+        let stored_values: Vec<Option<Value>> = surviving
+            .iter()
+            .map(|path| block_types::secret_fields::get_path(&current_data, path).cloned())
+            .collect();
+        let current_schema = self.schema_by_id(&mut *tx, current_schema_id).await?;
+        let target_schema = match body.block_schema_id {
+            Some(schema_id) if schema_id != current_schema_id => {
+                let target = self
+                    .schema_by_id(&mut *tx, schema_id)
+                    .await
+                    .map_err(unknown_schema_is_invalid)?;
+                if target.block_type_id != current_schema.block_type_id {
+                    return Err(StoreError::BadRequest(FieldError::new(
+                        "block_schema_id",
+                        "Must migrate block document to a block schema of the same block type.",
+                    )));
+                }
+                if !surviving.is_empty() && !rights.read_secrets {
+                    return Err(StoreError::Forbidden(FieldError::new(
+                        "block_schema_id",
+                        "moving a document that keeps stored secrets to another schema needs a token with the read-secrets scope (or send every secret value)",
+                    )));
+                }
+                target
+            }
+            _ => current_schema.clone(),
+        };
+
+        // Echoed "********" keep the stored secret, but only where the target schema keeps it
+        // secret too: restoring a value that the new schema stores in clear would unseal it.
+        let mut new_data = new_data;
+        let current_paths = self.secret_paths(&mut tx, &current_schema).await?;
+        // Both schemas are of one type, whose union `current_paths` already holds: the
+        // target's own list goes first only for its shape.
+        let target_paths = if target_schema.id == current_schema.id {
+            current_paths.clone()
+        } else {
+            let mut paths = secret_paths_of(&target_schema.fields);
+            paths.extend(current_paths.iter().cloned());
+            normalized(&paths)
+        };
+        let (kept, dropped): (Vec<_>, Vec<_>) = current_paths
+            .into_iter()
+            .partition(|p| target_paths.iter().any(|t| t.covers(p)));
+        let mut unrestored = restore(&mut new_data, &current_data, &kept);
+        if !dropped.is_empty() {
+            let mut probe = new_data.clone();
+            restore(&mut probe, &current_data, &dropped);
+            if probe != new_data {
+                unrestored.extend(dropped.iter().map(ToString::to_string));
+            }
+        }
+        if !unrestored.is_empty() {
+            return Err(StoreError::Invalid(
+                unrestored
+                    .into_iter()
+                    .map(|path| {
+                        FieldError::new(
+                            format!("data.{path}"),
+                            "\"********\" was sent for a secret that has no stored value here (or is not secret in the target schema); send the real value",
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        let (new_plain, new_refs) = split_data_references(new_data)?;
+        // A merge must not carry a stored secret into a schema that keeps it in clear: that
+        // would let a `write` token make it readable by every `read` token. The caller sends
+        // the value explicitly (or null) to move it.
+        if body.merge_existing_data {
+            let carried: Vec<FieldError> = dropped
+                .iter()
+                .map(ToString::to_string)
+                .filter_map(|path| {
+                    let root = path.split('.').next().unwrap_or_default().to_owned();
+                    let stored = current_data.get(&root).is_some_and(|v| !v.is_null());
+                    (stored && !new_plain.contains_key(&root)).then(|| {
+                        FieldError::new(
+                            format!("data.{root}"),
+                            "this secret is not secret in the target schema; send its value (or null) explicitly to move the document",
+                        )
+                    })
+                })
+                .collect();
+            if !carried.is_empty() {
+                return Err(StoreError::Invalid(carried));
+            }
+        }
+        let (mut data, mut refs) = if body.merge_existing_data {
+            let mut merged = current_data;
+            let mut refs: Vec<(String, Uuid)> = current_refs
+                .into_iter()
+                .filter(|(field, _)| {
+                    !new_plain.contains_key(field) && !new_refs.iter().any(|(f, _)| f == field)
+                })
+                .collect();
+            for (k, v) in new_plain {
+                merged.insert(k, v);
+            }
+            refs.extend(new_refs);
+            for (field, _) in &refs {
+                merged.shift_remove(field);
+            }
+            (merged, refs)
+        } else {
+            (new_plain, new_refs)
+        };
+        if target_schema.id != current_schema_id
+            && let Some(props) = target_schema
+                .fields
+                .get("properties")
+                .and_then(Value::as_object)
+        {
+            data.retain(|k, _| props.contains_key(k));
+            refs.retain(|(k, _)| props.contains_key(k));
+        }
+        // Only what the write really keeps: a value that changed (an echo below a secret
+        // that was not restored, say) is new and validated like any other.
+        let surviving: Vec<Vec<String>> = surviving
+            .into_iter()
+            .zip(stored_values)
+            .filter(|(path, stored)| {
+                let now = block_types::secret_fields::get_path(&data, path);
+                now.is_some() && now == stored.as_ref()
+            })
+            .map(|(path, _)| path)
+            .collect();
+        self.validate_data_without(&target_schema, &data, &refs, &surviving)?;
+
+        let version = NewVersion {
+            data,
+            refs,
+            schema: &target_schema,
+            kept: surviving,
+            paths: Some(target_paths),
+            author: rights.token,
+        };
+        let kind = if target_schema.id == current_schema_id {
+            EventKind::DocumentUpdated
+        } else {
+            EventKind::DocumentSchemaChanged
+        };
+        self.commit_next_version(tx, id, current_version, version, kind)
+            .await
+    }
+
+    /// Inside a write that locked document `id` at `current_version`: makes `version` the
+    /// next one, commits, and hands a newly reserved key block to this process.
+    pub(super) async fn commit_next_version(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        id: Uuid,
+        current_version: i64,
+        version: NewVersion<'_>,
+        kind: EventKind,
+    ) -> Result<WriteOutcome> {
+        let next = current_version + 1;
+        let author = version.author;
+        self.count_query();
+        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
+            .bind(next)
+            .bind(now_micros())
+            .bind(version.schema.id.to_string())
+            .bind(id.to_string())
+            .bind(current_version)
+            .execute(&mut *tx)
+            .await?;
+        let worn = self.write_version(&mut tx, id, next, version).await?;
+        self.record_document_event(&mut tx, kind, id, author)
+            .await?;
+        self.announce_change(&mut tx, &[id]).await?;
+        self.check_failpoint("update_before_commit")?;
+        let change = self.changing(&[id]);
+        let committed = tx.commit().await;
+        drop(change);
+        committed?;
+        self.feed_committed();
+        if let Some((key, used)) = worn {
+            self.after_refill(key, used).await;
+        }
+        Ok(WriteOutcome {
+            id,
+            version: next,
+            changed: true,
+        })
+    }
+
+    /// Deletes a document and its history. Refused while other documents reference it
+    /// (the error names them), or when `expected_version` does not match.
+    pub async fn delete_block_document(
+        &self,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
+        self.delete_block_document_by(id, expected_version, None)
+            .await
+    }
+
+    /// [`Store::delete_block_document`] by `author` (a token id), for the change feed.
+    pub async fn delete_block_document_by(
+        &self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        author: Option<Uuid>,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        // The same lock order as updates: the document row, then the reference graph.
+        let (current_version, _) = self.lock_document(&mut tx, id).await?;
+        self.lock_reference_graph(&mut tx).await?;
+        check_expected(expected_version, current_version)?;
+        self.refuse_if_used(
+            &mut tx,
+            "select t.slug || '/' || d.name from block_document_reference r \
+             join block_document d on d.id = r.parent_block_document_id join block_type t on t.id = d.block_type_id \
+             where r.reference_block_document_id = $1 order by 1",
+            id,
+            "the block document is referenced by other block documents",
+        )
+        .await?;
+        self.record_document_event(&mut tx, EventKind::DocumentDeleted, id, author)
+            .await?;
+        self.count_query();
+        sqlx::query("delete from block_document where id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        self.announce_change(&mut tx, &[id]).await?;
+        let change = self.changing(&[id]);
+        let committed = tx.commit().await;
+        drop(change);
+        committed?;
+        self.feed_committed();
+        Ok(())
+    }
+}
