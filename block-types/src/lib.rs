@@ -36,6 +36,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod block;
 pub mod catalog;
 pub mod checksum;

@@ -247,6 +247,24 @@ pub struct ReferencedBlockDocument {
     pub block_document_references: BTreeMap<String, BlockDocumentReference>,
 }
 
+/// One stored version of a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Version number, from 1.
+    pub version: i64,
+    /// When it was written.
+    pub created: DateTime<Utc>,
+    /// The schema its data follows.
+    pub block_schema_id: Uuid,
+    /// The data key its secrets are sealed under (none when it has no secret value).
+    pub key_id: Option<Uuid>,
+    /// Its references: field → document id.
+    pub references: BTreeMap<String, Uuid>,
+    /// The token that wrote it (none for versions written before authors were recorded,
+    /// and for the server's own writes).
+    pub token_id: Option<Uuid>,
+}
+
 /// Body of `POST /block_documents/`. Its `Debug` lists the data's field names only.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

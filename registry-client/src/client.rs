@@ -13,6 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::encoding::encode;
 use crate::error::Error;
 
 /// Attempts of an idempotent request (connection errors, 429 and 503 are retried).
@@ -21,6 +22,15 @@ const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest `Retry-After` honoured; a longer one is answered as an error at once.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A request's precondition.
+#[derive(Debug, Clone, Copy)]
+enum Condition<'a> {
+    /// `If-None-Match`: a 304 when the entity tag still matches.
+    IfNoneMatch(&'a str),
+    /// `If-Match`: a 412 when it no longer does.
+    IfMatch(&'a str),
+}
 
 /// A block read without a Rust type: its identity and data (secret values in clear, held
 /// in a redacting [`SecretMap`]).
@@ -506,7 +516,14 @@ impl Client {
             return Ok(document.clone());
         }
         let etag = cached.as_ref().map(|(etag, _, _)| etag.clone());
-        let response = self.send_idempotent(&url, etag.as_deref()).await?;
+        let response = self
+            .request(
+                &reqwest::Method::GET,
+                &url,
+                None,
+                etag.as_deref().map(Condition::IfNoneMatch),
+            )
+            .await?;
         if response.status() == StatusCode::NOT_MODIFIED
             && let (Some(cache), Some((etag, _, document))) = (&self.cache, cached)
         {
@@ -540,10 +557,12 @@ impl Client {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(ToOwned::to_owned);
-        let document: BlockDocument = response.json().await.map_err(|e| Error::Http {
-            status: 200,
-            detail: format!("the answer is not a block document: {e}"),
+        let value: Value = response.json().await.map_err(|_| Error::Decode {
+            request: format!("GET {path}"),
+            at: ".".to_owned(),
+            problem: "not JSON".to_owned(),
         })?;
+        let document: BlockDocument = crate::error::decode(value, &format!("GET {path}"))?;
         lock(&self.stats).misses += 1;
         if let Some(etag) = &etag {
             self.remember_etag(document.id, etag);
@@ -573,28 +592,42 @@ impl Client {
             .map_err(|e| Error::Config(format!("bad request path {path:?}: {e}")))
     }
 
-    /// Sends a GET, retrying connection errors, 429 (after `Retry-After`) and 503 with
-    /// backoff. Only idempotent requests come here.
-    async fn send_idempotent(
+    /// The one request path. A GET is retried on connection errors and timeouts, 503,
+    /// and 429 (after `Retry-After`), with backoff; any other method only while the
+    /// connection never got through, so a write that may have landed is not sent twice.
+    async fn request(
         &self,
+        method: &reqwest::Method,
         url: &url::Url,
-        if_none_match: Option<&str>,
+        body: Option<&Value>,
+        condition: Option<Condition<'_>>,
     ) -> Result<reqwest::Response, Error> {
+        let idempotent = *method == reqwest::Method::GET;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            let mut request = self.http.get(url.clone());
+            let mut request = self.http.request(method.clone(), url.clone());
             if let Some(key) = self.bearer().await? {
                 request = request.bearer_auth(key.expose_secret());
             }
-            if let Some(etag) = if_none_match {
-                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+            if let Some(body) = body {
+                request = request.json(body);
             }
+            request = match condition {
+                Some(Condition::IfNoneMatch(etag)) => {
+                    request.header(reqwest::header::IF_NONE_MATCH, etag)
+                }
+                Some(Condition::IfMatch(etag)) => request.header(reqwest::header::IF_MATCH, etag),
+                None => request,
+            };
             let outcome = request.send().await;
             let wait = match &outcome {
-                Err(e) if e.is_connect() || e.is_timeout() => Some(backoff),
-                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => Some(backoff),
-                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Err(e) if e.is_connect() => Some(backoff),
+                Err(e) if idempotent && e.is_timeout() => Some(backoff),
+                Ok(r) if idempotent && r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    Some(backoff)
+                }
+                Ok(r) if idempotent && r.status() == StatusCode::TOO_MANY_REQUESTS => {
                     retry_after(r).filter(|d| *d <= MAX_RETRY_AFTER)
                 }
                 _ => None,
@@ -663,65 +696,9 @@ impl Client {
         }
     }
 
-    /// GET an API path (relative to the API URL, e.g. `tokens`) as JSON, retried like
-    /// loads; an error answer becomes an [`Error`] (a 404 is [`Error::Http`] with the
-    /// server's words).
-    pub async fn get_json(&self, path: &str) -> Result<Value, Error> {
-        self.success(self.read_json(path).await?)
-    }
-
-    /// [`Client::get_json`] with the answer's `ETag`.
-    pub async fn get_json_tagged(&self, path: &str) -> Result<(Value, Option<String>), Error> {
-        let (status, value, etag) = self.read_json(path).await?;
-        if status.is_success() {
-            Ok((value, etag))
-        } else {
-            Err(self.error(status, &value, None))
-        }
-    }
-
-    /// [`Client::send_json`] on the condition `If-Match: etag` (a 412 is
-    /// [`Error::Http`] with status 412).
-    pub async fn send_json_if_match(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &Value,
-        etag: Option<&str>,
-    ) -> Result<Value, Error> {
-        let answer = self.write(method, path, Some(body), etag).await?;
-        self.after_write();
-        self.success(answer)
-    }
-
-    /// Sends `method` to an API path with an optional JSON body and returns the JSON
-    /// answer (`null` when empty). Not retried once the request may have landed.
-    pub async fn send_json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, Error> {
-        let answer = self.write(method, path, body, None).await?;
-        self.after_write();
-        self.success(answer)
-    }
-
-    /// A GET of the save path (retried like loads): the status, the JSON body and the
-    /// `ETag`.
-    pub(crate) async fn read_json(
-        &self,
-        path: &str,
-    ) -> Result<(StatusCode, Value, Option<String>), Error> {
-        let url = self.url(path)?;
-        let response = self.send_idempotent(&url, None).await?;
-        self.answer(response).await
-    }
-
-    /// Sends one request of the save path and returns the status, the JSON body and the
-    /// `ETag`. Only a connection that never got through is retried: a write that may have
-    /// landed is not sent twice.
-    pub(crate) async fn write(
+    /// Sends one request through [`Client::request`] and returns the status, the JSON body
+    /// (`null` when empty) and the `ETag`; `if_match` makes a write conditional.
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -729,36 +706,18 @@ impl Client {
         if_match: Option<&str>,
     ) -> Result<(StatusCode, Value, Option<String>), Error> {
         let url = self.url(path)?;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 1;
-        let response = loop {
-            let mut request = self.http.request(method.clone(), url.clone());
-            if let Some(key) = self.bearer().await? {
-                request = request.bearer_auth(key.expose_secret());
-            }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            if let Some(etag) = if_match {
-                request = request.header(reqwest::header::IF_MATCH, etag);
-            }
-            match request.send().await {
-                Err(e) if e.is_connect() && attempt < ATTEMPTS => {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(Error::Unreachable {
-                        url: without_query(&url),
-                        source_of_url: self.config.source.clone(),
-                        reason: reason(e),
-                    });
-                }
-                Ok(response) => break response,
-            }
-        };
+        let response = self
+            .request(&method, &url, body, if_match.map(Condition::IfMatch))
+            .await?;
         self.answer(response).await
+    }
+
+    /// A GET of an API path: the status, the JSON body and the `ETag`.
+    pub(crate) async fn read_json(
+        &self,
+        path: &str,
+    ) -> Result<(StatusCode, Value, Option<String>), Error> {
+        self.send(reqwest::Method::GET, path, None, None).await
     }
 
     /// An answer as (status, JSON body or `null`, `ETag`); a 429 is [`Error::RateLimited`].
@@ -778,18 +737,6 @@ impl Client {
             return Err(self.error(status, &value, retry));
         }
         Ok((status, value, etag))
-    }
-
-    /// The body of a successful answer, or the answer's [`Error`].
-    fn success(
-        &self,
-        (status, value, _): (StatusCode, Value, Option<String>),
-    ) -> Result<Value, Error> {
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(self.error(status, &value, None))
-        }
     }
 }
 
@@ -870,13 +817,6 @@ fn without_query(url: &url::Url) -> String {
     url.set_query(None);
     let _ = url.set_password(None);
     url.to_string()
-}
-
-/// A path segment, percent-encoded.
-pub(crate) fn encode(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,4 +1,5 @@
-//! Percent-encoding shared by the capability features.
+//! Percent-encoding of path segments and URL parts, shared by the API calls and the
+//! capability features.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
@@ -12,7 +13,6 @@ pub(crate) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// `text` with everything but unreserved characters percent-encoded.
-#[cfg(feature = "docker")]
 pub(crate) fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }

@@ -96,4 +96,46 @@ pub enum Error {
         /// The server's words.
         detail: String,
     },
+    /// A successful answer this client cannot read: another version of the API, or not a
+    /// blocks server. Names where the answer differs, never a value from it.
+    #[error(
+        "the answer to {request} is not what this client reads (at {at}: {problem}); is the server a blocks registry of a matching version?"
+    )]
+    Decode {
+        /// The request, `GET block_types/slug/…`.
+        request: String,
+        /// Where in the answer (`.` for the whole, `[3].scopes`, …).
+        at: String,
+        /// What kind of difference.
+        problem: String,
+    },
+    /// A listing that would not end: more items than one listing reads, or pages that
+    /// repeat themselves.
+    #[error("stopped reading the listing {path}: {reason}")]
+    Paging {
+        /// The route listed.
+        path: String,
+        /// Why it stopped.
+        reason: String,
+    },
+}
+
+/// Decodes an answer's JSON into `T`. The error names the place and the kind of problem
+/// only: serde's own messages quote the offending value, which may be a secret.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    request: &str,
+) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let problem = match e.inner().classify() {
+            serde_json::error::Category::Data => "a missing field or a value of another type",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+            serde_json::error::Category::Io => "unreadable",
+        };
+        Error::Decode {
+            request: request.to_owned(),
+            at: e.path().to_string(),
+            problem: problem.to_owned(),
+        }
+    })
 }

@@ -57,6 +57,7 @@
 
 #![deny(missing_docs)]
 
+mod api;
 mod client;
 mod config;
 mod error;
@@ -66,7 +67,6 @@ mod watch;
 
 #[cfg(feature = "docker")]
 pub mod docker;
-#[cfg(any(feature = "docker", feature = "gcp", feature = "sqlalchemy"))]
 mod encoding;
 #[cfg(feature = "gcp")]
 pub mod gcp;
@@ -75,6 +75,7 @@ pub mod sqlalchemy;
 
 use std::sync::OnceLock;
 
+pub use api::{AuditFilter, MAX_LISTED_ITEMS, NewToken};
 pub use block_types;
 pub use client::{CacheStats, Client, JsonBlock};
 pub use config::{Config, ConfigSource, Profile};

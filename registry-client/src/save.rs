@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use crate::client::{Client, encode, lock, without_values};
+use crate::client::{Client, lock, without_values};
+use crate::encoding::encode;
 use crate::error::Error;
 
 /// How many loaded documents a client remembers (to save nested blocks as references).
@@ -201,7 +202,7 @@ impl Client {
             Err(e) => {
                 for id in created.0 {
                     let _ = self
-                        .write(Method::DELETE, &format!("block_documents/{id}"), None, None)
+                        .send(Method::DELETE, &format!("block_documents/{id}"), None, None)
                         .await;
                 }
                 Err(e)
@@ -225,7 +226,7 @@ impl Client {
             "is_anonymous": false,
         });
         let (status, value, _) = self
-            .write(Method::POST, "block_documents/", Some(&body), None)
+            .send(Method::POST, "block_documents/", Some(&body), None)
             .await?;
         if status.is_success() {
             return document_id(&value, status);
@@ -252,7 +253,7 @@ impl Client {
         let update =
             json!({"block_schema_id": schema_id, "data": data, "merge_existing_data": false});
         let (status, value, _) = self
-            .write(
+            .send(
                 Method::PATCH,
                 &format!("block_documents/{id}"),
                 Some(&update),
@@ -300,7 +301,7 @@ impl Client {
                         "is_anonymous": true,
                     });
                     let (status, value, _) = self
-                        .write(Method::POST, "block_documents/", Some(&body), None)
+                        .send(Method::POST, "block_documents/", Some(&body), None)
                         .await?;
                     if !status.is_success() {
                         return Err(self.error(status, &value, None));
@@ -326,7 +327,7 @@ impl Client {
             StatusCode::NOT_FOUND => {
                 let body = serde_json::to_value(spec.block_type.to_create()).unwrap_or(Value::Null);
                 let (status, value, _) = self
-                    .write(Method::POST, "block_types/", Some(&body), None)
+                    .send(Method::POST, "block_types/", Some(&body), None)
                     .await?;
                 if status == StatusCode::CONFLICT {
                     // Another client registered it meanwhile.
@@ -349,7 +350,7 @@ impl Client {
         })?;
         let body = serde_json::to_value(spec.to_schema_create(ty.id)).unwrap_or(Value::Null);
         let (status, value, _) = self
-            .write(Method::POST, "block_schemas/", Some(&body), None)
+            .send(Method::POST, "block_schemas/", Some(&body), None)
             .await?;
         if !status.is_success() {
             return Err(self.error(status, &value, None));

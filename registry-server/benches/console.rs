@@ -24,7 +24,7 @@ use block_types::model::BlockDocumentCreate;
 use block_types::references::reference_value;
 use block_types::{Block, BlockSpec};
 use registry_server::crypto::MasterKey;
-use registry_server::http::{AppState, app, register_collection};
+use registry_server::http::{AppState, app};
 use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
@@ -268,7 +268,7 @@ async fn run(
     requests: usize,
     weights: bool,
 ) {
-    register_collection(&store, Collection::Core).await.unwrap();
+    store.register_collection(Collection::Core).await.unwrap();
     let bucket = seed(&store, url, backend, documents).await;
     let state = AppState::new(store.clone());
     let session = sign_in(&state).await;

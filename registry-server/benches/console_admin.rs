@@ -27,7 +27,7 @@ use block_types::catalog::{Collection, Secret};
 use block_types::model::BlockDocumentCreate;
 use block_types::{Block, BlockSpec};
 use registry_server::crypto::MasterKey;
-use registry_server::http::{AppState, app, register_collection};
+use registry_server::http::{AppState, app};
 use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
@@ -316,7 +316,7 @@ fn writers() -> usize {
 
 async fn rotation_bench(backend: &str, url: &str, documents: usize) {
     let store = open(url).await;
-    register_collection(&store, Collection::Core).await.unwrap();
+    store.register_collection(Collection::Core).await.unwrap();
     let (ty, schema) = schema_of(&store, &Secret::spec()).await;
     let started = Instant::now();
     // Written through the store's import (validated and sealed as creates are), 5,000 a

@@ -19,7 +19,7 @@ use block_types::catalog::GcpCredentials;
 use block_types::{Block, BlockSpec};
 use futures::StreamExt as _;
 use registry_server::crypto::MasterKey;
-use registry_server::http::{AppState, app, register_collection};
+use registry_server::http::{AppState, app};
 use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
@@ -260,7 +260,9 @@ async fn run(backend: &str, url: &str, replica_url: Option<&str>) {
         .unwrap_or(50);
     let key = MasterKey::generate().unwrap();
     let a = node(url, &key).await;
-    register_collection(&a.state.store, block_types::catalog::Collection::Core)
+    a.state
+        .store
+        .register_collection(block_types::catalog::Collection::Core)
         .await
         .unwrap();
     let ids = register(&a.state.store, &GcpCredentials::spec()).await;

@@ -32,7 +32,6 @@ use block_types::catalog::Collection;
 use block_types::model::{BlockDocumentCreate, BlockSchemaCreate, BlockTypeCreate};
 use block_types::references::reference_value;
 use registry_server::crypto::MasterKey;
-use registry_server::http::register_collection;
 use registry_server::store::{MasterKeySource, Rights, Store, StoreConfig};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
@@ -308,8 +307,8 @@ async fn open(url: &str, key: &MasterKey) -> Arc<Store> {
 
 /// The course's pair, the admin token, and the 50 types; returns the token.
 async fn prepare(store: &Store) -> String {
-    register_collection(store, Collection::Core).await.unwrap();
-    register_collection(store, Collection::Gcp).await.unwrap();
+    store.register_collection(Collection::Core).await.unwrap();
+    store.register_collection(Collection::Gcp).await.unwrap();
     let creds = schema_of(store, "gcp-credentials").await;
     let bucket = schema_of(store, "gcs-bucket").await;
     let key = create(

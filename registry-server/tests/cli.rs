@@ -769,15 +769,15 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
     });
     let anonymous = |home: &Path| -> usize {
         runtime.block_on(async {
-            let found = client_for(home)
-                .send_json(
-                    registry_client::Method::POST,
-                    "block_documents/filter",
-                    Some(&serde_json::json!({"block_documents": {"is_anonymous": {"eq_": true}}})),
-                )
+            let filter: block_types::model::BlockDocumentFilterBody = serde_json::from_value(
+                serde_json::json!({"block_documents": {"is_anonymous": {"eq_": true}}}),
+            )
+            .unwrap();
+            client_for(home)
+                .block_documents(&filter)
                 .await
-                .unwrap();
-            found.as_array().unwrap().len()
+                .unwrap()
+                .len()
         })
     };
     assert_eq!(anonymous(a), 1);

@@ -5,7 +5,10 @@ use anyhow::{Context, bail};
 use registry_client::Method;
 use serde_json::{Value, json};
 
-use super::{Format, block_path, client, or_missing, print, split_address, text, write_private};
+use super::documents::block_path;
+use super::output::{Format, print, text};
+use super::transfer::write_private;
+use super::{client, or_missing, split_address};
 
 /// `blocks edit SLUG/NAME`: opens `$EDITOR` (else `vi`) on the block's data as JSON, secrets
 /// shown as `"********"` and kept unless changed; the write is conditional on the version
@@ -18,7 +21,7 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
     let client = client()?;
     let (slug, name) = split_address(address)?;
     let (doc, etag) = client
-        .get_json_tagged(&block_path(slug, name))
+        .call_tagged::<(), Value>(Method::GET, &block_path(slug, name), None, None)
         .await
         .map_err(or_missing(format!("block {slug}/{name} on the server")))?;
     let id = text(&doc["id"]);
@@ -91,7 +94,7 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
     let path = format!("block_documents/{id}");
     let body = json!({"data": data, "merge_existing_data": false});
     let outcome = tokio::select! {
-        outcome = client.send_json_if_match(Method::PATCH, &path, &body, etag.as_deref()) => outcome,
+        outcome = client.call_tagged::<_, Value>(Method::PATCH, &path, Some(&body), etag.as_deref()) => outcome,
         signal = interruption.recv() => bail!(
             "interrupted by {signal} while saving: the change may or may not have been written (see blocks history {address})"
         ),

@@ -7,7 +7,7 @@ use block_types::ChangeEvent;
 use futures::StreamExt as _;
 use registry_client::{Watch, WatchEvent};
 
-use super::Format;
+use super::output::Format;
 
 /// `blocks watch [--type SLUG] [--name GLOB] [--json]`: runs until interrupted, or until
 /// the server refuses the stream for good (a revoked token, a bad filter).

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Format, client, emit, print, text};
+use super::client;
+use super::output::{Format, emit, print, text};
+use registry_client::Method;
 
 /// `blocks webhook …`.
 #[derive(Debug, clap::Subcommand)]
@@ -98,7 +100,9 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
     let client = client()?;
     match command {
         WebhookCommand::Ls => {
-            let all = client.get_json("webhooks").await?;
+            let all = client
+                .call::<(), Value>(Method::GET, "webhooks", None)
+                .await?;
             let hooks: Vec<Webhook> = serde_json::from_value(all.clone())?;
             let rows: Vec<Vec<String>> = hooks
                 .iter()
@@ -132,7 +136,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
                 "filter": {"type": block_type, "name": name, "kinds": kinds},
             });
             let created = client
-                .send_json(reqwest::Method::POST, "webhooks", Some(&body))
+                .call::<_, Value>(Method::POST, "webhooks", Some(&body))
                 .await?;
             match format {
                 Format::Json => emit(&serde_json::to_string_pretty(&created)?),
@@ -147,7 +151,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
         }
         WebhookCommand::Delete { id } => {
             client
-                .send_json(reqwest::Method::DELETE, &id_path(id, "")?, None)
+                .call::<(), Value>(Method::DELETE, &id_path(id, "")?, None)
                 .await?;
             if format == Format::Table {
                 emit(&format!("webhook {id} deleted"));
@@ -157,7 +161,11 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
         }
         WebhookCommand::Deliveries { id, limit } => {
             let all = client
-                .get_json(&id_path(id, &format!("/deliveries?limit={limit}"))?)
+                .call::<(), Value>(
+                    Method::GET,
+                    &id_path(id, &format!("/deliveries?limit={limit}"))?,
+                    None,
+                )
                 .await?;
             let deliveries: Vec<Delivery> = serde_json::from_value(all.clone())?;
             let rows: Vec<Vec<String>> = deliveries
@@ -191,7 +199,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
         }
         WebhookCommand::Test { id } => {
             let result = client
-                .send_json(reqwest::Method::POST, &id_path(id, "/test")?, None)
+                .call::<(), Value>(Method::POST, &id_path(id, "/test")?, None)
                 .await?;
             match format {
                 Format::Json => emit(&serde_json::to_string_pretty(&result)?),

@@ -259,7 +259,7 @@ pub(super) async fn register(
                     format!("collection: there is no built-in collection \"{name}\""),
                 )
             })?;
-            crate::http::register_collection(&state.store, collection).await?;
+            state.store.register_collection(collection).await?;
             Ok((
                 axum::response::Redirect::to("/catalog").into_response(),
                 None,

@@ -28,6 +28,7 @@ use super::layout::{self, Nav, Page, form_token};
 use super::session::{FormPairs, audited};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
+use crate::store::TokenAccess as _;
 use crate::store::{DocumentQuery, Scope, StoreError};
 
 /// Block types a form offers reference pickers for, at most.

@@ -17,7 +17,7 @@ use serde_json::json;
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
-use crate::http::{AppState, AuthGuard, app, register_collection};
+use crate::http::{AppState, AuthGuard, app};
 use crate::store::tests::harness::{TestDb, create, on_both, register};
 use crate::store::{AuditQuery, Scope, Store, TokenCreate};
 
@@ -173,7 +173,7 @@ async fn setup(db: &TestDb) -> Ctx {
 
 async fn setup_with(db: &TestDb, guard: AuthGuard) -> Ctx {
     let store = Arc::new(db.open().await);
-    register_collection(&store, Collection::Core).await.unwrap();
+    store.register_collection(Collection::Core).await.unwrap();
     let (admin, admin_id) = token(&store, &[Scope::Admin]).await;
     let state = AppState::with_guard(store, guard);
     Ctx {

@@ -17,7 +17,7 @@ use tower::ServiceExt as _;
 use uuid::Uuid;
 
 use super::routes::{Access, Kind};
-use super::{AppState, AuthGuard, all_routes, app, register_collection};
+use super::{AppState, AuthGuard, all_routes, app};
 use crate::store::tests::harness::{TestDb, create, on_both, register};
 use crate::store::{AuditQuery, AuditRecord, Scope, Store, TokenCreate};
 
@@ -113,7 +113,7 @@ pub(super) struct Ctx {
 
 pub(super) async fn setup(db: &TestDb, guard: AuthGuard) -> Ctx {
     let store = Arc::new(db.open().await);
-    register_collection(&store, Collection::Core).await.unwrap();
+    store.register_collection(Collection::Core).await.unwrap();
     let (admin, _) = token(&store, &[Scope::Admin]).await;
     let state = AppState::with_guard(store, guard);
     Ctx {

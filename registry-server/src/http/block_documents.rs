@@ -197,16 +197,6 @@ async fn precondition(
     }
 }
 
-/// A write that expected a version another writer replaced in the meantime.
-fn lost_race(e: crate::store::StoreError) -> ApiError {
-    match e {
-        crate::store::StoreError::VersionConflict { .. } => ApiError::PreconditionFailed(
-            "the document changed while the conditional write ran; read it again and retry".into(),
-        ),
-        other => other.into(),
-    }
-}
-
 async fn update(
     State(state): St,
     Id(id): Id,
@@ -222,8 +212,7 @@ async fn update(
     state
         .store
         .update_block_document(id, body, expected, caller.rights_on(doc.as_ref()))
-        .await
-        .map_err(lost_race)?;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -239,7 +228,7 @@ async fn delete_document(
         .store
         .delete_block_document_by(id, expected, caller.rights().token)
         .await
-        .map_err(|e| lost_race(grants::visible_referrers(&caller, e)))?;
+        .map_err(|e| grants::visible_referrers(&caller, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -313,7 +302,6 @@ async fn rollback(
     let outcome = state
         .store
         .rollback_block_document(id, version, expected, caller.rights().token)
-        .await
-        .map_err(lost_race)?;
+        .await?;
     Ok(Json(json!({"id": outcome.id, "version": outcome.version})))
 }

@@ -14,7 +14,6 @@ use serde_json::Value;
 use super::extract::{Body, Caller, Id, IncludeSecrets};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
-use crate::store::{Rights, Store};
 
 pub(super) fn routes() -> Vec<Route> {
     let routes = vec![
@@ -176,25 +175,10 @@ async fn install_system_block_types(State(state): St, caller: Caller) -> ApiResu
     for spec in Collection::Core.specs() {
         super::grants::check_type(&caller, &spec.block_type.slug)?;
     }
-    register_collection(&state.store, Collection::Core).await?;
+    state.store.register_collection(Collection::Core).await?;
     Ok(Json(Value::Null))
 }
 
 async fn capabilities(State(state): St) -> ApiResult<Json<Vec<String>>> {
     Ok(Json(state.store.block_capabilities().await?))
-}
-
-/// Registers a built-in collection: each type (leaving existing metadata alone) and its
-/// current schema.
-pub async fn register_collection(
-    store: &Store,
-    collection: Collection,
-) -> Result<(), crate::store::StoreError> {
-    for spec in collection.specs() {
-        let ty = store.ensure_block_type(&spec.block_type, false).await?;
-        store
-            .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
-            .await?;
-    }
-    Ok(())
 }

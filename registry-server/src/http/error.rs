@@ -146,11 +146,16 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(m)
             | StoreError::MissingBlockType(m)
             | StoreError::Conflict(m) => Self::Conflict(m),
-            e @ (StoreError::VersionConflict { .. } | StoreError::InUse { .. }) => {
-                Self::Conflict(e.to_string())
-            }
+            // Over HTTP, an expected version comes only from `If-Match`.
+            StoreError::VersionConflict { .. } => Self::PreconditionFailed(
+                "the document changed while the conditional write ran; read it again and retry"
+                    .into(),
+            ),
+            e @ StoreError::InUse { .. } => Self::Conflict(e.to_string()),
             StoreError::Cycle(m) => Self::BadRequest(m),
-            StoreError::BadReference(e) | StoreError::BadRequest(e) => Self::BadRequest(e.to_string()),
+            StoreError::BadReference(e) | StoreError::BadRequest(e) => {
+                Self::BadRequest(e.to_string())
+            }
             StoreError::Invalid(errors) => {
                 // Prefect answers a bad limit with a plain 422 detail.
                 if let [e] = errors.as_slice()
@@ -164,33 +169,12 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(e) => Self::Forbidden(e.to_string()),
             StoreError::TooLarge(m) => Self::Unprocessable(m),
             StoreError::Unreadable(m) => Self::Unreadable(m),
-            StoreError::Database(sqlx::Error::PoolTimedOut) => {
-                Self::Unavailable("database pool timed out".into())
-            }
-            StoreError::Database(e) if is_busy(&e) => Self::Unavailable(e.to_string()),
-            // A write that raced another on a unique key or a row being deleted: the request
-            // is sound but conflicts with the current state.
-            StoreError::Database(sqlx::Error::Database(db))
-                if matches!(db.code().as_deref(), Some("23505" | "23503" | "2067" | "787" | "1555")) =>
-            {
-                Self::Conflict("the request conflicts with a concurrent change; read the current state and retry".into())
-            }
+            StoreError::Busy(e) => Self::Unavailable(e.to_string()),
+            StoreError::Raced(_) => Self::Conflict(
+                "the request conflicts with a concurrent change; read the current state and retry"
+                    .into(),
+            ),
             other => Self::Internal(other.to_string()),
         }
-    }
-}
-
-/// A condition a retry can clear: SQLite busy, PostgreSQL deadlock or serialization
-/// failure, a lost connection. Prefect clients retry 503.
-fn is_busy(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            let message = db.message();
-            matches!(db.code().as_deref(), Some("40P01" | "40001" | "55P03"))
-                || message.contains("database is locked")
-                || message.contains("busy")
-        }
-        sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
-        _ => false,
     }
 }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use crate::store::TokenAccess as _;
 use crate::store::{Rights, Scope, TokenInfo};
 
 /// A JSON body. Malformed JSON, wrong types and unknown fields are a 422 naming the field;

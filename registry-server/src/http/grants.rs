@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 
 use super::extract::Caller;
 use super::{ApiError, ApiResult, AppState};
+use crate::store::TokenAccess as _;
 use crate::store::{Identity, Reach, Rights, Scope, StoreError, TokenInfo};
 
 const NOT_FOUND: &str = "Block document not found";

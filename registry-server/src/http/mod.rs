@@ -36,7 +36,6 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use self::block_types::register_collection;
 pub use audit::AuditLog;
 pub use auth::AuthGuard;
 pub use error::ApiError;

@@ -9,7 +9,6 @@ use block_types::references::reference_value;
 use serde_json::{Value, json};
 
 use super::auth_tests::{Resp, get, lenient, secret_doc, send, setup, token};
-use super::register_collection;
 use crate::store::Scope;
 use crate::store::tests::harness::on_both;
 
@@ -42,7 +41,7 @@ async fn a_write_token_cannot_make_secrets_land_unsealed_or_probe_them() {
     on_both(async |db| {
         let ctx = setup(db, lenient()).await;
         let store = &ctx.state.store;
-        register_collection(store, Collection::Gcp).await.unwrap();
+        store.register_collection(Collection::Gcp).await.unwrap();
         let (writer, _) = token(store, &[Scope::Write]).await;
         let (reader, _) = token(store, &[Scope::Read]).await;
         let secret_type = store.read_block_type_by_slug("secret").await.unwrap();
@@ -174,7 +173,7 @@ async fn document_data_and_answers_are_bounded_in_bytes() {
     on_both(async |db| {
         let ctx = setup(db, lenient()).await;
         let store = &ctx.state.store;
-        register_collection(store, Collection::Gcp).await.unwrap();
+        store.register_collection(Collection::Gcp).await.unwrap();
         let (writer, _) = token(store, &[Scope::Write]).await;
         let (reader, _) = token(store, &[Scope::Read]).await;
         let gcp_type = store.read_block_type_by_slug("gcp-credentials").await.unwrap();

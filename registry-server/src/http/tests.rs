@@ -10,7 +10,7 @@ use block_types::catalog::Collection;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use super::{AppState, app, register_collection};
+use super::{AppState, app};
 use crate::store::tests::harness::{TestDb, on_both};
 
 const CANARY: &str = "canary-api-71b3e0";
@@ -19,7 +19,7 @@ const CANARY: &str = "canary-api-71b3e0";
 /// sets its own `Authorization`.
 async fn test_app(db: &TestDb) -> (Router, AppState) {
     let store = Arc::new(db.open().await);
-    register_collection(&store, Collection::Core).await.unwrap();
+    store.register_collection(Collection::Core).await.unwrap();
     let token = admin_token(&store).await;
     let state = AppState::new(store);
     (with_token(app(state.clone()), token), state)

@@ -206,7 +206,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot open the store at {}", redact_url(&database_url)))?;
     let store = Arc::new(store);
-    http::register_collection(&store, Collection::Core)
+    store
+        .register_collection(Collection::Core)
         .await
         .context("cannot register the core blocks")?;
 

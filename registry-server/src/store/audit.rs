@@ -8,31 +8,9 @@ use uuid::Uuid;
 
 use sqlx::Executor as _;
 
-use super::{Backend, Result, Store, StoreError, parse_uuid, to_time};
+use block_types::access::AuditRecord;
 
-/// One audit record. It names who (token id), what (action and target), the request id,
-/// how it ended and when; it never holds a value from a document.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AuditRecord {
-    /// Position in the log; later records have larger numbers.
-    pub seq: i64,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// The request's `x-request-id` (or the events connection's id).
-    pub request_id: String,
-    /// The token that made the request, when one was recognised.
-    pub token_id: Option<Uuid>,
-    /// What was done: `POST /api/block_documents/`, `block.loaded`, …
-    pub action: String,
-    /// What it was done to: the request path (document ids in canonical form; a secret
-    /// read adds the ids of the documents it showed), or the loaded block's resource id.
-    pub target: String,
-    /// `ok`, `denied`, `failed` (the request was refused as bad input or a conflict) or
-    /// `error` (the server failed).
-    pub outcome: String,
-    /// The HTTP status answered (101 for events over the socket).
-    pub status: u16,
-}
+use super::{Backend, Result, Store, StoreError, parse_uuid, to_time};
 
 /// A record to append; `seq` is assigned by the database.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::grants::{self, Grant};
-use super::tokens::Ttl;
+use block_types::access::{Grant, Ttl};
+
 use super::{Result, Scope, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
 
 /// The longest lifetime a role may give its tokens.
@@ -123,9 +123,9 @@ impl Role {
 
 fn claim_matches(pattern: &str, value: &serde_json::Value) -> bool {
     match value {
-        serde_json::Value::String(s) => grants::glob(pattern, s),
+        serde_json::Value::String(s) => block_types::access::glob(pattern, s),
         serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-            grants::glob(pattern, &value.to_string())
+            block_types::access::glob(pattern, &value.to_string())
         }
         _ => false,
     }
@@ -362,7 +362,10 @@ impl Store {
                 "a workload identity cannot sign in as admin: give the role read, read-secrets or write",
             ));
         }
-        errors.extend(grants::check(&body.scopes, &body.grants));
+        errors.extend(block_types::access::check_grants(
+            &body.scopes,
+            &body.grants,
+        ));
         let ttl = body.ttl.map_or(DEFAULT_ROLE_TTL, |t| t.0);
         if ttl < std::time::Duration::from_secs(1) || ttl > MAX_ROLE_TTL {
             errors.push(FieldError::new(

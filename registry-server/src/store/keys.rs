@@ -9,6 +9,7 @@ use sqlx::{AnyPool, Row};
 use uuid::Uuid;
 
 use block_types::EventKind;
+use block_types::access::{KeyInfo, KeyStatus};
 
 use super::events::Subject;
 use super::{Keyring, MasterKeySource, Result, Store, StoreError, now_micros, parse_uuid, to_json};
@@ -16,32 +17,6 @@ use crate::crypto::{CryptoError, DataKey, KdfParams, MasterKey, SealedField, ope
 
 const KEY_CHECK: &str = "key_check";
 const KDF_PARAMS: &str = "kdf_params";
-
-/// One data key as [`Store::key_status`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct KeyInfo {
-    /// The key's id.
-    pub id: Uuid,
-    /// `active`, `retired` or `destroyed`.
-    pub state: String,
-    /// Values encrypted under it so far.
-    pub encryptions: i64,
-    /// Document versions whose secrets are sealed under it.
-    pub versions: i64,
-    /// Documents whose current version is sealed under it.
-    pub documents: i64,
-}
-
-/// The store's keys.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct KeyStatus {
-    /// The key new writes use.
-    pub active: Uuid,
-    /// Every key, oldest first.
-    pub keys: Vec<KeyInfo>,
-    /// Whether the master key is derived from a passphrase.
-    pub passphrase: bool,
-}
 
 async fn metadata(pool: &AnyPool, key: &str) -> Result<Option<String>> {
     Ok(

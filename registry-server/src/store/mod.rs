@@ -43,24 +43,27 @@ use uuid::Uuid;
 
 use crate::crypto::{CryptoError, DataKey, MasterKey};
 
-pub use audit::{AuditQuery, AuditRecord, NewAuditRecord};
+pub use audit::{AuditQuery, NewAuditRecord};
+pub use block_types::access::{
+    AuditRecord, ChildTokenCreate, Grant, KeyInfo, KeyStatus, MAX_GRANTS, Scope, Selector,
+    TokenCreate, TokenInfo, Ttl,
+};
+pub(crate) use block_types::access::{check_grants, glob};
+pub use block_types::model::VersionInfo;
 pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
-pub use documents::{MAX_IMPORT, Tagged, VersionInfo, WriteOutcome};
+pub use documents::{MAX_IMPORT, Tagged, WriteOutcome};
 pub use events::{
     DEFAULT_EVENT_RETENTION_HOURS, EventFilter, FeedEvent, MAX_FILTER_GLOB, Position, Resume,
 };
-pub(crate) use grants::check as check_grants;
-pub(crate) use grants::glob;
-pub use grants::{Grant, Identity, MAX_GRANTS, Reach, Selector};
+pub use grants::{Identity, Reach};
 pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig, public_keys};
-pub use keys::{KeyInfo, KeyStatus};
 pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
-    ChildTokenCreate, CreatedToken, EXPIRED_TOKENS_KEPT, MAX_CHILD_TTL, Scope, TOKEN_PREFIX,
-    TokenCreate, TokenInfo, TokenRejection, Ttl, token_digest,
+    CreatedToken, EXPIRED_TOKENS_KEPT, MAX_CHILD_TTL, TOKEN_PREFIX, TokenAccess, TokenRejection,
+    token_digest,
 };
 pub use tree_cache::TreeCacheStats;
 pub use webhooks::{
@@ -266,12 +269,56 @@ pub enum StoreError {
     /// Stored data is not what this version of the store wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// A failure a retry can clear: SQLite busy, a PostgreSQL deadlock, serialization
+    /// failure or lock not granted, a lost connection, an exhausted or closed pool.
+    #[error("the database is busy: {0}")]
+    Busy(sqlx::Error),
+    /// A write raced another on a unique key or on a row being deleted: the request is
+    /// sound but conflicts with what was just committed.
+    #[error("the write raced a concurrent change: {0}")]
+    Raced(sqlx::Error),
     /// The database failed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Database errors are classified here, once: SQLSTATEs and SQLite's result codes are the
+/// store's knowledge, and the layers above see `Busy`, `Raced` or `Database`.
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_busy(&err) {
+            Self::Busy(err)
+        } else if is_race(&err) {
+            Self::Raced(err)
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+/// SQLite busy or locked; PostgreSQL deadlock (40P01), serialization failure (40001),
+/// lock not available (55P03); a lost connection; a pool timed out or closed.
+fn is_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let message = db.message();
+            matches!(db.code().as_deref(), Some("40P01" | "40001" | "55P03"))
+                || message.contains("database is locked")
+                || message.contains("busy")
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
+/// A unique or foreign-key violation: PostgreSQL 23505 and 23503, SQLite's
+/// SQLITE_CONSTRAINT_UNIQUE (2067), _PRIMARYKEY (1555) and _FOREIGNKEY (787).
+fn is_race(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("23505" | "23503" | "2067" | "787" | "1555")))
 }
 
 impl StoreError {

@@ -14,7 +14,9 @@ use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use super::grants::{Grant, Reach};
+use block_types::access::{ChildTokenCreate, Grant, Scope, TokenCreate, TokenInfo, Ttl};
+
+use super::grants::Reach;
 use super::{Result, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
 
 /// Every token starts with this, so a leaked one is recognisable (and scannable).
@@ -23,198 +25,30 @@ pub const TOKEN_PREFIX: &str = "blk_";
 /// The `server_metadata` row that records which token was the database's first.
 const FIRST_TOKEN: &str = "first_token";
 
-/// What a token may do. `admin` implies every scope; `write` and `read-secrets` each imply
-/// `read`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scope {
-    /// Read types, schemas and documents with secrets masked.
-    Read,
-    /// Read documents with their secrets (`include_secrets=true`).
-    ReadSecrets,
-    /// Create, update and delete types, schemas and documents.
-    Write,
-    /// Tokens, the audit log, keys and settings.
-    Admin,
-}
-
-impl Scope {
-    /// Every scope, weakest first.
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::ReadSecrets, Scope::Write, Scope::Admin];
-
-    /// The scope's wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::ReadSecrets => "read-secrets",
-            Scope::Write => "write",
-            Scope::Admin => "admin",
-        }
-    }
-
-    /// Whether holding `self` grants `needed`.
-    pub fn grants(self, needed: Scope) -> bool {
-        self == needed
-            || self == Scope::Admin
-            || (needed == Scope::Read && matches!(self, Scope::Write | Scope::ReadSecrets))
-    }
-}
-
-/// A token as listed: everything but the secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TokenInfo {
-    /// The token's id (what the audit log records).
-    pub id: Uuid,
-    /// A name saying what the token is for.
-    pub name: String,
-    /// What it may do.
-    pub scopes: BTreeSet<Scope>,
-    /// When it was created.
-    pub created: DateTime<Utc>,
-    /// When it stops working, if ever.
-    pub expires: Option<DateTime<Utc>>,
-    /// When it was last used (updated at most once a minute).
-    pub last_used: Option<DateTime<Utc>>,
-    /// When it was revoked.
-    pub revoked: Option<DateTime<Utc>>,
-    /// The blocks its scopes are limited to; none: every block.
-    pub grants: Vec<Grant>,
-    /// The token that minted it (`POST /api/tokens/child`), if any: revoking that one
-    /// revokes this one too.
-    pub parent_id: Option<Uuid>,
-}
-
-impl TokenInfo {
-    /// Whether the token grants `needed` (on some block, when it is limited by grants).
-    pub fn grants(&self, needed: Scope) -> bool {
-        self.scopes.iter().any(|s| s.grants(needed))
-    }
-
-    /// Whether grants limit the token to some blocks.
-    pub fn limited(&self) -> bool {
-        !self.grants.is_empty()
-    }
-
-    /// Whether the token may do what `needed` allows to the document `slug/name`.
-    pub fn may(&self, needed: Scope, slug: &str, name: &str) -> bool {
-        self.grants(needed)
-            && (self.grants.is_empty() || self.grants.iter().any(|g| g.allows(needed, slug, name)))
-    }
-
-    /// Which documents the token may see at `needed` (the store filters lists by it).
-    pub fn reach(&self, needed: Scope) -> Reach<'_> {
-        if self.grants.is_empty() {
-            Reach::All
-        } else {
-            Reach::Only(&self.grants, needed)
-        }
-    }
-
-    /// Whether the token may create an anonymous document of the type `slug` (a write
-    /// grant selecting some documents of the type: the server makes up the name).
-    pub fn may_create_anonymous(&self, slug: &str) -> bool {
-        self.grants(Scope::Write)
-            && (self.grants.is_empty()
-                || self
-                    .grants
-                    .iter()
-                    .any(|g| g.scope.grants(Scope::Write) && g.selector.matches_type(slug)))
-    }
-
-    /// Whether the token may register or change the type `slug` and its schemas: `write`,
-    /// on every document of the type when limited (`gcs-bucket/*`).
-    pub fn may_register(&self, slug: &str) -> bool {
-        self.grants(Scope::Write)
-            && (self.grants.is_empty()
-                || self
-                    .grants
-                    .iter()
-                    .any(|g| g.scope.grants(Scope::Write) && g.selector.covers_type(slug)))
-    }
-
+/// What the store derives from a token: the rights of its writes and the documents it
+/// reaches.
+pub trait TokenAccess {
     /// What a write by this token may do beyond `write`, and who it is (for the versions
     /// it writes).
-    pub fn rights(&self) -> super::Rights {
+    fn rights(&self) -> super::Rights;
+    /// Which documents the token may see at `needed` (the store filters lists by it).
+    fn reach(&self, needed: Scope) -> Reach<'_>;
+}
+
+impl TokenAccess for TokenInfo {
+    fn rights(&self) -> super::Rights {
         super::Rights {
             read_secrets: self.grants(Scope::ReadSecrets),
             admin: self.grants(Scope::Admin),
             token: Some(self.id),
         }
     }
-}
 
-/// The body of `POST /api/tokens`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenCreate {
-    /// A name saying what the token is for (1–100 characters).
-    pub name: String,
-    /// At least one scope.
-    pub scopes: BTreeSet<Scope>,
-    /// When it stops working; must be in the future.
-    #[serde(default)]
-    pub expires: Option<DateTime<Utc>>,
-    /// Or how long it works from now (`"1h"`, `"90d"`, or seconds), instead of `expires`.
-    #[serde(default)]
-    pub ttl: Option<Ttl>,
-    /// The blocks its scopes are limited to (none: every block; never for admin).
-    #[serde(default)]
-    pub grants: Vec<Grant>,
-}
-
-/// The body of `POST /api/tokens/child`: a token for a subprocess, never wider or longer
-/// lived than the caller's.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChildTokenCreate {
-    /// A name (default: "child of <the caller's name>").
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Scopes the caller holds (default: the caller's).
-    #[serde(default)]
-    pub scopes: Option<BTreeSet<Scope>>,
-    /// Grants each covered by one of the caller's (default: the caller's).
-    #[serde(default)]
-    pub grants: Option<Vec<Grant>>,
-    /// Its lifetime (default and at most: the caller's remaining one, and the server's
-    /// maximum).
-    #[serde(default)]
-    pub ttl: Option<Ttl>,
-}
-
-/// A lifetime: seconds, or text such as `"90s"`, `"15m"`, `"1h"`, `"90d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ttl(pub std::time::Duration);
-
-impl Ttl {
-    /// Parses `"1h"`, `"90d"`, `"1h 30m"` or a number of seconds.
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let text = text.trim();
-        if let Ok(seconds) = text.parse::<u64>() {
-            return Ok(Self(std::time::Duration::from_secs(seconds)));
-        }
-        humantime::parse_duration(text).map(Self).map_err(|_| {
-            "a lifetime is a number of seconds or a duration such as 15m, 1h or 90d".to_owned()
-        })
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Ttl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d) {
-            Ok(Raw::Seconds(s)) => Ok(Self(std::time::Duration::from_secs(s))),
-            Ok(Raw::Text(t)) => Self::parse(&t).map_err(serde::de::Error::custom),
-            Err(_) => Err(serde::de::Error::custom(
-                "a lifetime is a number of seconds or a duration such as 15m, 1h or 90d",
-            )),
+    fn reach(&self, needed: Scope) -> Reach<'_> {
+        if self.grants.is_empty() {
+            Reach::All
+        } else {
+            Reach::Only(&self.grants, needed)
         }
     }
 }
@@ -615,7 +449,10 @@ impl Store {
             (expires, None) => expires,
             (None, Some(ttl)) => expiry_after(ttl, MAX_TTL, "ttl", &mut errors),
         };
-        errors.extend(super::grants::check(&body.scopes, &body.grants));
+        errors.extend(block_types::access::check_grants(
+            &body.scopes,
+            &body.grants,
+        ));
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
@@ -700,7 +537,7 @@ impl Store {
                 }
             }
         }
-        errors.extend(super::grants::check(&scopes, &grants));
+        errors.extend(block_types::access::check_grants(&scopes, &grants));
         let now = Utc::now();
         let remaining = parent
             .expires
@@ -743,7 +580,7 @@ impl Store {
             .token_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
-        let errors = super::grants::check(&info.scopes, &grants);
+        let errors = block_types::access::check_grants(&info.scopes, &grants);
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }

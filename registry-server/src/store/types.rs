@@ -63,6 +63,20 @@ fn validate_update(body: &BlockTypeUpdate) -> Result<()> {
 }
 
 impl Store {
+    /// Registers a built-in collection: each type (leaving existing metadata alone) and its
+    /// current schema.
+    pub async fn register_collection(
+        &self,
+        collection: block_types::catalog::Collection,
+    ) -> Result<()> {
+        for spec in collection.specs() {
+            let ty = self.ensure_block_type(&spec.block_type, false).await?;
+            self.create_block_schema(spec.to_schema_create(ty.id), super::Rights::ADMIN)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Creates a block type. Names, slugs and URLs are validated; a taken slug is
     /// [`StoreError::AlreadyExists`].
     pub async fn create_block_type(&self, body: BlockTypeCreate) -> Result<BlockType> {

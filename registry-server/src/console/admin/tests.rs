@@ -754,7 +754,7 @@ async fn rotation_is_audited_and_its_progress_reaches_done() {
             })
             .await,
         );
-        register_collection(&store, Collection::Core).await.unwrap();
+        store.register_collection(Collection::Core).await.unwrap();
         let (admin, _) = token(&store, &[Scope::Admin]).await;
         let state = AppState::with_guard(
             store.clone(),

@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use super::NewVersion;
 use super::OpenedVersion;
-use super::VersionInfo;
 use super::WriteOutcome;
 use super::check_expected;
 use super::mask_paths;
 use super::{Result, Store, StoreError, json_col, parse_uuid, to_time, uuid_col};
+use block_types::model::VersionInfo;
 
 impl Store {
     /// The stored versions of a document, newest first.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use block_types::model::{BlockDocument, BlockDocumentReference, BlockSchema};
 use block_types::secret_fields::{SecretPath, secret_fields_of};
 use block_types::{FieldError, references};
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -31,24 +30,6 @@ const TREE_COLUMNS: &str = ") select tree.parent_id, tree.ref_name, d.id as d_id
      t.updated as t_updated";
 /// Documents one [`Store::import_block_documents`] call writes at most.
 pub const MAX_IMPORT: usize = 10_000;
-
-/// One stored version of a document.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct VersionInfo {
-    /// Version number, from 1.
-    pub version: i64,
-    /// When it was written.
-    pub created: DateTime<Utc>,
-    /// The schema its data follows.
-    pub block_schema_id: Uuid,
-    /// The data key its secrets are sealed under (none when it has no secret value).
-    pub key_id: Option<Uuid>,
-    /// Its references: field → document id.
-    pub references: BTreeMap<String, Uuid>,
-    /// The token that wrote it (none for versions written before authors were recorded,
-    /// and for the server's own writes).
-    pub token_id: Option<Uuid>,
-}
 
 /// What a write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

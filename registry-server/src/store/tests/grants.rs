@@ -12,6 +12,7 @@ use chrono::Utc;
 use secrecy::ExposeSecret as _;
 
 use super::harness::{create, on_both, register};
+use crate::store::TokenAccess as _;
 use crate::store::{
     ChildTokenCreate, CreatedToken, Grant, Reach, Scope, Store, StoreError, TokenCreate, TokenInfo,
     TokenRejection, Ttl,
