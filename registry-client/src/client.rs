@@ -1,8 +1,9 @@
 //! The HTTP client: loads with retries, errors in words, and an optional cache.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use block_types::model::BlockDocument;
@@ -82,7 +83,7 @@ impl Cache {
     /// Keeps `document` for `url`, as of now, unless the cache dropped something since
     /// `generation` (the load may have read a document that changed meanwhile).
     fn store(&self, url: &impl ToString, etag: String, document: &BlockDocument, generation: u64) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         if self.generation() != generation {
             return;
         }
@@ -112,7 +113,7 @@ impl Cache {
 
     /// Drops the entries whose tree holds `id` (every entry when `None`).
     pub(crate) fn drop_changed(&self, id: Option<Uuid>) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         if let Some(w) = &self.watched {
             w.generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -175,7 +176,7 @@ pub struct Client {
     config: Arc<Config>,
     cache: Option<Arc<Cache>>,
     stats: Arc<Mutex<CacheStats>>,
-    provenance: Arc<crate::save::Provenance>,
+    provenance: Arc<crate::provenance::Provenance>,
     /// The `ETag` each document had when this client last read it: `save_overwrite` makes
     /// its write conditional on it.
     etags: Arc<Mutex<HashMap<Uuid, String>>>,
@@ -374,7 +375,7 @@ impl Client {
 
     /// The cache's counters.
     pub fn cache_stats(&self) -> CacheStats {
-        *lock(&self.stats)
+        *self.stats.lock()
     }
 
     /// The configuration in use.
@@ -382,22 +383,22 @@ impl Client {
         &self.config
     }
 
-    pub(crate) fn provenance(&self) -> &crate::save::Provenance {
+    pub(crate) fn provenance(&self) -> &crate::provenance::Provenance {
         &self.provenance
     }
 
     /// The `ETag` document `id` had when this client last read it.
     pub(crate) fn known_etag(&self, id: Uuid) -> Option<String> {
-        lock(&self.etags).get(&id).cloned()
+        self.etags.lock().get(&id).cloned()
     }
 
     /// Forgets what this client read of `id` (after its own write changed it).
     pub(crate) fn forget_etag(&self, id: Uuid) {
-        lock(&self.etags).remove(&id);
+        self.etags.lock().remove(&id);
     }
 
     fn remember_etag(&self, id: Uuid, etag: &str) {
-        let mut etags = lock(&self.etags);
+        let mut etags = self.etags.lock();
         if etags.len() >= MAX_ETAGS {
             etags.clear();
         }
@@ -502,7 +503,7 @@ impl Client {
         let generation = self.cache.as_ref().map_or(0, |c| c.generation());
         let cached = self.cache.as_ref().and_then(|cache| {
             let trusted = cache.trusts_fresh();
-            let entries = lock(&cache.entries);
+            let entries = cache.entries.lock();
             entries.get(url.as_str()).map(|e| {
                 (
                     e.etag.clone(),
@@ -512,7 +513,7 @@ impl Client {
             })
         });
         if let Some((_, true, document)) = &cached {
-            lock(&self.stats).fresh_hits += 1;
+            self.stats.lock().fresh_hits += 1;
             return Ok(document.clone());
         }
         let etag = cached.as_ref().map(|(etag, _, _)| etag.clone());
@@ -527,7 +528,7 @@ impl Client {
         if response.status() == StatusCode::NOT_MODIFIED
             && let (Some(cache), Some((etag, _, document))) = (&self.cache, cached)
         {
-            lock(&self.stats).revalidated += 1;
+            self.stats.lock().revalidated += 1;
             self.remember_etag(document.id, &etag);
             cache.store(&url, etag, &document, generation);
             return Ok(document);
@@ -563,7 +564,7 @@ impl Client {
             problem: "not JSON".to_owned(),
         })?;
         let document: BlockDocument = crate::error::decode(value, &format!("GET {path}"))?;
-        lock(&self.stats).misses += 1;
+        self.stats.lock().misses += 1;
         if let Some(etag) = &etag {
             self.remember_etag(document.id, etag);
         }
@@ -817,8 +818,4 @@ fn without_query(url: &url::Url) -> String {
     url.set_query(None);
     let _ = url.set_password(None);
     url.to_string()
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

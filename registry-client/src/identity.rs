@@ -4,8 +4,8 @@
 //! role, and exchanges it again (reading the file afresh, as platforms rotate it) when two
 //! thirds of that token's life have passed. No secret needs to be configured.
 
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret as _, SecretString};
@@ -84,7 +84,7 @@ impl Signer {
     }
 
     fn current(&self, fresh: bool) -> Option<SecretString> {
-        let session = crate::client::lock(&self.session);
+        let session = self.session.lock();
         session
             .as_ref()
             .filter(|s| {
@@ -100,7 +100,7 @@ impl Signer {
 
     /// Forgets the token (the server refused it): the next request exchanges again.
     pub(crate) fn forget(&self) {
-        *crate::client::lock(&self.session) = None;
+        *self.session.lock() = None;
     }
 
     /// A token to send: the current one while it is fresh, else a new exchange (and, if
@@ -187,7 +187,7 @@ impl Signer {
         // A server's answer, bounded: no token is kept for more than a day.
         let life = Duration::from_secs(exchanged.expires_in.min(MAX_LIFE.as_secs()));
         let token = SecretString::from(exchanged.token);
-        *crate::client::lock(&self.session) = Some(Session {
+        *self.session.lock() = Some(Session {
             token: token.clone(),
             renew_at: started + life * 2 / 3,
             expires_at: started + life,

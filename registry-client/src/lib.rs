@@ -62,6 +62,7 @@ mod client;
 mod config;
 mod error;
 mod identity;
+mod provenance;
 mod save;
 mod watch;
 

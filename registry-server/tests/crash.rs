@@ -6,12 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -189,7 +190,7 @@ fn answered_secret_reads_survive_a_kill(database: Option<(&str, &Path)>) {
                     if response.status().is_success()
                         && response.text().is_ok_and(|body| body.contains(CANARY))
                     {
-                        answered.lock().unwrap().push(id);
+                        answered.lock().push(id);
                     }
                 }
             })
@@ -202,7 +203,7 @@ fn answered_secret_reads_survive_a_kill(database: Option<(&str, &Path)>) {
     for reader in readers {
         reader.join().unwrap();
     }
-    let answered = answered.lock().unwrap().clone();
+    let answered = answered.lock().clone();
     assert!(
         answered.len() >= 100,
         "the load answered only {} reads",

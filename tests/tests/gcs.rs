@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -533,7 +534,7 @@ impl FakeGoogle {
             return Err(format!("grant_type is {grant:?}"));
         }
         let jwt = form.get("assertion").ok_or("no assertion")?;
-        *self.last_assertion.lock().unwrap() = Some(jwt.clone());
+        *self.last_assertion.lock() = Some(jwt.clone());
         let parts: Vec<&str> = jwt.split('.').collect();
         if parts.len() != 3 {
             return Err(format!("the JWT has {} parts", parts.len()));
@@ -582,7 +583,7 @@ async fn token_endpoint(
 ) -> Response {
     let n = state.token_calls.fetch_add(1, Ordering::SeqCst) + 1;
     if let Err(problem) = state.check_form(&form) {
-        state.problems.lock().unwrap().push(problem.clone());
+        state.problems.lock().push(problem.clone());
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_grant", "error_description": problem})),
@@ -614,7 +615,6 @@ async fn object_endpoint(
         state
             .problems
             .lock()
-            .unwrap()
             .push(format!("storage saw Authorization {auth:?}"));
         return (
             StatusCode::UNAUTHORIZED,
@@ -626,7 +626,6 @@ async fn object_endpoint(
         state
             .problems
             .lock()
-            .unwrap()
             .push(format!("storage saw query {query:?}"));
         return StatusCode::BAD_REQUEST.into_response();
     }
@@ -664,7 +663,7 @@ async fn fake_google(refuse: bool) -> (Arc<FakeGoogle>, String) {
 }
 
 fn problems(state: &FakeGoogle) -> Vec<String> {
-    state.problems.lock().unwrap().clone()
+    state.problems.lock().clone()
 }
 
 #[tokio::test]
@@ -697,7 +696,7 @@ async fn the_key_signs_a_jwt_and_the_token_is_cached() {
     assert_eq!(state.token_calls.load(Ordering::SeqCst), 1);
 
     // The verification above is real: a tampered payload does not verify.
-    let jwt = state.last_assertion.lock().unwrap().clone().unwrap();
+    let jwt = state.last_assertion.lock().clone().unwrap();
     assert!(verify_signature(&std::fs::read(PUBLIC_KEY).unwrap(), &jwt).is_ok());
     let parts: Vec<&str> = jwt.split('.').collect();
     let mut claims: Value = serde_json::from_slice(&b64url(parts[1]).unwrap()).unwrap();
@@ -1359,32 +1358,22 @@ struct FakeStorage {
 
 impl FakeStorage {
     fn put(&self, name: &str, bytes: &[u8]) {
-        self.objects
-            .lock()
-            .unwrap()
-            .push((name.to_owned(), bytes.to_vec()));
+        self.objects.lock().push((name.to_owned(), bytes.to_vec()));
     }
 
     fn fail(&self, request: &str, statuses: &[u16]) {
         self.script
             .lock()
-            .unwrap()
             .insert(request.to_owned(), statuses.iter().copied().collect());
     }
 
     fn calls(&self, request: &str) -> usize {
-        self.calls
-            .lock()
-            .unwrap()
-            .get(request)
-            .copied()
-            .unwrap_or(0)
+        self.calls.lock().get(request).copied().unwrap_or(0)
     }
 
     fn object_calls(&self) -> usize {
         self.calls
             .lock()
-            .unwrap()
             .iter()
             .filter(|(request, _)| !request.starts_with("LIST "))
             .map(|(_, n)| n)
@@ -1393,16 +1382,10 @@ impl FakeStorage {
 
     /// Counts the request; the scripted status for it, if one is left.
     fn seen(&self, request: &str) -> Option<Response> {
-        *self
-            .calls
-            .lock()
-            .unwrap()
-            .entry(request.to_owned())
-            .or_default() += 1;
+        *self.calls.lock().entry(request.to_owned()).or_default() += 1;
         let status = self
             .script
             .lock()
-            .unwrap()
             .get_mut(request)
             .and_then(VecDeque::pop_front)?;
         let status = StatusCode::from_u16(status).unwrap();
@@ -1435,7 +1418,6 @@ async fn fake_list(
     let items: Vec<Value> = state
         .objects
         .lock()
-        .unwrap()
         .iter()
         .filter(|(name, _)| name.starts_with(&prefix))
         .map(|(name, bytes)| json!({"name": name, "size": bytes.len().to_string()}))
@@ -1450,7 +1432,7 @@ async fn fake_download(
     if let Some(scripted) = state.seen(&format!("GET {name}")) {
         return scripted;
     }
-    let objects = state.objects.lock().unwrap();
+    let objects = state.objects.lock();
     match objects.iter().find(|(n, _)| *n == name) {
         Some((_, bytes)) => bytes.clone().into_response(),
         None => no_such_object(&name),
@@ -1473,7 +1455,7 @@ async fn fake_delete(
         )
             .into_response();
     }
-    let mut objects = state.objects.lock().unwrap();
+    let mut objects = state.objects.lock();
     let before = objects.len();
     objects.retain(|(n, _)| *n != name);
     if objects.len() == before {
@@ -1589,7 +1571,7 @@ async fn a_retried_delete_that_finds_nothing_is_done() {
     state.fail("DELETE slow.txt", &[503]);
     bucket.delete_path("slow.txt").await.unwrap();
     assert_eq!(state.calls("DELETE slow.txt"), 2);
-    assert!(state.objects.lock().unwrap().is_empty());
+    assert!(state.objects.lock().is_empty());
 
     // A 429 means the service did nothing: a 404 after it is still NotFound.
     state.fail("DELETE throttled.txt", &[429]);
@@ -1648,7 +1630,7 @@ async fn get_directory_refuses_listed_names_that_leave_the_target() {
         (None, format!("./{escape}")),
     ];
     for (from, hostile) in &cases {
-        *state.objects.lock().unwrap() = vec![
+        *state.objects.lock() = vec![
             ("evil/harmless.txt".to_owned(), b"harmless".to_vec()),
             (hostile.clone(), b"escaped!".to_vec()),
         ];
@@ -1672,7 +1654,7 @@ async fn get_directory_refuses_listed_names_that_leave_the_target() {
     }
 
     // The same listing without the hostile name downloads as usual.
-    *state.objects.lock().unwrap() = vec![("evil/harmless.txt".to_owned(), b"harmless".to_vec())];
+    *state.objects.lock() = vec![("evil/harmless.txt".to_owned(), b"harmless".to_vec())];
     let written = bucket.get_directory(Some("evil"), &dir).await.unwrap();
     assert_eq!(written, vec![dir.join("harmless.txt")]);
     assert_eq!(

@@ -17,6 +17,7 @@ use serde_json::json;
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
+use crate::http::test_app::token;
 use crate::http::{AppState, AuthGuard, app};
 use crate::store::tests::harness::{TestDb, create, on_both, register};
 use crate::store::{AuditQuery, Scope, Store, TokenCreate};
@@ -145,19 +146,6 @@ impl Browser {
     async fn form_token(&mut self) -> String {
         self.get("/blocks").await.form_token()
     }
-}
-
-async fn token(store: &Store, scopes: &[Scope]) -> (String, Uuid) {
-    let created = store
-        .create_token(TokenCreate {
-            name: format!("console {scopes:?}"),
-            scopes: scopes.iter().copied().collect(),
-            expires: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (created.token.expose_secret().to_owned(), created.info.id)
 }
 
 struct Ctx {
@@ -918,7 +906,7 @@ async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
         let page = browser.get(&format!("/blocks/{id}/history")).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.text);
         assert!(
-            page.text.contains("console [Write]"),
+            page.text.contains("test [Write]"),
             "the writer's token name: {}",
             page.text
         );

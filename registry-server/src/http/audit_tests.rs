@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use uuid::Uuid;
 
 use super::auth::{MAX_TARGET_DOCUMENTS, secret_read_target, wire_log_cap};
-use super::auth_tests::{Ctx, LogBuffer, all_audit, get, lenient, secret_doc, send, setup, token};
+use super::test_app::{Ctx, LogBuffer, all_audit, get, lenient, secret_doc, send, setup, token};
 use super::{AppState, AuthGuard, app};
 use crate::store::tests::harness::{create, on_both, register};
 use crate::store::{AuditQuery, AuditRecord, NewAuditRecord, Scope, Store};

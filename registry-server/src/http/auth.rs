@@ -3,9 +3,10 @@
 //! answer goes out; clients that keep failing to authenticate are refused for a while, but
 //! a valid token is never refused.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -135,7 +136,7 @@ impl AuthGuard {
 
     /// When `ip` is refused: seconds until its window ends. Only failed tokens count.
     fn limited(&self, ip: IpAddr) -> Option<u64> {
-        let mut map = lock(&self.failures);
+        let mut map = self.failures.lock();
         let w = map.get_mut(&ip)?;
         let elapsed = w.start.elapsed();
         if elapsed >= self.window {
@@ -148,7 +149,7 @@ impl AuthGuard {
     /// Marks a refusal of `ip` (a 429): true for the first of its window, the only one
     /// audited, so a flood cannot flood the log.
     fn first_refusal(&self, ip: IpAddr) -> bool {
-        let mut map = lock(&self.failures);
+        let mut map = self.failures.lock();
         map.get_mut(&ip).is_some_and(|w| {
             let first = !w.refusal_recorded;
             w.refusal_recorded = true;
@@ -158,7 +159,8 @@ impl AuthGuard {
 
     /// Whether `digest` already failed for `ip` in its current window.
     fn known_bad(&self, ip: IpAddr, digest: &str) -> bool {
-        lock(&self.failures)
+        self.failures
+            .lock()
             .get(&ip)
             .is_some_and(|w| w.start.elapsed() < self.window && w.failed_digests.contains(digest))
     }
@@ -184,7 +186,7 @@ impl AuthGuard {
 
     /// Counts a token presented by `ip` that did not authenticate.
     fn failed(&self, ip: IpAddr, digest: String) {
-        let mut map = lock(&self.failures);
+        let mut map = self.failures.lock();
         let w = self.window_of(&mut map, ip);
         w.failures = w.failures.saturating_add(1);
         if w.failed_digests.len() < MAX_REMEMBERED_FAILURES {
@@ -207,7 +209,7 @@ impl AuthGuard {
     /// Counts a request from `ip` that presented no token; true while such requests are
     /// still audited in this window (the first `max_failures` of them).
     fn anonymous(&self, ip: IpAddr) -> bool {
-        let mut map = lock(&self.failures);
+        let mut map = self.failures.lock();
         let w = self.window_of(&mut map, ip);
         w.anonymous = w.anonymous.saturating_add(1);
         w.anonymous <= self.max_failures
@@ -215,7 +217,7 @@ impl AuthGuard {
 
     /// Takes one block-load event reported by `token` from its budget.
     pub(crate) fn admit_event(&self, token: Uuid) -> EventAdmission {
-        let mut map = lock(&self.events);
+        let mut map = self.events.lock();
         if map.len() >= MAX_TRACKED_CLIENTS && !map.contains_key(&token) {
             let window = self.event_window;
             map.retain(|_, w| w.start.elapsed() < window);
@@ -247,7 +249,7 @@ impl AuthGuard {
     }
 
     fn due_for_touch(&self, id: Uuid) -> bool {
-        let mut map = lock(&self.touched);
+        let mut map = self.touched.lock();
         let now = Instant::now();
         match map.get(&id) {
             Some(at) if now.duration_since(*at) < TOUCH_EVERY => false,
@@ -257,10 +259,6 @@ impl AuthGuard {
             }
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Log targets that write what crosses the wire at `trace` level: tungstenite logs every

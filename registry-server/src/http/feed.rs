@@ -14,9 +14,10 @@
 //! reads types), and key events with `admin` only. The token is checked again every
 //! [`RECHECK_EVERY`]: a revoked or expired token's stream ends, and changed grants apply.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -94,10 +95,8 @@ impl Feed {
         self.lock().values().sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Uuid, usize>> {
+        self.streams.lock()
     }
 
     /// Counts a new stream of `token`, or refuses it past the limits.

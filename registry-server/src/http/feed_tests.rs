@@ -13,7 +13,7 @@ use block_types::references::reference_value;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth_tests::{Ctx, lenient, setup};
+use super::test_app::{Ctx, lenient, setup};
 use crate::store::tests::harness::{TestDb, create, obj, on_both, register};
 use crate::store::{Backend, Rights, Scope, Store};
 

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth_tests::{Ctx, Resp, all_audit, get, lenient, send, setup};
+use super::test_app::{Ctx, Resp, all_audit, get, lenient, send, setup};
 use crate::store::tests::harness::{create, on_both, register};
 use crate::store::{Grant, Scope, Store, TokenCreate};
 

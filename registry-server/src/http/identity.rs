@@ -15,8 +15,9 @@
 //! count toward the per-address limit on failed authentications (429 past it). Every
 //! exchange is audited with the role, issuer and subject, never the JWT.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
@@ -131,7 +132,7 @@ impl Default for IdentityKeys {
 
 impl IdentityKeys {
     fn cached(&self, issuer: Uuid) -> Option<Fetched> {
-        super::auth::lock(&self.fetched).get(&issuer).cloned()
+        self.fetched.lock().get(&issuer).cloned()
     }
 
     /// The issuer's keys: kept in the store, or fetched (again when stale, or when
@@ -152,10 +153,7 @@ impl IdentityKeys {
             }
         };
         if due(&self.cached(issuer.id)) {
-            let gate = super::auth::lock(&self.fetching)
-                .entry(issuer.id)
-                .or_default()
-                .clone();
+            let gate = self.fetching.lock().entry(issuer.id).or_default().clone();
             let _one = gate.lock().await;
             // Another request may have fetched while this one waited.
             if due(&self.cached(issuer.id)) {
@@ -163,7 +161,7 @@ impl IdentityKeys {
                 if let Err(e) = &fetched {
                     tracing::warn!(issuer = %issuer.issuer, error = %e, "could not fetch an issuer's keys");
                 }
-                let mut map = super::auth::lock(&self.fetched);
+                let mut map = self.fetched.lock();
                 let previous = map.get(&issuer.id).and_then(|f| f.keys.clone());
                 map.insert(
                     issuer.id,

@@ -5,7 +5,8 @@
 //! the public key, a claim mismatch, a tampered signature: each a 401 with a clear reason
 //! and an audit record, none a 5xx, and the JWT never in the audit log.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -13,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use super::auth_tests::{Ctx, Resp, all_audit, get, lenient, send, setup};
+use super::test_app::{Ctx, Resp, all_audit, get, lenient, send, setup};
 use crate::store::tests::harness::on_both;
 
 const ISSUER: &str = "https://issuer.test";
@@ -94,7 +95,7 @@ async fn jwks_server(keys: Arc<Mutex<Vec<Value>>>) -> String {
         "/keys",
         axum::routing::get(move || {
             let keys = keys.clone();
-            async move { axum::Json(json!({"keys": keys.lock().unwrap().clone()})) }
+            async move { axum::Json(json!({"keys": keys.lock().clone()})) }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,7 +299,7 @@ async fn a_workload_signs_in_with_its_identity_token_and_every_forgery_is_refuse
             &login(&ctx, "etl-loader", &sign(&second, &claims())).await,
             "kid",
         );
-        published.lock().unwrap().push(second.jwk.clone());
+        published.lock().push(second.jwk.clone());
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let r = login(&ctx, "etl-loader", &sign(&second, &claims())).await;
         assert_eq!(r.status, 200, "after rotation: {}", r.text);
@@ -396,7 +397,7 @@ async fn issuers_and_roles_are_checked_and_a_kept_jwks_needs_no_fetch() {
         assert_eq!(r.status, 409, "{}", r.text);
         assert!(r.text.contains("deploy"));
         // Only an admin configures sign-in.
-        let (reader, _) = super::auth_tests::token(&ctx.state.store, &[crate::store::Scope::Write]).await;
+        let (reader, _) = super::test_app::token(&ctx.state.store, &[crate::store::Scope::Write]).await;
         assert_eq!(get(&ctx.app, "/api/auth/roles", &reader).await.status, 403);
         let r = send(&ctx.app, "DELETE", "/api/auth/roles/deploy", Some(&admin), None, &[]).await;
         assert_eq!(r.status, 204);

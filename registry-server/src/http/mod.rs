@@ -22,8 +22,9 @@ mod root;
 pub(crate) mod routes;
 pub mod webhooks;
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -143,19 +144,11 @@ impl AppState {
 
     /// A copy of the recorded block-load events.
     pub fn block_load_events(&self) -> Vec<BlockLoadEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        self.events.lock().iter().cloned().collect()
     }
 
     fn record_event(&self, event: BlockLoadEvent) {
-        let mut events = self
-            .events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut events = self.events.lock();
         if events.len() >= MAX_EVENTS {
             events.pop_front();
         }
@@ -312,8 +305,18 @@ mod grants_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
+mod keys_tests;
+#[cfg(test)]
+mod metrics_tests;
+#[cfg(test)]
+mod openapi_tests;
+#[cfg(test)]
 mod security_tests;
 #[cfg(test)]
+pub(crate) mod test_app;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod versions_tests;
 #[cfg(test)]
 mod webhooks_tests;

@@ -8,7 +8,7 @@ use block_types::catalog::{Collection, GcpCredentials};
 use block_types::references::reference_value;
 use serde_json::{Value, json};
 
-use super::auth_tests::{Resp, get, lenient, secret_doc, send, setup, token};
+use super::test_app::{Resp, get, lenient, secret_doc, send, setup, token};
 use crate::store::Scope;
 use crate::store::tests::harness::on_both;
 

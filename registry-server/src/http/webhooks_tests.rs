@@ -2,8 +2,9 @@
 //! PostgreSQL: signatures, a retry after a 500 delivered once, the delivery log, the test
 //! send, the address rules, and (PostgreSQL) two replicas delivering each event once.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +12,7 @@ use block_types::catalog::{GcpCredentials, Secret};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth_tests::{Ctx, get, lenient, send, setup, token};
+use super::test_app::{Ctx, get, lenient, send, setup, token};
 use super::webhooks::{reachable, signature};
 use crate::store::tests::harness::{TestDb, create, on_both, register};
 use crate::store::{Backend, Scope};
@@ -32,7 +33,7 @@ async fn receiver(script: Vec<u16>) -> (String, Received) {
         axum::routing::post(move |headers: HeaderMap, body: String| {
             let (log, count, script) = (log.clone(), count.clone(), script.clone());
             async move {
-                log.lock().unwrap().push((headers, body));
+                log.lock().push((headers, body));
                 let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 StatusCode::from_u16(script[n.min(script.len() - 1)]).unwrap()
             }
@@ -47,7 +48,7 @@ async fn receiver(script: Vec<u16>) -> (String, Received) {
 async fn wait_for(received: &Received, n: usize, within: Duration) -> Vec<(HeaderMap, String)> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let now = received.lock().unwrap().clone();
+        let now = received.lock().clone();
         if now.len() >= n || tokio::time::Instant::now() > deadline {
             return now;
         }
@@ -126,7 +127,7 @@ async fn a_delivery_is_signed_retried_after_a_500_and_delivered_once() {
         );
         // Delivered once: nothing more comes.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(received.lock().unwrap().len(), 2);
+        assert_eq!(received.lock().len(), 2);
 
         let log = get(
             &ctx.app,
@@ -187,7 +188,7 @@ async fn a_delivery_is_signed_retried_after_a_500_and_delivered_once() {
         )
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(received.lock().unwrap().len(), 3);
+        assert_eq!(received.lock().len(), 3);
     })
     .await;
 }
@@ -268,7 +269,7 @@ async fn two_replicas_deliver_each_event_once() {
         }
         let got = wait_for(&received, 30, Duration::from_secs(20)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let got_after = received.lock().unwrap().clone();
+        let got_after = received.lock().clone();
         assert_eq!(got.len(), 30);
         assert_eq!(got_after.len(), 30, "an event was delivered twice");
         let mut ids: Vec<String> = got_after

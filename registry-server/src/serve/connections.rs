@@ -2,9 +2,10 @@
 //! request's headers (which also closes idle keep-alive connections), and how long
 //! in-flight requests get at shutdown; the same for plain HTTP and HTTPS.
 
+use parking_lot::Mutex;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -107,10 +108,7 @@ pub(crate) struct ConnectionLimit {
 
 impl ConnectionLimit {
     fn warn(&self) {
-        let mut last = self
-            .last_warning
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last_warning.lock();
         if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
             *last = Some(Instant::now());
             tracing::warn!(

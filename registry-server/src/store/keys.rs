@@ -268,10 +268,7 @@ impl Store {
     /// Takes `count` encryptions from this process's block, if it has enough; returns the
     /// block's key.
     fn take_reserved(&self, count: i64) -> Option<Uuid> {
-        let mut reservation = self
-            .reservation
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reservation = self.reservation.lock();
         if reservation.1 >= count {
             reservation.1 -= count;
             Some(reservation.0)
@@ -314,10 +311,7 @@ impl Store {
     /// next refill tries the rotation again.
     pub(crate) async fn after_refill(&self, key_id: Uuid, total: i64) {
         let block = self.block_size();
-        *self
-            .reservation
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (key_id, block);
+        *self.reservation.lock() = (key_id, block);
         if total >= self.config.key_rotation_threshold {
             tracing::info!(%key_id, total, "data key reached its encryption limit; rotating");
             if let Err(e) = self.insert_active_key(Some(key_id), None).await {

@@ -13,11 +13,13 @@ mod audit;
 mod browse;
 mod documents;
 mod events;
+mod filter;
 mod grants;
 mod group;
 mod identity;
 mod keys;
 mod overview;
+mod rows;
 mod schemas;
 pub(crate) mod sessions;
 mod sql;
@@ -29,9 +31,10 @@ mod webhooks;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use block_types::{DataValidator, FieldError};
@@ -376,7 +379,7 @@ pub struct Store {
     schemas: RwLock<HashMap<Uuid, Arc<block_types::model::BlockSchema>>>,
     queries: AtomicU64,
     /// Encryptions this process reserved on a data key and has not used yet.
-    reservation: std::sync::Mutex<(Uuid, i64)>,
+    reservation: parking_lot::Mutex<(Uuid, i64)>,
     /// Tokens recently authenticated, by digest (see [`tokens::TokenCache`]).
     tokens: Arc<tokens::TokenCache>,
     /// This store's name in change notifications (it skips its own).
@@ -390,7 +393,7 @@ pub struct Store {
     /// replica's change (see [`events`]).
     feed: Arc<tokio::sync::watch::Sender<u64>>,
     #[cfg(test)]
-    failpoint: std::sync::Mutex<Option<&'static str>>,
+    failpoint: parking_lot::Mutex<Option<&'static str>>,
 }
 
 impl Drop for Store {
@@ -526,14 +529,14 @@ impl Store {
             schema_secrets: RwLock::new(HashMap::new()),
             schemas: RwLock::new(HashMap::new()),
             queries: AtomicU64::new(0),
-            reservation: std::sync::Mutex::new((Uuid::nil(), 0)),
+            reservation: parking_lot::Mutex::new((Uuid::nil(), 0)),
             tokens,
             trees,
             origin,
             token_listener,
             feed,
             #[cfg(test)]
-            failpoint: std::sync::Mutex::new(None),
+            failpoint: parking_lot::Mutex::new(None),
         };
         store.init_keys().await?;
         Ok(store)
@@ -736,34 +739,26 @@ impl Store {
     pub(crate) fn read_lock<'a, T>(
         &self,
         lock: &'a RwLock<T>,
-    ) -> std::sync::RwLockReadGuard<'a, T> {
+    ) -> parking_lot::RwLockReadGuard<'a, T> {
         lock.read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn write_lock<'a, T>(
         &self,
         lock: &'a RwLock<T>,
-    ) -> std::sync::RwLockWriteGuard<'a, T> {
+    ) -> parking_lot::RwLockWriteGuard<'a, T> {
         lock.write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fails the current write at a named point, for tests that prove rollback.
     #[cfg(test)]
     pub(crate) fn fail_at(&self, point: Option<&'static str>) {
-        *self
-            .failpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = point;
+        *self.failpoint.lock() = point;
     }
 
     #[cfg(test)]
     pub(crate) fn check_failpoint(&self, point: &'static str) -> Result<()> {
-        let armed = *self
-            .failpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let armed = *self.failpoint.lock();
         if armed == Some(point) {
             return Err(StoreError::Corrupt(format!("injected failure at {point}")));
         }

@@ -3,46 +3,22 @@
 use std::sync::Arc;
 
 use block_types::catalog::secret_floor;
-use block_types::model::{
-    BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, Operator, Page,
-};
+use block_types::model::{BlockSchema, BlockSchemaCreate, BlockSchemaFilterBody, Page};
 use block_types::secret_fields::{
     SecretPath, marked_paths, normalized, secret_fields_of, secret_paths_of, uncovered,
 };
 use block_types::{DataValidator, EventKind, FieldError, schema_checksum};
 use serde_json::{Map, Value};
 use sqlx::Row;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::events::Subject;
-use super::sql::{Condition, Sql};
-use super::types::{TYPE_COLUMNS, type_from_row};
-use super::{Result, Rights, Store, StoreError, json_col, now_micros, to_json, to_time, uuid_col};
-
-/// Columns of `block_schema s` joined with its `block_type t`.
-pub(crate) const SCHEMA_COLUMNS: &str = "s.id as s_id, s.created as s_created, s.updated as s_updated, \
-     s.checksum as s_checksum, s.fields as s_fields, s.capabilities as s_capabilities, \
-     s.version as s_version, s.block_type_id as s_block_type_id";
-
-pub(crate) fn schema_from_row(row: &AnyRow) -> Result<BlockSchema> {
-    let mut fields: Value = json_col(row, "s_fields")?;
-    if let Value::Object(map) = &mut fields {
-        map.entry("block_schema_references")
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    Ok(BlockSchema {
-        id: uuid_col(row, "s_id")?,
-        created: to_time(row.try_get("s_created")?),
-        updated: to_time(row.try_get("s_updated")?),
-        checksum: row.try_get("s_checksum")?,
-        fields,
-        block_type_id: uuid_col(row, "s_block_type_id")?,
-        block_type: Some(type_from_row(row)?),
-        capabilities: json_col(row, "s_capabilities")?,
-        version: row.try_get("s_version")?,
-    })
-}
+use super::filter::push_schema_filter;
+use super::rows::SCHEMA_COLUMNS;
+use super::rows::TYPE_COLUMNS;
+use super::rows::schema_from_row;
+use super::sql::Sql;
+use super::{Result, Rights, Store, StoreError, json_col, now_micros, to_json};
 
 /// The most schemas one block type may have (every document write of the type reads what
 /// they keep secret).
@@ -508,7 +484,7 @@ impl Store {
         &self,
         body: &BlockSchemaFilterBody,
     ) -> Result<Vec<BlockSchema>> {
-        super::sql::check_filter_lists(&super::sql::schema_filter_lists(
+        super::filter::check_filter_lists(&super::filter::schema_filter_lists(
             body.block_schemas.as_ref(),
         ))?;
         let page =
@@ -642,70 +618,4 @@ fn non_block_definitions(fields: &Map<String, Value>) -> Option<Value> {
         }
     }
     (!kept.is_empty()).then_some(Value::Object(kept))
-}
-
-/// Appends ` and …` conditions of a schema filter on the schema table aliased `alias`.
-pub(crate) fn push_schema_filter(sql: &mut Sql, filter: &BlockSchemaFilter, alias: &str) {
-    let mut conditions: Vec<Condition> = Vec::new();
-    let alias = alias.to_owned();
-    if let Some(ids) = filter.block_type_id.as_ref().and_then(|f| f.any_.clone()) {
-        let a = alias.clone();
-        conditions.push(Box::new(move |sql| {
-            sql.push(&format!("{a}.block_type_id in "))
-                .bind_list(ids.iter().map(ToString::to_string));
-        }));
-    }
-    if let Some(caps) = filter
-        .block_capabilities
-        .as_ref()
-        .and_then(|f| f.all_.clone())
-    {
-        let a = alias.clone();
-        conditions.push(Box::new(move |sql| {
-            let mut caps = caps.clone();
-            caps.sort();
-            caps.dedup();
-            let n = caps.len() as i64;
-            sql.push(&format!(
-                "(select count(*) from block_schema_capability c where c.block_schema_id = {a}.id and c.capability in "
-            ))
-            .bind_list(caps)
-            .push(") = ")
-            .bind_int(n);
-        }));
-    }
-    if let Some(ids) = filter.id.as_ref().and_then(|f| f.any_.clone()) {
-        let a = alias.clone();
-        conditions.push(Box::new(move |sql| {
-            sql.push(&format!("{a}.id in "))
-                .bind_list(ids.iter().map(ToString::to_string));
-        }));
-    }
-    if let Some(versions) = filter.version.as_ref().and_then(|f| f.any_.clone()) {
-        let a = alias.clone();
-        conditions.push(Box::new(move |sql| {
-            sql.push(&format!("{a}.version in "))
-                .bind_list(versions.clone());
-        }));
-    }
-    push_combined(sql, &conditions, filter.operator);
-}
-
-/// Appends ` and (c1 and/or c2 …)`; nothing when there are no conditions.
-pub(crate) fn push_combined(sql: &mut Sql, conditions: &[Condition], operator: Operator) {
-    if conditions.is_empty() {
-        return;
-    }
-    let joiner = match operator {
-        Operator::And => " and ",
-        Operator::Or => " or ",
-    };
-    sql.push(" and (");
-    for (i, condition) in conditions.iter().enumerate() {
-        if i > 0 {
-            sql.push(joiner);
-        }
-        condition(sql);
-    }
-    sql.push(")");
 }

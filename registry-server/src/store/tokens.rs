@@ -91,7 +91,7 @@ const REVOKED_CHANNEL: &str = "blocks_token_revoked";
 /// is disconnected, nothing is trusted from the cache.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    entries: std::sync::RwLock<CacheEntries>,
+    entries: parking_lot::RwLock<CacheEntries>,
     /// Whether revocations elsewhere are being heard.
     live: std::sync::atomic::AtomicBool,
     /// Bumped by every revocation heard: a lookup that began before one does not cache
@@ -116,7 +116,7 @@ const HEARTBEAT: &str = "heartbeat";
 impl TokenCache {
     pub(crate) fn new(backend: super::Backend) -> Self {
         Self {
-            entries: std::sync::RwLock::default(),
+            entries: parking_lot::RwLock::default(),
             live: std::sync::atomic::AtomicBool::new(backend == super::Backend::Sqlite),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
@@ -132,7 +132,6 @@ impl TokenCache {
         }
         self.entries
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(digest)
             .filter(|(_, at)| at.elapsed() < CACHE_TTL)
             .map(|(info, _)| info.clone())
@@ -141,10 +140,7 @@ impl TokenCache {
     /// Caches what a lookup that began at `generation` read, unless a revocation was heard
     /// since.
     fn insert(&self, digest: String, info: TokenInfo, generation: u64) {
-        let mut entries = self
-            .entries
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self.entries.write();
         if !self.live.load(Ordering::Acquire) || self.generation() != generation {
             return;
         }
@@ -156,11 +152,8 @@ impl TokenCache {
 
     /// The entries, locked for a change that lookups already under way must not undo:
     /// bumps the generation.
-    fn change(&self) -> std::sync::RwLockWriteGuard<'_, CacheEntries> {
-        let entries = self
-            .entries
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn change(&self) -> parking_lot::RwLockWriteGuard<'_, CacheEntries> {
+        let entries = self.entries.write();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries
     }

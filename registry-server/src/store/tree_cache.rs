@@ -152,7 +152,7 @@ type KeptCounts = (u64, Arc<Vec<(Uuid, i64)>>);
 /// The cache of resolved trees (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct TreeCache<T> {
-    inner: std::sync::Mutex<Inner<T>>,
+    inner: parking_lot::Mutex<Inner<T>>,
     /// Whether every change is being heard (always on SQLite; the listener's state on
     /// PostgreSQL).
     live: AtomicBool,
@@ -164,13 +164,13 @@ pub(crate) struct TreeCache<T> {
     invalidations: AtomicU64,
     /// Documents per type (with and without anonymous ones), for the console's list:
     /// dropped with every change, as the trees are.
-    counts: std::sync::Mutex<[Option<KeptCounts>; 2]>,
+    counts: parking_lot::Mutex<[Option<KeptCounts>; 2]>,
 }
 
 impl<T> TreeCache<T> {
     pub(crate) fn new(live: bool) -> Self {
         Self {
-            inner: std::sync::Mutex::new(Inner {
+            inner: parking_lot::Mutex::new(Inner {
                 entries: hashlink::LruCache::new_unbounded(),
                 holding: HashMap::new(),
                 bytes: 0,
@@ -183,7 +183,7 @@ impl<T> TreeCache<T> {
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
-            counts: std::sync::Mutex::new([None, None]),
+            counts: parking_lot::Mutex::new([None, None]),
         }
     }
 
@@ -192,10 +192,7 @@ impl<T> TreeCache<T> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        let counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = self.counts.lock();
         counts[usize::from(include_anonymous)]
             .as_ref()
             .filter(|(generation, _)| *generation == self.generation())
@@ -211,17 +208,12 @@ impl<T> TreeCache<T> {
         generation: u64,
     ) {
         if self.live.load(Ordering::Acquire) && self.generation() == generation {
-            self.counts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                [usize::from(include_anonymous)] = Some((generation, counts));
+            self.counts.lock()[usize::from(include_anonymous)] = Some((generation, counts));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner<T>> {
+        self.inner.lock()
     }
 
     /// The generation to hand back to [`TreeCache::insert`] with what a load reads.

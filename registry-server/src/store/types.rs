@@ -1,38 +1,17 @@
 //! Block types: create, register, read, update, delete, filter.
 
-use block_types::model::{
-    BlockType, BlockTypeCreate, BlockTypeFilter, BlockTypeFilterBody, BlockTypeUpdate, Page,
-};
+use block_types::model::{BlockType, BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate, Page};
 use block_types::{BlockTypeInfo, EventKind, validate};
 use sqlx::Row;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::events::Subject;
-use super::schemas::push_schema_filter;
+use super::filter::push_schema_filter;
+use super::filter::push_type_filter;
+use super::rows::TYPE_COLUMNS;
+use super::rows::type_from_row;
 use super::sql::Sql;
-use super::{Backend, Result, Rights, Store, StoreError, now_micros, to_time, uuid_col};
-
-/// Columns of `block_type t`, aliased `t_*`.
-pub(crate) const TYPE_COLUMNS: &str = "t.id as t_id, t.created as t_created, t.updated as t_updated, \
-     t.name as t_name, t.slug as t_slug, t.logo_url as t_logo_url, \
-     t.documentation_url as t_documentation_url, t.description as t_description, \
-     t.code_example as t_code_example, t.is_protected as t_is_protected";
-
-pub(crate) fn type_from_row(row: &AnyRow) -> Result<BlockType> {
-    Ok(BlockType {
-        id: uuid_col(row, "t_id")?,
-        created: to_time(row.try_get("t_created")?),
-        updated: to_time(row.try_get("t_updated")?),
-        name: row.try_get("t_name")?,
-        slug: row.try_get("t_slug")?,
-        logo_url: row.try_get("t_logo_url")?,
-        documentation_url: row.try_get("t_documentation_url")?,
-        description: row.try_get("t_description")?,
-        code_example: row.try_get("t_code_example")?,
-        is_protected: row.try_get::<i64, _>("t_is_protected")? != 0,
-    })
-}
+use super::{Result, Rights, Store, StoreError, now_micros};
 
 fn validate_create(body: &BlockTypeCreate) -> Result<()> {
     let mut errors = Vec::new();
@@ -340,9 +319,11 @@ impl Store {
 
     /// Types matching the filter, ordered by name.
     pub async fn filter_block_types(&self, body: &BlockTypeFilterBody) -> Result<Vec<BlockType>> {
-        let mut lists = super::sql::type_filter_lists(body.block_types.as_ref());
-        lists.extend(super::sql::schema_filter_lists(body.block_schemas.as_ref()));
-        super::sql::check_filter_lists(&lists)?;
+        let mut lists = super::filter::type_filter_lists(body.block_types.as_ref());
+        lists.extend(super::filter::schema_filter_lists(
+            body.block_schemas.as_ref(),
+        ));
+        super::filter::check_filter_lists(&lists)?;
         let page =
             Page::resolve(body.limit, body.offset).map_err(|e| StoreError::Invalid(vec![e]))?;
         let mut sql = Sql::new(&format!(
@@ -363,33 +344,5 @@ impl Store {
         self.count_query();
         let rows = sql.query().fetch_all(&self.read).await?;
         rows.iter().map(type_from_row).collect()
-    }
-}
-
-/// Appends ` and …` conditions of a type filter on the type table aliased `alias`.
-pub(crate) fn push_type_filter(
-    sql: &mut Sql,
-    filter: &BlockTypeFilter,
-    alias: &str,
-    backend: Backend,
-) {
-    if let Some(like) = filter.name.as_ref().and_then(|n| n.like_.as_ref()) {
-        sql.push(&format!(" and lower({alias}.name) like '%' || lower("))
-            .bind_text(like_pattern(like, backend))
-            .push(") || '%'");
-    }
-    if let Some(slugs) = filter.slug.as_ref().and_then(|s| s.any_.as_ref()) {
-        sql.push(&format!(" and {alias}.slug in "))
-            .bind_list(slugs.iter().cloned());
-    }
-}
-
-/// A `like_` value as a pattern that means the same on both backends: `%` and `_` are
-/// wildcards (as in Prefect), and a backslash is literal (PostgreSQL would read it as an
-/// escape, SQLite does not).
-pub(crate) fn like_pattern(value: &str, backend: Backend) -> String {
-    match backend {
-        Backend::Postgres => value.replace('\\', "\\\\"),
-        Backend::Sqlite => value.to_owned(),
     }
 }

@@ -6,42 +6,14 @@
 //!
 //! Declared from `console/tests.rs`, whose in-process [`Browser`] these tests drive.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone as _, Utc};
 
 use super::*;
+use crate::http::test_app::LogBuffer;
 use crate::store::{MasterKeyOrigin, NewAuditRecord, StoreConfig};
-
-/// Log output captured while a test runs.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// Signs a browser in with `token` and returns it with its form token.
 async fn signed_in(app: &Router, token: &str) -> (Browser, String) {
@@ -254,7 +226,7 @@ async fn admin_posts_without_the_form_token_change_nothing() {
 
 #[tokio::test]
 async fn a_new_token_is_shown_once_and_never_in_the_list_the_audit_log_or_the_logs() {
-    let logs = Logs::default();
+    let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::TRACE)
@@ -363,10 +335,10 @@ async fn a_new_token_is_shown_once_and_never_in_the_list_the_audit_log_or_the_lo
             assert!(!page.text.contains(&secret), "{uri}");
         }
         assert!(
-            !logs.text().contains(&secret),
+            !logs.contents().contains(&secret),
             "the log never holds the secret"
         );
-        assert!(!logs.text().contains(&ctx.admin));
+        assert!(!logs.contents().contains(&ctx.admin));
     })
     .await;
 }
@@ -564,7 +536,7 @@ async fn the_audit_log_filters_pages_and_refuses_bad_input_at_the_field() {
             "linked to its token"
         );
         assert!(
-            page.text.contains("console [Write]"),
+            page.text.contains("test [Write]"),
             "named by its token's name"
         );
 
@@ -718,7 +690,7 @@ async fn downloads_honour_the_filters_and_neutralise_formula_cells() {
             .collect();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0]["token_id"], json!(writer.to_string()));
-        assert_eq!(records[0]["token_name"], json!("console [Write]"));
+        assert_eq!(records[0]["token_name"], json!("test [Write]"));
         assert_eq!(
             records[0]["target"],
             json!(format!("/api/block_documents/{doc}"))

@@ -14,13 +14,13 @@ use super::Tree;
 use super::read::resolved_bytes;
 use super::read::unreadable_document;
 use super::{Backend, Result, Store, StoreError, uuid_col};
-use crate::store::grants::Reach;
-use crate::store::schemas::{push_combined, push_schema_filter};
-use crate::store::sql::{
-    Condition, Sql, check_filter_lists, document_filter_lists, schema_filter_lists,
-    type_filter_lists,
+use crate::store::filter::{
+    check_filter_lists, document_filter_lists, schema_filter_lists, type_filter_lists,
 };
-use crate::store::types::{like_pattern, push_type_filter};
+use crate::store::filter::{like_pattern, push_type_filter};
+use crate::store::filter::{push_combined, push_schema_filter};
+use crate::store::grants::Reach;
+use crate::store::sql::{Condition, Sql};
 
 pub(super) fn check_document_body_lists(
     documents: Option<&BlockDocumentFilter>,
