@@ -98,7 +98,7 @@ pub(crate) fn block_path(slug: &str, name: &str) -> String {
 }
 
 /// What a filter body needs to be paged by [`Client::all_pages`].
-trait Paged: Serialize + Clone {
+pub(crate) trait Paged: Serialize + Clone {
     fn page(&mut self, limit: i64, offset: i64);
 }
 
@@ -119,7 +119,7 @@ paged!(
 );
 
 /// Something a listing holds, told apart by its id.
-trait Listed: DeserializeOwned {
+pub(crate) trait Listed: DeserializeOwned {
     fn id(&self) -> Uuid;
 }
 
@@ -193,14 +193,30 @@ impl Client {
         self.call::<(), R>(Method::GET, path, None).await
     }
 
-    /// Every item of a filter route, page by page, each once. Stops with an error when
-    /// the listing passes [`MAX_LISTED_ITEMS`] or the server's paging does not move on.
-    async fn all_pages<B: Paged, R: Listed>(&self, path: &str, body: &B) -> Result<Vec<R>, Error> {
+    /// Every item of a filter route, page by page, each once. Stops with
+    /// [`Error::Paging`] past [`MAX_LISTED_ITEMS`] items or twice the pages they need, or
+    /// when a page brings nothing new (a server that ignores `offset`).
+    pub(crate) async fn all_pages<B: Paged, R: Listed>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Vec<R>, Error> {
         let page_size = MAX_LIMIT;
+        let max_pages = 2 * MAX_LISTED_ITEMS / page_size as usize;
+        let what = path.split('/').next().unwrap_or(path).replace('_', " ");
+        let stop = |reason: String| Error::Paging {
+            path: path.to_owned(),
+            reason,
+        };
         let mut all: Vec<R> = Vec::new();
         let mut seen = HashSet::new();
         let mut offset = 0;
-        loop {
+        for pages in 1.. {
+            if pages > max_pages {
+                return Err(stop(format!(
+                    "the server's {what} took more than {max_pages} pages (the limit of one listing)"
+                )));
+            }
             let mut body = body.clone();
             body.page(page_size, offset);
             let page: Vec<R> = self.call(Method::POST, path, Some(&body)).await?;
@@ -208,24 +224,21 @@ impl Client {
             let before = all.len();
             all.extend(page.into_iter().filter(|item| seen.insert(item.id())));
             if n > 0 && all.len() == before {
-                return Err(Error::Paging {
-                    path: path.to_owned(),
-                    reason: format!(
-                        "the server sent again items it had already sent (at offset {offset}, after {before} of them)"
-                    ),
-                });
+                return Err(stop(format!(
+                    "the server sent again {what} it had already sent (at offset {offset}, after {before} of them): its paging does not move on"
+                )));
             }
             if all.len() > MAX_LISTED_ITEMS {
-                return Err(Error::Paging {
-                    path: path.to_owned(),
-                    reason: format!("more than {MAX_LISTED_ITEMS} items"),
-                });
+                return Err(stop(format!(
+                    "the server lists more than {MAX_LISTED_ITEMS} {what} (the limit of one listing)"
+                )));
             }
             if (n as i64) < page_size {
-                return Ok(all);
+                break;
             }
             offset += n as i64;
         }
+        Ok(all)
     }
 
     /// Every block type.

@@ -109,6 +109,15 @@ pub enum Error {
         /// What kind of difference.
         problem: String,
     },
+    /// A restore stopped; what it created before stays, and running it again goes on
+    /// from there.
+    #[error("{doing}: {reason}")]
+    Restore {
+        /// What it was doing (`importing gcs-bucket/zoom-gcs into this registry`).
+        doing: String,
+        /// Why it stopped.
+        reason: String,
+    },
     /// A listing that would not end: more items than one listing reads, or pages that
     /// repeat themselves.
     #[error("stopped reading the listing {path}: {reason}")]

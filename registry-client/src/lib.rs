@@ -64,6 +64,7 @@ mod error;
 mod identity;
 mod provenance;
 mod save;
+mod transfer;
 mod watch;
 
 #[cfg(feature = "docker")]
@@ -83,6 +84,7 @@ pub use config::{Config, ConfigSource, Profile};
 pub use error::Error;
 pub use identity::Identity;
 pub use reqwest::Method;
+pub use transfer::{ExportedDocument, Restored, Snapshot};
 pub use watch::{Watch, WatchEvent};
 
 use block_types::Block;

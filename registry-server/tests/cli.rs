@@ -1082,13 +1082,16 @@ fn fake_prefect(paging: Paging) -> (tokio::runtime::Runtime, String) {
             }
             let items: Vec<Value> = (0..200)
                 .map(|i| {
-                    let id = match paging {
-                        Paging::Repeats => format!("item-{i}"),
-                        Paging::Endless => format!("item-{n}-{i}"),
-                        Paging::Trickles if i == 0 => format!("new-{n}"),
-                        Paging::Trickles => format!("item-{i}"),
-                    };
-                    serde_json::json!({"id": id, "name": id, "slug": id})
+                    let (n, i) = (n as u128, i as u128);
+                    let id = uuid::Uuid::from_u128(match paging {
+                        Paging::Repeats => i,
+                        Paging::Endless => (n << 32) | i,
+                        Paging::Trickles if i == 0 => (1 << 64) | n,
+                        Paging::Trickles => i,
+                    });
+                    let slug = format!("type-{}", id.simple());
+                    serde_json::json!({"id": id, "name": slug, "slug": slug,
+                        "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z"})
                 })
                 .collect();
             (axum::http::StatusCode::OK, axum::Json(Value::Array(items)))

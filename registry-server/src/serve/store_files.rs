@@ -17,7 +17,7 @@ pub struct StoreArgs {
     /// Where the embedded store, its master key and the profile live [default: ~/.blocks]
     #[arg(long, env = "BLOCKS_HOME")]
     pub home: Option<PathBuf>,
-    /// File holding the master key (32 bytes, standard base64, one line).
+    /// File holding the store's current master key (32 bytes, standard base64, one line).
     #[arg(long, env = "BLOCKS_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
 }
