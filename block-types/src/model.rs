@@ -99,6 +99,20 @@ pub struct BlockTypeCreate {
     pub code_example: Option<String>,
 }
 
+impl From<&BlockType> for BlockTypeCreate {
+    /// The body that creates a copy of `ty` (in another registry).
+    fn from(ty: &BlockType) -> Self {
+        Self {
+            name: ty.name.clone(),
+            slug: ty.slug.clone(),
+            logo_url: ty.logo_url.clone(),
+            documentation_url: ty.documentation_url.clone(),
+            description: ty.description.clone(),
+            code_example: ty.code_example.clone(),
+        }
+    }
+}
+
 /// Body of `PATCH /block_types/{id}`. Each field: absent = unchanged, `null` = cleared.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -184,14 +184,7 @@ impl Client {
             let id = match self.block_type(&ty.slug).await {
                 Ok(found) => found.id,
                 Err(Error::Http { status: 404, .. }) => {
-                    let create = BlockTypeCreate {
-                        name: ty.name.clone(),
-                        slug: ty.slug.clone(),
-                        logo_url: ty.logo_url.clone(),
-                        documentation_url: ty.documentation_url.clone(),
-                        description: ty.description.clone(),
-                        code_example: ty.code_example.clone(),
-                    };
+                    let create = BlockTypeCreate::from(ty);
                     self.call::<_, BlockType>(Method::POST, "block_types/", Some(&create))
                         .await?
                         .id

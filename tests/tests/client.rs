@@ -714,53 +714,7 @@ async fn every_built_in_round_trips_through_save_and_load() {
     use block_types::catalog::*;
     let server = server().await;
     let client = server.client(&server.token(&["write", "read-secrets"]).await);
-    let cases = vec![
-        ("secret", json!({"value": CANARY})),
-        (
-            "secret",
-            json!({"value": {"username": "johndoe", "password": CANARY}}),
-        ),
-        (
-            "webhook",
-            json!({"method": "POST", "url": "https://hooks.example.com/x", "headers": {"Authorization": CANARY}, "allow_private_urls": true, "verify": true}),
-        ),
-        ("local-file-system", json!({"basepath": "/data"})),
-        ("json", json!({"value": {"a": [1, 2]}})),
-        ("string", json!({"value": "s"})),
-        ("date-time", json!({"value": "2026-11-24T17:20:25.120785Z"})),
-        (
-            "sqlalchemy-connector",
-            json!({"connection_info": {"driver": "postgresql+psycopg2", "database": "ny_taxi", "username": "root", "password": CANARY, "host": "localhost", "port": 5432, "query": {"sslmode": "disable"}}, "connect_args": null, "fetch_size": 1}),
-        ),
-        (
-            "async-sqlalchemy-connector",
-            json!({"connection_info": {"driver": "postgresql+asyncpg", "database": "db", "username": "u", "password": CANARY, "host": "h", "port": 5433, "query": null}, "connect_args": {"timeout": 5}, "fetch_size": 10}),
-        ),
-        (
-            "gcp-credentials",
-            json!({"service_account_file": null, "service_account_info": {"type": "service_account", "private_key": CANARY}, "project": "dtc-de"}),
-        ),
-        (
-            "gcs-bucket",
-            json!({"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"service_account_file": null, "service_account_info": {"type": "service_account", "private_key": CANARY}, "project": "p2"}}),
-        ),
-        (
-            "docker-registry",
-            json!({"username": "u", "password": CANARY, "registry_url": "index.docker.io", "reauth": true}),
-        ),
-        (
-            "docker-container",
-            json!({"type": "docker-container", "env": {"EXTRA_PIP_PACKAGES": "s3fs"}, "labels": {}, "name": null, "command": null, "image": "discdiver/prefect:zoom", "image_pull_policy": "ALWAYS", "image_registry": {"username": "u", "password": CANARY, "registry_url": "index.docker.io", "reauth": true}, "networks": [], "network_mode": null, "auto_remove": true, "volumes": ["/data:/data:ro"], "stream_output": true, "memswap_limit": "1g", "mem_limit": 536870912.0, "privileged": false}),
-        ),
-        (
-            "docker-registry-credentials",
-            json!({"username": "u", "password": CANARY, "registry_url": "index.docker.io", "reauth": true}),
-        ),
-        (
-            "docker-host",
-            json!({"base_url": "unix:///var/run/docker.sock", "version": "auto", "timeout": 60, "max_pool_size": null, "client_kwargs": {}}),
-        ),
-    ];
+    let cases = block_types::catalog::samples(CANARY);
     let mut slugs = std::collections::BTreeSet::new();
     for (i, (slug, data)) in cases.into_iter().enumerate() {
         let name = format!("{slug}-{i}");

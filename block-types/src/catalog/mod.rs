@@ -33,6 +33,8 @@ pub use self::sqlalchemy::{
     SqlAlchemyConnector,
 };
 
+use serde_json::{Value, json};
+
 use crate::block::{Block, BlockSpec};
 
 /// The version string of every built-in schema.
@@ -146,6 +148,66 @@ pub fn secret_floor(slug: &str) -> &'static [crate::SecretPath] {
                 .collect()
         });
     FLOORS.get(slug).map_or(&[], Vec::as_slice)
+}
+
+/// A document of every built-in type, in the shapes Prefect's Python client writes them
+/// (nested blocks resolved inline), with `secret` in each secret field: for tests and
+/// examples that check a secret never shows (`Debug`, logs, pages, errors). Some types have
+/// two samples, one per form a field takes.
+pub fn samples(secret: &str) -> Vec<(&'static str, Value)> {
+    vec![
+        ("secret", json!({"value": secret})),
+        (
+            "secret",
+            json!({"value": {"username": "johndoe", "password": secret}}),
+        ),
+        (
+            "webhook",
+            json!({"method": "POST", "url": format!("https://hooks.example.com/{secret}"), "headers": {"Authorization": secret}, "allow_private_urls": true, "verify": true}),
+        ),
+        ("local-file-system", json!({"basepath": "/data"})),
+        ("json", json!({"value": {"a": [1, 2]}})),
+        ("string", json!({"value": "s"})),
+        ("date-time", json!({"value": "2026-11-24T17:20:25.120785Z"})),
+        (
+            "sqlalchemy-connector",
+            json!({"connection_info": {"driver": "postgresql+psycopg2", "database": "ny_taxi", "username": "root", "password": secret, "host": "localhost", "port": 5432, "query": {"sslmode": "disable"}}, "connect_args": null, "fetch_size": 1}),
+        ),
+        (
+            "sqlalchemy-connector",
+            json!({"connection_info": format!("postgresql+psycopg2://root:{secret}@localhost:5432/ny_taxi")}),
+        ),
+        (
+            "async-sqlalchemy-connector",
+            json!({"connection_info": {"driver": "postgresql+asyncpg", "database": "db", "username": "u", "password": secret, "host": "h", "port": 5433, "query": null}, "connect_args": {"timeout": 5}, "fetch_size": 10}),
+        ),
+        (
+            "gcp-credentials",
+            json!({"service_account_file": null, "service_account_info": {"type": "service_account", "private_key": secret}, "project": "dtc-de"}),
+        ),
+        // Spec §3.2: a GcsBucket with its credentials resolved from a reference.
+        (
+            "gcs-bucket",
+            json!({"bucket": "dtc-data-lake", "bucket_folder": "", "gcp_credentials": {"service_account_file": null, "service_account_info": {"type": "service_account", "private_key": secret}, "project": "p2"}}),
+        ),
+        (
+            "docker-registry",
+            json!({"username": "u", "password": secret, "registry_url": "index.docker.io", "reauth": true}),
+        ),
+        // The course's container block.
+        (
+            "docker-container",
+            json!({"type": "docker-container", "env": {"EXTRA_PIP_PACKAGES": "s3fs", "UNSET": null}, "labels": {}, "name": null, "command": null, "image": "discdiver/prefect:zoom", "image_pull_policy": "ALWAYS", "image_registry": {"username": "u", "password": secret, "registry_url": "index.docker.io", "reauth": true}, "networks": [], "network_mode": null, "auto_remove": true, "volumes": ["/data:/data:ro"], "stream_output": true, "memswap_limit": "1g", "mem_limit": 536870912.0, "privileged": false}),
+        ),
+        (
+            "docker-registry-credentials",
+            json!({"username": "u", "password": secret, "registry_url": "index.docker.io", "reauth": true}),
+        ),
+        (
+            "docker-host",
+            json!({"base_url": "unix:///var/run/docker.sock", "version": "auto", "timeout": 60, "max_pool_size": null, "client_kwargs": {}}),
+        ),
+    ]
 }
 
 #[cfg(test)]

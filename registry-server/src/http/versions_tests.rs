@@ -103,7 +103,7 @@ async fn etags_cover_the_tree_and_if_match_makes_writes_conditional() {
 }
 
 #[tokio::test]
-async fn history_rollback_destroy_and_retention_over_the_api() {
+async fn versions_are_listed_newest_first_and_a_rollback_writes_the_old_data_again() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
         let store = &ctx.state.store;
@@ -180,7 +180,48 @@ async fn history_rollback_destroy_and_retention_over_the_api() {
         )
         .await;
         assert_eq!(v4.body["data"], v1.body["data"]);
+    })
+    .await;
+}
 
+/// A document holding a secret with four versions: `secret-v1`, `-v2`, `-v3`, then a
+/// rollback to version 1 (version 4). Returns its path.
+async fn four_versions(ctx: &Ctx) -> String {
+    let admin = ctx.admin.as_str();
+    let id = secret_doc(&ctx.state.store, "history", "secret-v1").await;
+    let doc = format!("/api/block_documents/{id}");
+    for value in ["secret-v2", "secret-v3"] {
+        let resp = send(
+            &ctx.app,
+            "PATCH",
+            &doc,
+            Some(admin),
+            Some(&json!({"data": {"value": value}})),
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+    }
+    let rolled = send(
+        &ctx.app,
+        "POST",
+        &format!("{doc}/versions/1/rollback"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(rolled.body["version"], json!(4), "{}", rolled.text);
+    doc
+}
+
+#[tokio::test]
+async fn destroying_a_version_needs_admin_and_spares_the_current_one() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let admin = ctx.admin.as_str();
+        let doc = four_versions(&ctx).await;
         // Destroying history needs admin: a write token may roll back but not destroy.
         let (writer, _) = token(store, &[Scope::Write]).await;
         let resp = send(
@@ -264,7 +305,18 @@ async fn history_rollback_destroy_and_retention_over_the_api() {
             .map(|v| v["version"].as_i64().unwrap())
             .collect();
         assert_eq!(numbers, [4, 3, 1]);
+    })
+    .await;
+}
 
+#[tokio::test]
+async fn retention_prunes_old_versions_now_and_on_later_writes() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let admin = ctx.admin.as_str();
+        let doc = four_versions(&ctx).await;
+        let (read, _) = token(store, &[Scope::Read]).await;
         // Retention.
         let resp = send(
             &ctx.app,

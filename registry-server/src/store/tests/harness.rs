@@ -1,6 +1,7 @@
 //! Fresh databases for tests: a temporary SQLite file, and a uniquely named PostgreSQL
-//! database under `BLOCKS_TEST_POSTGRES_URL` that is dropped afterwards. When PostgreSQL is
-//! unreachable the PostgreSQL half says so and is skipped, except under `CI`, where it fails.
+//! database under `BLOCKS_TEST_POSTGRES_URL` (the workspace's one helper,
+//! `tests::PostgresDb`) that is dropped afterwards. When PostgreSQL is unreachable the
+//! PostgreSQL half says so and is skipped, except under `CI`, where it fails.
 
 use std::panic::AssertUnwindSafe;
 
@@ -8,12 +9,9 @@ use block_types::model::{BlockDocument, BlockDocumentCreate, BlockSchema, BlockT
 use block_types::{Block, BlockSpec};
 use futures::FutureExt as _;
 use serde_json::{Map, Value};
-use sqlx::{Connection, Executor};
 
 use crate::crypto::MasterKey;
 use crate::store::{Backend, MasterKeySource, Rights, Store, StoreConfig};
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A fresh, empty database and a master key for it.
 pub(crate) struct TestDb {
@@ -21,8 +19,7 @@ pub(crate) struct TestDb {
     pub(crate) url: String,
     pub(crate) master: MasterKey,
     dir: Option<tempfile::TempDir>,
-    admin_url: Option<String>,
-    db_name: Option<String>,
+    postgres: Option<::tests::PostgresDb>,
 }
 
 impl TestDb {
@@ -34,41 +31,19 @@ impl TestDb {
             url: format!("sqlite://{}", path.display()),
             master: MasterKey::generate().unwrap(),
             dir: Some(dir),
-            admin_url: None,
-            db_name: None,
+            postgres: None,
         }
     }
 
     async fn postgres() -> Option<Self> {
         sqlx::any::install_default_drivers();
-        let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let mut admin = match sqlx::AnyConnection::connect(&admin_url).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "PostgreSQL at {admin_url} is unreachable under CI: {e}"
-                );
-                eprintln!("SKIPPED the PostgreSQL half: {admin_url} is unreachable ({e})");
-                return None;
-            }
-        };
-        let db_name = format!("blocks_test_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .execute(format!("create database {db_name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.ok();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&db_name);
+        let db = ::tests::PostgresDb::create().await?;
         Some(Self {
             backend: Backend::Postgres,
-            url: url.to_string(),
+            url: db.url.to_string(),
             master: MasterKey::generate().unwrap(),
             dir: None,
-            admin_url: Some(admin_url),
-            db_name: Some(db_name),
+            postgres: Some(db),
         })
     }
 
@@ -92,17 +67,9 @@ impl TestDb {
         self.dir.as_ref().map(tempfile::TempDir::path)
     }
 
-    async fn drop_database(&self) {
-        if let (Some(admin_url), Some(name)) = (&self.admin_url, &self.db_name)
-            && let Ok(mut admin) = sqlx::AnyConnection::connect(admin_url).await
-        {
-            {
-                admin
-                    .execute(format!("drop database if exists {name} with (force)").as_str())
-                    .await
-                    .ok();
-                admin.close().await.ok();
-            }
+    async fn drop_database(self) {
+        if let Some(db) = self.postgres {
+            db.drop_database().await;
         }
     }
 }
