@@ -198,34 +198,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 }
 
 /// `?include_secrets=…` (default false), read leniently like FastAPI's booleans. `true`
-/// needs the caller's `read-secrets` scope (403 otherwise).
+/// needs the caller's `read-secrets` scope (403 otherwise). The query is read with serde
+/// as every other query is (so `include%5Fsecrets=true` asks for secrets too), and the
+/// parameter given twice is a 422.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct IncludeSecrets(pub(super) bool);
+
+/// The query parameters [`IncludeSecrets`] reads; others are left to their route.
+#[derive(Debug, Default, serde::Deserialize)]
+struct SecretsQuery {
+    #[serde(default, deserialize_with = "lenient_bool")]
+    include_secrets: bool,
+}
+
+/// `true`, `1`, `yes`, `on`, `t`, `y` and their `false` counterparts, any case.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
+        _ => Err(serde::de::Error::custom("Input should be a valid boolean")),
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for IncludeSecrets {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or("").to_owned();
-        // Decoded as any query parser would: `include%5Fsecrets=true` asks for secrets
-        // too, and is checked like the plain spelling.
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            if key == "include_secrets" {
-                return match value.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" | "t" | "y" => {
-                        Caller::from_request_parts(parts, state)
-                            .await?
-                            .allow_secrets()?;
-                        Ok(Self(true))
-                    }
-                    "false" | "0" | "no" | "off" | "f" | "n" => Ok(Self(false)),
-                    _ => Err(ApiError::Validation(vec![block_types::FieldError::new(
-                        "include_secrets",
-                        "Input should be a valid boolean",
-                    )])),
-                };
-            }
+        let QueryParams(query) =
+            QueryParams::<SecretsQuery>::from_request_parts(parts, state).await?;
+        if query.include_secrets {
+            Caller::from_request_parts(parts, state)
+                .await?
+                .allow_secrets()?;
         }
-        Ok(Self(false))
+        Ok(Self(query.include_secrets))
     }
 }

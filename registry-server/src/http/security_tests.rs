@@ -257,6 +257,17 @@ async fn an_encoded_include_secrets_is_checked_like_the_plain_one_and_errors_nev
         let resp = get(&ctx.app, &format!("/api/block_documents/{id}?include_secrets={CANARY}"), &ctx.admin).await;
         assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(!resp.text.contains(CANARY));
+
+        // FastAPI's spellings of a boolean, any case; the parameter twice is refused rather
+        // than read one way or the other.
+        for (value, shown) in [("YES", true), ("on", true), ("1", true), ("Off", false), ("n", false)] {
+            let resp = get(&ctx.app, &format!("/api/block_documents/{id}?include_secrets={value}"), &secrets).await;
+            assert_eq!(resp.status, StatusCode::OK, "{value}: {}", resp.text);
+            assert_eq!(resp.body["data"]["value"] == CANARY, shown, "{value}");
+        }
+        let resp = get(&ctx.app, &format!("/api/block_documents/{id}?include_secrets=false&include_secrets=true"), &secrets).await;
+        assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "include_secrets");
+        assert!(!resp.text.contains(CANARY));
     })
     .await;
 }
