@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use block_types::model::{
-    BlockDocument, BlockDocumentCreate, BlockDocumentFilter, BlockDocumentFilterBody, BlockSchema,
-    BlockSchemaCreate, BlockSchemaFilterBody, BlockType, BlockTypeCreate,
+    BlockDocument, BlockDocumentCreate, BlockDocumentFilter, BlockDocumentFilterBody,
+    BlockDocumentSort, BlockSchema, BlockSchemaCreate, BlockSchemaFilterBody, BlockType,
+    BlockTypeCreate,
 };
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -111,8 +112,9 @@ pub struct Restored {
 }
 
 /// The documents of a snapshot in an order that creates every referenced document before
-/// the documents referencing it; an error names a reference that is never satisfied.
-/// `known`: source ids already present on the target.
+/// the documents referencing it, or an error when references form a cycle or point outside
+/// the snapshot (found before any document is created). `known`: source ids already
+/// present on the target.
 fn creation_order(
     mut pending: Vec<ExportedDocument>,
     known: impl IntoIterator<Item = Uuid>,
@@ -153,6 +155,8 @@ impl Client {
                 ..BlockDocumentFilter::default()
             }),
             include_secrets: Some(true),
+            // Prefect's default, sent as it: its filter route does not take a null sort.
+            sort: Some(BlockDocumentSort::NameAsc),
             ..BlockDocumentFilterBody::default()
         };
         let documents = self

@@ -151,9 +151,10 @@ pub fn secret_floor(slug: &str) -> &'static [crate::SecretPath] {
 }
 
 /// A document of every built-in type, in the shapes Prefect's Python client writes them
-/// (nested blocks resolved inline), with `secret` in each secret field: for tests and
-/// examples that check a secret never shows (`Debug`, logs, pages, errors). Some types have
-/// two samples, one per form a field takes.
+/// (nested blocks resolved inline), with `secret` in each secret field: test data for
+/// checking that a secret never shows (`Debug`, logs, pages, errors), not a template (the
+/// webhook sample allows private URLs). Some types have two samples, one per form a field
+/// takes.
 pub fn samples(secret: &str) -> Vec<(&'static str, Value)> {
     vec![
         ("secret", json!({"value": secret})),
