@@ -186,13 +186,12 @@ async fn precondition(
     if !headers.contains_key(header::IF_MATCH) {
         return Ok(None);
     }
-    let current = state.store.read_block_document_tagged(id, false).await?;
-    if matches_tag(headers, &header::IF_MATCH, &current.etag) {
-        Ok(Some(current.version))
+    let (etag, version) = state.store.document_tag(id).await?;
+    if matches_tag(headers, &header::IF_MATCH, &etag) {
+        Ok(Some(version))
     } else {
         Err(ApiError::PreconditionFailed(format!(
-            "If-Match does not match the document's current ETag {}; read it again and retry",
-            current.etag
+            "If-Match does not match the document's current ETag {etag}; read it again and retry"
         )))
     }
 }

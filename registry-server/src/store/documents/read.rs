@@ -104,6 +104,59 @@ impl Store {
         .await
     }
 
+    /// The entity tag and version of document `id`, from the read cache or one tree query,
+    /// without resolving the tree: what a conditional write (`If-Match`) compares.
+    pub async fn document_tag(&self, id: Uuid) -> Result<(String, i64)> {
+        let entry = self
+            .tree_entry(
+                &TreeKey::Id(id),
+                &|sql: &mut Sql| {
+                    sql.push("d.id = ").bind_text(id.to_string());
+                },
+                &|tree: &Tree| tree.docs.contains_key(&id).then_some(id),
+                true,
+            )
+            .await?;
+        // A missing document's empty tree may be kept by a read of it: not found either way.
+        let cached = &*entry.tree;
+        let root = cached.tree.docs.get(&cached.root).ok_or_else(not_found)?;
+        Ok((cached.etag.clone(), root.version))
+    }
+
+    /// The cached tree under `key` (when `use_cache`), else the tree selected by `root`,
+    /// loaded, tagged and kept; `pick` finds its root document.
+    async fn tree_entry(
+        &self,
+        key: &TreeKey,
+        root: &impl Fn(&mut Sql),
+        pick: &impl Fn(&Tree) -> Option<Uuid>,
+        use_cache: bool,
+    ) -> Result<tree_cache::Entry<CachedTree>> {
+        if use_cache && let Some(entry) = self.trees.get(key) {
+            return Ok(entry);
+        }
+        let generation = self.trees.generation();
+        let tree = self.load_tree(root).await?;
+        let Some(id) = pick(&tree) else {
+            return Err(not_found());
+        };
+        let entry = tree_cache::Entry {
+            documents: tree.docs.keys().copied().collect(),
+            bytes: tree
+                .docs
+                .values()
+                .map(|d| d.plain_bytes + d.sealed_bytes + 512)
+                .sum(),
+            tree: Arc::new(CachedTree {
+                etag: tree_etag(&tree, id),
+                root: id,
+                tree,
+            }),
+        };
+        self.trees.insert(key.clone(), entry.clone(), generation);
+        Ok(entry)
+    }
+
     /// Loads the tree selected by `root` and resolves the document `pick` finds in it. A
     /// read that raced a re-encryption (its version moved to a new key and the old key was
     /// destroyed between the query and the decryption) is read again once.
@@ -118,32 +171,7 @@ impl Store {
         loop {
             // After a failure to open a cached tree, read it afresh (its version may have
             // been re-encrypted and the old key destroyed since it was kept).
-            let cached = if retried { None } else { self.trees.get(&key) };
-            let entry = match cached {
-                Some(entry) => entry,
-                None => {
-                    let generation = self.trees.generation();
-                    let tree = self.load_tree(&root).await?;
-                    let Some(id) = pick(&tree) else {
-                        return Err(not_found());
-                    };
-                    let entry = tree_cache::Entry {
-                        documents: tree.docs.keys().copied().collect(),
-                        bytes: tree
-                            .docs
-                            .values()
-                            .map(|d| d.plain_bytes + d.sealed_bytes + 512)
-                            .sum(),
-                        tree: Arc::new(CachedTree {
-                            etag: tree_etag(&tree, id),
-                            root: id,
-                            tree,
-                        }),
-                    };
-                    self.trees.insert(key.clone(), entry.clone(), generation);
-                    entry
-                }
-            };
+            let entry = self.tree_entry(&key, &root, &pick, !retried).await?;
             let cached = &*entry.tree;
             let id = cached.root;
             match self.resolve_root(&cached.tree, id, include_secrets).await {

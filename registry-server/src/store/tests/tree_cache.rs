@@ -216,3 +216,36 @@ async fn counts_per_type_are_kept_until_the_next_create_or_delete() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_documents_tag_is_its_tagged_reads_and_follows_every_write_to_its_tree() {
+    on_both(async |db| {
+        let store = db.open().await;
+        wait_live(&store).await;
+        let (_, creds_schema) = register::<GcpCredentials>(&store).await;
+        let (_, bucket_schema) = register::<GcsBucket>(&store).await;
+        let creds = create(&store, &creds_schema, "tag-creds", key(&format!("{CANARY}-1"))).await;
+        let bucket = create(&store, &bucket_schema, "tag-gcs", json!({"bucket": "dtc-lake", "bucket_folder": "", "gcp_credentials": reference_value(creds.id)})).await;
+
+        let tagged = store.read_block_document_tagged(bucket.id, false).await.unwrap();
+        let (etag, version) = store.document_tag(bucket.id).await.unwrap();
+        assert_eq!((etag.as_str(), version), (tagged.etag.as_str(), tagged.version));
+        // A write to the referenced document changes the root's tag, not its version.
+        store.update_block_document(creds.id, update(key(&format!("{CANARY}-2"))), None, Rights::WRITE).await.unwrap();
+        let (after, same_version) = store.document_tag(bucket.id).await.unwrap();
+        assert_ne!(after, etag, "a change anywhere in the tree changes the tag");
+        assert_eq!(same_version, version);
+        assert_eq!(after, store.read_block_document_tagged(bucket.id, true).await.unwrap().etag);
+        // Its own write moves both.
+        store.update_block_document(bucket.id, update(json!({"bucket": "other"})), None, Rights::WRITE).await.unwrap();
+        let (latest, newer) = store.document_tag(bucket.id).await.unwrap();
+        assert_ne!(latest, after);
+        assert_eq!(newer, version + 1);
+        // A missing document is not found, as a read of it is.
+        assert!(matches!(
+            store.document_tag(uuid::Uuid::new_v4()).await,
+            Err(crate::store::StoreError::NotFound(_))
+        ));
+    })
+    .await;
+}
