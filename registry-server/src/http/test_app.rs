@@ -41,13 +41,28 @@ impl Resp {
     }
 }
 
-/// Sends one request, with `Authorization: Bearer <token>` when a token is given.
+/// Sends one request, with `Authorization: Bearer <token>` when a token is given and `body`
+/// as JSON.
 pub(crate) async fn send(
     app: &Router,
     method: &str,
     uri: &str,
     token: Option<&str>,
     body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let body = body.map(Value::to_string);
+    send_raw(app, method, uri, token, body.as_deref(), headers).await
+}
+
+/// [`send`] with the body as text, sent as `application/json` whatever it holds (for
+/// malformed bodies).
+pub(crate) async fn send_raw(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Resp {
     let mut builder = Request::builder().method(method).uri(uri);
@@ -60,7 +75,7 @@ pub(crate) async fn send(
     let request = match body {
         Some(body) => builder
             .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
+            .body(Body::from(body.to_owned()))
             .unwrap(),
         None => builder.body(Body::empty()).unwrap(),
     };

@@ -57,25 +57,13 @@ pub(super) fn with_token(router: Router, token: String) -> Router {
     ))
 }
 
-/// Sends a request; returns the status and the JSON body (`null` when empty).
+/// Sends a request as the app's admin (the token `test_app` adds); returns the status and
+/// the JSON body (`null` when empty).
 async fn call(app: &Router, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)))
-    };
-    (status, value)
+    let json = [("content-type", "application/json")];
+    let headers: &[(&str, &str)] = if body.is_none() { &json } else { &[] };
+    let resp = super::test_app::send_raw(app, method, uri, None, body, headers).await;
+    (resp.status, resp.body)
 }
 
 async fn json_call(app: &Router, method: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
