@@ -377,10 +377,9 @@ async fn include_secrets_needs_read_secrets_and_is_audited() {
 }
 
 #[tokio::test]
-async fn tokens_are_shown_once_expire_and_revoke_over_the_api() {
+async fn a_token_is_shown_once_at_creation_and_never_listed() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
-        let store = &ctx.state.store;
         let body = json!({"name": "ci", "scopes": ["read", "write"]});
         let created = send(
             &ctx.app,
@@ -450,7 +449,15 @@ async fn tokens_are_shown_once_expire_and_revoke_over_the_api() {
             "{}",
             listed.text
         );
+    })
+    .await;
+}
 
+#[tokio::test]
+async fn an_expired_token_is_refused_and_its_refusal_audited() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
         // Expiry.
         let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
         let expiring = store
@@ -473,6 +480,37 @@ async fn tokens_are_shown_once_expire_and_revoke_over_the_api() {
         assert_unauthorized(&resp, "an expired token");
         assert!(resp.detail().contains("expired"), "{}", resp.text);
 
+        let records = all_audit(store).await;
+        assert!(
+            records.iter().any(|r| r.token_id == Some(expiring.info.id)
+                && r.outcome == "denied"
+                && r.status == 401),
+            "the expired token's refusal is audited: {records:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_and_its_refusal_audited() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
+        let body = json!({"name": "ci", "scopes": ["read", "write"]});
+        let created = send(
+            &ctx.app,
+            "POST",
+            "/api/tokens",
+            Some(&ctx.admin),
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        let secret = created.body["token"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("blk_") && secret.len() > 20, "{secret}");
+        let id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(created.body["scopes"], json!(["read", "write"]));
         // Revocation.
         let revoked = send(
             &ctx.app,
@@ -500,17 +538,22 @@ async fn tokens_are_shown_once_expire_and_revoke_over_the_api() {
         .await;
         assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
-        // Expired and revoked denials are audited under the token's id.
         let records = all_audit(store).await;
-        for (token_id, what) in [(expiring.info.id, "expired"), (id, "revoked")] {
-            assert!(
-                records.iter().any(|r| r.token_id == Some(token_id)
-                    && r.outcome == "denied"
-                    && r.status == 401),
-                "the {what} token's refusal is audited: {records:?}"
-            );
-        }
+        assert!(
+            records
+                .iter()
+                .any(|r| r.token_id == Some(id) && r.outcome == "denied" && r.status == 401),
+            "the revoked token's refusal is audited: {records:?}"
+        );
+    })
+    .await;
+}
 
+#[tokio::test]
+async fn bad_token_bodies_are_422_naming_the_field_and_create_nothing() {
+    on_both(async |db| {
+        let ctx = setup(db, AuthGuard::default()).await;
+        let store = &ctx.state.store;
         // Bad bodies: 422 naming the field, nothing created.
         let before = store.list_tokens().await.unwrap().len();
         let cases = [
