@@ -376,25 +376,32 @@ async fn include_secrets_needs_read_secrets_and_is_audited() {
     .await;
 }
 
+/// Creates a `read`+`write` token named "ci" over the API, checking the answer shows it
+/// once: (the token, its id).
+async fn ci_token(ctx: &Ctx) -> (String, Uuid) {
+    let body = json!({"name": "ci", "scopes": ["read", "write"]});
+    let created = send(
+        &ctx.app,
+        "POST",
+        "/api/tokens",
+        Some(&ctx.admin),
+        Some(&body),
+        &[],
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let secret = created.body["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("blk_") && secret.len() > 20, "{secret}");
+    let id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(created.body["scopes"], json!(["read", "write"]));
+    (secret, id)
+}
+
 #[tokio::test]
 async fn a_token_is_shown_once_at_creation_and_never_listed() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
-        let body = json!({"name": "ci", "scopes": ["read", "write"]});
-        let created = send(
-            &ctx.app,
-            "POST",
-            "/api/tokens",
-            Some(&ctx.admin),
-            Some(&body),
-            &[],
-        )
-        .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-        let secret = created.body["token"].as_str().unwrap().to_owned();
-        assert!(secret.starts_with("blk_") && secret.len() > 20, "{secret}");
-        let id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
-        assert_eq!(created.body["scopes"], json!(["read", "write"]));
+        let (secret, id) = ci_token(&ctx).await;
         assert_eq!(
             get(&ctx.app, "/api/hello", &secret).await.status,
             StatusCode::OK
@@ -496,21 +503,7 @@ async fn a_revoked_token_is_refused_and_its_refusal_audited() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
         let store = &ctx.state.store;
-        let body = json!({"name": "ci", "scopes": ["read", "write"]});
-        let created = send(
-            &ctx.app,
-            "POST",
-            "/api/tokens",
-            Some(&ctx.admin),
-            Some(&body),
-            &[],
-        )
-        .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-        let secret = created.body["token"].as_str().unwrap().to_owned();
-        assert!(secret.starts_with("blk_") && secret.len() > 20, "{secret}");
-        let id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
-        assert_eq!(created.body["scopes"], json!(["read", "write"]));
+        let (secret, id) = ci_token(&ctx).await;
         // Revocation.
         let revoked = send(
             &ctx.app,
