@@ -1,6 +1,5 @@
 //! The HTTP client: loads with retries, errors in words, and an optional cache.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use block_types::model::BlockDocument;
 use block_types::{Block, SecretMap};
+use parking_lot::Mutex;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;

@@ -4,10 +4,10 @@
 //! role, and exchanges it again (reading the file afresh, as platforms rotate it) when two
 //! thirds of that token's life have passed. No secret needs to be configured.
 
-use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::Error;

@@ -2,10 +2,10 @@
 //! document id, so a save can reference the named document a nested value came from. It
 //! keeps digests, never data.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 
 use block_types::Block;
+use parking_lot::Mutex;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -15,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 const CANARY: &str = "canary-crash-7d2c";

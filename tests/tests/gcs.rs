@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD_INDIFFERENT};
 use block_types::SecretMap;
 use block_types::catalog::{GcpCredentials, GcsBucket};
+use parking_lot::Mutex;
 use registry_client::gcp::{
     Bucket, Endpoint, GcpCredentialsExt as _, GcpError, GcsBucketExt as _, STORAGE_SCOPE,
     ServiceAccount,

@@ -3,7 +3,6 @@
 //! answer goes out; clients that keep failing to authenticate are refused for a while, but
 //! a valid token is never refused.
 
-use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::Utc;
+use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::audit::Durability;

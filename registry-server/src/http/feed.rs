@@ -14,7 +14,6 @@
 //! reads types), and key events with `admin` only. The token is checked again every
 //! [`RECHECK_EVERY`]: a revoked or expired token's stream ends, and changed grants apply.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Weak};
@@ -26,6 +25,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use block_types::events::{ChangeEvent, EventKind, ResetEvent};
 use futures::Stream;
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;

@@ -15,7 +15,6 @@
 //! count toward the per-address limit on failed authentications (429 past it). Every
 //! exchange is audited with the role, issuer and subject, never the JWT.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 

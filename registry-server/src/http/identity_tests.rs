@@ -5,13 +5,13 @@
 //! the public key, a claim mismatch, a tampered signature: each a 401 with a clear reason
 //! and an audit record, none a 5xx, and the JWT never in the audit log.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::test_app::{Ctx, Resp, all_audit, get, lenient, send, setup};

@@ -2,7 +2,6 @@
 //! one request helper (`send`, `get`) and its `Resp`, tokens of given scopes, the audit
 //! log as stored, a document holding a secret, and a log buffer.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use block_types::catalog::{Collection, Secret};
+use parking_lot::Mutex;
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;

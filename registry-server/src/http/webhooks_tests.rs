@@ -2,13 +2,13 @@
 //! PostgreSQL: signatures, a retry after a 500 delivered once, the delivery log, the test
 //! send, the address rules, and (PostgreSQL) two replicas delivering each event once.
 
-use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use block_types::catalog::{GcpCredentials, Secret};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::AppState;

@@ -31,7 +31,6 @@ mod webhooks;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +38,7 @@ use std::time::Duration;
 
 use block_types::{DataValidator, FieldError};
 use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
 use secrecy::SecretString;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
