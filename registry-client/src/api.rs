@@ -88,8 +88,8 @@ impl AuditFilter {
     }
 }
 
-/// The API path of the block `slug/name`.
-pub(crate) fn block_path(slug: &str, name: &str) -> String {
+/// The API path of the block `slug/name`, for [`Client::call`].
+pub fn block_path(slug: &str, name: &str) -> String {
     format!(
         "block_types/slug/{}/block_documents/name/{}",
         encode(slug),

@@ -12,7 +12,8 @@ pub(crate) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// `text` with everything but unreserved characters percent-encoded.
-pub(crate) fn encode(text: &str) -> String {
+/// `text` with everything but unreserved characters percent-encoded: a path segment of an
+/// API path for [`Client::call`](crate::Client::call), a query value, a URL's user name.
+pub fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }

@@ -77,10 +77,11 @@ pub mod sqlalchemy;
 
 use std::sync::OnceLock;
 
-pub use api::{AuditFilter, MAX_LISTED_ITEMS, NewToken};
+pub use api::{AuditFilter, MAX_LISTED_ITEMS, NewToken, block_path};
 pub use block_types;
 pub use client::{CacheStats, Client, JsonBlock};
 pub use config::{Config, ConfigSource, Profile};
+pub use encoding::encode as path_segment;
 pub use error::Error;
 pub use identity::Identity;
 pub use reqwest::Method;

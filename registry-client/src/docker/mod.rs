@@ -85,7 +85,9 @@ pub use engine::{
     network_connect_body, network_connect_path,
 };
 pub use image::ImageRef;
-use parse::*;
+use parse::{
+    Networks, check_labels, check_name, check_volume, environment, memory_limits, networks,
+};
 pub use registry::RegistryLogin;
 
 use std::collections::BTreeMap;

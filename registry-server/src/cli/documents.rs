@@ -1,7 +1,6 @@
 //! `blocks ls`, `inspect`, `create`, `delete`, `history` and `rollback`: block documents.
 
 use super::client;
-use super::enc;
 use super::or_missing;
 use super::output::cell;
 use super::output::text;
@@ -293,15 +292,6 @@ pub async fn rollback(address: &str, version: u32, format: Format) -> anyhow::Re
         &[vec![address.to_owned(), new.to_string()]],
     );
     Ok(())
-}
-
-/// The API path of the block `slug/name`.
-pub(super) fn block_path(slug: &str, name: &str) -> String {
-    format!(
-        "block_types/slug/{}/block_documents/name/{}",
-        enc(slug),
-        enc(name)
-    )
 }
 
 #[cfg(test)]

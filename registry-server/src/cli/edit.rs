@@ -3,9 +3,9 @@
 
 use anyhow::{Context, bail};
 use registry_client::Method;
+use registry_client::block_path;
 use serde_json::{Value, json};
 
-use super::documents::block_path;
 use super::output::{Format, print, text};
 use super::transfer::write_private;
 use super::{client, or_missing, split_address};

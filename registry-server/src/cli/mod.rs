@@ -56,12 +56,6 @@ pub fn split_address(address: &str) -> anyhow::Result<(&str, &str)> {
         })
 }
 
-fn enc(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
-
 /// Turns the server's 404 into "no WHAT"; other errors pass through.
 fn or_missing(what: String) -> impl FnOnce(registry_client::Error) -> anyhow::Error {
     move |e| match e {

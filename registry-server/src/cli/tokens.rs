@@ -3,7 +3,6 @@
 use super::UsageError;
 use super::client;
 use super::documents::delete_and_say;
-use super::enc;
 use super::output::cell;
 use super::output::emit;
 use super::output::table;
@@ -13,6 +12,7 @@ use anyhow::Context;
 use block_types::access::{ChildTokenCreate, Grant, Scope, TokenCreate, TokenInfo, Ttl};
 use registry_client::Method;
 use registry_client::NewToken;
+use registry_client::path_segment;
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -239,7 +239,13 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
             print(format, &all, &issuer_headers, &rows);
         }
         AuthCommand::Issuer(IssuerCommand::Rm { id }) => {
-            delete_and_say(&client, &format!("auth/issuers/{}", enc(id)), id, format).await?;
+            delete_and_say(
+                &client,
+                &format!("auth/issuers/{}", path_segment(id)),
+                id,
+                format,
+            )
+            .await?;
         }
         AuthCommand::Role(RoleCommand::Set {
             name,
@@ -274,7 +280,7 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
             let role = client
                 .call::<_, Value>(
                     Method::PUT,
-                    &format!("auth/roles/{}", enc(name)),
+                    &format!("auth/roles/{}", path_segment(name)),
                     Some(&body),
                 )
                 .await?;
@@ -288,7 +294,13 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
             print(format, &all, &role_headers, &rows);
         }
         AuthCommand::Role(RoleCommand::Rm { name }) => {
-            delete_and_say(&client, &format!("auth/roles/{}", enc(name)), name, format).await?;
+            delete_and_say(
+                &client,
+                &format!("auth/roles/{}", path_segment(name)),
+                name,
+                format,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -36,7 +36,6 @@ impl TestDb {
     }
 
     async fn postgres() -> Option<Self> {
-        sqlx::any::install_default_drivers();
         let db = ::tests::PostgresDb::create().await?;
         Some(Self {
             backend: Backend::Postgres,
