@@ -467,6 +467,19 @@ pub fn open_secrets<'k>(
     Ok(())
 }
 
+/// Puts `value(i)` where sealed value `i` of `sealed` goes in `data`, as
+/// [`open_secrets`] puts the opened values: a pre-serialized answer marks the places of
+/// the values it opens per request.
+pub fn place_sealed(
+    data: &mut Map<String, Value>,
+    sealed: &[SealedField],
+    mut value: impl FnMut(usize) -> Value,
+) {
+    for (i, field) in sealed.iter().enumerate() {
+        insert_path(data, &field.path, value(i));
+    }
+}
+
 /// Sets `path` in `data`, creating intermediate objects where they are missing.
 fn insert_path(data: &mut Map<String, Value>, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else {

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::audit::Durability;
-use super::extract::Caller;
+use super::extract::{Answered, Caller};
 use super::routes::{Access, Kind};
 use super::{ApiError, AppState};
 use crate::store::{NewAuditRecord, Scope, TokenInfo, TokenRejection, token_digest};
@@ -680,6 +680,25 @@ pub(crate) fn secret_read_target(path: &str, documents: &[Uuid]) -> String {
     target
 }
 
+/// `response` read back for the ids of the documents its body shows.
+async fn read_back(response: Response) -> Result<(Response, Vec<Uuid>), Response> {
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, "answering 500: a secret answer could not be read back");
+            return Err(
+                ApiError::Internal("the answer could not be prepared".into()).into_response(),
+            );
+        }
+    };
+    let documents = answered_documents(&bytes);
+    Ok((
+        Response::from_parts(parts, axum::body::Body::from(bytes)),
+        documents,
+    ))
+}
+
 impl Pending {
     /// Stores the record for `response` and returns the response, or a 503 when the record
     /// could not be stored (a secret read or refusal is never answered unrecorded).
@@ -697,25 +716,25 @@ impl Pending {
         let (response, target) = if secrets {
             // Name the documents the answer shows: a filter or a by-name read names none in
             // its path, and a tree shows its children's secrets too.
-            let (parts, body) = response.into_parts();
-            let bytes = match axum::body::to_bytes(body, usize::MAX).await {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::error!(error = %e, "answering 500: a secret answer could not be read back");
-                    return ApiError::Internal("the answer could not be prepared".into())
-                        .into_response();
-                }
+            let shown = response
+                .extensions()
+                .get::<Answered>()
+                .map(|a| a.0.to_vec());
+            let (response, documents) = match shown {
+                Some(documents) => (response, documents),
+                // An answer that does not say what it shows is read back for the ids.
+                None => match read_back(response).await {
+                    Ok(read) => read,
+                    Err(response) => return response,
+                },
             };
             let documents = if status.is_success() {
-                answered_documents(&bytes)
+                documents
             } else {
                 Vec::new()
             };
             let target = secret_read_target(&self.target, &documents);
-            (
-                Response::from_parts(parts, axum::body::Body::from(bytes)),
-                target,
-            )
+            (response, target)
         } else {
             (response, self.target)
         };

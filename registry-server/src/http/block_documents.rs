@@ -10,17 +10,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use block_types::model::{
-    BlockDocument, BlockDocumentCountBody, BlockDocumentCreate, BlockDocumentFilterBody,
-    BlockDocumentUpdate,
+    BlockDocumentCountBody, BlockDocumentCreate, BlockDocumentFilterBody, BlockDocumentUpdate,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::extract::{Body, Caller, Id, IncludeSecrets};
+use super::extract::{Answered, Body, Caller, Id, IncludeSecrets};
 use super::grants::{self, check_document, check_references, read_scope};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
-use crate::store::{Scope, Tagged, VersionInfo};
+use crate::store::{Answer, Scope, Tagged, VersionInfo};
 
 pub(super) fn routes() -> Vec<Route> {
     let routes = vec![
@@ -100,7 +99,7 @@ async fn filter(
     State(state): St,
     caller: Caller,
     Body(body): Body<BlockDocumentFilterBody>,
-) -> ApiResult<Json<Vec<BlockDocument>>> {
+) -> ApiResult<Response> {
     let include_secrets = body.include_secrets == Some(true);
     if include_secrets {
         caller.allow_secrets()?;
@@ -111,7 +110,7 @@ async fn filter(
         .filter_block_documents_within(&body, caller.reach(scope))
         .await?;
     grants::check_trees(&caller, scope, &documents)?;
-    Ok(Json(documents))
+    Ok(Answered::of(&documents).attach(Json(documents)))
 }
 
 async fn count(
@@ -134,6 +133,10 @@ async fn read(
     IncludeSecrets(include_secrets): IncludeSecrets,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    if caller.limited().is_none() {
+        let answer = state.store.read_answer(id, include_secrets).await?;
+        return Ok(answer_response(&headers, answer));
+    }
     let scope = read_scope(include_secrets);
     // Before the read: a hidden document answers as a missing one, whatever state it is in.
     check_document(&state, &caller, id, scope).await?;
@@ -147,17 +150,34 @@ async fn read(
 
 /// The document with its `ETag`, or 304 when `If-None-Match` names that tag.
 pub(super) fn tagged_response(headers: &HeaderMap, tagged: Tagged) -> Response {
-    let etag = HeaderValue::from_str(&tagged.etag).ok();
-    if matches_tag(headers, &header::IF_NONE_MATCH, &tagged.etag) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        if let Some(etag) = etag {
-            response.headers_mut().insert(header::ETAG, etag);
-        }
-        return response;
-    }
-    let mut response = Json(tagged.document).into_response();
-    if let Some(etag) = etag {
-        response.headers_mut().insert(header::ETAG, etag);
+    with_tag(headers, &tagged.etag, || {
+        Answered::of([&tagged.document]).attach(Json(tagged.document))
+    })
+}
+
+/// A pre-serialized answer with its `ETag`, or 304 when `If-None-Match` names that tag.
+pub(super) fn answer_response(headers: &HeaderMap, answer: Answer) -> Response {
+    with_tag(headers, &answer.etag, || {
+        Answered(answer.documents).attach((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            answer.body,
+        ))
+    })
+}
+
+/// `answer()` with `etag`, or 304 when `If-None-Match` names that tag.
+fn with_tag(headers: &HeaderMap, etag: &str, answer: impl FnOnce() -> Response) -> Response {
+    let value = HeaderValue::from_str(etag).ok();
+    let mut response = if matches_tag(headers, &header::IF_NONE_MATCH, etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        answer()
+    };
+    if let Some(value) = value {
+        response.headers_mut().insert(header::ETAG, value);
     }
     response
 }

@@ -5,13 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use block_types::catalog::Collection;
-use block_types::model::{
-    BlockDocument, BlockType, BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate,
-};
+use block_types::model::{BlockType, BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate};
 use block_types::validate;
 use serde_json::Value;
 
-use super::extract::{Body, Caller, Id, IncludeSecrets};
+use super::extract::{Answered, Body, Caller, Id, IncludeSecrets};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
 use super::{ApiError, ApiResult, St, created};
 
@@ -141,14 +139,14 @@ async fn documents_of_type(
     Path(slug): Path<String>,
     caller: Caller,
     IncludeSecrets(include_secrets): IncludeSecrets,
-) -> ApiResult<Json<Vec<BlockDocument>>> {
+) -> ApiResult<Response> {
     let scope = super::grants::read_scope(include_secrets);
     let documents = state
         .store
         .list_block_documents_of_type_within(&slug, include_secrets, caller.reach(scope))
         .await?;
     super::grants::check_trees(&caller, scope, &documents)?;
-    Ok(Json(documents))
+    Ok(Answered::of(&documents).attach(Json(documents)))
 }
 
 async fn document_by_name(
@@ -159,10 +157,15 @@ async fn document_by_name(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let scope = super::grants::read_scope(include_secrets);
-    if let Some(token) = caller.limited() {
-        // Before the lookup: the answer cannot depend on whether it exists.
-        super::grants::check_root(&caller, token, scope, &slug, &name)?;
-    }
+    let Some(token) = caller.limited() else {
+        let answer = state
+            .store
+            .read_answer_by_name(&slug, &name, include_secrets)
+            .await?;
+        return Ok(super::block_documents::answer_response(&headers, answer));
+    };
+    // Before the lookup: the answer cannot depend on whether it exists.
+    super::grants::check_root(&caller, token, scope, &slug, &name)?;
     let tagged = state
         .store
         .read_block_document_by_name_tagged(&slug, &name, include_secrets)

@@ -7,6 +7,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use block_types::model::BlockDocument;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -169,6 +171,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Caller>()
             .cloned()
             .unwrap_or_default())
+    }
+}
+
+/// The documents an answer shows, roots first and each once: a handler answering with
+/// documents puts it in the response's extensions, so the audit record of a secret read
+/// names them without reading the answer back.
+#[derive(Debug, Clone)]
+pub(crate) struct Answered(pub(crate) Arc<[Uuid]>);
+
+impl Answered {
+    /// The documents `documents` show.
+    pub(crate) fn of<'a>(documents: impl IntoIterator<Item = &'a BlockDocument>) -> Self {
+        Self(crate::store::shown_documents(documents).into())
+    }
+
+    /// `response` carrying the documents it shows.
+    pub(crate) fn attach(self, response: impl IntoResponse) -> Response {
+        let mut response = response.into_response();
+        response.extensions_mut().insert(self);
+        response
     }
 }
 

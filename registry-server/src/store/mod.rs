@@ -56,7 +56,7 @@ pub use block_types::model::VersionInfo;
 pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
-pub use documents::{MAX_IMPORT, Tagged, WriteOutcome};
+pub use documents::{Answer, MAX_IMPORT, Tagged, WriteOutcome, shown_documents};
 pub use events::{
     DEFAULT_EVENT_RETENTION_HOURS, EventFilter, FeedEvent, MAX_FILTER_GLOB, Position, Resume,
 };

@@ -280,6 +280,28 @@ impl<T> TreeCache<T> {
         inner.entries.insert(key, entry);
     }
 
+    /// Counts `bytes` more for the entry under `key` if it still holds `tree` (an answer
+    /// kept pre-serialized with it), evicting the least recently used others past the
+    /// bound.
+    pub(crate) fn grow(&self, key: &TreeKey, tree: &Arc<T>, bytes: usize) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.get_mut(key) else {
+            return;
+        };
+        if !Arc::ptr_eq(&entry.tree, tree) {
+            return;
+        }
+        entry.bytes += bytes;
+        inner.bytes += bytes;
+        while inner.bytes > MAX_BYTES {
+            let Some((old_key, old)) = inner.entries.remove_lru() else {
+                break;
+            };
+            inner.unindex(&old_key, &old);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Drops every tree holding one of `documents`: after another replica's write that
     /// changed them committed.
     pub(crate) fn changed(&self, documents: &[Uuid]) {
@@ -333,6 +355,16 @@ impl<T> TreeCache<T> {
     /// Whether the cache is in use (every change is heard).
     pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// Every kept tree.
+    #[cfg(test)]
+    pub(crate) fn trees(&self) -> Vec<Arc<T>> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|(_, entry)| entry.tree.clone())
+            .collect()
     }
 
     pub(crate) fn stats(&self) -> TreeCacheStats {

@@ -3,6 +3,9 @@
 
 mod history;
 mod list;
+mod prepared;
+
+pub use prepared::Answer;
 mod read;
 mod write;
 
@@ -40,6 +43,29 @@ pub struct WriteOutcome {
     pub version: i64,
     /// Whether anything was written (a merge update without data writes nothing).
     pub changed: bool,
+}
+
+/// The documents `documents` show, roots first and each once: each document, then the
+/// documents it references, depth first in field order.
+pub fn shown_documents<'a>(documents: impl IntoIterator<Item = &'a BlockDocument>) -> Vec<Uuid> {
+    fn push(ids: &mut Vec<Uuid>, id: Uuid) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    fn references(refs: &BTreeMap<String, BlockDocumentReference>, ids: &mut Vec<Uuid>) {
+        for reference in refs.values() {
+            let document = &reference.block_document;
+            push(ids, document.id);
+            references(&document.block_document_references, ids);
+        }
+    }
+    let mut ids = Vec::new();
+    for document in documents {
+        push(&mut ids, document.id);
+        references(&document.block_document_references, &mut ids);
+    }
+    ids
 }
 
 /// A resolved document with its entity tag.
@@ -148,6 +174,9 @@ pub(crate) struct CachedTree {
     tree: Tree,
     root: Uuid,
     etag: String,
+    /// The root's answer kept pre-serialized, masked (`[0]`) and with secrets (`[1]`),
+    /// made by the first read that needs it.
+    answers: [std::sync::OnceLock<Arc<prepared::Prepared>>; 2],
 }
 
 impl std::fmt::Debug for CachedTree {

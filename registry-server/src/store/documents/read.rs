@@ -13,6 +13,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::Answer;
 use super::CachedTree;
 use super::MAX_DEPTH;
 use super::MAX_RESOLVED_BYTES;
@@ -90,15 +91,7 @@ impl Store {
                     .push(") and d.name = ")
                     .bind_text(name);
             },
-            |tree| {
-                tree.docs
-                    .values()
-                    .find(|d| {
-                        d.name == name
-                            && d.schema.block_type.as_ref().is_some_and(|t| t.slug == slug)
-                    })
-                    .map(|d| d.id)
-            },
+            |tree| pick_by_name(tree, slug, name),
             include_secrets,
         )
         .await
@@ -151,6 +144,7 @@ impl Store {
                 etag: tree_etag(&tree, id),
                 root: id,
                 tree,
+                answers: Default::default(),
             }),
         };
         self.trees.insert(key.clone(), entry.clone(), generation);
@@ -176,12 +170,7 @@ impl Store {
             let id = cached.root;
             match self.resolve_root(&cached.tree, id, include_secrets).await {
                 Err(StoreError::Crypto(_)) if !retried => retried = true,
-                Err(StoreError::Crypto(error)) => {
-                    tracing::error!(document_id = %id, %error, "a block document cannot be decrypted");
-                    return Err(StoreError::Unreadable(format!(
-                        "block document {id} (or a document it references) cannot be decrypted: its data key is missing or its stored ciphertext was altered. Nothing was changed; an admin can overwrite it or restore it from a backup"
-                    )));
-                }
+                Err(StoreError::Crypto(error)) => return Err(undecryptable(id, &error)),
                 other => {
                     let document = other?.ok_or_else(not_found)?;
                     let version = cached.tree.docs.get(&id).map_or(0, |d| d.version);
@@ -191,6 +180,63 @@ impl Store {
                         document,
                     });
                 }
+            }
+        }
+    }
+
+    /// The answer to a read of document `id` (see [`Store::read_block_document_tagged`])
+    /// as JSON text, kept pre-serialized with the cached tree: what the API sends to a
+    /// caller whose token is not limited by grants.
+    pub async fn read_answer(&self, id: Uuid, include_secrets: bool) -> Result<Answer> {
+        self.answer_one(
+            TreeKey::Id(id),
+            |sql| {
+                sql.push("d.id = ").bind_text(id.to_string());
+            },
+            |_| Some(id),
+            include_secrets,
+        )
+        .await
+    }
+
+    /// [`Store::read_answer`] by type slug and name.
+    pub async fn read_answer_by_name(
+        &self,
+        slug: &str,
+        name: &str,
+        include_secrets: bool,
+    ) -> Result<Answer> {
+        self.answer_one(
+            TreeKey::Name(slug.into(), name.into()),
+            |sql| {
+                sql.push("d.block_type_id = (select id from block_type where slug = ")
+                    .bind_text(slug)
+                    .push(") and d.name = ")
+                    .bind_text(name);
+            },
+            |tree| pick_by_name(tree, slug, name),
+            include_secrets,
+        )
+        .await
+    }
+
+    /// [`Store::read_one`] as a pre-serialized answer.
+    async fn answer_one(
+        &self,
+        key: TreeKey,
+        root: impl Fn(&mut Sql),
+        pick: impl Fn(&Tree) -> Option<Uuid>,
+        include_secrets: bool,
+    ) -> Result<Answer> {
+        let mut retried = false;
+        loop {
+            let entry = self.tree_entry(&key, &root, &pick, !retried).await?;
+            match self.answer_of(&key, &entry, include_secrets).await {
+                Err(StoreError::Crypto(_)) if !retried => retried = true,
+                Err(StoreError::Crypto(error)) => {
+                    return Err(undecryptable(entry.tree.root, &error));
+                }
+                other => return other,
             }
         }
     }
@@ -368,9 +414,40 @@ impl Store {
         let Some(doc) = tree.docs.get(&id) else {
             return Ok(None);
         };
-        let (data, refs, _, _) = resolve(tree, keys, id, include_secrets, 0, &mut HashMap::new())?;
+        let (data, refs, _, _) = resolve(
+            tree,
+            &mut Opener::Keys(keys),
+            id,
+            include_secrets,
+            0,
+            &mut HashMap::new(),
+        )?;
         Ok(Some(doc.document(data, refs, false)))
     }
+}
+
+/// The document of type `slug` named `name` in `tree`.
+fn pick_by_name(tree: &Tree, slug: &str, name: &str) -> Option<Uuid> {
+    tree.docs
+        .values()
+        .find(|d| d.name == name && d.schema.block_type.as_ref().is_some_and(|t| t.slug == slug))
+        .map(|d| d.id)
+}
+
+/// The error of a read whose secrets cannot be opened (after reading the tree afresh).
+fn undecryptable(id: Uuid, error: &crate::crypto::CryptoError) -> StoreError {
+    tracing::error!(document_id = %id, %error, "a block document cannot be decrypted");
+    StoreError::Unreadable(format!(
+        "block document {id} (or a document it references) cannot be decrypted: its data key is missing or its stored ciphertext was altered. Nothing was changed; an admin can overwrite it or restore it from a backup"
+    ))
+}
+
+/// What a resolution does with sealed values.
+pub(super) enum Opener<'a> {
+    /// Opens them with these keys.
+    Keys(&'a HashMap<Uuid, Arc<DataKey>>),
+    /// Marks their places, for an answer kept pre-serialized (see [`super::prepared`]).
+    Marks(&'a mut super::prepared::Marks),
 }
 
 /// A resolved document: its data, its references, how many documents its expanded tree
@@ -449,7 +526,7 @@ pub(super) fn resolved_bytes(
 /// built.
 pub(super) fn resolve(
     tree: &Tree,
-    keys: &HashMap<Uuid, Arc<DataKey>>,
+    secrets: &mut Opener<'_>,
     id: Uuid,
     include_secrets: bool,
     depth: i64,
@@ -461,9 +538,12 @@ pub(super) fn resolve(
     let doc = tree.docs.get(&id).ok_or_else(not_found)?;
     let mut data = doc.data.clone();
     if !doc.secrets.is_empty() {
-        open_secrets(&mut data, &doc.secrets, id, |key_id| {
-            keys.get(&key_id).map(|k| &**k)
-        })?;
+        match secrets {
+            Opener::Keys(keys) => open_secrets(&mut data, &doc.secrets, id, |key_id| {
+                keys.get(&key_id).map(|k| &**k)
+            })?,
+            Opener::Marks(marks) => marks.place(&mut data, doc),
+        }
     }
     let mut refs = BTreeMap::new();
     let mut size = 1usize;
@@ -474,7 +554,7 @@ pub(super) fn resolve(
                 continue;
             };
             let (child_data, child_refs, child_size, child_bytes) =
-                resolve(tree, keys, *child_id, include_secrets, depth + 1, memo)?;
+                resolve(tree, secrets, *child_id, include_secrets, depth + 1, memo)?;
             size += child_size;
             if size > MAX_TREE_DOCUMENTS {
                 return Err(tree_too_large());

@@ -25,12 +25,22 @@ fn update(data: Value) -> BlockDocumentUpdate {
     }
 }
 
-/// The private key the bucket's tree answers, read by name with secrets.
+/// The private key the bucket's tree answers, read by name with secrets, built from the
+/// tree and as the answer kept pre-serialized (the two must agree byte for byte).
 async fn served_key(store: &Store) -> Value {
     let bucket = store
         .read_block_document_by_name("gcs-bucket", "zoom-gcs", true)
         .await
         .unwrap();
+    let answer = store
+        .read_answer_by_name("gcs-bucket", "zoom-gcs", true)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answer.body),
+        serde_json::to_string(&bucket).unwrap(),
+        "the kept answer is the answer built from the tree"
+    );
     bucket.data["gcp_credentials"]["service_account_info"]["private_key"].clone()
 }
 
@@ -60,7 +70,7 @@ async fn every_write_to_a_tree_is_seen_by_the_next_read_with_the_cache_on() {
         let hits = store.tree_cache_stats().hits;
         assert_eq!(served_key(&store).await, json!(format!("{CANARY}-1")));
         assert_eq!(store.query_count(), queries, "a cached tree costs no query");
-        assert_eq!(store.tree_cache_stats().hits, hits + 1);
+        assert_eq!(store.tree_cache_stats().hits, hits + 2, "both reads of the tree hit");
         // Masked from the same cached tree: the cache holds sealed values, not plaintext.
         let masked = store.read_block_document_by_name("gcs-bucket", "zoom-gcs", false).await.unwrap();
         assert_eq!(masked.data["gcp_credentials"]["service_account_info"]["private_key"], json!("********"));
@@ -94,6 +104,50 @@ async fn every_write_to_a_tree_is_seen_by_the_next_read_with_the_cache_on() {
         assert_eq!(served_key(&store).await, json!(format!("{CANARY}-4")));
         let stats = store.tree_cache_stats();
         assert!(stats.invalidations > 0 && stats.entries > 0 && stats.bytes > 0, "{stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kept_answer_is_the_built_answer_byte_for_byte_and_keeps_no_secret() {
+    on_both(async |db| {
+        let store = db.open().await;
+        wait_live(&store).await;
+        let (_, creds_schema) = register::<GcpCredentials>(&store).await;
+        let (_, bucket_schema) = register::<GcsBucket>(&store).await;
+        let creds = create(&store, &creds_schema, "zoom-gcp-creds", key(CANARY)).await;
+        // Plain text shaped like a marker of a kept answer is left as it is.
+        let decoy = "blocks-sealed-00000000000000000000000000000000-0";
+        let bucket = create(&store, &bucket_schema, "zoom-gcs", json!({"bucket": decoy, "bucket_folder": "\"quoted\" ünïcode", "gcp_credentials": reference_value(creds.id)})).await;
+
+        for round in 0..2 {
+            for include_secrets in [true, false] {
+                let built = store.read_block_document_tagged(bucket.id, include_secrets).await.unwrap();
+                let by_id = store.read_answer(bucket.id, include_secrets).await.unwrap();
+                let by_name = store.read_answer_by_name("gcs-bucket", "zoom-gcs", include_secrets).await.unwrap();
+                let expected = serde_json::to_string(&built.document).unwrap();
+                for answer in [&by_id, &by_name] {
+                    assert_eq!(String::from_utf8_lossy(&answer.body), expected, "round {round}, secrets {include_secrets}");
+                    assert_eq!((answer.etag.as_str(), answer.version), (built.etag.as_str(), built.version));
+                    assert_eq!(&*answer.documents, [bucket.id, creds.id]);
+                }
+                assert_eq!(expected.contains(CANARY), include_secrets);
+                assert!(expected.contains(decoy));
+            }
+        }
+        // Kept: the masked answers whole, and the text around the secret values.
+        let kept = store.kept_answer_text();
+        assert!(kept.contains("********") && kept.contains(decoy), "the answers were kept");
+        assert!(!kept.contains(CANARY), "no secret value is kept in plaintext");
+
+        // Served new at once after a write to the referenced document.
+        store.update_block_document(creds.id, update(key(&format!("{CANARY}-new"))), None, Rights::WRITE).await.unwrap();
+        assert_eq!(served_key(&store).await, json!(format!("{CANARY}-new")));
+        // A missing document is a 404 either way.
+        assert!(matches!(
+            store.read_answer_by_name("gcs-bucket", "nope", true).await,
+            Err(crate::store::StoreError::NotFound(_))
+        ));
     })
     .await;
 }
