@@ -75,48 +75,33 @@ fn clean(text: &str, max: usize) -> String {
     out
 }
 
-/// `insert … values (…), (…)` for `rows` records.
-fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "insert into audit_event (at, request_id, token_id, action, target, outcome, status) values ",
-    );
-    for i in 0..rows {
-        let b = i * 7;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for k in 1..=7 {
-            if k > 1 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(b + k).to_string());
-        }
-        sql.push(')');
-    }
-    sql
+/// One stored record as the insert reads it from its JSON array.
+#[derive(serde::Serialize)]
+struct StoredRecord<'a> {
+    at: i64,
+    request_id: String,
+    token_id: Option<String>,
+    action: String,
+    target: String,
+    outcome: &'a str,
+    status: i64,
 }
 
-/// Binds `records` to an insert from [`insert_sql`]. The statement is not kept prepared:
-/// each group size is its own text, and a hundred of them would crowd the document
-/// queries out of the connection's statement cache.
-fn bind_records<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    records: &[NewAuditRecord],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let mut query = query.persistent(false);
-    for r in records {
-        query = query
-            .bind(r.at.timestamp_micros())
-            .bind(clean(&r.request_id, MAX_FIELD))
-            .bind(r.token_id.map(|t| t.to_string()))
-            .bind(clean(&r.action, MAX_FIELD))
-            .bind(clean(&r.target, MAX_TARGET))
-            .bind(r.outcome)
-            .bind(i64::from(r.status));
-    }
-    query
+/// `records` as the JSON array the insert reads.
+fn rows_json(records: &[NewAuditRecord]) -> String {
+    let rows: Vec<StoredRecord<'_>> = records
+        .iter()
+        .map(|r| StoredRecord {
+            at: r.at.timestamp_micros(),
+            request_id: clean(&r.request_id, MAX_FIELD),
+            token_id: r.token_id.map(|t| t.to_string()),
+            action: clean(&r.action, MAX_FIELD),
+            target: clean(&r.target, MAX_TARGET),
+            outcome: r.outcome,
+            status: i64::from(r.status),
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
 }
 
 /// Days audit records are kept when the setting was never changed.
@@ -133,8 +118,6 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Records per page by default, and at most.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
-/// Rows per insert statement (7 parameters each, well under both drivers' limits).
-const ROWS_PER_STATEMENT: usize = 100;
 
 impl Store {
     /// Appends records in one transaction: they are on disk (synced) when this returns.
@@ -230,30 +213,32 @@ impl Store {
         conn: &mut sqlx::AnyConnection,
         records: &[NewAuditRecord],
     ) -> Result<()> {
-        match records.len() {
-            0 => Ok(()),
-            // One statement is atomic on its own: one round trip, one commit.
-            n if n <= ROWS_PER_STATEMENT => {
-                self.count_query();
-                let sql = insert_sql(n);
-                bind_records(sqlx::query(&sql), records)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            }
-            _ => {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                for chunk in records.chunks(ROWS_PER_STATEMENT) {
-                    self.count_query();
-                    let sql = insert_sql(chunk.len());
-                    bind_records(sqlx::query(&sql), chunk)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
+        if records.is_empty() {
+            return Ok(());
         }
+        // One statement for any number of records (atomic on its own: one round trip, one
+        // commit), its text always the same, so it stays prepared on the connection.
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
+                 select json_extract(value, '$.at'), json_extract(value, '$.request_id'), \
+                 json_extract(value, '$.token_id'), json_extract(value, '$.action'), \
+                 json_extract(value, '$.target'), json_extract(value, '$.outcome'), \
+                 json_extract(value, '$.status') from json_each($1) order by key"
+            }
+            Backend::Postgres => {
+                "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
+                 select r.at, r.request_id, r.token_id, r.action, r.target, r.outcome, r.status \
+                 from json_to_recordset(cast($1 as json)) as r(at bigint, request_id text, \
+                 token_id text, action text, target text, outcome text, status bigint)"
+            }
+        };
+        self.count_query();
+        sqlx::query(sql)
+            .bind(rows_json(records))
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// Records matching `query`, newest first.
