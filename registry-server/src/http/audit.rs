@@ -210,13 +210,14 @@ async fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Queued>, stats: Arc<Au
                 }
             }
         };
-        // Counted before the answers go out, so the syncer never misses a group it must
-        // sync (a failed group only costs a sync that finds nothing new).
-        if deferred {
-            stats.deferred_groups.fetch_add(1, Ordering::AcqRel);
-        }
         match append(&records).await {
             Ok(()) => {
+                // Counted once committed and before the answers go out: a sync that reads
+                // the count covers every group it counts (one counted while still
+                // committing could be marked synced by a sync that ran before its commit).
+                if deferred {
+                    stats.deferred_groups.fetch_add(1, Ordering::AcqRel);
+                }
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats
                     .records
@@ -230,6 +231,9 @@ async fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Queued>, stats: Arc<Au
                 tracing::warn!(error = %e, records = records.len(), "an audit group failed; storing its records one by one");
                 for (record, ack) in records.into_iter().zip(acks) {
                     let one = append(std::slice::from_ref(&record)).await;
+                    if deferred && one.is_ok() {
+                        stats.deferred_groups.fetch_add(1, Ordering::AcqRel);
+                    }
                     count(&stats, &one);
                     ack.send(one.map_err(|e| e.to_string())).ok();
                 }

@@ -8,7 +8,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::sql::Sql;
-use super::{Result, Store, StoreError, to_time, uuid_col};
+use super::{Backend, Result, Store, StoreError, to_time, uuid_col};
 
 /// Longest name search accepted (bytes), as for the API's `like_`.
 pub const MAX_SEARCH_BYTES: usize = 256;
@@ -89,6 +89,14 @@ fn contains_pattern(text: &str) -> String {
 }
 
 impl Store {
+    /// The FTS5 query finding names that contain `search` through SQLite's trigram index
+    /// of names: `search` as one quoted phrase. None on PostgreSQL (its trigram index
+    /// serves the `like` itself) and for text shorter than a trigram.
+    fn trigram_phrase(&self, search: &str) -> Option<String> {
+        (self.backend == Backend::Sqlite && search.chars().count() >= 3)
+            .then(|| format!("\"{}\"", search.replace('"', "\"\"")))
+    }
+
     /// A page of document summaries, by name, and the number of documents matching.
     pub async fn browse_documents(&self, query: &DocumentQuery) -> Result<DocumentPage> {
         if query.limit == 0 || query.limit > MAX_PAGE {
@@ -123,6 +131,16 @@ impl Store {
                     .bind_text(type_id.to_string());
             }
             if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
+                if let Some(phrase) = self.trigram_phrase(search) {
+                    // The candidates from the trigram index (a superset: it folds case as
+                    // widely as the condition below), then the condition itself.
+                    sql.push(
+                        " and d.id in (select k.id from block_document_key k where k.key in \
+                         (select rowid from block_document_name where block_document_name match ",
+                    )
+                    .bind_text(phrase)
+                    .push("))");
+                }
                 sql.push(" and lower(d.name) like ")
                     .bind_text(contains_pattern(search))
                     .push(" escape '\\'");

@@ -145,3 +145,63 @@ async fn pages_searches_counts_and_referrers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_name_search_follows_creates_deletes_and_reopening() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, string) = register::<StringBlock>(&store).await;
+        let names = ["zoom-gcs", "zoom-gcs-staging", "say-hi-there", "ab-x"];
+        let mut ids = Vec::new();
+        for name in names {
+            ids.push(
+                create(&store, &string, name, json!({"value": "v"}))
+                    .await
+                    .id,
+            );
+        }
+        let search = async |store: &crate::store::Store, text: &str| {
+            let query = DocumentQuery {
+                search: Some(text.to_owned()),
+                limit: 50,
+                ..DocumentQuery::default()
+            };
+            let page = store.browse_documents(&query).await.unwrap();
+            let mut found: Vec<String> = page.items.into_iter().map(|d| d.name).collect();
+            found.sort();
+            found
+        };
+        // Trigram-sized and longer, any case; shorter ones too; quotes and query syntax
+        // are text.
+        assert_eq!(
+            search(&store, "ZOOM-gcs").await,
+            ["zoom-gcs", "zoom-gcs-staging"]
+        );
+        assert_eq!(search(&store, "s-stag").await, ["zoom-gcs-staging"]);
+        assert_eq!(search(&store, "hi-th").await, ["say-hi-there"]);
+        assert_eq!(search(&store, "ab").await, ["ab-x"]);
+        assert!(search(&store, "\"hi\"").await.is_empty());
+        assert!(search(&store, "hi\" OR \"zoom").await.is_empty());
+        assert!(search(&store, "gcs-prod").await.is_empty());
+        assert!(
+            search(&store, "OR zoom").await.is_empty(),
+            "the text is never a query"
+        );
+
+        store.delete_block_document(ids[0], None).await.unwrap();
+        assert_eq!(search(&store, "zoom-gcs").await, ["zoom-gcs-staging"]);
+        create(&store, &string, "zoom-gcs", json!({"value": "again"})).await;
+        assert_eq!(
+            search(&store, "zoom-gcs").await,
+            ["zoom-gcs", "zoom-gcs-staging"]
+        );
+
+        drop(store);
+        let store = db.open().await;
+        assert_eq!(
+            search(&store, "zoom-gcs").await,
+            ["zoom-gcs", "zoom-gcs-staging"]
+        );
+    })
+    .await;
+}
