@@ -88,7 +88,7 @@ struct StoredRecord<'a> {
 }
 
 /// `records` as the JSON array the insert reads.
-fn rows_json(records: &[NewAuditRecord]) -> String {
+fn rows_json(records: &[NewAuditRecord]) -> Result<String> {
     let rows: Vec<StoredRecord<'_>> = records
         .iter()
         .map(|r| StoredRecord {
@@ -101,7 +101,8 @@ fn rows_json(records: &[NewAuditRecord]) -> String {
             status: i64::from(r.status),
         })
         .collect();
-    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+    serde_json::to_string(&rows)
+        .map_err(|e| StoreError::Config(format!("audit records could not be written: {e}")))
 }
 
 /// Days audit records are kept when the setting was never changed.
@@ -229,13 +230,15 @@ impl Store {
             Backend::Postgres => {
                 "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
                  select r.at, r.request_id, r.token_id, r.action, r.target, r.outcome, r.status \
-                 from json_to_recordset(cast($1 as json)) as r(at bigint, request_id text, \
-                 token_id text, action text, target text, outcome text, status bigint)"
+                 from rows from (json_to_recordset(cast($1 as json)) as (at bigint, request_id text, \
+                 token_id text, action text, target text, outcome text, status bigint)) \
+                 with ordinality as r(at, request_id, token_id, action, target, outcome, status, n) \
+                 order by r.n"
             }
         };
         self.count_query();
         sqlx::query(sql)
-            .bind(rows_json(records))
+            .bind(rows_json(records)?)
             .execute(&mut *conn)
             .await?;
         Ok(())

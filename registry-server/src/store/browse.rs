@@ -93,6 +93,8 @@ impl Store {
     /// of names: `search` as one quoted phrase. None on PostgreSQL (its trigram index
     /// serves the `like` itself) and for text shorter than a trigram.
     fn trigram_phrase(&self, search: &str) -> Option<String> {
+        // Lowercased as the `like` pattern is, so the index finds at least what it matches.
+        let search = search.to_lowercase();
         (self.backend == Backend::Sqlite && search.chars().count() >= 3)
             .then(|| format!("\"{}\"", search.replace('"', "\"\"")))
     }
@@ -155,8 +157,15 @@ impl Store {
             .bind_int(query.limit.into())
             .push(" offset ")
             .bind_int(offset);
+        // A search is planned for its text each time (not kept prepared): a plan made for
+        // any text (PostgreSQL's generic plan) cannot tell that the trigram index finds few.
+        let searched = query.search.as_deref().is_some_and(|s| !s.is_empty());
         self.count_query();
-        let rows = page.query().fetch_all(&self.read).await?;
+        let rows = page
+            .query()
+            .persistent(!searched)
+            .fetch_all(&self.read)
+            .await?;
         let items = rows
             .iter()
             .map(|row| {
@@ -179,6 +188,7 @@ impl Store {
             self.count_query();
             filter("select count(*) as n")
                 .query()
+                .persistent(!searched)
                 .fetch_one(&self.read)
                 .await?
                 .try_get("n")?

@@ -281,24 +281,37 @@ impl<T> TreeCache<T> {
     }
 
     /// Counts `bytes` more for the entry under `key` if it still holds `tree` (an answer
-    /// kept pre-serialized with it), evicting the least recently used others past the
-    /// bound.
-    pub(crate) fn grow(&self, key: &TreeKey, tree: &Arc<T>, bytes: usize) {
+    /// to keep with it), evicting the least recently used others past the bound. False
+    /// (nothing counted) when the entry is gone or would pass the bound of one entry.
+    pub(crate) fn grow(&self, key: &TreeKey, tree: &Arc<T>, bytes: usize) -> bool {
         let mut inner = self.lock();
         let Some(entry) = inner.entries.get_mut(key) else {
-            return;
+            return false;
         };
-        if !Arc::ptr_eq(&entry.tree, tree) {
-            return;
+        if !Arc::ptr_eq(&entry.tree, tree) || entry.bytes + bytes > MAX_BYTES / 16 {
+            return false;
         }
         entry.bytes += bytes;
         inner.bytes += bytes;
-        while inner.bytes > MAX_BYTES {
+        while inner.bytes > MAX_BYTES && inner.entries.len() > 1 {
             let Some((old_key, old)) = inner.entries.remove_lru() else {
                 break;
             };
             inner.unindex(&old_key, &old);
             self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Takes back what [`TreeCache::grow`] counted for an answer that was not kept.
+    pub(crate) fn shrink(&self, key: &TreeKey, tree: &Arc<T>, bytes: usize) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.peek_mut(key) else {
+            return;
+        };
+        if Arc::ptr_eq(&entry.tree, tree) {
+            entry.bytes -= bytes;
+            inner.bytes -= bytes;
         }
     }
 
@@ -475,6 +488,35 @@ mod tests {
             cache.get(&TreeKey::Id(id)).is_none(),
             "reconnecting starts empty"
         );
+    }
+
+    #[test]
+    fn a_kept_answer_counts_against_the_bounds_and_never_passes_an_entrys_share() {
+        let cache = TreeCache::new(true);
+        let big = MAX_BYTES / 16;
+        // Full: 32 entries of half a share each.
+        let ids: Vec<Uuid> = (0..32).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            cache.insert(TreeKey::Id(*id), entry(&[*id], big / 2), cache.generation());
+        }
+        assert_eq!(cache.stats().evictions, 0);
+        let key = TreeKey::Id(ids[31]);
+        let tree = cache.get(&key).unwrap().tree;
+        // Past the entry's share: not counted (the answer is not kept).
+        assert!(!cache.grow(&key, &tree, big / 2 + 1));
+        assert_eq!(cache.stats().bytes, MAX_BYTES as u64);
+        // Another tree under the key (or none): not counted.
+        assert!(!cache.grow(&key, &Arc::new(()), 1));
+        assert!(!cache.grow(&TreeKey::Id(Uuid::new_v4()), &tree, 1));
+        // Within it: counted, and the total bound evicts the least recently used.
+        assert!(cache.grow(&key, &tree, big / 2));
+        let stats = cache.stats();
+        assert_eq!(stats.evictions, 1);
+        assert!(stats.bytes <= MAX_BYTES as u64);
+        assert!(cache.get(&TreeKey::Id(ids[0])).is_none());
+        assert!(cache.get(&key).is_some());
+        cache.shrink(&key, &tree, big / 2);
+        assert_eq!(cache.stats().bytes, (31 * (big / 2)) as u64);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub(crate) struct Prepared {
     sealed: Vec<(Uuid, SealedField)>,
     /// The documents the answer shows, roots first, each once.
     documents: Arc<[Uuid]>,
-    /// The bytes of text kept.
+    /// The bytes kept (text and sealed values).
     bytes: usize,
 }
 
@@ -62,13 +62,15 @@ impl std::fmt::Debug for Answer {
 pub(crate) struct Marks {
     prefix: String,
     sealed: Vec<(Uuid, SealedField)>,
+    /// A document had a sealed value inside another.
+    nested: bool,
 }
 
 impl Marks {
     fn new() -> Result<Self> {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce)
-            .map_err(|e| StoreError::Crypto(CryptoError::Random(e.to_string())))?;
+            .map_err(|e| StoreError::Config(format!("drawing a marker nonce: {e}")))?;
         let mut prefix = String::from("blocks-sealed-");
         for b in nonce {
             let _ = write!(prefix, "{b:02x}");
@@ -77,11 +79,21 @@ impl Marks {
         Ok(Self {
             prefix,
             sealed: Vec::new(),
+            nested: false,
         })
     }
 
-    /// Marks where `doc`'s sealed values go in `data`.
+    /// Marks where `doc`'s sealed values go in `data`. A document one of whose sealed
+    /// values sits inside another (opened, the inner one merges into the outer object; a
+    /// marker would replace the outer one) is noted, and its answer is not kept.
     pub(super) fn place(&mut self, data: &mut Map<String, Value>, doc: &TreeDoc) {
+        let paths: Vec<&Vec<String>> = doc.secrets.iter().map(|f| &f.path).collect();
+        if paths
+            .iter()
+            .any(|a| paths.iter().any(|b| a.len() < b.len() && b.starts_with(a)))
+        {
+            self.nested = true;
+        }
         let first = self.sealed.len();
         place_sealed(data, &doc.secrets, |i| {
             Value::String(format!("{}{}", self.prefix, first + i))
@@ -112,7 +124,12 @@ impl Marks {
         }
         texts.push(Bytes::copy_from_slice(rest.as_bytes()));
         Ok(Prepared {
-            bytes: text.len(),
+            bytes: text.len()
+                + self
+                    .sealed
+                    .iter()
+                    .map(|(_, f)| f.ciphertext.len() + 64)
+                    .sum::<usize>(),
             texts,
             slots,
             sealed: self.sealed,
@@ -122,7 +139,7 @@ impl Marks {
 }
 
 impl Prepared {
-    /// The text kept, in bytes.
+    /// The bytes kept (text and sealed values).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -138,13 +155,15 @@ impl Prepared {
                 .get(&sealed_key_id(&field.ciphertext)?)
                 .ok_or(CryptoError::Tampered)?;
             let plaintext = key.decrypt_field(*document, &field.path, &field.ciphertext)?;
-            // Written as it is: it must be one JSON value.
-            serde_json::from_slice::<serde::de::IgnoredAny>(&plaintext)
-                .map_err(|_| CryptoError::Tampered)?;
+            // Written as it is: it must be one JSON value (as opening it for a built
+            // answer requires).
+            serde_json::from_slice::<Value>(&plaintext).map_err(|_| CryptoError::Tampered)?;
             opened.push(plaintext);
         }
-        let mut out =
-            Vec::with_capacity(self.bytes + opened.iter().map(|p| p.len()).sum::<usize>());
+        let mut out = Vec::with_capacity(
+            self.texts.iter().map(Bytes::len).sum::<usize>()
+                + opened.iter().map(|p| p.len()).sum::<usize>(),
+        );
         for (i, text) in self.texts.iter().enumerate() {
             out.extend_from_slice(text);
             if let Some(slot) = self.slots.get(i) {
@@ -172,17 +191,39 @@ impl Store {
         } else {
             HashMap::new()
         };
+        let version = cached.tree.docs.get(&cached.root).map_or(0, |d| d.version);
         let prepared = match cell.get() {
             Some(prepared) => prepared.clone(),
-            None => {
-                let prepared = Arc::new(prepare(cached, &keys, include_secrets)?);
-                if cell.set(prepared.clone()).is_ok() {
-                    self.trees.grow(key, &entry.tree, prepared.bytes());
+            None => match prepare(cached, &keys, include_secrets)? {
+                Some(prepared) => {
+                    let prepared = Arc::new(prepared);
+                    // Kept only while the entry stays within its bound (else it is used
+                    // for this answer only).
+                    if self.trees.grow(key, &entry.tree, prepared.bytes())
+                        && cell.set(prepared.clone()).is_err()
+                    {
+                        // Another read kept its own first: count this one's bytes back.
+                        self.trees.shrink(key, &entry.tree, prepared.bytes());
+                    }
+                    prepared
                 }
-                prepared
-            }
+                None => {
+                    // Not keepable: built as an uncached read builds it.
+                    let document = self
+                        .resolve_root_with(&cached.tree, &keys, cached.root, include_secrets)?
+                        .ok_or_else(super::not_found)?;
+                    let body = serde_json::to_vec(&document).map_err(|e| {
+                        StoreError::Corrupt(format!("an answer could not be written: {e}"))
+                    })?;
+                    return Ok(Answer {
+                        documents: super::shown_documents([&document]).into(),
+                        body: body.into(),
+                        etag: cached.etag.clone(),
+                        version,
+                    });
+                }
+            },
         };
-        let version = cached.tree.docs.get(&cached.root).map_or(0, |d| d.version);
         Ok(Answer {
             body: prepared.render(&keys)?,
             etag: cached.etag.clone(),
@@ -193,40 +234,55 @@ impl Store {
 }
 
 /// The root's answer as kept text: masked values resolved as a masked read does; secret
-/// values marked and split out.
+/// values marked and split out. None when it cannot be kept (a sealed value inside
+/// another).
 fn prepare(
     cached: &CachedTree,
     keys: &HashMap<Uuid, Arc<DataKey>>,
     include_secrets: bool,
-) -> Result<Prepared> {
+) -> Result<Option<Prepared>> {
     let tree = &cached.tree;
     let id = cached.root;
     let doc = tree.docs.get(&id).ok_or_else(super::not_found)?;
-    let mut marks = Marks::new()?;
-    let (data, refs, _, _) = if include_secrets {
-        resolve(
+    let (data, refs, marks) = if include_secrets {
+        let mut marks = Marks::new()?;
+        let (data, refs, _, _) = resolve(
             tree,
             &mut Opener::Marks(&mut marks),
             id,
             true,
             0,
             &mut HashMap::new(),
-        )?
+        )?;
+        if marks.nested {
+            return Ok(None);
+        }
+        (data, refs, Some(marks))
     } else {
-        resolve(
+        let (data, refs, _, _) = resolve(
             tree,
             &mut Opener::Keys(keys),
             id,
             false,
             0,
             &mut HashMap::new(),
-        )?
+        )?;
+        (data, refs, None)
     };
     let document = doc.document(data, refs, false);
     let documents: Arc<[Uuid]> = super::shown_documents([&document]).into();
     let text = serde_json::to_string(&document)
         .map_err(|e| StoreError::Corrupt(format!("an answer could not be written: {e}")))?;
-    marks.split(&text, documents)
+    match marks {
+        Some(marks) => marks.split(&text, documents).map(Some),
+        None => Ok(Some(Prepared {
+            bytes: text.len(),
+            texts: vec![Bytes::from(text)],
+            slots: Vec::new(),
+            sealed: Vec::new(),
+            documents,
+        })),
+    }
 }
 
 #[cfg(test)]

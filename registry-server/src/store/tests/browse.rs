@@ -196,6 +196,29 @@ async fn the_name_search_follows_creates_deletes_and_reopening() {
             ["zoom-gcs", "zoom-gcs-staging"]
         );
 
+        // The index itself: SQLite's holds each name once (the deleted one left it);
+        // PostgreSQL's trigram index exists (pg_trgm is available here).
+        match store.backend {
+            crate::store::Backend::Sqlite => {
+                let indexed: i64 = sqlx::query_scalar(
+                    "select count(*) from block_document_name where block_document_name match '\"zoom-gcs\"'",
+                )
+                .fetch_one(&store.read)
+                .await
+                .unwrap();
+                assert_eq!(indexed, 2);
+            }
+            crate::store::Backend::Postgres => {
+                let indexes: i64 = sqlx::query_scalar(
+                    "select count(*) from pg_indexes where indexname = 'block_document_name_trigrams'",
+                )
+                .fetch_one(&store.read)
+                .await
+                .unwrap();
+                assert_eq!(indexes, 1);
+            }
+        }
+
         drop(store);
         let store = db.open().await;
         assert_eq!(
