@@ -184,11 +184,22 @@ impl Store {
             items.len() as i64
         } else if let Some(total) = query.known_total {
             total
+        } else if !searched {
+            // Without a search the total is a count per type, kept until the next change
+            // (a count of a million documents reads a million index entries).
+            let counts = self
+                .document_counts_by_type(query.include_anonymous)
+                .await?;
+            counts
+                .iter()
+                .filter(|(type_id, _)| query.block_type_id.is_none_or(|t| t == *type_id))
+                .map(|(_, n)| n)
+                .sum()
         } else {
             self.count_query();
             filter("select count(*) as n")
                 .query()
-                .persistent(!searched)
+                .persistent(false)
                 .fetch_one(&self.read)
                 .await?
                 .try_get("n")?
