@@ -53,9 +53,7 @@ impl Store {
     ) -> Result<Tagged> {
         self.read_one(
             TreeKey::Id(id),
-            |sql| {
-                sql.push("d.id = ").bind_text(id.to_string());
-            },
+            root_by_id(id),
             |_| Some(id),
             include_secrets,
         )
@@ -85,12 +83,7 @@ impl Store {
     ) -> Result<Tagged> {
         self.read_one(
             TreeKey::Name(slug.into(), name.into()),
-            |sql| {
-                sql.push("d.block_type_id = (select id from block_type where slug = ")
-                    .bind_text(slug)
-                    .push(") and d.name = ")
-                    .bind_text(name);
-            },
+            root_by_name(slug, name),
             |tree| pick_by_name(tree, slug, name),
             include_secrets,
         )
@@ -103,9 +96,7 @@ impl Store {
         let entry = self
             .tree_entry(
                 &TreeKey::Id(id),
-                &|sql: &mut Sql| {
-                    sql.push("d.id = ").bind_text(id.to_string());
-                },
+                &root_by_id(id),
                 &|tree: &Tree| tree.docs.contains_key(&id).then_some(id),
                 true,
             )
@@ -190,9 +181,7 @@ impl Store {
     pub async fn read_answer(&self, id: Uuid, include_secrets: bool) -> Result<Answer> {
         self.answer_one(
             TreeKey::Id(id),
-            |sql| {
-                sql.push("d.id = ").bind_text(id.to_string());
-            },
+            root_by_id(id),
             |_| Some(id),
             include_secrets,
         )
@@ -208,12 +197,7 @@ impl Store {
     ) -> Result<Answer> {
         self.answer_one(
             TreeKey::Name(slug.into(), name.into()),
-            |sql| {
-                sql.push("d.block_type_id = (select id from block_type where slug = ")
-                    .bind_text(slug)
-                    .push(") and d.name = ")
-                    .bind_text(name);
-            },
+            root_by_name(slug, name),
             |tree| pick_by_name(tree, slug, name),
             include_secrets,
         )
@@ -423,6 +407,23 @@ impl Store {
             &mut HashMap::new(),
         )?;
         Ok(Some(doc.document(data, refs, false)))
+    }
+}
+
+/// The tree query's root condition: the document `id`.
+fn root_by_id(id: Uuid) -> impl Fn(&mut Sql) {
+    move |sql| {
+        sql.push("d.id = ").bind_text(id.to_string());
+    }
+}
+
+/// The tree query's root condition: the document of type `slug` named `name`.
+fn root_by_name<'a>(slug: &'a str, name: &'a str) -> impl Fn(&mut Sql) + 'a {
+    move |sql| {
+        sql.push("d.block_type_id = (select id from block_type where slug = ")
+            .bind_text(slug)
+            .push(") and d.name = ")
+            .bind_text(name);
     }
 }
 
