@@ -392,6 +392,9 @@ pub struct Store {
     /// Bumped when this process commits events, and when the listener hears another
     /// replica's change (see [`events`]).
     feed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// PostgreSQL: woken after a commit that created documents; the listener then tells
+    /// the other replicas (see [`Store::announce_created`]).
+    created: Arc<tokio::sync::Notify>,
     #[cfg(test)]
     failpoint: parking_lot::Mutex<Option<&'static str>>,
 }
@@ -502,9 +505,16 @@ impl Store {
         }
         let master = keys::resolve_master_key(&write, master).await?;
         let tokens = Arc::new(tokens::TokenCache::new(backend));
-        let trees = Arc::new(tree_cache::TreeCache::new(backend == Backend::Sqlite));
+        let trees = Arc::new(match backend {
+            Backend::Sqlite => tree_cache::TreeCache::new(true),
+            // Hears creates only after the fact (see `announce_created`).
+            Backend::Postgres => {
+                tree_cache::TreeCache::new(false).counts_kept_for(tree_cache::COUNTS_MAX_AGE)
+            }
+        });
         let origin = Uuid::new_v4();
         let feed = Arc::new(tokio::sync::watch::Sender::new(0));
+        let created = Arc::new(tokio::sync::Notify::new());
         let token_listener = match backend {
             Backend::Postgres => Some(tokens::listen_for_revocations(
                 database_url.to_owned(),
@@ -512,6 +522,7 @@ impl Store {
                 Arc::downgrade(&trees),
                 Arc::downgrade(&feed),
                 origin,
+                created.clone(),
             )),
             Backend::Sqlite => None,
         };
@@ -535,6 +546,7 @@ impl Store {
             origin,
             token_listener,
             feed,
+            created,
             #[cfg(test)]
             failpoint: parking_lot::Mutex::new(None),
         };
@@ -589,6 +601,21 @@ impl Store {
         Ok(())
     }
 
+    /// Tells the other replicas, after a commit that only created documents, that documents
+    /// were created. A create changes no resolved tree, only the documents per type (kept
+    /// for the console's list) and the change feed, so unlike [`Store::announce_change`]
+    /// it is not sent from inside the transaction: a notifying transaction holds
+    /// PostgreSQL's notification lock from its commit until its WAL is flushed, which
+    /// would make concurrent creates commit one after another instead of sharing flushes.
+    /// Creates in quick succession share one notification. Should this process stop
+    /// between the commit and the notice, the other replicas recount within
+    /// [`tree_cache::COUNTS_MAX_AGE`] and their feed readers look on their own schedule.
+    pub(crate) fn announce_created(&self) {
+        if self.backend == Backend::Postgres {
+            self.created.notify_one();
+        }
+    }
+
     /// Marks `documents` (everything when empty) as changing until the guard is dropped:
     /// taken just before the commit that changes them and dropped after it (whatever its
     /// outcome). Meanwhile no tree holding one is served from the cache or kept in it, and
@@ -636,17 +663,6 @@ impl Store {
 
     /// ` for update` on PostgreSQL (row lock inside a transaction); nothing on SQLite,
     /// where the single writer connection already serializes writes.
-    /// A join whose left side must drive it: SQLite's `cross join` keeps that order (its
-    /// planner may otherwise scan the right table whole and probe the left through an
-    /// automatic index: a full scan of the documents for every tree read), PostgreSQL
-    /// plans a plain join well.
-    pub(crate) fn driving_join(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite => "cross join",
-            Backend::Postgres => "join",
-        }
-    }
-
     pub(crate) fn for_update(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " for update",

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use sqlx::Row;
@@ -175,11 +176,18 @@ impl TokenCache {
 }
 
 /// The PostgreSQL channel on which a committed document change is announced (payload:
-/// the changed documents' ids, comma-separated, or `*` for "anything").
+/// the changed documents' ids, comma-separated, `*` for "anything", or [`CREATED`]).
 pub(crate) const CHANGED_CHANNEL: &str = "blocks_documents_changed";
 /// Ids named at most in one change notification (PostgreSQL caps a payload at 8,000
 /// bytes); more become `*`.
 const MAX_CHANGED_IDS: usize = 100;
+
+/// The ids part of a notification that documents were created: no tree changed, only the
+/// documents per type (and the feed). Sent after the creating commits, by the listener's
+/// connection (see [`Store::announce_created`](super::Store::announce_created)).
+const CREATED: &str = "+";
+/// How long the listener gathers creates into one notice.
+const CREATED_GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The notification payload for a change to `documents` (none: anything) by the store
 /// `origin`: `<origin> <ids or *>`. A store skips its own (it dropped those trees itself).
@@ -208,6 +216,7 @@ pub(crate) fn listen_for_revocations(
     trees: Trees,
     feed: FeedSignal,
     origin: Uuid,
+    created: std::sync::Arc<tokio::sync::Notify>,
 ) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let mut backoff = std::time::Duration::from_millis(100);
@@ -216,6 +225,11 @@ pub(crate) fn listen_for_revocations(
                 let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
                 listener
                     .listen_all([REVOKED_CHANNEL, CHANGED_CHANNEL])
+                    .await?;
+                // Its notifications of creates are sent after the fact: they need not
+                // wait for a WAL flush while holding the server's notification lock.
+                sqlx::query("set synchronous_commit = off")
+                    .execute(&mut listener)
                     .await?;
                 Ok::<_, sqlx::Error>(listener)
             }
@@ -231,7 +245,7 @@ pub(crate) fn listen_for_revocations(
                     backoff = std::time::Duration::from_millis(100);
                     // Events committed while nobody listened are read from the table.
                     bump(&feed);
-                    if !listen(&mut listener, &cache, &trees, &feed, origin).await {
+                    if !listen(&mut listener, &cache, &trees, &feed, origin, &created).await {
                         return;
                     }
                 }
@@ -258,8 +272,10 @@ async fn listen(
     trees: &Trees,
     feed: &FeedSignal,
     origin: Uuid,
+    created: &tokio::sync::Notify,
 ) -> bool {
     let own = origin.simple().to_string();
+    let created_payload = format!("{own} {CREATED}");
     let lost = |c: &TokenCache| {
         c.set_live(false);
         if let Some(t) = trees.upgrade() {
@@ -278,6 +294,10 @@ async fn listen(
                         bump(feed);
                         let (from, ids) = n.payload().split_once(' ').unwrap_or(("", n.payload()));
                         if from != own && let Some(t) = trees.upgrade() {
+                            if ids == CREATED {
+                                t.created();
+                                continue;
+                            }
                             let ids: Option<Vec<Uuid>> =
                                 ids.split(',').map(|id| Uuid::parse_str(id).ok()).collect();
                             match ids {
@@ -296,6 +316,25 @@ async fn listen(
                         lost(&c);
                         return true;
                     }
+                }
+            }
+            () = created.notified() => {
+                // Every create of the next moment in one notice (see `CREATED`): a busy
+                // writer sends a few a second, not one per create.
+                tokio::time::sleep(CREATED_GATHER).await;
+                created.notified().now_or_never();
+                let Some(c) = cache.upgrade() else { return false };
+                let sent = tokio::time::timeout(
+                    HEARTBEAT_TIMEOUT,
+                    sqlx::query("select pg_notify($1, $2)")
+                        .bind(CHANGED_CHANNEL)
+                        .bind(&created_payload)
+                        .execute(&mut *listener),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    lost(&c);
+                    return true;
                 }
             }
             _ = beat.tick() => {

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -146,8 +147,12 @@ impl<T> Inner<T> {
     }
 }
 
-/// Documents per type, with the generation they were counted at.
-type KeptCounts = (u64, Arc<Vec<(Uuid, i64)>>);
+/// Documents per type, with the generation they were counted at and when.
+type KeptCounts = (u64, Instant, Arc<Vec<(Uuid, i64)>>);
+
+/// How long documents per type are kept where creates are heard only after the fact
+/// (PostgreSQL replicas): a replica that missed a notice recounts after this.
+pub(crate) const COUNTS_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// The cache of resolved trees (see the module documentation).
 #[derive(Debug)]
@@ -165,6 +170,8 @@ pub(crate) struct TreeCache<T> {
     /// Documents per type (with and without anonymous ones), for the console's list:
     /// dropped with every change, as the trees are.
     counts: parking_lot::Mutex<[Option<KeptCounts>; 2]>,
+    /// How long counts are kept at most (none: until the next change).
+    counts_max_age: Option<Duration>,
 }
 
 impl<T> TreeCache<T> {
@@ -184,7 +191,19 @@ impl<T> TreeCache<T> {
             evictions: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             counts: parking_lot::Mutex::new([None, None]),
+            counts_max_age: None,
         }
+    }
+
+    /// Keeps documents per type for `max_age` at most.
+    pub(crate) fn counts_kept_for(mut self, max_age: Duration) -> Self {
+        self.counts_max_age = Some(max_age);
+        self
+    }
+
+    /// Documents were created (by another replica): no tree changed, the counts did.
+    pub(crate) fn created(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The cached documents per type, if no change was committed since they were counted.
@@ -195,8 +214,11 @@ impl<T> TreeCache<T> {
         let counts = self.counts.lock();
         counts[usize::from(include_anonymous)]
             .as_ref()
-            .filter(|(generation, _)| *generation == self.generation())
-            .map(|(_, counts)| counts.clone())
+            .filter(|(generation, at, _)| {
+                *generation == self.generation()
+                    && self.counts_max_age.is_none_or(|age| at.elapsed() < age)
+            })
+            .map(|(_, _, counts)| counts.clone())
     }
 
     /// Keeps what a count that began at `generation` found (it is used only while no
@@ -208,7 +230,8 @@ impl<T> TreeCache<T> {
         generation: u64,
     ) {
         if self.live.load(Ordering::Acquire) && self.generation() == generation {
-            self.counts.lock()[usize::from(include_anonymous)] = Some((generation, counts));
+            self.counts.lock()[usize::from(include_anonymous)] =
+                Some((generation, Instant::now(), counts));
         }
     }
 
@@ -472,6 +495,33 @@ mod tests {
         assert!(cache.get(&TreeKey::Id(other)).is_none());
         drop(all);
         assert_eq!(cache.stats().entries, 0);
+    }
+
+    #[test]
+    fn counts_last_until_a_create_is_heard_and_no_longer_than_their_age_allows() {
+        let counts = Arc::new(vec![(Uuid::new_v4(), 3)]);
+        let exact = TreeCache::<()>::new(true);
+        let id = Uuid::new_v4();
+        exact.insert(TreeKey::Id(id), entry(&[id], 1), exact.generation());
+        exact.keep_counts(false, counts.clone(), exact.generation());
+        assert_eq!(exact.counts(false), Some(counts.clone()));
+        assert_eq!(exact.counts(true), None, "kept per kind of count");
+        exact.created();
+        assert_eq!(
+            exact.counts(false),
+            None,
+            "another replica created documents"
+        );
+        assert!(
+            exact.get(&TreeKey::Id(id)).is_some(),
+            "a create changes no tree"
+        );
+
+        let aging = TreeCache::<()>::new(true).counts_kept_for(Duration::from_millis(50));
+        aging.keep_counts(false, counts.clone(), aging.generation());
+        assert_eq!(aging.counts(false), Some(counts));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(aging.counts(false), None, "recounted once too old");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::crypto::SealedField;
 /// How deep a reference tree is followed on read (as Prefect).
 const MAX_DEPTH: i64 = 50;
 /// What the tree query selects of each document of a tree.
-const TREE_COLUMNS: &str = ") select tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
+const TREE_COLUMNS: &str = "tree.parent_id, tree.ref_name, d.id as d_id, d.created as d_created, d.updated as d_updated, \
      d.name as d_name, d.version as d_version, d.is_anonymous as d_is_anonymous, d.block_type_name as d_block_type_name, \
      v.data as v_data, v.secrets as v_secrets, d.block_schema_id as d_block_schema_id, \
      t.updated as t_updated";

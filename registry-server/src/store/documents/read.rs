@@ -27,7 +27,7 @@ use super::mask_paths;
 use super::not_found;
 use super::tree_etag;
 use super::tree_too_large;
-use super::{Result, Store, StoreError, json_col, parse_uuid, uuid_col};
+use super::{Backend, Result, Store, StoreError, json_col, parse_uuid, uuid_col};
 use crate::crypto::{DataKey, open_secrets};
 use crate::store::sql::Sql;
 use crate::store::tree_cache::{self, TreeKey};
@@ -254,17 +254,42 @@ impl Store {
         // `union` (not `union all`) drops a row reached again at the same depth over the
         // same edge, so shared children do not multiply along every path; the depth bound
         // keeps the recursion (and the planner's estimate) small.
-        sql.push(
-            " union select r.reference_block_document_id, r.parent_block_document_id, r.name, tree.depth + 1 \
-             from block_document_reference r join tree on r.parent_block_document_id = tree.id where tree.depth < ",
-        );
-        sql.bind_int(MAX_DEPTH);
-        sql.push(&format!(
-            "{TREE_COLUMNS} from tree {} block_document d on d.id = tree.id \
-             join block_document_version v on v.block_document_id = d.id and v.version = d.version \
-             join block_type t on t.id = d.block_type_id",
-            self.driving_join()
-        ));
+        //
+        // Each step must look its rows up by key, whatever the planner believes of the
+        // tables' sizes. SQLite's `cross join` keeps the written order (its planner may
+        // otherwise scan a table whole and probe the tree through an automatic index).
+        // PostgreSQL gets each step as a lateral subquery that `offset 0` keeps from being
+        // flattened: a generic plan made while a table's statistics were still those of an
+        // empty one (a new store filling up before its first analyze) otherwise hashes
+        // every document and version for each read, and each create reads its document back.
+        match self.backend {
+            Backend::Sqlite => {
+                sql.push(
+                    " union select r.reference_block_document_id, r.parent_block_document_id, r.name, tree.depth + 1 \
+                     from block_document_reference r join tree on r.parent_block_document_id = tree.id \
+                     where tree.depth < ",
+                );
+                sql.bind_int(MAX_DEPTH);
+                sql.push(&format!(
+                    ") select {TREE_COLUMNS} from tree cross join block_document d on d.id = tree.id \
+                     join block_document_version v on v.block_document_id = d.id and v.version = d.version \
+                     join block_type t on t.id = d.block_type_id"
+                ));
+            }
+            Backend::Postgres => {
+                sql.push(
+                    " union select r.reference_block_document_id, r.parent_block_document_id, r.name, tree.depth + 1 \
+                     from tree cross join lateral (select * from block_document_reference r \
+                     where r.parent_block_document_id = tree.id offset 0) r where tree.depth < ",
+                );
+                sql.bind_int(MAX_DEPTH);
+                sql.push(&format!(
+                    ") select x.* from tree cross join lateral (select {TREE_COLUMNS} from block_document d \
+                     join block_document_version v on v.block_document_id = d.id and v.version = d.version \
+                     join block_type t on t.id = d.block_type_id where d.id = tree.id offset 0) x"
+                ));
+            }
+        }
         sql
     }
 

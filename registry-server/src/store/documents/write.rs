@@ -174,11 +174,11 @@ impl Store {
                     .map_err(|e| within_document(i, e))?,
             );
         }
-        self.announce_change(&mut tx, &ids).await?;
         let change = self.changing(&ids);
         let committed = tx.commit().await;
         drop(change);
         committed?;
+        self.announce_created();
         self.feed_committed();
         for (key, used) in worn {
             self.after_refill(key, used).await;
@@ -271,11 +271,11 @@ impl Store {
             None => {
                 let mut tx = self.write.begin().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
-                self.announce_change(&mut tx, &[id]).await?;
                 let change = self.changing(&[id]);
                 let committed = tx.commit().await;
                 drop(change);
                 committed?;
+                self.announce_created();
                 self.feed_committed();
                 worn
             }
@@ -471,7 +471,10 @@ impl Store {
         if !refs.is_empty() {
             self.check_tree_size(tx, id).await?;
         }
-        if let Some(keep) = self.retention_in(tx).await? {
+        // A first version leaves nothing to prune, whatever the retention.
+        if number > 1
+            && let Some(keep) = self.retention_in(tx).await?
+        {
             self.count_query();
             sqlx::query(
                 "delete from block_document_version where block_document_id = $1 and version <= $2",
