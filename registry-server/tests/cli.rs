@@ -1468,6 +1468,12 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
         roles.contains("etl-loader") && roles.contains("sub=system:serviceaccount:etl:loader"),
         "{roles}"
     );
+    assert!(
+        roles.contains("read-secrets:gcs-bucket/zoom-gcs")
+            && roles.contains("read-secrets:gcp-credentials/zoom-gcp-creds")
+            && roles.contains("3600 s"),
+        "{roles}"
+    );
     let issuers = ok(&blocks(home, &[], &["auth", "issuer", "ls"]));
     assert!(issuers.contains("kept on the server"), "{issuers}");
     let now = std::time::SystemTime::now()
@@ -1725,6 +1731,15 @@ fn webhooks_are_managed_from_the_command_line() {
         &blocks(home, &[], &["webhook", "delete", "not-an-id"]),
         2,
         "UUID",
+    );
+    fails(
+        &blocks(
+            home,
+            &[],
+            &["webhook", "create", &url, "--kind", "block-document.eaten"],
+        ),
+        2,
+        "--kind block-document.eaten",
     );
     ok(&blocks(home, &[], &["webhook", "delete", &id]));
     assert!(!ok(&blocks(home, &[], &["webhook", "ls"])).contains(&url));

@@ -6,8 +6,8 @@ use super::documents::delete_and_say;
 use super::output::cell;
 use super::output::emit;
 use super::output::table;
-use super::output::text;
 use super::output::{Format, print};
+use crate::store::{Issuer, IssuerCreate, Role, RoleConfig};
 use anyhow::Context;
 use block_types::access::{ChildTokenCreate, Grant, Scope, TokenCreate, TokenInfo, Ttl};
 use registry_client::Method;
@@ -163,42 +163,26 @@ pub enum RoleCommand {
 /// `blocks auth …`.
 pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
     let client = client()?;
-    let issuer_row = |i: &Value| {
+    let issuer_row = |i: &Issuer| {
         vec![
-            text(&i["id"]),
-            text(&i["issuer"]),
-            text(&i["audience"]),
-            if i["jwks_url"].is_string() {
-                text(&i["jwks_url"])
-            } else {
-                "(kept on the server)".to_owned()
-            },
+            i.id.to_string(),
+            i.issuer.clone(),
+            i.audience.clone(),
+            i.jwks_url
+                .clone()
+                .unwrap_or_else(|| "(kept on the server)".to_owned()),
         ]
     };
     let issuer_headers = ["ID", "ISSUER", "AUDIENCE", "KEYS"];
-    let role_row = |r: &Value| {
-        let list = |v: &Value, f: &dyn Fn(&Value) -> String| {
-            v.as_array()
-                .map(|a| a.iter().map(f).collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
+    let role_row = |r: &Role| {
+        let words = |items: Vec<String>| items.join(" ");
         vec![
-            text(&r["name"]),
-            text(&r["issuer"]),
-            r["claims"]
-                .as_object()
-                .map(|c| {
-                    c.iter()
-                        .map(|(k, v)| format!("{k}={}", text(v)))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default(),
-            list(&r["scopes"], &text),
-            list(&r["grants"], &|g| {
-                format!("{}:{}", text(&g["scope"]), text(&g["selector"]))
-            }),
-            format!("{} s", text(&r["ttl"])),
+            r.name.clone(),
+            r.issuer.clone(),
+            words(r.claims.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            words(r.scopes.iter().map(|s| s.as_str().to_owned()).collect()),
+            words(r.grants.iter().map(ToString::to_string).collect()),
+            format!("{} s", r.ttl),
         ]
     };
     let role_headers = ["NAME", "ISSUER", "CLAIMS", "SCOPES", "GRANTS", "TTL"];
@@ -209,33 +193,32 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
             jwks_url,
             jwks_file,
         }) => {
-            let mut body = json!({"issuer": issuer, "audience": audience});
-            if let Some(url) = jwks_url {
-                body["jwks_url"] = json!(url);
-            }
-            if let Some(path) = jwks_file {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let jwks: Value = serde_json::from_str(&text).map_err(|e| {
-                    UsageError(format!("{} is not a JWKS document: {e}", path.display()))
-                })?;
-                body["jwks"] = jwks;
-            }
+            let jwks = match jwks_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(serde_json::from_str::<Value>(&text).map_err(|e| {
+                        UsageError(format!("{} is not a JWKS document: {e}", path.display()))
+                    })?)
+                }
+                None => None,
+            };
+            let body = IssuerCreate {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                jwks_url: jwks_url.clone(),
+                jwks,
+            };
             let created = client
-                .call::<_, Value>(Method::POST, "auth/issuers", Some(&body))
+                .call::<_, Issuer>(Method::POST, "auth/issuers", Some(&body))
                 .await?;
             print(format, &created, &issuer_headers, &[issuer_row(&created)]);
         }
         AuthCommand::Issuer(IssuerCommand::Ls) => {
             let all = client
-                .call::<(), Value>(Method::GET, "auth/issuers", None)
+                .call::<(), Vec<Issuer>>(Method::GET, "auth/issuers", None)
                 .await?;
-            let rows: Vec<_> = all
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(issuer_row)
-                .collect();
+            let rows: Vec<_> = all.iter().map(issuer_row).collect();
             print(format, &all, &issuer_headers, &rows);
         }
         AuthCommand::Issuer(IssuerCommand::Rm { id }) => {
@@ -259,7 +242,7 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
                 .iter()
                 .map(|c| {
                     c.split_once('=')
-                        .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                         .ok_or_else(|| UsageError(format!("--claim {c}: expected name=value")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -267,18 +250,15 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
             if let Some((dup, _)) = claims.iter().find(|(k, _)| !seen.insert(k.clone())) {
                 return Err(UsageError(format!("--claim {dup} is given twice")).into());
             }
-            let claims: serde_json::Map<_, _> = claims.into_iter().collect();
-            let mut body = json!({
-                "issuer": issuer,
-                "claims": claims,
-                "scopes": scopes,
-                "grants": parse_grants(grants)?,
-            });
-            if let Some(ttl) = ttl {
-                body["ttl"] = json!(parse_ttl(ttl)?.0.as_secs());
-            }
+            let body = RoleConfig {
+                issuer: issuer.clone(),
+                claims: claims.into_iter().collect(),
+                scopes: parse_scopes(scopes)?,
+                grants: parse_grants(grants)?,
+                ttl: ttl.as_deref().map(parse_ttl).transpose()?,
+            };
             let role = client
-                .call::<_, Value>(
+                .call::<_, Role>(
                     Method::PUT,
                     &format!("auth/roles/{}", path_segment(name)),
                     Some(&body),
@@ -288,9 +268,9 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
         }
         AuthCommand::Role(RoleCommand::Ls) => {
             let all = client
-                .call::<(), Value>(Method::GET, "auth/roles", None)
+                .call::<(), Vec<Role>>(Method::GET, "auth/roles", None)
                 .await?;
-            let rows: Vec<_> = all.as_array().into_iter().flatten().map(role_row).collect();
+            let rows: Vec<_> = all.iter().map(role_row).collect();
             print(format, &all, &role_headers, &rows);
         }
         AuthCommand::Role(RoleCommand::Rm { name }) => {

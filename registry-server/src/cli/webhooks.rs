@@ -1,10 +1,11 @@
 //! `blocks webhook ls|create|delete|deliveries|test`: webhooks on a running server (admin).
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client;
 use super::output::{Format, emit, print, text};
+use crate::store::{Delivery, EventFilter, Webhook, WebhookCreate, WebhookCreated};
+use block_types::EventKind;
 use registry_client::Method;
 
 /// `blocks webhook …`.
@@ -49,36 +50,16 @@ pub enum WebhookCommand {
     },
 }
 
-#[derive(Debug, Deserialize)]
-struct Webhook {
-    id: String,
-    url: String,
-    description: String,
-    filter: Value,
-    created: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Delivery {
-    event_id: i64,
-    kind: String,
-    state: String,
-    attempts: i64,
-    last_status: Option<i64>,
-    last_error: Option<String>,
-    created: String,
-}
-
 /// A webhook's filter as one short word list (`type=gcp-* kinds=…`).
-fn filter_text(filter: &Value) -> String {
+fn filter_text(filter: &EventFilter) -> String {
     let mut parts = Vec::new();
-    for key in ["type", "name"] {
-        if let Some(glob) = filter[key].as_str() {
+    for (key, glob) in [("type", &filter.type_slug), ("name", &filter.name)] {
+        if let Some(glob) = glob {
             parts.push(format!("{key}={glob}"));
         }
     }
-    if let Some(kinds) = filter["kinds"].as_array().filter(|k| !k.is_empty()) {
-        let kinds: Vec<String> = kinds.iter().map(text).collect();
+    if !filter.kinds.is_empty() {
+        let kinds: Vec<&str> = filter.kinds.iter().map(|k| k.as_str()).collect();
         parts.push(format!("kinds={}", kinds.join(",")));
     }
     if parts.is_empty() {
@@ -86,6 +67,11 @@ fn filter_text(filter: &Value) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// A time as the API writes it.
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 fn id_path(id: &str, rest: &str) -> anyhow::Result<String> {
@@ -100,25 +86,24 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
     let client = client()?;
     match command {
         WebhookCommand::Ls => {
-            let all = client
-                .call::<(), Value>(Method::GET, "webhooks", None)
+            let hooks = client
+                .call::<(), Vec<Webhook>>(Method::GET, "webhooks", None)
                 .await?;
-            let hooks: Vec<Webhook> = serde_json::from_value(all.clone())?;
             let rows: Vec<Vec<String>> = hooks
                 .iter()
                 .map(|h| {
                     vec![
-                        h.id.clone(),
+                        h.id.to_string(),
                         h.url.clone(),
                         filter_text(&h.filter),
                         h.description.clone(),
-                        h.created.clone(),
+                        timestamp(h.created),
                     ]
                 })
                 .collect();
             print(
                 format,
-                &all,
+                &hooks,
                 &["ID", "URL", "EVENTS", "DESCRIPTION", "CREATED"],
                 &rows,
             );
@@ -130,22 +115,33 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
             kinds,
             description,
         } => {
-            let body = json!({
-                "url": url,
-                "description": description,
-                "filter": {"type": block_type, "name": name, "kinds": kinds},
-            });
+            let kinds = kinds
+                .iter()
+                .map(|kind| {
+                    kind.parse::<EventKind>()
+                        .map_err(|e| super::usage(format!("--kind {kind}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let body = WebhookCreate {
+                url: url.clone(),
+                description: description.clone(),
+                filter: EventFilter {
+                    type_slug: block_type.clone(),
+                    name: name.clone(),
+                    kinds,
+                },
+            };
             let created = client
-                .call::<_, Value>(Method::POST, "webhooks", Some(&body))
+                .call::<_, WebhookCreated>(Method::POST, "webhooks", Some(&body))
                 .await?;
             match format {
                 Format::Json => emit(&serde_json::to_string_pretty(&created)?),
                 Format::Table => {
-                    emit(&format!("webhook {} created", text(&created["id"])));
+                    emit(&format!("webhook {} created", created.webhook.id));
                     emit(
                         "signing secret (shown once; the receiver verifies Blocks-Signature with it):",
                     );
-                    emit(&text(&created["secret"]));
+                    emit(&created.secret);
                 }
             }
         }
@@ -160,19 +156,18 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
             }
         }
         WebhookCommand::Deliveries { id, limit } => {
-            let all = client
-                .call::<(), Value>(
+            let deliveries = client
+                .call::<(), Vec<Delivery>>(
                     Method::GET,
                     &id_path(id, &format!("/deliveries?limit={limit}"))?,
                     None,
                 )
                 .await?;
-            let deliveries: Vec<Delivery> = serde_json::from_value(all.clone())?;
             let rows: Vec<Vec<String>> = deliveries
                 .iter()
                 .map(|d| {
                     vec![
-                        d.created.clone(),
+                        timestamp(d.created),
                         d.event_id.to_string(),
                         d.kind.clone(),
                         d.state.clone(),
@@ -184,7 +179,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
                 .collect();
             print(
                 format,
-                &all,
+                &deliveries,
                 &[
                     "QUEUED",
                     "EVENT",

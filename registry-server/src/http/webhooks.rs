@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::extract::{Body, Caller, Id, QueryParams};
 use super::routes::{Route, delete, get, post};
 use super::{ApiError, ApiResult, St};
-use crate::store::{Attempt, Claimed, Store, Webhook, WebhookCreate};
+use crate::store::{Attempt, Claimed, Store, Webhook, WebhookCreate, WebhookCreated};
 
 /// One delivery attempt's limit, connection included.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -460,14 +460,11 @@ async fn create(
         .store
         .create_webhook(body, caller.rights().token)
         .await?;
-    let mut value = serde_json::to_value(&webhook).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.insert(
-            "secret".to_owned(),
-            Value::String(secret.expose_secret().to_owned()),
-        );
-    }
-    let mut response = (StatusCode::CREATED, Json(value)).into_response();
+    let created = WebhookCreated {
+        webhook,
+        secret: secret.expose_secret().to_owned(),
+    };
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),

@@ -25,7 +25,7 @@ const MAX_CLAIMS: usize = 32;
 const MAX_CLAIM_BYTES: usize = 1024;
 
 /// The body of `POST /api/auth/issuers`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerCreate {
     /// The `iss` its tokens carry (`https://kubernetes.default.svc`,
@@ -43,7 +43,7 @@ pub struct IssuerCreate {
 }
 
 /// A trusted issuer.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Issuer {
     /// Its id.
     pub id: Uuid,
@@ -60,7 +60,7 @@ pub struct Issuer {
 }
 
 /// The body of `PUT /api/auth/roles/{name}`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleConfig {
     /// The issuer (its `iss`) whose tokens may sign in to this role.
@@ -79,7 +79,7 @@ pub struct RoleConfig {
 }
 
 /// A role.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Role {
     /// Its name, what a workload asks for.
     pub name: String,

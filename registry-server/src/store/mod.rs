@@ -70,7 +70,8 @@ pub use tokens::{
 };
 pub use tree_cache::TreeCacheStats;
 pub use webhooks::{
-    Attempt, Claimed, Delivery, MAX_WEBHOOKS, RETRY_FOR, Webhook, WebhookCreate, backoff,
+    Attempt, Claimed, Delivery, MAX_WEBHOOKS, RETRY_FOR, Webhook, WebhookCreate, WebhookCreated,
+    backoff,
 };
 
 /// Which database a store runs on.

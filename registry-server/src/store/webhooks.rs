@@ -45,7 +45,7 @@ const CURSOR: &str = "webhook_cursor";
 const MAX_ERROR_BYTES: usize = 500;
 
 /// A webhook as the API shows it (never its secret).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Webhook {
     /// Its id.
     pub id: Uuid,
@@ -63,7 +63,7 @@ pub struct Webhook {
 }
 
 /// What registering a webhook takes.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookCreate {
     /// Where deliveries are POSTed (checked by the caller: scheme and address rules).
@@ -76,8 +76,27 @@ pub struct WebhookCreate {
     pub filter: EventFilter,
 }
 
+/// The answer to registering a webhook: the webhook and its signing secret, shown once.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct WebhookCreated {
+    /// The webhook.
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// The secret deliveries are signed with (`Blocks-Signature`).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookCreated")
+            .field("webhook", &self.webhook)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
 /// One delivery as the API shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {
     /// Its id (the `Blocks-Delivery-Id` header; the same on every attempt).
     pub id: Uuid,
