@@ -56,9 +56,9 @@ pub struct AuditLog {
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct AuditStats {
-    /// Records stored.
+    /// Records stored (by the writer, and by writes in their own transactions).
     pub records: AtomicU64,
-    /// Transactions committed.
+    /// Transactions the writer committed.
     pub groups: AtomicU64,
     /// Groups that failed to commit.
     pub failures: AtomicU64,
@@ -112,6 +112,11 @@ impl AuditLog {
             .map_err(|_| "the audit writer has stopped".to_owned())?;
         done.await
             .map_err(|_| "the audit writer has stopped".to_owned())?
+    }
+
+    /// Counts a record a write stored in its own transaction (see `auth::WriteRecord`).
+    pub(crate) fn counted_with_write(&self) {
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The writer's counters.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
@@ -703,6 +704,120 @@ async fn the_events_socket_drops_loads_of_blocks_outside_a_tokens_grants() {
         assert_eq!(loads.len(), 1, "{loads:?}");
         assert!(loads[0].target.ends_with(&granted.to_string()));
         assert_eq!(ctx.state.block_load_events().len(), 1);
+    })
+    .await;
+}
+
+// ---- a create's record commits with the create ----
+
+#[tokio::test]
+async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_the_guards() {
+    on_both(async |db| {
+        let ctx = setup(db, lenient()).await;
+        let store = &ctx.state.store;
+        let (writer, writer_id) = token(store, &[Scope::Write]).await;
+        let (_, schema) = register::<GcpCredentials>(store).await;
+        let body = |name: &str| {
+            json!({
+                "name": name,
+                "block_type_id": schema.block_type_id,
+                "block_schema_id": schema.id,
+                "data": {"project": "dtc-de"},
+            })
+        };
+        let of_request = async |resp: &super::test_app::Resp| -> Vec<AuditRecord> {
+            let id = resp
+                .header(header::HeaderName::from_static("x-request-id"))
+                .unwrap();
+            all_audit(store)
+                .await
+                .into_iter()
+                .filter(|r| r.request_id == id)
+                .collect()
+        };
+        let stats = ctx.state.audit.stats();
+        let stored_before = stats.records.load(Relaxed);
+        let groups_before = stats.groups.load(Relaxed);
+        let resp = send(
+            &ctx.app,
+            "POST",
+            "/api/block_documents/",
+            Some(&writer),
+            Some(&body("rec-1")),
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
+        let records = of_request(&resp).await;
+        assert_eq!(records.len(), 1, "one record per create: {records:#?}");
+        let record = &records[0];
+        assert_eq!(
+            (
+                record.status,
+                record.outcome.as_str(),
+                record.token_id,
+                record.action.as_str()
+            ),
+            (201, "ok", Some(writer_id), "POST /api/block_documents/")
+        );
+        assert_eq!(
+            stats.records.load(Relaxed),
+            stored_before + 1,
+            "counted in /metrics like the writer's records"
+        );
+        assert_eq!(
+            stats.groups.load(Relaxed),
+            groups_before,
+            "stored by the create's own transaction, not by the audit writer"
+        );
+
+        // Refused by the store: the guard records the answer, as for any failed write.
+        let resp = send(
+            &ctx.app,
+            "POST",
+            "/api/block_documents/",
+            Some(&writer),
+            Some(&body("rec-1")),
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.text);
+        let records = of_request(&resp).await;
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert_eq!(
+            (records[0].status, records[0].outcome.as_str()),
+            (409, "failed")
+        );
+
+        // A create that fails before its commit leaves neither the block nor its record:
+        // only the guard's record of the failure.
+        store.fail_at(Some("create_before_commit"));
+        let resp = send(
+            &ctx.app,
+            "POST",
+            "/api/block_documents/",
+            Some(&writer),
+            Some(&body("rec-2")),
+            &[],
+        )
+        .await;
+        store.fail_at(None);
+        assert!(
+            resp.status.is_server_error(),
+            "{} {}",
+            resp.status,
+            resp.text
+        );
+        let records = of_request(&resp).await;
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert_eq!(records[0].status, resp.status.as_u16());
+        assert!(
+            store
+                .read_block_document_by_name("gcp-credentials", "rec-2", false)
+                .await
+                .is_err(),
+            "the failed create left no block"
+        );
     })
     .await;
 }

@@ -478,6 +478,15 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                         hidden: Arc::default(),
                     };
                     req.extensions_mut().insert(caller.clone());
+                    if kind == Kind::Write {
+                        req.extensions_mut()
+                            .insert(WriteRecord(Arc::new(record.record(
+                                Some(token_id),
+                                record.target.clone(),
+                                StatusCode::OK,
+                                false,
+                            ))));
+                    }
                     let state = state.clone();
                     let work = async move {
                         let mut response = next.run(req).await;
@@ -496,7 +505,18 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                         let hidden = caller.hidden.load(std::sync::atomic::Ordering::Relaxed);
                         let denied =
                             matches!(response.status().as_u16(), 401 | 403 | 429) || hidden;
-                        if kind == Kind::Write || denied || secrets {
+                        // A write that stored its record in its own transaction, with the
+                        // status it answers, is recorded already.
+                        let stored_with_write = kind == Kind::Write
+                            && !denied
+                            && response
+                                .extensions()
+                                .get::<RecordedWithWrite>()
+                                .is_some_and(|r| r.0 == response.status());
+                        if stored_with_write {
+                            state.audit.counted_with_write();
+                            response
+                        } else if kind == Kind::Write || denied || secrets {
                             // A read's record need not wait for the disk: it is committed
                             // before the answer and synced moments later.
                             let durability = if kind == Kind::Read && !denied {
@@ -548,6 +568,73 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
     }
     response
 }
+
+impl Pending {
+    /// The record of this request answered `status`.
+    fn record(
+        &self,
+        token_id: Option<Uuid>,
+        target: String,
+        status: StatusCode,
+        hidden: bool,
+    ) -> NewAuditRecord {
+        NewAuditRecord {
+            at: Utc::now(),
+            request_id: self.request_id.clone(),
+            token_id,
+            action: format!(
+                "{} {}",
+                self.method,
+                self.route.as_deref().unwrap_or("unmatched")
+            ),
+            target,
+            outcome: if hidden { "denied" } else { outcome(status) },
+            status: status.as_u16(),
+        }
+    }
+}
+
+/// A write's audit record, for a handler that stores it in the write's own transaction
+/// (one commit for both) instead of the guard storing it after the answer: the handler
+/// gives it the status it will answer ([`WriteRecord::answering`]) and marks its response
+/// with [`RecordedWithWrite`]. Present in the request only for writes with a token.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteRecord(Arc<NewAuditRecord>);
+
+impl WriteRecord {
+    /// The record of the write answered `status`, at this moment.
+    pub(crate) fn answering(&self, status: StatusCode) -> NewAuditRecord {
+        NewAuditRecord {
+            at: Utc::now(),
+            outcome: outcome(status),
+            status: status.as_u16(),
+            ..(*self.0).clone()
+        }
+    }
+
+    /// `response`, marked as recorded with the write when it answers `status`; the guard
+    /// stores a record of its own for any other answer.
+    pub(crate) fn recorded(status: StatusCode, response: Response) -> Response {
+        let mut response = response;
+        response.extensions_mut().insert(RecordedWithWrite(status));
+        response
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for WriteRecord {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<WriteRecord>().cloned())
+    }
+}
+
+/// The status a write's record was stored with, in its transaction (see [`WriteRecord`]).
+#[derive(Debug, Clone, Copy)]
+struct RecordedWithWrite(StatusCode);
 
 /// What an audit record of this request will say, once its outcome is known.
 struct Pending {
@@ -736,21 +823,9 @@ impl Pending {
             let target = secret_read_target(&self.target, &documents);
             (response, target)
         } else {
-            (response, self.target)
+            (response, self.target.clone())
         };
-        let record = NewAuditRecord {
-            at: Utc::now(),
-            request_id: self.request_id,
-            token_id,
-            action: format!(
-                "{} {}",
-                self.method,
-                self.route.as_deref().unwrap_or("unmatched")
-            ),
-            target,
-            outcome: if hidden { "denied" } else { outcome(status) },
-            status: status.as_u16(),
-        };
+        let record = self.record(token_id, target, status, hidden);
         let stored = match durability {
             Durability::Synced => state.audit.record(record).await,
             Durability::Deferred => state.audit.record_read(record).await,

@@ -15,6 +15,7 @@ use block_types::model::{
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::auth::WriteRecord;
 use super::extract::{Answered, Body, Caller, Id, IncludeSecrets};
 use super::grants::{self, check_document, check_references, read_scope};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
@@ -85,14 +86,23 @@ pub(super) fn routes() -> Vec<Route> {
 async fn create(
     State(state): St,
     caller: Caller,
+    record: Option<WriteRecord>,
     Body(body): Body<BlockDocumentCreate>,
 ) -> ApiResult<Response> {
     grants::check_create(&state, &caller, body.block_type_id, body.name.as_deref()).await?;
     check_references(&state, &caller, &body.data).await?;
     let author = caller.rights().token;
-    Ok(created(
-        state.store.create_block_document_by(body, author).await?,
-    ))
+    // The create's audit record commits with it (one sync for both, not two in a row).
+    let stored = record.as_ref().map(|r| r.answering(StatusCode::CREATED));
+    let document = state
+        .store
+        .create_block_document_recorded(body, author, stored)
+        .await?;
+    let response = created(document);
+    Ok(match record {
+        Some(_) => WriteRecord::recorded(StatusCode::CREATED, response),
+        None => response,
+    })
 }
 
 async fn filter(

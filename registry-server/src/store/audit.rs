@@ -209,7 +209,7 @@ impl Store {
         }
     }
 
-    async fn append_audit_on(
+    pub(crate) async fn append_audit_on(
         &self,
         conn: &mut sqlx::AnyConnection,
         records: &[NewAuditRecord],

@@ -49,6 +49,19 @@ impl Store {
         body: BlockDocumentCreate,
         author: Option<Uuid>,
     ) -> Result<BlockDocument> {
+        self.create_block_document_recorded(body, author, None)
+            .await
+    }
+
+    /// [`Store::create_block_document_by`], storing `record` (the request's audit record)
+    /// in the same transaction: one commit makes both durable, and a create that fails
+    /// leaves neither.
+    pub async fn create_block_document_recorded(
+        &self,
+        body: BlockDocumentCreate,
+        author: Option<Uuid>,
+        record: Option<crate::store::NewAuditRecord>,
+    ) -> Result<BlockDocument> {
         body.validate().map_err(|e| StoreError::Invalid(vec![e]))?;
         let id = Uuid::new_v4();
         let name = match &body.name {
@@ -85,7 +98,8 @@ impl Store {
             paths: None,
             author,
         };
-        self.insert_document(document, version).await?;
+        self.insert_document(document, version, record.as_ref())
+            .await?;
         self.read_block_document(id, false).await
     }
 
@@ -242,16 +256,18 @@ impl Store {
             paths: None,
             author,
         };
-        self.insert_document(document, version).await?;
+        self.insert_document(document, version, None).await?;
         self.read_block_document(copy, false).await
     }
 
     /// Inserts a new document and its first version in one transaction (on SQLite, a
-    /// savepoint in the group commit's transaction).
+    /// savepoint in the group commit's transaction), with `record` (an audit record) when
+    /// given.
     pub(super) async fn insert_document(
         &self,
         document: NewDocument,
         version: NewVersion<'_>,
+        record: Option<&crate::store::NewAuditRecord>,
     ) -> Result<()> {
         // A new document changes no tree, but the counts per type.
         let id = document.id;
@@ -260,6 +276,10 @@ impl Store {
                 let mut slot = groups.write().await?;
                 let mut tx = slot.savepoint().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
+                if let Some(record) = record {
+                    self.append_audit_on(&mut tx, std::slice::from_ref(record))
+                        .await?;
+                }
                 tx.commit().await?;
                 let change = self.changing(&[id]);
                 let committed = slot.commit().await;
@@ -271,6 +291,10 @@ impl Store {
             None => {
                 let mut tx = self.write.begin().await?;
                 let worn = self.insert_document_in(&mut tx, document, version).await?;
+                if let Some(record) = record {
+                    self.append_audit_on(&mut tx, std::slice::from_ref(record))
+                        .await?;
+                }
                 let change = self.changing(&[id]);
                 let committed = tx.commit().await;
                 drop(change);
