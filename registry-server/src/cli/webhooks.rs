@@ -131,9 +131,20 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
                     kinds,
                 },
             };
-            let created = client
-                .call::<_, WebhookCreated>(Method::POST, "webhooks", Some(&body))
+            let answer = client
+                .call::<_, Value>(Method::POST, "webhooks", Some(&body))
                 .await?;
+            // The signing secret is shown once: an answer this build cannot read (a newer
+            // server's) is printed as it came rather than lost.
+            let created = match serde_json::from_value::<WebhookCreated>(answer.clone()) {
+                Ok(created) => created,
+                Err(e) => {
+                    emit(&serde_json::to_string_pretty(&answer)?);
+                    anyhow::bail!(
+                        "the webhook was created, but its answer (printed above, with its signing secret) has a shape this blocks does not know: {e}"
+                    );
+                }
+            };
             match format {
                 Format::Json => emit(&serde_json::to_string_pretty(&created)?),
                 Format::Table => {

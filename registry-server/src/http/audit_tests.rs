@@ -717,13 +717,22 @@ async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_t
         let store = &ctx.state.store;
         let (writer, writer_id) = token(store, &[Scope::Write]).await;
         let (_, schema) = register::<GcpCredentials>(store).await;
-        let body = |name: &str| {
-            json!({
+        let create = async |name: &str| {
+            let body = json!({
                 "name": name,
                 "block_type_id": schema.block_type_id,
                 "block_schema_id": schema.id,
                 "data": {"project": "dtc-de"},
-            })
+            });
+            send(
+                &ctx.app,
+                "POST",
+                "/api/block_documents/",
+                Some(&writer),
+                Some(&body),
+                &[],
+            )
+            .await
         };
         let of_request = async |resp: &super::test_app::Resp| -> Vec<AuditRecord> {
             let id = resp
@@ -738,15 +747,7 @@ async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_t
         let stats = ctx.state.audit.stats();
         let stored_before = stats.records.load(Relaxed);
         let groups_before = stats.groups.load(Relaxed);
-        let resp = send(
-            &ctx.app,
-            "POST",
-            "/api/block_documents/",
-            Some(&writer),
-            Some(&body("rec-1")),
-            &[],
-        )
-        .await;
+        let resp = create("rec-1").await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
         let records = of_request(&resp).await;
         assert_eq!(records.len(), 1, "one record per create: {records:#?}");
@@ -772,15 +773,7 @@ async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_t
         );
 
         // Refused by the store: the guard records the answer, as for any failed write.
-        let resp = send(
-            &ctx.app,
-            "POST",
-            "/api/block_documents/",
-            Some(&writer),
-            Some(&body("rec-1")),
-            &[],
-        )
-        .await;
+        let resp = create("rec-1").await;
         assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.text);
         let records = of_request(&resp).await;
         assert_eq!(records.len(), 1, "{records:#?}");
@@ -792,15 +785,7 @@ async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_t
         // A create that fails before its commit leaves neither the block nor its record:
         // only the guard's record of the failure.
         store.fail_at(Some("create_before_commit"));
-        let resp = send(
-            &ctx.app,
-            "POST",
-            "/api/block_documents/",
-            Some(&writer),
-            Some(&body("rec-2")),
-            &[],
-        )
-        .await;
+        let resp = create("rec-2").await;
         store.fail_at(None);
         assert!(
             resp.status.is_server_error(),

@@ -509,6 +509,7 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                         // status it answers, is recorded already.
                         let stored_with_write = kind == Kind::Write
                             && !denied
+                            && !secrets
                             && response
                                 .extensions()
                                 .get::<RecordedWithWrite>()

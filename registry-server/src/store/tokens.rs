@@ -184,10 +184,14 @@ const MAX_CHANGED_IDS: usize = 100;
 
 /// The ids part of a notification that documents were created: no tree changed, only the
 /// documents per type (and the feed). Sent after the creating commits, by the listener's
-/// connection (see [`Store::announce_created`](super::Store::announce_created)).
-const CREATED: &str = "+";
+/// connection (see [`Store::announce_created`](super::Store::announce_created)). The nil
+/// id: a server that does not know this notice drops the trees holding it (none) and its
+/// counts, which is what it means.
+const CREATED: &str = "00000000-0000-0000-0000-000000000000";
 /// How long the listener gathers creates into one notice.
 const CREATED_GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long sending that notice may take before the connection counts as lost.
+const CREATED_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The notification payload for a change to `documents` (none: anything) by the store
 /// `origin`: `<origin> <ids or *>`. A store skips its own (it dropped those trees itself).
@@ -284,7 +288,11 @@ async fn listen(
     };
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut awaiting: Option<tokio::time::Instant> = None;
+    // When the creates gathered so far are announced (none gathered: never); meanwhile
+    // revocations and changes are heard as ever.
+    let mut announce: Option<tokio::time::Instant> = None;
     loop {
+        let due = announce.unwrap_or_else(|| tokio::time::Instant::now() + HEARTBEAT_EVERY);
         tokio::select! {
             notification = listener.try_recv() => {
                 let Some(c) = cache.upgrade() else { return false };
@@ -318,14 +326,18 @@ async fn listen(
                     }
                 }
             }
-            () = created.notified() => {
-                // Every create of the next moment in one notice (see `CREATED`): a busy
-                // writer sends a few a second, not one per create.
-                tokio::time::sleep(CREATED_GATHER).await;
+            // Every create of the next moment in one notice (see `CREATED`): a busy writer
+            // sends a few a second, not one per create.
+            () = created.notified(), if announce.is_none() => {
+                announce = Some(tokio::time::Instant::now() + CREATED_GATHER);
+            }
+            () = tokio::time::sleep_until(due), if announce.is_some() => {
+                announce = None;
+                // Creates signalled while gathering are in this notice.
                 created.notified().now_or_never();
                 let Some(c) = cache.upgrade() else { return false };
                 let sent = tokio::time::timeout(
-                    HEARTBEAT_TIMEOUT,
+                    CREATED_SEND_TIMEOUT,
                     sqlx::query("select pg_notify($1, $2)")
                         .bind(CHANGED_CHANNEL)
                         .bind(&created_payload)
@@ -333,6 +345,8 @@ async fn listen(
                 )
                 .await;
                 if !matches!(sent, Ok(Ok(_))) {
+                    // Sent by the next connection, once it listens.
+                    created.notify_one();
                     lost(&c);
                     return true;
                 }

@@ -6,7 +6,9 @@
 //! answers with each time; no plaintext secret is kept here.
 //!
 //! The documents per type (the console's list) are kept beside the trees, valid until the
-//! next change of any kind (a create names its new document as a change for this).
+//! next change of any kind (a create names its new document as a change for this; on
+//! PostgreSQL another replica's create arrives as a notice after its commit, and the counts
+//! are kept [`COUNTS_MAX_AGE`] at most).
 //!
 //! Exactness: every committed write that changes what a tree read would return names the
 //! documents it changed ([`TreeCache::changed`]) or, for a type, a schema or a key change,
@@ -14,7 +16,8 @@
 //! tree, so a write to a referenced document drops every tree holding it. A read that
 //! started before a change is not cached (generation counter), so it cannot put back what
 //! the change removed. On PostgreSQL the other replicas' writes arrive through the
-//! listener (`NOTIFY blocks_documents_changed`, sent in the writing transaction); while it
+//! listener (`NOTIFY blocks_documents_changed`, sent in the writing transaction, or after
+//! it for creates, which change no tree); while it
 //! is not connected the cache is not used, and it starts empty on every reconnect.
 
 use std::collections::{HashMap, HashSet};

@@ -190,6 +190,24 @@ async fn a_write_through_one_replica_reaches_the_other_replicas_cache() {
     .await;
 }
 
+/// The tree query's plan for the root `root` selects: SQLite's `explain query plan`
+/// details, or PostgreSQL's `explain` lines.
+async fn tree_plan(store: &Store, root: impl Fn(&mut crate::store::sql::Sql)) -> Vec<String> {
+    let mut sql = store.tree_sql(root);
+    let (explain, column) = match store.backend() {
+        Backend::Sqlite => ("explain query plan", "detail"),
+        Backend::Postgres => ("explain", "QUERY PLAN"),
+    };
+    sql.text = format!("{explain} {}", sql.text);
+    sql.query()
+        .fetch_all(&store.read)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, column).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn the_tree_query_seeks_each_document_by_id_never_scans_them() {
     on_both(async |db| {
@@ -197,21 +215,13 @@ async fn the_tree_query_seeks_each_document_by_id_never_scans_them() {
             return;
         }
         let store = db.open().await;
-        let mut sql = store.tree_sql(|sql| {
+        let plan = tree_plan(&store, |sql| {
             sql.push("d.block_type_id = (select id from block_type where slug = ")
                 .bind_text("gcs-bucket")
                 .push(") and d.name = ")
                 .bind_text("zoom-gcs");
-        });
-        sql.text = format!("explain query plan {}", sql.text);
-        let plan: Vec<String> = sql
-            .query()
-            .fetch_all(&store.read)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").unwrap())
-            .collect();
+        })
+        .await;
         // A scan of the documents (or of their versions) per read grows with the store: a
         // million documents made one read take a minute.
         for line in &plan {
@@ -239,6 +249,19 @@ async fn the_tree_query_looks_documents_up_by_key_before_postgresql_has_statisti
         // A store filling up before its first analyze: the planner still believes the
         // tables are small, and a plain join would hash every document and version.
         let store = db.open().await;
+        // Nor does an analyze run meanwhile.
+        for table in [
+            "block_document",
+            "block_document_version",
+            "block_document_reference",
+        ] {
+            sqlx::query(&format!(
+                "alter table {table} set (autovacuum_enabled = false)"
+            ))
+            .execute(&store.write)
+            .await
+            .unwrap();
+        }
         let (_, schema) = register::<GcpCredentials>(&store).await;
         let bodies = (0..3000)
             .map(|i| block_types::model::BlockDocumentCreate {
@@ -250,18 +273,10 @@ async fn the_tree_query_looks_documents_up_by_key_before_postgresql_has_statisti
             })
             .collect();
         let ids = store.import_block_documents(bodies, None).await.unwrap();
-        let mut sql = store.tree_sql(|sql| {
+        let plan = tree_plan(&store, |sql| {
             sql.push("d.id = ").bind_text(ids[1500].to_string());
-        });
-        sql.text = format!("explain {}", sql.text);
-        let plan: Vec<String> = sql
-            .query()
-            .fetch_all(&store.read)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| sqlx::Row::try_get::<String, _>(row, 0).unwrap())
-            .collect();
+        })
+        .await;
         for line in &plan {
             assert!(
                 !line.contains("Seq Scan"),
