@@ -244,7 +244,7 @@ async fn audit_records_are_appended_in_groups_and_listed_with_filters_and_pages(
     on_both(async |db| {
         let store = db.open().await;
         let token = uuid::Uuid::new_v4();
-        // 250 records in one group: more than one insert statement.
+        // 250 records in one group: one statement, reading them from a JSON array.
         let group: Vec<_> = (0..250)
             .map(|i| {
                 record(
