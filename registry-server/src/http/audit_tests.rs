@@ -711,7 +711,8 @@ async fn the_events_socket_drops_loads_of_blocks_outside_a_tokens_grants() {
 // ---- a create's record commits with the create ----
 
 #[tokio::test]
-async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_the_guards() {
+async fn a_creates_record_commits_with_it_once_and_a_failed_or_panicking_create_leaves_only_the_guards()
+ {
     on_both(async |db| {
         let ctx = setup(db, lenient()).await;
         let store = &ctx.state.store;
@@ -803,6 +804,32 @@ async fn a_creates_record_commits_with_it_once_and_a_failed_create_leaves_only_t
                 .is_err(),
             "the failed create left no block"
         );
+
+        // A create whose handler panics is answered 500 and recorded so; it left no block.
+        store.fail_at(Some("panic:create_before_commit"));
+        let resp = create("rec-3").await;
+        store.fail_at(None);
+        assert_eq!(
+            resp.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            resp.text
+        );
+        let records = of_request(&resp).await;
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert_eq!(
+            (records[0].status, records[0].outcome.as_str()),
+            (500, "error")
+        );
+        assert!(
+            store
+                .read_block_document_by_name("gcp-credentials", "rec-3", false)
+                .await
+                .is_err(),
+            "the panicking create left no block"
+        );
+        // The store goes on serving writes.
+        assert_eq!(create("rec-4").await.status, StatusCode::CREATED);
     })
     .await;
 }

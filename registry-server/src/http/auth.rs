@@ -487,6 +487,7 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                                 false,
                             ))));
                     }
+                    let (failed, failed_state) = (record.clone(), state.clone());
                     let state = state.clone();
                     let work = async move {
                         let mut response = next.run(req).await;
@@ -544,8 +545,22 @@ pub(super) async fn guard(State(state): State<AppState>, mut req: Request, next:
                         // goes away or the timeout fires mid-way: the two never part.
                         match tokio::spawn(work).await {
                             Ok(response) => response,
-                            Err(e) => ApiError::Internal(format!("the handler failed: {e}"))
-                                .into_response(),
+                            // A handler that panicked is answered 500, and recorded so.
+                            Err(e) => {
+                                let response =
+                                    ApiError::Internal(format!("the handler failed: {e}"))
+                                        .into_response();
+                                failed
+                                    .store(
+                                        &failed_state,
+                                        Some(token_id),
+                                        false,
+                                        Durability::Synced,
+                                        response,
+                                        false,
+                                    )
+                                    .await
+                            }
                         }
                     } else {
                         work.await
@@ -638,6 +653,7 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for WriteRecord 
 struct RecordedWithWrite(StatusCode);
 
 /// What an audit record of this request will say, once its outcome is known.
+#[derive(Clone)]
 struct Pending {
     request_id: String,
     method: axum::http::Method,

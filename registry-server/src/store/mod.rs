@@ -779,6 +779,10 @@ impl Store {
         if armed == Some(point) {
             return Err(StoreError::Corrupt(format!("injected failure at {point}")));
         }
+        // `panic:<point>` panics there instead, for tests of what a panicking write leaves.
+        if armed.and_then(|a| a.strip_prefix("panic:")) == Some(point) {
+            panic!("injected panic at {point}");
+        }
         Ok(())
     }
 
