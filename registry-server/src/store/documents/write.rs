@@ -183,7 +183,7 @@ impl Store {
                 author,
             };
             worn.extend(
-                self.insert_document_in(&mut tx, document, version)
+                self.insert_document_in(&mut tx, document, version, None)
                     .await
                     .map_err(|e| within_document(i, e))?,
             );
@@ -275,11 +275,9 @@ impl Store {
             Some(groups) => {
                 let mut slot = groups.write().await?;
                 let mut tx = slot.savepoint().await?;
-                let worn = self.insert_document_in(&mut tx, document, version).await?;
-                if let Some(record) = record {
-                    self.append_audit_on(&mut tx, std::slice::from_ref(record))
-                        .await?;
-                }
+                let worn = self
+                    .insert_document_in(&mut tx, document, version, record)
+                    .await?;
                 tx.commit().await?;
                 let change = self.changing(&[id]);
                 let committed = slot.commit().await;
@@ -290,11 +288,9 @@ impl Store {
             }
             None => {
                 let mut tx = self.write.begin().await?;
-                let worn = self.insert_document_in(&mut tx, document, version).await?;
-                if let Some(record) = record {
-                    self.append_audit_on(&mut tx, std::slice::from_ref(record))
-                        .await?;
-                }
+                let worn = self
+                    .insert_document_in(&mut tx, document, version, record)
+                    .await?;
                 let change = self.changing(&[id]);
                 let committed = tx.commit().await;
                 drop(change);
@@ -310,11 +306,14 @@ impl Store {
         Ok(())
     }
 
+    /// Inside a write: the document, its first version, its event and (when given) the
+    /// request's audit record.
     pub(super) async fn insert_document_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         document: NewDocument,
         version: NewVersion<'_>,
+        record: Option<&crate::store::NewAuditRecord>,
     ) -> Result<Option<(Uuid, i64)>> {
         let NewDocument {
             id,
@@ -350,6 +349,10 @@ impl Store {
         let worn = self.write_version(tx, id, 1, version).await?;
         self.record_document_event(tx, EventKind::DocumentCreated, id, author)
             .await?;
+        if let Some(record) = record {
+            self.append_audit_on(tx, std::slice::from_ref(record))
+                .await?;
+        }
         self.check_failpoint("create_before_commit")?;
         Ok(worn)
     }

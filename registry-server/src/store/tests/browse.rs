@@ -198,26 +198,21 @@ async fn the_name_search_follows_creates_deletes_and_reopening() {
 
         // The index itself: SQLite's holds each name once (the deleted one left it);
         // PostgreSQL's trigram index exists (pg_trgm is available here).
-        match store.backend {
-            crate::store::Backend::Sqlite => {
-                let indexed: i64 = sqlx::query_scalar(
-                    "select count(*) from block_document_name where block_document_name match '\"zoom-gcs\"'",
-                )
-                .fetch_one(&store.read)
-                .await
-                .unwrap();
-                assert_eq!(indexed, 2);
-            }
-            crate::store::Backend::Postgres => {
-                let indexes: i64 = sqlx::query_scalar(
-                    "select count(*) from pg_indexes where indexname = 'block_document_name_trigrams'",
-                )
-                .fetch_one(&store.read)
-                .await
-                .unwrap();
-                assert_eq!(indexes, 1);
-            }
-        }
+        let (count, expected) = match store.backend {
+            crate::store::Backend::Sqlite => (
+                "select count(*) from block_document_name where block_document_name match '\"zoom-gcs\"'",
+                2,
+            ),
+            crate::store::Backend::Postgres => (
+                "select count(*) from pg_indexes where indexname = 'block_document_name_trigrams'",
+                1,
+            ),
+        };
+        let found: i64 = sqlx::query_scalar(count)
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(found, expected, "{count}");
 
         drop(store);
         let store = db.open().await;
