@@ -3,6 +3,7 @@
 pub(crate) mod harness;
 
 mod browse;
+mod connections;
 mod documents;
 mod events;
 mod grants;
