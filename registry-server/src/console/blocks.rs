@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use block_types::model::{BlockDocument, BlockType};
 use maud::{Markup, html};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::history::holds_mask;
 use super::layout::{self, Nav, Page, form_token};
-use super::session::{FormPairs, audited};
+use super::session::{ConsoleWrite, FormPairs};
 use super::{PageError, Viewer, catalog, snippets};
 use crate::http::AppState;
 use crate::store::{DocumentQuery, Scope, StoreError};
@@ -570,27 +570,19 @@ async fn confirm_delete_page(
     )))
 }
 
-pub(super) async fn delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
+pub(super) async fn delete(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/api/block_documents/{}", target_id(&raw));
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/{id}/delete",
-        target,
-        move |state, viewer| async move {
-            delete_block(&state, &viewer, &raw, &form)
-                .await
-                .map(|r| (r, None))
-        },
-    )
-    .await
+    write
+        .run(
+            "POST /blocks/{id}/delete",
+            target,
+            move |state, viewer, form| async move {
+                delete_block(&state, &viewer, &raw, &form)
+                    .await
+                    .map(|r| (r, None))
+            },
+        )
+        .await
 }
 
 async fn delete_block(

@@ -10,6 +10,7 @@ use block_types::model::{BlockType, BlockTypeFilterBody, MAX_LIMIT};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, Page};
+use super::session::ConsoleWrite;
 use super::{PageError, Viewer, markdown};
 use crate::http::AppState;
 use crate::store::{Scope, Store};
@@ -236,35 +237,28 @@ pub(super) async fn choose(
 }
 
 /// Registers a built-in collection's types and schemas (what `blocks register` does).
-pub(super) async fn register(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    headers: axum::http::HeaderMap,
-    form: super::session::FormPairs,
-) -> Response {
-    let name = form.get("collection").unwrap_or("").to_owned();
+pub(super) async fn register(write: ConsoleWrite) -> Response {
+    let name = write.form().get("collection").unwrap_or("").to_owned();
     let target = format!("/catalog/register?collection={}", name.escape_default());
-    super::session::audited(
-        state,
-        headers,
-        viewer,
-        "POST /catalog/register",
-        target,
-        move |state, viewer| async move {
-            viewer.check_form(&form)?;
-            viewer.require(Scope::Write, "Registering block types")?;
-            let collection: Collection = name.parse().map_err(|_| {
-                PageError::new(
-                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("collection: there is no built-in collection \"{name}\""),
-                )
-            })?;
-            state.store.register_collection(collection).await?;
-            Ok((
-                axum::response::Redirect::to("/catalog").into_response(),
-                None,
-            ))
-        },
-    )
-    .await
+    write
+        .run(
+            "POST /catalog/register",
+            target,
+            move |state, viewer, form| async move {
+                viewer.check_form(&form)?;
+                viewer.require(Scope::Write, "Registering block types")?;
+                let collection: Collection = name.parse().map_err(|_| {
+                    PageError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("collection: there is no built-in collection \"{name}\""),
+                    )
+                })?;
+                state.store.register_collection(collection).await?;
+                Ok((
+                    axum::response::Redirect::to("/catalog").into_response(),
+                    None,
+                ))
+            },
+        )
+        .await
 }

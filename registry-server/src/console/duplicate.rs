@@ -3,13 +3,13 @@
 //! the browser, so a token without `read-secrets` may duplicate a block it may write.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::blocks::{document_type, parse_id, read_masked, target_id};
 use super::layout::{self, Nav, Page, form_token};
-use super::session::{FormPairs, audited};
+use super::session::ConsoleWrite;
 use super::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{Scope, StoreError};
@@ -78,62 +78,55 @@ pub(super) async fn form(
     .map_err(|e| e.render(Some(&viewer)))
 }
 
-pub(super) async fn duplicate(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
+pub(super) async fn duplicate(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/api/block_documents/{}", target_id(&raw));
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/{id}/duplicate",
-        target,
-        move |state, viewer| async move {
-            viewer.check_form(&form)?;
-            viewer.require(Scope::Write, "Duplicating a block")?;
-            let id = parse_id(&raw)?;
-            let tagged = read_masked(&state, id).await?;
-            let ty = document_type(&tagged.document)?;
-            let original = tagged.document.name.clone().unwrap_or_default();
-            let name = form.get("_name").unwrap_or("").trim().to_owned();
-            let again = |status: StatusCode, problem: String| {
-                let body = form_page(&viewer, id, &original, &ty.slug, &name, Some(&problem));
-                let mut page = super::html(layout::shell(
-                    &Page::titled(format!("Duplicate {original}")).in_nav(Nav::Blocks),
-                    Some(&viewer),
-                    &body,
-                ));
-                *page.status_mut() = status;
-                Ok((page, None))
-            };
-            match state
-                .store
-                .duplicate_block_document(id, &name, Some(viewer.token.id))
-                .await
-            {
-                Ok(copy) => Ok((
-                    Redirect::to(&format!("/blocks/{}?saved=duplicated", copy.id)).into_response(),
-                    Some(format!("/api/block_documents/{id} copy={}", copy.id)),
-                )),
-                Err(StoreError::AlreadyExists(_)) => again(
-                    StatusCode::CONFLICT,
-                    format!("A {} block named {name} exists already.", ty.name),
-                ),
-                Err(StoreError::Invalid(errors)) => again(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    errors
-                        .iter()
-                        .map(|e| e.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-                Err(e) => Err(e.into()),
-            }
-        },
-    )
-    .await
+    write
+        .run(
+            "POST /blocks/{id}/duplicate",
+            target,
+            move |state, viewer, form| async move {
+                viewer.check_form(&form)?;
+                viewer.require(Scope::Write, "Duplicating a block")?;
+                let id = parse_id(&raw)?;
+                let tagged = read_masked(&state, id).await?;
+                let ty = document_type(&tagged.document)?;
+                let original = tagged.document.name.clone().unwrap_or_default();
+                let name = form.get("_name").unwrap_or("").trim().to_owned();
+                let again = |status: StatusCode, problem: String| {
+                    let body = form_page(&viewer, id, &original, &ty.slug, &name, Some(&problem));
+                    let mut page = super::html(layout::shell(
+                        &Page::titled(format!("Duplicate {original}")).in_nav(Nav::Blocks),
+                        Some(&viewer),
+                        &body,
+                    ));
+                    *page.status_mut() = status;
+                    Ok((page, None))
+                };
+                match state
+                    .store
+                    .duplicate_block_document(id, &name, Some(viewer.token.id))
+                    .await
+                {
+                    Ok(copy) => Ok((
+                        Redirect::to(&format!("/blocks/{}?saved=duplicated", copy.id))
+                            .into_response(),
+                        Some(format!("/api/block_documents/{id} copy={}", copy.id)),
+                    )),
+                    Err(StoreError::AlreadyExists(_)) => again(
+                        StatusCode::CONFLICT,
+                        format!("A {} block named {name} exists already.", ty.name),
+                    ),
+                    Err(StoreError::Invalid(errors)) => again(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        errors
+                            .iter()
+                            .map(|e| e.message.clone())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .await
 }

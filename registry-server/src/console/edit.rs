@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use block_types::FieldError;
 use block_types::model::{
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::blocks::{document_type, parse_id, read_masked, target_id};
 use super::form::{self, Action, FormInput, Mode, RefOption};
 use super::layout::{self, Nav, Page, form_token};
-use super::session::{FormPairs, audited};
+use super::session::{ConsoleWrite, FormPairs};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
 use crate::store::TokenAccess as _;
@@ -579,23 +579,11 @@ fn form_errors(
     }
 }
 
-pub(super) async fn create(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(slug): Path<String>,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
+pub(super) async fn create(Path(slug): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/blocks/new/{slug}");
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/new/{slug}",
-        target,
-        move |state, viewer| async move { create_block(&state, &viewer, &slug, &form).await },
-    )
-    .await
+    write
+        .run("POST /blocks/new/{slug}", target, move |state, viewer, form| async move { create_block(&state, &viewer, &slug, &form).await })
+        .await
 }
 
 async fn create_block(
@@ -626,30 +614,17 @@ async fn create_block(
         parent: parent_text,
         notice: None,
     };
-    match &decoded.action {
-        Action::Save => {}
-        Action::NewReference { path, slug: child } => {
-            check_reference_path(path)?;
-            let draft = Draft {
-                target: format!("new:{slug}"),
-                path: path.clone(),
-                data: without_secrets(&schema.fields, &decoded.data),
-                version: None,
-                name: name.clone(),
-            };
-            return Ok((child_form(state, viewer, child, &draft).await?, None));
-        }
-        Action::Add(_) | Action::Remove(..) => {
-            return Ok((
-                form_response(
-                    viewer,
-                    &ctx,
-                    &page(&decoded.data, &[], None),
-                    StatusCode::OK,
-                ),
-                None,
-            ));
-        }
+    let again = || {
+        form_response(
+            viewer,
+            &ctx,
+            &page(&decoded.data, &[], None),
+            StatusCode::OK,
+        )
+    };
+    let draft = (format!("new:{slug}"), None, name.as_str());
+    if let Some(answer) = unless_saving(state, viewer, &decoded, &schema, draft, again).await? {
+        return Ok((answer, None));
     }
     let mut errors = decoded.errors.clone();
     if let Err(e) = block_types::validate::block_document_name(&name) {
@@ -714,6 +689,35 @@ async fn create_block(
 }
 
 /// The form of a new `child` block opened from a parent form's "Create new …".
+/// Answers what a submitted form asks other than saving: a reference to fill with a new
+/// block gets that block's form, with this one kept as a draft (`draft`: its target
+/// (`new:<slug>` or `edit:<id>`), version and name); a row added or removed gets this form
+/// `again`, unchecked. `None` when the form asks to save.
+async fn unless_saving(
+    state: &AppState,
+    viewer: &Viewer,
+    decoded: &form::Decoded,
+    schema: &BlockSchema,
+    (target, version, name): (String, Option<i64>, &str),
+    again: impl FnOnce() -> Response,
+) -> Result<Option<Response>, PageError> {
+    match &decoded.action {
+        Action::Save => Ok(None),
+        Action::NewReference { path, slug: child } => {
+            check_reference_path(path)?;
+            let draft = Draft {
+                target,
+                path: path.clone(),
+                data: without_secrets(&schema.fields, &decoded.data),
+                version,
+                name: name.to_owned(),
+            };
+            Ok(Some(child_form(state, viewer, child, &draft).await?))
+        }
+        Action::Add(_) | Action::Remove(..) => Ok(Some(again())),
+    }
+}
+
 async fn child_form(
     state: &AppState,
     viewer: &Viewer,
@@ -843,27 +847,19 @@ fn set_at(data: &mut Map<String, Value>, path: &str, value: Value) {
     here.insert(last.clone(), value);
 }
 
-pub(super) async fn update(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
+pub(super) async fn update(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/api/block_documents/{}", target_id(&raw));
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/{id}/edit",
-        target,
-        move |state, viewer| async move {
-            update_block(&state, &viewer, &raw, &form)
-                .await
-                .map(|r| (r, None))
-        },
-    )
-    .await
+    write
+        .run(
+            "POST /blocks/{id}/edit",
+            target,
+            move |state, viewer, form| async move {
+                update_block(&state, &viewer, &raw, &form)
+                    .await
+                    .map(|r| (r, None))
+            },
+        )
+        .await
 }
 
 async fn update_block(
@@ -897,27 +893,13 @@ async fn update_block(
         parent: None,
         notice: None,
     };
-    match &decoded.action {
-        Action::Save => {}
-        Action::NewReference { path, slug: child } => {
-            check_reference_path(path)?;
-            let draft = Draft {
-                target: format!("edit:{id}"),
-                path: path.clone(),
-                data: without_secrets(&schema.fields, &decoded.data),
-                version: Some(version),
-                name: name.clone(),
-            };
-            return child_form(state, viewer, child, &draft).await;
-        }
-        Action::Add(_) | Action::Remove(..) => {
-            return Ok(form_response(
-                viewer,
-                &ctx,
-                &page(&decoded.data, &[], None, version),
-                StatusCode::OK,
-            ));
-        }
+    let again = || {
+        let page = page(&decoded.data, &[], None, version);
+        form_response(viewer, &ctx, &page, StatusCode::OK)
+    };
+    let draft = (format!("edit:{id}"), Some(version), name.as_str());
+    if let Some(answer) = unless_saving(state, viewer, &decoded, &schema, draft, again).await? {
+        return Ok(answer);
     }
     if !decoded.errors.is_empty() {
         return Ok(form_response(

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::blocks::{document_type, field_order, parse_id, read_masked, target_id};
 use super::layout::{self, Nav, Page, form_token};
-use super::session::{FormPairs, audited};
+use super::session::ConsoleWrite;
 use super::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{Scope, StoreError, VersionInfo};
@@ -610,23 +610,15 @@ async fn confirm_rollback_page(
 }
 
 pub(super) async fn rollback(
-    State(state): State<AppState>,
-    viewer: Viewer,
     Path((raw, raw_version)): Path<(String, String)>,
-    headers: HeaderMap,
-    form: FormPairs,
+    write: ConsoleWrite,
 ) -> Response {
     let target = format!(
         "/api/block_documents/{}/versions/{raw_version}/rollback",
         target_id(&raw)
     );
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/{id}/history/{version}/rollback",
-        target,
-        move |state, viewer| async move {
+    write
+        .run("POST /blocks/{id}/history/{version}/rollback", target, move |state, viewer, form| async move {
             viewer.check_form(&form)?;
             viewer.require(Scope::Write, "Rolling a block back")?;
             let expected = form.version()?;
@@ -646,9 +638,8 @@ pub(super) async fn rollback(
                 )),
                 Err(e) => Err(e.into()),
             }
-        },
-    )
-    .await
+        })
+        .await
 }
 
 pub(super) async fn confirm_destroy(
@@ -699,44 +690,39 @@ async fn confirm_destroy_page(
 }
 
 pub(super) async fn destroy(
-    State(state): State<AppState>,
-    viewer: Viewer,
     Path((raw, raw_version)): Path<(String, String)>,
-    headers: HeaderMap,
-    form: FormPairs,
+    write: ConsoleWrite,
 ) -> Response {
     let target = format!(
         "/api/block_documents/{}/versions/{raw_version}",
         target_id(&raw)
     );
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/{id}/history/{version}/destroy",
-        target,
-        move |state, viewer| async move {
-            viewer.check_form(&form)?;
-            viewer.require(Scope::Admin, "Destroying a version")?;
-            let t = acted_on(&state, &raw, &raw_version).await?;
-            match state.store.destroy_version(t.id, t.version).await {
-                Ok(()) => Ok((
-                    Redirect::to(&format!("/blocks/{}/history?destroyed={}", t.id, t.version))
-                        .into_response(),
-                    None,
-                )),
-                Err(StoreError::Conflict(_)) => Err(PageError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "Version {} is now the current version of {}; nothing was destroyed.",
-                        t.version, t.name
-                    ),
-                )),
-                Err(e) => Err(e.into()),
-            }
-        },
-    )
-    .await
+    write
+        .run(
+            "POST /blocks/{id}/history/{version}/destroy",
+            target,
+            move |state, viewer, form| async move {
+                viewer.check_form(&form)?;
+                viewer.require(Scope::Admin, "Destroying a version")?;
+                let t = acted_on(&state, &raw, &raw_version).await?;
+                match state.store.destroy_version(t.id, t.version).await {
+                    Ok(()) => Ok((
+                        Redirect::to(&format!("/blocks/{}/history?destroyed={}", t.id, t.version))
+                            .into_response(),
+                        None,
+                    )),
+                    Err(StoreError::Conflict(_)) => Err(PageError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "Version {} is now the current version of {}; nothing was destroyed.",
+                            t.version, t.name
+                        ),
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .await
 }
 
 #[cfg(test)]

@@ -9,18 +9,17 @@
 //! A GET (a sign-in coming back, a typed address) is sent to the block's page.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde_json::{Value, json};
 
+use super::PageError;
 use super::blocks::{document_type, parse_id, read_masked, target_id};
 use super::history::holds_mask;
 use super::layout::{self, Nav, Page};
-use super::session::{FormPairs, audited};
-use super::{PageError, Viewer};
-use crate::http::AppState;
+use super::session::ConsoleWrite;
 use crate::store::Scope;
 
 /// Seconds a revealed value stays shown.
@@ -53,28 +52,18 @@ pub(super) async fn back(Path(raw): Path<String>) -> Response {
     }
 }
 
-pub(super) async fn reveal(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
-    let field: String = form
+pub(super) async fn reveal(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
+    let field: String = write
+        .form()
         .get("field")
         .unwrap_or("")
         .chars()
         .take(MAX_FIELD + 1)
         .collect();
-    let json = wants_json(&headers);
+    let json = wants_json(write.headers());
     let target = format!("/api/block_documents/{} field={field}", target_id(&raw));
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /blocks/{id}/reveal",
-        target,
-        move |state, viewer| async move {
+    write
+        .run("POST /blocks/{id}/reveal", target, move |state, viewer, form| async move {
             viewer.check_form(&form)?;
             viewer.require(Scope::ReadSecrets, "Revealing a secret")?;
             let id = parse_id(&raw)?;
@@ -122,7 +111,6 @@ pub(super) async fn reveal(
                 &body,
             ));
             Ok((page, None))
-        },
-    )
-    .await
+        })
+        .await
 }

@@ -437,11 +437,78 @@ pub(crate) async fn audit(
     })
 }
 
+/// A console write as its handler takes it: the signed-in viewer, the submitted form, and
+/// the request's headers for its audit record. Extracted in that order, so a request
+/// without a session is sent to sign in before its body is read.
+pub(crate) struct ConsoleWrite {
+    state: AppState,
+    headers: HeaderMap,
+    viewer: Viewer,
+    form: FormPairs,
+}
+
+impl FromRequest<AppState> for ConsoleWrite {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let viewer =
+            <Viewer as FromRequestParts<AppState>>::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let form = FormPairs::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Self {
+            state: state.clone(),
+            headers,
+            viewer,
+            form,
+        })
+    }
+}
+
+impl ConsoleWrite {
+    /// The submitted form.
+    pub(crate) fn form(&self) -> &FormPairs {
+        &self.form
+    }
+
+    /// The request's headers.
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Runs `work` as [`audited`] does, handing it the form.
+    pub(crate) async fn run<F>(
+        self,
+        action: &'static str,
+        target: String,
+        work: impl FnOnce(AppState, Viewer, FormPairs) -> F + Send + 'static,
+    ) -> Response
+    where
+        F: Future<Output = Result<(Response, Option<String>), PageError>> + Send + 'static,
+    {
+        let Self {
+            state,
+            headers,
+            viewer,
+            form,
+        } = self;
+        audited(
+            state,
+            headers,
+            viewer,
+            action,
+            target,
+            move |state, viewer| work(state, viewer, form),
+        )
+        .await
+    }
+}
+
 /// Runs a console write to its end in a task of its own (a browser that goes away
 /// mid-write cannot part a write from its audit record) and records it with its outcome,
 /// whatever it is, as the API records every write. `work` answers and, when it learned one,
 /// names a better target (the id of what it created).
-pub(crate) async fn audited<F>(
+async fn audited<F>(
     state: AppState,
     headers: HeaderMap,
     viewer: Viewer,

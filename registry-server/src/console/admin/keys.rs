@@ -5,14 +5,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse as _, Redirect, Response};
 use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::{Section, page as frame, require_admin};
 use crate::console::layout::form_token;
-use crate::console::session::{FormPairs, audited};
+use crate::console::session::ConsoleWrite;
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{KeyStatus, MasterKeyOrigin};
@@ -182,54 +181,40 @@ pub(super) async fn confirm_rotate(viewer: Viewer) -> Response {
     frame(&viewer, "Rotate the data key", Section::Keys, &body)
 }
 
-pub(super) async fn rotate(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /admin/keys/rotate",
-        "/api/keys/rotate".to_owned(),
-        move |state, viewer| async move {
-            require_admin(&viewer)?;
-            viewer.check_form(&form)?;
-            let active = state
-                .store
-                .rotate_data_key_by(Some(viewer.token.id))
-                .await?;
-            tracing::info!(%active, "data key rotated from the console");
-            crate::http::admin::start_reencryption(&state.store);
-            Ok((Redirect::to("/admin/keys/progress").into_response(), None))
-        },
-    )
-    .await
+pub(super) async fn rotate(write: ConsoleWrite) -> Response {
+    write
+        .run(
+            "POST /admin/keys/rotate",
+            "/api/keys/rotate".to_owned(),
+            move |state, viewer, form| async move {
+                require_admin(&viewer)?;
+                viewer.check_form(&form)?;
+                let active = state
+                    .store
+                    .rotate_data_key_by(Some(viewer.token.id))
+                    .await?;
+                tracing::info!(%active, "data key rotated from the console");
+                crate::http::admin::start_reencryption(&state.store);
+                Ok((Redirect::to("/admin/keys/progress").into_response(), None))
+            },
+        )
+        .await
 }
 
 /// Starts the re-encryption again, for a run a restart interrupted.
-pub(super) async fn resume(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /admin/keys/resume",
-        "/api/keys".to_owned(),
-        move |state, viewer| async move {
-            require_admin(&viewer)?;
-            viewer.check_form(&form)?;
-            crate::http::admin::start_reencryption(&state.store);
-            Ok((Redirect::to("/admin/keys/progress").into_response(), None))
-        },
-    )
-    .await
+pub(super) async fn resume(write: ConsoleWrite) -> Response {
+    write
+        .run(
+            "POST /admin/keys/resume",
+            "/api/keys".to_owned(),
+            move |state, viewer, form| async move {
+                require_admin(&viewer)?;
+                viewer.check_form(&form)?;
+                crate::http::admin::start_reencryption(&state.store);
+                Ok((Redirect::to("/admin/keys/progress").into_response(), None))
+            },
+        )
+        .await
 }
 
 pub(super) async fn progress_page(

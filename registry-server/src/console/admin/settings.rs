@@ -2,13 +2,13 @@
 //! kept, each checked at its field before either is stored.
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Redirect, Response};
 use maud::{Markup, html};
 
 use super::{FieldErrors, Section, page as frame, page_with_status, require_admin};
 use crate::console::layout::form_token;
-use crate::console::session::{FormPairs, audited};
+use crate::console::session::{ConsoleWrite, FormPairs};
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::Store;
@@ -161,51 +161,44 @@ fn parse(form: &FormPairs) -> Result<(Option<u32>, Option<u32>), (Draft, FieldEr
     }
 }
 
-pub(super) async fn update(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /admin/settings",
-        "/api/settings".to_owned(),
-        move |state, viewer| async move {
-            require_admin(&viewer)?;
-            viewer.check_form(&form)?;
-            let (retention, days) = match parse(&form) {
-                Ok(values) => values,
-                Err((draft, errors)) => {
-                    return Ok((
-                        page_with_status(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            &viewer,
-                            "Settings",
-                            Section::Settings,
-                            &render_form(&viewer, &draft, &errors, false),
-                        ),
-                        None,
-                    ));
+pub(super) async fn update(write: ConsoleWrite) -> Response {
+    write
+        .run(
+            "POST /admin/settings",
+            "/api/settings".to_owned(),
+            move |state, viewer, form| async move {
+                require_admin(&viewer)?;
+                viewer.check_form(&form)?;
+                let (retention, days) = match parse(&form) {
+                    Ok(values) => values,
+                    Err((draft, errors)) => {
+                        return Ok((
+                            page_with_status(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                &viewer,
+                                "Settings",
+                                Section::Settings,
+                                &render_form(&viewer, &draft, &errors, false),
+                            ),
+                            None,
+                        ));
+                    }
+                };
+                state.store.set_retention(retention).await?;
+                let pruned = state.store.set_audit_retention_days(days).await?;
+                if pruned > 0 {
+                    tracing::info!(
+                        records = pruned,
+                        "pruned audit records past the new retention"
+                    );
                 }
-            };
-            state.store.set_retention(retention).await?;
-            let pruned = state.store.set_audit_retention_days(days).await?;
-            if pruned > 0 {
-                tracing::info!(
-                    records = pruned,
-                    "pruned audit records past the new retention"
-                );
-            }
-            Ok((
-                Redirect::to("/admin/settings?saved=1").into_response(),
-                None,
-            ))
-        },
-    )
-    .await
+                Ok((
+                    Redirect::to("/admin/settings?saved=1").into_response(),
+                    None,
+                ))
+            },
+        )
+        .await
 }
 
 #[cfg(test)]

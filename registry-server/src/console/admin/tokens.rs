@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Redirect, Response};
 use chrono::{Duration, Utc};
 use maud::html;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{FieldErrors, Section, maybe_time, page, page_with_status, require_admin, time};
 use crate::console::layout::form_token;
-use crate::console::session::{FormPairs, audited, grants_text, scopes_text};
+use crate::console::session::{ConsoleWrite, FormPairs, grants_text, scopes_text};
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{Scope, StoreError, TokenCreate, TokenInfo};
@@ -303,19 +303,9 @@ fn parse_create(form: &FormPairs) -> Result<TokenCreate, (Draft, FieldErrors)> {
     }
 }
 
-pub(super) async fn create(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /admin/tokens",
-        "/api/tokens".to_owned(),
-        move |state, viewer| async move {
+pub(super) async fn create(write: ConsoleWrite) -> Response {
+    write
+        .run("POST /admin/tokens", "/api/tokens".to_owned(), move |state, viewer, form| async move {
             require_admin(&viewer)?;
             viewer.check_form(&form)?;
             let body = match parse_create(&form) {
@@ -359,9 +349,8 @@ pub(super) async fn create(
             let mut response = page(&viewer, "Token created", Section::Tokens, &page_body);
             *response.status_mut() = StatusCode::CREATED;
             Ok((response, Some(target)))
-        },
-    )
-    .await
+        })
+        .await
 }
 
 async fn find_token(state: &AppState, id: Uuid) -> Result<TokenInfo, PageError> {
@@ -416,21 +405,10 @@ pub(super) async fn confirm_revoke(
     .map_err(|e| e.render(Some(&viewer)))
 }
 
-pub(super) async fn revoke(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    form: FormPairs,
-) -> Response {
+pub(super) async fn revoke(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/api/tokens/{raw}");
-    audited(
-        state,
-        headers,
-        viewer,
-        "POST /admin/tokens/{id}/revoke",
-        target,
-        move |state, viewer| async move {
+    write
+        .run("POST /admin/tokens/{id}/revoke", target, move |state, viewer, form| async move {
             require_admin(&viewer)?;
             viewer.check_form(&form)?;
             let id = parse_token_id(&raw)?;
@@ -452,9 +430,8 @@ pub(super) async fn revoke(
                 Redirect::to(&to).into_response(),
                 Some(format!("/api/tokens/{}", revoked.id)),
             ))
-        },
-    )
-    .await
+        })
+        .await
 }
 
 #[cfg(test)]
