@@ -10,6 +10,7 @@ use sqlx::Executor as _;
 
 use block_types::access::AuditRecord;
 
+use super::batch::{Batch, Statement};
 use super::{Backend, Result, Store, StoreError, parse_uuid, to_time};
 
 /// A record to append; `seq` is assigned by the database.
@@ -217,8 +218,16 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        // One statement for any number of records (atomic on its own: one round trip, one
-        // commit), its text always the same, so it stays prepared on the connection.
+        let mut batch = Batch::default();
+        batch.push(self.audit_insert(records)?);
+        batch.run(self, conn).await?;
+        Ok(())
+    }
+
+    /// The statement of [`Store::append_audit_on`], for a [`Batch`]: one statement for any
+    /// number of records (atomic on its own), its text always the same, so it stays
+    /// prepared on the connection.
+    pub(crate) fn audit_insert(&self, records: &[NewAuditRecord]) -> Result<Statement> {
         let sql = match self.backend {
             Backend::Sqlite => {
                 "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
@@ -236,12 +245,10 @@ impl Store {
                  order by r.n"
             }
         };
-        self.count_query();
-        sqlx::query(sql)
-            .bind(rows_json(records)?)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
+        Ok(Statement {
+            sql: sql.to_owned(),
+            params: vec![rows_json(records)?.into()],
+        })
     }
 
     /// Records matching `query`, newest first.

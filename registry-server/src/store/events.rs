@@ -17,6 +17,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::batch::{Batch, Statement};
 use super::{Backend, Result, Store, StoreError, now_micros, parse_uuid, to_time};
 
 /// Events are kept this many hours unless the setting says otherwise.
@@ -155,26 +156,39 @@ impl Store {
         id: Uuid,
         token: Option<Uuid>,
     ) -> Result<()> {
-        self.count_query();
-        let inserted = sqlx::query(&format!(
-            "insert into block_event (xid, occurred, kind, block_document_id, block_type_slug, name, \
-               is_anonymous, block_schema_id, version, token_id) \
-             select {}, $1, $2, d.id, t.slug, d.name, d.is_anonymous, d.block_schema_id, d.version, $3 \
-             from block_document d join block_type t on t.id = d.block_type_id where d.id = $4",
-            self.xid_sql()
-        ))
-        .bind(now_micros())
-        .bind(kind.as_str())
-        .bind(token.map(|t| t.to_string()))
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await?;
-        if inserted.rows_affected() != 1 {
+        let mut batch = Batch::default();
+        batch.push(self.document_event(kind, id, token));
+        if batch.run(self, conn).await? != 1 {
             return Err(StoreError::Corrupt(format!(
                 "no document {id} to record a {kind} event for"
             )));
         }
         Ok(())
+    }
+
+    /// The statement of [`Store::record_document_event`], for a [`Batch`]; it changes one
+    /// row when document `id` exists.
+    pub(crate) fn document_event(
+        &self,
+        kind: EventKind,
+        id: Uuid,
+        token: Option<Uuid>,
+    ) -> Statement {
+        Statement {
+            sql: format!(
+                "insert into block_event (xid, occurred, kind, block_document_id, block_type_slug, name, \
+                   is_anonymous, block_schema_id, version, token_id) \
+                 select {}, $1, $2, d.id, t.slug, d.name, d.is_anonymous, d.block_schema_id, d.version, $3 \
+                 from block_document d join block_type t on t.id = d.block_type_id where d.id = $4",
+                self.xid_sql()
+            ),
+            params: vec![
+                now_micros().into(),
+                kind.as_str().into(),
+                token.map(|t| t.to_string()).into(),
+                id.to_string().into(),
+            ],
+        }
     }
 
     /// Inside a write: records `kind` about a type, a schema or a key, written by `token`.

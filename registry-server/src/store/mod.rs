@@ -10,6 +10,7 @@
 //! A read resolves the document's whole reference tree in one recursive query.
 
 mod audit;
+mod batch;
 mod browse;
 mod documents;
 mod events;

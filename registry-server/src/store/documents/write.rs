@@ -33,6 +33,7 @@ use super::{
     Result, Rights, Store, StoreError, json_col, now_micros, parse_uuid, to_json, uuid_col,
 };
 use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
+use crate::store::batch::{Batch, Statement};
 use crate::store::sql::Sql;
 
 impl Store {
@@ -323,36 +324,33 @@ impl Store {
         } = document;
         let schema = version.schema;
         let now = now_micros();
-        self.count_query();
-        let inserted = sqlx::query(
-            "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
-             values ($1, $2, $2, $3, $4, $5, $6, $7, 1)",
-        )
-        .bind(id.to_string())
-        .bind(now)
-        .bind(&name)
-        .bind(i64::from(is_anonymous))
-        .bind(schema.block_type_id.to_string())
-        .bind(&type_name)
-        .bind(schema.id.to_string())
-        .execute(&mut **tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if StoreError::is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists("Block already exists".to_owned()));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.check_failpoint("create_after_document")?;
+        // The document, its version, references, event and audit record run as one batch.
+        let mut batch = Batch::default();
+        batch.push_unique(
+            Statement {
+                sql: "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
+                      values ($1, $2, $2, $3, $4, $5, $6, $7, 1)"
+                    .to_owned(),
+                params: vec![
+                    id.to_string().into(),
+                    now.into(),
+                    name.into(),
+                    i64::from(is_anonymous).into(),
+                    schema.block_type_id.to_string().into(),
+                    type_name.into(),
+                    schema.id.to_string().into(),
+                ],
+            },
+            "Block already exists",
+        );
         let author = version.author;
-        let worn = self.write_version(tx, id, 1, version).await?;
-        self.record_document_event(tx, EventKind::DocumentCreated, id, author)
-            .await?;
+        let worn = self.write_version(tx, id, 1, version, &mut batch).await?;
+        batch.push(self.document_event(EventKind::DocumentCreated, id, author));
         if let Some(record) = record {
-            self.append_audit_on(tx, std::slice::from_ref(record))
-                .await?;
+            batch.push(self.audit_insert(std::slice::from_ref(record))?);
         }
+        batch.run(self, tx).await?;
+        self.check_failpoint("create_after_document")?;
         self.check_failpoint("create_before_commit")?;
         Ok(worn)
     }
@@ -393,6 +391,7 @@ impl Store {
         id: Uuid,
         number: i64,
         version: NewVersion<'_>,
+        batch: &mut Batch,
     ) -> Result<Option<(Uuid, i64)>> {
         let NewVersion {
             mut data,
@@ -458,58 +457,60 @@ impl Store {
             .iter()
             .map(|(f, id)| (f.as_str(), id.to_string()))
             .collect();
-        self.count_query();
-        sqlx::query(
-            "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs, token_id) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(id.to_string())
-        .bind(number)
-        .bind(now_micros())
-        .bind(schema_id.to_string())
-        .bind(to_json(&data))
-        .bind(to_json(&sealed))
-        .bind(key_id.map(|k| k.to_string()))
-        .bind(to_json(&ref_map))
-        .bind(author.map(|a| a.to_string()))
-        .execute(&mut **tx)
-        .await?;
-        self.check_failpoint("after_version")?;
         if number > 1 {
             // A new document has no reference rows yet.
-            self.count_query();
-            sqlx::query("delete from block_document_reference where parent_block_document_id = $1")
-                .bind(id.to_string())
-                .execute(&mut **tx)
-                .await?;
+            batch.push(Statement {
+                sql: "delete from block_document_reference where parent_block_document_id = $1"
+                    .to_owned(),
+                params: vec![id.to_string().into()],
+            });
         }
+        batch.push(Statement {
+            sql: "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs, token_id) \
+                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                .to_owned(),
+            params: vec![
+                id.to_string().into(),
+                number.into(),
+                now_micros().into(),
+                schema_id.to_string().into(),
+                to_json(&data).into(),
+                to_json(&sealed).into(),
+                key_id.map(|k| k.to_string()).into(),
+                to_json(&ref_map).into(),
+                author.map(|a| a.to_string()).into(),
+            ],
+        });
+        self.check_failpoint("after_version")?;
         for (field, child) in &refs {
-            self.count_query();
-            sqlx::query(
-                "insert into block_document_reference (parent_block_document_id, name, reference_block_document_id) values ($1, $2, $3)",
-            )
-            .bind(id.to_string())
-            .bind(field)
-            .bind(child.to_string())
-            .execute(&mut **tx)
-            .await?;
+            batch.push(Statement {
+                sql: "insert into block_document_reference (parent_block_document_id, name, reference_block_document_id) values ($1, $2, $3)"
+                    .to_owned(),
+                params: vec![
+                    id.to_string().into(),
+                    field.as_str().into(),
+                    child.to_string().into(),
+                ],
+            });
         }
         self.check_failpoint("after_references")?;
         if !refs.is_empty() {
+            // The size check reads the new reference rows.
+            batch.run(self, tx).await?;
             self.check_tree_size(tx, id).await?;
         }
         // A first version leaves nothing to prune, whatever the retention.
         if number > 1
             && let Some(keep) = self.retention_in(tx).await?
         {
-            self.count_query();
-            sqlx::query(
-                "delete from block_document_version where block_document_id = $1 and version <= $2",
-            )
-            .bind(id.to_string())
-            .bind(number - i64::from(keep.max(1)))
-            .execute(&mut **tx)
-            .await?;
+            batch.push(Statement {
+                sql: "delete from block_document_version where block_document_id = $1 and version <= $2"
+                    .to_owned(),
+                params: vec![
+                    id.to_string().into(),
+                    (number - i64::from(keep.max(1))).into(),
+                ],
+            });
         }
         Ok(worn)
     }
@@ -897,18 +898,24 @@ impl Store {
     ) -> Result<WriteOutcome> {
         let next = current_version + 1;
         let author = version.author;
-        self.count_query();
-        sqlx::query("update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5")
-            .bind(next)
-            .bind(now_micros())
-            .bind(version.schema.id.to_string())
-            .bind(id.to_string())
-            .bind(current_version)
-            .execute(&mut *tx)
+        // The document, its version, references and event run as one batch.
+        let mut batch = Batch::default();
+        batch.push(Statement {
+            sql: "update block_document set version = $1, updated = $2, block_schema_id = $3 where id = $4 and version = $5"
+                .to_owned(),
+            params: vec![
+                next.into(),
+                now_micros().into(),
+                version.schema.id.to_string().into(),
+                id.to_string().into(),
+                current_version.into(),
+            ],
+        });
+        let worn = self
+            .write_version(&mut tx, id, next, version, &mut batch)
             .await?;
-        let worn = self.write_version(&mut tx, id, next, version).await?;
-        self.record_document_event(&mut tx, kind, id, author)
-            .await?;
+        batch.push(self.document_event(kind, id, author));
+        batch.run(self, &mut tx).await?;
         self.announce_change(&mut tx, &[id]).await?;
         self.check_failpoint("update_before_commit")?;
         let change = self.changing(&[id]);

@@ -1,0 +1,192 @@
+//! Statements a write runs together, in order: on SQLite as one multi-statement query, so
+//! they cost one hand-off to the connection's thread instead of one each (a document create
+//! runs its document, version, references, event and audit record as one); on PostgreSQL
+//! one after another, as before.
+//!
+//! Each statement numbers its parameters from `$1`; the batch renumbers them when it joins
+//! the statements (SQLite binds `$N` by absolute position across a multi-statement query).
+
+use super::{Backend, Result, Store, StoreError};
+
+/// A value bound to a statement of a [`Batch`].
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Text(Option<String>),
+    Int(i64),
+}
+
+impl From<String> for Param {
+    fn from(value: String) -> Self {
+        Self::Text(Some(value))
+    }
+}
+
+impl From<&str> for Param {
+    fn from(value: &str) -> Self {
+        Self::Text(Some(value.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(value: Option<String>) -> Self {
+        Self::Text(value)
+    }
+}
+
+impl From<i64> for Param {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+/// One statement and its parameters.
+#[derive(Debug)]
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Param>,
+}
+
+/// Statements waiting to run (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    statements: Vec<Statement>,
+    /// What a unique violation means for this batch, when one of its statements names it.
+    unique: Option<String>,
+}
+
+impl Batch {
+    /// Adds `statement`, to run after those already added.
+    pub(crate) fn push(&mut self, statement: Statement) {
+        self.statements.push(statement);
+    }
+
+    /// Adds `statement`, whose unique violation is [`StoreError::AlreadyExists`] with
+    /// `message` (a document's name taken).
+    pub(crate) fn push_unique(&mut self, statement: Statement, message: &str) {
+        self.unique = Some(message.to_owned());
+        self.push(statement);
+    }
+
+    /// Runs the waiting statements on `conn`, in order, and empties the batch. Returns the
+    /// rows they changed, all together.
+    pub(crate) async fn run(
+        &mut self,
+        store: &Store,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<u64> {
+        let statements = std::mem::take(&mut self.statements);
+        let unique = self.unique.take();
+        let outcome = match store.backend {
+            Backend::Sqlite if statements.len() > 1 => {
+                store.count_query();
+                let joined = join(&statements);
+                bind(sqlx::query(&joined.sql), joined.params)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|done| done.rows_affected())
+            }
+            _ => {
+                let mut changed = 0;
+                let mut failed = None;
+                for statement in statements {
+                    store.count_query();
+                    match bind(sqlx::query(&statement.sql), statement.params)
+                        .execute(&mut *conn)
+                        .await
+                    {
+                        Ok(done) => changed += done.rows_affected(),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failed.map_or(Ok(changed), Err)
+            }
+        };
+        outcome.map_err(|e| match unique {
+            Some(message) if StoreError::is_unique_violation(&e) => {
+                StoreError::AlreadyExists(message)
+            }
+            _ => e.into(),
+        })
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind(mut query: AnyQuery<'_>, params: Vec<Param>) -> AnyQuery<'_> {
+    for param in params {
+        query = match param {
+            Param::Text(text) => query.bind(text),
+            Param::Int(n) => query.bind(n),
+        };
+    }
+    query
+}
+
+/// The statements as one, their parameters renumbered to follow each other.
+fn join(statements: &[Statement]) -> Statement {
+    let mut sql = String::new();
+    let mut params = Vec::new();
+    for statement in statements {
+        if !sql.is_empty() {
+            sql.push_str(";\n");
+        }
+        sql.push_str(&renumber(&statement.sql, params.len()));
+        params.extend(statement.params.iter().cloned());
+    }
+    Statement { sql, params }
+}
+
+/// `sql` with each parameter `$N` written `$(N + offset)`. The store's statements hold no
+/// `$` followed by a digit other than their parameters (JSON paths are `'$.name'`).
+fn renumber(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            let n: usize = rest[..digits].parse().unwrap_or(0);
+            out.push_str(&(n + offset).to_string());
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_renumbered_after_the_statements_before_them() {
+        assert_eq!(renumber("values ($1, $2, $10)", 0), "values ($1, $2, $10)");
+        assert_eq!(
+            renumber("select json_extract(value, '$.at') from json_each($1)", 3),
+            "select json_extract(value, '$.at') from json_each($4)"
+        );
+        assert_eq!(renumber("a = $9 and b = $10$", 2), "a = $11 and b = $12$");
+        let joined = join(&[
+            Statement {
+                sql: "insert into a values ($1, $2)".into(),
+                params: vec![Param::Int(1), Param::from("x")],
+            },
+            Statement {
+                sql: "insert into b values ($2, $1)".into(),
+                params: vec![Param::Int(2), Param::Text(None)],
+            },
+        ]);
+        assert_eq!(
+            joined.sql,
+            "insert into a values ($1, $2);\ninsert into b values ($4, $3)"
+        );
+        assert_eq!(joined.params.len(), 4);
+    }
+}
