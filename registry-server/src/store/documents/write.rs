@@ -91,12 +91,19 @@ impl Store {
             is_anonymous: body.is_anonymous,
             type_name: block_type.name,
         };
+        // The paths to seal, read before the write takes the writer (one statement less
+        // while it holds it). As if the create had come a moment earlier: a schema of the
+        // type registered after this read seals no value written before it either.
+        let paths = {
+            let mut conn = self.read.acquire().await?;
+            self.secret_paths(&mut conn, &schema).await?
+        };
         let version = NewVersion {
             data,
             refs,
             schema: &schema,
             kept: Vec::new(),
-            paths: None,
+            paths: Some(paths),
             author,
         };
         self.insert_document(document, version, record.as_ref())
