@@ -1,10 +1,14 @@
 //! Statements a write runs together, in order: on SQLite as one multi-statement query, so
 //! they cost one hand-off to the connection's thread instead of one each (a document create
-//! runs its document, version, references, event and audit record as one); on PostgreSQL
-//! one after another, as before.
+//! runs its document, version, references, event and audit record as one). On PostgreSQL
+//! they run one after another, unless the batch was made [`Batch::independent`]: then they
+//! are one statement, each but the last a data-modifying `with` query, one round trip.
+//! PostgreSQL runs those on one snapshot (no statement sees another's rows), which is why
+//! only statements that do not read each other's rows may be joined so; foreign keys are
+//! checked at the end of the whole statement.
 //!
 //! Each statement numbers its parameters from `$1`; the batch renumbers them when it joins
-//! the statements (SQLite binds `$N` by absolute position across a multi-statement query).
+//! the statements (both databases bind `$N` by absolute position in the joined text).
 
 use super::{Backend, Result, Store, StoreError};
 
@@ -52,9 +56,20 @@ pub(crate) struct Batch {
     statements: Vec<Statement>,
     /// What a unique violation means for this batch, when one of its statements names it.
     unique: Option<String>,
+    /// No statement reads rows another one writes: PostgreSQL may run them as one.
+    independent: bool,
 }
 
 impl Batch {
+    /// A batch whose statements only write, none reading rows another writes (inserts of
+    /// new rows with their values given): one round trip on PostgreSQL too.
+    pub(crate) fn independent() -> Self {
+        Self {
+            independent: true,
+            ..Self::default()
+        }
+    }
+
     /// Adds `statement`, to run after those already added.
     pub(crate) fn push(&mut self, statement: Statement) {
         self.statements.push(statement);
@@ -76,10 +91,15 @@ impl Batch {
     ) -> Result<u64> {
         let statements = std::mem::take(&mut self.statements);
         let unique = self.unique.take();
-        let outcome = match store.backend {
-            Backend::Sqlite if statements.len() > 1 => {
+        let joined = match store.backend {
+            _ if statements.len() < 2 => None,
+            Backend::Sqlite => Some(join(&statements)),
+            Backend::Postgres if self.independent => Some(join_with(&statements)),
+            Backend::Postgres => None,
+        };
+        let outcome = match joined {
+            Some(joined) => {
                 store.count_query();
-                let joined = join(&statements);
                 bind(sqlx::query(&joined.sql), joined.params)
                     .execute(&mut *conn)
                     .await
@@ -139,6 +159,28 @@ fn join(statements: &[Statement]) -> Statement {
     Statement { sql, params }
 }
 
+/// The statements as one for PostgreSQL: all but the last as `with` queries, in order.
+fn join_with(statements: &[Statement]) -> Statement {
+    let (last, before) = statements
+        .split_last()
+        .expect("a batch of two statements or more");
+    let mut sql = String::from("with ");
+    let mut params = Vec::new();
+    for (i, statement) in before.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(",\n");
+        }
+        sql.push_str(&format!("batch_{i} as ("));
+        sql.push_str(&renumber(&statement.sql, params.len()));
+        sql.push(')');
+        params.extend(statement.params.iter().cloned());
+    }
+    sql.push('\n');
+    sql.push_str(&renumber(&last.sql, params.len()));
+    params.extend(last.params.iter().cloned());
+    Statement { sql, params }
+}
+
 /// `sql` with each parameter `$N` written `$(N + offset)`. The store's statements hold no
 /// `$` followed by a digit other than their parameters (JSON paths are `'$.name'`).
 fn renumber(sql: &str, offset: usize) -> String {
@@ -188,5 +230,24 @@ mod tests {
             "insert into a values ($1, $2);\ninsert into b values ($4, $3)"
         );
         assert_eq!(joined.params.len(), 4);
+        let with = join_with(&[
+            Statement {
+                sql: "insert into a values ($1)".into(),
+                params: vec![Param::Int(1)],
+            },
+            Statement {
+                sql: "insert into b values ($1)".into(),
+                params: vec![Param::Int(2)],
+            },
+            Statement {
+                sql: "insert into c values ($2, $1)".into(),
+                params: vec![Param::Int(3), Param::Int(4)],
+            },
+        ]);
+        assert_eq!(
+            with.sql,
+            "with batch_0 as (insert into a values ($1)),\nbatch_1 as (insert into b values ($2))\ninsert into c values ($4, $3)"
+        );
+        assert_eq!(with.params.len(), 4);
     }
 }

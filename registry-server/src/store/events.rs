@@ -18,6 +18,16 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::batch::{Batch, Statement};
+
+/// What the event of a new document records about it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CreatedDocument<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) type_slug: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) is_anonymous: bool,
+    pub(crate) schema_id: Uuid,
+}
 use super::{Backend, Result, Store, StoreError, now_micros, parse_uuid, to_time};
 
 /// Events are kept this many hours unless the setting says otherwise.
@@ -187,6 +197,33 @@ impl Store {
                 kind.as_str().into(),
                 token.map(|t| t.to_string()).into(),
                 id.to_string().into(),
+            ],
+        }
+    }
+
+    /// The `document-created` event of document `id`, from the values it is being created
+    /// with: it reads no row, so it may join an [`Batch::independent`] batch.
+    pub(crate) fn created_event(
+        &self,
+        created: CreatedDocument<'_>,
+        token: Option<Uuid>,
+    ) -> Statement {
+        Statement {
+            sql: format!(
+                "insert into block_event (xid, occurred, kind, block_document_id, block_type_slug, name, \
+                   is_anonymous, block_schema_id, version, token_id) \
+                 values ({}, $1, $2, $3, $4, $5, $6, $7, 1, $8)",
+                self.xid_sql()
+            ),
+            params: vec![
+                now_micros().into(),
+                EventKind::DocumentCreated.as_str().into(),
+                created.id.to_string().into(),
+                created.type_slug.into(),
+                created.name.into(),
+                i64::from(created.is_anonymous).into(),
+                created.schema_id.to_string().into(),
+                token.map(|t| t.to_string()).into(),
             ],
         }
     }

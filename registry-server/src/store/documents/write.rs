@@ -34,6 +34,7 @@ use super::{
 };
 use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
 use crate::store::batch::{Batch, Statement};
+use crate::store::events::CreatedDocument;
 use crate::store::sql::Sql;
 
 impl Store {
@@ -331,8 +332,23 @@ impl Store {
         } = document;
         let schema = version.schema;
         let now = now_micros();
-        // The document, its version, references, event and audit record run as one batch.
-        let mut batch = Batch::default();
+        let type_slug = schema
+            .block_type
+            .as_ref()
+            .map(|t| t.slug.clone())
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        let event = CreatedDocument {
+            id,
+            type_slug: &type_slug,
+            name: &name,
+            is_anonymous,
+            schema_id: schema.id,
+        };
+        // The document, its version, references, event and audit record run as one batch:
+        // new rows with their values, none read by another (PostgreSQL's foreign keys are
+        // checked at the end of the joined statement).
+        let mut batch = Batch::independent();
+        let event = self.created_event(event, version.author);
         batch.push_unique(
             Statement {
                 sql: "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
@@ -341,7 +357,7 @@ impl Store {
                 params: vec![
                     id.to_string().into(),
                     now.into(),
-                    name.into(),
+                    name.as_str().into(),
                     i64::from(is_anonymous).into(),
                     schema.block_type_id.to_string().into(),
                     type_name.into(),
@@ -350,9 +366,8 @@ impl Store {
             },
             "Block already exists",
         );
-        let author = version.author;
         let worn = self.write_version(tx, id, 1, version, &mut batch).await?;
-        batch.push(self.document_event(EventKind::DocumentCreated, id, author));
+        batch.push(event);
         if let Some(record) = record {
             batch.push(self.audit_insert(std::slice::from_ref(record))?);
         }

@@ -2,6 +2,7 @@
 
 pub(crate) mod harness;
 
+mod batch;
 mod browse;
 mod connections;
 mod documents;
