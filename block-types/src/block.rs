@@ -44,6 +44,22 @@ impl BlockTypeInfo {
     }
 }
 
+impl From<BlockTypeCreate> for BlockTypeInfo {
+    /// A type defined by its creation body (a custom type): not protected.
+    fn from(body: BlockTypeCreate) -> Self {
+        let BlockTypeCreate { name, slug, .. } = body;
+        Self {
+            name,
+            slug,
+            logo_url: body.logo_url,
+            documentation_url: body.documentation_url,
+            description: body.description,
+            code_example: body.code_example,
+            protected: false,
+        }
+    }
+}
+
 /// A block type together with one schema of it: everything registration needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockSpec {

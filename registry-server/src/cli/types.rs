@@ -69,15 +69,7 @@ pub(super) fn custom_spec(path: &std::path::Path) -> anyhow::Result<block_types:
     let mut fields = custom.fields.clone();
     fields["block_type_slug"] = json!(ty.slug);
     Ok(block_types::BlockSpec {
-        block_type: block_types::BlockTypeInfo {
-            name: ty.name.clone(),
-            slug: ty.slug.clone(),
-            logo_url: ty.logo_url.clone(),
-            documentation_url: ty.documentation_url.clone(),
-            description: ty.description.clone(),
-            code_example: ty.code_example.clone(),
-            protected: false,
-        },
+        block_type: custom.block_type.into(),
         fields,
         capabilities: custom.capabilities,
         version: custom.version.unwrap_or_else(|| "1".to_owned()),

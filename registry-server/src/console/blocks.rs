@@ -570,19 +570,33 @@ async fn confirm_delete_page(
     )))
 }
 
-pub(super) async fn delete(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
+/// Runs `work`, a write to the block `raw` names, as [`ConsoleWrite::run`] does, with the
+/// block as the record's target.
+pub(super) async fn block_write<F>(
+    write: ConsoleWrite,
+    action: &'static str,
+    raw: String,
+    work: impl FnOnce(AppState, Viewer, FormPairs, String) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = Result<Response, PageError>> + Send + 'static,
+{
     let target = format!("/api/block_documents/{}", target_id(&raw));
     write
-        .run(
-            "POST /blocks/{id}/delete",
-            target,
-            move |state, viewer, form| async move {
-                delete_block(&state, &viewer, &raw, &form)
-                    .await
-                    .map(|r| (r, None))
-            },
-        )
+        .run(action, target, move |state, viewer, form| async move {
+            work(state, viewer, form, raw).await.map(|r| (r, None))
+        })
         .await
+}
+
+pub(super) async fn delete(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
+    block_write(
+        write,
+        "POST /blocks/{id}/delete",
+        raw,
+        |state, viewer, form, raw| async move { delete_block(&state, &viewer, &raw, &form).await },
+    )
+    .await
 }
 
 async fn delete_block(

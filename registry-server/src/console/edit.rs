@@ -22,7 +22,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::blocks::{document_type, parse_id, read_masked, target_id};
+use super::blocks::{block_write, document_type, parse_id, read_masked};
 use super::form::{self, Action, FormInput, Mode, RefOption};
 use super::layout::{self, Nav, Page, form_token};
 use super::session::{ConsoleWrite, FormPairs};
@@ -582,7 +582,9 @@ fn form_errors(
 pub(super) async fn create(Path(slug): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/blocks/new/{slug}");
     write
-        .run("POST /blocks/new/{slug}", target, move |state, viewer, form| async move { create_block(&state, &viewer, &slug, &form).await })
+        .run("POST /blocks/new/{slug}", target, move |state, viewer, form| async move {
+            create_block(&state, &viewer, &slug, &form).await
+        })
         .await
 }
 
@@ -688,7 +690,6 @@ async fn create_block(
     }
 }
 
-/// The form of a new `child` block opened from a parent form's "Create new …".
 /// Answers what a submitted form asks other than saving: a reference to fill with a new
 /// block gets that block's form, with this one kept as a draft (`draft`: its target
 /// (`new:<slug>` or `edit:<id>`), version and name); a row added or removed gets this form
@@ -718,6 +719,7 @@ async fn unless_saving(
     }
 }
 
+/// The form of a new `child` block opened from a parent form's "Create new …".
 async fn child_form(
     state: &AppState,
     viewer: &Viewer,
@@ -848,18 +850,13 @@ fn set_at(data: &mut Map<String, Value>, path: &str, value: Value) {
 }
 
 pub(super) async fn update(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
-    let target = format!("/api/block_documents/{}", target_id(&raw));
-    write
-        .run(
-            "POST /blocks/{id}/edit",
-            target,
-            move |state, viewer, form| async move {
-                update_block(&state, &viewer, &raw, &form)
-                    .await
-                    .map(|r| (r, None))
-            },
-        )
-        .await
+    block_write(
+        write,
+        "POST /blocks/{id}/edit",
+        raw,
+        |state, viewer, form, raw| async move { update_block(&state, &viewer, &raw, &form).await },
+    )
+    .await
 }
 
 async fn update_block(

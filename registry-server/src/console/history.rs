@@ -618,27 +618,31 @@ pub(super) async fn rollback(
         target_id(&raw)
     );
     write
-        .run("POST /blocks/{id}/history/{version}/rollback", target, move |state, viewer, form| async move {
-            viewer.check_form(&form)?;
-            viewer.require(Scope::Write, "Rolling a block back")?;
-            let expected = form.version()?;
-            let t = acted_on(&state, &raw, &raw_version).await?;
-            match state
-                .store
-                .rollback_block_document(t.id, t.version, Some(expected), Some(viewer.token.id))
-                .await
-            {
-                Ok(_) => Ok((
-                    Redirect::to(&format!("/blocks/{}?saved=rolled-back", t.id)).into_response(),
-                    None,
-                )),
-                Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
-                    StatusCode::CONFLICT,
-                    format!("{} changed after this page was loaded; nothing was rolled back. Look at its history again.", t.name),
-                )),
-                Err(e) => Err(e.into()),
-            }
-        })
+        .run(
+            "POST /blocks/{id}/history/{version}/rollback",
+            target,
+            move |state, viewer, form| async move {
+                viewer.check_form(&form)?;
+                viewer.require(Scope::Write, "Rolling a block back")?;
+                let expected = form.version()?;
+                let t = acted_on(&state, &raw, &raw_version).await?;
+                match state
+                    .store
+                    .rollback_block_document(t.id, t.version, Some(expected), Some(viewer.token.id))
+                    .await
+                {
+                    Ok(_) => Ok((
+                        Redirect::to(&format!("/blocks/{}?saved=rolled-back", t.id)).into_response(),
+                        None,
+                    )),
+                    Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
+                        StatusCode::CONFLICT,
+                        format!("{} changed after this page was loaded; nothing was rolled back. Look at its history again.", t.name),
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
         .await
 }
 

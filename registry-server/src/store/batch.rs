@@ -76,14 +76,26 @@ impl Batch {
     }
 
     /// Adds `statement`, whose unique violation is [`StoreError::AlreadyExists`] with
-    /// `message` (a document's name taken).
+    /// `message` (a document's name taken). A unique violation of any statement of the
+    /// same run reads so: the others insert rows with new keys.
     pub(crate) fn push_unique(&mut self, statement: Statement, message: &str) {
         self.unique = Some(message.to_owned());
         self.push(statement);
     }
 
+    /// Adds the failing statement of `point` when a test armed it
+    /// ([`Store::failing_statement`]).
+    pub(crate) fn push_failpoint(&mut self, store: &Store, point: &'static str) {
+        if let Some(statement) = store.failing_statement(point) {
+            self.push(statement);
+        }
+    }
+
     /// Runs the waiting statements on `conn`, in order, and empties the batch. Returns the
-    /// rows they changed, all together.
+    /// rows they changed: all together on SQLite and when run one by one, the last
+    /// statement's when PostgreSQL ran them joined. A failure leaves what the statements
+    /// before it did to the caller's transaction or savepoint, which every caller rolls
+    /// back.
     pub(crate) async fn run(
         &mut self,
         store: &Store,
@@ -145,8 +157,34 @@ fn bind(mut query: AnyQuery<'_>, params: Vec<Param>) -> AnyQuery<'_> {
     query
 }
 
+/// The highest `$N` in `sql` (0 without parameters).
+fn highest_parameter(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            rest[..digits].parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Each statement's parameters are exactly its own: a `$N` beyond them would bind the next
+/// statement's values once joined.
+fn debug_check(statements: &[Statement]) {
+    for statement in statements {
+        debug_assert_eq!(
+            highest_parameter(&statement.sql),
+            statement.params.len(),
+            "a batched statement's parameters: {}",
+            statement.sql
+        );
+    }
+}
+
 /// The statements as one, their parameters renumbered to follow each other.
 fn join(statements: &[Statement]) -> Statement {
+    debug_check(statements);
     let mut sql = String::new();
     let mut params = Vec::new();
     for statement in statements {
@@ -161,6 +199,7 @@ fn join(statements: &[Statement]) -> Statement {
 
 /// The statements as one for PostgreSQL: all but the last as `with` queries, in order.
 fn join_with(statements: &[Statement]) -> Statement {
+    debug_check(statements);
     let (last, before) = statements
         .split_last()
         .expect("a batch of two statements or more");
@@ -215,6 +254,8 @@ mod tests {
             "select json_extract(value, '$.at') from json_each($4)"
         );
         assert_eq!(renumber("a = $9 and b = $10$", 2), "a = $11 and b = $12$");
+        assert_eq!(highest_parameter("a = $9 and b = $10 and c = '$.x'"), 10);
+        assert_eq!(highest_parameter("select 1"), 0);
         let joined = join(&[
             Statement {
                 sql: "insert into a values ($1, $2)".into(),

@@ -18,6 +18,11 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::batch::{Batch, Statement};
+use super::{Backend, Result, Store, StoreError, now_micros, parse_uuid, to_time};
+
+/// The insert of a document's event, before its values.
+const DOCUMENT_EVENT: &str = "insert into block_event (xid, occurred, kind, block_document_id, \
+     block_type_slug, name, is_anonymous, block_schema_id, version, token_id)";
 
 /// What the event of a new document records about it.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +33,6 @@ pub(crate) struct CreatedDocument<'a> {
     pub(crate) is_anonymous: bool,
     pub(crate) schema_id: Uuid,
 }
-use super::{Backend, Result, Store, StoreError, now_micros, parse_uuid, to_time};
 
 /// Events are kept this many hours unless the setting says otherwise.
 pub const DEFAULT_EVENT_RETENTION_HOURS: u32 = 24 * 7;
@@ -186,9 +190,7 @@ impl Store {
     ) -> Statement {
         Statement {
             sql: format!(
-                "insert into block_event (xid, occurred, kind, block_document_id, block_type_slug, name, \
-                   is_anonymous, block_schema_id, version, token_id) \
-                 select {}, $1, $2, d.id, t.slug, d.name, d.is_anonymous, d.block_schema_id, d.version, $3 \
+                "{DOCUMENT_EVENT} select {}, $1, $2, d.id, t.slug, d.name, d.is_anonymous, d.block_schema_id, d.version, $3 \
                  from block_document d join block_type t on t.id = d.block_type_id where d.id = $4",
                 self.xid_sql()
             ),
@@ -210,9 +212,7 @@ impl Store {
     ) -> Statement {
         Statement {
             sql: format!(
-                "insert into block_event (xid, occurred, kind, block_document_id, block_type_slug, name, \
-                   is_anonymous, block_schema_id, version, token_id) \
-                 values ({}, $1, $2, $3, $4, $5, $6, $7, 1, $8)",
+                "{DOCUMENT_EVENT} values ({}, $1, $2, $3, $4, $5, $6, $7, 1, $8)",
                 self.xid_sql()
             ),
             params: vec![

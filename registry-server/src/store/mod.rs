@@ -803,6 +803,23 @@ impl Store {
     pub(crate) fn check_failpoint(&self, _point: &'static str) -> Result<()> {
         Ok(())
     }
+
+    /// Under test, when `point` is armed: a statement that fails when a batch reaches it (it
+    /// names a table that does not exist), so the failure lands between a batch's
+    /// statements, after those before it ran.
+    #[cfg(test)]
+    pub(crate) fn failing_statement(&self, point: &'static str) -> Option<batch::Statement> {
+        (*self.failpoint.lock() == Some(point)).then(|| batch::Statement {
+            sql: "insert into injected_failure (point) values ($1)".to_owned(),
+            params: vec![point.into()],
+        })
+    }
+
+    #[cfg(not(test))]
+    #[inline]
+    pub(crate) fn failing_statement(&self, _point: &'static str) -> Option<batch::Statement> {
+        None
+    }
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -30,7 +30,7 @@ use super::tree_too_large;
 use super::unknown_schema_is_invalid;
 use super::within_document;
 use super::{
-    Result, Rights, Store, StoreError, json_col, now_micros, parse_uuid, to_json, uuid_col,
+    Backend, Result, Rights, Store, StoreError, json_col, now_micros, parse_uuid, to_json, uuid_col,
 };
 use crate::crypto::{DataKey, SealedField, open_secrets, seal_secrets};
 use crate::store::batch::{Batch, Statement};
@@ -366,13 +366,19 @@ impl Store {
             },
             "Block already exists",
         );
+        if self.backend == Backend::Postgres {
+            // The name first, as its own statement, before the data key's share lock: a
+            // create waiting for an import's uncommitted name holds no lock that import
+            // may need next (a refill of the key's block).
+            batch.run(self, tx).await?;
+        }
+        batch.push_failpoint(self, "create_after_document");
         let worn = self.write_version(tx, id, 1, version, &mut batch).await?;
         batch.push(event);
         if let Some(record) = record {
             batch.push(self.audit_insert(std::slice::from_ref(record))?);
         }
         batch.run(self, tx).await?;
-        self.check_failpoint("create_after_document")?;
         self.check_failpoint("create_before_commit")?;
         Ok(worn)
     }
@@ -503,7 +509,7 @@ impl Store {
                 author.map(|a| a.to_string()).into(),
             ],
         });
-        self.check_failpoint("after_version")?;
+        batch.push_failpoint(self, "after_version");
         for (field, child) in &refs {
             batch.push(Statement {
                 sql: "insert into block_document_reference (parent_block_document_id, name, reference_block_document_id) values ($1, $2, $3)"
@@ -515,7 +521,7 @@ impl Store {
                 ],
             });
         }
-        self.check_failpoint("after_references")?;
+        batch.push_failpoint(self, "after_references");
         if !refs.is_empty() {
             // The size check reads the new reference rows.
             batch.run(self, tx).await?;
