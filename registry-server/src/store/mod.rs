@@ -391,6 +391,8 @@ pub struct Store {
     /// The PostgreSQL listener that drops revoked tokens from `tokens` and changed
     /// documents from `trees`.
     token_listener: Option<tokio::task::AbortHandle>,
+    /// SQLite: the task that checkpoints the log (see [`checkpoint_in_background`]).
+    checkpointer: Option<tokio::task::AbortHandle>,
     /// Bumped when this process commits events, and when the listener hears another
     /// replica's change (see [`events`]).
     feed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -406,11 +408,51 @@ impl Drop for Store {
         if let Some(listener) = &self.token_listener {
             listener.abort();
         }
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.abort();
+        }
     }
 }
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// The write connection's pragmas beyond [`SQLITE_PRAGMAS`]: no automatic checkpoint (see
+/// [`checkpoint_in_background`]).
+const SQLITE_WRITE_PRAGMAS: &str = "PRAGMA wal_autocheckpoint = 0;";
+
+/// How often the background checkpoint runs: about SQLite's automatic one (1,000 pages)
+/// at a thousand writes a second.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies SQLite's log into the database file every [`CHECKPOINT_EVERY`], on a read
+/// connection: a passive checkpoint, which waits for no reader or writer. SQLite's own
+/// automatic checkpoint is off on the write connection, where it ran inside the commit that
+/// crossed its threshold: that commit, and every write and audited read waiting on it,
+/// paid for writing pages all over a large database file. Commits still sync the log
+/// (`synchronous = FULL`), so durability does not depend on this task.
+fn checkpoint_in_background(pool: AnyPool) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            if let Err(e) = checkpoint_log(&pool).await {
+                tracing::warn!(error = %e, "checkpointing the SQLite log failed; trying again");
+            }
+        }
+    })
+    .abort_handle()
+}
+
+/// One passive checkpoint of SQLite's log: the log's frames and how many are now in the
+/// database file.
+async fn checkpoint_log(pool: &AnyPool) -> std::result::Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    Ok((row.try_get(1)?, row.try_get(2)?))
+}
 
 /// The page cache of each SQLite read connection, in KiB (SQLite's default is 2 MiB). With
 /// up to 16 read connections the default alone could hold 32 MiB of a large store's pages;
@@ -468,7 +510,7 @@ impl Store {
                             })
                         })
                 };
-                let write = options(SQLITE_PRAGMAS.to_owned())
+                let write = options(format!("{SQLITE_PRAGMAS} {SQLITE_WRITE_PRAGMAS}"))
                     .max_connections(1)
                     .connect(&url)
                     .await?;
@@ -539,6 +581,9 @@ impl Store {
             )),
             Backend::Sqlite => None,
         };
+        let checkpointer = wal
+            .is_some()
+            .then(|| checkpoint_in_background(read.clone()));
         let store = Self {
             backend,
             groups: (backend == Backend::Sqlite).then(|| group::WriteGroups::new(write.clone())),
@@ -558,6 +603,7 @@ impl Store {
             trees,
             origin,
             token_listener,
+            checkpointer,
             feed,
             created,
             #[cfg(test)]
@@ -662,6 +708,9 @@ impl Store {
     pub async fn close(&self) {
         if let Some(listener) = &self.token_listener {
             listener.abort();
+        }
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.abort();
         }
         self.read.close().await;
         self.write.close().await;

@@ -1,7 +1,11 @@
 //! How the store's connections are set up: durability on the write path, a small page cache
 //! on SQLite's read connections.
 
-use super::harness::on_both;
+use block_types::catalog::Secret;
+use serde_json::json;
+use sqlx::Row as _;
+
+use super::harness::{create, on_both, register};
 use crate::store::Backend;
 
 #[tokio::test]
@@ -24,6 +28,11 @@ async fn writes_sync_fully_and_sqlite_read_connections_keep_a_small_page_cache()
                     write_cache, -2000,
                     "the write connection keeps SQLite's default"
                 );
+                let automatic: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+                    .fetch_one(&store.write)
+                    .await
+                    .unwrap();
+                assert_eq!(automatic, 0, "no checkpoint inside a commit");
                 // Every read connection, not only the first one opened.
                 let mut held = Vec::new();
                 for _ in 0..3 {
@@ -48,6 +57,45 @@ async fn writes_sync_fully_and_sqlite_read_connections_keep_a_small_page_cache()
                     .unwrap();
                 assert_eq!(commit, "on", "document writes commit durably");
             }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlites_log_is_checkpointed_in_the_background_and_postgresql_has_none() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = register::<Secret>(&store).await;
+        for i in 0..20 {
+            create(&store, &schema, &format!("s{i}"), json!({"value": "x"})).await;
+        }
+        match db.backend {
+            Backend::Sqlite => {
+                assert!(store.checkpointer.is_some());
+                // The database file holds every page of the store once a checkpoint copied
+                // them from the log; nothing but the background task checkpoints (the
+                // write connection's automatic checkpoint is off, and the store is open).
+                let file = db.dir().unwrap().join("blocks.db");
+                let mut copied = false;
+                for _ in 0..40 {
+                    tokio::time::sleep(super::super::CHECKPOINT_EVERY).await;
+                    let row = sqlx::query(
+                        "select page_count * page_size as size from pragma_page_count(), pragma_page_size()",
+                    )
+                    .fetch_one(&store.read)
+                    .await
+                    .unwrap();
+                    let size: i64 = row.try_get("size").unwrap();
+                    let on_disk = std::fs::metadata(&file).unwrap().len();
+                    if on_disk == u64::try_from(size).unwrap() {
+                        copied = true;
+                        break;
+                    }
+                }
+                assert!(copied, "the log was checkpointed into the database file");
+            }
+            Backend::Postgres => assert!(store.checkpointer.is_none()),
         }
     })
     .await;
