@@ -75,6 +75,11 @@ impl Batch {
         self.statements.push(statement);
     }
 
+    /// Adds `statement`, to run before those already added.
+    pub(crate) fn push_front(&mut self, statement: Statement) {
+        self.statements.insert(0, statement);
+    }
+
     /// Adds `statement`, whose unique violation is [`StoreError::AlreadyExists`] with
     /// `message` (a document's name taken). A unique violation of any statement of the
     /// same run reads so: the others insert rows with new keys.

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
 
-use super::{Result, StoreError};
+use super::batch::{Batch, Statement};
+use super::{Result, Store, StoreError};
 
 /// Writes in one group at most: a later one waits for the next group.
 const MAX_MEMBERS: usize = 256;
@@ -32,7 +33,14 @@ struct Open {
     tx: Option<Transaction<'static, Any>>,
     members: usize,
     outcome: watch::Sender<Outcome>,
+    /// A write's own savepoint ([`GroupWrite::run_batch`]) may be open in `tx`: its write
+    /// ended (cancelled) before it knew how its batch went. Whoever holds the group next
+    /// rolls it back before anything else ([`settle`]).
+    unsettled: bool,
 }
+
+/// The savepoint [`GroupWrite::run_batch`] writes in.
+const SAVEPOINT: &str = "group_write";
 
 /// The shared write transaction and its committer (see the module documentation).
 pub(crate) struct WriteGroups {
@@ -62,6 +70,7 @@ impl WriteGroups {
             tx: None,
             members: 0,
             outcome: watch::channel(None).0,
+            unsettled: false,
         }));
         let joined = Arc::new(Notify::new());
         let committer = tokio::spawn(commit_groups(open.clone(), joined.clone())).abort_handle();
@@ -88,6 +97,13 @@ impl WriteGroups {
             if open.tx.is_none() {
                 open.tx = Some(self.pool.begin().await?);
             }
+            if let Err(e) = settle(&mut open).await {
+                if open.members == 0 {
+                    open.tx = None;
+                    open.unsettled = false;
+                }
+                return Err(e);
+            }
             return Ok(GroupWrite {
                 open: Some(open),
                 joined: self.joined.clone(),
@@ -111,6 +127,7 @@ impl Drop for GroupWrite {
             && open.members == 0
         {
             open.tx = None;
+            open.unsettled = false;
         }
     }
 }
@@ -125,6 +142,42 @@ impl GroupWrite {
             .and_then(|open| open.tx.as_mut())
             .ok_or_else(|| StoreError::Config("the write group has no transaction".into()))?;
         Ok(sqlx::Connection::begin(&mut **tx).await?)
+    }
+
+    /// Runs `batch` in a savepoint of the group's transaction, the savepoint's statements
+    /// joined to the batch's: one hand-off to the connection's thread for the whole write.
+    /// A failure rolls the savepoint back (a second hand-off, on failures only) and leaves
+    /// the group's other writes. Then [`GroupWrite::commit`].
+    pub(crate) async fn run_batch(&mut self, store: &Store, mut batch: Batch) -> Result<()> {
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| StoreError::Config("the write already joined its group".into()))?;
+        // Until this write knows the outcome, a cancellation leaves the savepoint to the
+        // group's next holder.
+        open.unsettled = true;
+        let tx = open
+            .tx
+            .as_mut()
+            .ok_or_else(|| StoreError::Config("the write group has no transaction".into()))?;
+        batch.push_front(Statement {
+            sql: format!("savepoint {SAVEPOINT}"),
+            params: Vec::new(),
+        });
+        batch.push(Statement {
+            sql: format!("release {SAVEPOINT}"),
+            params: Vec::new(),
+        });
+        match batch.run(store, tx).await {
+            Ok(_) => {
+                open.unsettled = false;
+                Ok(())
+            }
+            Err(e) => {
+                settle(open).await?;
+                Err(e)
+            }
+        }
     }
 
     /// Joins the group with what the released savepoint wrote and waits until the group is
@@ -164,6 +217,13 @@ async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>) {
             if open.members == 0 {
                 continue;
             }
+            if let Err(e) = settle(&mut open).await {
+                // What the savepoint holds is unknown: the group is rolled back whole
+                // rather than committed with half a write.
+                tracing::error!(error = %e, "a cancelled write could not be rolled back; its group is rolled back");
+                open.tx = None;
+                open.unsettled = false;
+            }
             tracing::debug!(writes = open.members, "committing a group of writes");
             open.members = 0;
             let (next, _) = watch::channel(None);
@@ -177,5 +237,76 @@ async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>) {
             tracing::error!(error = %e, "a group of writes could not be committed; each is answered as failed");
         }
         outcome.send_replace(Some(committed));
+    }
+}
+
+/// Rolls back the savepoint a cancelled [`GroupWrite::run_batch`] may have left open. The
+/// write's batch may have run whole (its savepoint released, nothing to roll back: its
+/// write stays, as a write whose answer was lost) or stopped part-way (rolled back here).
+async fn settle(open: &mut Open) -> Result<()> {
+    if !open.unsettled {
+        return Ok(());
+    }
+    let Some(tx) = open.tx.as_mut() else {
+        open.unsettled = false;
+        return Ok(());
+    };
+    let rollback = format!("rollback to {SAVEPOINT}; release {SAVEPOINT}");
+    match sqlx::query(&rollback).execute(&mut **tx).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such savepoint") => {}
+        Err(e) => return Err(e.into()),
+    }
+    open.unsettled = false;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_savepoint_left_open_is_rolled_back_and_a_released_one_kept() {
+        sqlx::any::install_default_drivers();
+        let pool: AnyPool = sqlx::pool::PoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::raw_sql("create table t (n integer)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut open = Open {
+            tx: Some(pool.begin().await.unwrap()),
+            members: 1,
+            outcome: watch::channel(None).0,
+            unsettled: true,
+        };
+        // A write whose batch ran whole, released, before it was cancelled: it stays.
+        let tx = open.tx.as_mut().unwrap();
+        sqlx::raw_sql(&format!(
+            "insert into t values (1); savepoint {SAVEPOINT}; insert into t values (2); release {SAVEPOINT}"
+        ))
+        .execute(&mut **tx)
+        .await
+        .unwrap();
+        settle(&mut open).await.unwrap();
+        assert!(!open.unsettled);
+        // A write cancelled part-way: its savepoint is open, and rolled back.
+        open.unsettled = true;
+        let tx = open.tx.as_mut().unwrap();
+        sqlx::raw_sql(&format!("savepoint {SAVEPOINT}; insert into t values (3)"))
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+        settle(&mut open).await.unwrap();
+        assert!(!open.unsettled);
+        open.tx.take().unwrap().commit().await.unwrap();
+        let kept: Vec<i64> = sqlx::query_scalar("select n from t order by n")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, [1, 2]);
     }
 }

@@ -267,7 +267,7 @@ impl Store {
 
     /// Takes `count` encryptions from this process's block, if it has enough; returns the
     /// block's key.
-    fn take_reserved(&self, count: i64) -> Option<Uuid> {
+    pub(crate) fn take_reserved(&self, count: i64) -> Option<Uuid> {
         let mut reservation = self.reservation.lock();
         if reservation.1 >= count {
             reservation.1 -= count;

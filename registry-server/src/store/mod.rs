@@ -331,6 +331,15 @@ impl StoreError {
         Self::Invalid(vec![FieldError::new(field, message)])
     }
 
+    /// The guard of a version insert found its data key no longer active: SQLite's
+    /// SQLITE_CONSTRAINT_NOTNULL (1299) on the version's data, which the guarded insert
+    /// makes null then (and only then; see `VersionRow::insert`).
+    pub(crate) fn is_inactive_key_guard(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("1299")
+                && db.message().contains("block_document_version.data"))
+    }
+
     /// Whether the database reported a unique-constraint violation.
     pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
         match err {
@@ -499,8 +508,12 @@ impl Store {
                 } else {
                     format!("{database_url}?mode=rwc")
                 };
+                // No ping before handing a connection out (sqlx's default): a connection to a
+                // file does not go stale, and the ping is one more hand-off to the
+                // connection's thread on every read and every write group.
                 let options = |pragmas: String| {
                     AnyPoolOptions::new()
+                        .test_before_acquire(false)
                         .acquire_timeout(Duration::from_secs(30))
                         .after_connect(move |conn, _| {
                             let pragmas = pragmas.clone();

@@ -280,6 +280,14 @@ impl Store {
     ) -> Result<()> {
         // A new document changes no tree, but the counts per type.
         let id = document.id;
+        if let Some(groups) = &self.groups {
+            let prepared = self.prepare_create(&document, &version, record)?;
+            if let Some(batch) = prepared
+                && self.create_prepared(groups, id, batch).await?
+            {
+                return Ok(());
+            }
+        }
         let worn = match &self.groups {
             Some(groups) => {
                 let mut slot = groups.write().await?;
@@ -324,46 +332,16 @@ impl Store {
         version: NewVersion<'_>,
         record: Option<&crate::store::NewAuditRecord>,
     ) -> Result<Option<(Uuid, i64)>> {
-        let NewDocument {
-            id,
-            name,
-            is_anonymous,
-            type_name,
-        } = document;
+        let id = document.id;
         let schema = version.schema;
-        let now = now_micros();
-        let type_slug = schema
-            .block_type
-            .as_ref()
-            .map(|t| t.slug.clone())
-            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
-        let event = CreatedDocument {
-            id,
-            type_slug: &type_slug,
-            name: &name,
-            is_anonymous,
-            schema_id: schema.id,
-        };
+        let event = created(&document, schema)?;
         // The document, its version, references, event and audit record run as one batch:
         // new rows with their values, none read by another (PostgreSQL's foreign keys are
         // checked at the end of the joined statement).
         let mut batch = Batch::independent();
         let event = self.created_event(event, version.author);
         batch.push_unique(
-            Statement {
-                sql: "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
-                      values ($1, $2, $2, $3, $4, $5, $6, $7, 1)"
-                    .to_owned(),
-                params: vec![
-                    id.to_string().into(),
-                    now.into(),
-                    name.as_str().into(),
-                    i64::from(is_anonymous).into(),
-                    schema.block_type_id.to_string().into(),
-                    type_name.into(),
-                    schema.id.to_string().into(),
-                ],
-            },
+            document_statement(&document, schema),
             "Block already exists",
         );
         if self.backend == Backend::Postgres {
@@ -381,6 +359,93 @@ impl Store {
         batch.run(self, tx).await?;
         self.check_failpoint("create_before_commit")?;
         Ok(worn)
+    }
+
+    /// On SQLite, a create prepared whole before it takes the writer, when it has no
+    /// references (their checks read the store) and its secrets can be sealed under the key
+    /// this process holds a block of encryptions of. The key is confirmed active by the
+    /// version's insert itself ([`VersionRow::insert`]). `None`: the create takes the
+    /// general path ([`Self::insert_document_in`]).
+    fn prepare_create(
+        &self,
+        document: &NewDocument,
+        version: &NewVersion<'_>,
+        record: Option<&crate::store::NewAuditRecord>,
+    ) -> Result<Option<Batch>> {
+        let Some(paths) = version.paths.clone() else {
+            return Ok(None);
+        };
+        if !version.refs.is_empty() || !version.kept.is_empty() {
+            return Ok(None);
+        }
+        let schema = version.schema;
+        let mut data = version.data.clone();
+        let locations = locations_to_seal(&data, paths, &[])?;
+        let (sealed, key_id) = if locations.is_empty() {
+            (Vec::new(), None)
+        } else {
+            let Some(key) = self
+                .take_reserved(locations.len() as i64)
+                .and_then(|id| self.cached_key(id))
+            else {
+                return Ok(None);
+            };
+            (
+                seal_secrets(&mut data, &locations, document.id, &key)?,
+                Some(key.id()),
+            )
+        };
+        check_document_size(&data)?;
+        let mut batch = Batch::independent();
+        batch.push_unique(document_statement(document, schema), "Block already exists");
+        batch.push_failpoint(self, "create_after_document");
+        batch.push(
+            VersionRow {
+                id: document.id,
+                number: 1,
+                schema_id: schema.id,
+                data: &data,
+                sealed: &sealed,
+                key_id,
+                refs: &[],
+                author: version.author,
+            }
+            .insert(key_id.is_some()),
+        );
+        batch.push_failpoint(self, "after_version");
+        batch.push_failpoint(self, "after_references");
+        batch.push(self.created_event(created(document, schema)?, version.author));
+        if let Some(record) = record {
+            batch.push(self.audit_insert(std::slice::from_ref(record))?);
+        }
+        Ok(Some(batch))
+    }
+
+    /// Runs a create [`Self::prepare_create`] made, as one savepoint of the open write
+    /// group: one hand-off to the write connection. `false`: nothing was written, because
+    /// the key it sealed under is no longer the active one (another process rotated it);
+    /// the create takes the general path, which refills under the new key.
+    async fn create_prepared(
+        &self,
+        groups: &super::super::group::WriteGroups,
+        id: Uuid,
+        batch: Batch,
+    ) -> Result<bool> {
+        let mut slot = groups.write().await?;
+        // Before the batch rather than between its statements: a failure here leaves what a
+        // failure before the commit leaves, nothing.
+        self.check_failpoint("create_before_commit")?;
+        match slot.run_batch(self, batch).await {
+            Ok(()) => {}
+            Err(e) if e.is_inactive_key_guard() => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let change = self.changing(&[id]);
+        let committed = slot.commit().await;
+        drop(change);
+        committed?;
+        self.feed_committed();
+        Ok(true)
     }
 
     pub(super) fn validate_data(
@@ -429,42 +494,12 @@ impl Store {
             paths,
             author,
         } = version;
-        let schema_id = schema.id;
         self.check_references(tx, id, &refs).await?;
-        let mut paths = match paths {
+        let paths = match paths {
             Some(paths) => paths,
             None => self.secret_paths(tx, schema).await?,
         };
-        // Once sealed, a kept value stays sealed (a schema deleted since cannot unseal it).
-        paths.extend(kept.iter().map(|segments| SecretPath {
-            segments: segments.clone(),
-            wildcard: false,
-        }));
-        let locations = secret_locations(&data, &paths);
-        if locations.len() > MAX_SEALED_VALUES {
-            return Err(StoreError::invalid(
-                "data",
-                format!("may hold at most {MAX_SEALED_VALUES} secret values"),
-            ));
-        }
-        // Each new secret value is bounded (kept ones were when they were written), so the
-        // sealed part of a document is bounded without measuring what the writer cannot read.
-        for location in &locations {
-            if kept.iter().any(|k| location.starts_with(k)) {
-                continue;
-            }
-            let size = block_types::secret_fields::get_path(&data, location)
-                .map_or(0, |v| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()));
-            if size > MAX_SECRET_BYTES {
-                return Err(StoreError::invalid(
-                    format!("data.{}", location.join(".")),
-                    format!(
-                        "a secret value may be at most {} KiB as JSON",
-                        MAX_SECRET_BYTES >> 10
-                    ),
-                ));
-            }
-        }
+        let locations = locations_to_seal(&data, paths, &kept)?;
         // The key the secrets are sealed under, and (when this write reserved a new block)
         // the key's encryption total for the rotation check.
         let (sealed, key_id, worn) = if locations.is_empty() {
@@ -481,10 +516,6 @@ impl Store {
         // secret the writer may not know (each secret is bounded by the body limit, and
         // their number by MAX_SEALED_VALUES).
         check_document_size(&data)?;
-        let ref_map: BTreeMap<&str, String> = refs
-            .iter()
-            .map(|(f, id)| (f.as_str(), id.to_string()))
-            .collect();
         if number > 1 {
             // A new document has no reference rows yet.
             batch.push(Statement {
@@ -493,22 +524,19 @@ impl Store {
                 params: vec![id.to_string().into()],
             });
         }
-        batch.push(Statement {
-            sql: "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs, token_id) \
-                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                .to_owned(),
-            params: vec![
-                id.to_string().into(),
-                number.into(),
-                now_micros().into(),
-                schema_id.to_string().into(),
-                to_json(&data).into(),
-                to_json(&sealed).into(),
-                key_id.map(|k| k.to_string()).into(),
-                to_json(&ref_map).into(),
-                author.map(|a| a.to_string()).into(),
-            ],
-        });
+        batch.push(
+            VersionRow {
+                id,
+                number,
+                schema_id: schema.id,
+                data: &data,
+                sealed: &sealed,
+                key_id,
+                refs: &refs,
+                author,
+            }
+            .insert(false),
+        );
         batch.push_failpoint(self, "after_version");
         for (field, child) in &refs {
             batch.push(Statement {
@@ -1007,5 +1035,129 @@ impl Store {
         committed?;
         self.feed_committed();
         Ok(())
+    }
+}
+
+/// The places in `data` a version seals: the schema's secret `paths` and the `kept` values
+/// (once sealed, a kept value stays sealed: a schema deleted since cannot unseal it),
+/// bounded in number and, for new values, in size.
+fn locations_to_seal(
+    data: &Map<String, Value>,
+    mut paths: Vec<SecretPath>,
+    kept: &[Vec<String>],
+) -> Result<Vec<Vec<String>>> {
+    paths.extend(kept.iter().map(|segments| SecretPath {
+        segments: segments.clone(),
+        wildcard: false,
+    }));
+    let locations = secret_locations(data, &paths);
+    if locations.len() > MAX_SEALED_VALUES {
+        return Err(StoreError::invalid(
+            "data",
+            format!("may hold at most {MAX_SEALED_VALUES} secret values"),
+        ));
+    }
+    // Each new secret value is bounded (kept ones were when they were written), so the
+    // sealed part of a document is bounded without measuring what the writer cannot read.
+    for location in &locations {
+        if kept.iter().any(|k| location.starts_with(k)) {
+            continue;
+        }
+        let size = block_types::secret_fields::get_path(data, location)
+            .map_or(0, |v| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()));
+        if size > MAX_SECRET_BYTES {
+            return Err(StoreError::invalid(
+                format!("data.{}", location.join(".")),
+                format!(
+                    "a secret value may be at most {} KiB as JSON",
+                    MAX_SECRET_BYTES >> 10
+                ),
+            ));
+        }
+    }
+    Ok(locations)
+}
+
+/// The insert of a new document's row (its first version's number, 1).
+fn document_statement(document: &NewDocument, schema: &BlockSchema) -> Statement {
+    Statement {
+        sql: "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
+              values ($1, $2, $2, $3, $4, $5, $6, $7, 1)"
+            .to_owned(),
+        params: vec![
+            document.id.to_string().into(),
+            now_micros().into(),
+            document.name.as_str().into(),
+            i64::from(document.is_anonymous).into(),
+            schema.block_type_id.to_string().into(),
+            document.type_name.as_str().into(),
+            schema.id.to_string().into(),
+        ],
+    }
+}
+
+/// The event of `document`'s creation.
+fn created<'a>(document: &'a NewDocument, schema: &'a BlockSchema) -> Result<CreatedDocument<'a>> {
+    let type_slug = schema
+        .block_type
+        .as_ref()
+        .map(|t| t.slug.as_str())
+        .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+    Ok(CreatedDocument {
+        id: document.id,
+        type_slug,
+        name: &document.name,
+        is_anonymous: document.is_anonymous,
+        schema_id: schema.id,
+    })
+}
+
+/// A version row about to be inserted.
+struct VersionRow<'a> {
+    id: Uuid,
+    number: i64,
+    schema_id: Uuid,
+    /// The data with its secrets taken out.
+    data: &'a Map<String, Value>,
+    sealed: &'a [SealedField],
+    key_id: Option<Uuid>,
+    refs: &'a [(String, Uuid)],
+    author: Option<Uuid>,
+}
+
+impl VersionRow<'_> {
+    /// The insert. `guarded`: it also confirms that `key_id` is the active data key as it
+    /// runs; when the key is not, the data is null and the insert fails (the column is not
+    /// null), which [`StoreError::is_inactive_key_guard`] recognises. Only SQLite's writer
+    /// runs guarded inserts: its write transaction holds the database, so the key cannot
+    /// change before the commit.
+    fn insert(&self, guarded: bool) -> Statement {
+        let ref_map: BTreeMap<&str, String> = self
+            .refs
+            .iter()
+            .map(|(f, id)| (f.as_str(), id.to_string()))
+            .collect();
+        let data = if guarded {
+            "(select $5 where exists (select 1 from data_key where id = $7 and state = 'active'))"
+        } else {
+            "$5"
+        };
+        Statement {
+            sql: format!(
+                "insert into block_document_version (block_document_id, version, created, block_schema_id, data, secrets, key_id, refs, token_id) \
+                 values ($1, $2, $3, $4, {data}, $6, $7, $8, $9)"
+            ),
+            params: vec![
+                self.id.to_string().into(),
+                self.number.into(),
+                now_micros().into(),
+                self.schema_id.to_string().into(),
+                to_json(self.data).into(),
+                to_json(&self.sealed).into(),
+                self.key_id.map(|k| k.to_string()).into(),
+                to_json(&ref_map).into(),
+                self.author.map(|a| a.to_string()).into(),
+            ],
+        }
     }
 }

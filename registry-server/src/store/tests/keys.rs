@@ -553,3 +553,41 @@ async fn an_undecryptable_document_is_listed_as_unreadable_and_its_read_says_so(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_create_after_another_process_rotated_the_key_is_sealed_under_the_new_key() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let other = db.open().await;
+        let (_, schema) = register::<Secret>(&store).await;
+        // The first create reserves a block of encryptions under the first key.
+        let before = create(&store, &schema, "before", json!({"value": "v-before"})).await;
+        let first = store.key_status().await.unwrap().active;
+        let rotated = other.rotate_data_key().await.unwrap();
+        assert_ne!(rotated, first);
+        // This process still holds encryptions of the first key: the create finds it
+        // retired as it writes, and seals under the new one.
+        let after = create(&store, &schema, "after", json!({"value": "v-after"})).await;
+        let again = create(&store, &schema, "again", json!({"value": "v-again"})).await;
+        let key_of = async |id: uuid::Uuid| -> String {
+            sqlx::query_scalar(
+                "select key_id from block_document_version where block_document_id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_one(&store.read)
+            .await
+            .unwrap()
+        };
+        assert_eq!(key_of(before.id).await, first.to_string());
+        assert_eq!(key_of(after.id).await, rotated.to_string());
+        assert_eq!(key_of(again.id).await, rotated.to_string());
+        for (doc, value) in [(after, "v-after"), (again, "v-again")] {
+            let read = other.read_block_document(doc.id, true).await.unwrap();
+            assert_eq!(read.data["value"], json!(value));
+        }
+        let status = store.key_status().await.unwrap();
+        let versions = |id| status.keys.iter().find(|k| k.id == id).unwrap().versions;
+        assert_eq!((versions(first), versions(rotated)), (1, 2));
+    })
+    .await;
+}
