@@ -354,6 +354,9 @@ impl StoreError {
     }
 }
 
+/// How long a PostgreSQL connection may sit idle before it is pinged as it is handed out.
+pub(crate) const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -536,9 +539,21 @@ impl Store {
                 (read, write, None)
             }
             Backend::Postgres => {
+                // A connection is pinged before it is handed out only when it sat idle for
+                // a while (the server may have closed it meanwhile); one in steady use was
+                // answering a moment ago, and a ping would cost a round trip per read.
                 let pool = AnyPoolOptions::new()
                     .max_connections(config.max_connections.unwrap_or(8).max(1))
                     .acquire_timeout(Duration::from_secs(30))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(database_url)
                     .await?;
                 let deferred = AnyPoolOptions::new()

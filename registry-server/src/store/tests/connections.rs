@@ -3,6 +3,8 @@
 
 use block_types::catalog::Secret;
 use serde_json::json;
+use std::time::Duration;
+
 use sqlx::Row as _;
 
 use super::harness::{create, on_both, register};
@@ -97,6 +99,43 @@ async fn sqlites_log_is_checkpointed_in_the_background_and_postgresql_has_none()
             }
             Backend::Postgres => assert!(store.checkpointer.is_none()),
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_it_sat_idle_is_replaced_not_handed_out() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, schema) = register::<Secret>(&store).await;
+        let doc = create(&store, &schema, "kept", json!({"value": "v"})).await;
+        // Several connections open in the pool.
+        let reads = (0..4).map(|_| store.read_block_document(doc.id, false));
+        for read in futures::future::join_all(reads).await {
+            read.unwrap();
+        }
+        if db.backend == Backend::Postgres {
+            // The server ends every connection to this database but this one.
+            let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .unwrap();
+            let ended: Vec<bool> = sqlx::query_scalar(
+                "select pg_terminate_backend(pid) from pg_stat_activity \
+                 where datname = current_database() and pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            assert!(ended.len() >= 4, "{} connections ended", ended.len());
+            tokio::time::sleep(crate::store::PING_WHEN_IDLE_FOR + Duration::from_millis(200)).await;
+        }
+        // Each idle connection is checked before it is handed out: no read fails.
+        let reads = (0..4).map(|_| store.read_block_document(doc.id, false));
+        for read in futures::future::join_all(reads).await {
+            assert_eq!(read.unwrap().id, doc.id);
+        }
+        let again = create(&store, &schema, "after", json!({"value": "v"})).await;
+        assert_eq!(again.name.as_deref(), Some("after"));
     })
     .await;
 }
