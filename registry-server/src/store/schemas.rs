@@ -402,11 +402,63 @@ impl Store {
                 .bind(block_type_id.to_string())
                 .fetch_all(&mut *conn)
                 .await?;
+        self.secret_paths_of_schemas(conn, &ids, slug, remember)
+            .await
+    }
+
+    /// The schema with this id and what its type keeps secret
+    /// ([`Store::type_secret_paths`]), read in one query: a create's reads before it
+    /// writes.
+    pub(crate) async fn schema_and_secret_paths(
+        &self,
+        id: Uuid,
+    ) -> Result<(BlockSchema, Vec<SecretPath>)> {
+        let mut conn = self.read.acquire().await?;
+        self.count_query();
+        // One row for each schema of the type, each carrying the schema asked for.
+        let rows = sqlx::query(&format!(
+            "select {SCHEMA_COLUMNS}, {TYPE_COLUMNS}, o.id as o_id from block_schema s \
+             join block_type t on t.id = s.block_type_id \
+             join block_schema o on o.block_type_id = s.block_type_id where s.id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| StoreError::NotFound("Block schema not found".to_owned()))?;
+        let schema = schema_from_row(first)?;
+        let siblings = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("o_id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let slug = schema
+            .block_type
+            .as_ref()
+            .map(|t| t.slug.clone())
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
+        let mut paths = secret_paths_of(&schema.fields);
+        paths.extend(
+            self.secret_paths_of_schemas(&mut conn, &siblings, &slug, true)
+                .await?,
+        );
+        Ok((schema, normalized(&paths)))
+    }
+
+    /// What the type `slug`'s schemas `ids` keep secret, with the type's floor.
+    async fn secret_paths_of_schemas(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        ids: &[String],
+        slug: &str,
+        remember: bool,
+    ) -> Result<Vec<SecretPath>> {
         let mut paths: Vec<SecretPath> = secret_floor(slug).to_vec();
         let mut missing = Vec::new();
         {
             let known = self.read_lock(&self.schema_secrets);
-            for id in &ids {
+            for id in ids {
                 match known.get(&super::parse_uuid(id)?) {
                     Some(found) => paths.extend(found.iter().cloned()),
                     None => missing.push(id.clone()),

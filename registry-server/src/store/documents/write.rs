@@ -71,8 +71,12 @@ impl Store {
             None => format!("anonymous-{}", Uuid::new_v4()),
         };
         let (data, refs) = split_data_references(body.data)?;
-        let schema = self
-            .read_block_schema(body.block_schema_id)
+        // The schema and the paths to seal, read before the write takes the writer (one
+        // statement less while it holds it). As if the create had come a moment earlier: a
+        // schema of the type registered after this read seals no value written before it
+        // either.
+        let (schema, paths) = self
+            .schema_and_secret_paths(body.block_schema_id)
             .await
             .map_err(unknown_schema_is_invalid)?;
         if schema.block_type_id != body.block_type_id {
@@ -91,13 +95,6 @@ impl Store {
             name,
             is_anonymous: body.is_anonymous,
             type_name: block_type.name,
-        };
-        // The paths to seal, read before the write takes the writer (one statement less
-        // while it holds it). As if the create had come a moment earlier: a schema of the
-        // type registered after this read seals no value written before it either.
-        let paths = {
-            let mut conn = self.read.acquire().await?;
-            self.secret_paths(&mut conn, &schema).await?
         };
         let version = NewVersion {
             data,
