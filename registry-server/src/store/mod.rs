@@ -715,6 +715,26 @@ impl Store {
         tree_cache::Changing::new(&self.trees, documents)
     }
 
+    /// Commits a write that changed `documents` (none: a type or schema change) with
+    /// `commit` (its transaction's or its write group's): no tree holding them is cached
+    /// while it commits ([`Store::changing`]), and the feed looks for its event once it is
+    /// committed.
+    pub(crate) async fn commit_changing<E>(
+        &self,
+        documents: &[Uuid],
+        commit: impl Future<Output = std::result::Result<(), E>>,
+    ) -> Result<()>
+    where
+        StoreError: From<E>,
+    {
+        let change = self.changing(documents);
+        let committed = commit.await;
+        drop(change);
+        committed?;
+        self.feed_committed();
+        Ok(())
+    }
+
     /// Drops the cached trees holding `documents` (all of them when empty): for changes
     /// made behind the store's back.
     pub(crate) fn forget_trees(&self, documents: &[Uuid]) {

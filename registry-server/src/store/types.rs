@@ -143,11 +143,7 @@ impl Store {
                     self.record_event(&mut tx, EventKind::TypeUpdated, subject, None)
                         .await?;
                     self.announce_change(&mut tx, &[]).await?;
-                    let change = self.changing(&[]);
-                    let committed = tx.commit().await;
-                    drop(change);
-                    committed?;
-                    self.feed_committed();
+                    self.commit_changing(&[], tx.commit()).await?;
                 }
                 if update_metadata {
                     let update = BlockTypeUpdate {
@@ -246,11 +242,7 @@ impl Store {
         self.record_event(&mut tx, EventKind::TypeUpdated, subject, rights.token)
             .await?;
         self.announce_change(&mut tx, &[]).await?;
-        let change = self.changing(&[]);
-        let committed = tx.commit().await;
-        drop(change);
-        committed?;
-        self.feed_committed();
+        self.commit_changing(&[], tx.commit()).await?;
         Ok(())
     }
 
@@ -309,11 +301,7 @@ impl Store {
         self.record_event(&mut tx, EventKind::TypeDeleted, subject, author)
             .await?;
         self.announce_change(&mut tx, &[]).await?;
-        let change = self.changing(&[]);
-        let committed = tx.commit().await;
-        drop(change);
-        committed?;
-        self.feed_committed();
+        self.commit_changing(&[], tx.commit()).await?;
         Ok(())
     }
 

@@ -20,6 +20,8 @@ use super::MAX_TREE_DOCUMENTS;
 use super::NewDocument;
 use super::NewVersion;
 use super::OpenedVersion;
+use super::Tree;
+use super::TreeDoc;
 use super::WriteOutcome;
 use super::check_document_size;
 use super::check_expected;
@@ -104,9 +106,22 @@ impl Store {
             paths: Some(paths),
             author,
         };
-        self.insert_document(document, version, record.as_ref())
-            .await?;
-        self.read_block_document(id, false).await
+        match self
+            .insert_document(document, version, record.as_ref())
+            .await?
+        {
+            // The answer from what the create wrote, as a read of it would resolve it.
+            Some(written) => {
+                let tree = Tree {
+                    docs: HashMap::from([(id, written)]),
+                    edges: HashMap::new(),
+                };
+                self.resolve_root(&tree, id, false)
+                    .await?
+                    .ok_or_else(not_found)
+            }
+            None => self.read_block_document(id, false).await,
+        }
     }
 
     /// Creates many documents in one transaction, all or none: each is checked, validated
@@ -188,18 +203,14 @@ impl Store {
                 paths: None,
                 author,
             };
-            worn.extend(
-                self.insert_document_in(&mut tx, document, version, None)
-                    .await
-                    .map_err(|e| within_document(i, e))?,
-            );
+            let (refilled, _) = self
+                .insert_document_in(&mut tx, document, version, None)
+                .await
+                .map_err(|e| within_document(i, e))?;
+            worn.extend(refilled);
         }
-        let change = self.changing(&ids);
-        let committed = tx.commit().await;
-        drop(change);
-        committed?;
+        self.commit_changing(&ids, tx.commit()).await?;
         self.announce_created();
-        self.feed_committed();
         for (key, used) in worn {
             self.after_refill(key, used).await;
         }
@@ -268,69 +279,65 @@ impl Store {
 
     /// Inserts a new document and its first version in one transaction (on SQLite, a
     /// savepoint in the group commit's transaction), with `record` (an audit record) when
-    /// given.
+    /// given. Returns the document as written (the row a read of it would load) when it
+    /// has no references; with references, a caller reads it back to resolve them.
     pub(super) async fn insert_document(
         &self,
         document: NewDocument,
         version: NewVersion<'_>,
         record: Option<&crate::store::NewAuditRecord>,
-    ) -> Result<()> {
+    ) -> Result<Option<TreeDoc>> {
         // A new document changes no tree, but the counts per type.
         let id = document.id;
         if let Some(groups) = &self.groups {
             let prepared = self.prepare_create(&document, &version, record)?;
-            if let Some(batch) = prepared
+            if let Some((batch, written)) = prepared
                 && self.create_prepared(groups, id, batch).await?
             {
-                return Ok(());
+                return Ok(Some(written));
             }
         }
-        let worn = match &self.groups {
+        let (worn, answer) = match &self.groups {
             Some(groups) => {
                 let mut slot = groups.write().await?;
                 let mut tx = slot.savepoint().await?;
-                let worn = self
+                let written = self
                     .insert_document_in(&mut tx, document, version, record)
                     .await?;
                 tx.commit().await?;
-                let change = self.changing(&[id]);
-                let committed = slot.commit().await;
-                drop(change);
-                committed?;
-                self.feed_committed();
-                worn
+                self.commit_changing(&[id], slot.commit()).await?;
+                written
             }
             None => {
                 let mut tx = self.write.begin().await?;
-                let worn = self
+                let written = self
                     .insert_document_in(&mut tx, document, version, record)
                     .await?;
-                let change = self.changing(&[id]);
-                let committed = tx.commit().await;
-                drop(change);
-                committed?;
+                self.commit_changing(&[id], tx.commit()).await?;
                 self.announce_created();
-                self.feed_committed();
-                worn
+                written
             }
         };
         if let Some((key, used)) = worn {
             self.after_refill(key, used).await;
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// Inside a write: the document, its first version, its event and (when given) the
-    /// request's audit record.
+    /// request's audit record. Returns the data key refilled and its encryption count (for
+    /// the rotation check), and the document as written when it has no references.
     pub(super) async fn insert_document_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         document: NewDocument,
         version: NewVersion<'_>,
         record: Option<&crate::store::NewAuditRecord>,
-    ) -> Result<Option<(Uuid, i64)>> {
+    ) -> Result<(Option<(Uuid, i64)>, Option<TreeDoc>)> {
         let id = document.id;
         let schema = version.schema;
+        let plain = version.refs.is_empty();
+        let now = now_micros();
         let event = created(&document, schema)?;
         // The document, its version, references, event and audit record run as one batch:
         // new rows with their values, none read by another (PostgreSQL's foreign keys are
@@ -338,7 +345,7 @@ impl Store {
         let mut batch = Batch::independent();
         let event = self.created_event(event, version.author);
         batch.push_unique(
-            document_statement(&document, schema),
+            document_statement(&document, schema, now),
             "Block already exists",
         );
         if self.backend == Backend::Postgres {
@@ -348,14 +355,16 @@ impl Store {
             batch.run(self, tx).await?;
         }
         batch.push_failpoint(self, "create_after_document");
-        let worn = self.write_version(tx, id, 1, version, &mut batch).await?;
+        let written = self.write_version(tx, id, 1, version, &mut batch).await?;
         batch.push(event);
         if let Some(record) = record {
             batch.push(self.audit_insert(std::slice::from_ref(record))?);
         }
         batch.run(self, tx).await?;
         self.check_failpoint("create_before_commit")?;
-        Ok(worn)
+        let answer =
+            plain.then(|| written_doc(&document, schema, now, written.data, written.sealed));
+        Ok((written.worn, answer))
     }
 
     /// On SQLite, a create prepared whole before it takes the writer, when it has no
@@ -368,7 +377,7 @@ impl Store {
         document: &NewDocument,
         version: &NewVersion<'_>,
         record: Option<&crate::store::NewAuditRecord>,
-    ) -> Result<Option<Batch>> {
+    ) -> Result<Option<(Batch, TreeDoc)>> {
         let Some(paths) = version.paths.clone() else {
             return Ok(None);
         };
@@ -393,8 +402,12 @@ impl Store {
             )
         };
         check_document_size(&data)?;
+        let now = now_micros();
         let mut batch = Batch::independent();
-        batch.push_unique(document_statement(document, schema), "Block already exists");
+        batch.push_unique(
+            document_statement(document, schema, now),
+            "Block already exists",
+        );
         batch.push_failpoint(self, "create_after_document");
         batch.push(
             VersionRow {
@@ -415,7 +428,10 @@ impl Store {
         if let Some(record) = record {
             batch.push(self.audit_insert(std::slice::from_ref(record))?);
         }
-        Ok(Some(batch))
+        Ok(Some((
+            batch,
+            written_doc(document, schema, now, data, sealed),
+        )))
     }
 
     /// Runs a create [`Self::prepare_create`] made, as one savepoint of the open write
@@ -437,11 +453,7 @@ impl Store {
             Err(e) if e.is_inactive_key_guard() => return Ok(false),
             Err(e) => return Err(e),
         }
-        let change = self.changing(&[id]);
-        let committed = slot.commit().await;
-        drop(change);
-        committed?;
-        self.feed_committed();
+        self.commit_changing(&[id], slot.commit()).await?;
         Ok(true)
     }
 
@@ -474,15 +486,14 @@ impl Store {
 
     /// Inside a write: checks the references, seals the secrets and appends version
     /// `number`, then replaces the document's reference rows and prunes old versions.
-    /// Returns the data key used and its encryption count, for the rotation check.
-    pub(super) async fn write_version(
+    async fn write_version(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         id: Uuid,
         number: i64,
         version: NewVersion<'_>,
         batch: &mut Batch,
-    ) -> Result<Option<(Uuid, i64)>> {
+    ) -> Result<WrittenVersion> {
         let NewVersion {
             mut data,
             refs,
@@ -565,7 +576,7 @@ impl Store {
                 ],
             });
         }
-        Ok(worn)
+        Ok(WrittenVersion { data, sealed, worn })
     }
 
     /// Refuses a write after which the document's resolved tree would expand beyond
@@ -966,16 +977,13 @@ impl Store {
         });
         let worn = self
             .write_version(&mut tx, id, next, version, &mut batch)
-            .await?;
+            .await?
+            .worn;
         batch.push(self.document_event(kind, id, author));
         batch.run(self, &mut tx).await?;
         self.announce_change(&mut tx, &[id]).await?;
         self.check_failpoint("update_before_commit")?;
-        let change = self.changing(&[id]);
-        let committed = tx.commit().await;
-        drop(change);
-        committed?;
-        self.feed_committed();
+        self.commit_changing(&[id], tx.commit()).await?;
         if let Some((key, used)) = worn {
             self.after_refill(key, used).await;
         }
@@ -1026,11 +1034,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         self.announce_change(&mut tx, &[id]).await?;
-        let change = self.changing(&[id]);
-        let committed = tx.commit().await;
-        drop(change);
-        committed?;
-        self.feed_committed();
+        self.commit_changing(&[id], tx.commit()).await?;
         Ok(())
     }
 }
@@ -1075,15 +1079,15 @@ fn locations_to_seal(
     Ok(locations)
 }
 
-/// The insert of a new document's row (its first version's number, 1).
-fn document_statement(document: &NewDocument, schema: &BlockSchema) -> Statement {
+/// The insert of a new document's row (its first version's number, 1), created `now`.
+fn document_statement(document: &NewDocument, schema: &BlockSchema, now: i64) -> Statement {
     Statement {
         sql: "insert into block_document (id, created, updated, name, is_anonymous, block_type_id, block_type_name, block_schema_id, version) \
               values ($1, $2, $2, $3, $4, $5, $6, $7, 1)"
             .to_owned(),
         params: vec![
             document.id.to_string().into(),
-            now_micros().into(),
+            now.into(),
             document.name.as_str().into(),
             i64::from(document.is_anonymous).into(),
             schema.block_type_id.to_string().into(),
@@ -1156,5 +1160,42 @@ impl VersionRow<'_> {
                 self.author.map(|a| a.to_string()).into(),
             ],
         }
+    }
+}
+
+/// What [`Store::write_version`] wrote: the version's plain data and sealed values, and
+/// the data key it refilled with that key's encryption count (for the rotation check).
+struct WrittenVersion {
+    data: Map<String, Value>,
+    sealed: Vec<SealedField>,
+    worn: Option<(Uuid, i64)>,
+}
+
+/// The row a read of a document just created without references would load: its answer
+/// is resolved from it rather than read back.
+fn written_doc(
+    document: &NewDocument,
+    schema: &BlockSchema,
+    now: i64,
+    data: Map<String, Value>,
+    sealed: Vec<SealedField>,
+) -> TreeDoc {
+    TreeDoc {
+        id: document.id,
+        version: 1,
+        type_updated: schema
+            .block_type
+            .as_ref()
+            .map_or(0, |t| t.updated.timestamp_micros()),
+        created: now,
+        updated: now,
+        name: document.name.clone(),
+        is_anonymous: document.is_anonymous,
+        block_type_name: Some(document.type_name.clone()),
+        plain_bytes: to_json(&data).len(),
+        sealed_bytes: to_json(&sealed).len(),
+        data,
+        secrets: sealed,
+        schema: Arc::new(schema.clone()),
     }
 }

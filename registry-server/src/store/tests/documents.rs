@@ -83,6 +83,47 @@ async fn create_read_update_delete_round_trip_with_secrets_masked_or_shown() {
 }
 
 #[tokio::test]
+async fn a_creates_answer_is_what_a_read_of_the_new_document_answers() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, sql) = register::<SqlAlchemyConnector>(&store).await;
+        let (_, gcp) = register::<GcpCredentials>(&store).await;
+        let (_, bucket) = register::<GcsBucket>(&store).await;
+        let (_, secret) = register::<Secret>(&store).await;
+        let credentials = create(&store, &gcp, "creds", json!({"service_account_info": {"type": "service_account", "private_key": CANARY}, "project": "p"})).await;
+        let cases = [
+            (&sql, json!({"connection_info": {"driver": "postgresql+psycopg2", "database": "d", "username": "u",
+                "password": CANARY, "host": "h", "port": 5432, "query": null}, "connect_args": {"timeout": 1.5, "n": 10000000000_i64}, "fetch_size": 1})),
+            (&secret, json!({"value": CANARY})),
+            (&bucket, json!({"bucket": "b", "gcp_credentials": reference_value(credentials.id)})),
+            (&bucket, json!({"bucket": "no-credentials"})),
+        ];
+        for (i, (schema, data)) in cases.into_iter().enumerate() {
+            for anonymous in [false, true] {
+                let created = store
+                    .create_block_document(BlockDocumentCreate {
+                        name: (!anonymous).then(|| format!("answer-{i}")),
+                        data: obj(data.clone()),
+                        block_schema_id: schema.id,
+                        block_type_id: schema.block_type_id,
+                        is_anonymous: anonymous,
+                    })
+                    .await
+                    .unwrap();
+                let read = store.read_block_document(created.id, false).await.unwrap();
+                assert_eq!(
+                    serde_json::to_value(&created).unwrap(),
+                    serde_json::to_value(&read).unwrap(),
+                    "case {i}, anonymous {anonymous}"
+                );
+                assert!(!serde_json::to_string(&created).unwrap().contains(CANARY));
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn invalid_data_and_references_are_refused_and_nothing_is_stored() {
     on_both(async |db| {
         let store = db.open().await;
