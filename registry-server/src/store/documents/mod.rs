@@ -191,6 +191,7 @@ impl std::fmt::Debug for CachedTree {
 
 /// What a version write needs: the plain data (secrets in clear, no references), the
 /// references, and the schema.
+#[derive(Clone)]
 struct NewVersion<'a> {
     data: Map<String, Value>,
     refs: Vec<(String, Uuid)>,
@@ -206,6 +207,7 @@ struct NewVersion<'a> {
 }
 
 /// A document row about to be inserted with its first version.
+#[derive(Clone)]
 struct NewDocument {
     id: Uuid,
     name: String,

@@ -204,7 +204,7 @@ impl Store {
                 author,
             };
             let (refilled, _) = self
-                .insert_document_in(&mut tx, document, version, None)
+                .insert_document_in(&mut tx, document, version, None, false)
                 .await
                 .map_err(|e| within_document(i, e))?;
             worn.extend(refilled);
@@ -302,17 +302,29 @@ impl Store {
                 let mut slot = groups.write().await?;
                 let mut tx = slot.savepoint().await?;
                 let written = self
-                    .insert_document_in(&mut tx, document, version, record)
+                    .insert_document_in(&mut tx, document, version, record, false)
                     .await?;
                 tx.commit().await?;
                 self.commit_changing(&[id], slot.commit()).await?;
                 written
             }
             None => {
+                // With the key confirmed by the version's insert; once more with the key
+                // checked first when another process retired it meanwhile (the failed
+                // statement ended the first transaction, rolled back here).
                 let mut tx = self.write.begin().await?;
-                let written = self
-                    .insert_document_in(&mut tx, document, version, record)
-                    .await?;
+                let written = match self
+                    .insert_document_in(&mut tx, document.clone(), version.clone(), record, true)
+                    .await
+                {
+                    Err(e) if e.is_inactive_key_guard() => {
+                        tx.rollback().await?;
+                        tx = self.write.begin().await?;
+                        self.insert_document_in(&mut tx, document, version, record, false)
+                            .await?
+                    }
+                    written => written?,
+                };
                 self.commit_changing(&[id], tx.commit()).await?;
                 self.announce_created();
                 written
@@ -327,12 +339,14 @@ impl Store {
     /// Inside a write: the document, its first version, its event and (when given) the
     /// request's audit record. Returns the data key refilled and its encryption count (for
     /// the rotation check), and the document as written when it has no references.
+    /// `guard`: see [`Self::write_version`].
     pub(super) async fn insert_document_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         document: NewDocument,
         version: NewVersion<'_>,
         record: Option<&crate::store::NewAuditRecord>,
+        guard: bool,
     ) -> Result<(Option<(Uuid, i64)>, Option<TreeDoc>)> {
         let id = document.id;
         let schema = version.schema;
@@ -355,7 +369,9 @@ impl Store {
             batch.run(self, tx).await?;
         }
         batch.push_failpoint(self, "create_after_document");
-        let written = self.write_version(tx, id, 1, version, &mut batch).await?;
+        let written = self
+            .write_version(tx, id, 1, version, &mut batch, guard)
+            .await?;
         batch.push(event);
         if let Some(record) = record {
             batch.push(self.audit_insert(std::slice::from_ref(record))?);
@@ -420,7 +436,7 @@ impl Store {
                 refs: &[],
                 author: version.author,
             }
-            .insert(key_id.is_some()),
+            .insert(key_id.map(|_| self.for_share())),
         );
         batch.push_failpoint(self, "after_version");
         batch.push_failpoint(self, "after_references");
@@ -486,6 +502,10 @@ impl Store {
 
     /// Inside a write: checks the references, seals the secrets and appends version
     /// `number`, then replaces the document's reference rows and prunes old versions.
+    /// `guard`: when this process holds encryptions of a data key, the version's insert
+    /// confirms that key is still active (saving a statement); a key retired meanwhile
+    /// fails the write with [`StoreError::is_inactive_key_guard`], for the caller to run
+    /// it again without the guard.
     async fn write_version(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -493,6 +513,7 @@ impl Store {
         number: i64,
         version: NewVersion<'_>,
         batch: &mut Batch,
+        guard: bool,
     ) -> Result<WrittenVersion> {
         let NewVersion {
             mut data,
@@ -510,10 +531,21 @@ impl Store {
         let locations = locations_to_seal(&data, paths, &kept)?;
         // The key the secrets are sealed under, and (when this write reserved a new block)
         // the key's encryption total for the rotation check.
+        let reserved = match guard {
+            true if !locations.is_empty() => self
+                .take_reserved(locations.len() as i64)
+                .and_then(|id| self.cached_key(id)),
+            _ => None,
+        };
+        let guarded = reserved.is_some();
         let (sealed, key_id, worn) = if locations.is_empty() {
             (Vec::new(), None, None)
         } else {
-            let (key, total) = self.reserve_active_key(tx, locations.len()).await?;
+            let (key, total) = match reserved {
+                // Confirmed active by the version's insert ([`VersionRow::insert`]).
+                Some(key) => (key, None),
+                None => self.reserve_active_key(tx, locations.len()).await?,
+            };
             (
                 seal_secrets(&mut data, &locations, id, &key)?,
                 Some(key.id()),
@@ -543,7 +575,7 @@ impl Store {
                 refs: &refs,
                 author,
             }
-            .insert(false),
+            .insert(guarded.then(|| self.for_share())),
         );
         batch.push_failpoint(self, "after_version");
         for (field, child) in &refs {
@@ -976,7 +1008,7 @@ impl Store {
             ],
         });
         let worn = self
-            .write_version(&mut tx, id, next, version, &mut batch)
+            .write_version(&mut tx, id, next, version, &mut batch, false)
             .await?
             .worn;
         batch.push(self.document_event(kind, id, author));
@@ -1127,21 +1159,23 @@ struct VersionRow<'a> {
 }
 
 impl VersionRow<'_> {
-    /// The insert. `guarded`: it also confirms that `key_id` is the active data key as it
-    /// runs; when the key is not, the data is null and the insert fails (the column is not
-    /// null), which [`StoreError::is_inactive_key_guard`] recognises. Only SQLite's writer
-    /// runs guarded inserts: its write transaction holds the database, so the key cannot
-    /// change before the commit.
-    fn insert(&self, guarded: bool) -> Statement {
+    /// The insert. With a `guard` (the lock clause, ` for share` on PostgreSQL), it also
+    /// confirms that `key_id` is the active data key as it runs, and keeps it so until the
+    /// commit: SQLite's write transaction holds the database, PostgreSQL's share lock holds
+    /// the key's row against a rotation. When the key is not active the data is null and
+    /// the insert fails (the column is not null), which
+    /// [`StoreError::is_inactive_key_guard`] recognises.
+    fn insert(&self, guard: Option<&str>) -> Statement {
         let ref_map: BTreeMap<&str, String> = self
             .refs
             .iter()
             .map(|(f, id)| (f.as_str(), id.to_string()))
             .collect();
-        let data = if guarded {
-            "(select $5 where exists (select 1 from data_key where id = $7 and state = 'active'))"
-        } else {
-            "$5"
+        let data = match guard {
+            Some(lock) => format!(
+                "(select $5 where exists (select 1 from data_key where id = $7 and state = 'active'{lock}))"
+            ),
+            None => "$5".to_owned(),
         };
         Statement {
             sql: format!(

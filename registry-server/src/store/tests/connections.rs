@@ -11,7 +11,7 @@ use super::harness::{create, on_both, register};
 use crate::store::Backend;
 
 #[tokio::test]
-async fn writes_sync_fully_and_sqlite_read_connections_keep_a_small_page_cache() {
+async fn writes_sync_fully_sqlite_read_connections_keep_a_small_page_cache_and_postgresql_has_no_jit() {
     on_both(async |db| {
         let store = db.open().await;
         match db.backend {
@@ -58,6 +58,23 @@ async fn writes_sync_fully_and_sqlite_read_connections_keep_a_small_page_cache()
                     .await
                     .unwrap();
                 assert_eq!(commit, "on", "document writes commit durably");
+                // No JIT on any of the store's connections, the deferred audit one included.
+                let mut held = Vec::new();
+                for _ in 0..3 {
+                    let mut conn = store.read.acquire().await.unwrap();
+                    let jit: String = sqlx::query_scalar("show jit")
+                        .fetch_one(&mut *conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(jit, "off");
+                    held.push(conn);
+                }
+                let deferred = store.deferred.as_ref().expect("PostgreSQL's deferred pool");
+                let jit: String = sqlx::query_scalar("show jit")
+                    .fetch_one(deferred)
+                    .await
+                    .unwrap();
+                assert_eq!(jit, "off");
             }
         }
     })
