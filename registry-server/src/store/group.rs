@@ -174,7 +174,19 @@ impl GroupWrite {
                 Ok(())
             }
             Err(e) => {
-                settle(open).await?;
+                match rollback_savepoint(open).await {
+                    Ok(true) => {}
+                    // The batch stopped before its release, yet its savepoint is gone:
+                    // SQLite ended the whole transaction (a full disk, an I/O error). The
+                    // group is lost: its members are told so, and the next write begins
+                    // a transaction of its own rather than write outside any.
+                    Ok(false) => open.tx = None,
+                    Err(settling) => {
+                        tracing::error!(error = %settling, "a failed write's savepoint could not be rolled back");
+                        return Err(e);
+                    }
+                }
+                open.unsettled = false;
                 Err(e)
             }
         }
@@ -231,7 +243,7 @@ async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>) {
         };
         let committed = match tx {
             Some(tx) => tx.commit().await.map_err(|e| e.to_string()),
-            None => Err("no transaction was open".to_owned()),
+            None => Err("the group's transaction was lost before its commit".to_owned()),
         };
         if let Err(e) = &committed {
             tracing::error!(error = %e, "a group of writes could not be committed; each is answered as failed");
@@ -247,18 +259,23 @@ async fn settle(open: &mut Open) -> Result<()> {
     if !open.unsettled {
         return Ok(());
     }
+    rollback_savepoint(open).await?;
+    open.unsettled = false;
+    Ok(())
+}
+
+/// Rolls back and releases [`SAVEPOINT`]: `false` when there was none (its batch released
+/// it, or never opened it, or SQLite ended the transaction).
+async fn rollback_savepoint(open: &mut Open) -> Result<bool> {
     let Some(tx) = open.tx.as_mut() else {
-        open.unsettled = false;
-        return Ok(());
+        return Ok(false);
     };
     let rollback = format!("rollback to {SAVEPOINT}; release {SAVEPOINT}");
     match sqlx::query(&rollback).execute(&mut **tx).await {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.message().contains("no such savepoint") => {}
-        Err(e) => return Err(e.into()),
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such savepoint") => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    open.unsettled = false;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -308,5 +325,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(kept, [1, 2]);
+        // A transaction SQLite ended under a savepoint: there is nothing to roll back to,
+        // which tells a failed write its group is lost.
+        open.tx = Some(pool.begin().await.unwrap());
+        let tx = open.tx.as_mut().unwrap();
+        sqlx::raw_sql(&format!(
+            "savepoint {SAVEPOINT}; insert into t values (4); rollback"
+        ))
+        .execute(&mut **tx)
+        .await
+        .unwrap();
+        assert!(!rollback_savepoint(&mut open).await.unwrap());
     }
 }

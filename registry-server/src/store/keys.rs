@@ -277,6 +277,13 @@ impl Store {
         }
     }
 
+    /// Forgets this process's block of encryptions after a write found its key retired:
+    /// the next write refills under the active key instead of trying the old one again.
+    /// (A block another write refilled meanwhile is forgotten too; that costs one refill.)
+    pub(crate) fn forget_reserved(&self) {
+        self.reservation.lock().1 = 0;
+    }
+
     /// The data key with this id, unwrapping it when this process has not seen it yet.
     pub(crate) async fn key(
         &self,
@@ -310,9 +317,10 @@ impl Store {
     /// rotation threshold. Failures are logged, not returned: the write succeeded, and the
     /// next refill tries the rotation again.
     pub(crate) async fn after_refill(&self, key_id: Uuid, total: i64) {
-        let block = self.block_size();
-        *self.reservation.lock() = (key_id, block);
-        if total >= self.config.key_rotation_threshold {
+        if total < self.config.key_rotation_threshold {
+            *self.reservation.lock() = (key_id, self.block_size());
+        } else {
+            // No block of a key about to be retired: the next write refills under the new one.
             tracing::info!(%key_id, total, "data key reached its encryption limit; rotating");
             if let Err(e) = self.insert_active_key(Some(key_id), None).await {
                 tracing::error!(%key_id, error = %e, "rotating a worn data key failed");

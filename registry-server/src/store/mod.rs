@@ -336,10 +336,18 @@ impl StoreError {
     /// version's data, which the guarded insert makes null then (and only then; see
     /// `VersionRow::insert`).
     pub(crate) fn is_inactive_key_guard(&self) -> bool {
-        matches!(self, Self::Database(sqlx::Error::Database(db))
-            if matches!(db.code().as_deref(), Some("1299" | "23502"))
-                && db.message().contains("block_document_version")
-                && db.message().contains("data"))
+        let Self::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        match db.code().as_deref() {
+            Some("1299") => db
+                .message()
+                .contains("NOT NULL constraint failed: block_document_version.data"),
+            Some("23502") => db
+                .message()
+                .contains("column \"data\" of relation \"block_document_version\""),
+            _ => false,
+        }
     }
 
     /// Whether the database reported a unique-constraint violation.

@@ -11,7 +11,8 @@ use super::harness::{create, on_both, register};
 use crate::store::Backend;
 
 #[tokio::test]
-async fn writes_sync_fully_sqlite_read_connections_keep_a_small_page_cache_and_postgresql_has_no_jit() {
+async fn writes_sync_fully_sqlite_read_connections_keep_a_small_page_cache_and_postgresql_has_no_jit()
+ {
     on_both(async |db| {
         let store = db.open().await;
         match db.backend {
