@@ -629,18 +629,10 @@ impl Store {
         id: Uuid,
     ) -> Result<()> {
         self.count_query();
-        let rows = sqlx::query(&format!(
-            "with recursive e(parent, name, child) as (\
-             select parent_block_document_id, name, reference_block_document_id from block_document_reference \
-             where parent_block_document_id = $1 \
-             union select r.parent_block_document_id, r.name, r.reference_block_document_id \
-             from {}) \
-             select parent, child from e",
-            self.references_of("e.child")
-        ))
-        .bind(id.to_string())
-        .fetch_all(&mut **tx)
-        .await?;
+        let rows = sqlx::query(&self.tree_edges_sql())
+            .bind(id.to_string())
+            .fetch_all(&mut **tx)
+            .await?;
         let mut children: HashMap<String, Vec<String>> = HashMap::new();
         for row in rows {
             children
@@ -721,6 +713,19 @@ impl Store {
             ));
         }
         Ok(())
+    }
+
+    /// Every reference edge below the document `$1`, as `parent, child`.
+    pub(crate) fn tree_edges_sql(&self) -> String {
+        format!(
+            "with recursive e(parent, name, child) as (\
+             select parent_block_document_id, name, reference_block_document_id from block_document_reference \
+             where parent_block_document_id = $1 \
+             union select r.parent_block_document_id, r.name, r.reference_block_document_id \
+             from {}) \
+             select parent, child from e",
+            self.references_of("e.child")
+        )
     }
 
     /// The recursive step of a walk down the reference graph: the reference rows `r` whose

@@ -288,6 +288,79 @@ async fn the_tree_query_looks_documents_up_by_key_before_postgresql_has_statisti
 }
 
 #[tokio::test]
+async fn a_writes_reference_walk_looks_rows_up_by_key_before_postgresql_has_statistics() {
+    on_both(async |db| {
+        if db.backend != Backend::Postgres {
+            return;
+        }
+        let store = db.open().await;
+        for table in [
+            "block_document",
+            "block_document_version",
+            "block_document_reference",
+        ] {
+            sqlx::query(&format!(
+                "alter table {table} set (autovacuum_enabled = false)"
+            ))
+            .execute(&store.write)
+            .await
+            .unwrap();
+        }
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let (_, bucket) = register::<GcsBucket>(&store).await;
+        let body = |schema: &block_types::model::BlockSchema, name: String, data: Value| {
+            block_types::model::BlockDocumentCreate {
+                name: Some(name),
+                data: obj(data),
+                block_schema_id: schema.id,
+                block_type_id: schema.block_type_id,
+                is_anonymous: false,
+            }
+        };
+        let credentials = store
+            .import_block_documents(
+                (0..1500)
+                    .map(|i| body(&creds, format!("creds-{i}"), json!({"project": "p"})))
+                    .collect(),
+                None,
+            )
+            .await
+            .unwrap();
+        let buckets = store
+            .import_block_documents(
+                credentials
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        body(
+                            &bucket,
+                            format!("bucket-{i}"),
+                            json!({"bucket": "b", "gcp_credentials": reference_value(*c)}),
+                        )
+                    })
+                    .collect(),
+                None,
+            )
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("explain {}", store.tree_edges_sql()))
+            .bind(buckets[700].to_string())
+            .fetch_all(&store.read)
+            .await
+            .unwrap();
+        for line in &plan {
+            for whole in ["Seq Scan", "Merge Join", "Hash Join"] {
+                assert!(
+                    !line.contains(whole),
+                    "the walk reads whole tables: {plan:#?}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn counts_per_type_are_kept_until_the_next_create_or_delete() {
     on_both(async |db| {
         let store = db.open().await;
