@@ -240,6 +240,23 @@ async fn the_tree_query_seeks_each_document_by_id_never_scans_them() {
     .await;
 }
 
+/// No analyze of the document tables while a test fills them (PostgreSQL): the planner
+/// keeps the statistics of a new, empty store.
+async fn without_autovacuum(store: &Store) {
+    for table in [
+        "block_document",
+        "block_document_version",
+        "block_document_reference",
+    ] {
+        sqlx::query(&format!(
+            "alter table {table} set (autovacuum_enabled = false)"
+        ))
+        .execute(&store.write)
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_tree_query_looks_documents_up_by_key_before_postgresql_has_statistics() {
     on_both(async |db| {
@@ -250,18 +267,7 @@ async fn the_tree_query_looks_documents_up_by_key_before_postgresql_has_statisti
         // tables are small, and a plain join would hash every document and version.
         let store = db.open().await;
         // Nor does an analyze run meanwhile.
-        for table in [
-            "block_document",
-            "block_document_version",
-            "block_document_reference",
-        ] {
-            sqlx::query(&format!(
-                "alter table {table} set (autovacuum_enabled = false)"
-            ))
-            .execute(&store.write)
-            .await
-            .unwrap();
-        }
+        without_autovacuum(&store).await;
         let (_, schema) = register::<GcpCredentials>(&store).await;
         let bodies = (0..3000)
             .map(|i| block_types::model::BlockDocumentCreate {
@@ -294,18 +300,7 @@ async fn a_writes_reference_walk_looks_rows_up_by_key_before_postgresql_has_stat
             return;
         }
         let store = db.open().await;
-        for table in [
-            "block_document",
-            "block_document_version",
-            "block_document_reference",
-        ] {
-            sqlx::query(&format!(
-                "alter table {table} set (autovacuum_enabled = false)"
-            ))
-            .execute(&store.write)
-            .await
-            .unwrap();
-        }
+        without_autovacuum(&store).await;
         let (_, creds) = register::<GcpCredentials>(&store).await;
         let (_, bucket) = register::<GcsBucket>(&store).await;
         let body = |schema: &block_types::model::BlockSchema, name: String, data: Value| {
