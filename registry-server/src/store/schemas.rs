@@ -396,14 +396,47 @@ impl Store {
         slug: &str,
         remember: bool,
     ) -> Result<Vec<SecretPath>> {
+        let ids = self.type_schema_ids(conn, block_type_id).await?;
+        self.secret_paths_of_schemas(conn, &ids, slug, remember)
+            .await
+    }
+
+    /// The ids of the type's schemas.
+    pub(crate) async fn type_schema_ids(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        block_type_id: Uuid,
+    ) -> Result<Vec<String>> {
         self.count_query();
-        let ids: Vec<String> =
+        Ok(
             sqlx::query_scalar("select id from block_schema where block_type_id = $1")
                 .bind(block_type_id.to_string())
                 .fetch_all(&mut *conn)
-                .await?;
-        self.secret_paths_of_schemas(conn, &ids, slug, remember)
-            .await
+                .await?,
+        )
+    }
+
+    /// Every path a document of `schema` keeps sealed: the schema's `secret_fields`, the
+    /// properties its JSON Schema marks secret (`writeOnly`, `format: password`), and the
+    /// same of its type's other schemas (`ids`, every schema of the type) and of the
+    /// built-in type with its slug. Secret fields are the
+    /// type's, not the schema's: a schema registered with fewer of them cannot make a
+    /// value land unsealed.
+    pub(crate) async fn schema_secret_paths(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        schema: &BlockSchema,
+        ids: &[String],
+    ) -> Result<Vec<SecretPath>> {
+        let slug = schema
+            .block_type
+            .as_ref()
+            .map(|t| t.slug.as_str())
+            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
+        // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
+        let mut paths = secret_paths_of(&schema.fields);
+        paths.extend(self.secret_paths_of_schemas(conn, ids, slug, true).await?);
+        Ok(normalized(&paths))
     }
 
     /// The schema with this id and what its type keeps secret
@@ -432,18 +465,10 @@ impl Store {
             .iter()
             .map(|row| row.try_get::<String, _>("o_id"))
             .collect::<Result<Vec<_>, _>>()?;
-        let slug = schema
-            .block_type
-            .as_ref()
-            .map(|t| t.slug.clone())
-            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
-        // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
-        let mut paths = secret_paths_of(&schema.fields);
-        paths.extend(
-            self.secret_paths_of_schemas(&mut conn, &siblings, &slug, true)
-                .await?,
-        );
-        Ok((schema, normalized(&paths)))
+        let paths = self
+            .schema_secret_paths(&mut conn, &schema, &siblings)
+            .await?;
+        Ok((schema, paths))
     }
 
     /// What the type `slug`'s schemas `ids` keep secret, with the type's floor.

@@ -766,28 +766,15 @@ impl Store {
         Ok((row.try_get("version")?, uuid_col(&row, "block_schema_id")?))
     }
 
-    /// Every path a document of `schema` keeps sealed: the schema's `secret_fields`, the
-    /// properties its JSON Schema marks secret (`writeOnly`, `format: password`), and the
-    /// same of every other schema of its type and of the built-in type with its slug.
-    /// Secret fields are the type's, not the schema's: a schema registered with fewer of
-    /// them cannot make a value land unsealed.
+    /// What a write of `schema` seals ([`Store::schema_secret_paths`]), with every schema
+    /// of its type.
     pub(super) async fn secret_paths(
         &self,
         conn: &mut sqlx::AnyConnection,
         schema: &BlockSchema,
     ) -> Result<Vec<SecretPath>> {
-        let slug = schema
-            .block_type
-            .as_ref()
-            .map(|t| t.slug.as_str())
-            .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
-        // The schema's own list first, so its shape (`a.*` masks leaf by leaf) is kept.
-        let mut paths = secret_paths_of(&schema.fields);
-        paths.extend(
-            self.type_secret_paths(conn, schema.block_type_id, slug, true)
-                .await?,
-        );
-        Ok(normalized(&paths))
+        let ids = self.type_schema_ids(conn, schema.block_type_id).await?;
+        self.schema_secret_paths(conn, schema, &ids).await
     }
 
     /// The plain data (secrets opened) and references of a stored version.
