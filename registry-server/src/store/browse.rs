@@ -150,16 +150,21 @@ impl Store {
             sql
         };
         let c = self.collate();
-        let mut page = filter(
-            "select d.id, d.name, d.is_anonymous, d.updated, d.version, t.slug, t.name as type_name",
-        );
+        let searched = query.search.as_deref().is_some_and(|s| !s.is_empty());
+        // A search counts its matches in the same statement: the trigram index is read
+        // once, not once for the page and again for the total.
+        let mut page = filter(if searched {
+            "select d.id, d.name, d.is_anonymous, d.updated, d.version, t.slug, \
+             t.name as type_name, count(*) over () as matching"
+        } else {
+            "select d.id, d.name, d.is_anonymous, d.updated, d.version, t.slug, t.name as type_name"
+        });
         page.push(&format!(" order by d.name{c}, d.id limit "))
             .bind_int(query.limit.into())
             .push(" offset ")
             .bind_int(offset);
         // A search is planned for its text each time (not kept prepared): a plan made for
         // any text (PostgreSQL's generic plan) cannot tell that the trigram index finds few.
-        let searched = query.search.as_deref().is_some_and(|s| !s.is_empty());
         self.count_query();
         let rows = page
             .query()
@@ -180,7 +185,13 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let total = if offset == 0 && items.len() < query.limit as usize {
+        let matching = match rows.first() {
+            Some(row) if searched => Some(row.try_get::<i64, _>("matching")?),
+            _ => None,
+        };
+        let total = if let Some(matching) = matching {
+            matching
+        } else if offset == 0 && items.len() < query.limit as usize {
             items.len() as i64
         } else if let Some(total) = query.known_total {
             total
@@ -196,6 +207,7 @@ impl Store {
                 .map(|(_, n)| n)
                 .sum()
         } else {
+            // A search's page past its last match.
             self.count_query();
             filter("select count(*) as n")
                 .query()

@@ -101,6 +101,14 @@ async fn pages_searches_counts_and_referrers() {
             ["zoom-2", "zoom-3"]
         );
         assert_eq!(strings.total, 7);
+        // A search's total: counted with its page, and past its last page.
+        for offset in [0, 8, 50] {
+            let zoom = store
+                .browse_documents(&page(Some("zoom"), None, 4, offset))
+                .await
+                .unwrap();
+            assert_eq!(zoom.total, 10, "offset {offset}");
+        }
         // Bounds.
         for bad in [
             page(None, None, 0, 0),
@@ -197,14 +205,16 @@ async fn the_name_search_follows_creates_deletes_and_reopening() {
         );
 
         // The index itself: SQLite's holds each name once (the deleted one left it);
-        // PostgreSQL's trigram index exists (pg_trgm is available here).
+        // PostgreSQL's trigram index exists (pg_trgm is available here), with its short
+        // pending list.
         let (count, expected) = match store.backend {
             crate::store::Backend::Sqlite => (
                 "select count(*) from block_document_name where block_document_name match '\"zoom-gcs\"'",
                 2,
             ),
             crate::store::Backend::Postgres => (
-                "select count(*) from pg_indexes where indexname = 'block_document_name_trigrams'",
+                "select count(*) from pg_class where relname = 'block_document_name_trigrams' \
+                 and 'gin_pending_list_limit=128' = any(reloptions)",
                 1,
             ),
         };
