@@ -11,47 +11,24 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
+use block_types::Block;
 use block_types::catalog::{Collection, GcpCredentials, GcsBucket, Json, Secret, StringBlock};
 use block_types::model::BlockDocumentCreate;
 use block_types::references::reference_value;
-use block_types::{Block, BlockSpec};
-use registry_server::crypto::MasterKey;
 use registry_server::http::{AppState, app};
-use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
-use secrecy::ExposeSecret as _;
+use registry_server::store::{Rights, Store};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 use tower::ServiceExt as _;
 
+mod common;
+use common::{Session, env_number, open, percentile, request, schema_of};
+
 const CONCURRENCY: usize = 16;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn schema_of(store: &Store, spec: &BlockSpec) -> (uuid::Uuid, uuid::Uuid) {
-    let ty = store
-        .ensure_block_type(&spec.block_type, false)
-        .await
-        .unwrap();
-    let schema = store
-        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
-        .await
-        .unwrap()
-        .0;
-    (ty.id, schema.id)
-}
 
 /// Documents written through the store API (a realistic mix of plain values, secrets, and
 /// buckets that reference credentials); the rest of a large store is copied from them in
@@ -173,91 +150,10 @@ async fn bulk_copy(url: &str, backend: &str, from: usize, to: usize) {
     pool.close().await;
 }
 
-struct Session {
-    app: Router,
-    cookie: String,
-}
-
-fn request(method: &str, uri: &str, cookie: Option<&str>, body: Option<String>) -> Request<Body> {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::HOST, "127.0.0.1")
-        .header(header::ORIGIN, "http://127.0.0.1");
-    if let Some(cookie) = cookie {
-        builder = builder.header(header::COOKIE, format!("__Host-blocks-session={cookie}"));
-    }
-    let mut req = match body {
-        Some(body) => builder
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap(),
-        None => builder.body(Body::empty()).unwrap(),
-    };
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-    ));
-    req
-}
-
-async fn sign_in(state: &AppState) -> Session {
-    let created = state
-        .store
-        .create_token(TokenCreate {
-            name: "bench".into(),
-            scopes: [Scope::Admin].into_iter().collect(),
-            expires: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let app = app(state.clone());
-    let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("token", created.token.expose_secret())
-        .finish();
-    let response = app
-        .clone()
-        .oneshot(request("POST", "/sign-in", None, Some(body)))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
-    let value = cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .split_once('=')
-        .unwrap()
-        .1
-        .to_owned();
-    Session { app, cookie: value }
-}
-
-impl Session {
-    async fn get(&self, uri: &str) -> (StatusCode, Vec<u8>) {
-        let response = self
-            .app
-            .clone()
-            .oneshot(request("GET", uri, Some(&self.cookie), None))
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, bytes.to_vec())
-    }
-}
-
 fn gzip(bytes: &[u8]) -> usize {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap().len()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
 }
 
 async fn run(
@@ -271,7 +167,7 @@ async fn run(
     store.register_collection(Collection::Core).await.unwrap();
     let bucket = seed(&store, url, backend, documents).await;
     let state = AppState::new(store.clone());
-    let session = sign_in(&state).await;
+    let session = Session::sign_in(&state, "bench").await;
     let pages = [
         ("blocks list, first page", "/blocks".to_owned()),
         ("name search", "/blocks?q=block-00999".to_owned()),
@@ -371,18 +267,6 @@ async fn run(
         );
     }
     store.close().await;
-}
-
-async fn open(url: &str) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            url,
-            MasterKeySource::Key(MasterKey::generate().unwrap()),
-            StoreConfig::default(),
-        )
-        .await
-        .unwrap(),
-    )
 }
 
 #[tokio::main]

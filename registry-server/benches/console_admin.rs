@@ -14,146 +14,48 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
+use block_types::Block;
 use block_types::catalog::{Collection, Secret};
 use block_types::model::BlockDocumentCreate;
-use block_types::{Block, BlockSpec};
-use registry_server::crypto::MasterKey;
-use registry_server::http::{AppState, app};
-use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
-use secrecy::ExposeSecret as _;
+use registry_server::http::AppState;
+use registry_server::store::{Scope, TokenCreate};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
-use tower::ServiceExt as _;
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{Session, env_number, open, percentile, schema_of};
 
-fn request(method: &str, uri: &str, cookie: Option<&str>, body: Option<String>) -> Request<Body> {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::HOST, "127.0.0.1")
-        .header(header::ORIGIN, "http://127.0.0.1");
-    if let Some(cookie) = cookie {
-        builder = builder.header(header::COOKIE, format!("__Host-blocks-session={cookie}"));
-    }
-    let mut req = match body {
-        Some(body) => builder
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap(),
-        None => builder.body(Body::empty()).unwrap(),
-    };
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-    ));
-    req
-}
-
-struct Session {
-    app: Router,
-    cookie: String,
+/// A signed-in admin and the form token its posts carry.
+struct Admin {
+    session: Session,
     csrf: String,
 }
 
-impl Session {
+impl Admin {
     async fn new(state: &AppState) -> Self {
-        let created = state
-            .store
-            .create_token(TokenCreate {
-                name: "bench admin".into(),
-                scopes: [Scope::Admin].into_iter().collect(),
-                expires: None,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let app = app(state.clone());
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", created.token.expose_secret())
-            .finish();
-        let response = app
-            .clone()
-            .oneshot(request("POST", "/sign-in", None, Some(body)))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::SEE_OTHER);
-        let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
-        let cookie = cookie
-            .split(';')
-            .next()
-            .unwrap()
-            .split_once('=')
-            .unwrap()
-            .1
-            .to_owned();
-        let mut session = Self {
-            app,
-            cookie,
-            csrf: String::new(),
-        };
+        let session = Session::sign_in(state, "bench admin").await;
         let (_, page) = session.get("/admin/settings").await;
         let page = String::from_utf8(page).unwrap();
         let at = page.find("name=\"_csrf\" value=\"").unwrap() + 20;
-        session.csrf = page[at..at + page[at..].find('"').unwrap()].to_owned();
-        session
+        let csrf = page[at..at + page[at..].find('"').unwrap()].to_owned();
+        Self { session, csrf }
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Vec<u8>) {
-        let response = self
-            .app
-            .clone()
-            .oneshot(request("GET", uri, Some(&self.cookie), None))
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, bytes.to_vec())
+        self.session.get(uri).await
     }
 
     async fn post(&self, uri: &str) -> StatusCode {
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("_csrf", &self.csrf)
             .finish();
-        self.app
-            .clone()
-            .oneshot(request("POST", uri, Some(&self.cookie), Some(body)))
-            .await
-            .unwrap()
-            .status()
+        self.session.post(uri, body).await
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
-
-async fn open(url: &str) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            url,
-            MasterKeySource::Key(MasterKey::generate().unwrap()),
-            StoreConfig::default(),
-        )
-        .await
-        .unwrap(),
-    )
 }
 
 /// Adds `n` audit records in one statement: four tokens, a mix of actions and outcomes
@@ -213,7 +115,7 @@ async fn bulk_audit(url: &str, backend: &str, n: usize, tokens: &[uuid::Uuid; 4]
 async fn audit_bench(backend: &str, url: &str, records: usize, requests: usize) {
     let store = open(url).await;
     let state = AppState::new(store.clone());
-    let session = Session::new(&state).await;
+    let session = Admin::new(&state).await;
     let mut tokens = [uuid::Uuid::nil(); 4];
     for (i, slot) in tokens.iter_mut().enumerate() {
         *slot = store
@@ -295,19 +197,6 @@ async fn audit_bench(backend: &str, url: &str, records: usize, requests: usize) 
     store.close().await;
 }
 
-async fn schema_of(store: &Store, spec: &BlockSpec) -> (uuid::Uuid, uuid::Uuid) {
-    let ty = store
-        .ensure_block_type(&spec.block_type, false)
-        .await
-        .unwrap();
-    let schema = store
-        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
-        .await
-        .unwrap()
-        .0;
-    (ty.id, schema.id)
-}
-
 /// Concurrent imports seeding the rotation bench (`BENCH_WRITERS`, default 1; more only
 /// help on PostgreSQL, where each has a connection of its own).
 fn writers() -> usize {
@@ -356,7 +245,7 @@ async fn rotation_bench(backend: &str, url: &str, documents: usize) {
         started.elapsed().as_secs_f64()
     );
     let state = AppState::new(store.clone());
-    let session = Session::new(&state).await;
+    let session = Admin::new(&state).await;
 
     let mut idle = Vec::new();
     for _ in 0..20 {

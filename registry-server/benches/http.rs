@@ -14,32 +14,25 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
+use std::process::Command;
 use std::time::Instant;
 
 use block_types::Block;
 use block_types::catalog::{GcpCredentials, GcsBucket};
 use serde_json::{Value, json};
 
+mod common;
+use common::{Load, Serve, wrk};
+
 struct Server {
-    child: Child,
+    process: Serve,
     api: String,
     /// A token with the write and read-secrets scopes, as a pipeline would hold.
     token: String,
     /// The first admin token.
     admin: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(program: &str, database_url: Option<&str>) -> Server {
@@ -61,29 +54,9 @@ fn start(program: &str, database_url: Option<&str>) -> Server {
             .arg(&key);
     }
     let started = Instant::now();
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let api = format!("http://{addr}/api");
+    let (process, base) = Serve::start(cmd, false);
+    let api = format!("{base}/api");
     let client = reqwest::blocking::Client::new();
-    while client
-        .get(format!("{api}/ready"))
-        .send()
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {}
     println!(
         "  start to ready: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
@@ -99,7 +72,7 @@ fn start(program: &str, database_url: Option<&str>) -> Server {
         &json!({"name": "bench pipeline", "scopes": ["read-secrets", "write"]}),
     );
     Server {
-        child,
+        process,
         api,
         token: created["token"].as_str().unwrap().to_owned(),
         admin,
@@ -188,81 +161,6 @@ fn audit_figures(server: &Server) -> (f64, f64) {
     )
 }
 
-fn rss_kib(server: &Server) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn parse_ms(text: &str) -> f64 {
-    let (num, unit): (String, String) = text.chars().partition(|c| c.is_ascii_digit() || *c == '.');
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit.as_str() {
-        "us" => n / 1e3,
-        "ms" => n,
-        "s" => n * 1e3,
-        _ => f64::NAN,
-    }
-}
-
-fn wrk(url: &str, token: Option<&str>, script: Option<&std::path::Path>) -> Load {
-    let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
-    let connections = std::env::var("BENCH_CONNECTIONS").unwrap_or_else(|_| "16".into());
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t",
-        "2",
-        "-c",
-        &connections,
-        "-d",
-        &format!("{seconds}s"),
-        "--latency",
-    ]);
-    if let Some(token) = token {
-        cmd.arg("-H")
-            .arg(format!("Authorization: Bearer {token}"))
-            .env("BENCH_TOKEN", token);
-    }
-    if let Some(script) = script {
-        cmd.arg("-s").arg(script);
-    }
-    let out = cmd
-        .arg(url)
-        .output()
-        .expect("wrk must be installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
-    };
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx responses"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    Load {
-        rps: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        p50_ms: field("50%").map_or(f64::NAN, |v| parse_ms(&v)),
-        p99_ms: field("99%").map_or(f64::NAN, |v| parse_ms(&v)),
-        errors,
-    }
-}
-
 const CREATE_LUA: &str = r#"
 local counter = 0
 local ids = nil
@@ -283,9 +181,9 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
     println!("{backend} ({build}):");
     let server = start(program, database_url);
     let backend = &format!("{backend} {build}");
-    println!("  server pid: {}", server.child.id());
+    println!("  server pid: {}", server.process.pid());
     seed(&server.api, &server.token);
-    let idle = rss_kib(&server);
+    let idle = server.process.rss_kib();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let skip = |load: &str| !only.is_empty() && !only.split(',').any(|l| l == load);
     let skipped = || Load {
@@ -349,7 +247,7 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
             None,
         )
     };
-    let loaded = rss_kib(&server);
+    let loaded = server.process.rss_kib();
     let (records, commits) = audit_figures(&server);
     let health = if skip("health") {
         skipped()
@@ -368,7 +266,7 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
             Some(script.path()),
         )
     };
-    let after = rss_kib(&server);
+    let after = server.process.rss_kib();
     println!(
         "| {backend:<15} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
         nested.rps, nested.p50_ms, nested.p99_ms, nested.errors

@@ -22,9 +22,8 @@
     clippy::expect_used
 )]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,92 +36,47 @@ use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+mod common;
+use common::{Serve, env_number, percentile, wrk};
+
 const BATCH: usize = 5_000;
 const TYPES: usize = 50;
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Server {
-    child: Child,
+    process: Serve,
     base: String,
     ready_ms: f64,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        self.process.rss_kib() as f64 / 1024.0
     }
 }
 
 fn start(home: &Path, url: &str, key: &Path) -> Server {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocks"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--database-url",
-            url,
-            "--master-key-file",
-        ])
-        .arg(key)
-        .env("BLOCKS_HOME", home)
-        .env(
-            "BLOCKS_LOG",
-            std::env::var("BENCH_SERVER_LOG")
-                .unwrap_or_else(|_| "warn,registry_server::serve=info".into()),
-        )
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
+    cmd.args([
+        "serve",
+        "--port",
+        "0",
+        "--database-url",
+        url,
+        "--master-key-file",
+    ])
+    .arg(key)
+    .env("BLOCKS_HOME", home)
+    .env(
+        "BLOCKS_LOG",
+        std::env::var("BENCH_SERVER_LOG")
+            .unwrap_or_else(|_| "warn,registry_server::serve=info".into()),
+    );
     // The server's log (`BENCH_SERVER_LOG` sets its filter) goes to the bench's stderr.
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            eprintln!("server: {line}");
-        }
-    });
-    let base = format!("http://{addr}");
-    let client = reqwest::blocking::Client::new();
-    while client
-        .get(format!("{base}/api/ready"))
-        .send()
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {}
+    let (process, base) = Serve::start(cmd, true);
+    eprintln!("server pid: {}", process.pid());
     Server {
-        child,
+        process,
         base,
         ready_ms: started.elapsed().as_secs_f64() * 1e3,
     }
@@ -143,11 +97,6 @@ fn sign_in(base: &str, token: &str) -> String {
     assert_eq!(response.status(), 303, "sign-in");
     let cookie = response.headers()["set-cookie"].to_str().unwrap();
     cookie.split(';').next().unwrap().to_owned()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
 }
 
 /// p50 and p99 of `requests` GETs of a console page, in ms.
@@ -178,61 +127,6 @@ fn page(
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn parse_ms(text: &str) -> f64 {
-    let (num, unit): (String, String) = text.chars().partition(|c| c.is_ascii_digit() || *c == '.');
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit.as_str() {
-        "us" => n / 1e3,
-        "ms" => n,
-        "s" => n * 1e3,
-        _ => f64::NAN,
-    }
-}
-
-fn wrk(url: &str, token: &str) -> Load {
-    let seconds = std::env::var("BENCH_SECONDS").unwrap_or_else(|_| "10".into());
-    let out = Command::new("wrk")
-        .args([
-            "-t",
-            "2",
-            "-c",
-            "16",
-            "-d",
-            &format!("{seconds}s"),
-            "--latency",
-        ])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(url)
-        .output()
-        .expect("wrk must be installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
-    };
-    Load {
-        rps: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        p50_ms: field("50%").map_or(f64::NAN, |v| parse_ms(&v)),
-        p99_ms: field("99%").map_or(f64::NAN, |v| parse_ms(&v)),
-        errors: text
-            .lines()
-            .find(|l| l.contains("Non-2xx or 3xx responses"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0),
-    }
-}
-
 /// One state of the store, measured on a fresh server.
 fn measure(backend: &str, state: &str, home: &Path, url: &str, key: &Path, token: &str) {
     let requests = env_number("BENCH_REQUESTS", 50);
@@ -243,7 +137,8 @@ fn measure(backend: &str, state: &str, home: &Path, url: &str, key: &Path, token
             "{}/api/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs?include_secrets=true",
             server.base
         ),
-        token,
+        Some(token),
+        None,
     );
     let cookie = sign_in(&server.base, token);
     let client = reqwest::blocking::Client::builder()

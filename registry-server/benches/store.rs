@@ -13,10 +13,11 @@ use block_types::catalog::{GcpCredentials, GcsBucket};
 use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate};
 use block_types::references::reference_value;
 use block_types::{Block, BlockSpec};
-use registry_server::crypto::MasterKey;
-use registry_server::store::{MasterKeySource, Rights, Store, StoreConfig};
+use registry_server::store::{Rights, Store};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
+
+mod common;
 
 const READS: usize = 4_000;
 const WRITES: usize = 1_000;
@@ -30,18 +31,8 @@ fn obj(v: Value) -> serde_json::Map<String, Value> {
 }
 
 async fn register(store: &Store, spec: &BlockSpec) -> uuid::Uuid {
-    let ty = store
-        .ensure_block_type(&spec.block_type, false)
-        .await
-        .unwrap();
-    store
-        .create_block_schema(spec.to_schema_create(ty.id), Rights::ADMIN)
-        .await
-        .unwrap()
-        .0
-        .id
+    common::schema_of(store, spec).await.1
 }
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
@@ -113,15 +104,7 @@ where
 }
 
 async fn bench(url: &str, backend: &str) {
-    let store = Arc::new(
-        Store::open(
-            url,
-            MasterKeySource::Key(MasterKey::generate().unwrap()),
-            StoreConfig::default(),
-        )
-        .await
-        .unwrap(),
-    );
+    let store = common::open(url).await;
     let creds = register(&store, &GcpCredentials::spec()).await;
     let bucket = register(&store, &GcsBucket::spec()).await;
     let creds_type = store
