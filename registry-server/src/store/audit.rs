@@ -115,6 +115,12 @@ const AUDIT_RETENTION: &str = "audit_retention_days";
 /// Records deleted per statement when pruning, so a large backlog never holds the writer
 /// (SQLite's single connection) for long.
 const PRUNE_BATCH: i64 = 5000;
+
+/// One batch of [`Store::prune_audit`]: the oldest records before `$1`, found through the
+/// index by time (`order by seq` would walk the whole log from its first record, holding
+/// SQLite's writer all the while, to find none past the retention).
+pub(crate) const PRUNE_AUDIT: &str = "delete from audit_event where seq in \
+     (select seq from audit_event where at < $1 order by at, seq limit $2)";
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Records per page by default, and at most.
@@ -374,15 +380,12 @@ impl Store {
         let mut deleted = 0;
         loop {
             self.count_query();
-            let done = sqlx::query(
-                "delete from audit_event where seq in \
-                 (select seq from audit_event where at < $1 order by seq limit $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_BATCH)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
+            let done = sqlx::query(PRUNE_AUDIT)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
             deleted += done;
             if done < PRUNE_BATCH as u64 {
                 return Ok(deleted);

@@ -45,6 +45,12 @@ const MAX_OWNERS: i64 = 1000;
 /// Expired events deleted per statement, so pruning never holds a long lock.
 const PRUNE_BATCH: i64 = 5_000;
 
+/// One batch of [`Store::prune_events`]: the oldest events before `$1`, found through the
+/// index by time (`order by seq` would walk the whole feed from its first event, holding
+/// SQLite's writer all the while, to find none past the retention).
+pub(crate) const PRUNE_EVENTS: &str = "delete from block_event where seq in \
+     (select seq from block_event where occurred < $1 order by occurred, seq limit $2)";
+
 /// Which events a subscriber or a webhook wants: of block types whose slug matches a glob,
 /// documents whose name matches a glob, some kinds (none listed: every kind).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -450,15 +456,12 @@ impl Store {
         let mut total = 0;
         loop {
             self.count_query();
-            let deleted = sqlx::query(
-                "delete from block_event where seq in \
-                 (select seq from block_event where occurred < $1 order by seq limit $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_BATCH)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
+            let deleted = sqlx::query(PRUNE_EVENTS)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
             total += deleted;
             if deleted < PRUNE_BATCH as u64 {
                 return Ok(total);
