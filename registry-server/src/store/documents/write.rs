@@ -289,11 +289,12 @@ impl Store {
     ) -> Result<Option<TreeDoc>> {
         // A new document changes no tree, but the counts per type.
         let id = document.id;
-        if let Some(groups) = &self.groups {
-            let prepared = self.prepare_create(&document, &version, record)?;
-            if let Some((batch, written)) = prepared
-                && self.create_prepared(groups, id, batch).await?
-            {
+        if let Some((batch, written)) = self.prepare_create(&document, &version, record)? {
+            let done = match &self.groups {
+                Some(groups) => self.create_prepared(groups, id, batch).await?,
+                None => self.create_in_one_statement(id, batch).await?,
+            };
+            if done {
                 return Ok(Some(written));
             }
         }
@@ -390,11 +391,13 @@ impl Store {
         Ok((written.worn, answer))
     }
 
-    /// On SQLite, a create prepared whole before it takes the writer, when it has no
-    /// references (their checks read the store) and its secrets can be sealed under the key
-    /// this process holds a block of encryptions of. The key is confirmed active by the
-    /// version's insert itself ([`VersionRow::insert`]). `None`: the create takes the
-    /// general path ([`Self::insert_document_in`]).
+    /// A create prepared whole before it writes, when it has no references (their checks
+    /// read the store) and its secrets can be sealed under the key this process holds a
+    /// block of encryptions of. The key is confirmed active by the version's insert itself
+    /// ([`VersionRow::insert`]). `None`: the create takes the general path
+    /// ([`Self::insert_document_in`]). On SQLite it runs as one savepoint of the write
+    /// group ([`Self::create_prepared`]); on PostgreSQL as one statement
+    /// ([`Self::create_in_one_statement`]).
     fn prepare_create(
         &self,
         document: &NewDocument,
@@ -427,10 +430,15 @@ impl Store {
         check_document_size(&data)?;
         let now = now_micros();
         let mut batch = Batch::independent();
-        batch.push_unique(
-            document_statement(document, schema, now),
-            "Block already exists",
-        );
+        let document_row = document_statement(document, schema, now);
+        let document_row = match self.backend {
+            // SQLite checks each foreign key as its statement runs: the document first.
+            Backend::Sqlite => {
+                batch.push_unique(document_row, "Block already exists");
+                None
+            }
+            Backend::Postgres => Some(document_row),
+        };
         batch.push_failpoint(self, "create_after_document");
         batch.push(
             VersionRow {
@@ -451,10 +459,37 @@ impl Store {
         if let Some(record) = record {
             batch.push(self.audit_insert(std::slice::from_ref(record))?);
         }
+        if let Some(document_row) = document_row {
+            // Last, as the joined statement's main query, which PostgreSQL runs before its
+            // `with` queries (checking foreign keys at the end): the name is taken before
+            // the key's share lock, as the general path takes it (see
+            // [`Self::insert_document_in`]).
+            batch.push_unique(document_row, "Block already exists");
+        }
         Ok(Some((
             batch,
             written_doc(document, schema, now, data, sealed),
         )))
+    }
+
+    /// On PostgreSQL, runs a create [`Self::prepare_create`] made as one statement: its own
+    /// transaction, one round trip. `false`: nothing was written, because the key it
+    /// sealed under is no longer the active one; the create takes the general path.
+    async fn create_in_one_statement(&self, id: Uuid, mut batch: Batch) -> Result<bool> {
+        self.check_failpoint("create_before_commit")?;
+        let mut conn = self.write.acquire().await?;
+        let statement = async { batch.run(self, &mut conn).await.map(drop) };
+        match self.commit_changing(&[id], statement).await {
+            Ok(()) => {
+                self.announce_created();
+                Ok(true)
+            }
+            Err(e) if e.is_inactive_key_guard() => {
+                self.forget_reserved();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs a create [`Self::prepare_create`] made, as one savepoint of the open write

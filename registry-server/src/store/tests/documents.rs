@@ -314,6 +314,20 @@ async fn a_failed_write_leaves_no_trace() {
             };
             assert!(store.create_block_document(body).await.is_err(), "{point}");
             assert_eq!(counts().await, before, "after a failure at {point}");
+            // A create without references, prepared whole (one statement on PostgreSQL).
+            let plain = BlockDocumentCreate {
+                name: Some("d".into()),
+                data: obj(json!({"service_account_info": {"k": CANARY}})),
+                block_schema_id: creds.id,
+                block_type_id: creds.block_type_id,
+                is_anonymous: false,
+            };
+            assert!(store.create_block_document(plain).await.is_err(), "{point}");
+            assert_eq!(
+                counts().await,
+                before,
+                "after a failure at {point}, without references"
+            );
         }
         store.fail_at(None);
         let doc = create(
@@ -344,6 +358,31 @@ async fn a_failed_write_leaves_no_trace() {
         let read = store.read_block_document(doc.id, true).await.unwrap();
         assert_eq!(read.data["bucket"], json!("x"));
         assert_eq!(store.document_version(doc.id).await.unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_create_without_references_writes_in_one_query_after_reading_its_schema() {
+    on_both(async |db| {
+        let store = db.open().await;
+        let (_, creds) = register::<GcpCredentials>(&store).await;
+        let secret = json!({"service_account_info": {"k": CANARY}});
+        // The first create reserves a block of the data key's encryptions.
+        create(&store, &creds, "first", secret.clone()).await;
+        let queries = store.query_count();
+        let doc = create(&store, &creds, "second", secret).await;
+        // The schema and its secret paths, then the document, version, event and audit
+        // record: one statement on PostgreSQL (its own transaction), one savepoint of the
+        // open write group on SQLite (its commit is the group's).
+        let expected = match store.backend {
+            crate::store::Backend::Postgres => 2,
+            crate::store::Backend::Sqlite => 2,
+        };
+        assert_eq!(store.query_count() - queries, expected);
+        assert_eq!(store.read_block_document(doc.id, false).await.unwrap(), doc);
+        let read = store.read_block_document(doc.id, true).await.unwrap();
+        assert_eq!(read.data["service_account_info"]["k"], json!(CANARY));
     })
     .await;
 }
