@@ -148,6 +148,7 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
         let Some(s) = store.upgrade() else { return };
         match s.feed_end().await {
             Ok(end) => break (s.feed_signal(), end),
+            Err(e) if e.is_closed() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the change feed; trying again");
                 drop(s);
@@ -185,6 +186,7 @@ async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
                             break;
                         }
                     }
+                    Err(e) if e.is_closed() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the change feed; trying again");
                         break;

@@ -339,14 +339,22 @@ async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
             // of writes, one every DISPATCH_EVERY queues many events at once.
             if dispatched.elapsed() >= DISPATCH_EVERY {
                 dispatched = std::time::Instant::now();
-                if let Err(e) = store.dispatch_webhooks().await {
-                    tracing::warn!(error = %e, "could not queue webhook deliveries; trying again");
+                match store.dispatch_webhooks().await {
+                    Ok(_) => {}
+                    Err(e) if e.is_closed() => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not queue webhook deliveries; trying again");
+                    }
                 }
             }
             if gave_up.elapsed() >= GIVE_UP_EVERY {
                 gave_up = std::time::Instant::now();
-                if let Err(e) = store.give_up_stale_deliveries().await {
-                    tracing::warn!(error = %e, "could not give up stale webhook deliveries");
+                match store.give_up_stale_deliveries().await {
+                    Ok(_) => {}
+                    Err(e) if e.is_closed() => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not give up stale webhook deliveries");
+                    }
                 }
             }
             let room =
@@ -361,6 +369,7 @@ async fn worker(store: Weak<Store>, webhooks: Weak<Webhooks>) {
                                 .spawn(async move { deliver(&store, &webhooks, delivery).await });
                         }
                     }
+                    Err(e) if e.is_closed() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not claim webhook deliveries; trying again");
                     }

@@ -327,6 +327,12 @@ fn is_race(err: &sqlx::Error) -> bool {
 }
 
 impl StoreError {
+    /// The store was closed (the server is shutting down): background work ends rather
+    /// than trying again.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Busy(sqlx::Error::PoolClosed))
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldError::new(field, message)])
     }

@@ -157,3 +157,26 @@ async fn a_connection_the_server_closed_while_it_sat_idle_is_replaced_not_handed
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_closed_store_says_so_and_background_work_can_tell() {
+    on_both(async |db| {
+        let store = db.open().await;
+        assert!(store.feed_end().await.is_ok());
+        store.close().await;
+        // The feed's pump and the webhook worker end on this instead of warning, every
+        // second, that they will try again.
+        for failed in [
+            store.feed_end().await.err(),
+            store
+                .claim_deliveries(4, chrono::Duration::seconds(30))
+                .await
+                .err(),
+        ] {
+            let e = failed.expect("a closed store answers nothing");
+            assert!(e.is_closed(), "{e:?}");
+        }
+        assert!(!crate::store::StoreError::invalid("f", "bad").is_closed());
+    })
+    .await;
+}
