@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -125,6 +125,7 @@ fn script(path: &Path, body: &str) {
     }
 }
 
+#[track_caller]
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -136,6 +137,7 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+#[track_caller]
 fn fails(out: &Output, code: i32, needle: &str) {
     let text = format!(
         "{}{}",
@@ -147,11 +149,87 @@ fn fails(out: &Output, code: i32, needle: &str) {
     assert!(!text.contains(CANARY), "a secret in an error: {text}");
 }
 
-#[test]
-fn a_user_registers_creates_inspects_and_manages_tokens() {
+/// A temporary directory and `blocks serve` with `$BLOCKS_HOME` at its `home`.
+fn serve_in_tempdir() -> (tempfile::TempDir, PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let server = serve(&home);
+    (dir, home, server)
+}
+
+/// Writes `text` to the file `name` in `dir`; its path.
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The environment of a client of `api` (`http://…/api`) signing in with `token`.
+fn signed_in<'a>(api: &'a str, token: &'a str) -> [(&'a str, &'a str); 2] {
+    [("BLOCKS_API_URL", api), ("BLOCKS_API_KEY", token)]
+}
+
+/// `blocks --json ARGS` (with extra environment), which must succeed; its output.
+#[track_caller]
+fn json_ok(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Value {
+    let args = [&["--json"][..], args].concat();
+    serde_json::from_str(&ok(&blocks(home, env, &args))).unwrap()
+}
+
+/// `blocks inspect ADDRESS --show-secrets` (with extra environment), which must succeed.
+#[track_caller]
+fn show_secrets(home: &Path, env: &[(&str, &str)], address: &str) -> String {
+    ok(&blocks(home, env, &["inspect", address, "--show-secrets"]))
+}
+
+/// `blocks create ADDRESS --data value=VALUE`, which must succeed.
+#[track_caller]
+fn create_secret(home: &Path, address: &str, value: &str) {
+    ok(&blocks(
+        home,
+        &[],
+        &["create", address, "--data", &format!("value={value}")],
+    ));
+}
+
+/// The course's bucket, `gcs-bucket/zoom-gcs`, using `gcp-credentials/zoom-gcp-creds`.
+#[track_caller]
+fn create_zoom_bucket(home: &Path) {
+    ok(&blocks(
+        home,
+        &[],
+        &[
+            "create",
+            "gcs-bucket/zoom-gcs",
+            "--data",
+            "bucket=dtc-data-lake",
+            "--ref",
+            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
+        ],
+    ));
+}
+
+/// `blocks token create --offline --name NAME --scope SCOPE`: a token made in the store
+/// itself.
+fn offline_token(home: &Path, name: &str, scope: &str) -> Output {
+    blocks(
+        home,
+        &[],
+        &[
+            "token",
+            "create",
+            "--offline",
+            "--name",
+            name,
+            "--scope",
+            scope,
+        ],
+    )
+}
+
+#[test]
+fn a_user_registers_creates_inspects_and_manages_tokens() {
+    let (dir, home, server) = serve_in_tempdir();
     let home = home.as_path();
 
     let out = ok(&blocks(home, &[], &["register", "gcp"]));
@@ -165,37 +243,25 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
         "{types}"
     );
 
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"service_account_info": {{"type": "service_account", "private_key": "{CANARY}"}}, "project": "dtc-de"}}"#),
-    )
-    .unwrap();
-    let created: Value = serde_json::from_str(&ok(&blocks(
+    let creds = write_file(
+        dir.path(),
+        "creds.json",
+        &format!(
+            r#"{{"service_account_info": {{"type": "service_account", "private_key": "{CANARY}"}}, "project": "dtc-de"}}"#
+        ),
+    );
+    let created = json_ok(
         home,
         &[],
         &[
-            "--json",
             "create",
             "gcp-credentials/zoom-gcp-creds",
             "--data",
             &format!("@{}", creds.display()),
         ],
-    )))
-    .unwrap();
+    );
     assert!(created["id"].is_string());
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "gcs-bucket/zoom-gcs",
-            "--data",
-            "bucket=dtc-data-lake",
-            "--ref",
-            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
-        ],
-    ));
+    create_zoom_bucket(home);
 
     let shown = ok(&blocks(home, &[], &["inspect", "gcs-bucket/zoom-gcs"]));
     assert!(
@@ -206,14 +272,10 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
         !shown.contains(CANARY),
         "secrets are masked by default: {shown}"
     );
-    let secrets = ok(&blocks(
-        home,
-        &[],
-        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
-    ));
+    let secrets = show_secrets(home, &[], "gcs-bucket/zoom-gcs");
     assert!(secrets.contains(CANARY), "{secrets}");
 
-    let listed: Value = serde_json::from_str(&ok(&blocks(home, &[], &["--json", "ls"]))).unwrap();
+    let listed = json_ok(home, &[], &["ls"]);
     let names: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -232,26 +294,14 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
     );
 
     // Tokens: a read-only one cannot create, and is refused once revoked.
-    let token: Value = serde_json::from_str(&ok(&blocks(
+    let token = json_ok(
         home,
         &[],
-        &[
-            "--json",
-            "token",
-            "create",
-            "--name",
-            "dashboard",
-            "--scope",
-            "read",
-        ],
-    )))
-    .unwrap();
+        &["token", "create", "--name", "dashboard", "--scope", "read"],
+    );
     let read_token = token["token"].as_str().unwrap().to_owned();
     let api = format!("http://{}/api", server.addr);
-    let as_reader = [
-        ("BLOCKS_API_URL", api.as_str()),
-        ("BLOCKS_API_KEY", read_token.as_str()),
-    ];
+    let as_reader = signed_in(&api, &read_token);
     ok(&blocks(home, &as_reader, &["ls"]));
     fails(
         &blocks(
@@ -286,12 +336,10 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
     // Keys and the audit log.
     let status = ok(&blocks(home, &[], &["key", "status"]));
     assert!(status.contains("active"), "{status}");
-    let rotated: Value =
-        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "rotate"]))).unwrap();
+    let rotated = json_ok(home, &[], &["key", "rotate"]);
     assert!(rotated["active"].is_string());
     // The command waited for re-encryption: nothing is left on the old key.
-    let status: Value =
-        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "status"]))).unwrap();
+    let status = json_ok(home, &[], &["key", "status"]);
     for key in status["keys"].as_array().unwrap() {
         if key["id"] != rotated["active"] {
             assert_eq!(key["versions"], 0, "{status}");
@@ -302,50 +350,35 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
     assert!(!audit.contains(CANARY));
 
     // Edit in $EDITOR: the secret stays, the reference stays, the change lands.
-    let edit = ok(&blocks(
-        home,
-        &[("EDITOR", "sed -i s/dtc-data-lake/edited-lake/")],
-        &["edit", "gcs-bucket/zoom-gcs"],
-    ));
+    let edit_with = |editor: &str| {
+        blocks(
+            home,
+            &[("EDITOR", editor)],
+            &["edit", "gcs-bucket/zoom-gcs"],
+        )
+    };
+    let edit = ok(&edit_with("sed -i s/dtc-data-lake/edited-lake/"));
     assert!(edit.contains("UPDATED"), "{edit}");
-    let shown = ok(&blocks(
-        home,
-        &[],
-        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
-    ));
+    let shown = show_secrets(home, &[], "gcs-bucket/zoom-gcs");
     assert!(
         shown.contains("edited-lake") && shown.contains(CANARY),
         "{shown}"
     );
     // An editor that changes nothing changes nothing.
-    let same = ok(&blocks(
-        home,
-        &[("EDITOR", "true")],
-        &["edit", "gcs-bucket/zoom-gcs"],
-    ));
+    let same = ok(&edit_with("true"));
     assert!(same.contains("UNCHANGED"), "{same}");
     // Someone else's change while the editor is open: refused, theirs kept.
     let racer = dir.path().join("racer.sh");
-    std::fs::write(
+    script(
         &racer,
-        format!(
-            "#!/bin/sh\nsed -i s/edited-lake/mine/ \"$1\"\nBLOCKS_HOME='{}' '{}' rollback gcs-bucket/zoom-gcs 1 >/dev/null\n",
+        &format!(
+            "sed -i s/edited-lake/mine/ \"$1\"\nBLOCKS_HOME='{}' '{}' rollback gcs-bucket/zoom-gcs 1 >/dev/null\n",
             home.display(),
             env!("CARGO_BIN_EXE_blocks")
         ),
-    )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&racer, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    );
     fails(
-        &blocks(
-            home,
-            &[("EDITOR", racer.to_str().unwrap())],
-            &["edit", "gcs-bucket/zoom-gcs"],
-        ),
+        &edit_with(racer.to_str().unwrap()),
         1,
         "changed by someone else",
     );
@@ -368,68 +401,44 @@ fn a_user_registers_creates_inspects_and_manages_tokens() {
 
 #[test]
 fn errors_have_clear_messages_and_exit_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let server = serve(&home);
+    let (dir, home, server) = serve_in_tempdir();
     let home = home.as_path();
     ok(&blocks(home, &[], &["register", "--all"]));
 
-    fails(
-        &blocks(home, &[], &["frobnicate"]),
-        2,
-        "unrecognized subcommand",
-    );
-    fails(&blocks(home, &[], &["inspect"]), 2, "ADDRESS");
-    fails(&blocks(home, &[], &["inspect", "no-slash"]), 2, "SLUG/NAME");
-    fails(
-        &blocks(home, &[], &["inspect", "secret/nope"]),
-        1,
-        "no block secret/nope",
-    );
-    fails(
-        &blocks(
-            home,
-            &[],
-            &["create", "gcs-bucket/bad", "--data", "bucket:=5"],
+    for (args, code, needle) in [
+        (&["frobnicate"][..], 2, "unrecognized subcommand"),
+        (&["inspect"][..], 2, "ADDRESS"),
+        (&["inspect", "no-slash"][..], 2, "SLUG/NAME"),
+        (&["inspect", "secret/nope"][..], 1, "no block secret/nope"),
+        (
+            &["create", "gcs-bucket/bad", "--data", "bucket:=5"][..],
+            1,
+            "does not fit gcs-bucket",
         ),
-        1,
-        "does not fit gcs-bucket",
-    );
-    fails(
-        &blocks(home, &[], &["create", "nope/x", "--data", "a=1"]),
-        1,
-        "no block type nope",
-    );
-    fails(
-        &blocks(home, &[], &["create", "secret/x", "--data", "not-a-pair"]),
-        2,
-        "key=value",
-    );
-    fails(&blocks(home, &[], &["create", "secret/x"]), 2, "no data");
+        (
+            &["create", "nope/x", "--data", "a=1"][..],
+            1,
+            "no block type nope",
+        ),
+        (
+            &["create", "secret/x", "--data", "not-a-pair"][..],
+            2,
+            "key=value",
+        ),
+        (&["create", "secret/x"][..], 2, "no data"),
+    ] {
+        fails(&blocks(home, &[], args), code, needle);
+    }
     // key=value is text even when it looks like a number; key:=json is JSON.
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "secret/digits",
-            "--data",
-            "value=12345678901234567890123",
-        ],
-    ));
-    let digits = ok(&blocks(
-        home,
-        &[],
-        &["inspect", "secret/digits", "--show-secrets"],
-    ));
+    create_secret(home, "secret/digits", "12345678901234567890123");
+    let digits = show_secrets(home, &[], "secret/digits");
     assert!(digits.contains("12345678901234567890123"), "{digits}");
     ok(&blocks(
         home,
         &[],
         &["create", "json/j", "--data", "value:={\"a\": [1, 2]}"],
     ));
-    let j: Value =
-        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "inspect", "json/j"]))).unwrap();
+    let j = json_ok(home, &[], &["inspect", "json/j"]);
     assert_eq!(j["data"]["value"], serde_json::json!({"a": [1, 2]}));
     fails(
         &blocks(home, &[], &["create", "json/k", "--data", "value:={oops"]),
@@ -467,16 +476,7 @@ fn errors_have_clear_messages_and_exit_codes() {
         "no block on the server for --ref gcp_credentials",
     );
     // A conflict names itself.
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "secret/once",
-            "--data",
-            &format!("value={CANARY}"),
-        ],
-    ));
+    create_secret(home, "secret/once", CANARY);
     fails(
         &blocks(
             home,
@@ -487,21 +487,17 @@ fn errors_have_clear_messages_and_exit_codes() {
         "already exists",
     );
     // A custom block type from a file, checked before it is sent.
-    let custom = dir.path().join("custom.json");
-    std::fs::write(
-        &custom,
+    let custom = write_file(
+        dir.path(),
+        "custom.json",
         r#"{"block_type": {"name": "Snowflake Login", "slug": "snowflake-login", "description": "A warehouse login"},
             "fields": {"title": "SnowflakeLogin", "type": "object",
                        "properties": {"account": {"type": "string"}, "password": {"type": "string", "format": "password", "writeOnly": true}},
                        "required": ["account", "password"], "secret_fields": ["password"]},
             "version": "1.0"}"#,
-    )
-    .unwrap();
-    let registered = ok(&blocks(
-        home,
-        &[],
-        &["register", "--file", custom.to_str().unwrap()],
-    ));
+    );
+    let file = custom.to_str().unwrap();
+    let registered = ok(&blocks(home, &[], &["register", "--file", file]));
     assert!(registered.contains("snowflake-login"), "{registered}");
     ok(&blocks(
         home,
@@ -544,11 +540,7 @@ fn errors_have_clear_messages_and_exit_codes() {
         ),
     ] {
         std::fs::write(&custom, bad).unwrap();
-        fails(
-            &blocks(home, &[], &["register", "--file", custom.to_str().unwrap()]),
-            1,
-            needle,
-        );
+        fails(&blocks(home, &[], &["register", "--file", file]), 1, needle);
     }
     fails(&blocks(home, &[], &["register"]), 2, "required");
     // Metadata of an existing type changes only when asked.
@@ -559,32 +551,18 @@ fn errors_have_clear_messages_and_exit_codes() {
         "version": "1.0"}"#;
     std::fs::write(&custom, changed).unwrap();
     let described = |home: &Path| -> String {
-        let ty: Value = serde_json::from_str(&ok(&blocks(
-            home,
-            &[],
-            &["--json", "type", "inspect", "snowflake-login"],
-        )))
-        .unwrap();
+        let ty = json_ok(home, &[], &["type", "inspect", "snowflake-login"]);
         ty["block_type"]["description"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
     };
-    ok(&blocks(
-        home,
-        &[],
-        &["register", "--file", custom.to_str().unwrap()],
-    ));
+    ok(&blocks(home, &[], &["register", "--file", file]));
     assert_eq!(described(home), "A warehouse login");
     ok(&blocks(
         home,
         &[],
-        &[
-            "register",
-            "--file",
-            custom.to_str().unwrap(),
-            "--update-metadata",
-        ],
+        &["register", "--file", file, "--update-metadata"],
     ));
     assert_eq!(described(home), "Updated");
     // A type in use cannot be deleted; once unused it can.
@@ -601,8 +579,7 @@ fn errors_have_clear_messages_and_exit_codes() {
         "no block type snowflake-login",
     );
 
-    let key = ok(&blocks(home, &[], &["--json", "key", "generate"]));
-    let key: Value = serde_json::from_str(&key).unwrap();
+    let key = json_ok(home, &[], &["key", "generate"]);
     assert_eq!(
         key["master_key"].as_str().unwrap().len(),
         44,
@@ -625,25 +602,15 @@ fn errors_have_clear_messages_and_exit_codes() {
 
 #[test]
 fn the_master_key_changes_offline_and_the_store_stays_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let home_buf = dir.path().join("home");
-    let home = home_buf.as_path();
-    let server = serve(home);
-    ok(&blocks(
-        home,
-        &[],
-        &["create", "secret/s", "--data", &format!("value={CANARY}")],
-    ));
+    let (dir, home, server) = serve_in_tempdir();
+    let home = home.as_path();
+    create_secret(home, "secret/s", CANARY);
     // While a server serves the embedded store: refused.
-    let key: Value =
-        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "key", "generate"]))).unwrap();
+    let key = json_ok(home, &[], &["key", "generate"]);
     let new_key = key["master_key"].as_str().unwrap().to_owned();
+    let new_master = [("BLOCKS_NEW_MASTER_KEY", new_key.as_str())];
     fails(
-        &blocks(
-            home,
-            &[("BLOCKS_NEW_MASTER_KEY", &new_key)],
-            &["key", "change-master"],
-        ),
+        &blocks(home, &new_master, &["key", "change-master"]),
         1,
         "another blocks server",
     );
@@ -654,7 +621,7 @@ fn the_master_key_changes_offline_and_the_store_stays_readable() {
     fails(
         &blocks(
             home,
-            &[("BLOCKS_NEW_MASTER_KEY", &new_key)],
+            &new_master,
             &["key", "change-master", "--database-url", &url],
         ),
         1,
@@ -667,11 +634,7 @@ fn the_master_key_changes_offline_and_the_store_stays_readable() {
         1,
         "BLOCKS_NEW_MASTER_KEY",
     );
-    ok(&blocks(
-        home,
-        &[("BLOCKS_NEW_MASTER_KEY", &new_key)],
-        &["key", "change-master"],
-    ));
+    ok(&blocks(home, &new_master, &["key", "change-master"]));
     // The old key file no longer opens the store; the new key does, secrets intact.
     let old = Command::new(env!("CARGO_BIN_EXE_blocks"))
         .args(["serve", "--port", "0"])
@@ -682,11 +645,7 @@ fn the_master_key_changes_offline_and_the_store_stays_readable() {
     assert!(String::from_utf8_lossy(&old.stderr).contains("does not match"));
     std::fs::write(home.join("master.key"), format!("{new_key}\n")).unwrap();
     let _server = serve(home);
-    let shown = ok(&blocks(
-        home,
-        &[],
-        &["inspect", "secret/s", "--show-secrets"],
-    ));
+    let shown = show_secrets(home, &[], "secret/s");
     assert!(shown.contains(CANARY), "{shown}");
 }
 
@@ -700,46 +659,16 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
     let a = a_home.as_path();
     let b = b_home.as_path();
     ok(&blocks(a, &[], &["register", "gcp"]));
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        format!(
+    let creds = write_file(
+        dir.path(),
+        "creds.json",
+        &format!(
             r#"{{"service_account_info": {{"private_key": "{CANARY}"}}, "project": "dtc-de"}}"#
         ),
-    )
-    .unwrap();
-    ok(&blocks(
-        a,
-        &[],
-        &[
-            "create",
-            "gcp-credentials/zoom-gcp-creds",
-            "--data",
-            &format!("@{}", creds.display()),
-        ],
-    ));
-    ok(&blocks(
-        a,
-        &[],
-        &[
-            "create",
-            "gcs-bucket/zoom-gcs",
-            "--data",
-            "bucket=dtc-data-lake",
-            "--ref",
-            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
-        ],
-    ));
-    ok(&blocks(
-        a,
-        &[],
-        &[
-            "create",
-            "secret/api-token",
-            "--data",
-            &format!("value={CANARY}"),
-        ],
-    ));
+    );
+    create_from_file(a, "gcp-credentials/zoom-gcp-creds", &creds);
+    create_zoom_bucket(a);
+    create_secret(a, "secret/api-token", CANARY);
     // A bucket whose credentials were never saved on their own: an anonymous child.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client_for = |home: &Path| {
@@ -803,11 +732,7 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
     }
 
     // A wrong passphrase imports nothing.
-    let count = |home: &Path| -> usize {
-        let listed: Value =
-            serde_json::from_str(&ok(&blocks(home, &[], &["--json", "ls"]))).unwrap();
-        listed.as_array().unwrap().len()
-    };
+    let count = |home: &Path| -> usize { json_ok(home, &[], &["ls"]).as_array().unwrap().len() };
     let before = count(b);
     fails(
         &blocks(
@@ -820,8 +745,7 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
     );
     assert_eq!(count(b), before);
 
-    let done: Value =
-        serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
+    let done = json_ok(b, &pass, &["import", file_arg]);
     assert_eq!(
         done["created"], 5,
         "four named blocks and the anonymous child: {done}"
@@ -832,53 +756,34 @@ fn export_and_import_move_blocks_with_their_secrets_sealed() {
         inline.contains("inline-bucket") && inline.contains("\"inline\""),
         "{inline}"
     );
-    let shown = ok(&blocks(
-        b,
-        &[],
-        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
-    ));
+    let shown = show_secrets(b, &[], "gcs-bucket/zoom-gcs");
     assert!(
         shown.contains("dtc-data-lake") && shown.contains(CANARY),
         "{shown}"
     );
-    let secret = ok(&blocks(
-        b,
-        &[],
-        &["inspect", "secret/api-token", "--show-secrets"],
-    ));
+    let secret = show_secrets(b, &[], "secret/api-token");
     assert!(secret.contains(CANARY), "{secret}");
 
     // Again (or after an interruption): what is there is kept, nothing is doubled.
-    let again: Value =
-        serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
+    let again = json_ok(b, &pass, &["import", file_arg]);
     assert_eq!(again["created"], 0, "{again}");
     assert_eq!(again["kept"], 4, "{again}");
     assert_eq!(count(b), before + 4);
     assert_eq!(anonymous(b), 1, "no anonymous block is doubled");
     // An import cut short (here: one block missing) is completed by running it again.
     ok(&blocks(b, &[], &["delete", "secret/api-token"]));
-    let resumed: Value =
-        serde_json::from_str(&ok(&blocks(b, &pass, &["--json", "import", file_arg]))).unwrap();
+    let resumed = json_ok(b, &pass, &["import", file_arg]);
     assert_eq!(
         (resumed["created"].as_u64(), resumed["kept"].as_u64()),
         (Some(1), Some(3)),
         "{resumed}"
     );
-    assert!(
-        ok(&blocks(
-            b,
-            &[],
-            &["inspect", "secret/api-token", "--show-secrets"]
-        ))
-        .contains(CANARY)
-    );
+    assert!(show_secrets(b, &[], "secret/api-token").contains(CANARY));
 }
 
 #[test]
 fn data_errors_name_the_argument_never_its_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let _server = serve(&home);
+    let (_dir, home, _server) = serve_in_tempdir();
     let home = home.as_path();
     ok(&blocks(home, &[], &["register", "core"]));
 
@@ -937,38 +842,27 @@ fn data_errors_name_the_argument_never_its_text() {
         &format!(r#"{{"value": "{CANARY}"}}"#),
     );
     ok(&created);
-    let shown = ok(&blocks(
-        home,
-        &[],
-        &["inspect", "secret/from-stdin", "--show-secrets"],
-    ));
+    let shown = show_secrets(home, &[], "secret/from-stdin");
     assert!(shown.contains(CANARY), "{shown}");
-    fails(
-        &blocks_with_stdin(
-            home,
-            &["create", "secret/bad-stdin", "--data", "-"],
-            &format!(r#"{{"value": {CANARY}}}"#),
+    for (input, needle) in [
+        (
+            format!(r#"{{"value": {CANARY}}}"#),
+            "standard input is not JSON",
         ),
-        1,
-        "standard input is not JSON",
-    );
-    fails(
-        &blocks_with_stdin(
-            home,
-            &["create", "secret/bad-stdin", "--data", "-"],
-            &format!(r#"["{CANARY}"]"#),
-        ),
-        1,
-        "must be a JSON object",
-    );
+        (format!(r#"["{CANARY}"]"#), "must be a JSON object"),
+    ] {
+        fails(
+            &blocks_with_stdin(home, &["create", "secret/bad-stdin", "--data", "-"], &input),
+            1,
+            needle,
+        );
+    }
 }
 
 #[cfg(unix)]
 #[test]
 fn edit_keeps_its_copy_private_and_removes_it_when_interrupted() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let _server = serve(&home);
+    let (dir, home, _server) = serve_in_tempdir();
     let home = home.as_path();
     ok(&blocks(home, &[], &["register", "core"]));
     ok(&blocks_with_stdin(
@@ -1043,11 +937,7 @@ exec sleep 60 </dev/null >/dev/null 2>&1
         assert!(!copy.exists(), "the directory is removed after SIG{signal}");
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }
-    let shown = ok(&blocks(
-        home,
-        &[],
-        &["inspect", "secret/s", "--show-secrets"],
-    ));
+    let shown = show_secrets(home, &[], "secret/s");
     assert!(shown.contains(CANARY), "nothing was changed: {shown}");
 }
 
@@ -1171,63 +1061,25 @@ fn the_first_token_is_never_printed_and_an_offline_token_restores_admin_access()
     assert!(!log.contains(&first), "the token was logged");
 
     // No server: a token made in the store itself.
-    let out = ok(&blocks(
-        &home,
-        &[],
-        &[
-            "token",
-            "create",
-            "--offline",
-            "--name",
-            "rescue",
-            "--scope",
-            "admin",
-        ],
-    ));
+    let out = ok(&offline_token(&home, "rescue", "admin"));
     let rescue = out
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("blk_"))
         .expect("the new token is shown once")
         .to_owned();
-    let bad = blocks(
-        &home,
-        &[],
-        &[
-            "token",
-            "create",
-            "--offline",
-            "--name",
-            "x",
-            "--scope",
-            "root",
-        ],
-    );
-    fails(&bad, 2, "--scope");
+    fails(&offline_token(&home, "x", "root"), 2, "--scope");
 
     let server = serve(&home);
     // While a server holds the SQLite store, the offline path is refused.
-    let refused = blocks(
-        &home,
-        &[],
-        &[
-            "token",
-            "create",
-            "--offline",
-            "--name",
-            "y",
-            "--scope",
-            "read",
-        ],
+    fails(
+        &offline_token(&home, "y", "read"),
+        1,
+        "another blocks server",
     );
-    fails(&refused, 1, "another blocks server");
     let url = format!("http://{}/api", server.addr);
-    let as_rescue = [
-        ("BLOCKS_API_URL", url.as_str()),
-        ("BLOCKS_API_KEY", rescue.as_str()),
-    ];
-    let tokens: Value =
-        serde_json::from_str(&ok(&blocks(&home, &as_rescue, &["--json", "token", "ls"]))).unwrap();
+    let as_rescue = signed_in(&url, &rescue);
+    let tokens = json_ok(&home, &as_rescue, &["token", "ls"]);
     let ids: Vec<(String, String)> = tokens
         .as_array()
         .unwrap()
@@ -1270,90 +1122,55 @@ fn issuer_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
 
 #[test]
 fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let server = serve(&home);
+    let (dir, home, server) = serve_in_tempdir();
     let home = home.as_path();
     let api = format!("http://{}/api", server.addr);
     ok(&blocks(home, &[], &["register", "gcp"]));
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"service_account_info": {{"type": "service_account", "private_key": "{CANARY}"}}, "project": "dtc-de"}}"#),
-    )
-    .unwrap();
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "gcp-credentials/zoom-gcp-creds",
-            "--data",
-            &format!("@{}", creds.display()),
-        ],
-    ));
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "gcs-bucket/zoom-gcs",
-            "--data",
-            "bucket=dtc-data-lake",
-            "--ref",
-            "gcp_credentials=gcp-credentials/zoom-gcp-creds",
-        ],
-    ));
-    ok(&blocks(
-        home,
-        &[],
-        &[
-            "create",
-            "secret/prod-password",
-            "--data",
-            &format!("value={CANARY}"),
-        ],
-    ));
+    let creds = write_file(
+        dir.path(),
+        "creds.json",
+        &format!(
+            r#"{{"service_account_info": {{"type": "service_account", "private_key": "{CANARY}"}}, "project": "dtc-de"}}"#
+        ),
+    );
+    create_from_file(home, "gcp-credentials/zoom-gcp-creds", &creds);
+    create_zoom_bucket(home);
+    create_secret(home, "secret/prod-password", CANARY);
+    // What the pipeline's blocks open to: the bucket with its secrets, not the password.
+    let limited_to_the_bucket = |env: &[(&str, &str)]| {
+        let shown = show_secrets(home, env, "gcs-bucket/zoom-gcs");
+        assert!(shown.contains(CANARY), "{shown}");
+        fails(
+            &blocks(home, env, &["inspect", "secret/prod-password"]),
+            1,
+            "prod-password",
+        );
+    };
 
-    // The README's pipeline token.
-    let etl: Value = serde_json::from_str(&ok(&blocks(
+    // The README's pipeline token: the secrets of the bucket and its credentials.
+    let pipeline_access = [
+        "--scope",
+        "read-secrets",
+        "--grant",
+        "read-secrets:gcs-bucket/zoom-gcs",
+        "--grant",
+        "read-secrets:gcp-credentials/zoom-gcp-creds",
+    ];
+    let etl = json_ok(
         home,
         &[],
         &[
-            "--json",
-            "token",
-            "create",
-            "--name",
-            "etl",
-            "--scope",
-            "read-secrets",
-            "--grant",
-            "read-secrets:gcs-bucket/zoom-gcs",
-            "--grant",
-            "read-secrets:gcp-credentials/zoom-gcp-creds",
-            "--expires",
-            "90d",
-        ],
-    )))
-    .unwrap();
+            &["token", "create", "--name", "etl"][..],
+            &pipeline_access,
+            &["--expires", "90d"],
+        ]
+        .concat(),
+    );
     assert_eq!(etl["grants"].as_array().unwrap().len(), 2, "{etl}");
     assert!(etl["expires"].is_string());
     let secret = etl["token"].as_str().unwrap().to_owned();
-    let as_etl = [
-        ("BLOCKS_API_URL", api.as_str()),
-        ("BLOCKS_API_KEY", secret.as_str()),
-    ];
-    let shown = ok(&blocks(
-        home,
-        &as_etl,
-        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
-    ));
-    assert!(shown.contains(CANARY), "{shown}");
-    fails(
-        &blocks(home, &as_etl, &["inspect", "secret/prod-password"]),
-        1,
-        "prod-password",
-    );
+    let as_etl = signed_in(&api, &secret);
+    limited_to_the_bucket(&as_etl);
     let listed = ok(&blocks(home, &as_etl, &["ls"]));
     assert!(
         listed.contains("zoom-gcs") && !listed.contains("prod-password"),
@@ -1365,11 +1182,10 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
         "{tokens}"
     );
     // A child for a subprocess: narrower and shorter.
-    let child: Value = serde_json::from_str(&ok(&blocks(
+    let child = json_ok(
         home,
         &as_etl,
         &[
-            "--json",
             "token",
             "child",
             "--ttl",
@@ -1379,13 +1195,9 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
             "--grant",
             "read:gcs-bucket/zoom-gcs",
         ],
-    )))
-    .unwrap();
+    );
     let child_secret = child["token"].as_str().unwrap().to_owned();
-    let as_child = [
-        ("BLOCKS_API_URL", api.as_str()),
-        ("BLOCKS_API_KEY", child_secret.as_str()),
-    ];
+    let as_child = signed_in(&api, &child_secret);
     fails(
         &blocks(home, &as_child, &["inspect", "gcs-bucket/zoom-gcs"]),
         1,
@@ -1424,8 +1236,7 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
     // maps the service account to the same blocks, and the CLI signs in with nothing but
     // the projected token.
     let (key, jwks) = issuer_key("cluster");
-    let jwks_file = dir.path().join("jwks.json");
-    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    let jwks_file = write_file(dir.path(), "jwks.json", &jwks.to_string());
     ok(&blocks(
         home,
         &[],
@@ -1441,9 +1252,7 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
             &jwks_file.display().to_string(),
         ],
     ));
-    ok(&blocks(
-        home,
-        &[],
+    let role = [
         &[
             "auth",
             "role",
@@ -1453,16 +1262,12 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
             "https://kubernetes.default.svc",
             "--claim",
             "sub=system:serviceaccount:etl:loader",
-            "--scope",
-            "read-secrets",
-            "--grant",
-            "read-secrets:gcs-bucket/zoom-gcs",
-            "--grant",
-            "read-secrets:gcp-credentials/zoom-gcp-creds",
-            "--ttl",
-            "1h",
-        ],
-    ));
+        ][..],
+        &pipeline_access,
+        &["--ttl", "1h"],
+    ]
+    .concat();
+    ok(&blocks(home, &[], &role));
     let roles = ok(&blocks(home, &[], &["auth", "role", "ls"]));
     assert!(
         roles.contains("etl-loader") && roles.contains("sub=system:serviceaccount:etl:loader"),
@@ -1484,35 +1289,21 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
     header.kid = Some("cluster".into());
     let claims = serde_json::json!({"iss": "https://kubernetes.default.svc", "aud": ["blocks"],
         "sub": "system:serviceaccount:etl:loader", "iat": now, "exp": now + 600});
-    let token_file = dir.path().join("token");
-    std::fs::write(
-        &token_file,
-        jsonwebtoken::encode(&header, &claims, &key).unwrap(),
-    )
-    .unwrap();
-    let token_path = token_file.display().to_string();
-    let as_pod = [
-        ("BLOCKS_API_URL", api.as_str()),
-        ("BLOCKS_IDENTITY_TOKEN_FILE", token_path.as_str()),
-        ("BLOCKS_ROLE", "etl-loader"),
-    ];
-    let shown = ok(&blocks(
-        home,
-        &as_pod,
-        &["inspect", "gcs-bucket/zoom-gcs", "--show-secrets"],
-    ));
-    assert!(shown.contains(CANARY), "{shown}");
-    fails(
-        &blocks(home, &as_pod, &["inspect", "secret/prod-password"]),
-        1,
-        "prod-password",
+    let token_file = write_file(
+        dir.path(),
+        "token",
+        &jsonwebtoken::encode(&header, &claims, &key).unwrap(),
     );
-    let wrong_role = [
-        ("BLOCKS_API_URL", api.as_str()),
-        ("BLOCKS_IDENTITY_TOKEN_FILE", token_path.as_str()),
-        ("BLOCKS_ROLE", "web"),
-    ];
-    fails(&blocks(home, &wrong_role, &["ls"]), 1, "no role");
+    let token_path = token_file.display().to_string();
+    let as_role = |role: &'static str| {
+        [
+            ("BLOCKS_API_URL", api.as_str()),
+            ("BLOCKS_IDENTITY_TOKEN_FILE", token_path.as_str()),
+            ("BLOCKS_ROLE", role),
+        ]
+    };
+    limited_to_the_bucket(&as_role("etl-loader"));
+    fails(&blocks(home, &as_role("web"), &["ls"]), 1, "no role");
     let audit = ok(&blocks(
         home,
         &[],
@@ -1523,8 +1314,7 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
         "{audit}"
     );
     // An issuer in use stays.
-    let issuers: Value =
-        serde_json::from_str(&ok(&blocks(home, &[], &["--json", "auth", "issuer", "ls"]))).unwrap();
+    let issuers = json_ok(home, &[], &["auth", "issuer", "ls"]);
     let id = issuers[0]["id"].as_str().unwrap().to_owned();
     fails(
         &blocks(home, &[], &["auth", "issuer", "rm", &id]),
@@ -1539,9 +1329,7 @@ fn a_pipeline_token_limited_to_its_blocks_and_a_pod_signing_in_with_its_identity
 /// type and name, never a value.
 #[test]
 fn watch_prints_changes_as_they_happen() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let _server = serve(&home);
+    let (dir, home, _server) = serve_in_tempdir();
     let home = home.as_path();
     ok(&blocks(home, &[], &["register", "gcp"]));
     let spawn = |args: &[&str]| {
@@ -1565,12 +1353,11 @@ fn watch_prints_changes_as_they_happen() {
     let (mut json, json_lines) = spawn(&["--json", "watch"]);
     // Both are subscribed once the server counts their streams; a change made before
     // would not be printed (a watch starts at the end of the feed).
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}, "project": "p"}}"#),
-    )
-    .unwrap();
+    let creds = write_file(
+        dir.path(),
+        "creds.json",
+        &format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}, "project": "p"}}"#),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut made = 0;
     let (mut table_first, mut json_first) = (None, None);
@@ -1672,9 +1459,7 @@ fn ok_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 /// `blocks webhook create|ls|test|deliveries|delete` against a receiver on loopback.
 #[test]
 fn webhooks_are_managed_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let _server = serve(&home);
+    let (dir, home, _server) = serve_in_tempdir();
     let home = home.as_path();
     ok(&blocks(home, &[], &["register", "gcp"]));
     let (url, received) = ok_receiver();
@@ -1702,12 +1487,11 @@ fn webhooks_are_managed_from_the_command_line() {
     );
     let tested = ok(&blocks(home, &[], &["webhook", "test", &id]));
     assert!(tested.contains("delivered: 200"), "{tested}");
-    let creds = dir.path().join("creds.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}}}"#),
-    )
-    .unwrap();
+    let creds = write_file(
+        dir.path(),
+        "creds.json",
+        &format!(r#"{{"service_account_info": {{"private_key": "{CANARY}"}}}}"#),
+    );
     create_from_file(home, "gcp-credentials/hooked", &creds);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let log = loop {
@@ -1722,25 +1506,27 @@ fn webhooks_are_managed_from_the_command_line() {
         "{log}"
     );
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 2);
-    fails(
-        &blocks(home, &[], &["webhook", "create", "http://example.com/hook"]),
-        1,
-        "https",
-    );
-    fails(
-        &blocks(home, &[], &["webhook", "delete", "not-an-id"]),
-        2,
-        "UUID",
-    );
-    fails(
-        &blocks(
-            home,
-            &[],
-            &["webhook", "create", &url, "--kind", "block-document.eaten"],
+    for (args, code, needle) in [
+        (
+            &["webhook", "create", "http://example.com/hook"][..],
+            1,
+            "https",
         ),
-        2,
-        "--kind block-document.eaten",
-    );
+        (&["webhook", "delete", "not-an-id"][..], 2, "UUID"),
+        (
+            &[
+                "webhook",
+                "create",
+                url.as_str(),
+                "--kind",
+                "block-document.eaten",
+            ][..],
+            2,
+            "--kind block-document.eaten",
+        ),
+    ] {
+        fails(&blocks(home, &[], args), code, needle);
+    }
     ok(&blocks(home, &[], &["webhook", "delete", &id]));
     assert!(!ok(&blocks(home, &[], &["webhook", "ls"])).contains(&url));
 }

@@ -28,7 +28,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use axe::Audit;
-use support::{Browser, Driver, Server, browser_tools};
+use support::{Browser, Console, Server};
 
 /// In the service-account key's `private_key_id`: must never reach a page.
 const KEY_ID_CANARY: &str = "canary-console-key-id-7d31c9";
@@ -47,103 +47,92 @@ const SAVE: &str = "form.form-panel .actions button.primary[type=submit]";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_engineer_sets_up_the_course_blocks() {
-    let Some((driver, chromium)) = browser_tools() else {
+    let Some(console) = Console::start(true).await else {
         return;
     };
-    let server = Server::start();
-    let driver = Driver::start(&driver, &chromium).await;
-    let b = driver.browser(&server.base, true).await;
+    let (b, server) = (&console.b, &console.server);
     let mut audit = Audit::default();
 
     b.goto("/sign-in").await;
-    audit.check(&b, "sign in").await;
-    sign_in(&b, &server.admin, "/blocks").await;
-    session_cookie_is_strict(&b).await;
-    register_collections(&b, &server, &mut audit).await;
-    let (creds_id, key) = create_gcp_credentials(&b, &server, &mut audit).await;
-    create_gcs_bucket(&b, &server, &creds_id, &mut audit).await;
-    create_credentials_from_the_bucket_form(&b, &server).await;
-    create_connector_and_container(&b, &server, &mut audit).await;
-    edit_keeps_untouched_secrets(&b, &server, &creds_id, &key, &mut audit).await;
-    validation_errors_show_at_their_fields(&b, &server, &mut audit).await;
-    concurrent_edit_is_refused(&b, &server, &mut audit).await;
-    list_page_and_small_screens(&b, &mut audit).await;
+    audit.check(b, "sign in").await;
+    sign_in(b, &server.admin, "/blocks").await;
+    session_cookie_is_strict(b).await;
+    register_collections(b, server, &mut audit).await;
+    let (creds_id, key) = create_gcp_credentials(b, server, &mut audit).await;
+    create_gcs_bucket(b, server, &creds_id, &mut audit).await;
+    create_credentials_from_the_bucket_form(b, server).await;
+    create_connector_and_container(b, server, &mut audit).await;
+    edit_keeps_untouched_secrets(b, server, &creds_id, &key, &mut audit).await;
+    validation_errors_show_at_their_fields(b, server, &mut audit).await;
+    concurrent_edit_is_refused(b, server, &mut audit).await;
+    list_page_and_small_screens(b, &mut audit).await;
 
-    b.close().await;
+    console.close().await;
     audit.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_reveal_duplicate_and_compare() {
-    let Some((driver, chromium)) = browser_tools() else {
+    let Some(console) = Console::start(true).await else {
         return;
     };
-    let server = Server::start();
-    let driver = Driver::start(&driver, &chromium).await;
-    let b = driver.browser(&server.base, true).await;
+    let (b, server) = (&console.b, &console.server);
     let mut audit = Audit::default();
 
-    sign_in(&b, &server.admin, "/blocks").await;
-    let id = beyond::history_diff_and_rollback(&b, &server, &mut audit).await;
-    beyond::reveal_and_hide(&b, &server, &id, &mut audit).await;
-    beyond::create_and_add_another(&b, &mut audit).await;
-    beyond::dashboard(&b, &mut audit).await;
-    beyond::replace_without_read_secrets(&b, &server, &id, &mut audit).await;
-    beyond::duplicate_and_compare(&b, &server, &id, &mut audit).await;
+    sign_in(b, &server.admin, "/blocks").await;
+    let id = beyond::history_diff_and_rollback(b, server, &mut audit).await;
+    beyond::reveal_and_hide(b, server, &id, &mut audit).await;
+    beyond::create_and_add_another(b, &mut audit).await;
+    beyond::dashboard(b, &mut audit).await;
+    beyond::replace_without_read_secrets(b, server, &id, &mut audit).await;
+    beyond::duplicate_and_compare(b, server, &id, &mut audit).await;
 
-    b.close().await;
+    console.close().await;
     audit.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_scopes_and_hostile_input() {
-    let Some((driver, chromium)) = browser_tools() else {
+    let Some(console) = Console::start(true).await else {
         return;
     };
-    let server = Server::start();
-    let secret_id = api_secret_block(&server, "course-api-key", DB_PASSWORD).await;
-    let driver = Driver::start(&driver, &chromium).await;
-    let b = driver.browser(&server.base, true).await;
+    let (b, server) = (&console.b, &console.server);
+    let secret_id = api_secret_block(server, "course-api-key", DB_PASSWORD).await;
 
-    sign_in(&b, &server.admin, "/blocks").await;
-    sign_out(&b).await;
-    read_token_sees_but_cannot_change(&b, &server, &secret_id).await;
-    sign_in(&b, &server.admin, "/blocks").await;
-    cross_site_posts_change_nothing(&b, &server, &secret_id).await;
-    hostile_text_renders_inert(&b, &server).await;
+    sign_in(b, &server.admin, "/blocks").await;
+    sign_out(b).await;
+    read_token_sees_but_cannot_change(b, server, &secret_id).await;
+    sign_in(b, &server.admin, "/blocks").await;
+    cross_site_posts_change_nothing(b, server, &secret_id).await;
+    hostile_text_renders_inert(b, server).await;
 
-    b.close().await;
+    console.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_without_javascript() {
-    let Some((driver, chromium)) = browser_tools() else {
+    let Some(console) = Console::start(false).await else {
         return;
     };
-    let server = Server::start();
-    let driver = Driver::start(&driver, &chromium).await;
-    let b = driver.browser(&server.base, false).await;
+    let (b, server) = (&console.b, &console.server);
 
-    sign_in(&b, &server.admin, "/blocks").await;
-    create_secret_without_javascript(&b, &server).await;
-    create_connector_without_javascript(&b, &server).await;
+    sign_in(b, &server.admin, "/blocks").await;
+    create_secret_without_javascript(b, server).await;
+    create_connector_without_javascript(b, server).await;
 
-    b.close().await;
+    console.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_runs_the_server() {
-    let Some((driver, chromium)) = browser_tools() else {
+    let Some(console) = Console::start(true).await else {
         return;
     };
-    let server = Server::start();
-    let driver = Driver::start(&driver, &chromium).await;
-    let b = driver.browser(&server.base, true).await;
     let mut audit = Audit::default();
 
-    admin::run(&driver, &b, &server, &mut audit).await;
+    admin::run(&console.driver, &console.b, &console.server, &mut audit).await;
 
-    b.close().await;
+    console.close().await;
     audit.finish();
 }
 
@@ -315,6 +304,25 @@ fn assert_absent(source: &str, secrets: &[&str], step: &str) {
     }
 }
 
+/// Saves a new block's form and waits for the new block's page
+/// (`/blocks/<id>?saved=created`); its path. `step` says what is saved, for the message.
+async fn save_new(b: &Browser, step: &str) -> String {
+    b.click_and_load(SAVE).await;
+    let at = b.wait_for_path("/blocks/").await;
+    assert!(
+        at.ends_with("?saved=created"),
+        "{step}, got {at}: {}",
+        b.main_text().await
+    );
+    at
+}
+
+/// Saves an edit of the block `id` and waits for its page (`/blocks/<id>?saved…`); its path.
+async fn save_edit(b: &Browser, id: &str) -> String {
+    b.click_and_load(SAVE).await;
+    b.wait_for_path(&format!("/blocks/{id}?saved")).await
+}
+
 /// Step 3: GCP Credentials from a pasted service-account key; the page shows the code that
 /// loads it and none of the key.
 async fn create_gcp_credentials(
@@ -334,14 +342,7 @@ async fn create_gcp_credentials(
         &serde_json::to_string_pretty(&key).unwrap(),
     )
     .await;
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "create gcp-credentials: lands on the new block's page, got {at}: {}",
-        b.main_text().await
-    );
-    let id = id_in(&at);
+    let id = id_in(&save_new(b, "create gcp-credentials: lands on the new block's page").await);
     assert!(
         b.text("#snippet-rust")
             .await
@@ -385,14 +386,7 @@ async fn create_gcs_bucket(b: &Browser, server: &Server, creds_id: &str, audit: 
     b.select("select[name=\"data.gcp_credentials\"]", creds_id)
         .await;
     b.screenshot("create-gcs-bucket").await;
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "create gcs-bucket: lands on the new block's page, got {at}: {}",
-        b.main_text().await
-    );
-    let bucket_id = id_in(&at);
+    let bucket_id = id_in(&save_new(b, "create gcs-bucket: lands on the new block's page").await);
     assert!(
         b.text("#snippet-rust")
             .await
@@ -498,31 +492,23 @@ async fn create_credentials_from_the_bucket_form(b: &Browser, server: &Server) {
         .await
         .expect("create new from a picker: the credentials are stored");
     assert_eq!(
-        b.prop("#block-name", "value").await.as_deref(),
+        b.value("#block-name").await.as_deref(),
         Some("zoom-gcs-staging"),
         "create new from a picker: the bucket's name is kept"
     );
     assert_eq!(
-        b.prop("input[name=\"data.bucket\"]", "value")
-            .await
-            .as_deref(),
+        b.value("input[name=\"data.bucket\"]").await.as_deref(),
         Some("dtc_data_lake_staging"),
         "create new from a picker: the bucket field is kept"
     );
     assert_eq!(
-        b.prop("select[name=\"data.gcp_credentials\"]", "value")
+        b.value("select[name=\"data.gcp_credentials\"]")
             .await
             .as_deref(),
         new_creds["id"].as_str(),
         "create new from a picker: the new credentials are chosen"
     );
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "create new from a picker: the bucket is created, got {at}: {}",
-        b.main_text().await
-    );
+    save_new(b, "create new from a picker: the bucket is created").await;
     assert_eq!(
         b.text("section.relations ul li a").await,
         "zoom-gcp-creds-staging",
@@ -538,7 +524,7 @@ async fn create_connector_and_container(b: &Browser, server: &Server, audit: &mu
     b.fill("#block-name", "zoom-postgres").await;
     let info = "data.connection_info#a0";
     assert_eq!(
-        b.prop("select[name=\"data.connection_info#choice\"]", "value")
+        b.value("select[name=\"data.connection_info#choice\"]")
             .await
             .as_deref(),
         Some("0"),
@@ -572,13 +558,7 @@ async fn create_connector_and_container(b: &Browser, server: &Server, audit: &mu
     }
     b.fill(&format!("input[name=\"{info}.password\"]"), DB_PASSWORD)
         .await;
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "create connector: created, got {at}: {}",
-        b.main_text().await
-    );
+    save_new(b, "create connector: created").await;
     assert_absent(
         &b.source().await,
         &[DB_PASSWORD],
@@ -620,43 +600,20 @@ async fn create_connector_and_container(b: &Browser, server: &Server, audit: &mu
         Some("true"),
         "create container: the auto-remove switch is on after a click"
     );
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "create container: created, got {at}: {}",
-        b.main_text().await
-    );
+    save_new(b, "create container: created").await;
     let stored = server
         .document("docker-container", "zoom-docker")
         .await
         .expect("create container: stored");
-    let data = &stored["data"];
-    assert_eq!(
-        data["image"],
-        json!("pencilboy99/prefect:zoom"),
-        "create container: image"
-    );
-    assert_eq!(
-        data["image_pull_policy"],
-        json!("ALWAYS"),
-        "create container: pull policy"
-    );
-    assert_eq!(
-        data["auto_remove"],
-        json!(true),
-        "create container: auto_remove"
-    );
-    assert_eq!(
-        data["stream_output"],
-        json!(true),
-        "create container: default stream_output"
-    );
-    assert_eq!(
-        data["privileged"],
-        json!(false),
-        "create container: default privileged"
-    );
+    for (field, value, what) in [
+        ("image", json!("pencilboy99/prefect:zoom"), "image"),
+        ("image_pull_policy", json!("ALWAYS"), "pull policy"),
+        ("auto_remove", json!(true), "auto_remove"),
+        ("stream_output", json!(true), "default stream_output"),
+        ("privileged", json!(false), "default privileged"),
+    ] {
+        assert_eq!(stored["data"][field], value, "create container: {what}");
+    }
 }
 
 /// Step 6: an edit that leaves a secret empty keeps it; typing a new one replaces it.
@@ -676,15 +633,14 @@ async fn edit_keeps_untouched_secrets(
         "edit credentials: the form",
     );
     assert_eq!(
-        b.prop("textarea[name=\"data.service_account_info\"]", "value")
+        b.value("textarea[name=\"data.service_account_info\"]")
             .await
             .as_deref(),
         Some(""),
         "edit credentials: the secret is never pre-filled"
     );
     b.fill("input[name=\"data.project\"]", PROJECT).await;
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path(&format!("/blocks/{creds_id}?saved")).await;
+    let at = save_edit(b, creds_id).await;
     assert!(
         b.main_text().await.contains("Saved."),
         "edit credentials: saved ({at})"
@@ -714,14 +670,14 @@ async fn edit_keeps_untouched_secrets(
     let info = "data.connection_info#a0";
     b.goto(&format!("/blocks/{id}/edit")).await;
     assert_eq!(
-        b.prop(&format!("input[name=\"{info}.port\"]"), "value")
+        b.value(&format!("input[name=\"{info}.port\"]"))
             .await
             .as_deref(),
         Some("5432"),
         "edit connector: the form shows the stored port"
     );
     assert_eq!(
-        b.prop(&format!("input[name=\"{info}.password\"]"), "value")
+        b.value(&format!("input[name=\"{info}.password\"]"))
             .await
             .as_deref(),
         Some(""),
@@ -734,8 +690,7 @@ async fn edit_keeps_untouched_secrets(
     );
     b.fill(&format!("input[name=\"{info}.port\"]"), "5433")
         .await;
-    b.click_and_load(SAVE).await;
-    b.wait_for_path(&format!("/blocks/{id}?saved")).await;
+    save_edit(b, &id).await;
     let info_of = |doc: Value| doc["data"]["connection_info"].clone();
     let stored = info_of(
         server
@@ -758,8 +713,7 @@ async fn edit_keeps_untouched_secrets(
     b.goto(&format!("/blocks/{id}/edit")).await;
     b.fill(&format!("input[name=\"{info}.password\"]"), DB_PASSWORD_2)
         .await;
-    b.click_and_load(SAVE).await;
-    b.wait_for_path(&format!("/blocks/{id}?saved")).await;
+    save_edit(b, &id).await;
     let stored = info_of(
         server
             .document("sqlalchemy-connector", "zoom-postgres")
@@ -787,27 +741,19 @@ async fn validation_errors_show_at_their_fields(b: &Browser, server: &Server, au
     b.click_and_load(SAVE).await;
     b.find("div.error-message[role=alert]").await;
     audit.check(b, "create gcp-credentials (errors)").await;
-    assert_eq!(
-        b.attr(info, "aria-invalid").await.as_deref(),
-        Some("true"),
+    assert!(
+        b.invalid(info).await,
         "validation: the field is marked invalid: {}",
         b.main_text().await
     );
-    let error = b
-        .text("div.field:has(> textarea[name=\"data.service_account_info\"]) .error")
-        .await;
+    let error_at = "div.field:has(> textarea[name=\"data.service_account_info\"]) .error";
+    let error = b.text(error_at).await;
     assert!(
         !error.is_empty(),
         "validation: the error is shown at the field"
     );
     let described = b.attr(info, "aria-describedby").await.unwrap_or_default();
-    let error_id = b
-        .attr(
-            "div.field:has(> textarea[name=\"data.service_account_info\"]) .error",
-            "id",
-        )
-        .await
-        .unwrap_or_default();
+    let error_id = b.attr(error_at, "id").await.unwrap_or_default();
     assert!(
         !error_id.is_empty() && described.split(' ').any(|d| d == error_id),
         "validation: the field's aria-describedby ({described}) names its error ({error_id})"
@@ -817,14 +763,12 @@ async fn validation_errors_show_at_their_fields(b: &Browser, server: &Server, au
         "validation: the refused secret text is not sent back"
     );
     assert_eq!(
-        b.prop("#block-name", "value").await.as_deref(),
+        b.value("#block-name").await.as_deref(),
         Some("broken-creds"),
         "validation: the name is kept"
     );
     assert_eq!(
-        b.prop("input[name=\"data.project\"]", "value")
-            .await
-            .as_deref(),
+        b.value("input[name=\"data.project\"]").await.as_deref(),
         Some("kept-project"),
         "validation: the project is kept"
     );
@@ -846,9 +790,8 @@ async fn validation_errors_show_at_their_fields(b: &Browser, server: &Server, au
     b.fill(info, "{}").await;
     b.click_and_load(SAVE).await;
     b.find("div.error-message[role=alert]").await;
-    assert_eq!(
-        b.attr("#block-name", "aria-invalid").await.as_deref(),
-        Some("true"),
+    assert!(
+        b.invalid("#block-name").await,
         "validation: a bad name is marked at the name field: {}",
         b.main_text().await
     );
@@ -896,9 +839,7 @@ async fn concurrent_edit_is_refused(b: &Browser, server: &Server, audit: &mut Au
     );
     audit.check(b, "edit docker-container (409)").await;
     assert_eq!(
-        b.prop("input[name=\"data.image\"]", "value")
-            .await
-            .as_deref(),
+        b.value("input[name=\"data.image\"]").await.as_deref(),
         Some("pencilboy99/prefect:from-browser"),
         "concurrent edit: the form keeps what was typed"
     );
@@ -972,7 +913,19 @@ async fn api_secret_block(server: &Server, name: &str, value: &str) -> String {
         .api(Method::GET, "/api/block_types/slug/secret", None)
         .await;
     let schema = first_schema(server, ty["id"].as_str().unwrap()).await;
-    let doc = server
+    let doc = api_document(server, name, &ty, &schema, &json!({"value": value})).await;
+    doc["id"].as_str().unwrap().to_owned()
+}
+
+/// A block document of this type and schema created through the API; the API's answer.
+async fn api_document(
+    server: &Server,
+    name: &str,
+    ty: &Value,
+    schema: &Value,
+    data: &Value,
+) -> Value {
+    server
         .api(
             Method::POST,
             "/api/block_documents/",
@@ -980,11 +933,10 @@ async fn api_secret_block(server: &Server, name: &str, value: &str) -> String {
                 "name": name,
                 "block_type_id": ty["id"],
                 "block_schema_id": schema["id"],
-                "data": {"value": value},
+                "data": data,
             })),
         )
-        .await;
-    doc["id"].as_str().unwrap().to_owned()
+        .await
 }
 
 async fn first_schema(server: &Server, type_id: &str) -> Value {
@@ -1168,18 +1120,14 @@ async fn hostile_text_renders_inert(b: &Browser, server: &Server) {
             })),
         )
         .await;
-    let doc = server
-        .api(
-            Method::POST,
-            "/api/block_documents/",
-            Some(json!({
-                "name": "hostile-doc",
-                "block_type_id": ty["id"],
-                "block_schema_id": schema["id"],
-                "data": {"note": "<img src=x onerror=window.__pwned=6>"},
-            })),
-        )
-        .await;
+    let doc = api_document(
+        server,
+        "hostile-doc",
+        &ty,
+        &schema,
+        &json!({"note": "<img src=x onerror=window.__pwned=6>"}),
+    )
+    .await;
     let id = doc["id"].as_str().unwrap();
     for (path, visible) in [
         (
@@ -1240,20 +1188,14 @@ async fn create_secret_without_javascript(b: &Browser, server: &Server) {
     b.wait_for_path("/blocks/new/secret").await;
     b.fill("#block-name", "course-db-password").await;
     assert_eq!(
-        b.prop("select[name=\"data.value#choice\"]", "value")
+        b.value("select[name=\"data.value#choice\"]")
             .await
             .as_deref(),
         Some("0"),
         "no script: secret text is the default kind of secret"
     );
     b.fill("input[name=\"data.value#a0\"]", DB_PASSWORD).await;
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "no script: the secret is created, got {at}: {}",
-        b.main_text().await
-    );
+    save_new(b, "no script: the secret is created").await;
     assert_eq!(
         b.script("return document.querySelector('button.copy').hidden")
             .await,
@@ -1316,17 +1258,11 @@ async fn create_connector_without_javascript(b: &Browser, server: &Server) {
     b.fill(&format!("input[name=\"{info}.query#a0#v0\"]"), "disable")
         .await;
     assert_eq!(
-        b.prop("#block-name", "value").await.as_deref(),
+        b.value("#block-name").await.as_deref(),
         Some("nojs-postgres"),
         "no script: adding a row keeps what was typed"
     );
-    b.click_and_load(SAVE).await;
-    let at = b.wait_for_path("/blocks/").await;
-    assert!(
-        at.ends_with("?saved=created"),
-        "no script: the connector is created, got {at}: {}",
-        b.main_text().await
-    );
+    save_new(b, "no script: the connector is created").await;
     let stored = server
         .document("sqlalchemy-connector", "nojs-postgres")
         .await

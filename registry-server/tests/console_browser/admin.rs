@@ -14,6 +14,11 @@ use super::support::{Browser, Driver, Server};
 /// The value of the secret blocks re-encrypted by the rotation: never on a page.
 const ROTATED: &str = "canary-admin-rotated-93be";
 
+/// The submit buttons of the create-token form, the audit log's filters and the settings.
+const CREATE_TOKEN: &str = "form[action=\"/admin/tokens\"] button.primary[type=submit]";
+const FILTER: &str = "form.filters button.primary[type=submit]";
+const SAVE_SETTINGS: &str = "form[action=\"/admin/settings\"] button.primary[type=submit]";
+
 /// Every admin step, in order.
 pub(crate) async fn run(driver: &Driver, b: &Browser, server: &Server, audit: &mut Audit) {
     for i in 0..25 {
@@ -44,11 +49,9 @@ async fn create_token(b: &Browser, audit: &mut Audit) -> (String, String) {
 
     // Nothing chosen: the messages at the fields.
     b.click("#scope-read").await;
-    b.click_and_load("form[action=\"/admin/tokens\"] button.primary[type=submit]")
-        .await;
-    assert_eq!(
-        b.attr("#name", "aria-invalid").await.as_deref(),
-        Some("true"),
+    b.click_and_load(CREATE_TOKEN).await;
+    assert!(
+        b.invalid("#name").await,
         "create token: an empty name is marked at its field"
     );
     assert!(
@@ -60,8 +63,7 @@ async fn create_token(b: &Browser, audit: &mut Audit) -> (String, String) {
     b.fill("#name", "course-ci").await;
     b.click("#scope-write").await;
     b.fill("#expires_days", "30").await;
-    b.click_and_load("form[action=\"/admin/tokens\"] button.primary[type=submit]")
-        .await;
+    b.click_and_load(CREATE_TOKEN).await;
     let token = b.text("#new-token").await;
     assert!(
         token.starts_with("blk_"),
@@ -146,8 +148,7 @@ async fn audit_filters_and_download(b: &Browser, token_id: &str, audit: &mut Aud
     b.screenshot("audit").await;
 
     b.select("#token", token_id).await;
-    b.click_and_load("form.filters button.primary[type=submit]")
-        .await;
+    b.click_and_load(FILTER).await;
     let at = b.wait_for_path("/admin/audit?").await;
     assert!(at.contains(&format!("token={token_id}")), "audit: {at}");
     let text = b.text("#audit-records tbody").await;
@@ -191,11 +192,9 @@ async fn audit_filters_and_download(b: &Browser, token_id: &str, audit: &mut Aud
     assert!(lines[1].contains(token_id) && lines[1].contains("\"course-ci\""));
 
     b.fill("#since", "last tuesday").await;
-    b.click_and_load("form.filters button.primary[type=submit]")
-        .await;
-    assert_eq!(
-        b.attr("#since", "aria-invalid").await.as_deref(),
-        Some("true"),
+    b.click_and_load(FILTER).await;
+    assert!(
+        b.invalid("#since").await,
         "audit: a bad time is marked at its field"
     );
     assert!(b.text("#since-error").await.contains("not a time"));
@@ -261,17 +260,14 @@ async fn retention(b: &Browser, server: &Server, audit: &mut Audit) {
     b.goto("/admin/settings").await;
     audit.check(b, "admin: settings").await;
     b.fill("#retention", "0").await;
-    b.click_and_load("form[action=\"/admin/settings\"] button.primary[type=submit]")
-        .await;
-    assert_eq!(
-        b.attr("#retention", "aria-invalid").await.as_deref(),
-        Some("true"),
+    b.click_and_load(SAVE_SETTINGS).await;
+    assert!(
+        b.invalid("#retention").await,
         "settings: a retention of 0 is refused at its field"
     );
     audit.check(b, "admin: settings (errors)").await;
     b.fill("#retention", "5").await;
-    b.click_and_load("form[action=\"/admin/settings\"] button.primary[type=submit]")
-        .await;
+    b.click_and_load(SAVE_SETTINGS).await;
     b.wait_for_path("/admin/settings?saved=1").await;
     assert!(b.main_text().await.contains("settings are saved"));
     let settings = server.api(Method::GET, "/api/settings", None).await;

@@ -3,17 +3,40 @@
 //! duplicating a block and comparing the two, "Create and add another", the dashboard.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::axe::Audit;
 use super::support::{Browser, Server};
-use super::{api_secret_block, assert_absent, sign_in, sign_out};
+use super::{api_secret_block, assert_absent, save_edit, sign_in, sign_out};
 
 /// The secret's first and second values.
 const FIRST: &str = "canary-history-first-4b2e";
 const SECOND: &str = "canary-history-second-90aa";
 /// What a write-only token replaces it with.
 const REPLACED: &str = "canary-history-replaced-1f3c";
+
+/// The secret's value as stored, read with the admin token.
+async fn stored_value(server: &Server, id: &str) -> Value {
+    let stored = server
+        .api(
+            Method::GET,
+            &format!("/api/block_documents/{id}?include_secrets=true"),
+            None,
+        )
+        .await;
+    stored["data"]["value"].clone()
+}
+
+/// The block's versions, newest first.
+async fn versions_of(server: &Server, id: &str) -> Value {
+    server
+        .api(
+            Method::GET,
+            &format!("/api/block_documents/{id}/versions"),
+            None,
+        )
+        .await
+}
 
 /// History: versions with their writers, a diff that says only "changed" for the secret,
 /// then a rollback to version 1 after a confirmation that shows what it changes.
@@ -65,25 +88,12 @@ pub(crate) async fn history_diff_and_rollback(
         .await;
     b.wait_for_path(&format!("/blocks/{id}?saved=rolled-back"))
         .await;
-    let stored = server
-        .api(
-            Method::GET,
-            &format!("/api/block_documents/{id}?include_secrets=true"),
-            None,
-        )
-        .await;
     assert_eq!(
-        stored["data"]["value"],
+        stored_value(server, &id).await,
         json!(FIRST),
         "rollback: version 1's secret is back"
     );
-    let versions = server
-        .api(
-            Method::GET,
-            &format!("/api/block_documents/{id}/versions"),
-            None,
-        )
-        .await;
+    let versions = versions_of(server, &id).await;
     assert_eq!(versions[0]["version"], json!(3));
     assert!(
         versions[0]["token_id"].is_string(),
@@ -100,13 +110,7 @@ pub(crate) async fn history_diff_and_rollback(
     b.wait_for_path(&format!("/blocks/{id}/history?destroyed=2"))
         .await;
     assert!(b.main_text().await.contains("Version 2 was destroyed."));
-    let versions = server
-        .api(
-            Method::GET,
-            &format!("/api/block_documents/{id}/versions"),
-            None,
-        )
-        .await;
+    let versions = versions_of(server, &id).await;
     let left: Vec<i64> = versions
         .as_array()
         .unwrap()
@@ -201,17 +205,9 @@ pub(crate) async fn replace_without_read_secrets(
     b.click_and_load(&format!("a[href=\"/blocks/{id}/edit\"]"))
         .await;
     b.fill("input[name=\"data.value#a0\"]", REPLACED).await;
-    b.click_and_load(super::SAVE).await;
-    b.wait_for_path(&format!("/blocks/{id}?saved")).await;
-    let stored = server
-        .api(
-            Method::GET,
-            &format!("/api/block_documents/{id}?include_secrets=true"),
-            None,
-        )
-        .await;
+    save_edit(b, id).await;
     assert_eq!(
-        stored["data"]["value"],
+        stored_value(server, id).await,
         json!(REPLACED),
         "write-only: replaced"
     );
@@ -272,7 +268,7 @@ pub(crate) async fn create_and_add_another(b: &Browser, audit: &mut Audit) {
     b.click_and_load("button[name=\"_then\"]").await;
     b.wait_for_path("/blocks/new/secret?added=").await;
     assert!(b.main_text().await.contains("Created first-of-many."));
-    assert_eq!(b.prop("#block-name", "value").await.as_deref(), Some(""));
+    assert_eq!(b.value("#block-name").await.as_deref(), Some(""));
     audit.check(b, "new form after add another").await;
 }
 

@@ -1,7 +1,7 @@
 //! What the browser tests stand on: the real `blocks serve` on a free port with a temporary
 //! `$BLOCKS_HOME` ([`Server`], with an API client holding the first admin token), chromedriver
-//! and headless Chromium ([`Driver`], [`Browser`]), and the project's skip rule for machines
-//! without a browser.
+//! and headless Chromium ([`Driver`], [`Browser`]), the three as a test starts them
+//! ([`Console`]), and the project's skip rule for machines without a browser.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,9 +14,36 @@ use serde_json::{Value, json};
 /// How long a page (or an element on it) may take to appear.
 const PATIENCE: Duration = Duration::from_secs(20);
 
+/// What a browser test runs on: the server, chromedriver and one window on the console
+/// (dropped in the order a test's own variables were: the window, the driver, the server).
+pub(crate) struct Console {
+    /// The window.
+    pub(crate) b: Browser,
+    /// The driver, for more windows.
+    pub(crate) driver: Driver,
+    pub(crate) server: Server,
+}
+
+impl Console {
+    /// The server, chromedriver and a window with JavaScript on or off; `None` when the
+    /// test is skipped for want of a browser (never under `CI`: see [`browser_tools`]).
+    pub(crate) async fn start(javascript: bool) -> Option<Self> {
+        let (driver, chromium) = browser_tools()?;
+        let server = Server::start();
+        let driver = Driver::start(&driver, &chromium).await;
+        let b = driver.browser(&server.base, javascript).await;
+        Some(Self { b, driver, server })
+    }
+
+    /// Closes the window; the driver and the server go when dropped.
+    pub(crate) async fn close(self) {
+        self.b.close().await;
+    }
+}
+
 /// The browser and its driver, or `None` when the test should be skipped (never under `CI`).
 /// `CHROMEDRIVER` and `CHROMIUM` name other binaries than the ones on `PATH`.
-pub(crate) fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     let named =
         |var: &str| std::env::var_os(var).map(|p| Some(PathBuf::from(p)).filter(|p| p.is_file()));
     let driver = named("CHROMEDRIVER").unwrap_or_else(|| on_path("chromedriver"));
@@ -528,12 +555,22 @@ impl Browser {
             .unwrap_or_else(|e| panic!("reading {name} of {css}: {e}"))
     }
 
+    /// The value of a form field as the page has it now (typed or chosen).
+    pub(crate) async fn value(&self, css: &str) -> Option<String> {
+        self.prop(css, "value").await
+    }
+
     pub(crate) async fn attr(&self, css: &str, name: &str) -> Option<String> {
         self.find(css)
             .await
             .attr(name)
             .await
             .unwrap_or_else(|e| panic!("reading {name} of {css}: {e}"))
+    }
+
+    /// Whether a form field is marked invalid (`aria-invalid="true"`).
+    pub(crate) async fn invalid(&self, css: &str) -> bool {
+        self.attr(css, "aria-invalid").await.as_deref() == Some("true")
     }
 
     pub(crate) async fn displayed(&self, css: &str) -> bool {
