@@ -14,6 +14,8 @@
 //! `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_SECONDS`, `BENCH_REQUESTS`,
 //! `BLOCKS_TEST_POSTGRES_URL` (a scratch database is created and dropped), and
 //! `BENCH_SERVER_LOG`: the server's log filter (its log goes to the bench's stderr).
+//! `BENCH_ONLY_BUILD` builds a SQLite store and keeps it (with its master key and the admin
+//! token printed) for a profiler, measuring nothing.
 
 #![allow(
     clippy::print_stdout,
@@ -416,15 +418,19 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("blocks.db").display());
         if std::env::var_os("BENCH_ONLY_BUILD").is_some() {
+            // The store kept for a profiler: serve it with the key in `master.key` and the
+            // admin token printed.
             let dir = dir.keep();
             let master = MasterKey::generate().unwrap();
-            rt.block_on(async {
+            std::fs::write(dir.join("master.key"), master.to_base64().expose_secret()).unwrap();
+            let token = rt.block_on(async {
                 let store = open(&url, &master).await;
-                prepare(&store).await;
+                let token = prepare(&store).await;
                 build(store.clone(), documents, 1).await;
                 store.close().await;
+                token
             });
-            println!("built {}", dir.display());
+            println!("built {} (admin token {token})", dir.display());
             return;
         }
         run(&rt, "sqlite", &url, documents, dir.path());
