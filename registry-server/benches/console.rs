@@ -14,10 +14,8 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::StatusCode;
 use block_types::Block;
 use block_types::catalog::{Collection, GcpCredentials, GcsBucket, Json, Secret, StringBlock};
-use block_types::model::BlockDocumentCreate;
 use block_types::references::reference_value;
 use registry_server::http::{AppState, app};
 use registry_server::store::{Rights, Store};
@@ -26,7 +24,7 @@ use sqlx::{Connection, Executor};
 use tower::ServiceExt as _;
 
 mod common;
-use common::{Session, env_number, open, percentile, request, schema_of};
+use common::{Session, env_number, open, request, schema_of};
 
 const CONCURRENCY: usize = 16;
 
@@ -42,21 +40,8 @@ async fn seed(store: &Arc<Store>, url: &str, backend: &str, n: usize) -> uuid::U
     let secret = schema_of(store, &Secret::spec()).await;
     let creds = schema_of(store, &GcpCredentials::spec()).await;
     let bucket = schema_of(store, &GcsBucket::spec()).await;
-    let create = |store: Arc<Store>,
-                  (ty, schema): (uuid::Uuid, uuid::Uuid),
-                  name: String,
-                  data: Value| async move {
-        store
-            .create_block_document(BlockDocumentCreate {
-                name: Some(name),
-                data: data.as_object().cloned().unwrap(),
-                block_schema_id: schema,
-                block_type_id: ty,
-                is_anonymous: false,
-            })
-            .await
-            .unwrap()
-            .id
+    let create = |store: Arc<Store>, ids: (uuid::Uuid, uuid::Uuid), name: String, data: Value| async move {
+        common::create(&store, ids, &name, data).await
     };
     let shared_creds = create(
         store.clone(),
@@ -187,21 +172,8 @@ async fn run(
         ),
     ];
     let measure = async |name: &str, uri: &str| {
-        let (status, _) = session.get(uri).await;
-        assert_eq!(status, StatusCode::OK, "{uri}");
-        let mut latencies = Vec::with_capacity(requests);
-        for _ in 0..requests {
-            let started = Instant::now();
-            let (status, _) = session.get(uri).await;
-            latencies.push(started.elapsed());
-            assert_eq!(status, StatusCode::OK);
-        }
-        latencies.sort();
-        println!(
-            "| {backend:<10} | {documents:>7} | {name:<28} | {:>8.2} | {:>8.2} |",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99)
-        );
+        let (_, (p50, p99)) = session.timed(uri, requests).await;
+        println!("| {backend:<10} | {documents:>7} | {name:<28} | {p50:>8.2} | {p99:>8.2} |");
     };
     for (name, uri) in &pages {
         measure(name, uri).await;

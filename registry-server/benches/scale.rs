@@ -35,11 +35,11 @@ use block_types::references::reference_value;
 use registry_server::crypto::MasterKey;
 use registry_server::store::{MasterKeySource, Rights, Store, StoreConfig};
 use secrecy::ExposeSecret as _;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 mod common;
-use common::{Serve, env_number, percentile, wrk};
+use common::{Serve, create, env_number, percentile, wrk};
 
 const BATCH: usize = 5_000;
 const TYPES: usize = 50;
@@ -241,20 +241,6 @@ async fn schema_of(store: &Store, slug: &str) -> (Uuid, Uuid) {
             .unwrap();
     let schemas = store.filter_block_schemas(&body).await.unwrap();
     (ty.id, schemas[0].id)
-}
-
-async fn create(store: &Store, (ty, schema): (Uuid, Uuid), name: &str, data: Value) -> Uuid {
-    store
-        .create_block_document(BlockDocumentCreate {
-            name: Some(name.into()),
-            data: data.as_object().cloned().unwrap(),
-            block_schema_id: schema,
-            block_type_id: ty,
-            is_anonymous: false,
-        })
-        .await
-        .unwrap()
-        .id
 }
 
 /// Types of the bench's own beside the built-ins, up to [`TYPES`]: each with a host, a

@@ -9,17 +9,19 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use block_types::BlockSpec;
+use block_types::model::BlockDocumentCreate;
 use registry_server::crypto::MasterKey;
 use registry_server::http::{AppState, app};
 use registry_server::store::{MasterKeySource, Rights, Scope, Store, StoreConfig, TokenCreate};
 use secrecy::ExposeSecret as _;
+use serde_json::Value;
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
@@ -62,6 +64,26 @@ pub(crate) async fn schema_of(store: &Store, spec: &BlockSpec) -> (Uuid, Uuid) {
         .unwrap()
         .0;
     (ty.id, schema.id)
+}
+
+/// Creates a document named `name` of `(type, schema)` through the store: its id.
+pub(crate) async fn create(
+    store: &Store,
+    (ty, schema): (Uuid, Uuid),
+    name: &str,
+    data: Value,
+) -> Uuid {
+    store
+        .create_block_document(BlockDocumentCreate {
+            name: Some(name.into()),
+            data: data.as_object().cloned().unwrap(),
+            block_schema_id: schema,
+            block_type_id: ty,
+            is_anonymous: false,
+        })
+        .await
+        .unwrap()
+        .id
 }
 
 /// A `blocks serve` process, stopped (TERM, then waited for) when dropped.
@@ -286,6 +308,25 @@ impl Session {
             .await
             .unwrap();
         (status, bytes.to_vec())
+    }
+
+    /// `uri` once (its body), then `requests` more times: the p50 and p99 of those, in ms.
+    /// Every answer must be 200.
+    pub(crate) async fn timed(&self, uri: &str, requests: usize) -> (Vec<u8>, (f64, f64)) {
+        let (status, body) = self.get(uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        let mut latencies = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let started = Instant::now();
+            let (status, _) = self.get(uri).await;
+            latencies.push(started.elapsed());
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+        latencies.sort();
+        (
+            body,
+            (percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
+        )
     }
 
     /// A form post of `body` (url-encoded): its status.
