@@ -271,3 +271,24 @@ pub(super) async fn register(write: ConsoleWrite) -> Response {
         )
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_built_in_slug_belongs_to_one_collection() {
+        let mut seen = HashMap::new();
+        for c in Collection::ALL {
+            for spec in c.specs() {
+                let slug = spec.block_type.slug;
+                assert_eq!(collection_of(&slug), Some(c), "{slug}");
+                assert!(
+                    seen.insert(slug.clone(), c).is_none(),
+                    "{slug} is in two collections"
+                );
+            }
+        }
+        assert_eq!(collection_of("registered-by-a-client"), None);
+    }
+}

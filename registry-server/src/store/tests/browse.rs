@@ -101,13 +101,16 @@ async fn pages_searches_counts_and_referrers() {
             ["zoom-2", "zoom-3"]
         );
         assert_eq!(strings.total, 7);
-        // A search's total: counted with its page, and past its last page.
-        for offset in [0, 8, 50] {
+        // A search's total: counted by its page's own query, and by a second one past its
+        // last page.
+        for (offset, queries) in [(0, 1), (8, 1), (50, 2)] {
+            let before = store.query_count();
             let zoom = store
                 .browse_documents(&page(Some("zoom"), None, 4, offset))
                 .await
                 .unwrap();
             assert_eq!(zoom.total, 10, "offset {offset}");
+            assert_eq!(store.query_count() - before, queries, "offset {offset}");
         }
         // Bounds.
         for bad in [
