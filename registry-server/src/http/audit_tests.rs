@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::auth::{MAX_TARGET_DOCUMENTS, secret_read_target, wire_log_cap};
 use super::test_app::{Ctx, LogBuffer, all_audit, get, lenient, secret_doc, send, setup, token};
+use super::tests::{hello_status, limited, post_document, send_expecting};
 use super::{AppState, AuthGuard, app};
 use crate::store::tests::harness::{create, on_both, register};
 use crate::store::{AuditQuery, AuditRecord, NewAuditRecord, Scope, Store};
@@ -30,6 +31,17 @@ async fn audit_with_target(store: &Store, text: &str) -> Vec<AuditRecord> {
         .list_audit(&AuditQuery {
             target: Some(text.to_owned()),
             limit: Some(1000),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Records of `action`, through the store's own filter.
+async fn audit_with_action(store: &Store, action: &str) -> Vec<AuditRecord> {
+    store
+        .list_audit(&AuditQuery {
+            action: Some(action.to_owned()),
             ..AuditQuery::default()
         })
         .await
@@ -62,10 +74,7 @@ async fn a_limited_address_still_serves_valid_tokens_even_new_ones() {
             "a new valid token: {}",
             resp.text
         );
-        assert_eq!(
-            get(&ctx.app, "/api/hello", &ctx.admin).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(hello_status(&ctx.app, &ctx.admin).await, StatusCode::OK);
         // A valid token without the scope gets its 403, not a 429.
         let resp = get(&ctx.app, "/api/tokens", &fresh).await;
         assert_eq!(resp.status, StatusCode::FORBIDDEN, "{}", resp.text);
@@ -89,7 +98,7 @@ async fn a_limited_address_still_serves_valid_tokens_even_new_ones() {
         let (revoked, revoked_id) = token(store, &[Scope::Read]).await;
         store.revoke_token(revoked_id).await.unwrap();
         assert_eq!(
-            get(&ctx.app, "/api/hello", &revoked).await.status,
+            hello_status(&ctx.app, &revoked).await,
             StatusCode::TOO_MANY_REQUESTS
         );
 
@@ -140,10 +149,7 @@ async fn requests_without_a_token_never_count_as_failed_authentications() {
         let bad = get(&ctx.app, "/api/hello", "blk_wrong").await;
         assert_eq!(bad.status, StatusCode::UNAUTHORIZED, "{}", bad.text);
         let (fresh, _) = token(store, &[Scope::Read]).await;
-        assert_eq!(
-            get(&ctx.app, "/api/hello", &fresh).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(hello_status(&ctx.app, &fresh).await, StatusCode::OK);
 
         let records = all_audit(store).await;
         assert!(records.iter().all(|r| r.status != 429), "{records:?}");
@@ -201,16 +207,15 @@ async fn secret_reads_are_found_by_canonical_id_whatever_the_spelling_or_route()
             listed.text
         );
         // A write by a non-canonical id is recorded canonically as well.
-        let patch = send(
+        send_expecting(
             &ctx.app,
             "PATCH",
             &format!("/api/block_documents/{upper}"),
-            Some(&ctx.admin),
+            &ctx.admin,
             Some(&json!({"data": {"value": "v2"}})),
-            &[],
+            StatusCode::NO_CONTENT,
         )
         .await;
-        assert_eq!(patch.status, StatusCode::NO_CONTENT, "{}", patch.text);
         let writes = store
             .list_audit(&AuditQuery {
                 action: Some("PATCH".into()),
@@ -275,16 +280,16 @@ async fn filter_and_tree_reads_with_secrets_record_the_documents_they_showed() {
         .await;
 
         let filter = "/api/block_documents/filter";
-        let resp = send(
+        let with_secrets = json!({"include_secrets": true});
+        let resp = send_expecting(
             &ctx.app,
             "POST",
             filter,
-            Some(&secrets),
-            Some(&json!({"include_secrets": true})),
-            &[],
+            &secrets,
+            Some(&with_secrets),
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
         let shown = resp.body.as_array().unwrap().len();
         let records = store
             .list_audit(&AuditQuery {
@@ -322,16 +327,15 @@ async fn filter_and_tree_reads_with_secrets_record_the_documents_they_showed() {
         );
 
         // A masked filter read records nothing.
-        let plain = send(
+        send_expecting(
             &ctx.app,
             "POST",
             filter,
-            Some(&secrets),
+            &secrets,
             Some(&json!({})),
-            &[],
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(plain.status, StatusCode::OK);
         assert_eq!(
             audit_with_target(store, &child.id.to_string()).await.len(),
             2
@@ -436,13 +440,7 @@ async fn block_load_events_must_name_a_real_document_and_stay_within_a_budget() 
         }
         handshake(&mut socket, &read).await;
 
-        let loads = store
-            .list_audit(&AuditQuery {
-                action: Some("block.loaded".into()),
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
+        let loads = audit_with_action(store, "block.loaded").await;
         let recorded: Vec<_> = loads.iter().filter(|r| r.status == 101).collect();
         assert_eq!(recorded.len(), 2, "{loads:?}");
         for r in &recorded {
@@ -540,16 +538,16 @@ async fn old_audit_records_are_pruned_at_start_and_when_the_retention_is_lowered
             Some(3),
             "a refused PATCH changes neither setting"
         );
-        let resp = send(
+        let thirty = json!({"audit_retention_days": 30});
+        let resp = send_expecting(
             &app,
             "PATCH",
             "/api/settings",
-            Some(&admin),
-            Some(&json!({"audit_retention_days": 30})),
-            &[],
+            &admin,
+            Some(&thirty),
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
         assert_eq!(resp.body["audit_retention_days"], json!(30));
         let kept = all_audit(&store).await;
         assert!(kept.iter().all(|r| r.request_id != "aged-100"), "{kept:?}");
@@ -673,34 +671,17 @@ async fn the_events_socket_drops_loads_of_blocks_outside_a_tokens_grants() {
         let store = &ctx.state.store;
         let granted = secret_doc(store, "zoom-key", "v").await;
         let hidden = secret_doc(store, "prod-key", "v").await;
-        let limited = store
-            .create_token(crate::store::TokenCreate {
-                name: "limited".into(),
-                scopes: [Scope::Read].into(),
-                grants: vec![crate::store::Grant::parse("read:secret/zoom-*").unwrap()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let secret = secrecy::ExposeSecret::expose_secret(&limited.token).to_owned();
+        let (secret, _) = limited(store, &[Scope::Read], &["read:secret/zoom-*"]).await;
         let addr = serve(&ctx).await;
         let mut socket = events_socket(addr, &secret).await;
-        socket
-            .send(load_event("secret", &hidden.to_string()))
-            .await
-            .unwrap();
-        socket
-            .send(load_event("secret", &granted.to_string()))
-            .await
-            .unwrap();
+        for document in [hidden, granted] {
+            socket
+                .send(load_event("secret", &document.to_string()))
+                .await
+                .unwrap();
+        }
         handshake(&mut socket, &secret).await;
-        let loads = store
-            .list_audit(&AuditQuery {
-                action: Some("block.loaded".into()),
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
+        let loads = audit_with_action(store, "block.loaded").await;
         assert_eq!(loads.len(), 1, "{loads:?}");
         assert!(loads[0].target.ends_with(&granted.to_string()));
         assert_eq!(ctx.state.block_load_events().len(), 1);
@@ -725,15 +706,7 @@ async fn a_creates_record_commits_with_it_once_and_a_failed_or_panicking_create_
                 "block_schema_id": schema.id,
                 "data": {"project": "dtc-de"},
             });
-            send(
-                &ctx.app,
-                "POST",
-                "/api/block_documents/",
-                Some(&writer),
-                Some(&body),
-                &[],
-            )
-            .await
+            post_document(&ctx.app, &writer, &body).await
         };
         let of_request = async |resp: &super::test_app::Resp| -> Vec<AuditRecord> {
             let id = resp

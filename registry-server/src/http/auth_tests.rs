@@ -19,6 +19,7 @@ use crate::store::tests::harness::{on_both, register};
 use crate::store::{AuditQuery, AuditRecord, Scope, TokenCreate};
 
 use super::test_app::*;
+use super::tests::{hello_status, send_expecting};
 
 /// Whether a token holding `held` may call a route needing `needed` (admin implies all;
 /// write and read-secrets each imply read).
@@ -348,16 +349,15 @@ async fn include_secrets_needs_read_secrets_and_is_audited() {
             }
         }
         // Without include_secrets, a read is not a secret read.
-        let plain = send(
+        let plain = send_expecting(
             &ctx.app,
             "POST",
             &filter,
-            Some(&secrets),
+            &secrets,
             Some(&json!({})),
-            &[],
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(plain.status, StatusCode::OK);
         assert!(!plain.text.contains(CANARY));
         let secret_reads = store
             .list_audit(&AuditQuery {
@@ -380,16 +380,15 @@ async fn include_secrets_needs_read_secrets_and_is_audited() {
 /// once: (the token, its id).
 async fn ci_token(ctx: &Ctx) -> (String, Uuid) {
     let body = json!({"name": "ci", "scopes": ["read", "write"]});
-    let created = send(
+    let created = send_expecting(
         &ctx.app,
         "POST",
         "/api/tokens",
-        Some(&ctx.admin),
+        &ctx.admin,
         Some(&body),
-        &[],
+        StatusCode::CREATED,
     )
     .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let secret = created.body["token"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("blk_") && secret.len() > 20, "{secret}");
     let id: Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
@@ -397,42 +396,40 @@ async fn ci_token(ctx: &Ctx) -> (String, Uuid) {
     (secret, id)
 }
 
+/// `GET /api/hello` with Basic auth `credentials` (`user:password`) and no bearer token.
+async fn hello_with_basic(ctx: &Ctx, credentials: &str) -> Resp {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let authorization = format!("Basic {basic}");
+    let headers = [("authorization", authorization.as_str())];
+    send(&ctx.app, "GET", "/api/hello", None, None, &headers).await
+}
+
+/// Asserts that `records` hold a 401 denial under the token `id`; `what` names the refusal.
+#[track_caller]
+fn assert_refusal_audited(records: &[AuditRecord], id: Uuid, what: &str) {
+    assert!(
+        records
+            .iter()
+            .any(|r| r.token_id == Some(id) && r.outcome == "denied" && r.status == 401),
+        "{what} is audited: {records:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_token_is_shown_once_at_creation_and_never_listed() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
         let (secret, id) = ci_token(&ctx).await;
-        assert_eq!(
-            get(&ctx.app, "/api/hello", &secret).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(hello_status(&ctx.app, &secret).await, StatusCode::OK);
         assert_eq!(
             get(&ctx.app, "/api/tokens", &secret).await.status,
             StatusCode::FORBIDDEN
         );
         // Basic auth with the token as password (PREFECT_API_AUTH_STRING) works too.
-        use base64::Engine as _;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("ci:{secret}"));
-        let resp = send(
-            &ctx.app,
-            "GET",
-            "/api/hello",
-            None,
-            None,
-            &[("authorization", &format!("Basic {basic}"))],
-        )
-        .await;
+        let resp = hello_with_basic(&ctx, &format!("ci:{secret}")).await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
-        let wrong = base64::engine::general_purpose::STANDARD.encode("ci:blk_wrong");
-        let resp = send(
-            &ctx.app,
-            "GET",
-            "/api/hello",
-            None,
-            None,
-            &[("authorization", &format!("Basic {wrong}"))],
-        )
-        .await;
+        let resp = hello_with_basic(&ctx, "ci:blk_wrong").await;
         assert_unauthorized(&resp, "a wrong Basic password");
 
         let listed = get(&ctx.app, "/api/tokens", &ctx.admin).await;
@@ -478,7 +475,7 @@ async fn an_expired_token_is_refused_and_its_refusal_audited() {
             .unwrap();
         let expiring_secret = expiring.token.expose_secret().to_owned();
         assert_eq!(
-            get(&ctx.app, "/api/hello", &expiring_secret).await.status,
+            hello_status(&ctx.app, &expiring_secret).await,
             StatusCode::OK
         );
         let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
@@ -488,12 +485,7 @@ async fn an_expired_token_is_refused_and_its_refusal_audited() {
         assert!(resp.detail().contains("expired"), "{}", resp.text);
 
         let records = all_audit(store).await;
-        assert!(
-            records.iter().any(|r| r.token_id == Some(expiring.info.id)
-                && r.outcome == "denied"
-                && r.status == 401),
-            "the expired token's refusal is audited: {records:?}"
-        );
+        assert_refusal_audited(&records, expiring.info.id, "the expired token's refusal");
     })
     .await;
 }
@@ -505,39 +497,34 @@ async fn a_revoked_token_is_refused_and_its_refusal_audited() {
         let store = &ctx.state.store;
         let (secret, id) = ci_token(&ctx).await;
         // Revocation.
-        let revoked = send(
+        let tokens = "/api/tokens";
+        let revoked = send_expecting(
             &ctx.app,
             "DELETE",
-            &format!("/api/tokens/{id}"),
-            Some(&ctx.admin),
+            &format!("{tokens}/{id}"),
+            &ctx.admin,
             None,
-            &[],
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
         assert!(revoked.body["revoked"].is_string(), "{}", revoked.text);
         assert!(!revoked.text.contains(&secret));
         let resp = get(&ctx.app, "/api/hello", &secret).await;
         assert_unauthorized(&resp, "a revoked token");
         assert!(resp.detail().contains("revoked"), "{}", resp.text);
-        let unknown = send(
+        let unknown = format!("{tokens}/{}", Uuid::new_v4());
+        send_expecting(
             &ctx.app,
             "DELETE",
-            &format!("/api/tokens/{}", Uuid::new_v4()),
-            Some(&ctx.admin),
+            &unknown,
+            &ctx.admin,
             None,
-            &[],
+            StatusCode::NOT_FOUND,
         )
         .await;
-        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
         let records = all_audit(store).await;
-        assert!(
-            records
-                .iter()
-                .any(|r| r.token_id == Some(id) && r.outcome == "denied" && r.status == 401),
-            "the revoked token's refusal is audited: {records:?}"
-        );
+        assert_refusal_audited(&records, id, "the revoked token's refusal");
     })
     .await;
 }
@@ -625,7 +612,7 @@ async fn repeated_failures_are_refused_with_retry_after_and_audited_once() {
         assert_eq!(valid.status, StatusCode::OK, "{}", valid.text);
         for _ in 0..5 {
             assert_eq!(
-                get(&ctx.app, "/api/hello", bad).await.status,
+                hello_status(&ctx.app, bad).await,
                 StatusCode::TOO_MANY_REQUESTS
             );
         }
@@ -785,24 +772,18 @@ async fn refusal_spares_known_tokens_and_bad_urls_and_queries_are_4xx() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::new(2, Duration::from_secs(60))).await;
         let (known, _) = token(&ctx.state.store, &[Scope::Read]).await;
-        assert_eq!(
-            get(&ctx.app, "/api/hello", &known).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(hello_status(&ctx.app, &known).await, StatusCode::OK);
         for _ in 0..2 {
             get(&ctx.app, "/api/hello", "blk_wrong").await;
         }
         assert_eq!(
-            get(&ctx.app, "/api/hello", "blk_wrong").await.status,
+            hello_status(&ctx.app, "blk_wrong").await,
             StatusCode::TOO_MANY_REQUESTS
         );
-        assert_eq!(
-            get(&ctx.app, "/api/hello", &known).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(hello_status(&ctx.app, &known).await, StatusCode::OK);
         let (fresh, _) = token(&ctx.state.store, &[Scope::Read]).await;
         assert_eq!(
-            get(&ctx.app, "/api/hello", &fresh).await.status,
+            hello_status(&ctx.app, &fresh).await,
             StatusCode::OK,
             "a valid token not yet known is checked and served all the same"
         );

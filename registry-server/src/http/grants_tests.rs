@@ -4,31 +4,18 @@
 //! (create, PATCH, child) and the audit of refusals. A canary secret never leaves in a
 //! refusal.
 
+use axum::Router;
 use block_types::catalog::{GcpCredentials, GcsBucket, Secret};
 use block_types::references::reference_value;
-use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::test_app::{Ctx, Resp, all_audit, get, lenient, send, setup};
+use super::tests::{limited, post_document, send_expecting};
+use crate::store::Scope;
 use crate::store::tests::harness::{create, on_both, register};
-use crate::store::{Grant, Scope, Store, TokenCreate};
 
 const CANARY: &str = "canary-grants-71d3e0b2";
-
-/// A token with `scopes` limited by `grants` (`scope:slug/name`): (secret, id).
-async fn limited(store: &Store, scopes: &[Scope], grants: &[&str]) -> (String, Uuid) {
-    let created = store
-        .create_token(TokenCreate {
-            name: "limited".into(),
-            scopes: scopes.iter().copied().collect(),
-            grants: grants.iter().map(|g| Grant::parse(g).unwrap()).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (created.token.expose_secret().to_owned(), created.info.id)
-}
 
 /// The course's two blocks and another team's pair, plus a secret.
 struct World {
@@ -52,13 +39,18 @@ async fn world(db: &crate::store::tests::harness::TestDb) -> World {
     let key = |p: &str| json!({"service_account_info": {"private_key": CANARY}, "project": p});
     let zoom_creds = create(store, &creds, "zoom-gcp-creds", key("zoom")).await;
     let other_creds = create(store, &creds, "other-gcp-creds", key("other")).await;
-    let bucket_of = |name: &str, creds: Uuid| json!({"bucket": name, "bucket_folder": "", "gcp_credentials": reference_value(creds)});
-    let zoom_gcs = create(store, &bucket, "zoom-gcs", bucket_of("zoom", zoom_creds.id)).await;
+    let zoom_gcs = create(
+        store,
+        &bucket,
+        "zoom-gcs",
+        bucket_data("zoom", zoom_creds.id),
+    )
+    .await;
     let other_gcs = create(
         store,
         &bucket,
         "other-gcs",
-        bucket_of("other", other_creds.id),
+        bucket_data("other", other_creds.id),
     )
     .await;
     create(store, &secret, "prod-password", json!({"value": CANARY})).await;
@@ -96,6 +88,46 @@ fn names(r: &Resp) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A `gcs-bucket` document's data: `bucket`, no folder, the credentials `creds`.
+fn bucket_data(bucket: &str, creds: Uuid) -> Value {
+    json!({"bucket": bucket, "bucket_folder": "", "gcp_credentials": reference_value(creds)})
+}
+
+/// A body creating the `gcs-bucket` document `name` holding [`bucket_data`].
+fn bucket_doc(w: &World, name: &str, bucket: &str, creds: Uuid) -> Value {
+    json!({
+        "name": name,
+        "block_schema_id": w.bucket_schema,
+        "block_type_id": w.bucket_type,
+        "data": bucket_data(bucket, creds),
+    })
+}
+
+/// A body creating an anonymous `gcp-credentials` document with `private_key` in `project`.
+fn anonymous_creds(w: &World, private_key: &str, project: &str) -> Value {
+    json!({
+        "is_anonymous": true,
+        "block_schema_id": w.creds_schema,
+        "block_type_id": w.creds_type,
+        "data": {"service_account_info": {"private_key": private_key}, "project": project},
+    })
+}
+
+/// The count of documents `token` sees (`POST /api/block_documents/count`, no filter).
+async fn count(app: &Router, token: &str) -> Value {
+    let all = json!({});
+    send(
+        app,
+        "POST",
+        "/api/block_documents/count",
+        Some(token),
+        Some(&all),
+        &[],
+    )
+    .await
+    .body
 }
 
 #[tokio::test]
@@ -216,36 +248,12 @@ async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
         assert_eq!(random.detail(), missing.detail());
 
         // Lists and counts hold what is granted only.
-        let r = send(
-            app,
-            "POST",
-            "/api/block_documents/filter",
-            Some(&etl),
-            Some(&json!({})),
-            &[],
-        )
-        .await;
-        assert_eq!(names(&r), ["zoom-gcp-creds", "zoom-gcs"]);
-        let r = send(
-            app,
-            "POST",
-            "/api/block_documents/filter",
-            Some(&etl),
-            Some(&json!({"include_secrets": true})),
-            &[],
-        )
-        .await;
-        assert_eq!(names(&r), ["zoom-gcp-creds", "zoom-gcs"]);
-        let r = send(
-            app,
-            "POST",
-            "/api/block_documents/count",
-            Some(&etl),
-            Some(&json!({})),
-            &[],
-        )
-        .await;
-        assert_eq!(r.body, json!(2));
+        for filter in [json!({}), json!({"include_secrets": true})] {
+            let uri = "/api/block_documents/filter";
+            let r = send(app, "POST", uri, Some(&etl), Some(&filter), &[]).await;
+            assert_eq!(names(&r), ["zoom-gcp-creds", "zoom-gcs"], "{filter}");
+        }
+        assert_eq!(count(app, &etl).await, json!(2));
         let r = get(
             app,
             "/api/block_types/slug/gcs-bucket/block_documents",
@@ -256,16 +264,7 @@ async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
         let r = get(app, "/api/block_types/slug/secret/block_documents", &etl).await;
         assert_eq!(names(&r), Vec::<String>::new());
         // The admin sees everything.
-        let r = send(
-            app,
-            "POST",
-            "/api/block_documents/count",
-            Some(&w.ctx.admin),
-            Some(&json!({})),
-            &[],
-        )
-        .await;
-        assert_eq!(r.body, json!(5));
+        assert_eq!(count(app, &w.ctx.admin).await, json!(5));
 
         // A list whose tree holds a block the token cannot read is refused, naming it.
         let (half, _) = limited(store, &[Scope::Read], &["read:gcs-bucket/*"]).await;
@@ -306,109 +305,103 @@ async fn writes_need_the_grant_and_cannot_launder_a_block_from_outside_it() {
             &["write:gcs-bucket/zoom-*", "write:gcp-credentials/zoom-*"],
         )
         .await;
-        let bucket = |name: &str, creds: Uuid| {
-            json!({
-                "name": name,
-                "block_schema_id": w.bucket_schema,
-                "block_type_id": w.bucket_type,
-                "data": {"bucket": "b", "bucket_folder": "", "gcp_credentials": reference_value(creds)},
-            })
-        };
-        let post = |body: Value| {
-            let writer = writer.clone();
-            async move {
-                send(app, "POST", "/api/block_documents/", Some(&writer), Some(&body), &[]).await
-            }
-        };
         // Inside the grants: fine.
-        let r = post(bucket("zoom-new", w.zoom_creds)).await;
+        let r = post_document(app, &writer, &bucket_doc(&w, "zoom-new", "b", w.zoom_creds)).await;
         assert_eq!(r.status, 201, "{}", r.text);
         // A name outside them: 403 naming the block.
-        let r = post(bucket("prod-gcs", w.zoom_creds)).await;
+        let r = post_document(app, &writer, &bucket_doc(&w, "prod-gcs", "b", w.zoom_creds)).await;
         assert_eq!(r.status, 403);
         assert!(r.detail().contains("write") && r.detail().contains("gcs-bucket/prod-gcs"));
         // Referencing a block the token cannot read: as if it did not exist.
-        let r = post(bucket("zoom-launder", w.other_creds)).await;
+        let r = post_document(
+            app,
+            &writer,
+            &bucket_doc(&w, "zoom-launder", "b", w.other_creds),
+        )
+        .await;
         assert_eq!(r.status, 400, "{}", r.text);
         assert!(r.detail().contains("does not exist"), "{}", r.detail());
         no_canary(&r);
-        let patch = |id: Uuid, body: Value| {
-            let writer = writer.clone();
-            async move {
-                send(app, "PATCH", &format!("/api/block_documents/{id}"), Some(&writer), Some(&body), &[])
-                    .await
-            }
-        };
-        let r = patch(w.zoom_gcs, json!({"data": {"bucket": "b", "bucket_folder": "", "gcp_credentials": reference_value(w.other_creds)}})).await;
-        assert_eq!(r.status, 400, "{}", r.text);
-        let r = patch(w.zoom_gcs, json!({"data": {"bucket": "renamed", "bucket_folder": "", "gcp_credentials": reference_value(w.zoom_creds)}})).await;
-        assert_eq!(r.status, 204, "{}", r.text);
+        let zoom_gcs = format!("/api/block_documents/{}", w.zoom_gcs);
+        let other_gcs = format!("/api/block_documents/{}", w.other_gcs);
+        let laundering = json!({"data": bucket_data("b", w.other_creds)});
+        send_expecting(app, "PATCH", &zoom_gcs, &writer, Some(&laundering), 400).await;
+        let renamed = json!({"data": bucket_data("renamed", w.zoom_creds)});
+        send_expecting(app, "PATCH", &zoom_gcs, &writer, Some(&renamed), 204).await;
         // Other blocks: 404 for update, delete and rollback.
-        let r = patch(w.other_gcs, json!({"data": {"bucket": "x"}})).await;
-        assert_eq!(r.status, 404);
-        for (method, uri) in [
-            ("DELETE", format!("/api/block_documents/{}", w.other_gcs)),
-            ("POST", format!("/api/block_documents/{}/versions/1/rollback", w.other_gcs)),
+        for (method, uri, body) in [
+            (
+                "PATCH",
+                other_gcs.clone(),
+                Some(json!({"data": {"bucket": "x"}})),
+            ),
+            ("DELETE", other_gcs.clone(), None),
+            ("POST", format!("{other_gcs}/versions/1/rollback"), None),
         ] {
-            assert_eq!(send(app, method, &uri, Some(&writer), None, &[]).await.status, 404, "{uri}");
+            send_expecting(app, method, &uri, &writer, body.as_ref(), 404).await;
         }
         // A token that may read a block but not write it: 403 naming the scope.
         let (reader_writer, _) =
             limited(store, &[Scope::Write], &["read:gcs-bucket/other-gcs"]).await;
-        let r = send(app, "DELETE", &format!("/api/block_documents/{}", w.other_gcs), Some(&reader_writer), None, &[]).await;
-        assert_eq!(r.status, 403);
+        let r = send_expecting(app, "DELETE", &other_gcs, &reader_writer, None, 403).await;
         assert!(r.detail().contains("write") && r.detail().contains("gcs-bucket/other-gcs"));
 
         // A rollback may not bring back a reference to a block outside the grants.
         let admin = &w.ctx.admin;
-        let uri = format!("/api/block_documents/{}", w.zoom_gcs);
         for creds in [w.other_creds, w.zoom_creds] {
-            let r = send(app, "PATCH", &uri, Some(admin), Some(&json!({"data": {"bucket": "b", "bucket_folder": "", "gcp_credentials": reference_value(creds)}})), &[]).await;
-            assert_eq!(r.status, 204);
+            let data = json!({"data": bucket_data("b", creds)});
+            send_expecting(app, "PATCH", &zoom_gcs, admin, Some(&data), 204).await;
         }
-        let versions = get(app, &format!("{uri}/versions"), admin).await;
-        let with_other = versions.body.as_array().unwrap().iter().find(|v| {
-            v["references"]["gcp_credentials"] == json!(w.other_creds.to_string())
-        });
-        let version = with_other.expect("a version referencing other-gcp-creds")["version"].as_i64().unwrap();
-        let r = send(app, "POST", &format!("{uri}/versions/{version}/rollback"), Some(&writer), None, &[]).await;
-        assert_eq!(r.status, 400, "{}", r.text);
-        let r = send(app, "POST", &format!("{uri}/versions/1/rollback"), Some(&writer), None, &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        let versions = get(app, &format!("{zoom_gcs}/versions"), admin).await;
+        let with_other = versions
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["references"]["gcp_credentials"] == json!(w.other_creds.to_string()));
+        let version = with_other.expect("a version referencing other-gcp-creds")["version"]
+            .as_i64()
+            .unwrap();
+        let rollback = |version: i64| format!("{zoom_gcs}/versions/{version}/rollback");
+        send_expecting(app, "POST", &rollback(version), &writer, None, 400).await;
+        send_expecting(app, "POST", &rollback(1), &writer, None, 200).await;
 
         // Prefect's nested save: an anonymous document first, then the block referencing
         // it. Another tree's anonymous document cannot be adopted.
-        let anon = send(app, "POST", "/api/block_documents/", Some(&writer), Some(&json!({
-            "is_anonymous": true,
-            "block_schema_id": w.creds_schema,
-            "block_type_id": w.creds_type,
-            "data": {"service_account_info": {"private_key": "mine"}, "project": "p"},
-        })), &[]).await;
+        let anon = post_document(app, &writer, &anonymous_creds(&w, "mine", "p")).await;
         assert_eq!(anon.status, 201, "{}", anon.text);
         let anon_id: Uuid = anon.body["id"].as_str().unwrap().parse().unwrap();
-        let r = post(bucket("zoom-anon", anon_id)).await;
+        let r = post_document(app, &writer, &bucket_doc(&w, "zoom-anon", "b", anon_id)).await;
         assert_eq!(r.status, 201, "{}", r.text);
-        let r = get(app, "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-anon", &writer).await;
-        assert_eq!(r.status, 200, "the anonymous child is part of its parent: {}", r.text);
-        let r = post(bucket("zoom-anon-2", anon_id)).await;
-        assert_eq!(r.status, 400, "an anonymous document already held by a tree: {}", r.text);
+        let r = get(
+            app,
+            "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-anon",
+            &writer,
+        )
+        .await;
+        assert_eq!(
+            r.status, 200,
+            "the anonymous child is part of its parent: {}",
+            r.text
+        );
+        let r = post_document(app, &writer, &bucket_doc(&w, "zoom-anon-2", "b", anon_id)).await;
+        assert_eq!(
+            r.status, 400,
+            "an anonymous document already held by a tree: {}",
+            r.text
+        );
         let (other_writer, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/zoom-*"]).await;
-        let theirs = send(app, "POST", "/api/block_documents/", Some(&w.ctx.admin), Some(&json!({
-            "is_anonymous": true,
-            "block_schema_id": w.creds_schema,
-            "block_type_id": w.creds_type,
-            "data": {"service_account_info": {"private_key": CANARY}, "project": "p"},
-        })), &[]).await;
+        let theirs = post_document(app, admin, &anonymous_creds(&w, CANARY, "p")).await;
         let theirs: Uuid = theirs.body["id"].as_str().unwrap().parse().unwrap();
-        let r = send(app, "POST", "/api/block_documents/", Some(&other_writer), Some(&bucket("zoom-steal", theirs)), &[]).await;
+        let r = post_document(
+            app,
+            &other_writer,
+            &bucket_doc(&w, "zoom-steal", "b", theirs),
+        )
+        .await;
         assert_eq!(r.status, 400, "someone else's orphan: {}", r.text);
         // Creating an anonymous document of a type with no write grant: 403.
-        let r = send(app, "POST", "/api/block_documents/", Some(&other_writer), Some(&json!({
-            "is_anonymous": true,
-            "block_schema_id": w.creds_schema,
-            "block_type_id": w.creds_type,
-            "data": {"service_account_info": {"private_key": "x"}, "project": "p"},
-        })), &[]).await;
+        let r = post_document(app, &other_writer, &anonymous_creds(&w, "x", "p")).await;
         assert_eq!(r.status, 403, "{}", r.text);
     })
     .await;
@@ -433,65 +426,27 @@ async fn registering_types_and_schemas_needs_a_grant_on_the_whole_type() {
             "version": "grants-test",
         });
         let (narrow, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/zoom-*"]).await;
-        let r = send(
-            app,
-            "POST",
-            "/api/block_schemas/",
-            Some(&narrow),
-            Some(&body),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 403, "{}", r.text);
+        let schemas = "/api/block_schemas/";
+        let r = send_expecting(app, "POST", schemas, &narrow, Some(&body), 403).await;
         assert!(r.detail().contains("gcs-bucket/*"), "{}", r.detail());
-        let r = send(
-            app,
-            "POST",
-            "/api/block_types/install_system_block_types",
-            Some(&narrow),
-            None,
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 403);
-        let r = send(
-            app,
-            "POST",
-            "/api/block_types/",
-            Some(&narrow),
-            Some(&json!({"name": "Mine", "slug": "mine"})),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 403);
-        let r = send(
-            app,
-            "PATCH",
-            &format!("/api/block_types/{}", w.bucket_type),
-            Some(&narrow),
-            Some(&json!({"description": "x"})),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 403);
+        let mine = json!({"name": "Mine", "slug": "mine"});
+        let bucket_type = format!("/api/block_types/{}", w.bucket_type);
+        for (method, uri, body) in [
+            ("POST", "/api/block_types/install_system_block_types", None),
+            ("POST", "/api/block_types/", Some(&mine)),
+            ("PATCH", &bucket_type, Some(&json!({"description": "x"}))),
+        ] {
+            send_expecting(app, method, uri, &narrow, body, 403).await;
+        }
 
         let (whole, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/*"]).await;
-        let r = send(
-            app,
-            "POST",
-            "/api/block_schemas/",
-            Some(&whole),
-            Some(&body),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        send_expecting(app, "POST", schemas, &whole, Some(&body), 201).await;
         let r = send(
             app,
             "POST",
             "/api/block_types/",
             Some(&whole),
-            Some(&json!({"name": "Mine", "slug": "mine"})),
+            Some(&mine),
             &[],
         )
         .await;
@@ -506,13 +461,12 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
         let w = world(db).await;
         let (app, admin) = (&w.ctx.app, &w.ctx.admin);
         // Create with grants and a ttl; the listing shows them.
-        let r = send(app, "POST", "/api/tokens", Some(admin), Some(&json!({
+        let r = send_expecting(app, "POST", "/api/tokens", admin, Some(&json!({
             "name": "etl",
             "scopes": ["read-secrets"],
             "grants": [{"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"}],
             "ttl": "1h",
-        })), &[]).await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        })), 201).await;
         let etl = r.body["token"].as_str().unwrap().to_owned();
         let etl_id = r.body["id"].as_str().unwrap().to_owned();
         assert_eq!(r.body["grants"], json!([{"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"}]));
@@ -541,8 +495,7 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
         ]});
         let r = send(app, "PATCH", &format!("/api/tokens/{etl_id}"), Some(&etl), Some(&grants), &[]).await;
         assert_eq!(r.status, 403, "only an admin changes grants");
-        let r = send(app, "PATCH", &format!("/api/tokens/{etl_id}"), Some(admin), Some(&grants), &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        send_expecting(app, "PATCH", &format!("/api/tokens/{etl_id}"), admin, Some(&grants), 200).await;
         assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await.status, 200);
         let admin_id = get(app, "/api/tokens", admin).await.body.as_array().unwrap().iter()
             .find(|t| t["scopes"] == json!(["admin"])).unwrap()["id"].as_str().unwrap().to_owned();
@@ -551,10 +504,9 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
         assert!(r.text.contains("admin token cannot be limited"), "{}", r.text);
 
         // A child for a subprocess: narrower, shorter, revoked with its parent.
-        let r = send(app, "POST", "/api/tokens/child", Some(&etl), Some(&json!({
+        let r = send_expecting(app, "POST", "/api/tokens/child", &etl, Some(&json!({
             "grants": [{"scope": "read", "selector": "gcs-bucket/zoom-gcs"}], "ttl": 300,
-        })), &[]).await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        })), 201).await;
         let child = r.body["token"].as_str().unwrap().to_owned();
         assert_eq!(r.body["parent_id"], json!(etl_id));
         assert_eq!(get(app, OTHER_GCS, &child).await.status, 404);
@@ -568,8 +520,7 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
             let r = send(app, "POST", "/api/tokens/child", Some(&etl), Some(&body), &[]).await;
             assert_eq!(r.status, 422, "{body}: {}", r.text);
         }
-        let r = send(app, "DELETE", &format!("/api/tokens/{etl_id}"), Some(admin), None, &[]).await;
-        assert_eq!(r.status, 200);
+        send_expecting(app, "DELETE", &format!("/api/tokens/{etl_id}"), admin, None, 200).await;
         assert_eq!(get(app, ZOOM_GCS, &child).await.status, 401, "a child outlived its parent");
 
         // Minting is audited under the parent.
@@ -587,20 +538,11 @@ async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
         let (app, store) = (&w.ctx.app, &w.ctx.state.store);
         let admin = &w.ctx.admin;
         // Another team's bucket holding its credentials as an anonymous document.
-        let anon = send(app, "POST", "/api/block_documents/", Some(admin), Some(&json!({
-            "is_anonymous": true,
-            "block_schema_id": w.creds_schema,
-            "block_type_id": w.creds_type,
-            "data": {"service_account_info": {"private_key": CANARY}, "project": "team"},
-        })), &[]).await;
+        let documents = "/api/block_documents/";
+        let anon = post_document(app, admin, &anonymous_creds(&w, CANARY, "team")).await;
         let anon: Uuid = anon.body["id"].as_str().unwrap().parse().unwrap();
-        let r = send(app, "POST", "/api/block_documents/", Some(admin), Some(&json!({
-            "name": "team-gcs",
-            "block_schema_id": w.bucket_schema,
-            "block_type_id": w.bucket_type,
-            "data": {"bucket": "t", "bucket_folder": "", "gcp_credentials": reference_value(anon)},
-        })), &[]).await;
-        assert_eq!(r.status, 201);
+        let team_gcs = bucket_doc(&w, "team-gcs", "t", anon);
+        send_expecting(app, "POST", documents, admin, Some(&team_gcs), 201).await;
         // A token that reads every named block and reads and writes its own bucket.
         let (wide, wide_id) = limited(
             store,
@@ -608,25 +550,17 @@ async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
             &["read:*/*", "read-secrets:gcs-bucket/mine", "write:gcs-bucket/mine"],
         )
         .await;
-        let r = send(app, "POST", "/api/block_documents/", Some(&wide), Some(&json!({
-            "name": "mine",
-            "block_schema_id": w.bucket_schema,
-            "block_type_id": w.bucket_type,
-            "data": {"bucket": "m", "bucket_folder": "", "gcp_credentials": reference_value(w.zoom_creds)},
-        })), &[]).await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        let mine = bucket_doc(&w, "mine", "m", w.zoom_creds);
+        let r = send_expecting(app, "POST", documents, &wide, Some(&mine), 201).await;
         let mine: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
         // The anonymous document is in no list, not readable by id, not referenceable.
-        let r = send(app, "POST", "/api/block_documents/filter", Some(&wide),
-            Some(&json!({"block_documents": {"is_anonymous": {"eq_": true}}})), &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        let r = send_expecting(app, "POST", "/api/block_documents/filter", &wide,
+            Some(&json!({"block_documents": {"is_anonymous": {"eq_": true}}})), 200).await;
         assert!(r.body.as_array().unwrap().iter().all(|d| d["is_anonymous"] == false), "{}", r.text);
         let r = get(app, &format!("/api/block_documents/{anon}"), &wide).await;
         assert_eq!(r.status, 404);
-        let r = send(app, "PATCH", &format!("/api/block_documents/{mine}"), Some(&wide), Some(&json!({
-            "data": {"bucket": "m", "bucket_folder": "", "gcp_credentials": reference_value(anon)},
-        })), &[]).await;
-        assert_eq!(r.status, 400, "{}", r.text);
+        let adopting = json!({"data": bucket_data("m", anon)});
+        send_expecting(app, "PATCH", &format!("/api/block_documents/{mine}"), &wide, Some(&adopting), 400).await;
         let r = get(app, &format!("/api/block_documents/{mine}?include_secrets=true"), &wide).await;
         assert_eq!(r.status, 403, "the zoom credentials are read-only to this token: {}", r.text);
         no_canary(&r);
@@ -642,8 +576,8 @@ async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
 
         // A refused delete names only the referrers the token may see.
         let (deleter, _) = limited(store, &[Scope::Write], &["write:gcp-credentials/*"]).await;
-        let r = send(app, "DELETE", &format!("/api/block_documents/{}", w.zoom_creds), Some(&deleter), None, &[]).await;
-        assert_eq!(r.status, 409, "{}", r.text);
+        let zoom_creds = format!("/api/block_documents/{}", w.zoom_creds);
+        let r = send_expecting(app, "DELETE", &zoom_creds, &deleter, None, 409).await;
         assert!(!r.text.contains("zoom-gcs") && !r.text.contains("mine"), "{}", r.text);
         assert!(r.text.contains("you cannot see"), "{}", r.text);
 
@@ -652,10 +586,9 @@ async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
         let mut fields = get(app, &format!("/api/block_schemas/{}", w.bucket_schema), admin).await.body["fields"].clone();
         fields["block_schema_references"]["gcp_credentials"]["block_schema_checksum"] =
             json!(format!("sha256:{}", "0".repeat(64)));
-        let r = send(app, "POST", "/api/block_schemas/", Some(&typer), Some(&json!({
+        let r = send_expecting(app, "POST", "/api/block_schemas/", &typer, Some(&json!({
             "fields": fields, "block_type_id": w.bucket_type, "capabilities": [], "version": "nested",
-        })), &[]).await;
-        assert_eq!(r.status, 403, "{}", r.text);
+        })), 403).await;
         assert!(r.detail().contains("gcp-credentials/*"), "{}", r.detail());
     })
     .await;

@@ -70,6 +70,70 @@ async fn json_call(app: &Router, method: &str, uri: &str, body: &Value) -> (Stat
     call(app, method, uri, Some(&body.to_string())).await
 }
 
+/// Sends `method uri` as `token` with `body` as JSON, asserts the answer's status (the
+/// message names the request and carries the body) and returns the response. For the test
+/// modules that build on `test_app`.
+pub(super) async fn send_expecting<S>(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    body: Option<&Value>,
+    status: S,
+) -> super::test_app::Resp
+where
+    StatusCode: PartialEq<S>,
+    S: std::fmt::Debug,
+{
+    let resp = super::test_app::send(app, method, uri, Some(token), body, &[]).await;
+    assert_eq!(resp.status, status, "{method} {uri}: {}", resp.text);
+    resp
+}
+
+/// The status `GET /api/hello` (open to any valid token) answers for `token`.
+pub(super) async fn hello_status(app: &Router, token: &str) -> StatusCode {
+    super::test_app::get(app, "/api/hello", token).await.status
+}
+
+/// A token with `scopes` limited by `grants` (`scope:slug/name`): (secret, id).
+pub(super) async fn limited(
+    store: &crate::store::Store,
+    scopes: &[crate::store::Scope],
+    grants: &[&str],
+) -> (String, uuid::Uuid) {
+    use secrecy::ExposeSecret as _;
+    let created = store
+        .create_token(crate::store::TokenCreate {
+            name: "limited".into(),
+            scopes: scopes.iter().copied().collect(),
+            grants: grants
+                .iter()
+                .map(|g| crate::store::Grant::parse(g).unwrap())
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (created.token.expose_secret().to_owned(), created.info.id)
+}
+
+/// `POST /api/block_documents/` with `body` as `token` (a create): the response, unchecked.
+pub(super) async fn post_document(
+    app: &Router,
+    token: &str,
+    body: &Value,
+) -> super::test_app::Resp {
+    super::test_app::send(
+        app,
+        "POST",
+        "/api/block_documents/",
+        Some(token),
+        Some(body),
+        &[],
+    )
+    .await
+}
+
 /// Registers a built-in type and schema through the API as Prefect's client does.
 async fn register_via_api(app: &Router, spec: &block_types::BlockSpec) -> (String, String) {
     let (status, ty) = call(

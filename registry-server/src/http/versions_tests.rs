@@ -7,6 +7,7 @@ use block_types::references::reference_value;
 use serde_json::json;
 
 use super::AuthGuard;
+use super::tests::send_expecting;
 use crate::store::Scope;
 use crate::store::tests::harness::{create, on_both, register};
 
@@ -108,30 +109,10 @@ async fn versions_are_listed_newest_first_and_a_rollback_writes_the_old_data_aga
         let ctx = setup(db, AuthGuard::default()).await;
         let store = &ctx.state.store;
         let admin = ctx.admin.as_str();
-        let id = secret_doc(store, "history", "secret-v1").await;
-        let doc = format!("/api/block_documents/{id}");
-        for value in ["secret-v2", "secret-v3"] {
-            let resp = send(
-                &ctx.app,
-                "PATCH",
-                &doc,
-                Some(admin),
-                Some(&json!({"data": {"value": value}})),
-                &[],
-            )
-            .await;
-            assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
-        }
+        let doc = three_versions(&ctx).await;
         let versions = get(&ctx.app, &format!("{doc}/versions"), admin).await;
         assert_eq!(versions.status, StatusCode::OK, "{}", versions.text);
-        let numbers: Vec<i64> = versions
-            .body
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["version"].as_i64().unwrap())
-            .collect();
-        assert_eq!(numbers, [3, 2, 1], "newest first");
+        assert_eq!(version_numbers(&versions), [3, 2, 1], "newest first");
         assert!(!versions.text.contains("secret-v"));
 
         let v1 = get(
@@ -157,16 +138,15 @@ async fn versions_are_listed_newest_first_and_a_rollback_writes_the_old_data_aga
             StatusCode::FORBIDDEN
         );
 
-        let rolled = send(
+        let rolled = send_expecting(
             &ctx.app,
             "POST",
             &format!("{doc}/versions/1/rollback"),
-            Some(admin),
+            admin,
             None,
-            &[],
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.text);
         assert_eq!(rolled.body["version"], json!(4));
         let current = get(&ctx.app, &format!("{doc}?include_secrets=true"), admin).await;
         assert_eq!(
@@ -184,29 +164,47 @@ async fn versions_are_listed_newest_first_and_a_rollback_writes_the_old_data_aga
     .await;
 }
 
-/// A document holding a secret with four versions: `secret-v1`, `-v2`, `-v3`, then a
-/// rollback to version 1 (version 4). Returns its path.
-async fn four_versions(ctx: &Ctx) -> String {
-    let admin = ctx.admin.as_str();
+/// The version numbers of a version list, in the order listed.
+#[track_caller]
+fn version_numbers(versions: &Resp) -> Vec<i64> {
+    versions
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect()
+}
+
+/// A document holding a secret with three versions: `secret-v1`, `-v2`, `-v3`. Returns its
+/// path.
+async fn three_versions(ctx: &Ctx) -> String {
     let id = secret_doc(&ctx.state.store, "history", "secret-v1").await;
     let doc = format!("/api/block_documents/{id}");
     for value in ["secret-v2", "secret-v3"] {
-        let resp = send(
+        let data = json!({"data": {"value": value}});
+        send_expecting(
             &ctx.app,
             "PATCH",
             &doc,
-            Some(admin),
-            Some(&json!({"data": {"value": value}})),
-            &[],
+            &ctx.admin,
+            Some(&data),
+            StatusCode::NO_CONTENT,
         )
         .await;
-        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
     }
+    doc
+}
+
+/// A document holding a secret with four versions: `secret-v1`, `-v2`, `-v3`, then a
+/// rollback to version 1 (version 4). Returns its path.
+async fn four_versions(ctx: &Ctx) -> String {
+    let doc = three_versions(ctx).await;
     let rolled = send(
         &ctx.app,
         "POST",
         &format!("{doc}/versions/1/rollback"),
-        Some(admin),
+        Some(&ctx.admin),
         None,
         &[],
     )
@@ -219,120 +217,53 @@ async fn four_versions(ctx: &Ctx) -> String {
 async fn destroying_a_version_needs_admin_and_spares_the_current_one() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
-        let store = &ctx.state.store;
+        let (app, store) = (&ctx.app, &ctx.state.store);
         let admin = ctx.admin.as_str();
         let doc = four_versions(&ctx).await;
+        let v2 = format!("{doc}/versions/2");
         // Destroying history needs admin: a write token may roll back but not destroy.
         let (writer, _) = token(store, &[Scope::Write]).await;
-        let resp = send(
-            &ctx.app,
-            "DELETE",
-            &format!("{doc}/versions/2"),
-            Some(&writer),
-            None,
-            &[],
-        )
-        .await;
-        assert_eq!(resp.status, StatusCode::FORBIDDEN, "{}", resp.text);
+        let resp = send_expecting(app, "DELETE", &v2, &writer, None, StatusCode::FORBIDDEN).await;
         assert!(resp.text.contains("admin"), "{}", resp.text);
-        let resp = send(
-            &ctx.app,
-            "DELETE",
-            &format!("{doc}/versions/2"),
-            Some(admin),
-            None,
-            &[],
-        )
-        .await;
-        assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
-        assert_eq!(
-            get(&ctx.app, &format!("{doc}/versions/2"), admin)
-                .await
-                .status,
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            get(
-                &ctx.app,
-                &format!("{doc}/versions/2?include_secrets=true"),
-                admin
-            )
-            .await
-            .status,
-            StatusCode::NOT_FOUND
-        );
-        let resp = send(
-            &ctx.app,
-            "DELETE",
-            &format!("{doc}/versions/4"),
-            Some(admin),
-            None,
-            &[],
-        )
-        .await;
-        assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.text);
-        for bad in ["abc", "0", "-1", "1.5"] {
-            let resp = get(&ctx.app, &format!("{doc}/versions/{bad}"), admin).await;
-            assert_eq!(
-                resp.status,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "{bad}: {}",
-                resp.text
-            );
-            assert!(resp.text.contains("version"), "{}", resp.text);
-            let resp = send(
-                &ctx.app,
-                "DELETE",
-                &format!("{doc}/versions/{bad}"),
-                Some(admin),
-                None,
-                &[],
-            )
-            .await;
-            assert_eq!(
-                resp.status,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "{bad}: {}",
-                resp.text
-            );
+        send_expecting(app, "DELETE", &v2, admin, None, StatusCode::NO_CONTENT).await;
+        for uri in [v2.clone(), format!("{v2}?include_secrets=true")] {
+            assert_eq!(get(app, &uri, admin).await.status, StatusCode::NOT_FOUND);
         }
-        let numbers: Vec<i64> = get(&ctx.app, &format!("{doc}/versions"), admin)
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["version"].as_i64().unwrap())
-            .collect();
-        assert_eq!(numbers, [4, 3, 1]);
+        let v4 = format!("{doc}/versions/4");
+        send_expecting(app, "DELETE", &v4, admin, None, StatusCode::CONFLICT).await;
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        for bad in ["abc", "0", "-1", "1.5"] {
+            let uri = format!("{doc}/versions/{bad}");
+            let resp = send_expecting(app, "GET", &uri, admin, None, unprocessable).await;
+            assert!(resp.text.contains("version"), "{}", resp.text);
+            send_expecting(app, "DELETE", &uri, admin, None, unprocessable).await;
+        }
+        let versions = get(app, &format!("{doc}/versions"), admin).await;
+        assert_eq!(version_numbers(&versions), [4, 3, 1]);
     })
     .await;
+}
+
+/// The settings as `/api/settings` answers them with the version retention `retention` and
+/// the other retentions at their defaults.
+fn settings_with_retention(retention: i64) -> serde_json::Value {
+    json!({"retention": retention, "audit_retention_days": 400, "event_retention_hours": 168})
 }
 
 #[tokio::test]
 async fn retention_prunes_old_versions_now_and_on_later_writes() {
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
-        let store = &ctx.state.store;
+        let (app, store) = (&ctx.app, &ctx.state.store);
         let admin = ctx.admin.as_str();
         let doc = four_versions(&ctx).await;
         let (read, _) = token(store, &[Scope::Read]).await;
         // Retention.
-        let resp = send(
-            &ctx.app,
-            "PATCH",
-            "/api/settings",
-            Some(admin),
-            Some(&json!({"retention": 2})),
-            &[],
-        )
-        .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
-        assert_eq!(
-            resp.body,
-            json!({"retention": 2, "audit_retention_days": 400, "event_retention_hours": 168})
-        );
-        let kept = get(&ctx.app, &format!("{doc}/versions"), admin)
+        let settings = "/api/settings";
+        let two = json!({"retention": 2});
+        let resp = send_expecting(app, "PATCH", settings, admin, Some(&two), StatusCode::OK).await;
+        assert_eq!(resp.body, settings_with_retention(2));
+        let kept = get(app, &format!("{doc}/versions"), admin)
             .await
             .body
             .as_array()
@@ -340,67 +271,24 @@ async fn retention_prunes_old_versions_now_and_on_later_writes() {
             .len();
         assert!(kept <= 2, "{kept} versions kept under retention 2");
         assert!(kept >= 1);
-        let resp = send(
-            &ctx.app,
-            "PATCH",
-            "/api/settings",
-            Some(admin),
-            Some(&json!({"retention": 0})),
-            &[],
-        )
-        .await;
-        assert_eq!(
-            resp.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            resp.text
-        );
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let zero = json!({"retention": 0});
+        let resp = send_expecting(app, "PATCH", settings, admin, Some(&zero), unprocessable).await;
         assert!(resp.text.contains("retention"), "{}", resp.text);
-        let resp = send(
-            &ctx.app,
-            "PATCH",
-            "/api/settings",
-            Some(admin),
-            Some(&json!({"keep": 3})),
-            &[],
-        )
-        .await;
+        let unknown = json!({"keep": 3});
+        send_expecting(app, "PATCH", settings, admin, Some(&unknown), unprocessable).await;
+        let current = get(app, settings, admin).await;
+        assert_eq!(current.status, StatusCode::OK);
+        assert_eq!(current.body, settings_with_retention(2));
         assert_eq!(
-            resp.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            resp.text
-        );
-        let settings = get(&ctx.app, "/api/settings", admin).await;
-        assert_eq!(settings.status, StatusCode::OK);
-        assert_eq!(
-            settings.body,
-            json!({"retention": 2, "audit_retention_days": 400, "event_retention_hours": 168})
-        );
-        assert_eq!(
-            get(&ctx.app, "/api/settings", &read).await.status,
+            get(app, settings, &read).await.status,
             StatusCode::FORBIDDEN
         );
         // Further writes keep the limit.
-        let resp = send(
-            &ctx.app,
-            "PATCH",
-            &doc,
-            Some(admin),
-            Some(&json!({"data": {"value": "secret-v5"}})),
-            &[],
-        )
-        .await;
-        assert_eq!(resp.status, StatusCode::NO_CONTENT);
-        let numbers: Vec<i64> = get(&ctx.app, &format!("{doc}/versions"), admin)
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["version"].as_i64().unwrap())
-            .collect();
-        assert_eq!(numbers, [5, 4]);
+        let v5 = json!({"data": {"value": "secret-v5"}});
+        send_expecting(app, "PATCH", &doc, admin, Some(&v5), StatusCode::NO_CONTENT).await;
+        let versions = get(app, &format!("{doc}/versions"), admin).await;
+        assert_eq!(version_numbers(&versions), [5, 4]);
     })
     .await;
 }
