@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::test_app::{Ctx, lenient, setup};
 use crate::store::tests::harness::{TestDb, create, obj, on_both, register};
-use crate::store::{Backend, Rights, Scope, Store};
+use crate::store::{Backend, Rights, Scope};
 
 const CANARY: &str = "canary-feed-http-2d7c91e4";
 
@@ -122,23 +122,6 @@ impl Stream {
     }
 }
 
-async fn token(store: &Store, scopes: &[Scope], grants: &[&str]) -> (String, Uuid) {
-    use secrecy::ExposeSecret as _;
-    let created = store
-        .create_token(crate::store::TokenCreate {
-            name: "feed".into(),
-            scopes: scopes.iter().copied().collect(),
-            grants: grants
-                .iter()
-                .map(|g| crate::store::Grant::parse(g).unwrap())
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (created.token.expose_secret().to_owned(), created.info.id)
-}
-
 fn key(project: &str) -> Value {
     json!({"service_account_info": {"private_key": CANARY}, "project": project})
 }
@@ -165,7 +148,7 @@ async fn each_token_is_sent_the_changes_it_may_read_and_nothing_of_their_values(
         let (_, creds) = register::<GcpCredentials>(&store).await;
         let (_, buckets) = register::<GcsBucket>(&store).await;
         let addr = serve_app(ctx.app.clone()).await;
-        let (limited, limited_id) = token(
+        let (limited, limited_id) = super::tests::limited(
             &store,
             &[Scope::Write],
             &["write:gcs-bucket/zoom-*", "read:gcp-credentials/zoom-creds"],
@@ -408,7 +391,7 @@ async fn a_revoked_tokens_stream_ends_and_streams_per_token_are_bounded() {
         let ctx = setup(db, lenient()).await;
         let store = Arc::clone(&ctx.state.store);
         let addr = serve_app(ctx.app.clone()).await;
-        let (reader, reader_id) = token(&store, &[Scope::Read], &[]).await;
+        let (reader, reader_id) = super::tests::limited(&store, &[Scope::Read], &[]).await;
         let mut stream = Stream::open(addr, &reader, "", None).await;
         let mut held = Vec::new();
         for _ in 1..super::feed::MAX_STREAMS_PER_TOKEN {
