@@ -377,19 +377,7 @@ impl Store {
         let cutoff = now
             .timestamp_micros()
             .saturating_sub(i64::from(days).saturating_mul(MICROS_PER_DAY));
-        let mut deleted = 0;
-        loop {
-            self.count_query();
-            let done = sqlx::query(PRUNE_AUDIT)
-                .bind(cutoff)
-                .bind(PRUNE_BATCH)
-                .execute(&self.write)
-                .await?
-                .rows_affected();
-            deleted += done;
-            if done < PRUNE_BATCH as u64 {
-                return Ok(deleted);
-            }
-        }
+        self.delete_in_batches(PRUNE_AUDIT, cutoff, PRUNE_BATCH)
+            .await
     }
 }

@@ -453,20 +453,8 @@ impl Store {
         let cutoff = (now - chrono::Duration::hours(i64::from(hours))).timestamp_micros();
         // Finished deliveries go with their events (pending ones stay until given up).
         self.prune_deliveries(cutoff).await?;
-        let mut total = 0;
-        loop {
-            self.count_query();
-            let deleted = sqlx::query(PRUNE_EVENTS)
-                .bind(cutoff)
-                .bind(PRUNE_BATCH)
-                .execute(&self.write)
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < PRUNE_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        self.delete_in_batches(PRUNE_EVENTS, cutoff, PRUNE_BATCH)
+            .await
     }
 }
 

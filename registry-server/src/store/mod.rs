@@ -762,6 +762,31 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `statement` (a delete of at most `$2` rows older than `$1`) with `cutoff` and
+    /// `batch` until it deletes fewer than `batch`: each batch its own short transaction,
+    /// so SQLite's writer is never held for a whole prune. Returns how many were deleted.
+    pub(crate) async fn delete_in_batches(
+        &self,
+        statement: &str,
+        cutoff: i64,
+        batch: i64,
+    ) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            self.count_query();
+            let deleted = sqlx::query(statement)
+                .bind(cutoff)
+                .bind(batch)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Drops the cached trees holding `documents` (all of them when empty): for changes
     /// made behind the store's back.
     pub(crate) fn forget_trees(&self, documents: &[Uuid]) {
