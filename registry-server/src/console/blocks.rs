@@ -17,7 +17,7 @@ use super::layout::{self, Nav, Page, form_token};
 use super::session::{ConsoleWrite, FormPairs};
 use super::{PageError, Viewer, catalog, snippets};
 use crate::http::AppState;
-use crate::store::{DocumentQuery, Scope, StoreError};
+use crate::store::{DocumentQuery, Scope, StoreError, Tagged};
 
 /// Referencing blocks a page names at most (then says there are more).
 const MAX_REFERRERS: u32 = 100;
@@ -37,10 +37,7 @@ pub(crate) fn target_id(raw: &str) -> String {
 }
 
 /// Reads a document (secrets masked), as a page error when it is missing.
-pub(crate) async fn read_masked(
-    state: &AppState,
-    id: Uuid,
-) -> Result<crate::store::Tagged, PageError> {
+pub(crate) async fn read_masked(state: &AppState, id: Uuid) -> Result<Tagged, PageError> {
     match state.store.read_block_document_tagged(id, false).await {
         Ok(tagged) => Ok(tagged),
         Err(StoreError::NotFound(_)) => Err(PageError::not_found(
@@ -48,6 +45,52 @@ pub(crate) async fn read_masked(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A block a page shows or a write changes, read with its secrets masked.
+pub(crate) struct Opened {
+    pub(crate) id: Uuid,
+    pub(crate) tagged: Tagged,
+    /// Its name (empty for an anonymous block).
+    pub(crate) name: String,
+}
+
+impl Opened {
+    /// The block the path names: a 404 page for a bad id or a missing block.
+    pub(crate) async fn read(state: &AppState, raw: &str) -> Result<Self, PageError> {
+        Self::of(state, parse_id(raw)?).await
+    }
+
+    /// Block `id`: a 404 page when it is missing.
+    pub(crate) async fn of(state: &AppState, id: Uuid) -> Result<Self, PageError> {
+        let tagged = read_masked(state, id).await?;
+        let name = tagged.document.name.clone().unwrap_or_default();
+        Ok(Self { id, tagged, name })
+    }
+
+    /// The block the path names, for a page that leads to a change needing `scope`
+    /// (`what`: the change, as the 403 names it). A bad id is a 404 before the scope is
+    /// checked, and the scope is checked before the block is read.
+    pub(crate) async fn to_change(
+        state: &AppState,
+        viewer: &Viewer,
+        raw: &str,
+        scope: Scope,
+        what: &str,
+    ) -> Result<Self, PageError> {
+        let id = parse_id(raw)?;
+        viewer.require(scope, what)?;
+        Self::of(state, id).await
+    }
+}
+
+/// A page of the blocks' part of the console.
+pub(crate) fn blocks_page(viewer: &Viewer, title: impl Into<String>, body: &Markup) -> Response {
+    super::html(layout::shell(
+        &Page::titled(title).in_nav(Nav::Blocks),
+        Some(viewer),
+        body,
+    ))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -242,11 +285,7 @@ async fn list_page(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled("Blocks").in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    Ok(blocks_page(viewer, "Blocks", &body))
 }
 
 /// The properties of a schema in display order: by `position` where given, else as
@@ -344,14 +383,10 @@ async fn detail_page(
     raw: &str,
     query: DetailQuery,
 ) -> Result<Response, PageError> {
-    let id = parse_id(raw)?;
-    let tagged = read_masked(state, id).await?;
+    let Opened { id, tagged, name } = Opened::read(state, raw).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?;
-    let mut referrers = state.store.referrers(id, MAX_REFERRERS + 1).await?;
-    let more_referrers = referrers.len() > MAX_REFERRERS as usize;
-    referrers.truncate(MAX_REFERRERS as usize);
-    let name = doc.name.clone().unwrap_or_default();
+    let (referrers, more_referrers) = referrers(state, id).await?;
     let fields = doc.block_schema.as_ref().map(|s| &s.fields);
     let order = field_order(fields.unwrap_or(&Value::Null), &doc.data);
     let rust = snippets::rust(ty, &name);
@@ -492,11 +527,19 @@ async fn detail_page(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled(name.clone()).in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    Ok(blocks_page(viewer, name.clone(), &body))
+}
+
+/// The blocks that reference block `id` (at most [`MAX_REFERRERS`]), and whether there are
+/// more.
+async fn referrers(
+    state: &AppState,
+    id: Uuid,
+) -> Result<(Vec<crate::store::Referrer>, bool), PageError> {
+    let mut referrers = state.store.referrers(id, MAX_REFERRERS + 1).await?;
+    let more = referrers.len() > MAX_REFERRERS as usize;
+    referrers.truncate(MAX_REFERRERS as usize);
+    Ok((referrers, more))
 }
 
 /// The type of a read document (reads always carry it).
@@ -530,14 +573,10 @@ async fn confirm_delete_page(
     viewer: &Viewer,
     raw: &str,
 ) -> Result<Response, PageError> {
-    let id = parse_id(raw)?;
-    viewer.require(Scope::Write, "Deleting a block")?;
-    let tagged = read_masked(state, id).await?;
+    let Opened { id, tagged, name } =
+        Opened::to_change(state, viewer, raw, Scope::Write, "Deleting a block").await?;
     let ty = document_type(&tagged.document)?;
-    let name = tagged.document.name.clone().unwrap_or_default();
-    let mut referrers = state.store.referrers(id, MAX_REFERRERS + 1).await?;
-    let more_referrers = referrers.len() > MAX_REFERRERS as usize;
-    referrers.truncate(MAX_REFERRERS as usize);
+    let (referrers, more_referrers) = referrers(state, id).await?;
     let body = html! {
         section.narrow {
             h1 { "Delete " (name) "?" }
@@ -563,11 +602,7 @@ async fn confirm_delete_page(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled(format!("Delete {name}")).in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    Ok(blocks_page(viewer, format!("Delete {name}"), &body))
 }
 
 /// Runs `work`, a write to the block `raw` names, as [`ConsoleWrite::run`] does, with the
@@ -589,12 +624,45 @@ where
         .await
 }
 
-pub(super) async fn delete(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
+/// Runs `work`, a change to the block `raw` names, as [`block_write`] does, once the path's
+/// id, the form token, the `write` scope (`what`: the change, as the 403 names it) and the
+/// version the form was read at are checked, in that order, and the block is read. `work`
+/// gets the block and that version.
+pub(super) async fn change_block<F>(
+    write: ConsoleWrite,
+    action: &'static str,
+    what: &'static str,
+    raw: String,
+    work: impl FnOnce(AppState, Viewer, FormPairs, Opened, i64) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = Result<Response, PageError>> + Send + 'static,
+{
     block_write(
         write,
-        "POST /blocks/{id}/delete",
+        action,
         raw,
-        |state, viewer, form, raw| async move { delete_block(&state, &viewer, &raw, &form).await },
+        move |state, viewer, form, raw| async move {
+            let id = parse_id(&raw)?;
+            viewer.check_form(&form)?;
+            viewer.require(Scope::Write, what)?;
+            let expected = form.version()?;
+            let block = Opened::of(&state, id).await?;
+            work(state, viewer, form, block, expected).await
+        },
+    )
+    .await
+}
+
+pub(super) async fn delete(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
+    change_block(
+        write,
+        "POST /blocks/{id}/delete",
+        "Deleting a block",
+        raw,
+        |state, viewer, _, block, expected| async move {
+            delete_block(&state, &viewer, block, expected).await
+        },
     )
     .await
 }
@@ -602,15 +670,9 @@ pub(super) async fn delete(Path(raw): Path<String>, write: ConsoleWrite) -> Resp
 async fn delete_block(
     state: &AppState,
     viewer: &Viewer,
-    raw: &str,
-    form: &FormPairs,
+    Opened { id, name, .. }: Opened,
+    expected: i64,
 ) -> Result<Response, PageError> {
-    let id = parse_id(raw)?;
-    viewer.check_form(form)?;
-    viewer.require(Scope::Write, "Deleting a block")?;
-    let expected = form.version()?;
-    let tagged = read_masked(state, id).await?;
-    let name = tagged.document.name.clone().unwrap_or_default();
     let outcome = match state
         .store
         .delete_block_document_by(id, Some(expected), Some(viewer.token.id))

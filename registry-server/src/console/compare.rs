@@ -8,12 +8,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use maud::html;
 
-use super::blocks::{document_type, parse_id, read_masked};
+use super::blocks::{Opened, blocks_page, document_type};
 use super::history::{
     Labels, Side, audit_secret_comparison, changes_table, fields, for_viewer, nothing_differs,
     titles_of, uncompared,
 };
-use super::layout::{self, Nav, Page};
 use super::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{DocumentQuery, MAX_PAGE};
@@ -44,11 +43,9 @@ async fn render(
     query: CompareQuery,
     headers: &HeaderMap,
 ) -> Result<Response, PageError> {
-    let id = parse_id(raw)?;
-    let tagged = read_masked(state, id).await?;
+    let Opened { id, tagged, name } = Opened::read(state, raw).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?;
-    let name = doc.name.clone().unwrap_or_default();
     // The blocks it can be compared with: the type's named blocks (the first page of them).
     let others = state
         .store
@@ -61,8 +58,7 @@ async fn render(
     let with = match query.with.as_deref().filter(|w| !w.is_empty()) {
         None => None,
         Some(other) => {
-            let other_id = parse_id(other)?;
-            let other = read_masked(state, other_id).await?;
+            let other = Opened::read(state, other).await?.tagged;
             let other_ty = document_type(&other.document)?;
             if other_ty.id != ty.id {
                 return Err(PageError::new(
@@ -153,9 +149,5 @@ async fn render(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled(format!("Compare {name}")).in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    Ok(blocks_page(viewer, format!("Compare {name}"), &body))
 }

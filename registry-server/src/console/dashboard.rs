@@ -9,6 +9,7 @@ use axum::response::Response;
 use maud::html;
 use uuid::Uuid;
 
+use super::history::{token_names, written_by};
 use super::layout::{self, Nav, Page};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
@@ -40,7 +41,7 @@ async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError
     let recent = state.store.recent_changes(RECENT).await?;
     let (outdated, outdated_total) = state.store.outdated_documents(ATTENTION).await?;
     let mistyped = state.store.mistyped_references(ATTENTION).await?;
-    let token_names = super::history::token_names(state, viewer).await?;
+    let token_names = token_names(state, viewer).await?;
     let may_write = viewer.may(Scope::Write);
     let body = html! {
         h1 { "Dashboard" }
@@ -76,15 +77,7 @@ async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError
                                     td { (change.type_name) }
                                     td { a href=(format!("/blocks/{}/history", change.id)) aria-label=(format!("History of {}: version {}", change.name, change.version)) { (change.version) } }
                                     td { time datetime=(change.updated.to_rfc3339()) { (change.updated.format("%Y-%m-%d %H:%M UTC")) } }
-                                    td {
-                                        @match change.token_id {
-                                            Some(token) => {
-                                                @if let Some(name) = token_names.get(&token) { (name) " " }
-                                                code.muted title="token id" { (token.to_string()[..8]) }
-                                            }
-                                            None => span.muted { "not recorded" },
-                                        }
-                                    }
+                                    td { (written_by(change.token_id, &token_names)) }
                                 }
                             }
                         }

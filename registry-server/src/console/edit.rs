@@ -22,9 +22,9 @@ use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::blocks::{block_write, document_type, parse_id, read_masked};
+use super::blocks::{Opened, blocks_page, change_block, document_type};
 use super::form::{self, Action, FormInput, Mode, RefOption};
-use super::layout::{self, Nav, Page, form_token};
+use super::layout::form_token;
 use super::session::{ConsoleWrite, FormPairs};
 use super::{PageError, Viewer, catalog};
 use crate::http::AppState;
@@ -89,6 +89,27 @@ async fn type_by_slug(state: &AppState, slug: &str) -> Result<BlockType, PageErr
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a new block's form starts from: the type `slug` names, its newest schema and what
+/// the form needs besides.
+async fn newest_form(
+    state: &AppState,
+    slug: &str,
+) -> Result<(BlockType, BlockSchema, Context), PageError> {
+    let ty = type_by_slug(state, slug).await?;
+    let schema = newest_schema(state, &ty).await?;
+    let ctx = context(state, &schema.fields).await?;
+    Ok((ty, schema, ctx))
+}
+
+/// The schema a read document was written with (reads always carry it).
+fn own_schema(doc: &block_types::model::BlockDocument) -> Result<BlockSchema, PageError> {
+    doc.block_schema.clone().ok_or_else(|| {
+        PageError::from(crate::http::ApiError::Internal(
+            "a read document came without its schema".into(),
+        ))
+    })
 }
 
 /// The block type slugs a schema's fields may reference.
@@ -220,6 +241,42 @@ struct FormPage<'a> {
     notice: Option<String>,
 }
 
+impl<'a> FormPage<'a> {
+    /// An empty form for a new block of type `ty`.
+    fn create(ty: &'a BlockType, schema: &'a BlockSchema) -> Self {
+        Self {
+            ty,
+            schema,
+            mode: Mode::Create,
+            editing: None,
+            name: "",
+            data: None,
+            original: None,
+            errors: &[],
+            problem: None,
+            parent: None,
+            notice: None,
+        }
+    }
+
+    /// The form of block `id` (`name`, read at `version`), holding its stored data
+    /// (`original`).
+    fn edit(
+        ty: &'a BlockType,
+        schema: &'a BlockSchema,
+        (id, name, version): (Uuid, &'a str, i64),
+        original: &'a Map<String, Value>,
+    ) -> Self {
+        Self {
+            mode: Mode::Edit,
+            editing: Some((id, name, version)),
+            name,
+            original: Some(original),
+            ..Self::create(ty, schema)
+        }
+    }
+}
+
 fn render_form(viewer: &Viewer, ctx: &Context, page: &FormPage<'_>) -> Markup {
     let hidden_errors = page.errors.len().saturating_sub(MAX_SHOWN_ERRORS);
     let errors = &page.errors[..page.errors.len().min(MAX_SHOWN_ERRORS)];
@@ -337,11 +394,7 @@ fn form_response(
         Some((_, name, _)) => format!("Edit {name}"),
         None => format!("Add {}", page.ty.name),
     };
-    let mut response = super::html(layout::shell(
-        &Page::titled(title).in_nav(Nav::Blocks),
-        Some(viewer),
-        &render_form(viewer, ctx, page),
-    ));
+    let mut response = blocks_page(viewer, title, &render_form(viewer, ctx, page));
     *response.status_mut() = status;
     response
 }
@@ -361,7 +414,7 @@ pub(super) async fn new_form(
 ) -> Result<Response, Response> {
     async {
         viewer.require(Scope::Write, "Creating a block")?;
-        let ty = type_by_slug(&state, &slug).await?;
+        let (ty, schema, ctx) = newest_form(&state, &slug).await?;
         // Named by id and looked up, so a link cannot make the page say anything else.
         let added = match query.added.as_deref().map(Uuid::parse_str) {
             Some(Ok(id)) => state.store.read_block_document(id, false).await.ok(),
@@ -371,26 +424,11 @@ pub(super) async fn new_form(
             .filter(|doc| doc.block_type_id == ty.id)
             .and_then(|doc| doc.name)
             .map(|name| format!("Created {name}. Add another {} below.", ty.name));
-        let schema = newest_schema(&state, &ty).await?;
-        let ctx = context(&state, &schema.fields).await?;
-        Ok::<_, PageError>(form_response(
-            &viewer,
-            &ctx,
-            &FormPage {
-                ty: &ty,
-                schema: &schema,
-                mode: Mode::Create,
-                editing: None,
-                name: "",
-                data: None,
-                original: None,
-                errors: &[],
-                problem: None,
-                parent: None,
-                notice,
-            },
-            StatusCode::OK,
-        ))
+        let page = FormPage {
+            notice,
+            ..FormPage::create(&ty, &schema)
+        };
+        Ok::<_, PageError>(form_response(&viewer, &ctx, &page, StatusCode::OK))
     }
     .await
     .map_err(|e| e.render(Some(&viewer)))
@@ -411,16 +449,11 @@ pub(super) async fn edit_form(
     Query(query): Query<EditQuery>,
 ) -> Result<Response, Response> {
     async {
-        let id = parse_id(&raw)?;
-        viewer.require(Scope::Write, "Editing a block")?;
-        let tagged = read_masked(&state, id).await?;
+        let Opened { id, tagged, name } =
+            Opened::to_change(&state, &viewer, &raw, Scope::Write, "Editing a block").await?;
         let doc = &tagged.document;
         let ty = document_type(doc)?.clone();
-        let own = doc.block_schema.clone().ok_or_else(|| {
-            PageError::from(crate::http::ApiError::Internal(
-                "a read document came without its schema".into(),
-            ))
-        })?;
+        let own = own_schema(doc)?;
         let (schema, notice) = match query.schema.as_deref() {
             Some("newest") => {
                 let newest = newest_schema(&state, &ty).await?;
@@ -441,25 +474,11 @@ pub(super) async fn edit_form(
         };
         let original = editable_data(doc);
         let ctx = context(&state, &schema.fields).await?;
-        let name = doc.name.clone().unwrap_or_default();
-        Ok::<_, PageError>(form_response(
-            &viewer,
-            &ctx,
-            &FormPage {
-                ty: &ty,
-                schema: &schema,
-                mode: Mode::Edit,
-                editing: Some((id, &name, tagged.version)),
-                name: &name,
-                data: None,
-                original: Some(&original),
-                errors: &[],
-                problem: None,
-                parent: None,
-                notice,
-            },
-            StatusCode::OK,
-        ))
+        let page = FormPage {
+            notice,
+            ..FormPage::edit(&ty, &schema, (id, &name, tagged.version), &original)
+        };
+        Ok::<_, PageError>(form_response(&viewer, &ctx, &page, StatusCode::OK))
     }
     .await
     .map_err(|e| e.render(Some(&viewer)))
@@ -604,17 +623,12 @@ async fn create_block(
     let ctx = context(state, &schema.fields).await?;
     let parent_text = form.get("_parent").filter(|p| !p.is_empty());
     let page = |data, errors, problem| FormPage {
-        ty: &ty,
-        schema: &schema,
-        mode: Mode::Create,
-        editing: None,
         name: &name,
         data: Some(data),
-        original: None,
         errors,
         problem,
         parent: parent_text,
-        notice: None,
+        ..FormPage::create(&ty, &schema)
     };
     let again = || {
         form_response(
@@ -726,32 +740,18 @@ async fn child_form(
     child: &str,
     draft: &Draft,
 ) -> Result<Response, PageError> {
-    let ty = type_by_slug(state, child).await?;
-    let schema = newest_schema(state, &ty).await?;
-    let ctx = context(state, &schema.fields).await?;
+    let (ty, schema, ctx) = newest_form(state, child).await?;
     let text = serde_json::to_string(draft)
         .map_err(|e| PageError::from(crate::http::ApiError::Internal(e.to_string())))?;
-    Ok(form_response(
-        viewer,
-        &ctx,
-        &FormPage {
-            ty: &ty,
-            schema: &schema,
-            mode: Mode::Create,
-            editing: None,
-            name: "",
-            data: None,
-            original: None,
-            errors: &[],
-            problem: Some(format!(
-                "Create the {} block here; then the form you came from comes back with it chosen.",
-                ty.name
-            )),
-            parent: Some(&text),
-            notice: None,
-        },
-        StatusCode::OK,
-    ))
+    let page = FormPage {
+        problem: Some(format!(
+            "Create the {} block here; then the form you came from comes back with it chosen.",
+            ty.name
+        )),
+        parent: Some(&text),
+        ..FormPage::create(&ty, &schema)
+    };
+    Ok(form_response(viewer, &ctx, &page, StatusCode::OK))
 }
 
 /// The parent form again, with the new block chosen at the reference field.
@@ -764,60 +764,28 @@ async fn back_to_parent(
     let mut data = draft.data.clone();
     let reference = json!({"$ref": {"block_document_id": child}});
     set_at(&mut data, &draft.path, reference);
-    if let Some(id) = draft.target.strip_prefix("edit:") {
-        let id = parse_id(id)?;
-        let tagged = read_masked(state, id).await?;
+    if let Some(raw) = draft.target.strip_prefix("edit:") {
+        let Opened { id, tagged, name } = Opened::read(state, raw).await?;
         let doc = &tagged.document;
         let ty = document_type(doc)?.clone();
-        let schema = doc.block_schema.clone().ok_or_else(|| {
-            PageError::from(crate::http::ApiError::Internal(
-                "a read document came without its schema".into(),
-            ))
-        })?;
+        let schema = own_schema(doc)?;
         let original = editable_data(doc);
         let ctx = context(state, &schema.fields).await?;
-        let name = doc.name.clone().unwrap_or_default();
-        return Ok(form_response(
-            viewer,
-            &ctx,
-            &FormPage {
-                ty: &ty,
-                schema: &schema,
-                mode: Mode::Edit,
-                editing: Some((id, &name, draft.version.unwrap_or(tagged.version))),
-                name: &name,
-                data: Some(&data),
-                original: Some(&original),
-                errors: &[],
-                problem: None,
-                parent: None,
-                notice: None,
-            },
-            StatusCode::OK,
-        ));
+        let version = draft.version.unwrap_or(tagged.version);
+        let page = FormPage {
+            data: Some(&data),
+            ..FormPage::edit(&ty, &schema, (id, &name, version), &original)
+        };
+        return Ok(form_response(viewer, &ctx, &page, StatusCode::OK));
     }
     let slug = draft.target.strip_prefix("new:").unwrap_or_default();
-    let ty = type_by_slug(state, slug).await?;
-    let schema = newest_schema(state, &ty).await?;
-    let ctx = context(state, &schema.fields).await?;
-    Ok(form_response(
-        viewer,
-        &ctx,
-        &FormPage {
-            ty: &ty,
-            schema: &schema,
-            mode: Mode::Create,
-            editing: None,
-            name: &draft.name,
-            data: Some(&data),
-            original: None,
-            errors: &[],
-            problem: None,
-            parent: None,
-            notice: None,
-        },
-        StatusCode::OK,
-    ))
+    let (ty, schema, ctx) = newest_form(state, slug).await?;
+    let page = FormPage {
+        name: &draft.name,
+        data: Some(&data),
+        ..FormPage::create(&ty, &schema)
+    };
+    Ok(form_response(viewer, &ctx, &page, StatusCode::OK))
 }
 
 /// Sets `value` at a form path (`data.a.b`; keys percent-encoded as the form writes them).
@@ -850,11 +818,14 @@ fn set_at(data: &mut Map<String, Value>, path: &str, value: Value) {
 }
 
 pub(super) async fn update(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
-    block_write(
+    change_block(
         write,
         "POST /blocks/{id}/edit",
+        "Editing a block",
         raw,
-        |state, viewer, form, raw| async move { update_block(&state, &viewer, &raw, &form).await },
+        |state, viewer, form, block, version| async move {
+            update_block(&state, &viewer, &form, block, version).await
+        },
     )
     .await
 }
@@ -862,33 +833,21 @@ pub(super) async fn update(Path(raw): Path<String>, write: ConsoleWrite) -> Resp
 async fn update_block(
     state: &AppState,
     viewer: &Viewer,
-    raw: &str,
     form: &FormPairs,
+    Opened { id, tagged, name }: Opened,
+    version: i64,
 ) -> Result<Response, PageError> {
-    let id = parse_id(raw)?;
-    viewer.check_form(form)?;
-    viewer.require(Scope::Write, "Editing a block")?;
-    let version = form.version()?;
-    let tagged = read_masked(state, id).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?.clone();
     let schema = submitted_schema(state, form, &ty).await?;
     let original = editable_data(doc);
-    let name = doc.name.clone().unwrap_or_default();
     let decoded = form::decode(&schema.fields, Mode::Edit, Some(&original), &form.0);
     let ctx = context(state, &schema.fields).await?;
     let page = |data, errors, problem, version| FormPage {
-        ty: &ty,
-        schema: &schema,
-        mode: Mode::Edit,
-        editing: Some((id, &name, version)),
-        name: &name,
         data: Some(data),
-        original: Some(&original),
         errors,
         problem,
-        parent: None,
-        notice: None,
+        ..FormPage::edit(&ty, &schema, (id, &name, version), &original)
     };
     let again = || {
         let page = page(&decoded.data, &[], None, version);

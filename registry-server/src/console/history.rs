@@ -13,9 +13,9 @@ use maud::{Markup, html};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::blocks::{document_type, field_order, parse_id, read_masked, target_id};
-use super::layout::{self, Nav, Page, form_token};
-use super::session::ConsoleWrite;
+use super::blocks::{Opened, blocks_page, document_type, field_order, target_id};
+use super::layout::form_token;
+use super::session::{ConsoleWrite, FormPairs};
 use super::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{Scope, StoreError, VersionInfo};
@@ -165,6 +165,19 @@ pub(crate) async fn token_names(
     })
 }
 
+/// Who wrote a version: the token's name where `names` has it, and its id's prefix.
+pub(crate) fn written_by(token_id: Option<Uuid>, names: &HashMap<Uuid, String>) -> Markup {
+    html! {
+        @match token_id {
+            Some(token) => {
+                @if let Some(name) = names.get(&token) { (name) " " }
+                code.muted title="token id" { (token.to_string()[..8]) }
+            }
+            None => span.muted { "not recorded" },
+        }
+    }
+}
+
 /// Records in the audit log that a page told a session whether secrets are equal (only a
 /// `read-secrets` session is told, and what it learns about a secret is recorded as a read
 /// of it would be).
@@ -191,6 +204,35 @@ pub(crate) async fn audit_secret_comparison(
         .await?;
     }
     Ok(())
+}
+
+/// The changes from version `from` to version `to` of block `id` as `viewer` may see them,
+/// recorded in the audit log (as `action`) when they tell whether secrets are equal.
+async fn version_changes(
+    state: &AppState,
+    headers: &HeaderMap,
+    viewer: &Viewer,
+    id: Uuid,
+    (from, to): (i64, i64),
+    action: &str,
+) -> Result<Vec<(String, Change)>, PageError> {
+    let changes = for_viewer(
+        diff(
+            &Side::of(state, id, from).await?,
+            &Side::of(state, id, to).await?,
+        ),
+        viewer,
+    );
+    audit_secret_comparison(
+        state,
+        headers,
+        viewer,
+        &changes,
+        action,
+        format!("/api/block_documents/{id} versions={from},{to}"),
+    )
+    .await?;
+    Ok(changes)
 }
 
 /// Whether some secret was not compared for this session.
@@ -355,11 +397,9 @@ async fn render(
     query: HistoryQuery,
     headers: &HeaderMap,
 ) -> Result<Response, PageError> {
-    let id = parse_id(raw)?;
-    let tagged = read_masked(state, id).await?;
+    let Opened { id, tagged, name } = Opened::read(state, raw).await?;
     let doc = &tagged.document;
     let ty = document_type(doc)?;
-    let name = doc.name.clone().unwrap_or_default();
     let mut versions = state.store.list_versions(id).await?;
     versions.truncate(MAX_VERSIONS);
     let token_names = token_names(state, viewer).await?;
@@ -376,20 +416,13 @@ async fn render(
     let comparison = match from {
         None => None,
         Some(from) => {
-            let changes = for_viewer(
-                diff(
-                    &Side::of(state, id, from).await?,
-                    &Side::of(state, id, to).await?,
-                ),
-                viewer,
-            );
-            audit_secret_comparison(
+            let changes = version_changes(
                 state,
                 headers,
                 viewer,
-                &changes,
+                id,
+                (from, to),
                 "GET /blocks/{id}/history",
-                format!("/api/block_documents/{id} versions={from},{to}"),
             )
             .await?;
             let left = format!("Version {from}");
@@ -466,15 +499,7 @@ async fn render(
                             tr {
                                 td { (v.version) @if v.version == tagged.version { " " span.badge { "current" } } }
                                 td { time datetime=(v.created.to_rfc3339()) { (v.created.format("%Y-%m-%d %H:%M:%S UTC")) } }
-                                td {
-                                    @match v.token_id {
-                                        Some(token) => {
-                                            @if let Some(token_name) = token_names.get(&token) { (token_name) " " }
-                                            code.muted title="token id" { (token.to_string()[..8]) }
-                                        }
-                                        None => span.muted { "not recorded" },
-                                    }
-                                }
+                                td { (written_by(v.token_id, &token_names)) }
                                 td.row-actions {
                                     @if v.version != tagged.version {
                                         a href=(format!("/blocks/{id}/history?from={}", v.version)) aria-label=(format!("Compare with current: version {}", v.version)) { "Compare with current" }
@@ -493,11 +518,7 @@ async fn render(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled(format!("History of {name}")).in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    Ok(blocks_page(viewer, format!("History of {name}"), &body))
 }
 
 /// What a version action needs: the block, its current version and the version acted on.
@@ -510,63 +531,124 @@ struct Target {
 }
 
 async fn acted_on(state: &AppState, raw: &str, raw_version: &str) -> Result<Target, PageError> {
-    let id = parse_id(raw)?;
-    let tagged = read_masked(state, id).await?;
+    let Opened { id, tagged, name } = Opened::read(state, raw).await?;
     let versions = state.store.list_versions(id).await?;
     let version = known_version(&versions, parse_version(raw_version)?)?;
     Ok(Target {
         id,
-        name: tagged.document.name.clone().unwrap_or_default(),
+        name,
         current: tagged.version,
         version,
         titles: titles_of(&tagged.document),
     })
 }
 
+/// What is done to a version: rolling the block back to it, or destroying it.
+struct VersionAction {
+    /// The console write's audit action.
+    action: &'static str,
+    /// The API path it stands for, after `/api/block_documents/{id}/versions/{version}`.
+    api_suffix: &'static str,
+    /// The scope it needs, and how a 403 names it.
+    scope: Scope,
+    what: &'static str,
+    /// Why it cannot be done to the current version.
+    not_current: &'static str,
+}
+
+const ROLLBACK: VersionAction = VersionAction {
+    action: "POST /blocks/{id}/history/{version}/rollback",
+    api_suffix: "/rollback",
+    scope: Scope::Write,
+    what: "Rolling a block back",
+    not_current: "there is nothing to roll back",
+};
+
+const DESTROY: VersionAction = VersionAction {
+    action: "POST /blocks/{id}/history/{version}/destroy",
+    api_suffix: "",
+    scope: Scope::Admin,
+    what: "Destroying a version",
+    not_current: "write a new version before destroying it",
+};
+
+/// The version a confirmation page offers to act on: the scope checked first, then the
+/// version found, and it must not be the current one.
+async fn to_confirm(
+    state: &AppState,
+    viewer: &Viewer,
+    (raw, raw_version): &(String, String),
+    act: &VersionAction,
+) -> Result<Target, PageError> {
+    viewer.require(act.scope, act.what)?;
+    let t = acted_on(state, raw, raw_version).await?;
+    if t.version == t.current {
+        return Err(PageError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Version {} is the current version of {}; {}.",
+                t.version, t.name, act.not_current
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// Runs `work`, `act` on version `raw_version` of the block `raw` names, as
+/// [`ConsoleWrite::run`] does, once the form token and the scope are checked. `work` gets
+/// the path's id and version as given.
+async fn version_write<F>(
+    write: ConsoleWrite,
+    (raw, raw_version): (String, String),
+    act: &'static VersionAction,
+    work: impl FnOnce(AppState, Viewer, FormPairs, String, String) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = Result<(Response, Option<String>), PageError>> + Send + 'static,
+{
+    let target = format!(
+        "/api/block_documents/{}/versions/{raw_version}{}",
+        target_id(&raw),
+        act.api_suffix
+    );
+    write
+        .run(act.action, target, move |state, viewer, form| async move {
+            viewer.check_form(&form)?;
+            viewer.require(act.scope, act.what)?;
+            work(state, viewer, form, raw, raw_version).await
+        })
+        .await
+}
+
 pub(super) async fn confirm_rollback(
     State(state): State<AppState>,
     viewer: Viewer,
-    Path((raw, raw_version)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    confirm_rollback_page(&state, &viewer, &raw, &raw_version, &headers)
+    rollback_page(&state, &viewer, &path, &headers)
         .await
         .map_err(|e| e.render(Some(&viewer)))
 }
 
-async fn confirm_rollback_page(
+/// The page that asks to confirm rolling back to the version the path names, with what
+/// would change.
+async fn rollback_page(
     state: &AppState,
     viewer: &Viewer,
-    raw: &str,
-    raw_version: &str,
+    path: &(String, String),
     headers: &HeaderMap,
 ) -> Result<Response, PageError> {
-    viewer.require(Scope::Write, "Rolling a block back")?;
-    let t = acted_on(state, raw, raw_version).await?;
+    let t = to_confirm(state, viewer, path, &ROLLBACK).await?;
     let (id, name, version) = (t.id, &t.name, t.version);
-    if version == t.current {
-        return Err(PageError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "Version {version} is the current version of {name}; there is nothing to roll back."
-            ),
-        ));
-    }
     // What the rollback applies: from the current version to the old one.
-    let changes = for_viewer(
-        diff(
-            &Side::of(state, id, t.current).await?,
-            &Side::of(state, id, version).await?,
-        ),
-        viewer,
-    );
-    audit_secret_comparison(
+    let changes = version_changes(
         state,
         headers,
         viewer,
-        &changes,
+        id,
+        (t.current, version),
         "GET /blocks/{id}/history/{version}/rollback",
-        format!("/api/block_documents/{id} versions={},{version}", t.current),
     )
     .await?;
     let left = format!("Now (version {})", t.current);
@@ -602,77 +684,51 @@ async fn confirm_rollback_page(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled(format!("Roll back {name}")).in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    Ok(blocks_page(viewer, format!("Roll back {name}"), &body))
 }
 
-pub(super) async fn rollback(
-    Path((raw, raw_version)): Path<(String, String)>,
-    write: ConsoleWrite,
-) -> Response {
-    let target = format!(
-        "/api/block_documents/{}/versions/{raw_version}/rollback",
-        target_id(&raw)
-    );
-    write
-        .run(
-            "POST /blocks/{id}/history/{version}/rollback",
-            target,
-            move |state, viewer, form| async move {
-                viewer.check_form(&form)?;
-                viewer.require(Scope::Write, "Rolling a block back")?;
-                let expected = form.version()?;
-                let t = acted_on(&state, &raw, &raw_version).await?;
-                match state
-                    .store
-                    .rollback_block_document(t.id, t.version, Some(expected), Some(viewer.token.id))
-                    .await
-                {
-                    Ok(_) => Ok((
-                        Redirect::to(&format!("/blocks/{}?saved=rolled-back", t.id)).into_response(),
-                        None,
-                    )),
-                    Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
-                        StatusCode::CONFLICT,
-                        format!("{} changed after this page was loaded; nothing was rolled back. Look at its history again.", t.name),
-                    )),
-                    Err(e) => Err(e.into()),
-                }
-            },
-        )
-        .await
+pub(super) async fn rollback(Path(path): Path<(String, String)>, write: ConsoleWrite) -> Response {
+    version_write(
+        write,
+        path,
+        &ROLLBACK,
+        |state, viewer, form, raw, raw_version| async move {
+            let expected = form.version()?;
+            let t = acted_on(&state, &raw, &raw_version).await?;
+            match state
+                .store
+                .rollback_block_document(t.id, t.version, Some(expected), Some(viewer.token.id))
+                .await
+            {
+                Ok(_) => Ok((
+                    Redirect::to(&format!("/blocks/{}?saved=rolled-back", t.id)).into_response(),
+                    None,
+                )),
+                Err(StoreError::VersionConflict { .. }) => Err(PageError::new(
+                    StatusCode::CONFLICT,
+                    format!("{} changed after this page was loaded; nothing was rolled back. Look at its history again.", t.name),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        },
+    )
+    .await
 }
 
 pub(super) async fn confirm_destroy(
     State(state): State<AppState>,
     viewer: Viewer,
-    Path((raw, raw_version)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<Response, Response> {
-    confirm_destroy_page(&state, &viewer, &raw, &raw_version)
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+    match to_confirm(&state, &viewer, &path, &DESTROY).await {
+        Ok(t) => Ok(destroy_page(&viewer, &t)),
+        Err(e) => Err(e.render(Some(&viewer))),
+    }
 }
 
-async fn confirm_destroy_page(
-    state: &AppState,
-    viewer: &Viewer,
-    raw: &str,
-    raw_version: &str,
-) -> Result<Response, PageError> {
-    viewer.require(Scope::Admin, "Destroying a version")?;
-    let t = acted_on(state, raw, raw_version).await?;
+/// The page that asks to confirm destroying version `t`.
+fn destroy_page(viewer: &Viewer, t: &Target) -> Response {
     let (id, name, version) = (t.id, &t.name, t.version);
-    if version == t.current {
-        return Err(PageError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "Version {version} is the current version of {name}; write a new version before destroying it."
-            ),
-        ));
-    }
     let body = html! {
         section.narrow {
             h1 { "Destroy version " (version) " of " (name) "?" }
@@ -686,47 +742,34 @@ async fn confirm_destroy_page(
             }
         }
     };
-    Ok(super::html(layout::shell(
-        &Page::titled(format!("Destroy a version of {name}")).in_nav(Nav::Blocks),
-        Some(viewer),
-        &body,
-    )))
+    blocks_page(viewer, format!("Destroy a version of {name}"), &body)
 }
 
-pub(super) async fn destroy(
-    Path((raw, raw_version)): Path<(String, String)>,
-    write: ConsoleWrite,
-) -> Response {
-    let target = format!(
-        "/api/block_documents/{}/versions/{raw_version}",
-        target_id(&raw)
-    );
-    write
-        .run(
-            "POST /blocks/{id}/history/{version}/destroy",
-            target,
-            move |state, viewer, form| async move {
-                viewer.check_form(&form)?;
-                viewer.require(Scope::Admin, "Destroying a version")?;
-                let t = acted_on(&state, &raw, &raw_version).await?;
-                match state.store.destroy_version(t.id, t.version).await {
-                    Ok(()) => Ok((
-                        Redirect::to(&format!("/blocks/{}/history?destroyed={}", t.id, t.version))
-                            .into_response(),
-                        None,
-                    )),
-                    Err(StoreError::Conflict(_)) => Err(PageError::new(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "Version {} is now the current version of {}; nothing was destroyed.",
-                            t.version, t.name
-                        ),
-                    )),
-                    Err(e) => Err(e.into()),
-                }
-            },
-        )
-        .await
+pub(super) async fn destroy(Path(path): Path<(String, String)>, write: ConsoleWrite) -> Response {
+    version_write(
+        write,
+        path,
+        &DESTROY,
+        |state, _, _, raw, raw_version| async move {
+            let t = acted_on(&state, &raw, &raw_version).await?;
+            match state.store.destroy_version(t.id, t.version).await {
+                Ok(()) => Ok((
+                    Redirect::to(&format!("/blocks/{}/history?destroyed={}", t.id, t.version))
+                        .into_response(),
+                    None,
+                )),
+                Err(StoreError::Conflict(_)) => Err(PageError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "Version {} is now the current version of {}; nothing was destroyed.",
+                        t.version, t.name
+                    ),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -13,6 +13,15 @@ fn safe_url(url: &str) -> bool {
     lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("mailto:")
 }
 
+/// A link's target when it is safe, else none (the link leads nowhere).
+fn safe_dest(url: CowStr<'_>) -> CowStr<'_> {
+    if safe_url(&url) {
+        url
+    } else {
+        CowStr::Borrowed("")
+    }
+}
+
 /// `text` as HTML.
 pub(crate) fn render(text: &str) -> Markup {
     let mut cut = text.len().min(MAX_MARKDOWN_BYTES);
@@ -32,11 +41,7 @@ pub(crate) fn render(text: &str) -> Markup {
             id,
         }) => Event::Start(Tag::Link {
             link_type,
-            dest_url: if safe_url(&dest_url) {
-                dest_url
-            } else {
-                CowStr::Borrowed("")
-            },
+            dest_url: safe_dest(dest_url),
             title,
             id,
         }),
@@ -47,11 +52,7 @@ pub(crate) fn render(text: &str) -> Markup {
             ..
         }) => Event::Start(Tag::Link {
             link_type: LinkType::Inline,
-            dest_url: if safe_url(&dest_url) {
-                dest_url
-            } else {
-                CowStr::Borrowed("")
-            },
+            dest_url: safe_dest(dest_url),
             title,
             id,
         }),

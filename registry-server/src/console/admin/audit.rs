@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use maud::{Markup, html};
 use uuid::Uuid;
 
-use super::{FieldErrors, Section, page_with_status, require_admin};
+use super::{FieldErrors, Section, answer, column_heads, page_with_status};
 use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::{AuditQuery, AuditRecord, Store, TokenInfo};
@@ -280,15 +280,7 @@ fn records_table(records: &[AuditRecord], tokens: &HashMap<Uuid, String>) -> Mar
         div.table-wrap {
             table.list.audit #audit-records {
                 caption.visually-hidden { "Audit records, newest first" }
-                thead { tr {
-                    th scope="col" { "#" }
-                    th scope="col" { "Time (UTC)" }
-                    th scope="col" { "Token" }
-                    th scope="col" { "Action" }
-                    th scope="col" { "Target" }
-                    th scope="col" { "Outcome" }
-                    th scope="col" { "Request" }
-                } }
+                thead { tr { (column_heads(&["#", "Time (UTC)", "Token", "Action", "Target", "Outcome", "Request"])) } }
                 tbody {
                     @for r in records {
                         tr {
@@ -339,18 +331,15 @@ pub(super) async fn page(
     viewer: Viewer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Response> {
-    render(&state, &viewer, raw.as_deref())
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+    answer(&viewer, render(&state, &viewer, raw.as_deref())).await
 }
 
-/// The audit page for a query string (also the bench's entry point).
-pub(crate) async fn render(
+/// The audit page for a query string (a session's `admin` is checked by the caller).
+async fn render(
     state: &AppState,
     viewer: &Viewer,
     raw: Option<&str>,
 ) -> Result<Response, PageError> {
-    require_admin(viewer)?;
     let (filters, mut query, errors) = parse_filters(raw);
     let tokens = token_names(state).await?;
     let (records, next) = if errors.is_empty() {
@@ -549,17 +538,16 @@ pub(super) async fn download(
     viewer: Viewer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Response> {
-    start_download(&state, &viewer, raw.as_deref())
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+    answer(&viewer, start_download(&state, &viewer, raw.as_deref())).await
 }
 
+/// The filtered records as a file, or the page with the filters' problems (a session's
+/// `admin` is checked by the caller).
 async fn start_download(
     state: &AppState,
     viewer: &Viewer,
     raw: Option<&str>,
 ) -> Result<Response, PageError> {
-    require_admin(viewer)?;
     let (filters, mut query, errors) = parse_filters(raw);
     if !errors.is_empty() {
         return render(state, viewer, raw).await;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse as _, Redirect, Response};
 use maud::{Markup, html};
 use uuid::Uuid;
 
-use super::{Section, page as frame, require_admin};
+use super::{Section, admin_write, answer, column_heads, page as frame, require_admin};
 use crate::console::layout::form_token;
 use crate::console::session::ConsoleWrite;
 use crate::console::{PageError, Viewer};
@@ -94,13 +94,10 @@ pub(super) async fn page(
     State(state): State<AppState>,
     viewer: Viewer,
 ) -> Result<Response, Response> {
-    render(&state, &viewer)
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+    answer(&viewer, render(&state, &viewer)).await
 }
 
 async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError> {
-    require_admin(viewer)?;
     let status = state.store.key_status().await?;
     let p = Progress::of(&status);
     let origin = &state.store.config().master_key_origin;
@@ -127,13 +124,7 @@ async fn render(state: &AppState, viewer: &Viewer) -> Result<Response, PageError
             div.table-wrap {
                 table.list #keys {
                     caption.visually-hidden { "Data keys, oldest first" }
-                    thead { tr {
-                        th scope="col" { "Key" }
-                        th scope="col" { "State" }
-                        th scope="col" { "Documents" }
-                        th scope="col" { "Versions" }
-                        th scope="col" { "Encryptions" }
-                    } }
+                    thead { tr { (column_heads(&["Key", "State", "Documents", "Versions", "Encryptions"])) } }
                     tbody {
                         @for k in &status.keys {
                             tr {
@@ -182,47 +173,42 @@ pub(super) async fn confirm_rotate(viewer: Viewer) -> Response {
 }
 
 pub(super) async fn rotate(write: ConsoleWrite) -> Response {
-    write
-        .run(
-            "POST /admin/keys/rotate",
-            "/api/keys/rotate".to_owned(),
-            move |state, viewer, form| async move {
-                require_admin(&viewer)?;
-                viewer.check_form(&form)?;
-                let active = state
-                    .store
-                    .rotate_data_key_by(Some(viewer.token.id))
-                    .await?;
-                tracing::info!(%active, "data key rotated from the console");
-                crate::http::admin::start_reencryption(&state.store);
-                Ok((Redirect::to("/admin/keys/progress").into_response(), None))
-            },
-        )
-        .await
+    admin_write(
+        write,
+        "POST /admin/keys/rotate",
+        "/api/keys/rotate",
+        |state, viewer, _| async move {
+            let active = state
+                .store
+                .rotate_data_key_by(Some(viewer.token.id))
+                .await?;
+            tracing::info!(%active, "data key rotated from the console");
+            crate::http::admin::start_reencryption(&state.store);
+            Ok((Redirect::to("/admin/keys/progress").into_response(), None))
+        },
+    )
+    .await
 }
 
 /// Starts the re-encryption again, for a run a restart interrupted.
 pub(super) async fn resume(write: ConsoleWrite) -> Response {
-    write
-        .run(
-            "POST /admin/keys/resume",
-            "/api/keys".to_owned(),
-            move |state, viewer, form| async move {
-                require_admin(&viewer)?;
-                viewer.check_form(&form)?;
-                crate::http::admin::start_reencryption(&state.store);
-                Ok((Redirect::to("/admin/keys/progress").into_response(), None))
-            },
-        )
-        .await
+    admin_write(
+        write,
+        "POST /admin/keys/resume",
+        "/api/keys",
+        |state, _, _| async move {
+            crate::http::admin::start_reencryption(&state.store);
+            Ok((Redirect::to("/admin/keys/progress").into_response(), None))
+        },
+    )
+    .await
 }
 
 pub(super) async fn progress_page(
     State(state): State<AppState>,
     viewer: Viewer,
 ) -> Result<Response, Response> {
-    async {
-        require_admin(&viewer)?;
+    answer(&viewer, async {
         let p = progress(&state).await?;
         let body = html! {
             nav.crumbs aria-label="Breadcrumb" { a href="/admin/keys" { "Keys" } " / " span aria-current="page" { "Re-encryption" } }
@@ -241,10 +227,9 @@ pub(super) async fn progress_page(
                 }
             }
         };
-        Ok::<_, PageError>(frame(&viewer, "Re-encryption", Section::Keys, &body))
-    }
+        Ok(frame(&viewer, "Re-encryption", Section::Keys, &body))
+    })
     .await
-    .map_err(|e| e.render(Some(&viewer)))
 }
 
 /// The progress as JSON, polled by the progress page's script.
@@ -252,11 +237,5 @@ pub(super) async fn progress_json(
     State(state): State<AppState>,
     viewer: Viewer,
 ) -> Result<Json<Progress>, Response> {
-    async {
-        require_admin(&viewer)?;
-        progress(&state).await
-    }
-    .await
-    .map(Json)
-    .map_err(|e| e.render(Some(&viewer)))
+    answer(&viewer, progress(&state)).await.map(Json)
 }

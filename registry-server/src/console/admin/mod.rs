@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, Page};
+use super::session::{ConsoleWrite, FormPairs};
 use super::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::Scope;
@@ -55,6 +56,43 @@ pub(super) fn require_admin(viewer: &Viewer) -> Result<(), PageError> {
 async fn index(viewer: Viewer) -> Result<axum::response::Redirect, Response> {
     require_admin(&viewer).map_err(|e| e.render(Some(&viewer)))?;
     Ok(axum::response::Redirect::to("/admin/tokens"))
+}
+
+/// An admin page's answer: the 403 page for a session without `admin` (before `render`
+/// starts), else what `render` makes, an error as its page.
+pub(super) async fn answer<T>(
+    viewer: &Viewer,
+    render: impl Future<Output = Result<T, PageError>>,
+) -> Result<T, Response> {
+    let answer = match require_admin(viewer) {
+        Ok(()) => render.await,
+        Err(e) => Err(e),
+    };
+    answer.map_err(|e| e.render(Some(viewer)))
+}
+
+/// Runs `work`, an admin write, as [`ConsoleWrite::run`] does, once the session is known to
+/// hold `admin` and the form carries its form token.
+pub(super) async fn admin_write<F>(
+    write: ConsoleWrite,
+    action: &'static str,
+    target: impl Into<String>,
+    work: impl FnOnce(AppState, Viewer, FormPairs) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = Result<(Response, Option<String>), PageError>> + Send + 'static,
+{
+    write
+        .run(
+            action,
+            target.into(),
+            move |state, viewer, form| async move {
+                require_admin(&viewer)?;
+                viewer.check_form(&form)?;
+                work(state, viewer, form).await
+            },
+        )
+        .await
 }
 
 /// The admin area's sections, for its own navigation.
@@ -96,6 +134,34 @@ pub(super) fn page_with_status(
     let mut response = page(viewer, title, section, body);
     *response.status_mut() = status;
     response
+}
+
+/// A refused form shown again with its problems: a 422, and no better audit target.
+pub(super) fn refused(
+    viewer: &Viewer,
+    title: &str,
+    section: Section,
+    form: &Markup,
+) -> (Response, Option<String>) {
+    (
+        page_with_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            viewer,
+            title,
+            section,
+            form,
+        ),
+        None,
+    )
+}
+
+/// The header cells of a list table's columns.
+pub(super) fn column_heads(names: &[&str]) -> Markup {
+    html! {
+        @for name in names {
+            th scope="col" { (name) }
+        }
+    }
 }
 
 /// Problems with a submitted form or filter, by field (the field's `id` in the page).
@@ -172,6 +238,17 @@ pub(super) fn maybe_time(at: Option<DateTime<Utc>>, none: &str) -> Markup {
         Some(at) => time(at),
         None => html! { span.muted { (none) } },
     }
+}
+
+/// A submitted form of these pairs, for unit tests.
+#[cfg(test)]
+pub(super) fn form(pairs: &[(&str, &str)]) -> FormPairs {
+    FormPairs(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

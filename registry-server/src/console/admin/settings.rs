@@ -2,14 +2,13 @@
 //! kept, each checked at its field before either is stored.
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Redirect, Response};
 use maud::{Markup, html};
 
-use super::{FieldErrors, Section, page as frame, page_with_status, require_admin};
+use super::{FieldErrors, Section, admin_write, answer, page as frame, refused};
+use crate::console::Viewer;
 use crate::console::layout::form_token;
 use crate::console::session::{ConsoleWrite, FormPairs};
-use crate::console::{PageError, Viewer};
 use crate::http::AppState;
 use crate::store::Store;
 
@@ -69,13 +68,12 @@ pub(super) async fn page(
     viewer: Viewer,
     Query(query): Query<SettingsQuery>,
 ) -> Result<Response, Response> {
-    async {
-        require_admin(&viewer)?;
+    answer(&viewer, async {
         let draft = Draft {
             retention: shown(state.store.retention().await?),
             audit_retention_days: shown(state.store.audit_retention_days().await?),
         };
-        Ok::<_, PageError>(page_of(
+        Ok(page_of(
             &viewer,
             &render_form(
                 &viewer,
@@ -84,9 +82,8 @@ pub(super) async fn page(
                 query.saved.is_some(),
             ),
         ))
-    }
+    })
     .await
-    .map_err(|e| e.render(Some(&viewer)))
 }
 
 fn page_of(viewer: &Viewer, body: &Markup) -> Response {
@@ -162,57 +159,39 @@ fn parse(form: &FormPairs) -> Result<(Option<u32>, Option<u32>), (Draft, FieldEr
 }
 
 pub(super) async fn update(write: ConsoleWrite) -> Response {
-    write
-        .run(
-            "POST /admin/settings",
-            "/api/settings".to_owned(),
-            move |state, viewer, form| async move {
-                require_admin(&viewer)?;
-                viewer.check_form(&form)?;
-                let (retention, days) = match parse(&form) {
-                    Ok(values) => values,
-                    Err((draft, errors)) => {
-                        return Ok((
-                            page_with_status(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                &viewer,
-                                "Settings",
-                                Section::Settings,
-                                &render_form(&viewer, &draft, &errors, false),
-                            ),
-                            None,
-                        ));
-                    }
-                };
-                state.store.set_retention(retention).await?;
-                let pruned = state.store.set_audit_retention_days(days).await?;
-                if pruned > 0 {
-                    tracing::info!(
-                        records = pruned,
-                        "pruned audit records past the new retention"
-                    );
+    admin_write(
+        write,
+        "POST /admin/settings",
+        "/api/settings",
+        |state, viewer, form| async move {
+            let (retention, days) = match parse(&form) {
+                Ok(values) => values,
+                Err((draft, errors)) => {
+                    let form = render_form(&viewer, &draft, &errors, false);
+                    return Ok(refused(&viewer, "Settings", Section::Settings, &form));
                 }
-                Ok((
-                    Redirect::to("/admin/settings?saved=1").into_response(),
-                    None,
-                ))
-            },
-        )
-        .await
+            };
+            state.store.set_retention(retention).await?;
+            let pruned = state.store.set_audit_retention_days(days).await?;
+            if pruned > 0 {
+                tracing::info!(
+                    records = pruned,
+                    "pruned audit records past the new retention"
+                );
+            }
+            Ok((
+                Redirect::to("/admin/settings?saved=1").into_response(),
+                None,
+            ))
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
 mod unit {
+    use super::super::form;
     use super::*;
-
-    fn form(pairs: &[(&str, &str)]) -> FormPairs {
-        FormPairs(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
 
     #[test]
     fn settings_are_checked_at_their_fields() {

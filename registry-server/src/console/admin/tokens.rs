@@ -13,7 +13,10 @@ use maud::html;
 use secrecy::ExposeSecret as _;
 use uuid::Uuid;
 
-use super::{FieldErrors, Section, maybe_time, page, page_with_status, require_admin, time};
+use super::{
+    FieldErrors, Section, admin_write, answer, column_heads, maybe_time, page, refused,
+    require_admin, time,
+};
 use crate::console::layout::form_token;
 use crate::console::session::{ConsoleWrite, FormPairs, grants_text, scopes_text};
 use crate::console::{PageError, Viewer};
@@ -51,9 +54,7 @@ pub(super) async fn list(
     viewer: Viewer,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, Response> {
-    render_list(&state, &viewer, &query)
-        .await
-        .map_err(|e| e.render(Some(&viewer)))
+    answer(&viewer, render_list(&state, &viewer, &query)).await
 }
 
 async fn render_list(
@@ -61,7 +62,6 @@ async fn render_list(
     viewer: &Viewer,
     query: &ListQuery,
 ) -> Result<Response, PageError> {
-    require_admin(viewer)?;
     let mut tokens = state.store.list_tokens().await?;
     let total = tokens.len();
     tokens.truncate(MAX_LISTED);
@@ -84,13 +84,7 @@ async fn render_list(
             table.list #tokens {
                 caption.visually-hidden { "Tokens, newest first" }
                 thead { tr {
-                    th scope="col" { "Name" }
-                    th scope="col" { "Scopes" }
-                    th scope="col" { "Blocks" }
-                    th scope="col" { "State" }
-                    th scope="col" { "Created" }
-                    th scope="col" { "Last used" }
-                    th scope="col" { "Expires" }
+                    (column_heads(&["Name", "Scopes", "Blocks", "State", "Created", "Last used", "Expires"]))
                     th scope="col" { span.visually-hidden { "Actions" } }
                 } }
                 tbody {
@@ -304,53 +298,42 @@ fn parse_create(form: &FormPairs) -> Result<TokenCreate, (Draft, FieldErrors)> {
 }
 
 pub(super) async fn create(write: ConsoleWrite) -> Response {
-    write
-        .run("POST /admin/tokens", "/api/tokens".to_owned(), move |state, viewer, form| async move {
-            require_admin(&viewer)?;
-            viewer.check_form(&form)?;
-            let body = match parse_create(&form) {
-                Ok(body) => body,
-                Err((draft, errors)) => {
-                    return Ok((
-                        page_with_status(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            &viewer,
-                            "Create a token",
-                            Section::Tokens,
-                            &render_form(&viewer, &draft, &errors),
-                        ),
-                        None,
-                    ));
-                }
-            };
-            let created = state.store.create_token(body).await?;
-            let info = &created.info;
-            let target = format!("/api/tokens/{}", info.id);
-            let page_body = html! {
-                nav.crumbs aria-label="Breadcrumb" { a href="/admin/tokens" { "Tokens" } " / " span aria-current="page" { "Created" } }
-                h1 { "Token created" }
-                div.error-message role="alert" {
-                    strong { "Copy the token now: this is the only time it is shown." }
-                    " The server keeps only a digest of it; if it is lost, revoke it and create another."
-                }
-                div.new-token {
-                    code #new-token { (created.token.expose_secret()) }
-                    button.copy type="button" data-copy="new-token" hidden { "Copy" }
-                }
-                dl.values {
-                    dt { "Name" } dd { (info.name) }
-                    dt { "Id" } dd { code { (info.id) } }
-                    dt { "Scopes" } dd { (scopes_text(info)) }
-                    dt { "Blocks" } dd { (grants_text(info)) }
-                    dt { "Expires" } dd { (maybe_time(info.expires, "never")) }
-                }
-                div.actions { a.button.primary href="/admin/tokens" { "Done" } }
-            };
-            let mut response = page(&viewer, "Token created", Section::Tokens, &page_body);
-            *response.status_mut() = StatusCode::CREATED;
-            Ok((response, Some(target)))
-        })
-        .await
+    admin_write(write, "POST /admin/tokens", "/api/tokens", |state, viewer, form| async move {
+        let body = match parse_create(&form) {
+            Ok(body) => body,
+            Err((draft, errors)) => {
+                let form = render_form(&viewer, &draft, &errors);
+                return Ok(refused(&viewer, "Create a token", Section::Tokens, &form));
+            }
+        };
+        let created = state.store.create_token(body).await?;
+        let info = &created.info;
+        let target = format!("/api/tokens/{}", info.id);
+        let page_body = html! {
+            nav.crumbs aria-label="Breadcrumb" { a href="/admin/tokens" { "Tokens" } " / " span aria-current="page" { "Created" } }
+            h1 { "Token created" }
+            div.error-message role="alert" {
+                strong { "Copy the token now: this is the only time it is shown." }
+                " The server keeps only a digest of it; if it is lost, revoke it and create another."
+            }
+            div.new-token {
+                code #new-token { (created.token.expose_secret()) }
+                button.copy type="button" data-copy="new-token" hidden { "Copy" }
+            }
+            dl.values {
+                dt { "Name" } dd { (info.name) }
+                dt { "Id" } dd { code { (info.id) } }
+                dt { "Scopes" } dd { (scopes_text(info)) }
+                dt { "Blocks" } dd { (grants_text(info)) }
+                dt { "Expires" } dd { (maybe_time(info.expires, "never")) }
+            }
+            div.actions { a.button.primary href="/admin/tokens" { "Done" } }
+        };
+        let mut response = page(&viewer, "Token created", Section::Tokens, &page_body);
+        *response.status_mut() = StatusCode::CREATED;
+        Ok((response, Some(target)))
+    })
+    .await
 }
 
 async fn find_token(state: &AppState, id: Uuid) -> Result<TokenInfo, PageError> {
@@ -368,8 +351,7 @@ pub(super) async fn confirm_revoke(
     viewer: Viewer,
     Path(raw): Path<String>,
 ) -> Result<Response, Response> {
-    async {
-        require_admin(&viewer)?;
+    answer(&viewer, async {
         let id = parse_token_id(&raw)?;
         let token = find_token(&state, id).await?;
         let body = html! {
@@ -394,58 +376,46 @@ pub(super) async fn confirm_revoke(
                 }
             }
         };
-        Ok::<_, PageError>(page(
+        Ok(page(
             &viewer,
             &format!("Revoke {}", token.name),
             Section::Tokens,
             &body,
         ))
-    }
+    })
     .await
-    .map_err(|e| e.render(Some(&viewer)))
 }
 
 pub(super) async fn revoke(Path(raw): Path<String>, write: ConsoleWrite) -> Response {
     let target = format!("/api/tokens/{raw}");
-    write
-        .run("POST /admin/tokens/{id}/revoke", target, move |state, viewer, form| async move {
-            require_admin(&viewer)?;
-            viewer.check_form(&form)?;
-            let id = parse_token_id(&raw)?;
-            let revoked = match state.store.revoke_token(id).await {
-                Ok(t) => t,
-                Err(StoreError::NotFound(_)) => {
-                    return Err(PageError::not_found("There is no such token."));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let ended = state.store.end_sessions_of_token(revoked.id).await?;
-            tracing::info!(token_id = %revoked.id, sessions = ended, "token revoked from the console");
-            let to = if revoked.id == viewer.token.id {
-                "/sign-in?ended=1".to_owned()
-            } else {
-                format!("/admin/tokens?revoked={}", revoked.id)
-            };
-            Ok((
-                Redirect::to(&to).into_response(),
-                Some(format!("/api/tokens/{}", revoked.id)),
-            ))
-        })
-        .await
+    admin_write(write, "POST /admin/tokens/{id}/revoke", target, move |state, viewer, _| async move {
+        let id = parse_token_id(&raw)?;
+        let revoked = match state.store.revoke_token(id).await {
+            Ok(t) => t,
+            Err(StoreError::NotFound(_)) => {
+                return Err(PageError::not_found("There is no such token."));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ended = state.store.end_sessions_of_token(revoked.id).await?;
+        tracing::info!(token_id = %revoked.id, sessions = ended, "token revoked from the console");
+        let to = if revoked.id == viewer.token.id {
+            "/sign-in?ended=1".to_owned()
+        } else {
+            format!("/admin/tokens?revoked={}", revoked.id)
+        };
+        Ok((
+            Redirect::to(&to).into_response(),
+            Some(format!("/api/tokens/{}", revoked.id)),
+        ))
+    })
+    .await
 }
 
 #[cfg(test)]
 mod unit {
+    use super::super::form;
     use super::*;
-
-    fn form(pairs: &[(&str, &str)]) -> FormPairs {
-        FormPairs(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
 
     #[test]
     fn the_create_form_is_checked_field_by_field() {

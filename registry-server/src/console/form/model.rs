@@ -316,6 +316,66 @@ impl Builder<'_> {
         self.seq
     }
 
+    /// The rows of a list or (`dict`) a dict at `name`/`api`: each entry (its index or key,
+    /// its value) as a node of `items` one level down, and in a dict a text input for its key.
+    #[allow(clippy::too_many_arguments)]
+    fn rows(
+        &mut self,
+        items: &Value,
+        entries: Vec<(String, &Value)>,
+        dict: bool,
+        name: &str,
+        api: &[String],
+        depth: usize,
+        stack: &[String],
+    ) -> Vec<Row> {
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let key = dict.then(|| Node {
+                    seq: self.next_seq(),
+                    name: format!("{name}#k{i}"),
+                    api: api.to_vec(),
+                    label: format!("Key {}", i + 1),
+                    hint: None,
+                    optional: false,
+                    errors: Vec::new(),
+                    widget: Widget::Input {
+                        kind: TextKind::Text,
+                        value: k.clone(),
+                        min_length: None,
+                        max_length: None,
+                        min: None,
+                        max: None,
+                    },
+                });
+                let (label, row_name) = if dict {
+                    (format!("Value {}", i + 1), format!("{name}#v{i}"))
+                } else {
+                    (format!("Item {}", i + 1), format!("{name}.{i}"))
+                };
+                let mut row_api = api.to_vec();
+                row_api.push(k);
+                let value = self.node(
+                    items,
+                    label,
+                    row_name,
+                    row_api,
+                    false,
+                    Some(v),
+                    depth + 1,
+                    stack,
+                );
+                Row {
+                    index: i,
+                    key,
+                    value,
+                }
+            })
+            .collect()
+    }
+
     fn field(
         &mut self,
         prop: &Prop,
@@ -411,80 +471,24 @@ impl Builder<'_> {
                 Widget::Group { children }
             }
             Shape::Array(items) => {
-                let values = current
+                let entries = current
                     .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let rows = values
-                    .iter()
+                    .into_iter()
+                    .flatten()
                     .enumerate()
-                    .map(|(i, v)| {
-                        let mut item_api = api.clone();
-                        item_api.push(i.to_string());
-                        let value = self.node(
-                            &items,
-                            format!("Item {}", i + 1),
-                            format!("{name}.{i}"),
-                            item_api,
-                            false,
-                            Some(v),
-                            depth + 1,
-                            &resolved.stack,
-                        );
-                        Row {
-                            index: i,
-                            key: None,
-                            value,
-                        }
-                    })
+                    .map(|(i, v)| (i.to_string(), v))
                     .collect();
+                let rows = self.rows(&items, entries, false, &name, &api, depth, &resolved.stack);
                 Widget::Rows { rows, dict: false }
             }
             Shape::Dict(values) => {
                 let entries = current
                     .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                let rows = entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (k, v))| {
-                        let key = Node {
-                            seq: self.next_seq(),
-                            name: format!("{name}#k{i}"),
-                            api: api.clone(),
-                            label: format!("Key {}", i + 1),
-                            hint: None,
-                            optional: false,
-                            errors: Vec::new(),
-                            widget: Widget::Input {
-                                kind: TextKind::Text,
-                                value: k.clone(),
-                                min_length: None,
-                                max_length: None,
-                                min: None,
-                                max: None,
-                            },
-                        };
-                        let mut value_api = api.clone();
-                        value_api.push(k.clone());
-                        let value = self.node(
-                            &values,
-                            format!("Value {}", i + 1),
-                            format!("{name}#v{i}"),
-                            value_api,
-                            false,
-                            Some(v),
-                            depth + 1,
-                            &resolved.stack,
-                        );
-                        Row {
-                            index: i,
-                            key: Some(key),
-                            value,
-                        }
-                    })
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v))
                     .collect();
+                let rows = self.rows(&values, entries, true, &name, &api, depth, &resolved.stack);
                 Widget::Rows { rows, dict: true }
             }
             Shape::Choice(alternatives, nullable) => {
