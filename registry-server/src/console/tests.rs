@@ -17,16 +17,18 @@ use serde_json::json;
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
-use crate::http::test_app::token;
+use crate::http::test_app::{all_audit, lenient, token};
 use crate::http::{AppState, AuthGuard, app};
 use crate::store::tests::harness::{TestDb, create, on_both, register};
-use crate::store::{AuditQuery, Scope, Store, TokenCreate};
+use crate::store::{AuditRecord, Scope, Store, TokenCreate};
 
 #[path = "admin/tests.rs"]
 mod admin;
 
 const CANARY: &str = "canary-console-5e1f08";
 const ORIGIN: &str = "http://console.test";
+/// Where `/blocks` leads once the session has ended.
+const ENDED: &str = "/sign-in?next=%2Fblocks&ended=1";
 
 /// One answer: status, headers, body text.
 struct Page {
@@ -47,14 +49,37 @@ impl Page {
         self.header(header::LOCATION)
     }
 
-    /// The session's form token, read from a page's hidden `_csrf` field.
-    fn form_token(&self) -> String {
+    /// The value of the page's field `name` (a hidden field such as `_schema`).
+    #[track_caller]
+    fn field(&self, name: &str) -> String {
+        let start = format!("name=\"{name}\" value=\"");
         let at = self
             .text
-            .find("name=\"_csrf\" value=\"")
-            .expect("a form token");
-        let rest = &self.text[at + "name=\"_csrf\" value=\"".len()..];
+            .find(&start)
+            .unwrap_or_else(|| panic!("no field {name}: {}", self.text));
+        let rest = &self.text[at + start.len()..];
         rest[..rest.find('"').unwrap()].to_owned()
+    }
+
+    /// The session's form token, read from a page's hidden `_csrf` field.
+    #[track_caller]
+    fn form_token(&self) -> String {
+        self.field("_csrf")
+    }
+
+    /// Asserts the answer's status (the message carries the page) and returns the page.
+    #[track_caller]
+    fn expect(self, status: StatusCode) -> Self {
+        assert_eq!(self.status, status, "{}", self.text);
+        self
+    }
+
+    /// Asserts the answer is a redirect (303) to `location` and returns the page.
+    #[track_caller]
+    fn expect_redirect(self, location: &str) -> Self {
+        let page = self.expect(StatusCode::SEE_OTHER);
+        assert_eq!(page.location(), location);
+        page
     }
 }
 
@@ -142,6 +167,13 @@ impl Browser {
             .await
     }
 
+    /// A browser signed in with `token` (the sign-in must succeed).
+    async fn signed_in(app: &Router, token: &str) -> Self {
+        let mut browser = Self::new(app);
+        browser.sign_in(token).await.expect(StatusCode::SEE_OTHER);
+        browser
+    }
+
     /// The form token of the session, from the blocks page.
     async fn form_token(&mut self) -> String {
         self.get("/blocks").await.form_token()
@@ -156,11 +188,16 @@ struct Ctx {
 }
 
 async fn setup(db: &TestDb) -> Ctx {
-    setup_with(db, AuthGuard::new(u32::MAX, Duration::from_secs(60))).await
+    setup_with(db, lenient()).await
 }
 
 async fn setup_with(db: &TestDb, guard: AuthGuard) -> Ctx {
-    let store = Arc::new(db.open().await);
+    setup_on(db.open().await, guard).await
+}
+
+/// The app over `store` (the core types registered), with an admin token.
+async fn setup_on(store: Store, guard: AuthGuard) -> Ctx {
+    let store = Arc::new(store);
     store.register_collection(Collection::Core).await.unwrap();
     let (admin, admin_id) = token(&store, &[Scope::Admin]).await;
     let state = AppState::with_guard(store, guard);
@@ -180,17 +217,28 @@ async fn secret_block(store: &Store, name: &str) -> Uuid {
         .id
 }
 
-async fn console_audit(store: &Store) -> Vec<crate::store::AuditRecord> {
-    store
-        .list_audit(&AuditQuery {
-            limit: Some(1000),
-            ..AuditQuery::default()
-        })
+/// The version a form about document `id` carries (`_version`).
+async fn version_of(store: &Store, id: Uuid) -> String {
+    store.document_version(id).await.unwrap().to_string()
+}
+
+/// The console's audit records, newest first.
+async fn console_audit(store: &Store) -> Vec<AuditRecord> {
+    all_audit(store)
         .await
-        .unwrap()
         .into_iter()
         .filter(|r| r.action.starts_with("console "))
         .collect()
+}
+
+/// The newest of `records` for `action` with `outcome`; fails listing them all when there is
+/// none.
+#[track_caller]
+fn record_of<'a>(records: &'a [AuditRecord], action: &str, outcome: &str) -> &'a AuditRecord {
+    records
+        .iter()
+        .find(|r| r.action == action && r.outcome == outcome)
+        .unwrap_or_else(|| panic!("no {outcome} record of {action}: {records:?}"))
 }
 
 #[tokio::test]
@@ -199,13 +247,12 @@ async fn signing_in_makes_a_strict_session_cookie_and_pages_carry_strict_headers
         let ctx = setup(db).await;
         let mut browser = Browser::new(&ctx.app);
         // Signed out: every page leads to the sign-in page, which names where to go back.
-        let page = browser.get("/blocks?q=zoom").await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER);
-        assert_eq!(page.location(), "/sign-in?next=%2Fblocks%3Fq%3Dzoom");
+        browser
+            .get("/blocks?q=zoom")
+            .await
+            .expect_redirect("/sign-in?next=%2Fblocks%3Fq%3Dzoom");
 
-        let page = browser.sign_in(&ctx.admin).await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-        assert_eq!(page.location(), "/blocks");
+        let page = browser.sign_in(&ctx.admin).await.expect_redirect("/blocks");
         let cookie = page.header(header::SET_COOKIE).to_owned();
         for attribute in [
             "__Host-blocks-session=",
@@ -251,12 +298,8 @@ async fn signing_in_makes_a_strict_session_cookie_and_pages_carry_strict_headers
         );
 
         let records = console_audit(&ctx.state.store).await;
-        assert!(
-            records.iter().any(|r| r.action == "console POST /sign-in"
-                && r.token_id == Some(ctx.admin_id)
-                && r.outcome == "ok"),
-            "{records:?}"
-        );
+        let sign_in = record_of(&records, "console POST /sign-in", "ok");
+        assert_eq!(sign_in.token_id, Some(ctx.admin_id));
     })
     .await;
 }
@@ -266,8 +309,7 @@ async fn the_session_cookie_never_opens_the_api() {
     on_both(async |db| {
         let ctx = setup(db).await;
         let id = secret_block(&ctx.state.store, "db-password").await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
+        let mut browser = Browser::signed_in(&ctx.app, &ctx.admin).await;
         assert!(browser.cookie.is_some());
         for uri in [
             format!("/api/block_documents/{id}?include_secrets=true"),
@@ -298,16 +340,20 @@ async fn signing_in_over_plain_http_from_another_host_is_refused_and_guesses_are
         let ctx = setup_with(db, AuthGuard::new(3, Duration::from_secs(60))).await;
         let mut remote = Browser::new(&ctx.app);
         remote.peer = "192.0.2.10:40000".parse().unwrap();
-        let page = remote.sign_in(&ctx.admin).await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        let page = remote
+            .sign_in(&ctx.admin)
+            .await
+            .expect(StatusCode::FORBIDDEN);
         assert!(page.text.contains("plain HTTP"), "{}", page.text);
         assert!(remote.cookie.is_none());
 
         // Wrong tokens count toward the address's limit; then even the right one waits.
         let mut local = Browser::new(&ctx.app);
         for _ in 0..3 {
-            let page = local.sign_in("blk_not-a-token").await;
-            assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.text);
+            let page = local
+                .sign_in("blk_not-a-token")
+                .await
+                .expect(StatusCode::UNAUTHORIZED);
             assert!(
                 page.text.contains("aria-invalid=\"true\""),
                 "the error is at the field"
@@ -317,8 +363,10 @@ async fn signing_in_over_plain_http_from_another_host_is_refused_and_guesses_are
                 "the page never echoes a token"
             );
         }
-        let page = local.sign_in("blk_still-not-a-token").await;
-        assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.text);
+        local
+            .sign_in("blk_still-not-a-token")
+            .await
+            .expect(StatusCode::TOO_MANY_REQUESTS);
         assert!(local.cookie.is_none());
         let failed = console_audit(&ctx.state.store)
             .await
@@ -334,17 +382,11 @@ async fn signing_in_over_plain_http_from_another_host_is_refused_and_guesses_are
 async fn cross_site_and_stale_forms_change_nothing() {
     on_both(async |db| {
         let ctx = setup(db).await;
-        let id = secret_block(&ctx.state.store, "keep-me").await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
+        let store = &ctx.state.store;
+        let id = secret_block(store, "keep-me").await;
+        let mut browser = Browser::signed_in(&ctx.app, &ctx.admin).await;
         let csrf = browser.form_token().await;
-        let version = ctx
-            .state
-            .store
-            .document_version(id)
-            .await
-            .unwrap()
-            .to_string();
+        let version = version_of(store, id).await;
         let uri = format!("/blocks/{id}/delete");
         let form = [("_csrf", csrf.as_str()), ("_version", version.as_str())];
 
@@ -378,21 +420,16 @@ async fn cross_site_and_stale_forms_change_nothing() {
         assert_eq!(page.status, StatusCode::FORBIDDEN);
         assert!(page.text.contains("form token"), "{}", page.text);
         // Our origin without the session's form token, or with another session's.
-        let page = browser.post(&uri, &[("_version", version.as_str())]).await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN);
-        let page = browser
-            .post(
-                &uri,
-                &[
-                    ("_csrf", "0123456789abcdef0123456789abcdef01234567"),
-                    ("_version", &version),
-                ],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        let another = "0123456789abcdef0123456789abcdef01234567";
+        for form in [vec![], vec![("_csrf", another)]] {
+            let form = [form, vec![("_version", version.as_str())]].concat();
+            browser
+                .post(&uri, &form)
+                .await
+                .expect(StatusCode::FORBIDDEN);
+        }
         // A form read before someone else's change.
-        ctx.state
-            .store
+        store
             .update_block_document(
                 id,
                 serde_json::from_value(json!({"data": {"value": "changed"}})).unwrap(),
@@ -401,39 +438,22 @@ async fn cross_site_and_stale_forms_change_nothing() {
             )
             .await
             .unwrap();
-        let page = browser.post(&uri, &form).await;
-        assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
+        let page = browser.post(&uri, &form).await.expect(StatusCode::CONFLICT);
         assert!(page.text.contains("changed after this page was loaded"));
         assert!(
-            ctx.state.store.read_block_document(id, false).await.is_ok(),
+            store.read_block_document(id, false).await.is_ok(),
             "still there"
         );
 
         // The real thing: the current version, our origin, the form token.
-        let version = ctx
-            .state
-            .store
-            .document_version(id)
-            .await
-            .unwrap()
-            .to_string();
-        let page = browser
+        let version = version_of(store, id).await;
+        browser
             .post(&uri, &[("_csrf", &csrf), ("_version", &version)])
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-        assert_eq!(page.location(), "/blocks?deleted=keep%2Dme");
-        assert!(
-            ctx.state
-                .store
-                .read_block_document(id, false)
-                .await
-                .is_err()
-        );
-        let records = console_audit(&ctx.state.store).await;
-        let delete = records
-            .iter()
-            .find(|r| r.action == "console POST /blocks/{id}/delete" && r.outcome == "ok")
-            .expect("the delete is audited");
+            .await
+            .expect_redirect("/blocks?deleted=keep%2Dme");
+        assert!(store.read_block_document(id, false).await.is_err());
+        let records = console_audit(store).await;
+        let delete = record_of(&records, "console POST /blocks/{id}/delete", "ok");
         assert_eq!(delete.token_id, Some(ctx.admin_id));
         assert_eq!(delete.target, format!("/api/block_documents/{id}"));
     })
@@ -444,12 +464,14 @@ async fn cross_site_and_stale_forms_change_nothing() {
 async fn a_read_token_sees_masked_values_and_no_way_to_change_them() {
     on_both(async |db| {
         let ctx = setup(db).await;
-        let id = secret_block(&ctx.state.store, "db-password").await;
-        let (reader, _) = token(&ctx.state.store, &[Scope::Read]).await;
-        let mut browser = Browser::new(&ctx.app);
-        assert_eq!(browser.sign_in(&reader).await.status, StatusCode::SEE_OTHER);
-        let page = browser.get(&format!("/blocks/{id}")).await;
-        assert_eq!(page.status, StatusCode::OK);
+        let store = &ctx.state.store;
+        let id = secret_block(store, "db-password").await;
+        let (reader, _) = token(store, &[Scope::Read]).await;
+        let mut browser = Browser::signed_in(&ctx.app, &reader).await;
+        let page = browser
+            .get(&format!("/blocks/{id}"))
+            .await
+            .expect(StatusCode::OK);
         assert!(page.text.contains("db-password"));
         assert!(
             !page.text.contains(CANARY),
@@ -480,22 +502,78 @@ async fn a_read_token_sees_masked_values_and_no_way_to_change_them() {
             );
         }
         let csrf = browser.form_token().await;
-        let page = browser
-            .post(
-                "/blocks/new/secret",
-                &[("_csrf", &csrf), ("_name", "sneaky"), ("data.value", "x")],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN);
-        assert!(
-            ctx.state
-                .store
-                .read_block_document_by_name("secret", "sneaky", false)
-                .await
-                .is_err()
-        );
+        let sneaky = [
+            ("_csrf", csrf.as_str()),
+            ("_name", "sneaky"),
+            ("data.value", "x"),
+        ];
+        browser
+            .post("/blocks/new/secret", &sneaky)
+            .await
+            .expect(StatusCode::FORBIDDEN);
+        assert!(!has_block(store, "secret", "sneaky").await);
     })
     .await;
+}
+
+/// The form of a new `secret` block as a signed-in browser read it: its form token and
+/// schema, posted back with a secret typed as text.
+struct SecretForm {
+    csrf: String,
+    schema: String,
+}
+
+impl SecretForm {
+    async fn read(browser: &mut Browser) -> Self {
+        let form = browser
+            .get("/blocks/new/secret")
+            .await
+            .expect(StatusCode::OK);
+        Self {
+            csrf: form.form_token(),
+            schema: form.field("_schema"),
+        }
+    }
+
+    /// Posts the form to `uri` with `field` (`_name` or `_version`) and `secret` typed in.
+    /// The built-in Secret holds a secret string or secret JSON: the form offers the choice.
+    async fn post(
+        &self,
+        browser: &mut Browser,
+        uri: &str,
+        field: (&str, &str),
+        secret: &str,
+    ) -> Page {
+        let form = [
+            ("_csrf", self.csrf.as_str()),
+            ("_schema", self.schema.as_str()),
+            field,
+            ("data.value#choice", "0"),
+            ("data.value#a0", secret),
+        ];
+        browser.post(uri, &form).await
+    }
+
+    /// Creates the block `name` holding `secret`.
+    async fn create(&self, browser: &mut Browser, name: &str, secret: &str) -> Page {
+        self.post(browser, "/blocks/new/secret", ("_name", name), secret)
+            .await
+    }
+
+    /// Edits block `id` as of `version`, typing `secret` (empty: keep the stored one).
+    async fn edit(&self, browser: &mut Browser, id: Uuid, version: &str, secret: &str) -> Page {
+        let uri = format!("/blocks/{id}/edit");
+        self.post(browser, &uri, ("_version", version), secret)
+            .await
+    }
+}
+
+/// Whether the block `slug/name` exists.
+async fn has_block(store: &Store, slug: &str, name: &str) -> bool {
+    store
+        .read_block_document_by_name(slug, name, false)
+        .await
+        .is_ok()
 }
 
 #[tokio::test]
@@ -504,39 +582,14 @@ async fn creating_and_editing_keeps_secrets_out_of_pages_and_audits_with_the_ses
         let ctx = setup(db).await;
         let store = &ctx.state.store;
         let (writer, writer_id) = token(store, &[Scope::Write]).await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&writer).await;
-        let form = browser.get("/blocks/new/secret").await;
-        assert_eq!(form.status, StatusCode::OK);
-        let csrf = form.form_token();
-        let schema = {
-            let at = form.text.find("name=\"_schema\" value=\"").unwrap() + 22;
-            form.text[at..at + 36].to_owned()
-        };
+        let mut browser = Browser::signed_in(&ctx.app, &writer).await;
+        let form = SecretForm::read(&mut browser).await;
 
         // A bad name: refused at its field, the secret typed is not sent back.
-        // The built-in Secret holds a secret string or secret JSON: the form offers the choice.
-        let value = |v: &'static str| [("data.value#choice", "0"), ("data.value#a0", v)];
-        let page = browser
-            .post(
-                "/blocks/new/secret",
-                &[
-                    &[
-                        ("_csrf", csrf.as_str()),
-                        ("_schema", &schema),
-                        ("_name", "Bad Name!"),
-                    ][..],
-                    &value(CANARY),
-                ]
-                .concat(),
-            )
-            .await;
-        assert_eq!(
-            page.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            page.text
-        );
+        let page = form
+            .create(&mut browser, "Bad Name!", CANARY)
+            .await
+            .expect(StatusCode::UNPROCESSABLE_ENTITY);
         assert!(
             page.text.contains("block-name-error"),
             "the error is at the name field"
@@ -545,29 +598,13 @@ async fn creating_and_editing_keeps_secrets_out_of_pages_and_audits_with_the_ses
             !page.text.contains(CANARY),
             "a typed secret is never sent back"
         );
-        assert!(
-            store
-                .read_block_document_by_name("secret", "Bad Name!", false)
-                .await
-                .is_err()
-        );
+        assert!(!has_block(store, "secret", "Bad Name!").await);
 
         // Created: the page of the new block, with the snippet.
-        let page = browser
-            .post(
-                "/blocks/new/secret",
-                &[
-                    &[
-                        ("_csrf", csrf.as_str()),
-                        ("_schema", &schema),
-                        ("_name", "db-password"),
-                    ][..],
-                    &value(CANARY),
-                ]
-                .concat(),
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+        let page = form
+            .create(&mut browser, "db-password", CANARY)
+            .await
+            .expect(StatusCode::SEE_OTHER);
         let doc = store
             .read_block_document_by_name("secret", "db-password", true)
             .await
@@ -585,92 +622,46 @@ async fn creating_and_editing_keeps_secrets_out_of_pages_and_audits_with_the_ses
         assert!(!detail.text.contains(CANARY));
 
         // The same name again: at the name field.
-        let page = browser
-            .post(
-                "/blocks/new/secret",
-                &[
-                    &[
-                        ("_csrf", csrf.as_str()),
-                        ("_schema", &schema),
-                        ("_name", "db-password"),
-                    ][..],
-                    &value("x"),
-                ]
-                .concat(),
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
+        let page = form
+            .create(&mut browser, "db-password", "x")
+            .await
+            .expect(StatusCode::CONFLICT);
         assert!(page.text.contains("already exists"));
 
         // Edit: the secret field is empty, and left empty it keeps the stored value.
-        let edit = browser.get(&format!("/blocks/{}/edit", doc.id)).await;
-        assert_eq!(edit.status, StatusCode::OK);
+        let edit = browser
+            .get(&format!("/blocks/{}/edit", doc.id))
+            .await
+            .expect(StatusCode::OK);
         assert!(!edit.text.contains(CANARY));
         assert!(
             !edit.text.contains("********"),
             "not even the mask is pre-filled"
         );
-        let version = store.document_version(doc.id).await.unwrap().to_string();
-        let uri = format!("/blocks/{}/edit", doc.id);
-        let page = browser
-            .post(
-                &uri,
-                &[
-                    &[
-                        ("_csrf", csrf.as_str()),
-                        ("_schema", &schema),
-                        ("_version", &version),
-                    ][..],
-                    &value(""),
-                ]
-                .concat(),
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-        let kept = store.read_block_document(doc.id, true).await.unwrap();
-        assert_eq!(kept.data["value"], json!(CANARY));
+        let secret_now =
+            async || store.read_block_document(doc.id, true).await.unwrap().data["value"].clone();
+        let version = version_of(store, doc.id).await;
+        form.edit(&mut browser, doc.id, &version, "")
+            .await
+            .expect(StatusCode::SEE_OTHER);
+        assert_eq!(secret_now().await, json!(CANARY));
         // Typed, it replaces the stored value.
-        let version = store.document_version(doc.id).await.unwrap().to_string();
-        let page = browser
-            .post(
-                &uri,
-                &[
-                    &[
-                        ("_csrf", csrf.as_str()),
-                        ("_schema", &schema),
-                        ("_version", &version),
-                    ][..],
-                    &value("new-value"),
-                ]
-                .concat(),
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
-        let replaced = store.read_block_document(doc.id, true).await.unwrap();
-        assert_eq!(replaced.data["value"], json!("new-value"));
+        let version = version_of(store, doc.id).await;
+        form.edit(&mut browser, doc.id, &version, "new-value")
+            .await
+            .expect(StatusCode::SEE_OTHER);
+        assert_eq!(secret_now().await, json!("new-value"));
         // A stale form: 409, nothing overwritten.
-        let page = browser
-            .post(
-                &uri,
-                &[
-                    &[
-                        ("_csrf", csrf.as_str()),
-                        ("_schema", &schema),
-                        ("_version", &version),
-                    ][..],
-                    &value("stale"),
-                ]
-                .concat(),
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
+        let page = form
+            .edit(&mut browser, doc.id, &version, "stale")
+            .await
+            .expect(StatusCode::CONFLICT);
         assert!(page.text.contains("changed by someone else"));
         assert!(
             !page.text.contains("stale"),
             "the typed secret is not sent back"
         );
-        let unchanged = store.read_block_document(doc.id, true).await.unwrap();
-        assert_eq!(unchanged.data["value"], json!("new-value"));
+        assert_eq!(secret_now().await, json!("new-value"));
 
         // Every console write is recorded with the session's token; no value in any record.
         let records = console_audit(store).await;
@@ -702,13 +693,10 @@ async fn a_revoked_token_ends_its_console_sessions_and_signing_out_ends_the_sess
     on_both(async |db| {
         let ctx = setup(db).await;
         let (writer, writer_id) = token(&ctx.state.store, &[Scope::Write]).await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&writer).await;
+        let mut browser = Browser::signed_in(&ctx.app, &writer).await;
         assert_eq!(browser.get("/blocks").await.status, StatusCode::OK);
         ctx.state.store.revoke_token(writer_id).await.unwrap();
-        let page = browser.get("/blocks").await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER);
-        assert_eq!(page.location(), "/sign-in?next=%2Fblocks&ended=1");
+        let page = browser.get("/blocks").await.expect_redirect(ENDED);
         assert!(
             page.header(header::SET_COOKIE).contains("Max-Age=0"),
             "the dead cookie is cleared"
@@ -721,8 +709,7 @@ async fn a_revoked_token_ends_its_console_sessions_and_signing_out_ends_the_sess
                 .contains("Your session has ended")
         );
 
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
+        let mut browser = Browser::signed_in(&ctx.app, &ctx.admin).await;
         let old_cookie = browser.cookie.clone();
         let csrf = browser.form_token().await;
         let page = browser.post("/sign-out", &[("_csrf", &csrf)]).await;
@@ -769,8 +756,7 @@ async fn hostile_type_text_renders_inert() {
             .await
             .unwrap();
         let doc = create(store, &schema, "evil-doc", json!({"x": "</dd><script>alert(8)</script>"})).await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
+        let mut browser = Browser::signed_in(&ctx.app, &ctx.admin).await;
         for path in ["/catalog".to_owned(), "/blocks".to_owned(), format!("/blocks/{}", doc.id), "/blocks/new/evil".to_owned(), format!("/blocks/{}/edit", doc.id)] {
             let page = browser.get(&path).await;
             assert_eq!(page.status, StatusCode::OK, "{path}");
@@ -800,59 +786,36 @@ async fn a_crafted_draft_or_form_is_refused_without_harm() {
     on_both(async |db| {
         let ctx = setup(db).await;
         let store = &ctx.state.store;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
+        let mut browser = Browser::signed_in(&ctx.app, &ctx.admin).await;
         let form = browser.get("/blocks/new/string").await;
         let csrf = form.form_token();
-        let schema = {
-            let at = form.text.find("name=\"_schema\" value=\"").unwrap() + 22;
-            form.text[at..at + 36].to_owned()
+        let schema = form.field("_schema");
+        let string_block = |name, parent| {
+            [
+                ("_csrf", csrf.as_str()),
+                ("_schema", schema.as_str()),
+                ("_name", name),
+                ("data.value", "x"),
+                ("_parent", parent),
+            ]
         };
         // A draft whose path would nest 100,000 levels deep: refused before anything.
         let deep = format!(
             "{{\"target\":\"new:string\",\"path\":\"data.{}\",\"data\":{{}}}}",
             ".".repeat(100_000)
         );
-        let page = browser
-            .post(
-                "/blocks/new/string",
-                &[
-                    ("_csrf", &csrf),
-                    ("_schema", &schema),
-                    ("_name", "deep"),
-                    ("data.value", "x"),
-                    ("_parent", &deep),
-                ],
-            )
-            .await;
-        assert_eq!(
-            page.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            page.text
-        );
-        assert!(
-            store
-                .read_block_document_by_name("string", "deep", false)
-                .await
-                .is_err()
-        );
+        browser
+            .post("/blocks/new/string", &string_block("deep", deep.as_str()))
+            .await
+            .expect(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(!has_block(store, "string", "deep").await);
         // A draft pointing at a type that does not exist: the block is created and said so,
         // and the audit record names it.
         let odd = "{\"target\":\"new:no-such-type\",\"path\":\"data.x\",\"data\":{}}";
         let page = browser
-            .post(
-                "/blocks/new/string",
-                &[
-                    ("_csrf", &csrf),
-                    ("_schema", &schema),
-                    ("_name", "made"),
-                    ("data.value", "x"),
-                    ("_parent", odd),
-                ],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+            .post("/blocks/new/string", &string_block("made", odd))
+            .await
+            .expect(StatusCode::SEE_OTHER);
         let made = store
             .read_block_document_by_name("string", "made", false)
             .await
@@ -875,8 +838,10 @@ async fn a_crafted_draft_or_form_is_refused_without_harm() {
         let mut pairs: Vec<(&str, &str)> =
             vec![("_csrf", &csrf), ("_schema", &schema), ("_name", "many")];
         pairs.extend(many.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let page = browser.post("/blocks/new/string", &pairs).await;
-        assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", page.text);
+        let page = browser
+            .post("/blocks/new/string", &pairs)
+            .await
+            .expect(StatusCode::PAYLOAD_TOO_LARGE);
         assert!(page.header(header::CONTENT_TYPE).starts_with("text/html"));
     })
     .await;
@@ -901,10 +866,11 @@ async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
                 .await
                 .unwrap();
         }
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
-        let page = browser.get(&format!("/blocks/{id}/history")).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let mut browser = Browser::signed_in(&ctx.app, &ctx.admin).await;
+        let page = browser
+            .get(&format!("/blocks/{id}/history"))
+            .await
+            .expect(StatusCode::OK);
         assert!(
             page.text.contains("test [Write]"),
             "the writer's token name: {}",
@@ -944,8 +910,7 @@ async fn history_names_the_writers_and_says_only_whether_a_secret_changed() {
         );
         // A read token sees the history too, still without values.
         let (reader, _) = token(store, &[Scope::Read]).await;
-        let mut reader_browser = Browser::new(&ctx.app);
-        reader_browser.sign_in(&reader).await;
+        let mut reader_browser = Browser::signed_in(&ctx.app, &reader).await;
         let page = reader_browser
             .get(&format!("/blocks/{id}/history?compare=2"))
             .await;
@@ -979,37 +944,23 @@ async fn registering_a_collection_needs_write_and_a_known_name() {
         let ctx = setup(db).await;
         let store = &ctx.state.store;
         let (reader, _) = token(store, &[Scope::Read]).await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&reader).await;
-        let csrf = browser.form_token().await;
-        let page = browser
-            .post(
-                "/catalog/register",
-                &[("_csrf", &csrf), ("collection", "gcp")],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.text);
+        let register = async |token: &str, collection: &str| {
+            let mut browser = Browser::signed_in(&ctx.app, token).await;
+            let csrf = browser.form_token().await;
+            let form = [("_csrf", csrf.as_str()), ("collection", collection)];
+            browser.post("/catalog/register", &form).await
+        };
+        let page = register(&reader, "gcp").await.expect(StatusCode::FORBIDDEN);
         assert!(page.text.contains("write scope"));
         assert!(store.read_block_type_by_slug("gcs-bucket").await.is_err());
 
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&ctx.admin).await;
-        let csrf = browser.form_token().await;
-        let page = browser
-            .post(
-                "/catalog/register",
-                &[("_csrf", &csrf), ("collection", "<nope>")],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let page = register(&ctx.admin, "<nope>")
+            .await
+            .expect(StatusCode::UNPROCESSABLE_ENTITY);
         assert!(page.text.contains("&lt;nope&gt;") && !page.text.contains("<nope>"));
-        let page = browser
-            .post(
-                "/catalog/register",
-                &[("_csrf", &csrf), ("collection", "gcp")],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        register(&ctx.admin, "gcp")
+            .await
+            .expect(StatusCode::SEE_OTHER);
         assert!(store.read_block_type_by_slug("gcs-bucket").await.is_ok());
         let records = console_audit(store).await;
         assert!(
@@ -1038,15 +989,16 @@ async fn a_token_limited_by_grants_does_not_open_the_console() {
             .await
             .unwrap();
         let mut browser = Browser::new(&ctx.app);
-        let page = browser.sign_in(limited.token.expose_secret()).await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        let page = browser
+            .sign_in(limited.token.expose_secret())
+            .await
+            .expect(StatusCode::FORBIDDEN);
         assert!(page.text.contains("limited by grants"), "{}", page.text);
         assert!(browser.cookie.is_none(), "no session for a limited token");
 
         // Grants set on a token after it signed in end its sessions.
         let (reader, reader_id) = token(store, &[Scope::Read]).await;
-        let mut browser = Browser::new(&ctx.app);
-        browser.sign_in(&reader).await;
+        let mut browser = Browser::signed_in(&ctx.app, &reader).await;
         assert_eq!(browser.get("/blocks").await.status, StatusCode::OK);
         store
             .set_token_grants(
@@ -1055,9 +1007,7 @@ async fn a_token_limited_by_grants_does_not_open_the_console() {
             )
             .await
             .unwrap();
-        let page = browser.get("/blocks").await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER);
-        assert_eq!(page.location(), "/sign-in?next=%2Fblocks&ended=1");
+        browser.get("/blocks").await.expect_redirect(ENDED);
     })
     .await;
 }

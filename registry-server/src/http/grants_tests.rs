@@ -70,12 +70,33 @@ async fn world(db: &crate::store::tests::harness::TestDb) -> World {
 const ZOOM_GCS: &str = "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-gcs";
 const OTHER_GCS: &str = "/api/block_types/slug/gcs-bucket/block_documents/name/other-gcs";
 
+#[track_caller]
 fn no_canary(r: &Resp) {
     assert!(
         !r.text.contains(CANARY),
         "a refusal carried the secret: {}",
         r.text
     );
+}
+
+/// Asserts the refusal's detail names each of `names`, and that it carries no secret.
+#[track_caller]
+fn names_in_refusal(r: &Resp, names: &[&str]) {
+    for name in names {
+        assert!(r.detail().contains(name), "{name:?} in {}", r.text);
+    }
+    no_canary(r);
+}
+
+/// `GET uri` as `token`, asserting the status (see [`send_expecting`]).
+async fn get_expecting(app: &Router, uri: &str, token: &str, status: u16) -> Resp {
+    send_expecting(app, "GET", uri, token, None, status).await
+}
+
+/// The id in a created document's or token's answer.
+#[track_caller]
+fn id_of(r: &Resp) -> Uuid {
+    r.body["id"].as_str().unwrap().parse().unwrap()
 }
 
 fn names(r: &Resp) -> Vec<String> {
@@ -115,6 +136,18 @@ fn anonymous_creds(w: &World, private_key: &str, project: &str) -> Value {
     })
 }
 
+impl World {
+    /// A token of `scopes` limited by `grants` (see [`limited`]).
+    async fn limited(&self, scopes: &[Scope], grants: &[&str]) -> (String, Uuid) {
+        limited(&self.ctx.state.store, scopes, grants).await
+    }
+
+    /// The `gcs-bucket` schema's URI.
+    fn bucket_schema_uri(&self) -> String {
+        format!("/api/block_schemas/{}", self.bucket_schema)
+    }
+}
+
 /// The count of documents `token` sees (`POST /api/block_documents/count`, no filter).
 async fn count(app: &Router, token: &str) -> Value {
     let all = json!({});
@@ -134,65 +167,45 @@ async fn count(app: &Router, token: &str) -> Value {
 async fn a_nested_load_needs_the_grant_on_every_document_of_the_tree() {
     on_both(async |db| {
         let w = world(db).await;
-        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
-        let (etl, _) = limited(
-            store,
-            &[Scope::ReadSecrets],
-            &[
-                "read-secrets:gcs-bucket/zoom-gcs",
-                "read-secrets:gcp-credentials/zoom-gcp-creds",
-            ],
-        )
-        .await;
-        let r = get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(
-            r.body["data"]["gcp_credentials"]["service_account_info"]["private_key"],
-            CANARY
-        );
+        let app = &w.ctx.app;
+        let with_secrets = format!("{ZOOM_GCS}?include_secrets=true");
+        let private_key = |r: &Resp| {
+            r.body["data"]["gcp_credentials"]["service_account_info"]["private_key"].clone()
+        };
+        let (etl, _) = w
+            .limited(
+                &[Scope::ReadSecrets],
+                &[
+                    "read-secrets:gcs-bucket/zoom-gcs",
+                    "read-secrets:gcp-credentials/zoom-gcp-creds",
+                ],
+            )
+            .await;
+        let r = get_expecting(app, &with_secrets, &etl, 200).await;
+        assert_eq!(private_key(&r), CANARY);
 
         // The bucket alone: the nested credentials are refused by name.
-        let (half, half_id) = limited(
-            store,
-            &[Scope::ReadSecrets],
-            &["read-secrets:gcs-bucket/zoom-gcs"],
-        )
-        .await;
+        let (half, half_id) = w
+            .limited(&[Scope::ReadSecrets], &["read-secrets:gcs-bucket/zoom-gcs"])
+            .await;
         for uri in [
-            format!("{ZOOM_GCS}?include_secrets=true"),
+            with_secrets.clone(),
             ZOOM_GCS.to_owned(),
             format!("/api/block_documents/{}?include_secrets=true", w.zoom_gcs),
         ] {
-            let r = get(app, &uri, &half).await;
-            assert_eq!(r.status, 403, "{uri}: {}", r.text);
-            assert!(
-                r.detail().contains("gcp-credentials/zoom-gcp-creds")
-                    && r.detail().contains("scope"),
-                "{}",
-                r.detail()
-            );
-            no_canary(&r);
+            let r = get_expecting(app, &uri, &half, 403).await;
+            names_in_refusal(&r, &["gcp-credentials/zoom-gcp-creds", "scope"]);
         }
         // Read alone on both: masked reads work, secrets are a 403 naming the scope.
-        let (reader, _) = limited(
-            store,
-            &[Scope::ReadSecrets],
-            &["read:gcs-bucket/zoom-gcs", "read:gcp-credentials/*"],
-        )
-        .await;
-        let r = get(app, ZOOM_GCS, &reader).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(
-            r.body["data"]["gcp_credentials"]["service_account_info"]["private_key"],
-            "********"
-        );
-        let r = get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &reader).await;
-        assert_eq!(r.status, 403);
-        assert!(r.detail().contains("read-secrets") && r.detail().contains("gcs-bucket/zoom-gcs"));
-        no_canary(&r);
+        let grants = ["read:gcs-bucket/zoom-gcs", "read:gcp-credentials/*"];
+        let (reader, _) = w.limited(&[Scope::ReadSecrets], &grants).await;
+        let r = get_expecting(app, ZOOM_GCS, &reader, 200).await;
+        assert_eq!(private_key(&r), "********");
+        let r = get_expecting(app, &with_secrets, &reader, 403).await;
+        names_in_refusal(&r, &["read-secrets", "gcs-bucket/zoom-gcs"]);
 
         // The refusals are audited as denied under the token.
-        let records = all_audit(store).await;
+        let records = all_audit(&w.ctx.state.store).await;
         assert!(
             records
                 .iter()
@@ -208,24 +221,15 @@ async fn a_nested_load_needs_the_grant_on_every_document_of_the_tree() {
 async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
     on_both(async |db| {
         let w = world(db).await;
-        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
-        let (etl, _) = limited(
-            store,
-            &[Scope::ReadSecrets],
-            &[
-                "read-secrets:gcs-bucket/zoom-*",
-                "read-secrets:gcp-credentials/zoom-*",
-            ],
-        )
-        .await;
+        let app = &w.ctx.app;
+        let grants = [
+            "read-secrets:gcs-bucket/zoom-*",
+            "read-secrets:gcp-credentials/zoom-*",
+        ];
+        let (etl, _) = w.limited(&[Scope::ReadSecrets], &grants).await;
         // By name and by id: the same 404 as a block that does not exist.
-        let missing = get(
-            app,
-            "/api/block_types/slug/gcs-bucket/block_documents/name/nope",
-            &etl,
-        )
-        .await;
-        assert_eq!(missing.status, 404);
+        let nope = "/api/block_types/slug/gcs-bucket/block_documents/name/nope";
+        let missing = get_expecting(app, nope, &etl, 404).await;
         for uri in [
             OTHER_GCS.to_owned(),
             format!("{OTHER_GCS}?include_secrets=true"),
@@ -234,17 +238,12 @@ async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
             format!("/api/block_documents/{}/versions", w.other_gcs),
             format!("/api/block_documents/{}/versions/1", w.other_gcs),
         ] {
-            let r = get(app, &uri, &etl).await;
-            assert_eq!(r.status, 404, "{uri}: {}", r.text);
+            let r = get_expecting(app, &uri, &etl, 404).await;
             assert_eq!(r.detail(), missing.detail(), "{uri}");
             no_canary(&r);
         }
-        let random = get(
-            app,
-            &format!("/api/block_documents/{}", Uuid::new_v4()),
-            &etl,
-        )
-        .await;
+        let random = format!("/api/block_documents/{}", Uuid::new_v4());
+        let random = get(app, &random, &etl).await;
         assert_eq!(random.detail(), missing.detail());
 
         // Lists and counts hold what is granted only.
@@ -254,41 +253,25 @@ async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
             assert_eq!(names(&r), ["zoom-gcp-creds", "zoom-gcs"], "{filter}");
         }
         assert_eq!(count(app, &etl).await, json!(2));
-        let r = get(
-            app,
-            "/api/block_types/slug/gcs-bucket/block_documents",
-            &etl,
-        )
-        .await;
-        assert_eq!(names(&r), ["zoom-gcs"]);
+        let buckets = "/api/block_types/slug/gcs-bucket/block_documents";
+        assert_eq!(names(&get(app, buckets, &etl).await), ["zoom-gcs"]);
         let r = get(app, "/api/block_types/slug/secret/block_documents", &etl).await;
         assert_eq!(names(&r), Vec::<String>::new());
         // The admin sees everything.
         assert_eq!(count(app, &w.ctx.admin).await, json!(5));
 
         // A list whose tree holds a block the token cannot read is refused, naming it.
-        let (half, _) = limited(store, &[Scope::Read], &["read:gcs-bucket/*"]).await;
-        let r = get(
-            app,
-            "/api/block_types/slug/gcs-bucket/block_documents",
-            &half,
-        )
-        .await;
-        assert_eq!(r.status, 403);
-        assert!(r.detail().contains("gcp-credentials/"), "{}", r.detail());
-        no_canary(&r);
+        let (half, _) = w.limited(&[Scope::Read], &["read:gcs-bucket/*"]).await;
+        let r = get_expecting(app, buckets, &half, 403).await;
+        names_in_refusal(&r, &["gcp-credentials/"]);
 
         // The metrics count the whole store: not for a limited token.
-        let r = get(app, "/metrics", &half).await;
-        assert_eq!(r.status, 403, "{}", r.text);
-        assert_eq!(get(app, "/metrics", &w.ctx.admin).await.status, 200);
+        get_expecting(app, "/metrics", &half, 403).await;
+        get_expecting(app, "/metrics", &w.ctx.admin, 200).await;
 
         // Types and schemas stay readable to a limited token.
-        for uri in [
-            "/api/block_types/slug/secret",
-            &format!("/api/block_schemas/{}", w.bucket_schema),
-        ] {
-            assert_eq!(get(app, uri, &half).await.status, 200, "{uri}");
+        for uri in ["/api/block_types/slug/secret", &w.bucket_schema_uri()] {
+            get_expecting(app, uri, &half, 200).await;
         }
     })
     .await;
@@ -298,30 +281,22 @@ async fn what_a_token_may_not_see_is_a_404_and_absent_from_lists_and_counts() {
 async fn writes_need_the_grant_and_cannot_launder_a_block_from_outside_it() {
     on_both(async |db| {
         let w = world(db).await;
-        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
-        let (writer, _) = limited(
-            store,
-            &[Scope::Write],
-            &["write:gcs-bucket/zoom-*", "write:gcp-credentials/zoom-*"],
-        )
-        .await;
+        let app = &w.ctx.app;
+        let grants = ["write:gcs-bucket/zoom-*", "write:gcp-credentials/zoom-*"];
+        let (writer, _) = w.limited(&[Scope::Write], &grants).await;
+        let create_as = async |token: &str, body: &Value, status: u16| {
+            let documents = "/api/block_documents/";
+            send_expecting(app, "POST", documents, token, Some(body), status).await
+        };
         // Inside the grants: fine.
-        let r = post_document(app, &writer, &bucket_doc(&w, "zoom-new", "b", w.zoom_creds)).await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        create_as(&writer, &bucket_doc(&w, "zoom-new", "b", w.zoom_creds), 201).await;
         // A name outside them: 403 naming the block.
-        let r = post_document(app, &writer, &bucket_doc(&w, "prod-gcs", "b", w.zoom_creds)).await;
-        assert_eq!(r.status, 403);
-        assert!(r.detail().contains("write") && r.detail().contains("gcs-bucket/prod-gcs"));
+        let r = create_as(&writer, &bucket_doc(&w, "prod-gcs", "b", w.zoom_creds), 403).await;
+        names_in_refusal(&r, &["write", "gcs-bucket/prod-gcs"]);
         // Referencing a block the token cannot read: as if it did not exist.
-        let r = post_document(
-            app,
-            &writer,
-            &bucket_doc(&w, "zoom-launder", "b", w.other_creds),
-        )
-        .await;
-        assert_eq!(r.status, 400, "{}", r.text);
-        assert!(r.detail().contains("does not exist"), "{}", r.detail());
-        no_canary(&r);
+        let launder = bucket_doc(&w, "zoom-launder", "b", w.other_creds);
+        let r = create_as(&writer, &launder, 400).await;
+        names_in_refusal(&r, &["does not exist"]);
         let zoom_gcs = format!("/api/block_documents/{}", w.zoom_gcs);
         let other_gcs = format!("/api/block_documents/{}", w.other_gcs);
         let laundering = json!({"data": bucket_data("b", w.other_creds)});
@@ -341,10 +316,10 @@ async fn writes_need_the_grant_and_cannot_launder_a_block_from_outside_it() {
             send_expecting(app, method, &uri, &writer, body.as_ref(), 404).await;
         }
         // A token that may read a block but not write it: 403 naming the scope.
-        let (reader_writer, _) =
-            limited(store, &[Scope::Write], &["read:gcs-bucket/other-gcs"]).await;
+        let grants = ["read:gcs-bucket/other-gcs"];
+        let (reader_writer, _) = w.limited(&[Scope::Write], &grants).await;
         let r = send_expecting(app, "DELETE", &other_gcs, &reader_writer, None, 403).await;
-        assert!(r.detail().contains("write") && r.detail().contains("gcs-bucket/other-gcs"));
+        names_in_refusal(&r, &["write", "gcs-bucket/other-gcs"]);
 
         // A rollback may not bring back a reference to a block outside the grants.
         let admin = &w.ctx.admin;
@@ -368,41 +343,26 @@ async fn writes_need_the_grant_and_cannot_launder_a_block_from_outside_it() {
 
         // Prefect's nested save: an anonymous document first, then the block referencing
         // it. Another tree's anonymous document cannot be adopted.
-        let anon = post_document(app, &writer, &anonymous_creds(&w, "mine", "p")).await;
-        assert_eq!(anon.status, 201, "{}", anon.text);
-        let anon_id: Uuid = anon.body["id"].as_str().unwrap().parse().unwrap();
-        let r = post_document(app, &writer, &bucket_doc(&w, "zoom-anon", "b", anon_id)).await;
-        assert_eq!(r.status, 201, "{}", r.text);
-        let r = get(
-            app,
-            "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-anon",
-            &writer,
-        )
-        .await;
-        assert_eq!(
-            r.status, 200,
-            "the anonymous child is part of its parent: {}",
-            r.text
-        );
-        let r = post_document(app, &writer, &bucket_doc(&w, "zoom-anon-2", "b", anon_id)).await;
-        assert_eq!(
-            r.status, 400,
-            "an anonymous document already held by a tree: {}",
-            r.text
-        );
-        let (other_writer, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/zoom-*"]).await;
-        let theirs = post_document(app, admin, &anonymous_creds(&w, CANARY, "p")).await;
-        let theirs: Uuid = theirs.body["id"].as_str().unwrap().parse().unwrap();
-        let r = post_document(
-            app,
+        let anon = create_as(&writer, &anonymous_creds(&w, "mine", "p"), 201).await;
+        let anon_id = id_of(&anon);
+        create_as(&writer, &bucket_doc(&w, "zoom-anon", "b", anon_id), 201).await;
+        // The anonymous child is part of its parent.
+        let zoom_anon = "/api/block_types/slug/gcs-bucket/block_documents/name/zoom-anon";
+        get_expecting(app, zoom_anon, &writer, 200).await;
+        // An anonymous document already held by a tree.
+        create_as(&writer, &bucket_doc(&w, "zoom-anon-2", "b", anon_id), 400).await;
+        let grants = ["write:gcs-bucket/zoom-*"];
+        let (other_writer, _) = w.limited(&[Scope::Write], &grants).await;
+        let theirs = id_of(&post_document(app, admin, &anonymous_creds(&w, CANARY, "p")).await);
+        // Someone else's orphan.
+        create_as(
             &other_writer,
             &bucket_doc(&w, "zoom-steal", "b", theirs),
+            400,
         )
         .await;
-        assert_eq!(r.status, 400, "someone else's orphan: {}", r.text);
         // Creating an anonymous document of a type with no write grant: 403.
-        let r = post_document(app, &other_writer, &anonymous_creds(&w, "x", "p")).await;
-        assert_eq!(r.status, 403, "{}", r.text);
+        create_as(&other_writer, &anonymous_creds(&w, "x", "p"), 403).await;
     })
     .await;
 }
@@ -411,24 +371,20 @@ async fn writes_need_the_grant_and_cannot_launder_a_block_from_outside_it() {
 async fn registering_types_and_schemas_needs_a_grant_on_the_whole_type() {
     on_both(async |db| {
         let w = world(db).await;
-        let (app, store) = (&w.ctx.app, &w.ctx.state.store);
-        let schema = get(
-            app,
-            &format!("/api/block_schemas/{}", w.bucket_schema),
-            &w.ctx.admin,
-        )
-        .await
-        .body;
+        let app = &w.ctx.app;
+        let schema = get(app, &w.bucket_schema_uri(), &w.ctx.admin).await.body;
         let body = json!({
             "fields": schema["fields"],
             "block_type_id": w.bucket_type,
             "capabilities": schema["capabilities"],
             "version": "grants-test",
         });
-        let (narrow, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/zoom-*"]).await;
+        let (narrow, _) = w
+            .limited(&[Scope::Write], &["write:gcs-bucket/zoom-*"])
+            .await;
         let schemas = "/api/block_schemas/";
         let r = send_expecting(app, "POST", schemas, &narrow, Some(&body), 403).await;
-        assert!(r.detail().contains("gcs-bucket/*"), "{}", r.detail());
+        names_in_refusal(&r, &["gcs-bucket/*"]);
         let mine = json!({"name": "Mine", "slug": "mine"});
         let bucket_type = format!("/api/block_types/{}", w.bucket_type);
         for (method, uri, body) in [
@@ -439,18 +395,10 @@ async fn registering_types_and_schemas_needs_a_grant_on_the_whole_type() {
             send_expecting(app, method, uri, &narrow, body, 403).await;
         }
 
-        let (whole, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/*"]).await;
+        let (whole, _) = w.limited(&[Scope::Write], &["write:gcs-bucket/*"]).await;
         send_expecting(app, "POST", schemas, &whole, Some(&body), 201).await;
-        let r = send(
-            app,
-            "POST",
-            "/api/block_types/",
-            Some(&whole),
-            Some(&mine),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 403, "another type");
+        // Another type.
+        send_expecting(app, "POST", "/api/block_types/", &whole, Some(&mine), 403).await;
     })
     .await;
 }
@@ -482,25 +430,26 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
             (json!({"name": "a", "scopes": ["read"], "grants": [{"scope": "read", "selector": "no-slash"}]}), "grants[0].selector"),
             (json!({"name": "a", "scopes": ["read"], "ttl": "soon"}), "ttl"),
         ] {
-            let r = send(app, "POST", "/api/tokens", Some(admin), Some(&body), &[]).await;
-            assert_eq!(r.status, 422, "{body}: {}", r.text);
+            let r = send_expecting(app, "POST", "/api/tokens", admin, Some(&body), 422).await;
             assert!(r.text.contains(field), "{field}: {}", r.text);
         }
 
         // The nested credentials are not granted yet; an admin PATCH adds them, at once.
-        assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await.status, 403);
+        let with_secrets = format!("{ZOOM_GCS}?include_secrets=true");
+        get_expecting(app, &with_secrets, &etl, 403).await;
         let grants = json!({"grants": [
             {"scope": "read-secrets", "selector": "gcs-bucket/zoom-gcs"},
             {"scope": "read-secrets", "selector": "gcp-credentials/zoom-gcp-creds"},
         ]});
-        let r = send(app, "PATCH", &format!("/api/tokens/{etl_id}"), Some(&etl), Some(&grants), &[]).await;
-        assert_eq!(r.status, 403, "only an admin changes grants");
-        send_expecting(app, "PATCH", &format!("/api/tokens/{etl_id}"), admin, Some(&grants), 200).await;
-        assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &etl).await.status, 200);
+        let etl_uri = format!("/api/tokens/{etl_id}");
+        // Only an admin changes grants.
+        send_expecting(app, "PATCH", &etl_uri, &etl, Some(&grants), 403).await;
+        send_expecting(app, "PATCH", &etl_uri, admin, Some(&grants), 200).await;
+        get_expecting(app, &with_secrets, &etl, 200).await;
         let admin_id = get(app, "/api/tokens", admin).await.body.as_array().unwrap().iter()
             .find(|t| t["scopes"] == json!(["admin"])).unwrap()["id"].as_str().unwrap().to_owned();
-        let r = send(app, "PATCH", &format!("/api/tokens/{admin_id}"), Some(admin), Some(&json!({"grants": [{"scope": "read", "selector": "*/*"}]})), &[]).await;
-        assert_eq!(r.status, 422);
+        let any = json!({"grants": [{"scope": "read", "selector": "*/*"}]});
+        let r = send_expecting(app, "PATCH", &format!("/api/tokens/{admin_id}"), admin, Some(&any), 422).await;
         assert!(r.text.contains("admin token cannot be limited"), "{}", r.text);
 
         // A child for a subprocess: narrower, shorter, revoked with its parent.
@@ -509,19 +458,19 @@ async fn tokens_take_grants_over_the_api_and_children_stay_within_their_parent()
         })), 201).await;
         let child = r.body["token"].as_str().unwrap().to_owned();
         assert_eq!(r.body["parent_id"], json!(etl_id));
-        assert_eq!(get(app, OTHER_GCS, &child).await.status, 404);
-        assert_eq!(get(app, &format!("{ZOOM_GCS}?include_secrets=true"), &child).await.status, 403);
+        get_expecting(app, OTHER_GCS, &child, 404).await;
+        get_expecting(app, &with_secrets, &child, 403).await;
         for body in [
             json!({"grants": [{"scope": "read", "selector": "gcs-bucket/*"}]}),
             json!({"scopes": ["write"]}),
             json!({"ttl": "2h"}),
             json!({"grants": []}),
         ] {
-            let r = send(app, "POST", "/api/tokens/child", Some(&etl), Some(&body), &[]).await;
-            assert_eq!(r.status, 422, "{body}: {}", r.text);
+            send_expecting(app, "POST", "/api/tokens/child", &etl, Some(&body), 422).await;
         }
-        send_expecting(app, "DELETE", &format!("/api/tokens/{etl_id}"), admin, None, 200).await;
-        assert_eq!(get(app, ZOOM_GCS, &child).await.status, 401, "a child outlived its parent");
+        send_expecting(app, "DELETE", &etl_uri, admin, None, 200).await;
+        // A child does not outlive its parent.
+        get_expecting(app, ZOOM_GCS, &child, 401).await;
 
         // Minting is audited under the parent.
         let records = all_audit(&w.ctx.state.store).await;
@@ -539,30 +488,23 @@ async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
         let admin = &w.ctx.admin;
         // Another team's bucket holding its credentials as an anonymous document.
         let documents = "/api/block_documents/";
-        let anon = post_document(app, admin, &anonymous_creds(&w, CANARY, "team")).await;
-        let anon: Uuid = anon.body["id"].as_str().unwrap().parse().unwrap();
+        let anon = id_of(&post_document(app, admin, &anonymous_creds(&w, CANARY, "team")).await);
         let team_gcs = bucket_doc(&w, "team-gcs", "t", anon);
         send_expecting(app, "POST", documents, admin, Some(&team_gcs), 201).await;
         // A token that reads every named block and reads and writes its own bucket.
-        let (wide, wide_id) = limited(
-            store,
-            &[Scope::ReadSecrets, Scope::Write],
-            &["read:*/*", "read-secrets:gcs-bucket/mine", "write:gcs-bucket/mine"],
-        )
-        .await;
+        let grants = ["read:*/*", "read-secrets:gcs-bucket/mine", "write:gcs-bucket/mine"];
+        let (wide, wide_id) = w.limited(&[Scope::ReadSecrets, Scope::Write], &grants).await;
         let mine = bucket_doc(&w, "mine", "m", w.zoom_creds);
-        let r = send_expecting(app, "POST", documents, &wide, Some(&mine), 201).await;
-        let mine: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+        let mine = id_of(&send_expecting(app, "POST", documents, &wide, Some(&mine), 201).await);
         // The anonymous document is in no list, not readable by id, not referenceable.
         let r = send_expecting(app, "POST", "/api/block_documents/filter", &wide,
             Some(&json!({"block_documents": {"is_anonymous": {"eq_": true}}})), 200).await;
         assert!(r.body.as_array().unwrap().iter().all(|d| d["is_anonymous"] == false), "{}", r.text);
-        let r = get(app, &format!("/api/block_documents/{anon}"), &wide).await;
-        assert_eq!(r.status, 404);
+        get_expecting(app, &format!("/api/block_documents/{anon}"), &wide, 404).await;
         let adopting = json!({"data": bucket_data("m", anon)});
         send_expecting(app, "PATCH", &format!("/api/block_documents/{mine}"), &wide, Some(&adopting), 400).await;
-        let r = get(app, &format!("/api/block_documents/{mine}?include_secrets=true"), &wide).await;
-        assert_eq!(r.status, 403, "the zoom credentials are read-only to this token: {}", r.text);
+        // The zoom credentials are read-only to this token.
+        let r = get_expecting(app, &format!("/api/block_documents/{mine}?include_secrets=true"), &wide, 403).await;
         no_canary(&r);
         // Probing a hidden document is recorded as a refusal.
         let records = all_audit(store).await;
@@ -575,21 +517,21 @@ async fn no_grant_or_reference_reaches_another_trees_anonymous_document() {
         );
 
         // A refused delete names only the referrers the token may see.
-        let (deleter, _) = limited(store, &[Scope::Write], &["write:gcp-credentials/*"]).await;
+        let (deleter, _) = w.limited(&[Scope::Write], &["write:gcp-credentials/*"]).await;
         let zoom_creds = format!("/api/block_documents/{}", w.zoom_creds);
         let r = send_expecting(app, "DELETE", &zoom_creds, &deleter, None, 409).await;
         assert!(!r.text.contains("zoom-gcs") && !r.text.contains("mine"), "{}", r.text);
         assert!(r.text.contains("you cannot see"), "{}", r.text);
 
         // A schema for one type cannot bring a new schema for another along.
-        let (typer, _) = limited(store, &[Scope::Write], &["write:gcs-bucket/*"]).await;
-        let mut fields = get(app, &format!("/api/block_schemas/{}", w.bucket_schema), admin).await.body["fields"].clone();
+        let (typer, _) = w.limited(&[Scope::Write], &["write:gcs-bucket/*"]).await;
+        let mut fields = get(app, &w.bucket_schema_uri(), admin).await.body["fields"].clone();
         fields["block_schema_references"]["gcp_credentials"]["block_schema_checksum"] =
             json!(format!("sha256:{}", "0".repeat(64)));
         let r = send_expecting(app, "POST", "/api/block_schemas/", &typer, Some(&json!({
             "fields": fields, "block_type_id": w.bucket_type, "capabilities": [], "version": "nested",
         })), 403).await;
-        assert!(r.detail().contains("gcp-credentials/*"), "{}", r.detail());
+        names_in_refusal(&r, &["gcp-credentials/*"]);
     })
     .await;
 }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::test_app::{Ctx, Resp, all_audit, get, lenient, send, setup};
+use super::tests::send_expecting;
 use crate::store::tests::harness::on_both;
 
 const ISSUER: &str = "https://issuer.test";
@@ -116,6 +117,8 @@ async fn login(ctx: &Ctx, role: &str, jwt: &str) -> Resp {
     .await
 }
 
+/// Asserts a sign-in was refused (401) for `reason`, which its detail names.
+#[track_caller]
 fn refused(r: &Resp, reason: &str) {
     assert_eq!(r.status, 401, "{reason}: {}", r.text);
     assert!(
@@ -134,32 +137,18 @@ async fn a_workload_signs_in_with_its_identity_token_and_every_forgery_is_refuse
         let rsa = rs256("rsa");
         let published = Arc::new(Mutex::new(vec![first.jwk.clone(), rsa.jwk.clone()]));
         let url = jwks_server(published.clone()).await;
-        let r = send(
-            &ctx.app,
-            "POST",
-            "/api/auth/issuers",
-            Some(&admin),
-            Some(&json!({"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": url})),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text);
-        let r = send(
-            &ctx.app,
-            "PUT",
-            "/api/auth/roles/etl-loader",
-            Some(&admin),
-            Some(&json!({
-                "issuer": ISSUER,
-                "claims": {"sub": "system:serviceaccount:etl:*", "aud": AUDIENCE},
-                "scopes": ["read-secrets"],
-                "grants": [{"scope": "read-secrets", "selector": "gcs-bucket/zoom-*"}],
-                "ttl": "10m",
-            })),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        let issuer = json!({"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": url});
+        let issuers = "/api/auth/issuers";
+        send_expecting(&ctx.app, "POST", issuers, &admin, Some(&issuer), 201).await;
+        let role = json!({
+            "issuer": ISSUER,
+            "claims": {"sub": "system:serviceaccount:etl:*", "aud": AUDIENCE},
+            "scopes": ["read-secrets"],
+            "grants": [{"scope": "read-secrets", "selector": "gcs-bucket/zoom-*"}],
+            "ttl": "10m",
+        });
+        let etl_loader = "/api/auth/roles/etl-loader";
+        send_expecting(&ctx.app, "PUT", etl_loader, &admin, Some(&role), 200).await;
 
         // Valid exchanges, ES256 and RS256: a short-lived token limited to the role's grants.
         for key in [&first, &rsa] {
@@ -194,63 +183,20 @@ async fn a_workload_signs_in_with_its_identity_token_and_every_forgery_is_refuse
             }
             c
         };
-        refused(
-            &login(
-                &ctx,
-                "etl-loader",
-                &sign(&first, &with(json!({"aud": "someone-else"}))),
-            )
-            .await,
-            "aud",
-        );
-        refused(
-            &login(
-                &ctx,
-                "etl-loader",
-                &sign(&first, &with(json!({"iss": "https://evil.test"}))),
-            )
-            .await,
-            "iss",
-        );
-        refused(
-            &login(
-                &ctx,
-                "etl-loader",
-                &sign(&first, &with(json!({"exp": now() - 120}))),
-            )
-            .await,
-            "expired",
-        );
-        refused(
-            &login(
-                &ctx,
-                "etl-loader",
-                &sign(&first, &with(json!({"nbf": now() + 300}))),
-            )
-            .await,
-            "nbf",
-        );
-        refused(
-            &login(
-                &ctx,
-                "etl-loader",
-                &sign(&first, &with(json!({"iat": now() + 300}))),
-            )
-            .await,
-            "iat",
-        );
-        refused(
-            &login(
-                &ctx,
-                "etl-loader",
-                &sign(
-                    &first,
-                    &with(json!({"sub": "system:serviceaccount:web:frontend"})),
-                ),
-            )
-            .await,
-            "sub claim",
-        );
+        for (patch, reason) in [
+            (json!({"aud": "someone-else"}), "aud"),
+            (json!({"iss": "https://evil.test"}), "iss"),
+            (json!({"exp": now() - 120}), "expired"),
+            (json!({"nbf": now() + 300}), "nbf"),
+            (json!({"iat": now() + 300}), "iat"),
+            (
+                json!({"sub": "system:serviceaccount:web:frontend"}),
+                "sub claim",
+            ),
+        ] {
+            let jwt = sign(&first, &with(patch));
+            refused(&login(&ctx, "etl-loader", &jwt).await, reason);
+        }
         refused(
             &login(&ctx, "nobody", &sign(&first, &claims())).await,
             "no role",
@@ -393,17 +339,15 @@ async fn issuers_and_roles_are_checked_and_a_kept_jwks_needs_no_fetch() {
         let roles = get(&ctx.app, "/api/auth/roles", &admin).await;
         assert_eq!(roles.body[0]["name"], "deploy");
         assert_eq!(roles.body[0]["ttl"], 60);
-        let r = send(&ctx.app, "DELETE", &format!("/api/auth/issuers/{issuer_id}"), Some(&admin), None, &[]).await;
-        assert_eq!(r.status, 409, "{}", r.text);
+        let issuer = format!("/api/auth/issuers/{issuer_id}");
+        let r = send_expecting(&ctx.app, "DELETE", &issuer, &admin, None, 409).await;
         assert!(r.text.contains("deploy"));
         // Only an admin configures sign-in.
         let (reader, _) = super::test_app::token(&ctx.state.store, &[crate::store::Scope::Write]).await;
         assert_eq!(get(&ctx.app, "/api/auth/roles", &reader).await.status, 403);
-        let r = send(&ctx.app, "DELETE", "/api/auth/roles/deploy", Some(&admin), None, &[]).await;
-        assert_eq!(r.status, 204);
+        send_expecting(&ctx.app, "DELETE", "/api/auth/roles/deploy", &admin, None, 204).await;
         refused(&login(&ctx, "deploy", &sign(&key, &ci("refs/heads/main"))).await, "no role");
-        let r = send(&ctx.app, "DELETE", &format!("/api/auth/issuers/{issuer_id}"), Some(&admin), None, &[]).await;
-        assert_eq!(r.status, 204);
+        send_expecting(&ctx.app, "DELETE", &issuer, &admin, None, 204).await;
     })
     .await;
 }
@@ -419,22 +363,19 @@ async fn tokens_end_with_their_identity_keys_are_kept_public_and_guessers_are_sl
         let mut private = key.jwk.clone();
         private["d"] = json!("c2VjcmV0LXByaXZhdGUtcGFydA");
         let jwks = json!({"keys": [private, {"kty": "oct", "k": "c2hhcmVkLXNlY3JldA", "kid": "hmac"}]});
-        let r = send(&ctx.app, "POST", "/api/auth/issuers", Some(&admin),
-            Some(&json!({"issuer": ISSUER, "audience": AUDIENCE, "jwks": jwks})), &[]).await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        let issuers = "/api/auth/issuers";
+        let r = send_expecting(&ctx.app, "POST", issuers, &admin,
+            Some(&json!({"issuer": ISSUER, "audience": AUDIENCE, "jwks": jwks})), 201).await;
         assert_eq!(r.body["jwks"]["keys"].as_array().unwrap().len(), 1, "{}", r.text);
         let listed = get(&ctx.app, "/api/auth/issuers", &admin).await;
         assert!(!listed.text.contains("c2VjcmV0LXByaXZhdGUtcGFydA") && !listed.text.contains("c2hhcmVkLXNlY3JldA"), "{}", listed.text);
-        let r = send(&ctx.app, "POST", "/api/auth/issuers", Some(&admin),
-            Some(&json!({"issuer": "https://other.test", "audience": AUDIENCE, "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})), &[]).await;
-        assert_eq!(r.status, 422, "{}", r.text);
+        send_expecting(&ctx.app, "POST", issuers, &admin,
+            Some(&json!({"issuer": "https://other.test", "audience": AUDIENCE, "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})), 422).await;
         // A role matching anything of the issuer is refused.
-        let r = send(&ctx.app, "PUT", "/api/auth/roles/any", Some(&admin),
-            Some(&json!({"issuer": ISSUER, "claims": {"sub": "**"}, "scopes": ["read"]})), &[]).await;
-        assert_eq!(r.status, 422, "{}", r.text);
-        let r = send(&ctx.app, "PUT", "/api/auth/roles/etl-loader", Some(&admin),
-            Some(&json!({"issuer": ISSUER, "claims": {"sub": SUBJECT}, "scopes": ["read"], "ttl": "1h"})), &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        send_expecting(&ctx.app, "PUT", "/api/auth/roles/any", &admin,
+            Some(&json!({"issuer": ISSUER, "claims": {"sub": "**"}, "scopes": ["read"]})), 422).await;
+        send_expecting(&ctx.app, "PUT", "/api/auth/roles/etl-loader", &admin,
+            Some(&json!({"issuer": ISSUER, "claims": {"sub": SUBJECT}, "scopes": ["read"], "ttl": "1h"})), 200).await;
 
         // A JWT with 90 s left: the token ends with it, not an hour later.
         let mut soon = claims();

@@ -4,13 +4,15 @@
 //! is bounded, and no error quotes the value it refuses.
 
 use axum::http::StatusCode;
-use block_types::catalog::{Collection, GcpCredentials};
+use block_types::Block;
+use block_types::catalog::{Collection, GcpCredentials, GcsBucket, Secret};
+use block_types::model::BlockSchema;
 use block_types::references::reference_value;
 use serde_json::{Value, json};
 
-use super::test_app::{Resp, get, lenient, secret_doc, send, setup, token};
-use crate::store::Scope;
-use crate::store::tests::harness::on_both;
+use super::test_app::{Ctx, Resp, get, lenient, secret_doc, send, setup, token};
+use crate::store::tests::harness::{TestDb, on_both};
+use crate::store::{Scope, Store};
 
 const CANARY: &str = "canary-sec-7d3a90e2";
 
@@ -36,14 +38,30 @@ async fn post(app: &axum::Router, uri: &str, token: &str, body: &Value) -> Resp 
     send(app, "POST", uri, Some(token), Some(body), &[]).await
 }
 
+/// The app with the GCP collection registered besides the core, and a `write` and a `read`
+/// token: (app, writer, reader).
+async fn with_gcp(db: &TestDb) -> (Ctx, String, String) {
+    let ctx = setup(db, lenient()).await;
+    let store = &ctx.state.store;
+    store.register_collection(Collection::Gcp).await.unwrap();
+    let (writer, _) = token(store, &[Scope::Write]).await;
+    let (reader, _) = token(store, &[Scope::Read]).await;
+    (ctx, writer, reader)
+}
+
+/// The stored schema of the built-in block `B`.
+async fn builtin_schema<B: Block>(store: &Store) -> BlockSchema {
+    store
+        .read_block_schema_by_checksum(&B::spec().checksum(), None)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_write_token_cannot_make_secrets_land_unsealed_or_probe_them() {
     on_both(async |db| {
-        let ctx = setup(db, lenient()).await;
+        let (ctx, writer, reader) = with_gcp(db).await;
         let store = &ctx.state.store;
-        store.register_collection(Collection::Gcp).await.unwrap();
-        let (writer, _) = token(store, &[Scope::Write]).await;
-        let (reader, _) = token(store, &[Scope::Read]).await;
         let secret_type = store.read_block_type_by_slug("secret").await.unwrap();
         let gcp_type = store.read_block_type_by_slug("gcp-credentials").await.unwrap();
 
@@ -144,8 +162,7 @@ async fn names_slugs_versions_and_patterns_are_bounded() {
             let resp = post(&ctx.app, "/api/block_schemas/", &writer,
                             &json!({"fields": {"properties": {}}, "block_type_id": secret_type.id, "version": long})).await;
             assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "version");
-            let schema = ctx.state.store.read_block_schema_by_checksum(
-                &<block_types::catalog::Secret as block_types::Block>::spec().checksum(), None).await.unwrap();
+            let schema = builtin_schema::<Secret>(&ctx.state.store).await;
             let resp = post(&ctx.app, "/api/block_documents/", &writer,
                             &json!({"name": long, "block_schema_id": schema.id, "block_type_id": secret_type.id, "data": {"value": "x"}})).await;
             assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "name");
@@ -171,18 +188,11 @@ async fn names_slugs_versions_and_patterns_are_bounded() {
 #[tokio::test]
 async fn document_data_and_answers_are_bounded_in_bytes() {
     on_both(async |db| {
-        let ctx = setup(db, lenient()).await;
+        let (ctx, writer, reader) = with_gcp(db).await;
         let store = &ctx.state.store;
-        store.register_collection(Collection::Gcp).await.unwrap();
-        let (writer, _) = token(store, &[Scope::Write]).await;
-        let (reader, _) = token(store, &[Scope::Read]).await;
-        let gcp_type = store.read_block_type_by_slug("gcp-credentials").await.unwrap();
-        let gcp_schema = store
-            .read_block_schema_by_checksum(&<GcpCredentials as block_types::Block>::spec().checksum(), None)
-            .await
-            .unwrap();
+        let gcp_schema = builtin_schema::<GcpCredentials>(store).await;
         let create = |name: String, project: String| {
-            json!({"name": name, "block_schema_id": gcp_schema.id, "block_type_id": gcp_type.id, "data": {"project": project}})
+            json!({"name": name, "block_schema_id": gcp_schema.id, "block_type_id": gcp_schema.block_type_id, "data": {"project": project}})
         };
         let resp = post(&ctx.app, "/api/block_documents/", &writer, &create("huge".into(), "x".repeat(600 * 1024))).await;
         assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "512 KiB");
@@ -195,16 +205,12 @@ async fn document_data_and_answers_are_bounded_in_bytes() {
         assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "512 KiB");
 
         // Five children of 400 kB, each referenced by ten buckets: 20 MB expanded.
-        let bucket_type = store.read_block_type_by_slug("gcs-bucket").await.unwrap();
-        let bucket_schema = store
-            .read_block_schema_by_checksum(&<block_types::catalog::GcsBucket as block_types::Block>::spec().checksum(), None)
-            .await
-            .unwrap();
+        let bucket_schema = builtin_schema::<GcsBucket>(store).await;
         for c in 0..5 {
             let resp = post(&ctx.app, "/api/block_documents/", &writer, &create(format!("child-{c}"), "x".repeat(400 * 1000))).await;
             let child = resp.body["id"].as_str().unwrap().parse().unwrap();
             for p in 0..10 {
-                let body = json!({"name": format!("bucket-{c}-{p}"), "block_schema_id": bucket_schema.id, "block_type_id": bucket_type.id,
+                let body = json!({"name": format!("bucket-{c}-{p}"), "block_schema_id": bucket_schema.id, "block_type_id": bucket_schema.block_type_id,
                                   "data": {"bucket": "b", "gcp_credentials": reference_value(child)}});
                 assert_eq!(post(&ctx.app, "/api/block_documents/", &writer, &body).await.status, StatusCode::CREATED);
             }

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use block_types::catalog::Collection;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 use super::{AppState, app};
 use crate::store::tests::harness::{TestDb, on_both};
@@ -20,25 +18,9 @@ const CANARY: &str = "canary-api-71b3e0";
 async fn test_app(db: &TestDb) -> (Router, AppState) {
     let store = Arc::new(db.open().await);
     store.register_collection(Collection::Core).await.unwrap();
-    let token = admin_token(&store).await;
+    let (token, _) = super::test_app::token(&store, &[crate::store::Scope::Admin]).await;
     let state = AppState::new(store);
     (with_token(app(state.clone()), token), state)
-}
-
-pub(super) async fn admin_token(store: &crate::store::Store) -> String {
-    use secrecy::ExposeSecret as _;
-    store
-        .create_token(crate::store::TokenCreate {
-            name: "tests".into(),
-            scopes: [crate::store::Scope::Admin].into(),
-            expires: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .token
-        .expose_secret()
-        .to_owned()
 }
 
 /// Adds `Authorization: Bearer <token>` to requests that have none.
@@ -68,6 +50,14 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<&str>) -> (Sta
 
 async fn json_call(app: &Router, method: &str, uri: &str, body: &Value) -> (StatusCode, Value) {
     call(app, method, uri, Some(&body.to_string())).await
+}
+
+/// `GET uri` as the app's admin with `X-Prefect-Api-Version: version`: the status and the
+/// body as text.
+async fn get_as_version(app: &Router, uri: &str, version: &str) -> (StatusCode, String) {
+    let headers = [("x-prefect-api-version", version)];
+    let resp = super::test_app::send_raw(app, "GET", uri, None, None, &headers).await;
+    (resp.status, resp.text)
 }
 
 /// Sends `method uri` as `token` with `body` as JSON, asserts the answer's status (the
@@ -206,34 +196,14 @@ async fn root_endpoints_answer_as_prefect() {
                 .contains("CSRF protection is disabled.")
         );
 
-        let bad_version = Request::builder()
-            .uri("/api/hello")
-            .header("x-prefect-api-version", "abc")
-            .body(Body::empty())
-            .unwrap();
-        let response = app.clone().oneshot(bad_version).await.unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        let old = Request::builder()
-            .uri("/api/block_types/slug/secret")
-            .header("x-prefect-api-version", "0.7.0")
-            .body(Body::empty())
-            .unwrap();
-        let response = app.clone().oneshot(old).await.unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        assert!(String::from_utf8_lossy(&bytes).contains("requires version 0.8.0 or higher"));
+        let (status, _) = get_as_version(&app, "/api/hello", "abc").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, text) = get_as_version(&app, "/api/block_types/slug/secret", "0.7.0").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("requires version 0.8.0 or higher"), "{text}");
         // Health is outside the version check.
-        let health = Request::builder()
-            .uri("/api/health")
-            .header("x-prefect-api-version", "abc")
-            .body(Body::empty())
-            .unwrap();
-        assert_eq!(
-            app.clone().oneshot(health).await.unwrap().status(),
-            StatusCode::OK
-        );
+        let (status, _) = get_as_version(&app, "/api/health", "abc").await;
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(
             call(&app, "GET", "/api/nowhere", None).await.0,
             StatusCode::NOT_FOUND

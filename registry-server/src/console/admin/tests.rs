@@ -6,7 +6,6 @@
 //!
 //! Declared from `console/tests.rs`, whose in-process [`Browser`] these tests drive.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone as _, Utc};
@@ -17,9 +16,7 @@ use crate::store::{MasterKeyOrigin, NewAuditRecord, StoreConfig};
 
 /// Signs a browser in with `token` and returns it with its form token.
 async fn signed_in(app: &Router, token: &str) -> (Browser, String) {
-    let mut browser = Browser::new(app);
-    let page = browser.sign_in(token).await;
-    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+    let mut browser = Browser::signed_in(app, token).await;
     let csrf = browser.form_token().await;
     (browser, csrf)
 }
@@ -248,13 +245,8 @@ async fn a_new_token_is_shown_once_and_never_in_the_list_the_audit_log_or_the_lo
                 "/admin/tokens",
                 &[("_csrf", &csrf), ("name", ""), ("expires_days", "0")],
             )
-            .await;
-        assert_eq!(
-            page.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            page.text
-        );
+            .await
+            .expect(StatusCode::UNPROCESSABLE_ENTITY);
         for field in ["name", "expires_days"] {
             assert!(
                 page.text.contains(&format!("id=\"{field}-error\"")),
@@ -276,8 +268,8 @@ async fn a_new_token_is_shown_once_and_never_in_the_list_the_audit_log_or_the_lo
                     ("expires_days", "30"),
                 ],
             )
-            .await;
-        assert_eq!(page.status, StatusCode::CREATED, "{}", page.text);
+            .await
+            .expect(StatusCode::CREATED);
         assert_eq!(page.header(header::CACHE_CONTROL), "no-store");
         let at = page.text.find("id=\"new-token\">").expect("the new token") + 15;
         let secret = page.text[at..at + page.text[at..].find('<').unwrap()].to_owned();
@@ -310,20 +302,10 @@ async fn a_new_token_is_shown_once_and_never_in_the_list_the_audit_log_or_the_lo
         assert!(!list.text.contains(&ctx.admin));
 
         let records = console_audit(store).await;
-        let created = records
-            .iter()
-            .find(|r| r.action == "console POST /admin/tokens" && r.outcome == "ok")
-            .expect("the creation is audited");
+        let created = record_of(&records, "console POST /admin/tokens", "ok");
         assert_eq!(created.target, format!("/api/tokens/{}", info.id));
         assert_eq!(created.token_id, Some(ctx.admin_id));
-        let all = store
-            .list_audit(&AuditQuery {
-                limit: Some(1000),
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
-        let text = format!("{all:?}");
+        let text = format!("{:?}", all_audit(store).await);
         assert!(!text.contains(&secret), "no audit record holds the secret");
         // The audit page and its download neither.
         for uri in [
@@ -355,8 +337,8 @@ async fn revoking_a_token_ends_its_console_sessions() {
         let (mut admin, csrf) = signed_in(&ctx.app, &ctx.admin).await;
         let confirm = admin
             .get(&format!("/admin/tokens/{writer_id}/revoke"))
-            .await;
-        assert_eq!(confirm.status, StatusCode::OK);
+            .await
+            .expect(StatusCode::OK);
         assert!(
             confirm
                 .text
@@ -366,17 +348,15 @@ async fn revoking_a_token_ends_its_console_sessions() {
             admin.get("/admin/tokens/not-a-uuid/revoke").await.status,
             StatusCode::NOT_FOUND
         );
-        let done = admin
-            .post(
-                &format!("/admin/tokens/{writer_id}/revoke"),
-                &[("_csrf", &csrf)],
-            )
-            .await;
-        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
-        assert_eq!(
-            done.location(),
-            format!("/admin/tokens?revoked={writer_id}")
-        );
+        let revoke = async |browser: &mut Browser, id: Uuid| {
+            let form = [("_csrf", csrf.as_str())];
+            browser
+                .post(&format!("/admin/tokens/{id}/revoke"), &form)
+                .await
+        };
+        let done = revoke(&mut admin, writer_id)
+            .await
+            .expect_redirect(&format!("/admin/tokens?revoked={writer_id}"));
         let list = admin.get(done.location()).await;
         assert!(list.text.contains("is revoked"), "{}", list.text);
 
@@ -398,33 +378,19 @@ async fn revoking_a_token_ends_its_console_sessions() {
             "the session rows are gone too"
         );
         let records = console_audit(store).await;
-        assert!(
-            records
-                .iter()
-                .any(|r| r.action == "console POST /admin/tokens/{id}/revoke"
-                    && r.target == format!("/api/tokens/{writer_id}")
-                    && r.outcome == "ok")
-        );
+        let revoked = record_of(&records, "console POST /admin/tokens/{id}/revoke", "ok");
+        assert_eq!(revoked.target, format!("/api/tokens/{writer_id}"));
 
         // The last admin token cannot be revoked; the page says why.
-        let page = admin
-            .post(
-                &format!("/admin/tokens/{}/revoke", ctx.admin_id),
-                &[("_csrf", &csrf)],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
+        let page = revoke(&mut admin, ctx.admin_id)
+            .await
+            .expect(StatusCode::CONFLICT);
         assert!(page.text.contains("last valid admin token"));
         // Revoking one's own token (with another admin left) signs one out.
         token(store, &[Scope::Admin]).await;
-        let page = admin
-            .post(
-                &format!("/admin/tokens/{}/revoke", ctx.admin_id),
-                &[("_csrf", &csrf)],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER);
-        assert_eq!(page.location(), "/sign-in?ended=1");
+        revoke(&mut admin, ctx.admin_id)
+            .await
+            .expect_redirect("/sign-in?ended=1");
         assert_eq!(
             admin.get("/admin/tokens").await.status,
             StatusCode::SEE_OTHER
@@ -506,6 +472,19 @@ async fn seed_audit(state: &AppState, reader: Uuid, writer: Uuid, doc: Uuid) {
     store.append_audit(&records).await.unwrap();
 }
 
+/// An admin's browser over the audit log [`seed_audit`] wrote, with the ids it used:
+/// (browser, reader, writer, doc).
+async fn seeded(db: &TestDb) -> (Browser, Uuid, Uuid, Uuid) {
+    let ctx = setup(db).await;
+    let store = &ctx.state.store;
+    let (_, reader) = token(store, &[Scope::Read]).await;
+    let (_, writer) = token(store, &[Scope::Write]).await;
+    let doc = Uuid::new_v4();
+    seed_audit(&ctx.state, reader, writer, doc).await;
+    let (browser, _) = signed_in(&ctx.app, &ctx.admin).await;
+    (browser, reader, writer, doc)
+}
+
 /// The `seq` numbers in the audit table of a page.
 fn rows(page: &Page) -> usize {
     page.text.matches("<tr><th scope=\"row\">").count()
@@ -514,16 +493,12 @@ fn rows(page: &Page) -> usize {
 #[tokio::test]
 async fn the_audit_log_filters_pages_and_refuses_bad_input_at_the_field() {
     on_both(async |db| {
-        let ctx = setup(db).await;
-        let store = &ctx.state.store;
-        let (_, reader) = token(store, &[Scope::Read]).await;
-        let (_, writer) = token(store, &[Scope::Write]).await;
-        let doc = Uuid::new_v4();
-        seed_audit(&ctx.state, reader, writer, doc).await;
-        let (mut browser, _) = signed_in(&ctx.app, &ctx.admin).await;
+        let (mut browser, reader, writer, doc) = seeded(db).await;
 
-        let page = browser.get(&format!("/admin/audit?token={writer}")).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let page = browser
+            .get(&format!("/admin/audit?token={writer}"))
+            .await
+            .expect(StatusCode::OK);
         assert_eq!(rows(&page), 1);
         assert!(page.text.contains("DELETE /api/block_documents/{id}"));
         assert!(
@@ -557,8 +532,8 @@ async fn the_audit_log_filters_pages_and_refuses_bad_input_at_the_field() {
             .get(&format!(
                 "/admin/audit?token={reader}&since=2025-01-01T10:00:00Z&until=2025-01-01+20:00"
             ))
-            .await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+            .await
+            .expect(StatusCode::OK);
         assert_eq!(rows(&page), 10);
 
         // Paged by cursor: 100, then the other 50 of the reader's.
@@ -621,13 +596,7 @@ async fn the_audit_log_filters_pages_and_refuses_bad_input_at_the_field() {
 #[tokio::test]
 async fn downloads_honour_the_filters_and_neutralise_formula_cells() {
     on_both(async |db| {
-        let ctx = setup(db).await;
-        let store = &ctx.state.store;
-        let (_, reader) = token(store, &[Scope::Read]).await;
-        let (_, writer) = token(store, &[Scope::Write]).await;
-        let doc = Uuid::new_v4();
-        seed_audit(&ctx.state, reader, writer, doc).await;
-        let (mut browser, _) = signed_in(&ctx.app, &ctx.admin).await;
+        let (mut browser, reader, writer, doc) = seeded(db).await;
 
         let csv = browser
             .get(&format!("/admin/audit/download?format=csv&token={reader}"))
@@ -719,27 +688,18 @@ async fn downloads_honour_the_filters_and_neutralise_formula_cells() {
 #[tokio::test]
 async fn rotation_is_audited_and_its_progress_reaches_done() {
     on_both(async |db| {
-        let store = Arc::new(
-            db.open_with(StoreConfig {
-                master_key_origin: MasterKeyOrigin::File("/etc/blocks/master.key".into()),
-                ..StoreConfig::default()
-            })
-            .await,
-        );
-        store.register_collection(Collection::Core).await.unwrap();
-        let (admin, _) = token(&store, &[Scope::Admin]).await;
-        let state = AppState::with_guard(
-            store.clone(),
-            AuthGuard::new(u32::MAX, Duration::from_secs(60)),
-        );
-        let app = app(state.clone());
+        let config = StoreConfig {
+            master_key_origin: MasterKeyOrigin::File("/etc/blocks/master.key".into()),
+            ..StoreConfig::default()
+        };
+        let ctx = setup_on(db.open_with(config).await, lenient()).await;
+        let store = &ctx.state.store;
         let mut ids = Vec::new();
         for i in 0..12 {
-            ids.push(secret_block(&store, &format!("secret-{i}")).await);
+            ids.push(secret_block(store, &format!("secret-{i}")).await);
         }
-        let (mut browser, csrf) = signed_in(&app, &admin).await;
-        let keys = browser.get("/admin/keys").await;
-        assert_eq!(keys.status, StatusCode::OK);
+        let (mut browser, csrf) = signed_in(&ctx.app, &ctx.admin).await;
+        let keys = browser.get("/admin/keys").await.expect(StatusCode::OK);
         assert!(
             keys.text.contains("the key file /etc/blocks/master.key"),
             "{}",
@@ -751,11 +711,10 @@ async fn rotation_is_audited_and_its_progress_reaches_done() {
 
         let confirm = browser.get("/admin/keys/rotate").await;
         assert!(confirm.text.contains("action=\"/admin/keys/rotate\""));
-        let done = browser
+        browser
             .post("/admin/keys/rotate", &[("_csrf", &csrf)])
-            .await;
-        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
-        assert_eq!(done.location(), "/admin/keys/progress");
+            .await
+            .expect_redirect("/admin/keys/progress");
         let progress = browser.get("/admin/keys/progress").await;
         assert_eq!(progress.status, StatusCode::OK);
         assert!(
@@ -806,17 +765,21 @@ async fn rotation_is_audited_and_its_progress_reaches_done() {
             let doc = store.read_block_document(*id, true).await.unwrap();
             assert_eq!(doc.data["value"], json!(CANARY));
         }
-        let records = console_audit(&store).await;
-        assert!(
-            records
-                .iter()
-                .any(|r| r.action == "console POST /admin/keys/rotate"
-                    && r.target == "/api/keys/rotate"
-                    && r.outcome == "ok"),
-            "{records:?}"
-        );
+        let records = console_audit(store).await;
+        let rotated = record_of(&records, "console POST /admin/keys/rotate", "ok");
+        assert_eq!(rotated.target, "/api/keys/rotate");
     })
     .await;
+}
+
+/// Posts the settings form: `retention` versions, `days` of audit log.
+async fn save_settings(browser: &mut Browser, csrf: &str, retention: &str, days: &str) -> Page {
+    let form = [
+        ("_csrf", csrf),
+        ("retention", retention),
+        ("audit_retention_days", days),
+    ];
+    browser.post("/admin/settings", &form).await
 }
 
 #[tokio::test]
@@ -825,8 +788,7 @@ async fn settings_are_checked_at_their_fields_and_persist() {
         let ctx = setup(db).await;
         let store = &ctx.state.store;
         let (mut browser, csrf) = signed_in(&ctx.app, &ctx.admin).await;
-        let page = browser.get("/admin/settings").await;
-        assert_eq!(page.status, StatusCode::OK);
+        let page = browser.get("/admin/settings").await.expect(StatusCode::OK);
         assert!(page.text.contains("<label for=\"retention\">"));
         assert!(
             page.text.contains("value=\"400\""),
@@ -839,16 +801,7 @@ async fn settings_are_checked_at_their_fields_and_persist() {
             ("5", "0", "audit_retention_days"),
             ("5", "36501", "audit_retention_days"),
         ] {
-            let page = browser
-                .post(
-                    "/admin/settings",
-                    &[
-                        ("_csrf", &csrf),
-                        ("retention", retention),
-                        ("audit_retention_days", days),
-                    ],
-                )
-                .await;
+            let page = save_settings(&mut browser, &csrf, retention, days).await;
             assert_eq!(
                 page.status,
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -866,17 +819,9 @@ async fn settings_are_checked_at_their_fields_and_persist() {
         assert_eq!(store.retention().await.unwrap(), None);
         assert_eq!(store.audit_retention_days().await.unwrap(), Some(400));
 
-        let page = browser
-            .post(
-                "/admin/settings",
-                &[
-                    ("_csrf", &csrf),
-                    ("retention", "3"),
-                    ("audit_retention_days", "90"),
-                ],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+        let page = save_settings(&mut browser, &csrf, "3", "90")
+            .await
+            .expect(StatusCode::SEE_OTHER);
         assert_eq!(store.retention().await.unwrap(), Some(3));
         assert_eq!(store.audit_retention_days().await.unwrap(), Some(90));
         let page = browser.get(page.location()).await;
@@ -884,17 +829,9 @@ async fn settings_are_checked_at_their_fields_and_persist() {
         assert!(page.text.contains("value=\"3\"") && page.text.contains("value=\"90\""));
 
         // Empty: keep everything.
-        let page = browser
-            .post(
-                "/admin/settings",
-                &[
-                    ("_csrf", &csrf),
-                    ("retention", ""),
-                    ("audit_retention_days", ""),
-                ],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        save_settings(&mut browser, &csrf, "", "")
+            .await
+            .expect(StatusCode::SEE_OTHER);
         assert_eq!(store.retention().await.unwrap(), None);
         assert_eq!(store.audit_retention_days().await.unwrap(), None);
         let records = console_audit(store).await;

@@ -77,13 +77,36 @@ fn html_of(input: &FormInput<'_>) -> String {
     render(input).into_string()
 }
 
+/// The create form of `schema`: no data, references or errors.
+fn create_html(schema: &Value) -> String {
+    let (refs, names) = empty();
+    html_of(&input(schema, Mode::Create, None, None, &refs, &names, &[]))
+}
+
+/// The edit form of `schema` over the stored (masked) `original`.
+fn edit_html(
+    schema: &Value,
+    original: &Map<String, Value>,
+    refs: &HashMap<String, Vec<RefOption>>,
+    names: &HashMap<String, String>,
+) -> String {
+    html_of(&input(
+        schema,
+        Mode::Edit,
+        None,
+        Some(original),
+        refs,
+        names,
+        &[],
+    ))
+}
+
 #[test]
 fn create_forms_of_every_known_schema() {
-    let (refs, names) = empty();
     let schemas = all_schemas();
     assert!(schemas.len() > 40, "{}", schemas.len());
     for (name, schema) in &schemas {
-        let html = html_of(&input(schema, Mode::Create, None, None, &refs, &names, &[]));
+        let html = create_html(schema);
         insta::assert_snapshot!(format!("create-{name}"), html);
     }
 }
@@ -124,15 +147,7 @@ fn edit_forms_of_gcp_credentials_and_gcs_bucket() {
         "project": "zoom",
     });
     let data = data.as_object().unwrap();
-    let html = html_of(&input(
-        &creds,
-        Mode::Edit,
-        None,
-        Some(data),
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = edit_html(&creds, data, &refs, &names);
     assert!(!html.contains("********"), "{html}");
     assert!(html.contains("Kept unless you type a new value."), "{html}");
     insta::assert_snapshot!("edit-gcp-credentials", html);
@@ -144,15 +159,7 @@ fn edit_forms_of_gcp_credentials_and_gcs_bucket() {
         "bucket_folder": "x/",
     });
     let data = data.as_object().unwrap();
-    let html = html_of(&input(
-        &bucket,
-        Mode::Edit,
-        None,
-        Some(data),
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = edit_html(&bucket, data, &refs, &names);
     assert!(
         html.contains(&format!("<option value=\"{id}\" selected>zoom-gcp-creds")),
         "{html}"
@@ -578,17 +585,8 @@ fn synthetic_schema_round_trips() {
 
 #[test]
 fn synthetic_create_form() {
-    let (refs, names) = empty();
     let schema = synthetic();
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     insta::assert_snapshot!("create-synthetic", html);
 }
 
@@ -598,6 +596,11 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect()
+}
+
+/// `list` submitted to the create form of `schema`, decoded.
+fn decode_create(schema: &Value, list: &[(&str, &str)]) -> super::Decoded {
+    decode(schema, Mode::Create, None, &pairs(list))
 }
 
 #[track_caller]
@@ -648,11 +651,9 @@ fn decode_errors_name_the_field_and_never_the_value() {
     }
     // Secret JSON on GCP credentials.
     let creds = builtin("gcp-credentials");
-    let decoded = decode(
+    let decoded = decode_create(
         &creds,
-        Mode::Create,
-        None,
-        &pairs(&[("data.service_account_info", "{\"private_key\": \"abc")]),
+        &[("data.service_account_info", "{\"private_key\": \"abc")],
     );
     let message = error_at(&decoded.errors, "data.service_account_info");
     assert!(message.starts_with("must be a JSON object: "), "{message}");
@@ -662,28 +663,19 @@ fn decode_errors_name_the_field_and_never_the_value() {
     );
     // Bad offset, and a required field left empty.
     let date = builtin("date-time");
-    let decoded = decode(
+    let decoded = decode_create(
         &date,
-        Mode::Create,
-        None,
-        &pairs(&[("data.value", "2024-01-02T03:04"), ("data.value#tz", "+5")]),
+        &[("data.value", "2024-01-02T03:04"), ("data.value#tz", "+5")],
     );
     assert!(error_at(&decoded.errors, "data.value").contains("UTC offset"));
-    let decoded = decode(
-        &date,
-        Mode::Create,
-        None,
-        &pairs(&[("data.value", ""), ("data.value#tz", "Z")]),
-    );
+    let decoded = decode_create(&date, &[("data.value", ""), ("data.value#tz", "Z")]);
     assert_eq!(error_at(&decoded.errors, "data.value"), "is required");
-    let decoded = decode(
+    let decoded = decode_create(
         &date,
-        Mode::Create,
-        None,
-        &pairs(&[("data.value", "2024-01-02T03:04"), ("data.value#tz", "")]),
+        &[("data.value", "2024-01-02T03:04"), ("data.value#tz", "")],
     );
     assert_eq!(decoded.data["value"], "2024-01-02T03:04:00Z");
-    let decoded = decode(&schema, Mode::Create, None, &pairs(&[("data.creds", "")]));
+    let decoded = decode_create(&schema, &[("data.creds", "")]);
     assert_eq!(
         error_at(&decoded.errors, "data.creds"),
         "choose a block document"
@@ -772,7 +764,6 @@ fn errors_are_placed_at_the_nearest_field_or_returned() {
 
 #[test]
 fn hostile_text_is_inert() {
-    let (refs, names) = empty();
     let schema = json!({
         "title": "<script>alert(1)</script>",
         "type": "object",
@@ -784,15 +775,7 @@ fn hostile_text_is_inert() {
                 "default": {"<k>\"": "<v>\""}}
         }
     });
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     assert!(!html.contains("<script"), "{html}");
     assert!(!html.contains("<img"), "{html}");
     assert!(!html.contains("<b>"), "{html}");
@@ -806,7 +789,6 @@ fn hostile_text_is_inert() {
 
 #[test]
 fn cycles_and_depth_are_bounded() {
-    let (refs, names) = empty();
     // A required self-reference, and a 40-deep chain of required objects.
     let mut deep = json!({"type": "string"});
     for _ in 0..40 {
@@ -819,23 +801,10 @@ fn cycles_and_depth_are_bounded() {
         "definitions": {"Node": {"type": "object", "properties": {
             "self": {"$ref": "#/definitions/Node"}}, "required": ["self"]}}
     });
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     assert!(html.contains("JSON value."), "{html}");
     assert!(html.matches("<fieldset").count() < 40, "{html}");
-    let decoded = decode(
-        &schema,
-        Mode::Create,
-        None,
-        &pairs(&[("data.node.self", "{\"self\": {}}")]),
-    );
+    let decoded = decode_create(&schema, &[("data.node.self", "{\"self\": {}}")]);
     assert_eq!(decoded.data["node"], json!({"self": {"self": {}}}));
 }
 
@@ -933,18 +902,9 @@ fn actions_add_and_remove_rows_and_ask_for_new_references() {
 
 #[test]
 fn names_ids_and_buttons() {
-    let (refs, names) = empty();
     let schema = json!({"type": "object", "properties": {
         "a.b#c/d:e%": {"type": "array", "items": {"type": "boolean"}, "default": [true]}}});
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     let name = "data.a%2Eb%23c%2Fd%3Ae%25";
     assert!(
         html.contains(&format!("name=\"{name}.0\" value=\"false\"")),
@@ -965,15 +925,13 @@ fn names_ids_and_buttons() {
     }
     assert_eq!(model::field_id("data.x_y"), "field-data-x_5Fy");
     assert_ne!(model::field_id("data.a-b"), model::field_id("data.a.b"));
-    let decoded = decode(
+    let decoded = decode_create(
         &schema,
-        Mode::Create,
-        None,
-        &pairs(&[
+        &[
             (&format!("{name}.0"), "false"),
             (&format!("{name}.0"), "true"),
             (&format!("{name}.1"), "false"),
-        ]),
+        ],
     );
     assert_eq!(decoded.data["a.b#c/d:e%"], json!([true, false]));
 }
@@ -1012,28 +970,14 @@ fn edit_keeps_empty_secrets_and_replaces_typed_ones() {
         replaced.data["service_account_info"],
         json!({"type": "service_account"})
     );
-    let created = decode(
-        &creds,
-        Mode::Create,
-        None,
-        &pairs(&[("data.service_account_info", "")]),
-    );
+    let created = decode_create(&creds, &[("data.service_account_info", "")]);
     assert!(!created.data.contains_key("service_account_info"));
 }
 
 #[test]
 fn defaults_are_prefilled_on_create() {
-    let (refs, names) = empty();
     let schema = builtin("docker-container");
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     assert!(
         html.contains("value=\"prefecthq/prefect:2-latest\""),
         "{html}"
@@ -1072,15 +1016,7 @@ fn optional_scalars() -> Value {
 fn optional_scalars_are_one_input_where_empty_means_null() {
     let (refs, names) = empty();
     let schema = optional_scalars();
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     for name in ["project", "port", "ratio", "site", "when", "dir"] {
         assert!(
             html.contains(&format!(
@@ -1175,15 +1111,7 @@ fn optional_scalars_are_one_input_where_empty_means_null() {
             "dir": "/tmp"})
     );
     // Rendered back, the values are shown in the same single inputs.
-    let html = html_of(&input(
-        &schema,
-        Mode::Edit,
-        None,
-        Some(&decoded.data),
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = edit_html(&schema, &decoded.data, &refs, &names);
     assert!(
         html.contains("name=\"data.port\" id=\"field-data-port\" value=\"5432\""),
         "{html}"
@@ -1197,14 +1125,9 @@ fn optional_scalars_are_one_input_where_empty_means_null() {
         "{html}"
     );
     // Bad input is still an error at the field.
-    let decoded = decode(&schema, Mode::Create, None, &pairs(&[("data.port", "x")]));
+    let decoded = decode_create(&schema, &[("data.port", "x")]);
     assert_eq!(error_at(&decoded.errors, "data.port"), "must be an integer");
-    let decoded = decode(
-        &schema,
-        Mode::Create,
-        None,
-        &pairs(&[("data.policy", "SOMETIMES")]),
-    );
+    let decoded = decode_create(&schema, &[("data.policy", "SOMETIMES")]);
     assert_eq!(
         error_at(&decoded.errors, "data.policy"),
         "is not one of the options"
@@ -1214,7 +1137,6 @@ fn optional_scalars_are_one_input_where_empty_means_null() {
 
 #[test]
 fn builtin_optional_scalars_are_plain_inputs() {
-    let (refs, names) = empty();
     let cases = [
         ("gcp-credentials", &["data.project"][..]),
         (
@@ -1233,15 +1155,7 @@ fn builtin_optional_scalars_are_plain_inputs() {
     ];
     for (slug, names_expected) in cases {
         let schema = builtin(slug);
-        let html = html_of(&input(
-            &schema,
-            Mode::Create,
-            None,
-            None,
-            &refs,
-            &names,
-            &[],
-        ));
+        let html = create_html(&schema);
         for name in names_expected {
             assert!(
                 html.contains(&format!("name=\"{name}\"")),
@@ -1254,18 +1168,15 @@ fn builtin_optional_scalars_are_plain_inputs() {
         }
     }
     let creds = builtin("gcp-credentials");
-    let decoded = decode(
+    let decoded = decode_create(
         &creds,
-        Mode::Create,
-        None,
-        &pairs(&[("data.service_account_info", "{}"), ("data.project", "")]),
+        &[("data.service_account_info", "{}"), ("data.project", "")],
     );
     assert_eq!(decoded.data["project"], Value::Null);
 }
 
 #[test]
 fn alternatives_have_meaningful_labels() {
-    let (refs, names) = empty();
     let schema = json!({
         "type": "object",
         "properties": {
@@ -1288,15 +1199,7 @@ fn alternatives_have_meaningful_labels() {
         "definitions": {"ConnectionComponents": {"title": "ConnectionComponents", "type": "object",
             "properties": {"driver": {"type": "string"}}}}
     });
-    let html = html_of(&input(
-        &schema,
-        Mode::Create,
-        None,
-        None,
-        &refs,
-        &names,
-        &[],
-    ));
+    let html = create_html(&schema);
     let labels: Vec<&str> = html
         .split("<option value=\"")
         .skip(1)
@@ -1327,7 +1230,7 @@ fn alternatives_have_meaningful_labels() {
         {"type": "object", "title": "Same", "properties": {"a": {"type": "string"}}},
         {"type": "object", "title": "Same", "properties": {"b": {"type": "string"}}}]}},
         "required": ["y"]});
-    let html = html_of(&input(&twice, Mode::Create, None, None, &refs, &names, &[]));
+    let html = create_html(&twice);
     assert!(
         html.contains(">Same (option 1)</option><option value=\"1\">Same (option 2)</option>"),
         "{html}"
@@ -1339,15 +1242,7 @@ fn secret_alternatives_say_what_they_accept() {
     let (refs, names) = empty();
     let parsed: Map<String, Value> = serde_json::from_str(PREFECT_3).unwrap();
     for schema in [builtin("secret"), parsed["Secret"]["fields"].clone()] {
-        let html = html_of(&input(
-            &schema,
-            Mode::Create,
-            None,
-            None,
-            &refs,
-            &names,
-            &[],
-        ));
+        let html = create_html(&schema);
         // A secret string next to a plain string kept secret: one password input.
         assert_eq!(html.matches("type=\"password\"").count(), 1, "{html}");
         assert!(
@@ -1360,29 +1255,25 @@ fn secret_alternatives_say_what_they_accept() {
         );
         assert!(!html.contains("name=\"data.value#a1\""), "{html}");
 
-        let decoded = decode(
+        let decoded = decode_create(
             &schema,
-            Mode::Create,
-            None,
-            &pairs(&[
+            &[
                 ("data.value#choice", "2"),
                 ("data.value#a0", ""),
                 (
                     "data.value#a2",
                     "{\"username\": \"u\", \"password\": \"p\"}",
                 ),
-            ]),
+            ],
         );
         assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
         assert_eq!(
             decoded.data["value"],
             json!({"username": "u", "password": "p"})
         );
-        let decoded = decode(
+        let decoded = decode_create(
             &schema,
-            Mode::Create,
-            None,
-            &pairs(&[("data.value#choice", "0"), ("data.value#a0", "sk-1")]),
+            &[("data.value#choice", "0"), ("data.value#a0", "sk-1")],
         );
         assert_eq!(decoded.data["value"], "sk-1");
 
