@@ -1,6 +1,5 @@
 use futures::{SinkExt as _, StreamExt as _};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::{ClientRequestBuilder, Message};
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +8,8 @@ use secrecy::ExposeSecret as _;
 use super::master_key::create_key_file;
 use super::*;
 use crate::crypto::MasterKey;
+use crate::http::test_app::{secret_doc, token};
+use crate::store::Scope;
 
 fn args(home: &Path) -> ServeArgs {
     ServeArgs::embedded(home)
@@ -23,6 +24,37 @@ fn with_store(
     args.store.database_url = database_url;
     args.store.master_key_file = master_key_file;
     args
+}
+
+/// The admin token this start created (a new database).
+fn first_token(server: &Running) -> String {
+    server
+        .first_token
+        .as_ref()
+        .expect("a first admin token")
+        .expose_secret()
+        .to_owned()
+}
+
+/// A file's permission bits.
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The files a first start wrote its token to beside another store's profile.
+fn admin_token_files(home: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(home)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("admin-token-")
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -41,15 +73,8 @@ async fn a_new_embedded_store_gets_a_private_key_file_and_keeps_it() {
     let key_file = home.join("master.key");
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(mode(&key_file), 0o600);
+        assert_eq!(mode(&home), 0o700);
     }
     let key = std::fs::read_to_string(&key_file).unwrap();
     server.stop().await.unwrap();
@@ -80,11 +105,22 @@ async fn a_new_embedded_store_gets_a_private_key_file_and_keeps_it() {
     ok.stop().await.unwrap();
 }
 
-fn with_connections(home: &Path, connections: ConnectionArgs) -> ServeArgs {
-    ServeArgs {
+/// Starts a server on `home` with these connection settings.
+async fn start_with_connections(home: &Path, connections: ConnectionArgs) -> Running {
+    start(&ServeArgs {
         connections,
         ..args(home)
-    }
+    })
+    .await
+    .unwrap()
+}
+
+/// A connection that sent the start of a request and nothing more.
+async fn half_sent_request(server: &Running) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /api/hea").await.unwrap();
+    slow
 }
 
 /// Reads until the server closes the connection; `None` if it is still open after
@@ -107,17 +143,15 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>>
 async fn a_half_sent_request_is_closed_after_the_header_read_timeout() {
     use tokio::io::AsyncWriteExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&with_connections(
+    let server = start_with_connections(
         dir.path(),
         ConnectionArgs {
             header_read_timeout: 1,
             ..ConnectionArgs::default()
         },
-    ))
-    .await
-    .unwrap();
-    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(b"GET /api/hea").await.unwrap();
+    )
+    .await;
+    let mut slow = half_sent_request(&server).await;
     assert!(closed_by_server(&mut slow).await.is_some(), "still open");
     // An idle keep-alive connection is closed the same way.
     let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -135,15 +169,14 @@ async fn a_half_sent_request_is_closed_after_the_header_read_timeout() {
 async fn connections_over_the_limit_are_closed_at_accept_and_places_come_back() {
     use tokio::io::AsyncWriteExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&with_connections(
+    let server = start_with_connections(
         dir.path(),
         ConnectionArgs {
             connection_limit: 2,
             ..ConnectionArgs::default()
         },
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let health = b"GET /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     let _held = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     // One place left: a request is answered, and its place comes back when it closes.
@@ -167,8 +200,7 @@ async fn connections_over_the_limit_are_closed_at_accept_and_places_come_back() 
         "the free place serves one connection after another"
     );
     // Both places taken: the next connection is closed without an answer.
-    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    second.write_all(b"GET /api/hea").await.unwrap();
+    let second = half_sent_request(&server).await;
     let mut refused = None;
     for _ in 0..200 {
         let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -190,20 +222,17 @@ async fn connections_over_the_limit_are_closed_at_accept_and_places_come_back() 
 
 #[tokio::test]
 async fn shutdown_closes_a_stalled_connection_after_the_grace_period() {
-    use tokio::io::AsyncWriteExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&with_connections(
+    let server = start_with_connections(
         dir.path(),
         ConnectionArgs {
             header_read_timeout: 600,
             shutdown_grace: 1,
             ..ConnectionArgs::default()
         },
-    ))
-    .await
-    .unwrap();
-    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(b"GET /api/hea").await.unwrap();
+    )
+    .await;
+    let _slow = half_sent_request(&server).await;
     // Without a deadline the stalled request would hold the shutdown for 600 s.
     tokio::time::timeout(std::time::Duration::from_secs(15), server.stop())
         .await
@@ -215,7 +244,6 @@ async fn shutdown_closes_a_stalled_connection_after_the_grace_period() {
 #[tokio::test]
 async fn store_files_are_private_in_an_open_home_and_at_a_custom_path() {
     use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
@@ -239,26 +267,9 @@ async fn store_files_are_private_in_an_open_home_and_at_a_custom_path() {
     ] {
         let server = start(&args).await.unwrap();
         // A write, so the WAL and shared-memory files exist.
-        let token = server
-            .first_token
-            .as_ref()
-            .map(|t| t.expose_secret().to_owned());
-        let token = match token {
-            Some(t) => t,
-            None => server
-                .state
-                .store
-                .create_token(crate::store::TokenCreate {
-                    name: "t".into(),
-                    scopes: [crate::store::Scope::Admin].into_iter().collect(),
-                    expires: None,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .token
-                .expose_secret()
-                .to_owned(),
+        let token = match &server.first_token {
+            Some(t) => t.expose_secret().to_owned(),
+            None => token(&server.state.store, &[Scope::Admin]).await.0,
         };
         assert!(!token.is_empty());
         for suffix in ["", "-wal", "-shm", ".lock"] {
@@ -333,47 +344,47 @@ async fn a_database_url_needs_an_explicit_key() {
     assert!(!debug.contains("hunter2"), "{debug}");
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the events socket offering Prefect's subprotocol, as Prefect's client does.
+async fn events_socket(
+    server: &Running,
+) -> (
+    Socket,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let uri = format!("ws://{}/api/events/in", server.addr);
+    let request = ClientRequestBuilder::new(uri.parse().unwrap()).with_sub_protocol("prefect");
+    tokio_tungstenite::connect_async(request).await.unwrap()
+}
+
+/// Sends an auth message carrying `token`; returns the server's reply.
+async fn authenticate(socket: &mut Socket, token: &serde_json::Value) -> serde_json::Value {
+    let auth = serde_json::json!({"type": "auth", "token": token});
+    socket.send(Message::text(auth.to_string())).await.unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    serde_json::from_str(reply.to_text().unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn the_events_socket_accepts_auth_and_keeps_block_load_events() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&args(dir.path())).await.unwrap();
-    let mut request = format!("ws://{}/api/events/in", server.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "prefect".parse().unwrap());
-    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (mut socket, response) = events_socket(&server).await;
     assert_eq!(
         response.headers().get("sec-websocket-protocol").unwrap(),
         "prefect"
     );
-    let token = server
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let token = first_token(&server);
     // Prefect sends PREFECT_API_AUTH_STRING (`<name>:<token>`) as the token.
-    let auth = serde_json::json!({"type": "auth", "token": format!("prefect:{token}")});
-    socket.send(Message::text(auth.to_string())).await.unwrap();
-    let reply = socket.next().await.unwrap().unwrap();
+    let auth = serde_json::json!(format!("prefect:{token}"));
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(reply.to_text().unwrap()).unwrap(),
+        authenticate(&mut socket, &auth).await,
         serde_json::json!({"type": "auth_success"})
     );
     // A block-load event must name a document that exists, of the type it names.
-    let store = &server.state.store;
-    let (_, schema) =
-        crate::store::tests::harness::register::<block_types::catalog::Secret>(store).await;
-    let id = crate::store::tests::harness::create(
-        store,
-        &schema,
-        "loaded",
-        serde_json::json!({"value": "v"}),
-    )
-    .await
-    .id;
+    let id = secret_doc(&server.state.store, "loaded", "v").await;
     let event = serde_json::json!({"event": "prefect.block.secret.loaded", "resource": {"prefect.resource.id": format!("prefect.block-document.{id}")}, "payload": {}, "id": uuid::Uuid::new_v4()});
     socket.send(Message::text(event.to_string())).await.unwrap();
     socket
@@ -382,8 +393,7 @@ async fn the_events_socket_accepts_auth_and_keeps_block_load_events() {
         .unwrap();
     // The server handles frames in order: once a second handshake is answered, the
     // events before it have been handled.
-    socket.send(Message::text(auth.to_string())).await.unwrap();
-    socket.next().await.unwrap().unwrap();
+    authenticate(&mut socket, &auth).await;
     socket.close(None).await.unwrap();
     let events = server.state.block_load_events();
     assert_eq!(events.len(), 1, "only block-load events are kept");
@@ -408,17 +418,8 @@ async fn the_events_socket_accepts_auth_and_keeps_block_load_events() {
         serde_json::Value::Null,
         serde_json::json!("prefect:blk_wrong"),
     ] {
-        let mut request = format!("ws://{}/api/events/in", server.addr)
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "prefect".parse().unwrap());
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        let auth = serde_json::json!({"type": "auth", "token": token});
-        socket.send(Message::text(auth.to_string())).await.unwrap();
-        let reply = socket.next().await.unwrap().unwrap();
-        let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        let (mut socket, _) = events_socket(&server).await;
+        let reply = authenticate(&mut socket, &token).await;
         assert_eq!(reply["type"], "auth_failure", "{reply}");
         socket.send(Message::text(event.to_string())).await.ok();
     }
@@ -431,12 +432,7 @@ async fn the_first_start_creates_one_admin_token_and_a_private_profile() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let server = start(&args(&home)).await.unwrap();
-    let token = server
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let token = first_token(&server);
     assert!(
         token.starts_with("blk_") && token.len() >= 4 + 43,
         "256 bits, prefixed"
@@ -447,13 +443,7 @@ async fn the_first_start_creates_one_admin_token_and_a_private_profile() {
     assert_eq!(parsed["api_url"].as_str().unwrap(), server.api_url());
     assert_eq!(parsed["api_key"].as_str().unwrap(), token);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
+    assert_eq!(mode(&profile), 0o600);
     let client = reqwest::Client::new();
     let tokens = client
         .get(format!("{}/tokens", server.api_url()))
@@ -475,23 +465,13 @@ async fn the_first_start_creates_one_admin_token_and_a_private_profile() {
     // the new address.
     let again = start(&args(&home)).await.unwrap();
     assert!(again.first_token.is_none());
-    let leftovers: Vec<_> = std::fs::read_dir(&home)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("admin-token-"))
-        .collect();
+    let leftovers = admin_token_files(&home);
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let parsed: toml::Table = toml::from_str(&std::fs::read_to_string(&profile).unwrap()).unwrap();
     assert_eq!(parsed["api_url"].as_str().unwrap(), again.api_url());
     assert_eq!(parsed["api_key"].as_str().unwrap(), token);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
+    assert_eq!(mode(&profile), 0o600);
     again.stop().await.unwrap();
 }
 
@@ -506,32 +486,12 @@ async fn a_new_store_beside_another_stores_profile_keeps_its_token_in_a_private_
     )
     .unwrap();
     let server = start(&args(&home)).await.unwrap();
-    let token = server
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
-    let files: Vec<PathBuf> = std::fs::read_dir(&home)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("admin-token-")
-        })
-        .collect();
+    let token = first_token(&server);
+    let files = admin_token_files(&home);
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(std::fs::read_to_string(&files[0]).unwrap().trim(), token);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
+    assert_eq!(mode(&files[0]), 0o600);
     assert!(
         std::fs::read_to_string(home.join("profile.toml"))
             .unwrap()
@@ -576,12 +536,7 @@ async fn tls_serves_https_with_the_given_certificate() {
     .await
     .unwrap();
     assert!(server.api_url().starts_with("https://"));
-    let token = server
-        .first_token
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let token = first_token(&server);
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
         .resolve("localhost", server.addr)

@@ -620,12 +620,7 @@ impl Store {
     /// request (as a revocation is heard). The tokens minted from it are revoked: they
     /// were bounded by the grants being replaced.
     pub async fn set_token_grants(&self, id: Uuid, grants: Vec<Grant>) -> Result<TokenInfo> {
-        let mut tx = self.write.begin().await?;
-        self.lock_token_families(&mut tx).await?;
-        let mut info = self
-            .token_in(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
+        let (mut tx, mut info) = self.lock_token(id).await?;
         let errors = block_types::access::check_grants(&info.scopes, &grants);
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
@@ -638,12 +633,8 @@ impl Store {
             .await?;
         let family = self.family(&mut tx, id).await?;
         let children: Vec<Uuid> = family.iter().copied().filter(|m| *m != id).collect();
-        self.mark_revoked(&mut tx, &children, now_micros()).await?;
-        self.announce_token_change(&mut tx, &family).await?;
-        tx.commit().await?;
-        for member in &family {
-            self.tokens.forget(*member);
-        }
+        self.commit_family_change(tx, &family, &children, now_micros())
+            .await?;
         info.grants = grants;
         Ok(info)
     }
@@ -676,6 +667,39 @@ impl Store {
         Ok(())
     }
 
+    /// Opens a write transaction holding the family lock ([`Self::lock_token_families`])
+    /// and reads the token `id` in it (404 when there is none).
+    async fn lock_token(
+        &self,
+        id: Uuid,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, TokenInfo)> {
+        let mut tx = self.write.begin().await?;
+        self.lock_token_families(&mut tx).await?;
+        let info = self
+            .token_in(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
+        Ok((tx, info))
+    }
+
+    /// Ends a change to the family `family`: marks `revoked` revoked at `now`, tells every
+    /// replica to forget the family, commits, and forgets it here.
+    async fn commit_family_change(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        family: &[Uuid],
+        revoked: &[Uuid],
+        now: i64,
+    ) -> Result<()> {
+        self.mark_revoked(&mut tx, revoked, now).await?;
+        self.announce_token_change(&mut tx, family).await?;
+        tx.commit().await?;
+        for member in family {
+            self.tokens.forget(*member);
+        }
+        Ok(())
+    }
+
     /// The token `id` as `tx` sees it.
     async fn token_in(
         &self,
@@ -699,11 +723,26 @@ impl Store {
         tokens: &[Uuid],
         now: i64,
     ) -> Result<()> {
-        for token in tokens {
+        let sql = "update api_token set revoked = $1 where id = $2 and revoked is null";
+        self.execute_per_id(tx, sql, now, tokens).await
+    }
+
+    /// Runs `sql` in `tx` once for each of `ids`, with `first` as `$1` and the id as `$2`.
+    async fn execute_per_id<'q, T>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        sql: &'q str,
+        first: T,
+        ids: &[Uuid],
+    ) -> Result<()>
+    where
+        T: 'q + Copy + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        for id in ids {
             self.count_query();
-            sqlx::query("update api_token set revoked = $1 where id = $2 and revoked is null")
-                .bind(now)
-                .bind(token.to_string())
+            sqlx::query(sql)
+                .bind(first)
+                .bind(id.to_string())
                 .execute(&mut **tx)
                 .await?;
         }
@@ -740,15 +779,8 @@ impl Store {
         if self.backend != super::Backend::Postgres {
             return Ok(());
         }
-        for id in ids {
-            self.count_query();
-            sqlx::query("select pg_notify($1, $2)")
-                .bind(REVOKED_CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+        self.execute_per_id(tx, "select pg_notify($1, $2)", REVOKED_CHANNEL, ids)
+            .await
     }
 
     async fn insert_token(
@@ -842,22 +874,12 @@ impl Store {
     /// Revokes a token and every token minted from it (children, their children…); they
     /// fail from the next request on, on every replica. Revoking twice is harmless.
     pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo> {
-        let mut tx = self.write.begin().await?;
-        self.lock_token_families(&mut tx).await?;
-        let mut info = self
-            .token_in(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound("Token not found".to_owned()))?;
+        let (mut tx, mut info) = self.lock_token(id).await?;
         let family = self.family(&mut tx, id).await?;
         self.refuse_revoking_the_last_admin(&mut tx, &family)
             .await?;
         let now = now_micros();
-        self.mark_revoked(&mut tx, &family, now).await?;
-        self.announce_token_change(&mut tx, &family).await?;
-        tx.commit().await?;
-        for member in &family {
-            self.tokens.forget(*member);
-        }
+        self.commit_family_change(tx, &family, &family, now).await?;
         info.revoked.get_or_insert(to_time(now));
         Ok(info)
     }

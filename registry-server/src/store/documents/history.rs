@@ -14,7 +14,22 @@ use super::WriteOutcome;
 use super::check_expected;
 use super::mask_paths;
 use super::{Result, Store, StoreError, json_col, parse_uuid, to_time, uuid_col};
-use block_types::model::VersionInfo;
+use block_types::model::{BlockSchema, VersionInfo};
+
+impl OpenedVersion {
+    /// A new version equal to this one (data, sealed secrets, references) under `schema`,
+    /// written by `author`: what a rollback or a copy writes.
+    pub(super) fn restored(self, schema: &BlockSchema, author: Option<Uuid>) -> NewVersion<'_> {
+        NewVersion {
+            data: self.data,
+            refs: self.refs,
+            schema,
+            kept: self.sealed,
+            paths: None,
+            author,
+        }
+    }
+}
 
 impl Store {
     /// The stored versions of a document, newest first.
@@ -97,21 +112,9 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let (current_version, _) = self.lock_document(&mut tx, id).await?;
         check_expected(expected_version, current_version)?;
-        let OpenedVersion {
-            data,
-            refs,
-            schema_id,
-            sealed,
-        } = self.open_version(&mut tx, id, version).await?;
-        let schema = self.schema_by_id(&mut *tx, schema_id).await?;
-        let version = NewVersion {
-            data,
-            refs,
-            schema: &schema,
-            kept: sealed,
-            paths: None,
-            author,
-        };
+        let opened = self.open_version(&mut tx, id, version).await?;
+        let schema = self.schema_by_id(&mut *tx, opened.schema_id).await?;
+        let version = opened.restored(&schema, author);
         self.commit_next_version(
             tx,
             id,

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use block_types::catalog::{GcpCredentials, GcsBucket, Secret, SqlAlchemyConnector};
-use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate, BlockSchemaCreate};
+use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate, BlockSchema};
 use block_types::references::reference_value;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
-use super::harness::{create, obj, on_both, register};
+use super::harness::{create, create_body, custom_schema, custom_type, obj, on_both, register};
 use crate::store::{Rights, StoreConfig, StoreError};
 
 const CANARY: &str = "canary-3c9e51d7";
@@ -17,6 +17,14 @@ fn update(data: Value) -> BlockDocumentUpdate {
     BlockDocumentUpdate {
         data: Some(obj(data)),
         ..BlockDocumentUpdate::default()
+    }
+}
+
+/// A merge of `data` that also moves the document to `schema`.
+fn move_to(schema: &BlockSchema, data: Value) -> BlockDocumentUpdate {
+    BlockDocumentUpdate {
+        block_schema_id: Some(schema.id),
+        ..update(data)
     }
 }
 
@@ -186,26 +194,9 @@ async fn three_levels_resolve_in_one_query_and_cycles_and_dangling_deletes_are_r
         let (_, creds_schema) = register::<GcpCredentials>(&store).await;
         let (_, bucket_schema) = register::<GcsBucket>(&store).await;
         // A third level: a "pipeline" type whose `bucket` field references a gcs-bucket.
-        let pipeline_type = store
-            .create_block_type(block_types::model::BlockTypeCreate {
-                name: "Pipeline".into(),
-                slug: "pipeline".into(),
-                logo_url: None,
-                documentation_url: None,
-                description: None,
-                code_example: None,
-            })
-            .await
-            .unwrap();
-        let (pipeline_schema, created) = store
-            .create_block_schema(BlockSchemaCreate {
-                fields: obj(json!({"title": "Pipeline", "type": "object", "properties": {"bucket": {"type": "object"}, "note": {"type": "string"}}, "secret_fields": ["note"]})),
-                block_type_id: pipeline_type.id,
-                capabilities: vec![],
-                version: "1".into(),
-            }, Rights::ADMIN)
-            .await
-            .unwrap();
+        let pipeline_type = custom_type(&store, "Pipeline", "pipeline").await;
+        let fields = json!({"title": "Pipeline", "type": "object", "properties": {"bucket": {"type": "object"}, "note": {"type": "string"}}, "secret_fields": ["note"]});
+        let (pipeline_schema, created) = custom_schema(&store, &pipeline_type, fields, "1").await;
         assert!(created);
 
         let leaf = create(&store, &creds_schema, "zoom-gcp-creds", json!({"service_account_info": {"private_key": CANARY, "type": "service_account"}, "project": "dtc"})).await;
@@ -297,6 +288,7 @@ async fn a_failed_write_leaves_no_trace() {
             out.push(enc);
             out
         };
+        let bucket_data = json!({"bucket": "x", "gcp_credentials": reference_value(child.id)});
         let before = counts().await;
         for point in [
             "create_after_document",
@@ -305,23 +297,11 @@ async fn a_failed_write_leaves_no_trace() {
             "create_before_commit",
         ] {
             store.fail_at(Some(point));
-            let body = BlockDocumentCreate {
-                name: Some("b".into()),
-                data: obj(json!({"bucket": "x", "gcp_credentials": reference_value(child.id)})),
-                block_schema_id: bucket.id,
-                block_type_id: bucket.block_type_id,
-                is_anonymous: false,
-            };
+            let body = create_body(&bucket, "b", bucket_data.clone());
             assert!(store.create_block_document(body).await.is_err(), "{point}");
             assert_eq!(counts().await, before, "after a failure at {point}");
             // A create without references, prepared whole (one statement on PostgreSQL).
-            let plain = BlockDocumentCreate {
-                name: Some("d".into()),
-                data: obj(json!({"service_account_info": {"k": CANARY}})),
-                block_schema_id: creds.id,
-                block_type_id: creds.block_type_id,
-                is_anonymous: false,
-            };
+            let plain = create_body(&creds, "d", json!({"service_account_info": {"k": CANARY}}));
             assert!(store.create_block_document(plain).await.is_err(), "{point}");
             assert_eq!(
                 counts().await,
@@ -330,13 +310,7 @@ async fn a_failed_write_leaves_no_trace() {
             );
         }
         store.fail_at(None);
-        let doc = create(
-            &store,
-            &bucket,
-            "b",
-            json!({"bucket": "x", "gcp_credentials": reference_value(child.id)}),
-        )
-        .await;
+        let doc = create(&store, &bucket, "b", bucket_data).await;
         let before = counts().await;
         for point in ["after_version", "after_references", "update_before_commit"] {
             store.fail_at(Some(point));
@@ -541,40 +515,15 @@ async fn sixteen_concurrent_writers_lose_no_update() {
 async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
     on_both(async |db| {
         let store = db.open().await;
-        let ty = store
-            .create_block_type(block_types::model::BlockTypeCreate {
-                name: "Thing".into(),
-                slug: "thing".into(),
-                logo_url: None,
-                documentation_url: None,
-                description: None,
-                code_example: None,
-            })
-            .await
-            .unwrap();
+        let ty = custom_type(&store, "Thing", "thing").await;
         let schema_for = async |props: Value| {
-            store
-                .create_block_schema(
-                    BlockSchemaCreate {
-                        fields: obj(json!({"type": "object", "properties": props})),
-                        block_type_id: ty.id,
-                        capabilities: vec![],
-                        version: "1".into(),
-                    },
-                    Rights::ADMIN,
-                )
-                .await
-                .unwrap()
-                .0
+            let fields = json!({"type": "object", "properties": props});
+            custom_schema(&store, &ty, fields, "1").await.0
         };
         let v1 = schema_for(json!({"a": {"type": "string"}, "old": {"type": "string"}})).await;
         let v2 = schema_for(json!({"a": {"type": "string"}, "new": {"type": "string"}})).await;
         let doc = create(&store, &v1, "t", json!({"a": "1", "old": "stale"})).await;
-        let body = BlockDocumentUpdate {
-            block_schema_id: Some(v2.id),
-            data: Some(obj(json!({"a": "2", "new": "n"}))),
-            merge_existing_data: true,
-        };
+        let body = move_to(&v2, json!({"a": "2", "new": "n"}));
         store
             .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await
@@ -583,40 +532,10 @@ async fn schema_moves_drop_stale_fields_and_replace_drops_unsent_references() {
         assert_eq!(moved.block_schema_id, v2.id);
         assert_eq!(Value::Object(moved.data), json!({"a": "2", "new": "n"}));
 
-        let other = store
-            .create_block_type(block_types::model::BlockTypeCreate {
-                name: "Other".into(),
-                slug: "other".into(),
-                logo_url: None,
-                documentation_url: None,
-                description: None,
-                code_example: None,
-            })
-            .await
-            .unwrap();
-        let (foreign, _) = store
-            .create_block_schema(
-                BlockSchemaCreate {
-                    fields: obj(json!({"type": "object"})),
-                    block_type_id: other.id,
-                    capabilities: vec![],
-                    version: "1".into(),
-                },
-                Rights::ADMIN,
-            )
-            .await
-            .unwrap();
+        let other = custom_type(&store, "Other", "other").await;
+        let (foreign, _) = custom_schema(&store, &other, json!({"type": "object"}), "1").await;
         let wrong = store
-            .update_block_document(
-                doc.id,
-                BlockDocumentUpdate {
-                    block_schema_id: Some(foreign.id),
-                    data: Some(obj(json!({}))),
-                    merge_existing_data: true,
-                },
-                None,
-                Rights::ADMIN,
-            )
+            .update_block_document(doc.id, move_to(&foreign, json!({})), None, Rights::ADMIN)
             .await;
         assert!(
             matches!(wrong, Err(StoreError::BadRequest(e)) if e.message.contains("same block type"))
@@ -719,34 +638,12 @@ async fn thing_schema(
 ) -> block_types::model::BlockSchema {
     let ty = match store.read_block_type_by_slug("thing").await {
         Ok(ty) => ty,
-        Err(_) => store
-            .create_block_type(block_types::model::BlockTypeCreate {
-                name: "Thing".into(),
-                slug: "thing".into(),
-                logo_url: None,
-                documentation_url: None,
-                description: None,
-                code_example: None,
-            })
-            .await
-            .unwrap(),
+        Err(_) => custom_type(store, "Thing", "thing").await,
     };
     let secret_fields: Vec<&str> = if secret { vec!["password"] } else { vec![] };
-    let fields = obj(
-        json!({"type": "object", "properties": {"password": {"type": "string"}, "a": {"type": "object"}, "b": {"type": "object"}}, "secret_fields": secret_fields}),
-    );
-    store
-        .create_block_schema(
-            BlockSchemaCreate {
-                fields,
-                block_type_id: ty.id,
-                capabilities: vec![],
-                version: format!("secret-{secret}"),
-            },
-            Rights::ADMIN,
-        )
+    let fields = json!({"type": "object", "properties": {"password": {"type": "string"}, "a": {"type": "object"}, "b": {"type": "object"}}, "secret_fields": secret_fields});
+    custom_schema(store, &ty, fields, &format!("secret-{secret}"))
         .await
-        .unwrap()
         .0
 }
 
@@ -759,11 +656,7 @@ async fn a_move_to_a_schema_that_omits_a_secret_keeps_it_sealed_for_the_type() {
         let doc = create(&store, &sealed, "t", json!({"password": CANARY})).await;
         // Secret fields are the type's: the echo is restored (the other schema of the type
         // keeps `password` secret), and the value stays sealed and masked.
-        let body = BlockDocumentUpdate {
-            block_schema_id: Some(clear.id),
-            data: Some(obj(json!({"password": "********"}))),
-            merge_existing_data: true,
-        };
+        let body = move_to(&clear, json!({"password": "********"}));
         store
             .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await
@@ -775,20 +668,12 @@ async fn a_move_to_a_schema_that_omits_a_secret_keeps_it_sealed_for_the_type() {
         assert_eq!(full.data["password"], json!(CANARY));
 
         // A merge that sends nothing keeps it too; a value sent explicitly is sealed as well.
-        let body = BlockDocumentUpdate {
-            block_schema_id: Some(clear.id),
-            data: Some(obj(json!({"a": {}}))),
-            merge_existing_data: true,
-        };
+        let body = move_to(&clear, json!({"a": {}}));
         store
             .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await
             .unwrap();
-        let body = BlockDocumentUpdate {
-            block_schema_id: Some(clear.id),
-            data: Some(obj(json!({"password": "still-secret"}))),
-            merge_existing_data: true,
-        };
+        let body = move_to(&clear, json!({"password": "still-secret"}));
         store
             .update_block_document(doc.id, body, None, Rights::ADMIN)
             .await

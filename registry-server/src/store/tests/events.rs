@@ -1,15 +1,15 @@
 //! The change feed's table, on both databases.
 
 use block_types::catalog::{GcpCredentials, GcsBucket};
-use block_types::model::{
-    BlockDocumentCreate, BlockDocumentUpdate, BlockSchemaCreate, BlockTypeCreate,
-};
+use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate};
 use block_types::references::reference_value;
 use block_types::{ChangeEvent, EventKind};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::harness::{create, obj, on_both, register};
+use super::harness::{
+    create, create_body, custom_schema, custom_type, obj, on_both, register, schema_body, type_body,
+};
 use crate::store::{Backend, FeedEvent, Position, Resume, Rights, Store};
 
 const CANARY: &str = "canary-feed-5b1f0e2a";
@@ -45,31 +45,14 @@ async fn every_change_is_one_event_naming_it_and_its_writer_never_a_value() {
         let store = db.open().await;
         let writer = Uuid::new_v4();
         let ty = store
-            .create_block_type_by(
-                BlockTypeCreate {
-                    name: "Thing".into(),
-                    slug: "thing".into(),
-                    logo_url: None,
-                    documentation_url: None,
-                    description: None,
-                    code_example: None,
-                },
-                Some(writer),
-            )
+            .create_block_type_by(type_body("Thing", "thing"), Some(writer))
             .await
             .unwrap();
         let schema_for = async |props: serde_json::Value| {
+            let fields = obj(json!({"type": "object", "properties": props,
+                "secret_fields": ["password"]}));
             store
-                .create_block_schema(
-                    BlockSchemaCreate {
-                        fields: obj(json!({"type": "object", "properties": props,
-                            "secret_fields": ["password"]})),
-                        block_type_id: ty.id,
-                        capabilities: vec![],
-                        version: "1".into(),
-                    },
-                    Rights::ADMIN.by(writer),
-                )
+                .create_block_schema(schema_body(fields, ty.id, "1"), Rights::ADMIN.by(writer))
                 .await
                 .unwrap()
                 .0
@@ -187,15 +170,10 @@ async fn a_failed_write_leaves_no_event_and_imports_write_one_each() {
             json!({"service_account_info": {"k": CANARY}}),
         )
         .await;
+        let bucket_data = json!({"bucket": "x", "gcp_credentials": reference_value(child.id)});
         store.fail_at(Some("create_before_commit"));
         let failed = store
-            .create_block_document(BlockDocumentCreate {
-                name: Some("b".into()),
-                data: obj(json!({"bucket": "x", "gcp_credentials": reference_value(child.id)})),
-                block_schema_id: bucket.id,
-                block_type_id: bucket.block_type_id,
-                is_anonymous: false,
-            })
+            .create_block_document(create_body(&bucket, "b", bucket_data.clone()))
             .await;
         assert!(failed.is_err());
         store.fail_at(Some("update_before_commit"));
@@ -213,13 +191,7 @@ async fn a_failed_write_leaves_no_event_and_imports_write_one_each() {
         assert!(failed.is_err());
         store.fail_at(None);
         // A refused delete (still referenced) leaves none either.
-        let parent = create(
-            &store,
-            &bucket,
-            "b",
-            json!({"bucket": "x", "gcp_credentials": reference_value(child.id)}),
-        )
-        .await;
+        let parent = create(&store, &bucket, "b", bucket_data).await;
         assert!(store.delete_block_document(child.id, None).await.is_err());
         let after = settled(&store, end, 2).await;
         let named: Vec<(EventKind, Option<Uuid>)> = after
@@ -541,53 +513,30 @@ async fn an_anonymous_documents_owners_stop_at_the_first_named_block() {
         let store = db.open().await;
         let (_, creds) = register::<GcpCredentials>(&store).await;
         let (_, bucket) = register::<GcsBucket>(&store).await;
-        let app_type = store
-            .create_block_type(BlockTypeCreate {
-                name: "App".into(),
-                slug: "app".into(),
-                logo_url: None,
-                documentation_url: None,
-                description: None,
-                code_example: None,
-            })
-            .await
-            .unwrap();
-        let (app, _) = store
-            .create_block_schema(
-                BlockSchemaCreate {
-                    fields: obj(json!({"type": "object", "properties": {"bucket": {}}})),
-                    block_type_id: app_type.id,
-                    capabilities: vec![],
-                    version: "1".into(),
-                },
-                Rights::ADMIN,
-            )
-            .await
-            .unwrap();
-        let anonymous = |schema: &block_types::model::BlockSchema, data: serde_json::Value| {
-            BlockDocumentCreate {
-                name: None,
-                data: obj(data),
-                block_schema_id: schema.id,
-                block_type_id: schema.block_type_id,
-                is_anonymous: true,
-            }
+        let app_type = custom_type(&store, "App", "app").await;
+        let fields = json!({"type": "object", "properties": {"bucket": {}}});
+        let (app, _) = custom_schema(&store, &app_type, fields, "1").await;
+        let anonymous = async |schema: &block_types::model::BlockSchema, data| {
+            store
+                .create_block_document(BlockDocumentCreate {
+                    name: None,
+                    data: obj(data),
+                    block_schema_id: schema.id,
+                    block_type_id: schema.block_type_id,
+                    is_anonymous: true,
+                })
+                .await
+                .unwrap()
         };
+        let owners = async |id| -> Vec<(String, String)> {
+            let owners = store.named_referrers(id).await.unwrap();
+            owners.into_iter().map(|o| (o.slug, o.name)).collect()
+        };
+        let owner = |slug: &str, name: &str| vec![(slug.to_owned(), name.to_owned())];
         // anonymous credentials ← named bucket ← named app
-        let a = store
-            .create_block_document(anonymous(
-                &creds,
-                json!({"service_account_info": {"k": "v"}}),
-            ))
-            .await
-            .unwrap();
-        let b = create(
-            &store,
-            &bucket,
-            "prod-bucket",
-            json!({"bucket": "x", "gcp_credentials": reference_value(a.id)}),
-        )
-        .await;
+        let a = anonymous(&creds, json!({"service_account_info": {"k": "v"}})).await;
+        let data = json!({"bucket": "x", "gcp_credentials": reference_value(a.id)});
+        let b = create(&store, &bucket, "prod-bucket", data).await;
         create(
             &store,
             &app,
@@ -595,27 +544,11 @@ async fn an_anonymous_documents_owners_stop_at_the_first_named_block() {
             json!({"bucket": reference_value(b.id)}),
         )
         .await;
-        let owners = store.named_referrers(a.id).await.unwrap();
-        let names: Vec<(&str, &str)> = owners
-            .iter()
-            .map(|o| (o.slug.as_str(), o.name.as_str()))
-            .collect();
-        assert_eq!(names, [("gcs-bucket", "prod-bucket")]);
+        assert_eq!(owners(a.id).await, owner("gcs-bucket", "prod-bucket"));
         // anonymous credentials ← anonymous bucket ← named app
-        let c = store
-            .create_block_document(anonymous(
-                &creds,
-                json!({"service_account_info": {"k": "v"}}),
-            ))
-            .await
-            .unwrap();
-        let d = store
-            .create_block_document(anonymous(
-                &bucket,
-                json!({"bucket": "y", "gcp_credentials": reference_value(c.id)}),
-            ))
-            .await
-            .unwrap();
+        let c = anonymous(&creds, json!({"service_account_info": {"k": "v"}})).await;
+        let data = json!({"bucket": "y", "gcp_credentials": reference_value(c.id)});
+        let d = anonymous(&bucket, data).await;
         create(
             &store,
             &app,
@@ -623,12 +556,7 @@ async fn an_anonymous_documents_owners_stop_at_the_first_named_block() {
             json!({"bucket": reference_value(d.id)}),
         )
         .await;
-        let owners = store.named_referrers(c.id).await.unwrap();
-        let names: Vec<(&str, &str)> = owners
-            .iter()
-            .map(|o| (o.slug.as_str(), o.name.as_str()))
-            .collect();
-        assert_eq!(names, [("app", "other-app")]);
+        assert_eq!(owners(c.id).await, owner("app", "other-app"));
     })
     .await;
 }

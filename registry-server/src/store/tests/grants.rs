@@ -12,6 +12,7 @@ use chrono::Utc;
 use secrecy::ExposeSecret as _;
 
 use super::harness::{create, on_both, register};
+use super::tokens::listening;
 use crate::store::TokenAccess as _;
 use crate::store::{
     ChildTokenCreate, CreatedToken, Grant, Reach, Scope, Store, StoreError, TokenCreate, TokenInfo,
@@ -428,18 +429,6 @@ async fn expired_tokens_are_deleted_a_day_later() {
         assert!(left.contains(&recent.info.id));
     })
     .await;
-}
-
-/// Waits until `b` hears changes from other replicas (its token cache is used).
-async fn listening(b: &Store) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !b.token_cache_live() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B never started listening"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 
 use std::panic::AssertUnwindSafe;
 
-use block_types::model::{BlockDocument, BlockDocumentCreate, BlockSchema, BlockType};
+use block_types::model::{
+    BlockDocument, BlockDocumentCreate, BlockSchema, BlockSchemaCreate, BlockType, BlockTypeCreate,
+};
 use block_types::{Block, BlockSpec};
 use futures::FutureExt as _;
 use serde_json::{Map, Value};
@@ -107,10 +109,69 @@ pub(crate) async fn register_spec(store: &Store, spec: &BlockSpec) -> (BlockType
     (ty, schema)
 }
 
+/// A block type of a client's own: a name and a slug, nothing else.
+pub(crate) fn type_body(name: &str, slug: &str) -> BlockTypeCreate {
+    BlockTypeCreate {
+        name: name.into(),
+        slug: slug.into(),
+        logo_url: None,
+        documentation_url: None,
+        description: None,
+        code_example: None,
+    }
+}
+
+/// Creates a block type of a client's own ([`type_body`]).
+pub(crate) async fn custom_type(store: &Store, name: &str, slug: &str) -> BlockType {
+    store
+        .create_block_type(type_body(name, slug))
+        .await
+        .unwrap()
+}
+
+/// A schema of `block_type_id` with `fields`, no capabilities, at `version`.
+pub(crate) fn schema_body(
+    fields: Map<String, Value>,
+    block_type_id: uuid::Uuid,
+    version: &str,
+) -> BlockSchemaCreate {
+    BlockSchemaCreate {
+        fields,
+        block_type_id,
+        capabilities: vec![],
+        version: version.into(),
+    }
+}
+
+/// Registers, as an admin, a schema of `ty` with `fields` (an object) at `version`:
+/// (the schema, whether it was new).
+pub(crate) async fn custom_schema(
+    store: &Store,
+    ty: &BlockType,
+    fields: Value,
+    version: &str,
+) -> (BlockSchema, bool) {
+    store
+        .create_block_schema(schema_body(obj(fields), ty.id, version), Rights::ADMIN)
+        .await
+        .unwrap()
+}
+
 pub(crate) fn obj(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(map) => map,
         other => panic!("not an object: {other}"),
+    }
+}
+
+/// The body that creates a named document of `schema` with `data`.
+pub(crate) fn create_body(schema: &BlockSchema, name: &str, data: Value) -> BlockDocumentCreate {
+    BlockDocumentCreate {
+        name: Some(name.to_owned()),
+        data: obj(data),
+        block_schema_id: schema.id,
+        block_type_id: schema.block_type_id,
+        is_anonymous: false,
     }
 }
 
@@ -122,13 +183,7 @@ pub(crate) async fn create(
     data: Value,
 ) -> BlockDocument {
     store
-        .create_block_document(BlockDocumentCreate {
-            name: Some(name.to_owned()),
-            data: obj(data),
-            block_schema_id: schema.id,
-            block_type_id: schema.block_type_id,
-            is_anonymous: false,
-        })
+        .create_block_document(create_body(schema, name, data))
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }

@@ -3,10 +3,10 @@
 
 use block_types::Block;
 use block_types::catalog::{GcpCredentials, Secret};
-use block_types::model::{BlockDocumentUpdate, BlockSchemaCreate, BlockTypeCreate};
+use block_types::model::BlockDocumentUpdate;
 use serde_json::{Map, Value, json};
 
-use super::harness::{create, obj, on_both, register};
+use super::harness::{create, custom_type, obj, on_both, register, schema_body};
 use super::keys::{contains, dump};
 use crate::store::{Rights, Store, StoreError};
 
@@ -23,34 +23,6 @@ fn prefect_schema(name: &str) -> (Map<String, Value>, String) {
         obj(fixture["fields"].clone()),
         fixture["version"].as_str().unwrap().to_owned(),
     )
-}
-
-fn schema_body(
-    fields: Map<String, Value>,
-    block_type_id: uuid::Uuid,
-    version: &str,
-) -> BlockSchemaCreate {
-    BlockSchemaCreate {
-        fields,
-        block_type_id,
-        capabilities: vec![],
-        version: version.into(),
-    }
-}
-
-/// A block type of a client's own.
-async fn custom_type(store: &Store, name: &str, slug: &str) -> block_types::model::BlockType {
-    store
-        .create_block_type(BlockTypeCreate {
-            name: name.into(),
-            slug: slug.into(),
-            logo_url: None,
-            documentation_url: None,
-            description: None,
-            code_example: None,
-        })
-        .await
-        .unwrap()
 }
 
 fn without_secret_fields(mut fields: Map<String, Value>) -> Map<String, Value> {

@@ -13,6 +13,18 @@ use crate::store::{
     token_digest,
 };
 
+/// Waits until `b` hears changes from other replicas (its token cache is used).
+pub(super) async fn listening(b: &Store) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.token_cache_live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never started listening"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn body(scopes: &[Scope]) -> TokenCreate {
     TokenCreate {
         name: "ci".into(),
@@ -93,14 +105,7 @@ async fn a_revocation_on_one_replica_stops_the_token_on_another() {
         let created = a.create_token(body(&[Scope::Read])).await.unwrap();
         let token = created.token.expose_secret().to_owned();
         // Once B hears revocations, it answers from memory…
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !b.token_cache_live() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "B never started listening"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        listening(&b).await;
         b.authenticate(&token).await.unwrap().unwrap();
         let queries = b.query_count();
         b.authenticate(&token).await.unwrap().unwrap();
