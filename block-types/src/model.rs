@@ -479,34 +479,27 @@ pub struct EqBool {
 
 /// Filter on block types.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BlockTypeFilter {
     /// Name substring.
-    #[serde(default)]
     pub name: Option<Like>,
     /// Slugs.
-    #[serde(default)]
     pub slug: Option<AnyOf<String>>,
 }
 
 /// Filter on block schemas.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BlockSchemaFilter {
     /// How the sub-filters combine.
-    #[serde(default)]
     pub operator: Operator,
     /// Types.
-    #[serde(default)]
     pub block_type_id: Option<AnyOf<Uuid>>,
     /// Capabilities the schema must all have.
-    #[serde(default)]
     pub block_capabilities: Option<AllOf<String>>,
     /// Ids.
-    #[serde(default)]
     pub id: Option<AnyOf<Uuid>>,
     /// Versions.
-    #[serde(default)]
     pub version: Option<AnyOf<String>>,
 }
 
@@ -514,25 +507,20 @@ fn default_is_anonymous() -> Option<EqBool> {
     Some(EqBool { eq_: Some(false) })
 }
 
-/// Filter on block documents. `is_anonymous` defaults to `{"eq_": false}`; send `null` to
-/// include anonymous documents.
+/// Filter on block documents. `is_anonymous` defaults to `{"eq_": false}` (see the `Default`
+/// impl, which fills absent fields); send `null` to include anonymous documents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BlockDocumentFilter {
     /// How the sub-filters combine.
-    #[serde(default)]
     pub operator: Operator,
     /// Ids.
-    #[serde(default)]
     pub id: Option<AnyOf<Uuid>>,
     /// Anonymity.
-    #[serde(default = "default_is_anonymous")]
     pub is_anonymous: Option<EqBool>,
     /// Types.
-    #[serde(default)]
     pub block_type_id: Option<AnyOf<Uuid>>,
     /// Names.
-    #[serde(default)]
     pub name: Option<NameFilter>,
 }
 
@@ -607,72 +595,59 @@ impl Page {
 
 /// Body of `POST /block_types/filter`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlockTypeFilterBody {
     /// Filter on the types.
-    #[serde(default)]
     pub block_types: Option<BlockTypeFilter>,
     /// Types that have a schema matching this filter.
-    #[serde(default)]
     pub block_schemas: Option<BlockSchemaFilter>,
     /// Page size.
-    #[serde(default)]
     pub limit: Option<i64>,
     /// Rows to skip.
-    #[serde(default)]
     pub offset: Option<i64>,
 }
 
 /// Body of `POST /block_schemas/filter`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlockSchemaFilterBody {
     /// Filter on the schemas.
-    #[serde(default)]
     pub block_schemas: Option<BlockSchemaFilter>,
     /// Page size.
-    #[serde(default)]
     pub limit: Option<i64>,
     /// Rows to skip.
-    #[serde(default)]
     pub offset: Option<i64>,
 }
 
 /// Body of `POST /block_documents/filter`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlockDocumentFilterBody {
     /// Filter on the documents (anonymous ones hidden unless asked).
-    #[serde(default)]
     pub block_documents: Option<BlockDocumentFilter>,
     /// Documents whose type matches.
-    #[serde(default)]
     pub block_types: Option<BlockTypeFilter>,
     /// Documents whose schema matches.
-    #[serde(default)]
     pub block_schemas: Option<BlockSchemaFilter>,
     /// Return secrets in clear.
-    #[serde(default)]
     pub include_secrets: Option<bool>,
     /// Order.
-    #[serde(default)]
     pub sort: Option<BlockDocumentSort>,
     /// Page size.
-    #[serde(default)]
     pub limit: Option<i64>,
     /// Rows to skip.
-    #[serde(default)]
     pub offset: Option<i64>,
 }
 
 /// Body of `POST /block_documents/count`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlockDocumentCountBody {
     /// Filter on the documents (anonymous ones hidden unless asked).
-    #[serde(default)]
     pub block_documents: Option<BlockDocumentFilter>,
     /// Documents whose type matches.
-    #[serde(default)]
     pub block_types: Option<BlockTypeFilter>,
     /// Documents whose schema matches.
-    #[serde(default)]
     pub block_schemas: Option<BlockSchemaFilter>,
 }
 

@@ -440,18 +440,20 @@ fn restore_leaves(
     }
 }
 
+/// The object `v` holds (tests write data with `json!`); panics on anything else.
+#[cfg(test)]
+pub(crate) fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(map) => map,
-            other => panic!("not an object: {other}"),
-        }
-    }
 
     fn marked(fields: &Value) -> Vec<String> {
         marked_secret_paths(fields)

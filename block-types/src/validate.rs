@@ -369,12 +369,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(map) => map,
-            other => panic!("not an object: {other}"),
-        }
-    }
+    use crate::secret_fields::obj;
 
     #[test]
     fn a_reference_to_a_dropped_empty_definition_accepts_anything() {

@@ -217,16 +217,7 @@ impl Config {
             ),
         ] {
             if let Some(url) = var(url_var).filter(|u| !u.trim().is_empty()) {
-                return Ok(Self {
-                    api_url: parse_url(&url, &source)?,
-                    api_key: var(key_var)
-                        .map(|k| k.trim().to_owned())
-                        .filter(|k| !k.is_empty())
-                        .map(SecretString::from),
-                    ca_cert,
-                    source,
-                    identity: None,
-                });
+                return Self::from_parts(&url, var(key_var), ca_cert, source);
             }
         }
         let home = var("BLOCKS_HOME")
@@ -254,11 +245,25 @@ impl Config {
                 e.message()
             ))
         })?;
-        let source = ConfigSource::Profile(profile);
+        Self::from_parts(
+            &parsed.api_url,
+            parsed.api_key,
+            ca_cert,
+            ConfigSource::Profile(profile),
+        )
+    }
+
+    /// A configuration without an identity: `url` checked as coming from `source`, `key`
+    /// trimmed (an empty key is none).
+    fn from_parts(
+        url: &str,
+        key: Option<String>,
+        ca_cert: Option<PathBuf>,
+        source: ConfigSource,
+    ) -> Result<Self, Error> {
         Ok(Self {
-            api_url: parse_url(&parsed.api_url, &source)?,
-            api_key: parsed
-                .api_key
+            api_url: parse_url(url, &source)?,
+            api_key: key
                 .map(|k| k.trim().to_owned())
                 .filter(|k| !k.is_empty())
                 .map(SecretString::from),

@@ -4,68 +4,38 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::Server;
 use serde_json::Value;
 
 const CANARY: &str = "canary-cli-4e1a";
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// What of the caller's environment a `blocks` run must not see besides
+/// [`common::SERVER_ENV`]: an editor, the keys of export and rotation, a CA.
+const CLI_ENV: [&str; 6] = [
+    "VISUAL",
+    "EDITOR",
+    "BLOCKS_EXPORT_PASSPHRASE",
+    "BLOCKS_NEW_MASTER_KEY",
+    "BLOCKS_NEW_PASSPHRASE",
+    "BLOCKS_CA_CERT",
+];
 
 /// Clears what the caller's environment could change: another database, key, editor.
 fn isolate(cmd: &mut Command) {
-    for var in [
-        "VISUAL",
-        "EDITOR",
-        "BLOCKS_DATABASE_URL",
-        "BLOCKS_MASTER_KEY",
-        "BLOCKS_MASTER_KEY_FILE",
-        "BLOCKS_PASSPHRASE",
-        "BLOCKS_HOST",
-        "BLOCKS_PORT",
-        "BLOCKS_EXPORT_PASSPHRASE",
-        "BLOCKS_NEW_MASTER_KEY",
-        "BLOCKS_NEW_PASSPHRASE",
-        "BLOCKS_CA_CERT",
-    ] {
+    for var in common::SERVER_ENV.iter().chain(&CLI_ENV) {
         cmd.env_remove(var);
     }
 }
 
 fn serve(home: &Path) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
-    isolate(&mut cmd);
-    let mut child = cmd
-        .args(["serve", "--port", "0"])
-        .env("BLOCKS_HOME", home)
-        .env("BLOCKS_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+    Server::start(home, &CLI_ENV, &[], |_| {})
 }
 
 /// `blocks ARGS` with `$BLOCKS_HOME` (and extra environment), ready to run.

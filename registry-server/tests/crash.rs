@@ -6,74 +6,38 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::Server;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 const CANARY: &str = "canary-crash-7d2c";
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-struct Server {
-    child: Child,
-    api: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The server on `home`'s store, or on `database` (URL, master key file); no log line may
+/// hold the canary.
 fn serve(home: &Path, database: Option<(&str, &Path)>) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
-    for var in [
-        "BLOCKS_DATABASE_URL",
-        "BLOCKS_MASTER_KEY",
-        "BLOCKS_MASTER_KEY_FILE",
-        "BLOCKS_PASSPHRASE",
-        "BLOCKS_HOST",
-        "BLOCKS_PORT",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.args(["serve", "--port", "0"])
-        .env("BLOCKS_HOME", home)
-        .env("BLOCKS_LOG", "info");
-    if let Some((url, key)) = database {
-        cmd.args(["--database-url", url, "--master-key-file"])
-            .arg(key);
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        assert!(!line.contains(CANARY), "a secret reached the log: {line}");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
+    let args = match database {
+        Some((url, key)) => vec![
+            OsStr::new("--database-url"),
+            OsStr::new(url),
+            OsStr::new("--master-key-file"),
+            key.as_os_str(),
+        ],
+        None => Vec::new(),
     };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            assert!(!line.contains(CANARY), "a secret reached the log: {line}");
-        }
-    });
-    Server {
-        child,
-        api: format!("http://{addr}/api"),
-    }
+    Server::start(home, &[], &args, |line| {
+        assert!(!line.contains(CANARY), "a secret reached the log: {line}");
+    })
 }
 
 fn admin_token(home: &Path) -> String {
@@ -130,27 +94,28 @@ fn audited_request_ids(api: &str, token: &str) -> HashSet<String> {
 fn answered_secret_reads_survive_a_kill(database: Option<(&str, &Path)>) {
     let home = tempfile::tempdir().unwrap();
     let mut server = serve(home.path(), database);
+    let api = format!("http://{}/api", server.addr);
     let admin = admin_token(home.path());
     let client = reqwest::blocking::Client::new();
     let secret_type = call(
         &client,
         &admin,
         "GET",
-        &format!("{}/block_types/slug/secret", server.api),
+        &format!("{api}/block_types/slug/secret"),
         None,
     );
     let schemas = call(
         &client,
         &admin,
         "POST",
-        &format!("{}/block_schemas/filter", server.api),
+        &format!("{api}/block_schemas/filter"),
         Some(json!({"block_schemas": {"block_type_id": {"any_": [secret_type["id"]]}}})),
     );
     call(
         &client,
         &admin,
         "POST",
-        &format!("{}/block_documents/", server.api),
+        &format!("{api}/block_documents/"),
         Some(json!({
             "name": "crash-canary",
             "block_type_id": secret_type["id"],
@@ -162,8 +127,7 @@ fn answered_secret_reads_survive_a_kill(database: Option<(&str, &Path)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(Mutex::new(Vec::new()));
     let url = format!(
-        "{}/block_types/slug/secret/block_documents/name/crash-canary?include_secrets=true",
-        server.api
+        "{api}/block_types/slug/secret/block_documents/name/crash-canary?include_secrets=true"
     );
     let readers: Vec<_> = (0..8)
         .map(|thread| {
@@ -211,7 +175,8 @@ fn answered_secret_reads_survive_a_kill(database: Option<(&str, &Path)>) {
     );
 
     let server = serve(home.path(), database);
-    let audited = audited_request_ids(&server.api, &admin);
+    let api = format!("http://{}/api", server.addr);
+    let audited = audited_request_ids(&api, &admin);
     let missing: Vec<&String> = answered
         .iter()
         .filter(|id| !audited.contains(*id))

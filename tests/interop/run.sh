@@ -68,6 +68,21 @@ PY
     pipeline_token="$(new_token pipeline read-secrets write)"
     readonly_token="$(new_token dashboard read)"
     writer_token="$(new_token writer write)"
+    # Runs a Rust example as the pipeline, told of this server by BLOCKS_* variables only.
+    as_pipeline() {
+        env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
+            BLOCKS_API_KEY="$pipeline_token" "$@"
+    }
+    # Whether $out shows every pattern after the first argument, and neither that canary nor
+    # a private key.
+    shows_safely() {
+        local canary="$1" pattern
+        shift
+        for pattern in "$@"; do
+            grep -q "$pattern" <<<"$out" || return 1
+        done
+        ! grep -q "$canary" <<<"$out" && ! grep -q "PRIVATE KEY" <<<"$out"
+    }
     echo "== interop on $backend: blocks serve at http://$addr/api"
     if ! PREFECT_API_URL="http://$addr/api" PREFECT_API_KEY="$pipeline_token" PREFECT_HOME="$work/prefect" \
         BLOCKS_INTEROP_BACKEND="$backend" BLOCKS_ADMIN_TOKEN="$admin_token" BLOCKS_READONLY_TOKEN="$readonly_token" BLOCKS_WRITE_TOKEN="$writer_token" \
@@ -78,28 +93,22 @@ PY
     fi
     # The blocks the Prefect client saved, loaded in Rust by the client's example.
     echo "== the Rust example loads what Prefect saved ($backend)"
-    if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
-        BLOCKS_API_KEY="$pipeline_token" "$rust_example" 2>&1)" \
-        || ! grep -q "bucket:  dtc-data-lake" <<<"$out" || ! grep -q "project: dtc-de" <<<"$out" \
-        || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
+    if ! out="$(as_pipeline "$rust_example" 2>&1)" \
+        || ! shows_safely canary-interop "bucket:  dtc-data-lake" "project: dtc-de"; then
         status=1
         echo "the Rust example failed on $backend:"; echo "$out"
     fi
     echo "== the Rust example loads what the console created ($backend)"
-    if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
-        BLOCKS_API_KEY="$pipeline_token" "$rust_example" zoom-console-gcs 2>&1)" \
-        || ! grep -q "bucket:  dtc_data_lake_console" <<<"$out" || ! grep -q "project: dtc-de" <<<"$out" \
-        || grep -q "canary-console" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
+    if ! out="$(as_pipeline "$rust_example" zoom-console-gcs 2>&1)" \
+        || ! shows_safely canary-console "bucket:  dtc_data_lake_console" "project: dtc-de"; then
         status=1
         echo "the Rust example failed on the console's blocks on $backend:"; echo "$out"
     fi
     echo "== the Rust capabilities on what Prefect saved ($backend)"
-    if ! out="$(env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
-        BLOCKS_API_KEY="$pipeline_token" "$rust_at_work" 2>&1)" \
-        || ! grep -q "service account: .*@" <<<"$out" || ! grep -q "project: dtc-de" <<<"$out" \
-        || ! grep -q "backend: PostgreSQL (postgresql+psycopg2)" <<<"$out" \
-        || ! grep -q 'host: Some("localhost"), port: Some(5432), database: Some("ny_taxi")' <<<"$out" \
-        || grep -q "canary-interop" <<<"$out" || grep -q "PRIVATE KEY" <<<"$out"; then
+    if ! out="$(as_pipeline "$rust_at_work" 2>&1)" \
+        || ! shows_safely canary-interop "service account: .*@" "project: dtc-de" \
+            "backend: PostgreSQL (postgresql+psycopg2)" \
+            'host: Some("localhost"), port: Some(5432), database: Some("ny_taxi")'; then
         status=1
         echo "the Rust capabilities failed on $backend:"; echo "$out"
     fi
@@ -117,8 +126,7 @@ json.dump({"type": "service_account", "project_id": "dtc-de", "private_key_id": 
            "client_email": "svc@dtc-de.iam.gserviceaccount.com", "client_id": "1",
            "token_uri": "https://oauth2.googleapis.com/token"}, open(sys.argv[1], "w"))
 PY
-    if ! env -u PREFECT_API_URL -u PREFECT_API_KEY BLOCKS_API_URL="http://$addr/api" \
-        BLOCKS_API_KEY="$pipeline_token" "$rust_save" \
+    if ! as_pipeline "$rust_save" \
         || ! PREFECT_API_URL="http://$addr/api" PREFECT_API_AUTH_STRING="prefect:$pipeline_token" PREFECT_HOME="$work/prefect" \
             "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_rust_saved.py"; then
         status=1
@@ -149,6 +157,12 @@ for _ in $(seq 1 240); do
     sleep 0.5
 done
 seed_canary="prefect-canary-$RANDOM"
+# `blocks import-prefect` from that server into ours' $BLOCKS_HOME, with none of the
+# caller's API variables.
+import_prefect() {
+    env -u PREFECT_API_URL -u PREFECT_API_KEY -u BLOCKS_API_URL -u BLOCKS_API_KEY BLOCKS_HOME="$pwork/home" \
+        "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api"
+}
 BLOCKS_HOME="$pwork/home" BLOCKS_LOG=info "$blocks" serve --port 0 > "$pwork/ours.log" 2>&1 &
 ours_pid=$!
 ours=""
@@ -160,12 +174,10 @@ done
 if ! SEED_CANARY="$seed_canary" PREFECT_API_URL="http://127.0.0.1:$pport/api" PREFECT_HOME="$pwork/prefect-client" \
         "$venv/bin/python" "$here/seed_prefect.py" > "$pwork/seed.log" 2>&1; then
     status=1; echo "could not seed the Prefect server:"; tail -n 20 "$pwork/seed.log"; tail -n 20 "$pwork/prefect.log"
-elif ! first="$(env -u PREFECT_API_URL -u PREFECT_API_KEY -u BLOCKS_API_URL -u BLOCKS_API_KEY BLOCKS_HOME="$pwork/home" \
-            "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
+elif ! first="$(import_prefect 2>&1)" \
         || ! grep -q '"created": 5' <<<"$first"; then
     status=1; echo "import-prefect failed: $first"
-elif ! again="$(env -u PREFECT_API_URL -u PREFECT_API_KEY -u BLOCKS_API_URL -u BLOCKS_API_KEY BLOCKS_HOME="$pwork/home" \
-            "$blocks" --json import-prefect --url "http://127.0.0.1:$pport/api" 2>&1)" \
+elif ! again="$(import_prefect 2>&1)" \
         || ! grep -q '"created": 0' <<<"$again" || ! grep -q '"kept": 5' <<<"$again"; then
     status=1; echo "a second import-prefect was not idempotent: $again"
 elif ! secret="$(BLOCKS_HOME="$pwork/home" "$blocks" inspect secret/api-token --show-secrets 2>&1)" \

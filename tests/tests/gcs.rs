@@ -97,6 +97,7 @@ fn without(mut info: Map<String, Value>, key: &str) -> Map<String, Value> {
 
 /// Checks that `result` is `GcpError::Credentials` on `field`, that its message is free of
 /// key material and canary, and returns the message.
+#[track_caller]
 fn expect_credentials<T: std::fmt::Debug>(result: Result<T, GcpError>, field: &str) -> String {
     let error = match result {
         Ok(value) => panic!("expected a credentials error on {field}, got {value:?}"),
@@ -117,6 +118,20 @@ fn expect_credentials<T: std::fmt::Debug>(result: Result<T, GcpError>, field: &s
     assert_clean(&text);
     assert_clean(&format!("{error:?}"));
     text
+}
+
+/// Checks that the fixture key with `key` set to `value` (removed when `None`) is refused on
+/// `service_account_info.<key>` as [`expect_credentials`] does, and returns the message.
+#[track_caller]
+fn refused_info(key: &str, value: Option<Value>) -> String {
+    let info = match value {
+        Some(value) => with(key_info(), key, value),
+        None => without(key_info(), key),
+    };
+    expect_credentials(
+        ServiceAccount::from_info(&info),
+        &format!("service_account_info.{key}"),
+    )
 }
 
 fn expect_path<T: std::fmt::Debug>(result: Result<T, GcpError>, what: &str) {
@@ -207,6 +222,22 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Where a download that escapes its target would land: a temporary directory, the target
+/// in it (`inner`, not yet created), a unique file name, and the spots where a `..` or
+/// absolute name ending in that file name would write.
+fn escape_target() -> (tempfile::TempDir, PathBuf, String, [PathBuf; 3]) {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("inner");
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let escape = format!("escape-{tag}.txt");
+    let landing_spots = [
+        outer.path().join(&escape),
+        outer.path().parent().unwrap().join(&escape),
+        PathBuf::from("/").join(&escape),
+    ];
+    (outer, dir, escape, landing_spots)
+}
+
 fn random_bytes(len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
     ring::rand::SystemRandom::new().fill(&mut bytes).unwrap();
@@ -278,82 +309,35 @@ async fn debug_output_never_shows_the_key() {
 
 #[test]
 fn a_bad_type_is_refused() {
-    let field = "service_account_info.type";
-    expect_credentials(
-        ServiceAccount::from_info(&without(key_info(), "type")),
-        field,
-    );
-    let text = expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "type", json!("authorized_user"))),
-        field,
-    );
+    refused_info("type", None);
+    let text = refused_info("type", Some(json!("authorized_user")));
     assert!(text.contains("authorized_user"), "{text}");
-    expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "type", json!(7))),
-        field,
-    );
+    refused_info("type", Some(json!(7)));
 }
 
 #[test]
 fn a_bad_client_email_is_refused() {
-    let field = "service_account_info.client_email";
-    expect_credentials(
-        ServiceAccount::from_info(&without(key_info(), "client_email")),
-        field,
-    );
-    expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "client_email", json!("   "))),
-        field,
-    );
-    expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "client_email", json!("not-an-address"))),
-        field,
-    );
-    expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "client_email", json!(["a@b"]))),
-        field,
-    );
+    refused_info("client_email", None);
+    refused_info("client_email", Some(json!("   ")));
+    refused_info("client_email", Some(json!("not-an-address")));
+    refused_info("client_email", Some(json!(["a@b"])));
 }
 
 #[test]
 fn a_bad_private_key_is_refused_without_quoting_it() {
-    let field = "service_account_info.private_key";
-    expect_credentials(
-        ServiceAccount::from_info(&without(key_info(), "private_key")),
-        field,
-    );
+    let pem_around =
+        |body: &str| format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+    refused_info("private_key", None);
     // Not PEM at all.
-    expect_credentials(
-        ServiceAccount::from_info(&with(
-            key_info(),
-            "private_key",
-            json!(format!("{CANARY} this is no key")),
-        )),
-        field,
+    refused_info(
+        "private_key",
+        Some(json!(format!("{CANARY} this is no key"))),
     );
     // PEM markers around text that is not base64.
-    expect_credentials(
-        ServiceAccount::from_info(&with(
-            key_info(),
-            "private_key",
-            json!(format!(
-                "-----BEGIN PRIVATE KEY-----\n{CANARY}\n-----END PRIVATE KEY-----\n"
-            )),
-        )),
-        field,
-    );
+    refused_info("private_key", Some(json!(pem_around(CANARY))));
     // PEM markers around valid base64 that is not a PKCS#8 RSA key.
     let garbage = STANDARD.encode(format!("{CANARY} garbage inside a PEM, not a DER key"));
-    let text = expect_credentials(
-        ServiceAccount::from_info(&with(
-            key_info(),
-            "private_key",
-            json!(format!(
-                "-----BEGIN PRIVATE KEY-----\n{garbage}\n-----END PRIVATE KEY-----\n"
-            )),
-        )),
-        field,
-    );
+    let text = refused_info("private_key", Some(json!(pem_around(&garbage))));
     assert!(!text.contains(&garbage), "{text}");
     // A real key with its body cut short.
     let pem = key_info()["private_key"].as_str().unwrap().to_owned();
@@ -364,22 +348,13 @@ fn a_bad_private_key_is_refused_without_quoting_it() {
         lines[1..6].join("\n"),
         lines.last().unwrap()
     );
-    expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "private_key", json!(truncated))),
-        field,
-    );
+    refused_info("private_key", Some(json!(truncated)));
 }
 
 #[test]
 fn a_missing_token_uri_is_refused() {
-    expect_credentials(
-        ServiceAccount::from_info(&without(key_info(), "token_uri")),
-        "service_account_info.token_uri",
-    );
-    expect_credentials(
-        ServiceAccount::from_info(&with(key_info(), "token_uri", json!(""))),
-        "service_account_info.token_uri",
-    );
+    refused_info("token_uri", None);
+    refused_info("token_uri", Some(json!("")));
 }
 
 #[test]
@@ -666,15 +641,20 @@ fn problems(state: &FakeGoogle) -> Vec<String> {
     state.problems.lock().clone()
 }
 
+/// A client for the fake's bucket (folder `flows`) at `endpoint`, signing in with the fixture
+/// key against the fake's token endpoint.
+async fn fake_google_bucket(state: &FakeGoogle, endpoint: String) -> Bucket {
+    let info = with(key_info(), "token_uri", json!(state.token_uri.clone()));
+    bucket_block(&state.bucket, "flows", credentials_with_info(info))
+        .storage_at(Endpoint::Authenticated(endpoint))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_key_signs_a_jwt_and_the_token_is_cached() {
     let (state, base) = fake_google(false).await;
-    let info = with(key_info(), "token_uri", json!(state.token_uri.clone()));
-    let block = bucket_block(&state.bucket, "flows", credentials_with_info(info));
-    let bucket = block
-        .storage_at(Endpoint::Authenticated(format!("{base}/")))
-        .await
-        .unwrap();
+    let bucket = fake_google_bucket(&state, format!("{base}/")).await;
     assert_eq!(bucket.endpoint().base(), base);
 
     let first = bucket.read_path("report 1.csv").await.unwrap();
@@ -713,12 +693,7 @@ async fn the_key_signs_a_jwt_and_the_token_is_cached() {
 #[tokio::test]
 async fn a_refused_token_gives_a_token_error_without_key_material() {
     let (state, base) = fake_google(true).await;
-    let info = with(key_info(), "token_uri", json!(state.token_uri.clone()));
-    let block = bucket_block(&state.bucket, "flows", credentials_with_info(info));
-    let bucket = block
-        .storage_at(Endpoint::Authenticated(base))
-        .await
-        .unwrap();
+    let bucket = fake_google_bucket(&state, base).await;
     let started = std::time::Instant::now();
     let error = bucket.read_path("report 1.csv").await.unwrap_err();
     assert!(
@@ -1184,16 +1159,7 @@ async fn get_directory_never_writes_outside_the_target() {
     let Some((emulator, bucket)) = emulator_bucket("").await else {
         return;
     };
-    let outer = tempfile::tempdir().unwrap();
-    let dir = outer.path().join("inner");
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let escape = format!("escape-{tag}.txt");
-    // Where a `..` or absolute name would land.
-    let landing_spots = [
-        outer.path().join(&escape),
-        outer.path().parent().unwrap().join(&escape),
-        PathBuf::from("/").join(&escape),
-    ];
+    let (outer, dir, escape, landing_spots) = escape_target();
     let nothing_escaped = || {
         for spot in &landing_spots {
             let escaped = spot.exists();
@@ -1608,15 +1574,7 @@ async fn a_retried_delete_that_finds_nothing_is_done() {
 #[tokio::test]
 async fn get_directory_refuses_listed_names_that_leave_the_target() {
     let (state, bucket) = fake_storage().await;
-    let outer = tempfile::tempdir().unwrap();
-    let dir = outer.path().join("inner");
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let escape = format!("escape-{tag}.txt");
-    let landing_spots = [
-        outer.path().join(&escape),
-        outer.path().parent().unwrap().join(&escape),
-        PathBuf::from("/").join(&escape),
-    ];
+    let (outer, dir, escape, landing_spots) = escape_target();
     // Each hostile name comes after a harmless one, which must not be written either.
     let cases = [
         (Some("evil"), format!("evil/../../{escape}")),

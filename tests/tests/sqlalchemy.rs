@@ -74,6 +74,20 @@ fn parts(driver: &str) -> ConnectionComponents {
     }
 }
 
+/// The `etl user@corp` login (with `PASSWORD`) on `db.example.com:6543`, database
+/// `sales db/eu`, with a query: every part that needs percent-encoding.
+fn etl_components(driver: &str) -> ConnectionComponents {
+    ConnectionComponents {
+        username: Some("etl user@corp".to_owned()),
+        password: Some(SecretString::from(PASSWORD)),
+        host: Some("db.example.com".to_owned()),
+        port: Some(6543),
+        database: Some("sales db/eu".to_owned()),
+        query: query(&[("sslmode", "require"), ("application_name", "blocks test")]),
+        ..parts(driver)
+    }
+}
+
 fn url_info(url: &str) -> ConnectionInfo {
     ConnectionInfo::Url(SecretString::from(url))
 }
@@ -129,6 +143,19 @@ fn query(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     )
 }
 
+/// The number `sql` selects on a SQLite pool.
+async fn sqlite_number(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// A pool on the SQLite database at `path`, through a sync connector's URL form.
+async fn open_sqlite_file(path: &str) -> SqlPool {
+    sync_connector(url_info(&format!("sqlite:///{path}")), None)
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Asserts that no rendering of `text` holds the password, raw or encoded.
 fn assert_no_password(what: &str, text: &str) {
     for secret in [CANARY, PASSWORD, PASSWORD_ENCODED] {
@@ -159,15 +186,7 @@ fn password_constants_agree() {
 
 #[test]
 fn components_percent_encode_credentials_and_append_the_sorted_query() {
-    let info = ConnectionInfo::Components(ConnectionComponents {
-        username: Some("etl user@corp".to_owned()),
-        password: Some(SecretString::from(PASSWORD)),
-        host: Some("db.example.com".to_owned()),
-        port: Some(6543),
-        database: Some("sales db/eu".to_owned()),
-        query: query(&[("sslmode", "require"), ("application_name", "blocks test")]),
-        ..parts("postgresql+psycopg2")
-    });
+    let info = ConnectionInfo::Components(etl_components("postgresql+psycopg2"));
     let url = resolve(&info);
     assert_eq!(url.backend(), Backend::Postgres);
     assert_eq!(url.driver(), "postgresql+psycopg2");
@@ -188,12 +207,10 @@ fn components_percent_encode_credentials_and_append_the_sorted_query() {
 
     // MySQL gets its own scheme, the same encoding.
     let mysql = resolve(&ConnectionInfo::Components(ConnectionComponents {
-        username: Some("etl user@corp".to_owned()),
-        password: Some(SecretString::from(PASSWORD)),
-        host: Some("db.example.com".to_owned()),
         port: Some(3307),
         database: Some("sales".to_owned()),
-        ..parts("mysql+pymysql")
+        query: None,
+        ..etl_components("mysql+pymysql")
     }));
     assert_eq!(mysql.backend(), Backend::MySql);
     assert_eq!(
@@ -209,15 +226,7 @@ fn components_percent_encode_credentials_and_append_the_sorted_query() {
 #[test]
 fn url_form_parses_back_to_the_same_database() {
     let components = sync_connector(
-        ConnectionInfo::Components(ConnectionComponents {
-            username: Some("etl user@corp".to_owned()),
-            password: Some(SecretString::from(PASSWORD)),
-            host: Some("db.example.com".to_owned()),
-            port: Some(6543),
-            database: Some("sales db/eu".to_owned()),
-            query: query(&[("sslmode", "require"), ("application_name", "blocks test")]),
-            ..parts("postgresql+psycopg2")
-        }),
+        ConnectionInfo::Components(etl_components("postgresql+psycopg2")),
         None,
     );
     let from_parts = components.database_url().unwrap();
@@ -629,11 +638,7 @@ async fn sqlite_in_memory_pool_keeps_its_table_across_queries() {
     );
     // After idling, still the same database.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let count: i64 = sqlx::query_scalar("select count(*) from seen")
-        .fetch_one(sqlite)
-        .await
-        .unwrap();
-    assert_eq!(count, 5);
+    assert_eq!(sqlite_number(sqlite, "select count(*) from seen").await, 5);
 
     // A second in-memory pool is a database of its own.
     let other = sync_connector(
@@ -646,10 +651,11 @@ async fn sqlite_in_memory_pool_keeps_its_table_across_queries() {
     .connect()
     .await
     .unwrap();
-    let tables: i64 = sqlx::query_scalar("select count(*) from sqlite_master where name = 'seen'")
-        .fetch_one(other.sqlite().unwrap())
-        .await
-        .unwrap();
+    let tables = sqlite_number(
+        other.sqlite().unwrap(),
+        "select count(*) from sqlite_master where name = 'seen'",
+    )
+    .await;
     assert_eq!(tables, 0);
     other.close().await;
     pool.close().await;
@@ -672,10 +678,7 @@ async fn sqlite_read_only_mode_refuses_writes() {
     assert!(err.message.contains(&path_text), "{err}");
     assert!(!path.exists());
 
-    let rw = sync_connector(url_info(&format!("sqlite:///{path_text}")), None)
-        .connect()
-        .await
-        .unwrap();
+    let rw = open_sqlite_file(&path_text).await;
     sqlx::query("create table t (v text)")
         .execute(rw.sqlite().unwrap())
         .await
@@ -717,14 +720,8 @@ async fn sqlite_read_only_mode_refuses_writes() {
     }
 
     // Nothing was written.
-    let check = sync_connector(url_info(&format!("sqlite:///{path_text}")), None)
-        .connect()
-        .await
-        .unwrap();
-    let rows: i64 = sqlx::query_scalar("select count(*) from t")
-        .fetch_one(check.sqlite().unwrap())
-        .await
-        .unwrap();
+    let check = open_sqlite_file(&path_text).await;
+    let rows = sqlite_number(check.sqlite().unwrap(), "select count(*) from t").await;
     assert_eq!(rows, 1);
     check.close().await;
 }

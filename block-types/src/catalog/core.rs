@@ -60,27 +60,13 @@ impl Block for Secret {
             &["value"],
         );
         fields["definitions"] = json!({"JsonValue": {}});
-        let mut block_type = type_info(
-            "Secret",
-            Self::SLUG,
-            "Secret",
+        protected_spec(
+            ("Secret", "Secret", Self::SLUG),
             "Keeps one secret value, encrypted at rest and masked when listed.",
-            r#"
-```rust
-use block_types::catalog::Secret;
-use registry_client::BlockExt;
-
-let token = Secret::load("api-token").await?;
-let value = token.get();
-```"#,
-        );
-        block_type.protected = true;
-        BlockSpec {
-            block_type,
+            "let token = Secret::load(\"api-token\").await?;\nlet value = token.get();",
             fields,
-            capabilities: Vec::new(),
-            version: SCHEMA_VERSION.to_owned(),
-        }
+            &[],
+        )
     }
 }
 
@@ -177,26 +163,13 @@ impl Block for Webhook {
             &["url"],
             &["url", "headers.*"],
         );
-        let mut block_type = type_info(
-            "Webhook",
-            Self::SLUG,
-            "Webhook",
+        protected_spec(
+            ("Webhook", "Webhook", Self::SLUG),
             "An HTTP endpoint to call, with a secret URL and secret headers.",
-            r#"
-```rust
-use block_types::catalog::Webhook;
-use registry_client::BlockExt;
-
-let hook = Webhook::load("alerts").await?;
-```"#,
-        );
-        block_type.protected = true;
-        BlockSpec {
-            block_type,
+            "let hook = Webhook::load(\"alerts\").await?;",
             fields,
-            capabilities: Vec::new(),
-            version: SCHEMA_VERSION.to_owned(),
-        }
+            &[],
+        )
     }
 }
 
@@ -227,28 +200,13 @@ impl Block for LocalFileSystem {
             &[],
             &[],
         );
-        let mut block_type = type_info(
-            "Local File System",
-            Self::SLUG,
-            "LocalFileSystem",
+        protected_spec(
+            ("Local File System", "LocalFileSystem", Self::SLUG),
             "A directory on the local file system.",
-            r#"
-```rust
-use block_types::catalog::LocalFileSystem;
-use registry_client::BlockExt;
-
-let fs = LocalFileSystem::load("scratch").await?;
-```"#,
-        );
-        block_type.protected = true;
-        BlockSpec {
-            block_type,
+            "let fs = LocalFileSystem::load(\"scratch\").await?;",
             fields,
-            capabilities: ["get-directory", "put-directory", "read-path", "write-path"]
-                .map(String::from)
-                .to_vec(),
-            version: SCHEMA_VERSION.to_owned(),
-        }
+            &["get-directory", "put-directory", "read-path", "write-path"],
+        )
     }
 }
 
@@ -350,8 +308,9 @@ fn plain_spec(
         &["value"],
         &[],
     );
-    let example = format!(
-        "```rust\nuse block_types::catalog::{rust_name};\nuse registry_client::BlockExt;\n\nlet setting = {rust_name}::load(\"my-setting\").await?;\n```"
+    let example = code_example(
+        rust_name,
+        &format!("let setting = {rust_name}::load(\"my-setting\").await?;"),
     );
     BlockSpec {
         block_type: type_info(name, slug, rust_name, description, &example),
@@ -359,4 +318,38 @@ fn plain_spec(
         capabilities: Vec::new(),
         version: SCHEMA_VERSION.to_owned(),
     }
+}
+
+/// A protected built-in type (the server refuses to delete it): `(display name, Rust name,
+/// slug)`, the type's description, the lines of its code example after the imports, its
+/// schema and capabilities.
+fn protected_spec(
+    names: (&str, &str, &str),
+    description: &str,
+    example: &str,
+    fields: Value,
+    capabilities: &[&str],
+) -> BlockSpec {
+    let (name, rust_name, slug) = names;
+    let mut block_type = type_info(
+        name,
+        slug,
+        rust_name,
+        description,
+        &code_example(rust_name, example),
+    );
+    block_type.protected = true;
+    BlockSpec {
+        block_type,
+        fields,
+        capabilities: capabilities.iter().copied().map(String::from).collect(),
+        version: SCHEMA_VERSION.to_owned(),
+    }
+}
+
+/// A type's code example: `body` after the imports of `rust_name` and `BlockExt`.
+fn code_example(rust_name: &str, body: &str) -> String {
+    format!(
+        "```rust\nuse block_types::catalog::{rust_name};\nuse registry_client::BlockExt;\n\n{body}\n```"
+    )
 }

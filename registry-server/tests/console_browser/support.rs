@@ -3,13 +3,16 @@
 //! and headless Chromium ([`Driver`], [`Browser`]), the three as a test starts them
 //! ([`Console`]), and the project's skip rule for machines without a browser.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
+
+/// `blocks serve` itself, shared with the other integration tests.
+#[path = "../common/mod.rs"]
+mod common;
 
 /// How long a page (or an element on it) may take to appear.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -95,20 +98,14 @@ fn kill_group(child: &mut Child) {
 
 /// `blocks serve` on a free port with its own `$BLOCKS_HOME`, killed when dropped.
 pub(crate) struct Server {
-    child: Child,
+    /// The child, killed when this is dropped (before `_home` goes: fields drop in order).
+    _process: common::Server,
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub(crate) base: String,
     /// The first admin token, from `$BLOCKS_HOME/profile.toml`.
     pub(crate) admin: String,
     http: reqwest::Client,
     _home: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An API answer: status and JSON body (`Null` when the body is not JSON).
@@ -121,56 +118,17 @@ pub(crate) struct Answer {
 impl Server {
     pub(crate) fn start() -> Self {
         let home = tempfile::tempdir().expect("a temporary BLOCKS_HOME");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_blocks"));
-        for var in [
-            "BLOCKS_DATABASE_URL",
-            "BLOCKS_MASTER_KEY",
-            "BLOCKS_MASTER_KEY_FILE",
-            "BLOCKS_PASSPHRASE",
-            "BLOCKS_HOST",
-            "BLOCKS_PORT",
-            "BLOCKS_API_URL",
-            "BLOCKS_API_KEY",
-        ] {
-            cmd.env_remove(var);
-        }
-        let mut child = cmd
-            .args(["serve", "--port", "0"])
-            .env("BLOCKS_HOME", home.path())
-            .env("BLOCKS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("blocks serve starts");
-        let stderr = child.stderr.take().expect("the server's stderr");
-        let mut lines = BufReader::new(stderr).lines();
         let show = std::env::var_os("TEST_LOG").is_some();
-        // `blocks registry listening; the console is at http://…/ addr=127.0.0.1:PORT …`
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .expect("the server's log");
-            if show {
-                log(&line);
-            }
-            if line.contains("blocks registry listening")
-                && let Some(rest) = line.split("addr=").nth(1)
-            {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .expect("an address")
-                    .to_owned();
-            }
-        };
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
+        let process = common::Server::start(
+            home.path(),
+            &["BLOCKS_API_URL", "BLOCKS_API_KEY"],
+            &[],
+            move |line| {
                 if show {
-                    log(&line);
+                    log(line);
                 }
-            }
-        });
+            },
+        );
         let profile = std::fs::read_to_string(home.path().join("profile.toml"))
             .expect("serve wrote profile.toml");
         let admin = profile
@@ -179,10 +137,10 @@ impl Server {
             .and_then(|l| l.strip_suffix('"'))
             .expect("profile.toml holds api_key")
             .to_owned();
-        let port = addr.rsplit(':').next().expect("a port");
+        let port = process.addr.rsplit(':').next().expect("a port");
         Self {
-            child,
             base: format!("http://127.0.0.1:{port}"),
+            _process: process,
             admin,
             http: reqwest::Client::new(),
             _home: home,
