@@ -10,6 +10,7 @@ use sqlx::Executor as _;
 
 use block_types::access::AuditRecord;
 
+use super::audit_journal::{Journal, Taken};
 use super::batch::{Batch, Statement};
 use super::{Backend, Result, Store, StoreError, parse_uuid, to_time};
 
@@ -88,11 +89,9 @@ struct StoredRecord<'a> {
     status: i64,
 }
 
-/// `records` as the JSON array the insert reads.
-fn rows_json(records: &[NewAuditRecord]) -> Result<String> {
-    let rows: Vec<StoredRecord<'_>> = records
-        .iter()
-        .map(|r| StoredRecord {
+impl<'a> StoredRecord<'a> {
+    fn of(r: &'a NewAuditRecord) -> Self {
+        StoredRecord {
             at: r.at.timestamp_micros(),
             request_id: clean(&r.request_id, MAX_FIELD),
             token_id: r.token_id.map(|t| t.to_string()),
@@ -100,10 +99,35 @@ fn rows_json(records: &[NewAuditRecord]) -> Result<String> {
             target: clean(&r.target, MAX_TARGET),
             outcome: r.outcome,
             status: i64::from(r.status),
-        })
-        .collect();
-    serde_json::to_string(&rows)
+        }
+    }
+}
+
+/// `value` (records, or one) as the JSON the insert reads.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
         .map_err(|e| StoreError::Config(format!("audit records could not be written: {e}")))
+}
+
+/// `records` as the JSON array the insert reads.
+fn rows_json(records: &[NewAuditRecord]) -> Result<String> {
+    to_json(&records.iter().map(StoredRecord::of).collect::<Vec<_>>())
+}
+
+/// SQLite's insert of the records in a JSON array (`$1`), in their order.
+const SQLITE_INSERT: &str = "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
+     select json_extract(value, '$.at'), json_extract(value, '$.request_id'), \
+     json_extract(value, '$.token_id'), json_extract(value, '$.action'), \
+     json_extract(value, '$.target'), json_extract(value, '$.outcome'), \
+     json_extract(value, '$.status') from json_each($1) order by key";
+
+/// The moves of the audit journal (see [`Store::sync_audit`]), one at a time.
+#[derive(Debug, Default)]
+pub(crate) struct JournalMoves {
+    /// Journals taken whose move failed: moved first next time, in order.
+    failed: Vec<Taken>,
+    /// The last journal moved (its file deleted): the next move deletes its row.
+    forget: Option<Uuid>,
 }
 
 /// Days audit records are kept when the setting was never changed.
@@ -150,7 +174,16 @@ impl Store {
     /// SQLite: the write connection commits this one transaction with `synchronous =
     /// NORMAL` (the WAL is written, not synced). PostgreSQL: a connection of its own with
     /// `synchronous_commit = off`.
+    ///
+    /// SQLite with a database file: appended to the journal ([`super::audit_journal`]),
+    /// without a hand-off to another thread.
     pub async fn append_audit_deferred(&self, records: &[NewAuditRecord]) -> Result<()> {
+        if let Some(journal) = &self.journal {
+            for record in records {
+                journal.append(&to_json(&StoredRecord::of(record))?)?;
+            }
+            return Ok(());
+        }
         match (&self.backend, &self.deferred) {
             (Backend::Postgres, Some(pool)) => {
                 let mut conn = pool.acquire().await?;
@@ -174,11 +207,22 @@ impl Store {
         }
     }
 
+    /// Whether [`Store::append_audit_deferred`] appends to a journal on the caller's own
+    /// thread (SQLite with a database file), so its caller need not queue records for a
+    /// writer task.
+    pub fn journals_reads(&self) -> bool {
+        self.journal.is_some()
+    }
+
     /// Puts every record appended by [`Store::append_audit_deferred`] so far on disk.
-    /// SQLite: syncs the write-ahead log file (any commit of this process went through it).
-    /// PostgreSQL: commits a transaction that waits for the WAL to be flushed, which
-    /// covers every commit before it.
+    /// SQLite: moves the journal into the audit log (one synced transaction through the
+    /// group commit), or, for a database without a file, syncs the write-ahead log file
+    /// (any commit of this process went through it). PostgreSQL: commits a transaction
+    /// that waits for the WAL to be flushed, which covers every commit before it.
     pub async fn sync_audit(&self) -> Result<()> {
+        if let Some(journal) = &self.journal {
+            return self.move_journal(journal).await;
+        }
         match self.backend {
             Backend::Sqlite => {
                 let Some(wal) = self.wal.clone() else {
@@ -216,6 +260,92 @@ impl Store {
         }
     }
 
+    /// Moves the journal's records into the audit log: first the journals whose move failed
+    /// before, then the current one. Each in one transaction with its id (so a journal
+    /// found again after a crash is not moved twice), synced, before its file is deleted.
+    pub(crate) async fn move_journal(&self, journal: &Journal) -> Result<()> {
+        let mut moves = self.journal_moves.lock().await;
+        if let Some(taken) = journal.take()? {
+            moves.failed.push(taken);
+        }
+        while !moves.failed.is_empty() {
+            let taken = moves.failed.remove(0);
+            if let Err(e) = self.move_taken(&taken, moves.forget).await {
+                moves.failed.insert(0, taken);
+                return Err(e);
+            }
+            moves.forget = Some(taken.id);
+            if let Err(e) = taken.remove() {
+                // Its id stays recorded, so the journal found again is deleted, not moved.
+                moves.forget = None;
+                tracing::warn!(error = %e, "a moved audit journal could not be deleted");
+            }
+        }
+        Ok(())
+    }
+
+    /// One journal's records and id in one synced transaction (the group commit); `forget`:
+    /// the previous journal's id, whose row is no longer needed.
+    pub(crate) async fn move_taken(&self, taken: &Taken, forget: Option<Uuid>) -> Result<()> {
+        if taken.skipped > 0 {
+            tracing::warn!(
+                records = taken.skipped,
+                "audit journal lines cut short (by a power loss) were skipped"
+            );
+        }
+        let groups = self
+            .groups
+            .as_ref()
+            .ok_or_else(|| StoreError::Config("an audit journal needs SQLite's writer".into()))?;
+        let mut batch = Batch::default();
+        if let Some(forget) = forget {
+            batch.push(Statement {
+                sql: "delete from audit_journal_moved where id = $1".into(),
+                params: vec![forget.to_string().into()],
+            });
+        }
+        batch.push(Statement {
+            sql: "insert into audit_journal_moved (id) values ($1)".into(),
+            params: vec![taken.id.to_string().into()],
+        });
+        batch.push(Statement {
+            sql: SQLITE_INSERT.into(),
+            params: vec![taken.records.clone().into()],
+        });
+        let mut slot = groups.write().await?;
+        slot.run_batch(self, batch).await?;
+        slot.commit().await
+    }
+
+    /// Moves the journals of stores that ended before moving them (a killed server), when
+    /// the store opens: a journal whose id is recorded was moved already and is only
+    /// deleted.
+    pub(crate) async fn recover_audit_journals(&self, database: &std::path::Path) -> Result<()> {
+        for orphan in Journal::orphans(database)? {
+            self.count_query();
+            let moved = sqlx::query("select 1 from audit_journal_moved where id = $1")
+                .bind(orphan.id.to_string())
+                .fetch_optional(&self.read)
+                .await?
+                .is_some();
+            if !moved {
+                self.move_taken(&orphan, None).await?;
+                tracing::info!(
+                    records = orphan.count,
+                    "moved the audit records of reads a previous server journaled"
+                );
+            }
+            let id = orphan.id;
+            orphan.remove()?;
+            self.count_query();
+            sqlx::query("delete from audit_journal_moved where id = $1")
+                .bind(id.to_string())
+                .execute(&self.write)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn append_audit_on(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -235,13 +365,7 @@ impl Store {
     /// prepared on the connection.
     pub(crate) fn audit_insert(&self, records: &[NewAuditRecord]) -> Result<Statement> {
         let sql = match self.backend {
-            Backend::Sqlite => {
-                "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
-                 select json_extract(value, '$.at'), json_extract(value, '$.request_id'), \
-                 json_extract(value, '$.token_id'), json_extract(value, '$.action'), \
-                 json_extract(value, '$.target'), json_extract(value, '$.outcome'), \
-                 json_extract(value, '$.status') from json_each($1) order by key"
-            }
+            Backend::Sqlite => SQLITE_INSERT,
             Backend::Postgres => {
                 "insert into audit_event (at, request_id, token_id, action, target, outcome, status) \
                  select r.at, r.request_id, r.token_id, r.action, r.target, r.outcome, r.status \
@@ -259,6 +383,10 @@ impl Store {
 
     /// Records matching `query`, newest first.
     pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        if let Some(journal) = &self.journal {
+            // The records of reads answered so far are listed too.
+            self.move_journal(journal).await?;
+        }
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
         if let Some(outcome) = &query.outcome
             && !["ok", "denied", "failed", "error"].contains(&outcome.as_str())

@@ -10,6 +10,7 @@
 //! A read resolves the document's whole reference tree in one recursive query.
 
 mod audit;
+mod audit_journal;
 mod batch;
 mod browse;
 mod documents;
@@ -408,6 +409,12 @@ pub struct Store {
     deferred: Option<AnyPool>,
     /// SQLite: the write-ahead log file, synced by [`Store::sync_audit`].
     wal: Option<std::path::PathBuf>,
+    /// SQLite (a database file): the journal the records of secret reads are appended to,
+    /// moved into the audit log by [`Store::sync_audit`] (see [`audit_journal`]).
+    journal: Option<audit_journal::Journal>,
+    /// Moves of the journal, one at a time: journals whose move failed (tried again
+    /// first), and the id of the last one moved, whose row the next move deletes.
+    journal_moves: tokio::sync::Mutex<audit::JournalMoves>,
     master: RwLock<Arc<MasterKey>>,
     keyring: RwLock<Keyring>,
     config: StoreConfig,
@@ -597,7 +604,7 @@ impl Store {
                 (pool.clone(), pool, Some(deferred))
             }
         };
-        let wal = match backend {
+        let file = match backend {
             Backend::Sqlite => {
                 let rows = sqlx::query("select file from pragma_database_list where name = 'main'")
                     .fetch_all(&write)
@@ -605,10 +612,16 @@ impl Store {
                 rows.first()
                     .and_then(|row| row.try_get::<String, _>(0).ok())
                     .filter(|file| !file.is_empty())
-                    .map(|file| std::path::PathBuf::from(format!("{file}-wal")))
+                    .map(std::path::PathBuf::from)
             }
             Backend::Postgres => None,
         };
+        let wal = file
+            .as_ref()
+            .map(|file| std::path::PathBuf::from(format!("{}-wal", file.display())));
+        let journal = file
+            .as_deref()
+            .map(|file| audit_journal::Journal::new(file, audit_journal::MAX_JOURNAL_BYTES));
         match backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&write).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&write).await?,
@@ -646,6 +659,8 @@ impl Store {
             write,
             deferred,
             wal,
+            journal,
+            journal_moves: tokio::sync::Mutex::new(audit::JournalMoves::default()),
             master: RwLock::new(Arc::new(master)),
             keyring: RwLock::new(Keyring::default()),
             config,
@@ -665,6 +680,9 @@ impl Store {
             failpoint: parking_lot::Mutex::new(None),
         };
         store.init_keys().await?;
+        if let Some(file) = &file {
+            store.recover_audit_journals(file).await?;
+        }
         Ok(store)
     }
 
@@ -811,6 +829,12 @@ impl Store {
         }
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.abort();
+        }
+        if let Some(journal) = &self.journal
+            && let Err(e) = self.move_journal(journal).await
+        {
+            // Kept on disk: the next store to open the database moves it.
+            tracing::warn!(error = %e, "the audit journal could not be moved at close");
         }
         self.read.close().await;
         self.write.close().await;

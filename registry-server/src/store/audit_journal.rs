@@ -1,0 +1,459 @@
+//! SQLite: the audit records of secret reads, appended to a journal file before the answer
+//! leaves and moved into the audit log in one synced transaction moments later.
+//!
+//! A secret read's record must be stored before its answer (so killing the server loses
+//! none) but need not wait for the disk (a power loss may lose the last 100 ms of them). A
+//! `write(2)` to a file of this process does exactly that: once it returns, the record is
+//! in the operating system's cache and outlives the process. It costs a few microseconds on
+//! the request's own thread, where committing the record through SQLite's single writer
+//! cost a hand-off to the connection's thread and a commit (pages of the table and its
+//! indexes written to the log) per handful of reads.
+//!
+//! Each open store appends to a journal of its own, `<database>.audit-<uuid>`, holding an
+//! exclusive lock on it ([`std::fs::File::try_lock`]) for as long as it writes there.
+//! [`Journal::take`] hands back the current file (the next record starts a new one); the
+//! store inserts its
+//! records and the file's id (`audit_journal_moved`) in one transaction, synced, and then
+//! deletes the file. A journal nobody holds locked (its process died) is recovered when a
+//! store opens the database: moved if its id is not yet recorded, and deleted either way,
+//! so a crash between the commit and the deletion stores no record twice.
+//!
+//! A line is one record as the audit log's insert reads it (a JSON object). A line cut
+//! short by a power loss (never one whose read was answered after a sync) is skipped.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+use super::{Result, StoreError};
+
+/// A journal refuses records past this size (each is a few hundred bytes; the journal is
+/// moved every 25 ms): a store that cannot move it answers secret reads 503 rather than
+/// fill the disk.
+pub(crate) const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+
+/// The journal of one open store.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    /// `<database file>.audit-`: every journal's path starts so.
+    prefix: String,
+    /// The file records go to; made by the first record after a move.
+    current: Mutex<Option<Current>>,
+    max_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Current {
+    file: File,
+    id: Uuid,
+    bytes: u64,
+}
+
+/// A journal taken for moving: its records, and the file (still locked) to delete once
+/// they are committed.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The journal's id, recorded with its records.
+    pub(crate) id: Uuid,
+    /// The records as one JSON array, in the order they were appended.
+    pub(crate) records: String,
+    /// How many records (lines) it held, and how many of them were cut short and skipped.
+    pub(crate) count: usize,
+    pub(crate) skipped: usize,
+    path: PathBuf,
+    _file: Option<File>,
+}
+
+impl Taken {
+    /// Deletes the moved journal's file.
+    pub(crate) fn remove(self) -> Result<()> {
+        std::fs::remove_file(&self.path).map_err(|e| io("deleting a moved journal", &e))
+    }
+}
+
+fn io(doing: &str, e: &std::io::Error) -> StoreError {
+    StoreError::Config(format!("audit journal: {doing}: {e}"))
+}
+
+impl Journal {
+    /// The journal prefix of the database file `database`.
+    pub(crate) fn prefix_of(database: &Path) -> String {
+        format!("{}.audit-", database.display())
+    }
+
+    /// A journal beside the database file `database` (its first file is made by the first
+    /// record).
+    pub(crate) fn new(database: &Path, max_bytes: u64) -> Self {
+        Self {
+            prefix: Self::prefix_of(database),
+            current: Mutex::new(None),
+            max_bytes,
+        }
+    }
+
+    /// Appends `line` (one record, without its newline). When this returns the record
+    /// survives this process being killed.
+    pub(crate) fn append(&self, line: &str) -> Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        let mut current = self.current.lock();
+        let current = match &mut *current {
+            Some(current) => current,
+            None => current.insert(Current::create(&self.prefix)?),
+        };
+        if current.bytes + bytes.len() as u64 > self.max_bytes {
+            return Err(StoreError::Config(format!(
+                "audit journal: {} bytes wait to be moved into the audit log, the most it holds",
+                current.bytes
+            )));
+        }
+        // One write of the whole line (`write_all` loops only on a short write).
+        current
+            .file
+            .write_all(&bytes)
+            .map_err(|e| io("appending a record", &e))?;
+        current.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Takes the current file, with its records, or `None` when no record waits; the next
+    /// record starts a new file.
+    pub(crate) fn take(&self) -> Result<Option<Taken>> {
+        let Some(full) = self.current.lock().take() else {
+            return Ok(None);
+        };
+        read(full.id, path_of(&self.prefix, full.id), Some(full.file)).map(Some)
+    }
+
+    /// Journals of this database that no open store holds (their process ended before
+    /// they were moved), with their records.
+    pub(crate) fn orphans(database: &Path) -> Result<Vec<Taken>> {
+        let prefix = Self::prefix_of(database);
+        let dir = database
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let Some(stem) = Path::new(&prefix).file_name().and_then(|n| n.to_str()) else {
+            return Ok(Vec::new());
+        };
+        let mut orphans = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| io("listing journals", &e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io("listing journals", &e))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(stem))
+                .and_then(|id| Uuid::parse_str(id).ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let file = match OpenOptions::new().append(true).open(&path) {
+                Ok(file) => file,
+                // Moved and deleted by its owner meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("opening a journal", &e)),
+            };
+            match file.try_lock() {
+                Ok(()) => orphans.push(read(id, path, Some(file))?),
+                // An open store's journal.
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(io("locking a journal", &e));
+                }
+            }
+        }
+        Ok(orphans)
+    }
+}
+
+impl Drop for Journal {
+    /// A file whose one record could not be written holds nothing to move.
+    fn drop(&mut self) {
+        if let Some(current) = self.current.get_mut()
+            && current.bytes == 0
+        {
+            std::fs::remove_file(path_of(&self.prefix, current.id)).ok();
+        }
+    }
+}
+
+impl Current {
+    fn create(prefix: &str) -> Result<Self> {
+        let id = Uuid::new_v4();
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path_of(prefix, id))
+            .map_err(|e| io("creating a journal", &e))?;
+        file.try_lock().map_err(|e| {
+            StoreError::Config(format!("audit journal: locking a new journal: {e}"))
+        })?;
+        Ok(Self { file, id, bytes: 0 })
+    }
+}
+
+fn path_of(prefix: &str, id: Uuid) -> PathBuf {
+    PathBuf::from(format!("{prefix}{}", id.simple()))
+}
+
+/// The records of the journal at `path` as one JSON array; lines that are not a JSON
+/// object (one cut short by a power loss) are skipped.
+fn read(id: Uuid, path: PathBuf, file: Option<File>) -> Result<Taken> {
+    let text = std::fs::read(&path).map_err(|e| io("reading a journal", &e))?;
+    let mut records = String::with_capacity(text.len() + 2);
+    records.push('[');
+    let (mut count, mut skipped) = (0, 0);
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let whole = std::str::from_utf8(line).ok().filter(|l| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(l).is_ok()
+        });
+        match whole {
+            Some(line) => {
+                if count > 0 {
+                    records.push(',');
+                }
+                records.push_str(line);
+                count += 1;
+            }
+            None => skipped += 1,
+        }
+    }
+    records.push(']');
+    Ok(Taken {
+        id,
+        records,
+        count,
+        skipped,
+        path,
+        _file: file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("blocks.db")
+    }
+
+    #[test]
+    fn records_come_back_in_order_and_a_new_file_takes_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(&database(&dir), MAX_JOURNAL_BYTES);
+        assert!(
+            journal.take().unwrap().is_none(),
+            "an empty journal has nothing to move"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no file before a record"
+        );
+        journal.append(r#"{"n":1}"#).unwrap();
+        journal.append(r#"{"n":2}"#).unwrap();
+        let taken = journal.take().unwrap().unwrap();
+        let taken_id = taken.id;
+        assert_eq!(taken.records, r#"[{"n":1},{"n":2}]"#);
+        assert_eq!((taken.count, taken.skipped), (2, 0));
+        journal.append(r#"{"n":3}"#).unwrap();
+        let path = taken.path.clone();
+        taken.remove().unwrap();
+        assert!(!path.exists());
+        let next = journal.take().unwrap().unwrap();
+        assert_eq!(next.records, r#"[{"n":3}]"#);
+        assert_ne!(next.id, taken_id, "each file has an id of its own");
+        assert!(journal.take().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_held_journal_is_no_orphan_and_a_released_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
+        let journal = Journal::new(&db, MAX_JOURNAL_BYTES);
+        journal.append(r#"{"n":1}"#).unwrap();
+        assert!(Journal::orphans(&db).unwrap().is_empty());
+        drop(journal);
+        let orphans = Journal::orphans(&db).unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].records, r#"[{"n":1}]"#);
+        // Another database's journals in the same folder are not this one's.
+        assert!(
+            Journal::orphans(&dir.path().join("other.db"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_line_cut_short_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
+        let journal = Journal::new(&db, MAX_JOURNAL_BYTES);
+        journal.append(r#"{"n":1}"#).unwrap();
+        let id = journal.current.lock().as_ref().unwrap().id;
+        drop(journal);
+        let path = path_of(&Journal::prefix_of(&db), id);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"n":2,"tar"#).unwrap();
+        let orphans = Journal::orphans(&db).unwrap();
+        assert_eq!(orphans[0].records, r#"[{"n":1}]"#);
+        assert_eq!((orphans[0].count, orphans[0].skipped), (1, 1));
+    }
+
+    #[test]
+    fn a_full_journal_refuses_records_until_it_is_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(&database(&dir), 12);
+        journal.append(r#"{"n":1}"#).unwrap();
+        let refused = journal.append(r#"{"n":2}"#).unwrap_err().to_string();
+        assert!(refused.contains("wait to be moved"), "{refused}");
+        journal.take().unwrap().unwrap().remove().unwrap();
+        journal.append(r#"{"n":2}"#).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    //! The journal through the store, on SQLite (PostgreSQL commits reads' records on a
+    //! connection of its own and has no journal).
+
+    use chrono::Utc;
+
+    use crate::store::tests::harness::{TestDb, on_both};
+    use crate::store::{AuditQuery, Backend, NewAuditRecord, Store};
+
+    fn read(id: &str) -> NewAuditRecord {
+        NewAuditRecord {
+            at: Utc::now(),
+            request_id: id.into(),
+            token_id: None,
+            action: "GET /api/block_documents/{id}".into(),
+            target: "/api/block_documents/x?include_secrets=true".into(),
+            outcome: "ok",
+            status: 200,
+        }
+    }
+
+    async fn request_ids(store: &Store) -> Vec<String> {
+        let mut ids: Vec<String> = store
+            .list_audit(&AuditQuery::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn journals(db: &TestDb) -> usize {
+        std::fs::read_dir(db.dir().unwrap())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".audit-")
+            })
+            .count()
+    }
+
+    async fn sqlite_only(test: impl AsyncFn(&TestDb)) {
+        on_both(async |db| {
+            if db.backend == Backend::Sqlite {
+                test(db).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_journaled_read_is_listed_at_once_and_moved_once() {
+        sqlite_only(async |db| {
+            let store = db.open().await;
+            assert!(store.journals_reads());
+            store
+                .append_audit_deferred(&[read("r1"), read("r2")])
+                .await
+                .unwrap();
+            assert_eq!(journals(db), 1, "the records wait in a journal file");
+            assert_eq!(request_ids(&store).await, ["r1", "r2"]);
+            assert_eq!(journals(db), 0, "moved, the journal is deleted");
+            store.append_audit_deferred(&[read("r3")]).await.unwrap();
+            store.sync_audit().await.unwrap();
+            assert_eq!(journals(db), 0);
+            assert_eq!(request_ids(&store).await, ["r1", "r2", "r3"]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_journal_left_by_a_store_that_ended_is_moved_when_the_database_opens() {
+        sqlite_only(async |db| {
+            let store = db.open().await;
+            store
+                .append_audit_deferred(&[read("r1"), read("r2")])
+                .await
+                .unwrap();
+            // Dropped without closing, as a killed server leaves it.
+            drop(store);
+            assert_eq!(journals(db), 1);
+            let store = db.open().await;
+            assert_eq!(journals(db), 0);
+            assert_eq!(request_ids(&store).await, ["r1", "r2"]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_journal_moved_before_a_crash_but_not_deleted_is_not_moved_again() {
+        sqlite_only(async |db| {
+            let store = db.open().await;
+            store
+                .append_audit_deferred(&[read("r1"), read("r2")])
+                .await
+                .unwrap();
+            // Moved and committed; the process ends before deleting the file.
+            let taken = store.journal.as_ref().unwrap().take().unwrap().unwrap();
+            store.move_taken(&taken, None).await.unwrap();
+            drop(taken);
+            drop(store);
+            assert_eq!(journals(db), 1);
+            let store = db.open().await;
+            assert_eq!(journals(db), 0);
+            assert_eq!(request_ids(&store).await, ["r1", "r2"], "each record once");
+            let left: i64 = sqlx::query_scalar("select count(*) from audit_journal_moved")
+                .fetch_one(&store.read)
+                .await
+                .unwrap();
+            assert_eq!(left, 0, "the recovered journal's id is forgotten");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_store_open_on_the_same_database_leaves_another_stores_journal_alone() {
+        sqlite_only(async |db| {
+            let first = db.open().await;
+            first.append_audit_deferred(&[read("r1")]).await.unwrap();
+            let second = db.open().await;
+            assert_eq!(
+                journals(db),
+                1,
+                "the first store's journal is still its own"
+            );
+            first.append_audit_deferred(&[read("r2")]).await.unwrap();
+            first.sync_audit().await.unwrap();
+            assert_eq!(request_ids(&second).await, ["r1", "r2"]);
+        })
+        .await;
+    }
+}
