@@ -246,18 +246,12 @@ impl Store {
                     .ok_or_else(not_found)?;
             self.open_version(&mut tx, id, current).await?
         };
-        let OpenedVersion {
-            data,
-            refs,
-            schema_id,
-            sealed,
-        } = opened;
-        let schema = self.read_block_schema(schema_id).await?;
+        let schema = self.read_block_schema(opened.schema_id).await?;
         let block_type = schema
             .block_type
             .clone()
             .ok_or_else(|| StoreError::Corrupt("schema without type".into()))?;
-        self.validate_data_without(&schema, &data, &refs, &sealed)?;
+        self.validate_data_without(&schema, &opened.data, &opened.refs, &opened.sealed)?;
         let copy = Uuid::new_v4();
         let document = NewDocument {
             id: copy,
@@ -265,14 +259,7 @@ impl Store {
             is_anonymous: false,
             type_name: block_type.name,
         };
-        let version = NewVersion {
-            data,
-            refs,
-            schema: &schema,
-            kept: sealed,
-            paths: None,
-            author,
-        };
+        let version = opened.restored(&schema, author);
         self.insert_document(document, version, None).await?;
         self.read_block_document(copy, false).await
     }
