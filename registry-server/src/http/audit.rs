@@ -205,6 +205,10 @@ async fn syncer(store: Weak<Store>, stats: Arc<AuditStats>) {
             match store.sync_audit().await {
                 Ok(()) => {
                     stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    if store.journals_reads() {
+                        // The journal's move is the commit of the reads' records.
+                        stats.groups.fetch_add(1, Ordering::Relaxed);
+                    }
                     stats.synced_groups.store(committed, Ordering::Release);
                 }
                 // The records are committed (a crash of this process keeps them); the next

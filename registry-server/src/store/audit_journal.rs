@@ -366,6 +366,17 @@ mod store_tests {
             .count()
     }
 
+    /// A store that journaled the reads `r1` and `r2`.
+    async fn journaled_two(db: &TestDb) -> Store {
+        let store = db.open().await;
+        assert!(store.journals_reads());
+        store
+            .append_audit_deferred(&[read("r1"), read("r2")])
+            .await
+            .unwrap();
+        store
+    }
+
     async fn sqlite_only(test: impl AsyncFn(&TestDb)) {
         on_both(async |db| {
             if db.backend == Backend::Sqlite {
@@ -378,12 +389,7 @@ mod store_tests {
     #[tokio::test]
     async fn a_journaled_read_is_listed_at_once_and_moved_once() {
         sqlite_only(async |db| {
-            let store = db.open().await;
-            assert!(store.journals_reads());
-            store
-                .append_audit_deferred(&[read("r1"), read("r2")])
-                .await
-                .unwrap();
+            let store = journaled_two(db).await;
             assert_eq!(journals(db), 1, "the records wait in a journal file");
             assert_eq!(request_ids(&store).await, ["r1", "r2"]);
             assert_eq!(journals(db), 0, "moved, the journal is deleted");
@@ -398,11 +404,7 @@ mod store_tests {
     #[tokio::test]
     async fn a_journal_left_by_a_store_that_ended_is_moved_when_the_database_opens() {
         sqlite_only(async |db| {
-            let store = db.open().await;
-            store
-                .append_audit_deferred(&[read("r1"), read("r2")])
-                .await
-                .unwrap();
+            let store = journaled_two(db).await;
             // Dropped without closing, as a killed server leaves it.
             drop(store);
             assert_eq!(journals(db), 1);
@@ -416,11 +418,7 @@ mod store_tests {
     #[tokio::test]
     async fn a_journal_moved_before_a_crash_but_not_deleted_is_not_moved_again() {
         sqlite_only(async |db| {
-            let store = db.open().await;
-            store
-                .append_audit_deferred(&[read("r1"), read("r2")])
-                .await
-                .unwrap();
+            let store = journaled_two(db).await;
             // Moved and committed; the process ends before deleting the file.
             let taken = store.journal.as_ref().unwrap().take().unwrap().unwrap();
             store.move_taken(&taken, None).await.unwrap();
