@@ -647,13 +647,7 @@ async fn repeated_failures_are_refused_with_retry_after_and_audited_once() {
 
 #[tokio::test]
 async fn a_secret_never_reaches_the_audit_log_metrics_or_logs() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogBuffer::capture();
     on_both(async |db| {
         let ctx = setup(db, AuthGuard::default()).await;
         let store = &ctx.state.store;

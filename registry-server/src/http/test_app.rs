@@ -174,6 +174,18 @@ pub(crate) async fn secret_doc(store: &Store, name: &str, value: &str) -> Uuid {
 pub(crate) struct LogBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl LogBuffer {
+    /// Captures every event at every level on this thread until the guard is dropped.
+    pub(crate) fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
     pub(crate) fn contents(&self) -> String {
         String::from_utf8_lossy(&self.0.lock()).into_owned()
     }

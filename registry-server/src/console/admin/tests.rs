@@ -223,13 +223,7 @@ async fn admin_posts_without_the_form_token_change_nothing() {
 
 #[tokio::test]
 async fn a_new_token_is_shown_once_and_never_in_the_list_the_audit_log_or_the_logs() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogBuffer::capture();
     on_both(async |db| {
         let ctx = setup(db).await;
         let store = &ctx.state.store;
