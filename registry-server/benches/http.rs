@@ -4,7 +4,8 @@
 //! `zoom-gcs` → `zoom-gcp-creds` pair, then measures side by side at 16 connections the
 //! nested load with secrets (each one audited, with a pipeline token holding `write` and
 //! `read-secrets`), the same load masked, and `/api/health`, creates per second with 16
-//! writers, and the server's resident memory idle and under load. Settings: `BENCH_SECONDS` (default 10),
+//! writers, the server's CPU time per request under each load (read from `/proc`, so apart
+//! from wrk's share of the machine), and its resident memory idle and under load. Settings: `BENCH_SECONDS` (default 10),
 //! `BENCH_CONNECTIONS` (16), `BLOCKS_TEST_POSTGRES_URL`, `BENCH_BACKENDS` (`sqlite,postgres`),
 //! and `BENCH_BEFORE`: the path of another `blocks` binary (an earlier build) to measure
 //! side by side with this one in the same run, each row then naming its build.
@@ -23,7 +24,7 @@ use block_types::catalog::{GcpCredentials, GcsBucket};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Load, Serve, wrk};
+use common::{Load, Serve, wrk_on};
 
 struct Server {
     process: Serve,
@@ -186,11 +187,9 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
     let idle = server.process.rss_kib();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let skip = |load: &str| !only.is_empty() && !only.split(',').any(|l| l == load);
-    let skipped = || Load {
-        rps: f64::NAN,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-        errors: 0,
+    let skipped = Load::skipped;
+    let wrk = |url: &str, token: Option<&str>, script: Option<&std::path::Path>| {
+        wrk_on(&server.process, url, token, script)
     };
     let nested = if skip("nested") {
         skipped()
@@ -267,34 +266,26 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
         )
     };
     let after = server.process.rss_kib();
-    println!(
-        "| {backend:<15} | nested load (zoom-gcs, secrets) | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
-        nested.rps, nested.p50_ms, nested.p99_ms, nested.errors
-    );
-    println!(
-        "| {backend:<15} | nested load, token with grants  | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
-        granted.rps, granted.p50_ms, granted.p99_ms, granted.errors
-    );
-    println!(
-        "| {backend:<15} | nested load, secrets masked     | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
-        masked.rps, masked.p50_ms, masked.p99_ms, masked.errors
-    );
-    println!(
-        "| {backend:<15} | GET /api/health                 | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
-        health.rps, health.p50_ms, health.p99_ms, health.errors
-    );
-    println!(
-        "| {backend:<15} | create (16 writers)             | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} |",
-        create.rps, create.p50_ms, create.p99_ms, create.errors
-    );
-    println!(
-        "| {backend:<15} | nested / health                 | {:>8.0}% |         |         |        |",
-        100.0 * nested.rps / health.rps
-    );
-    println!(
-        "| {backend:<15} | audit records per commit        | {:>9.1} |         |         |        |",
-        records / commits.max(1.0)
-    );
+    for (measure, load) in [
+        ("nested load (zoom-gcs, secrets)", &nested),
+        ("nested load, token with grants", &granted),
+        ("nested load, secrets masked", &masked),
+        ("GET /api/health", &health),
+        ("create (16 writers)", &create),
+    ] {
+        println!(
+            "| {backend:<15} | {measure:<31} | {:>9.0} | {:>7.2} | {:>7.2} | {:>6} | {:>8.1} |",
+            load.rps, load.p50_ms, load.p99_ms, load.errors, load.cpu_us
+        );
+    }
+    let ratio = |measure: &str, value: f64| {
+        println!(
+            "| {backend:<15} | {measure:<31} | {value:>9.2} |         |         |        |          |"
+        );
+    };
+    ratio("nested / health (req/s)", nested.rps / health.rps);
+    ratio("masked / health (req/s)", masked.rps / health.rps);
+    ratio("audit records per commit", records / commits.max(1.0));
     println!(
         "| {backend:<15} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",
         idle as f64 / 1024.0,
@@ -319,10 +310,10 @@ fn main() {
         std::process::exit(status.code().unwrap_or(1));
     }
     println!(
-        "| backend, build | measure                         |   req/s   | p50 ms  | p99 ms  | non-2xx |"
+        "| backend, build | measure                         |   req/s   | p50 ms  | p99 ms  | non-2xx | server CPU µs/req |"
     );
     println!(
-        "|-----------------|---------------------------------|-----------|---------|---------|--------|"
+        "|-----------------|---------------------------------|-----------|---------|---------|--------|----------|"
     );
     let mut builds = Vec::new();
     if let Ok(before) = std::env::var("BENCH_BEFORE") {

@@ -143,6 +143,26 @@ impl Serve {
         self.child.id()
     }
 
+    /// The CPU time the server has used so far (user and system), in milliseconds (0 when
+    /// unknown): what a load cost the server, apart from the load generator sharing the
+    /// machine.
+    pub(crate) fn cpu_ms(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command's closing parenthesis; utime and stime are the
+        // 14th and 15th of the line, in clock ticks (100 a second on Linux).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) * 10.0
+    }
+
     /// Resident memory, in KiB (0 when unknown).
     pub(crate) fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -162,6 +182,24 @@ pub(crate) struct Load {
     pub(crate) p99_ms: f64,
     /// Answers other than 2xx and 3xx.
     pub(crate) errors: u64,
+    /// Requests answered.
+    pub(crate) requests: u64,
+    /// The server's CPU time per request, in microseconds, when the caller measured it.
+    pub(crate) cpu_us: f64,
+}
+
+impl Load {
+    /// A load that was not run.
+    pub(crate) fn skipped() -> Self {
+        Self {
+            rps: f64::NAN,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            errors: 0,
+            requests: 0,
+            cpu_us: f64::NAN,
+        }
+    }
 }
 
 /// A wrk latency (`812.00us`, `1.20ms`, `2.00s`) in milliseconds.
@@ -221,7 +259,27 @@ pub(crate) fn wrk(url: &str, token: Option<&str>, script: Option<&Path>) -> Load
             .and_then(|l| l.split(':').nth(1))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0),
+        requests: text
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        cpu_us: f64::NAN,
     }
+}
+
+/// [`wrk`] against `server`, with the server's CPU time per request.
+pub(crate) fn wrk_on(
+    server: &Serve,
+    url: &str,
+    token: Option<&str>,
+    script: Option<&Path>,
+) -> Load {
+    let before = server.cpu_ms();
+    let mut load = wrk(url, token, script);
+    load.cpu_us = (server.cpu_ms() - before) * 1e3 / load.requests.max(1) as f64;
+    load
 }
 
 /// A console request as a browser on the same origin sends it, with the session `cookie`
