@@ -20,7 +20,6 @@ use block_types::references::reference_value;
 use registry_server::http::{AppState, app};
 use registry_server::store::{Rights, Store};
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor};
 use tower::ServiceExt as _;
 
 mod common;
@@ -252,23 +251,11 @@ async fn main() {
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("SQLite", &url, open(&url).await, documents, requests, true).await;
 
-    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let Ok(mut admin) = sqlx::AnyConnection::connect(&admin_url).await else {
-        println!("PostgreSQL at {admin_url} is unreachable: its rows are left out");
+    let Some(db) = tests::PostgresDb::create().await else {
         return;
     };
-    let name = format!("blocks_console_bench_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute(format!("create database {name}").as_str())
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+    let url = db.url.to_string();
     let store = open(&url).await;
     run("PostgreSQL", &url, store, documents, requests, false).await;
-    admin
-        .execute(format!("drop database {name} with (force)").as_str())
-        .await
-        .unwrap();
+    db.drop_database().await;
 }

@@ -25,7 +25,6 @@ use block_types::model::BlockDocumentCreate;
 use registry_server::http::AppState;
 use registry_server::store::{Scope, TokenCreate};
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor};
 
 mod common;
 use common::{Session, env_number, open, percentile, schema_of};
@@ -301,23 +300,11 @@ async fn rotation_bench(backend: &str, url: &str, documents: usize) {
 }
 
 async fn on_postgres(run: impl AsyncFnOnce(&str)) {
-    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let Ok(mut admin) = sqlx::AnyConnection::connect(&admin_url).await else {
-        println!("PostgreSQL at {admin_url} is unreachable: its rows are left out");
+    let Some(db) = tests::PostgresDb::create().await else {
         return;
     };
-    let name = format!("blocks_admin_bench_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute(format!("create database {name}").as_str())
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    run(&format!("{base}/{name}")).await;
-    admin
-        .execute(format!("drop database {name} with (force)").as_str())
-        .await
-        .unwrap();
+    run(db.url.as_str()).await;
+    db.drop_database().await;
 }
 
 #[tokio::main]

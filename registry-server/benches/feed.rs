@@ -377,24 +377,10 @@ async fn main() {
         run("sqlite", &url, None).await;
     }
     if backends.contains("postgres") {
-        let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("blocks_feed_bench_{}", std::process::id());
-        let created = std::process::Command::new("psql")
-            .arg(&admin)
-            .args(["-qc", &format!("create database {name}")])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !created {
-            println!("PostgreSQL skipped: cannot create a database at {admin}");
+        let Some(db) = tests::PostgresDb::create().await else {
             return;
-        }
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        run("postgres", url.as_str(), Some(url.as_str())).await;
-        let _ = std::process::Command::new("psql")
-            .arg(&admin)
-            .args(["-qc", &format!("drop database {name} with (force)")])
-            .status();
+        };
+        run("postgres", db.url.as_str(), Some(db.url.as_str())).await;
+        db.drop_database().await;
     }
 }

@@ -44,11 +44,10 @@ fn start(program: &str, database_url: Option<&str>) -> Server {
         .env("BLOCKS_LOG", "warn,registry_server::serve=info");
     if let Some(url) = database_url {
         let key = dir.path().join("master.key");
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).unwrap();
+        let master = registry_server::crypto::MasterKey::generate().unwrap();
         std::fs::write(
             &key,
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+            secrecy::ExposeSecret::expose_secret(&master.to_base64()),
         )
         .unwrap();
         cmd.args(["--database-url", url, "--master-key-file"])
@@ -329,25 +328,11 @@ fn main() {
     if !backends.contains("postgres") {
         return;
     }
-    let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    for (i, (build, program)) in builds.iter().enumerate() {
-        let name = format!("blocks_bench_{}_{i}", std::process::id());
-        if Command::new("psql")
-            .arg(&admin)
-            .args(["-qc", &format!("create database {name}")])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            let mut url = url::Url::parse(&admin).unwrap();
-            url.set_path(&name);
-            run(build, program, "postgres", Some(url.as_str()));
-            let _ = Command::new("psql")
-                .arg(&admin)
-                .args(["-qc", &format!("drop database {name} with (force)")])
-                .status();
-        } else {
-            println!("PostgreSQL skipped: cannot create a database at {admin}");
-        }
+    for (build, program) in &builds {
+        // Dropped with the database when it goes out of scope.
+        let Some(db) = common::postgres_db() else {
+            return;
+        };
+        run(build, program, "postgres", Some(db.url.as_str()));
     }
 }

@@ -421,25 +421,12 @@ fn main() {
         }
         run(&rt, "sqlite", &url, documents, dir.path());
     }
-    if backends.contains("postgres") {
-        let admin = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("blocks_scale_{}", std::process::id());
-        let psql = |sql: &str| {
-            Command::new("psql")
-                .arg(&admin)
-                .args(["-qc", sql])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if psql(&format!("create database {name}")) {
-            let mut url = url::Url::parse(&admin).unwrap();
-            url.set_path(&name);
-            let dir = tempfile::tempdir().unwrap();
-            run(&rt, "postgres", url.as_str(), documents, dir.path());
-            psql(&format!("drop database {name} with (force)"));
-        } else {
-            println!("PostgreSQL skipped: cannot create a database at {admin}");
-        }
+    if backends.contains("postgres")
+        && let Some(db) = rt.block_on(tests::PostgresDb::create())
+    {
+        println!("  database {}", db.name);
+        let dir = tempfile::tempdir().unwrap();
+        run(&rt, "postgres", db.url.as_str(), documents, dir.path());
+        rt.block_on(db.drop_database());
     }
 }

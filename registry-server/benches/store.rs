@@ -15,7 +15,6 @@ use block_types::references::reference_value;
 use block_types::{Block, BlockSpec};
 use registry_server::store::{Rights, Store};
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor};
 
 mod common;
 
@@ -202,23 +201,8 @@ async fn main() {
     .await;
 
     sqlx::any::install_default_drivers();
-    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    match sqlx::AnyConnection::connect(&admin_url).await {
-        Ok(mut admin) => {
-            let name = format!("blocks_bench_{}", uuid::Uuid::new_v4().simple());
-            admin
-                .execute(format!("create database {name}").as_str())
-                .await
-                .unwrap();
-            let mut url = url::Url::parse(&admin_url).unwrap();
-            url.set_path(&name);
-            bench(url.as_str(), "postgres").await;
-            admin
-                .execute(format!("drop database {name} with (force)").as_str())
-                .await
-                .unwrap();
-        }
-        Err(e) => println!("PostgreSQL skipped: {e}"),
+    if let Some(db) = tests::PostgresDb::create().await {
+        bench(db.url.as_str(), "postgres").await;
+        db.drop_database().await;
     }
 }

@@ -232,11 +232,10 @@ fn answered_secret_reads_keep_their_audit_records_across_a_kill_on_postgres() {
     url.set_path(&name);
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("master.key");
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).unwrap();
+    let master = registry_server::crypto::MasterKey::generate().unwrap();
     std::fs::write(
         &key,
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+        secrecy::ExposeSecret::expose_secret(&master.to_base64()),
     )
     .unwrap();
     answered_secret_reads_survive_a_kill(Some((url.as_str(), &key)));

@@ -175,6 +175,17 @@ impl Serve {
     }
 }
 
+/// A fresh PostgreSQL database under `BLOCKS_TEST_POSTGRES_URL` (the tests' own
+/// `tests::PostgresDb`, dropped with it), for a bench outside any runtime; `None`, said so,
+/// when PostgreSQL is unreachable.
+pub(crate) fn postgres_db() -> Option<tests::PostgresDb> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(tests::PostgresDb::create())
+}
+
 /// What a wrk run measured.
 pub(crate) struct Load {
     pub(crate) rps: f64,

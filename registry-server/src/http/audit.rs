@@ -40,7 +40,8 @@ type Ack = oneshot::Sender<Result<(), String>>;
 pub enum Durability {
     /// Synced before the request is answered: writes and refusals.
     Synced,
-    /// Committed before the request is answered, synced within [`SYNC_WITHIN`]: reads.
+    /// Stored before the request is answered (committed, or on SQLite journaled), synced
+    /// within [`SYNC_WITHIN`]: reads.
     Deferred,
 }
 

@@ -121,6 +121,10 @@ const SQLITE_INSERT: &str = "insert into audit_event (at, request_id, token_id, 
      json_extract(value, '$.target'), json_extract(value, '$.outcome'), \
      json_extract(value, '$.status') from json_each($1) order by key";
 
+/// How long [`Store::sync_audit`] waits for a journal's move (its records are synced
+/// before it): the syncer then syncs the records that came meanwhile.
+const JOURNAL_MOVE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The moves of the audit journal (see [`Store::sync_audit`]), one at a time.
 #[derive(Debug, Default)]
 pub(crate) struct JournalMoves {
@@ -221,7 +225,13 @@ impl Store {
     /// that waits for the WAL to be flushed, which covers every commit before it.
     pub async fn sync_audit(&self) -> Result<()> {
         if let Some(journal) = &self.journal {
-            return self.move_journal(journal).await;
+            // On disk first, so a move waiting for the writer holds no record back; the
+            // move then runs a while at most (a move cut short is tried again next time).
+            journal.sync()?;
+            return match tokio::time::timeout(JOURNAL_MOVE_WAIT, self.move_journal(journal)).await {
+                Ok(moved) => moved,
+                Err(_) => Ok(()),
+            };
         }
         match self.backend {
             Backend::Sqlite => {
@@ -260,37 +270,60 @@ impl Store {
         }
     }
 
-    /// Moves the journal's records into the audit log: first the journals whose move failed
-    /// before, then the current one. Each in one transaction with its id (so a journal
-    /// found again after a crash is not moved twice), synced, before its file is deleted.
+    /// Moves the journal's records into the audit log: first a journal taken before whose
+    /// move failed (no new one is taken while it waits, so the current one fills to its
+    /// bound rather than files pile up), then the current one. Each in one transaction
+    /// with its id (so a journal found again after a crash is not moved twice), synced,
+    /// before its file is deleted. A move cut short (its caller cancelled) or failed is
+    /// tried again; one whose commit landed unbeknown is recognised by its recorded id.
     pub(crate) async fn move_journal(&self, journal: &Journal) -> Result<()> {
-        let mut moves = self.journal_moves.lock().await;
-        if let Some(taken) = journal.take()? {
+        let mut guard = self.journal_moves.lock().await;
+        let moves = &mut *guard;
+        if moves.failed.is_empty()
+            && let Some(taken) = journal.take()
+        {
             moves.failed.push(taken);
         }
-        while !moves.failed.is_empty() {
-            let taken = moves.failed.remove(0);
-            if let Err(e) = self.move_taken(&taken, moves.forget).await {
-                moves.failed.insert(0, taken);
-                return Err(e);
+        while let Some(taken) = moves.failed.first_mut() {
+            let done = taken.tried && self.journal_recorded(taken.id).await?;
+            taken.tried = true;
+            if !done {
+                taken.sync()?;
+                self.move_taken(taken, moves.forget).await?;
             }
-            moves.forget = Some(taken.id);
-            if let Err(e) = taken.remove() {
+            // The previous journal's row went with that commit.
+            moves.forget = None;
+            let taken = moves.failed.remove(0);
+            let id = taken.id;
+            match taken.remove() {
+                Ok(()) => moves.forget = Some(id),
                 // Its id stays recorded, so the journal found again is deleted, not moved.
-                moves.forget = None;
-                tracing::warn!(error = %e, "a moved audit journal could not be deleted");
+                Err(e) => tracing::warn!(error = %e, "a moved audit journal could not be deleted"),
             }
         }
         Ok(())
     }
 
+    /// Whether the journal `id`'s records are in the audit log.
+    async fn journal_recorded(&self, id: Uuid) -> Result<bool> {
+        self.count_query();
+        Ok(
+            sqlx::query("select 1 from audit_journal_moved where id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.write)
+                .await?
+                .is_some(),
+        )
+    }
+
     /// One journal's records and id in one synced transaction (the group commit); `forget`:
     /// the previous journal's id, whose row is no longer needed.
     pub(crate) async fn move_taken(&self, taken: &Taken, forget: Option<Uuid>) -> Result<()> {
-        if taken.skipped > 0 {
+        let records = taken.records()?;
+        if records.skipped > 0 {
             tracing::warn!(
-                records = taken.skipped,
-                "audit journal lines cut short (by a power loss) were skipped"
+                records = records.skipped,
+                "audit journal lines cut short (by a power loss or a failed write) were skipped"
             );
         }
         let groups = self
@@ -310,7 +343,7 @@ impl Store {
         });
         batch.push(Statement {
             sql: SQLITE_INSERT.into(),
-            params: vec![taken.records.clone().into()],
+            params: vec![records.json.into()],
         });
         let mut slot = groups.write().await?;
         slot.run_batch(self, batch).await?;
@@ -318,25 +351,47 @@ impl Store {
     }
 
     /// Moves the journals of stores that ended before moving them (a killed server), when
-    /// the store opens: a journal whose id is recorded was moved already and is only
-    /// deleted.
+    /// the store opens, one at a time: a journal whose id is recorded was moved already and
+    /// is only deleted. Then forgets the ids of journals whose files are gone.
     pub(crate) async fn recover_audit_journals(&self, database: &std::path::Path) -> Result<()> {
         for orphan in Journal::orphans(database)? {
-            self.count_query();
-            let moved = sqlx::query("select 1 from audit_journal_moved where id = $1")
-                .bind(orphan.id.to_string())
-                .fetch_optional(&self.read)
-                .await?
-                .is_some();
-            if !moved {
+            if !self.journal_recorded(orphan.id).await? {
+                let count = match orphan.records() {
+                    Ok(records) => records.count,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an audit journal could not be read; it is left for a later start");
+                        continue;
+                    }
+                };
                 self.move_taken(&orphan, None).await?;
                 tracing::info!(
-                    records = orphan.count,
+                    records = count,
                     "moved the audit records of reads a previous server journaled"
                 );
             }
-            let id = orphan.id;
             orphan.remove()?;
+        }
+        self.count_query();
+        let ids: Vec<String> = sqlx::query_scalar("select id from audit_journal_moved")
+            .fetch_all(&self.write)
+            .await?;
+        for id in ids {
+            let gone = Uuid::parse_str(&id).is_ok_and(|id| !Journal::exists(database, id));
+            if gone {
+                self.count_query();
+                sqlx::query("delete from audit_journal_moved where id = $1")
+                    .bind(id)
+                    .execute(&self.write)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the last moved journal's id (its file is gone), when the store closes.
+    pub(crate) async fn forget_moved_journal(&self) -> Result<()> {
+        let forget = self.journal_moves.lock().await.forget.take();
+        if let Some(id) = forget {
             self.count_query();
             sqlx::query("delete from audit_journal_moved where id = $1")
                 .bind(id.to_string())
@@ -383,9 +438,12 @@ impl Store {
 
     /// Records matching `query`, newest first.
     pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        if let Some(journal) = &self.journal {
-            // The records of reads answered so far are listed too.
-            self.move_journal(journal).await?;
+        if let Some(journal) = &self.journal
+            && let Err(e) = self.move_journal(journal).await
+        {
+            // The log as it stands is still worth listing (a full disk is when it is
+            // needed most); the records waiting are moved later.
+            tracing::warn!(error = %e, "listing the audit log without the records of reads still journaled");
         }
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
         if let Some(outcome) = &query.outcome

@@ -22,7 +22,7 @@
 //! short by a power loss (never one whose read was answered after a sync) is skipped.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -31,8 +31,8 @@ use uuid::Uuid;
 use super::{Result, StoreError};
 
 /// A journal refuses records past this size (each is a few hundred bytes; the journal is
-/// moved every 25 ms): a store that cannot move it answers secret reads 503 rather than
-/// fill the disk.
+/// moved every 25 ms, and no new one is taken while a taken one waits to be moved): a
+/// store that cannot move its journal answers secret reads 503 rather than fill the disk.
 pub(crate) const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// The journal of one open store.
@@ -50,32 +50,75 @@ struct Current {
     file: File,
     id: Uuid,
     bytes: u64,
+    /// A write failed part-way and the part could not be cut off: the next record starts
+    /// on a line of its own (the part is skipped as a line cut short).
+    torn: bool,
+    /// The folder's entry for the file is not yet synced.
+    new: bool,
 }
 
-/// A journal taken for moving: its records, and the file (still locked) to delete once
-/// they are committed.
+/// A journal taken for moving: the file (still locked) and its id; its records are read
+/// by [`Taken::records`] when it is moved.
 #[derive(Debug)]
 pub(crate) struct Taken {
     /// The journal's id, recorded with its records.
     pub(crate) id: Uuid,
-    /// The records as one JSON array, in the order they were appended.
-    pub(crate) records: String,
-    /// How many records (lines) it held, and how many of them were cut short and skipped.
+    path: PathBuf,
+    file: File,
+    /// A move of it was tried: its outcome may be unknown (cancelled, or a commit that
+    /// failed to answer), so the next try first asks whether its id is recorded.
+    pub(crate) tried: bool,
+}
+
+/// A journal's records as one JSON array, in the order they were appended.
+#[derive(Debug)]
+pub(crate) struct Records {
+    pub(crate) json: String,
+    /// How many records (lines) it held, and how many were cut short and skipped.
     pub(crate) count: usize,
     pub(crate) skipped: usize,
-    path: PathBuf,
-    _file: Option<File>,
 }
 
 impl Taken {
-    /// Deletes the moved journal's file.
+    /// Reads the records (through the locked handle; blocking I/O, for `spawn_blocking`).
+    pub(crate) fn records(&self) -> Result<Records> {
+        let mut text = Vec::new();
+        let mut file = &self.file;
+        file.rewind()
+            .and_then(|()| file.read_to_end(&mut text))
+            .map_err(|e| io("reading a journal", &e))?;
+        Ok(parse(&text))
+    }
+
+    /// Puts the file's records on disk.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| io("syncing a journal", &e))
+    }
+
+    /// Deletes the moved journal's file, and syncs the folder so that a power loss cannot
+    /// bring the file back once its id is forgotten.
     pub(crate) fn remove(self) -> Result<()> {
-        std::fs::remove_file(&self.path).map_err(|e| io("deleting a moved journal", &e))
+        std::fs::remove_file(&self.path).map_err(|e| io("deleting a moved journal", &e))?;
+        sync_folder(&self.path)
     }
 }
 
 fn io(doing: &str, e: &std::io::Error) -> StoreError {
     StoreError::Config(format!("audit journal: {doing}: {e}"))
+}
+
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn sync_folder(path: &Path) -> Result<()> {
+    File::open(folder_of(path))
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io("syncing the journal's folder", &e))
 }
 
 impl Journal {
@@ -97,14 +140,17 @@ impl Journal {
     /// Appends `line` (one record, without its newline). When this returns the record
     /// survives this process being killed.
     pub(crate) fn append(&self, line: &str) -> Result<()> {
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
+        let mut bytes = Vec::with_capacity(line.len() + 2);
         let mut current = self.current.lock();
         let current = match &mut *current {
             Some(current) => current,
             None => current.insert(Current::create(&self.prefix)?),
         };
+        if current.torn {
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
         if current.bytes + bytes.len() as u64 > self.max_bytes {
             return Err(StoreError::Config(format!(
                 "audit journal: {} bytes wait to be moved into the audit log, the most it holds",
@@ -112,61 +158,106 @@ impl Journal {
             )));
         }
         // One write of the whole line (`write_all` loops only on a short write).
-        current
-            .file
-            .write_all(&bytes)
-            .map_err(|e| io("appending a record", &e))?;
+        if let Err(e) = current.file.write_all(&bytes) {
+            // Cut off what part of the line was written, so the next record is not glued
+            // to it; failing that, the next record starts a line of its own.
+            current.torn = current.file.set_len(current.bytes).is_err();
+            return Err(io("appending a record", &e));
+        }
         current.bytes += bytes.len() as u64;
+        current.torn = false;
         Ok(())
     }
 
-    /// Takes the current file, with its records, or `None` when no record waits; the next
-    /// record starts a new file.
-    pub(crate) fn take(&self) -> Result<Option<Taken>> {
-        let Some(full) = self.current.lock().take() else {
-            return Ok(None);
+    /// Takes the current file, or `None` when no record waits; the next record starts a
+    /// new file.
+    pub(crate) fn take(&self) -> Option<Taken> {
+        let full = self.current.lock().take()?;
+        Some(Taken {
+            id: full.id,
+            path: path_of(&self.prefix, full.id),
+            file: full.file,
+            tried: false,
+        })
+    }
+
+    /// Puts the current file's records on disk (and, for a new file, its folder entry),
+    /// without holding appends back: a duplicate of the handle is synced.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let (file, new) = {
+            let mut current = self.current.lock();
+            let Some(current) = current.as_mut() else {
+                return Ok(());
+            };
+            let file = current
+                .file
+                .try_clone()
+                .map_err(|e| io("syncing a journal", &e))?;
+            (file, std::mem::replace(&mut current.new, false))
         };
-        read(full.id, path_of(&self.prefix, full.id), Some(full.file)).map(Some)
+        file.sync_data().map_err(|e| io("syncing a journal", &e))?;
+        if new {
+            sync_folder(Path::new(&self.prefix))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the journal `id` of the database file `database` still has its file.
+    pub(crate) fn exists(database: &Path, id: Uuid) -> bool {
+        path_of(&Self::prefix_of(database), id).exists()
     }
 
     /// Journals of this database that no open store holds (their process ended before
-    /// they were moved), with their records.
+    /// they were moved), locked now by the caller. A file that vanished meanwhile (moved
+    /// by its owner) or cannot be opened is passed over, said so in the log.
     pub(crate) fn orphans(database: &Path) -> Result<Vec<Taken>> {
         let prefix = Self::prefix_of(database);
-        let dir = database
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
         let Some(stem) = Path::new(&prefix).file_name().and_then(|n| n.to_str()) else {
             return Ok(Vec::new());
         };
         let mut orphans = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| io("listing journals", &e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io("listing journals", &e))?;
+        let entries =
+            std::fs::read_dir(folder_of(database)).map_err(|e| io("listing journals", &e))?;
+        for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(stem))
-                .and_then(|id| Uuid::parse_str(id).ok())
-            else {
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(stem)) else {
+                continue;
+            };
+            if rest.starts_with("new-") {
+                // A new journal a store died before naming holds no record.
+                if let Ok(file) = File::open(entry.path())
+                    && file.try_lock().is_ok()
+                {
+                    std::fs::remove_file(entry.path()).ok();
+                }
+                continue;
+            }
+            let Ok(id) = Uuid::try_parse(rest) else {
                 continue;
             };
             let path = entry.path();
-            let file = match OpenOptions::new().append(true).open(&path) {
+            let file = match OpenOptions::new().read(true).append(true).open(&path) {
                 Ok(file) => file,
-                // Moved and deleted by its owner meanwhile.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io("opening a journal", &e)),
-            };
-            match file.try_lock() {
-                Ok(()) => orphans.push(read(id, path, Some(file))?),
-                // An open store's journal.
-                Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(io("locking a journal", &e));
+                Err(e) => {
+                    tracing::warn!(error = %e, journal = %path.display(), "an audit journal could not be opened; it is left for a later start");
+                    continue;
                 }
+            };
+            if file.try_lock().is_err() {
+                // An open store's journal.
+                continue;
             }
+            // Deleted by its owner between the listing and the lock: nothing to move.
+            if !path.exists() {
+                continue;
+            }
+            orphans.push(Taken {
+                id,
+                path,
+                file,
+                tried: true,
+            });
         }
         Ok(orphans)
     }
@@ -184,17 +275,37 @@ impl Drop for Journal {
 }
 
 impl Current {
+    /// A new file, locked before it takes its journal name, so that no other store can
+    /// take it for an orphan in between.
     fn create(prefix: &str) -> Result<Self> {
         let id = Uuid::new_v4();
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(path_of(prefix, id))
+        let unnamed = PathBuf::from(format!("{prefix}new-{}", id.simple()));
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create_new(true);
+        // Owner-only, as the database file is: it holds token ids and request targets.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(&unnamed)
             .map_err(|e| io("creating a journal", &e))?;
-        file.try_lock().map_err(|e| {
-            StoreError::Config(format!("audit journal: locking a new journal: {e}"))
-        })?;
-        Ok(Self { file, id, bytes: 0 })
+        let named = file
+            .try_lock()
+            .map_err(|e| StoreError::Config(format!("audit journal: locking a new journal: {e}")))
+            .and_then(|()| {
+                std::fs::rename(&unnamed, path_of(prefix, id))
+                    .map_err(|e| io("naming a new journal", &e))
+            });
+        if let Err(e) = named {
+            std::fs::remove_file(&unnamed).ok();
+            return Err(e);
+        }
+        Ok(Self {
+            file,
+            id,
+            bytes: 0,
+            torn: false,
+            new: true,
+        })
     }
 }
 
@@ -202,12 +313,11 @@ fn path_of(prefix: &str, id: Uuid) -> PathBuf {
     PathBuf::from(format!("{prefix}{}", id.simple()))
 }
 
-/// The records of the journal at `path` as one JSON array; lines that are not a JSON
-/// object (one cut short by a power loss) are skipped.
-fn read(id: Uuid, path: PathBuf, file: Option<File>) -> Result<Taken> {
-    let text = std::fs::read(&path).map_err(|e| io("reading a journal", &e))?;
-    let mut records = String::with_capacity(text.len() + 2);
-    records.push('[');
+/// A journal's text as one JSON array; lines that are not a JSON object (cut short by a
+/// power loss or a failed write) are skipped.
+fn parse(text: &[u8]) -> Records {
+    let mut json = String::with_capacity(text.len() + 2);
+    json.push('[');
     let (mut count, mut skipped) = (0, 0);
     for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let whole = std::str::from_utf8(line).ok().filter(|l| {
@@ -216,23 +326,20 @@ fn read(id: Uuid, path: PathBuf, file: Option<File>) -> Result<Taken> {
         match whole {
             Some(line) => {
                 if count > 0 {
-                    records.push(',');
+                    json.push(',');
                 }
-                records.push_str(line);
+                json.push_str(line);
                 count += 1;
             }
             None => skipped += 1,
         }
     }
-    records.push(']');
-    Ok(Taken {
-        id,
-        records,
+    json.push(']');
+    Records {
+        json,
         count,
         skipped,
-        path,
-        _file: file,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(&database(&dir), MAX_JOURNAL_BYTES);
         assert!(
-            journal.take().unwrap().is_none(),
+            journal.take().is_none(),
             "an empty journal has nothing to move"
         );
         assert_eq!(
@@ -258,18 +365,26 @@ mod tests {
         );
         journal.append(r#"{"n":1}"#).unwrap();
         journal.append(r#"{"n":2}"#).unwrap();
-        let taken = journal.take().unwrap().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let id = journal.current.lock().as_ref().unwrap().id;
+            let meta = std::fs::metadata(path_of(&journal.prefix, id)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner-only");
+        }
+        let taken = journal.take().unwrap();
         let taken_id = taken.id;
-        assert_eq!(taken.records, r#"[{"n":1},{"n":2}]"#);
-        assert_eq!((taken.count, taken.skipped), (2, 0));
+        let records = taken.records().unwrap();
+        assert_eq!(records.json, r#"[{"n":1},{"n":2}]"#);
+        assert_eq!((records.count, records.skipped), (2, 0));
         journal.append(r#"{"n":3}"#).unwrap();
         let path = taken.path.clone();
         taken.remove().unwrap();
         assert!(!path.exists());
-        let next = journal.take().unwrap().unwrap();
-        assert_eq!(next.records, r#"[{"n":3}]"#);
+        let next = journal.take().unwrap();
+        assert_eq!(next.records().unwrap().json, r#"[{"n":3}]"#);
         assert_ne!(next.id, taken_id, "each file has an id of its own");
-        assert!(journal.take().unwrap().is_none());
+        assert!(journal.take().is_none());
     }
 
     #[test]
@@ -282,7 +397,7 @@ mod tests {
         drop(journal);
         let orphans = Journal::orphans(&db).unwrap();
         assert_eq!(orphans.len(), 1);
-        assert_eq!(orphans[0].records, r#"[{"n":1}]"#);
+        assert_eq!(orphans[0].records().unwrap().json, r#"[{"n":1}]"#);
         // Another database's journals in the same folder are not this one's.
         assert!(
             Journal::orphans(&dir.path().join("other.db"))
@@ -303,8 +418,9 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(br#"{"n":2,"tar"#).unwrap();
         let orphans = Journal::orphans(&db).unwrap();
-        assert_eq!(orphans[0].records, r#"[{"n":1}]"#);
-        assert_eq!((orphans[0].count, orphans[0].skipped), (1, 1));
+        let records = orphans[0].records().unwrap();
+        assert_eq!(records.json, r#"[{"n":1}]"#);
+        assert_eq!((records.count, records.skipped), (1, 1));
     }
 
     #[test]
@@ -314,7 +430,7 @@ mod tests {
         journal.append(r#"{"n":1}"#).unwrap();
         let refused = journal.append(r#"{"n":2}"#).unwrap_err().to_string();
         assert!(refused.contains("wait to be moved"), "{refused}");
-        journal.take().unwrap().unwrap().remove().unwrap();
+        journal.take().unwrap().remove().unwrap();
         journal.append(r#"{"n":2}"#).unwrap();
     }
 }
@@ -420,7 +536,7 @@ mod store_tests {
         sqlite_only(async |db| {
             let store = journaled_two(db).await;
             // Moved and committed; the process ends before deleting the file.
-            let taken = store.journal.as_ref().unwrap().take().unwrap().unwrap();
+            let taken = store.journal.as_ref().unwrap().take().unwrap();
             store.move_taken(&taken, None).await.unwrap();
             drop(taken);
             drop(store);
@@ -433,6 +549,26 @@ mod store_tests {
                 .await
                 .unwrap();
             assert_eq!(left, 0, "the recovered journal's id is forgotten");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_move_cut_short_at_any_point_is_finished_by_the_next_and_stores_each_record_once() {
+        sqlite_only(async |db| {
+            let store = journaled_two(db).await;
+            let journal = store.journal.as_ref().unwrap();
+            // Cancelled after its first step, then after a little more each time.
+            for polls in 1..=6 {
+                let cut = tokio::time::timeout(
+                    std::time::Duration::from_micros(polls * 200),
+                    store.move_journal(journal),
+                );
+                cut.await.ok();
+            }
+            store.append_audit_deferred(&[read("r3")]).await.unwrap();
+            assert_eq!(request_ids(&store).await, ["r1", "r2", "r3"]);
+            assert_eq!(journals(db), 0);
         })
         .await;
     }

@@ -830,11 +830,15 @@ impl Store {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.abort();
         }
-        if let Some(journal) = &self.journal
-            && let Err(e) = self.move_journal(journal).await
-        {
-            // Kept on disk: the next store to open the database moves it.
-            tracing::warn!(error = %e, "the audit journal could not be moved at close");
+        if let Some(journal) = &self.journal {
+            let closed = match self.move_journal(journal).await {
+                Ok(()) => self.forget_moved_journal().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = closed {
+                // Kept on disk: the next store to open the database moves it.
+                tracing::warn!(error = %e, "the audit journal could not be moved at close");
+            }
         }
         self.read.close().await;
         self.write.close().await;
