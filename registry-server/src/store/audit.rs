@@ -279,17 +279,29 @@ impl Store {
     pub(crate) async fn move_journal(&self, journal: &Journal) -> Result<()> {
         let mut guard = self.journal_moves.lock().await;
         let moves = &mut *guard;
-        if moves.failed.is_empty()
-            && let Some(taken) = journal.take()
-        {
-            moves.failed.push(taken);
-        }
-        while let Some(taken) = moves.failed.first_mut() {
+        let mut took_current = false;
+        loop {
+            if moves.failed.is_empty() {
+                // The current journal, once: records appended meanwhile wait for the next.
+                if took_current {
+                    break;
+                }
+                took_current = true;
+                match journal.take() {
+                    Some(taken) => moves.failed.push(taken),
+                    None => break,
+                }
+            }
+            let Some(taken) = moves.failed.first_mut() else {
+                break;
+            };
             let done = taken.tried && self.journal_recorded(taken.id).await?;
             taken.tried = true;
             if !done {
                 taken.sync()?;
                 self.move_taken(taken, moves.forget).await?;
+                // Under test: the commit landed but its caller heard a failure.
+                self.check_failpoint("journal_after_commit")?;
             }
             // The previous journal's row went with that commit.
             moves.forget = None;
@@ -345,6 +357,7 @@ impl Store {
             sql: SQLITE_INSERT.into(),
             params: vec![records.json.into()],
         });
+        batch.push_failpoint(self, "journal_before_commit");
         let mut slot = groups.write().await?;
         slot.run_batch(self, batch).await?;
         slot.commit().await

@@ -574,6 +574,37 @@ mod store_tests {
     }
 
     #[tokio::test]
+    async fn a_move_that_failed_before_or_after_its_commit_is_finished_by_the_next_once() {
+        sqlite_only(async |db| {
+            let store = journaled_two(db).await;
+            let journal = store.journal.as_ref().unwrap();
+            // Rolled back: the next move moves it.
+            store.fail_at(Some("journal_before_commit"));
+            store.move_journal(journal).await.unwrap_err();
+            store.fail_at(None);
+            store.append_audit_deferred(&[read("r3")]).await.unwrap();
+            assert_eq!(
+                journals(db),
+                2,
+                "the failed journal waits beside the current one"
+            );
+            store.move_journal(journal).await.unwrap();
+            assert_eq!(journals(db), 0);
+            // Committed, but the caller heard a failure: the next move finds its id
+            // recorded and only deletes it.
+            store.append_audit_deferred(&[read("r4")]).await.unwrap();
+            store.fail_at(Some("journal_after_commit"));
+            store.move_journal(journal).await.unwrap_err();
+            store.fail_at(None);
+            assert_eq!(journals(db), 1, "the journal whose move failed is kept");
+            store.append_audit_deferred(&[read("r5")]).await.unwrap();
+            assert_eq!(request_ids(&store).await, ["r1", "r2", "r3", "r4", "r5"]);
+            assert_eq!(journals(db), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_store_open_on_the_same_database_leaves_another_stores_journal_alone() {
         sqlite_only(async |db| {
             let first = db.open().await;
