@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
-use super::routes::{Access, Kind};
+use super::routes::{Access, Kind, RouteMeta};
 use super::{AppState, AuthGuard, all_routes, app};
-use crate::store::tests::harness::{on_both, register};
+use crate::store::tests::harness::{TestDb, on_both, register};
 use crate::store::{AuditQuery, AuditRecord, Scope, TokenCreate};
 
 use super::test_app::*;
@@ -35,199 +35,270 @@ fn expect_grant(held: Scope, needed: Scope) -> bool {
 /// An audit record as the matrix expects it: (token, action, target, outcome, status).
 type Expected = (Option<Uuid>, String, String, String, u16);
 
-#[tokio::test]
-async fn every_route_checks_its_scope_and_denials_and_writes_are_audited() {
-    on_both(async |db| {
-        let ctx = setup(db, lenient()).await;
-        let store = &ctx.state.store;
-        let doc = secret_doc(store, "matrix-doc", "matrix-value").await;
-        let mut holders = Vec::new();
-        for scope in Scope::ALL {
-            let (secret, id) = token(store, &[scope]).await;
-            holders.push((scope, secret, id));
-        }
-        let unknown = "blk_this-token-was-never-issued";
+/// One request of the route × scope matrix: a route with its parameters filled in.
+struct Probe {
+    method: Method,
+    path: &'static str,
+    meta: RouteMeta,
+    /// The request's URI.
+    uri: String,
+    /// The audit record's target (the path, without the query).
+    target: String,
+    /// The audit record's action, `METHOD /route/{param}`.
+    action: String,
+    body: Option<Value>,
+}
 
-        let mut expected: Vec<Expected> = Vec::new();
-        let mut read_actions = BTreeSet::new();
-        let mut socket_routes = 0;
+impl Probe {
+    /// Every route of the table, with `doc` as the document ids and names it takes.
+    fn all(doc: Uuid) -> Vec<Self> {
         let routes = all_routes();
         assert!(routes.len() > 30, "the table lists every route");
-        for route in &routes {
-            let uri = route
-                .path
-                .replace(
-                    "{id}",
-                    &if route.path.starts_with("/api/block_documents/") {
-                        doc.to_string()
-                    } else {
-                        Uuid::new_v4().to_string()
-                    },
-                )
-                .replace("{slug}", "secret")
-                .replace("{name}", "matrix-doc")
-                .replace("{checksum}", "sha256:0123abcd")
-                .replace("{version}", "1");
-            assert!(!uri.contains('{'), "every parameter replaced in {uri}");
-            // The event stream never ends; a bad filter makes a held scope answer at once
-            // (422, after the scope check).
-            // (The audit log records the path.)
-            let target = uri.clone();
-            let uri = if route.path == "/api/events/stream" {
-                format!("{uri}?kind=none")
-            } else {
-                uri
-            };
-            let method = route.method.as_str();
-            let action = format!("{method} {}", route.path);
-            let body =
-                (route.method != Method::GET && route.method != Method::DELETE).then(|| json!({}));
-            let what = |who: &str| format!("{action} ({uri}) with {who}");
-            match route.meta.access {
-                Access::Public if route.path == "/api/auth/jwt" => {
+        routes
+            .into_iter()
+            .map(|route| {
+                let uri = route
+                    .path
+                    .replace(
+                        "{id}",
+                        &if route.path.starts_with("/api/block_documents/") {
+                            doc.to_string()
+                        } else {
+                            Uuid::new_v4().to_string()
+                        },
+                    )
+                    .replace("{slug}", "secret")
+                    .replace("{name}", "matrix-doc")
+                    .replace("{checksum}", "sha256:0123abcd")
+                    .replace("{version}", "1");
+                assert!(!uri.contains('{'), "every parameter replaced in {uri}");
+                // The audit log records the path. The event stream never ends; a bad
+                // filter makes a held scope answer at once (422, after the scope check).
+                let target = uri.clone();
+                let uri = if route.path == "/api/events/stream" {
+                    format!("{uri}?kind=none")
+                } else {
+                    uri
+                };
+                let body = (route.method != Method::GET && route.method != Method::DELETE)
+                    .then(|| json!({}));
+                Self {
+                    action: format!("{} {}", route.method, route.path),
+                    method: route.method,
+                    path: route.path,
+                    meta: route.meta,
+                    uri,
+                    target,
+                    body,
+                }
+            })
+            .collect()
+    }
+
+    /// The routes a token opens, with the scope each needs.
+    fn token_routes(doc: Uuid) -> Vec<(Self, Scope)> {
+        let probes: Vec<(Self, Scope)> = Self::all(doc)
+            .into_iter()
+            .filter_map(|p| match p.meta.access {
+                Access::Token(needed) => Some((p, needed)),
+                _ => None,
+            })
+            .collect();
+        assert!(probes.len() > 30, "most routes need a token");
+        probes
+    }
+
+    async fn send(&self, app: &axum::Router, token: Option<&str>) -> Resp {
+        send(
+            app,
+            self.method.as_str(),
+            &self.uri,
+            token,
+            self.body.as_ref(),
+            &[],
+        )
+        .await
+    }
+
+    /// Names the request and who made it, for assertion messages.
+    fn what(&self, who: &str) -> String {
+        format!("{} ({}) with {who}", self.action, self.uri)
+    }
+
+    fn expected(&self, token: Option<Uuid>, status: StatusCode) -> Expected {
+        let outcome = super::auth::outcome(status);
+        let (action, target) = (self.action.clone(), self.target.clone());
+        (token, action, target, outcome.into(), status.as_u16())
+    }
+}
+
+/// The matrix's world: the app, a document holding a secret, and a token of each scope.
+async fn matrix_world(db: &TestDb) -> (Ctx, Uuid, Vec<(Scope, String, Uuid)>) {
+    let ctx = setup(db, lenient()).await;
+    let doc = secret_doc(&ctx.state.store, "matrix-doc", "matrix-value").await;
+    let mut holders = Vec::new();
+    for scope in Scope::ALL {
+        let (secret, id) = token(&ctx.state.store, &[scope]).await;
+        holders.push((scope, secret, id));
+    }
+    (ctx, doc, holders)
+}
+
+/// Asserts that the audit log holds every record of `expected` (as many times as listed).
+async fn assert_recorded(store: &crate::store::Store, expected: Vec<Expected>) {
+    assert!(!expected.is_empty(), "the matrix expected records");
+    let records = all_audit(store).await;
+    let mut have: HashMap<Expected, usize> = HashMap::new();
+    for r in &records {
+        let key = (
+            r.token_id,
+            r.action.clone(),
+            r.target.clone(),
+            r.outcome.clone(),
+            r.status,
+        );
+        *have.entry(key).or_default() += 1;
+    }
+    let mut want: HashMap<Expected, usize> = HashMap::new();
+    for e in expected {
+        *want.entry(e).or_default() += 1;
+    }
+    let mut missing: Vec<String> = want
+        .iter()
+        .filter_map(|(key, n)| {
+            let got = have.get(key).copied().unwrap_or(0);
+            (got < *n).then(|| format!("{key:?}: want {n}, have {got}"))
+        })
+        .collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "missing audit records:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn public_routes_answer_without_a_token_and_the_events_socket_is_the_only_socket_route() {
+    on_both(async |db| {
+        let (ctx, doc, _) = matrix_world(db).await;
+        let mut socket_routes = 0;
+        for probe in Probe::all(doc) {
+            match probe.meta.access {
+                Access::Public if probe.path == "/api/auth/jwt" => {
                     // The sign-in itself: open to anyone, refusing what is not a valid
                     // identity token (its own tests cover the rest).
-                    let resp = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
-                    assert_eq!(
-                        resp.status,
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "{}",
-                        what("no body")
-                    );
+                    let resp = probe.send(&ctx.app, None).await;
+                    let status = StatusCode::UNPROCESSABLE_ENTITY;
+                    assert_eq!(resp.status, status, "{}", probe.what("no body"));
                     let login = json!({"role": "nobody", "jwt": "not-a-jwt"});
-                    let resp = send(&ctx.app, method, &uri, None, Some(&login), &[]).await;
-                    assert_eq!(
-                        resp.status,
-                        StatusCode::UNAUTHORIZED,
-                        "{}",
-                        what("a bad JWT")
-                    );
+                    let method = probe.method.as_str();
+                    let resp = send(&ctx.app, method, &probe.uri, None, Some(&login), &[]).await;
+                    let what = probe.what("a bad JWT");
+                    assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{what}");
                 }
                 Access::Public => {
-                    let resp = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
-                    assert_ne!(
-                        resp.status,
-                        StatusCode::UNAUTHORIZED,
-                        "{}",
-                        what("no token")
-                    );
-                    assert!(
-                        resp.status.is_success(),
-                        "{}: {}",
-                        what("no token"),
-                        resp.text
-                    );
+                    let resp = probe.send(&ctx.app, None).await;
+                    let what = probe.what("no token");
+                    assert!(resp.status.is_success(), "{what}: {}", resp.text);
                 }
                 Access::Socket => {
-                    assert_eq!(route.path, "/api/events/in");
-                    assert_eq!(route.method, Method::GET);
+                    assert_eq!((probe.path, probe.method), ("/api/events/in", Method::GET));
                     socket_routes += 1;
                 }
-                Access::Token(needed) => {
-                    if route.meta.kind == Kind::Read {
-                        read_actions.insert(action.clone());
-                    }
-                    let none = send(&ctx.app, method, &uri, None, body.as_ref(), &[]).await;
-                    assert_unauthorized(&none, &what("no token"));
-                    expected.push((None, action.clone(), target.clone(), "denied".into(), 401));
-                    let bad = send(&ctx.app, method, &uri, Some(unknown), body.as_ref(), &[]).await;
-                    assert_unauthorized(&bad, &what("an unknown token"));
-                    assert!(bad.detail().contains("not known"), "{}", bad.text);
-                    expected.push((None, action.clone(), target.clone(), "denied".into(), 401));
-                    for (held, secret, id) in &holders {
-                        let who = format!("a {} token", held.as_str());
-                        let resp =
-                            send(&ctx.app, method, &uri, Some(secret), body.as_ref(), &[]).await;
-                        if expect_grant(*held, needed) {
-                            assert!(
-                                resp.status != StatusCode::UNAUTHORIZED
-                                    && resp.status != StatusCode::FORBIDDEN
-                                    && resp.status != StatusCode::TOO_MANY_REQUESTS,
-                                "{}: {} {}",
-                                what(&who),
-                                resp.status,
-                                resp.text
-                            );
-                            assert!(
-                                !resp.status.is_server_error(),
-                                "{}: {} {}",
-                                what(&who),
-                                resp.status,
-                                resp.text
-                            );
-                            if route.meta.kind == Kind::Write {
-                                let outcome = super::auth::outcome(resp.status);
-                                expected.push((
-                                    Some(*id),
-                                    action.clone(),
-                                    target.clone(),
-                                    outcome.into(),
-                                    resp.status.as_u16(),
-                                ));
-                            }
-                        } else {
-                            assert_eq!(
-                                resp.status,
-                                StatusCode::FORBIDDEN,
-                                "{}: {}",
-                                what(&who),
-                                resp.text
-                            );
-                            let detail = resp.detail();
-                            assert!(
-                                detail.contains(&format!("needs the {} scope", needed.as_str())),
-                                "{}: the detail names the scope: {detail}",
-                                what(&who)
-                            );
-                            expected.push((
-                                Some(*id),
-                                action.clone(),
-                                target.clone(),
-                                "denied".into(),
-                                403,
-                            ));
-                        }
-                    }
-                }
+                Access::Token(_) => {}
             }
         }
         assert_eq!(socket_routes, 1, "one events socket");
+    })
+    .await;
+}
 
-        let records = all_audit(store).await;
-        let mut have: HashMap<Expected, usize> = HashMap::new();
-        for r in &records {
-            *have
-                .entry((
-                    r.token_id,
-                    r.action.clone(),
-                    r.target.clone(),
-                    r.outcome.clone(),
-                    r.status,
-                ))
-                .or_default() += 1;
+#[tokio::test]
+async fn every_token_route_refuses_a_missing_or_unknown_token_with_401_and_records_it() {
+    on_both(async |db| {
+        let (ctx, doc, _) = matrix_world(db).await;
+        let unknown = "blk_this-token-was-never-issued";
+        let mut expected = Vec::new();
+        for (probe, _) in Probe::token_routes(doc) {
+            let none = probe.send(&ctx.app, None).await;
+            assert_unauthorized(&none, &probe.what("no token"));
+            expected.push(probe.expected(None, StatusCode::UNAUTHORIZED));
+            let bad = probe.send(&ctx.app, Some(unknown)).await;
+            assert_unauthorized(&bad, &probe.what("an unknown token"));
+            assert!(bad.detail().contains("not known"), "{}", bad.text);
+            expected.push(probe.expected(None, StatusCode::UNAUTHORIZED));
         }
-        let mut want: HashMap<Expected, usize> = HashMap::new();
-        for e in expected {
-            *want.entry(e).or_default() += 1;
-        }
-        let mut missing = Vec::new();
-        for (key, n) in &want {
-            let got = have.get(key).copied().unwrap_or(0);
-            if got < *n {
-                missing.push(format!("{key:?}: want {n}, have {got}"));
+        assert_recorded(&ctx.state.store, expected).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_token_route_refuses_a_scope_short_of_its_own_with_403_naming_it_and_records_it() {
+    on_both(async |db| {
+        let (ctx, doc, holders) = matrix_world(db).await;
+        let mut expected = Vec::new();
+        for (probe, needed) in Probe::token_routes(doc) {
+            for (held, secret, id) in &holders {
+                if expect_grant(*held, needed) {
+                    continue;
+                }
+                let what = probe.what(&format!("a {} token", held.as_str()));
+                let resp = probe.send(&ctx.app, Some(secret)).await;
+                assert_eq!(resp.status, StatusCode::FORBIDDEN, "{what}: {}", resp.text);
+                let detail = resp.detail();
+                let names = format!("needs the {} scope", needed.as_str());
+                assert!(
+                    detail.contains(&names),
+                    "{what}: the detail names the scope: {detail}"
+                );
+                expected.push(probe.expected(Some(*id), StatusCode::FORBIDDEN));
             }
         }
-        missing.sort();
+        assert_recorded(&ctx.state.store, expected).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_token_route_lets_each_covering_scope_through_records_writes_and_not_masked_reads() {
+    on_both(async |db| {
+        let (ctx, doc, holders) = matrix_world(db).await;
+        let store = &ctx.state.store;
+        let mut expected = Vec::new();
+        let mut read_actions = BTreeSet::new();
+        for (probe, needed) in Probe::token_routes(doc) {
+            if probe.meta.kind == Kind::Read {
+                read_actions.insert(probe.action.clone());
+            }
+            for (held, secret, id) in &holders {
+                if !expect_grant(*held, needed) {
+                    continue;
+                }
+                let what = probe.what(&format!("a {} token", held.as_str()));
+                let resp = probe.send(&ctx.app, Some(secret)).await;
+                let refused = [
+                    StatusCode::UNAUTHORIZED,
+                    StatusCode::FORBIDDEN,
+                    StatusCode::TOO_MANY_REQUESTS,
+                ];
+                let status = resp.status;
+                assert!(!refused.contains(&status), "{what}: {status} {}", resp.text);
+                assert!(!status.is_server_error(), "{what}: {status} {}", resp.text);
+                if probe.meta.kind == Kind::Write {
+                    expected.push(probe.expected(Some(*id), status));
+                }
+            }
+        }
+        let outcomes: BTreeSet<&str> = expected.iter().map(|e| e.3.as_str()).collect();
         assert!(
-            missing.is_empty(),
-            "missing audit records:\n{}",
-            missing.join("\n")
+            outcomes.contains("ok"),
+            "some allowed writes succeeded: {outcomes:?}"
         );
-        assert!(
-            want.keys().any(|k| k.3 == "denied") && want.keys().any(|k| k.3 != "denied"),
-            "the matrix expected both denials and allowed writes"
-        );
+        assert_recorded(store, expected).await;
         // Reads that return no secrets are not audited when allowed.
+        let records = all_audit(store).await;
         let audited_reads: Vec<&AuditRecord> = records
             .iter()
             .filter(|r| r.outcome != "denied" && read_actions.contains(&r.action))
