@@ -421,26 +421,35 @@ async fn pruning_finds_old_records_through_the_time_index_on_sqlite() {
             (crate::store::audit::PRUNE_AUDIT, "audit_event_by_time"),
             (crate::store::events::PRUNE_EVENTS, "block_event_by_time"),
         ] {
-            let plan: Vec<String> = sqlx::query(&format!("explain query plan {statement}"))
-                .bind(0_i64)
-                .bind(10_i64)
-                .fetch_all(&store.read)
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").unwrap())
-                .collect();
-            assert!(
-                !plan.iter().any(|line| line.starts_with("SCAN")),
-                "{statement}: {plan:#?}"
-            );
-            assert!(
-                plan.iter().any(|line| line.contains(index)),
-                "{statement}: {plan:#?}"
-            );
+            assert_sqlite_plan_uses(&store, statement, &[0, 10], index).await;
         }
     })
     .await;
+}
+
+/// Asserts that SQLite's plan for `statement` (with `binds`) scans no table and has a
+/// step naming `step` (an index, or an index with its search terms).
+async fn assert_sqlite_plan_uses(store: &Store, statement: &str, binds: &[i64], step: &str) {
+    let sql = format!("explain query plan {statement}");
+    let mut query = sqlx::query(&sql);
+    for bind in binds {
+        query = query.bind(*bind);
+    }
+    let plan: Vec<String> = query
+        .fetch_all(&store.read)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").unwrap())
+        .collect();
+    assert!(
+        !plan.iter().any(|line| line.starts_with("SCAN")),
+        "{statement}: {plan:#?}"
+    );
+    assert!(
+        plan.iter().any(|line| line.contains(step)),
+        "{statement}: {plan:#?}"
+    );
 }
 
 #[tokio::test]
@@ -453,25 +462,8 @@ async fn reading_the_feed_after_a_position_is_one_index_range_on_sqlite() {
         // whole feed to find nothing new took 70-100 ms at a million events.
         let store = db.open().await;
         let statement = store.events_after_sql();
-        let plan: Vec<String> = sqlx::query(&format!("explain query plan {statement}"))
-            .bind(0_i64)
-            .bind(10_i64)
-            .bind(100_i64)
-            .fetch_all(&store.read)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").unwrap())
-            .collect();
-        assert!(
-            plan.iter()
-                .any(|line| line.contains("block_event_position (xid=? AND seq>?)")),
-            "{statement}: {plan:#?}"
-        );
-        assert!(
-            !plan.iter().any(|line| line.starts_with("SCAN")),
-            "{plan:#?}"
-        );
+        let step = "block_event_position (xid=? AND seq>?)";
+        assert_sqlite_plan_uses(&store, &statement, &[0, 10, 100], step).await;
     })
     .await;
 }
