@@ -140,8 +140,9 @@ fn seed(api: &str, token: &str) {
     .unwrap();
 }
 
-/// Audit records stored and group commits so far, from `/metrics`.
-fn audit_figures(server: &Server) -> (f64, f64) {
+/// Audit records stored, group commits, and statements sent to the database so far, from
+/// `/metrics`.
+fn audit_figures(server: &Server) -> (f64, f64, f64) {
     let text = reqwest::blocking::Client::new()
         .get(server.api.replace("/api", "/metrics"))
         .bearer_auth(&server.admin)
@@ -158,6 +159,7 @@ fn audit_figures(server: &Server) -> (f64, f64) {
     (
         value("blocks_audit_records_total "),
         value("blocks_audit_group_commits_total "),
+        value("blocks_store_queries_total "),
     )
 }
 
@@ -246,7 +248,7 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
         )
     };
     let loaded = server.process.rss_kib();
-    let (records, commits) = audit_figures(&server);
+    let (records, commits, queries) = audit_figures(&server);
     let health = if skip("health") {
         skipped()
     } else {
@@ -285,6 +287,8 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
     ratio("nested / health (req/s)", nested.rps / health.rps);
     ratio("masked / health (req/s)", masked.rps / health.rps);
     ratio("audit records per commit", records / commits.max(1.0));
+    // The reads above are all audited, so this is the database's share of a read.
+    ratio("statements per audited read", queries / records.max(1.0));
     println!(
         "| {backend:<15} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",
         idle as f64 / 1024.0,
