@@ -11,7 +11,6 @@ mod common;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,7 +20,6 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 const CANARY: &str = "canary-crash-7d2c";
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The server on `home`'s store, or on `database` (URL, master key file); no log line may
 /// hold the canary.
@@ -210,26 +208,15 @@ fn answered_secret_reads_keep_their_audit_records_across_a_kill_on_sqlite() {
 
 #[test]
 fn answered_secret_reads_keep_their_audit_records_across_a_kill_on_postgres() {
-    let admin_url = std::env::var("BLOCKS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-    let name = format!("blocks_crash_{}", uuid::Uuid::new_v4().simple());
-    let psql = |sql: &str| {
-        Command::new("psql")
-            .arg(&admin_url)
-            .args(["-qc", sql])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !psql(&format!("create database {name}")) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "PostgreSQL at {admin_url} is unreachable under CI"
-        );
-        eprintln!("SKIPPED: PostgreSQL at {admin_url} is unreachable");
+    // The tests' one fresh-database helper (unreachable PostgreSQL fails under CI); dropped
+    // with `db` at the end, or when the test fails.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(db) = runtime.block_on(tests::PostgresDb::create()) else {
         return;
-    }
-    let mut url = url::Url::parse(&admin_url).unwrap();
-    url.set_path(&name);
+    };
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("master.key");
     let master = registry_server::crypto::MasterKey::generate().unwrap();
@@ -238,6 +225,6 @@ fn answered_secret_reads_keep_their_audit_records_across_a_kill_on_postgres() {
         secrecy::ExposeSecret::expose_secret(&master.to_base64()),
     )
     .unwrap();
-    answered_secret_reads_survive_a_kill(Some((url.as_str(), &key)));
-    psql(&format!("drop database {name} with (force)"));
+    answered_secret_reads_survive_a_kill(Some((db.url.as_str(), &key)));
+    runtime.block_on(db.drop_database());
 }

@@ -68,6 +68,7 @@ fn key_lines() -> Vec<String> {
 }
 
 /// Fails when `text` holds any line of the private key or the canary.
+#[track_caller]
 fn assert_clean(text: &str) {
     assert!(!text.contains(CANARY), "the canary leaked: {text}");
     for line in key_lines() {
@@ -134,6 +135,7 @@ fn refused_info(key: &str, value: Option<Value>) -> String {
     )
 }
 
+#[track_caller]
 fn expect_path<T: std::fmt::Debug>(result: Result<T, GcpError>, what: &str) {
     match result {
         Err(GcpError::Path { .. }) => {}

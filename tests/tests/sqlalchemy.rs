@@ -157,6 +157,7 @@ async fn open_sqlite_file(path: &str) -> SqlPool {
 }
 
 /// Asserts that no rendering of `text` holds the password, raw or encoded.
+#[track_caller]
 fn assert_no_password(what: &str, text: &str) {
     for secret in [CANARY, PASSWORD, PASSWORD_ENCODED] {
         assert!(!text.contains(secret), "{what} leaks {secret:?}: {text}");
@@ -1071,6 +1072,7 @@ fn closed_port_connector(driver: &str, host: &str, port: u16) -> SqlAlchemyConne
     )
 }
 
+#[track_caller]
 fn assert_scrubbed_connection_error(err: &SqlError, backend: &str, host: &str, port: u16) {
     assert_eq!(err.field, "connection", "{err}");
     assert!(err.message.contains(backend), "{err}");

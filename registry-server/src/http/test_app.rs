@@ -210,6 +210,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
+#[track_caller]
 pub(crate) fn assert_unauthorized(resp: &Resp, what: &str) {
     assert_eq!(
         resp.status,
