@@ -6,7 +6,9 @@ mod list;
 mod prepared;
 
 pub use prepared::Answer;
+mod create;
 mod read;
+mod update;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
