@@ -9,17 +9,19 @@ use block_types::access::{
     AuditPage, ChildTokenCreate, Grant, KeyStatus, Rotation, Settings, TokenCreate, TokenInfo,
 };
 use block_types::model::{
-    AnyOf, BlockDocument, BlockDocumentCreate, BlockDocumentFilterBody, BlockSchema,
-    BlockSchemaFilter, BlockSchemaFilterBody, BlockType, BlockTypeFilterBody, BlockTypeUpdate,
-    MAX_LIMIT, VersionInfo,
+    AnyOf, BlockDocument, BlockDocumentCreate, BlockDocumentFilterBody, BlockDocumentUpdate,
+    BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, BlockType,
+    BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate, MAX_LIMIT, VersionInfo,
 };
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::Client;
+use crate::client::{Condition, retry_after};
 use crate::encoding::encode;
 use crate::error::Error;
 
@@ -175,11 +177,28 @@ impl Client {
             .map(serde_json::to_value)
             .transpose()
             .map_err(|e| Error::Config(format!("cannot encode the request to {path}: {e}")))?;
-        let read = method == Method::GET;
-        let (status, value, etag) = self
-            .send(method.clone(), path, body.as_ref(), if_match)
+        let url = self.url(path)?;
+        let response = self
+            .request(
+                &method,
+                &url,
+                body.as_ref(),
+                if_match.map(Condition::IfMatch),
+            )
             .await?;
-        if !read {
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(ToOwned::to_owned);
+        let retry = retry_after(&response);
+        // An empty answer (a 204) reads as `null`.
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(self.error(status, &value, retry));
+        }
+        if method != Method::GET {
             self.after_write();
         }
         if !status.is_success() {
@@ -253,6 +272,11 @@ impl Client {
             .await
     }
 
+    /// Registers a block type ([`Error::Http`] with status 409 when its slug is taken).
+    pub async fn create_block_type(&self, create: &BlockTypeCreate) -> Result<BlockType, Error> {
+        self.call(Method::POST, "block_types/", Some(create)).await
+    }
+
     /// Changes a type's metadata (fields left `None` stay as they are).
     pub async fn update_block_type(&self, id: Uuid, update: &BlockTypeUpdate) -> Result<(), Error> {
         self.call::<_, serde::de::IgnoredAny>(
@@ -269,6 +293,16 @@ impl Client {
         self.call::<(), serde::de::IgnoredAny>(Method::DELETE, &format!("block_types/{id}"), None)
             .await
             .map(drop)
+    }
+
+    /// Registers a schema; a schema the server already has (by checksum and version) is
+    /// answered as it is.
+    pub async fn create_block_schema(
+        &self,
+        create: &BlockSchemaCreate,
+    ) -> Result<BlockSchema, Error> {
+        self.call(Method::POST, "block_schemas/", Some(create))
+            .await
     }
 
     /// The schemas of the type `type_id`.
@@ -318,6 +352,17 @@ impl Client {
         .await
     }
 
+    /// The document `slug/name`, references resolved and secrets masked, with its `ETag`:
+    /// the version a conditional [`Client::update_block_document`] names.
+    pub async fn block_document_tagged(
+        &self,
+        slug: &str,
+        name: &str,
+    ) -> Result<(BlockDocument, Option<String>), Error> {
+        self.call_tagged::<(), _>(Method::GET, &block_path(slug, name), None, None)
+            .await
+    }
+
     /// Creates a document; the answer has its secrets masked.
     pub async fn create_block_document(
         &self,
@@ -325,6 +370,24 @@ impl Client {
     ) -> Result<BlockDocument, Error> {
         self.call(Method::POST, "block_documents/", Some(create))
             .await
+    }
+
+    /// Changes a document (a new version), on the condition that it is still at the
+    /// `ETag` `if_match` when one is given (else [`Error::Http`] with status 412).
+    pub async fn update_block_document(
+        &self,
+        id: Uuid,
+        update: &BlockDocumentUpdate,
+        if_match: Option<&str>,
+    ) -> Result<(), Error> {
+        self.call_tagged::<_, serde::de::IgnoredAny>(
+            Method::PATCH,
+            &format!("block_documents/{id}"),
+            Some(update),
+            if_match,
+        )
+        .await
+        .map(drop)
     }
 
     /// Deletes a document and its history (refused while others reference it).

@@ -26,7 +26,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// A request's precondition.
 #[derive(Debug, Clone, Copy)]
-enum Condition<'a> {
+pub(crate) enum Condition<'a> {
     /// `If-None-Match`: a 304 when the entity tag still matches.
     IfNoneMatch(&'a str),
     /// `If-Match`: a 412 when it no longer does.
@@ -596,7 +596,7 @@ impl Client {
     /// The one request path. A GET is retried on connection errors and timeouts, 503,
     /// and 429 (after `Retry-After`), with backoff; any other method only while the
     /// connection never got through, so a write that may have landed is not sent twice.
-    async fn request(
+    pub(crate) async fn request(
         &self,
         method: &reqwest::Method,
         url: &url::Url,
@@ -696,49 +696,6 @@ impl Client {
             },
         }
     }
-
-    /// Sends one request through [`Client::request`] and returns the status, the JSON body
-    /// (`null` when empty) and the `ETag`; `if_match` makes a write conditional.
-    pub(crate) async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        if_match: Option<&str>,
-    ) -> Result<(StatusCode, Value, Option<String>), Error> {
-        let url = self.url(path)?;
-        let response = self
-            .request(&method, &url, body, if_match.map(Condition::IfMatch))
-            .await?;
-        self.answer(response).await
-    }
-
-    /// A GET of an API path: the status, the JSON body and the `ETag`.
-    pub(crate) async fn read_json(
-        &self,
-        path: &str,
-    ) -> Result<(StatusCode, Value, Option<String>), Error> {
-        self.send(reqwest::Method::GET, path, None, None).await
-    }
-
-    /// An answer as (status, JSON body or `null`, `ETag`); a 429 is [`Error::RateLimited`].
-    async fn answer(
-        &self,
-        response: reqwest::Response,
-    ) -> Result<(StatusCode, Value, Option<String>), Error> {
-        let status = response.status();
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(ToOwned::to_owned);
-        let retry = retry_after(&response);
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(self.error(status, &value, retry));
-        }
-        Ok((status, value, etag))
-    }
 }
 
 fn typed<T: Block>(document: &BlockDocument, slug: &str, name: &str) -> Result<T, Error> {
@@ -801,7 +758,7 @@ fn reason(e: reqwest::Error) -> String {
     }
 }
 
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     response
         .headers()
         .get(reqwest::header::RETRY_AFTER)?

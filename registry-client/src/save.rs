@@ -4,18 +4,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use block_types::model::{BlockSchema, BlockType};
+use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate, BlockSchema, BlockType};
 use block_types::{Block, BlockSpec};
-use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::client::{Client, without_values};
+use crate::error::Error;
 
 /// What the server says when a name is taken.
 const NAME_TAKEN: &str = "Block already exists";
-use crate::encoding::encode;
-use crate::error::Error;
 
 /// What a save created before it failed: removed again, best effort.
 struct Created(Vec<Uuid>);
@@ -50,24 +48,16 @@ impl Client {
             message: without_values(&e.message),
         })?;
         // Is the name taken? Known before anything is written.
-        let path = format!(
-            "block_types/slug/{}/block_documents/name/{}",
-            encode(T::SLUG),
-            encode(name)
-        );
-        let (status, current, read_etag) = self.read_json(&path).await?;
-        let existing = match status {
-            s if s.is_success() => {
-                if !overwrite {
-                    return Err(Error::NameConflict {
-                        slug: T::SLUG.to_owned(),
-                        name: name.to_owned(),
-                    });
-                }
-                current["id"].as_str().and_then(|i| i.parse::<Uuid>().ok())
+        let (existing, read_etag) = match self.block_document_tagged(T::SLUG, name).await {
+            Ok(_) if !overwrite => {
+                return Err(Error::NameConflict {
+                    slug: T::SLUG.to_owned(),
+                    name: name.to_owned(),
+                });
             }
-            StatusCode::NOT_FOUND => None,
-            other => return Err(self.error(other, &current, None)),
+            Ok((current, etag)) => (Some(current.id), etag),
+            Err(Error::Http { status: 404, .. }) => (None, None),
+            Err(e) => return Err(e),
         };
         let mut schemas = HashMap::new();
         for spec in T::nested_specs().iter().chain(std::iter::once(&T::spec())) {
@@ -86,10 +76,10 @@ impl Client {
                 .nested_as_references::<T>(data, &schemas, &mut created)
                 .await?;
             match existing {
-                None => self.create(T::SLUG, name, type_id, schema_id, &data).await,
+                None => self.create(T::SLUG, name, type_id, schema_id, data).await,
                 Some(id) => {
                     let etag = self.known_etag(id).or(read_etag);
-                    self.replace(T::SLUG, name, id, schema_id, &data, etag.as_deref())
+                    self.replace(T::SLUG, name, id, schema_id, data, etag.as_deref())
                         .await
                 }
             }
@@ -108,9 +98,7 @@ impl Client {
             }
             Err(e) => {
                 for id in created.0 {
-                    let _ = self
-                        .send(Method::DELETE, &format!("block_documents/{id}"), None, None)
-                        .await;
+                    let _ = self.delete_block_document(id).await;
                 }
                 Err(e)
             }
@@ -123,29 +111,27 @@ impl Client {
         name: &str,
         type_id: Uuid,
         schema_id: Uuid,
-        data: &Map<String, Value>,
+        data: Map<String, Value>,
     ) -> Result<Uuid, Error> {
-        let body = json!({
-            "name": name,
-            "block_type_id": type_id,
-            "block_schema_id": schema_id,
-            "data": data,
-            "is_anonymous": false,
-        });
-        let (status, value, _) = self
-            .send(Method::POST, "block_documents/", Some(&body), None)
-            .await?;
-        if status.is_success() {
-            return document_id(&value, status);
-        }
-        if status == StatusCode::CONFLICT && value["detail"].as_str() == Some(NAME_TAKEN) {
+        let create = BlockDocumentCreate {
+            name: Some(name.to_owned()),
+            data,
+            block_schema_id: schema_id,
+            block_type_id: type_id,
+            is_anonymous: false,
+        };
+        match self.create_block_document(&create).await {
+            Ok(created) => Ok(created.id),
             // Taken since we looked.
-            return Err(Error::NameConflict {
+            Err(Error::Http {
+                status: 409,
+                detail,
+            }) if detail == NAME_TAKEN => Err(Error::NameConflict {
                 slug: slug.to_owned(),
                 name: name.to_owned(),
-            });
+            }),
+            Err(e) => Err(e),
         }
-        Err(self.error(status, &value, None))
     }
 
     async fn replace(
@@ -154,26 +140,23 @@ impl Client {
         name: &str,
         id: Uuid,
         schema_id: Uuid,
-        data: &Map<String, Value>,
+        data: Map<String, Value>,
         etag: Option<&str>,
     ) -> Result<Uuid, Error> {
-        let update =
-            json!({"block_schema_id": schema_id, "data": data, "merge_existing_data": false});
-        let (status, value, _) = self
-            .send(
-                Method::PATCH,
-                &format!("block_documents/{id}"),
-                Some(&update),
-                etag,
-            )
-            .await?;
-        match status {
-            s if s.is_success() => Ok(id),
-            StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND => Err(Error::ConcurrentEdit {
+        let update = BlockDocumentUpdate {
+            block_schema_id: Some(schema_id),
+            data: Some(data),
+            merge_existing_data: false,
+        };
+        match self.update_block_document(id, &update, etag).await {
+            Ok(()) => Ok(id),
+            Err(Error::Http {
+                status: 412 | 404, ..
+            }) => Err(Error::ConcurrentEdit {
                 slug: slug.to_owned(),
                 name: name.to_owned(),
             }),
-            other => Err(self.error(other, &value, None)),
+            Err(e) => Err(e),
         }
     }
 
@@ -192,28 +175,25 @@ impl Client {
             if !done.insert(field.clone()) {
                 continue;
             }
-            let Some(nested) = data.get(&field).filter(|v| v.is_object()).cloned() else {
+            let Some(nested) = data.get(&field).filter(|v| v.is_object()) else {
                 continue;
             };
-            let id = match self.provenance().find(&slug, &nested) {
+            let id = match self.provenance().find(&slug, nested) {
                 Some(id) => id,
                 None => {
-                    let Some((type_id, schema_id)) = schemas.get(&slug) else {
+                    let (Some((type_id, schema_id)), Some(nested)) =
+                        (schemas.get(&slug), nested.as_object())
+                    else {
                         continue;
                     };
-                    let body = json!({
-                        "block_type_id": type_id,
-                        "block_schema_id": schema_id,
-                        "data": nested,
-                        "is_anonymous": true,
-                    });
-                    let (status, value, _) = self
-                        .send(Method::POST, "block_documents/", Some(&body), None)
-                        .await?;
-                    if !status.is_success() {
-                        return Err(self.error(status, &value, None));
-                    }
-                    let id = document_id(&value, status)?;
+                    let create = BlockDocumentCreate {
+                        name: None,
+                        data: nested.clone(),
+                        block_schema_id: *schema_id,
+                        block_type_id: *type_id,
+                        is_anonymous: true,
+                    };
+                    let id = self.create_block_document(&create).await?.id;
                     created.0.push(id);
                     id
                 }
@@ -227,55 +207,23 @@ impl Client {
     /// when missing (an existing type's metadata is left alone), the schema is created or
     /// found by checksum.
     pub async fn register(&self, spec: &BlockSpec) -> Result<(BlockType, BlockSchema), Error> {
-        let path = format!("block_types/slug/{}", encode(&spec.block_type.slug));
-        let (status, value, _) = self.read_json(&path).await?;
-        let value = match status {
-            s if s.is_success() => value,
-            StatusCode::NOT_FOUND => {
-                let body = serde_json::to_value(spec.block_type.to_create()).unwrap_or(Value::Null);
-                let (status, value, _) = self
-                    .send(Method::POST, "block_types/", Some(&body), None)
-                    .await?;
-                if status == StatusCode::CONFLICT {
+        let ty = match self.block_type(&spec.block_type.slug).await {
+            Ok(ty) => ty,
+            Err(Error::Http { status: 404, .. }) => {
+                match self.create_block_type(&spec.block_type.to_create()).await {
+                    Ok(ty) => ty,
                     // Another client registered it meanwhile.
-                    let (status, value, _) = self.read_json(&path).await?;
-                    if !status.is_success() {
-                        return Err(self.error(status, &value, None));
+                    Err(Error::Http { status: 409, .. }) => {
+                        self.block_type(&spec.block_type.slug).await?
                     }
-                    value
-                } else if status.is_success() {
-                    value
-                } else {
-                    return Err(self.error(status, &value, None));
+                    Err(e) => return Err(e),
                 }
             }
-            other => return Err(self.error(other, &value, None)),
+            Err(e) => return Err(e),
         };
-        let ty: BlockType = serde_json::from_value(value).map_err(|e| Error::Http {
-            status: 200,
-            detail: format!("the answer is not a block type: {e}"),
-        })?;
-        let body = serde_json::to_value(spec.to_schema_create(ty.id)).unwrap_or(Value::Null);
-        let (status, value, _) = self
-            .send(Method::POST, "block_schemas/", Some(&body), None)
+        let schema = self
+            .create_block_schema(&spec.to_schema_create(ty.id))
             .await?;
-        if !status.is_success() {
-            return Err(self.error(status, &value, None));
-        }
-        let schema: BlockSchema = serde_json::from_value(value).map_err(|e| Error::Http {
-            status: 200,
-            detail: format!("the answer is not a block schema: {e}"),
-        })?;
         Ok((ty, schema))
     }
-}
-
-fn document_id(value: &Value, status: StatusCode) -> Result<Uuid, Error> {
-    value["id"]
-        .as_str()
-        .and_then(|i| i.parse().ok())
-        .ok_or_else(|| Error::Http {
-            status: status.as_u16(),
-            detail: "the answer holds no document id".into(),
-        })
 }
