@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::FieldError;
 use crate::model::timestamp;
 
 /// What happened.
@@ -170,6 +171,62 @@ pub struct ResetEvent {
     pub last_event_id: Option<i64>,
     /// Why the events cannot be replayed.
     pub reason: String,
+}
+
+/// Which events a subscriber or a webhook wants: of block types whose slug matches a glob,
+/// documents whose name matches a glob, some kinds (none listed: every kind).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// A glob over type slugs; events without a type (keys) do not match.
+    #[serde(rename = "type", default)]
+    pub type_slug: Option<String>,
+    /// A glob over document names; only document events match.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The kinds wanted; empty: all.
+    #[serde(default)]
+    pub kinds: Vec<EventKind>,
+}
+
+/// The longest glob of a filter.
+pub const MAX_FILTER_GLOB: usize = 255;
+
+impl EventFilter {
+    /// Refuses an empty, overlong or control-character glob, naming the field.
+    pub fn check(&self) -> Result<(), FieldError> {
+        for (field, glob) in [("type", &self.type_slug), ("name", &self.name)] {
+            if let Some(text) = glob {
+                if text.is_empty() || text.len() > MAX_FILTER_GLOB {
+                    return Err(FieldError::new(
+                        field,
+                        format!("must be 1 to {MAX_FILTER_GLOB} bytes"),
+                    ));
+                }
+                if text.chars().any(char::is_control) {
+                    return Err(FieldError::new(field, "must not hold control characters"));
+                }
+            }
+        }
+        if self.kinds.len() > EventKind::ALL.len() {
+            return Err(FieldError::new("kinds", "lists a kind more than once"));
+        }
+        Ok(())
+    }
+
+    /// Whether `event` is one of those wanted.
+    pub fn matches(&self, event: &ChangeEvent) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&event.kind) {
+            return false;
+        }
+        let globbed = |glob: &Option<String>, value: &Option<String>| match (glob, value) {
+            (None, _) => true,
+            (Some(glob), Some(value)) => crate::access::glob(glob, value),
+            (Some(_), None) => false,
+        };
+        globbed(&self.type_slug, &event.block_type_slug)
+            && globbed(&self.name, &event.block_document_name)
+    }
 }
 
 #[cfg(test)]

@@ -42,11 +42,13 @@ pub mod catalog;
 pub mod checksum;
 pub mod error;
 pub mod events;
+pub mod identity;
 pub mod model;
 pub mod references;
 pub mod secret;
 pub mod secret_fields;
 pub mod validate;
+pub mod webhooks;
 
 pub use block::{Block, BlockSpec, BlockTypeInfo};
 pub use checksum::schema_checksum;

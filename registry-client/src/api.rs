@@ -1,18 +1,21 @@
 //! Typed calls of the API beyond loading and saving blocks: block types and schemas,
-//! documents and their versions, tokens, the audit log, keys and settings. The `blocks`
-//! CLI is built on them. Every call goes through one request path ([`Client::call`]):
-//! reads are retried like loads, writes only while the connection never got through.
+//! documents and their versions, tokens, workload-identity issuers and roles, webhooks,
+//! the audit log, keys and settings. The `blocks` CLI is built on them. Every call goes
+//! through one request path (`Client::call`): reads are retried like loads, writes only
+//! while the connection never got through.
 
 use std::collections::HashSet;
 
 use block_types::access::{
     AuditPage, ChildTokenCreate, Grant, KeyStatus, Rotation, Settings, TokenCreate, TokenInfo,
 };
+use block_types::identity::{Issuer, IssuerCreate, Role, RoleConfig};
 use block_types::model::{
     AnyOf, BlockDocument, BlockDocumentCreate, BlockDocumentFilterBody, BlockDocumentUpdate,
     BlockSchema, BlockSchemaCreate, BlockSchemaFilter, BlockSchemaFilterBody, BlockType,
     BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate, MAX_LIMIT, VersionInfo,
 };
+use block_types::webhooks::{Delivery, Webhook, WebhookCreate, WebhookCreated, WebhookTest};
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -53,6 +56,35 @@ fn secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString,
     <String as serde::Deserialize>::deserialize(d).map(SecretString::from)
 }
 
+/// A webhook just registered. Its signing secret is shown only this once, so an answer of a
+/// shape this client does not read (a newer server's) is kept whole rather than lost.
+/// `Debug` hides the secret.
+pub enum NewWebhook {
+    /// The webhook and its signing secret.
+    Created(WebhookCreated),
+    /// An answer this client does not read: as it came (with the signing secret), and
+    /// where it differs ([`Error::Decode`], which quotes no value).
+    Unread {
+        /// The answer as it came.
+        answer: Value,
+        /// Where it differs from what this client reads.
+        problem: Error,
+    },
+}
+
+impl std::fmt::Debug for NewWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Created(created) => f.debug_tuple("Created").field(created).finish(),
+            Self::Unread { problem, .. } => f
+                .debug_struct("Unread")
+                .field("answer", &"********")
+                .field("problem", problem)
+                .finish(),
+        }
+    }
+}
+
 /// What `GET /api/audit` selects; unset fields select everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
@@ -90,8 +122,8 @@ impl AuditFilter {
     }
 }
 
-/// The API path of the block `slug/name`, for [`Client::call`].
-pub fn block_path(slug: &str, name: &str) -> String {
+/// The API path of the block `slug/name`.
+pub(crate) fn block_path(slug: &str, name: &str) -> String {
     format!(
         "block_types/slug/{}/block_documents/name/{}",
         encode(slug),
@@ -150,7 +182,12 @@ impl Client {
     /// landed is not sent twice. An error answer becomes an [`Error`] (a 404 is
     /// [`Error::Http`] with the server's words), an answer of another shape
     /// [`Error::Decode`].
-    pub async fn call<B, R>(&self, method: Method, path: &str, body: Option<&B>) -> Result<R, Error>
+    pub(crate) async fn call<B, R>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, Error>
     where
         B: Serialize + ?Sized,
         R: DeserializeOwned,
@@ -162,7 +199,7 @@ impl Client {
 
     /// [`Client::call`] that returns the answer's `ETag` too, and makes a write
     /// conditional on `if_match` (a 412 is [`Error::Http`] with status 412).
-    pub async fn call_tagged<B, R>(
+    pub(crate) async fn call_tagged<B, R>(
         &self,
         method: Method,
         path: &str,
@@ -210,6 +247,12 @@ impl Client {
 
     async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, Error> {
         self.call::<(), R>(Method::GET, path, None).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), Error> {
+        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, path, None)
+            .await
+            .map(drop)
     }
 
     /// Every item of a filter route, page by page, each once. Stops with
@@ -290,9 +333,7 @@ impl Client {
 
     /// Deletes a block type (refused while documents of it exist).
     pub async fn delete_block_type(&self, id: Uuid) -> Result<(), Error> {
-        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, &format!("block_types/{id}"), None)
-            .await
-            .map(drop)
+        self.delete(&format!("block_types/{id}")).await
     }
 
     /// Registers a schema; a schema the server already has (by checksum and version) is
@@ -392,13 +433,7 @@ impl Client {
 
     /// Deletes a document and its history (refused while others reference it).
     pub async fn delete_block_document(&self, id: Uuid) -> Result<(), Error> {
-        self.call::<(), serde::de::IgnoredAny>(
-            Method::DELETE,
-            &format!("block_documents/{id}"),
-            None,
-        )
-        .await
-        .map(drop)
+        self.delete(&format!("block_documents/{id}")).await
     }
 
     /// The stored versions of a document, newest first.
@@ -455,6 +490,75 @@ impl Client {
     /// Revokes a token.
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, Error> {
         self.call::<(), _>(Method::DELETE, &format!("tokens/{}", encode(id)), None)
+            .await
+    }
+
+    /// Every trusted issuer of workload identities.
+    pub async fn issuers(&self) -> Result<Vec<Issuer>, Error> {
+        self.get("auth/issuers").await
+    }
+
+    /// Trusts an issuer's JWTs (`admin`).
+    pub async fn create_issuer(&self, create: &IssuerCreate) -> Result<Issuer, Error> {
+        self.call(Method::POST, "auth/issuers", Some(create)).await
+    }
+
+    /// Stops trusting an issuer (refused while a role names it).
+    pub async fn delete_issuer(&self, id: &str) -> Result<(), Error> {
+        self.delete(&format!("auth/issuers/{}", encode(id))).await
+    }
+
+    /// Every role a workload identity may sign in to.
+    pub async fn roles(&self) -> Result<Vec<Role>, Error> {
+        self.get("auth/roles").await
+    }
+
+    /// Creates or replaces the role `name`.
+    pub async fn set_role(&self, name: &str, config: &RoleConfig) -> Result<Role, Error> {
+        self.call(
+            Method::PUT,
+            &format!("auth/roles/{}", encode(name)),
+            Some(config),
+        )
+        .await
+    }
+
+    /// Deletes the role `name`.
+    pub async fn delete_role(&self, name: &str) -> Result<(), Error> {
+        self.delete(&format!("auth/roles/{}", encode(name))).await
+    }
+
+    /// Every webhook (never their signing secrets).
+    pub async fn webhooks(&self) -> Result<Vec<Webhook>, Error> {
+        self.get("webhooks").await
+    }
+
+    /// Registers a webhook; the answer shows its signing secret, this once.
+    pub async fn create_webhook(&self, create: &WebhookCreate) -> Result<NewWebhook, Error> {
+        let request = "POST webhooks";
+        let answer: Value = self.call(Method::POST, "webhooks", Some(create)).await?;
+        Ok(
+            match crate::error::decode::<WebhookCreated>(answer.clone(), request) {
+                Ok(created) => NewWebhook::Created(created),
+                Err(problem) => NewWebhook::Unread { answer, problem },
+            },
+        )
+    }
+
+    /// Deletes a webhook (its pending deliveries are not sent).
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
+        self.delete(&format!("webhooks/{id}")).await
+    }
+
+    /// A webhook's deliveries, newest first, at most `limit`.
+    pub async fn webhook_deliveries(&self, id: Uuid, limit: u32) -> Result<Vec<Delivery>, Error> {
+        self.get(&format!("webhooks/{id}/deliveries?limit={limit}"))
+            .await
+    }
+
+    /// Sends a signed test event to a webhook now and says how it went (not retried).
+    pub async fn test_webhook(&self, id: Uuid) -> Result<WebhookTest, Error> {
+        self.call::<(), _>(Method::POST, &format!("webhooks/{id}/test"), None)
             .await
     }
 

@@ -13,7 +13,7 @@ pub(crate) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// `text` with everything but unreserved characters percent-encoded: a path segment of an
-/// API path for [`Client::call`](crate::Client::call), a query value, a URL's user name.
-pub fn encode(text: &str) -> String {
+/// API path, a query value, a URL's user name.
+pub(crate) fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }

@@ -77,14 +77,12 @@ pub mod sqlalchemy;
 
 use std::sync::OnceLock;
 
-pub use api::{AuditFilter, MAX_LISTED_ITEMS, NewToken, block_path};
+pub use api::{AuditFilter, MAX_LISTED_ITEMS, NewToken, NewWebhook};
 pub use block_types;
 pub use client::{CacheStats, Client, JsonBlock};
 pub use config::{Config, ConfigSource, Profile};
-pub use encoding::encode as path_segment;
 pub use error::Error;
 pub use identity::Identity;
-pub use reqwest::Method;
 pub use transfer::{ExportedDocument, Restored, Snapshot};
 pub use watch::{Watch, WatchEvent};
 

@@ -10,7 +10,7 @@ use super::usage;
 use anyhow::{Context, anyhow, bail};
 use block_types::DataValidator;
 use block_types::model::{BlockDocumentCreate, BlockDocumentFilterBody};
-use registry_client::{Client, Method};
+use registry_client::Client;
 use serde_json::{Map, Value, json};
 use std::io::Read as _;
 use uuid::Uuid;
@@ -226,18 +226,6 @@ pub async fn delete(address: &str, format: Format) -> anyhow::Result<()> {
     let id = document_id(&client, address).await?;
     client.delete_block_document(id).await?;
     say_deleted(address, format);
-    Ok(())
-}
-
-/// Deletes `path` and says that `what` was deleted.
-pub(super) async fn delete_and_say(
-    client: &Client,
-    path: &str,
-    what: &str,
-    format: Format,
-) -> anyhow::Result<()> {
-    client.call::<(), Value>(Method::DELETE, path, None).await?;
-    say_deleted(what, format);
     Ok(())
 }
 

@@ -2,11 +2,10 @@
 //! is removed however the command ends (the editor exits, or SIGINT/SIGTERM/SIGHUP stop it).
 
 use anyhow::{Context, bail};
-use registry_client::Method;
-use registry_client::block_path;
+use block_types::model::BlockDocumentUpdate;
 use serde_json::{Value, json};
 
-use super::output::{Format, print, text};
+use super::output::{Format, print};
 use super::transfer::write_private;
 use super::{client, or_missing, split_address};
 
@@ -21,19 +20,16 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
     let client = client()?;
     let (slug, name) = split_address(address)?;
     let (doc, etag) = client
-        .call_tagged::<(), Value>(Method::GET, &block_path(slug, name), None, None)
+        .block_document_tagged(slug, name)
         .await
         .map_err(or_missing(format!("block {slug}/{name} on the server")))?;
-    let id = text(&doc["id"]);
     // Referenced blocks are edited on their own: show their references, not their data.
-    let mut data = doc["data"].as_object().cloned().unwrap_or_default();
-    if let Some(refs) = doc["block_document_references"].as_object() {
-        for (field, reference) in refs {
-            data.insert(
-                field.clone(),
-                json!({"$ref": {"block_document_id": reference["block_document"]["id"]}}),
-            );
-        }
+    let mut data = doc.data;
+    for (field, reference) in doc.block_document_references {
+        data.insert(
+            field,
+            json!({"$ref": {"block_document_id": reference.block_document.id}}),
+        );
     }
     let original = zeroize::Zeroizing::new(serde_json::to_string_pretty(&Value::Object(data))?);
     // From here on an interruption is caught, so it unwinds through the drops below (which
@@ -88,13 +84,16 @@ pub async fn edit(address: &str, format: Format) -> anyhow::Result<()> {
     }
     let data: Value = serde_json::from_str(&edited)
         .context("the edited text is not JSON; nothing was changed")?;
-    if !data.is_object() {
+    let Value::Object(data) = data else {
         bail!("the edited data must be a JSON object; nothing was changed");
-    }
-    let path = format!("block_documents/{id}");
-    let body = json!({"data": data, "merge_existing_data": false});
+    };
+    let update = BlockDocumentUpdate {
+        block_schema_id: None,
+        data: Some(data),
+        merge_existing_data: false,
+    };
     let outcome = tokio::select! {
-        outcome = client.call_tagged::<_, Value>(Method::PATCH, &path, Some(&body), etag.as_deref()) => outcome,
+        outcome = client.update_block_document(doc.id, &update, etag.as_deref()) => outcome,
         signal = interruption.recv() => bail!(
             "interrupted by {signal} while saving: the change may or may not have been written (see blocks history {address})"
         ),

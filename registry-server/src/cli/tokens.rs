@@ -2,17 +2,15 @@
 
 use super::UsageError;
 use super::client;
-use super::documents::delete_and_say;
+use super::documents::say_deleted;
 use super::output::cell;
 use super::output::emit;
 use super::output::table;
 use super::output::{Format, print};
-use crate::store::{Issuer, IssuerCreate, Role, RoleConfig};
 use anyhow::Context;
 use block_types::access::{ChildTokenCreate, Grant, Scope, TokenCreate, TokenInfo, Ttl};
-use registry_client::Method;
+use block_types::identity::{Issuer, IssuerCreate, Role, RoleConfig};
 use registry_client::NewToken;
-use registry_client::path_segment;
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -209,26 +207,17 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
                 jwks_url: jwks_url.clone(),
                 jwks,
             };
-            let created = client
-                .call::<_, Issuer>(Method::POST, "auth/issuers", Some(&body))
-                .await?;
+            let created = client.create_issuer(&body).await?;
             print(format, &created, &issuer_headers, &[issuer_row(&created)]);
         }
         AuthCommand::Issuer(IssuerCommand::Ls) => {
-            let all = client
-                .call::<(), Vec<Issuer>>(Method::GET, "auth/issuers", None)
-                .await?;
+            let all = client.issuers().await?;
             let rows: Vec<_> = all.iter().map(issuer_row).collect();
             print(format, &all, &issuer_headers, &rows);
         }
         AuthCommand::Issuer(IssuerCommand::Rm { id }) => {
-            delete_and_say(
-                &client,
-                &format!("auth/issuers/{}", path_segment(id)),
-                id,
-                format,
-            )
-            .await?;
+            client.delete_issuer(id).await?;
+            say_deleted(id, format);
         }
         AuthCommand::Role(RoleCommand::Set {
             name,
@@ -257,30 +246,17 @@ pub async fn auth(command: &AuthCommand, format: Format) -> anyhow::Result<()> {
                 grants: parse_grants(grants)?,
                 ttl: ttl.as_deref().map(parse_ttl).transpose()?,
             };
-            let role = client
-                .call::<_, Role>(
-                    Method::PUT,
-                    &format!("auth/roles/{}", path_segment(name)),
-                    Some(&body),
-                )
-                .await?;
+            let role = client.set_role(name, &body).await?;
             print(format, &role, &role_headers, &[role_row(&role)]);
         }
         AuthCommand::Role(RoleCommand::Ls) => {
-            let all = client
-                .call::<(), Vec<Role>>(Method::GET, "auth/roles", None)
-                .await?;
+            let all = client.roles().await?;
             let rows: Vec<_> = all.iter().map(role_row).collect();
             print(format, &all, &role_headers, &rows);
         }
         AuthCommand::Role(RoleCommand::Rm { name }) => {
-            delete_and_say(
-                &client,
-                &format!("auth/roles/{}", path_segment(name)),
-                name,
-                format,
-            )
-            .await?;
+            client.delete_role(name).await?;
+            say_deleted(name, format);
         }
     }
     Ok(())

@@ -1,12 +1,13 @@
 //! `blocks webhook ls|create|delete|deliveries|test`: webhooks on a running server (admin).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::client;
-use super::output::{Format, emit, print, text};
-use crate::store::{Delivery, EventFilter, Webhook, WebhookCreate, WebhookCreated};
+use super::output::{Format, emit, print};
 use block_types::EventKind;
-use registry_client::Method;
+use block_types::events::EventFilter;
+use block_types::webhooks::WebhookCreate;
+use registry_client::NewWebhook;
 
 /// `blocks webhook …`.
 #[derive(Debug, clap::Subcommand)]
@@ -74,11 +75,9 @@ fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn id_path(id: &str, rest: &str) -> anyhow::Result<String> {
-    let id: uuid::Uuid = id
-        .parse()
-        .map_err(|_| super::usage(format!("{id:?} is not a webhook id (a UUID)")))?;
-    Ok(format!("webhooks/{id}{rest}"))
+fn webhook_id(id: &str) -> anyhow::Result<uuid::Uuid> {
+    id.parse()
+        .map_err(|_| super::usage(format!("{id:?} is not a webhook id (a UUID)")))
 }
 
 /// Runs a `blocks webhook` command.
@@ -86,9 +85,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
     let client = client()?;
     match command {
         WebhookCommand::Ls => {
-            let hooks = client
-                .call::<(), Vec<Webhook>>(Method::GET, "webhooks", None)
-                .await?;
+            let hooks = client.webhooks().await?;
             let rows: Vec<Vec<String>> = hooks
                 .iter()
                 .map(|h| {
@@ -131,17 +128,14 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
                     kinds,
                 },
             };
-            let answer = client
-                .call::<_, Value>(Method::POST, "webhooks", Some(&body))
-                .await?;
             // The signing secret is shown once: an answer this build cannot read (a newer
             // server's) is printed as it came rather than lost.
-            let created = match serde_json::from_value::<WebhookCreated>(answer.clone()) {
-                Ok(created) => created,
-                Err(e) => {
+            let created = match client.create_webhook(&body).await? {
+                NewWebhook::Created(created) => created,
+                NewWebhook::Unread { answer, problem } => {
                     emit(&serde_json::to_string_pretty(&answer)?);
                     anyhow::bail!(
-                        "the webhook was created, but its answer (printed above, with its signing secret) has a shape this blocks does not know: {e}"
+                        "the webhook was created, but its answer (printed above, with its signing secret) has a shape this blocks does not know: {problem}"
                     );
                 }
             };
@@ -157,9 +151,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
             }
         }
         WebhookCommand::Delete { id } => {
-            client
-                .call::<(), Value>(Method::DELETE, &id_path(id, "")?, None)
-                .await?;
+            client.delete_webhook(webhook_id(id)?).await?;
             if format == Format::Table {
                 emit(&format!("webhook {id} deleted"));
             } else {
@@ -167,13 +159,7 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
             }
         }
         WebhookCommand::Deliveries { id, limit } => {
-            let deliveries = client
-                .call::<(), Vec<Delivery>>(
-                    Method::GET,
-                    &id_path(id, &format!("/deliveries?limit={limit}"))?,
-                    None,
-                )
-                .await?;
+            let deliveries = client.webhook_deliveries(webhook_id(id)?, *limit).await?;
             let rows: Vec<Vec<String>> = deliveries
                 .iter()
                 .map(|d| {
@@ -204,21 +190,17 @@ pub async fn webhook(command: &WebhookCommand, format: Format) -> anyhow::Result
             );
         }
         WebhookCommand::Test { id } => {
-            let result = client
-                .call::<(), Value>(Method::POST, &id_path(id, "/test")?, None)
-                .await?;
+            let result = client.test_webhook(webhook_id(id)?).await?;
             match format {
                 Format::Json => emit(&serde_json::to_string_pretty(&result)?),
-                Format::Table if result["delivered"] == true => emit(&format!(
+                Format::Table if result.delivered => emit(&format!(
                     "delivered: {} in {} ms",
-                    text(&result["status"]),
-                    text(&result["elapsed_ms"])
+                    result.status.map(|s| s.to_string()).unwrap_or_default(),
+                    result.elapsed_ms
                 )),
                 Format::Table => anyhow::bail!(
                     "not delivered: {}",
-                    result["error"]
-                        .as_str()
-                        .unwrap_or("the receiver refused it")
+                    result.error.as_deref().unwrap_or("the receiver refused it")
                 ),
             }
         }

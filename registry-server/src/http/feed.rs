@@ -33,7 +33,7 @@ use uuid::Uuid;
 use super::extract::{Caller, QueryParams};
 use super::routes::{Route, get};
 use super::{ApiError, ApiResult, AppState};
-use crate::store::{EventFilter, FeedEvent, Position, Resume, Scope, Store, TokenInfo};
+use crate::store::{EventFilter, FeedEvent, Position, Resume, Scope, Store, StoreError, TokenInfo};
 
 /// The pump reads the table at least this often (events of another replica whose
 /// notification was missed, and PostgreSQL events held back behind a running transaction).
@@ -265,7 +265,7 @@ fn filter_of(query: &StreamQuery) -> Result<EventFilter, ApiError> {
         name: query.name.clone(),
         kinds,
     };
-    filter.check()?;
+    filter.check().map_err(|e| StoreError::Invalid(vec![e]))?;
     Ok(filter)
 }
 

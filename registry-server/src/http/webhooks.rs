@@ -23,6 +23,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use block_types::webhooks::WebhookTest;
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -511,7 +512,7 @@ async fn deliveries(
     Ok(Json(json!(state.store.list_deliveries(id, limit).await?)))
 }
 
-async fn test(State(state): St, Id(id): Id) -> ApiResult<Json<Value>> {
+async fn test(State(state): St, Id(id): Id) -> ApiResult<Json<WebhookTest>> {
     let webhook = state.store.webhook(id).await?;
     let secret = state.store.webhook_secret(id).await?;
     let body = json!({
@@ -531,12 +532,18 @@ async fn test(State(state): St, Id(id): Id) -> ApiResult<Json<Value>> {
         .await;
     let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(Json(match outcome {
-        Attempt::Delivered(status) => {
-            json!({"delivered": true, "status": status, "error": null, "elapsed_ms": elapsed})
-        }
-        Attempt::Failed { status, error } => {
-            json!({"delivered": false, "status": status, "error": error, "elapsed_ms": elapsed})
-        }
+        Attempt::Delivered(status) => WebhookTest {
+            delivered: true,
+            status: Some(status),
+            error: None,
+            elapsed_ms: elapsed,
+        },
+        Attempt::Failed { status, error } => WebhookTest {
+            delivered: false,
+            status,
+            error: Some(error),
+            elapsed_ms: elapsed,
+        },
     }))
 }
 

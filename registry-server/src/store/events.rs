@@ -51,65 +51,6 @@ const PRUNE_BATCH: i64 = 5_000;
 pub(crate) const PRUNE_EVENTS: &str = "delete from block_event where seq in \
      (select seq from block_event where occurred < $1 order by occurred, seq limit $2)";
 
-/// Which events a subscriber or a webhook wants: of block types whose slug matches a glob,
-/// documents whose name matches a glob, some kinds (none listed: every kind).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventFilter {
-    /// A glob over type slugs; events without a type (keys) do not match.
-    #[serde(rename = "type", default)]
-    pub type_slug: Option<String>,
-    /// A glob over document names; only document events match.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The kinds wanted; empty: all.
-    #[serde(default)]
-    pub kinds: Vec<EventKind>,
-}
-
-/// The longest glob of a filter.
-pub const MAX_FILTER_GLOB: usize = 255;
-
-impl EventFilter {
-    /// Refuses an empty, overlong or control-character glob, naming the field.
-    pub fn check(&self) -> Result<()> {
-        for (field, glob) in [("type", &self.type_slug), ("name", &self.name)] {
-            if let Some(text) = glob {
-                if text.is_empty() || text.len() > MAX_FILTER_GLOB {
-                    return Err(StoreError::invalid(
-                        field,
-                        format!("must be 1 to {MAX_FILTER_GLOB} bytes"),
-                    ));
-                }
-                if text.chars().any(char::is_control) {
-                    return Err(StoreError::invalid(
-                        field,
-                        "must not hold control characters",
-                    ));
-                }
-            }
-        }
-        if self.kinds.len() > EventKind::ALL.len() {
-            return Err(StoreError::invalid("kinds", "lists a kind more than once"));
-        }
-        Ok(())
-    }
-
-    /// Whether `event` is one of those wanted.
-    pub fn matches(&self, event: &ChangeEvent) -> bool {
-        if !self.kinds.is_empty() && !self.kinds.contains(&event.kind) {
-            return false;
-        }
-        let globbed = |glob: &Option<String>, value: &Option<String>| match (glob, value) {
-            (None, _) => true,
-            (Some(glob), Some(value)) => super::glob(glob, value),
-            (Some(_), None) => false,
-        };
-        globbed(&self.type_slug, &event.block_type_slug)
-            && globbed(&self.name, &event.block_document_name)
-    }
-}
-
 /// A place in the feed: events are read strictly after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {

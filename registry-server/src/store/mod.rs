@@ -49,21 +49,22 @@ use uuid::Uuid;
 use crate::crypto::{CryptoError, DataKey, MasterKey};
 
 pub use audit::{AuditQuery, NewAuditRecord};
+pub(crate) use block_types::access::check_grants;
 pub use block_types::access::{
     AuditRecord, ChildTokenCreate, Grant, KeyInfo, KeyStatus, MAX_GRANTS, Scope, Selector,
     TokenCreate, TokenInfo, Ttl,
 };
-pub(crate) use block_types::access::{check_grants, glob};
+pub use block_types::events::{EventFilter, MAX_FILTER_GLOB};
+pub use block_types::identity::{Issuer, IssuerCreate, Role, RoleConfig};
 pub use block_types::model::VersionInfo;
+pub use block_types::webhooks::{Delivery, Webhook, WebhookCreate, WebhookCreated};
 pub use browse::{
     DocumentPage, DocumentQuery, DocumentSummary, MAX_PAGE, MAX_SEARCH_BYTES, Referrer,
 };
 pub use documents::{Answer, MAX_IMPORT, Tagged, WriteOutcome, shown_documents};
-pub use events::{
-    DEFAULT_EVENT_RETENTION_HOURS, EventFilter, FeedEvent, MAX_FILTER_GLOB, Position, Resume,
-};
+pub use events::{DEFAULT_EVENT_RETENTION_HOURS, FeedEvent, Position, Resume};
 pub use grants::{Identity, Reach};
-pub use identity::{Issuer, IssuerCreate, MAX_ROLE_TTL, Role, RoleConfig, public_keys};
+pub use identity::{MAX_ROLE_TTL, public_keys};
 pub use overview::{COUNT_CAP, MistypedReference, Outdated, RecentChange, SCAN_CAP};
 pub use sessions::{NewSession, SESSION_IDLE, SESSION_MAX_AGE, Session};
 pub use tokens::{
@@ -71,10 +72,7 @@ pub use tokens::{
     token_digest,
 };
 pub use tree_cache::TreeCacheStats;
-pub use webhooks::{
-    Attempt, Claimed, Delivery, MAX_WEBHOOKS, RETRY_FOR, Webhook, WebhookCreate, WebhookCreated,
-    backoff,
-};
+pub use webhooks::{Attempt, Claimed, MAX_WEBHOOKS, RETRY_FOR, backoff};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,11 +18,12 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::events::{EventFilter, Position};
+use super::events::Position;
 use super::{
     Backend, Result, Store, StoreError, json_col, now_micros, parse_uuid, to_json, to_time,
 };
 use crate::crypto::MasterKey;
+use block_types::webhooks::{Delivery, Webhook, WebhookCreate};
 
 /// Webhooks one server keeps, at most.
 pub const MAX_WEBHOOKS: i64 = 100;
@@ -43,84 +44,6 @@ const DISPATCH_BATCH: u32 = 500;
 const CURSOR: &str = "webhook_cursor";
 /// The longest error kept on a delivery.
 const MAX_ERROR_BYTES: usize = 500;
-
-/// A webhook as the API shows it (never its secret).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Webhook {
-    /// Its id.
-    pub id: Uuid,
-    /// Where deliveries are POSTed.
-    pub url: String,
-    /// What it is for.
-    pub description: String,
-    /// Which events it receives.
-    pub filter: EventFilter,
-    /// When it was registered.
-    #[serde(with = "block_types::model::timestamp")]
-    pub created: DateTime<Utc>,
-    /// The token that registered it.
-    pub token_id: Option<Uuid>,
-}
-
-/// What registering a webhook takes.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookCreate {
-    /// Where deliveries are POSTed (checked by the caller: scheme and address rules).
-    pub url: String,
-    /// What it is for.
-    #[serde(default)]
-    pub description: String,
-    /// Which events it receives.
-    #[serde(default)]
-    pub filter: EventFilter,
-}
-
-/// The answer to registering a webhook: the webhook and its signing secret, shown once.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-pub struct WebhookCreated {
-    /// The webhook.
-    #[serde(flatten)]
-    pub webhook: Webhook,
-    /// The secret deliveries are signed with (`Blocks-Signature`).
-    pub secret: String,
-}
-
-impl std::fmt::Debug for WebhookCreated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookCreated")
-            .field("webhook", &self.webhook)
-            .field("secret", &"[redacted]")
-            .finish()
-    }
-}
-
-/// One delivery as the API shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Delivery {
-    /// Its id (the `Blocks-Delivery-Id` header; the same on every attempt).
-    pub id: Uuid,
-    /// The event's id.
-    pub event_id: i64,
-    /// The event's kind.
-    pub kind: String,
-    /// `pending`, `delivered` or `failed`.
-    pub state: String,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// The last answer's status, if one came.
-    pub last_status: Option<i64>,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-    /// When it was queued.
-    #[serde(with = "block_types::model::timestamp")]
-    pub created: DateTime<Utc>,
-    /// When the next attempt is due (pending ones).
-    #[serde(with = "block_types::model::timestamp")]
-    pub next_attempt: DateTime<Utc>,
-    /// When it was delivered or given up.
-    pub finished: Option<String>,
-}
 
 /// A delivery a replica claimed: what to send where.
 #[derive(Debug, Clone)]
@@ -195,7 +118,9 @@ impl Store {
                 format!("must be at most {MAX_DESCRIPTION_BYTES} bytes"),
             ));
         }
-        body.filter.check().map_err(|e| prefixed("filter", e))?;
+        body.filter
+            .check()
+            .map_err(|e| prefixed("filter", StoreError::Invalid(vec![e])))?;
         let kinds: HashSet<_> = body.filter.kinds.iter().collect();
         if kinds.len() != body.filter.kinds.len() {
             return Err(StoreError::invalid(
