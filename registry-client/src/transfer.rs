@@ -9,12 +9,10 @@ use block_types::model::{
     BlockDocumentSort, BlockSchema, BlockSchemaCreate, BlockSchemaFilterBody, BlockType,
     BlockTypeCreate,
 };
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::api::block_path;
 use crate::{Client, Error};
 
 /// A document as a snapshot holds it: its own data, each reference a `$ref` to the source's
@@ -141,6 +139,41 @@ fn creation_order(
     Ok(order)
 }
 
+/// `named` and the anonymous documents they reach, directly or through each other, and
+/// how many anonymous documents nothing of them reaches (left out).
+fn with_reached_anonymous(
+    named: Vec<ExportedDocument>,
+    mut anonymous: HashMap<Uuid, &ExportedDocument>,
+) -> (Vec<ExportedDocument>, usize) {
+    let mut pending = named;
+    let mut stack: Vec<Uuid> = pending
+        .iter()
+        .flat_map(ExportedDocument::references)
+        .collect();
+    while let Some(id) = stack.pop() {
+        if let Some(doc) = anonymous.remove(&id) {
+            stack.extend(doc.references());
+            pending.push(doc.clone());
+        }
+    }
+    (pending, anonymous.len())
+}
+
+/// `data` with each `$ref` to a source id that `new_ids` maps pointing to the new id.
+fn following(data: &Map<String, Value>, new_ids: &HashMap<Uuid, Uuid>) -> Map<String, Value> {
+    let mut data = data.clone();
+    for value in data.values_mut() {
+        let old = value
+            .pointer("/$ref/block_document_id")
+            .and_then(Value::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok());
+        if let Some(new) = old.and_then(|old| new_ids.get(&old)) {
+            *value = json!({"$ref": {"block_document_id": new}});
+        }
+    }
+    data
+}
+
 impl Client {
     /// Every block type, schema and document of this client's server, secrets in clear
     /// (needs `read-secrets`).
@@ -188,10 +221,7 @@ impl Client {
             let id = match self.block_type(&ty.slug).await {
                 Ok(found) => found.id,
                 Err(Error::Http { status: 404, .. }) => {
-                    let create = BlockTypeCreate::from(ty);
-                    self.call::<_, BlockType>(Method::POST, "block_types/", Some(&create))
-                        .await?
-                        .id
+                    self.create_block_type(&BlockTypeCreate::from(ty)).await?.id
                 }
                 Err(e) => return Err(e),
             };
@@ -208,9 +238,7 @@ impl Client {
                 capabilities: schema.capabilities.clone(),
                 version: schema.version.clone(),
             };
-            let created: BlockSchema = self
-                .call(Method::POST, "block_schemas/", Some(&create))
-                .await?;
+            let created = self.create_block_schema(&create).await?;
             schema_ids.insert(
                 (schema.checksum.clone(), schema.version.clone()),
                 (created.id, *type_id),
@@ -227,15 +255,8 @@ impl Client {
                 continue;
             }
             let name = doc.name.as_deref().unwrap_or_default();
-            match self
-                .call::<(), BlockDocument>(
-                    Method::GET,
-                    &block_path(&doc.block_type_slug, name),
-                    None,
-                )
-                .await
-            {
-                Ok(found) => {
+            match self.block_document_tagged(&doc.block_type_slug, name).await {
+                Ok((found, _)) => {
                     new_ids.insert(doc.id, found.id);
                     restored.kept += 1;
                     progress(1);
@@ -244,19 +265,9 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        // The anonymous documents the documents to create reach.
-        let mut pending = named;
-        let mut stack: Vec<Uuid> = pending
-            .iter()
-            .flat_map(ExportedDocument::references)
-            .collect();
-        while let Some(id) = stack.pop() {
-            if let Some(doc) = anonymous.remove(&id) {
-                stack.extend(doc.references());
-                pending.push(doc.clone());
-            }
-        }
-        progress(anonymous.len() as u64);
+        // The anonymous documents the documents to create reach; the others are passed over.
+        let (pending, passed_over) = with_reached_anonymous(named, anonymous);
+        progress(passed_over as u64);
         for doc in creation_order(pending, new_ids.keys().copied())? {
             let label = doc.label();
             let (schema_id, type_id) = schema_ids
@@ -272,16 +283,7 @@ impl Client {
                         doc.block_schema_checksum, doc.block_type_slug
                     ),
                 })?;
-            let mut data = doc.data.clone();
-            for value in data.values_mut() {
-                let old = value
-                    .pointer("/$ref/block_document_id")
-                    .and_then(Value::as_str)
-                    .and_then(|id| Uuid::parse_str(id).ok());
-                if let Some(new) = old.and_then(|old| new_ids.get(&old)) {
-                    *value = json!({"$ref": {"block_document_id": new}});
-                }
-            }
+            let data = following(&doc.data, &new_ids);
             let create = BlockDocumentCreate {
                 name: if doc.is_anonymous {
                     None
@@ -293,8 +295,8 @@ impl Client {
                 block_type_id: type_id,
                 is_anonymous: doc.is_anonymous,
             };
-            let made: BlockDocument = self
-                .call(Method::POST, "block_documents/", Some(&create))
+            let made = self
+                .create_block_document(&create)
                 .await
                 .map_err(|e| Error::Restore {
                     doing: format!("importing {label} into this registry"),
@@ -356,6 +358,97 @@ mod tests {
         assert!(cycle.to_string().contains("cycle"), "{cycle}");
         let dangling = creation_order(vec![doc(1, &[7])], []).unwrap_err();
         assert!(dangling.to_string().contains("point outside"), "{dangling}");
+    }
+
+    #[test]
+    fn an_exported_document_holds_its_references_as_refs_to_source_ids() {
+        let parent = Uuid::from_u128(1);
+        let child = Uuid::from_u128(2);
+        let block_type: BlockType = serde_json::from_value(json!({
+            "id": Uuid::from_u128(10), "created": "2026-01-01T00:00:00.000000Z",
+            "updated": "2026-01-01T00:00:00.000000Z", "name": "GCS Bucket", "slug": "gcs-bucket",
+            "logo_url": null, "documentation_url": null, "description": null,
+            "code_example": null, "is_protected": false,
+        }))
+        .unwrap();
+        let read: BlockDocument = serde_json::from_value(json!({
+            "id": parent, "created": "2026-01-01T00:00:00.000000Z",
+            "updated": "2026-01-01T00:00:00.000000Z", "name": "zoom-gcs",
+            "data": {"bucket": "b", "gcp_credentials": {"project": "resolved"}},
+            "block_schema_id": Uuid::from_u128(11),
+            "block_schema": {"id": Uuid::from_u128(11), "created": "2026-01-01T00:00:00.000000Z",
+                "updated": "2026-01-01T00:00:00.000000Z", "checksum": "sha256:abc",
+                "fields": {}, "block_type_id": Uuid::from_u128(10), "block_type": null,
+                "capabilities": [], "version": "3.0.0"},
+            "block_type_id": Uuid::from_u128(10), "block_type": block_type,
+            "block_document_references": {"gcp_credentials": {"block_document": {
+                "id": child, "name": "zoom-gcp-creds", "block_type": block_type,
+                "is_anonymous": false, "block_document_references": {}}}},
+            "is_anonymous": false,
+        }))
+        .unwrap();
+        let exported = ExportedDocument::of(&read);
+        assert_eq!(exported.id, parent);
+        assert_eq!(exported.label(), "gcs-bucket/zoom-gcs");
+        assert_eq!(
+            (
+                exported.block_schema_checksum.as_str(),
+                exported.block_schema_version.as_str()
+            ),
+            ("sha256:abc", "3.0.0")
+        );
+        assert_eq!(exported.data["bucket"], "b");
+        assert_eq!(
+            exported.data["gcp_credentials"],
+            json!({"$ref": {"block_document_id": child}})
+        );
+        assert_eq!(exported.references(), [child]);
+        // It is kept and read back as the same JSON.
+        let text = serde_json::to_string(&exported).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ExportedDocument>(&text).unwrap(),
+            exported
+        );
+    }
+
+    #[test]
+    fn a_restore_takes_only_the_anonymous_documents_its_creations_reach() {
+        let anonymous = |id: u128, refs: &[u128]| ExportedDocument {
+            name: None,
+            is_anonymous: true,
+            ..doc(id, refs)
+        };
+        // 1 → 5 → 6 (a chain of anonymous ones); 7 is reached by nothing created.
+        let (a5, a6, a7) = (anonymous(5, &[6]), anonymous(6, &[]), anonymous(7, &[]));
+        let pool: HashMap<Uuid, &ExportedDocument> =
+            [&a5, &a6, &a7].into_iter().map(|d| (d.id, d)).collect();
+        let (pending, passed_over) = with_reached_anonymous(vec![doc(1, &[5]), doc(2, &[])], pool);
+        let mut ids: Vec<u128> = pending.iter().map(|d| d.id.as_u128()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2, 5, 6]);
+        assert_eq!(passed_over, 1);
+        assert_eq!(a7.label(), "an anonymous json block");
+        // Nothing named to create: no anonymous document is either.
+        let pool: HashMap<Uuid, &ExportedDocument> = [(a5.id, &a5)].into_iter().collect();
+        assert_eq!(with_reached_anonymous(Vec::new(), pool), (Vec::new(), 1));
+    }
+
+    #[test]
+    fn references_follow_the_new_ids_and_nothing_else_changes() {
+        let source = doc(1, &[2, 3]);
+        let new_ids: HashMap<Uuid, Uuid> = [(Uuid::from_u128(2), Uuid::from_u128(20))].into();
+        let data = following(&source.data, &new_ids);
+        assert_eq!(
+            data["f0"],
+            json!({"$ref": {"block_document_id": Uuid::from_u128(20)}})
+        );
+        // Not mapped (not created here): left pointing at the source id.
+        assert_eq!(data["f1"], source.data["f1"]);
+        assert_eq!(data["value"], "canary-transfer-3b1f");
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            source.data.keys().collect::<Vec<_>>()
+        );
     }
 
     #[test]
