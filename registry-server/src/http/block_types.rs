@@ -6,12 +6,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use block_types::catalog::Collection;
 use block_types::model::{BlockType, BlockTypeCreate, BlockTypeFilterBody, BlockTypeUpdate};
-use block_types::validate;
 use serde_json::Value;
 
 use super::extract::{Answered, Body, Caller, Id, IncludeSecrets};
 use super::routes::{INCLUDE_SECRETS, Route, delete, get, patch, post};
-use super::{ApiError, ApiResult, St, created};
+use super::{ApiResult, St, created};
 
 pub(super) fn routes() -> Vec<Route> {
     let routes = vec![
@@ -77,11 +76,6 @@ async fn create(
     Body(body): Body<BlockTypeCreate>,
 ) -> ApiResult<Response> {
     super::grants::check_type(&caller, &body.slug)?;
-    if validate::is_reserved_block_type_name(&body.name) {
-        return Err(ApiError::Forbidden(
-            "Block type names beginning with 'Prefect' are reserved.".into(),
-        ));
-    }
     Ok(created(
         state
             .store

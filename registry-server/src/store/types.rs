@@ -13,6 +13,9 @@ use super::rows::type_from_row;
 use super::sql::Sql;
 use super::{Result, Rights, Store, StoreError, now_micros};
 
+/// Why a type named like Prefect's own is refused (Prefect's words; a 403 over HTTP).
+const RESERVED_NAME: &str = "Block type names beginning with 'Prefect' are reserved.";
+
 fn validate_create(body: &BlockTypeCreate) -> Result<()> {
     let mut errors = Vec::new();
     errors.extend(validate::block_type_name(&body.name).err());
@@ -56,7 +59,8 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a block type. Names, slugs and URLs are validated; a taken slug is
+    /// Creates a block type. A name beginning with "Prefect" (in any case) is reserved
+    /// ([`StoreError::Protected`]); names, slugs and URLs are validated; a taken slug is
     /// [`StoreError::AlreadyExists`].
     pub async fn create_block_type(&self, body: BlockTypeCreate) -> Result<BlockType> {
         self.insert_block_type(&body, false, None).await
@@ -77,6 +81,9 @@ impl Store {
         protected: bool,
         author: Option<Uuid>,
     ) -> Result<BlockType> {
+        if validate::is_reserved_block_type_name(&body.name) {
+            return Err(StoreError::Protected(RESERVED_NAME.to_owned()));
+        }
         validate_create(body)?;
         let id = Uuid::new_v4();
         let now = now_micros();

@@ -86,6 +86,11 @@ async fn types_validate_input_and_update_metadata() {
         let Err(StoreError::Invalid(errors)) = bad else { panic!("{bad:?}") };
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["name", "slug", "logo_url"]);
+        // A name like Prefect's own is reserved, before any other check, on every path.
+        for name in ["PrefectThing", "prefect/x"] {
+            let reserved = store.create_block_type(BlockTypeCreate { name: name.into(), slug: "prefect-thing".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await;
+            assert!(matches!(&reserved, Err(StoreError::Protected(m)) if m == "Block type names beginning with 'Prefect' are reserved."), "{reserved:?}");
+        }
         let ty = store.create_block_type(BlockTypeCreate { name: "Thing".into(), slug: "thing".into(), logo_url: None, documentation_url: None, description: Some("d".into()), code_example: None }).await.unwrap();
         let dup = store.create_block_type(BlockTypeCreate { name: "Thing".into(), slug: "thing".into(), logo_url: None, documentation_url: None, description: None, code_example: None }).await;
         assert!(matches!(dup, Err(StoreError::AlreadyExists(m)) if m == "Block type with name \"Thing\" already exists"));
