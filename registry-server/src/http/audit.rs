@@ -232,6 +232,9 @@ async fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Queued>, stats: Arc<Au
     let mut group = Vec::with_capacity(64);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         for _ in 0..GATHER_TURNS {
+            if group.len() >= MAX_GROUP {
+                break;
+            }
             tokio::task::yield_now().await;
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
