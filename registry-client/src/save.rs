@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use block_types::model::{BlockDocumentCreate, BlockDocumentUpdate, BlockSchema, BlockType};
 use block_types::{Block, BlockSpec};
+use reqwest::Method;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -14,6 +15,14 @@ use crate::error::Error;
 
 /// What the server says when a name is taken.
 const NAME_TAKEN: &str = "Block already exists";
+
+/// Of a create's answer, what a save needs: the new document's id. Read alone, so an
+/// answer with more or other fields than the model's still tells the save what it created
+/// (to name it, or to remove it again when a later step fails).
+#[derive(serde::Deserialize)]
+struct Made {
+    id: Uuid,
+}
 
 /// What a save created before it failed: removed again, best effort.
 struct Created(Vec<Uuid>);
@@ -105,6 +114,13 @@ impl Client {
         }
     }
 
+    /// Creates a document: its id.
+    async fn create_for_id(&self, create: &BlockDocumentCreate) -> Result<Uuid, Error> {
+        self.call::<_, Made>(Method::POST, "block_documents/", Some(create))
+            .await
+            .map(|made| made.id)
+    }
+
     async fn create(
         &self,
         slug: &str,
@@ -120,8 +136,8 @@ impl Client {
             block_type_id: type_id,
             is_anonymous: false,
         };
-        match self.create_block_document(&create).await {
-            Ok(created) => Ok(created.id),
+        match self.create_for_id(&create).await {
+            Ok(id) => Ok(id),
             // Taken since we looked.
             Err(Error::Http {
                 status: 409,
@@ -193,7 +209,7 @@ impl Client {
                         block_type_id: *type_id,
                         is_anonymous: true,
                     };
-                    let id = self.create_block_document(&create).await?.id;
+                    let id = self.create_for_id(&create).await?;
                     created.0.push(id);
                     id
                 }
