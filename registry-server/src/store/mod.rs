@@ -382,6 +382,21 @@ async fn no_jit(conn: &mut sqlx::AnyConnection) -> std::result::Result<(), sqlx:
 /// How long a PostgreSQL connection may sit idle before it is pinged as it is handed out.
 pub(crate) const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// A PostgreSQL pool's check before handing a connection out: a ping when the connection
+/// sat idle for [`PING_WHEN_IDLE_FOR`] (the server may have closed it meanwhile); one in
+/// steady use was answering a moment ago, and a ping would cost a round trip per use.
+fn ping_when_idle(
+    conn: &mut sqlx::AnyConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, std::result::Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_WHEN_IDLE_FOR {
+            sqlx::Connection::ping(conn).await?;
+        }
+        Ok(true)
+    })
+}
+
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -578,16 +593,12 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .after_connect(|conn, _| Box::pin(async move { no_jit(conn).await }))
                     .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= PING_WHEN_IDLE_FOR {
-                                sqlx::Connection::ping(conn).await?;
-                            }
-                            Ok(true)
-                        })
-                    })
+                    .before_acquire(ping_when_idle)
                     .connect(database_url)
                     .await?;
+                // The audit writer's connection, acquired once per group of read records:
+                // pinged, like the pool's, only after sitting idle (a ping on every acquire
+                // was a second round trip per group).
                 let deferred = AnyPoolOptions::new()
                     .max_connections(1)
                     .min_connections(0)
@@ -598,6 +609,8 @@ impl Store {
                             no_jit(conn).await
                         })
                     })
+                    .test_before_acquire(false)
+                    .before_acquire(ping_when_idle)
                     .connect_lazy(database_url)?;
                 (pool.clone(), pool, Some(deferred))
             }
