@@ -140,9 +140,17 @@ fn seed(api: &str, token: &str) {
     .unwrap();
 }
 
-/// Audit records stored, group commits, and statements sent to the database so far, from
-/// `/metrics`.
-fn audit_figures(server: &Server) -> (f64, f64, f64) {
+/// Audit records stored, audit group commits, statements sent to the database, and
+/// SQLite's write groups and the writes they held, so far, from `/metrics`.
+struct Figures {
+    records: f64,
+    commits: f64,
+    queries: f64,
+    write_groups: f64,
+    group_writes: f64,
+}
+
+fn figures(server: &Server) -> Figures {
     let text = reqwest::blocking::Client::new()
         .get(server.api.replace("/api", "/metrics"))
         .bearer_auth(&server.admin)
@@ -156,11 +164,13 @@ fn audit_figures(server: &Server) -> (f64, f64, f64) {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (
-        value("blocks_audit_records_total "),
-        value("blocks_audit_group_commits_total "),
-        value("blocks_store_queries_total "),
-    )
+    Figures {
+        records: value("blocks_audit_records_total "),
+        commits: value("blocks_audit_group_commits_total "),
+        queries: value("blocks_store_queries_total "),
+        write_groups: value("blocks_write_group_commits_total "),
+        group_writes: value("blocks_write_group_writes_total "),
+    }
 }
 
 const CREATE_LUA: &str = r#"
@@ -248,7 +258,7 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
         )
     };
     let loaded = server.process.rss_kib();
-    let (records, commits, queries) = audit_figures(&server);
+    let reads = figures(&server);
     let health = if skip("health") {
         skipped()
     } else {
@@ -267,6 +277,7 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
         )
     };
     let after = server.process.rss_kib();
+    let writes = figures(&server);
     for (measure, load) in [
         ("nested load (zoom-gcs, secrets)", &nested),
         ("nested load, token with grants", &granted),
@@ -286,9 +297,27 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
     };
     ratio("nested / health (req/s)", nested.rps / health.rps);
     ratio("masked / health (req/s)", masked.rps / health.rps);
-    ratio("audit records per commit", records / commits.max(1.0));
+    ratio(
+        "audit records per commit",
+        reads.records / reads.commits.max(1.0),
+    );
     // The reads above are all audited, so this is the database's share of a read.
-    ratio("statements per audited read", queries / records.max(1.0));
+    ratio(
+        "statements per audited read",
+        reads.queries / reads.records.max(1.0),
+    );
+    // Between the two readings: health (no statement) and the creates.
+    let creates = (writes.records - reads.records).max(1.0);
+    ratio(
+        "statements per create",
+        (writes.queries - reads.queries) / creates,
+    );
+    if writes.write_groups > reads.write_groups {
+        ratio(
+            "creates per group commit",
+            (writes.group_writes - reads.group_writes) / (writes.write_groups - reads.write_groups),
+        );
+    }
     println!(
         "| {backend:<15} | RSS idle / after reads / after creates (MiB) | {:.1} / {:.1} / {:.1} |",
         idle as f64 / 1024.0,

@@ -73,6 +73,8 @@ pub struct Metrics {
     audit_records: Counter<u64, AtomicU64>,
     audit_groups: Counter<u64, AtomicU64>,
     audit_failures: Counter<u64, AtomicU64>,
+    write_groups: Counter<u64, AtomicU64>,
+    write_group_writes: Counter<u64, AtomicU64>,
     tree_cache: Family<OutcomeLabels, Counter<u64, AtomicU64>>,
     tree_cache_entries: Gauge<i64, AtomicI64>,
     tree_cache_bytes: Gauge<i64, AtomicI64>,
@@ -122,6 +124,18 @@ impl Default for Metrics {
             "Audit groups that could not be stored (their requests answered 503)",
             audit_failures.clone(),
         );
+        let write_groups = Counter::default();
+        registry.register(
+            "write_group_commits",
+            "SQLite: groups of writes committed together, one sync each (0 on PostgreSQL)",
+            write_groups.clone(),
+        );
+        let write_group_writes = Counter::default();
+        registry.register(
+            "write_group_writes",
+            "SQLite: writes those groups held (writes per sync = writes / commits)",
+            write_group_writes.clone(),
+        );
         let tree_cache = Family::default();
         registry.register(
             "tree_cache_lookups",
@@ -162,6 +176,8 @@ impl Default for Metrics {
             audit_records,
             audit_groups,
             audit_failures,
+            write_groups,
+            write_group_writes,
             tree_cache,
             tree_cache_entries,
             tree_cache_bytes,
@@ -240,6 +256,10 @@ async fn render(State(state): St, caller: super::extract::Caller) -> ApiResult<R
     catch_up(&m.audit_records, audit.records.load(Ordering::Relaxed));
     catch_up(&m.audit_groups, audit.groups.load(Ordering::Relaxed));
     catch_up(&m.audit_failures, audit.failures.load(Ordering::Relaxed));
+    if let Some((commits, writes)) = state.store.write_group_stats() {
+        catch_up(&m.write_groups, commits);
+        catch_up(&m.write_group_writes, writes);
+    }
     let trees = state.store.tree_cache_stats();
     for (outcome, total) in [
         ("hit", trees.hits),

@@ -74,6 +74,24 @@ async fn metrics_need_a_token_and_label_by_route_template() {
             .parse()
             .unwrap();
         assert!(audited >= 1.0, "the 401 above was audited: {audit_line}");
+        // SQLite commits writes in groups (the document above was one); PostgreSQL's writes
+        // commit one by one and count none.
+        let counter = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name}: {text}"));
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let groups = counter("blocks_write_group_commits_total");
+        let writes = counter("blocks_write_group_writes_total");
+        match store.backend() {
+            crate::store::Backend::Sqlite => {
+                assert!(groups >= 1.0, "the create's group: {groups}");
+                assert!(writes >= groups, "{writes} writes in {groups} groups");
+            }
+            crate::store::Backend::Postgres => assert_eq!((groups, writes), (0.0, 0.0)),
+        }
     })
     .await;
 }

@@ -15,6 +15,7 @@
 //! that commit wait for the connection, and form the next group.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
@@ -42,10 +43,20 @@ struct Open {
 /// The savepoint [`GroupWrite::run_batch`] writes in.
 const SAVEPOINT: &str = "group_write";
 
+/// How many groups were committed and how many writes they held, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct GroupStats {
+    /// Groups whose commit succeeded.
+    pub(crate) commits: AtomicU64,
+    /// Writes those groups held.
+    pub(crate) writes: AtomicU64,
+}
+
 /// The shared write transaction and its committer (see the module documentation).
 pub(crate) struct WriteGroups {
     pool: AnyPool,
     open: Arc<Mutex<Open>>,
+    stats: Arc<GroupStats>,
     /// Woken when a group gains a member.
     joined: Arc<Notify>,
     committer: tokio::task::AbortHandle,
@@ -73,13 +84,21 @@ impl WriteGroups {
             unsettled: false,
         }));
         let joined = Arc::new(Notify::new());
-        let committer = tokio::spawn(commit_groups(open.clone(), joined.clone())).abort_handle();
+        let stats = Arc::new(GroupStats::default());
+        let committer =
+            tokio::spawn(commit_groups(open.clone(), joined.clone(), stats.clone())).abort_handle();
         Self {
             pool,
             open,
+            stats,
             joined,
             committer,
         }
+    }
+
+    /// The groups committed so far and the writes they held.
+    pub(crate) fn stats(&self) -> &GroupStats {
+        &self.stats
     }
 
     /// A place in the open group: the caller runs its statements in
@@ -221,10 +240,10 @@ impl GroupWrite {
 }
 
 /// The committer: commits each group as soon as it has a member.
-async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>) {
+async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>, stats: Arc<GroupStats>) {
     loop {
         joined.notified().await;
-        let (tx, outcome) = {
+        let (tx, outcome, members) = {
             let mut open = open.lock().await;
             if open.members == 0 {
                 continue;
@@ -237,16 +256,26 @@ async fn commit_groups(open: Arc<Mutex<Open>>, joined: Arc<Notify>) {
                 open.unsettled = false;
             }
             tracing::debug!(writes = open.members, "committing a group of writes");
-            open.members = 0;
+            let members = std::mem::take(&mut open.members);
             let (next, _) = watch::channel(None);
-            (open.tx.take(), std::mem::replace(&mut open.outcome, next))
+            (
+                open.tx.take(),
+                std::mem::replace(&mut open.outcome, next),
+                members,
+            )
         };
         let committed = match tx {
             Some(tx) => tx.commit().await.map_err(|e| e.to_string()),
             None => Err("the group's transaction was lost before its commit".to_owned()),
         };
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "a group of writes could not be committed; each is answered as failed");
+        match &committed {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.writes.fetch_add(members as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a group of writes could not be committed; each is answered as failed")
+            }
         }
         outcome.send_replace(Some(committed));
     }

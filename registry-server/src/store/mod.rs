@@ -387,10 +387,10 @@ pub(crate) const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 /// steady use was answering a moment ago, and a ping would cost a round trip per use.
 fn ping_when_idle(
     conn: &mut sqlx::AnyConnection,
-    meta: sqlx::pool::PoolConnectionMetadata,
+    idle_for: Duration,
 ) -> futures::future::BoxFuture<'_, std::result::Result<bool, sqlx::Error>> {
     Box::pin(async move {
-        if meta.idle_for >= PING_WHEN_IDLE_FOR {
+        if idle_for >= PING_WHEN_IDLE_FOR {
             sqlx::Connection::ping(conn).await?;
         }
         Ok(true)
@@ -593,7 +593,7 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .after_connect(|conn, _| Box::pin(async move { no_jit(conn).await }))
                     .test_before_acquire(false)
-                    .before_acquire(ping_when_idle)
+                    .before_acquire(|conn, meta| ping_when_idle(conn, meta.idle_for))
                     .connect(database_url)
                     .await?;
                 // The audit writer's connection, acquired once per group of read records:
@@ -610,7 +610,7 @@ impl Store {
                         })
                     })
                     .test_before_acquire(false)
-                    .before_acquire(ping_when_idle)
+                    .before_acquire(|conn, meta| ping_when_idle(conn, meta.idle_for))
                     .connect_lazy(database_url)?;
                 (pool.clone(), pool, Some(deferred))
             }
@@ -710,6 +710,18 @@ impl Store {
     /// Statements this store has sent to the database so far (for measurements).
     pub fn query_count(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
+    }
+
+    /// SQLite's group commit: the groups of writes committed so far and how many writes
+    /// they held (`None` on PostgreSQL, whose writes commit one by one).
+    pub fn write_group_stats(&self) -> Option<(u64, u64)> {
+        self.groups.as_ref().map(|groups| {
+            let stats = groups.stats();
+            (
+                stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                stats.writes.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// The read cache's hits, misses and size.
