@@ -10,6 +10,8 @@
 //! Each statement numbers its parameters from `$1`; the batch renumbers them when it joins
 //! the statements (both databases bind `$N` by absolute position in the joined text).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::{Backend, Result, Store, StoreError};
 
 /// A value bound to a statement of a [`Batch`].
@@ -44,7 +46,7 @@ impl From<i64> for Param {
 }
 
 /// One statement and its parameters.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Statement {
     pub(crate) sql: String,
     pub(crate) params: Vec<Param>,
@@ -96,6 +98,31 @@ impl Batch {
         }
     }
 
+    /// Whether `other` runs the same statements as this one (the same texts, other values):
+    /// batches of the same statements joined make the same text every time, which the
+    /// connection keeps prepared.
+    pub(crate) fn same_statements(&self, other: &Batch) -> bool {
+        self.statements.len() == other.statements.len()
+            && self
+                .statements
+                .iter()
+                .zip(&other.statements)
+                .all(|(a, b)| a.sql == b.sql)
+    }
+
+    /// The statements of `batches`, in order, as one batch (on SQLite, one hand-off). A
+    /// failure of it says nothing of which batch failed: a unique violation is the
+    /// database's error, not a batch's message.
+    pub(crate) fn joined<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Self {
+        Self {
+            statements: batches
+                .into_iter()
+                .flat_map(|batch| batch.statements.iter().cloned())
+                .collect(),
+            ..Self::default()
+        }
+    }
+
     /// Runs the waiting statements on `conn`, in order, and empties the batch. Returns the
     /// rows they changed: all together on SQLite and when run one by one, the last
     /// statement's when PostgreSQL ran them joined. A failure leaves what the statements
@@ -106,9 +133,22 @@ impl Batch {
         store: &Store,
         conn: &mut sqlx::AnyConnection,
     ) -> Result<u64> {
+        self.run_counted(store.backend, &store.queries, conn).await
+    }
+
+    /// [`Batch::run`] on `backend`, counting the statements sent in `queries`.
+    pub(crate) async fn run_counted(
+        &mut self,
+        backend: Backend,
+        queries: &AtomicU64,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<u64> {
+        let count = || {
+            queries.fetch_add(1, Ordering::Relaxed);
+        };
         let statements = std::mem::take(&mut self.statements);
         let unique = self.unique.take();
-        let joined = match store.backend {
+        let joined = match backend {
             _ if statements.len() < 2 => None,
             Backend::Sqlite => Some(join(&statements)),
             Backend::Postgres if self.independent => Some(join_with(&statements)),
@@ -116,7 +156,7 @@ impl Batch {
         };
         let outcome = match joined {
             Some(joined) => {
-                store.count_query();
+                count();
                 bind(sqlx::query(&joined.sql), joined.params)
                     .execute(&mut *conn)
                     .await
@@ -126,7 +166,7 @@ impl Batch {
                 let mut changed = 0;
                 let mut failed = None;
                 for statement in statements {
-                    store.count_query();
+                    count();
                     match bind(sqlx::query(&statement.sql), statement.params)
                         .execute(&mut *conn)
                         .await

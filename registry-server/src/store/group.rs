@@ -13,18 +13,41 @@
 //! committer task takes the open group as soon as it has a member (waiting for the write
 //! holding the lock to finish), commits it and tells its members. Writes arriving during
 //! that commit wait for the connection, and form the next group.
+//!
+//! A write that only runs statements prepared beforehand (a document's create) queues them
+//! for a runner task instead ([`WriteGroups::run`]): the runner takes every write queued,
+//! and runs those of the same statements together in one savepoint, one hand-off to the
+//! connection's thread for all of them, where each write would have waited for its own
+//! hand-off and its turn at the lock. When such a joined run fails, nothing of it is kept
+//! and its writes run again one by one, each in its own savepoint, so a failing write fails
+//! alone with its own error. The runner is a task of its own, so a request that goes away
+//! never cuts another request's write short.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{Any, AnyPool, Transaction};
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot, watch};
 
 use super::batch::{Batch, Statement};
-use super::{Result, Store, StoreError};
+use super::{Backend, Result, Store, StoreError};
 
-/// Writes in one group at most: a later one waits for the next group.
+/// Writes in one group, about (a write finding this many waits for the next group; the
+/// runner may add up to [`MAX_JOINED`] at once).
 const MAX_MEMBERS: usize = 256;
+/// Queued writes of the same statements run together, this many at most: each number of
+/// them is one more text the connection keeps prepared.
+const MAX_JOINED: usize = 16;
+/// Writes waiting for the runner beyond this make new ones wait for room.
+const QUEUE: usize = 1024;
+
+/// A write queued for the runner ([`WriteGroups::run`]), and where it hears how its
+/// statements went: the group to wait for, or its failure.
+struct Queued {
+    batch: Batch,
+    reply: oneshot::Sender<Result<watch::Receiver<Outcome>>>,
+}
 
 /// The outcome of a group's commit, told to its members.
 type Outcome = Option<std::result::Result<(), String>>;
@@ -57,6 +80,9 @@ pub(crate) struct WriteGroups {
     pool: AnyPool,
     open: Arc<Mutex<Open>>,
     stats: Arc<GroupStats>,
+    /// Writes for the runner.
+    queue: mpsc::Sender<Queued>,
+    runner: tokio::task::AbortHandle,
     /// Woken when a group gains a member.
     joined: Arc<Notify>,
     committer: tokio::task::AbortHandle,
@@ -71,12 +97,14 @@ impl std::fmt::Debug for WriteGroups {
 impl Drop for WriteGroups {
     fn drop(&mut self) {
         self.committer.abort();
+        self.runner.abort();
     }
 }
 
 impl WriteGroups {
-    /// Groups the writes on `pool` (one connection); starts the committer task.
-    pub(crate) fn new(pool: AnyPool) -> Self {
+    /// Groups the writes on `pool` (one connection), counting the statements it sends in
+    /// `queries`; starts the committer and the runner tasks.
+    pub(crate) fn new(pool: AnyPool, queries: Arc<AtomicU64>) -> Self {
         let open = Arc::new(Mutex::new(Open {
             tx: None,
             members: 0,
@@ -87,10 +115,23 @@ impl WriteGroups {
         let stats = Arc::new(GroupStats::default());
         let committer =
             tokio::spawn(commit_groups(open.clone(), joined.clone(), stats.clone())).abort_handle();
+        let (queue, queued) = mpsc::channel(QUEUE);
+        let runner = tokio::spawn(run_queued(
+            Lock {
+                open: open.clone(),
+                joined: joined.clone(),
+                pool: pool.clone(),
+            },
+            queries,
+            queued,
+        ))
+        .abort_handle();
         Self {
             pool,
             open,
             stats,
+            queue,
+            runner,
             joined,
             committer,
         }
@@ -104,6 +145,44 @@ impl WriteGroups {
     /// A place in the open group: the caller runs its statements in
     /// [`GroupWrite::savepoint`], then [`GroupWrite::commit`].
     pub(crate) async fn write(&self) -> Result<GroupWrite> {
+        let lock = Lock {
+            open: self.open.clone(),
+            joined: self.joined.clone(),
+            pool: self.pool.clone(),
+        };
+        Ok(GroupWrite {
+            open: Some(lock.acquire().await?),
+            joined: self.joined.clone(),
+        })
+    }
+
+    /// Runs `batch` in the open group, in a savepoint of its own or joined with other
+    /// queued writes of the same statements (see the module documentation), and waits for
+    /// the group's commit: the write is durable when this returns `Ok`. A failure of the
+    /// batch is its own: nothing of it is written, and the group's other writes stay.
+    pub(crate) async fn run(&self, batch: Batch) -> Result<()> {
+        let stopped = || StoreError::Config("the write group's runner stopped".into());
+        let (reply, ran) = oneshot::channel();
+        self.queue
+            .send(Queued { batch, reply })
+            .await
+            .map_err(|_| stopped())?;
+        let group = ran.await.map_err(|_| stopped())??;
+        committed(group).await
+    }
+}
+
+/// What a write needs to take its place in the open group.
+struct Lock {
+    open: Arc<Mutex<Open>>,
+    joined: Arc<Notify>,
+    pool: AnyPool,
+}
+
+impl Lock {
+    /// Locks the open group: waits while it is full, begins its transaction when none is
+    /// open, and rolls back what a cancelled write left in it.
+    async fn acquire(&self) -> Result<OwnedMutexGuard<Open>> {
         loop {
             let mut open = self.open.clone().lock_owned().await;
             if open.members >= MAX_MEMBERS {
@@ -113,22 +192,163 @@ impl WriteGroups {
                 tokio::task::yield_now().await;
                 continue;
             }
-            if open.tx.is_none() {
-                open.tx = Some(self.pool.begin().await?);
-            }
-            if let Err(e) = settle(&mut open).await {
+            if let Err(e) = self.ready(&mut open).await {
                 if open.members == 0 {
                     open.tx = None;
                     open.unsettled = false;
                 }
                 return Err(e);
             }
-            return Ok(GroupWrite {
-                open: Some(open),
-                joined: self.joined.clone(),
-            });
+            return Ok(open);
         }
     }
+
+    /// Makes the locked group ready for a write: a cancelled write's savepoint rolled
+    /// back, a transaction open.
+    async fn ready(&self, open: &mut Open) -> Result<()> {
+        if open.tx.is_none() {
+            open.tx = Some(self.pool.begin().await?);
+        }
+        settle(open).await
+    }
+}
+
+/// The runner: runs the queued writes, those of the same statements together, in the open
+/// group (see the module documentation).
+async fn run_queued(lock: Lock, queries: Arc<AtomicU64>, mut queue: mpsc::Receiver<Queued>) {
+    let mut taken = Vec::with_capacity(MAX_JOINED);
+    while queue.recv_many(&mut taken, MAX_JOINED * 4).await > 0 {
+        let mut waiting: VecDeque<Queued> = taken.drain(..).collect();
+        let mut open = match lock.acquire().await {
+            Ok(open) => open,
+            Err(e) => {
+                let message = e.to_string();
+                let mut first = Some(e);
+                for write in waiting {
+                    let e = first
+                        .take()
+                        .unwrap_or_else(|| StoreError::Config(message.clone()));
+                    write.reply.send(Err(e)).ok();
+                }
+                continue;
+            }
+        };
+        while let Some(write) = waiting.pop_front() {
+            let mut run = vec![write];
+            while run.len() < MAX_JOINED
+                && waiting
+                    .front()
+                    .is_some_and(|next| next.batch.same_statements(&run[0].batch))
+            {
+                run.extend(waiting.pop_front());
+            }
+            if run.len() > 1 {
+                let joined = Batch::joined(run.iter().map(|write| &write.batch));
+                if run_in_savepoint(&mut open, &queries, joined).await.is_ok() {
+                    for write in run {
+                        open.members += 1;
+                        write.reply.send(Ok(open.outcome.subscribe())).ok();
+                    }
+                    continue;
+                }
+                // Nothing of the run was kept: each write again on its own, so the one that
+                // failed fails alone.
+            }
+            for write in run {
+                let ran = match lock.ready(&mut open).await {
+                    Ok(()) => run_in_savepoint(&mut open, &queries, write.batch).await,
+                    Err(e) => Err(e),
+                };
+                let reply = ran.map(|()| {
+                    open.members += 1;
+                    open.outcome.subscribe()
+                });
+                write.reply.send(reply).ok();
+            }
+        }
+        let members = open.members;
+        if members == 0 {
+            // Nobody joined: end the transaction, so the connection goes back to the pool.
+            open.tx = None;
+            open.unsettled = false;
+        }
+        drop(open);
+        if members > 0 {
+            lock.joined.notify_one();
+        }
+    }
+}
+
+/// Waits until `group` is committed (synced).
+async fn committed(mut group: watch::Receiver<Outcome>) -> Result<()> {
+    let told = group
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| StoreError::Config("the write group's committer stopped".into()))?;
+    match told.clone() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(StoreError::Config(format!(
+            "the transaction holding this write could not be committed: {e}"
+        ))),
+        None => Err(StoreError::Config(
+            "the write group was not committed".into(),
+        )),
+    }
+}
+
+/// Runs `batch` in a savepoint of the group's transaction, the savepoint's statements
+/// joined to the batch's: one hand-off to the connection's thread. A failure rolls the
+/// savepoint back (a second hand-off, on failures only) and leaves the group's other
+/// writes; a failure that ended the whole transaction loses the group ([`lose_group`]).
+async fn run_in_savepoint(open: &mut Open, queries: &AtomicU64, mut batch: Batch) -> Result<()> {
+    // Until the outcome is known, a cancellation leaves the savepoint to the group's next
+    // holder.
+    open.unsettled = true;
+    let tx = open
+        .tx
+        .as_mut()
+        .ok_or_else(|| StoreError::Config("the write group has no transaction".into()))?;
+    batch.push_front(Statement {
+        sql: format!("savepoint {SAVEPOINT}"),
+        params: Vec::new(),
+    });
+    batch.push(Statement {
+        sql: format!("release {SAVEPOINT}"),
+        params: Vec::new(),
+    });
+    match batch.run_counted(Backend::Sqlite, queries, tx).await {
+        Ok(_) => {
+            open.unsettled = false;
+            Ok(())
+        }
+        Err(e) => {
+            match rollback_savepoint(open).await {
+                Ok(true) => {}
+                // The batch stopped before its release, yet its savepoint is gone: SQLite
+                // ended the whole transaction (a full disk, an I/O error).
+                Ok(false) => lose_group(open),
+                Err(settling) => {
+                    tracing::error!(error = %settling, "a failed write's savepoint could not be rolled back");
+                    return Err(e);
+                }
+            }
+            open.unsettled = false;
+            Err(e)
+        }
+    }
+}
+
+/// SQLite ended the open group's transaction, and with it the writes that had joined it:
+/// they are told so at once, and the group starts again empty, so that the transaction the
+/// next write begins is never committed in their name.
+fn lose_group(open: &mut Open) {
+    open.tx = None;
+    open.unsettled = false;
+    open.members = 0;
+    let (next, _) = watch::channel(None);
+    std::mem::replace(&mut open.outcome, next).send_replace(Some(Err(
+        "the database ended the group's transaction (a full disk or an I/O error)".to_owned(),
+    )));
 }
 
 /// One write's turn in the open group, holding it locked.
@@ -163,52 +383,14 @@ impl GroupWrite {
         Ok(sqlx::Connection::begin(&mut **tx).await?)
     }
 
-    /// Runs `batch` in a savepoint of the group's transaction, the savepoint's statements
-    /// joined to the batch's: one hand-off to the connection's thread for the whole write.
-    /// A failure rolls the savepoint back (a second hand-off, on failures only) and leaves
-    /// the group's other writes. Then [`GroupWrite::commit`].
-    pub(crate) async fn run_batch(&mut self, store: &Store, mut batch: Batch) -> Result<()> {
+    /// Runs `batch` in a savepoint of the group's transaction ([`run_in_savepoint`]), then
+    /// [`GroupWrite::commit`].
+    pub(crate) async fn run_batch(&mut self, store: &Store, batch: Batch) -> Result<()> {
         let open = self
             .open
             .as_mut()
             .ok_or_else(|| StoreError::Config("the write already joined its group".into()))?;
-        // Until this write knows the outcome, a cancellation leaves the savepoint to the
-        // group's next holder.
-        open.unsettled = true;
-        let tx = open
-            .tx
-            .as_mut()
-            .ok_or_else(|| StoreError::Config("the write group has no transaction".into()))?;
-        batch.push_front(Statement {
-            sql: format!("savepoint {SAVEPOINT}"),
-            params: Vec::new(),
-        });
-        batch.push(Statement {
-            sql: format!("release {SAVEPOINT}"),
-            params: Vec::new(),
-        });
-        match batch.run(store, tx).await {
-            Ok(_) => {
-                open.unsettled = false;
-                Ok(())
-            }
-            Err(e) => {
-                match rollback_savepoint(open).await {
-                    Ok(true) => {}
-                    // The batch stopped before its release, yet its savepoint is gone:
-                    // SQLite ended the whole transaction (a full disk, an I/O error). The
-                    // group is lost: its members are told so, and the next write begins
-                    // a transaction of its own rather than write outside any.
-                    Ok(false) => open.tx = None,
-                    Err(settling) => {
-                        tracing::error!(error = %settling, "a failed write's savepoint could not be rolled back");
-                        return Err(e);
-                    }
-                }
-                open.unsettled = false;
-                Err(e)
-            }
-        }
+        run_in_savepoint(open, &store.queries, batch).await
     }
 
     /// Joins the group with what the released savepoint wrote and waits until the group is
@@ -220,22 +402,10 @@ impl GroupWrite {
             ));
         };
         open.members += 1;
-        let mut outcome = open.outcome.subscribe();
+        let group = open.outcome.subscribe();
         drop(open);
         self.joined.notify_one();
-        let told = outcome
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| StoreError::Config("the write group's committer stopped".into()))?;
-        match told.clone() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(StoreError::Config(format!(
-                "the transaction holding this write could not be committed: {e}"
-            ))),
-            None => Err(StoreError::Config(
-                "the write group was not committed".into(),
-            )),
-        }
+        committed(group).await
     }
 }
 
@@ -310,6 +480,107 @@ async fn rollback_savepoint(open: &mut Open) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn one_connection() -> AnyPool {
+        sqlx::any::install_default_drivers();
+        let pool: AnyPool = sqlx::pool::PoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::raw_sql("create table t (n integer primary key)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool
+    }
+
+    fn insert(n: i64) -> Batch {
+        let mut batch = Batch::default();
+        batch.push(Statement {
+            sql: "insert into t (n) values ($1)".into(),
+            params: vec![n.into()],
+        });
+        batch
+    }
+
+    async fn stored(pool: &AnyPool) -> Vec<i64> {
+        sqlx::query_scalar("select n from t order by n")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn queued_writes_of_the_same_statements_run_in_one_hand_off() {
+        let pool = one_connection().await;
+        let queries = Arc::new(AtomicU64::new(0));
+        let groups = WriteGroups::new(pool.clone(), queries.clone());
+        // Polled together, all eight are queued before the runner takes them.
+        let outcomes = futures::future::join_all((1..=8).map(|n| groups.run(insert(n)))).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(stored(&pool).await, (1..=8).collect::<Vec<_>>());
+        assert_eq!(queries.load(Ordering::Relaxed), 1, "one joined statement");
+        assert_eq!(groups.stats().writes.load(Ordering::Relaxed), 8);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_of_a_joined_run_fails_alone_and_the_others_are_kept() {
+        let pool = one_connection().await;
+        let queries = Arc::new(AtomicU64::new(0));
+        let groups = WriteGroups::new(pool.clone(), queries.clone());
+        groups.run(insert(4)).await.unwrap();
+        queries.store(0, Ordering::Relaxed);
+        // The fourth inserts a key already taken.
+        let outcomes = futures::future::join_all((1..=8).map(|n| groups.run(insert(n)))).await;
+        for (n, outcome) in (1..=8).zip(&outcomes) {
+            assert_eq!(outcome.is_err(), n == 4, "write {n}: {outcome:?}");
+        }
+        assert!(
+            matches!(
+                outcomes[3],
+                Err(StoreError::Raced(_) | StoreError::Database(_))
+            ),
+            "the failing write's own error: {:?}",
+            outcomes[3]
+        );
+        assert_eq!(stored(&pool).await, (1..=8).collect::<Vec<_>>());
+        // The joined run, then each write on its own.
+        assert_eq!(queries.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_the_database_ended_fails_the_writes_that_joined_it() {
+        let pool = one_connection().await;
+        let queries = AtomicU64::new(0);
+        let (outcome, mut joined) = watch::channel(None);
+        let mut open = Open {
+            tx: Some(pool.begin().await.unwrap()),
+            members: 1,
+            outcome,
+            unsettled: false,
+        };
+        // The member that joined wrote 1; the next write's batch ends the transaction.
+        let tx = open.tx.as_mut().unwrap();
+        sqlx::query("insert into t (n) values (1)")
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+        let mut ending = insert(2);
+        ending.push(Statement {
+            sql: "rollback".into(),
+            params: Vec::new(),
+        });
+        assert!(run_in_savepoint(&mut open, &queries, ending).await.is_err());
+        assert!(open.tx.is_none());
+        assert_eq!(
+            open.members, 0,
+            "the next transaction starts with no member"
+        );
+        let told = joined.wait_for(Option::is_some).await.unwrap().clone();
+        assert!(matches!(told, Some(Err(_))), "the member is told: {told:?}");
+        assert_eq!(stored(&pool).await, Vec::<i64>::new());
+    }
 
     #[tokio::test]
     async fn a_savepoint_left_open_is_rolled_back_and_a_released_one_kept() {

@@ -437,7 +437,7 @@ pub struct Store {
     schema_secrets: RwLock<HashMap<Uuid, Arc<Vec<block_types::SecretPath>>>>,
     /// Schemas by id (with their type), for the read path.
     schemas: RwLock<HashMap<Uuid, Arc<block_types::model::BlockSchema>>>,
-    queries: AtomicU64,
+    queries: Arc<AtomicU64>,
     /// Encryptions this process reserved on a data key and has not used yet.
     reservation: parking_lot::Mutex<(Uuid, i64)>,
     /// Tokens recently authenticated, by digest (see [`tokens::TokenCache`]).
@@ -647,6 +647,7 @@ impl Store {
             }
         });
         let origin = Uuid::new_v4();
+        let queries = Arc::new(AtomicU64::new(0));
         let feed = Arc::new(tokio::sync::watch::Sender::new(0));
         let created = Arc::new(tokio::sync::Notify::new());
         let token_listener = match backend {
@@ -665,7 +666,8 @@ impl Store {
             .then(|| checkpoint_in_background(read.clone()));
         let store = Self {
             backend,
-            groups: (backend == Backend::Sqlite).then(|| group::WriteGroups::new(write.clone())),
+            groups: (backend == Backend::Sqlite)
+                .then(|| group::WriteGroups::new(write.clone(), queries.clone())),
             read,
             write,
             deferred,
@@ -678,7 +680,7 @@ impl Store {
             validators: RwLock::new(HashMap::new()),
             schema_secrets: RwLock::new(HashMap::new()),
             schemas: RwLock::new(HashMap::new()),
-            queries: AtomicU64::new(0),
+            queries,
             reservation: parking_lot::Mutex::new((Uuid::nil(), 0)),
             tokens,
             trees,

@@ -465,30 +465,28 @@ impl Store {
         }
     }
 
-    /// Runs a create [`Self::prepare_create`] made, as one savepoint of the open write
-    /// group: one hand-off to the write connection. `false`: nothing was written, because
-    /// the key it sealed under is no longer the active one (another process rotated it);
-    /// the create takes the general path, which refills under the new key.
+    /// Runs a create [`Self::prepare_create`] made in the open write group: queued for the
+    /// group's runner, which joins it with other creates waiting (one hand-off to the write
+    /// connection for them all). `false`: nothing was written, because the key it sealed
+    /// under is no longer the active one (another process rotated it); the create takes the
+    /// general path, which refills under the new key.
     async fn create_prepared(
         &self,
         groups: &super::super::group::WriteGroups,
         id: Uuid,
         batch: Batch,
     ) -> Result<bool> {
-        let mut slot = groups.write().await?;
         // Before the batch rather than between its statements: a failure here leaves what a
         // failure before the commit leaves, nothing.
         self.check_failpoint("create_before_commit")?;
-        match slot.run_batch(self, batch).await {
-            Ok(()) => {}
+        match self.commit_changing(&[id], groups.run(batch)).await {
+            Ok(()) => Ok(true),
             Err(e) if e.is_inactive_key_guard() => {
                 self.forget_reserved();
-                return Ok(false);
+                Ok(false)
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        self.commit_changing(&[id], slot.commit()).await?;
-        Ok(true)
     }
 }
 
