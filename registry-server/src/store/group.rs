@@ -16,29 +16,33 @@
 //!
 //! A write that only runs statements prepared beforehand (a document's create) queues them
 //! for a runner task instead ([`WriteGroups::run`]): the runner takes every write queued,
-//! and runs those of the same statements together in one savepoint, one hand-off to the
-//! connection's thread for all of them, where each write would have waited for its own
-//! hand-off and its turn at the lock. When such a joined run fails, nothing of it is kept
+//! and runs consecutive ones of the same statements together (up to [`MAX_JOINED`]) in one
+//! savepoint, one hand-off to the connection's thread for all of them, where each write
+//! would have waited for its own hand-off and its turn at the lock. When such a joined run fails, nothing of it is kept
 //! and its writes run again one by one, each in its own savepoint, so a failing write fails
 //! alone with its own error. The runner is a task of its own, so a request that goes away
 //! never cuts another request's write short.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::FutureExt as _;
 use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot, watch};
 
 use super::batch::{Batch, Statement};
 use super::{Backend, Result, Store, StoreError};
 
-/// Writes in one group, about (a write finding this many waits for the next group; the
-/// runner may add up to [`MAX_JOINED`] at once).
+/// Writes in one group, about: a write finding this many waits for the next group (the
+/// runner may add up to [`TAKEN`] in one turn).
 const MAX_MEMBERS: usize = 256;
 /// Queued writes of the same statements run together, this many at most: each number of
-/// them is one more text the connection keeps prepared.
-const MAX_JOINED: usize = 16;
+/// them is one more text the connection keeps prepared (a group rarely holds more).
+const MAX_JOINED: usize = 8;
+/// Queued writes the runner takes in one turn, holding the group's lock.
+const TAKEN: usize = 4 * MAX_JOINED;
 /// Writes waiting for the runner beyond this make new ones wait for room.
 const QUEUE: usize = 1024;
 
@@ -213,69 +217,103 @@ impl Lock {
     }
 }
 
-/// The runner: runs the queued writes, those of the same statements together, in the open
-/// group (see the module documentation).
+/// The runner: runs the queued writes, consecutive ones of the same statements together, in
+/// the open group (see the module documentation). A write whose caller went away before it
+/// ran is not run (as a write cancelled while it waited for the group's lock). A panic while
+/// running some answers their callers with an error (the runner stopped) and the runner
+/// goes on with the next.
 async fn run_queued(lock: Lock, queries: Arc<AtomicU64>, mut queue: mpsc::Receiver<Queued>) {
-    let mut taken = Vec::with_capacity(MAX_JOINED);
-    while queue.recv_many(&mut taken, MAX_JOINED * 4).await > 0 {
-        let mut waiting: VecDeque<Queued> = taken.drain(..).collect();
-        let mut open = match lock.acquire().await {
-            Ok(open) => open,
-            Err(e) => {
-                let message = e.to_string();
-                let mut first = Some(e);
-                for write in waiting {
-                    let e = first
-                        .take()
-                        .unwrap_or_else(|| StoreError::Config(message.clone()));
-                    write.reply.send(Err(e)).ok();
+    let mut taken = Vec::with_capacity(TAKEN);
+    while queue.recv_many(&mut taken, TAKEN).await > 0 {
+        let waiting: VecDeque<Queued> = taken
+            .drain(..)
+            .filter(|write| !write.reply.is_closed())
+            .collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        let ran = AssertUnwindSafe(run_taken(&lock, &queries, waiting))
+            .catch_unwind()
+            .await;
+        if ran.is_err() {
+            tracing::error!(
+                "the write group's runner panicked; the writes it held were answered with an error"
+            );
+            // What joined is committed; an empty group's transaction ends, so the
+            // connection goes back to the pool.
+            let mut open = lock.open.lock().await;
+            if open.members == 0 {
+                open.tx = None;
+                open.unsettled = false;
+            } else {
+                lock.joined.notify_one();
+            }
+        }
+    }
+}
+
+/// One turn of the runner: `waiting` run in the open group, holding its lock.
+async fn run_taken(lock: &Lock, queries: &AtomicU64, mut waiting: VecDeque<Queued>) {
+    let mut open = match lock.acquire().await {
+        Ok(open) => open,
+        Err(e) => {
+            for write in waiting {
+                write.reply.send(Err(again(&e))).ok();
+            }
+            return;
+        }
+    };
+    while let Some(write) = waiting.pop_front() {
+        let mut run = vec![write];
+        while run.len() < MAX_JOINED
+            && waiting
+                .front()
+                .is_some_and(|next| next.batch.same_statements(&run[0].batch))
+        {
+            run.extend(waiting.pop_front());
+        }
+        if run.len() > 1 && lock.ready(&mut open).await.is_ok() {
+            let joined = Batch::joined(run.iter().map(|write| &write.batch));
+            if run_in_savepoint(&mut open, queries, joined).await.is_ok() {
+                for write in run {
+                    open.members += 1;
+                    write.reply.send(Ok(open.outcome.subscribe())).ok();
                 }
                 continue;
             }
-        };
-        while let Some(write) = waiting.pop_front() {
-            let mut run = vec![write];
-            while run.len() < MAX_JOINED
-                && waiting
-                    .front()
-                    .is_some_and(|next| next.batch.same_statements(&run[0].batch))
-            {
-                run.extend(waiting.pop_front());
-            }
-            if run.len() > 1 {
-                let joined = Batch::joined(run.iter().map(|write| &write.batch));
-                if run_in_savepoint(&mut open, &queries, joined).await.is_ok() {
-                    for write in run {
-                        open.members += 1;
-                        write.reply.send(Ok(open.outcome.subscribe())).ok();
-                    }
-                    continue;
-                }
-                // Nothing of the run was kept: each write again on its own, so the one that
-                // failed fails alone.
-            }
-            for write in run {
-                let ran = match lock.ready(&mut open).await {
-                    Ok(()) => run_in_savepoint(&mut open, &queries, write.batch).await,
-                    Err(e) => Err(e),
-                };
-                let reply = ran.map(|()| {
-                    open.members += 1;
-                    open.outcome.subscribe()
-                });
-                write.reply.send(reply).ok();
-            }
+            // Nothing of the run was kept: each write again on its own, so the one that
+            // failed fails alone, with its own error.
         }
-        let members = open.members;
-        if members == 0 {
-            // Nobody joined: end the transaction, so the connection goes back to the pool.
-            open.tx = None;
-            open.unsettled = false;
+        for write in run {
+            let ran = match lock.ready(&mut open).await {
+                Ok(()) => run_in_savepoint(&mut open, queries, write.batch).await,
+                Err(e) => Err(e),
+            };
+            let reply = ran.map(|()| {
+                open.members += 1;
+                open.outcome.subscribe()
+            });
+            write.reply.send(reply).ok();
         }
-        drop(open);
-        if members > 0 {
-            lock.joined.notify_one();
-        }
+    }
+    let members = open.members;
+    if members == 0 {
+        // Nobody joined: end the transaction, so the connection goes back to the pool.
+        open.tx = None;
+        open.unsettled = false;
+    }
+    drop(open);
+    if members > 0 {
+        lock.joined.notify_one();
+    }
+}
+
+/// `e`, which every write of a turn met, for one more of them: of the same kind, so it is
+/// answered the same way (a busy database is still a 503 to try again).
+fn again(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Busy(_) => StoreError::Busy(sqlx::Error::PoolTimedOut),
+        other => StoreError::Config(other.to_string()),
     }
 }
 
@@ -497,10 +535,13 @@ mod tests {
 
     fn insert(n: i64) -> Batch {
         let mut batch = Batch::default();
-        batch.push(Statement {
-            sql: "insert into t (n) values ($1)".into(),
-            params: vec![n.into()],
-        });
+        batch.push_unique(
+            Statement {
+                sql: "insert into t (n) values ($1)".into(),
+                params: vec![n.into()],
+            },
+            "Row already exists",
+        );
         batch
     }
 
@@ -516,12 +557,25 @@ mod tests {
         let pool = one_connection().await;
         let queries = Arc::new(AtomicU64::new(0));
         let groups = WriteGroups::new(pool.clone(), queries.clone());
-        // Polled together, all eight are queued before the runner takes them.
-        let outcomes = futures::future::join_all((1..=8).map(|n| groups.run(insert(n)))).await;
+        // Polled together, all twelve are queued before the runner takes them: joined
+        // eight and four.
+        let outcomes = futures::future::join_all((1..=12).map(|n| groups.run(insert(n)))).await;
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
-        assert_eq!(stored(&pool).await, (1..=8).collect::<Vec<_>>());
-        assert_eq!(queries.load(Ordering::Relaxed), 1, "one joined statement");
-        assert_eq!(groups.stats().writes.load(Ordering::Relaxed), 8);
+        assert_eq!(stored(&pool).await, (1..=12).collect::<Vec<_>>());
+        assert_eq!(queries.load(Ordering::Relaxed), 2, "two joined statements");
+        assert_eq!(groups.stats().writes.load(Ordering::Relaxed), 12);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_went_away_before_it_ran_is_not_run() {
+        let pool = one_connection().await;
+        let groups = WriteGroups::new(pool.clone(), Arc::new(AtomicU64::new(0)));
+        let mut gone = Box::pin(groups.run(insert(1)));
+        // Queued (the runner has not run yet on this thread), then dropped.
+        assert!(futures::poll!(gone.as_mut()).is_pending());
+        drop(gone);
+        groups.run(insert(2)).await.unwrap();
+        assert_eq!(stored(&pool).await, [2]);
     }
 
     #[tokio::test]
@@ -537,10 +591,7 @@ mod tests {
             assert_eq!(outcome.is_err(), n == 4, "write {n}: {outcome:?}");
         }
         assert!(
-            matches!(
-                outcomes[3],
-                Err(StoreError::Raced(_) | StoreError::Database(_))
-            ),
+            matches!(&outcomes[3], Err(StoreError::AlreadyExists(m)) if m == "Row already exists"),
             "the failing write's own error: {:?}",
             outcomes[3]
         );
