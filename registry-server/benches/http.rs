@@ -307,7 +307,7 @@ fn run(build: &str, program: &str, backend: &str, database_url: Option<&str>) {
         reads.queries / reads.records.max(1.0),
     );
     // Between the two readings: health (no statement) and the creates, each audited in
-    // its own transaction. On SQLite the last move of the reads' audit journal may fall in
+    // the transaction that writes it. On SQLite the last move of the reads' audit journal may fall in
     // between too (one group write, a few statements).
     let creates = (writes.records - reads.records).max(1.0);
     ratio(

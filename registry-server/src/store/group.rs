@@ -165,13 +165,17 @@ impl WriteGroups {
     /// the group's commit: the write is durable when this returns `Ok`. A failure of the
     /// batch is its own: nothing of it is written, and the group's other writes stay.
     pub(crate) async fn run(&self, batch: Batch) -> Result<()> {
-        let stopped = || StoreError::Config("the write group's runner stopped".into());
         let (reply, ran) = oneshot::channel();
         self.queue
             .send(Queued { batch, reply })
             .await
-            .map_err(|_| stopped())?;
-        let group = ran.await.map_err(|_| stopped())??;
+            .map_err(|_| StoreError::Config("the write group's runner stopped".into()))?;
+        let group = ran.await.map_err(|_| {
+            StoreError::Config(
+                "the write's outcome is unknown: the write group's runner failed while it ran"
+                    .into(),
+            )
+        })??;
         committed(group).await
     }
 }
@@ -257,12 +261,12 @@ async fn run_taken(lock: &Lock, queries: &AtomicU64, mut waiting: VecDeque<Queue
     let mut open = match lock.acquire().await {
         Ok(open) => open,
         Err(e) => {
-            for write in waiting {
-                write.reply.send(Err(again(&e))).ok();
-            }
+            fail_all(waiting, e);
             return;
         }
     };
+    // The lock may have taken a while (a commit syncing): callers gone meanwhile too.
+    waiting.retain(|write| !write.reply.is_closed());
     while let Some(write) = waiting.pop_front() {
         let mut run = vec![write];
         while run.len() < MAX_JOINED
@@ -284,15 +288,23 @@ async fn run_taken(lock: &Lock, queries: &AtomicU64, mut waiting: VecDeque<Queue
             // Nothing of the run was kept: each write again on its own, so the one that
             // failed fails alone, with its own error.
         }
-        for write in run {
-            let ran = match lock.ready(&mut open).await {
-                Ok(()) => run_in_savepoint(&mut open, queries, write.batch).await,
-                Err(e) => Err(e),
-            };
-            let reply = ran.map(|()| {
-                open.members += 1;
-                open.outcome.subscribe()
-            });
+        let mut run = run.into_iter();
+        while let Some(write) = run.next() {
+            if let Err(e) = lock.ready(&mut open).await {
+                // No transaction to write in: the rest of the turn fails with it, rather
+                // than each waiting for the connection in turn.
+                fail_all(
+                    std::iter::once(write).chain(run).chain(waiting.drain(..)),
+                    e,
+                );
+                break;
+            }
+            let reply = run_in_savepoint(&mut open, queries, write.batch)
+                .await
+                .map(|()| {
+                    open.members += 1;
+                    open.outcome.subscribe()
+                });
             write.reply.send(reply).ok();
         }
     }
@@ -308,12 +320,21 @@ async fn run_taken(lock: &Lock, queries: &AtomicU64, mut waiting: VecDeque<Queue
     }
 }
 
-/// `e`, which every write of a turn met, for one more of them: of the same kind, so it is
-/// answered the same way (a busy database is still a 503 to try again).
-fn again(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Busy(_) => StoreError::Busy(sqlx::Error::PoolTimedOut),
-        other => StoreError::Config(other.to_string()),
+/// Answers every write of `writes` with `e`, which they all met: the first with `e`
+/// itself, the others with an error of the same kind, so each is answered the same way (a
+/// busy database is still a 503 to try again).
+fn fail_all(writes: impl IntoIterator<Item = Queued>, e: StoreError) {
+    let again = match &e {
+        StoreError::Busy(_) => None,
+        other => Some(other.to_string()),
+    };
+    let mut first = Some(e);
+    for write in writes {
+        let e = first.take().unwrap_or_else(|| match &again {
+            None => StoreError::Busy(sqlx::Error::PoolTimedOut),
+            Some(message) => StoreError::Config(message.clone()),
+        });
+        write.reply.send(Err(e)).ok();
     }
 }
 
@@ -564,6 +585,35 @@ mod tests {
         assert_eq!(stored(&pool).await, (1..=12).collect::<Vec<_>>());
         assert_eq!(queries.load(Ordering::Relaxed), 2, "two joined statements");
         assert_eq!(groups.stats().writes.load(Ordering::Relaxed), 12);
+    }
+
+    #[tokio::test]
+    async fn every_write_of_a_failed_turn_gets_an_error_of_the_same_kind() {
+        for (e, busy) in [
+            (StoreError::Busy(sqlx::Error::PoolTimedOut), true),
+            (StoreError::Config("no transaction".into()), false),
+        ] {
+            let (writes, answers): (Vec<_>, Vec<_>) = (1..=3)
+                .map(|n| {
+                    let (reply, answer) = oneshot::channel();
+                    (
+                        Queued {
+                            batch: insert(n),
+                            reply,
+                        },
+                        answer,
+                    )
+                })
+                .unzip();
+            fail_all(writes, e);
+            for answer in answers {
+                match answer.await.unwrap() {
+                    Err(StoreError::Busy(_)) => assert!(busy),
+                    Err(StoreError::Config(m)) => assert!(!busy && m == "no transaction"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 
     #[tokio::test]
