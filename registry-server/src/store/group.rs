@@ -685,16 +685,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_savepoint_left_open_is_rolled_back_and_a_released_one_kept() {
-        sqlx::any::install_default_drivers();
-        let pool: AnyPool = sqlx::pool::PoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        sqlx::raw_sql("create table t (n integer)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        let pool = one_connection().await;
         let mut open = Open {
             tx: Some(pool.begin().await.unwrap()),
             members: 1,
@@ -721,11 +712,7 @@ mod tests {
         settle(&mut open).await.unwrap();
         assert!(!open.unsettled);
         open.tx.take().unwrap().commit().await.unwrap();
-        let kept: Vec<i64> = sqlx::query_scalar("select n from t order by n")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        assert_eq!(kept, [1, 2]);
+        assert_eq!(stored(&pool).await, [1, 2]);
         // A transaction SQLite ended under a savepoint: there is nothing to roll back to,
         // which tells a failed write its group is lost.
         open.tx = Some(pool.begin().await.unwrap());
