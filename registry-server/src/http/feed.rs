@@ -41,6 +41,9 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Events held back this long (committed behind a running transaction) make the feed
 /// `lagging`.
 const LAG_AFTER: Duration = Duration::from_secs(1);
+/// How long a new stream waits for the pump's first read of the store (a server just
+/// started) before it is answered 503.
+const PUMP_START_WAIT: Duration = Duration::from_secs(5);
 /// Events read from the table at a time.
 const BATCH: u32 = 500;
 /// Events the broadcast holds for subscribers that are behind; past it they read the table.
@@ -69,6 +72,9 @@ pub struct Feed {
     /// Set while committed events are held back behind a long transaction (PostgreSQL):
     /// subscribers are told (`lagging`), so a cache stops trusting what it holds.
     lagging: tokio::sync::watch::Sender<bool>,
+    /// Set once the pump has read where the feed ends: a stream starts only after that, so
+    /// no event between a stream's start and the pump's is one neither of them sends.
+    pumping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Feed {
@@ -80,6 +86,7 @@ impl Feed {
             streams: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::Sender::new(false),
             lagging: tokio::sync::watch::Sender::new(false),
+            pumping: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(pump(Arc::downgrade(store), Arc::downgrade(&feed)));
         feed
@@ -146,8 +153,15 @@ impl Drop for StreamSlot {
 async fn pump(store: Weak<Store>, feed: Weak<Feed>) {
     let (mut signal, mut at) = loop {
         let Some(s) = store.upgrade() else { return };
+        // Before the end is read: a commit in between wakes the first read.
+        let signal = s.feed_signal();
         match s.feed_end().await {
-            Ok(end) => break (s.feed_signal(), end),
+            Ok(end) => {
+                if let Some(f) = feed.upgrade() {
+                    f.pumping.send_replace(true);
+                }
+                break (signal, end);
+            }
             Err(e) if e.is_closed() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the change feed; trying again");
@@ -308,6 +322,17 @@ async fn stream(
     // Counted per token family: children minted by one token share its streams.
     let family = state.store.token_family_root(token.id).await?;
     let slot = state.feed.open(family)?;
+    // The pump's start comes before this stream's (read below): an event committed after
+    // this stream's start is one the pump broadcasts.
+    let mut pumping = state.feed.pumping.subscribe();
+    match tokio::time::timeout(PUMP_START_WAIT, pumping.wait_for(|started| *started)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => {
+            return Err(ApiError::Unavailable(
+                "the change feed is not reading the store yet; retry later".into(),
+            ));
+        }
+    }
     // Subscribed before the start is read: nothing committed in between is missed.
     let live = state.feed.events.subscribe();
     let (start, reset) = match last {
