@@ -33,6 +33,14 @@ pub(super) fn check_document_body_lists(
     check_filter_lists(&lists)
 }
 
+/// Appends `lower(d.name) like '%…%'`: the name holds `like` (a `like_` filter), the
+/// expression PostgreSQL's trigram index is on.
+fn push_name_like(sql: &mut Sql, like: &str, backend: Backend) {
+    sql.push("lower(d.name) like '%' || lower(")
+        .bind_text(like_pattern(like, backend))
+        .push(") || '%'");
+}
+
 /// Appends the conditions of a document filter on `block_document d` (with its type
 /// `block_type t`), the type filter and the schema filter.
 pub(super) fn push_document_filters(
@@ -76,9 +84,8 @@ pub(super) fn push_document_filters(
                 sql.push(" and d.name in ").bind_list(names.iter().cloned());
             }
             if let Some(like) = &name.like_ {
-                sql.push(" and lower(d.name) like '%' || lower(")
-                    .bind_text(like_pattern(like, backend))
-                    .push(") || '%'");
+                sql.push(" and ");
+                push_name_like(sql, like, backend);
             }
             sql.push(")");
         }));
@@ -152,9 +159,37 @@ impl Store {
         schemas: Option<&BlockSchemaFilter>,
     ) -> Result<Sql> {
         check_document_body_lists(documents, types, schemas)?;
-        let mut sql = Sql::new(select);
-        sql.push(" from block_document d join block_type t on t.id = d.block_type_id where 1 = 1");
         let documents = documents.cloned().unwrap_or_default();
+        // PostgreSQL: a name filter's matches are found first, on their own (a materialized
+        // `with` named as the table is), then joined, filtered further, ordered and paged.
+        // In one statement the planner may walk the name index in page order and filter
+        // every document whenever its estimate of the matches comes out high (it comes
+        // from `analyze`'s sample of names), as the console's search did at a million
+        // documents. Only when the filter's conditions all hold (`and_`): with `or_` a
+        // document may match without its name.
+        let like = documents
+            .name
+            .as_ref()
+            .and_then(|name| name.like_.as_deref())
+            .filter(|_| {
+                self.backend == Backend::Postgres
+                    && documents.operator == block_types::model::Operator::And
+            });
+        let mut sql = match like {
+            Some(like) => {
+                let mut sql =
+                    Sql::new("with d as materialized (select * from block_document d where ");
+                push_name_like(&mut sql, like, self.backend);
+                sql.push(") ").push(select).push(" from d");
+                sql
+            }
+            None => {
+                let mut sql = Sql::new(select);
+                sql.push(" from block_document");
+                sql
+            }
+        };
+        sql.push(" d join block_type t on t.id = d.block_type_id where 1 = 1");
         push_document_filters(self.backend, &mut sql, &documents, types, schemas);
         Ok(sql)
     }

@@ -80,6 +80,25 @@ async fn filters_sorts_paging_and_counts_match_prefect() {
         let any = BlockDocumentFilter { name: Some(NameFilter { any_: Some(vec!["fs-03".into(), "secret-007".into(), "nope".into()]), like_: None }), ..Default::default() };
         let body = BlockDocumentFilterBody { block_documents: Some(any), ..Default::default() };
         assert_eq!(names(&store.filter_block_documents(&body).await.unwrap()), ["fs-03", "secret-007"]);
+        // A name like_ with more conditions (PostgreSQL finds its matches first): with a
+        // type filter, sorted and paged; with any_; counted; and with or_, where a document
+        // may match without its name.
+        let like = |pattern: &str| Some(NameFilter { any_: None, like_: Some(pattern.into()) });
+        let secrets = BlockTypeFilter { slug: Some(AnyOf { any_: Some(vec!["secret".into()]) }), name: None };
+        let body = BlockDocumentFilterBody { block_documents: Some(BlockDocumentFilter { name: like("-0"), ..Default::default() }), block_types: Some(secrets.clone()), sort: Some(BlockDocumentSort::NameDesc), limit: Some(5), offset: Some(2), ..Default::default() };
+        assert_eq!(names(&store.filter_block_documents(&body).await.unwrap()), (93..98).rev().map(|i| format!("secret-{i:03}")).collect::<Vec<_>>());
+        let count_of = |documents: BlockDocumentFilter, types: Option<BlockTypeFilter>| BlockDocumentCountBody { block_documents: Some(documents), block_types: types, ..Default::default() };
+        assert_eq!(count(count_of(BlockDocumentFilter { name: like("-0"), ..Default::default() }, None)).await, 110, "secret-0xx and fs-0x");
+        assert_eq!(count(count_of(BlockDocumentFilter { name: like("-0"), ..Default::default() }, Some(secrets))).await, 100);
+        let both = BlockDocumentFilter { name: Some(NameFilter { any_: Some(vec!["fs-03".into(), "secret-010".into()]), like_: Some("CRET".into()) }), ..Default::default() };
+        let body = BlockDocumentFilterBody { block_documents: Some(both), ..Default::default() };
+        assert_eq!(names(&store.filter_block_documents(&body).await.unwrap()), ["secret-010"]);
+        let either = BlockDocumentFilter { operator: Operator::Or, is_anonymous: Some(EqBool { eq_: Some(true) }), name: like("fs-05"), ..Default::default() };
+        assert_eq!(count(count_of(either.clone(), None)).await, 21, "fs-05 or anonymous");
+        let body = BlockDocumentFilterBody { block_documents: Some(either), ..Default::default() };
+        let page = store.filter_block_documents(&body).await.unwrap();
+        assert_eq!(page.len(), 21);
+        assert_eq!(page.iter().filter(|d| !d.is_anonymous).map(|d| d.name.as_deref()).collect::<Vec<_>>(), [Some("fs-05")]);
 
         // By type id, by type slug, by schema capability.
         let by_type = BlockDocumentFilter { block_type_id: Some(AnyOf { any_: Some(vec![fs_type.id]) }), ..Default::default() };
