@@ -227,7 +227,7 @@ impl Store {
         if let Some(journal) = &self.journal {
             // On disk first, so a move waiting for the writer holds no record back; the
             // move then runs a while at most (a move cut short is tried again next time).
-            journal.sync()?;
+            journal.sync().await?;
             return match tokio::time::timeout(JOURNAL_MOVE_WAIT, self.move_journal(journal)).await {
                 Ok(moved) => moved,
                 Err(_) => Ok(()),
@@ -298,7 +298,7 @@ impl Store {
             let done = taken.tried && self.journal_recorded(taken.id).await?;
             taken.tried = true;
             if !done {
-                taken.sync()?;
+                taken.sync().await?;
                 self.move_taken(taken, moves.forget).await?;
                 // Under test: the commit landed but its caller heard a failure.
                 self.check_failpoint("journal_after_commit")?;
@@ -307,7 +307,7 @@ impl Store {
             moves.forget = None;
             let taken = moves.failed.remove(0);
             let id = taken.id;
-            match taken.remove() {
+            match taken.remove().await {
                 Ok(()) => moves.forget = Some(id),
                 // Its id stays recorded, so the journal found again is deleted, not moved.
                 Err(e) => tracing::warn!(error = %e, "a moved audit journal could not be deleted"),
@@ -331,7 +331,7 @@ impl Store {
     /// One journal's records and id in one synced transaction (the group commit); `forget`:
     /// the previous journal's id, whose row is no longer needed.
     pub(crate) async fn move_taken(&self, taken: &Taken, forget: Option<Uuid>) -> Result<()> {
-        let records = taken.records()?;
+        let records = taken.records().await?;
         if records.skipped > 0 {
             tracing::warn!(
                 records = records.skipped,
@@ -369,7 +369,7 @@ impl Store {
     pub(crate) async fn recover_audit_journals(&self, database: &std::path::Path) -> Result<()> {
         for orphan in Journal::orphans(database)? {
             if !self.journal_recorded(orphan.id).await? {
-                let count = match orphan.records() {
+                let count = match orphan.records().await {
                     Ok(records) => records.count,
                     Err(e) => {
                         tracing::warn!(error = %e, "an audit journal could not be read; it is left for a later start");
@@ -382,7 +382,7 @@ impl Store {
                     "moved the audit records of reads a previous server journaled"
                 );
             }
-            orphan.remove()?;
+            orphan.remove().await?;
         }
         self.count_query();
         let ids: Vec<String> = sqlx::query_scalar("select id from audit_journal_moved")

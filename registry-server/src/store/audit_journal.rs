@@ -24,6 +24,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use uuid::Uuid;
@@ -64,7 +65,7 @@ pub(crate) struct Taken {
     /// The journal's id, recorded with its records.
     pub(crate) id: Uuid,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// A move of it was tried: its outcome may be unknown (cancelled, or a commit that
     /// failed to answer), so the next try first asks whether its id is recorded.
     pub(crate) tried: bool,
@@ -80,29 +81,48 @@ pub(crate) struct Records {
 }
 
 impl Taken {
-    /// Reads the records (through the locked handle; blocking I/O, for `spawn_blocking`).
-    pub(crate) fn records(&self) -> Result<Records> {
-        let mut text = Vec::new();
-        let mut file = &self.file;
-        file.rewind()
-            .and_then(|()| file.read_to_end(&mut text))
-            .map_err(|e| io("reading a journal", &e))?;
-        Ok(parse(&text))
+    /// Reads the records (through the locked handle).
+    pub(crate) async fn records(&self) -> Result<Records> {
+        let file = Arc::clone(&self.file);
+        off_runtime(move || {
+            let mut text = Vec::new();
+            let mut file = &*file;
+            file.rewind()
+                .and_then(|()| file.read_to_end(&mut text))
+                .map_err(|e| io("reading a journal", &e))?;
+            Ok(parse(&text))
+        })
+        .await
     }
 
     /// Puts the file's records on disk.
-    pub(crate) fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| io("syncing a journal", &e))
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let file = Arc::clone(&self.file);
+        off_runtime(move || file.sync_data().map_err(|e| io("syncing a journal", &e))).await
     }
 
     /// Deletes the moved journal's file, and syncs the folder so that a power loss cannot
-    /// bring the file back once its id is forgotten.
-    pub(crate) fn remove(self) -> Result<()> {
-        std::fs::remove_file(&self.path).map_err(|e| io("deleting a moved journal", &e))?;
-        sync_folder(&self.path)
+    /// bring the file back once its id is forgotten. (Cut short by its caller, it still
+    /// runs to its end: the id stays recorded, and the next open forgets it.)
+    pub(crate) async fn remove(self) -> Result<()> {
+        off_runtime(move || {
+            std::fs::remove_file(&self.path).map_err(|e| io("deleting a moved journal", &e))?;
+            sync_folder(&self.path)
+        })
+        .await
     }
+}
+
+/// Runs `work`, file I/O that may wait for the disk (a sync, a read, a deletion), on the
+/// blocking pool: the runtime's few workers keep answering requests meanwhile. Under a
+/// busy disk a sync takes milliseconds, and a worker held that long stalls every request
+/// it runs (the nested load's p99 rose several-fold so).
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Config(format!("audit journal: a file task failed: {e}")))?
 }
 
 fn io(doing: &str, e: &std::io::Error) -> StoreError {
@@ -176,14 +196,15 @@ impl Journal {
         Some(Taken {
             id: full.id,
             path: path_of(&self.prefix, full.id),
-            file: full.file,
+            file: Arc::new(full.file),
             tried: false,
         })
     }
 
     /// Puts the current file's records on disk (and, for a new file, its folder entry),
-    /// without holding appends back: a duplicate of the handle is synced.
-    pub(crate) fn sync(&self) -> Result<()> {
+    /// without holding appends back: a duplicate of the handle is synced (off the
+    /// runtime's workers).
+    pub(crate) async fn sync(&self) -> Result<()> {
         let (file, new) = {
             let mut current = self.current.lock();
             let Some(current) = current.as_mut() else {
@@ -195,11 +216,15 @@ impl Journal {
                 .map_err(|e| io("syncing a journal", &e))?;
             (file, std::mem::replace(&mut current.new, false))
         };
-        file.sync_data().map_err(|e| io("syncing a journal", &e))?;
-        if new {
-            sync_folder(Path::new(&self.prefix))?;
-        }
-        Ok(())
+        let folder = new.then(|| PathBuf::from(&self.prefix));
+        off_runtime(move || {
+            file.sync_data().map_err(|e| io("syncing a journal", &e))?;
+            match folder {
+                Some(folder) => sync_folder(&folder),
+                None => Ok(()),
+            }
+        })
+        .await
     }
 
     /// Whether the journal `id` of the database file `database` still has its file.
@@ -255,7 +280,7 @@ impl Journal {
             orphans.push(Taken {
                 id,
                 path,
-                file,
+                file: Arc::new(file),
                 tried: true,
             });
         }
@@ -350,8 +375,8 @@ mod tests {
         dir.path().join("blocks.db")
     }
 
-    #[test]
-    fn records_come_back_in_order_and_a_new_file_takes_the_next() {
+    #[tokio::test]
+    async fn records_come_back_in_order_and_a_new_file_takes_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(&database(&dir), MAX_JOURNAL_BYTES);
         assert!(
@@ -374,21 +399,21 @@ mod tests {
         }
         let taken = journal.take().unwrap();
         let taken_id = taken.id;
-        let records = taken.records().unwrap();
+        let records = taken.records().await.unwrap();
         assert_eq!(records.json, r#"[{"n":1},{"n":2}]"#);
         assert_eq!((records.count, records.skipped), (2, 0));
         journal.append(r#"{"n":3}"#).unwrap();
         let path = taken.path.clone();
-        taken.remove().unwrap();
+        taken.remove().await.unwrap();
         assert!(!path.exists());
         let next = journal.take().unwrap();
-        assert_eq!(next.records().unwrap().json, r#"[{"n":3}]"#);
+        assert_eq!(next.records().await.unwrap().json, r#"[{"n":3}]"#);
         assert_ne!(next.id, taken_id, "each file has an id of its own");
         assert!(journal.take().is_none());
     }
 
-    #[test]
-    fn a_held_journal_is_no_orphan_and_a_released_one_is() {
+    #[tokio::test]
+    async fn a_held_journal_is_no_orphan_and_a_released_one_is() {
         let dir = tempfile::tempdir().unwrap();
         let db = database(&dir);
         let journal = Journal::new(&db, MAX_JOURNAL_BYTES);
@@ -397,7 +422,7 @@ mod tests {
         drop(journal);
         let orphans = Journal::orphans(&db).unwrap();
         assert_eq!(orphans.len(), 1);
-        assert_eq!(orphans[0].records().unwrap().json, r#"[{"n":1}]"#);
+        assert_eq!(orphans[0].records().await.unwrap().json, r#"[{"n":1}]"#);
         // Another database's journals in the same folder are not this one's.
         assert!(
             Journal::orphans(&dir.path().join("other.db"))
@@ -406,8 +431,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_line_cut_short_is_skipped() {
+    #[tokio::test]
+    async fn a_line_cut_short_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let db = database(&dir);
         let journal = Journal::new(&db, MAX_JOURNAL_BYTES);
@@ -418,19 +443,19 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(br#"{"n":2,"tar"#).unwrap();
         let orphans = Journal::orphans(&db).unwrap();
-        let records = orphans[0].records().unwrap();
+        let records = orphans[0].records().await.unwrap();
         assert_eq!(records.json, r#"[{"n":1}]"#);
         assert_eq!((records.count, records.skipped), (1, 1));
     }
 
-    #[test]
-    fn a_full_journal_refuses_records_until_it_is_moved() {
+    #[tokio::test]
+    async fn a_full_journal_refuses_records_until_it_is_moved() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(&database(&dir), 12);
         journal.append(r#"{"n":1}"#).unwrap();
         let refused = journal.append(r#"{"n":2}"#).unwrap_err().to_string();
         assert!(refused.contains("wait to be moved"), "{refused}");
-        journal.take().unwrap().remove().unwrap();
+        journal.take().unwrap().remove().await.unwrap();
         journal.append(r#"{"n":2}"#).unwrap();
     }
 }
