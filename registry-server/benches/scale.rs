@@ -6,12 +6,12 @@
 //! mix: 50 block types, 20 % of the documents referencing another (gcs-bucket →
 //! gcp-credentials), 50 % holding secret values. Each state is measured on a freshly
 //! started server: start to ready, resident memory idle and after the run, the course's
-//! nested load with secrets (`wrk`, 16 connections, `BENCH_SECONDS`, default 10), and the
-//! console's list (first page, name search, type filter; p50/p99 of `BENCH_REQUESTS`,
-//! default 50, over HTTP with a signed-in session). What the build wrote is on disk before
-//! the built store is measured (the files synced, PostgreSQL checkpointed), and the machine
-//! is left idle for `BENCH_SETTLE` seconds (default 90) after a build before it measures
-//! again (see [`settle`]).
+//! nested load with secrets (`wrk`, 16 connections, `BENCH_SECONDS`, default 10), the
+//! console's list (first page, name search, type filter) and the API's name filter (p50/p99
+//! of `BENCH_REQUESTS`, default 50, over HTTP with a signed-in session or the token). What
+//! the build wrote is on disk before the built store is measured (the files synced,
+//! PostgreSQL checkpointed), and the machine is left idle for `BENCH_SETTLE` seconds
+//! (default 90) after a build before it measures again (see [`settle`]).
 //!
 //! `cargo bench -p registry-server --bench scale`. Settings: `BENCH_DOCUMENTS`,
 //! `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_SECONDS`, `BENCH_REQUESTS`,
@@ -112,7 +112,7 @@ fn page(
     uri: &str,
     requests: usize,
 ) -> (f64, f64) {
-    let get = || {
+    timed(requests, || {
         let response = client
             .get(format!("{base}{uri}"))
             .header("cookie", cookie)
@@ -120,12 +120,16 @@ fn page(
             .unwrap();
         assert_eq!(response.status(), 200, "{uri}");
         response.bytes().unwrap();
-    };
-    get();
+    })
+}
+
+/// p50 and p99 of `requests` calls of `call` (after one untimed), in ms.
+fn timed(requests: usize, call: impl Fn()) -> (f64, f64) {
+    call();
     let mut times = Vec::with_capacity(requests);
     for _ in 0..requests {
         let started = Instant::now();
-        get();
+        call();
         times.push(started.elapsed());
     }
     times.sort();
@@ -188,6 +192,16 @@ fn measure(backend: &str, state: &str, home: &Path, url: &str, key: &Path, token
         "/blocks?type=gcs-bucket",
         requests,
     );
+    let api_search = timed(requests, || {
+        let response = client
+            .post(format!("{}/api/block_documents/filter", server.base))
+            .bearer_auth(token)
+            .json(&json!({"block_documents": {"name": {"like_": "doc-0099"}}, "limit": 10}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "API name filter");
+        response.bytes().unwrap();
+    });
     let after = server.rss_mib();
     let row = |what: &str, value: String| {
         println!("| {backend:<8} | {state:<12} | {what:<40} | {value:>22} |")
@@ -212,6 +226,10 @@ fn measure(backend: &str, state: &str, home: &Path, url: &str, key: &Path, token
     row(
         "console type filter: p50 / p99 ms",
         format!("{:.1} / {:.1}", by_type.0, by_type.1),
+    );
+    row(
+        "API name filter (10 of them): p50 / p99 ms",
+        format!("{:.1} / {:.1}", api_search.0, api_search.1),
     );
     row(
         "RSS idle / after the run (MiB)",
