@@ -35,10 +35,35 @@ pub(super) fn check_document_body_lists(
 
 /// Appends `lower(d.name) like '%…%'`: the name holds `like` (a `like_` filter), the
 /// expression PostgreSQL's trigram index is on.
+/// On SQLite the names holding the pattern's literal runs of three characters or more
+/// are first found through the trigram index of names (as the console's search does), a
+/// superset the `like` then checks; a pattern without such a run reads every name.
 fn push_name_like(sql: &mut Sql, like: &str, backend: Backend) {
+    if backend == Backend::Sqlite
+        && let Some(runs) = trigram_runs(like)
+    {
+        sql.push(
+            "d.id in (select k.id from block_document_key k where k.key in \
+             (select rowid from block_document_name where block_document_name match ",
+        )
+        .bind_text(runs)
+        .push(")) and ");
+    }
     sql.push("lower(d.name) like '%' || lower(")
         .bind_text(like_pattern(like, backend))
         .push(") || '%'");
+}
+
+/// The FTS5 query for the names containing every literal run (between `%` and `_`
+/// wildcards) of `like` at least a trigram long: each run one quoted phrase, lowercased
+/// as the `like` is. None when no run is that long.
+fn trigram_runs(like: &str) -> Option<String> {
+    let runs: Vec<String> = like
+        .split(['%', '_'])
+        .filter(|run| run.chars().count() >= 3)
+        .map(|run| format!("\"{}\"", run.to_lowercase().replace('"', "\"\"")))
+        .collect();
+    (!runs.is_empty()).then(|| runs.join(" AND "))
 }
 
 /// Appends the conditions of a document filter on `block_document d` (with its type

@@ -90,6 +90,12 @@ async fn filters_sorts_paging_and_counts_match_prefect() {
         let count_of = |documents: BlockDocumentFilter, types: Option<BlockTypeFilter>| BlockDocumentCountBody { block_documents: Some(documents), block_types: types, ..Default::default() };
         assert_eq!(count(count_of(BlockDocumentFilter { name: like("-0"), ..Default::default() }, None)).await, 110, "secret-0xx and fs-0x");
         assert_eq!(count(count_of(BlockDocumentFilter { name: like("-0"), ..Default::default() }, Some(secrets))).await, 100);
+        // Wildcards in like_: `_` one character, `%` any run (SQLite reads the trigram index
+        // for the literal runs, then checks the pattern).
+        assert_eq!(count(count_of(BlockDocumentFilter { name: like("CRET_0_1"), ..Default::default() }, None)).await, 10, "secret-0x1");
+        assert_eq!(count(count_of(BlockDocumentFilter { name: like("cret%01"), ..Default::default() }, None)).await, 13, "secret-001, -010 to -019, -101, -201");
+        assert_eq!(count(count_of(BlockDocumentFilter { name: like("-0_"), ..Default::default() }, None)).await, 110, "no run of three: every name read");
+        assert_eq!(count(count_of(BlockDocumentFilter { name: like("t-1\"0"), ..Default::default() }, None)).await, 0, "a quote is text");
         let both = BlockDocumentFilter { name: Some(NameFilter { any_: Some(vec!["fs-03".into(), "secret-010".into()]), like_: Some("CRET".into()) }), ..Default::default() };
         let body = BlockDocumentFilterBody { block_documents: Some(both), ..Default::default() };
         assert_eq!(names(&store.filter_block_documents(&body).await.unwrap()), ["secret-010"]);
