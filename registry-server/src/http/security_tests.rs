@@ -177,6 +177,10 @@ async fn names_slugs_versions_and_patterns_are_bounded() {
             assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "256 bytes");
             assert!(resp.text.contains("like_"), "{uri}: {}", resp.text);
         }
+        // A NUL (which would end SQLite's FTS5 query text) is refused with the body.
+        let resp = post(&ctx.app, "/api/block_documents/filter", &writer,
+                        &json!({"block_documents": {"name": {"like_": "abc\u{0}def"}}})).await;
+        assert_status(&resp, StatusCode::UNPROCESSABLE_ENTITY, "NUL");
         // 256 bytes are fine.
         let resp = post(&ctx.app, "/api/block_documents/filter", &writer,
                         &json!({"block_documents": {"name": {"like_": "a".repeat(256)}}})).await;

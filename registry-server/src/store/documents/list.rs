@@ -55,11 +55,12 @@ fn push_name_like(sql: &mut Sql, like: &str, backend: Backend) {
 }
 
 /// The FTS5 query for the names containing every literal run (between `%` and `_`
-/// wildcards) of `like` at least a trigram long: each run one quoted phrase, lowercased
+/// wildcards, and NULs) of `like` at least a trigram long: each run one quoted phrase, lowercased
 /// as the `like` is. None when no run is that long.
 fn trigram_runs(like: &str) -> Option<String> {
     let runs: Vec<String> = like
-        .split(['%', '_'])
+        // A NUL (never in a name) would end FTS5's query text mid-phrase.
+        .split(['%', '_', '\0'])
         .filter(|run| run.chars().count() >= 3)
         .map(|run| format!("\"{}\"", run.to_lowercase().replace('"', "\"\"")))
         .collect();
