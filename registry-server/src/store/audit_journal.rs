@@ -22,7 +22,7 @@
 //! short by a power loss (never one whose read was answered after a sync) is skipped.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,15 +81,12 @@ pub(crate) struct Records {
 }
 
 impl Taken {
-    /// Reads the records (through the locked handle).
+    /// Reads the records, through a handle of its own: a read cut short by its caller runs
+    /// on to its end, and must not move the offset of the next read of the same journal.
     pub(crate) async fn records(&self) -> Result<Records> {
-        let file = Arc::clone(&self.file);
+        let path = self.path.clone();
         off_runtime(move || {
-            let mut text = Vec::new();
-            let mut file = &*file;
-            file.rewind()
-                .and_then(|()| file.read_to_end(&mut text))
-                .map_err(|e| io("reading a journal", &e))?;
+            let text = std::fs::read(&path).map_err(|e| io("reading a journal", &e))?;
             Ok(parse(&text))
         })
         .await
